@@ -1,0 +1,35 @@
+"""Entry point of the ``xgen`` command: registers one click command (or group) per module."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="xgen")
+def cli() -> None:
+    """xgen: raw corpora to packed, deduplicated token shards and a trained LLaMA model (XGen-7B recipe)."""
+
+
+# (module, attribute): each module under cli/ defines one click command or group.
+_COMMANDS = [
+    ("cli.tokenizer_cmd", "tokenizer"),
+    ("cli.ingest_cmd", "ingest"),
+    ("cli.sql_cmd", "sql"),
+    ("cli.sql_cmd", "stats"),
+    ("cli.filter_cmd", "filter_"),
+    ("cli.dedup_cmd", "dedup"),
+    ("cli.mix_cmd", "mix"),
+    ("cli.train_cmd", "train"),
+    ("cli.demo_cmd", "demo"),
+]
+
+for _module, _attr in _COMMANDS:
+    try:
+        _mod = importlib.import_module(_module)
+    except ModuleNotFoundError as _exc:  # a command module not written yet
+        if _exc.name != _module:
+            raise
+        continue
+    cli.add_command(getattr(_mod, _attr))
