@@ -1,0 +1,57 @@
+"""SPDX license expressions against a permissive allow-list (SPEC §2, "Code licenses").
+
+Rules: a license identifier passes when it is on the allow-list (case-insensitive); ``A OR B`` passes when
+one branch passes; ``A AND B`` when all pass; ``A WITH exception`` when ``A`` passes (an exception only
+adds permissions). A missing, empty, ``NOASSERTION``/``NONE`` or unparsable expression does not pass.
+Parsing uses the ``license-expression`` library (SPDX expression grammar, operators case-insensitive).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+
+import license_expression
+
+DEFAULT_ALLOW_FILE = os.path.join(os.path.dirname(__file__), "licenses.toml")
+_licensing = license_expression.Licensing()
+
+
+def default_allow_list() -> tuple[str, ...]:
+    """The shipped allow-list (``xgen_data/licenses.toml``), as SPDX identifiers."""
+    with open(DEFAULT_ALLOW_FILE, "rb") as f:
+        return tuple(tomllib.load(f)["allow"])
+
+
+def _passes(node, allow: frozenset[str]) -> bool:
+    if isinstance(node, license_expression.LicenseWithExceptionSymbol):
+        return _passes(node.license_symbol, allow)
+    if isinstance(node, license_expression.LicenseSymbol):
+        return node.key.lower() in allow
+    if isinstance(node, _licensing.OR):
+        return any(_passes(a, allow) for a in node.args)
+    if isinstance(node, _licensing.AND):
+        return all(_passes(a, allow) for a in node.args)
+    return False
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached(expr: str, allow: frozenset[str]) -> bool:
+    try:
+        node = _licensing.parse(expr, validate=False, strict=False)
+    except license_expression.ExpressionError:
+        return False
+    return node is not None and _passes(node, allow)
+
+
+def license_passes(expr: str | None, allow: tuple[str, ...] | frozenset[str] | None = None) -> bool:
+    """True when the SPDX expression ``expr`` is permissive under ``allow`` (default: the shipped list).
+
+    Args:
+        expr: an SPDX license expression such as ``"MIT"``, ``"(GPL-2.0 WITH Linux-syscall-note) OR MIT"``.
+        allow: SPDX identifiers that pass, compared case-insensitively.
+    """
+    if expr is None or not expr.strip() or expr.strip().upper() in ("NOASSERTION", "NONE"):
+        return False
+    allowed = frozenset(a.lower() for a in (default_allow_list() if allow is None else allow))
+    return _cached(expr.strip(), allowed)

@@ -1,0 +1,100 @@
+"""Mixture planning and document selection by sampling proportion (SPEC §2).
+
+Token accounting: in a packed stream every document is followed by one EOS separator, so a document
+*costs* ``n_tokens + 1`` tokens. ``unique`` tokens of a subset are the summed cost of its kept documents;
+a stage gives subset ``s`` ``effective_s = proportion_s × stage tokens`` tokens; ``epochs = effective /
+unique`` (> 1: documents repeat; < 1: a subsample). Proportions are by tokens, never documents.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from xgen_data.recipe import Recipe, Stage
+
+
+def stage_seed(seed: int, *names: str) -> int:
+    """A 64-bit seed derived from the recipe seed and step names (stable across runs and platforms)."""
+    digest = hashlib.sha256(":".join([str(seed), *names]).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    stage: str
+    subset: str
+    documents: int  # kept documents available
+    unique_tokens: int  # sum of (n_tokens + 1) over kept documents
+    effective_tokens: int  # tokens this stage takes from the subset
+    proportion: float  # sampling proportion (recipe)
+
+    @property
+    def epochs(self) -> float:
+        return self.effective_tokens / self.unique_tokens if self.unique_tokens else float("inf")
+
+
+def effective_tokens(stage: Stage) -> dict[str, int]:
+    """Integer token targets per subset summing exactly to ``stage.tokens`` (largest-remainder rounding)."""
+    raw = {s: p * stage.tokens for s, p in stage.proportions.items()}
+    out = {s: int(v) for s, v in raw.items()}
+    short = stage.tokens - sum(out.values())
+    for s in sorted(raw, key=lambda s: (out[s] - raw[s], s))[:short]:
+        out[s] += 1
+    return out
+
+
+def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[SubsetPlan]:
+    """The mixture plan per stage and subset.
+
+    Args:
+        subset_stats: ``{subset: (kept documents, unique tokens incl. one EOS per document)}``; a subset
+            missing here has zero documents.
+    """
+    rows = []
+    for stage in recipe.stages:
+        for subset, eff in effective_tokens(stage).items():
+            docs, unique = subset_stats.get(subset, (0, 0))
+            rows.append(SubsetPlan(stage.name, subset, docs, unique, eff, stage.proportions[subset]))
+    return rows
+
+
+def select_documents(costs: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Choose document instances whose summed cost is exactly ``target`` (sampling with repetition by epochs).
+
+    Every document is taken ``floor(epochs)`` times; the fractional epoch is a uniformly random subset
+    (documents taken in a seeded random order until the target is met; the last one is cut short).
+
+    Args:
+        costs: int64 ``[n_docs]``, each document's cost ``n_tokens + 1`` (>= 2).
+        target: tokens to select (>= 0).
+        rng: the seeded generator (its state advances).
+    Returns:
+        ``(doc_index, take)``: int64 arrays, one entry per instance: the document index into ``costs`` and
+        how many of its content tokens are used (``costs - 1`` unless cut short). ``sum(take + 1) == target``
+        except when the final remainder is a single token, which is left out.
+    Raises:
+        ValueError: ``target > 0`` with no documents.
+    """
+    costs = np.asarray(costs, dtype=np.int64)
+    if target <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    total = int(costs.sum())
+    if total == 0:
+        raise ValueError("cannot select tokens from an empty subset")
+    full, rest = divmod(target, total)
+    index = [np.tile(np.arange(len(costs), dtype=np.int64), full)]
+    take = [np.tile(costs - 1, full)]
+    if rest:
+        order = rng.permutation(len(costs))
+        cum = np.cumsum(costs[order])
+        k = int(np.searchsorted(cum, rest, side="left"))  # order[k] is the first doc reaching `rest`
+        index.append(order[: k + 1])
+        part = costs[order[: k + 1]] - 1
+        left = rest - (int(cum[k - 1]) if k else 0)  # cost available to order[k]
+        part[-1] = left - 1
+        if part[-1] <= 0:
+            index[-1], part = index[-1][:-1], part[:-1]
+        take.append(part)
+    return np.concatenate(index), np.concatenate(take)

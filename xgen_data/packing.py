@@ -1,0 +1,279 @@
+"""``xgen mix build``: pack the kept documents into shuffled fixed-length sequences (SPEC §2).
+
+Per stage, seeded from the recipe seed (:func:`xgen_data.mixture.stage_seed`):
+
+1. select document instances per subset by sampling proportion (:func:`xgen_data.mixture.select_documents`);
+2. shuffle the instances uniformly; concatenate them into one stream, each document followed by EOS
+   (so EOS separates consecutive documents and is never doubled); long documents span sequences;
+3. cut the stream into consecutive chunks, one per sub-stage, each ``n_sequences × seq_len`` tokens;
+4. shuffle the sequences uniformly within each chunk and write them to shards (:mod:`xgen_data.shards`).
+
+Streams and chunks live in temporary memory-mapped files, so memory holds only per-document integers
+(document offsets, instance order, permutations), never the tokens of the corpus. The output folder is
+built under a temporary name and swapped in at the end; the same corpus, recipe and seed give
+byte-identical shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xgen_data import fsutil, mixture, shards, sql, tokenizer
+from xgen_data.corpus import Corpus
+from xgen_data.recipe import Recipe
+
+SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
+
+
+@dataclass
+class SubsetDocs:
+    """The kept documents of one subset, in corpus order (parallel arrays, one entry per document)."""
+
+    name: str
+    part: np.ndarray  # object: part file name
+    row: np.ndarray  # int64: row in the part
+    doc_id: np.ndarray  # object: document id
+    source: np.ndarray  # object
+    n_tokens: np.ndarray  # int64
+
+    @property
+    def costs(self) -> np.ndarray:
+        return self.n_tokens + 1
+
+
+def kept_documents(corpus_dir: str, subsets: list[str]) -> dict[str, SubsetDocs]:
+    """Kept documents per subset (the ``documents`` view, ``kept``), ordered by part and row."""
+    con = sql.connect(corpus_dir)
+    out = {}
+    for name in subsets:
+        t = con.sql("""SELECT part, row, id, coalesce(source, '') AS source, n_tokens FROM documents
+                           WHERE kept AND subset = ? ORDER BY part, row""", params=[name]).to_arrow_table()
+        out[name] = SubsetDocs(name, np.array(t["part"].to_pylist(), dtype=object),
+                               t["row"].to_numpy().astype(np.int64),
+                               np.array(t["id"].to_pylist(), dtype=object),
+                               np.array(t["source"].to_pylist(), dtype=object),
+                               t["n_tokens"].to_numpy().astype(np.int64))
+    return out
+
+
+def subset_stats(docs: dict[str, SubsetDocs]) -> dict[str, tuple[int, int]]:
+    """``{subset: (documents, unique tokens incl. EOS)}`` for :func:`xgen_data.mixture.plan`."""
+    return {k: (len(v.n_tokens), int(v.costs.sum())) for k, v in docs.items()}
+
+
+def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: str) -> np.ndarray:
+    """Write the tokens of documents ``wanted`` (indices into ``docs``, sorted) to a uint16 file.
+
+    Returns int64 offsets ``[len(docs) + 1]`` into that file (documents not wanted get length 0).
+    """
+    lengths = np.zeros(len(docs.n_tokens), dtype=np.int64)
+    lengths[wanted] = docs.n_tokens[wanted]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.memmap(path, dtype=shards.DTYPE, mode="w+", shape=(max(int(offsets[-1]), 1),))
+    parts = docs.part[wanted]
+    for part_name in dict.fromkeys(parts):
+        sel = wanted[parts == part_name]
+        col = pq.read_table(os.path.join(corpus.docs_dir(docs.name), part_name), columns=["tokens"]).column("tokens")
+        col = col.combine_chunks()
+        values = col.values.to_numpy()
+        starts = col.offsets.to_numpy()
+        for d in sel:
+            r = docs.row[d]
+            out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
+    out.flush()
+    return offsets
+
+
+@dataclass
+class BuildReport:
+    """What ``mix build`` wrote."""
+
+    out_dir: str
+    shards: int = 0
+    sequences: dict[str, int] = field(default_factory=dict)  # "stage/substage" -> n_sequences
+    tokens_per_subset: dict[str, Counter] = field(default_factory=dict)  # stage -> subset -> content tokens
+    seconds: float = 0.0
+
+
+def _segments(pos: np.ndarray, take: np.ndarray, start: int, n_seq: int, seq_len: int):
+    """Split content intervals ``[pos, pos + take)`` of the stream at sequence boundaries of one chunk.
+
+    Returns ``(instance, seq, start_in_seq, length, doc_offset)`` int64 arrays for the pieces inside
+    the chunk ``[start, start + n_seq × seq_len)``.
+    """
+    end = start + n_seq * seq_len
+    a = np.maximum(pos, start)
+    b = np.minimum(pos + take, end)
+    inside = np.nonzero(b > a)[0]
+    a, b = a[inside], b[inside]
+    first = (a - start) // seq_len
+    last = (b - 1 - start) // seq_len
+    count = last - first + 1
+    inst = np.repeat(inside, count)
+    seq = np.repeat(first, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+    lo = np.maximum(np.repeat(a, count), start + seq * seq_len)
+    hi = np.minimum(np.repeat(b, count), start + (seq + 1) * seq_len)
+    return inst, seq, lo - start - seq * seq_len, hi - lo, lo - pos[inst]
+
+
+def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
+          progress: bool = True) -> BuildReport:
+    """Pack the corpus into shards for every stage of ``recipe`` (see module docstring).
+
+    Args:
+        corpus_dir: a corpus (after ``xgen filter`` / ``xgen dedup``; their drops are excluded).
+        out_dir: the shards directory to (re)create.
+        shard_tokens: target tokens per shard file (a shard holds whole sequences).
+    Raises:
+        ValueError: a subset with a positive proportion has no kept documents.
+        CorpusError: not a corpus.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    corpus = Corpus(corpus_dir)
+    docs = kept_documents(corpus_dir, recipe.subsets())
+    for stage in recipe.stages:
+        for subset in stage.proportions:
+            if not len(docs[subset].n_tokens):
+                raise ValueError(f"stage {stage.name!r}: subset {subset!r} has no kept documents in {corpus_dir} "
+                                 f"(subsets there: {', '.join(corpus.subsets()) or 'none'})")
+    out_dir = os.path.abspath(out_dir)
+    tmp_dir = fsutil.tmp_name(out_dir.rstrip(os.sep))
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(os.path.join(tmp_dir, ".work"))
+    report = BuildReport(out_dir)
+    manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "recipe": recipe.name,
+                "recipe_sha256": fsutil.sha256_file(recipe.path), "seed": recipe.seed,
+                "tokenizer": "xgen", "vocab_size": tokenizer.VOCAB_SIZE,
+                "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
+                "plan": [], "stages": [], "shards": []}
+    bar = tqdm(total=sum(s.tokens for s in recipe.stages), unit="tok", unit_scale=True, desc="mix build",
+               disable=not progress, leave=False)
+    try:
+        for row in mixture.plan(recipe, subset_stats(docs)):
+            manifest["plan"].append({"stage": row.stage, "subset": row.subset, "documents": row.documents,
+                                     "unique_tokens": row.unique_tokens, "effective_tokens": row.effective_tokens,
+                                     "proportion": row.proportion, "epochs": round(row.epochs, 6)})
+        for stage in recipe.stages:
+            _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar)
+        shutil.rmtree(os.path.join(tmp_dir, ".work"))
+        fsutil.write_json(os.path.join(tmp_dir, "manifest.json"), manifest)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if os.path.exists(out_dir):
+        old = fsutil.tmp_name(out_dir + "-old")
+        os.replace(out_dir, old)
+        os.replace(tmp_dir, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, out_dir)
+    corpus.register_shard_dir(out_dir)
+    report.shards = len(manifest["shards"])
+    report.seconds = time.time() - t0
+    return report
+
+
+def _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar) -> None:
+    rng = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage.name)))
+    subsets = sorted(stage.proportions)
+    targets = mixture.effective_tokens(stage)
+    inst_subset, inst_doc, inst_take = [], [], []
+    for k, name in enumerate(subsets):
+        d, t = mixture.select_documents(docs[name].costs, targets[name], rng)
+        inst_subset.append(np.full(len(d), k, dtype=np.int64))
+        inst_doc.append(d)
+        inst_take.append(t)
+    order = rng.permutation(sum(len(d) for d in inst_doc))
+    inst_subset = np.concatenate(inst_subset)[order]
+    inst_doc = np.concatenate(inst_doc)[order]
+    inst_take = np.concatenate(inst_take)[order]
+    pos = np.zeros(len(order), dtype=np.int64)
+    np.cumsum(inst_take[:-1] + 1, out=pos[1:])
+    stream_len = int(pos[-1] + inst_take[-1] + 1) if len(pos) else 0
+
+    # Stage the selected documents' tokens per subset, then write the stream in shuffled order.
+    work = os.path.join(tmp_dir, ".work")
+    offsets, staged = {}, {}
+    for k, name in enumerate(subsets):
+        wanted = np.unique(inst_doc[inst_subset == k])
+        path = os.path.join(work, f"{stage.name}-{name}.tokens")
+        offsets[k] = _stage_tokens(corpus, docs[name], wanted, path)
+        staged[k] = np.memmap(path, dtype=shards.DTYPE, mode="r")
+    stream_path = os.path.join(work, f"{stage.name}.stream")
+    stream = np.memmap(stream_path, dtype=shards.DTYPE, mode="w+", shape=(max(stream_len, 1),))
+    for i in range(len(order)):
+        k, d, n, p = int(inst_subset[i]), int(inst_doc[i]), int(inst_take[i]), int(pos[i])
+        o = int(offsets[k][d])
+        stream[p:p + n] = staged[k][o:o + n]
+        stream[p + n] = tokenizer.EOS_ID
+    stream.flush()
+
+    stage_entry = {"name": stage.name, "tokens": stage.tokens, "stream_tokens": stream_len, "substages": []}
+    report.tokens_per_subset[stage.name] = Counter()
+    chunk_start = 0
+    for sub in stage.substages:
+        n_seq = min(sub.n_sequences, (stream_len - chunk_start) // sub.seq_len)
+        seq_len = sub.seq_len
+        chunk = np.memmap(stream_path, dtype=shards.DTYPE, mode="r", offset=chunk_start * 2, shape=(n_seq, seq_len))
+        perm = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage.name, sub.name))).permutation(n_seq)
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(n_seq)
+        inst, seq, start, length, doc_off = _segments(pos, inst_take, chunk_start, n_seq, seq_len)
+        post = inv[seq]
+        by_post = np.lexsort((start, post))
+        inst, seq, start, length, doc_off, post = (x[by_post] for x in (inst, seq, start, length, doc_off, post))
+        rows_per_shard = max(1, shard_tokens // seq_len)
+        folder = os.path.join(stage.name, sub.name)
+        os.makedirs(os.path.join(tmp_dir, folder), exist_ok=True)
+        for s, r0 in enumerate(range(0, n_seq, rows_per_shard)):
+            r1 = min(n_seq, r0 + rows_per_shard)
+            data = np.ascontiguousarray(chunk[perm[r0:r1]])
+            rel = os.path.join(folder, f"shard-{s:05d}.bin")
+            with open(os.path.join(tmp_dir, rel), "wb") as f:
+                f.write(data.tobytes())
+            lo, hi = np.searchsorted(post, [r0, r1])
+            sl = slice(lo, hi)
+            sub_names = np.array(subsets, dtype=object)[inst_subset[inst[sl]]]
+            doc_ids = np.array([docs[subsets[inst_subset[i]]].doc_id[inst_doc[i]] for i in inst[sl]], dtype=object)
+            sources = np.array([docs[subsets[inst_subset[i]]].source[inst_doc[i]] for i in inst[sl]], dtype=object)
+            index = pa.table({
+                "row": pa.array(post[sl] - r0, pa.int64()), "start": pa.array(start[sl], pa.int32()),
+                "length": pa.array(length[sl], pa.int32()), "subset": pa.array(list(sub_names), pa.string()),
+                "doc_id": pa.array(list(doc_ids), pa.string()), "source": pa.array(list(sources), pa.string()),
+                "doc_offset": pa.array(doc_off[sl], pa.int64()), "pre_shuffle_seq": pa.array(seq[sl], pa.int64()),
+            }, schema=shards.INDEX_SCHEMA)
+            rel_idx = os.path.join(folder, f"shard-{s:05d}.idx.parquet")
+            pq.write_table(index, os.path.join(tmp_dir, rel_idx), compression="zstd")
+            per_subset, per_source = Counter(), Counter()
+            for name, src, n in zip(sub_names, sources, length[sl]):
+                per_subset[name] += int(n)
+                per_source[src] += int(n)
+            report.tokens_per_subset[stage.name].update(per_subset)
+            manifest["shards"].append({
+                "path": rel, "index_path": rel_idx, "stage": stage.name, "substage": sub.name, "seq_len": seq_len,
+                "n_sequences": int(r1 - r0), "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+                "tokens_per_subset": dict(sorted(per_subset.items())),
+                "tokens_per_source": dict(sorted(per_source.items())),
+                "eos_tokens": int(data.size - sum(per_subset.values())),
+            })
+            bar.update(int(data.size))
+        stage_entry["substages"].append({"name": sub.name, "seq_len": seq_len, "n_sequences": int(n_seq),
+                                         "n_tokens": int(n_seq * seq_len)})
+        report.sequences[f"{stage.name}/{sub.name}"] = int(n_seq)
+        chunk_start += n_seq * seq_len
+        del chunk
+    manifest["stages"].append(stage_entry)
+    del stream, staged

@@ -1,0 +1,135 @@
+"""Streaming readers for raw corpora: JSONL, JSONL.gz, JSONL.zst and Parquet.
+
+Every record comes with its location (file and 1-based line or row number) so that errors can name it.
+Records follow the shared corpus schema ``{id, text, source, license, language, path, meta}``; only
+``text`` is required.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+#: The document fields kept by the corpus (SPEC-independent; the shared corpus schema).
+FIELDS = ("id", "text", "source", "license", "language", "path", "meta")
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+
+
+class RecordError(ValueError):
+    """A raw record is unusable. ``str()`` names the file, the line (or Parquet row) and the problem."""
+
+    def __init__(self, file: str, line: int, problem: str):
+        self.file, self.line, self.problem = file, line, problem
+        super().__init__(f"{file}:{line}: {problem}")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One undecoded input record: JSONL line bytes, or an already-decoded Parquet row (a dict)."""
+
+    file: str
+    line: int
+    payload: bytes | dict[str, Any]
+
+
+def input_format(path: str) -> str:
+    """Return ``'jsonl'``, ``'jsonl.gz'``, ``'jsonl.zst'`` or ``'parquet'`` from the file name.
+
+    Raises:
+        ValueError: the suffix is none of :data:`SUPPORTED_SUFFIXES`.
+    """
+    name = os.path.basename(path).lower()
+    for suffix in (".jsonl.gz", ".jsonl.zst", ".jsonl", ".parquet"):
+        if name.endswith(suffix):
+            return suffix[1:]
+    raise ValueError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def iter_raw(path: str) -> Iterator[RawRecord]:
+    """Stream the records of one input file without decoding JSON (that happens in worker processes).
+
+    Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size.
+
+    Raises:
+        ValueError: unsupported suffix; RecordError: a corrupt compressed stream (names the file).
+    """
+    fmt = input_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                row += 1
+                yield RawRecord(path, row, rec)
+        return
+    raw = open(path, "rb")
+    try:
+        if fmt == "jsonl.gz":
+            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw)
+        elif fmt == "jsonl.zst":
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        else:
+            stream = raw
+        reader = io.BufferedReader(stream, buffer_size=1 << 20)
+        line_no = 0
+        try:
+            for line in reader:
+                line_no += 1
+                if line.strip():
+                    yield RawRecord(path, line_no, line)
+        except (OSError, EOFError, zstandard.ZstdError) as exc:
+            raise RecordError(path, line_no + 1, f"corrupt {fmt} stream: {exc}") from exc
+    finally:
+        raw.close()
+
+
+def decode_record(rec: RawRecord) -> dict[str, Any]:
+    """Decode and validate one raw record into a document dict with the keys of :data:`FIELDS`.
+
+    ``text`` must be a string that is valid UTF-8 (no lone surrogates); ``id`` defaults to
+    ``"<file name>:<line>"``; ``meta`` is kept as a JSON string; other fields must be strings or null.
+
+    Raises:
+        RecordError: malformed JSON, invalid UTF-8, a record that is not an object, missing or non-string
+            ``text``, or a field of the wrong type.
+    """
+    if isinstance(rec.payload, bytes):
+        try:
+            line = rec.payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(rec.file, rec.line, f"invalid UTF-8 at byte {exc.start}") from None
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+    else:
+        obj = rec.payload
+    if not isinstance(obj, dict):
+        raise RecordError(rec.file, rec.line, f"record is a JSON {type(obj).__name__}, expected an object")
+    text = obj.get("text")
+    if text is None:
+        raise RecordError(rec.file, rec.line, "missing 'text'")
+    if not isinstance(text, str):
+        raise RecordError(rec.file, rec.line, f"'text' is {type(text).__name__}, expected a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError(rec.file, rec.line, f"invalid UTF-8 in 'text' (lone surrogate at character {exc.start})") from None
+    doc: dict[str, Any] = {"text": text}
+    for key in ("id", "source", "license", "language", "path"):
+        value = obj.get(key)
+        if value is not None and not isinstance(value, (str, int)):
+            raise RecordError(rec.file, rec.line, f"'{key}' is {type(value).__name__}, expected a string")
+        doc[key] = None if value is None else str(value)
+    if doc["id"] is None:
+        doc["id"] = f"{os.path.basename(rec.file)}:{rec.line}"
+    meta = obj.get("meta")
+    doc["meta"] = None if meta is None else (meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False))
+    return doc

@@ -1,0 +1,126 @@
+"""The shard format: memory-mapped uint16 sequences plus a ``manifest.json`` and per-shard document index.
+
+A shards directory (``format_version`` 1)::
+
+    manifest.json
+    <stage>/<substage>/shard-00000.bin          raw little-endian uint16, C order, [n_sequences, seq_len]
+    <stage>/<substage>/shard-00000.idx.parquet  one row per document piece (see INDEX_SCHEMA)
+
+``manifest.json`` holds ``format``, ``format_version``, ``recipe``, ``seed``, ``vocab_size`` (50,313),
+``padded_vocab_size`` (51,200), ``eos_id`` (50256), ``dtype`` ("uint16"), ``stages`` (per sub-stage
+seq_len, n_sequences, n_tokens) and ``shards``: per shard ``path, index_path, stage, substage, seq_len,
+n_sequences, sha256, tokens_per_subset, tokens_per_source, eos_tokens``. Paths are relative to the folder.
+
+Document boundaries: EOS (50256) ends every document piece that ends its document; in data mode no text
+encodes to 50256 (SPEC §1), so EOS positions are exactly the boundaries. The index tells, for each piece,
+its row and start in the shard, its length, subset, document id, source, offset inside the document and
+the sequence's position before the per-chunk shuffle, so the pre-shuffle stream can be rebuilt.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xgen_data import fsutil
+
+FORMAT = "xgen-shards"
+FORMAT_VERSION = 1
+DTYPE = np.dtype("<u2")
+
+INDEX_SCHEMA = pa.schema([
+    ("row", pa.int64()),  # sequence row in this shard
+    ("start", pa.int32()),  # token offset of the piece in the sequence
+    ("length", pa.int32()),  # content tokens of the piece (its EOS, if any, follows at start + length)
+    ("subset", pa.string()),
+    ("doc_id", pa.string()),
+    ("source", pa.string()),
+    ("doc_offset", pa.int64()),  # offset of the piece's first token inside the document's tokens
+    ("pre_shuffle_seq", pa.int64()),  # sequence number within the sub-stage before the shuffle
+])
+
+
+class ShardError(ValueError):
+    """A shards directory is missing, malformed, or does not match its manifest (names the file)."""
+
+
+def read_manifest(shard_dir: str) -> dict:
+    """Read and check ``manifest.json``. Raises ShardError on a missing file, wrong format or version."""
+    path = os.path.join(shard_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise ShardError(f"{shard_dir}: no manifest.json (not a shards directory; run `xgen mix build`)")
+    try:
+        manifest = fsutil.read_json(path)
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
+                         f"expected {FORMAT!r} v{FORMAT_VERSION}")
+    if manifest.get("dtype") != "uint16":
+        raise ShardError(f"{path}: dtype {manifest.get('dtype')!r}, expected 'uint16'")
+    return manifest
+
+
+def open_shard(shard_dir: str, entry: dict) -> np.ndarray:
+    """Memory-map one shard as a read-only uint16 array of shape ``[n_sequences, seq_len]``.
+
+    Raises:
+        ShardError: the file is missing or its size is not ``n_sequences × seq_len × 2`` bytes.
+    """
+    path = os.path.join(shard_dir, entry["path"])
+    if not os.path.exists(path):
+        raise ShardError(f"{path}: shard file listed in manifest.json is missing")
+    shape = (int(entry["n_sequences"]), int(entry["seq_len"]))
+    expected = shape[0] * shape[1] * DTYPE.itemsize
+    if os.path.getsize(path) != expected:
+        raise ShardError(f"{path}: {os.path.getsize(path)} bytes, manifest says {shape} uint16 = {expected} bytes")
+    return np.memmap(path, dtype=DTYPE, mode="r", shape=shape)
+
+
+def verify(shard_dir: str) -> list[str]:
+    """Check every shard's size and SHA-256 against the manifest; return problems (empty when all match)."""
+    manifest = read_manifest(shard_dir)
+    problems = []
+    for entry in manifest["shards"]:
+        try:
+            open_shard(shard_dir, entry)
+        except ShardError as exc:
+            problems.append(str(exc))
+            continue
+        digest = fsutil.sha256_file(os.path.join(shard_dir, entry["path"]))
+        if digest != entry["sha256"]:
+            problems.append(f"{entry['path']}: sha256 {digest[:12]}… does not match manifest {entry['sha256'][:12]}…")
+    return problems
+
+
+def read_index(shard_dir: str, entry: dict) -> pa.Table:
+    """The document-piece index of one shard (:data:`INDEX_SCHEMA`)."""
+    return pq.read_table(os.path.join(shard_dir, entry["index_path"]))
+
+
+def pre_shuffle_sequences(shard_dir: str, stage: str, substage: str) -> np.ndarray:
+    """All sequences of a sub-stage in their order before the shuffle: uint16 ``[n_sequences, seq_len]``.
+
+    Reads every shard of the sub-stage into memory (meant for checks and tests, not for training).
+    """
+    manifest = read_manifest(shard_dir)
+    entries = [e for e in manifest["shards"] if e["stage"] == stage and e["substage"] == substage]
+    if not entries:
+        raise ShardError(f"{shard_dir}: no shards for stage {stage!r} sub-stage {substage!r}")
+    n = sum(e["n_sequences"] for e in entries)
+    out = np.zeros((n, entries[0]["seq_len"]), dtype=DTYPE)
+    filled = np.zeros(n, dtype=bool)
+    for e in entries:
+        data = open_shard(shard_dir, e)
+        rows = read_index(shard_dir, e).to_pydict()
+        pre_of_row = {}
+        for r, p in zip(rows["row"], rows["pre_shuffle_seq"]):
+            pre_of_row[r] = p
+        for r, p in pre_of_row.items():
+            out[p] = data[r]
+            filled[p] = True
+    if not filled.all():
+        raise ShardError(f"{shard_dir}: {int((~filled).sum())} sequences of {stage}/{substage} have no index entry")
+    return out

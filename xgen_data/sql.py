@@ -1,0 +1,119 @@
+"""SQL over corpus statistics with DuckDB (views over the corpus Parquet files and shard manifests).
+
+Views (created by :func:`connect`):
+
+* ``documents``: one row per document: ``id, subset, part, row, source, license, language, path, meta,
+  text, n_chars, n_bytes, n_tokens, kept, drop_reason, dup_cluster, dup_of``. ``drop_reason`` is the first
+  step's reason in :data:`xgen_data.corpus.STEP_ORDER` (filter, then dedup); ``kept`` = no reason.
+* ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir, path,
+  stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset (JSON), tokens_per_source
+  (JSON)``.
+* ``license_conflicts``: exact duplicates carrying different license labels (after ``xgen dedup``).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import duckdb
+
+from xgen_data import fsutil
+from xgen_data.corpus import Corpus
+
+_SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
+_PART_FROM_PATH = r"regexp_extract(filename, '([^/\\]+\.parquet)$', 1)"
+
+
+def _q(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
+def _documents_sql(corpus: Corpus) -> str:
+    cols = ["d.id", "d.subset", "d.part", "d.row", "d.source", "d.license", "d.language", "d.path", "d.meta",
+            "d.text", "d.n_chars", "d.n_bytes", "d.n_tokens"]
+    joins, reasons = [], []
+    if corpus.has_step("filter"):
+        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, {_SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_q(corpus.step_glob('filter'))}, filename=true)) f
+            ON f.subset = d.subset AND f.id = d.id""")
+        reasons.append("f.drop_reason")
+    if corpus.has_step("dedup"):
+        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, dup_cluster, dup_of, {_SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_q(corpus.step_glob('dedup'))}, filename=true)) u
+            ON u.subset = d.subset AND u.id = d.id""")
+        reasons.append("u.drop_reason")
+        cols += ["u.dup_cluster", "u.dup_of"]
+    else:
+        cols += ["CAST(NULL AS BIGINT) AS dup_cluster", "CAST(NULL AS VARCHAR) AS dup_of"]
+    reason = f"coalesce({', '.join(reasons)})" if reasons else "CAST(NULL AS VARCHAR)"
+    cols += [f"({reason}) IS NULL AS kept", f"{reason} AS drop_reason"]
+    return f"""CREATE OR REPLACE VIEW documents AS SELECT {', '.join(cols)} FROM (
+        SELECT *, {_SUBSET_FROM_PATH} AS subset, {_PART_FROM_PATH} AS part, file_row_number AS row
+        FROM read_parquet({_q(corpus.docs_glob())}, filename=true, file_row_number=true)) d
+        {' '.join(joins)}"""
+
+
+def shard_rows(shard_dirs: list[str]) -> list[dict]:
+    """Rows of the ``shards`` view from each directory's ``manifest.json`` (missing dirs are skipped)."""
+    rows = []
+    for shard_dir in shard_dirs:
+        manifest_path = os.path.join(shard_dir, "manifest.json")
+        if not os.path.exists(manifest_path):
+            continue
+        manifest = fsutil.read_json(manifest_path)
+        for s in manifest["shards"]:
+            rows.append({"shard_dir": shard_dir, "path": s["path"], "stage": s["stage"], "substage": s["substage"],
+                         "seq_len": s["seq_len"], "n_sequences": s["n_sequences"],
+                         "n_tokens": s["seq_len"] * s["n_sequences"], "sha256": s["sha256"],
+                         "tokens_per_subset": json.dumps(s["tokens_per_subset"], sort_keys=True),
+                         "tokens_per_source": json.dumps(s["tokens_per_source"], sort_keys=True)})
+    return rows
+
+
+def connect(corpus_dir: str, shard_dirs: list[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views of this module over the corpus at ``corpus_dir``.
+
+    Args:
+        shard_dirs: extra shards directories for the ``shards`` view, besides those registered by
+            ``xgen mix build`` in ``corpus.json``.
+    Raises:
+        CorpusError: not a corpus, or a corpus with no documents.
+    """
+    corpus = Corpus(corpus_dir)
+    if not corpus.parts():
+        from xgen_data.corpus import CorpusError
+
+        raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
+    con = duckdb.connect(":memory:")
+    con.execute(_documents_sql(corpus))
+    dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
+    rows = shard_rows(list(dict.fromkeys(dirs)))
+    if rows:
+        import pyarrow as pa
+
+        con.register("_shards_rows", pa.Table.from_pylist(rows))
+        con.execute("CREATE OR REPLACE VIEW shards AS SELECT * FROM _shards_rows")
+    conflicts = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
+    if os.path.exists(conflicts):
+        con.execute(f"CREATE OR REPLACE VIEW license_conflicts AS SELECT * FROM read_parquet({_q(conflicts)})")
+    return con
+
+
+#: The tables ``xgen stats`` prints: (title, SQL).
+STATS_QUERIES: list[tuple[str, str]] = [
+    ("Documents and tokens per subset", """SELECT subset, count(*) AS documents, sum(n_tokens) AS tokens,
+        count(*) FILTER (kept) AS kept_documents, sum(n_tokens) FILTER (kept) AS kept_tokens
+        FROM documents GROUP BY subset ORDER BY subset"""),
+    ("Per source (top 20 by tokens)", """SELECT subset, source, count(*) AS documents, sum(n_tokens) AS tokens,
+        count(*) FILTER (kept) AS kept_documents FROM documents GROUP BY ALL ORDER BY tokens DESC LIMIT 20"""),
+    ("Per license (top 20 by documents)", """SELECT subset, license, count(*) AS documents, sum(n_tokens) AS tokens,
+        count(*) FILTER (kept) AS kept_documents FROM documents GROUP BY ALL ORDER BY documents DESC LIMIT 20"""),
+    ("Per language (top 20 by tokens)", """SELECT subset, language, count(*) AS documents, sum(n_tokens) AS tokens
+        FROM documents GROUP BY ALL ORDER BY tokens DESC LIMIT 20"""),
+    ("Document length in tokens (quantiles)", """SELECT subset, min(n_tokens) AS min,
+        quantile_disc(n_tokens, 0.1) AS p10, quantile_disc(n_tokens, 0.5) AS p50,
+        quantile_disc(n_tokens, 0.9) AS p90, quantile_disc(n_tokens, 0.99) AS p99, max(n_tokens) AS max
+        FROM documents GROUP BY subset ORDER BY subset"""),
+    ("Drops by reason", """SELECT subset, coalesce(drop_reason, '(kept)') AS reason, count(*) AS documents,
+        sum(n_tokens) AS tokens FROM documents GROUP BY ALL ORDER BY subset, documents DESC"""),
+]
