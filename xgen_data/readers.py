@@ -7,7 +7,6 @@ Records follow the shared corpus schema ``{id, text, source, license, language, 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -69,67 +68,68 @@ def iter_raw(path: str) -> Iterator[RawRecord]:
                 row += 1
                 yield RawRecord(path, row, rec)
         return
-    raw = open(path, "rb")
-    try:
+    with open(path, "rb") as raw:
         if fmt == "jsonl.gz":
-            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw)
+            chunks: Iterator[bytes] = _read_chunks(gzip.GzipFile(fileobj=raw))
         elif fmt == "jsonl.zst":
-            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            chunks = _zstd_chunks(raw)
         else:
-            stream = raw
-        reader = io.BufferedReader(stream, buffer_size=1 << 20)
+            chunks = _read_chunks(raw)
         line_no = 0
         try:
-            for line in reader:
+            for line in _lines(chunks):
                 line_no += 1
                 if line.strip():
                     yield RawRecord(path, line_no, line)
         except (OSError, EOFError, zstandard.ZstdError) as exc:
             raise RecordError(path, line_no + 1, f"corrupt {fmt} stream: {exc}") from exc
-    finally:
-        raw.close()
 
 
-def decode_record(rec: RawRecord) -> dict[str, Any]:
-    """Decode and validate one raw record into a document dict with the keys of :data:`FIELDS`.
+_CHUNK = 1 << 20
 
-    ``text`` must be a string that is valid UTF-8 (no lone surrogates); ``id`` defaults to
-    ``"<file name>:<line>"``; ``meta`` is kept as a JSON string; other fields must be strings or null.
 
-    Raises:
-        RecordError: malformed JSON, invalid UTF-8, a record that is not an object, missing or non-string
-            ``text``, or a field of the wrong type.
+def _read_chunks(f) -> Iterator[bytes]:
+    while block := f.read(_CHUNK):
+        yield block
+
+
+def _zstd_chunks(raw) -> Iterator[bytes]:
+    """Decompress a (multi-frame) zstd stream; a truncated last frame raises ``EOFError``."""
+    obj = zstandard.ZstdDecompressor().decompressobj()
+    pending = b""
+    while True:
+        data = pending or raw.read(_CHUNK)
+        pending = b""
+        if not data:
+            break
+        out = obj.decompress(data)
+        if out:
+            yield out
+        if obj.eof:  # frame finished: the rest (if any) starts the next frame
+            pending = obj.unused_data
+            obj = zstandard.ZstdDecompressor().decompressobj()
+            if not pending:
+                nxt = raw.read(_CHUNK)
+                if not nxt:
+                    return
+                pending = nxt
+    raise EOFError("stream ends in the middle of a zstd frame (truncated file?)")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Split a byte stream into lines (newline kept); the last line may lack its newline.
+
+    A line longer than a chunk is gathered in a list, so very long lines cost linear time.
     """
-    if isinstance(rec.payload, bytes):
-        try:
-            line = rec.payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RecordError(rec.file, rec.line, f"invalid UTF-8 at byte {exc.start}") from None
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
-    else:
-        obj = rec.payload
-    if not isinstance(obj, dict):
-        raise RecordError(rec.file, rec.line, f"record is a JSON {type(obj).__name__}, expected an object")
-    text = obj.get("text")
-    if text is None:
-        raise RecordError(rec.file, rec.line, "missing 'text'")
-    if not isinstance(text, str):
-        raise RecordError(rec.file, rec.line, f"'text' is {type(text).__name__}, expected a string")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RecordError(rec.file, rec.line, f"invalid UTF-8 in 'text' (lone surrogate at character {exc.start})") from None
-    doc: dict[str, Any] = {"text": text}
-    for key in ("id", "source", "license", "language", "path"):
-        value = obj.get(key)
-        if value is not None and not isinstance(value, (str, int)):
-            raise RecordError(rec.file, rec.line, f"'{key}' is {type(value).__name__}, expected a string")
-        doc[key] = None if value is None else str(value)
-    if doc["id"] is None:
-        doc["id"] = f"{os.path.basename(rec.file)}:{rec.line}"
-    meta = obj.get("meta")
-    doc["meta"] = None if meta is None else (meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False))
-    return doc
+    parts: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            parts.append(chunk[start:end + 1])
+            yield b"".join(parts)
+            parts = []
+            start = end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)

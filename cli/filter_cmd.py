@@ -1,0 +1,33 @@
+"""``xgen filter``: drop short documents and non-permissive code (thin layer over :mod:`xgen_data.filters`)."""
+from __future__ import annotations
+
+import click
+
+from cli.common import corpus_option, print_rows, user_errors
+
+
+@click.command("filter")
+@corpus_option
+@click.option("--recipe", "recipe_name", default=None, help="Take the filter settings from this recipe.")
+@click.option("--min-tokens", type=click.IntRange(0), default=None, help="Drop documents with fewer tokens [100].")
+@click.option("--license-subset", "license_subsets", multiple=True, help="Subset held to the allow-list [code].")
+@click.option("--allow-license", "allow_extra", multiple=True, help="SPDX id to add to the allow-list.")
+@user_errors
+def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, license_subsets: tuple[str, ...],
+            allow_extra: tuple[str, ...]) -> None:
+    """Apply the length and license filters (SPEC §2); reasons show in the `documents` view."""
+    from xgen_data import filters, licenses, recipe
+
+    if recipe_name:
+        r = recipe.load(recipe_name)
+        allow, subsets, mt = r.allow_list(), r.license_subsets, r.min_tokens
+    else:
+        allow, subsets, mt = licenses.default_allow_list(), ("code",), filters.MIN_TOKENS
+    report = filters.run_filters(corpus_dir, min_tokens=mt if min_tokens is None else min_tokens,
+                                 license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra)
+    print_filter(report)
+
+
+def print_filter(report) -> None:
+    rows = [(s, r, n) for (s, r), n in sorted(report.dropped.items())]
+    print_rows(["subset", "drop_reason", "documents"], rows, title=f"Filter: {report.n_docs:,} documents checked")

@@ -1,0 +1,53 @@
+"""``xgen ingest``: raw files into a tokenized Parquet corpus (thin layer over :mod:`xgen_data.ingest`)."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from cli.common import corpus_option, print_rows, user_errors
+
+
+def expand_inputs(paths: tuple[str, ...]) -> list[str]:
+    """Files as given, and the supported files inside any folder given (sorted, not recursive)."""
+    from xgen_data.readers import SUPPORTED_SUFFIXES
+
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(SUPPORTED_SUFFIXES))
+            if not found:
+                raise click.BadParameter(f"{p}: folder has no {', '.join(SUPPORTED_SUFFIXES)} files")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+@click.command()
+@corpus_option
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--subset", default=None, help="Subset for all inputs (default: from the file name; nl -> natural).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
+@click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
+              help="raise: stop at the first bad record; skip: count and report bad records.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool) -> None:
+    """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized."""
+    from xgen_data.ingest import ingest as run
+
+    reports = run(corpus_dir, [(p, subset) for p in expand_inputs(inputs)], workers=workers, on_error=on_error,
+                  progress=not quiet)
+    print_ingest(reports)
+
+
+def print_ingest(reports) -> None:
+    rows = [(os.path.basename(r.path), r.subset, r.status, r.n_read, r.n_written, r.n_tokens,
+             sum(r.skipped.values()), ", ".join(f"{k}={v}" for k, v in sorted(r.skipped.items())), round(r.seconds, 1))
+            for r in reports]
+    print_rows(["input", "subset", "status", "read", "written", "tokens", "skipped", "skipped_by_reason", "seconds"],
+               rows, title="Ingest")
+    for r in reports:
+        for ex in r.examples:
+            click.echo(f"  skipped: {ex}")

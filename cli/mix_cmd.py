@@ -1,0 +1,97 @@
+"""``xgen mix plan|build``: mixtures by sampling proportion and packed shards (SPEC §2)."""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from cli.common import corpus_option, print_rows, user_errors
+
+
+@click.group()
+def mix() -> None:
+    """Plan and build stage mixtures from a recipe (see recipes/*.toml)."""
+
+
+def _recipe(name: str, seed: int | None):
+    from xgen_data import recipe
+
+    r = recipe.load(name)
+    return dataclasses.replace(r, seed=seed) if seed is not None else r
+
+
+recipe_option = click.option("--recipe", "recipe_name", default="demo", show_default=True,
+                             help="Recipe name (recipes/NAME.toml) or path.")
+seed_option = click.option("--seed", type=click.IntRange(0), default=None, help="Override the recipe's seed.")
+workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
+
+
+def print_plan(recipe, docs) -> None:
+    """Print the mixture plan per stage and subset, and sequences per sub-stage."""
+    from xgen_data import mixture, packing
+
+    rows = [(r.stage, r.subset, r.documents, r.unique_tokens, r.effective_tokens, r.proportion, round(r.epochs, 4))
+            for r in mixture.plan(recipe, packing.subset_stats(docs))]
+    print_rows(["stage", "subset", "documents", "unique_tokens", "effective_tokens", "proportion", "epochs"], rows,
+               title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed}")
+    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, ss.n_sequences) for st in recipe.stages for ss in st.substages]
+    print_rows(["stage", "substage", "seq_len", "tokens", "sequences"], rows, title="Sub-stages")
+
+
+def print_steps(steps) -> None:
+    from cli.filter_cmd import print_filter
+
+    if steps.filter is not None:
+        print_filter(steps.filter)
+    if steps.dedup is not None:
+        from cli.dedup_cmd import print_report
+
+        print_report(steps.dedup)
+    if steps.skipped:
+        click.echo(f"Up to date, not re-run: {', '.join(steps.skipped)}\n")
+
+
+@mix.command()
+@corpus_option
+@recipe_option
+@seed_option
+@workers_option
+@user_errors
+def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> None:
+    """Print unique and effective tokens, proportion, epochs and sequences per stage and subset."""
+    from xgen_data import packing, pipeline
+
+    r = _recipe(recipe_name, seed)
+    print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
+    print_plan(r, packing.kept_documents(corpus_dir, r.subsets()))
+
+
+@mix.command()
+@corpus_option
+@recipe_option
+@seed_option
+@workers_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Shards directory to write.")
+@user_errors
+def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str) -> None:
+    """Run the recipe's filters and dedup, then pack shuffled sequences into uint16 shards + manifest.json."""
+    from xgen_data import packing, pipeline
+
+    r = _recipe(recipe_name, seed)
+    print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
+    report = packing.build(corpus_dir, r, out_dir)
+    print_build(r, report)
+
+
+def print_build(recipe, report) -> None:
+    """Print sequences per sub-stage and realised token proportions against the recipe's."""
+    rows = [(k, v) for k, v in report.sequences.items()]
+    print_rows(["stage/substage", "sequences"], rows, title=f"Shards: {report.shards} files in {report.out_dir}")
+    rows = []
+    for st in recipe.stages:
+        got = report.tokens_per_subset.get(st.name, {})
+        total = sum(got.values()) or 1
+        for subset, p in st.proportions.items():
+            rows.append((st.name, subset, got.get(subset, 0), p, got.get(subset, 0) / total))
+    print_rows(["stage", "subset", "content_tokens", "recipe_proportion", "packed_proportion"], rows,
+               title="Tokens per subset against the recipe")

@@ -1,0 +1,51 @@
+"""``xgen sql`` and ``xgen stats``: DuckDB over the corpus views of :mod:`xgen_data.sql`."""
+from __future__ import annotations
+
+import click
+
+from cli.common import corpus_option, print_rows, user_errors
+
+
+@click.command()
+@corpus_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--shards", "shard_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Extra shards directory for the `shards` view (built ones are registered automatically).")
+@click.argument("query")
+@user_errors
+def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], query: str) -> None:
+    """Run a SQL QUERY over the views documents, shards and license_conflicts."""
+    import duckdb
+
+    from xgen_data import sql as xsql
+
+    con = xsql.connect(corpus_dir, list(shard_dirs))
+    try:
+        rel = con.execute(query)
+    except duckdb.Error as exc:
+        raise click.ClickException(f"SQL error: {exc}") from None
+    if rel.description is None:
+        return
+    columns = [d[0] for d in rel.description]
+    print_rows(columns, rel.fetchall(), fmt)
+
+
+@click.command()
+@corpus_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@user_errors
+def stats(corpus_dir: str, fmt: str) -> None:
+    """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason."""
+    from xgen_data import sql as xsql
+
+    con = xsql.connect(corpus_dir)
+    for title, query in xsql.STATS_QUERIES:
+        rel = con.execute(query)
+        columns = [d[0] for d in rel.description]
+        rows = [tuple(int(v) if hasattr(v, "__int__") and not isinstance(v, (int, float, str, bool)) else v for v in r)
+                for r in rel.fetchall()]
+        if fmt == "table":
+            print_rows(columns, rows, fmt, title=title)
+        else:
+            click.echo(f"# {title}")
+            print_rows(columns, rows, fmt)

@@ -1,0 +1,153 @@
+"""Corpus manager: ingest formats, idempotence, bad input (file and line named, or counted with skip)."""
+import gzip
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from click.testing import CliRunner
+
+from conftest import shared_path
+from xgen_data import ingest, readers, sql, tokenizer
+from xgen_data.corpus import Corpus
+
+
+def _sample_lines(name="code.jsonl", n=30):
+    with open(shared_path("corpus", "sample", name), encoding="utf-8") as f:
+        return [line for _, line in zip(range(n), f)]
+
+
+def _docs(corpus_dir, subset):
+    con = sql.connect(corpus_dir)
+    return con.execute(f"SELECT id, n_tokens, n_chars FROM documents WHERE subset = '{subset}' ORDER BY id").fetchall()
+
+
+def test_sample_corpus_has_all_fields_and_tokens(sample_corpus):
+    con = sql.connect(sample_corpus)
+    rows = con.execute("SELECT subset, count(*), sum(n_tokens) FROM documents GROUP BY subset ORDER BY subset").fetchall()
+    counts = {r[0]: r[1] for r in rows}
+    assert counts == {"code": 73, "instruct": 586, "natural": 457}
+    rec = json.loads(_sample_lines("nl.jsonl", 1)[0])
+    doc = con.execute("SELECT id, text, source, license, language, path, meta, n_tokens FROM documents WHERE id = ?",
+                      [rec["id"]]).fetchone()
+    assert doc[:6] == (rec["id"], rec["text"], rec["source"], rec["license"], rec["language"], rec["path"])
+    assert json.loads(doc[6]) == rec["meta"]
+    assert doc[7] == len(tokenizer.encode(rec["text"]))
+    part = Corpus(sample_corpus).parts("natural")[0]
+    t = pq.read_table(part.path, columns=["tokens", "n_tokens"]).slice(0, 5)
+    for toks, n in zip(t["tokens"].to_pylist(), t["n_tokens"].to_pylist()):
+        assert len(toks) == n
+    assert pq.ParquetFile(part.path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet"])
+def test_all_input_formats_give_the_same_documents(tmp_path, fmt):
+    lines = _sample_lines()
+    src = tmp_path / f"code.{fmt}"
+    data = "".join(lines).encode()
+    if fmt == "jsonl":
+        src.write_bytes(data)
+    elif fmt == "jsonl.gz":
+        src.write_bytes(gzip.compress(data))
+    elif fmt == "jsonl.zst":
+        src.write_bytes(zstandard.ZstdCompressor().compress(data))
+    else:
+        recs = [json.loads(x) for x in lines]
+        for r in recs:
+            r["meta"] = json.dumps(r["meta"])
+        pq.write_table(pa.Table.from_pylist(recs), src)
+    ingest.ingest(str(tmp_path / "c"), [(str(src), None)], workers=1, progress=False)
+    ref = tmp_path / "ref.jsonl"
+    ref.write_bytes(data)
+    ingest.ingest(str(tmp_path / "r"), [(str(ref), "code")], workers=1, progress=False)
+    assert _docs(str(tmp_path / "c"), "code") == _docs(str(tmp_path / "r"), "code")
+    assert len(_docs(str(tmp_path / "c"), "code")) == len(lines)
+
+
+def test_rerun_does_not_duplicate(tmp_path):
+    src = shared_path("corpus", "sample", "code.jsonl")
+    root = str(tmp_path / "c")
+    first = ingest.ingest(root, [(src, None)], workers=1, progress=False)[0]
+    again = ingest.ingest(root, [(src, None)], workers=1, progress=False)[0]
+    assert again.status == "unchanged"
+    assert len(_docs(root, "code")) == first.n_written == 73
+    # Identical bytes under another name are recognised by content hash.
+    copy = tmp_path / "code_copy.jsonl"
+    copy.write_bytes(open(src, "rb").read())
+    assert ingest.ingest(root, [(str(copy), "code")], workers=1, progress=False)[0].status == "unchanged"
+    # Another file repeating the same ids plus one new document: only the new one is added.
+    copy.write_bytes(open(src, "rb").read() + b'{"id": "new-doc", "text": "x = 1"}\n')
+    rep = ingest.ingest(root, [(str(copy), "code")], workers=1, progress=False)[0]
+    assert rep.n_written == 1 and rep.skipped["duplicate_id"] == 73
+    assert len(_docs(root, "code")) == 74
+
+
+def test_changed_file_replaces_its_documents(tmp_path):
+    lines = _sample_lines(n=10)
+    src = tmp_path / "code.jsonl"
+    src.write_text("".join(lines))
+    root = str(tmp_path / "c")
+    ingest.ingest(root, [(str(src), None)], workers=1, progress=False)
+    src.write_text("".join(lines[:4]))
+    rep = ingest.ingest(root, [(str(src), None)], workers=1, progress=False)[0]
+    assert rep.status == "replaced"
+    assert len(_docs(root, "code")) == 4
+    assert len(Corpus(root).parts("code")) == 1
+
+
+def _bad_file(tmp_path, bad_line: bytes, name="bad.jsonl"):
+    lines = [x.encode() for x in _sample_lines(n=5)]
+    lines.insert(2, bad_line + b"\n")
+    p = tmp_path / name
+    p.write_bytes(b"".join(lines))
+    return p
+
+
+@pytest.mark.parametrize("bad,problem,kind", [
+    (b'{"id": "x", "text": "unterminated', "malformed JSON", "malformed_json"),
+    (b'{"id": "x", "source": "s"}', "missing 'text'", "missing_text"),
+    (b'{"id": "x", "text": "caf\xe9"}', "invalid UTF-8", "invalid_utf-8"),
+    (b'{"id": "x", "text": "lone \\ud800 surrogate"}', "invalid UTF-8", "invalid_utf-8"),
+    (b'{"id": "x", "text": 42}', "'text' is int", "invalid_record"),
+    (b'[1, 2, 3]', "record is a JSON list, expected an object", "invalid_record"),
+])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_records_name_file_and_line(tmp_path, bad, problem, kind, workers):
+    src = _bad_file(tmp_path, bad)
+    root = str(tmp_path / "c")
+    with pytest.raises(readers.RecordError) as err:
+        ingest.ingest(root, [(str(src), "code")], workers=workers, progress=False)
+    assert f"bad.jsonl:3: {problem}" in str(err.value)
+    assert not Corpus(root).parts(), "nothing of a failed file may be kept"
+    assert not [f for _, _, fs in os.walk(root) for f in fs if ".tmp" in f]
+    rep = ingest.ingest(root, [(str(src), "code")], workers=workers, on_error="skip", progress=False)[0]
+    assert rep.n_written == 5 and dict(rep.skipped) == {kind: 1}
+    assert "bad.jsonl:3" in rep.examples[0]
+
+
+def test_corrupt_compressed_stream_is_named(tmp_path):
+    src = tmp_path / "broken.jsonl.zst"
+    src.write_bytes(zstandard.ZstdCompressor().compress("".join(_sample_lines()).encode())[:-50])
+    with pytest.raises(readers.RecordError, match="broken.jsonl.zst"):
+        ingest.ingest(str(tmp_path / "c"), [(str(src), "code")], workers=1, progress=False)
+
+
+def test_unsupported_and_missing_inputs(tmp_path):
+    with pytest.raises(ValueError, match="unsupported input"):
+        ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / "x.csv"), None)], progress=False)
+    with pytest.raises(FileNotFoundError):
+        ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / "nope.jsonl"), None)], progress=False)
+
+
+def test_cli_ingest_error_and_skip(tmp_path):
+    from cli.main import cli
+
+    src = _bad_file(tmp_path, b"{oops")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["ingest", "--corpus", str(tmp_path / "c"), "--quiet", str(src)])
+    assert res.exit_code == 1 and "bad.jsonl:3: malformed JSON" in res.output
+    res = runner.invoke(cli, ["ingest", "--corpus", str(tmp_path / "c"), "--quiet", "--on-error", "skip", str(src)])
+    assert res.exit_code == 0, res.output
+    assert "malformed_json=1" in res.output and "bad.jsonl:3" in res.output
