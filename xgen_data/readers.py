@@ -133,3 +133,48 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
             parts.append(chunk[start:])
     if parts:
         yield b"".join(parts)
+
+
+def decode_record(rec: RawRecord) -> dict[str, Any]:
+    """Decode and validate one raw record into a document dict with the keys of :data:`FIELDS`.
+
+    ``text`` must be a string that is valid UTF-8 (no lone surrogates); ``id`` defaults to
+    ``"<file name>:<line>"``; ``meta`` is kept as a JSON string; other fields must be strings or null.
+
+    Raises:
+        RecordError: malformed JSON, invalid UTF-8, a record that is not an object, missing or non-string
+            ``text``, or a field of the wrong type.
+    """
+    if isinstance(rec.payload, bytes):
+        try:
+            line = rec.payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(rec.file, rec.line, f"invalid UTF-8 at byte {exc.start}") from None
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+    else:
+        obj = rec.payload
+    if not isinstance(obj, dict):
+        raise RecordError(rec.file, rec.line, f"record is a JSON {type(obj).__name__}, expected an object")
+    text = obj.get("text")
+    if text is None:
+        raise RecordError(rec.file, rec.line, "missing 'text'")
+    if not isinstance(text, str):
+        raise RecordError(rec.file, rec.line, f"'text' is {type(text).__name__}, expected a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError(rec.file, rec.line, f"invalid UTF-8 in 'text' (lone surrogate at character {exc.start})") from None
+    doc: dict[str, Any] = {"text": text}
+    for key in ("id", "source", "license", "language", "path"):
+        value = obj.get(key)
+        if value is not None and not isinstance(value, (str, int)):
+            raise RecordError(rec.file, rec.line, f"'{key}' is {type(value).__name__}, expected a string")
+        doc[key] = None if value is None else str(value)
+    if doc["id"] is None:
+        doc["id"] = f"{os.path.basename(rec.file)}:{rec.line}"
+    meta = obj.get("meta")
+    doc["meta"] = None if meta is None else (meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False))
+    return doc
