@@ -1,0 +1,85 @@
+"""Filters (SPEC §2) and the SQL views over corpus statistics."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from xgen_data import filters, licenses, sql
+from xgen_data.corpus import CorpusError
+
+
+@pytest.mark.parametrize("expr,ok", [
+    ("MIT", True), ("mit", True), ("Apache-2.0", True), ("0BSD", True), ("Unlicense", True), ("CC0-1.0", True),
+    ("LicenseRef-public-domain", True), ("ISC", True), ("Artistic-2.0", True),
+    ("GPL-2.0-only", False), ("LGPL-2.1-or-later", False), ("MPL-2.0", False), ("EPL-2.0", False),
+    ("PSF-2.0", False), ("NOASSERTION", False), ("", False), (None, False), ("LicenseRef-GPL-unversioned", False),
+    ("Apache-2.0 OR BSD-2-Clause", True), ("GPL-2.0-or-later OR MPL-2.0", False),
+    ("(GPL-2.0 WITH Linux-syscall-note) or BSD-3-Clause", True), ("((GPL-2.0 WITH Linux-syscall-note) OR MIT)", True),
+    ("((GPL-2.0 WITH Linux-syscall-note) AND MIT)", False), ("BSD-3-Clause AND PSF-2.0", False),
+    ("Apache-2.0 AND LicenseRef-BSD-unspecified", False), ("MIT AND BSD-2-Clause", True), ("(((", False),
+])
+def test_license_expressions(expr, ok):
+    assert licenses.license_passes(expr) is ok
+
+
+def test_allow_list_is_configuration():
+    assert licenses.license_passes("PSF-2.0", licenses.default_allow_list() + ("PSF-2.0",))
+    assert not licenses.license_passes("MIT", ("Apache-2.0",))
+
+
+def test_decide_rules():
+    assert filters.decide([99, 100, 500, 500], ["MIT", "MIT", "GPL-3.0", "GPL-3.0"], True) == [
+        "too_few_tokens", None, "license_not_permissive", "license_not_permissive"]
+    assert filters.decide([500], ["GPL-3.0"], False) == [None]
+
+
+def test_documents_view_has_every_drop_reason(sample_corpus):
+    con = sql.connect(sample_corpus)
+    cols = [d[0] for d in con.execute("SELECT * FROM documents LIMIT 0").description]
+    for c in ("id", "subset", "source", "license", "language", "n_chars", "n_tokens", "kept", "drop_reason",
+              "dup_cluster", "dup_of"):
+        assert c in cols
+    rows = dict(con.execute("SELECT drop_reason, count(*) FROM documents GROUP BY ALL").fetchall())
+    assert rows["too_few_tokens"] > 0 and rows["license_not_permissive"] > 0 and rows[None] > 0
+    # rule checks against the data itself
+    assert con.execute("SELECT count(*) FROM documents WHERE kept AND n_tokens < 100").fetchone()[0] == 0
+    bad = con.execute("""SELECT count(*) FROM documents WHERE subset = 'code' AND kept
+                         AND license IN ('GPL-2.0-only', 'NOASSERTION', 'PSF-2.0')""").fetchone()[0]
+    assert bad == 0
+    assert con.execute("SELECT count(*) FROM documents WHERE kept = (drop_reason IS NOT NULL)").fetchone()[0] == 0
+    n_chars = con.execute("SELECT n_chars, text FROM documents LIMIT 1").fetchone()
+    assert n_chars[0] == len(n_chars[1])
+
+
+def test_shards_view_matches_manifest(sample_corpus, demo_shards):
+    from xgen_data import shards
+
+    con = sql.connect(sample_corpus, [demo_shards])
+    manifest = shards.read_manifest(demo_shards)
+    got = con.execute("SELECT count(*), sum(n_sequences) FROM shards").fetchone()
+    assert got == (len(manifest["shards"]), sum(e["n_sequences"] for e in manifest["shards"]))
+
+
+def test_cli_sql_formats_and_errors(sample_corpus, demo_shards):
+    from cli.main import cli
+
+    runner = CliRunner()
+    q = "SELECT subset, count(*) AS n FROM documents GROUP BY subset ORDER BY subset"
+    res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "--format", "json", q])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == [{"subset": "code", "n": 73}, {"subset": "instruct", "n": 586},
+                                      {"subset": "natural", "n": 457}]
+    res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "--format", "csv", q])
+    assert res.output.splitlines()[:2] == ["subset,n", "code,73"]
+    res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "--shards", demo_shards,
+                              "SELECT stage, count(*) FROM shards GROUP BY stage"])
+    assert res.exit_code == 0 and "stage1" in res.output
+    res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "SELECT nope FROM documents"])
+    assert res.exit_code == 1 and "SQL error" in res.output
+    res = runner.invoke(cli, ["stats", "--corpus", sample_corpus])
+    assert res.exit_code == 0 and "Drops by reason" in res.output and "too_few_tokens" in res.output
+
+
+def test_not_a_corpus(tmp_path):
+    with pytest.raises(CorpusError, match="xgen ingest"):
+        sql.connect(str(tmp_path))

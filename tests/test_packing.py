@@ -1,0 +1,196 @@
+"""Mixtures and packing (SPEC §2): sequence invariants, exact proportions, determinism, recoverable boundaries."""
+import dataclasses
+import filecmp
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from xgen_data import mixture, packing, recipe, shards, sql, tokenizer
+from xgen_data.corpus import Corpus
+
+EOS = tokenizer.EOS_ID
+
+
+def _doc_tokens(corpus_dir):
+    """{(subset, id): tokens} of every document of the corpus."""
+    out = {}
+    corpus = Corpus(corpus_dir)
+    for part in corpus.parts():
+        t = pq.read_table(part.path, columns=["id", "tokens"])
+        for i, toks in zip(t["id"].to_pylist(), t["tokens"].to_pylist()):
+            out[(part.subset, i)] = toks
+    return out
+
+
+def _substages(manifest):
+    return [(st["name"], ss["name"], ss["seq_len"], ss["n_sequences"]) for st in manifest["stages"] for ss in st["substages"]]
+
+
+def test_every_sequence_is_exactly_its_seq_len(demo_shards):
+    manifest = shards.read_manifest(demo_shards)
+    assert shards.verify(demo_shards) == []
+    r = recipe.load("demo")
+    expected = [(st.name, ss.name, ss.seq_len, ss.n_sequences) for st in r.stages for ss in st.substages]
+    assert _substages(manifest) == expected
+    for e in manifest["shards"]:
+        data = shards.open_shard(demo_shards, e)
+        assert data.shape == (e["n_sequences"], e["seq_len"]) and data.dtype == np.uint16
+        assert int(data.max()) < tokenizer.VOCAB_SIZE
+        assert sum(e["tokens_per_subset"].values()) + e["eos_tokens"] == data.size
+        assert int((np.asarray(data) == EOS).sum()) == e["eos_tokens"]
+
+
+def test_pre_shuffle_stream_reproduces_documents(demo_shards, sample_corpus):
+    """Concatenate each stage's sequences in pre-shuffle order: it is doc EOS doc EOS ... exactly."""
+    manifest = shards.read_manifest(demo_shards)
+    docs = _doc_tokens(sample_corpus)
+    con = sql.connect(sample_corpus)
+    dropped = {(s, i) for s, i in con.execute("SELECT subset, id FROM documents WHERE NOT kept").fetchall()}
+    for st in manifest["stages"]:
+        stream = np.concatenate([shards.pre_shuffle_sequences(demo_shards, st["name"], ss["name"]).ravel()
+                                 for ss in st["substages"]])
+        # pieces of documents, in stream order, from the index
+        pieces = []
+        for ss in st["substages"]:
+            for e in [e for e in manifest["shards"] if e["stage"] == st["name"] and e["substage"] == ss["name"]]:
+                pieces += pq.read_table(os.path.join(demo_shards, e["index_path"])).to_pylist()
+        assert not stream[0] == EOS, "a stream never starts with EOS"
+        eos_pos = np.flatnonzero(stream == EOS)
+        assert not np.any(np.diff(eos_pos) == 1), "EOS is never doubled"
+        # split on EOS: every segment is a (prefix of a) kept document's tokens
+        bounds = np.concatenate([[-1], eos_pos])
+        n_checked = 0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            seg = stream[a + 1:b]
+            assert len(seg) > 0
+            n_checked += 1
+        ids = {(p["subset"], p["doc_id"]) for p in pieces}
+        assert not ids & dropped, "a dropped document appears in the shards"
+        assert n_checked == len(eos_pos)
+        # every piece in the index matches the document's tokens at its offset
+        for e in [e for e in manifest["shards"] if e["stage"] == st["name"]]:
+            data = shards.open_shard(demo_shards, e)
+            for p in pq.read_table(os.path.join(demo_shards, e["index_path"])).to_pylist():
+                got = data[p["row"], p["start"]:p["start"] + p["length"]].tolist()
+                want = docs[(p["subset"], p["doc_id"])][p["doc_offset"]:p["doc_offset"] + p["length"]]
+                assert got == want
+                end = p["start"] + p["length"]
+                if end < e["seq_len"]:
+                    assert data[p["row"], end] == EOS, "a piece that ends inside a sequence is followed by EOS"
+
+
+def test_stream_is_documents_joined_by_eos(demo_shards, sample_corpus):
+    """Rebuild the first sub-stage's pre-shuffle stream from the index and compare token by token."""
+    manifest = shards.read_manifest(demo_shards)
+    docs = _doc_tokens(sample_corpus)
+    st, ss = manifest["stages"][0]["name"], manifest["stages"][0]["substages"][0]["name"]
+    seqs = shards.pre_shuffle_sequences(demo_shards, st, ss)
+    rows = []
+    for e in [e for e in manifest["shards"] if e["stage"] == st and e["substage"] == ss]:
+        rows += pq.read_table(os.path.join(demo_shards, e["index_path"])).to_pylist()
+    rows.sort(key=lambda p: (p["pre_shuffle_seq"], p["start"]))
+    seq_len = seqs.shape[1]
+    rebuilt = []
+    for prev, p in zip([None] + rows[:-1], rows):
+        continues = (prev is not None and (prev["subset"], prev["doc_id"]) == (p["subset"], p["doc_id"])
+                     and prev["start"] + prev["length"] == seq_len and p["start"] == 0
+                     and prev["doc_offset"] + prev["length"] == p["doc_offset"])
+        if prev is not None and not continues:
+            rebuilt.append(EOS)  # exactly one EOS between two consecutive documents
+        toks = docs[(p["subset"], p["doc_id"])]
+        rebuilt += toks[p["doc_offset"]:p["doc_offset"] + p["length"]]
+    flat = seqs.ravel().tolist()
+    assert rebuilt == flat or rebuilt + [EOS] == flat
+
+
+def test_proportions_within_one_percent(demo_shards):
+    manifest = shards.read_manifest(demo_shards)
+    r = recipe.load("demo")
+    for st in r.stages:
+        got = {}
+        for e in manifest["shards"]:
+            if e["stage"] == st.name:
+                for k, v in e["tokens_per_subset"].items():
+                    got[k] = got.get(k, 0) + v
+        total = sum(got.values())
+        for subset, p in st.proportions.items():
+            assert abs(got[subset] / total - p) < 0.01 * p + 1e-9, (st.name, subset, got[subset] / total, p)
+
+
+def test_same_seed_byte_identical_other_seed_differs(sample_corpus, demo_shards, tmp_path):
+    r = recipe.load("demo")
+    again = str(tmp_path / "again")
+    packing.build(sample_corpus, r, again, progress=False)
+    for e in shards.read_manifest(demo_shards)["shards"]:
+        assert filecmp.cmp(os.path.join(demo_shards, e["path"]), os.path.join(again, e["path"]), shallow=False)
+        assert filecmp.cmp(os.path.join(demo_shards, e["index_path"]), os.path.join(again, e["index_path"]), shallow=False)
+    assert open(os.path.join(demo_shards, "manifest.json")).read() == open(os.path.join(again, "manifest.json")).read()
+    other = str(tmp_path / "other")
+    packing.build(sample_corpus, dataclasses.replace(r, seed=r.seed + 1), other, progress=False)
+    e = shards.read_manifest(demo_shards)["shards"][0]
+    assert not filecmp.cmp(os.path.join(demo_shards, e["path"]), os.path.join(other, e["path"]), shallow=False)
+
+
+def test_rebuild_replaces_output_atomically(sample_corpus, tmp_path):
+    out = tmp_path / "s"
+    (out / "stale").mkdir(parents=True)
+    (out / "stale" / "old.bin").write_bytes(b"x")
+    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+    assert not (out / "stale").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+@pytest.mark.parametrize("target", [0, 1, 2, 57, 1000, 2999, 3000, 7777])
+def test_select_documents_exact_tokens(target):
+    costs = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 550], dtype=np.int64)  # sum 1000
+    idx, take = mixture.select_documents(costs, target, np.random.default_rng(0))
+    got = int((take + 1).sum())
+    assert got == target or (got == target - 1 and target % 1000 != 0)
+    assert np.all(take >= 1) and np.all(take <= costs[idx] - 1)
+    full = target // 1000
+    counts = np.bincount(idx, minlength=len(costs))
+    assert counts.min() >= full and counts.max() <= full + 1
+
+
+def test_effective_tokens_sum_exactly():
+    r = recipe.load("xgen-7b")
+    for st in r.stages:
+        eff = mixture.effective_tokens(st)
+        assert sum(eff.values()) == st.tokens
+    assert mixture.effective_tokens(r.stages[0])["natural"] == round(0.9531 * 1.5e12)
+
+
+def test_xgen7b_recipe_restates_spec():
+    r = recipe.load("xgen-7b")
+    s1, s2 = r.stages
+    assert [(s.seq_len, s.tokens) for s in s1.substages] == [(2048, 800e9), (4096, 400e9), (8192, 300e9)]
+    assert s1.proportions == {"natural": 0.9531, "code": 0.0469}
+    assert [(s.seq_len, s.tokens) for s in s2.substages] == [(8192, 110e9)]
+    assert abs(s2.proportions["starcoder"] - 0.5) < 1e-12 and abs(sum(s2.proportions.values()) - 1) < 1e-9
+    assert r.min_tokens == 100 and r.dedup["threshold"] == 0.7 and r.dedup["num_perm"] == 256
+
+
+@pytest.mark.parametrize("body,match", [
+    ("name='x'\n", "at least one"),
+    ("[[stages]]\nname='a'\nproportions={x=0.5}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n", "sum to 0.5"),
+    ("[[stages]]\nname='a'\nproportions={x=1.0}\n", "substages"),
+    ("[[stages]]\nname='a'\ntokens=10\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n", "more than"),
+    ("[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=4\n", "less than one"),
+    ("this is = = not toml", "not valid TOML"),
+])
+def test_recipe_errors_name_file_and_key(tmp_path, body, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(recipe.RecipeError, match=match) as err:
+        recipe.load(str(p))
+    assert "bad.toml" in str(err.value)
+
+
+def test_missing_subset_is_a_clear_error(sample_corpus, tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[[stages]]\nname='a'\nproportions={natural=0.5, starcoder=0.5}\n"
+                 "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
+    with pytest.raises(ValueError, match="starcoder"):
+        packing.build(sample_corpus, recipe.load(str(p)), str(tmp_path / "s"), progress=False)
