@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import glob
 import itertools
 import multiprocessing
@@ -84,11 +85,9 @@ def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, 
     if not docs:
         return None, errors
     texts = [d["text"] for d in docs]
-    ids = tokenizer.get_encoding().encode_ordinary_batch(texts, num_threads=1)
-    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    flat, lengths = tokenizer.encode_to_arrays(texts)
+    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(offsets[-1]))
     text_arr = pa.array(texts, type=pa.string())
     n_bytes = pa.compute.binary_length(text_arr).to_numpy(zero_copy_only=False).astype(np.int64)
     cols = {k: pa.array([d[k] for d in docs], type=pa.string()) for k in ("id", "source", "license", "language", "path", "meta")}
@@ -118,26 +117,39 @@ def _init_worker() -> None:
     tokenizer.get_encoding()  # load ranks once per worker
 
 
-def map_bounded(fn, items: Iterable, workers: int) -> Iterator:
-    """Ordered ``map(fn, items)`` over ``workers`` processes with at most ``2 × workers`` items in flight.
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor | None]:
+    """A process pool of ``workers`` tokenizer processes (None when ``workers <= 1``: run in-process).
 
-    ``workers <= 1`` runs in this process. Unlike ``Pool.imap``, input is consumed only as results are
-    taken, so memory stays bounded for any stream length.
+    Workers are started with ``spawn`` (safe whatever threads the parent runs) and load the tokenizer
+    once; reuse one pool across input files.
     """
     if workers <= 1:
-        yield from map(fn, items)
+        yield None
         return
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-        pending: collections.deque = collections.deque()
-        it = iter(items)
-        for item in itertools.islice(it, 2 * workers):
+        yield pool
+
+
+def map_bounded(fn, items: Iterable, pool: cf.Executor | None, in_flight: int = 4) -> Iterator:
+    """Ordered ``map(fn, items)`` on ``pool`` with at most ``in_flight`` items submitted at once.
+
+    ``pool=None`` runs in this process. Unlike ``Pool.imap``, input is consumed only as results are
+    taken, so memory stays bounded for any stream length.
+    """
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: collections.deque = collections.deque()
+    it = iter(items)
+    for item in itertools.islice(it, in_flight):
+        pending.append(pool.submit(fn, item))
+    while pending:
+        result = pending.popleft().result()
+        for item in itertools.islice(it, 1):
             pending.append(pool.submit(fn, item))
-        while pending:
-            result = pending.popleft().result()
-            for item in itertools.islice(it, 1):
-                pending.append(pool.submit(fn, item))
-            yield result
+        yield result
 
 
 def _existing_ids(corpus: Corpus, subset: str, exclude: set[str]) -> set[str]:
@@ -148,14 +160,14 @@ def _existing_ids(corpus: Corpus, subset: str, exclude: set[str]) -> set[str]:
     return ids
 
 
-def ingest_file(corpus: Corpus, path: str, subset: str | None = None, workers: int = 2,
+def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.Executor | None = None,
                 on_error: str = "raise", progress: bool = True) -> FileReport:
     """Ingest one input file into ``corpus`` (see module docstring).
 
     Args:
         path: a ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` or ``.parquet`` file.
         subset: subset name; default from the file name (:func:`default_subset`).
-        workers: tokenizer worker processes (1 = in this process).
+        pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
         on_error: ``"raise"`` stops at the first bad record; ``"skip"`` counts and reports bad records.
     Raises:
         RecordError: a bad record with ``on_error="raise"`` (nothing of this file is kept).
@@ -198,7 +210,8 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, workers: i
 
     bar = _progress(progress, f"ingest {os.path.basename(path)} -> {subset}")
     try:
-        for batch, errors in map_bounded(process_batch, _batches(readers.iter_raw(path)), workers):
+        for batch, errors in map_bounded(process_batch, _batches(readers.iter_raw(path)), pool,
+                                          2 * (pool._max_workers if pool is not None else 1)):
             for file, line, problem in errors:
                 if on_error == "raise":
                     raise readers.RecordError(file, line, problem)
@@ -277,4 +290,5 @@ def ingest(corpus_dir: str, inputs: list[tuple[str, str | None]], workers: int =
     See :func:`ingest_file` for semantics and errors.
     """
     corpus = Corpus(corpus_dir, create=True)
-    return [ingest_file(corpus, p, s, workers=workers, on_error=on_error, progress=progress) for p, s in inputs]
+    with worker_pool(workers) as pool:
+        return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress) for p, s in inputs]

@@ -111,14 +111,17 @@ def encode_batch(texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
 def encode_to_arrays(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Data-mode encode ``texts`` into a flat token array and per-document lengths.
 
+    Uses tiktoken's buffer interface (no Python int lists), with no special token allowed, which is
+    exactly data mode (``encode_ordinary``).
+
     Returns:
         ``(tokens, lengths)``: ``tokens`` uint16 of shape ``[sum(lengths)]`` (ids fit in uint16, SPEC §1),
-        ``lengths`` int64 of shape ``[len(texts)]``.
+        ``lengths`` int32 of shape ``[len(texts)]``.
     """
     enc = get_encoding()
-    ids = [enc.encode_ordinary(t) for t in texts]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((i for x in ids for i in x), dtype=np.uint16, count=int(lengths.sum()))
+    arrays = [enc.encode_to_numpy(t, allowed_special=set(), disallowed_special=()) for t in texts]
+    lengths = np.fromiter(map(len, arrays), dtype=np.int32, count=len(arrays))
+    flat = np.concatenate(arrays).astype(np.uint16) if arrays else np.zeros(0, np.uint16)
     return flat, lengths
 
 
