@@ -56,7 +56,7 @@ def test_shards_view_matches_manifest(sample_corpus, demo_shards):
 
     con = sql.connect(sample_corpus, [demo_shards])
     manifest = shards.read_manifest(demo_shards)
-    got = con.execute("SELECT count(*), sum(n_sequences) FROM shards").fetchone()
+    got = con.execute("SELECT count(*), sum(n_sequences) FROM shards WHERE shard_dir = ?", [demo_shards]).fetchone()
     assert got == (len(manifest["shards"]), sum(e["n_sequences"] for e in manifest["shards"]))
 
 
