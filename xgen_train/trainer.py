@@ -200,6 +200,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                          f"vocab_size {cfg.vocab_size}")
     if loader.seq_len > cfg.max_positions:
         raise ValueError(f"shard seq_len {loader.seq_len} exceeds {config_name!r} max_positions {cfg.max_positions}")
+    if warmup > (total_steps or steps):
+        raise ValueError(f"warmup {warmup} exceeds the schedule length {total_steps or steps} (total_steps or "
+                         f"steps); pass a smaller warmup (--warmup) for a short run")
     opt_cfg = OptimizerConfig(peak_lr=lr, warmup_steps=warmup, total_steps=total_steps or steps,
                               final_lr_ratio=final_lr_ratio, b1=b1, b2=b2, weight_decay=weight_decay,
                               clip_norm=clip_norm)
