@@ -15,7 +15,7 @@ reshaping is needed for export.
 Numerics (SPEC §3): parameters, residual stream, RMSNorm, rotary, softmax and the loss are float32.
 ``compute_dtype`` sets the operand dtype of the matrix multiplications (projections, ``QK^T``,
 ``PV``, LM head); with ``jnp.bfloat16`` operands are rounded to bfloat16 and products accumulate and
-return in float32 (``preferred_element_type``). The default ``float32`` is what CPUs run fastest.
+return in float32 (``preferred_element_type``). The default is ``float32`` (exact reference numerics).
 
 Initialisation follows Hugging Face's ``LlamaPreTrainedModel``: every matrix ~ N(0, 0.02^2),
 RMSNorm gains = 1.
