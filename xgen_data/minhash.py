@@ -55,8 +55,8 @@ SCHEMES = ("affine32", "affine64", "legacy")
 DEFAULT_SCHEME = "affine32"
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH32 = np.uint64((1 << 32) - 1)
-#: Shingles per NumPy chunk of the permutation product (chunk × num_perm values, 4 MiB at 256 uint32).
-CHUNK_SHINGLES = 4096
+#: Shingles per NumPy chunk of the permutation product (chunk × num_perm values, 8 MiB at 256 uint32).
+CHUNK_SHINGLES = 8192
 
 # --------------------------------------------------------------------------------------------------
 # Text normalisation and words
@@ -295,15 +295,18 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, perms: Permu
         hv = _fmix64(hashes.astype(np.uint64, copy=False))
     else:
         hv = hashes.astype(np.uint64, copy=False)
-    a, b = perms.a, perms.b
-    buf = np.empty((min(chunk, total), perms.num_perm), dtype=dt)
+    # Layout (num_perm, chunk): each permutation row is one contiguous SIMD loop over the chunk's shingles,
+    # and np.minimum.reduceat along the last axis reduces contiguous runs (the (chunk, num_perm) layout is
+    # several times slower in NumPy).
+    a, b = perms.a[:, None], perms.b[:, None]
+    buf = np.empty((perms.num_perm, min(chunk, total)), dtype=dt)
     starts_all, ends_all = offsets[:-1], offsets[1:]
     with np.errstate(over="ignore"):
         for s in range(0, total, chunk):
             e = min(s + chunk, total)
-            out = buf[: e - s]
-            np.multiply(hv[s:e, None], a[None, :], out=out)
-            np.add(out, b[None, :], out=out)
+            out = buf[:, : e - s]
+            np.multiply(a, hv[None, s:e], out=out)
+            np.add(out, b, out=out)
             if perms.scheme == "legacy":
                 np.remainder(out, MERSENNE_PRIME, out=out)
                 np.bitwise_and(out, MAX_HASH32, out=out)
@@ -314,9 +317,8 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, perms: Permu
             hi = np.minimum(ends_all[d0:d1], e)
             has = hi > lo
             docs = np.nonzero(has)[0] + d0
-            mins = np.minimum.reduceat(out, lo[has] - s, axis=0)
-            np.minimum(sig[docs], mins, out=mins)
-            sig[docs] = mins
+            mins = np.minimum.reduceat(out, lo[has] - s, axis=1).T
+            sig[docs] = np.minimum(sig[docs], mins)
     return sig
 
 
