@@ -1,0 +1,768 @@
+"""Exact and near-duplicate removal over a whole corpus, StarCoder's way (SPEC §2).
+
+What counts as a copy
+    *Exact*: equal :func:`xgen_data.minhash.content_hash` (BLAKE2b-128 of the text after NFC, LF line ends,
+    no trailing blanks per line, outer whitespace stripped). *Near*: MinHash over word ``ngram``-gram
+    shingles (default 5 words, 256 permutations, datasketch-identical signatures, see
+    :mod:`xgen_data.minhash`), LSH with ``bands × rows`` chosen for the Jaccard ``threshold`` (default 0.7 →
+    25 bands of 10 rows, datasketch's ``MinHashLSH`` optimum; the S-curve's midpoint ``(1/25)^(1/10)`` is
+    0.72); two documents are candidates when any band is equal. Exact copies and candidate pairs are edges
+    of one graph; its connected components are the clusters. Dedup runs over all documents of all
+    subsets, whatever the filters decided (ids are keyed by ``(subset, id)``).
+
+Which copy is kept (SPEC §2 "Choice")
+    Per cluster: the document with the most permissive license (:func:`license_rank`, lowest tier), then the
+    smallest ``id`` (then the smallest subset name). Every other member is dropped with ``dup_of`` = the kept
+    copy and ``drop_reason`` = ``exact_duplicate`` when its content hash equals the kept copy's, else
+    ``near_duplicate``. (This is the same as exact dedup first, keeping the best copy of each exact group,
+    then near dedup among the survivors, keeping the best of each near cluster: the policy is a total order.)
+
+Outputs
+    * ``steps/dedup/<subset>/<part>.parquet`` for every docs part (written atomically): ``id``,
+      ``drop_reason`` (null = kept), ``dup_cluster`` (int64, the smallest global document number in the
+      cluster; null for documents in no cluster), ``dup_of`` and ``dup_of_subset`` (the kept copy; null
+      for kept documents). Global document numbers count documents in ``Corpus.parts()`` order.
+    * ``reports/license_conflicts.parquet``: one row per document of each exact-duplicate group whose
+      members carry different license labels (raw strings; null counts as a label).
+    * ``work/dedup/``: per-part signatures (``sig/``) and band hashes (``bands/``) as Parquet, plus DuckDB's
+      spill folder; safe to delete. Signatures are reused when the docs part, ``num_perm``, ``seed``,
+      ``ngram`` and ``scheme`` are unchanged (only the banding is redone for a new threshold).
+
+How it scales
+    Signatures are computed per part in ``workers`` processes (each holds one batch of documents) and
+    written to Parquet. Exact groups and LSH buckets are formed by DuckDB over those files (``GROUP BY`` /
+    window over ``(band, hash)``, spilling to disk past ``memory_limit``); only star edges ``(doc, bucket
+    minimum)`` come back, streamed in batches into a union-find over one int64 per document. The main
+    process therefore holds O(documents) small integers, never signatures or text.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import fnmatch
+import functools
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from xgen_data import fsutil, minhash
+from xgen_data.corpus import Corpus, CorpusError
+
+REASON_EXACT = "exact_duplicate"
+REASON_NEAR = "near_duplicate"
+DEDUP_SCHEMA = pa.schema([("id", pa.string()), ("drop_reason", pa.string()), ("dup_cluster", pa.int64()),
+                          ("dup_of", pa.string()), ("dup_of_subset", pa.string())])
+CONFLICT_SCHEMA = pa.schema([
+    ("group_id", pa.int64()), ("subset", pa.string()), ("id", pa.string()), ("license", pa.string()),
+    ("license_tier", pa.string()), ("source", pa.string()), ("path", pa.string()), ("group_size", pa.int64()),
+    ("n_labels", pa.int64()), ("kept", pa.bool_()), ("drop_reason", pa.string()), ("dup_cluster", pa.int64()),
+    ("dup_of", pa.string()), ("dup_of_subset", pa.string())])
+#: Bumped when the work-file format or the signature computation changes (invalidates cached signatures).
+WORK_VERSION = 1
+#: Documents per batch inside a signature worker (bounds its memory: one batch of text at a time).
+BATCH_DOCS = 256
+#: Union-find edges fetched from DuckDB per batch.
+EDGE_BATCH = 1 << 20
+
+# --------------------------------------------------------------------------------------------------
+# License policy: lower tier = more permissive = preferred copy
+# --------------------------------------------------------------------------------------------------
+#: Tiers of the keep policy, most permissive first. Each license identifier (case-insensitive) gets the
+#: tier of the first pattern that matches it (fnmatch patterns, checked top to bottom in
+#: :data:`LICENSE_PATTERNS`); an identifier that matches none is ``other``. Compound SPDX expressions:
+#: ``A OR B`` takes the better branch (the user may choose it), ``A AND B`` the worse (both apply),
+#: ``A WITH exception`` the tier of ``A``. Missing, ``NOASSERTION``/``NONE`` and unparsable labels are
+#: ``unknown``.
+LICENSE_TIERS = ("public-domain", "permissive", "weak-copyleft", "copyleft", "other", "unknown")
+LICENSE_PATTERNS: tuple[tuple[str, str], ...] = (
+    # unknown / no usable statement
+    ("noassertion", "unknown"), ("none", "unknown"), ("licenseref-no-license", "unknown"),
+    ("licenseref-unknown*", "unknown"),
+    # public domain and public-domain-like dedications
+    ("cc0-1.0", "public-domain"), ("unlicense", "public-domain"), ("0bsd", "public-domain"),
+    ("mit-0", "public-domain"), ("wtfpl", "public-domain"), ("pddl-1.0", "public-domain"),
+    ("cc-pddc", "public-domain"), ("public-domain", "public-domain"), ("licenseref-public-domain*", "public-domain"),
+    ("licenseref-pd*", "public-domain"), ("*-pd", "public-domain"), ("sax-pd*", "public-domain"),
+    ("blessing", "public-domain"),
+    # restricted Creative Commons variants before the generic CC-BY patterns
+    ("cc-by-nc*", "other"), ("cc-by-nd*", "other"),
+    ("cc-by-sa*", "weak-copyleft"),
+    # permissive (SPEC §2's allow-list and its relatives)
+    ("mit", "permissive"), ("mit-*", "permissive"), ("x11", "permissive"), ("isc", "permissive"),
+    ("bsd-*", "permissive"), ("licenseref-bsd*", "permissive"), ("apache-*", "permissive"),
+    ("artistic-2.0", "permissive"), ("ecl-2.0", "permissive"), ("shl-0.5*", "permissive"),
+    ("psf-2.0", "permissive"), ("python-2.0*", "permissive"), ("postgresql", "permissive"),
+    ("zlib", "permissive"), ("curl", "permissive"), ("bsl-1.0", "permissive"), ("ncsa", "permissive"),
+    ("upl-1.0", "permissive"), ("afl-*", "permissive"), ("w3c*", "permissive"), ("libpng*", "permissive"),
+    ("ijg", "permissive"), ("hpnd*", "permissive"), ("unicode-*", "permissive"), ("ofl-*", "permissive"),
+    ("cc-by-[0-9]*", "permissive"), ("linux-openib", "permissive"), ("fsfap", "permissive"),
+    ("fsfullr*", "permissive"), ("fsful", "permissive"), ("licenseref-fsful*", "permissive"),
+    ("*-permissive", "permissive"), ("json", "permissive"), ("beerware", "permissive"),
+    # weak copyleft (file- or library-scoped) and documentation copyleft
+    ("lgpl-*", "weak-copyleft"), ("licenseref-lgpl*", "weak-copyleft"), ("mpl-*", "weak-copyleft"),
+    ("epl-*", "weak-copyleft"), ("cddl-*", "weak-copyleft"), ("artistic-1.0*", "weak-copyleft"),
+    ("gfdl-*", "weak-copyleft"), ("linux-man-pages-copyleft*", "weak-copyleft"),
+    ("licenseref-opl*", "weak-copyleft"), ("opl-*", "weak-copyleft"),
+    # strong copyleft
+    ("gpl-*", "copyleft"), ("licenseref-gpl*", "copyleft"), ("agpl-*", "copyleft"), ("eupl-*", "copyleft"),
+    ("osl-*", "copyleft"), ("sspl-*", "copyleft"),
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _leaf_tier(key: str) -> int:
+    k = key.strip().lower()
+    for pattern, tier in LICENSE_PATTERNS:
+        if fnmatch.fnmatchcase(k, pattern):
+            return LICENSE_TIERS.index(tier)
+    return LICENSE_TIERS.index("other")
+
+
+@functools.lru_cache(maxsize=65536)
+def license_rank(expr: str | None) -> int:
+    """Keep-policy rank of an SPDX license expression: index into :data:`LICENSE_TIERS` (0 = best).
+
+    Args:
+        expr: an SPDX expression as found in the corpus (``"MIT"``, ``"GPL-2.0 OR BSD-3-Clause"``,
+            ``"NOASSERTION"``, ``None`` …). Operators are case-insensitive.
+    Returns:
+        0 (public-domain) … 5 (unknown); see :data:`LICENSE_TIERS` / :data:`LICENSE_PATTERNS` for the rules.
+    """
+    unknown = LICENSE_TIERS.index("unknown")
+    if expr is None or not expr.strip():
+        return unknown
+    import license_expression
+
+    try:
+        node = _licensing().parse(expr, validate=False, strict=False)
+    except license_expression.ExpressionError:
+        return unknown
+    if node is None:
+        return unknown
+
+    def walk(n) -> int:
+        if isinstance(n, license_expression.LicenseWithExceptionSymbol):
+            return walk(n.license_symbol)
+        if isinstance(n, license_expression.LicenseSymbol):
+            return _leaf_tier(n.key)
+        ranks = [walk(a) for a in n.args]
+        return min(ranks) if isinstance(n, _licensing().OR) else max(ranks)
+
+    return walk(node)
+
+
+@functools.lru_cache(maxsize=1)
+def _licensing():
+    import license_expression
+
+    return license_expression.Licensing()
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters and report
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DedupParams:
+    """Validated parameters of one run (see :func:`run_dedup`)."""
+
+    threshold: float
+    num_perm: int
+    ngram: int
+    seed: int
+    bands: int
+    rows: int
+    scheme: str
+    exact: bool
+    near: bool
+
+    @property
+    def lsh_threshold(self) -> float:
+        """Jaccard similarity at which the LSH S-curve is steepest, ``(1/bands)^(1/rows)``."""
+        return (1.0 / self.bands) ** (1.0 / self.rows)
+
+    def sig_key(self) -> dict:
+        return {"version": WORK_VERSION, "near": self.near, "num_perm": self.num_perm, "seed": self.seed,
+                "ngram": self.ngram, "scheme": self.scheme}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
+                   bands: int | None = None, rows: int | None = None, scheme: str = minhash.DEFAULT_SCHEME,
+                   exact: bool = True, near: bool = True) -> DedupParams:
+    """Check parameters and fill in ``bands``/``rows``.
+
+    ``bands`` and ``rows`` both None: :func:`xgen_data.minhash.optimal_bands_rows` for ``threshold``
+    (0.7, 256 → 25 × 10). Only one given: the other is ``num_perm // given``. Both: used as given.
+
+    Raises:
+        ValueError: threshold not in (0, 1); num_perm not in [2, 8192]; ngram < 1; seed not in [0, 2**32);
+            bands or rows < 1; ``bands × rows > num_perm``; unknown scheme; exact/near not bool.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    if not _is_int(num_perm) or not 2 <= num_perm <= 8192:
+        raise ValueError(f"num_perm must be an integer in [2, 8192], got {num_perm!r}")
+    if not _is_int(ngram) or ngram < 1:
+        raise ValueError(f"ngram must be an integer >= 1, got {ngram!r}")
+    if not _is_int(seed) or not 0 <= seed < 1 << 32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if scheme not in minhash.SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(minhash.SCHEMES)}, got {scheme!r}")
+    for name, v in (("exact", exact), ("near", near)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{name} must be true or false, got {v!r}")
+    for name, v in (("bands", bands), ("rows", rows)):
+        if v is not None and (not _is_int(v) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if v is not None and v > num_perm:
+            raise ValueError(f"{name} = {v} exceeds num_perm = {num_perm}")
+    if bands is None and rows is None:
+        bands, rows = minhash.optimal_bands_rows(float(threshold), int(num_perm))
+    elif bands is None:
+        bands = num_perm // rows
+    elif rows is None:
+        rows = num_perm // bands
+    if bands * rows > num_perm:
+        raise ValueError(f"bands × rows = {bands} × {rows} = {bands * rows} exceeds num_perm = {num_perm}")
+    return DedupParams(float(threshold), int(num_perm), int(ngram), int(seed), int(bands), int(rows), scheme,
+                       exact, near)
+
+
+@dataclass
+class ClusterInfo:
+    """One duplicate cluster, for the report's largest-clusters table."""
+
+    cluster: int
+    size: int
+    kept_subset: str
+    kept_id: str
+    kept_license: str | None
+    exact: int  # members dropped as exact copies of the kept one
+    near: int  # members dropped as near copies
+    subsets: str  # "natural:20, code:1"
+    sources: str  # most frequent sources, "debian:debian-handbook:25"
+
+
+@dataclass
+class DedupReport:
+    """What :func:`run_dedup` did. Counts are documents unless named otherwise."""
+
+    corpus: str
+    params: dict
+    documents: int = 0
+    documents_per_subset: dict = field(default_factory=dict)
+    no_word_documents: int = 0  # no word, hence no shingle: exact dedup only
+    exact_groups: int = 0  # content hashes shared by ≥ 2 documents
+    exact_group_documents: int = 0
+    near_buckets: int = 0  # (band, hash) buckets holding ≥ 2 documents
+    near_edges: int = 0  # distinct (document, bucket minimum) edges given to the union-find
+    clusters: int = 0  # connected components of ≥ 2 documents
+    clustered_documents: int = 0
+    removed: int = 0
+    removed_by_reason: dict = field(default_factory=dict)  # reason -> n
+    removed_by_subset: dict = field(default_factory=dict)  # subset -> {reason: n}
+    removed_by_source: list = field(default_factory=list)  # (subset, source, exact, near), most removed first
+    largest_clusters: list = field(default_factory=list)  # ClusterInfo, largest first (≤ 10)
+    license_conflict_groups: int = 0
+    license_conflict_documents: int = 0
+    license_conflicts_path: str | None = None
+    signature_parts_reused: int = 0
+    seconds: float = 0.0
+    seconds_by_phase: dict = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        """A short plain-text summary (the CLI prints richer tables from the same fields)."""
+        p = self.params
+        out = [f"Dedup of {self.documents:,} documents in {self.seconds:.1f} s "
+               f"(exact={'on' if p['exact'] else 'off'}, near={'on' if p['near'] else 'off'}: MinHash "
+               f"{p['num_perm']} perms, {p['ngram']}-word shingles, seed {p['seed']}, scheme {p['scheme']}, "
+               f"LSH {p['bands']} bands x {p['rows']} rows for threshold {p['threshold']} "
+               f"[S-curve midpoint {p['lsh_threshold']:.3f}])",
+               f"  exact groups: {self.exact_groups:,} ({self.exact_group_documents:,} documents); "
+               f"LSH buckets with >= 2 documents: {self.near_buckets:,}",
+               f"  clusters: {self.clusters:,} ({self.clustered_documents:,} documents); removed: {self.removed:,} "
+               + ", ".join(f"{k} {v:,}" for k, v in sorted(self.removed_by_reason.items())),
+               f"  license conflicts: {self.license_conflict_groups:,} exact groups, "
+               f"{self.license_conflict_documents:,} documents"
+               + (f" -> {self.license_conflicts_path}" if self.license_conflicts_path else "")]
+        for subset in sorted(self.documents_per_subset):
+            r = self.removed_by_subset.get(subset, {})
+            out.append(f"  {subset}: {self.documents_per_subset[subset]:,} documents, removed "
+                       f"{r.get(REASON_EXACT, 0):,} exact + {r.get(REASON_NEAR, 0):,} near")
+        for c in self.largest_clusters:
+            out.append(f"  cluster {c.cluster}: {c.size} documents, kept {c.kept_subset}/{c.kept_id} "
+                       f"[{c.kept_license}] ({c.sources})")
+        return out
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["largest_clusters"] = [c.__dict__ for c in self.largest_clusters]
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase 1: signatures and band hashes per part (worker processes)
+# --------------------------------------------------------------------------------------------------
+def _meta_key(path: str) -> str | None:
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    v = md.get(b"xgen_dedup_key")
+    return v.decode() if v is not None else None
+
+
+def _sig_schema(near: bool, num_perm: int, scheme: str, key: str) -> pa.Schema:
+    fields = [("row", pa.int32()), ("chash", pa.binary(16)), ("n_words", pa.int32())]
+    if near:
+        vt = pa.uint32() if scheme == "affine32" else pa.uint64()
+        fields.append(("sig", pa.list_(vt, num_perm)))
+    return pa.schema(fields, metadata={"xgen_dedup_key": key})
+
+
+BAND_SCHEMA_FIELDS = [("band", pa.int16()), ("bhash", pa.int64()), ("row", pa.int32())]
+
+
+def _band_batch(sig: np.ndarray, rows_idx: np.ndarray, bands: int, rows: int) -> pa.RecordBatch:
+    bh = minhash.band_hashes(sig, bands, rows)  # (n, bands) uint64
+    n = len(rows_idx)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.tile(np.arange(bands, dtype=np.int16), n)), pa.array(bh.reshape(-1).view(np.int64)),
+         pa.array(np.repeat(rows_idx.astype(np.int32), bands))],
+        schema=pa.schema(BAND_SCHEMA_FIELDS))
+
+
+def signature_part(task: dict) -> dict:
+    """Worker: content hashes, MinHash signatures and band hashes of one docs part, to Parquet.
+
+    Args:
+        task: ``docs`` (docs part path), ``sig`` / ``bands`` (output paths), ``params`` (a
+            :class:`DedupParams` as dict), ``part_key`` (identity of the docs part: name, size, mtime).
+    Returns:
+        ``{"docs": n, "shingles": total shingles hashed, "bytes": text bytes, "reused": bool, "seconds": s}``.
+        Signatures are recomputed only when the part or a signature parameter changed; band hashes when
+        those or ``bands``/``rows`` changed.
+    """
+    t0 = time.time()
+    p = DedupParams(**task["params"])
+    sig_key = json.dumps({**p.sig_key(), "part": task["part_key"]}, sort_keys=True)
+    band_key = json.dumps({"sig": sig_key, "bands": p.bands, "rows": p.rows}, sort_keys=True)
+    stats = {"docs": 0, "shingles": 0, "bytes": 0, "reused": False, "seconds": 0.0}
+    sig_ok = _meta_key(task["sig"]) == sig_key
+    bands_ok = not p.near or _meta_key(task["bands"]) == band_key
+    if sig_ok and bands_ok:
+        stats["reused"] = True
+        stats["docs"] = pq.ParquetFile(task["sig"]).metadata.num_rows
+        return stats
+    band_schema = pa.schema(BAND_SCHEMA_FIELDS, metadata={"xgen_dedup_key": band_key})
+    with _MaybeAtomic(p.near, task["bands"]) as band_tmp:
+        bwriter = pq.ParquetWriter(band_tmp, band_schema, compression="zstd") if p.near else None
+        try:
+            if sig_ok:  # signatures cached: only re-band them
+                stats["reused"] = True
+                for batch in pq.ParquetFile(task["sig"]).iter_batches(batch_size=4096, columns=["row", "n_words", "sig"]):
+                    n_words = batch.column("n_words").to_numpy()
+                    has = n_words > 0
+                    if has.any():
+                        flat = batch.column("sig").flatten().to_numpy()
+                        sig = flat.reshape(batch.num_rows, p.num_perm)[has]
+                        bwriter.write_batch(_band_batch(sig, batch.column("row").to_numpy()[has], p.bands, p.rows))
+                    stats["docs"] += batch.num_rows
+            else:
+                schema = _sig_schema(p.near, p.num_perm, p.scheme, sig_key)
+                hasher = minhash.MinHasher(p.num_perm, p.seed, p.ngram, p.scheme) if p.near else None
+                with fsutil.atomic_path(task["sig"]) as sig_tmp:
+                    with pq.ParquetWriter(sig_tmp, schema, compression="zstd") as swriter:
+                        row0 = 0
+                        for batch in pq.ParquetFile(task["docs"]).iter_batches(batch_size=BATCH_DOCS,
+                                                                                   columns=["text", "n_bytes"]):
+                            texts = batch.column("text").to_pylist()
+                            n = len(texts)
+                            rows_idx = np.arange(row0, row0 + n, dtype=np.int32)
+                            chash = pa.array([minhash.content_hash(t) for t in texts], pa.binary(16))
+                            cols = [pa.array(rows_idx), chash]
+                            if p.near:
+                                sig, n_words = hasher.signatures(texts)
+                                cols += [pa.array(n_words),
+                                         pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), p.num_perm)]
+                                has = n_words > 0
+                                if has.any():
+                                    bwriter.write_batch(_band_batch(sig[has], rows_idx[has], p.bands, p.rows))
+                            else:
+                                cols.append(pa.nulls(n, pa.int32()))
+                            swriter.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
+                            stats["docs"] += n
+                            stats["bytes"] += int(pa.compute.sum(batch.column("n_bytes")).as_py() or 0)
+                            row0 += n
+        finally:
+            if bwriter is not None:
+                bwriter.close()
+    stats["seconds"] = time.time() - t0
+    return stats
+
+
+class _MaybeAtomic:
+    """``fsutil.atomic_path(path)`` when ``enabled``, else a context yielding None."""
+
+    def __init__(self, enabled: bool, path: str):
+        self._cm = fsutil.atomic_path(path) if enabled else None
+
+    def __enter__(self):
+        return self._cm.__enter__() if self._cm is not None else None
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc) if self._cm is not None else False
+
+
+def _run_tasks(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
+    """Run :func:`signature_part` over ``tasks`` (largest first) in ``workers`` spawned processes."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(tasks)), key=lambda i: -tasks[i]["size"])
+    results: list[dict | None] = [None] * len(tasks)
+    bar = tqdm(total=sum(t["size"] for t in tasks), unit="B", unit_scale=True, desc="dedup signatures",
+               disable=not progress, leave=False)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for i in order:
+                results[i] = signature_part(tasks[i])
+                bar.update(tasks[i]["size"])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+                futs = {pool.submit(signature_part, tasks[i]): i for i in order}
+                for fut in cf.as_completed(futs):
+                    i = futs[fut]
+                    results[i] = fut.result()
+                    bar.update(tasks[i]["size"])
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase 2: union-find over O(documents) integers
+# --------------------------------------------------------------------------------------------------
+def _roots(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
+    r = parent[x]
+    while True:
+        r2 = parent[r]
+        if np.array_equal(r2, r):
+            return r
+        r = r2
+
+
+def union_edges(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """Merge the components of edges ``(u[i], v[i])`` in ``parent`` (in place).
+
+    Args:
+        parent: int64 shape ``(n,)``, a forest where every root is the smallest document of its tree
+            (start with ``np.arange(n)``). The invariant is kept: a root is always hooked under a smaller
+            root, so after :func:`compress` each document maps to the smallest document of its component,
+            whatever the order of the edges.
+        u, v: int64 arrays of equal shape, values in ``[0, n)``.
+    """
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    while u.size:
+        ru, rv = _roots(parent, u), _roots(parent, v)
+        diff = ru != rv
+        if not diff.any():
+            return
+        u, v, ru, rv = u[diff], v[diff], ru[diff], rv[diff]
+        lo, hi = np.minimum(ru, rv), np.maximum(ru, rv)
+        np.minimum.at(parent, hi, lo)
+
+
+def compress(parent: np.ndarray) -> np.ndarray:
+    """Point every entry straight at its root (in place); returns ``parent``."""
+    while True:
+        p2 = parent[parent]
+        if np.array_equal(p2, parent):
+            return parent
+        parent[:] = p2
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _qlist(paths: list[str]) -> str:
+    return "[" + ", ".join(_q(p) for p in paths) + "]"
+
+
+def doc_offsets(corpus: Corpus) -> np.ndarray:
+    """Global numbering: int64 shape ``(n_parts + 1,)``; document ``row`` of part ``k`` is ``offsets[k] + row``."""
+    counts = [pq.ParquetFile(p.path).metadata.num_rows for p in corpus.parts()]
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
+def candidate_pairs(corpus_dir: str, docs: np.ndarray | None = None) -> np.ndarray:
+    """Every LSH candidate pair of the last near-dedup run: documents sharing ≥ 1 ``(band, hash)`` bucket.
+
+    A diagnostic (the run itself only forms star edges per bucket): reads ``work/dedup/bands``, so call it
+    after :func:`run_dedup` with ``near=True`` on the same parts.
+
+    Args:
+        docs: optional int64 global document numbers to restrict both ends of the pairs to.
+    Returns:
+        int64 shape ``(m, 2)``, rows ``(a, b)`` with ``a < b`` (a document is never paired with itself),
+        distinct, sorted.
+    Raises:
+        CorpusError: not a corpus; FileNotFoundError: no band files for some part (run dedup first).
+    """
+    import duckdb
+
+    corpus = Corpus(corpus_dir)
+    parts = corpus.parts()
+    offsets = doc_offsets(corpus)
+    files = [os.path.join(corpus.root, "work", "dedup", "bands", p.subset, p.name) for p in parts]
+    for f in files:
+        if not os.path.exists(f):
+            raise FileNotFoundError(f"{f}: no band hashes; run dedup with near=True first")
+    if not files:
+        return np.zeros((0, 2), dtype=np.int64)
+    con = duckdb.connect()
+    try:
+        con.register("_pofs", pa.table({"f": files, "doff": pa.array(offsets[:-1], pa.int64())}))
+        where = ""
+        if docs is not None:
+            con.register("_only", pa.table({"doc": pa.array(np.asarray(docs, dtype=np.int64))}))
+            where = "WHERE doc IN (SELECT doc FROM _only)"
+        rows = con.sql(f"""WITH b AS (SELECT * FROM (SELECT r.band, r.bhash, o.doff + r.row AS doc
+                FROM read_parquet({_qlist(files)}, filename=true) r JOIN _pofs o ON r.filename = o.f) {where})
+            SELECT DISTINCT x.doc AS a, y.doc AS b FROM b x JOIN b y
+                ON x.band = y.band AND x.bhash = y.bhash AND x.doc < y.doc ORDER BY a, b""").fetchnumpy()
+    finally:
+        con.close()
+    return np.stack([rows["a"].astype(np.int64), rows["b"].astype(np.int64)], axis=1)
+
+
+def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
+              bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
+              workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
+              memory_limit: str = "4GB") -> DedupReport:
+    """Find exact and near duplicates across all subsets and write the ``dedup`` step (module docstring).
+
+    Args:
+        corpus_dir: a corpus made by ``xgen ingest``.
+        threshold: Jaccard threshold the LSH banding is tuned for (SPEC §2: 0.7).
+        num_perm: MinHash permutations (SPEC §2: 256). ngram: words per shingle (SPEC §2: 5).
+        seed: permutation seed (datasketch's ``seed``).
+        bands, rows: LSH banding; default from ``threshold`` (see :func:`resolve_params`).
+        exact, near: run exact (content hash) and/or near (MinHash LSH) detection. With both off every
+            document is written as kept (old decisions are replaced).
+        workers: signature worker processes and DuckDB threads.
+        progress: show a progress bar for the signature phase.
+        scheme: datasketch permutation scheme (``affine32`` = datasketch 2.0's default).
+        memory_limit: DuckDB's memory limit; beyond it DuckDB spills to ``work/dedup/duckdb.tmp``.
+    Returns:
+        A :class:`DedupReport`.
+    Raises:
+        CorpusError: ``corpus_dir`` is not a corpus. ValueError: a bad parameter (see
+        :func:`resolve_params`) or ``workers < 1``.
+    """
+    import duckdb
+
+    t_start = time.time()
+    params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near)
+    if not _is_int(workers) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if not os.path.isdir(corpus_dir):
+        raise CorpusError(f"{corpus_dir}: no such corpus directory")
+    corpus = Corpus(corpus_dir)
+    parts = corpus.parts()
+    work = os.path.join(corpus.root, "work", "dedup")
+    report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold})
+    phase: dict[str, float] = {}
+
+    # -- numbering: document d of part k is offsets[k] + row ------------------------------------------
+    offsets = doc_offsets(corpus)
+    counts = np.diff(offsets).tolist()
+    n_docs = int(offsets[-1])
+    report.documents = n_docs
+    for p, c in zip(parts, counts):
+        report.documents_per_subset[p.subset] = report.documents_per_subset.get(p.subset, 0) + c
+    if not parts:
+        report.seconds = time.time() - t_start
+        return report
+
+    # -- phase 1: signatures ---------------------------------------------------------------------------
+    t = time.time()
+    tasks = []
+    for p in parts:
+        st = os.stat(p.path)
+        tasks.append({"docs": p.path, "size": st.st_size,
+                      "sig": os.path.join(work, "sig", p.subset, p.name),
+                      "bands": os.path.join(work, "bands", p.subset, p.name),
+                      "params": params.__dict__,
+                      "part_key": {"subset": p.subset, "name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}})
+    stats = _run_tasks(tasks, workers, progress)
+    report.signature_parts_reused = sum(s["reused"] for s in stats)
+    phase["signatures"] = time.time() - t
+
+    # -- phase 2: DuckDB over the work files -------------------------------------------------------------
+    t = time.time()
+    tmp_dir = os.path.join(work, "duckdb.tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    con = duckdb.connect(config={"threads": workers, "memory_limit": memory_limit, "temp_directory": tmp_dir,
+                                 "preserve_insertion_order": False})
+    try:
+        con.register("_parts", pa.table({
+            "pidx": pa.array(range(len(parts)), pa.int32()),
+            "subset": [p.subset for p in parts], "name": [p.name for p in parts],
+            "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
+            "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
+        con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
+        con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
+            FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
+            JOIN parts p ON s.filename = p.sig_path""")
+        con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
+                d.license, d.source, d.path
+            FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
+            JOIN parts p ON d.filename = p.docs_path""")
+        # exact groups (always counted: the license-conflict report needs them)
+        con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
+                count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
+        report.exact_groups, report.exact_group_documents = con.execute(
+            "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
+        if params.near:
+            report.no_word_documents = con.execute("SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
+        phase["exact"] = time.time() - t
+
+        # -- union-find over exact and near edges ------------------------------------------------------
+        t = time.time()
+        parent = np.arange(n_docs, dtype=np.int64)
+
+        def feed(sql: str) -> int:
+            n_edges = 0
+            reader = con.sql(sql).to_arrow_reader(EDGE_BATCH)
+            for batch in reader:
+                u = batch.column(0).to_numpy()
+                v = batch.column(1).to_numpy()
+                union_edges(parent, u, v)
+                n_edges += len(u)
+            compress(parent)
+            return n_edges
+
+        if params.exact:
+            feed("SELECT doc, gid FROM exact_members WHERE doc <> gid")
+        if params.near:
+            band_paths = [tk["bands"] for tk in tasks]
+            con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
+                FROM read_parquet({_qlist(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
+            con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
+                SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
+                       count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
+            report.near_buckets = con.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)").fetchall()[0][0]
+            report.near_edges = feed("SELECT doc, rep FROM near_edges")
+        sizes = np.bincount(parent, minlength=n_docs)
+        member = np.nonzero(sizes[parent] > 1)[0]
+        report.clusters = int(np.count_nonzero(sizes > 1))
+        report.clustered_documents = int(len(member))
+        con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
+                                             "cluster": pa.array(parent[member], pa.int64())}))
+        del parent, sizes, member
+        phase["clusters"] = time.time() - t
+
+        # -- keep policy -------------------------------------------------------------------------------
+        t = time.time()
+        labels = [r[0] for r in con.execute(
+            f"SELECT DISTINCT license FROM read_parquet({_qlist([p.path for p in parts])})").fetchall()]
+        con.register("_lic", pa.table({"license": pa.array(labels, pa.string()),
+                                       "lrank": pa.array([license_rank(x) for x in labels], pa.int32())}))
+        con.execute("""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
+                coalesce(l.lrank, 5) AS lrank, s.chash
+            FROM _clustered c JOIN docs m USING (doc) JOIN sig s USING (doc)
+            LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license""")
+        con.execute("""CREATE TEMP TABLE kept AS
+            SELECT cluster, first(doc ORDER BY lrank, id, subset) AS kept FROM cl GROUP BY cluster""")
+        exact_sql = "TRUE" if params.exact else "FALSE"
+        con.execute(f"""CREATE TEMP TABLE res AS SELECT cl.doc, cl.cluster, cl.subset, cl.id, cl.source,
+                CASE WHEN cl.doc = k.kept THEN NULL
+                     WHEN {exact_sql} AND cl.chash = kc.chash THEN '{REASON_EXACT}'
+                     ELSE '{REASON_NEAR}' END AS reason,
+                kc.id AS kept_id, kc.subset AS kept_subset, k.kept
+            FROM cl JOIN kept k USING (cluster) JOIN cl kc ON kc.doc = k.kept""")
+        phase["keep"] = time.time() - t
+
+        # -- write the step decisions per part ---------------------------------------------------------
+        t = time.time()
+        for i, p in enumerate(parts):
+            tbl = con.sql(f"""SELECT d.id, r.reason AS drop_reason, r.cluster AS dup_cluster,
+                    CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
+                    CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
+                FROM read_parquet({_q(p.path)}, file_row_number=true) d
+                LEFT JOIN res r ON r.doc = {int(offsets[i])} + d.file_row_number
+                ORDER BY d.file_row_number""").to_arrow_table()
+            tbl = tbl.cast(DEDUP_SCHEMA)
+            with fsutil.atomic_path(corpus.step_path("dedup", p)) as tmp:
+                pq.write_table(tbl, tmp, compression="zstd")
+        phase["write"] = time.time() - t
+
+        # -- license conflicts -------------------------------------------------------------------------
+        t = time.time()
+        tier_case = "CASE " + " ".join(f"WHEN l.lrank = {i} THEN '{name}'" for i, name in enumerate(LICENSE_TIERS)) + " END"
+        conflicts = con.sql(f"""WITH em AS (SELECT e.doc, e.gid, e.gsize, m.subset, m.id, m.license, m.source,
+                    m.path FROM exact_members e JOIN docs m USING (doc)),
+                g AS (SELECT gid, count(DISTINCT coalesce(license, chr(0))) AS n_labels FROM em GROUP BY gid
+                      HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
+            SELECT em.gid AS group_id, em.subset, em.id, em.license, {tier_case} AS license_tier, em.source,
+                em.path, em.gsize AS group_size, g.n_labels, r.reason IS NULL AS kept, r.reason AS drop_reason,
+                r.cluster AS dup_cluster, CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
+                CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
+            FROM em JOIN g USING (gid) LEFT JOIN res r USING (doc)
+            LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM em.license
+            ORDER BY em.gid, em.doc""").to_arrow_table().cast(CONFLICT_SCHEMA)
+        report.license_conflicts_path = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
+        with fsutil.atomic_path(report.license_conflicts_path) as tmp:
+            pq.write_table(conflicts, tmp, compression="zstd")
+        report.license_conflict_documents = conflicts.num_rows
+        report.license_conflict_groups = len(set(conflicts.column("group_id").to_pylist()))
+
+        # -- report ------------------------------------------------------------------------------------
+        for reason, n in con.execute("SELECT reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY 1").fetchall():
+            report.removed_by_reason[reason] = n
+        report.removed = sum(report.removed_by_reason.values())
+        for subset, reason, n in con.execute(
+                "SELECT subset, reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL").fetchall():
+            report.removed_by_subset.setdefault(subset, {})[reason] = n
+        report.removed_by_source = [tuple(r) for r in con.execute(f"""SELECT subset, source,
+                count(*) FILTER (reason = '{REASON_EXACT}') AS exact, count(*) FILTER (reason = '{REASON_NEAR}') AS near
+            FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY exact + near DESC, subset, source""").fetchall()]
+        rows_ = con.execute(f"""WITH top AS (SELECT cluster, count(*) AS size FROM res GROUP BY cluster
+                    ORDER BY size DESC, cluster LIMIT 10),
+                subs AS (SELECT cluster, string_agg(subset || ':' || n, ', ' ORDER BY n DESC, subset) AS s FROM
+                    (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL) GROUP BY cluster),
+                srcs AS (SELECT cluster, string_agg(source || ':' || n, ', ' ORDER BY n DESC, source) AS s FROM
+                    (SELECT cluster, coalesce(source, '?') AS source, count(*) AS n,
+                            row_number() OVER (PARTITION BY cluster ORDER BY count(*) DESC, coalesce(source, '?')) AS rk
+                     FROM res JOIN top USING (cluster) GROUP BY cluster, source) WHERE rk <= 3 GROUP BY cluster)
+            SELECT t.cluster, t.size, k.subset, k.id, k.license,
+                (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_EXACT}'),
+                (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_NEAR}'),
+                subs.s, srcs.s
+            FROM top t JOIN kept kk USING (cluster) JOIN cl k ON k.doc = kk.kept JOIN subs USING (cluster)
+            JOIN srcs USING (cluster) ORDER BY t.size DESC, t.cluster""").fetchall()
+        report.largest_clusters = [ClusterInfo(*r) for r in rows_]
+        phase["report"] = time.time() - t
+    finally:
+        con.close()
+    report.seconds_by_phase = phase
+    report.seconds = time.time() - t_start
+    return report
