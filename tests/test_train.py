@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_train import EOS_ID, SHARED, build_shards  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
+from conftest_train import EOS_ID, build_shards  # noqa: E402
 
 from xgen_train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from xgen_train.config import CONFIGS  # noqa: E402
@@ -24,8 +24,6 @@ from xgen_train.model import build_model, init_params  # noqa: E402
 from xgen_train.optimizer import OptimizerConfig, decay_mask, learning_rate, make_optimizer  # noqa: E402
 from xgen_train.trainer import SpikeDetector, make_train_step, next_token_loss, train  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (SHARED / "corpus" / "sample" / "nl.jsonl").is_file(),
-                                reason="shared sample corpus not available")
 
 
 @pytest.fixture(scope="module")
