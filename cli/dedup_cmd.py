@@ -54,7 +54,8 @@ def print_report(report) -> None:
     for subset in sorted(report.documents_per_subset):
         r = report.removed_by_subset.get(subset, {})
         ex, ne = r.get(REASON_EXACT, 0), r.get(REASON_NEAR, 0)
-        rows.append((subset, report.documents_per_subset[subset], ex, ne, report.documents_per_subset[subset] - ex - ne))
+        n = report.documents_per_subset[subset]
+        rows.append((subset, n, ex, ne, n - ex - ne))
     print_rows(["subset", "documents", "exact_removed", "near_removed", "left"], rows, title="Removed per subset")
     if report.removed_by_source:
         print_rows(["subset", "source", "exact_removed", "near_removed"], list(report.removed_by_source),

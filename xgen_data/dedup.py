@@ -357,7 +357,12 @@ def signature_part(task: dict) -> dict:
     sig_key = json.dumps({**p.sig_key(), "part": task["part_key"]}, sort_keys=True)
     band_key = json.dumps({"sig": sig_key, "bands": p.bands, "rows": p.rows}, sort_keys=True)
     stats = {"docs": 0, "shingles": 0, "bytes": 0, "reused": False, "seconds": 0.0}
-    sig_ok = _meta_key(task["sig"]) == sig_key
+    cached = _meta_key(task["sig"])
+    if p.near or cached is None:
+        sig_ok = cached == sig_key
+    else:  # exact only needs content hashes, which any cached file of this part and work version has
+        c = json.loads(cached)
+        sig_ok = c.get("version") == WORK_VERSION and c.get("part") == task["part_key"]
     bands_ok = not p.near or _meta_key(task["bands"]) == band_key
     if sig_ok and bands_ok:
         stats["reused"] = True
@@ -369,7 +374,8 @@ def signature_part(task: dict) -> dict:
         try:
             if sig_ok:  # signatures cached: only re-band them
                 stats["reused"] = True
-                for batch in pq.ParquetFile(task["sig"]).iter_batches(batch_size=4096, columns=["row", "n_words", "sig"]):
+                cols = ["row", "n_words", "sig"]
+                for batch in pq.ParquetFile(task["sig"]).iter_batches(batch_size=4096, columns=cols):
                     n_words = batch.column("n_words").to_numpy()
                     has = n_words > 0
                     if has.any():
@@ -668,8 +674,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
             con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
                 SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
                        count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
-            report.near_buckets = con.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)").fetchall()[0][0]
+            report.near_buckets = con.execute("""SELECT count(*) FROM
+                (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
             report.near_edges = feed("SELECT doc, rep FROM near_edges")
         sizes = np.bincount(parent, minlength=n_docs)
         member = np.nonzero(sizes[parent] > 1)[0]
@@ -717,7 +723,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
 
         # -- license conflicts -------------------------------------------------------------------------
         t = time.time()
-        tier_case = "CASE " + " ".join(f"WHEN l.lrank = {i} THEN '{name}'" for i, name in enumerate(LICENSE_TIERS)) + " END"
+        tier_case = "CASE " + " ".join(f"WHEN l.lrank = {i} THEN '{name}'"
+                                       for i, name in enumerate(LICENSE_TIERS)) + " END"
         conflicts = con.sql(f"""WITH em AS (SELECT e.doc, e.gid, e.gsize, m.subset, m.id, m.license, m.source,
                     m.path FROM exact_members e JOIN docs m USING (doc)),
                 g AS (SELECT gid, count(DISTINCT coalesce(license, chr(0))) AS n_labels FROM em GROUP BY gid
@@ -739,8 +746,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         for reason, n in con.execute("SELECT reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY 1").fetchall():
             report.removed_by_reason[reason] = n
         report.removed = sum(report.removed_by_reason.values())
-        for subset, reason, n in con.execute(
-                "SELECT subset, reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL").fetchall():
+        for subset, reason, n in con.execute("""SELECT subset, reason, count(*) FROM res
+                WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL""").fetchall():
             report.removed_by_subset.setdefault(subset, {})[reason] = n
         report.removed_by_source = [tuple(r) for r in con.execute(f"""SELECT subset, source,
                 count(*) FILTER (reason = '{REASON_EXACT}') AS exact, count(*) FILTER (reason = '{REASON_NEAR}') AS near
@@ -748,7 +755,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         rows_ = con.execute(f"""WITH top AS (SELECT cluster, count(*) AS size FROM res GROUP BY cluster
                     ORDER BY size DESC, cluster LIMIT 10),
                 subs AS (SELECT cluster, string_agg(subset || ':' || n, ', ' ORDER BY n DESC, subset) AS s FROM
-                    (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL) GROUP BY cluster),
+                    (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL)
+                    GROUP BY cluster),
                 srcs AS (SELECT cluster, string_agg(source || ':' || n, ', ' ORDER BY n DESC, source) AS s FROM
                     (SELECT cluster, coalesce(source, '?') AS source, count(*) AS n,
                             row_number() OVER (PARTITION BY cluster ORDER BY count(*) DESC, coalesce(source, '?')) AS rk

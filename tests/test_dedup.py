@@ -1,0 +1,565 @@
+"""Exact and near dedup (SPEC §2, issue #3): datasketch-identical MinHash, LSH banding, clusters, keep policy,
+license conflicts, the step's output contract, and known real duplicates of the shared corpora."""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import shutil
+import unicodedata
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import SAMPLE, shared_path
+
+from xgen_data import dedup, minhash
+from xgen_data.corpus import Corpus, CorpusError
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers and fixtures
+# --------------------------------------------------------------------------------------------------
+def sample_texts(n_per_file: int = 40) -> list[str]:
+    out = []
+    for name in ("nl.jsonl", "code.jsonl", "instruct.jsonl"):
+        with open(os.path.join(SAMPLE, name), encoding="utf-8") as f:
+            out += [json.loads(line)["text"] for _, line in zip(range(n_per_file), f)]
+    return out
+
+
+EDGE_TEXTS = ["", "   \n\t ", "word", "two words", "four words in here", "five words in here now",
+              "!!! ??? ---", "中文版维护者 李阳", "हिन्दी भाषा एक है", "Привет, мир! Это тест.", "ไทยภาษาไทย",
+              "e\u0301te\u0301 cafe\u0301 ete etre", "MiXeD CaSe Words Are Lowered Here"]
+
+
+def decisions(corpus_dir: str) -> dict[tuple[str, str], dict]:
+    """(subset, id) -> decision row of steps/dedup (all parts)."""
+    out = {}
+    corpus = Corpus(corpus_dir)
+    for part in corpus.parts():
+        for row in pq.read_table(corpus.step_path("dedup", part)).to_pylist():
+            out[(part.subset, row["id"])] = row
+    return out
+
+
+def step_tables(corpus_dir: str) -> dict[str, bytes]:
+    out = {}
+    for path in sorted(glob.glob(os.path.join(corpus_dir, "steps", "dedup", "*", "*.parquet"))):
+        out[os.path.relpath(path, corpus_dir)] = pq.read_table(path).to_pylist()
+    return out
+
+
+def write_jsonl(path: str, records: list[dict]) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def make_corpus(root: str, files: dict[str, list[dict]]) -> str:
+    """Ingest hand-made or selected records; ``files`` maps a subset name to its records."""
+    from xgen_data import ingest
+
+    os.makedirs(root, exist_ok=True)
+    inputs = [(write_jsonl(os.path.join(root, f"{subset}.jsonl"), recs), subset) for subset, recs in files.items()]
+    corpus = os.path.join(root, "corpus")
+    ingest.ingest(corpus, inputs, workers=1, progress=False)
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def deduped_sample(sample_corpus, tmp_path_factory):
+    """The sample corpus (real shared data), deduplicated with the defaults."""
+    root = str(tmp_path_factory.mktemp("dedup_sample") / "corpus")
+    shutil.copytree(sample_corpus, root)
+    report = dedup.run_dedup(root, workers=2, progress=False)
+    return root, report
+
+
+# Real duplicates from the full shared corpora (not all kinds are in the sample slice).
+REAL_IDS = {
+    "code": [
+        # vendored copies of requests under conflicting labels: pip says MIT, requests says Apache-2.0
+        "deb:python3-requests:usr/lib/python3/dist-packages/requests/structures.py",
+        "pypi:pip==23.2.1:pip/_vendor/requests/structures.py", "pypi:pip==24.2:pip/_vendor/requests/structures.py",
+        "pypi:requests==2.31.0:requests/structures.py", "pypi:requests==2.32.3:requests/structures.py",
+        # versions of the same file (near copies, Jaccard 0.97-0.997)
+        "deb:python3-requests:usr/lib/python3/dist-packages/requests/models.py",
+        "pypi:pip==23.2.1:pip/_vendor/requests/models.py", "pypi:pip==24.2:pip/_vendor/requests/models.py",
+        "pypi:requests==2.31.0:requests/models.py", "pypi:requests==2.32.3:requests/models.py",
+        "pypi:Unidecode==1.4.0:unidecode/__init__.py",  # no copy among these
+    ],
+    "natural": [
+        # a dictionary entry borrowed between dictionaries (GFDL FOLDOC, public-domain Jargon File)
+        "deb:dict-foldoc:cosmic rays", "deb:jargon-text:entry:cosmic rays",
+        # one manual page shipped once per alias
+        "deb:manpages-dev:usr/share/man/man3/isalnum.3.gz", "deb:manpages-dev:usr/share/man/man3/isalpha_l.3.gz",
+        "deb:manpages-dev:usr/share/man/man3/isascii.3.gz",
+        # an untranslated handbook page in several language folders
+        "deb:debian-handbook:usr/share/doc/debian-handbook/html/ar-MA/sect.steamos.html",
+        "deb:debian-handbook:usr/share/doc/debian-handbook/html/de-DE/sect.steamos.html",
+        "deb:debian-handbook:usr/share/doc/debian-handbook/html/el-GR/sect.steamos.html",
+        "deb:linux-doc-6.1:Documentation/arch.rst.gz",  # its html/_sources twin is left out: no copy here
+    ],
+}
+
+
+def select_records(path: str, ids: set[str]) -> list[dict]:
+    import zstandard
+
+    out = []
+    with open(path, "rb") as fh:
+        for line in io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh)):
+            head = line[:400]
+            if any(i.encode() in head for i in ids):
+                rec = json.loads(line)
+                if rec["id"] in ids:
+                    out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_dups(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("real_dups"))
+    files = {"code": select_records(shared_path("corpus", "code.jsonl.zst"), set(REAL_IDS["code"])),
+             "natural": select_records(shared_path("corpus", "nl.jsonl.zst"), set(REAL_IDS["natural"]))}
+    for subset, recs in files.items():
+        assert sorted(r["id"] for r in recs) == sorted(REAL_IDS[subset]), "shared corpus changed"
+    corpus = make_corpus(root, files)
+    report = dedup.run_dedup(corpus, workers=1, progress=False)
+    return corpus, report
+
+
+# --------------------------------------------------------------------------------------------------
+# MinHash = datasketch
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", minhash.SCHEMES)
+@pytest.mark.parametrize("num_perm,seed,ngram", [(256, 1, 5), (64, 42, 3), (7, 0, 1)])
+def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram):
+    from datasketch import MinHash
+
+    texts = sample_texts(15 if num_perm == 256 else 5) + EDGE_TEXTS
+    sig, n_words = minhash.MinHasher(num_perm, seed, ngram, scheme).signatures(texts)
+    assert sig.shape == (len(texts), num_perm) and sig.dtype == minhash.sig_dtype(scheme)
+    for i, text in enumerate(texts):
+        m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
+        for s in minhash.shingles(text, ngram):
+            m.update(s)
+        assert np.array_equal(sig[i], m.hashvalues), (scheme, i, text[:60])
+        assert n_words[i] == len(minhash.words(text))
+
+
+def test_permutations_equal_datasketch():
+    from datasketch import MinHash
+
+    for scheme in minhash.SCHEMES:
+        p = minhash.Permutations.make(256, 7, scheme)
+        a, b = MinHash(num_perm=256, seed=7, scheme=scheme).permutations
+        assert np.array_equal(p.a, a) and np.array_equal(p.b, b)
+
+
+def test_signatures_independent_of_batching_and_chunking():
+    texts = sample_texts(20) + EDGE_TEXTS
+    h = minhash.MinHasher()
+    whole = h.signatures(texts)[0]
+    one_by_one = np.stack([h.signature(t) for t in texts])
+    assert np.array_equal(whole, one_by_one)
+    hashes, offsets = minhash.hash_shingle_lists([minhash.shingles(t) for t in texts])
+    for chunk in (1, 3, 1000):
+        assert np.array_equal(minhash.signatures_from_hashes(hashes, offsets, h.perms, chunk=chunk), whole)
+
+
+def test_bands_rows_for_threshold_match_datasketch():
+    from datasketch.lsh import _optimal_param
+
+    assert minhash.optimal_bands_rows(0.7, 256) == (25, 10)  # StarCoder's setting
+    for t in (0.5, 0.8, 0.85, 0.9):
+        for n in (128, 256):
+            assert minhash.optimal_bands_rows(t, n) == _optimal_param(t, n, 0.5, 0.5)
+    p = dedup.resolve_params()
+    assert (p.bands, p.rows) == (25, 10) and abs(p.lsh_threshold - 0.7248) < 1e-3
+    assert minhash.collision_probability(0.9, 25, 10) > 0.999
+    assert minhash.collision_probability(0.3, 25, 10) < 1e-3
+
+
+def test_band_hashes():
+    h = minhash.MinHasher()
+    texts = sample_texts(5)
+    sig = h.signatures(texts)[0]
+    sig2 = sig.copy()
+    sig2[0, 13] ^= 1  # changes band 1 (rows 10..19) only
+    b1, b2 = minhash.band_hashes(sig, 25, 10), minhash.band_hashes(sig2, 25, 10)
+    assert b1.shape == (len(texts), 25) and b1.dtype == np.uint64
+    assert (b1[0] != b2[0]).tolist() == [i == 1 for i in range(25)]
+    assert np.array_equal(b1[1:], b2[1:])
+    assert len(np.unique(b1[:, 0])) == len({t for t in texts})  # distinct texts, distinct bands
+    with pytest.raises(ValueError, match="num_perm"):
+        minhash.band_hashes(sig, 26, 10)
+
+
+# --------------------------------------------------------------------------------------------------
+# words, shingles, normalisation (short, empty and non-Latin documents)
+# --------------------------------------------------------------------------------------------------
+def test_words_and_short_documents():
+    assert minhash.words("") == [] and minhash.shingles("") == [] and minhash.shingles("  ,;  ") == []
+    assert minhash.shingles("word") == [b"word"]  # one word: one shingle
+    assert minhash.shingles("Four Words In Here") == [b"four words in here"]  # shorter than ngram: one shingle
+    assert minhash.shingles("a b c d e f") == [b"a b c d e", b"b c d e f"]
+    assert minhash.words("Привет, мир!") == ["привет", "мир"]
+    assert minhash.words("हिन्दी भाषा") == ["हिन्दी", "भाषा"]  # vowel signs and virama stay inside words
+    assert minhash.words("中文版 ab") == ["中", "文", "版", "ab"]  # ideographs: one word each
+    assert minhash.words("ไทย") == ["ไ", "ท", "ย"]
+    assert minhash.words("snake_case x2") == ["snake_case", "x2"]
+    sig, n_words = minhash.MinHasher().signatures(["", "word", "other"])
+    assert n_words.tolist() == [0, 1, 1]
+    assert (sig[0] == minhash.empty_value("affine32")).all()  # no shingles: datasketch's empty MinHash
+    assert not np.array_equal(sig[1], sig[2])
+
+
+def test_normalisation_and_agreement_with_words():
+    t = "Caf\u00e9 au lait  \r\nsecond line\t\r\n\r\n"
+    assert minhash.normalize_text(t) == "Café au lait\nsecond line"
+    assert minhash.content_hash("cafe\u0301\n") == minhash.content_hash("caf\u00e9")  # NFC
+    assert minhash.content_hash("a b") != minhash.content_hash("a  b")  # inner whitespace is content
+    assert minhash.content_hash("A") != minhash.content_hash("a")  # so is case
+    for text in sample_texts(30) + EDGE_TEXTS:
+        variant = unicodedata.normalize("NFD", text).replace("\n", "  \r\n") + " \n"
+        assert minhash.content_hash(variant) == minhash.content_hash(text)
+        assert minhash.words(variant) == minhash.words(text) == minhash.words(minhash.normalize_text(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# union-find, license policy, parameters
+# --------------------------------------------------------------------------------------------------
+def test_union_find_matches_connected_components():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    u, v = rng.integers(0, n, 1500), rng.integers(0, n, 1500)
+    _, labels = connected_components(coo_matrix((np.ones(len(u)), (u, v)), shape=(n, n)), directed=False)
+    results = []
+    for perm in (np.arange(len(u)), rng.permutation(len(u))):
+        parent = np.arange(n, dtype=np.int64)
+        for chunk in np.array_split(perm, 7):
+            dedup.union_edges(parent, u[chunk], v[chunk])
+        results.append(dedup.compress(parent).copy())
+    assert np.array_equal(results[0], results[1])  # order of edges does not matter
+    root = results[0]
+    for comp in np.unique(labels):
+        members = np.nonzero(labels == comp)[0]
+        assert (root[members] == members.min()).all()  # root = smallest document of the component
+
+
+def test_license_rank_policy():
+    r = dedup.license_rank
+    tiers = dedup.LICENSE_TIERS
+    assert tiers[r("CC0-1.0")] == tiers[r("LicenseRef-public-domain")] == tiers[r("Unlicense")] == "public-domain"
+    for spdx in ("MIT", "Apache-2.0", "BSD-3-Clause", "LicenseRef-BSD-unspecified", "PSF-2.0"):
+        assert tiers[r(spdx)] == "permissive", spdx
+    assert tiers[r("LGPL-2.1-or-later")] == tiers[r("GFDL-1.1-or-later")] == tiers[r("MPL-2.0")] == "weak-copyleft"
+    assert tiers[r("GPL-2.0 WITH Linux-syscall-note")] == tiers[r("AGPL-3.0-only")] == "copyleft"
+    assert tiers[r("CC-BY-NC-4.0")] == tiers[r("SomethingElse")] == "other"
+    assert tiers[r(None)] == tiers[r("")] == tiers[r("NOASSERTION")] == tiers[r("MIT/X11 (")] == "unknown"
+    assert r("GPL-2.0-only OR BSD-3-Clause") == r("BSD-3-Clause")  # OR: the better branch
+    assert r("(GPL-2.0 WITH Linux-syscall-note) or MIT") == r("MIT")  # operators in any case
+    assert r("MIT AND GPL-3.0-only") == r("GPL-3.0-only")  # AND: the worse
+    assert r("CC0-1.0") < r("MIT") < r("LGPL-2.1") < r("GPL-3.0-only") < r("Foo-1.0") < r("NOASSERTION")
+    licenses = pytest.importorskip("xgen_data.licenses")
+    for spdx in licenses.default_allow_list():  # everything the license filter passes ranks as permissive or better
+        assert r(spdx) <= tiers.index("permissive"), spdx
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"bands": 30, "rows": 10}, "exceeds num_perm"),
+    ({"rows": 300}, "exceeds num_perm"),
+    ({"threshold": 1.0}, "threshold"), ({"threshold": 0}, "threshold"),
+    ({"num_perm": 1}, "num_perm"), ({"ngram": 0}, "ngram"), ({"seed": -1}, "seed"),
+    ({"bands": 0}, "bands"), ({"scheme": "sha256"}, "scheme"), ({"near": "yes"}, "near"),
+    ({"workers": 0}, "workers"),
+])
+def test_bad_parameters(sample_corpus, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dedup.run_dedup(sample_corpus, progress=False, **kwargs)
+
+
+def test_bad_corpus(tmp_path):
+    with pytest.raises(CorpusError, match="no such corpus"):
+        dedup.run_dedup(str(tmp_path / "missing"))
+    with pytest.raises(CorpusError, match="not an xgen corpus"):
+        dedup.run_dedup(str(tmp_path))
+    result = CliRunner().invoke(__import__("cli.main", fromlist=["cli"]).cli,
+                                ["dedup", "--corpus", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "no such corpus" in result.output
+    result = CliRunner().invoke(__import__("cli.main", fromlist=["cli"]).cli,
+                                ["dedup", "--corpus", str(tmp_path), "--bands", "40", "--rows", "10"])
+    assert result.exit_code == 1 and "exceeds num_perm" in result.output
+
+
+def test_resolve_bands_rows():
+    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(bands=32)) == (32, 8)
+    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(rows=8)) == (32, 8)
+    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(bands=20, rows=5)) == (20, 5)
+    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(threshold=0.9)) == minhash.optimal_bands_rows(0.9, 256)
+
+
+# --------------------------------------------------------------------------------------------------
+# the run on real data
+# --------------------------------------------------------------------------------------------------
+def test_output_contract(deduped_sample):
+    root, report = deduped_sample
+    corpus = Corpus(root)
+    offsets = dedup.doc_offsets(corpus)
+    rows = {}
+    for k, part in enumerate(corpus.parts()):
+        out = pq.read_table(corpus.step_path("dedup", part))
+        assert out.schema.equals(dedup.DEDUP_SCHEMA, check_metadata=False)
+        assert out.column("id").to_pylist() == pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
+        for i, row in enumerate(out.to_pylist()):
+            rows[(part.subset, row["id"])] = (int(offsets[k]) + i, row)
+    assert len(rows) == report.documents
+    members: dict[int, list[int]] = {}
+    for (subset, doc_id), (num, row) in rows.items():
+        assert row["drop_reason"] in (None, dedup.REASON_EXACT, dedup.REASON_NEAR)
+        if row["drop_reason"] is None:
+            assert row["dup_of"] is None and row["dup_of_subset"] is None
+        else:
+            kept_num, kept = rows[(row["dup_of_subset"], row["dup_of"])]
+            assert (row["dup_of_subset"], row["dup_of"]) != (subset, doc_id)  # never a copy of itself
+            assert kept["drop_reason"] is None and kept["dup_cluster"] == row["dup_cluster"]
+        if row["dup_cluster"] is not None:
+            members.setdefault(row["dup_cluster"], []).append(num)
+    assert len(members) == report.clusters
+    for cluster, nums in members.items():
+        assert len(nums) >= 2 and cluster == min(nums)  # id = smallest global document number
+    kept_per_cluster = {}
+    for (num, row) in rows.values():
+        if row["dup_cluster"] is not None and row["drop_reason"] is None:
+            kept_per_cluster[row["dup_cluster"]] = kept_per_cluster.get(row["dup_cluster"], 0) + 1
+    assert set(kept_per_cluster.values()) == {1} and len(kept_per_cluster) == report.clusters
+    n_dropped = sum(1 for _, r in rows.values() if r["drop_reason"])
+    assert report.removed == n_dropped == report.clustered_documents - report.clusters
+    assert os.path.exists(os.path.join(root, "reports", "license_conflicts.parquet"))
+    assert glob.glob(os.path.join(root, "work", "dedup", "sig", "*", "*.parquet"))
+
+
+def test_known_duplicates_in_sample(deduped_sample):
+    root, report = deduped_sample
+    d = decisions(root)
+    hb = "deb:debian-handbook:usr/share/doc/debian-handbook/html/"
+    cases = [  # (dropped, kept, reason)
+        # kernel documentation shipped twice (rst sources and html/_sources)
+        (("natural", "deb:linux-doc-6.1:html/_sources/PCI/index.rst.txt"),
+         ("natural", "deb:linux-doc-6.1:Documentation/PCI/index.rst.gz"), dedup.REASON_EXACT),
+        # a manual page shipped once per alias
+        (("natural", "deb:manpages-dev:usr/share/man/man2/_exit.2.gz"),
+         ("natural", "deb:manpages-dev:usr/share/man/man2/_Exit.2.gz"), dedup.REASON_EXACT),
+        # forks of one dialogue collection
+        (("instruct", "pypi:sugaroid-chatterbot-corpus==1.2.0:chatterbot_corpus/data/bengali/botprofile.yml#3"),
+         ("instruct", "pypi:chatterbot-corpus-py==1.2.1:chatterbot_corpus_py/data/bengali/botprofile.yml#3"),
+         dedup.REASON_EXACT),
+        # handbook pages left untranslated in other language folders
+        (("natural", hb + "de-DE/conclusion.html"), ("natural", hb + "ar-MA/conclusion.html"), dedup.REASON_NEAR),
+        # versions of the same document
+        (("natural", "deb:doc-debian:usr/share/doc/debian/constitution.1.1.txt.gz"),
+         ("natural", "deb:doc-debian:usr/share/doc/debian/constitution.1.0.txt.gz"), dedup.REASON_NEAR),
+    ]
+    for dropped, kept, reason in cases:
+        assert dropped in d and kept in d, "the sample slice changed"
+        row = d[dropped]
+        assert (row["drop_reason"], row["dup_of_subset"], row["dup_of"]) == (reason, kept[0], kept[1]), dropped
+        assert d[kept]["drop_reason"] is None and d[kept]["dup_cluster"] == row["dup_cluster"]
+    assert report.removed_by_subset["instruct"][dedup.REASON_EXACT] > 100
+
+
+def test_known_duplicates_from_full_corpora(real_dups):
+    corpus, report = real_dups
+    d = decisions(corpus)
+    deb_req = "deb:python3-requests:usr/lib/python3/dist-packages/requests/"
+    for name, reason in (("structures.py", dedup.REASON_EXACT), ("models.py", dedup.REASON_NEAR)):
+        group = [i for i in REAL_IDS["code"] if i.endswith("requests/" + name)]
+        assert len({d[("code", i)]["dup_cluster"] for i in group}) == 1
+        # same license tier (MIT / Apache-2.0 are both permissive): the smallest id is kept
+        assert d[("code", deb_req + name)]["drop_reason"] is None
+        for i in group[1:]:
+            assert (d[("code", i)]["drop_reason"], d[("code", i)]["dup_of"]) == (reason, deb_req + name)
+    # borrowed dictionary entry: the public-domain copy wins over the GFDL one despite its larger id
+    assert d[("natural", "deb:jargon-text:entry:cosmic rays")]["drop_reason"] is None
+    assert d[("natural", "deb:dict-foldoc:cosmic rays")]["dup_of"] == "deb:jargon-text:entry:cosmic rays"
+    assert d[("natural", "deb:dict-foldoc:cosmic rays")]["drop_reason"] == dedup.REASON_NEAR
+    man = [i for i in REAL_IDS["natural"] if "manpages" in i]
+    assert [d[("natural", i)]["drop_reason"] for i in man] == [None, dedup.REASON_EXACT, dedup.REASON_EXACT]
+    steam = [i for i in REAL_IDS["natural"] if "steamos" in i]
+    assert [d[("natural", i)]["drop_reason"] for i in steam] == [None, dedup.REASON_EXACT, dedup.REASON_EXACT]
+    for single in ("code", "pypi:Unidecode==1.4.0:unidecode/__init__.py"), \
+                  ("natural", "deb:linux-doc-6.1:Documentation/arch.rst.gz"):
+        assert d[single]["dup_cluster"] is None and d[single]["drop_reason"] is None
+    # the vendored copies' conflicting labels are reported, not hidden
+    conf = pq.read_table(report.license_conflicts_path).to_pylist()
+    structures = [c for c in conf if c["id"].endswith("requests/structures.py")]
+    assert len(structures) == 5 and len({c["group_id"] for c in structures}) == 1
+    assert {c["license"] for c in structures} == {"MIT", "Apache-2.0"}
+    assert [c["id"] for c in structures if c["kept"]] == [deb_req + "structures.py"]
+    assert report.license_conflict_groups == len({c["group_id"] for c in conf})
+
+
+def test_never_compared_with_itself(deduped_sample):
+    root, _ = deduped_sample
+    pairs = dedup.candidate_pairs(root)
+    assert len(pairs) > 0
+    assert (pairs[:, 0] < pairs[:, 1]).all()
+    assert len(np.unique(pairs, axis=0)) == len(pairs)
+
+
+def test_deterministic_for_a_seed(deduped_sample, tmp_path):
+    root, report = deduped_sample
+    again = str(tmp_path / "again")
+    shutil.copytree(root, again)
+    shutil.rmtree(os.path.join(again, "work"))  # recompute signatures, in one process this time
+    rep2 = dedup.run_dedup(again, workers=1, progress=False)
+    assert rep2.signature_parts_reused == 0
+    assert step_tables(again) == step_tables(root)
+    assert pq.read_table(rep2.license_conflicts_path).equals(pq.read_table(report.license_conflicts_path))
+    assert [c.__dict__ for c in rep2.largest_clusters] == [c.__dict__ for c in report.largest_clusters]
+    # a rerun reuses the cached signatures and decides the same
+    rep3 = dedup.run_dedup(again, workers=2, progress=False)
+    assert rep3.signature_parts_reused == len(Corpus(again).parts())
+    assert step_tables(again) == step_tables(root)
+
+
+def test_parameters_change_the_run(deduped_sample, tmp_path):
+    root, report = deduped_sample
+    other = str(tmp_path / "other")
+    shutil.copytree(root, other)
+    exact_only = dedup.run_dedup(other, near=False, progress=False)
+    # every exact group keeps one copy; with near dedup on, some exact copies are near copies of a better kept one
+    assert exact_only.removed_by_reason == {dedup.REASON_EXACT: report.exact_group_documents - report.exact_groups}
+    assert exact_only.removed_by_reason[dedup.REASON_EXACT] >= report.removed_by_reason[dedup.REASON_EXACT]
+    assert exact_only.removed < report.removed
+    strict = dedup.run_dedup(other, threshold=0.9, progress=False)  # re-bands the cached signatures
+    assert (strict.params["bands"], strict.params["rows"]) == minhash.optimal_bands_rows(0.9, 256)
+    assert strict.signature_parts_reused == len(Corpus(other).parts())
+    assert strict.removed_by_reason[dedup.REASON_NEAR] < report.removed_by_reason[dedup.REASON_NEAR]
+    nothing = dedup.run_dedup(other, exact=False, near=False, progress=False)
+    assert nothing.removed == 0 and all(r["drop_reason"] is None for r in decisions(other).values())
+
+
+def test_exact_and_near_agree_on_exact_copies(deduped_sample, tmp_path):
+    root, _ = deduped_sample
+    near_only = str(tmp_path / "near_only")
+    shutil.copytree(root, near_only)
+    rep = dedup.run_dedup(near_only, exact=False, progress=False)
+    assert dedup.REASON_EXACT not in rep.removed_by_reason
+    corpus = Corpus(near_only)
+    clusters = decisions(near_only)
+    by_hash: dict[bytes, list] = {}
+    for part in corpus.parts():
+        sig = pq.read_table(os.path.join(near_only, "work", "dedup", "sig", part.subset, part.name))
+        ids = pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
+        for doc_id, h, n_words, s in zip(ids, sig.column("chash").to_pylist(), sig.column("n_words").to_pylist(),
+                                         sig.column("sig").to_pylist()):
+            by_hash.setdefault(h, []).append((part.subset, doc_id, n_words, tuple(s)))
+    groups = [g for g in by_hash.values() if len(g) > 1]
+    assert len(groups) > 100
+    for g in groups:
+        assert len({m[3] for m in g}) == 1  # equal content hash -> equal signature
+        if g[0][2] > 0:  # near dedup alone puts every exact copy in one cluster
+            assert len({clusters[(m[0], m[1])]["dup_cluster"] for m in g}) == 1
+
+
+def test_keep_policy_and_license_conflicts_hand_made(tmp_path):
+    text = ("The quick brown fox jumps over the lazy dog while the cat watches from the window sill "
+            "and the bird sings a song about the morning sun rising over the quiet hills. Later that day "
+            "the farmer walks along the river to the old mill, counts his sheep twice, repairs the fence "
+            "near the barn and finally sits down on the wooden bench to read yesterday's newspaper.")
+    near = text.replace("morning", "evening")  # one word of 74 changed: Jaccard 65/75 = 0.87
+    other = "An unrelated document about compilers, linkers and loaders, with enough words to shingle."
+    corpus = make_corpus(str(tmp_path), {
+        "alpha": [
+            {"id": "b", "text": text, "license": "GPL-2.0-only"},
+            {"id": "a", "text": text + "  \r\n", "license": "NOASSERTION"},  # exact copy after normalisation
+            {"id": "c", "text": text, "license": "MIT OR GPL-2.0-only"},  # most permissive: kept
+            {"id": "z1", "text": other, "license": "MIT"},
+            {"id": "z0", "text": other, "license": "MIT"},  # same label: smallest id kept, no conflict
+            {"id": "e1", "text": ""}, {"id": "e2", "text": "  \n"},  # empty: exact copies of each other
+            {"id": "w1", "text": "hello"}, {"id": "w2", "text": "hello"}, {"id": "w3", "text": "goodbye"},
+            {"id": "zh1", "text": "中文版维护者李阳负责翻译内核文档"}, {"id": "zh2", "text": "中文版维护者李阳负责翻译内核文档。"},
+        ],
+        "beta": [{"id": "a", "text": near, "license": "CC0-1.0"},  # near copy, public domain: kept over "c"
+                 {"id": "x", "text": text, "license": "Apache-2.0"}],  # exact copy in another subset
+    })
+    report = dedup.run_dedup(corpus, workers=1, progress=False)
+    d = decisions(corpus)
+    assert d[("beta", "a")]["drop_reason"] is None
+    for key in (("alpha", "a"), ("alpha", "b"), ("alpha", "c"), ("beta", "x")):
+        assert (d[key]["drop_reason"], d[key]["dup_of_subset"], d[key]["dup_of"]) == (dedup.REASON_NEAR, "beta", "a")
+    assert d[("alpha", "z0")]["drop_reason"] is None
+    assert (d[("alpha", "z1")]["drop_reason"], d[("alpha", "z1")]["dup_of"]) == (dedup.REASON_EXACT, "z0")
+    assert (d[("alpha", "e2")]["drop_reason"], d[("alpha", "e2")]["dup_of"]) == (dedup.REASON_EXACT, "e1")
+    assert (d[("alpha", "w2")]["drop_reason"], d[("alpha", "w2")]["dup_of"]) == (dedup.REASON_EXACT, "w1")
+    assert d[("alpha", "w3")]["dup_cluster"] is None
+    assert (d[("alpha", "zh2")]["drop_reason"], d[("alpha", "zh2")]["dup_of"]) == (dedup.REASON_NEAR, "zh1")
+    assert report.no_word_documents == 2
+    conf = pq.read_table(report.license_conflicts_path).to_pylist()
+    assert sorted((c["subset"], c["id"], c["license"], c["kept"]) for c in conf) == [
+        ("alpha", "a", "NOASSERTION", False), ("alpha", "b", "GPL-2.0-only", False),
+        ("alpha", "c", "MIT OR GPL-2.0-only", False), ("beta", "x", "Apache-2.0", False)]
+    assert {c["group_id"] for c in conf} == {min(c["group_id"] for c in conf)} and conf[0]["n_labels"] == 4
+    assert report.license_conflict_groups == 1
+    # exact dedup alone: the best copy of the exact group is "c" (permissive beats copyleft and unknown)
+    rep2 = dedup.run_dedup(corpus, near=False, workers=1, progress=False)
+    d2 = decisions(corpus)
+    assert d2[("alpha", "c")]["drop_reason"] is None and d2[("beta", "a")]["dup_cluster"] is None
+    assert {d2[k]["dup_of"] for k in (("alpha", "a"), ("alpha", "b"), ("beta", "x"))} == {"c"}
+    assert rep2.removed_by_reason == {dedup.REASON_EXACT: 6}
+
+
+def test_cli_and_sql_view(deduped_sample, tmp_path):
+    from cli.main import cli
+
+    root, _ = deduped_sample
+    copy = str(tmp_path / "c")
+    shutil.copytree(root, copy)
+    result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for text in ("clusters:", "Removed per subset", "Removed per source", "Largest clusters", "instruct"):
+        assert text in result.output
+    result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--json", "--no-exact"])
+    assert result.exit_code == 0 and json.loads(result.output)["params"]["exact"] is False
+    from xgen_data import sql
+
+    con = sql.connect(copy)
+    n = con.execute("""SELECT count(*) FROM documents
+        WHERE drop_reason = 'near_duplicate' AND dup_of IS NOT NULL""").fetchall()
+    assert n[0][0] > 0
+    con.execute("SELECT * FROM license_conflicts").fetchall()
+
+
+@pytest.mark.slow
+def test_full_shared_corpus(tmp_path):
+    """The whole shared corpus (~137k documents, ~310 MB of text) on 2 workers, well inside 10 minutes."""
+    import resource
+    import time
+
+    from xgen_data import ingest
+
+    corpus = str(tmp_path / "corpus")
+    files = ("nl.jsonl.zst", "code.jsonl.zst", "instruct.jsonl.zst")
+    ingest.ingest(corpus, [(shared_path("corpus", f), None) for f in files], workers=2, progress=False)
+    t0 = time.time()
+    report = dedup.run_dedup(corpus, workers=2, progress=False)
+    seconds = time.time() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("\n".join(report.summary_lines()), f"\n{seconds:.1f} s, peak RSS (main process) {rss:.0f} MB")
+    assert seconds < 300
+    assert report.documents > 130_000 and report.clusters > 5_000
+    for subset in ("natural", "code", "instruct"):
+        assert sum(report.removed_by_subset[subset].values()) > 100
+    assert report.license_conflict_groups > 10
+    d = decisions(corpus)
+    assert d[("natural", "deb:dict-foldoc:interesting")]["dup_of"] == "deb:jargon-text:entry:interesting"
+    assert d[("natural", "deb:linux-doc-6.1:html/_sources/process/howto.rst.txt")]["drop_reason"] == dedup.REASON_EXACT
