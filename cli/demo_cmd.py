@@ -19,8 +19,8 @@ from cli.common import print_rows, user_errors
               help="Folder of corpora (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), e.g. ../shared/corpus. "
                    "Default: the running Python's standard library (code) and its documentation (natural).")
 @click.option("--recipe", "recipe_name", default="demo", show_default=True, help="Recipe name or path.")
-@click.option("--steps", default=150, show_default=True, type=click.IntRange(1), help="Training steps.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Training steps.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--config", "config_name", default="tiny", show_default=True, help="Model config (xgen_train.config).")
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
@@ -96,11 +96,11 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         ("trained on", f"{summary['stage']}/{summary['substage']}, seq_len {summary['seq_len']}, batch {batch_size}"),
         ("loss first (mean of 10)", summary["first_loss_mean10"]),
         ("loss last (mean of 10)", summary["last_loss_mean10"]),
-        ("tokens/s", summary["tokens_per_second"]),
+        ("tokens/s", f"{summary['tokens_per_second']:,.0f}"),
         ("checkpoint", summary["checkpoint"]),
         ("loss curve", summary["plot"]),
-        *[(f"time {k} (s)", round(v, 1)) for k, v in timings.items()],
-        ("time total (s)", round(time.time() - t0, 1)),
+        *[(f"time {k}", f"{v:.1f} s") for k, v in timings.items()],
+        ("time total", f"{time.time() - t0:.1f} s"),
     ], title="Training")
     click.echo(f"Try: xgen sql --corpus {corpus_dir} \"SELECT stage, substage, count(*), sum(n_sequences) "
                f"FROM shards GROUP BY ALL\"")
