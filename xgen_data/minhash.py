@@ -300,6 +300,7 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, perms: Permu
     # several times slower in NumPy).
     a, b = perms.a[:, None], perms.b[:, None]
     buf = np.empty((perms.num_perm, min(chunk, total)), dtype=dt)
+    hi_buf = np.empty_like(buf) if perms.scheme == "legacy" else None
     starts_all, ends_all = offsets[:-1], offsets[1:]
     with np.errstate(over="ignore"):
         for s in range(0, total, chunk):
@@ -308,7 +309,12 @@ def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, perms: Permu
             np.multiply(a, hv[None, s:e], out=out)
             np.add(out, b, out=out)
             if perms.scheme == "legacy":
-                np.remainder(out, MERSENNE_PRIME, out=out)
+                # x mod (2^61 - 1) without division: 2^61 ≡ 1, so x ≡ (x & p) + (x >> 61) < p + 8
+                hi = hi_buf[:, : e - s]
+                np.right_shift(out, np.uint64(61), out=hi)
+                np.bitwise_and(out, MERSENNE_PRIME, out=out)
+                np.add(out, hi, out=out)
+                np.subtract(out, MERSENNE_PRIME, out=out, where=out >= MERSENNE_PRIME)
                 np.bitwise_and(out, MAX_HASH32, out=out)
             # documents overlapping [s, e): each is one contiguous segment of the chunk
             d0 = int(np.searchsorted(ends_all, s, side="right"))
