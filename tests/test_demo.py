@@ -1,0 +1,67 @@
+"""`xgen demo` end to end: the embedded corpus (default run) and the full shared corpus (slow)."""
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import shared_path
+from xgen_data import shards, sql
+
+
+def _run_demo(args):
+    from cli.main import cli
+
+    res = CliRunner().invoke(cli, ["demo", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _check_workdir(workdir, output):
+    assert "xgen demo summary" in output
+    for heading in ("Documents in and out, by drop reason", "Tokens per subset against the recipe", "Training"):
+        assert heading in output
+    assert shards.verify(os.path.join(workdir, "shards")) == []
+    con = sql.connect(os.path.join(workdir, "corpus"))
+    n_shards = con.execute("SELECT count(*) FROM shards").fetchone()[0]
+    assert n_shards == len(shards.read_manifest(os.path.join(workdir, "shards"))["shards"])
+    summary = json.load(open(os.path.join(workdir, "run", "summary.json")))
+    assert summary["last_loss_mean10"] < summary["first_loss_mean10"] - 1.0
+    assert os.path.exists(os.path.join(workdir, "run", "loss.png"))
+
+
+def test_demo_embedded_corpus(tmp_path):
+    workdir = str(tmp_path / "W1")
+    out = _run_demo(["--workdir", workdir, "--steps", "30", "--batch-size", "2"])
+    _check_workdir(workdir, out)
+    con = sql.connect(os.path.join(workdir, "corpus"))
+    subsets = dict(con.execute("SELECT subset, count(*) FILTER (kept) FROM documents GROUP BY ALL").fetchall())
+    assert subsets["code"] > 100 and subsets["natural"] > 100
+    assert "PSF-2.0 added to the license allow-list" in out
+    # Running again reuses the corpus (no duplicated documents) and rebuilds identical shards.
+    before = con.execute("SELECT count(*) FROM documents").fetchone()[0]
+    first = open(os.path.join(workdir, "shards", "manifest.json")).read()
+    _run_demo(["--workdir", workdir, "--steps", "12", "--batch-size", "1"])
+    assert sql.connect(os.path.join(workdir, "corpus")).execute("SELECT count(*) FROM documents").fetchone()[0] == before
+    assert open(os.path.join(workdir, "shards", "manifest.json")).read() == first
+
+
+@pytest.mark.slow
+def test_demo_full_shared_corpus(tmp_path):
+    workdir = str(tmp_path / "W2")
+    out = _run_demo(["--corpus", shared_path("corpus"), "--workdir", workdir, "--steps", "40"])
+    _check_workdir(workdir, out)
+    con = sql.connect(os.path.join(workdir, "corpus"))
+    reasons = dict(con.execute("SELECT coalesce(drop_reason, 'kept'), count(*) FROM documents GROUP BY ALL").fetchall())
+    for r in ("kept", "too_few_tokens", "license_not_permissive", "exact_duplicate", "near_duplicate"):
+        assert reasons.get(r, 0) > 0, reasons
+    assert sum(reasons.values()) == 110160 + 9383 + 17455
+    manifest = shards.read_manifest(os.path.join(workdir, "shards"))
+    kept = {(s, i) for s, i in con.execute("SELECT subset, id FROM documents WHERE kept").fetchall()}
+    for e in manifest["shards"]:
+        idx = shards.read_index(os.path.join(workdir, "shards"), e)
+        assert set(zip(idx["subset"].to_pylist(), idx["doc_id"].to_pylist())) <= kept
+        data = shards.open_shard(os.path.join(workdir, "shards"), e)
+        rows = np.asarray(data)
+        assert not np.any((rows[:, 1:] == 50256) & (rows[:, :-1] == 50256)), "EOS doubled inside a sequence"
