@@ -258,20 +258,26 @@ def test_union_find_matches_connected_components():
 def test_license_rank_policy():
     r = dedup.license_rank
     tiers = dedup.LICENSE_TIERS
-    assert tiers[r("CC0-1.0")] == tiers[r("LicenseRef-public-domain")] == tiers[r("Unlicense")] == "public-domain"
-    for spdx in ("MIT", "Apache-2.0", "BSD-3-Clause", "LicenseRef-BSD-unspecified", "PSF-2.0"):
+    for spdx in ("CC0-1.0", "LicenseRef-public-domain", "Unlicense", "0BSD", "CC0-1.0 OR GPL-3.0-only"):
+        assert tiers[r(spdx)] == "public-domain", spdx
+    for spdx in ("MIT", "Apache-2.0", "BSD-3-Clause", "(GPL-2.0 WITH Linux-syscall-note) or MIT", "ISC"):
         assert tiers[r(spdx)] == "permissive", spdx
+    # permissive, but not on the filter's allow-list: ranked below it, so the filter's choice wins
+    for spdx in ("PSF-2.0", "PostgreSQL", "LicenseRef-BSD-unspecified", "WTFPL", "BSD-3-Clause AND PSF-2.0"):
+        assert tiers[r(spdx)] == "permissive-unlisted", spdx
+    assert tiers[r("PSF-2.0", allow=("PSF-2.0",))] == "permissive"  # a recipe's own allow-list
     assert tiers[r("LGPL-2.1-or-later")] == tiers[r("GFDL-1.1-or-later")] == tiers[r("MPL-2.0")] == "weak-copyleft"
     assert tiers[r("GPL-2.0 WITH Linux-syscall-note")] == tiers[r("AGPL-3.0-only")] == "copyleft"
     assert tiers[r("CC-BY-NC-4.0")] == tiers[r("SomethingElse")] == "other"
     assert tiers[r(None)] == tiers[r("")] == tiers[r("NOASSERTION")] == tiers[r("MIT/X11 (")] == "unknown"
     assert r("GPL-2.0-only OR BSD-3-Clause") == r("BSD-3-Clause")  # OR: the better branch
-    assert r("(GPL-2.0 WITH Linux-syscall-note) or MIT") == r("MIT")  # operators in any case
     assert r("MIT AND GPL-3.0-only") == r("GPL-3.0-only")  # AND: the worse
-    assert r("CC0-1.0") < r("MIT") < r("LGPL-2.1") < r("GPL-3.0-only") < r("Foo-1.0") < r("NOASSERTION")
+    assert r("CC0-1.0") < r("MIT") < r("PSF-2.0") < r("LGPL-2.1") < r("GPL-3.0-only") < r("Foo-1.0") < r("NOASSERTION")
+    assert dedup.license_kind("PSF-2.0") == "permissive" and dedup.license_kind("GPL-2.0+") == "copyleft"
     licenses = pytest.importorskip("xgen_data.licenses")
-    for spdx in licenses.default_allow_list():  # everything the license filter passes ranks as permissive or better
-        assert r(spdx) <= tiers.index("permissive"), spdx
+    for expr in ("MIT", "PSF-2.0", "GPL-2.0 OR MIT", "NOASSERTION", "LGPL-2.1", "CC0-1.0", "BSD-3-Clause AND PSF-2.0"):
+        # the top two tiers are exactly what the license filter passes
+        assert (r(expr) <= tiers.index("permissive")) == licenses.license_passes(expr), expr
 
 
 @pytest.mark.parametrize("kwargs,match", [

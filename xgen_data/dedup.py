@@ -11,8 +11,9 @@ What counts as a copy
     subsets, whatever the filters decided (ids are keyed by ``(subset, id)``).
 
 Which copy is kept (SPEC §2 "Choice")
-    Per cluster: the document with the most permissive license (:func:`license_rank`, lowest tier), then the
-    smallest ``id`` (then the smallest subset name). Every other member is dropped with ``dup_of`` = the kept
+    Per cluster: the document with the most permissive license (:func:`license_rank`: public domain and
+    permissive licenses on the license filter's allow-list first, then other permissive, weak copyleft,
+    copyleft, other, unknown), then the smallest ``id`` (then the smallest subset name). Every other member is dropped with ``dup_of`` = the kept
     copy and ``drop_reason`` = ``exact_duplicate`` when its content hash equals the kept copy's, else
     ``near_duplicate``. (This is the same as exact dedup first, keeping the best copy of each exact group,
     then near dedup among the survivors, keeping the best of each near cluster: the policy is a total order.)
@@ -73,13 +74,23 @@ EDGE_BATCH = 1 << 20
 # --------------------------------------------------------------------------------------------------
 # License policy: lower tier = more permissive = preferred copy
 # --------------------------------------------------------------------------------------------------
-#: Tiers of the keep policy, most permissive first. Each license identifier (case-insensitive) gets the
-#: tier of the first pattern that matches it (fnmatch patterns, checked top to bottom in
-#: :data:`LICENSE_PATTERNS`); an identifier that matches none is ``other``. Compound SPDX expressions:
-#: ``A OR B`` takes the better branch (the user may choose it), ``A AND B`` the worse (both apply),
-#: ``A WITH exception`` the tier of ``A``. Missing, ``NOASSERTION``/``NONE`` and unparsable labels are
-#: ``unknown``.
-LICENSE_TIERS = ("public-domain", "permissive", "weak-copyleft", "copyleft", "other", "unknown")
+#: Tiers of the keep policy, most permissive first (:func:`license_rank` gives the index). The first two
+#: tiers are the expressions the license filter passes (:func:`xgen_data.licenses.license_passes` with the
+#: same allow-list, SPEC §2), so a copy the filter keeps is never dropped for a copy the filter drops for its
+#: license. Below them, every expression gets a *kind* from :data:`LICENSE_PATTERNS` (each identifier,
+#: case-insensitive, takes the kind of the first fnmatch pattern it matches, else ``other``; ``A OR B`` takes
+#: the better branch, since the user may choose it; ``A AND B`` the worse, since both apply; ``A WITH
+#: exception`` the kind of ``A``; missing, ``NOASSERTION``/``NONE`` and unparsable labels are ``unknown``):
+#:
+#: 0 ``public-domain``: passes the allow-list, kind public-domain (CC0-1.0, Unlicense, 0BSD, …)
+#: 1 ``permissive``: passes the allow-list otherwise (MIT, BSD-3-Clause, Apache-2.0, …)
+#: 2 ``permissive-unlisted``: kind public-domain or permissive but not on the allow-list (PSF-2.0,
+#:   PostgreSQL, Zlib, LicenseRef-BSD-unspecified, WTFPL, …)
+#: 3 ``weak-copyleft`` (LGPL, MPL, EPL, CDDL, GFDL, CC-BY-SA, …), 4 ``copyleft`` (GPL, AGPL, …),
+#: 5 ``other``, 6 ``unknown``.
+LICENSE_TIERS = ("public-domain", "permissive", "permissive-unlisted", "weak-copyleft", "copyleft", "other",
+                 "unknown")
+_KINDS = ("public-domain", "permissive", "weak-copyleft", "copyleft", "other", "unknown")
 LICENSE_PATTERNS: tuple[tuple[str, str], ...] = (
     # unknown / no usable statement
     ("noassertion", "unknown"), ("none", "unknown"), ("licenseref-no-license", "unknown"),
@@ -116,25 +127,23 @@ LICENSE_PATTERNS: tuple[tuple[str, str], ...] = (
 
 
 @functools.lru_cache(maxsize=4096)
-def _leaf_tier(key: str) -> int:
+def _leaf_kind(key: str) -> int:
     k = key.strip().lower()
-    for pattern, tier in LICENSE_PATTERNS:
+    for pattern, kind in LICENSE_PATTERNS:
         if fnmatch.fnmatchcase(k, pattern):
-            return LICENSE_TIERS.index(tier)
-    return LICENSE_TIERS.index("other")
+            return _KINDS.index(kind)
+    return _KINDS.index("other")
+
+
+def license_kind(expr: str | None) -> str:
+    """The kind of an SPDX expression from :data:`LICENSE_PATTERNS` alone (no allow-list): one of
+    ``public-domain, permissive, weak-copyleft, copyleft, other, unknown``."""
+    return _KINDS[_kind_index(expr)]
 
 
 @functools.lru_cache(maxsize=65536)
-def license_rank(expr: str | None) -> int:
-    """Keep-policy rank of an SPDX license expression: index into :data:`LICENSE_TIERS` (0 = best).
-
-    Args:
-        expr: an SPDX expression as found in the corpus (``"MIT"``, ``"GPL-2.0 OR BSD-3-Clause"``,
-            ``"NOASSERTION"``, ``None`` …). Operators are case-insensitive.
-    Returns:
-        0 (public-domain) … 5 (unknown); see :data:`LICENSE_TIERS` / :data:`LICENSE_PATTERNS` for the rules.
-    """
-    unknown = LICENSE_TIERS.index("unknown")
+def _kind_index(expr: str | None) -> int:
+    unknown = _KINDS.index("unknown")
     if expr is None or not expr.strip():
         return unknown
     import license_expression
@@ -150,11 +159,50 @@ def license_rank(expr: str | None) -> int:
         if isinstance(n, license_expression.LicenseWithExceptionSymbol):
             return walk(n.license_symbol)
         if isinstance(n, license_expression.LicenseSymbol):
-            return _leaf_tier(n.key)
-        ranks = [walk(a) for a in n.args]
-        return min(ranks) if isinstance(n, _licensing().OR) else max(ranks)
+            return _leaf_kind(n.key)
+        kinds = [walk(a) for a in n.args]
+        return min(kinds) if isinstance(n, _licensing().OR) else max(kinds)
 
     return walk(node)
+
+
+def _default_allow() -> tuple[str, ...]:
+    try:
+        from xgen_data import licenses
+    except ImportError:  # the license filter is not installed: no allow-list tier
+        return ()
+    return tuple(licenses.default_allow_list())
+
+
+def license_rank(expr: str | None, allow: tuple[str, ...] | None = None) -> int:
+    """Keep-policy rank of an SPDX license expression: index into :data:`LICENSE_TIERS` (0 = best).
+
+    Args:
+        expr: an SPDX expression as found in the corpus (``"MIT"``, ``"GPL-2.0 OR BSD-3-Clause"``,
+            ``"NOASSERTION"``, ``None`` …). Operators are case-insensitive.
+        allow: the license filter's allow-list (SPDX ids); default the shipped list
+            (``xgen_data/licenses.toml``, SPEC §2). Pass a recipe's ``allow_list()`` to stay consistent
+            with that recipe's filter.
+    Returns:
+        0 (public-domain) … 6 (unknown); see :data:`LICENSE_TIERS` for the rules.
+    """
+    allow = _default_allow() if allow is None else tuple(allow)
+    return _rank(expr, allow)
+
+
+@functools.lru_cache(maxsize=65536)
+def _rank(expr: str | None, allow: tuple[str, ...]) -> int:
+    kind = _KINDS[_kind_index(expr)]
+    passes = False
+    if allow:
+        from xgen_data import licenses
+
+        passes = licenses.license_passes(expr, allow)
+    if passes:
+        return LICENSE_TIERS.index("public-domain" if kind == "public-domain" else "permissive")
+    if kind in ("public-domain", "permissive"):
+        return LICENSE_TIERS.index("permissive-unlisted")
+    return LICENSE_TIERS.index(kind)
 
 
 @functools.lru_cache(maxsize=1)
@@ -561,7 +609,7 @@ def candidate_pairs(corpus_dir: str, docs: np.ndarray | None = None) -> np.ndarr
 def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
-              memory_limit: str = "4GB") -> DedupReport:
+              memory_limit: str = "4GB", license_allow: tuple[str, ...] | list[str] | None = None) -> DedupReport:
     """Find exact and near duplicates across all subsets and write the ``dedup`` step (module docstring).
 
     Args:
@@ -576,6 +624,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         progress: show a progress bar for the signature phase.
         scheme: datasketch permutation scheme (``affine32`` = datasketch 2.0's default).
         memory_limit: DuckDB's memory limit; beyond it DuckDB spills to ``work/dedup/duckdb.tmp``.
+        license_allow: the license filter's allow-list, which makes the top tiers of the keep policy
+            (:func:`license_rank`); default the shipped list. Pass the recipe's ``allow_list()``.
     Returns:
         A :class:`DedupReport`.
     Raises:
@@ -586,6 +636,9 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
 
     t_start = time.time()
     params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near)
+    if isinstance(license_allow, str):
+        raise ValueError("license_allow must be a list of SPDX identifiers, not a string")
+    allow = _default_allow() if license_allow is None else tuple(license_allow)
     if not _is_int(workers) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if not os.path.isdir(corpus_dir):
@@ -593,7 +646,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     corpus = Corpus(corpus_dir)
     parts = corpus.parts()
     work = os.path.join(corpus.root, "work", "dedup")
-    report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold})
+    report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold,
+                                                     "license_allow": list(allow)})
     phase: dict[str, float] = {}
 
     # -- numbering: document d of part k is offsets[k] + row ------------------------------------------
@@ -691,9 +745,9 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         labels = [r[0] for r in con.execute(
             f"SELECT DISTINCT license FROM read_parquet({_qlist([p.path for p in parts])})").fetchall()]
         con.register("_lic", pa.table({"license": pa.array(labels, pa.string()),
-                                       "lrank": pa.array([license_rank(x) for x in labels], pa.int32())}))
-        con.execute("""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
-                coalesce(l.lrank, 5) AS lrank, s.chash
+                                       "lrank": pa.array([license_rank(x, allow) for x in labels], pa.int32())}))
+        con.execute(f"""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
+                coalesce(l.lrank, {LICENSE_TIERS.index("unknown")}) AS lrank, s.chash
             FROM _clustered c JOIN docs m USING (doc) JOIN sig s USING (doc)
             LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license""")
         con.execute("""CREATE TEMP TABLE kept AS
