@@ -22,11 +22,14 @@ from cli.common import corpus_option, print_rows, user_errors
 @click.option("--exact/--no-exact", default=True, show_default=True, help="Exact dedup by normalised content hash.")
 @click.option("--near/--no-near", default=True, show_default=True, help="Near dedup by MinHash LSH.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Signature processes / DuckDB threads.")
+@click.option("--recipe", "recipe_name", default=None,
+              help="Take the license allow-list (top tiers of the keep policy) from this recipe [shipped list].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar for the signature phase.")
 @user_errors
 def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: int, bands: int | None,
-          rows: int | None, scheme: str, exact: bool, near: bool, workers: int, as_json: bool, progress: bool) -> None:
+          rows: int | None, scheme: str, exact: bool, near: bool, workers: int, recipe_name: str | None,
+          as_json: bool, progress: bool) -> None:
     """Remove exact and near duplicates across all subsets (StarCoder's MinHash LSH, SPEC §2).
 
     Writes steps/dedup/ (dup_cluster, dup_of, drop_reason per document, seen in the `documents` view) and
@@ -34,9 +37,14 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
     """
     from xgen_data.dedup import run_dedup
 
+    allow = None
+    if recipe_name:
+        from xgen_data import recipe
+
+        allow = tuple(recipe.load(recipe_name).allow_list())
     report = run_dedup(corpus_dir, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, bands=bands,
                        rows=rows, exact=exact, near=near, workers=workers, progress=progress and not as_json,
-                       scheme=scheme)
+                       scheme=scheme, license_allow=allow)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str, ensure_ascii=False))
     else:
