@@ -11,7 +11,9 @@ What counts as a copy
     subsets, whatever the filters decided (ids are keyed by ``(subset, id)``).
 
 Which copy is kept (SPEC §2 "Choice")
-    Per cluster: the document with the most permissive license (:func:`license_rank`: public domain and
+    Per cluster: a copy that the filters keep (``steps/filter``, when that step has run) before one they
+    drop, so a cluster's text is never lost to the length or license filter; then the document with the
+    most permissive license (:func:`license_rank`: public domain and
     permissive licenses on the license filter's allow-list first, then other permissive, weak copyleft,
     copyleft, other, unknown), then the smallest ``id`` (then the smallest subset name). Every other member is dropped with ``dup_of`` = the kept
     copy and ``drop_reason`` = ``exact_duplicate`` when its content hash equals the kept copy's, else
@@ -54,6 +56,7 @@ import pyarrow.parquet as pq
 
 from xgen_data import fsutil, minhash
 from xgen_data.corpus import Corpus, CorpusError
+from xgen_data.sql import SUBSET_FROM_PATH
 
 REASON_EXACT = "exact_duplicate"
 REASON_NEAR = "near_duplicate"
@@ -746,12 +749,22 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
             f"SELECT DISTINCT license FROM read_parquet({_qlist([p.path for p in parts])})").fetchall()]
         con.register("_lic", pa.table({"license": pa.array(labels, pa.string()),
                                        "lrank": pa.array([license_rank(x, allow) for x in labels], pa.int32())}))
+        # Copies that the filters (length, license) keep come first, so dedup never keeps a copy that
+        # the filters then drop over one they keep: its text would leave the training data entirely.
+        if corpus.has_step("filter"):
+            con.execute(f"""CREATE TEMP VIEW fdrop AS SELECT id, {SUBSET_FROM_PATH} AS subset,
+                    drop_reason IS NOT NULL AS fdrop
+                FROM read_parquet({_q(corpus.step_glob("filter"))}, filename=true)""")
+        else:
+            con.execute("CREATE TEMP VIEW fdrop AS SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS subset, FALSE AS fdrop")
         con.execute(f"""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
-                coalesce(l.lrank, {LICENSE_TIERS.index("unknown")}) AS lrank, s.chash
+                coalesce(l.lrank, {LICENSE_TIERS.index("unknown")}) AS lrank, s.chash,
+                coalesce(f.fdrop, FALSE) AS fdrop
             FROM _clustered c JOIN docs m USING (doc) JOIN sig s USING (doc)
-            LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license""")
+            LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license
+            LEFT JOIN fdrop f ON f.subset = m.subset AND f.id = m.id""")
         con.execute("""CREATE TEMP TABLE kept AS
-            SELECT cluster, first(doc ORDER BY lrank, id, subset) AS kept FROM cl GROUP BY cluster""")
+            SELECT cluster, first(doc ORDER BY fdrop, lrank, id, subset) AS kept FROM cl GROUP BY cluster""")
         exact_sql = "TRUE" if params.exact else "FALSE"
         con.execute(f"""CREATE TEMP TABLE res AS SELECT cl.doc, cl.cluster, cl.subset, cl.id, cl.source,
                 CASE WHEN cl.doc = k.kept THEN NULL

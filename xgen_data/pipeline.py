@@ -61,12 +61,15 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
     else:
         skipped.append("filter")
     dparams = {k: v for k, v in recipe.dedup.items() if k != "enabled"}
+    # Dedup prefers copies the filters keep, so its state includes the filter's parameters.
+    dstate = json.loads(json.dumps({**dparams, "filter": fparams}))
     if recipe.dedup.get("enabled", True):
-        if force or not _up_to_date(corpus, "dedup", json.loads(json.dumps(dparams)), fp):
+        if force or report.filter is not None or not _up_to_date(corpus, "dedup", dstate, fp):
             from xgen_data import dedup
 
-            report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress, **dparams)
-            _record(corpus, "dedup", dparams, fp)
+            report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress,
+                                           license_allow=recipe.allow_list(), **dparams)
+            _record(corpus, "dedup", dstate, fp)
         else:
             skipped.append("dedup")
     elif corpus.has_step("dedup"):

@@ -20,7 +20,7 @@ import duckdb
 from xgen_data import fsutil
 from xgen_data.corpus import Corpus
 
-_SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
+SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
 _PART_FROM_PATH = r"regexp_extract(filename, '([^/\\]+\.parquet)$', 1)"
 
 
@@ -33,12 +33,12 @@ def _documents_sql(corpus: Corpus) -> str:
             "d.text", "d.n_chars", "d.n_bytes", "d.n_tokens"]
     joins, reasons = [], []
     if corpus.has_step("filter"):
-        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, {_SUBSET_FROM_PATH} AS subset
+        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_q(corpus.step_glob('filter'))}, filename=true)) f
             ON f.subset = d.subset AND f.id = d.id""")
         reasons.append("f.drop_reason")
     if corpus.has_step("dedup"):
-        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, dup_cluster, dup_of, {_SUBSET_FROM_PATH} AS subset
+        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, dup_cluster, dup_of, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_q(corpus.step_glob('dedup'))}, filename=true)) u
             ON u.subset = d.subset AND u.id = d.id""")
         reasons.append("u.drop_reason")
@@ -48,7 +48,7 @@ def _documents_sql(corpus: Corpus) -> str:
     reason = f"coalesce({', '.join(reasons)})" if reasons else "CAST(NULL AS VARCHAR)"
     cols += [f"({reason}) IS NULL AS kept", f"{reason} AS drop_reason"]
     return f"""CREATE OR REPLACE VIEW documents AS SELECT {', '.join(cols)} FROM (
-        SELECT *, {_SUBSET_FROM_PATH} AS subset, {_PART_FROM_PATH} AS part, file_row_number AS row
+        SELECT *, {SUBSET_FROM_PATH} AS subset, {_PART_FROM_PATH} AS part, file_row_number AS row
         FROM read_parquet({_q(corpus.docs_glob())}, filename=true, file_row_number=true)) d
         {' '.join(joins)}"""
 
