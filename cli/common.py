@@ -7,7 +7,8 @@ import json
 import click
 
 #: Errors that are the user's input, printed as one line (``Error: file:line: problem``), exit status 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
+                                                 NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def user_errors(fn):

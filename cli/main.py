@@ -26,10 +26,4 @@ _COMMANDS = [
 ]
 
 for _module, _attr in _COMMANDS:
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:  # a command module not written yet
-        if _exc.name != _module:
-            raise
-        continue
-    cli.add_command(getattr(_mod, _attr))
+    cli.add_command(getattr(importlib.import_module(_module), _attr))
