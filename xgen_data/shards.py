@@ -46,20 +46,46 @@ class ShardError(ValueError):
     """A shards directory is missing, malformed, or does not match its manifest (names the file)."""
 
 
-def read_manifest(shard_dir: str) -> dict:
-    """Read and check ``manifest.json``. Raises ShardError on a missing file, wrong format or version."""
+def _require(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ShardError(f"{where}: {msg}")
+
+
+def int_field(entry: dict, key: str, where: str, ctx: str) -> int:
+    """``entry[key]`` as a non-negative int, or ShardError naming ``where``."""
+    value = entry.get(key)
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, where,
+             f"{ctx}: field {key!r} must be a non-negative int, got {value!r}")
+    return value
+
+
+def read_manifest(shard_dir: str | os.PathLike) -> dict:
+    """Read and check ``<shard_dir>/manifest.json`` (top-level fields).
+
+    Checks ``format == "xgen-shards"``, ``format_version`` 1, ``dtype == "uint16"``, integer ``eos_id`` and
+    ``vocab_size``, and that ``stages`` (non-empty) and ``shards`` are lists.
+
+    Raises:
+        ShardError: naming the folder or manifest, for a missing folder or file, bad JSON or a bad field.
+    """
+    shard_dir = os.fspath(shard_dir)
     path = os.path.join(shard_dir, "manifest.json")
-    if not os.path.exists(path):
-        raise ShardError(f"{shard_dir}: no manifest.json (not a shards directory; run `xgen mix build`)")
+    _require(os.path.isdir(shard_dir), shard_dir, "not a directory")
+    _require(os.path.isfile(path), path, "no manifest.json (not a shards directory; run `xgen mix build`)")
     try:
         manifest = fsutil.read_json(path)
-    except ValueError as exc:
-        raise ShardError(str(exc)) from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ShardError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-                         f"expected {FORMAT!r} v{FORMAT_VERSION}")
-    if manifest.get("dtype") != "uint16":
-        raise ShardError(f"{path}: dtype {manifest.get('dtype')!r}, expected 'uint16'")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardError(str(exc) if path in str(exc) else f"{path}: not valid JSON: {exc}") from None
+    _require(isinstance(manifest, dict), path, "top level must be a JSON object")
+    _require(manifest.get("format") == FORMAT, path, f"format must be {FORMAT!r}, got {manifest.get('format')!r}")
+    _require(manifest.get("format_version") == FORMAT_VERSION, path,
+             f"unsupported format_version {manifest.get('format_version')!r}; this reader supports [{FORMAT_VERSION}]")
+    _require(manifest.get("dtype") == "uint16", path, f"dtype must be 'uint16', got {manifest.get('dtype')!r}")
+    for key in ("eos_id", "vocab_size") + (("padded_vocab_size",) if "padded_vocab_size" in manifest else ()):
+        int_field(manifest, key, path, "manifest")
+    _require(isinstance(manifest.get("stages"), list) and bool(manifest["stages"]), path,
+             "'stages' must be a non-empty list")
+    _require(isinstance(manifest.get("shards"), list), path, "'shards' must be a list")
     return manifest
 
 

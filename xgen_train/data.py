@@ -22,28 +22,25 @@ Batch semantics (SPEC §4 "stage boundaries carry state over; only data and sequ
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from xgen_data import fsutil, shards
+from xgen_data.shards import FORMAT, ShardError as ShardFormatError
+from xgen_data.shards import read_manifest as load_manifest
+
 __all__ = [
     "FORMAT", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",
     "load_manifest", "permute",
 ]
 
-FORMAT = "xgen-shards"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (shards.FORMAT_VERSION,)
 _FEISTEL_ROUNDS = 6
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-
-
-class ShardFormatError(ValueError):
-    """A shards directory or manifest is malformed; the message names the offending file."""
 
 
 @dataclass(frozen=True)
@@ -124,40 +121,7 @@ def _require(cond: bool, where: Path, msg: str) -> None:
 
 
 def _int_field(entry: dict, key: str, where: Path, ctx: str) -> int:
-    value = entry.get(key)
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, where,
-             f"{ctx}: field {key!r} must be a non-negative int, got {value!r}")
-    return value
-
-
-def load_manifest(shards_dir: str | os.PathLike) -> dict:
-    """Read and check ``<shards_dir>/manifest.json`` (top-level fields only).
-
-    Checks ``format == "xgen-shards"``, ``format_version`` in :data:`SUPPORTED_FORMAT_VERSIONS`,
-    ``dtype == "uint16"``, integer ``eos_id``/``vocab_size``, and that ``stages`` and ``shards`` are lists.
-    Raises:
-        ShardFormatError: naming the manifest path, for a missing directory/file, bad JSON or a bad field.
-    """
-    path = Path(shards_dir) / "manifest.json"
-    _require(Path(shards_dir).is_dir(), Path(shards_dir), "not a directory")
-    _require(path.is_file(), path, "no manifest.json (is this an xgen-shards directory?)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShardFormatError(f"{path}: not valid JSON: {exc}") from exc
-    _require(isinstance(manifest, dict), path, "top level must be a JSON object")
-    _require(manifest.get("format") == FORMAT, path, f"format must be {FORMAT!r}, got {manifest.get('format')!r}")
-    _require(manifest.get("format_version") in SUPPORTED_FORMAT_VERSIONS, path,
-             f"unsupported format_version {manifest.get('format_version')!r}; "
-             f"this reader supports {list(SUPPORTED_FORMAT_VERSIONS)}")
-    _require(manifest.get("dtype") == "uint16", path, f"dtype must be 'uint16', got {manifest.get('dtype')!r}")
-    for key in ("eos_id", "vocab_size"):
-        _int_field(manifest, key, path, "manifest")
-    if "padded_vocab_size" in manifest:
-        _int_field(manifest, "padded_vocab_size", path, "manifest")
-    _require(isinstance(manifest.get("stages"), list) and manifest["stages"], path, "'stages' must be a non-empty list")
-    _require(isinstance(manifest.get("shards"), list), path, "'shards' must be a list")
-    return manifest
+    return shards.int_field(entry, key, str(where), ctx)
 
 
 def _pick(names: list[str], wanted: str | None, what: str, where: Path) -> str:
@@ -167,14 +131,6 @@ def _pick(names: list[str], wanted: str | None, what: str, where: Path) -> str:
         return names[0]
     _require(wanted in names, where, f"no {what} {wanted!r}; available: {', '.join(names)}")
     return wanted
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +197,7 @@ class ShardLoader:
             sha = entry.get("sha256")
             if verify:
                 _require(isinstance(sha, str), path, "verify=True but the manifest entry has no sha256")
-                got = _sha256(path)
+                got = fsutil.sha256_file(str(path))
                 _require(got == sha.lower(), path, f"sha256 mismatch: manifest {sha}, file {got}")
             if n:
                 files.append(ShardFile(path, n, seq_len, offset, sha))
