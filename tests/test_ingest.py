@@ -151,3 +151,96 @@ def test_cli_ingest_error_and_skip(tmp_path):
     res = runner.invoke(cli, ["ingest", "--corpus", str(tmp_path / "c"), "--quiet", "--on-error", "skip", str(src)])
     assert res.exit_code == 0, res.output
     assert "malformed_json=1" in res.output and "bad.jsonl:3" in res.output
+
+
+def test_records_without_id_from_same_named_files_are_all_kept(tmp_path):
+    for d, words in (("2023", "alpha beta"), ("2024", "gamma delta")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "data.jsonl").write_text("".join(
+            json.dumps({"text": f"{words} {i}"}) + "\n" for i in range(5)))
+    root = str(tmp_path / "c")
+    reps = ingest.ingest(root, [(str(tmp_path / d / "data.jsonl"), "web") for d in ("2023", "2024")],
+                         workers=1, progress=False)
+    assert [r.n_written for r in reps] == [5, 5]
+    ids = [r[0] for r in _docs(root, "web")]
+    assert len(set(ids)) == 10 and all(i.startswith("data#") for i in ids)
+
+
+@pytest.mark.parametrize("bad,problem", [
+    (b'{"id": "x\\ud800", "text": "ok"}', "invalid UTF-8 in 'id'"),
+    (b'{"text": "ok", "meta": {"k": "\\udfff"}}', "invalid UTF-8 in 'meta'"),
+    (b'{"text": "ok", "meta": ' + b"[" * 100000 + b"]" * 100000 + b"}", "malformed JSON: nested too deeply"),
+    (b'{"text": null}', "'text' is null"),
+])
+def test_more_bad_records_are_named_and_skippable(tmp_path, bad, problem):
+    src = _bad_file(tmp_path, bad)
+    with pytest.raises(readers.RecordError, match=f"bad.jsonl:3: {problem}"):
+        ingest.ingest(str(tmp_path / "c"), [(str(src), "code")], workers=1, progress=False)
+    rep = ingest.ingest(str(tmp_path / "c"), [(str(src), "code")], workers=1, on_error="skip", progress=False)[0]
+    assert rep.n_written == 5 and sum(rep.skipped.values()) == 1
+
+
+def test_bom_and_crlf(tmp_path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + b"".join(x.encode().rstrip(b"\n") + b"\r\n" for x in _sample_lines(n=3)))
+    rep = ingest.ingest(str(tmp_path / "c"), [(str(src), "code")], workers=1, progress=False)[0]
+    assert rep.n_written == 3 and not rep.skipped
+
+
+def test_corrupt_gzip_and_parquet_are_named(tmp_path):
+    data = gzip.compress("".join(_sample_lines()).encode())
+    src = tmp_path / "mid.jsonl.gz"
+    src.write_bytes(data[:200] + bytes(b ^ 0x55 for b in data[200:400]) + data[400:])
+    with pytest.raises(readers.RecordError, match="mid.jsonl.gz"):
+        ingest.ingest(str(tmp_path / "c"), [(str(src), "code")], workers=1, on_error="skip", progress=False)
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all" * 10)
+    with pytest.raises(readers.RecordError, match="junk.parquet:1: corrupt Parquet"):
+        ingest.ingest(str(tmp_path / "c"), [(str(junk), "code")], workers=1, progress=False)
+
+
+def test_parquet_meta_with_timestamps(tmp_path):
+    import datetime
+
+    src = tmp_path / "ts.parquet"
+    pq.write_table(pa.table({"text": ["hello world"], "meta": [{"when": datetime.datetime(2024, 1, 2)}]}), src)
+    rep = ingest.ingest(str(tmp_path / "c"), [(str(src), "x")], workers=1, progress=False)[0]
+    assert rep.n_written == 1
+    meta = sql.connect(str(tmp_path / "c")).execute("SELECT meta FROM documents").fetchone()[0]
+    assert "2024-01-02" in meta
+
+
+def test_bad_ranks_file_fails_before_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv(tokenizer.ENV_RANKS, str(tmp_path / "missing.tiktoken"))
+    tokenizer.get_encoding.cache_clear()
+    try:
+        with pytest.raises(tokenizer.TokenizerError, match="missing.tiktoken"):
+            ingest.ingest(str(tmp_path / "c"), [(shared_path("corpus", "sample", "code.jsonl"), None)], workers=2,
+                          progress=False)
+    finally:
+        tokenizer.get_encoding.cache_clear()
+
+
+def test_crash_leftovers_are_invisible_and_cleaned(tmp_path):
+    """A part renamed into place but never registered (crash) is not a document; the next ingest removes it."""
+    root = tmp_path / "c"
+    src = tmp_path / "code.jsonl"
+    src.write_text("".join(_sample_lines(n=6)))
+    ingest.ingest(str(root), [(str(src), None)], workers=1, progress=False)
+    part = next((root / "docs" / "code").glob("*.parquet"))
+    orphan = part.with_name("code-deadbeef-00000.parquet")
+    orphan.write_bytes(part.read_bytes())
+    tmp_left = part.with_name(".code-x-00000.parquet.tmp-123")
+    tmp_left.write_bytes(b"half")
+    assert len(_docs(str(root), "code")) == 6
+    src.write_text("".join(_sample_lines(n=8)))  # the file changes; all 8 documents must be there
+    ingest.ingest(str(root), [(str(src), None)], workers=1, progress=False)
+    assert len(_docs(str(root), "code")) == 8
+    assert not orphan.exists() and not tmp_left.exists()
+
+
+def test_empty_inputs(tmp_path):
+    for name, data in (("e.jsonl", b""), ("e2.jsonl.zst", b""), ("blank.jsonl", b"\n\n  \n")):
+        (tmp_path / name).write_bytes(data)
+        rep = ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / name), "x")], workers=1, progress=False)[0]
+        assert rep.n_written == 0 and rep.n_read == 0

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import shared_path
 from xgen_data import mixture, packing, recipe, shards, sql, tokenizer
 from xgen_data.corpus import Corpus
 
@@ -135,19 +136,20 @@ def test_same_seed_byte_identical_other_seed_differs(sample_corpus, demo_shards,
 
 def test_rebuild_replaces_output_atomically(sample_corpus, tmp_path):
     out = tmp_path / "s"
-    (out / "stale").mkdir(parents=True)
+    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+    (out / "stale").mkdir()
     (out / "stale" / "old.bin").write_bytes(b"x")
     packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
     assert not (out / "stale").exists()
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
-@pytest.mark.parametrize("target", [0, 1, 2, 57, 1000, 2999, 3000, 7777])
+@pytest.mark.parametrize("target", [0, 1, 2, 11, 31, 57, 1000, 1001, 2999, 3000, 3001, 7777])
 def test_select_documents_exact_tokens(target):
     costs = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 550], dtype=np.int64)  # sum 1000
     idx, take = mixture.select_documents(costs, target, np.random.default_rng(0))
     got = int((take + 1).sum())
-    assert got == target or (got == target - 1 and target % 1000 != 0)
+    assert got == target or (target == 1 and got == 0)
     assert np.all(take >= 1) and np.all(take <= costs[idx] - 1)
     full = target // 1000
     counts = np.bincount(idx, minlength=len(costs))
@@ -194,3 +196,66 @@ def test_missing_subset_is_a_clear_error(sample_corpus, tmp_path):
                  "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
     with pytest.raises(ValueError, match="starcoder"):
         packing.build(sample_corpus, recipe.load(str(p)), str(tmp_path / "s"), progress=False)
+
+
+def test_out_dir_is_never_a_foreign_folder(sample_corpus, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a shards directory"):
+        packing.build(sample_corpus, recipe.load("demo"), str(precious), progress=False)
+    assert (precious / "thesis.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="outside the corpus"):
+        packing.build(sample_corpus, recipe.load("demo"), sample_corpus, progress=False)
+    with pytest.raises(ValueError, match="outside the corpus"):
+        packing.build(sample_corpus, recipe.load("demo"), os.path.join(sample_corpus, "shards"), progress=False)
+
+
+def test_killed_build_leftovers_are_removed(sample_corpus, tmp_path):
+    out = tmp_path / "s"
+    stale = tmp_path / ".s.tmp-999999999"
+    stale.mkdir()
+    (stale / "x.bin").write_bytes(b"x" * 10)
+    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+    assert not stale.exists() and (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", ".hidden", "x y"])
+def test_unsafe_names_are_rejected(tmp_path, name):
+    p = tmp_path / "r.toml"
+    p.write_text(f"[[stages]]\nname={name!r}\nproportions={{natural=1.0}}\n"
+                 "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
+    with pytest.raises(recipe.RecipeError, match="not a valid name"):
+        recipe.load(str(p))
+    from xgen_data import ingest
+
+    with pytest.raises(ValueError, match="not a valid name"):
+        ingest.ingest(str(tmp_path / "c"), [(shared_path("corpus", "sample", "code.jsonl"), name)], progress=False)
+
+
+@pytest.mark.parametrize("body,match", [
+    ("stages = 5\n", "stages must be an array of tables"),
+    ("stages = ['a']\n", r"stages\[0\] must be a table"),
+    ("dedup = 5\n" + "[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+     "dedup must be a table"),
+    ("[dedup]\nbogus = 1\n[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+     "unknown dedup parameter"),
+    ("[dedup]\nenabled = 'no'\n[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+     "true or false"),
+    ("[filters]\nlicense_subsets = 'code'\n[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+     "list of strings"),
+    ("[[stages]]\nname='a'\nproportions={x=nan}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n", "finite"),
+    ("[[stages]]\nname='a'\nproportions={x=1.0}\nsubstages=3\n", "substages must be"),
+])
+def test_recipe_types_are_checked(tmp_path, body, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(recipe.RecipeError, match=match):
+        recipe.load(str(p))
+
+
+def test_empty_allow_list_allows_nothing(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[filters]\nlicense_allow = []\n[[stages]]\nname='a'\nproportions={x=1.0}\n"
+                 "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
+    assert recipe.load(str(p)).allow_list() == ()

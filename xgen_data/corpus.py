@@ -12,8 +12,13 @@ document gives its ``drop_reason``.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import hashlib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -46,6 +51,21 @@ class CorpusError(ValueError):
     """The corpus directory is missing, of another format, or inconsistent."""
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+
+
+def check_name(name: str, what: str) -> str:
+    """Return ``name`` if it is safe as one path component (subset, stage, sub-stage names).
+
+    Raises:
+        ValueError: names with ``/``, ``..``, spaces, a leading dot or dash, or longer than 100 characters.
+    """
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not a valid name: use letters, digits and _ . + - "
+                         "(starting with a letter or digit, no '..', at most 100 characters)")
+    return name
+
+
 @dataclass(frozen=True)
 class Part:
     """One Parquet part of one subset."""
@@ -68,11 +88,26 @@ class Corpus:
             fsutil.write_json(self.meta_path, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                                "inputs": {}, "shard_dirs": []})
         meta = self.read_meta()
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            meta = meta if isinstance(meta, dict) else {}
             raise CorpusError(f"{self.meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "
                               f"expected {FORMAT!r} v{FORMAT_VERSION}")
 
     # -- registry -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the corpus's exclusive write lock (``flock`` on ``.lock``); other writers wait.
+
+        Every command that changes the corpus (ingest, filter, dedup, build registration) takes it, so
+        concurrent runs cannot lose each other's ``corpus.json`` updates.
+        """
+        with open(os.path.join(self.root, ".lock"), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def read_meta(self) -> dict:
         """The parsed ``corpus.json``."""
         return fsutil.read_json(self.meta_path)
@@ -95,16 +130,59 @@ class Corpus:
 
     def subsets(self) -> list[str]:
         """Names of subsets that have at least one part, sorted."""
-        return sorted(s for s in os.listdir(os.path.join(self.root, "docs"))
-                      if self.parts(s)) if os.path.isdir(os.path.join(self.root, "docs")) else []
+        return sorted({p.subset for p in self.parts()})
 
     def parts(self, subset: str | None = None) -> list[Part]:
-        """Finished parts (temporary files excluded), sorted by subset then name."""
-        pattern = os.path.join(self.root, "docs", subset or "*", "*.parquet")
-        out = []
-        for path in sorted(glob.glob(pattern)):
-            out.append(Part(os.path.basename(os.path.dirname(path)), os.path.basename(path), path))
-        return out
+        """Parts registered in ``corpus.json``, sorted by subset then name.
+
+        The registry is the source of truth: a part file written by a crashed ingest before its
+        registration is invisible (and removed by the next ingest).
+        """
+        names = sorted({(v["subset"], name) for v in self.read_meta().get("inputs", {}).values()
+                        for name in v["parts"]})
+        return [Part(s, n, os.path.join(self.root, "docs", s, n)) for s, n in names if subset in (None, s)]
+
+    def remove_unregistered(self) -> list[str]:
+        """Delete part and step files that no registered part owns, and temporary files (call under :meth:`lock`)."""
+        owned = {(p.subset, p.name) for p in self.parts()}
+        removed = []
+        folders = glob.glob(os.path.join(self.root, "docs", "*")) + glob.glob(os.path.join(self.root, "steps", "*", "*"))
+        for folder in folders:
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                path = os.path.join(folder, name)
+                if (os.path.basename(folder), name) not in owned and os.path.isfile(path):
+                    os.remove(path)  # glob skips dot files; listdir sees the temporary ones too
+                    removed.append(path)
+        return removed
+
+    def parts_fingerprint(self) -> str:
+        """SHA-256 over the registered part names (any ingest that changes documents changes it)."""
+        return hashlib.sha256("\n".join(f"{p.subset}/{p.name}" for p in self.parts()).encode()).hexdigest()
+
+    # -- step state ------------------------------------------------------------------------------
+    def step_state(self, step: str) -> dict | None:
+        """What ``step`` last ran with: ``{"params", "parts", "after"}`` (None if it never ran)."""
+        return self.read_meta().get("steps", {}).get(step)
+
+    def record_step(self, step: str, params: dict) -> None:
+        """Record that ``step`` ran with ``params`` on the current parts, after the earlier steps' states."""
+        import json
+
+        earlier = STEP_ORDER[:STEP_ORDER.index(step)] if step in STEP_ORDER else ()
+        state = {"params": json.loads(json.dumps(params)), "parts": self.parts_fingerprint(),
+                 "after": {s: self.step_state(s) for s in earlier}}
+        meta = self.read_meta()
+        meta.setdefault("steps", {})[step] = state
+        self.write_meta(meta)
+
+    def clear_step(self, step: str) -> None:
+        """Delete a step's decisions and state."""
+        import shutil
+
+        shutil.rmtree(os.path.join(self.root, "steps", step), ignore_errors=True)
+        meta = self.read_meta()
+        if meta.get("steps", {}).pop(step, None) is not None:
+            self.write_meta(meta)
 
     def step_path(self, step: str, part: Part) -> str:
         """Where step ``step`` writes its decisions for ``part``."""
@@ -116,5 +194,3 @@ class Corpus:
     def has_step(self, step: str) -> bool:
         return bool(glob.glob(self.step_glob(step)))
 
-    def docs_glob(self) -> str:
-        return os.path.join(self.root, "docs", "*", "*.parquet")

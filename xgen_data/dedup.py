@@ -609,6 +609,26 @@ def candidate_pairs(corpus_dir: str, docs: np.ndarray | None = None) -> np.ndarr
     return np.stack([rows["a"].astype(np.int64), rows["b"].astype(np.int64)], axis=1)
 
 
+#: Keys a recipe's ``[dedup]`` table may hold (besides ``enabled``).
+RECIPE_KEYS = ("threshold", "num_perm", "ngram", "seed", "bands", "rows", "scheme", "exact", "near")
+
+
+def recorded_params(license_allow=None, **kw) -> dict:
+    """The parameters a dedup run records in ``corpus.json`` for these arguments (validated, defaults filled).
+
+    Raises:
+        ValueError: an unknown key (not in :data:`RECIPE_KEYS`) or a bad value (:func:`resolve_params`).
+    """
+    unknown = sorted(set(kw) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown dedup parameter(s) {', '.join(unknown)}; known: {', '.join(RECIPE_KEYS)}")
+    if isinstance(license_allow, str):
+        raise ValueError("license_allow must be a list of SPDX identifiers, not a string")
+    params = resolve_params(**kw)
+    allow = _default_allow() if license_allow is None else tuple(license_allow)
+    return {**params.__dict__, "license_allow": sorted(allow)}
+
+
 def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
@@ -647,197 +667,202 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"{corpus_dir}: no such corpus directory")
     corpus = Corpus(corpus_dir)
-    parts = corpus.parts()
-    work = os.path.join(corpus.root, "work", "dedup")
-    report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold,
-                                                     "license_allow": list(allow)})
-    phase: dict[str, float] = {}
+    with corpus.lock():
+        parts = corpus.parts()
+        work = os.path.join(corpus.root, "work", "dedup")
+        report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold,
+                                                         "license_allow": list(allow)})
+        phase: dict[str, float] = {}
 
-    # -- numbering: document d of part k is offsets[k] + row ------------------------------------------
-    offsets = doc_offsets(corpus)
-    counts = np.diff(offsets).tolist()
-    n_docs = int(offsets[-1])
-    report.documents = n_docs
-    for p, c in zip(parts, counts):
-        report.documents_per_subset[p.subset] = report.documents_per_subset.get(p.subset, 0) + c
-    if not parts:
-        report.seconds = time.time() - t_start
-        return report
+        # -- numbering: document d of part k is offsets[k] + row ------------------------------------------
+        offsets = doc_offsets(corpus)
+        counts = np.diff(offsets).tolist()
+        n_docs = int(offsets[-1])
+        report.documents = n_docs
+        for p, c in zip(parts, counts):
+            report.documents_per_subset[p.subset] = report.documents_per_subset.get(p.subset, 0) + c
+        if not parts:
+            report.seconds = time.time() - t_start
+            corpus.record_step("dedup", recorded_params(license_allow=allow, **{
+                k: getattr(params, k) for k in RECIPE_KEYS}))
+            return report
 
-    # -- phase 1: signatures ---------------------------------------------------------------------------
-    t = time.time()
-    tasks = []
-    for p in parts:
-        st = os.stat(p.path)
-        tasks.append({"docs": p.path, "size": st.st_size,
-                      "sig": os.path.join(work, "sig", p.subset, p.name),
-                      "bands": os.path.join(work, "bands", p.subset, p.name),
-                      "params": params.__dict__,
-                      "part_key": {"subset": p.subset, "name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}})
-    stats = _run_tasks(tasks, workers, progress)
-    report.signature_parts_reused = sum(s["reused"] for s in stats)
-    phase["signatures"] = time.time() - t
-
-    # -- phase 2: DuckDB over the work files -------------------------------------------------------------
-    t = time.time()
-    tmp_dir = os.path.join(work, "duckdb.tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    con = duckdb.connect(config={"threads": workers, "memory_limit": memory_limit, "temp_directory": tmp_dir,
-                                 "preserve_insertion_order": False})
-    try:
-        con.register("_parts", pa.table({
-            "pidx": pa.array(range(len(parts)), pa.int32()),
-            "subset": [p.subset for p in parts], "name": [p.name for p in parts],
-            "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
-            "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
-        con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
-        con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
-            FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
-            JOIN parts p ON s.filename = p.sig_path""")
-        con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
-                d.license, d.source, d.path
-            FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
-            JOIN parts p ON d.filename = p.docs_path""")
-        # exact groups (always counted: the license-conflict report needs them)
-        con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
-                count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
-        report.exact_groups, report.exact_group_documents = con.execute(
-            "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
-        if params.near:
-            report.no_word_documents = con.execute("SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
-        phase["exact"] = time.time() - t
-
-        # -- union-find over exact and near edges ------------------------------------------------------
+        # -- phase 1: signatures ---------------------------------------------------------------------------
         t = time.time()
-        parent = np.arange(n_docs, dtype=np.int64)
+        tasks = []
+        for p in parts:
+            st = os.stat(p.path)
+            tasks.append({"docs": p.path, "size": st.st_size,
+                          "sig": os.path.join(work, "sig", p.subset, p.name),
+                          "bands": os.path.join(work, "bands", p.subset, p.name),
+                          "params": params.__dict__,
+                          "part_key": {"subset": p.subset, "name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}})
+        stats = _run_tasks(tasks, workers, progress)
+        report.signature_parts_reused = sum(s["reused"] for s in stats)
+        phase["signatures"] = time.time() - t
 
-        def feed(sql: str) -> int:
-            n_edges = 0
-            reader = con.sql(sql).to_arrow_reader(EDGE_BATCH)
-            for batch in reader:
-                u = batch.column(0).to_numpy()
-                v = batch.column(1).to_numpy()
-                union_edges(parent, u, v)
-                n_edges += len(u)
-            compress(parent)
-            return n_edges
-
-        if params.exact:
-            feed("SELECT doc, gid FROM exact_members WHERE doc <> gid")
-        if params.near:
-            band_paths = [tk["bands"] for tk in tasks]
-            con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
-                FROM read_parquet({_qlist(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
-            con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
-                SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
-                       count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
-            report.near_buckets = con.execute("""SELECT count(*) FROM
-                (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
-            report.near_edges = feed("SELECT doc, rep FROM near_edges")
-        sizes = np.bincount(parent, minlength=n_docs)
-        member = np.nonzero(sizes[parent] > 1)[0]
-        report.clusters = int(np.count_nonzero(sizes > 1))
-        report.clustered_documents = int(len(member))
-        con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
-                                             "cluster": pa.array(parent[member], pa.int64())}))
-        del parent, sizes, member
-        phase["clusters"] = time.time() - t
-
-        # -- keep policy -------------------------------------------------------------------------------
+        # -- phase 2: DuckDB over the work files -------------------------------------------------------------
         t = time.time()
-        labels = [r[0] for r in con.execute(
-            f"SELECT DISTINCT license FROM read_parquet({_qlist([p.path for p in parts])})").fetchall()]
-        con.register("_lic", pa.table({"license": pa.array(labels, pa.string()),
-                                       "lrank": pa.array([license_rank(x, allow) for x in labels], pa.int32())}))
-        # Copies that the filters (length, license) keep come first, so dedup never keeps a copy that
-        # the filters then drop over one they keep: its text would leave the training data entirely.
-        if corpus.has_step("filter"):
-            con.execute(f"""CREATE TEMP VIEW fdrop AS SELECT id, {SUBSET_FROM_PATH} AS subset,
-                    drop_reason IS NOT NULL AS fdrop
-                FROM read_parquet({_q(corpus.step_glob("filter"))}, filename=true)""")
-        else:
-            con.execute("CREATE TEMP VIEW fdrop AS SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS subset, FALSE AS fdrop")
-        con.execute(f"""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
-                coalesce(l.lrank, {LICENSE_TIERS.index("unknown")}) AS lrank, s.chash,
-                coalesce(f.fdrop, FALSE) AS fdrop
-            FROM _clustered c JOIN docs m USING (doc) JOIN sig s USING (doc)
-            LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license
-            LEFT JOIN fdrop f ON f.subset = m.subset AND f.id = m.id""")
-        con.execute("""CREATE TEMP TABLE kept AS
-            SELECT cluster, first(doc ORDER BY fdrop, lrank, id, subset) AS kept FROM cl GROUP BY cluster""")
-        exact_sql = "TRUE" if params.exact else "FALSE"
-        con.execute(f"""CREATE TEMP TABLE res AS SELECT cl.doc, cl.cluster, cl.subset, cl.id, cl.source,
-                CASE WHEN cl.doc = k.kept THEN NULL
-                     WHEN {exact_sql} AND cl.chash = kc.chash THEN '{REASON_EXACT}'
-                     ELSE '{REASON_NEAR}' END AS reason,
-                kc.id AS kept_id, kc.subset AS kept_subset, k.kept
-            FROM cl JOIN kept k USING (cluster) JOIN cl kc ON kc.doc = k.kept""")
-        phase["keep"] = time.time() - t
+        tmp_dir = os.path.join(work, "duckdb.tmp")
+        os.makedirs(tmp_dir, exist_ok=True)
+        con = duckdb.connect(config={"threads": workers, "memory_limit": memory_limit, "temp_directory": tmp_dir,
+                                     "preserve_insertion_order": False})
+        try:
+            con.register("_parts", pa.table({
+                "pidx": pa.array(range(len(parts)), pa.int32()),
+                "subset": [p.subset for p in parts], "name": [p.name for p in parts],
+                "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
+                "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
+            con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
+            con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
+                FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
+                JOIN parts p ON s.filename = p.sig_path""")
+            con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
+                    d.license, d.source, d.path
+                FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
+                JOIN parts p ON d.filename = p.docs_path""")
+            # exact groups (always counted: the license-conflict report needs them)
+            con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
+                    count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
+            report.exact_groups, report.exact_group_documents = con.execute(
+                "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
+            if params.near:
+                report.no_word_documents = con.execute("SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
+            phase["exact"] = time.time() - t
 
-        # -- write the step decisions per part ---------------------------------------------------------
-        t = time.time()
-        for i, p in enumerate(parts):
-            tbl = con.sql(f"""SELECT d.id, r.reason AS drop_reason, r.cluster AS dup_cluster,
-                    CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
+            # -- union-find over exact and near edges ------------------------------------------------------
+            t = time.time()
+            parent = np.arange(n_docs, dtype=np.int64)
+
+            def feed(sql: str) -> int:
+                n_edges = 0
+                reader = con.sql(sql).to_arrow_reader(EDGE_BATCH)
+                for batch in reader:
+                    u = batch.column(0).to_numpy()
+                    v = batch.column(1).to_numpy()
+                    union_edges(parent, u, v)
+                    n_edges += len(u)
+                compress(parent)
+                return n_edges
+
+            if params.exact:
+                feed("SELECT doc, gid FROM exact_members WHERE doc <> gid")
+            if params.near:
+                band_paths = [tk["bands"] for tk in tasks]
+                con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
+                    FROM read_parquet({_qlist(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
+                con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
+                    SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
+                           count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
+                report.near_buckets = con.execute("""SELECT count(*) FROM
+                    (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
+                report.near_edges = feed("SELECT doc, rep FROM near_edges")
+            sizes = np.bincount(parent, minlength=n_docs)
+            member = np.nonzero(sizes[parent] > 1)[0]
+            report.clusters = int(np.count_nonzero(sizes > 1))
+            report.clustered_documents = int(len(member))
+            con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
+                                                 "cluster": pa.array(parent[member], pa.int64())}))
+            del parent, sizes, member
+            phase["clusters"] = time.time() - t
+
+            # -- keep policy -------------------------------------------------------------------------------
+            t = time.time()
+            labels = [r[0] for r in con.execute(
+                f"SELECT DISTINCT license FROM read_parquet({_qlist([p.path for p in parts])})").fetchall()]
+            con.register("_lic", pa.table({"license": pa.array(labels, pa.string()),
+                                           "lrank": pa.array([license_rank(x, allow) for x in labels], pa.int32())}))
+            # Copies that the filters (length, license) keep come first, so dedup never keeps a copy that
+            # the filters then drop over one they keep: its text would leave the training data entirely.
+            if corpus.has_step("filter"):
+                con.execute(f"""CREATE TEMP VIEW fdrop AS SELECT id, {SUBSET_FROM_PATH} AS subset,
+                        drop_reason IS NOT NULL AS fdrop
+                    FROM read_parquet({_q(corpus.step_glob("filter"))}, filename=true)""")
+            else:
+                con.execute("CREATE TEMP VIEW fdrop AS SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS subset, FALSE AS fdrop")
+            con.execute(f"""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
+                    coalesce(l.lrank, {LICENSE_TIERS.index("unknown")}) AS lrank, s.chash,
+                    coalesce(f.fdrop, FALSE) AS fdrop
+                FROM _clustered c JOIN docs m USING (doc) JOIN sig s USING (doc)
+                LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license
+                LEFT JOIN fdrop f ON f.subset = m.subset AND f.id = m.id""")
+            con.execute("""CREATE TEMP TABLE kept AS
+                SELECT cluster, first(doc ORDER BY fdrop, lrank, id, subset) AS kept FROM cl GROUP BY cluster""")
+            exact_sql = "TRUE" if params.exact else "FALSE"
+            con.execute(f"""CREATE TEMP TABLE res AS SELECT cl.doc, cl.cluster, cl.subset, cl.id, cl.source,
+                    CASE WHEN cl.doc = k.kept THEN NULL
+                         WHEN {exact_sql} AND cl.chash = kc.chash THEN '{REASON_EXACT}'
+                         ELSE '{REASON_NEAR}' END AS reason,
+                    kc.id AS kept_id, kc.subset AS kept_subset, k.kept
+                FROM cl JOIN kept k USING (cluster) JOIN cl kc ON kc.doc = k.kept""")
+            phase["keep"] = time.time() - t
+
+            # -- write the step decisions per part ---------------------------------------------------------
+            t = time.time()
+            for i, p in enumerate(parts):
+                tbl = con.sql(f"""SELECT d.id, r.reason AS drop_reason, r.cluster AS dup_cluster,
+                        CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
+                        CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
+                    FROM read_parquet({_q(p.path)}, file_row_number=true) d
+                    LEFT JOIN res r ON r.doc = {int(offsets[i])} + d.file_row_number
+                    ORDER BY d.file_row_number""").to_arrow_table()
+                tbl = tbl.cast(DEDUP_SCHEMA)
+                with fsutil.atomic_path(corpus.step_path("dedup", p)) as tmp:
+                    pq.write_table(tbl, tmp, compression="zstd")
+            phase["write"] = time.time() - t
+
+            # -- license conflicts -------------------------------------------------------------------------
+            t = time.time()
+            tier_case = "CASE " + " ".join(f"WHEN l.lrank = {i} THEN '{name}'"
+                                           for i, name in enumerate(LICENSE_TIERS)) + " END"
+            conflicts = con.sql(f"""WITH em AS (SELECT e.doc, e.gid, e.gsize, m.subset, m.id, m.license, m.source,
+                        m.path FROM exact_members e JOIN docs m USING (doc)),
+                    g AS (SELECT gid, count(DISTINCT coalesce(license, chr(0))) AS n_labels FROM em GROUP BY gid
+                          HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
+                SELECT em.gid AS group_id, em.subset, em.id, em.license, {tier_case} AS license_tier, em.source,
+                    em.path, em.gsize AS group_size, g.n_labels, r.reason IS NULL AS kept, r.reason AS drop_reason,
+                    r.cluster AS dup_cluster, CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
                     CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
-                FROM read_parquet({_q(p.path)}, file_row_number=true) d
-                LEFT JOIN res r ON r.doc = {int(offsets[i])} + d.file_row_number
-                ORDER BY d.file_row_number""").to_arrow_table()
-            tbl = tbl.cast(DEDUP_SCHEMA)
-            with fsutil.atomic_path(corpus.step_path("dedup", p)) as tmp:
-                pq.write_table(tbl, tmp, compression="zstd")
-        phase["write"] = time.time() - t
+                FROM em JOIN g USING (gid) LEFT JOIN res r USING (doc)
+                LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM em.license
+                ORDER BY em.gid, em.doc""").to_arrow_table().cast(CONFLICT_SCHEMA)
+            report.license_conflicts_path = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
+            with fsutil.atomic_path(report.license_conflicts_path) as tmp:
+                pq.write_table(conflicts, tmp, compression="zstd")
+            report.license_conflict_documents = conflicts.num_rows
+            report.license_conflict_groups = len(set(conflicts.column("group_id").to_pylist()))
 
-        # -- license conflicts -------------------------------------------------------------------------
-        t = time.time()
-        tier_case = "CASE " + " ".join(f"WHEN l.lrank = {i} THEN '{name}'"
-                                       for i, name in enumerate(LICENSE_TIERS)) + " END"
-        conflicts = con.sql(f"""WITH em AS (SELECT e.doc, e.gid, e.gsize, m.subset, m.id, m.license, m.source,
-                    m.path FROM exact_members e JOIN docs m USING (doc)),
-                g AS (SELECT gid, count(DISTINCT coalesce(license, chr(0))) AS n_labels FROM em GROUP BY gid
-                      HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
-            SELECT em.gid AS group_id, em.subset, em.id, em.license, {tier_case} AS license_tier, em.source,
-                em.path, em.gsize AS group_size, g.n_labels, r.reason IS NULL AS kept, r.reason AS drop_reason,
-                r.cluster AS dup_cluster, CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
-                CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
-            FROM em JOIN g USING (gid) LEFT JOIN res r USING (doc)
-            LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM em.license
-            ORDER BY em.gid, em.doc""").to_arrow_table().cast(CONFLICT_SCHEMA)
-        report.license_conflicts_path = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
-        with fsutil.atomic_path(report.license_conflicts_path) as tmp:
-            pq.write_table(conflicts, tmp, compression="zstd")
-        report.license_conflict_documents = conflicts.num_rows
-        report.license_conflict_groups = len(set(conflicts.column("group_id").to_pylist()))
-
-        # -- report ------------------------------------------------------------------------------------
-        for reason, n in con.execute("SELECT reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY 1").fetchall():
-            report.removed_by_reason[reason] = n
-        report.removed = sum(report.removed_by_reason.values())
-        for subset, reason, n in con.execute("""SELECT subset, reason, count(*) FROM res
-                WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL""").fetchall():
-            report.removed_by_subset.setdefault(subset, {})[reason] = n
-        report.removed_by_source = [tuple(r) for r in con.execute(f"""SELECT subset, source,
-                count(*) FILTER (reason = '{REASON_EXACT}') AS exact, count(*) FILTER (reason = '{REASON_NEAR}') AS near
-            FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY exact + near DESC, subset, source""").fetchall()]
-        rows_ = con.execute(f"""WITH top AS (SELECT cluster, count(*) AS size FROM res GROUP BY cluster
-                    ORDER BY size DESC, cluster LIMIT 10),
-                subs AS (SELECT cluster, string_agg(subset || ':' || n, ', ' ORDER BY n DESC, subset) AS s FROM
-                    (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL)
-                    GROUP BY cluster),
-                srcs AS (SELECT cluster, string_agg(source || ':' || n, ', ' ORDER BY n DESC, source) AS s FROM
-                    (SELECT cluster, coalesce(source, '?') AS source, count(*) AS n,
-                            row_number() OVER (PARTITION BY cluster ORDER BY count(*) DESC, coalesce(source, '?')) AS rk
-                     FROM res JOIN top USING (cluster) GROUP BY cluster, source) WHERE rk <= 3 GROUP BY cluster)
-            SELECT t.cluster, t.size, k.subset, k.id, k.license,
-                (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_EXACT}'),
-                (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_NEAR}'),
-                subs.s, srcs.s
-            FROM top t JOIN kept kk USING (cluster) JOIN cl k ON k.doc = kk.kept JOIN subs USING (cluster)
-            JOIN srcs USING (cluster) ORDER BY t.size DESC, t.cluster""").fetchall()
-        report.largest_clusters = [ClusterInfo(*r) for r in rows_]
-        phase["report"] = time.time() - t
-    finally:
-        con.close()
-    report.seconds_by_phase = phase
-    report.seconds = time.time() - t_start
+            # -- report ------------------------------------------------------------------------------------
+            for reason, n in con.execute("SELECT reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY 1").fetchall():
+                report.removed_by_reason[reason] = n
+            report.removed = sum(report.removed_by_reason.values())
+            for subset, reason, n in con.execute("""SELECT subset, reason, count(*) FROM res
+                    WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL""").fetchall():
+                report.removed_by_subset.setdefault(subset, {})[reason] = n
+            report.removed_by_source = [tuple(r) for r in con.execute(f"""SELECT subset, source,
+                    count(*) FILTER (reason = '{REASON_EXACT}') AS exact, count(*) FILTER (reason = '{REASON_NEAR}') AS near
+                FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY exact + near DESC, subset, source""").fetchall()]
+            rows_ = con.execute(f"""WITH top AS (SELECT cluster, count(*) AS size FROM res GROUP BY cluster
+                        ORDER BY size DESC, cluster LIMIT 10),
+                    subs AS (SELECT cluster, string_agg(subset || ':' || n, ', ' ORDER BY n DESC, subset) AS s FROM
+                        (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL)
+                        GROUP BY cluster),
+                    srcs AS (SELECT cluster, string_agg(source || ':' || n, ', ' ORDER BY n DESC, source) AS s FROM
+                        (SELECT cluster, coalesce(source, '?') AS source, count(*) AS n,
+                                row_number() OVER (PARTITION BY cluster ORDER BY count(*) DESC, coalesce(source, '?')) AS rk
+                         FROM res JOIN top USING (cluster) GROUP BY cluster, source) WHERE rk <= 3 GROUP BY cluster)
+                SELECT t.cluster, t.size, k.subset, k.id, k.license,
+                    (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_EXACT}'),
+                    (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_NEAR}'),
+                    subs.s, srcs.s
+                FROM top t JOIN kept kk USING (cluster) JOIN cl k ON k.doc = kk.kept JOIN subs USING (cluster)
+                JOIN srcs USING (cluster) ORDER BY t.size DESC, t.cluster""").fetchall()
+            report.largest_clusters = [ClusterInfo(*r) for r in rows_]
+            phase["report"] = time.time() - t
+        finally:
+            con.close()
+        report.seconds_by_phase = phase
+        report.seconds = time.time() - t_start
+        corpus.record_step("dedup", recorded_params(license_allow=allow, **{
+            k: getattr(params, k) for k in RECIPE_KEYS}))
     return report

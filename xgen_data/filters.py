@@ -44,6 +44,14 @@ def decide(n_tokens: list[int], license_exprs: list[str | None], check_license: 
     return out
 
 
+def params(min_tokens: int, license_subsets, allow) -> dict:
+    """The parameters a filter run records in ``corpus.json`` (compared by the recipe flow)."""
+    from xgen_data.licenses import default_allow_list
+
+    return {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
+            "allow": sorted(default_allow_list() if allow is None else allow)}
+
+
 def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: tuple[str, ...] = ("code",),
                 allow: tuple[str, ...] | None = None) -> FilterReport:
     """Apply the filters to every part of the corpus, replacing earlier filter decisions atomically.
@@ -59,13 +67,20 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
     corpus = Corpus(corpus_dir)
     report = FilterReport()
-    for part in corpus.parts():
-        table = pq.read_table(part.path, columns=["id", "n_tokens", "license"])
-        reasons = decide(table.column("n_tokens").to_pylist(), table.column("license").to_pylist(),
-                         part.subset in license_subsets, min_tokens, allow)
-        out = pa.table({"id": table.column("id"), "drop_reason": pa.array(reasons, pa.string())}, schema=FILTER_SCHEMA)
-        with fsutil.atomic_path(corpus.step_path("filter", part)) as tmp:
-            pq.write_table(out, tmp, compression="zstd")
-        report.n_docs += table.num_rows
-        report.dropped.update((part.subset, r) for r in reasons if r is not None)
+    with corpus.lock():
+        for part in corpus.parts():
+            _filter_part(corpus, part, min_tokens, license_subsets, allow, report)
+        corpus.record_step("filter", params(min_tokens, license_subsets, allow))
     return report
+
+
+def _filter_part(corpus, part, min_tokens, license_subsets, allow, report: FilterReport) -> None:
+    """Decide one part and write its ``steps/filter`` table atomically."""
+    table = pq.read_table(part.path, columns=["id", "n_tokens", "license"])
+    reasons = decide(table.column("n_tokens").to_pylist(), table.column("license").to_pylist(),
+                     part.subset in license_subsets, min_tokens, allow)
+    out = pa.table({"id": table.column("id"), "drop_reason": pa.array(reasons, pa.string())}, schema=FILTER_SCHEMA)
+    with fsutil.atomic_path(corpus.step_path("filter", part)) as tmp:
+        pq.write_table(out, tmp, compression="zstd")
+    report.n_docs += table.num_rows
+    report.dropped.update((part.subset, r) for r in reasons if r is not None)

@@ -29,7 +29,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from xgen_data import fsutil, readers, tokenizer
-from xgen_data.corpus import DOC_SCHEMA, Corpus
+from xgen_data.corpus import DOC_SCHEMA, Corpus, check_name
 
 #: Default subset for well-known corpus file stems; any other stem is its own subset name.
 SUBSET_BY_STEM = {"nl": "natural", "natural": "natural", "code": "code", "instruct": "instruct"}
@@ -178,7 +178,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     readers.input_format(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such input file")
-    subset = subset or default_subset(path)
+    subset = check_name(subset or default_subset(path), "subset")
     report = FileReport(path=path, subset=subset)
     t0 = time.time()
     digest = fsutil.sha256_file(path)
@@ -191,13 +191,13 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         report.parts = inputs[key]["parts"]
         return report
     abspath = os.path.abspath(path)
+    stem = os.path.basename(path).split(".")[0]
     replaced = [k for k, v in inputs.items() if v["path"] == abspath and v["subset"] == subset]
     old_parts = {p for k in replaced for p in inputs[k]["parts"]}
     seen_ids = _existing_ids(corpus, subset, old_parts)
 
     out_dir = corpus.docs_dir(subset)
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.basename(path).split(".")[0]
     tmp_paths: list[tuple[str, str]] = []
     writer = None
     part_docs = part_bytes = 0
@@ -210,7 +210,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
 
     bar = _progress(progress, f"ingest {os.path.basename(path)} -> {subset}")
     try:
-        for batch, errors in map_bounded(process_batch, _batches(readers.iter_raw(path)), pool,
+        for batch, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}")), pool,
                                           2 * (pool._max_workers if pool is not None else 1)):
             for file, line, problem in errors:
                 if on_error == "raise":
@@ -261,16 +261,13 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     for tmp, final in tmp_paths:
         os.replace(tmp, final)
     report.parts = [os.path.basename(final) for _, final in tmp_paths]
-    # Register the new parts, then remove replaced ones (and their now-stale step decisions).
+    # Register the new parts (the registry is what makes parts visible), then remove replaced ones.
     for k in replaced:
         del inputs[k]
     inputs[key] = {"path": abspath, "subset": subset, "sha256": digest, "n_docs": report.n_written,
                    "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts}
     corpus.write_meta(meta)
-    for name in old_parts - set(report.parts):
-        for stale in glob.glob(os.path.join(corpus.root, "*", subset, name)) + glob.glob(
-                os.path.join(corpus.root, "steps", "*", subset, name)):
-            os.remove(stale)
+    corpus.remove_unregistered()
     if replaced:
         report.status = "replaced"
     report.seconds = time.time() - t0
@@ -287,8 +284,18 @@ def ingest(corpus_dir: str, inputs: list[tuple[str, str | None]], workers: int =
            progress: bool = True) -> list[FileReport]:
     """Ingest ``(path, subset or None)`` inputs into the corpus at ``corpus_dir`` (created if needed).
 
-    See :func:`ingest_file` for semantics and errors.
+    Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
+    :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
+    before any is read, and the tokenizer is loaded once here so a bad ``XGEN_GPT2_BPE`` fails clearly.
     """
+    for path, subset in inputs:  # check every input before any work
+        readers.input_format(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such input file")
+        check_name(subset or default_subset(path), "subset")
+    tokenizer.get_encoding()  # a bad XGEN_GPT2_BPE fails here, clearly, not in a worker
     corpus = Corpus(corpus_dir, create=True)
-    with worker_pool(workers) as pool:
-        return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress) for p, s in inputs]
+    with corpus.lock():
+        corpus.remove_unregistered()  # leftovers of a crashed run
+        with worker_pool(workers) as pool:
+            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress) for p, s in inputs]

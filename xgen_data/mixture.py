@@ -72,8 +72,8 @@ def select_documents(costs: np.ndarray, target: int, rng: np.random.Generator) -
         rng: the seeded generator (its state advances).
     Returns:
         ``(doc_index, take)``: int64 arrays, one entry per instance: the document index into ``costs`` and
-        how many of its content tokens are used (``costs - 1`` unless cut short). ``sum(take + 1) == target``
-        except when the final remainder is a single token, which is left out.
+        how many of its content tokens are used (``costs - 1`` unless cut short). ``sum(take + 1) ==
+        target`` exactly, except ``target == 1`` (one token cannot hold a document and its EOS).
     Raises:
         ValueError: ``target > 0`` with no documents.
     """
@@ -84,17 +84,23 @@ def select_documents(costs: np.ndarray, target: int, rng: np.random.Generator) -
     if total == 0:
         raise ValueError("cannot select tokens from an empty subset")
     full, rest = divmod(target, total)
-    index = [np.tile(np.arange(len(costs), dtype=np.int64), full)]
-    take = [np.tile(costs - 1, full)]
+    index = np.tile(np.arange(len(costs), dtype=np.int64), full)
+    take = np.tile(costs - 1, full)
     if rest:
         order = rng.permutation(len(costs))
         cum = np.cumsum(costs[order])
         k = int(np.searchsorted(cum, rest, side="left"))  # order[k] is the first doc reaching `rest`
-        index.append(order[: k + 1])
-        part = costs[order[: k + 1]] - 1
-        left = rest - (int(cum[k - 1]) if k else 0)  # cost available to order[k]
-        part[-1] = left - 1
-        if part[-1] <= 0:
-            index[-1], part = index[-1][:-1], part[:-1]
-        take.append(part)
-    return np.concatenate(index), np.concatenate(take)
+        left = rest - (int(cum[k - 1]) if k else 0)  # tokens left for order[k], its EOS included
+        index = np.concatenate([index, order[:k + 1]])
+        take = np.concatenate([take, costs[order[:k + 1]] - 1])
+        take[-1] = left - 1
+        if take[-1] == 0:
+            # One token left: an empty document would double the EOS. Move one token from an earlier
+            # instance that can spare it, so the last one holds one token and its EOS.
+            donors = np.flatnonzero(take[:-1] >= 2)
+            if len(donors):
+                take[donors[-1]] -= 1
+                take[-1] = 1
+            else:
+                index, take = index[:-1], take[:-1]
+    return index, take

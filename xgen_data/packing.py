@@ -125,6 +125,47 @@ def _segments(pos: np.ndarray, take: np.ndarray, start: int, n_seq: int, seq_len
     return inst, seq, lo - start - seq * seq_len, hi - lo, lo - pos[inst]
 
 
+def check_out_dir(out_dir: str, corpus: Corpus) -> str:
+    """The absolute output path, if it is safe to (re)create as a shards directory.
+
+    Raises:
+        ValueError: ``out_dir`` is a file, is inside (or contains) the corpus, or is an existing
+            non-empty folder that is not a shards directory (xgen never deletes what it did not write).
+    """
+    out = os.path.abspath(out_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out_dir}: exists and is not a directory")
+    root = corpus.root
+    if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
+        raise ValueError(f"{out_dir}: the shards directory must be outside the corpus {root}")
+    if os.path.isdir(out) and os.listdir(out):
+        try:
+            shards.read_manifest(out)
+        except shards.ShardError:
+            raise ValueError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
+                             "(no valid manifest.json); choose another --out or empty it") from None
+    return out
+
+
+def _remove_stale_builds(out_dir: str) -> None:
+    """Delete temporary build folders of this ``out_dir`` left by killed processes."""
+    head, tail = os.path.split(out_dir)
+    for name in os.listdir(head) if os.path.isdir(head) else []:
+        for prefix in (f".{tail}.tmp-", f".{tail}-old.tmp-"):
+            if name.startswith(prefix) and name[len(prefix):].isdigit() and not _alive(int(name[len(prefix):])):
+                shutil.rmtree(os.path.join(head, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
           progress: bool = True) -> BuildReport:
     """Pack the corpus into shards for every stage of ``recipe`` (see module docstring).
@@ -134,7 +175,8 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
         out_dir: the shards directory to (re)create.
         shard_tokens: target tokens per shard file (a shard holds whole sequences).
     Raises:
-        ValueError: a subset with a positive proportion has no kept documents.
+        ValueError: a subset with a positive proportion has no kept documents; an unsafe ``out_dir``
+            (:func:`check_out_dir`).
         CorpusError: not a corpus.
     """
     from tqdm.auto import tqdm
@@ -147,7 +189,8 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
             if not len(docs[subset].n_tokens):
                 raise ValueError(f"stage {stage.name!r}: subset {subset!r} has no kept documents in {corpus_dir} "
                                  f"(subsets there: {', '.join(corpus.subsets()) or 'none'})")
-    out_dir = os.path.abspath(out_dir)
+    out_dir = check_out_dir(out_dir, corpus)
+    _remove_stale_builds(out_dir)
     tmp_dir = fsutil.tmp_name(out_dir.rstrip(os.sep))
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(os.path.join(tmp_dir, ".work"))
@@ -180,7 +223,8 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
         shutil.rmtree(old)
     else:
         os.replace(tmp_dir, out_dir)
-    corpus.register_shard_dir(out_dir)
+    with corpus.lock():
+        corpus.register_shard_dir(out_dir)
     report.shards = len(manifest["shards"])
     report.seconds = time.time() - t0
     return report

@@ -1,13 +1,13 @@
 """The recipe flow: the corpus steps a recipe asks for (filters, then dedup), run only when out of date.
 
-Each step records its parameters and a fingerprint of the corpus parts in ``corpus.json`` (``steps``);
-running the flow again with the same parameters on the same parts does nothing. ``xgen mix plan``,
+Each step records in ``corpus.json`` (``steps``) the parameters it ran with, a fingerprint of the corpus
+parts and the states of the steps before it (:meth:`xgen_data.corpus.Corpus.record_step`), whether it was
+run from here or as its own command; the flow re-runs a step only when one of those differs. ``xgen mix plan``,
 ``xgen mix build`` and ``xgen demo`` all go through :func:`apply_recipe_steps`, so a plan always describes
 the documents the build will pack.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +15,6 @@ from typing import Any
 from xgen_data import filters
 from xgen_data.corpus import Corpus
 from xgen_data.recipe import Recipe
-
-
-def parts_fingerprint(corpus: Corpus) -> str:
-    """SHA-256 over the corpus's part names (new ingests change part names, so they change this)."""
-    return hashlib.sha256("\n".join(f"{p.subset}/{p.name}" for p in corpus.parts()).encode()).hexdigest()
 
 
 @dataclass
@@ -31,15 +26,26 @@ class StepsReport:
     skipped: tuple[str, ...] = ()
 
 
-def _up_to_date(corpus: Corpus, step: str, params: dict, fingerprint: str) -> bool:
-    state = corpus.read_meta().get("steps", {}).get(step)
-    return (state == {"params": params, "parts": fingerprint}) and corpus.has_step(step)
+def filter_params(recipe: Recipe) -> dict:
+    """The parameters :func:`xgen_data.filters.run_filters` records for this recipe."""
+    return filters.params(recipe.min_tokens, recipe.license_subsets, recipe.allow_list())
 
 
-def _record(corpus: Corpus, step: str, params: dict, fingerprint: str) -> None:
-    meta = corpus.read_meta()
-    meta.setdefault("steps", {})[step] = {"params": params, "parts": fingerprint}
-    corpus.write_meta(meta)
+def dedup_params(recipe: Recipe) -> dict:
+    """The parameters :func:`xgen_data.dedup.run_dedup` records for this recipe."""
+    from xgen_data import dedup
+
+    kw = {k: v for k, v in recipe.dedup.items() if k != "enabled"}
+    return dedup.recorded_params(license_allow=recipe.allow_list(), **kw)
+
+
+def _up_to_date(corpus: Corpus, step: str, params: dict) -> bool:
+    state = corpus.step_state(step)
+    if state is None or not corpus.has_step(step):
+        return False
+    earlier = {s: corpus.step_state(s) for s in state.get("after", {})}
+    return (state["params"] == json.loads(json.dumps(params)) and state["parts"] == corpus.parts_fingerprint()
+            and state.get("after", {}) == earlier)
 
 
 def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True,
@@ -50,34 +56,24 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
         CorpusError: not a corpus; ValueError: invalid step parameters (from the steps themselves).
     """
     corpus = Corpus(corpus_dir)
-    fp = parts_fingerprint(corpus)
     report = StepsReport()
     skipped = []
-    fparams = {"min_tokens": recipe.min_tokens, "license_subsets": list(recipe.license_subsets),
-               "allow": list(recipe.allow_list())}
-    if force or not _up_to_date(corpus, "filter", fparams, fp):
+    if force or not _up_to_date(corpus, "filter", filter_params(recipe)):
         report.filter = filters.run_filters(corpus_dir, recipe.min_tokens, recipe.license_subsets, recipe.allow_list())
-        _record(corpus, "filter", fparams, fp)
     else:
         skipped.append("filter")
-    dparams = {k: v for k, v in recipe.dedup.items() if k != "enabled"}
-    # Dedup prefers copies the filters keep, so its state includes the filter's parameters.
-    dstate = json.loads(json.dumps({**dparams, "filter": fparams}))
     if recipe.dedup.get("enabled", True):
-        if force or report.filter is not None or not _up_to_date(corpus, "dedup", dstate, fp):
+        # dedup's state includes the filter state it ran after (it prefers copies the filters keep)
+        if force or not _up_to_date(corpus, "dedup", dedup_params(recipe)):
             from xgen_data import dedup
 
+            kw = {k: v for k, v in recipe.dedup.items() if k != "enabled"}
             report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress,
-                                           license_allow=recipe.allow_list(), **dparams)
-            _record(corpus, "dedup", dstate, fp)
+                                           license_allow=recipe.allow_list(), **kw)
         else:
             skipped.append("dedup")
-    elif corpus.has_step("dedup"):
-        import shutil
-
-        shutil.rmtree(f"{corpus.root}/steps/dedup")  # a recipe without dedup must not inherit old decisions
-        meta = corpus.read_meta()
-        meta.get("steps", {}).pop("dedup", None)
-        corpus.write_meta(meta)
+    elif corpus.step_state("dedup") is not None or corpus.has_step("dedup"):
+        with corpus.lock():
+            corpus.clear_step("dedup")  # a recipe without dedup must not inherit old decisions
     report.skipped = tuple(skipped)
     return report

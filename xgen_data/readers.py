@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class RawRecord:
     file: str
     line: int
     payload: bytes | dict[str, Any]
+    id_prefix: str | None = None  # default id is "<id_prefix>:<line>" (file name otherwise)
 
 
 def input_format(path: str) -> str:
@@ -50,23 +52,31 @@ def input_format(path: str) -> str:
     raise ValueError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
-def iter_raw(path: str) -> Iterator[RawRecord]:
+def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
-    Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size.
+    Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
+    order mark at the start of a JSONL file is skipped.
 
+    Args:
+        id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
     Raises:
-        ValueError: unsupported suffix; RecordError: a corrupt compressed stream (names the file).
+        ValueError: unsupported suffix; RecordError: a corrupt compressed stream or Parquet file (names
+            the file and the line or row reached).
     """
     fmt = input_format(path)
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                row += 1
-                yield RawRecord(path, row, rec)
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                for rec in batch.to_pylist():
+                    row += 1
+                    yield RawRecord(path, row, rec, id_prefix)
+        except (OSError, pa.ArrowException) as exc:
+            raise RecordError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
     with open(path, "rb") as raw:
         if fmt == "jsonl.gz":
@@ -79,9 +89,11 @@ def iter_raw(path: str) -> Iterator[RawRecord]:
         try:
             for line in _lines(chunks):
                 line_no += 1
+                if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
                 if line.strip():
-                    yield RawRecord(path, line_no, line)
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
+                    yield RawRecord(path, line_no, line, id_prefix)
+        except (OSError, EOFError, zstandard.ZstdError, zlib.error) as exc:
             raise RecordError(path, line_no + 1, f"corrupt {fmt} stream: {exc}") from exc
 
 
@@ -96,7 +108,9 @@ def _read_chunks(f) -> Iterator[bytes]:
 def _zstd_chunks(raw) -> Iterator[bytes]:
     """Decompress a (multi-frame) zstd stream; a truncated last frame raises ``EOFError``."""
     obj = zstandard.ZstdDecompressor().decompressobj()
-    pending = b""
+    pending = raw.read(_CHUNK)
+    if not pending:
+        return  # an empty file holds no frame, hence no records
     while True:
         data = pending or raw.read(_CHUNK)
         pending = b""
@@ -154,27 +168,38 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            raise RecordError(rec.file, rec.line, "malformed JSON: nested too deeply") from None
     else:
         obj = rec.payload
     if not isinstance(obj, dict):
         raise RecordError(rec.file, rec.line, f"record is a JSON {type(obj).__name__}, expected an object")
-    text = obj.get("text")
-    if text is None:
+    if "text" not in obj:
         raise RecordError(rec.file, rec.line, "missing 'text'")
+    text = obj["text"]
+    if text is None:
+        raise RecordError(rec.file, rec.line, "'text' is null, expected a string")
     if not isinstance(text, str):
         raise RecordError(rec.file, rec.line, f"'text' is {type(text).__name__}, expected a string")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RecordError(rec.file, rec.line, f"invalid UTF-8 in 'text' (lone surrogate at character {exc.start})") from None
     doc: dict[str, Any] = {"text": text}
     for key in ("id", "source", "license", "language", "path"):
         value = obj.get(key)
-        if value is not None and not isinstance(value, (str, int)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise RecordError(rec.file, rec.line, f"'{key}' is {type(value).__name__}, expected a string")
         doc[key] = None if value is None else str(value)
     if doc["id"] is None:
-        doc["id"] = f"{os.path.basename(rec.file)}:{rec.line}"
+        doc["id"] = f"{rec.id_prefix or os.path.basename(rec.file)}:{rec.line}"
     meta = obj.get("meta")
-    doc["meta"] = None if meta is None else (meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False))
+    try:
+        doc["meta"] = None if meta is None else (
+            meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False, default=str))
+    except (ValueError, RecursionError) as exc:
+        raise RecordError(rec.file, rec.line, f"'meta' cannot be stored as JSON: {exc}") from None
+    for key, value in doc.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RecordError(rec.file, rec.line,
+                                  f"invalid UTF-8 in '{key}' (lone surrogate at character {exc.start})") from None
     return doc

@@ -23,9 +23,12 @@ Sub-stages take consecutive chunks of the stage's shuffled document stream, in o
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
+
+from xgen_data.corpus import check_name
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
@@ -69,7 +72,8 @@ class Recipe:
         """The effective license allow-list: ``license_allow`` (or the shipped list) plus the extras."""
         from xgen_data.licenses import default_allow_list
 
-        return tuple(self.license_allow or default_allow_list()) + self.license_allow_extra
+        base = default_allow_list() if self.license_allow is None else self.license_allow
+        return tuple(base) + self.license_allow_extra
 
     def subsets(self) -> list[str]:
         """Every subset named by any stage, in first-seen order."""
@@ -78,8 +82,10 @@ class Recipe:
 
 def resolve(name_or_path: str) -> str:
     """A recipe path from a path or a shipped recipe name (``xgen-7b``, ``demo``)."""
-    if os.path.exists(name_or_path):
+    if os.path.isfile(name_or_path):
         return name_or_path
+    if os.path.isdir(name_or_path):
+        raise RecipeError(f"{name_or_path}: is a directory, expected a recipe .toml file")
     shipped = os.path.join(RECIPES_DIR, f"{name_or_path}.toml")
     if os.path.exists(shipped):
         return shipped
@@ -108,29 +114,45 @@ def load(name_or_path: str) -> Recipe:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text: {exc}") from None
+    known = {"name", "seed", "filters", "dedup", "stages"}
+    if set(raw) - known:
+        raise RecipeError(f"{path}: unknown key(s) {', '.join(sorted(set(raw) - known))}; known: {', '.join(sorted(known))}")
+    stages_raw = _typed(path, "stages", raw.get("stages", []), list)
     stages = []
     names = set()
-    for i, st in enumerate(raw.get("stages") or []):
+    for i, st in enumerate(stages_raw):
         where = f"{path}: stages[{i}]"
+        _typed(path, f"stages[{i}]", st, dict)
         name = st.get("name")
         if not isinstance(name, str) or not name or name in names:
             raise RecipeError(f"{where}.name: a unique non-empty string is required, got {name!r}")
+        _name(where + ".name", name, "stage")
         names.add(name)
         where = f"{path}: stage {name!r}"
+        extra = set(st) - {"name", "tokens", "proportions", "substages"}
+        if extra:
+            raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
         props = st.get("proportions")
         if not isinstance(props, dict) or not props:
             raise RecipeError(f"{where}: 'proportions' must be a table of subset = sampling proportion")
         for k, v in props.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise RecipeError(f"{where}: proportions.{k} must be a number > 0, got {v!r}")
+            _name(f"{where}: proportions.{k}", k, "subset")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise RecipeError(f"{where}: proportions.{k} must be a finite number > 0, got {v!r}")
         total = sum(props.values())
         if abs(total - 1.0) > 1e-6:
             raise RecipeError(f"{where}: proportions sum to {total:.6f}, expected 1")
         subs = []
-        for j, ss in enumerate(st.get("substages") or []):
+        for j, ss in enumerate(_typed(path, f"stage {name!r} substages", st.get("substages") or [], list)):
             sw = f"{where}: substages[{j}]"
+            _typed(path, f"stage {name!r} substages[{j}]", ss, dict)
             if not isinstance(ss.get("name"), str):
                 raise RecipeError(f"{sw}.name: a string is required")
+            _name(sw + ".name", ss["name"], "sub-stage")
+            if set(ss) - {"name", "seq_len", "tokens"}:
+                raise RecipeError(f"{sw}: unknown key(s) {', '.join(sorted(set(ss) - {'name', 'seq_len', 'tokens'}))}")
             seq_len = _int(f"{sw}.seq_len", ss.get("seq_len"), 2)
             if seq_len > 65536:
                 raise RecipeError(f"{sw}.seq_len: {seq_len} is larger than 65536")
@@ -149,18 +171,49 @@ def load(name_or_path: str) -> Recipe:
         stages.append(Stage(name, tokens, {k: float(v) for k, v in props.items()}, tuple(subs)))
     if not stages:
         raise RecipeError(f"{path}: at least one [[stages]] table is required")
-    flt = raw.get("filters", {})
+    flt = _typed(path, "filters", raw.get("filters", {}), dict)
+    extra = set(flt) - {"min_tokens", "license_subsets", "license_allow", "license_allow_extra"}
+    if extra:
+        raise RecipeError(f"{path}: filters: unknown key(s) {', '.join(sorted(extra))}")
     allow = flt.get("license_allow")
-    dedup = dict(raw.get("dedup", {"enabled": True}))
+    dedup = dict(_typed(path, "dedup", raw.get("dedup", {"enabled": True}), dict))
     dedup.setdefault("enabled", True)
+    if not isinstance(dedup["enabled"], bool):
+        raise RecipeError(f"{path}: dedup.enabled must be true or false, got {dedup['enabled']!r}")
+    try:
+        from xgen_data.dedup import recorded_params
+
+        recorded_params(**{k: v for k, v in dedup.items() if k != "enabled"})
+    except ValueError as exc:
+        raise RecipeError(f"{path}: dedup: {exc}") from None
     return Recipe(
         name=str(raw.get("name", os.path.basename(path)[:-5])),
         seed=_int(f"{path}: seed", raw.get("seed", 0), 0),
         stages=tuple(stages),
         min_tokens=_int(f"{path}: filters.min_tokens", flt.get("min_tokens", 100), 0),
-        license_subsets=tuple(flt.get("license_subsets", ["code"])),
-        license_allow=tuple(allow) if allow is not None else None,
-        license_allow_extra=tuple(flt.get("license_allow_extra", [])),
+        license_subsets=_strings(path, "filters.license_subsets", flt.get("license_subsets", ["code"])),
+        license_allow=None if allow is None else _strings(path, "filters.license_allow", allow),
+        license_allow_extra=_strings(path, "filters.license_allow_extra", flt.get("license_allow_extra", [])),
         dedup=dedup,
         path=os.path.abspath(path),
     )
+
+
+def _typed(path: str, key: str, value, kind: type):
+    if not isinstance(value, kind):
+        what = "an array of tables" if kind is list else "a table"
+        raise RecipeError(f"{path}: {key} must be {what}, got {type(value).__name__} {value!r}"[:300])
+    return value
+
+
+def _strings(path: str, key: str, value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RecipeError(f"{path}: {key} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _name(where: str, value: str, what: str) -> None:
+    try:
+        check_name(value, what)
+    except ValueError as exc:
+        raise RecipeError(f"{where}: {exc}") from None

@@ -49,7 +49,7 @@ def _documents_sql(corpus: Corpus) -> str:
     cols += [f"({reason}) IS NULL AS kept", f"{reason} AS drop_reason"]
     return f"""CREATE OR REPLACE VIEW documents AS SELECT {', '.join(cols)} FROM (
         SELECT *, {SUBSET_FROM_PATH} AS subset, {_PART_FROM_PATH} AS part, file_row_number AS row
-        FROM read_parquet({_q(corpus.docs_glob())}, filename=true, file_row_number=true)) d
+        FROM read_parquet([{', '.join(_q(p.path) for p in corpus.parts())}], filename=true, file_row_number=true)) d
         {' '.join(joins)}"""
 
 
