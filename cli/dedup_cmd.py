@@ -64,7 +64,10 @@ def print_report(report) -> None:
         ex, ne = r.get(REASON_EXACT, 0), r.get(REASON_NEAR, 0)
         n = report.documents_per_subset[subset]
         rows.append((subset, n, ex, ne, n - ex - ne))
-    print_rows(["subset", "documents", "exact_removed", "near_removed", "left"], rows, title="Removed per subset")
+    print_rows(["subset", "documents", "exact_removed", "near_removed", "not_duplicates"], rows,
+               title="Removed per subset (over all documents, the filters' drops included)")
+    click.echo("In `documents`, a document the filters drop keeps the filter's drop_reason; dedup keeps, in each "
+               "cluster, a copy the filters keep whenever there is one.\n")
     if report.removed_by_source:
         print_rows(["subset", "source", "exact_removed", "near_removed"], list(report.removed_by_source),
                    title="Removed per source")

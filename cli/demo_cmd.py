@@ -35,6 +35,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     from cli.ingest_cmd import expand_inputs, print_ingest
     from cli.mix_cmd import print_build, print_plan, print_steps
     from xgen_data import ingest, packing, pipeline, recipe, sql, stdlib_corpus
+    from xgen_data.corpus import Corpus
 
     t0 = time.time()
     timings = {}
@@ -63,7 +64,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
 
     click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
     docs = packing.kept_documents(corpus_dir, r.subsets())
-    print_plan(r, docs)
+    print_plan(r, docs, Corpus(corpus_dir).subsets())
 
     click.echo(f"[4/5] Build shards into {shards_dir}")
     t = time.time()

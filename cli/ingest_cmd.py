@@ -44,7 +44,7 @@ def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers
 
 def print_ingest(reports) -> None:
     rows = [(os.path.basename(r.path), r.subset, r.status, r.n_read, r.n_written, r.n_tokens,
-             sum(r.skipped.values()), ", ".join(f"{k}={v}" for k, v in sorted(r.skipped.items())), round(r.seconds, 1))
+             sum(r.skipped.values()), ", ".join(f"{k}={v}" for k, v in sorted(r.skipped.items())), f"{r.seconds:.1f}")
             for r in reports]
     print_rows(["input", "subset", "status", "read", "written", "tokens", "skipped", "skipped_by_reason", "seconds"],
                rows, title="Ingest")

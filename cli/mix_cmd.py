@@ -26,16 +26,25 @@ seed_option = click.option("--seed", type=click.IntRange(0), default=None, help=
 workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 
 
-def print_plan(recipe, docs) -> None:
-    """Print the mixture plan per stage and subset, and sequences per sub-stage."""
+def print_plan(recipe, docs, corpus_subsets: list[str]) -> None:
+    """Print the mixture plan per stage and subset, sequences per sub-stage, and missing or unused subsets."""
     from xgen_data import mixture, packing
 
-    rows = [(r.stage, r.subset, r.documents, r.unique_tokens, r.effective_tokens, r.proportion, round(r.epochs, 4))
-            for r in mixture.plan(recipe, packing.subset_stats(docs))]
+    plan_rows = mixture.plan(recipe, packing.subset_stats(docs))
+    rows = [(r.stage, r.subset, r.documents, r.unique_tokens, r.effective_tokens, f"{r.proportion:.4%}",
+             f"{r.epochs:.4f}" if r.documents else "-") for r in plan_rows]
     print_rows(["stage", "subset", "documents", "unique_tokens", "effective_tokens", "proportion", "epochs"], rows,
-               title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed}")
+               title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed} (tokens include one EOS per document)")
     rows = [(st.name, ss.name, ss.seq_len, ss.tokens, ss.n_sequences) for st in recipe.stages for ss in st.substages]
     print_rows(["stage", "substage", "seq_len", "tokens", "sequences"], rows, title="Sub-stages")
+    missing = sorted({(r.stage, r.subset) for r in plan_rows if not r.documents})
+    for stage, subset in missing:
+        click.echo(click.style(f"warning: stage {stage!r} needs subset {subset!r}, which has no kept documents in "
+                               "this corpus; `xgen mix build` will stop (ingest it, e.g. `xgen ingest --subset "
+                               f"{subset} FILES`)", fg="yellow"))
+    unused = sorted(set(corpus_subsets) - set(recipe.subsets()))
+    if unused:
+        click.echo(f"note: corpus subsets not in this recipe (not packed): {', '.join(unused)}")
 
 
 def print_steps(steps) -> None:
@@ -58,12 +67,17 @@ def print_steps(steps) -> None:
 @workers_option
 @user_errors
 def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> None:
-    """Print unique and effective tokens, proportion, epochs and sequences per stage and subset."""
+    """Print unique and effective tokens, proportion, epochs and sequences per stage and subset.
+
+    First runs the recipe's filters and dedup on the corpus when they are out of date (as `mix build`
+    does), so the plan counts exactly the documents a build would pack.
+    """
     from xgen_data import packing, pipeline
+    from xgen_data.corpus import Corpus
 
     r = _recipe(recipe_name, seed)
     print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
-    print_plan(r, packing.kept_documents(corpus_dir, r.subsets()))
+    print_plan(r, packing.kept_documents(corpus_dir, r.subsets()), Corpus(corpus_dir).subsets())
 
 
 @mix.command()
@@ -92,6 +106,6 @@ def print_build(recipe, report) -> None:
         got = report.tokens_per_subset.get(st.name, {})
         total = sum(got.values()) or 1
         for subset, p in st.proportions.items():
-            rows.append((st.name, subset, got.get(subset, 0), p, got.get(subset, 0) / total))
+            rows.append((st.name, subset, got.get(subset, 0), f"{p:.4%}", f"{got.get(subset, 0) / total:.4%}"))
     print_rows(["stage", "subset", "content_tokens", "recipe_proportion", "packed_proportion"], rows,
                title="Tokens per subset against the recipe")

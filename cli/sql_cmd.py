@@ -19,12 +19,14 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], query: str) -> N
 
     from xgen_data import sql as xsql
 
+    if not query.strip():
+        raise click.BadParameter("empty query; e.g. \"SELECT subset, count(*) FROM documents GROUP BY subset\"")
     con = xsql.connect(corpus_dir, list(shard_dirs))
     try:
         rel = con.execute(query)
     except duckdb.Error as exc:
         raise click.ClickException(f"SQL error: {exc}") from None
-    if rel.description is None:
+    if rel is None or rel.description is None:
         return
     columns = [d[0] for d in rel.description]
     print_rows(columns, rel.fetchall(), fmt)

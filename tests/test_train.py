@@ -314,3 +314,14 @@ def test_cli_train(shards, tmp_path):
 def test_cli_module_does_not_import_jax():
     code = "import sys, cli.train_cmd; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_out_of_vocabulary_ids_are_caught_without_verify(small_shards):
+    ld = ShardLoader(small_shards, batch_size=4)
+    f = small_shards / "stage1/s1/shard-00000.bin"
+    data = np.fromfile(f, dtype="<u2")
+    data[:] = 65535
+    data.tofile(f)
+    with pytest.raises(ShardFormatError, match="shard-00000.bin: token id 65535"):
+        for step in range(ld.n_sequences // 4 + 1):
+            ShardLoader(small_shards, batch_size=4).batch_at(0, step)

@@ -487,7 +487,7 @@ def _run_tasks(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i]["size"])
     results: list[dict | None] = [None] * len(tasks)
     bar = tqdm(total=sum(t["size"] for t in tasks), unit="B", unit_scale=True, desc="dedup signatures",
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for i in order:

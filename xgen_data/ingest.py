@@ -277,7 +277,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
 def _progress(enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(desc=desc, unit=" docs", unit_scale=True, disable=not enabled, leave=False)
+    return tqdm(desc=desc, unit=" docs", unit_scale=True, disable=None if enabled else True, leave=False)
 
 
 def ingest(corpus_dir: str, inputs: list[tuple[str, str | None]], workers: int = 2, on_error: str = "raise",

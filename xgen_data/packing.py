@@ -201,7 +201,7 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
                 "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
                 "plan": [], "stages": [], "shards": []}
     bar = tqdm(total=sum(s.tokens for s in recipe.stages), unit="tok", unit_scale=True, desc="mix build",
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)
     try:
         for row in mixture.plan(recipe, subset_stats(docs)):
             manifest["plan"].append({"stage": row.stage, "subset": row.subset, "documents": row.documents,

@@ -236,7 +236,8 @@ class ShardLoader:
     def sequences(self, indices: np.ndarray) -> np.ndarray:
         """Rows of the sub-stage by global index: uint16 ``[len(indices), seq_len]`` (a copy).
 
-        Raises ``IndexError`` for indices outside ``[0, n_sequences)``.
+        Raises ``IndexError`` for indices outside ``[0, n_sequences)``; ``ShardFormatError`` (naming the
+        shard) when a row holds a token id ``>= vocab_size``.
         """
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_sequences):
@@ -246,6 +247,10 @@ class ShardLoader:
         for k in np.unique(shard):
             sel = np.nonzero(shard == k)[0]
             out[sel] = self._map(int(k))[idx[sel] - self._starts[k]]
+            top = int(out[sel].max()) if sel.size else 0
+            # cheap per batch; an id past the vocabulary would be silently clamped by the embedding lookup
+            _require(top < self.vocab_size, self.files[int(k)].path,
+                     f"token id {top} >= vocab_size {self.vocab_size} (corrupt or foreign shard)")
         return out
 
     def batch_indices(self, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -158,7 +158,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         lr, warmup: peak learning rate and linear warm-up updates (SPEC §4: 3e-4, 2,000).
         seed: data-order seed of ``batch_at(seed, step)``; also the init seed unless ``init_seed``.
         stage, substage: sub-stage to read (optional when unambiguous).
-        log_every: refresh the progress bar (or print a line when ``progress=False``) every N updates;
+        log_every: refresh the progress bar (or print a line when there is no bar: ``progress=False`` or
+            stderr is not a terminal) every N updates;
             ``metrics.jsonl`` gets every update regardless.
         total_steps: cosine length (default ``steps``); the rate ends at ``final_lr_ratio * lr``.
         weight_decay, clip_norm, b1, b2: SPEC §4 AdamW/clipping numbers.
@@ -266,7 +267,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
 
     tokens_per_step = loader.tokens_per_batch
     records: list[dict] = []
-    bar = tqdm(total=steps, initial=start_step, disable=not progress, desc=f"train {config_name}",
+    # A bar on a terminal; piped to a log, one line per `log_every` steps instead of carriage returns.
+    bar_on = progress and sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=start_step, disable=not bar_on, desc=f"train {config_name}",
                unit="step", file=sys.stderr, dynamic_ncols=True)
     loop_start = time.perf_counter()
     try:
@@ -292,7 +295,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                 if (s + 1 - start_step) % log_every == 0 or s + 1 == steps:
                     msg = dict(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", gnorm=f"{gnorm:.2f}",
                                tok_s=f"{rec['tokens_per_second']:.0f}")
-                    if progress:
+                    if bar_on:
                         bar.set_postfix(msg, refresh=False)
                     else:
                         print(f"step {s}: " + " ".join(f"{k}={v}" for k, v in msg.items()), file=sys.stderr)
