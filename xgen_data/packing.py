@@ -230,94 +230,116 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
     return report
 
 
-def _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar) -> None:
-    rng = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage.name)))
-    subsets = sorted(stage.proportions)
-    targets = mixture.effective_tokens(stage)
-    inst_subset, inst_doc, inst_take = [], [], []
-    for k, name in enumerate(subsets):
-        d, t = mixture.select_documents(docs[name].costs, targets[name], rng)
-        inst_subset.append(np.full(len(d), k, dtype=np.int64))
-        inst_doc.append(d)
-        inst_take.append(t)
-    order = rng.permutation(sum(len(d) for d in inst_doc))
-    inst_subset = np.concatenate(inst_subset)[order]
-    inst_doc = np.concatenate(inst_doc)[order]
-    inst_take = np.concatenate(inst_take)[order]
-    pos = np.zeros(len(order), dtype=np.int64)
-    np.cumsum(inst_take[:-1] + 1, out=pos[1:])
-    stream_len = int(pos[-1] + inst_take[-1] + 1) if len(pos) else 0
+@dataclass
+class Instances:
+    """Document instances of one stage in stream order (parallel int64 arrays)."""
 
-    # Stage the selected documents' tokens per subset, then write the stream in shuffled order.
-    work = os.path.join(tmp_dir, ".work")
+    subset: np.ndarray  # index into the stage's sorted subset names
+    doc: np.ndarray  # index into that subset's SubsetDocs
+    take: np.ndarray  # content tokens used (a prefix of the document)
+    pos: np.ndarray  # start of the instance in the stage stream; its EOS sits at pos + take
+
+    @property
+    def stream_len(self) -> int:
+        return int(self.pos[-1] + self.take[-1] + 1) if len(self.pos) else 0
+
+
+def select_instances(docs: dict[str, SubsetDocs], stage, subsets: list[str], rng: np.random.Generator) -> Instances:
+    """Steps 1-2 of the module docstring: per-subset selection by proportion, then one uniform shuffle."""
+    targets = mixture.effective_tokens(stage)
+    picked = [mixture.select_documents(docs[name].costs, targets[name], rng) for name in subsets]
+    order = rng.permutation(sum(len(d) for d, _ in picked))
+    subset = np.concatenate([np.full(len(d), k, dtype=np.int64) for k, (d, _) in enumerate(picked)])[order]
+    doc = np.concatenate([d for d, _ in picked])[order]
+    take = np.concatenate([t for _, t in picked])[order]
+    pos = np.zeros(len(order), dtype=np.int64)
+    np.cumsum(take[:-1] + 1, out=pos[1:])
+    return Instances(subset, doc, take, pos)
+
+
+def write_stream(corpus: Corpus, docs: dict[str, SubsetDocs], subsets: list[str], inst: Instances, work: str,
+                 stage_name: str) -> str:
+    """Write the stage stream (each instance's tokens, then EOS) to a memory-mapped file; return its path."""
     offsets, staged = {}, {}
     for k, name in enumerate(subsets):
-        wanted = np.unique(inst_doc[inst_subset == k])
-        path = os.path.join(work, f"{stage.name}-{name}.tokens")
+        wanted = np.unique(inst.doc[inst.subset == k])
+        path = os.path.join(work, f"{stage_name}-{name}.tokens")
         offsets[k] = _stage_tokens(corpus, docs[name], wanted, path)
         staged[k] = np.memmap(path, dtype=shards.DTYPE, mode="r")
-    stream_path = os.path.join(work, f"{stage.name}.stream")
-    stream = np.memmap(stream_path, dtype=shards.DTYPE, mode="w+", shape=(max(stream_len, 1),))
-    for i in range(len(order)):
-        k, d, n, p = int(inst_subset[i]), int(inst_doc[i]), int(inst_take[i]), int(pos[i])
+    stream_path = os.path.join(work, f"{stage_name}.stream")
+    stream = np.memmap(stream_path, dtype=shards.DTYPE, mode="w+", shape=(max(inst.stream_len, 1),))
+    for k, d, n, p in zip(inst.subset.tolist(), inst.doc.tolist(), inst.take.tolist(), inst.pos.tolist()):
         o = int(offsets[k][d])
         stream[p:p + n] = staged[k][o:o + n]
         stream[p + n] = tokenizer.EOS_ID
     stream.flush()
+    return stream_path
 
-    stage_entry = {"name": stage.name, "tokens": stage.tokens, "stream_tokens": stream_len, "substages": []}
+
+def _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar) -> None:
+    rng = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage.name)))
+    subsets = sorted(stage.proportions)
+    inst = select_instances(docs, stage, subsets, rng)
+    stream_path = write_stream(corpus, docs, subsets, inst, os.path.join(tmp_dir, ".work"), stage.name)
+    stage_entry = {"name": stage.name, "tokens": stage.tokens, "stream_tokens": inst.stream_len, "substages": []}
     report.tokens_per_subset[stage.name] = Counter()
     chunk_start = 0
     for sub in stage.substages:
-        n_seq = min(sub.n_sequences, (stream_len - chunk_start) // sub.seq_len)
-        seq_len = sub.seq_len
-        chunk = np.memmap(stream_path, dtype=shards.DTYPE, mode="r", offset=chunk_start * 2, shape=(n_seq, seq_len))
-        perm = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage.name, sub.name))).permutation(n_seq)
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(n_seq)
-        inst, seq, start, length, doc_off = _segments(pos, inst_take, chunk_start, n_seq, seq_len)
-        post = inv[seq]
-        by_post = np.lexsort((start, post))
-        inst, seq, start, length, doc_off, post = (x[by_post] for x in (inst, seq, start, length, doc_off, post))
-        rows_per_shard = max(1, shard_tokens // seq_len)
-        folder = os.path.join(stage.name, sub.name)
-        os.makedirs(os.path.join(tmp_dir, folder), exist_ok=True)
-        for s, r0 in enumerate(range(0, n_seq, rows_per_shard)):
-            r1 = min(n_seq, r0 + rows_per_shard)
-            data = np.ascontiguousarray(chunk[perm[r0:r1]])
-            rel = os.path.join(folder, f"shard-{s:05d}.bin")
-            with open(os.path.join(tmp_dir, rel), "wb") as f:
-                f.write(data.tobytes())
-            lo, hi = np.searchsorted(post, [r0, r1])
-            sl = slice(lo, hi)
-            sub_names = np.array(subsets, dtype=object)[inst_subset[inst[sl]]]
-            doc_ids = np.array([docs[subsets[inst_subset[i]]].doc_id[inst_doc[i]] for i in inst[sl]], dtype=object)
-            sources = np.array([docs[subsets[inst_subset[i]]].source[inst_doc[i]] for i in inst[sl]], dtype=object)
-            index = pa.table({
-                "row": pa.array(post[sl] - r0, pa.int64()), "start": pa.array(start[sl], pa.int32()),
-                "length": pa.array(length[sl], pa.int32()), "subset": pa.array(list(sub_names), pa.string()),
-                "doc_id": pa.array(list(doc_ids), pa.string()), "source": pa.array(list(sources), pa.string()),
-                "doc_offset": pa.array(doc_off[sl], pa.int64()), "pre_shuffle_seq": pa.array(seq[sl], pa.int64()),
-            }, schema=shards.INDEX_SCHEMA)
-            rel_idx = os.path.join(folder, f"shard-{s:05d}.idx.parquet")
-            pq.write_table(index, os.path.join(tmp_dir, rel_idx), compression="zstd")
-            per_subset, per_source = Counter(), Counter()
-            for name, src, n in zip(sub_names, sources, length[sl]):
-                per_subset[name] += int(n)
-                per_source[src] += int(n)
-            report.tokens_per_subset[stage.name].update(per_subset)
-            manifest["shards"].append({
-                "path": rel, "index_path": rel_idx, "stage": stage.name, "substage": sub.name, "seq_len": seq_len,
-                "n_sequences": int(r1 - r0), "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
-                "tokens_per_subset": dict(sorted(per_subset.items())),
-                "tokens_per_source": dict(sorted(per_source.items())),
-                "eos_tokens": int(data.size - sum(per_subset.values())),
-            })
-            bar.update(int(data.size))
-        stage_entry["substages"].append({"name": sub.name, "seq_len": seq_len, "n_sequences": int(n_seq),
-                                         "n_tokens": int(n_seq * seq_len)})
+        n_seq = min(sub.n_sequences, (inst.stream_len - chunk_start) // sub.seq_len)
+        _write_substage(docs, subsets, inst, stream_path, chunk_start, n_seq, recipe, stage.name, sub, tmp_dir,
+                        manifest, report, shard_tokens, bar)
+        stage_entry["substages"].append({"name": sub.name, "seq_len": sub.seq_len, "n_sequences": int(n_seq),
+                                         "n_tokens": int(n_seq * sub.seq_len)})
         report.sequences[f"{stage.name}/{sub.name}"] = int(n_seq)
-        chunk_start += n_seq * seq_len
-        del chunk
+        chunk_start += n_seq * sub.seq_len
     manifest["stages"].append(stage_entry)
-    del stream, staged
+
+
+def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_seq, recipe, stage_name, sub,
+                    tmp_dir, manifest, report, shard_tokens, bar) -> None:
+    """Steps 3-4 for one chunk: cut ``n_seq`` sequences, shuffle them, write shards and their indexes."""
+    seq_len = sub.seq_len
+    chunk = np.memmap(stream_path, dtype=shards.DTYPE, mode="r", offset=chunk_start * 2, shape=(n_seq, seq_len))
+    perm = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage_name, sub.name))).permutation(n_seq)
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(n_seq)
+    piece_inst, seq, start, length, doc_off = _segments(inst.pos, inst.take, chunk_start, n_seq, seq_len)
+    post = inv[seq]
+    by_post = np.lexsort((start, post))
+    piece_inst, seq, start, length, doc_off, post = (x[by_post] for x in (piece_inst, seq, start, length, doc_off, post))
+    rows_per_shard = max(1, shard_tokens // seq_len)
+    folder = os.path.join(stage_name, sub.name)
+    os.makedirs(os.path.join(tmp_dir, folder), exist_ok=True)
+    for s, r0 in enumerate(range(0, n_seq, rows_per_shard)):
+        r1 = min(n_seq, r0 + rows_per_shard)
+        data = np.ascontiguousarray(chunk[perm[r0:r1]])
+        rel = os.path.join(folder, f"shard-{s:05d}.bin")
+        with open(os.path.join(tmp_dir, rel), "wb") as f:
+            f.write(data.tobytes())
+        lo, hi = np.searchsorted(post, [r0, r1])
+        sl = slice(lo, hi)
+        pieces = piece_inst[sl]
+        sub_names = [subsets[k] for k in inst.subset[pieces].tolist()]
+        doc_ids = [docs[n].doc_id[d] for n, d in zip(sub_names, inst.doc[pieces].tolist())]
+        sources = [docs[n].source[d] for n, d in zip(sub_names, inst.doc[pieces].tolist())]
+        index = pa.table({
+            "row": pa.array(post[sl] - r0, pa.int64()), "start": pa.array(start[sl], pa.int32()),
+            "length": pa.array(length[sl], pa.int32()), "subset": pa.array(sub_names, pa.string()),
+            "doc_id": pa.array(doc_ids, pa.string()), "source": pa.array(sources, pa.string()),
+            "doc_offset": pa.array(doc_off[sl], pa.int64()), "pre_shuffle_seq": pa.array(seq[sl], pa.int64()),
+        }, schema=shards.INDEX_SCHEMA)
+        rel_idx = os.path.join(folder, f"shard-{s:05d}.idx.parquet")
+        pq.write_table(index, os.path.join(tmp_dir, rel_idx), compression="zstd")
+        per_subset, per_source = Counter(), Counter()
+        for name, src, n in zip(sub_names, sources, length[sl].tolist()):
+            per_subset[name] += n
+            per_source[src] += n
+        report.tokens_per_subset[stage_name].update(per_subset)
+        manifest["shards"].append({
+            "path": rel, "index_path": rel_idx, "stage": stage_name, "substage": sub.name, "seq_len": seq_len,
+            "n_sequences": int(r1 - r0), "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+            "tokens_per_subset": dict(sorted(per_subset.items())),
+            "tokens_per_source": dict(sorted(per_source.items())),
+            "eos_tokens": int(data.size - sum(per_subset.values())),
+        })
+        bar.update(int(data.size))
