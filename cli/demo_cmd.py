@@ -76,6 +76,10 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     click.echo(f"[5/5] Train {config_name!r} for {steps} steps on {first.name}/{first.substages[0].name}")
     from xgen_train.trainer import train
 
+    if os.path.isdir(run_dir):
+        import shutil
+
+        shutil.rmtree(run_dir)  # the demo's own earlier run: a demo always trains from scratch
     t = time.time()
     summary = train(shards_dir, run_dir, config_name=config_name, steps=steps, batch_size=batch_size, lr=lr,
                     warmup=max(1, steps // 10), seed=r.seed, stage=first.name, substage=first.substages[0].name)

@@ -44,8 +44,7 @@ def stats(corpus_dir: str, fmt: str) -> None:
     for title, query in xsql.STATS_QUERIES:
         rel = con.execute(query)
         columns = [d[0] for d in rel.description]
-        rows = [tuple(int(v) if hasattr(v, "__int__") and not isinstance(v, (int, float, str, bool)) else v for v in r)
-                for r in rel.fetchall()]
+        rows = rel.fetchall()
         if fmt == "table":
             print_rows(columns, rows, fmt, title=title)
         else:

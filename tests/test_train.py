@@ -325,3 +325,10 @@ def test_out_of_vocabulary_ids_are_caught_without_verify(small_shards):
     with pytest.raises(ShardFormatError, match="shard-00000.bin: token id 65535"):
         for step in range(ld.n_sequences // 4 + 1):
             ShardLoader(small_shards, batch_size=4).batch_at(0, step)
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(shards, tmp_path):
+    kw = dict(config_name="tiny", batch_size=1, lr=1e-3, warmup=1, seed=0, progress=False, plot=False)
+    train(shards, tmp_path / "run", steps=2, **kw)
+    with pytest.raises(ValueError, match="checkpoints of an earlier run"):
+        train(shards, tmp_path / "run", steps=3, **kw)

@@ -166,7 +166,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         compute_dtype: ``"float32"`` (default) or ``"bfloat16"`` matmul operands (SPEC §3).
         checkpoint_every: also checkpoint every N updates (0: only at the end).
         resume: ``True`` = latest checkpoint under ``out_dir/checkpoints``; a path = that checkpoint;
-            None/False = start fresh. Resuming continues bit-exactly (same batches, same state).
+            None/False = start fresh (refused when ``out_dir`` already holds checkpoints). Resuming continues bit-exactly (same batches, same state).
         verify: verify shard sha256 and token range before training.
         progress: show a tqdm bar on stderr.
         plot: write ``loss.png``.
@@ -225,6 +225,10 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         ckpt_dir = latest_checkpoint(ckpt_root) if resume is True else Path(resume)
         if ckpt_dir is None:
             raise ValueError(f"resume=True but no checkpoint under {ckpt_root}")
+    elif (earlier := latest_checkpoint(ckpt_root)) is not None:
+        # a fresh run here would mix its checkpoints with an earlier run's (and --resume would pick theirs)
+        raise ValueError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
+                         "continue it, or choose another output folder")
     if ckpt_dir is not None:
         template = jax.eval_shape(lambda: optimizer.init(init_params(cfg, 0)))
         ck = load_checkpoint(ckpt_dir, opt_state_template=template)
