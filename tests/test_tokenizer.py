@@ -81,3 +81,10 @@ def test_cli_encode_decode():
     assert out.exit_code == 0 and out.output == VECTORS[3]["text"]
     out = runner.invoke(cli, ["tokenizer", "decode", "[1, 2"])
     assert out.exit_code != 0 and "JSON" in out.output
+
+
+def test_array_encoding_is_data_mode():
+    texts = [v["text"] for v in VECTORS]
+    flat, lengths = tok.encode_to_arrays(texts)
+    assert flat.dtype == "uint16" and lengths.tolist() == [len(v["ids_data"]) for v in VECTORS]
+    assert flat.tolist() == [i for v in VECTORS for i in v["ids_data"]]

@@ -103,11 +103,6 @@ def encode(text: str, hf_compat: bool = False) -> list[int]:
     return enc.encode_ordinary(text)
 
 
-def encode_batch(texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
-    """Data-mode encoding of many documents (tiktoken's ``encode_ordinary_batch``). Returns one id list each."""
-    return get_encoding().encode_ordinary_batch(list(texts), num_threads=num_threads)
-
-
 def encode_to_arrays(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Data-mode encode ``texts`` into a flat token array and per-document lengths.
 
