@@ -62,6 +62,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
     timings["filter+dedup"] = time.time() - t
 
+    from xgen_data.plots import length_histogram
+
+    lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens)
     click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
     docs = packing.kept_documents(corpus_dir, r.subsets())
     print_plan(r, docs, Corpus(corpus_dir).subsets())
@@ -104,6 +107,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         ("tokens/s", f"{summary['tokens_per_second']:,.0f}"),
         ("checkpoint", summary["checkpoint"]),
         ("loss curve", summary["plot"]),
+        ("length histogram", lengths_png),
         *[(f"time {k}", f"{v:.1f} s") for k, v in timings.items()],
         ("time total", f"{time.time() - t0:.1f} s"),
     ], title="Training")

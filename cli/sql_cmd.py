@@ -35,10 +35,17 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], query: str) -> N
 @click.command()
 @corpus_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write a PNG histogram of document lengths per subset.")
 @user_errors
-def stats(corpus_dir: str, fmt: str) -> None:
+def stats(corpus_dir: str, fmt: str, plot_path: str | None) -> None:
     """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason."""
     from xgen_data import sql as xsql
+
+    if plot_path:
+        from xgen_data.plots import length_histogram
+
+        length_histogram(corpus_dir, plot_path)
 
     con = xsql.connect(corpus_dir)
     for title, query in xsql.STATS_QUERIES:
@@ -50,3 +57,5 @@ def stats(corpus_dir: str, fmt: str) -> None:
         else:
             click.echo(f"# {title}")
             print_rows(columns, rows, fmt)
+    if plot_path and fmt == "table":
+        click.echo(f"Length histogram: {plot_path}")

@@ -78,6 +78,17 @@ def test_cli_sql_formats_and_errors(sample_corpus, demo_shards):
     assert res.exit_code == 1 and "SQL error" in res.output
     res = runner.invoke(cli, ["stats", "--corpus", sample_corpus])
     assert res.exit_code == 0 and "Drops by reason" in res.output and "too_few_tokens" in res.output
+    res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "  "])
+    assert res.exit_code == 2 and "empty query" in res.output
+
+
+def test_length_histogram_png(sample_corpus, tmp_path):
+    from cli.main import cli
+
+    png = tmp_path / "len.png"
+    res = CliRunner().invoke(cli, ["stats", "--corpus", sample_corpus, "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_not_a_corpus(tmp_path):
