@@ -259,3 +259,12 @@ def test_empty_allow_list_allows_nothing(tmp_path):
     p.write_text("[filters]\nlicense_allow = []\n[[stages]]\nname='a'\nproportions={x=1.0}\n"
                  "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
     assert recipe.load(str(p)).allow_list() == ()
+
+
+def test_build_that_cannot_fit_on_disk_is_refused(sample_corpus, tmp_path):
+    p = tmp_path / "huge.toml"
+    p.write_text("[[stages]]\nname='a'\nproportions={natural=1.0}\n"
+                 "[[stages.substages]]\nname='s'\nseq_len=2048\ntokens=1_000_000_000_000_000\n")
+    with pytest.raises(ValueError, match="GB free"):
+        packing.build(sample_corpus, recipe.load(str(p)), str(tmp_path / "s"), progress=False)
+    assert not (tmp_path / "s").exists()

@@ -147,6 +147,20 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     return out
 
 
+def check_disk_space(recipe: Recipe, folder: str) -> None:
+    """Refuse a build whose streams and shards (2 bytes a token, twice) cannot fit on the disk of ``folder``.
+
+    Raises:
+        ValueError: naming the bytes needed and free, e.g. ``recipes/xgen-7b.toml`` (1.6T tokens) on a laptop.
+    """
+    needed = 4 * max(st.tokens for st in recipe.stages) + 2 * sum(st.tokens for st in recipe.stages)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ValueError(f"recipe {recipe.name!r} packs {sum(st.tokens for st in recipe.stages):,} tokens: about "
+                         f"{needed / 1e9:,.1f} GB of temporary stream and shards, but {folder} has {free / 1e9:,.1f} GB "
+                         "free")
+
+
 def _remove_stale_builds(out_dir: str) -> None:
     """Delete temporary build folders of this ``out_dir`` left by killed processes."""
     head, tail = os.path.split(out_dir)
@@ -191,6 +205,7 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
                                  f"(subsets there: {', '.join(corpus.subsets()) or 'none'})")
     out_dir = check_out_dir(out_dir, corpus)
     _remove_stale_builds(out_dir)
+    check_disk_space(recipe, os.path.dirname(out_dir))
     tmp_dir = fsutil.tmp_name(out_dir.rstrip(os.sep))
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(os.path.join(tmp_dir, ".work"))
