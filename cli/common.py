@@ -7,8 +7,7 @@ import json
 import click
 
 #: Errors that are the user's input, printed as one line (``Error: file:line: problem``), exit status 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
-                                                 NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)  # OSError: e.g. disk full
 
 
 def user_errors(fn):
@@ -21,7 +20,8 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
+            msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
+            raise click.ClickException(msg) from exc
 
     return wrapper
 

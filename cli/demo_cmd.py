@@ -12,6 +12,18 @@ import click
 from cli.common import print_rows, user_errors
 
 
+#: What `xgen train` writes into its output folder; a demo re-run may replace a run folder holding only these.
+TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints"}
+
+
+def _check_run_dir(run_dir: str) -> None:
+    if os.path.isdir(run_dir):
+        foreign = sorted(set(os.listdir(run_dir)) - TRAINER_OUTPUTS)
+        if foreign:
+            raise click.ClickException(f"{run_dir}: holds files the demo did not write ({', '.join(foreign[:3])}); "
+                                       "move them away or choose another --workdir")
+
+
 @click.command()
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Holds corpus/, shards/ and run/ (and raw/ for the embedded corpus).")
@@ -36,6 +48,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     from cli.mix_cmd import print_build, print_plan, print_steps
     from xgen_data import ingest, packing, pipeline, recipe, sql, stdlib_corpus
     from xgen_data.corpus import Corpus
+    from xgen_data.plots import length_histogram
 
     t0 = time.time()
     timings = {}
@@ -43,6 +56,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     shards_dir = os.path.join(workdir, "shards")
     run_dir = os.path.join(workdir, "run")
     r = recipe.load(recipe_name)
+    _check_run_dir(run_dir)
     if corpus_src is None:
         click.echo("Writing the embedded corpus: Python's standard library (code) and its documentation")
         inputs = stdlib_corpus.write_corpus(os.path.join(workdir, "raw"))
@@ -58,21 +72,20 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     timings["ingest"] = time.time() - t
 
     click.echo("[2/5] Filters and dedup (recipe steps)")
-    t = time.time()
-    print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
-    timings["filter+dedup"] = time.time() - t
+    with Corpus(corpus_dir).lock():  # steps, plan and packing see one consistent set of decisions
+        t = time.time()
+        print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
+        timings["filter+dedup"] = time.time() - t
 
-    from xgen_data.plots import length_histogram
+        lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens)
+        click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
+        docs = packing.kept_documents(corpus_dir, r.subsets())
+        print_plan(r, docs, Corpus(corpus_dir).subsets())
 
-    lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens)
-    click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
-    docs = packing.kept_documents(corpus_dir, r.subsets())
-    print_plan(r, docs, Corpus(corpus_dir).subsets())
-
-    click.echo(f"[4/5] Build shards into {shards_dir}")
-    t = time.time()
-    build = packing.build(corpus_dir, r, shards_dir)
-    timings["build"] = time.time() - t
+        click.echo(f"[4/5] Build shards into {shards_dir}")
+        t = time.time()
+        build = packing.build(corpus_dir, r, shards_dir)
+        timings["build"] = time.time() - t
     print_build(r, build)
 
     first = r.stages[0]
@@ -82,7 +95,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     if os.path.isdir(run_dir):
         import shutil
 
-        shutil.rmtree(run_dir)  # the demo's own earlier run: a demo always trains from scratch
+        shutil.rmtree(run_dir)  # the demo's own earlier run (checked above): a demo trains from scratch
     t = time.time()
     summary = train(shards_dir, run_dir, config_name=config_name, steps=steps, batch_size=batch_size, lr=lr,
                     warmup=max(1, steps // 10), seed=r.seed, stage=first.name, substage=first.substages[0].name)

@@ -31,3 +31,6 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
 def print_filter(report) -> None:
     rows = [(s, r, n) for (s, r), n in sorted(report.dropped.items())]
     print_rows(["subset", "drop_reason", "documents"], rows, title=f"Filter: {report.n_docs:,} documents checked")
+    for subset in report.missing_license_subsets:
+        click.echo(click.style(f"warning: license subset {subset!r} is not in the corpus: no license filter "
+                               "applies to it (a typo?)", fg="yellow"))

@@ -72,12 +72,13 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> N
     First runs the recipe's filters and dedup on the corpus when they are out of date (as `mix build`
     does), so the plan counts exactly the documents a build would pack.
     """
-    from xgen_data import packing, pipeline
+    from xgen_data import pipeline
     from xgen_data.corpus import Corpus
 
     r = _recipe(recipe_name, seed)
-    print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
-    print_plan(r, packing.kept_documents(corpus_dir, r.subsets()), Corpus(corpus_dir).subsets())
+    steps, docs = pipeline.plan_recipe(corpus_dir, r, workers=workers)
+    print_steps(steps)
+    print_plan(r, docs, Corpus(corpus_dir).subsets())
 
 
 @mix.command()
@@ -89,11 +90,11 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> N
 @user_errors
 def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str) -> None:
     """Run the recipe's filters and dedup, then pack shuffled sequences into uint16 shards + manifest.json."""
-    from xgen_data import packing, pipeline
+    from xgen_data import pipeline
 
     r = _recipe(recipe_name, seed)
-    print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
-    report = packing.build(corpus_dir, r, out_dir)
+    steps, report = pipeline.build_recipe(corpus_dir, r, out_dir, workers=workers)
+    print_steps(steps)
     print_build(r, report)
 
 

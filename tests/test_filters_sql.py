@@ -94,3 +94,26 @@ def test_length_histogram_png(sample_corpus, tmp_path):
 def test_not_a_corpus(tmp_path):
     with pytest.raises(CorpusError, match="xgen ingest"):
         sql.connect(str(tmp_path))
+
+
+def test_broken_shards_folder_does_not_block_sql(corpus_copy, tmp_path, capsys):
+    from xgen_data.corpus import Corpus
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    Corpus(corpus_copy).register_shard_dir(str(broken))
+    con = sql.connect(corpus_copy)
+    assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 1116
+    assert "broken/manifest.json skipped" in capsys.readouterr().err
+
+
+def test_malformed_registry_is_a_clear_error(corpus_copy):
+    import os
+
+    path = os.path.join(corpus_copy, "corpus.json")
+    meta = json.load(open(path))
+    meta["inputs"] = 5
+    json.dump(meta, open(path, "w"))
+    with pytest.raises(CorpusError, match="registry is malformed"):
+        sql.connect(corpus_copy)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import shared_path
 from xgen_data import ingest, readers, sql, tokenizer
-from xgen_data.corpus import Corpus
+from xgen_data.corpus import Corpus, CorpusError
 
 
 def _sample_lines(name="code.jsonl", n=30):
@@ -244,3 +244,24 @@ def test_empty_inputs(tmp_path):
         (tmp_path / name).write_bytes(data)
         rep = ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / name), "x")], workers=1, progress=False)[0]
         assert rep.n_written == 0 and rep.n_read == 0
+
+
+def test_existing_foreign_folder_is_not_taken_over(tmp_path):
+    project = tmp_path / "project"
+    (project / "docs" / "guide").mkdir(parents=True)
+    (project / "docs" / "guide" / "index.md").write_text("mine")
+    src = tmp_path / "code.jsonl"
+    src.write_text("".join(_sample_lines(n=3)))
+    with pytest.raises(CorpusError, match="not an xgen corpus"):
+        ingest.ingest(str(project), [(str(src), None)], workers=1, progress=False)
+    assert (project / "docs" / "guide" / "index.md").read_text() == "mine"
+
+
+def test_inputs_inside_the_corpus_and_empty_subset_are_refused(tmp_path):
+    root = tmp_path / "c"
+    ingest.ingest(str(root), [(shared_path("corpus", "sample", "code.jsonl"), None)], workers=1, progress=False)
+    part = next((root / "docs" / "code").glob("*.parquet"))
+    with pytest.raises(ValueError, match="inside the corpus"):
+        ingest.ingest(str(root), [(str(part), "again")], workers=1, progress=False)
+    with pytest.raises(ValueError, match="not a valid name"):
+        ingest.ingest(str(root), [(shared_path("corpus", "sample", "code.jsonl"), "")], workers=1, progress=False)

@@ -137,10 +137,14 @@ def test_same_seed_byte_identical_other_seed_differs(sample_corpus, demo_shards,
 def test_rebuild_replaces_output_atomically(sample_corpus, tmp_path):
     out = tmp_path / "s"
     packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
-    (out / "stale").mkdir()
-    (out / "stale" / "old.bin").write_bytes(b"x")
-    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
-    assert not (out / "stale").exists()
+    first = (out / "manifest.json").read_text()
+    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)  # a rebuild replaces it whole
+    assert (out / "manifest.json").read_text() == first
+    (out / "notes").mkdir()
+    (out / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="does not list"):
+        packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+    assert (out / "notes" / "mine.txt").read_text() == "keep me"
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 

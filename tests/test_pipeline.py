@@ -69,3 +69,24 @@ def test_recipe_steps_run_once_and_follow_the_recipe(corpus_copy, tmp_path):
     # A stand-alone dedup run with other settings is re-done by the recipe flow, and filters then dedup.
     dedup.run_dedup(corpus_copy, threshold=0.9, workers=1, progress=False)
     assert pipeline.apply_recipe_steps(corpus_copy, r, workers=1, progress=False).skipped == ("filter",)
+
+
+def test_corpus_lock_is_reentrant(corpus_copy):
+    from xgen_data.corpus import Corpus
+
+    c = Corpus(corpus_copy)
+    with c.lock():
+        with Corpus(corpus_copy).lock():  # nested use within one process must not deadlock
+            filters.run_filters(corpus_copy)
+
+
+def test_demo_refuses_a_run_folder_with_foreign_files(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    (tmp_path / "W" / "run").mkdir(parents=True)
+    (tmp_path / "W" / "run" / "thesis.txt").write_text("mine")
+    res = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path / "W")])
+    assert res.exit_code == 1 and "did not write" in res.output
+    assert (tmp_path / "W" / "run" / "thesis.txt").read_text() == "mine"

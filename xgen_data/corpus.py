@@ -52,18 +52,37 @@ class CorpusError(ValueError):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+_NAME_NO_DOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,99}$")
+_HELD: dict[str, int] = {}  # corpus root -> lock depth held by this process
 
 
-def check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str, dots: bool = True) -> str:
     """Return ``name`` if it is safe as one path component (subset, stage, sub-stage names).
 
+    Args:
+        dots: allow ``.`` inside the name (subsets); stage and sub-stage names take none, so they can
+            never collide with files such as ``manifest.json``.
     Raises:
         ValueError: names with ``/``, ``..``, spaces, a leading dot or dash, or longer than 100 characters.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ValueError(f"{what} {name!r} is not a valid name: use letters, digits and _ . + - "
+    pattern = _NAME if dots else _NAME_NO_DOT
+    if not isinstance(name, str) or not pattern.match(name) or ".." in name:
+        allowed = "letters, digits and _ . + -" if dots else "letters, digits and _ + -"
+        raise ValueError(f"{what} {name!r} is not a valid name: use {allowed} "
                          "(starting with a letter or digit, no '..', at most 100 characters)")
     return name
+
+
+def _check_registry(meta: dict, where: str) -> None:
+    """Raise CorpusError when ``corpus.json``'s registry fields have the wrong types (hand edits, corruption)."""
+    inputs, steps, dirs = meta.get("inputs", {}), meta.get("steps", {}), meta.get("shard_dirs", [])
+    ok = (isinstance(inputs, dict) and isinstance(steps, dict) and isinstance(dirs, list)
+          and all(isinstance(v, dict) and isinstance(v.get("subset"), str) and isinstance(v.get("parts"), list)
+                  and isinstance(v.get("path"), str) for v in inputs.values())
+          and all(isinstance(v, dict) for v in steps.values()))
+    if not ok:
+        raise CorpusError(f"{where}: registry is malformed ('inputs' must map to objects with path, subset and "
+                          "parts; 'steps' to objects; 'shard_dirs' must be a list)")
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,9 @@ class Corpus:
         if not os.path.exists(self.meta_path):
             if not create:
                 raise CorpusError(f"{root}: not an xgen corpus (no corpus.json); run `xgen ingest` first")
+            if os.path.isdir(self.root) and os.listdir(self.root):
+                raise CorpusError(f"{root}: folder exists, is not empty and is not an xgen corpus (no corpus.json); "
+                                  "choose a new or empty folder for --corpus")
             os.makedirs(self.root, exist_ok=True)
             fsutil.write_json(self.meta_path, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                                "inputs": {}, "shard_dirs": []})
@@ -92,20 +114,31 @@ class Corpus:
             meta = meta if isinstance(meta, dict) else {}
             raise CorpusError(f"{self.meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "
                               f"expected {FORMAT!r} v{FORMAT_VERSION}")
+        _check_registry(meta, self.meta_path)
 
     # -- registry -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the corpus's exclusive write lock (``flock`` on ``.lock``); other writers wait.
+        """Hold the corpus's exclusive lock (``flock`` on ``.lock``); other processes wait. Re-entrant.
 
-        Every command that changes the corpus (ingest, filter, dedup, build registration) takes it, so
-        concurrent runs cannot lose each other's ``corpus.json`` updates.
+        Every command that changes or packs the corpus (ingest, filter, dedup, the recipe flow with its
+        build) holds it, so concurrent runs can neither lose each other's ``corpus.json`` updates nor pack
+        documents while another command rewrites their decisions.
         """
-        with open(os.path.join(self.root, ".lock"), "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        if _HELD.get(self.root, 0):
+            _HELD[self.root] += 1
             try:
                 yield
             finally:
+                _HELD[self.root] -= 1
+            return
+        with open(os.path.join(self.root, ".lock"), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            _HELD[self.root] = 1
+            try:
+                yield
+            finally:
+                _HELD[self.root] = 0
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def read_meta(self) -> dict:
@@ -150,7 +183,8 @@ class Corpus:
         for folder in folders:
             for name in os.listdir(folder) if os.path.isdir(folder) else []:
                 path = os.path.join(folder, name)
-                if (os.path.basename(folder), name) not in owned and os.path.isfile(path):
+                ours = name.endswith(".parquet") or (name.startswith(".") and ".parquet.tmp-" in name)
+                if ours and (os.path.basename(folder), name) not in owned and os.path.isfile(path):
                     os.remove(path)  # glob skips dot files; listdir sees the temporary ones too
                     removed.append(path)
         return removed

@@ -495,7 +495,8 @@ def _run_tasks(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
                 bar.update(tasks[i]["size"])
         else:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx,
+                                        initializer=fsutil.exit_with_parent) as pool:
                 futs = {pool.submit(signature_part, tasks[i]): i for i in order}
                 for fut in cf.as_completed(futs):
                     i = futs[fut]

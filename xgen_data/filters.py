@@ -28,6 +28,7 @@ class FilterReport:
 
     n_docs: int = 0
     dropped: collections.Counter = field(default_factory=collections.Counter)
+    missing_license_subsets: tuple[str, ...] = ()  # license_subsets with no documents (a typo?)
 
 
 def decide(n_tokens: list[int], license_exprs: list[str | None], check_license: bool,
@@ -71,6 +72,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         for part in corpus.parts():
             _filter_part(corpus, part, min_tokens, license_subsets, allow, report)
         corpus.record_step("filter", params(min_tokens, license_subsets, allow))
+        report.missing_license_subsets = tuple(sorted(set(license_subsets) - set(corpus.subsets())))
     return report
 
 

@@ -114,6 +114,7 @@ def _batches(records: Iterable[readers.RawRecord]) -> Iterator[list[readers.RawR
 
 
 def _init_worker() -> None:
+    fsutil.exit_with_parent()
     tokenizer.get_encoding()  # load ranks once per worker
 
 
@@ -178,7 +179,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     readers.input_format(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such input file")
-    subset = check_name(subset or default_subset(path), "subset")
+    subset = check_name(default_subset(path) if subset is None else subset, "subset")
     report = FileReport(path=path, subset=subset)
     t0 = time.time()
     digest = fsutil.sha256_file(path)
@@ -288,11 +289,14 @@ def ingest(corpus_dir: str, inputs: list[tuple[str, str | None]], workers: int =
     :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
     before any is read, and the tokenizer is loaded once here so a bad ``XGEN_GPT2_BPE`` fails clearly.
     """
+    root = os.path.abspath(corpus_dir)
     for path, subset in inputs:  # check every input before any work
         readers.input_format(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such input file")
-        check_name(subset or default_subset(path), "subset")
+        if os.path.abspath(path).startswith(root + os.sep):
+            raise ValueError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
+        check_name(default_subset(path) if subset is None else subset, "subset")
     tokenizer.get_encoding()  # a bad XGEN_GPT2_BPE fails here, clearly, not in a worker
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():

@@ -78,7 +78,7 @@ def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: st
     lengths[wanted] = docs.n_tokens[wanted]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    out = np.memmap(path, dtype=shards.DTYPE, mode="w+", shape=(max(int(offsets[-1]), 1),))
+    out = _allocated_memmap(path, max(int(offsets[-1]), 1))
     parts = docs.part[wanted]
     for part_name in dict.fromkeys(parts):
         sel = wanted[parts == part_name]
@@ -91,6 +91,18 @@ def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: st
             out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
     out.flush()
     return offsets
+
+
+def _allocated_memmap(path: str, n_tokens: int) -> np.memmap:
+    """A writable uint16 memmap whose disk blocks are reserved first (``posix_fallocate``).
+
+    Raises:
+        OSError: ENOSPC when the disk cannot hold it (writing into a sparse memmap on a full disk would
+            kill the process with SIGBUS instead).
+    """
+    with open(path, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, n_tokens * shards.DTYPE.itemsize)
+    return np.memmap(path, dtype=shards.DTYPE, mode="r+", shape=(n_tokens,))
 
 
 @dataclass
@@ -129,8 +141,9 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     """The absolute output path, if it is safe to (re)create as a shards directory.
 
     Raises:
-        ValueError: ``out_dir`` is a file, is inside (or contains) the corpus, or is an existing
-            non-empty folder that is not a shards directory (xgen never deletes what it did not write).
+        ValueError: ``out_dir`` is a file, is inside (or contains) the corpus, has no parent folder, or
+            is an existing non-empty folder that is not a shards directory or holds files its manifest
+            does not list (xgen never deletes what it did not write).
     """
     out = os.path.abspath(out_dir)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -140,10 +153,20 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
         raise ValueError(f"{out_dir}: the shards directory must be outside the corpus {root}")
     if os.path.isdir(out) and os.listdir(out):
         try:
-            shards.read_manifest(out)
+            manifest = shards.read_manifest(out)
         except shards.ShardError:
             raise ValueError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
                              "(no valid manifest.json); choose another --out or empty it") from None
+        ours = {"manifest.json"} | {os.path.normpath(e.get(k, "")) for e in manifest["shards"]
+                                    for k in ("path", "index_path")}
+        foreign = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+                         if os.path.relpath(os.path.join(d, f), out) not in ours)
+        if foreign:
+            raise ValueError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
+                             f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
+                             "them away or choose another --out")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise ValueError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
     return out
 
 
@@ -193,10 +216,16 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
             (:func:`check_out_dir`).
         CorpusError: not a corpus.
     """
+    corpus = Corpus(corpus_dir)
+    with corpus.lock():  # no other command may rewrite decisions while they are packed
+        return _build(corpus, corpus_dir, recipe, out_dir, shard_tokens, progress)
+
+
+def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int,
+           progress: bool) -> BuildReport:
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    corpus = Corpus(corpus_dir)
     docs = kept_documents(corpus_dir, recipe.subsets())
     for stage in recipe.stages:
         for subset in stage.proportions:
@@ -238,8 +267,7 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
         shutil.rmtree(old)
     else:
         os.replace(tmp_dir, out_dir)
-    with corpus.lock():
-        corpus.register_shard_dir(out_dir)
+    corpus.register_shard_dir(out_dir)
     report.shards = len(manifest["shards"])
     report.seconds = time.time() - t0
     return report
@@ -282,7 +310,7 @@ def write_stream(corpus: Corpus, docs: dict[str, SubsetDocs], subsets: list[str]
         offsets[k] = _stage_tokens(corpus, docs[name], wanted, path)
         staged[k] = np.memmap(path, dtype=shards.DTYPE, mode="r")
     stream_path = os.path.join(work, f"{stage_name}.stream")
-    stream = np.memmap(stream_path, dtype=shards.DTYPE, mode="w+", shape=(max(inst.stream_len, 1),))
+    stream = _allocated_memmap(stream_path, max(inst.stream_len, 1))
     for k, d, n, p in zip(inst.subset.tolist(), inst.doc.tolist(), inst.take.tolist(), inst.pos.tolist()):
         o = int(offsets[k][d])
         stream[p:p + n] = staged[k][o:o + n]

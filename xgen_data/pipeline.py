@@ -56,6 +56,11 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
         CorpusError: not a corpus; ValueError: invalid step parameters (from the steps themselves).
     """
     corpus = Corpus(corpus_dir)
+    with corpus.lock():
+        return _apply(corpus, corpus_dir, recipe, workers, progress, force)
+
+
+def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool) -> StepsReport:
     report = StepsReport()
     skipped = []
     if force or not _up_to_date(corpus, "filter", filter_params(recipe)):
@@ -73,7 +78,31 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
         else:
             skipped.append("dedup")
     elif corpus.step_state("dedup") is not None or corpus.has_step("dedup"):
-        with corpus.lock():
-            corpus.clear_step("dedup")  # a recipe without dedup must not inherit old decisions
+        corpus.clear_step("dedup")  # a recipe without dedup must not inherit old decisions
     report.skipped = tuple(skipped)
     return report
+
+
+def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True):
+    """Recipe steps, then the kept documents per recipe subset, under one corpus lock.
+
+    Returns ``(StepsReport, {subset: SubsetDocs})`` for :func:`xgen_data.mixture.plan`.
+    """
+    from xgen_data import packing
+
+    corpus = Corpus(corpus_dir)
+    with corpus.lock():
+        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress)
+        return steps, packing.kept_documents(corpus_dir, recipe.subsets())
+
+
+def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True):
+    """Recipe steps, then :func:`xgen_data.packing.build`, under one corpus lock (no other command can
+    change the decisions between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
+    from xgen_data import packing
+
+    corpus = Corpus(corpus_dir)
+    packing.check_out_dir(out_dir, corpus)  # fail before any step runs
+    with corpus.lock():
+        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress)
+        return steps, packing.build(corpus_dir, recipe, out_dir, progress=progress)

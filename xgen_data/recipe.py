@@ -93,11 +93,11 @@ def resolve(name_or_path: str) -> str:
                       f"{', '.join(sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith('.toml')))})")
 
 
-def _int(where: str, value, minimum: int = 1) -> int:
+def _int(where: str, value, minimum: int = 1, maximum: int = 2**53) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise RecipeError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise RecipeError(f"{where}: expected an integer in [{minimum}, {maximum}], got {value!r}")
     return value
 
 
@@ -128,7 +128,7 @@ def load(name_or_path: str) -> Recipe:
         name = st.get("name")
         if not isinstance(name, str) or not name or name in names:
             raise RecipeError(f"{where}.name: a unique non-empty string is required, got {name!r}")
-        _name(where + ".name", name, "stage")
+        _name(where + ".name", name, "stage", dots=False)
         names.add(name)
         where = f"{path}: stage {name!r}"
         extra = set(st) - {"name", "tokens", "proportions", "substages"}
@@ -150,7 +150,7 @@ def load(name_or_path: str) -> Recipe:
             _typed(path, f"stage {name!r} substages[{j}]", ss, dict)
             if not isinstance(ss.get("name"), str):
                 raise RecipeError(f"{sw}.name: a string is required")
-            _name(sw + ".name", ss["name"], "sub-stage")
+            _name(sw + ".name", ss["name"], "sub-stage", dots=False)
             if set(ss) - {"name", "seq_len", "tokens"}:
                 raise RecipeError(f"{sw}: unknown key(s) {', '.join(sorted(set(ss) - {'name', 'seq_len', 'tokens'}))}")
             seq_len = _int(f"{sw}.seq_len", ss.get("seq_len"), 2)
@@ -212,8 +212,8 @@ def _strings(path: str, key: str, value) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _name(where: str, value: str, what: str) -> None:
+def _name(where: str, value: str, what: str, dots: bool = True) -> None:
     try:
-        check_name(value, what)
+        check_name(value, what, dots)
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import duckdb
 
-from xgen_data import fsutil
+from xgen_data import shards
 from xgen_data.corpus import Corpus
 
 SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
@@ -54,19 +55,27 @@ def _documents_sql(corpus: Corpus) -> str:
 
 
 def shard_rows(shard_dirs: list[str]) -> list[dict]:
-    """Rows of the ``shards`` view from each directory's ``manifest.json`` (missing dirs are skipped)."""
+    """Rows of the ``shards`` view from each directory's ``manifest.json``.
+
+    Directories that are gone are skipped; one whose manifest is unreadable or malformed is skipped with
+    a warning on stderr naming it, so one broken folder never blocks SQL over the corpus.
+    """
     rows = []
     for shard_dir in shard_dirs:
-        manifest_path = os.path.join(shard_dir, "manifest.json")
-        if not os.path.exists(manifest_path):
+        if not os.path.exists(os.path.join(shard_dir, "manifest.json")):
             continue
-        manifest = fsutil.read_json(manifest_path)
-        for s in manifest["shards"]:
-            rows.append({"shard_dir": shard_dir, "path": s["path"], "stage": s["stage"], "substage": s["substage"],
-                         "seq_len": s["seq_len"], "n_sequences": s["n_sequences"],
-                         "n_tokens": s["seq_len"] * s["n_sequences"], "sha256": s["sha256"],
-                         "tokens_per_subset": json.dumps(s["tokens_per_subset"], sort_keys=True),
-                         "tokens_per_source": json.dumps(s["tokens_per_source"], sort_keys=True)})
+        try:
+            manifest = shards.read_manifest(shard_dir)
+            for s in manifest["shards"]:
+                rows.append({"shard_dir": shard_dir, "path": s["path"], "stage": s["stage"],
+                             "substage": s["substage"], "seq_len": int(s["seq_len"]),
+                             "n_sequences": int(s["n_sequences"]), "n_tokens": int(s["seq_len"]) * int(s["n_sequences"]),
+                             "sha256": s["sha256"],
+                             "tokens_per_subset": json.dumps(s["tokens_per_subset"], sort_keys=True),
+                             "tokens_per_source": json.dumps(s["tokens_per_source"], sort_keys=True)})
+        except (shards.ShardError, KeyError, TypeError, ValueError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            print(f"warning: {shard_dir}/manifest.json skipped in the `shards` view: {detail}", file=sys.stderr)
     return rows
 
 

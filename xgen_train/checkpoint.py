@@ -197,8 +197,12 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
             raise CheckpointError(f"{directory / name}: missing")
         if verify and _sha256(directory / name) != meta["sha256"][name]:
             raise CheckpointError(f"{directory / name}: sha256 differs from meta.json")
-    params = unflat_params(safetensors.numpy.load_file(directory / PARAMS_FILE))
-    opt_flat = safetensors.numpy.load_file(directory / OPT_FILE)
+    try:
+        params = unflat_params(safetensors.numpy.load_file(directory / PARAMS_FILE))
+        opt_flat = safetensors.numpy.load_file(directory / OPT_FILE)
+    except Exception as exc:  # safetensors raises its own error type for truncated or corrupt files
+        raise CheckpointError(f"{directory}: cannot read the safetensors files ({exc}); the checkpoint is "
+                              "damaged (run with verify=True / --verify to compare sha256)") from None
     opt_state = opt_flat if opt_state_template is None else unflatten_like(opt_state_template, opt_flat, "opt_state")
     return Checkpoint(params=params, opt_state=opt_state, step=int(meta["step"]),
                       model_config=ModelConfig.from_dict(meta["model_config"]),
