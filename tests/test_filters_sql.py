@@ -28,9 +28,10 @@ def test_allow_list_is_configuration():
 
 
 def test_decide_rules():
-    assert filters.decide([99, 100, 500, 500], ["MIT", "MIT", "GPL-3.0", "GPL-3.0"], True) == [
-        "too_few_tokens", None, "license_not_permissive", "license_not_permissive"]
-    assert filters.decide([500], ["GPL-3.0"], False) == [None]
+    assert filters.decide([99, 100, 500, 500, 500, 50], ["MIT", "MIT", "GPL-3.0", "GPL-3.0", None, None],
+                          True).to_pylist() == ["too_few_tokens", None, "license_not_permissive",
+                                                "license_not_permissive", "license_not_permissive", "too_few_tokens"]
+    assert filters.decide([500], ["GPL-3.0"], False).to_pylist() == [None]
 
 
 def test_documents_view_has_every_drop_reason(sample_corpus):
