@@ -46,7 +46,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
 
     from cli.ingest_cmd import expand_inputs, print_ingest
     from cli.mix_cmd import print_build, print_plan, print_steps
-    from xgen_data import ingest, packing, pipeline, recipe, sql, stdlib_corpus
+    from xgen_data import fsutil, ingest, packing, pipeline, recipe, sql, stdlib_corpus
     from xgen_data.corpus import Corpus
     from xgen_data.plots import length_histogram
 
@@ -66,6 +66,13 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
             click.echo(f"      note: {stdlib_corpus.LICENSE} added to the license allow-list for the embedded corpus")
     else:
         inputs = expand_inputs((corpus_src,))
+    # Save the recipe exactly as this demo uses it, so later commands on the workdir can reuse it.
+    recipe_path = os.path.join(workdir, "recipe.toml")
+    os.makedirs(workdir, exist_ok=True)
+    with fsutil.atomic_path(recipe_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(recipe.to_toml(r))
+    r = recipe.load(recipe_path)
     click.echo(f"[1/5] Ingest and tokenize {len(inputs)} files into {corpus_dir}")
     t = time.time()
     print_ingest(ingest.ingest(corpus_dir, [(p, None) for p in inputs], workers=workers, on_error=on_error))
@@ -80,7 +87,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens)
         click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
         docs = packing.kept_documents(corpus_dir, r.subsets())
-        print_plan(r, docs, Corpus(corpus_dir).subsets())
+        print_plan(r, docs, corpus_dir)
 
         click.echo(f"[4/5] Build shards into {shards_dir}")
         t = time.time()
@@ -124,5 +131,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         *[(f"time {k}", f"{v:.1f} s") for k, v in timings.items()],
         ("time total", f"{time.time() - t0:.1f} s"),
     ], title="Training")
-    click.echo(f"Try: xgen sql --corpus {corpus_dir} \"SELECT stage, substage, count(*), sum(n_sequences) "
-               f"FROM shards GROUP BY ALL\"")
+    click.echo(f"Recipe used: {recipe_path}. Try:\n"
+               f"  xgen sql --corpus {corpus_dir} \"SELECT stage, substage, seq_len, sum(n_sequences) AS sequences "
+               f"FROM shards WHERE shard_dir LIKE '%{os.path.basename(os.path.abspath(shards_dir))}' GROUP BY ALL ORDER BY 1, 3\"\n"
+               f"  xgen mix plan --corpus {corpus_dir} --recipe {recipe_path}")

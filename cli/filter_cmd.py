@@ -31,6 +31,11 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
 def print_filter(report) -> None:
     rows = [(s, r, n) for (s, r), n in sorted(report.dropped.items())]
     print_rows(["subset", "drop_reason", "documents"], rows, title=f"Filter: {report.n_docs:,} documents checked")
+    top = report.dropped_licenses.most_common(8)
+    if top:
+        print_rows(["subset", "license", "documents"], [(sub, lic, n) for (sub, lic), n in top],
+                   title="Licenses dropped as not permissive (top 8; allow one with --allow-license or the recipe's "
+                         "[filters] license_allow_extra)")
     for subset in report.missing_license_subsets:
         click.echo(click.style(f"warning: license subset {subset!r} is not in the corpus: no license filter "
                                "applies to it (a typo?)", fg="yellow"))

@@ -26,8 +26,11 @@ seed_option = click.option("--seed", type=click.IntRange(0), default=None, help=
 workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 
 
-def print_plan(recipe, docs, corpus_subsets: list[str]) -> None:
+def print_plan(recipe, docs, corpus_dir: str) -> None:
     """Print the mixture plan per stage and subset, sequences per sub-stage, and missing or unused subsets."""
+    from xgen_data.corpus import Corpus
+
+    corpus_subsets = Corpus(corpus_dir).subsets()
     from xgen_data import mixture, packing
 
     plan_rows = mixture.plan(recipe, packing.subset_stats(docs))
@@ -37,11 +40,10 @@ def print_plan(recipe, docs, corpus_subsets: list[str]) -> None:
                title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed} (tokens include one EOS per document)")
     rows = [(st.name, ss.name, ss.seq_len, ss.tokens, ss.n_sequences) for st in recipe.stages for ss in st.substages]
     print_rows(["stage", "substage", "seq_len", "tokens", "sequences"], rows, title="Sub-stages")
-    missing = sorted({(r.stage, r.subset) for r in plan_rows if not r.documents})
-    for stage, subset in missing:
-        click.echo(click.style(f"warning: stage {stage!r} needs subset {subset!r}, which has no kept documents in "
-                               "this corpus; `xgen mix build` will stop (ingest it, e.g. `xgen ingest --subset "
-                               f"{subset} FILES`)", fg="yellow"))
+    for subset in sorted({r.subset for r in plan_rows if not r.documents}):
+        stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
+        click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset)}; `xgen mix build` "
+                               "will stop", fg="yellow"))
     unused = sorted(set(corpus_subsets) - set(recipe.subsets()))
     if unused:
         click.echo(f"note: corpus subsets not in this recipe (not packed): {', '.join(unused)}")
@@ -73,12 +75,11 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> N
     does), so the plan counts exactly the documents a build would pack.
     """
     from xgen_data import pipeline
-    from xgen_data.corpus import Corpus
 
     r = _recipe(recipe_name, seed)
     steps, docs = pipeline.plan_recipe(corpus_dir, r, workers=workers)
     print_steps(steps)
-    print_plan(r, docs, Corpus(corpus_dir).subsets())
+    print_plan(r, docs, corpus_dir)
 
 
 @mix.command()

@@ -39,6 +39,16 @@ def test_demo_embedded_corpus(tmp_path):
     subsets = dict(con.execute("SELECT subset, count(*) FILTER (kept) FROM documents GROUP BY ALL").fetchall())
     assert subsets["code"] > 100 and subsets["natural"] > 100
     assert "PSF-2.0 added to the license allow-list" in out
+    # The saved recipe repeats the demo's choices (PSF-2.0 allowed) for later commands on the workdir.
+    from cli.main import cli
+
+    res = CliRunner().invoke(cli, ["mix", "build", "--corpus", os.path.join(workdir, "corpus"),
+                                   "--recipe", os.path.join(workdir, "recipe.toml"), "--out", str(tmp_path / "S2")])
+    assert res.exit_code == 0, res.output
+    assert open(tmp_path / "S2" / "manifest.json").read() == open(os.path.join(workdir, "shards", "manifest.json")).read()
+    res = CliRunner().invoke(cli, ["mix", "build", "--corpus", os.path.join(workdir, "corpus"), "--recipe", "demo",
+                                   "--out", str(tmp_path / "S3")])
+    assert res.exit_code == 1 and "licenses dropped: PSF-2.0" in res.output and "license_allow_extra" in res.output
     # Running again reuses the corpus (no duplicated documents) and rebuilds identical shards.
     before = con.execute("SELECT count(*) FROM documents").fetchone()[0]
     first = open(os.path.join(workdir, "shards", "manifest.json")).read()

@@ -272,3 +272,11 @@ def test_build_that_cannot_fit_on_disk_is_refused(sample_corpus, tmp_path):
     with pytest.raises(ValueError, match="GB free"):
         packing.build(sample_corpus, recipe.load(str(p)), str(tmp_path / "s"), progress=False)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "xgen-7b"])
+def test_recipe_toml_round_trip(tmp_path, name):
+    r = dataclasses.replace(recipe.load(name), license_allow_extra=("PSF-2.0",), seed=7)
+    p = tmp_path / "r.toml"
+    p.write_text(recipe.to_toml(r))
+    assert dataclasses.replace(recipe.load(str(p)), path="") == dataclasses.replace(r, path="")

@@ -340,8 +340,8 @@ class DedupReport:
                f"[S-curve midpoint {p['lsh_threshold']:.3f}])",
                f"  exact groups: {self.exact_groups:,} ({self.exact_group_documents:,} documents); "
                f"LSH buckets with >= 2 documents: {self.near_buckets:,}",
-               f"  clusters: {self.clusters:,} ({self.clustered_documents:,} documents); removed: {self.removed:,} "
-               + ", ".join(f"{k} {v:,}" for k, v in sorted(self.removed_by_reason.items())),
+               f"  clusters: {self.clusters:,} ({self.clustered_documents:,} documents); removed: {self.removed:,} ("
+               + ", ".join(f"{k} {v:,}" for k, v in sorted(self.removed_by_reason.items())) + ")",
                f"  license conflicts: {self.license_conflict_groups:,} exact groups, "
                f"{self.license_conflict_documents:,} documents"
                + (f" -> {self.license_conflicts_path}" if self.license_conflicts_path else "")]

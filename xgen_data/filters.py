@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from xgen_data import fsutil, licenses
@@ -30,6 +31,7 @@ class FilterReport:
     n_docs: int = 0
     dropped: collections.Counter = field(default_factory=collections.Counter)
     missing_license_subsets: tuple[str, ...] = ()  # license_subsets with no documents (a typo?)
+    dropped_licenses: collections.Counter = field(default_factory=collections.Counter)  # (subset, license) -> docs
 
 
 def decide(n_tokens, license_exprs, check_license: bool, min_tokens: int = MIN_TOKENS,
@@ -86,10 +88,12 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
 def _filter_part(corpus, part, min_tokens, license_subsets, allow, report: FilterReport) -> None:
     """Decide one part and write its ``steps/filter`` table atomically."""
     table = pq.read_table(part.path, columns=["id", "n_tokens", "license"])
-    reasons = decide(table.column("n_tokens").to_numpy(), table.column("license").combine_chunks(),
-                     part.subset in license_subsets, min_tokens, allow)
+    lic_col = table.column("license").combine_chunks()
+    reasons = decide(table.column("n_tokens").to_numpy(), lic_col, part.subset in license_subsets, min_tokens, allow)
     out = pa.table({"id": table.column("id"), "drop_reason": reasons}, schema=FILTER_SCHEMA)
     with fsutil.atomic_path(corpus.step_path("filter", part)) as tmp:
         pq.write_table(out, tmp, compression="zstd")
     report.n_docs += table.num_rows
     report.dropped.update((part.subset, r) for r in reasons.drop_null().to_pylist())
+    by_license = lic_col.filter(pa.compute.equal(reasons, REASON_LICENSE).fill_null(False)).value_counts()
+    report.dropped_licenses.update({(part.subset, v["values"]): v["counts"] for v in by_license.to_pylist()})

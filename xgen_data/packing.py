@@ -64,6 +64,24 @@ def kept_documents(corpus_dir: str, subsets: list[str]) -> dict[str, SubsetDocs]
     return out
 
 
+def why_empty(corpus_dir: str, subset: str) -> str:
+    """A sentence saying why ``subset`` has no kept documents: absent, or dropped (with reasons and licenses)."""
+    corpus = Corpus(corpus_dir)
+    if subset not in corpus.subsets():
+        return (f"subset {subset!r} is not in {corpus_dir} (subsets there: {', '.join(corpus.subsets()) or 'none'}); "
+                f"ingest it with `xgen ingest --subset {subset} FILES`")
+    con = sql.connect(corpus_dir)
+    reasons = con.execute("SELECT drop_reason, count(*) FROM documents WHERE subset = ? GROUP BY ALL ORDER BY 2 DESC",
+                          [subset]).fetchall()
+    text = f"subset {subset!r} has no kept documents: " + ", ".join(f"{r} {n:,}" for r, n in reasons)
+    lic = con.execute("""SELECT license, count(*) FROM documents WHERE subset = ? AND drop_reason =
+                         'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
+    if lic:
+        text += ("; licenses dropped: " + ", ".join(f"{x} ({n:,})" for x, n in lic)
+                 + "; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)")
+    return text
+
+
 def subset_stats(docs: dict[str, SubsetDocs]) -> dict[str, tuple[int, int]]:
     """``{subset: (documents, unique tokens incl. EOS)}`` for :func:`xgen_data.mixture.plan`."""
     return {k: (len(v.n_tokens), int(v.costs.sum())) for k, v in docs.items()}
@@ -230,8 +248,7 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     for stage in recipe.stages:
         for subset in stage.proportions:
             if not len(docs[subset].n_tokens):
-                raise ValueError(f"stage {stage.name!r}: subset {subset!r} has no kept documents in {corpus_dir} "
-                                 f"(subsets there: {', '.join(corpus.subsets()) or 'none'})")
+                raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset))
     out_dir = check_out_dir(out_dir, corpus)
     _remove_stale_builds(out_dir)
     check_disk_space(recipe, os.path.dirname(out_dir))

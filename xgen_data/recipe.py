@@ -217,3 +217,37 @@ def _name(where: str, value: str, what: str, dots: bool = True) -> None:
         check_name(value, what, dots)
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None
+
+
+def to_toml(recipe: Recipe) -> str:
+    """The recipe as TOML text that :func:`load` reads back to an equal recipe (``path`` aside).
+
+    Used to save the exact recipe a run used (e.g. ``xgen demo`` writes ``<workdir>/recipe.toml``).
+    """
+    import json
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a valid TOML basic string
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = [f"name = {value(recipe.name)}", f"seed = {recipe.seed}", "", "[filters]",
+             f"min_tokens = {recipe.min_tokens}", f"license_subsets = {value(recipe.license_subsets)}"]
+    if recipe.license_allow is not None:
+        lines.append(f"license_allow = {value(recipe.license_allow)}")
+    if recipe.license_allow_extra:
+        lines.append(f"license_allow_extra = {value(recipe.license_allow_extra)}")
+    lines += ["", "[dedup]"] + [f"{k} = {value(v)}" for k, v in recipe.dedup.items()]
+    for st in recipe.stages:
+        props = ", ".join(f"{k} = {value(v)}" for k, v in st.proportions.items())
+        lines += ["", "[[stages]]", f"name = {value(st.name)}", f"tokens = {st.tokens}", f"proportions = {{ {props} }}"]
+        for ss in st.substages:
+            lines += ["", "[[stages.substages]]", f"name = {value(ss.name)}", f"seq_len = {ss.seq_len}",
+                      f"tokens = {ss.tokens}"]
+    return "\n".join(lines) + "\n"
