@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import glob
 import itertools
 import multiprocessing
 import os
