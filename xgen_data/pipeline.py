@@ -35,8 +35,7 @@ def dedup_params(recipe: Recipe) -> dict:
     """The parameters :func:`xgen_data.dedup.run_dedup` records for this recipe."""
     from xgen_data import dedup
 
-    kw = {k: v for k, v in recipe.dedup.items() if k != "enabled"}
-    return dedup.recorded_params(license_allow=recipe.allow_list(), **kw)
+    return dedup.recorded_params(license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
 
 
 def _up_to_date(corpus: Corpus, step: str, params: dict) -> bool:
@@ -72,9 +71,8 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
         if force or not _up_to_date(corpus, "dedup", dedup_params(recipe)):
             from xgen_data import dedup
 
-            kw = {k: v for k, v in recipe.dedup.items() if k != "enabled"}
             report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress,
-                                           license_allow=recipe.allow_list(), **kw)
+                                           license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
         else:
             skipped.append("dedup")
     elif corpus.step_state("dedup") is not None or corpus.has_step("dedup"):

@@ -75,6 +75,10 @@ class Recipe:
         base = default_allow_list() if self.license_allow is None else self.license_allow
         return tuple(base) + self.license_allow_extra
 
+    def dedup_kwargs(self) -> dict:
+        """The ``[dedup]`` parameters for :func:`xgen_data.dedup.run_dedup` (without ``enabled``)."""
+        return {k: v for k, v in self.dedup.items() if k != "enabled"}
+
     def subsets(self) -> list[str]:
         """Every subset named by any stage, in first-seen order."""
         return list(dict.fromkeys(s for st in self.stages for s in st.proportions))
