@@ -14,6 +14,10 @@ from xgen_data.corpus import Corpus
 EOS = tokenizer.EOS_ID
 
 
+#: A minimal valid stage (subset x) for recipe-validation tests.
+ONE_STAGE = "[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n"
+
+
 def _doc_tokens(corpus_dir):
     """{(subset, id): tokens} of every document of the corpus."""
     out = {}
@@ -240,13 +244,13 @@ def test_unsafe_names_are_rejected(tmp_path, name):
 @pytest.mark.parametrize("body,match", [
     ("stages = 5\n", "stages must be an array of tables"),
     ("stages = ['a']\n", r"stages\[0\] must be a table"),
-    ("dedup = 5\n" + "[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+    ("dedup = 5\n" + ONE_STAGE,
      "dedup must be a table"),
-    ("[dedup]\nbogus = 1\n[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+    ("[dedup]\nbogus = 1\n" + ONE_STAGE,
      "unknown dedup parameter"),
-    ("[dedup]\nenabled = 'no'\n[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+    ("[dedup]\nenabled = 'no'\n" + ONE_STAGE,
      "true or false"),
-    ("[filters]\nlicense_subsets = 'code'\n[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+    ("[filters]\nlicense_subsets = 'code'\n" + ONE_STAGE,
      "list of strings"),
     ("[[stages]]\nname='a'\nproportions={x=nan}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n", "finite"),
     ("[[stages]]\nname='a'\nproportions={x=1.0}\nsubstages=3\n", "substages must be"),
