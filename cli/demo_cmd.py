@@ -84,9 +84,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
         timings["filter+dedup"] = time.time() - t
 
-        lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens)
+        lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens, recipe=r)
         click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
-        docs = packing.kept_documents(corpus_dir, r.subsets())
+        docs = packing.kept_documents(corpus_dir, r.subsets(), r)
         print_plan(r, docs, corpus_dir)
 
         click.echo(f"[4/5] Build shards into {shards_dir}")
@@ -109,7 +109,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     timings["train"] = time.time() - t
 
     click.echo(click.style("\n==== xgen demo summary ====", bold=True))
-    con = sql.connect(corpus_dir)
+    con = sql.connect(corpus_dir, recipe=r)
     rows = con.execute("""SELECT subset, count(*) AS documents_in, count(*) FILTER (kept) AS documents_out,
         count(*) FILTER (drop_reason = 'too_few_tokens') AS too_few_tokens,
         count(*) FILTER (drop_reason = 'license_not_permissive') AS license_not_permissive,

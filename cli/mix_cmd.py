@@ -42,7 +42,7 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
     print_rows(["stage", "substage", "seq_len", "tokens", "sequences"], rows, title="Sub-stages")
     for subset in sorted({r.subset for r in plan_rows if not r.documents}):
         stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
-        click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset)}; `xgen mix build` "
+        click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
                                "will stop", fg="yellow"))
     unused = sorted(set(corpus_subsets) - set(recipe.subsets()))
     if unused:
@@ -52,14 +52,18 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
 def print_steps(steps) -> None:
     from cli.filter_cmd import print_filter
 
+    if steps.decisions is not None:
+        click.echo(f"Recipe {steps.decisions.label}")
     if steps.filter is not None:
         print_filter(steps.filter)
     if steps.dedup is not None:
         from cli.dedup_cmd import print_report
 
         print_report(steps.dedup)
+    if steps.ran:
+        click.echo(f"Attributes computed now: {', '.join(steps.ran)}")
     if steps.skipped:
-        click.echo(f"Up to date, not re-run: {', '.join(steps.skipped)}\n")
+        click.echo(f"Attributes up to date, not re-run: {', '.join(steps.skipped)}\n")
 
 
 @mix.command()

@@ -34,13 +34,22 @@ def sample_corpus(tmp_path_factory) -> str:
     return root
 
 
+def demo_no_dedup():
+    """The demo recipe without dedup: its decisions need only the license attributes the fixture computed."""
+    import dataclasses
+
+    from xgen_data import recipe
+
+    return dataclasses.replace(recipe.load("demo"), dedup={"enabled": False})
+
+
 @pytest.fixture(scope="session")
 def demo_shards(sample_corpus, tmp_path_factory) -> str:
     """Shards of the demo recipe built from the sample corpus (no dedup: packing tests stand alone)."""
-    from xgen_data import packing, recipe
+    from xgen_data import packing
 
     out = str(tmp_path_factory.mktemp("shards") / "shards")
-    packing.build(sample_corpus, recipe.load("demo"), out, progress=False)
+    packing.build(sample_corpus, demo_no_dedup(), out, progress=False)
     return out
 
 

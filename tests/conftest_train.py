@@ -29,7 +29,7 @@ def build_shards(out_dir: str | os.PathLike, seq_len: int = 128, n_files: int = 
     filters.run_filters(str(work))
     n_seq = max_tokens // seq_len
     toml = out.parent / f".{out.name}-recipe.toml"
-    toml.write_text(f"name = 'test-sample'\nseed = {seed}\n[[stages]]\nname = '{stage}'\n"
+    toml.write_text(f"name = 'test-sample'\nseed = {seed}\n[dedup]\nenabled = false\n[[stages]]\nname = '{stage}'\n"
                     f"proportions = {{ natural = 1.0 }}\n[[stages.substages]]\nname = '{substage}'\n"
                     f"seq_len = {seq_len}\ntokens = {n_seq * seq_len}\n")
     packing.build(str(work), recipe.load(str(toml)), str(out),

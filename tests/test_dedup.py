@@ -36,19 +36,26 @@ EDGE_TEXTS = ["", "   \n\t ", "word", "two words", "four words in here", "five w
 
 
 def decisions(corpus_dir: str) -> dict[tuple[str, str], dict]:
-    """(subset, id) -> decision row of steps/dedup (all parts)."""
-    out = {}
+    """(subset, id) -> the dedup decision of every document under the corpus's default decisions (the last
+    `xgen dedup`): ``drop_reason`` is dedup's own reason (``dup_reason``), whatever the filters decide."""
+    from xgen_data import sql
+
+    con = sql.connect(corpus_dir, quiet=True)
+    rows = con.execute("""SELECT subset, id, dup_reason AS drop_reason, dup_cluster, dup_of, dup_of_subset
+                          FROM documents ORDER BY subset, part, row""").fetchall()
+    return {(r[0], r[1]): dict(zip(("id", "drop_reason", "dup_cluster", "dup_of", "dup_of_subset"), r[1:]))
+            for r in rows}
+
+
+def step_tables(corpus_dir: str) -> dict[str, list]:
+    """The committed dedup attribute tables (by subset/part) and the derived decisions, for determinism checks."""
+    from xgen_data import decisions as dec
+
     corpus = Corpus(corpus_dir)
-    for part in corpus.parts():
-        for row in pq.read_table(corpus.step_path("dedup", part)).to_pylist():
-            out[(part.subset, row["id"])] = row
-    return out
-
-
-def step_tables(corpus_dir: str) -> dict[str, bytes]:
-    out = {}
-    for path in sorted(glob.glob(os.path.join(corpus_dir, "steps", "dedup", "*", "*.parquet"))):
-        out[os.path.relpath(path, corpus_dir)] = pq.read_table(path).to_pylist()
+    ded = corpus.default_decisions()["dedup"]
+    out = {f"{p.subset}/{p.name}": pq.read_table(f).to_pylist()
+           for p, f in corpus.attribute_files("dedup", dec.dedup_attr_params(ded))}
+    out["decisions"] = sorted(decisions(corpus_dir).items())
     return out
 
 
@@ -321,12 +328,17 @@ def test_output_contract(deduped_sample):
     corpus = Corpus(root)
     offsets = dedup.doc_offsets(corpus)
     rows = {}
-    for k, part in enumerate(corpus.parts()):
-        out = pq.read_table(corpus.step_path("dedup", part))
-        assert out.schema.equals(dedup.DEDUP_SCHEMA, check_metadata=False)
+    d = decisions(root)
+    from xgen_data import decisions as dec
+
+    files = corpus.attribute_files("dedup", dec.dedup_attr_params(corpus.default_decisions()["dedup"]))
+    for k, (part, path) in enumerate(files):
+        out = pq.read_table(path)
+        assert out.schema.equals(dedup.ATTR_SCHEMA, check_metadata=False)
         assert out.column("id").to_pylist() == pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
         for i, row in enumerate(out.to_pylist()):
-            rows[(part.subset, row["id"])] = (int(offsets[k]) + i, row)
+            assert row["dup_cluster"] == d[(part.subset, row["id"])]["dup_cluster"]
+            rows[(part.subset, row["id"])] = (int(offsets[k]) + i, d[(part.subset, row["id"])])
     assert len(rows) == report.documents
     members: dict[int, list[int]] = {}
     for (subset, doc_id), (num, row) in rows.items():
@@ -535,7 +547,7 @@ def test_cli_and_sql_view(deduped_sample, tmp_path):
     for text in ("clusters:", "Removed per subset", "Removed per source", "Largest clusters", "instruct"):
         assert text in result.output
     result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--json", "--no-exact"])
-    assert result.exit_code == 0 and json.loads(result.output)["params"]["exact"] is False
+    assert result.exit_code == 0 and json.loads(result.stdout)["params"]["exact"] is False
     from xgen_data import sql
 
     con = sql.connect(copy)

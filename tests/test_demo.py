@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import shared_path
-from xgen_data import shards, sql
+from xgen_data import recipe, shards, sql
 
 
 def _run_demo(args):
@@ -35,7 +35,8 @@ def test_demo_embedded_corpus(tmp_path):
     workdir = str(tmp_path / "W1")
     out = _run_demo(["--workdir", workdir, "--steps", "30", "--batch-size", "2"])
     _check_workdir(workdir, out)
-    con = sql.connect(os.path.join(workdir, "corpus"))
+    # the demo ran no stand-alone `xgen filter`: its decisions are its saved recipe's
+    con = sql.connect(os.path.join(workdir, "corpus"), recipe=recipe.load(os.path.join(workdir, "recipe.toml")))
     subsets = dict(con.execute("SELECT subset, count(*) FILTER (kept) FROM documents GROUP BY ALL").fetchall())
     assert subsets["code"] > 100 and subsets["natural"] > 100
     assert "PSF-2.0 added to the license allow-list" in out
@@ -62,7 +63,7 @@ def test_demo_full_shared_corpus(tmp_path):
     workdir = str(tmp_path / "W2")
     out = _run_demo(["--corpus", shared_path("corpus"), "--workdir", workdir, "--steps", "40"])
     _check_workdir(workdir, out)
-    con = sql.connect(os.path.join(workdir, "corpus"))
+    con = sql.connect(os.path.join(workdir, "corpus"), recipe=recipe.load(os.path.join(workdir, "recipe.toml")))
     reasons = dict(con.execute("SELECT coalesce(drop_reason, 'kept'), count(*) FROM documents GROUP BY ALL").fetchall())
     for r in ("kept", "too_few_tokens", "license_not_permissive", "exact_duplicate", "near_duplicate"):
         assert reasons.get(r, 0) > 0, reasons

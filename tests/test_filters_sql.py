@@ -68,10 +68,11 @@ def test_cli_sql_formats_and_errors(sample_corpus, demo_shards):
     q = "SELECT subset, count(*) AS n FROM documents GROUP BY subset ORDER BY subset"
     res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "--format", "json", q])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == [{"subset": "code", "n": 73}, {"subset": "instruct", "n": 586},
+    assert json.loads(res.stdout) == [{"subset": "code", "n": 73}, {"subset": "instruct", "n": 586},
                                       {"subset": "natural", "n": 457}]
+    assert "decisions: no recipe: the corpus defaults from the last xgen filter" in res.stderr
     res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "--format", "csv", q])
-    assert res.output.splitlines()[:2] == ["subset,n", "code,73"]
+    assert res.stdout.splitlines()[:2] == ["subset,n", "code,73"]
     res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "--shards", demo_shards,
                               "SELECT stage, count(*) FROM shards GROUP BY stage"])
     assert res.exit_code == 0 and "stage1" in res.output

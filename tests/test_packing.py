@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import shared_path
+from conftest import demo_no_dedup, shared_path
 from xgen_data import mixture, packing, recipe, shards, sql, tokenizer
 from xgen_data.corpus import Corpus
 
@@ -36,7 +36,7 @@ def _substages(manifest):
 def test_every_sequence_is_exactly_its_seq_len(demo_shards):
     manifest = shards.read_manifest(demo_shards)
     assert shards.verify(demo_shards) == []
-    r = recipe.load("demo")
+    r = demo_no_dedup()
     expected = [(st.name, ss.name, ss.seq_len, ss.n_sequences) for st in r.stages for ss in st.substages]
     assert _substages(manifest) == expected
     for e in manifest["shards"]:
@@ -51,7 +51,7 @@ def test_pre_shuffle_stream_reproduces_documents(demo_shards, sample_corpus):
     """Concatenate each stage's sequences in pre-shuffle order: it is doc EOS doc EOS ... exactly."""
     manifest = shards.read_manifest(demo_shards)
     docs = _doc_tokens(sample_corpus)
-    con = sql.connect(sample_corpus)
+    con = sql.connect(sample_corpus, recipe=demo_no_dedup())
     dropped = {(s, i) for s, i in con.execute("SELECT subset, id FROM documents WHERE NOT kept").fetchall()}
     for st in manifest["stages"]:
         stream = np.concatenate([shards.pre_shuffle_sequences(demo_shards, st["name"], ss["name"]).ravel()
@@ -112,7 +112,7 @@ def test_stream_is_documents_joined_by_eos(demo_shards, sample_corpus):
 
 def test_proportions_within_one_percent(demo_shards):
     manifest = shards.read_manifest(demo_shards)
-    r = recipe.load("demo")
+    r = demo_no_dedup()
     for st in r.stages:
         got = {}
         for e in manifest["shards"]:
@@ -125,7 +125,7 @@ def test_proportions_within_one_percent(demo_shards):
 
 
 def test_same_seed_byte_identical_other_seed_differs(sample_corpus, demo_shards, tmp_path):
-    r = recipe.load("demo")
+    r = demo_no_dedup()
     again = str(tmp_path / "again")
     packing.build(sample_corpus, r, again, progress=False)
     for e in shards.read_manifest(demo_shards)["shards"]:
@@ -140,14 +140,14 @@ def test_same_seed_byte_identical_other_seed_differs(sample_corpus, demo_shards,
 
 def test_rebuild_replaces_output_atomically(sample_corpus, tmp_path):
     out = tmp_path / "s"
-    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+    packing.build(sample_corpus, demo_no_dedup(), str(out), progress=False)
     first = (out / "manifest.json").read_text()
-    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)  # a rebuild replaces it whole
+    packing.build(sample_corpus, demo_no_dedup(), str(out), progress=False)  # a rebuild replaces it whole
     assert (out / "manifest.json").read_text() == first
     (out / "notes").mkdir()
     (out / "notes" / "mine.txt").write_text("keep me")
     with pytest.raises(ValueError, match="does not list"):
-        packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+        packing.build(sample_corpus, demo_no_dedup(), str(out), progress=False)
     assert (out / "notes" / "mine.txt").read_text() == "keep me"
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
@@ -211,12 +211,12 @@ def test_out_dir_is_never_a_foreign_folder(sample_corpus, tmp_path):
     precious.mkdir()
     (precious / "thesis.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a shards directory"):
-        packing.build(sample_corpus, recipe.load("demo"), str(precious), progress=False)
+        packing.build(sample_corpus, demo_no_dedup(), str(precious), progress=False)
     assert (precious / "thesis.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="outside the corpus"):
-        packing.build(sample_corpus, recipe.load("demo"), sample_corpus, progress=False)
+        packing.build(sample_corpus, demo_no_dedup(), sample_corpus, progress=False)
     with pytest.raises(ValueError, match="outside the corpus"):
-        packing.build(sample_corpus, recipe.load("demo"), os.path.join(sample_corpus, "shards"), progress=False)
+        packing.build(sample_corpus, demo_no_dedup(), os.path.join(sample_corpus, "shards"), progress=False)
 
 
 def test_killed_build_leftovers_are_removed(sample_corpus, tmp_path):
@@ -224,7 +224,7 @@ def test_killed_build_leftovers_are_removed(sample_corpus, tmp_path):
     stale = tmp_path / ".s.tmp-999999999"
     stale.mkdir()
     (stale / "x.bin").write_bytes(b"x" * 10)
-    packing.build(sample_corpus, recipe.load("demo"), str(out), progress=False)
+    packing.build(sample_corpus, demo_no_dedup(), str(out), progress=False)
     assert not stale.exists() and (out / "manifest.json").exists()
 
 
@@ -271,7 +271,7 @@ def test_empty_allow_list_allows_nothing(tmp_path):
 
 def test_build_that_cannot_fit_on_disk_is_refused(sample_corpus, tmp_path):
     p = tmp_path / "huge.toml"
-    p.write_text("[[stages]]\nname='a'\nproportions={natural=1.0}\n"
+    p.write_text("[dedup]\nenabled = false\n[[stages]]\nname='a'\nproportions={natural=1.0}\n"
                  "[[stages.substages]]\nname='s'\nseq_len=2048\ntokens=1_000_000_000_000_000\n")
     with pytest.raises(ValueError, match="GB free"):
         packing.build(sample_corpus, recipe.load(str(p)), str(tmp_path / "s"), progress=False)

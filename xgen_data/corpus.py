@@ -2,13 +2,21 @@
 
 Layout (``format_version`` 1)::
 
-    corpus.json                      registry: subsets, ingested input files (by SHA-256), shard dirs
+    corpus.json                      registry: ingested input files (by SHA-256) with their parts and the parts'
+                                     SHA-256, committed attribute sets, default decisions, shard dirs
     docs/<subset>/<part>.parquet     documents, zstd-compressed; columns of DOC_SCHEMA
-    steps/<step>/<subset>/<part>.parquet   one decision table per step and part (id, drop_reason, ...)
+    attributes/<step>/<params-hash>/<generation>/<subset>/<part>.parquet
+                                     per-document attributes of one step run with one parameter set
 
-Every step runs per part, so parts can be processed by independent workers (or Ray tasks) and a step's
-output for a part is replaced atomically. Steps apply in :data:`STEP_ORDER`; the first step that drops a
-document gives its ``drop_reason``.
+Attributes, not decisions: a step (``license``: the license decision under one allow-list; ``dedup``:
+duplicate clusters under one set of dedup parameters) stores what does not depend on any recipe's thresholds,
+keyed by the hash of the parameters that produced it, so sets for different parameters coexist. A recipe's
+``kept`` / ``drop_reason`` are derived from them by SQL (:mod:`xgen_data.decisions`).
+
+Generations: a step writes a complete new generation folder, then commits it with ONE atomic registry update
+(:meth:`Corpus.commit_attributes`); readers only use the committed generation listed in ``corpus.json``, so a
+crash (``kill -9``) at any point leaves the old state or the new one. Uncommitted generations and temporary
+files of killed runs are removed under the corpus lock (:meth:`Corpus.remove_unregistered`).
 """
 from __future__ import annotations
 
@@ -16,8 +24,12 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import json
 import os
 import re
+import shutil
+import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,8 +39,8 @@ from xgen_data import fsutil
 
 FORMAT = "xgen-corpus"
 FORMAT_VERSION = 1
-#: Steps whose decisions make up ``documents.drop_reason``, in order of precedence.
-STEP_ORDER = ("filter", "dedup")
+#: Attribute steps (``attributes/<step>/``).
+ATTRIBUTE_STEPS = ("license", "dedup")
 
 DOC_SCHEMA = pa.schema(
     [
@@ -51,8 +63,32 @@ class CorpusError(ValueError):
     """The corpus directory is missing, of another format, or inconsistent."""
 
 
+class DamagedPartError(CorpusError):
+    """A corpus part's bytes do not match the SHA-256 recorded when it was written (bit rot, truncation, an
+    overwrite): the message names the part and the input file to re-ingest."""
+
+
+def params_hash(params: dict) -> str:
+    """16 hex digits of the SHA-256 of ``params`` as canonical JSON (sorted keys): an attribute set's key."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_SHA_CACHE: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> sha256 of the file, per process
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, cached per process while its size, mtime and inode are unchanged."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = fsutil.sha256_file(path)
+    return _SHA_CACHE[key]
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
 _NAME_NO_DOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,99}$")
+ATTRIBUTES = "attributes"
 _HELD: dict[str, int] = {}  # corpus root -> lock depth held by this process
 
 
@@ -75,14 +111,18 @@ def check_name(name: str, what: str, dots: bool = True) -> str:
 
 def _check_registry(meta: dict, where: str) -> None:
     """Raise CorpusError when ``corpus.json``'s registry fields have the wrong types (hand edits, corruption)."""
-    inputs, steps, dirs = meta.get("inputs", {}), meta.get("steps", {}), meta.get("shard_dirs", [])
-    ok = (isinstance(inputs, dict) and isinstance(steps, dict) and isinstance(dirs, list)
+    inputs, attrs, dirs = meta.get("inputs", {}), meta.get("attributes", {}), meta.get("shard_dirs", [])
+    ok = (isinstance(inputs, dict) and isinstance(attrs, dict) and isinstance(dirs, list)
           and all(isinstance(v, dict) and isinstance(v.get("subset"), str) and isinstance(v.get("parts"), list)
-                  and isinstance(v.get("path"), str) for v in inputs.values())
-          and all(isinstance(v, dict) for v in steps.values()))
+                  and isinstance(v.get("path"), str) and isinstance(v.get("part_sha256", {}), dict)
+                  for v in inputs.values())
+          and all(isinstance(v, dict) and isinstance(v.get("generation"), str) and isinstance(v.get("files"), dict)
+                  and isinstance(v.get("parts"), str) and isinstance(v.get("params"), dict) for v in attrs.values())
+          and isinstance(meta.get("default_decisions", {}), dict))
     if not ok:
         raise CorpusError(f"{where}: registry is malformed ('inputs' must map to objects with path, subset and "
-                          "parts; 'steps' to objects; 'shard_dirs' must be a list)")
+                          "parts; 'attributes' to objects with params, generation, parts and files; "
+                          "'shard_dirs' must be a list)")
 
 
 @dataclass(frozen=True)
@@ -175,56 +215,163 @@ class Corpus:
                         for name in v["parts"]})
         return [Part(s, n, os.path.join(self.root, "docs", s, n)) for s, n in names if subset in (None, s)]
 
+    def input_of(self, part: Part) -> tuple[str, dict] | None:
+        """``(key, entry)`` of the registered input that owns ``part`` (None if unregistered)."""
+        for k, v in self.read_meta().get("inputs", {}).items():
+            if v["subset"] == part.subset and part.name in v["parts"]:
+                return k, v
+        return None
+
+    def recorded_sha256(self, meta: dict | None = None) -> dict[tuple[str, str], str]:
+        """``{(subset, part name): sha256}`` recorded at ingest (``inputs[key]["part_sha256"]``)."""
+        meta = self.read_meta() if meta is None else meta
+        out = {}
+        for v in meta.get("inputs", {}).values():
+            for name, sha in (v.get("part_sha256") or {}).items():
+                out[(v["subset"], name)] = sha
+        return out
+
+    def verify_parts(self, parts: list[Part] | None = None, warn: bool = True) -> list[Part]:
+        """Check the SHA-256 of ``parts`` (default: all) against the registry before a step reads them.
+
+        Parts ingested before SHA-256s were recorded are hashed and skipped with one warning on stderr
+        (``xgen verify --corpus C --record`` records them). Hashes are cached per process by file size,
+        mtime and inode, so one recipe flow hashes each part once (about 1 s per GB).
+
+        Returns:
+            the parts that had no recorded SHA-256 (unverified).
+        Raises:
+            DamagedPartError: a part is missing or its bytes differ; the message names it and its input.
+        """
+        meta = self.read_meta()
+        recorded = self.recorded_sha256(meta)
+        unverified = []
+        for part in self.parts() if parts is None else parts:
+            want = recorded.get((part.subset, part.name))
+            if not os.path.exists(part.path):
+                raise DamagedPartError(self._damaged(meta, part, "is missing"))
+            if want is None:
+                unverified.append(part)
+                continue
+            got = file_sha256(part.path)
+            if got != want:
+                raise DamagedPartError(self._damaged(meta, part, f"is damaged (sha256 {got[:12]}…, recorded "
+                                                                 f"{want[:12]}…)"))
+        if unverified and warn:
+            print(f"warning: {len(unverified)} part(s) of {self.root} have no recorded sha256 (ingested by an older "
+                  f"xgen), e.g. {unverified[0].subset}/{unverified[0].name}: not verified; record them with "
+                  f"`xgen verify --corpus {self.root} --record`", file=sys.stderr)
+        return unverified
+
+    def _damaged(self, meta: dict, part: Part, what: str) -> str:
+        src = next((v["path"] for v in meta.get("inputs", {}).values()
+                    if v["subset"] == part.subset and part.name in v["parts"]), None)
+        return (f"corpus part {part.path} {what}: re-ingest its input"
+                + (f" with `xgen ingest --corpus {self.root} --subset {part.subset} {src}`" if src else ""))
+
     def remove_unregistered(self) -> list[str]:
-        """Delete part and step files that no registered part owns, and temporary files (call under :meth:`lock`)."""
+        """Delete what no registry entry owns: unregistered part files, temporary files, uncommitted attribute
+        generations and the pre-attributes ``steps/`` folder (call under :meth:`lock`)."""
+        meta = self.read_meta()
         owned = {(p.subset, p.name) for p in self.parts()}
         removed = []
-        folders = glob.glob(os.path.join(self.root, "docs", "*")) + glob.glob(os.path.join(self.root, "steps", "*", "*"))
-        for folder in folders:
+        for folder in glob.glob(os.path.join(self.root, "docs", "*")):
             for name in os.listdir(folder) if os.path.isdir(folder) else []:
                 path = os.path.join(folder, name)
                 ours = name.endswith(".parquet") or (name.startswith(".") and ".parquet.tmp-" in name)
                 if ours and (os.path.basename(folder), name) not in owned and os.path.isfile(path):
                     os.remove(path)  # glob skips dot files; listdir sees the temporary ones too
                     removed.append(path)
+        live = {os.path.join(self.root, ATTRIBUTES, *k.split("/"), v["generation"])
+                for k, v in meta.get("attributes", {}).items()}
+        for gen in glob.glob(os.path.join(self.root, ATTRIBUTES, "*", "*", "*")) + \
+                glob.glob(os.path.join(self.root, ATTRIBUTES, "*", "*", ".*")):
+            if gen not in live and os.path.isdir(gen):
+                shutil.rmtree(gen, ignore_errors=True)
+                removed.append(gen)
+        legacy = os.path.join(self.root, "steps")
+        if os.path.isdir(legacy):
+            shutil.rmtree(legacy, ignore_errors=True)
+            removed.append(legacy)
         return removed
 
     def parts_fingerprint(self) -> str:
-        """SHA-256 over the registered part names (any ingest that changes documents changes it)."""
-        return hashlib.sha256("\n".join(f"{p.subset}/{p.name}" for p in self.parts()).encode()).hexdigest()
+        """SHA-256 over the registered parts' names and contents (their SHA-256: recorded at ingest, or hashed).
 
-    # -- step state ------------------------------------------------------------------------------
-    def step_state(self, step: str) -> dict | None:
-        """What ``step`` last ran with: ``{"params", "parts", "after"}`` (None if it never ran)."""
-        return self.read_meta().get("steps", {}).get(step)
+        Any change of a part's bytes changes it, so a step's attributes computed from other bytes are stale.
+        """
+        recorded = self.recorded_sha256()
+        lines = [f"{p.subset}/{p.name}:{recorded.get((p.subset, p.name)) or file_sha256(p.path)}"
+                 for p in self.parts()]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
-    def record_step(self, step: str, params: dict) -> None:
-        """Record that ``step`` ran with ``params`` on the current parts, after the earlier steps' states."""
-        import json
+    # -- attribute sets -------------------------------------------------------------------------------
+    def attribute_key(self, step: str, params: dict) -> str:
+        """Registry key of an attribute set: ``<step>/<params_hash(params)>``."""
+        return f"{step}/{params_hash(params)}"
 
-        earlier = STEP_ORDER[:STEP_ORDER.index(step)] if step in STEP_ORDER else ()
-        state = {"params": json.loads(json.dumps(params)), "parts": self.parts_fingerprint(),
-                 "after": {s: self.step_state(s) for s in earlier}}
+    def attribute_state(self, step: str, params: dict) -> dict | None:
+        """The committed entry of ``(step, params)``: ``{step, params, generation, parts, files}`` or None."""
+        return self.read_meta().get("attributes", {}).get(self.attribute_key(step, params))
+
+    def attribute_current(self, step: str, params: dict) -> bool:
+        """True when ``(step, params)`` is committed for exactly the current parts (content fingerprint)."""
+        state = self.attribute_state(step, params)
+        return state is not None and state.get("parts") == self.parts_fingerprint()
+
+    def new_generation(self, step: str, params: dict) -> str:
+        """A fresh, empty generation folder for ``(step, params)``; invisible until committed."""
+        folder = os.path.join(self.root, ATTRIBUTES, step, params_hash(params), f"g-{uuid.uuid4().hex[:12]}")
+        os.makedirs(folder)
+        return folder
+
+    def attribute_path(self, gen_dir: str, part: Part) -> str:
+        """Where a step writes ``part``'s attributes inside generation ``gen_dir``."""
+        return os.path.join(gen_dir, part.subset, part.name)
+
+    def commit_attributes(self, step: str, params: dict, gen_dir: str, parts_fingerprint: str,
+                          update=None) -> None:
+        """Commit generation ``gen_dir`` of ``(step, params)`` with one atomic ``corpus.json`` write.
+
+        Records the SHA-256 of every file in the generation (``xgen verify`` checks them) and the parts
+        fingerprint the step read. ``update(meta)``, if given, changes the same registry write (e.g. the
+        default decisions). Then the previous generation is deleted. Call under :meth:`lock`.
+        """
+        files = {}
+        for d, _, names in os.walk(gen_dir):
+            for name in names:
+                path = os.path.join(d, name)
+                files[os.path.relpath(path, gen_dir)] = fsutil.sha256_file(path)
         meta = self.read_meta()
-        meta.setdefault("steps", {})[step] = state
+        key = self.attribute_key(step, params)
+        old = meta.get("attributes", {}).get(key)
+        meta.setdefault("attributes", {})[key] = {
+            "step": step, "params": json.loads(json.dumps(params)), "generation": os.path.basename(gen_dir),
+            "parts": parts_fingerprint, "files": dict(sorted(files.items()))}
+        if update is not None:
+            update(meta)
+        fsutil.crash_point(f"{step}.before_commit")
         self.write_meta(meta)
+        fsutil.crash_point(f"{step}.committed")
+        if old is not None and old["generation"] != os.path.basename(gen_dir):
+            shutil.rmtree(os.path.join(os.path.dirname(gen_dir), old["generation"]), ignore_errors=True)
 
-    def clear_step(self, step: str) -> None:
-        """Delete a step's decisions and state."""
-        import shutil
+    def attribute_files(self, step: str, params: dict) -> list[tuple[Part, str]]:
+        """``(part, attribute file)`` for every current part, from the committed generation of ``(step, params)``.
 
-        shutil.rmtree(os.path.join(self.root, "steps", step), ignore_errors=True)
-        meta = self.read_meta()
-        if meta.get("steps", {}).pop(step, None) is not None:
-            self.write_meta(meta)
+        Raises:
+            CorpusError: the set was never computed, or is stale (the parts changed since).
+        """
+        state = self.attribute_state(step, params)
+        if state is None:
+            raise CorpusError(f"{self.root}: no {step} attributes for these parameters ({params_hash(params)})")
+        if state.get("parts") != self.parts_fingerprint():
+            raise CorpusError(f"{self.root}: the {step} attributes ({params_hash(params)}) are out of date: the "
+                              "corpus parts changed since they were computed")
+        gen = os.path.join(self.root, ATTRIBUTES, step, params_hash(params), state["generation"])
+        return [(p, self.attribute_path(gen, p)) for p in self.parts()]
 
-    def step_path(self, step: str, part: Part) -> str:
-        """Where step ``step`` writes its decisions for ``part``."""
-        return os.path.join(self.root, "steps", step, part.subset, part.name)
-
-    def step_glob(self, step: str) -> str:
-        return os.path.join(self.root, "steps", step, "*", "*.parquet")
-
-    def has_step(self, step: str) -> bool:
-        return bool(glob.glob(self.step_glob(step)))
-
+    def default_decisions(self) -> dict:
+        """The settings of the last stand-alone ``xgen filter`` / ``xgen dedup`` (``{"filter": …, "dedup": …}``,
+        each optional): what the ``documents`` view shows when no recipe is named."""
+        return dict(self.read_meta().get("default_decisions", {}))

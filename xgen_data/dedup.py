@@ -56,12 +56,12 @@ import pyarrow.parquet as pq
 
 from xgen_data import fsutil, minhash
 from xgen_data.corpus import Corpus, CorpusError
-from xgen_data.sql import SUBSET_FROM_PATH
 
 REASON_EXACT = "exact_duplicate"
 REASON_NEAR = "near_duplicate"
-DEDUP_SCHEMA = pa.schema([("id", pa.string()), ("drop_reason", pa.string()), ("dup_cluster", pa.int64()),
-                          ("dup_of", pa.string()), ("dup_of_subset", pa.string())])
+#: The ``dedup`` attributes of one document (``attributes/dedup/<params-hash>/<generation>/<subset>/<part>``).
+ATTR_SCHEMA = pa.schema([("id", pa.string()), ("dup_cluster", pa.int64()), ("exact_group", pa.int64()),
+                         ("chash", pa.binary(16))])
 CONFLICT_SCHEMA = pa.schema([
     ("group_id", pa.int64()), ("subset", pa.string()), ("id", pa.string()), ("license", pa.string()),
     ("license_tier", pa.string()), ("source", pa.string()), ("path", pa.string()), ("group_size", pa.int64()),
@@ -633,8 +633,15 @@ def recorded_params(license_allow=None, **kw) -> dict:
 def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
-              memory_limit: str = "4GB", license_allow: tuple[str, ...] | list[str] | None = None) -> DedupReport:
-    """Find exact and near duplicates across all subsets and write the ``dedup`` step (module docstring).
+              memory_limit: str = "4GB", license_allow: tuple[str, ...] | list[str] | None = None,
+              set_default: bool = True, dec=None) -> DedupReport:
+    """Find exact and near duplicates across all subsets and commit the ``dedup`` attributes (module docstring).
+
+    Stand-alone (``xgen dedup``, ``set_default=True``) it also records these parameters with ``license_allow``
+    as the corpus's default dedup decisions (``default_decisions.dedup``) in the same atomic registry write,
+    and computes the ``license`` attributes of ``license_allow`` if needed. The recipe flow passes
+    ``set_default=False`` and its :class:`xgen_data.decisions.Decisions` as ``dec``; the report's removals,
+    largest clusters and license conflicts describe ``dec`` (default: the corpus defaults after the run).
 
     Args:
         corpus_dir: a corpus made by ``xgen ingest``.
@@ -653,10 +660,12 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     Returns:
         A :class:`DedupReport`.
     Raises:
-        CorpusError: ``corpus_dir`` is not a corpus. ValueError: a bad parameter (see
-        :func:`resolve_params`) or ``workers < 1``.
+        CorpusError: ``corpus_dir`` is not a corpus; DamagedPartError: a damaged part. ValueError: a bad
+        parameter (see :func:`resolve_params`) or ``workers < 1``.
     """
     import duckdb
+
+    from xgen_data import decisions, filters
 
     t_start = time.time()
     params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near)
@@ -668,8 +677,19 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"{corpus_dir}: no such corpus directory")
     corpus = Corpus(corpus_dir)
+    attr_key = {k: getattr(params, k) for k in RECIPE_KEYS}
+    recorded = recorded_params(license_allow=allow, **attr_key)
+
+    def update(meta: dict) -> None:
+        if set_default:
+            meta.setdefault("default_decisions", {})["dedup"] = recorded
+
     with corpus.lock():
+        corpus.remove_unregistered()
         parts = corpus.parts()
+        corpus.verify_parts(parts)
+        fingerprint = corpus.parts_fingerprint()
+        filters.compute_license_attributes(corpus, allow, verify=False)  # the keep rule's tiers
         work = os.path.join(corpus.root, "work", "dedup")
         report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold,
                                                          "license_allow": list(allow)})
@@ -684,8 +704,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
             report.documents_per_subset[p.subset] = report.documents_per_subset.get(p.subset, 0) + c
         if not parts:
             report.seconds = time.time() - t_start
-            corpus.record_step("dedup", recorded_params(license_allow=allow, **{
-                k: getattr(params, k) for k in RECIPE_KEYS}))
+            corpus.commit_attributes("dedup", attr_key, corpus.new_generation("dedup", attr_key), fingerprint, update)
             return report
 
         # -- phase 1: signatures ---------------------------------------------------------------------------
@@ -767,103 +786,73 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
             del parent, sizes, member
             phase["clusters"] = time.time() - t
 
-            # -- keep policy -------------------------------------------------------------------------------
+            # -- attributes per part: cluster, exact group, content hash (no recipe threshold involved) ------
             t = time.time()
-            labels = [r[0] for r in con.execute(
-                f"SELECT DISTINCT license FROM read_parquet({_qlist([p.path for p in parts])})").fetchall()]
-            con.register("_lic", pa.table({"license": pa.array(labels, pa.string()),
-                                           "lrank": pa.array([license_rank(x, allow) for x in labels], pa.int32())}))
-            # Copies that the filters (length, license) keep come first, so dedup never keeps a copy that
-            # the filters then drop over one they keep: its text would leave the training data entirely.
-            if corpus.has_step("filter"):
-                con.execute(f"""CREATE TEMP VIEW fdrop AS SELECT id, {SUBSET_FROM_PATH} AS subset,
-                        drop_reason IS NOT NULL AS fdrop
-                    FROM read_parquet({_q(corpus.step_glob("filter"))}, filename=true)""")
-            else:
-                con.execute("CREATE TEMP VIEW fdrop AS SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS subset, FALSE AS fdrop")
-            con.execute(f"""CREATE TEMP TABLE cl AS SELECT c.doc, c.cluster, m.subset, m.id, m.license, m.source,
-                    coalesce(l.lrank, {LICENSE_TIERS.index("unknown")}) AS lrank, s.chash,
-                    coalesce(f.fdrop, FALSE) AS fdrop
-                FROM _clustered c JOIN docs m USING (doc) JOIN sig s USING (doc)
-                LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM m.license
-                LEFT JOIN fdrop f ON f.subset = m.subset AND f.id = m.id""")
-            con.execute("""CREATE TEMP TABLE kept AS
-                SELECT cluster, first(doc ORDER BY fdrop, lrank, id, subset) AS kept FROM cl GROUP BY cluster""")
-            exact_sql = "TRUE" if params.exact else "FALSE"
-            con.execute(f"""CREATE TEMP TABLE res AS SELECT cl.doc, cl.cluster, cl.subset, cl.id, cl.source,
-                    CASE WHEN cl.doc = k.kept THEN NULL
-                         WHEN {exact_sql} AND cl.chash = kc.chash THEN '{REASON_EXACT}'
-                         ELSE '{REASON_NEAR}' END AS reason,
-                    kc.id AS kept_id, kc.subset AS kept_subset, k.kept
-                FROM cl JOIN kept k USING (cluster) JOIN cl kc ON kc.doc = k.kept""")
-            phase["keep"] = time.time() - t
-
-            # -- write the step decisions per part ---------------------------------------------------------
-            t = time.time()
+            gen = corpus.new_generation("dedup", attr_key)
             for i, p in enumerate(parts):
-                tbl = con.sql(f"""SELECT d.id, r.reason AS drop_reason, r.cluster AS dup_cluster,
-                        CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
-                        CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
+                tbl = con.sql(f"""SELECT d.id, c.cluster AS dup_cluster, e.gid AS exact_group, s.chash
                     FROM read_parquet({_q(p.path)}, file_row_number=true) d
-                    LEFT JOIN res r ON r.doc = {int(offsets[i])} + d.file_row_number
-                    ORDER BY d.file_row_number""").to_arrow_table()
-                tbl = tbl.cast(DEDUP_SCHEMA)
-                with fsutil.atomic_path(corpus.step_path("dedup", p)) as tmp:
+                    LEFT JOIN _clustered c ON c.doc = {int(offsets[i])} + d.file_row_number
+                    LEFT JOIN exact_members e ON e.doc = {int(offsets[i])} + d.file_row_number
+                    LEFT JOIN read_parquet({_q(tasks[i]['sig'])}) s ON s.row = d.file_row_number
+                    ORDER BY d.file_row_number""").to_arrow_table().cast(ATTR_SCHEMA)
+                with fsutil.atomic_path(corpus.attribute_path(gen, p)) as tmp:
                     pq.write_table(tbl, tmp, compression="zstd")
+                if i == 0:
+                    fsutil.crash_point("dedup.part_written")
             phase["write"] = time.time() - t
-
-            # -- license conflicts -------------------------------------------------------------------------
-            t = time.time()
-            tier_case = "CASE " + " ".join(f"WHEN l.lrank = {i} THEN '{name}'"
-                                           for i, name in enumerate(LICENSE_TIERS)) + " END"
-            conflicts = con.sql(f"""WITH em AS (SELECT e.doc, e.gid, e.gsize, m.subset, m.id, m.license, m.source,
-                        m.path FROM exact_members e JOIN docs m USING (doc)),
-                    g AS (SELECT gid, count(DISTINCT coalesce(license, chr(0))) AS n_labels FROM em GROUP BY gid
-                          HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
-                SELECT em.gid AS group_id, em.subset, em.id, em.license, {tier_case} AS license_tier, em.source,
-                    em.path, em.gsize AS group_size, g.n_labels, r.reason IS NULL AS kept, r.reason AS drop_reason,
-                    r.cluster AS dup_cluster, CASE WHEN r.reason IS NOT NULL THEN r.kept_id END AS dup_of,
-                    CASE WHEN r.reason IS NOT NULL THEN r.kept_subset END AS dup_of_subset
-                FROM em JOIN g USING (gid) LEFT JOIN res r USING (doc)
-                LEFT JOIN _lic l ON l.license IS NOT DISTINCT FROM em.license
-                ORDER BY em.gid, em.doc""").to_arrow_table().cast(CONFLICT_SCHEMA)
-            report.license_conflicts_path = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
-            with fsutil.atomic_path(report.license_conflicts_path) as tmp:
-                pq.write_table(conflicts, tmp, compression="zstd")
-            report.license_conflict_documents = conflicts.num_rows
-            report.license_conflict_groups = len(set(conflicts.column("group_id").to_pylist()))
-
-            # -- report ------------------------------------------------------------------------------------
-            for reason, n in con.execute("SELECT reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY 1").fetchall():
-                report.removed_by_reason[reason] = n
-            report.removed = sum(report.removed_by_reason.values())
-            for subset, reason, n in con.execute("""SELECT subset, reason, count(*) FROM res
-                    WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL""").fetchall():
-                report.removed_by_subset.setdefault(subset, {})[reason] = n
-            report.removed_by_source = [tuple(r) for r in con.execute(f"""SELECT subset, source,
-                    count(*) FILTER (reason = '{REASON_EXACT}') AS exact, count(*) FILTER (reason = '{REASON_NEAR}') AS near
-                FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY exact + near DESC, subset, source""").fetchall()]
-            rows_ = con.execute(f"""WITH top AS (SELECT cluster, count(*) AS size FROM res GROUP BY cluster
-                        ORDER BY size DESC, cluster LIMIT 10),
-                    subs AS (SELECT cluster, string_agg(subset || ':' || n, ', ' ORDER BY n DESC, subset) AS s FROM
-                        (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL)
-                        GROUP BY cluster),
-                    srcs AS (SELECT cluster, string_agg(source || ':' || n, ', ' ORDER BY n DESC, source) AS s FROM
-                        (SELECT cluster, coalesce(source, '?') AS source, count(*) AS n,
-                                row_number() OVER (PARTITION BY cluster ORDER BY count(*) DESC, coalesce(source, '?')) AS rk
-                         FROM res JOIN top USING (cluster) GROUP BY cluster, source) WHERE rk <= 3 GROUP BY cluster)
-                SELECT t.cluster, t.size, k.subset, k.id, k.license,
-                    (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_EXACT}'),
-                    (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_NEAR}'),
-                    subs.s, srcs.s
-                FROM top t JOIN kept kk USING (cluster) JOIN cl k ON k.doc = kk.kept JOIN subs USING (cluster)
-                JOIN srcs USING (cluster) ORDER BY t.size DESC, t.cluster""").fetchall()
-            report.largest_clusters = [ClusterInfo(*r) for r in rows_]
-            phase["report"] = time.time() - t
         finally:
             con.close()
+        corpus.commit_attributes("dedup", attr_key, gen, fingerprint, update)
+        t = time.time()
+        decision_report(report, corpus_dir, decisions.from_defaults(corpus) if dec is None else dec)
+        phase["report"] = time.time() - t
         report.seconds_by_phase = phase
         report.seconds = time.time() - t_start
-        corpus.record_step("dedup", recorded_params(license_allow=allow, **{
-            k: getattr(params, k) for k in RECIPE_KEYS}))
+    return report
+
+
+def decision_report(report: DedupReport, corpus_dir: str, dec) -> DedupReport:
+    """Fill ``report``'s removals, largest clusters and license conflicts from the decisions ``dec`` (derived by
+    :mod:`xgen_data.decisions`); writes ``reports/license_conflicts.parquet`` (a snapshot of the
+    ``license_conflicts`` view for ``dec``). Counts every dedup removal, also of documents the filters drop."""
+    from xgen_data import sql
+
+    con = sql.connect(corpus_dir, dec=dec, quiet=True)
+    con.execute("""CREATE TEMP TABLE res AS SELECT dup_cluster AS cluster, subset, id, source, license,
+            dup_reason AS reason, part, row FROM documents WHERE dup_cluster IS NOT NULL""")
+    report.removed_by_reason, report.removed_by_subset = {}, {}
+    for reason, n in con.execute("SELECT reason, count(*) FROM res WHERE reason IS NOT NULL GROUP BY 1").fetchall():
+        report.removed_by_reason[reason] = n
+    report.removed = sum(report.removed_by_reason.values())
+    for subset, reason, n in con.execute("""SELECT subset, reason, count(*) FROM res
+            WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL""").fetchall():
+        report.removed_by_subset.setdefault(subset, {})[reason] = n
+    report.removed_by_source = [tuple(r) for r in con.execute(f"""SELECT subset, source,
+            count(*) FILTER (reason = '{REASON_EXACT}') AS exact, count(*) FILTER (reason = '{REASON_NEAR}') AS near
+        FROM res WHERE reason IS NOT NULL GROUP BY ALL ORDER BY exact + near DESC, subset, source""").fetchall()]
+    rows_ = con.execute(f"""WITH top AS (SELECT cluster, count(*) AS size FROM res GROUP BY cluster
+                ORDER BY size DESC, cluster LIMIT 10),
+            subs AS (SELECT cluster, string_agg(subset || ':' || n, ', ' ORDER BY n DESC, subset) AS s FROM
+                (SELECT cluster, subset, count(*) AS n FROM res JOIN top USING (cluster) GROUP BY ALL)
+                GROUP BY cluster),
+            srcs AS (SELECT cluster, string_agg(source || ':' || n, ', ' ORDER BY n DESC, source) AS s FROM
+                (SELECT cluster, coalesce(source, '?') AS source, count(*) AS n,
+                        row_number() OVER (PARTITION BY cluster ORDER BY count(*) DESC, coalesce(source, '?')) AS rk
+                 FROM res JOIN top USING (cluster) GROUP BY cluster, source) WHERE rk <= 3 GROUP BY cluster)
+        SELECT t.cluster, t.size, k.subset, k.id, k.license,
+            (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_EXACT}'),
+            (SELECT count(*) FROM res r WHERE r.cluster = t.cluster AND r.reason = '{REASON_NEAR}'),
+            subs.s, srcs.s
+        FROM top t JOIN res k ON k.cluster = t.cluster AND k.reason IS NULL JOIN subs ON subs.cluster = t.cluster
+        JOIN srcs ON srcs.cluster = t.cluster ORDER BY t.size DESC, t.cluster""").fetchall()
+    report.largest_clusters = [ClusterInfo(*r) for r in rows_]
+    conflicts = con.sql("SELECT * FROM license_conflicts").to_arrow_table().cast(CONFLICT_SCHEMA)
+    corpus = Corpus(corpus_dir)
+    report.license_conflicts_path = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
+    with fsutil.atomic_path(report.license_conflicts_path) as tmp:
+        pq.write_table(conflicts, tmp, compression="zstd")
+    report.license_conflict_documents = conflicts.num_rows
+    report.license_conflict_groups = len(set(conflicts.column("group_id").to_pylist()))
+    con.close()
     return report

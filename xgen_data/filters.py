@@ -1,9 +1,14 @@
 """Document filters (SPEC §2): too few tokens, and code whose license is not on the permissive allow-list.
 
-Runs per corpus part and writes ``steps/filter/<subset>/<part>.parquet`` with columns ``id`` (string) and
-``drop_reason`` (string; null = kept). Reasons: ``too_few_tokens`` (fewer than ``min_tokens`` tokens after
-tokenization) and ``license_not_permissive`` (only for subsets named in ``license_subsets``). The first
-matching rule, in that order, gives the reason.
+Reasons: ``too_few_tokens`` (fewer than ``min_tokens`` tokens after tokenization) and
+``license_not_permissive`` (only for subsets named in ``license_subsets``); the first matching rule, in that
+order, gives the reason (:func:`decide` is the rule as a pure function).
+
+What is stored is an *attribute*, not a decision: per allow-list, the ``license`` step writes
+``attributes/license/<hash>/<generation>/<subset>/<part>.parquet`` (``id, license_pass, license_reason,
+license_tier``) for every document of every subset. Token counts are already in the docs parts. A recipe's
+``min_tokens`` and ``license_subsets`` are applied by the SQL view of :mod:`xgen_data.decisions`, only to the
+subsets the recipe packs.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ from xgen_data.corpus import Corpus
 MIN_TOKENS = 100
 REASON_SHORT = "too_few_tokens"
 REASON_LICENSE = "license_not_permissive"
-FILTER_SCHEMA = pa.schema([("id", pa.string()), ("drop_reason", pa.string())])
 
 
 @dataclass
@@ -54,46 +58,119 @@ def decide(n_tokens, license_exprs, check_license: bool, min_tokens: int = MIN_T
     return pa.array(reasons, pa.string())
 
 
+LICENSE_SCHEMA = pa.schema([("id", pa.string()), ("license_pass", pa.bool_()), ("license_reason", pa.string()),
+                            ("license_tier", pa.int8())])
+
+
 def params(min_tokens: int, license_subsets, allow) -> dict:
-    """The parameters a filter run records in ``corpus.json`` (compared by the recipe flow)."""
+    """The filter settings a stand-alone run records as the corpus default (``default_decisions.filter``)."""
     from xgen_data.licenses import default_allow_list
 
     return {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
             "allow": sorted(default_allow_list() if allow is None else allow)}
 
 
+def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool = True) -> bool:
+    """Write and commit the ``license`` attributes of every part under ``allow`` (one new generation).
+
+    Per document: ``license_pass`` and ``license_reason`` (:func:`xgen_data.licenses.license_decision`) and
+    ``license_tier`` (dedup's keep tier, :func:`xgen_data.dedup.license_rank`), for every subset: which
+    subsets a recipe holds to the allow-list is a decision, not an attribute. Skipped (returns False) when
+    the set is already current and ``update`` is None. Call under the corpus lock.
+
+    Args:
+        update: ``update(meta)`` changes the same atomic registry write (the default decisions).
+        verify: check the parts' SHA-256 first (:meth:`Corpus.verify_parts`).
+    Raises:
+        DamagedPartError: a part is damaged.
+    """
+    from xgen_data import decisions, dedup
+
+    allow = tuple(allow)
+    key = decisions.license_params(allow)
+    if corpus.attribute_current("license", key):
+        if update is not None:
+            meta = corpus.read_meta()
+            update(meta)
+            corpus.write_meta(meta)
+        return False
+    corpus.remove_unregistered()
+    parts = corpus.parts()
+    if verify:
+        corpus.verify_parts(parts)
+    fingerprint = corpus.parts_fingerprint()
+    gen = corpus.new_generation("license", key)
+    cache: dict = {}
+    for i, part in enumerate(parts):
+        table = pq.read_table(part.path, columns=["id", "license"])
+        lic = table.column("license").combine_chunks().dictionary_encode()
+        labels = lic.dictionary.to_pylist()
+        for x in labels:
+            if x not in cache:
+                ok, why = licenses.license_decision(x, allow)
+                cache[x] = (ok, why, dedup.license_rank(x, allow))
+        none = licenses.license_decision(None, allow) + (dedup.license_rank(None, allow),)
+        rows = [cache[x] for x in labels] + [none]
+        codes = lic.indices.fill_null(len(labels)).to_numpy(zero_copy_only=False)
+        out = pa.table({"id": table.column("id"),
+                        "license_pass": pa.array(np.array([r[0] for r in rows], dtype=bool)[codes]),
+                        "license_reason": pa.array([r[1] for r in rows], pa.string()).take(pa.array(codes)),
+                        "license_tier": pa.array(np.array([r[2] for r in rows], dtype=np.int8)[codes])},
+                       schema=LICENSE_SCHEMA)
+        with fsutil.atomic_path(corpus.attribute_path(gen, part)) as tmp:
+            pq.write_table(out, tmp, compression="zstd")
+        if i == 0:
+            fsutil.crash_point("license.part_written")
+    corpus.commit_attributes("license", key, gen, fingerprint, update)
+    return True
+
+
+def report(corpus_dir: str, dec) -> FilterReport:
+    """Documents and filter drops per ``(subset, reason)`` under decisions ``dec`` (derived, nothing written)."""
+    from xgen_data import sql
+
+    con = sql.connect(corpus_dir, dec=dec, quiet=True)
+    rep = FilterReport(n_docs=con.execute("SELECT count(*) FROM documents").fetchone()[0])
+    for subset, reason, n in con.execute(f"""SELECT subset, drop_reason, count(*) FROM documents
+            WHERE drop_reason IN ('{REASON_SHORT}', '{REASON_LICENSE}') GROUP BY ALL""").fetchall():
+        rep.dropped[(subset, reason)] = n
+    for subset, lic, n in con.execute(f"""SELECT subset, license, count(*) FROM documents
+            WHERE drop_reason = '{REASON_LICENSE}' GROUP BY ALL""").fetchall():
+        rep.dropped_licenses[(subset, lic)] = n
+    subsets = set(Corpus(corpus_dir).subsets())
+    rep.missing_license_subsets = tuple(sorted(set(dec.filter["license_subsets"]) - subsets)) if dec.filter else ()
+    return rep
+
+
 def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: tuple[str, ...] = ("code",),
                 allow: tuple[str, ...] | None = None) -> FilterReport:
-    """Apply the filters to every part of the corpus, replacing earlier filter decisions atomically.
+    """Set the corpus's default filter decisions (``xgen filter``) and compute what they need.
+
+    Computes the ``license`` attributes for ``allow`` when not current (:func:`compute_license_attributes`) and
+    records ``{min_tokens, license_subsets, allow}`` as ``default_decisions.filter`` in the same registry write;
+    the ``documents`` view without a recipe then shows these decisions for every subset. Recipes never read
+    the defaults: they carry their own settings.
 
     Args:
         min_tokens: documents with fewer tokens are dropped (SPEC §2: 100).
         license_subsets: subsets held to the license allow-list (code).
         allow: SPDX identifiers that pass; default the shipped list (:mod:`xgen_data.licenses`).
+    Returns:
+        the drops under the new defaults (:func:`report`).
     Raises:
-        CorpusError: ``corpus_dir`` is not a corpus; ValueError: ``min_tokens < 0``.
+        CorpusError: ``corpus_dir`` is not a corpus; DamagedPartError: a damaged part; ValueError:
+        ``min_tokens < 0``.
     """
+    from xgen_data import decisions
+
     if min_tokens < 0:
         raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
     corpus = Corpus(corpus_dir)
-    report = FilterReport()
+    settings = params(min_tokens, license_subsets, allow)
+
+    def update(meta: dict) -> None:
+        meta.setdefault("default_decisions", {})["filter"] = settings
+
     with corpus.lock():
-        for part in corpus.parts():
-            _filter_part(corpus, part, min_tokens, license_subsets, allow, report)
-        corpus.record_step("filter", params(min_tokens, license_subsets, allow))
-        report.missing_license_subsets = tuple(sorted(set(license_subsets) - set(corpus.subsets())))
-    return report
-
-
-def _filter_part(corpus, part, min_tokens, license_subsets, allow, report: FilterReport) -> None:
-    """Decide one part and write its ``steps/filter`` table atomically."""
-    table = pq.read_table(part.path, columns=["id", "n_tokens", "license"])
-    lic_col = table.column("license").combine_chunks()
-    reasons = decide(table.column("n_tokens").to_numpy(), lic_col, part.subset in license_subsets, min_tokens, allow)
-    out = pa.table({"id": table.column("id"), "drop_reason": reasons}, schema=FILTER_SCHEMA)
-    with fsutil.atomic_path(corpus.step_path("filter", part)) as tmp:
-        pq.write_table(out, tmp, compression="zstd")
-    report.n_docs += table.num_rows
-    report.dropped.update((part.subset, r) for r in reasons.drop_null().to_pylist())
-    by_license = lic_col.filter(pa.compute.equal(reasons, REASON_LICENSE).fill_null(False)).value_counts()
-    report.dropped_licenses.update({(part.subset, v["values"]): v["counts"] for v in by_license.to_pylist()})
+        compute_license_attributes(corpus, settings["allow"], update)
+        return report(corpus_dir, decisions.from_defaults(corpus))

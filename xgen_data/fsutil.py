@@ -76,3 +76,20 @@ def exit_with_parent(poll_seconds: float = 1.0) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+#: Environment variable naming the commit point at which :func:`crash_point` kills this process (tests).
+CRASH_ENV = "XGEN_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """A named commit point of a step: when ``$XGEN_CRASH_AT`` equals ``name``, die now with SIGKILL.
+
+    The crash-consistency tests (``tests/test_integrity.py``) run each step in a subprocess with this variable
+    set to each of its commit points in turn, then check that the corpus is in its old or its new state. In
+    normal runs the variable is unset and this costs one dictionary lookup.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -55,3 +55,37 @@ def license_passes(expr: str | None, allow: tuple[str, ...] | frozenset[str] | N
         return False
     allowed = frozenset(a.lower() for a in (default_allow_list() if allow is None else allow))
     return _cached(expr.strip(), allowed)
+
+
+def _leaves(node) -> list[str]:
+    if isinstance(node, license_expression.LicenseWithExceptionSymbol):
+        return _leaves(node.license_symbol)
+    if isinstance(node, license_expression.LicenseSymbol):
+        return [node.key]
+    return [k for a in getattr(node, "args", ()) for k in _leaves(a)]
+
+
+def license_decision(expr: str | None, allow: tuple[str, ...] | frozenset[str] | None = None) -> tuple[bool, str]:
+    """``(passes, reason)`` for one SPDX expression under ``allow`` (default: the shipped list).
+
+    ``passes`` equals :func:`license_passes`. ``reason`` is a short sentence a person can read:
+    ``pass: on the allow-list``, ``fail: no license``, ``fail: NOASSERTION``, ``fail: unparsable``, or
+    ``fail: GPL-2.0-only not on the allow-list`` (the identifiers that are not on it, at most three).
+    """
+    if expr is None or not expr.strip():
+        return False, "fail: no license"
+    if expr.strip().upper() in ("NOASSERTION", "NONE"):
+        return False, f"fail: {expr.strip().upper()}"
+    if license_passes(expr, allow):
+        return True, "pass: on the allow-list"
+    allowed = frozenset(a.lower() for a in (default_allow_list() if allow is None else allow))
+    try:
+        node = _licensing.parse(expr.strip(), validate=False, strict=False)
+    except license_expression.ExpressionError:
+        return False, "fail: unparsable"
+    if node is None:
+        return False, "fail: unparsable"
+    bad = sorted(dict.fromkeys(k for k in _leaves(node) if k.lower() not in allowed))
+    if not bad:  # every identifier is listed but the expression still fails (cannot happen with AND/OR/WITH)
+        return False, "fail: not permissive"
+    return False, f"fail: {', '.join(bad[:3])}{', …' if len(bad) > 3 else ''} not on the allow-list"

@@ -49,9 +49,14 @@ class SubsetDocs:
         return self.n_tokens + 1
 
 
-def kept_documents(corpus_dir: str, subsets: list[str]) -> dict[str, SubsetDocs]:
-    """Kept documents per subset (the ``documents`` view, ``kept``), ordered by part and row."""
-    con = sql.connect(corpus_dir)
+def kept_documents(corpus_dir: str, subsets: list[str], recipe: Recipe | None = None) -> dict[str, SubsetDocs]:
+    """Kept documents per subset under ``recipe``'s decisions (the ``documents`` view, ``kept``), by part and row.
+
+    Raises:
+        CorpusError: the recipe's attributes are missing or out of date (run the recipe flow,
+            :func:`xgen_data.pipeline.apply_recipe_steps`, first).
+    """
+    con = sql.connect(corpus_dir, recipe=recipe)
     out = {}
     for name in subsets:
         t = con.sql("""SELECT part, row, id, coalesce(source, '') AS source, n_tokens FROM documents
@@ -64,13 +69,13 @@ def kept_documents(corpus_dir: str, subsets: list[str]) -> dict[str, SubsetDocs]
     return out
 
 
-def why_empty(corpus_dir: str, subset: str) -> str:
+def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str:
     """A sentence saying why ``subset`` has no kept documents: absent, or dropped (with reasons and licenses)."""
     corpus = Corpus(corpus_dir)
     if subset not in corpus.subsets():
         return (f"subset {subset!r} is not in {corpus_dir} (subsets there: {', '.join(corpus.subsets()) or 'none'}); "
                 f"ingest it with `xgen ingest --subset {subset} FILES`")
-    con = sql.connect(corpus_dir)
+    con = sql.connect(corpus_dir, recipe=recipe, quiet=True)
     reasons = con.execute("SELECT drop_reason, count(*) FROM documents WHERE subset = ? GROUP BY ALL ORDER BY 2 DESC",
                           [subset]).fetchall()
     text = f"subset {subset!r} has no kept documents: " + ", ".join(f"{r} {n:,}" for r, n in reasons)
@@ -244,11 +249,16 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    docs = kept_documents(corpus_dir, recipe.subsets())
+    for subset in recipe.subsets():
+        if subset not in corpus.subsets():
+            stage = next(st.name for st in recipe.stages if subset in st.proportions)
+            raise ValueError(f"stage {stage!r}: " + why_empty(corpus_dir, subset, recipe))
+    corpus.verify_parts()  # the tokens packed below come from these parts
+    docs = kept_documents(corpus_dir, recipe.subsets(), recipe)
     for stage in recipe.stages:
         for subset in stage.proportions:
             if not len(docs[subset].n_tokens):
-                raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset))
+                raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
     out_dir = check_out_dir(out_dir, corpus)
     _remove_stale_builds(out_dir)
     check_disk_space(recipe, os.path.dirname(out_dir))
@@ -277,6 +287,7 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
         raise
     finally:
         bar.close()
+    fsutil.crash_point("build.shards_written")
     if os.path.exists(out_dir):
         old = fsutil.tmp_name(out_dir + "-old")
         os.replace(out_dir, old)
@@ -284,6 +295,7 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
         shutil.rmtree(old)
     else:
         os.replace(tmp_dir, out_dir)
+    fsutil.crash_point("build.swapped")
     corpus.register_shard_dir(out_dir)
     report.shards = len(manifest["shards"])
     report.seconds = time.time() - t0

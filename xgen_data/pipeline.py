@@ -1,58 +1,55 @@
-"""The recipe flow: the corpus steps a recipe asks for (filters, then dedup), run only when out of date.
+"""The recipe flow: compute the attribute sets a recipe needs (license, dedup) when missing or stale.
 
-Each step records in ``corpus.json`` (``steps``) the parameters it ran with, a fingerprint of the corpus
-parts and the states of the steps before it (:meth:`xgen_data.corpus.Corpus.record_step`), whether it was
-run from here or as its own command; the flow re-runs a step only when one of those differs. ``xgen mix plan``,
-``xgen mix build`` and ``xgen demo`` all go through :func:`apply_recipe_steps`, so a plan always describes
-the documents the build will pack.
+A recipe's decisions are derived from attributes by SQL (:mod:`xgen_data.decisions`), so the flow only
+computes attributes: the ``license`` attributes of the recipe's allow-list and, when ``[dedup] enabled``, the
+``dedup`` attributes of its dedup parameters. Each set is committed in ``corpus.json`` with the content
+fingerprint of the parts it read (:meth:`xgen_data.corpus.Corpus.commit_attributes`); a set is current when
+that fingerprint equals today's, whatever other recipes or stand-alone commands ran in between (their sets
+coexist under other keys). ``xgen mix plan``, ``xgen mix build`` and ``xgen demo`` all go through
+:func:`apply_recipe_steps`, so a plan always describes the documents the build packs.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from xgen_data import filters
+from xgen_data import decisions, filters
 from xgen_data.corpus import Corpus
 from xgen_data.recipe import Recipe
 
 
 @dataclass
 class StepsReport:
-    """Reports of the steps that ran (None: not asked for, or up to date)."""
+    """What the flow did for one recipe.
+
+    ``filter``: the recipe's filter drops (derived, always given); ``dedup``: the dedup report when the dedup
+    attributes were computed (None: not asked for, or up to date); ``ran``: the attribute steps computed now;
+    ``skipped``: those already current (``"filter"`` = the license attributes, ``"dedup"``).
+    """
 
     filter: Any = None
     dedup: Any = None
+    ran: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
-
-
-def filter_params(recipe: Recipe) -> dict:
-    """The parameters :func:`xgen_data.filters.run_filters` records for this recipe."""
-    return filters.params(recipe.min_tokens, recipe.license_subsets, recipe.allow_list())
+    decisions: Any = None
 
 
 def dedup_params(recipe: Recipe) -> dict:
-    """The parameters :func:`xgen_data.dedup.run_dedup` records for this recipe."""
+    """The dedup decision parameters of this recipe (attribute parameters plus the keep rule's allow-list)."""
     from xgen_data import dedup
 
     return dedup.recorded_params(license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
 
 
-def _up_to_date(corpus: Corpus, step: str, params: dict) -> bool:
-    state = corpus.step_state(step)
-    if state is None or not corpus.has_step(step):
-        return False
-    earlier = {s: corpus.step_state(s) for s in state.get("after", {})}
-    return (state["params"] == json.loads(json.dumps(params)) and state["parts"] == corpus.parts_fingerprint()
-            and state.get("after", {}) == earlier)
-
-
 def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True,
                        force: bool = False) -> StepsReport:
-    """Run the recipe's filters and (when ``[dedup] enabled``) deduplication on the corpus.
+    """Compute the recipe's missing or stale attribute sets (``force``: recompute them), under the corpus lock.
+
+    The corpus parts are verified against their recorded SHA-256 first. The corpus's default decisions
+    (stand-alone ``xgen filter`` / ``xgen dedup``) are never changed.
 
     Raises:
-        CorpusError: not a corpus; ValueError: invalid step parameters (from the steps themselves).
+        CorpusError: not a corpus; DamagedPartError: a damaged part; ValueError: invalid step parameters.
     """
     corpus = Corpus(corpus_dir)
     with corpus.lock():
@@ -60,24 +57,33 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
 
 
 def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool) -> StepsReport:
-    report = StepsReport()
-    skipped = []
-    if force or not _up_to_date(corpus, "filter", filter_params(recipe)):
-        report.filter = filters.run_filters(corpus_dir, recipe.min_tokens, recipe.license_subsets, recipe.allow_list())
+    dec = decisions.from_recipe(recipe)
+    report = StepsReport(decisions=dec)
+    ran, skipped = [], []
+    corpus.remove_unregistered()
+    corpus.verify_parts()
+    allow = recipe.allow_list()
+    key = decisions.license_params(allow)
+    if force or not corpus.attribute_current("license", key):
+        if force:
+            meta = corpus.read_meta()
+            meta.get("attributes", {}).pop(corpus.attribute_key("license", key), None)
+            corpus.write_meta(meta)
+        filters.compute_license_attributes(corpus, allow, verify=False)
+        ran.append("filter")
     else:
         skipped.append("filter")
-    if recipe.dedup.get("enabled", True):
-        # dedup's state includes the filter state it ran after (it prefers copies the filters keep)
-        if force or not _up_to_date(corpus, "dedup", dedup_params(recipe)):
+    if dec.dedup is not None:
+        if force or not corpus.attribute_current("dedup", decisions.dedup_attr_params(dec.dedup)):
             from xgen_data import dedup
 
-            report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress,
-                                           license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
+            report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress, license_allow=allow,
+                                           set_default=False, dec=dec, **recipe.dedup_kwargs())
+            ran.append("dedup")
         else:
             skipped.append("dedup")
-    elif corpus.step_state("dedup") is not None or corpus.has_step("dedup"):
-        corpus.clear_step("dedup")  # a recipe without dedup must not inherit old decisions
-    report.skipped = tuple(skipped)
+    report.filter = filters.report(corpus_dir, dec)
+    report.ran, report.skipped = tuple(ran), tuple(skipped)
     return report
 
 
@@ -91,12 +97,12 @@ def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: boo
     corpus = Corpus(corpus_dir)
     with corpus.lock():
         steps = apply_recipe_steps(corpus_dir, recipe, workers, progress)
-        return steps, packing.kept_documents(corpus_dir, recipe.subsets())
+        return steps, packing.kept_documents(corpus_dir, recipe.subsets(), recipe)
 
 
 def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True):
     """Recipe steps, then :func:`xgen_data.packing.build`, under one corpus lock (no other command can
-    change the decisions between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
+    change the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
     from xgen_data import packing
 
     corpus = Corpus(corpus_dir)

@@ -6,12 +6,13 @@ import numpy as np
 from xgen_data import fsutil, sql
 
 
-def length_histogram(corpus_dir: str, path: str, min_tokens: int | None = 100) -> str:
+def length_histogram(corpus_dir: str, path: str, min_tokens: int | None = 100, recipe=None) -> str:
     """Histogram of document lengths in tokens per subset (log-spaced bins), all documents vs kept ones.
 
     Args:
         corpus_dir: the corpus; path: PNG to write (atomically); min_tokens: draw the length filter's
-            threshold (SPEC §2) as a vertical line, None for none.
+            threshold (SPEC §2) as a vertical line, None for none; recipe: whose decisions give ``kept``
+            (default: the corpus defaults, :func:`xgen_data.sql.connect`).
     Returns:
         ``path``.
     """
@@ -20,8 +21,8 @@ def length_histogram(corpus_dir: str, path: str, min_tokens: int | None = 100) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    con = sql.connect(corpus_dir)
-    rows = con.execute("SELECT subset, n_tokens, kept FROM documents").fetchnumpy()
+    con = sql.connect(corpus_dir, recipe=recipe)
+    rows = con.execute("SELECT subset, n_tokens, coalesce(kept, FALSE) AS kept FROM documents").fetchnumpy()
     subsets = sorted(set(rows["subset"].tolist()))
     n_tokens = rows["n_tokens"].astype(np.int64)
     kept = rows["kept"].astype(bool)

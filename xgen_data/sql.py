@@ -3,12 +3,14 @@
 Views (created by :func:`connect`):
 
 * ``documents``: one row per document: ``id, subset, part, row, source, license, language, path, meta,
-  text, n_chars, n_bytes, n_tokens, kept, drop_reason, dup_cluster, dup_of``. ``drop_reason`` is the first
-  step's reason in :data:`xgen_data.corpus.STEP_ORDER` (filter, then dedup); ``kept`` = no reason.
+  text, n_chars, n_bytes, n_tokens``, its attributes ``license_pass, license_reason, license_tier,
+  dup_cluster, exact_group``, and the decisions derived for one recipe (or the corpus defaults):
+  ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.decisions`; the filter's
+  reason first, then dedup's; ``kept`` = no reason).
 * ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir, path,
   stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset (JSON), tokens_per_source
   (JSON)``.
-* ``license_conflicts``: exact duplicates carrying different license labels (after ``xgen dedup``).
+* ``license_conflicts``: exact duplicates carrying different license labels, with their decisions.
 """
 from __future__ import annotations
 
@@ -18,40 +20,15 @@ import sys
 
 import duckdb
 
-from xgen_data import shards
+from xgen_data import decisions, shards
 from xgen_data.corpus import Corpus
 
-SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
-_PART_FROM_PATH = r"regexp_extract(filename, '([^/\\]+\.parquet)$', 1)"
+SUBSET_FROM_PATH = decisions.SUBSET_FROM_PATH
+_PART_FROM_PATH = decisions.PART_FROM_PATH
 
 
 def _q(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
-
-
-def _documents_sql(corpus: Corpus) -> str:
-    cols = ["d.id", "d.subset", "d.part", "d.row", "d.source", "d.license", "d.language", "d.path", "d.meta",
-            "d.text", "d.n_chars", "d.n_bytes", "d.n_tokens"]
-    joins, reasons = [], []
-    if corpus.has_step("filter"):
-        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, {SUBSET_FROM_PATH} AS subset
-            FROM read_parquet({_q(corpus.step_glob('filter'))}, filename=true)) f
-            ON f.subset = d.subset AND f.id = d.id""")
-        reasons.append("f.drop_reason")
-    if corpus.has_step("dedup"):
-        joins.append(f"""LEFT JOIN (SELECT id, drop_reason, dup_cluster, dup_of, {SUBSET_FROM_PATH} AS subset
-            FROM read_parquet({_q(corpus.step_glob('dedup'))}, filename=true)) u
-            ON u.subset = d.subset AND u.id = d.id""")
-        reasons.append("u.drop_reason")
-        cols += ["u.dup_cluster", "u.dup_of"]
-    else:
-        cols += ["CAST(NULL AS BIGINT) AS dup_cluster", "CAST(NULL AS VARCHAR) AS dup_of"]
-    reason = f"coalesce({', '.join(reasons)})" if reasons else "CAST(NULL AS VARCHAR)"
-    cols += [f"({reason}) IS NULL AS kept", f"{reason} AS drop_reason"]
-    return f"""CREATE OR REPLACE VIEW documents AS SELECT {', '.join(cols)} FROM (
-        SELECT *, {SUBSET_FROM_PATH} AS subset, {_PART_FROM_PATH} AS part, file_row_number AS row
-        FROM read_parquet([{', '.join(_q(p.path) for p in corpus.parts())}], filename=true, file_row_number=true)) d
-        {' '.join(joins)}"""
 
 
 def shard_rows(shard_dirs: list[str]) -> list[dict]:
@@ -79,22 +56,34 @@ def shard_rows(shard_dirs: list[str]) -> list[dict]:
     return rows
 
 
-def connect(corpus_dir: str, shard_dirs: list[str] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, dec=None,
+            quiet: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views of this module over the corpus at ``corpus_dir``.
 
     Args:
         shard_dirs: extra shards directories for the ``shards`` view, besides those registered by
             ``xgen mix build`` in ``corpus.json``.
+        recipe: a :class:`xgen_data.recipe.Recipe` whose decisions ``documents`` shows; None = the corpus
+            defaults (:func:`xgen_data.decisions.from_defaults`). ``dec``: explicit
+            :class:`xgen_data.decisions.Decisions` instead.
+        quiet: do not print warnings (stale default decisions) on stderr.
     Raises:
-        CorpusError: not a corpus, or a corpus with no documents.
+        CorpusError: not a corpus, a corpus with no documents, or (with a recipe) its attributes are missing or
+            out of date (the message says to run ``xgen mix plan``).
     """
     corpus = Corpus(corpus_dir)
     if not corpus.parts():
         from xgen_data.corpus import CorpusError
 
         raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
+    if dec is None:
+        dec = decisions.for_corpus(corpus, recipe)
+    view, warnings = decisions.documents_sql(corpus, dec, strict=dec.recipe_name is not None)
+    for w in warnings if not quiet else ():
+        print(f"warning: {w}", file=sys.stderr)
     con = duckdb.connect(":memory:")
-    con.execute(_documents_sql(corpus))
+    con.execute(view)
+    con.execute(decisions.LICENSE_CONFLICTS_SQL)
     dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
     rows = shard_rows(list(dict.fromkeys(dirs)))
     if rows:
@@ -102,9 +91,6 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None) -> duckdb.Duck
 
         con.register("_shards_rows", pa.Table.from_pylist(rows))
         con.execute("CREATE OR REPLACE VIEW shards AS SELECT * FROM _shards_rows")
-    conflicts = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
-    if os.path.exists(conflicts):
-        con.execute(f"CREATE OR REPLACE VIEW license_conflicts AS SELECT * FROM read_parquet({_q(conflicts)})")
     return con
 
 

@@ -1,0 +1,244 @@
+"""Decisions per recipe, derived from attributes (the dolma taggers/mixer idea, in SQL).
+
+Steps store per-document *attributes* that no recipe threshold changes (:mod:`xgen_data.corpus`,
+``attributes/<step>/<params-hash>/``):
+
+* ``license`` (:func:`xgen_data.filters.compute_license_attributes`), keyed by the allow-list:
+  ``id, license_pass (bool), license_reason (str), license_tier (int8, dedup's keep tier)``;
+* ``dedup`` (:func:`xgen_data.dedup.run_dedup`), keyed by the dedup parameters (threshold, num_perm, ngram,
+  seed, bands, rows, scheme, exact, near): ``id, dup_cluster (int64), exact_group (int64), chash
+  (binary 16)``. Clusters never depend on any filter or allow-list.
+
+A :class:`Decisions` (from a recipe, or the corpus's defaults: the settings of the last stand-alone
+``xgen filter`` / ``xgen dedup``) turns them into ``kept`` and ``drop_reason`` with one SQL view
+(:func:`documents_sql`), never by rewriting files:
+
+1. Filters (SPEC §2) apply only to the subsets the recipe packs (``packed``; all subsets without a recipe):
+   ``too_few_tokens`` when ``n_tokens < min_tokens``, then ``license_not_permissive`` for subsets in
+   ``license_subsets`` whose license fails the allow-list.
+2. Dedup keep rule, per cluster: the first member by (the filters keep it, it is in a packed subset,
+   license tier, id, subset). Every other member gets ``dup_reason`` = ``exact_duplicate`` (same exact group as
+   the kept copy, when exact dedup is on) or ``near_duplicate``, and ``dup_of`` / ``dup_of_subset`` = the kept
+   copy. ``drop_reason`` = the filter reason, else ``dup_reason``; ``kept`` = no reason.
+
+With no decisions at all (nothing ran yet), ``kept`` and ``drop_reason`` are NULL.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from xgen_data.corpus import Corpus, CorpusError, params_hash
+
+REASON_SHORT = "too_few_tokens"
+REASON_LICENSE = "license_not_permissive"
+REASON_EXACT = "exact_duplicate"
+REASON_NEAR = "near_duplicate"
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """The settings that turn attributes into ``kept`` / ``drop_reason``.
+
+    ``filter``: ``{"min_tokens", "license_subsets", "allow"}`` or None (no filters); ``dedup``: the dedup
+    attribute parameters plus ``license_allow`` (the keep tier's allow-list), or None (no dedup); ``packed``:
+    the subsets the filters apply to (None = every subset); ``label``: what a reader is told.
+    """
+
+    label: str
+    filter: dict | None = None
+    dedup: dict | None = None
+    packed: tuple[str, ...] | None = None
+    recipe_name: str | None = None
+    recipe_sha256: str | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.filter is not None or self.dedup is not None
+
+
+def license_params(allow) -> dict:
+    """Attribute parameters of the ``license`` step for an allow-list (order and duplicates do not matter)."""
+    return {"allow": sorted(set(allow))}
+
+
+def dedup_attr_params(dedup_params: dict) -> dict:
+    """Attribute parameters of the ``dedup`` step: a dedup parameter dict without the keep rule's allow-list."""
+    return {k: v for k, v in dedup_params.items() if k != "license_allow"}
+
+
+def from_recipe(recipe) -> Decisions:
+    """The decisions of a :class:`xgen_data.recipe.Recipe` (its filters, dedup and the subsets it packs)."""
+    from xgen_data import dedup, fsutil
+
+    allow = recipe.allow_list()
+    ded = dedup.recorded_params(license_allow=allow, **recipe.dedup_kwargs()) if recipe.dedup.get("enabled", True) \
+        else None
+    sha = fsutil.sha256_file(recipe.path) if recipe.path else None
+    return Decisions(label=f"recipe {recipe.name!r} ({recipe.path or 'in memory'}, sha256 {sha or '-'})",
+                     filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(recipe.license_subsets),
+                             "allow": sorted(allow)},
+                     dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha)
+
+
+def from_defaults(corpus: Corpus) -> Decisions:
+    """The corpus's default decisions: the last stand-alone ``xgen filter`` / ``xgen dedup`` settings."""
+    d = corpus.default_decisions()
+    flt, ded = d.get("filter"), d.get("dedup")
+    if flt is None and ded is None:
+        return Decisions(label="no recipe and no `xgen filter` / `xgen dedup` run: attributes only, kept = NULL")
+    parts = []
+    if flt is not None:
+        parts.append(f"xgen filter (min_tokens {flt['min_tokens']}, license_subsets {','.join(flt['license_subsets'])},"
+                     f" allow-list {params_hash(license_params(flt['allow']))})")
+    if ded is not None:
+        parts.append(f"xgen dedup (threshold {ded['threshold']}, exact {ded['exact']}, near {ded['near']}, "
+                     f"params {params_hash(dedup_attr_params(ded))})")
+    return Decisions(label="no recipe: the corpus defaults from the last " + " and ".join(parts)
+                     + "; every subset filtered", filter=flt, dedup=ded)
+
+
+def for_corpus(corpus: Corpus, recipe=None) -> Decisions:
+    """:func:`from_recipe` when a recipe is given, else :func:`from_defaults`."""
+    return from_recipe(recipe) if recipe is not None else from_defaults(corpus)
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _qlist(items) -> str:
+    return "[" + ", ".join(_q(x) for x in items) + "]"
+
+
+SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
+PART_FROM_PATH = r"regexp_extract(filename, '([^/\\]+\.parquet)$', 1)"
+
+
+def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str) -> list[str] | None:
+    """Committed attribute files of ``(step, params)``, or None (with ``strict``: a CorpusError saying what to run)."""
+    try:
+        return [f for _, f in corpus.attribute_files(step, params)]
+    except CorpusError as exc:
+        if strict:
+            raise CorpusError(f"{exc}; {what}") from None
+        return None
+
+
+def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
+    """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
+
+    Columns: ``id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
+    license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
+    kept, drop_reason``.
+
+    Args:
+        strict: missing or stale attributes are an error (a recipe was named); otherwise the decisions that
+            need them are left out and a warning is returned.
+    Returns:
+        ``(sql, warnings)``.
+    Raises:
+        CorpusError: ``strict`` and an attribute set the decisions need is missing or out of date.
+    """
+    from xgen_data.dedup import LICENSE_TIERS
+
+    warnings: list[str] = []
+    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_name}` first (it computes them)"
+            if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
+    flt, ded = dec.filter, dec.dedup
+    lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint) if flt else None
+    if flt and lf is None:
+        warnings.append(f"the filter decisions are out of date or missing; {hint}")
+        flt = None
+    ld = uf = None
+    if ded:
+        uf = _attr_files(corpus, "dedup", dedup_attr_params(ded), strict, hint)
+        ld = _attr_files(corpus, "license", license_params(ded["license_allow"]), strict, hint)
+        if uf is None or ld is None:
+            warnings.append(f"the dedup decisions are out of date or missing; {hint}")
+            ded = uf = ld = None
+    parts = corpus.parts()
+    ctes = [f"""d AS (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part, file_row_number AS row
+        FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
+    joins = []
+    lic_cols = "l.license_pass, l.license_reason" if (lf or ld) else \
+        "CAST(NULL AS BOOLEAN) AS license_pass, CAST(NULL AS VARCHAR) AS license_reason"
+    same = lf is not None and ld is not None and lf == ld
+    if lf or ld:
+        ctes.append(f"""l AS (SELECT id, license_pass, license_reason, license_tier, {SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_qlist(lf or ld)}, filename=true))""")
+        joins.append("LEFT JOIN l ON l.subset = d.subset AND l.id = d.id")
+    if ld and not same and lf:
+        ctes.append(f"""lt AS (SELECT id, license_tier, {SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_qlist(ld)}, filename=true))""")
+        joins.append("LEFT JOIN lt ON lt.subset = d.subset AND lt.id = d.id")
+        tier = "lt.license_tier"
+    else:
+        tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
+    if uf:
+        ctes.append(f"""u AS (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_qlist(uf)}, filename=true))""")
+        joins.append("LEFT JOIN u ON u.subset = d.subset AND u.id = d.id")
+        dup_cols = "u.dup_cluster, u.exact_group"
+    else:
+        dup_cols = "CAST(NULL AS BIGINT) AS dup_cluster, CAST(NULL AS BIGINT) AS exact_group"
+    packed = "TRUE" if dec.packed is None else (f"d.subset IN ({', '.join(_q(s) for s in dec.packed)})"
+                                               if dec.packed else "FALSE")
+    if flt:
+        lic_subsets = f"d.subset IN ({', '.join(_q(s) for s in flt['license_subsets'])})" \
+            if flt["license_subsets"] else "FALSE"
+        freason = f"""CASE WHEN NOT ({packed}) THEN NULL
+            WHEN d.n_tokens < {int(flt['min_tokens'])} THEN '{REASON_SHORT}'
+            WHEN {lic_subsets} AND NOT coalesce(l.license_pass, FALSE) THEN '{REASON_LICENSE}' END"""
+    else:
+        freason = "CAST(NULL AS VARCHAR)"
+    ctes.append(f"""b AS (SELECT d.id, d.subset, d.part, d.row, d.source, d.license, d.language, d.path, d.meta,
+            d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols}, {tier} AS license_tier_rank, {dup_cols},
+            {freason} AS filter_reason, {packed} AS packed
+        FROM d {' '.join(joins)})""")
+    unknown = LICENSE_TIERS.index("unknown")
+    if ded:
+        ctes.append(f"""k AS (SELECT dup_cluster, first(struct_pack(kid := id, ksub := subset, kgroup := exact_group)
+                ORDER BY filter_reason IS NOT NULL, NOT packed, coalesce(license_tier_rank, {unknown}), id, subset) AS k
+            FROM b WHERE dup_cluster IS NOT NULL GROUP BY dup_cluster)""")
+        exact_on = "TRUE" if ded.get("exact", True) else "FALSE"
+        dreason = f"""CASE WHEN b.dup_cluster IS NULL OR (b.id = k.k.kid AND b.subset = k.k.ksub) THEN NULL
+            WHEN {exact_on} AND b.exact_group IS NOT DISTINCT FROM k.k.kgroup AND b.exact_group IS NOT NULL
+            THEN '{REASON_EXACT}' ELSE '{REASON_NEAR}' END"""
+        kjoin = "LEFT JOIN k USING (dup_cluster)"
+        kid, ksub = "k.k.kid", "k.k.ksub"
+    else:
+        dreason, kjoin, kid, ksub = "CAST(NULL AS VARCHAR)", "", "NULL", "NULL"
+    tier_name = "CASE " + " ".join(f"WHEN license_tier_rank = {i} THEN '{n}'" for i, n in enumerate(LICENSE_TIERS)) \
+        + " END"
+    reason = "coalesce(filter_reason, dup_reason)"
+    kept = f"({reason}) IS NULL" if dec.any else "CAST(NULL AS BOOLEAN)"
+    sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
+        r AS (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset FROM b {kjoin})
+        SELECT id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
+            license_pass, license_reason, {tier_name} AS license_tier, dup_cluster, exact_group, dup_reason,
+            CASE WHEN dup_reason IS NOT NULL THEN kept_id END AS dup_of,
+            CASE WHEN dup_reason IS NOT NULL THEN kept_subset END AS dup_of_subset,
+            {kept} AS kept, {reason} AS drop_reason
+        FROM r"""
+    return sql, warnings
+
+
+#: The ``license_conflicts`` view: every document of each exact-duplicate group whose members carry
+#: different raw license labels (null counts as a label), with that group's decisions.
+LICENSE_CONFLICTS_SQL = """CREATE OR REPLACE VIEW license_conflicts AS
+    WITH em AS (SELECT * FROM documents WHERE exact_group IS NOT NULL),
+    g AS (SELECT exact_group, count(*) AS group_size, count(DISTINCT coalesce(license, chr(0))) AS n_labels
+          FROM em GROUP BY exact_group HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
+    SELECT em.exact_group AS group_id, em.subset, em.id, em.license, em.license_tier, em.source, em.path,
+        g.group_size, g.n_labels, em.kept, em.drop_reason, em.dup_cluster, em.dup_of, em.dup_of_subset
+    FROM em JOIN g USING (exact_group) ORDER BY group_id, em.subset, em.part, em.row"""
+
+
+def describe(dec: Decisions) -> str:
+    """One line saying which decisions a view or report shows (printed by ``xgen sql`` / ``xgen stats``)."""
+    return f"decisions: {dec.label}"
+
+
+def to_json(dec: Decisions) -> str:
+    return json.dumps(dec.__dict__, sort_keys=True)
