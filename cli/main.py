@@ -20,6 +20,7 @@ _COMMANDS = [
     ("cli.sql_cmd", "stats"),
     ("cli.filter_cmd", "filter_"),
     ("cli.dedup_cmd", "dedup"),
+    ("cli.verify_cmd", "verify"),
     ("cli.mix_cmd", "mix"),
     ("cli.train_cmd", "train"),
     ("cli.demo_cmd", "demo"),

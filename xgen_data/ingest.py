@@ -261,10 +261,12 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         raise
     finally:
         bar.close()
+    fsutil.crash_point("ingest.parts_written")
     part_sha256 = {}
     for tmp, final in tmp_paths:
         part_sha256[os.path.basename(final)] = fsutil.sha256_file(tmp)  # hash the bytes that become the part
         os.replace(tmp, final)
+        fsutil.crash_point("ingest.part_renamed")
     report.parts = [os.path.basename(final) for _, final in tmp_paths]
     # Register the new parts (the registry is what makes parts visible), then remove replaced ones.
     for k in replaced:
@@ -273,6 +275,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
                    "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
                    "part_sha256": part_sha256}
     corpus.write_meta(meta)
+    fsutil.crash_point("ingest.registered")
     corpus.remove_unregistered()
     if replaced:
         report.status = "replaced"

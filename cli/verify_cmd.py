@@ -1,0 +1,32 @@
+"""``xgen verify``: SHA-256 of corpus parts, attribute files and registered shard folders (:mod:`xgen_data.verify`)."""
+from __future__ import annotations
+
+import click
+
+from cli.common import corpus_option, print_rows, user_errors
+
+
+@click.command()
+@corpus_option
+@click.option("--record", is_flag=True,
+              help="Hash and record parts that have no recorded sha256 (corpora ingested by an older xgen).")
+@click.option("--all", "show_all", is_flag=True, help="List every file, not only problems.")
+@user_errors
+def verify(corpus_dir: str, record: bool, show_all: bool) -> None:
+    """Check every registered file against its recorded SHA-256; exit status 1 when something is damaged."""
+    from xgen_data.verify import DAMAGE, verify_corpus
+
+    checks = verify_corpus(corpus_dir, record=record, progress=True)
+    shown = [c for c in checks if show_all or c.status not in ("ok",)]
+    if shown:
+        print_rows(["kind", "status", "path", "detail"], [(c.kind, c.status, c.path, c.detail) for c in shown],
+                   title="Files checked" if show_all else "Files needing attention")
+    counts: dict[str, int] = {}
+    for c in checks:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    damaged = sum(1 for c in checks if c.status in DAMAGE)
+    click.echo(f"verify {corpus_dir}: {len(checks)} checks ({summary})")
+    if damaged:
+        raise click.ClickException(f"{damaged} damaged or missing file(s); re-ingest damaged parts "
+                                   "(`xgen ingest` repairs them), recompute attributes, rebuild shards")

@@ -1,0 +1,223 @@
+"""Crash consistency and checksums (issue 7 items 2 and 3): every step is killed (SIGKILL) at each of its commit
+points in a subprocess; the corpus must then be in its old or its new state, fully verifiable, and a following
+run must give the same result as an uninterrupted one. A flipped bit in a part is caught by `xgen verify` and
+by `mix build`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLE
+from xgen_data import corpus as corpus_mod
+from xgen_data import dedup, filters, fsutil, ingest, packing, recipe, shards, sql, verify
+
+RECIPE = """name = "crash"
+seed = 3
+[filters]
+min_tokens = 60
+[dedup]
+enabled = true
+[[stages]]
+name = "s1"
+proportions = { natural = 0.9, code = 0.1 }
+[[stages.substages]]
+name = "a"
+seq_len = 64
+tokens = 12800
+"""
+
+
+def _head(name: str, n: int, out: str) -> str:
+    with open(os.path.join(SAMPLE, name), encoding="utf-8") as f, open(out, "w", encoding="utf-8") as g:
+        for _, line in zip(range(n), f):
+            g.write(line)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small real corpus (120 natural + 40 code documents of the sample slice) with default decisions set,
+    a third input file not ingested yet, and a recipe file."""
+    d = tmp_path_factory.mktemp("integrity")
+    nl = _head("nl.jsonl", 120, str(d / "nl.jsonl"))
+    code = _head("code.jsonl", 40, str(d / "code.jsonl"))
+    extra = _head("instruct.jsonl", 60, str(d / "instruct.jsonl"))
+    root = str(d / "corpus")
+    ingest.ingest(root, [(nl, None), (code, None)], workers=1, progress=False)
+    filters.run_filters(root)
+    dedup.run_dedup(root, workers=1, progress=False)
+    (d / "crash.toml").write_text(RECIPE)
+    return {"root": root, "extra": extra, "recipe": str(d / "crash.toml")}
+
+
+def _state(root: str) -> dict:
+    """What a step changes, without random generation names: registry entries and derived decisions."""
+    meta = json.load(open(os.path.join(root, "corpus.json")))
+    attrs = {k: {kk: vv for kk, vv in v.items() if kk != "generation"} for k, v in meta.get("attributes", {}).items()}
+    con = sql.connect(root, quiet=True)
+    docs = con.execute("""SELECT subset, id, kept, drop_reason, dup_cluster, dup_of FROM documents
+                          ORDER BY subset, id""").fetchall()
+    return {"inputs": meta["inputs"], "attributes": attrs, "defaults": meta.get("default_decisions"), "docs": docs}
+
+
+def _invariant(root: str) -> None:
+    """Registry parses; every registered file exists with its recorded sha256; nothing unregistered is read."""
+    checks = verify.verify_corpus(root)
+    bad = [c for c in checks if c.status in verify.DAMAGE or c.status == "unrecorded"]
+    assert not bad, bad
+
+
+def _no_leftovers(root: str) -> None:
+    meta = json.load(open(os.path.join(root, "corpus.json")))
+    live = {os.path.join(root, "attributes", *k.split("/"), v["generation"]) for k, v in meta["attributes"].items()}
+    gens = {os.path.join(dp, g) for dp, dirs, _ in os.walk(os.path.join(root, "attributes")) for g in dirs
+            if os.path.relpath(os.path.join(dp, g), os.path.join(root, "attributes")).count(os.sep) == 2}
+    assert gens == live
+    registered = {p.path for p in corpus_mod.Corpus(root).parts()}
+    on_disk = {os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, "docs")) for f in fs}
+    assert on_disk == registered
+
+
+def _kill_at(point: str, code: str) -> None:
+    env = {**os.environ, fsutil.CRASH_ENV: point}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, (point, p.returncode, p.stderr[-3000:])
+
+
+STEPS = {
+    # step: (commit points in order, python code run in the subprocess, the same step in this process)
+    "filter": (["license.part_written", "license.before_commit", "license.committed"],
+               "from xgen_data import filters; filters.run_filters({root!r}, min_tokens=50, "
+               "allow=filters.licenses.default_allow_list() + ('PSF-2.0',))",
+               lambda c: filters.run_filters(c["root"], min_tokens=50,
+                                             allow=filters.licenses.default_allow_list() + ("PSF-2.0",))),
+    "dedup": (["dedup.part_written", "dedup.before_commit", "dedup.committed"],
+              "from xgen_data import dedup; dedup.run_dedup({root!r}, threshold=0.8, workers=1, progress=False)",
+              lambda c: dedup.run_dedup(c["root"], threshold=0.8, workers=1, progress=False)),
+    "ingest": (["ingest.parts_written", "ingest.part_renamed", "ingest.registered"],
+               "from xgen_data import ingest; ingest.ingest({root!r}, [({extra!r}, None)], workers=1, progress=False)",
+               lambda c: ingest.ingest(c["root"], [(c["extra"], None)], workers=1, progress=False)),
+}
+#: commit points after which the new state is the committed one
+AFTER_COMMIT = {"license.committed", "dedup.committed", "ingest.registered"}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_kill_at_every_commit_point(small, tmp_path, step):
+    points, code, run = STEPS[step]
+    old = _state(small["root"])
+    ref = str(tmp_path / "ref")
+    shutil.copytree(small["root"], ref)
+    run({**small, "root": ref})  # uninterrupted
+    new = _state(ref)
+    assert new != old
+    for point in points:
+        root = str(tmp_path / point)
+        shutil.copytree(small["root"], root)
+        _kill_at(point, code.format(root=root, extra=small["extra"]))
+        got = _state(root)
+        assert got == (new if point in AFTER_COMMIT else old), point  # old or new, never mixed
+        _invariant(root)
+        run({**small, "root": root})  # the next run completes, removes leftovers, and gives the same result
+        assert _state(root) == new, point
+        _invariant(root)
+        _no_leftovers(root)
+
+
+def test_kill_mix_build_at_every_commit_point(small, tmp_path):
+    r = recipe.load(small["recipe"])
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    from xgen_data import pipeline
+
+    ref = str(tmp_path / "ref")
+    pipeline.build_recipe(root, r, ref, workers=1, progress=False)
+    want = open(os.path.join(ref, "manifest.json")).read()
+    for point in ("build.shards_written", "build.swapped"):
+        out = str(tmp_path / point)
+        code = (f"from xgen_data import pipeline, recipe; pipeline.build_recipe({root!r}, "
+                f"recipe.load({small['recipe']!r}), {out!r}, workers=1, progress=False)")
+        _kill_at(point, code)
+        if point == "build.shards_written":
+            assert not os.path.exists(out)  # the new set is not in place yet
+        else:
+            assert shards.verify(out) == [] and open(os.path.join(out, "manifest.json")).read() == want
+        _invariant(root)
+        pipeline.build_recipe(root, r, out, workers=1, progress=False)
+        assert open(os.path.join(out, "manifest.json")).read() == want and shards.verify(out) == []
+        assert not [n for n in os.listdir(tmp_path) if n.startswith(f".{point}")]  # temporary folders removed
+
+
+def test_recipe_flow_sees_content_changes_not_names(small, tmp_path):
+    """A part overwritten in place (same name, other bytes) is damage, never 'up to date' (issue 7)."""
+    import pyarrow.parquet as pq
+
+    from xgen_data import pipeline
+
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    r = recipe.load(small["recipe"])
+    pipeline.apply_recipe_steps(root, r, workers=1, progress=False)
+    c = corpus_mod.Corpus(root)
+    part = c.parts("natural")[0]
+    t = pq.read_table(part.path)
+    pq.write_table(t.slice(0, 50), part.path, compression="zstd")  # what `COPY (... LIMIT 50) TO part` did
+    # the fingerprint is over recorded contents: an in-place change is damage, caught before any step reads it
+    with pytest.raises(corpus_mod.DamagedPartError, match="re-ingest"):
+        pipeline.apply_recipe_steps(root, r, workers=1, progress=False)
+
+
+def test_flipped_bit_detected_by_verify_and_mix_build(small, tmp_path):
+    from cli.main import cli
+
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["verify", "--corpus", root])
+    assert res.exit_code == 0, res.output
+    part = corpus_mod.Corpus(root).parts("code")[0]
+    data = bytearray(open(part.path, "rb").read())
+    data[len(data) // 2] ^= 0x10  # one bit inside the data pages
+    open(part.path, "wb").write(bytes(data))
+    res = runner.invoke(cli, ["verify", "--corpus", root])
+    assert res.exit_code == 1 and part.path in res.output and "damaged" in res.output
+    res = runner.invoke(cli, ["mix", "build", "--corpus", root, "--recipe", small["recipe"], "--workers", "1",
+                              "--out", str(tmp_path / "s")])
+    assert res.exit_code == 1 and part.path in res.output and "re-ingest" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "s").exists()
+    # packing.build on its own checks too (the tokens it packs come from the parts)
+    with pytest.raises(corpus_mod.DamagedPartError, match="code"):
+        packing.build(root, recipe.load(small["recipe"]), str(tmp_path / "s2"), progress=False)
+
+
+def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
+    from cli.main import cli
+
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    meta = json.load(open(os.path.join(root, "corpus.json")))
+    key, state = next((k, v) for k, v in meta["attributes"].items() if k.startswith("dedup/"))
+    attr = os.path.join(root, "attributes", *key.split("/"), state["generation"], next(iter(state["files"])))
+    for v in meta["inputs"].values():  # a corpus from before part sha256s were recorded
+        v.pop("part_sha256")
+    json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["verify", "--corpus", root])
+    assert res.exit_code == 0 and "unrecorded" in res.output
+    res = runner.invoke(cli, ["verify", "--corpus", root, "--record"])
+    assert res.exit_code == 0 and "recorded" in res.output
+    assert all(v.get("part_sha256") for v in json.load(open(os.path.join(root, "corpus.json")))["inputs"].values())
+    with open(attr, "r+b") as f:
+        f.seek(20)
+        b = f.read(1)
+        f.seek(20)
+        f.write(bytes([b[0] ^ 1]))
+    res = runner.invoke(cli, ["verify", "--corpus", root])
+    assert res.exit_code == 1 and attr in res.output

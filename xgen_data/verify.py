@@ -1,0 +1,104 @@
+"""``xgen verify``: check every file the corpus registry names against its recorded SHA-256.
+
+Checked (:func:`verify_corpus`):
+
+* ``part``: each registered docs part against ``inputs[key]["part_sha256"]`` (recorded at ingest). A part
+  ingested before SHA-256s were recorded is ``unrecorded``; ``record=True`` hashes and records it (under the
+  corpus lock), trusting its current bytes.
+* ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
+  (:meth:`xgen_data.corpus.Corpus.commit_attributes`); a set computed from other part contents is reported
+  ``stale`` (not damage: the recipe flow recomputes it).
+* ``shards``: each registered shards folder's manifest and every shard's size and SHA-256 in it
+  (:func:`xgen_data.shards.verify`).
+
+Statuses: ``ok``, ``unrecorded``, ``recorded``, ``stale`` (fine) and ``damaged``, ``missing`` (damage).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from xgen_data import fsutil, shards
+from xgen_data.corpus import ATTRIBUTES, Corpus, params_hash
+
+DAMAGE = ("damaged", "missing")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The result for one file: ``kind`` (part, attributes, shards), ``path``, ``status``, ``detail``."""
+
+    kind: str
+    path: str
+    status: str
+    detail: str = ""
+
+
+def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False) -> list[Check]:
+    """Check the corpus's parts, attribute files and registered shard folders (module docstring).
+
+    Raises:
+        CorpusError: not a corpus, or ``corpus.json`` does not parse / is malformed.
+    """
+    from tqdm.auto import tqdm
+
+    corpus = Corpus(corpus_dir)
+    out: list[Check] = []
+    with corpus.lock():
+        meta = corpus.read_meta()
+        recorded = corpus.recorded_sha256(meta)
+        parts = corpus.parts()
+        new: dict[tuple[str, str], str] = {}
+        for p in tqdm(parts, desc="verify parts", unit="part", disable=None if progress else True, leave=False):
+            want = recorded.get((p.subset, p.name))
+            if not os.path.exists(p.path):
+                out.append(Check("part", p.path, "missing", "re-ingest its input"))
+                continue
+            got = fsutil.sha256_file(p.path)
+            if want is None:
+                if record:
+                    new[(p.subset, p.name)] = got
+                out.append(Check("part", p.path, "recorded" if record else "unrecorded",
+                                 f"sha256 {got[:12]}…" + ("" if record else "; record with --record")))
+            elif got != want:
+                out.append(Check("part", p.path, "damaged", f"sha256 {got[:12]}…, recorded {want[:12]}…; re-ingest "
+                                 "its input with `xgen ingest`"))
+            else:
+                out.append(Check("part", p.path, "ok"))
+        if new:
+            for v in meta["inputs"].values():
+                for name in v["parts"]:
+                    if (v["subset"], name) in new:
+                        v.setdefault("part_sha256", {})[name] = new[(v["subset"], name)]
+            corpus.write_meta(meta)
+        fingerprint = corpus.parts_fingerprint()
+        for key, state in sorted(meta.get("attributes", {}).items()):
+            gen = os.path.join(corpus.root, ATTRIBUTES, *key.split("/"), state["generation"])
+            stale = state["parts"] != fingerprint
+            bad = False
+            for rel, want in state["files"].items():
+                path = os.path.join(gen, rel)
+                if not os.path.exists(path):
+                    out.append(Check("attributes", path, "missing", f"attribute set {key}; recompute it (xgen mix plan)"))
+                    bad = True
+                elif fsutil.sha256_file(path) != want:
+                    out.append(Check("attributes", path, "damaged", f"attribute set {key}; recompute it "
+                                     "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
+                    bad = True
+            if not bad:
+                out.append(Check("attributes", gen, "stale" if stale else "ok",
+                                 f"{state['step']} {params_hash(state['params'])}, {len(state['files'])} files"
+                                 + ("; computed from other part contents" if stale else "")))
+        for shard_dir in meta.get("shard_dirs", []):
+            if not os.path.exists(shard_dir):
+                continue  # removed by the user: not registered data any more
+            try:
+                problems = shards.verify(shard_dir)
+            except shards.ShardError as exc:
+                out.append(Check("shards", shard_dir, "damaged", str(exc)))
+                continue
+            for prob in problems:
+                out.append(Check("shards", shard_dir, "damaged", prob))
+            if not problems:
+                out.append(Check("shards", shard_dir, "ok", "every shard matches its manifest sha256"))
+    return out
