@@ -8,7 +8,7 @@ sample of its documents, and compares, within the sample:
   share of flagged pairs whose true Jaccard similarity is ≥ 0.6.
 * **true pairs**: every pair of sampled documents whose true Jaccard similarity is ≥ 0.8, found exactly
   with a prefix-filtering similarity join (AllPairs, Bayardo et al. 2007). **Recall** = share of true pairs
-  whose documents end up in one cluster (same ``dup_cluster`` in ``steps/dedup``).
+  whose documents end up in one cluster (same ``dup_cluster`` in the run's ``dedup`` attributes).
 
 True Jaccard is computed on the exact shingle sets of :func:`xgen_data.minhash.shingles` (the shingles
 MinHash sees), each shingle identified by its 64-bit SHA-1 prefix (a collision needs ~2^32 shingles per
@@ -123,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(n, size=min(args.docs, n), replace=False))
     texts, clusters = [], []
+    from xgen_data import decisions
+
+    attr = dict((pt.name, f) for pt, f in corpus.attribute_files(
+        "dedup", decisions.dedup_attr_params(corpus.default_decisions()["dedup"])))
     for k, pt in enumerate(parts):
         rows = sample[(sample >= offsets[k]) & (sample < offsets[k + 1])] - offsets[k]
         if not len(rows):
             continue
         texts += pq.read_table(pt.path, columns=["text"]).column("text").take(rows).to_pylist()
-        clusters += pq.read_table(corpus.step_path("dedup", pt), columns=["dup_cluster"]).column(
+        clusters += pq.read_table(attr[pt.name], columns=["dup_cluster"]).column(
             "dup_cluster").take(rows).to_pylist()
     sets = shingle_sets(texts, args.ngram)
     no_words = sum(1 for s in sets if not len(s))

@@ -32,7 +32,8 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
           as_json: bool, progress: bool) -> None:
     """Remove exact and near duplicates across all subsets (StarCoder's MinHash LSH, SPEC §2).
 
-    Writes steps/dedup/ (dup_cluster, dup_of, drop_reason per document, seen in the `documents` view) and
+    Writes the dedup attributes (clusters, exact groups) for these parameters and makes them the corpus's
+    default dedup decisions (the `documents` view without --recipe); recipes keep their own. Also writes
     reports/license_conflicts.parquet (the `license_conflicts` view).
     """
     from xgen_data.dedup import run_dedup

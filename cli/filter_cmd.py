@@ -15,7 +15,11 @@ from cli.common import corpus_option, print_rows, user_errors
 @user_errors
 def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, license_subsets: tuple[str, ...],
             allow_extra: tuple[str, ...]) -> None:
-    """Apply the length and license filters (SPEC §2); reasons show in the `documents` view."""
+    """Set the corpus's default length and license filters (SPEC §2) and compute the license attributes.
+
+    The `documents` view without --recipe shows these decisions (for every subset); a recipe's view
+    (`xgen sql --recipe R`, `mix plan/build`) uses the recipe's own settings.
+    """
     from xgen_data import filters, licenses, recipe
 
     if recipe_name:

@@ -10,9 +10,11 @@ What counts as a copy
     of one graph; its connected components are the clusters. Dedup runs over all documents of all
     subsets, whatever the filters decided (ids are keyed by ``(subset, id)``).
 
-Which copy is kept (SPEC §2 "Choice")
-    Per cluster: a copy that the filters keep (``steps/filter``, when that step has run) before one they
-    drop, so a cluster's text is never lost to the length or license filter; then the document with the
+Which copy is kept (SPEC §2 "Choice"), per recipe
+    Clusters are attributes (computed once per parameter set); the kept copy is a *decision*, derived per
+    recipe by SQL (:mod:`xgen_data.decisions`). Per cluster: a copy that the recipe's filters keep before one
+    they drop, so a cluster's text is never lost to the length or license filter; then a copy in a subset the
+    recipe packs; then the document with the
     most permissive license (:func:`license_rank`: public domain and
     permissive licenses on the license filter's allow-list first, then other permissive, weak copyleft,
     copyleft, other, unknown), then the smallest ``id`` (then the smallest subset name). Every other member is dropped with ``dup_of`` = the kept
@@ -21,12 +23,15 @@ Which copy is kept (SPEC §2 "Choice")
     then near dedup among the survivors, keeping the best of each near cluster: the policy is a total order.)
 
 Outputs
-    * ``steps/dedup/<subset>/<part>.parquet`` for every docs part (written atomically): ``id``,
-      ``drop_reason`` (null = kept), ``dup_cluster`` (int64, the smallest global document number in the
-      cluster; null for documents in no cluster), ``dup_of`` and ``dup_of_subset`` (the kept copy; null
-      for kept documents). Global document numbers count documents in ``Corpus.parts()`` order.
-    * ``reports/license_conflicts.parquet``: one row per document of each exact-duplicate group whose
-      members carry different license labels (raw strings; null counts as a label).
+    * ``attributes/dedup/<params-hash>/<generation>/<subset>/<part>.parquet`` for every docs part
+      (:data:`ATTR_SCHEMA`, one generation committed atomically): ``id``, ``dup_cluster`` (int64, the smallest
+      global document number in the cluster; null for documents in no cluster), ``exact_group`` (int64, the
+      smallest global document number with the same content hash; null when unique), ``chash``. Global
+      document numbers count documents in ``Corpus.parts()`` order. The ``documents`` view derives
+      ``dup_reason``, ``dup_of``, ``dup_of_subset``, ``kept`` and ``drop_reason`` per recipe.
+    * ``reports/license_conflicts.parquet``: a snapshot of the ``license_conflicts`` view for the decisions
+      of the run (one row per document of each exact-duplicate group whose members carry different license
+      labels; raw strings; null counts as a label).
     * ``work/dedup/``: per-part signatures (``sig/``) and band hashes (``bands/``) as Parquet, plus DuckDB's
       spill folder; safe to delete. Signatures are reused when the docs part, ``num_perm``, ``seed``,
       ``ngram`` and ``scheme`` are unchanged (only the banding is redone for a new threshold).
