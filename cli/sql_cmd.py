@@ -40,7 +40,9 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
     try:
         rel = con.execute(query)
     except duckdb.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}") from None
+        hint = (f"; check the corpus with `xgen verify --corpus {corpus_dir}`" if isinstance(exc, duckdb.IOException)
+                or "magic bytes" in str(exc) else "")
+        raise click.ClickException(f"SQL error: {exc}{hint}") from None
     if rel is None or rel.description is None:
         return
     columns = [d[0] for d in rel.description]
@@ -66,8 +68,14 @@ def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | N
         r = recipe.load(recipe_name) if recipe_name else None
         length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
 
+    import duckdb
+
     for title, query in xsql.STATS_QUERIES:
-        rel = con.execute(query)
+        try:
+            rel = con.execute(query)
+        except duckdb.Error as exc:  # e.g. a truncated part: name it and the way to find and repair damage
+            raise click.ClickException(f"{exc}; check the corpus with `xgen verify --corpus {corpus_dir}` and "
+                                       "re-ingest damaged parts") from None
         columns = [d[0] for d in rel.description]
         rows = rel.fetchall()
         if fmt == "table":

@@ -119,3 +119,25 @@ def test_malformed_registry_is_a_clear_error(corpus_copy):
     json.dump(meta, open(path, "w"))
     with pytest.raises(CorpusError, match="registry is malformed"):
         sql.connect(corpus_copy)
+
+
+@pytest.mark.parametrize("expr,want", [
+    ("MIT", (True, "pass: on the allow-list")), (None, (False, "fail: no license")), ("", (False, "fail: no license")),
+    ("noassertion", (False, "fail: NOASSERTION")), ("(((", (False, "fail: unparsable")),
+    ("GPL-2.0-only", (False, "fail: GPL-2.0-only not on the allow-list")),
+    ("BSD-3-Clause AND PSF-2.0", (False, "fail: PSF-2.0 not on the allow-list")),
+    ("GPL-2.0-or-later OR MPL-2.0", (False, "fail: GPL-2.0-or-later, MPL-2.0 not on the allow-list")),
+])
+def test_license_decision_reasons(expr, want):
+    assert licenses.license_decision(expr) == want
+    assert licenses.license_decision(expr)[0] is licenses.license_passes(expr)
+
+
+def test_license_attributes_have_a_reason_for_every_document(sample_corpus):
+    con = sql.connect(sample_corpus)
+    rows = con.execute("""SELECT subset, license_pass, license_reason, count(*) FROM documents
+                          GROUP BY ALL""").fetchall()
+    assert all(r[2] and r[2].startswith("pass" if r[1] else "fail") for r in rows)
+    assert con.execute("""SELECT count(*) FROM documents WHERE subset = 'code' AND NOT license_pass
+                          AND drop_reason IS DISTINCT FROM 'license_not_permissive'
+                          AND drop_reason IS DISTINCT FROM 'too_few_tokens'""").fetchone()[0] == 0

@@ -180,3 +180,25 @@ def test_demo_refuses_a_run_folder_with_foreign_files(tmp_path):
     res = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path / "W")])
     assert res.exit_code == 1 and "did not write" in res.output
     assert (tmp_path / "W" / "run" / "thesis.txt").read_text() == "mine"
+
+
+def test_dedup_keep_rule_follows_each_recipe(gpl_pair, tmp_path):
+    """One cluster, two recipes: each keeps the copy its own filters keep (clusters are shared attributes)."""
+    strict = _recipe_file(tmp_path, "strict", 0, subsets="natural = 0.5, code = 0.5")
+    gpl_ok = _recipe_file(tmp_path, "gplok", 0, "license_allow_extra = ['GPL-2.0-only', 'GPL-2.0-or-later', "
+                          "'GPL-3.0-only', 'GPL-3.0-or-later', 'GPL-2.0', 'GPL-3.0', 'GPL-2.0+', 'GPL-3.0+']",
+                          subsets="natural = 0.5, code = 0.5")
+    nl_only = _recipe_file(tmp_path, "nlonly", 0, subsets="natural = 1.0")
+    for r in (strict, gpl_ok, nl_only):
+        pipeline.apply_recipe_steps(gpl_pair, r, workers=1, progress=False)
+    q = "SELECT subset, id, drop_reason, dup_of FROM documents ORDER BY id"
+    assert sql.connect(gpl_pair, recipe=strict).execute(q).fetchall() == [
+        ("code", "a", "license_not_permissive", "b"), ("natural", "b", None, None)]
+    # GPL allowed: both copies pass the filters and rank the same, so the smallest id wins
+    assert sql.connect(gpl_pair, recipe=gpl_ok).execute(q).fetchall() == [
+        ("code", "a", None, None), ("natural", "b", "exact_duplicate", "a")]
+    # a recipe that packs only `natural` keeps the natural copy (code is not filtered there, but not packed)
+    assert sql.connect(gpl_pair, recipe=nl_only).execute(q).fetchall() == [
+        ("code", "a", "exact_duplicate", "b"), ("natural", "b", None, None)]
+    meta = json.load(open(f"{gpl_pair}/corpus.json"))
+    assert sum(k.startswith("dedup/") for k in meta["attributes"]) == 1  # one cluster set for all three
