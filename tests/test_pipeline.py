@@ -202,3 +202,15 @@ def test_dedup_keep_rule_follows_each_recipe(gpl_pair, tmp_path):
         ("code", "a", "exact_duplicate", "b"), ("natural", "b", None, None)]
     meta = json.load(open(f"{gpl_pair}/corpus.json"))
     assert sum(k.startswith("dedup/") for k in meta["attributes"]) == 1  # one cluster set for all three
+
+
+def test_stale_defaults_are_said_not_shown(corpus_copy, tmp_path, capsys):
+    """After new documents, the old default decisions do not silently describe the new corpus."""
+    ingest.ingest(corpus_copy, [(_write(tmp_path / "more.jsonl", [{"id": "n", "text": "y " * 300}]), "natural")],
+                  workers=1, progress=False)
+    con = sql.connect(corpus_copy)
+    assert "out of date" in capsys.readouterr().err
+    assert con.execute("SELECT count(*) FROM documents WHERE kept IS NOT NULL").fetchone()[0] == 0
+    filters.run_filters(corpus_copy)  # recomputes the attributes for the new parts
+    con = sql.connect(corpus_copy)
+    assert con.execute("SELECT kept FROM documents WHERE id = 'n'").fetchone()[0] is True

@@ -25,7 +25,6 @@ With no decisions at all (nothing ran yet), ``kept`` and ``drop_reason`` are NUL
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from xgen_data.corpus import Corpus, CorpusError, params_hash
@@ -51,10 +50,6 @@ class Decisions:
     packed: tuple[str, ...] | None = None
     recipe_name: str | None = None
     recipe_sha256: str | None = None
-
-    @property
-    def any(self) -> bool:
-        return self.filter is not None or self.dedup is not None
 
 
 def license_params(allow) -> dict:
@@ -212,7 +207,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     tier_name = "CASE " + " ".join(f"WHEN license_tier_rank = {i} THEN '{n}'" for i, n in enumerate(LICENSE_TIERS)) \
         + " END"
     reason = "coalesce(filter_reason, dup_reason)"
-    kept = f"({reason}) IS NULL" if dec.any else "CAST(NULL AS BOOLEAN)"
+    kept = f"({reason}) IS NULL" if (flt or ded) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
     sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
         r AS (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset FROM b {kjoin})
         SELECT id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
@@ -238,7 +233,3 @@ LICENSE_CONFLICTS_SQL = """CREATE OR REPLACE VIEW license_conflicts AS
 def describe(dec: Decisions) -> str:
     """One line saying which decisions a view or report shows (printed by ``xgen sql`` / ``xgen stats``)."""
     return f"decisions: {dec.label}"
-
-
-def to_json(dec: Decisions) -> str:
-    return json.dumps(dec.__dict__, sort_keys=True)
