@@ -53,7 +53,7 @@ def print_steps(steps) -> None:
     from cli.filter_cmd import print_filter
 
     if steps.decisions is not None:
-        click.echo(f"Recipe {steps.decisions.label}")
+        click.echo(f"Decisions of the {steps.decisions.label}")
     if steps.filter is not None:
         print_filter(steps.filter)
     if steps.dedup is not None:

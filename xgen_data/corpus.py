@@ -293,6 +293,9 @@ class Corpus:
         if os.path.isdir(legacy):
             shutil.rmtree(legacy, ignore_errors=True)
             removed.append(legacy)
+        if "steps" in meta:  # step states of the pre-attributes layout: their files are gone
+            del meta["steps"]
+            self.write_meta(meta)
         return removed
 
     def parts_fingerprint(self) -> str:

@@ -153,25 +153,28 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             warnings.append(f"the dedup decisions are out of date or missing; {hint}")
             ded = uf = ld = None
     parts = corpus.parts()
-    ctes = [f"""d AS (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part, file_row_number AS row
+    # NOT MATERIALIZED: a CTE used twice would otherwise be materialized with every column, text included
+    ctes = [f"""d AS NOT MATERIALIZED (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part,
+            file_row_number AS row
         FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
     joins = []
     lic_cols = "l.license_pass, l.license_reason" if (lf or ld) else \
         "CAST(NULL AS BOOLEAN) AS license_pass, CAST(NULL AS VARCHAR) AS license_reason"
     same = lf is not None and ld is not None and lf == ld
     if lf or ld:
-        ctes.append(f"""l AS (SELECT id, license_pass, license_reason, license_tier, {SUBSET_FROM_PATH} AS subset
+        ctes.append(f"""l AS NOT MATERIALIZED (SELECT id, license_pass, license_reason, license_tier,
+            {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(lf or ld)}, filename=true))""")
         joins.append("LEFT JOIN l ON l.subset = d.subset AND l.id = d.id")
     if ld and not same and lf:
-        ctes.append(f"""lt AS (SELECT id, license_tier, {SUBSET_FROM_PATH} AS subset
+        ctes.append(f"""lt AS NOT MATERIALIZED (SELECT id, license_tier, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(ld)}, filename=true))""")
         joins.append("LEFT JOIN lt ON lt.subset = d.subset AND lt.id = d.id")
         tier = "lt.license_tier"
     else:
         tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
     if uf:
-        ctes.append(f"""u AS (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
+        ctes.append(f"""u AS NOT MATERIALIZED (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(uf)}, filename=true))""")
         joins.append("LEFT JOIN u ON u.subset = d.subset AND u.id = d.id")
         dup_cols = "u.dup_cluster, u.exact_group"
@@ -187,14 +190,17 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             WHEN {lic_subsets} AND NOT coalesce(l.license_pass, FALSE) THEN '{REASON_LICENSE}' END"""
     else:
         freason = "CAST(NULL AS VARCHAR)"
-    ctes.append(f"""b AS (SELECT d.id, d.subset, d.part, d.row, d.source, d.license, d.language, d.path, d.meta,
-            d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols}, {tier} AS license_tier_rank, {dup_cols},
+    ctes.append(f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
+            d.language, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
+            {tier} AS license_tier_rank, {dup_cols},
             {freason} AS filter_reason, {packed} AS packed
         FROM d {' '.join(joins)})""")
     unknown = LICENSE_TIERS.index("unknown")
     if ded:
-        ctes.append(f"""k AS (SELECT dup_cluster, first(struct_pack(kid := id, ksub := subset, kgroup := exact_group)
-                ORDER BY filter_reason IS NOT NULL, NOT packed, coalesce(license_tier_rank, {unknown}), id, subset) AS k
+        ctes.append(f"""k AS NOT MATERIALIZED (SELECT dup_cluster,
+                first(struct_pack(kid := id, ksub := subset, kgroup := exact_group)
+                ORDER BY filter_reason IS NOT NULL, NOT packed, coalesce(license_tier_rank, {unknown}), id, subset)
+                AS k
             FROM b WHERE dup_cluster IS NOT NULL GROUP BY dup_cluster)""")
         exact_on = "TRUE" if ded.get("exact", True) else "FALSE"
         dreason = f"""CASE WHEN b.dup_cluster IS NULL OR (b.id = k.k.kid AND b.subset = k.k.ksub) THEN NULL
@@ -209,7 +215,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     reason = "coalesce(filter_reason, dup_reason)"
     kept = f"({reason}) IS NULL" if (flt or ded) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
     sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
-        r AS (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset FROM b {kjoin})
+        r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
+            FROM b {kjoin})
         SELECT id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
             license_pass, license_reason, {tier_name} AS license_tier, dup_cluster, exact_group, dup_reason,
             CASE WHEN dup_reason IS NOT NULL THEN kept_id END AS dup_of,
@@ -222,8 +229,9 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
 #: The ``license_conflicts`` view: every document of each exact-duplicate group whose members carry
 #: different raw license labels (null counts as a label), with that group's decisions.
 LICENSE_CONFLICTS_SQL = """CREATE OR REPLACE VIEW license_conflicts AS
-    WITH em AS (SELECT * FROM documents WHERE exact_group IS NOT NULL),
-    g AS (SELECT exact_group, count(*) AS group_size, count(DISTINCT coalesce(license, chr(0))) AS n_labels
+    WITH em AS NOT MATERIALIZED (SELECT * FROM documents WHERE exact_group IS NOT NULL),
+    g AS NOT MATERIALIZED (SELECT exact_group, count(*) AS group_size,
+              count(DISTINCT coalesce(license, chr(0))) AS n_labels
           FROM em GROUP BY exact_group HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
     SELECT em.exact_group AS group_id, em.subset, em.id, em.license, em.license_tier, em.source, em.path,
         g.group_size, g.n_labels, em.kept, em.drop_reason, em.dup_cluster, em.dup_of, em.dup_of_subset

@@ -79,7 +79,8 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
             for rel, want in state["files"].items():
                 path = os.path.join(gen, rel)
                 if not os.path.exists(path):
-                    out.append(Check("attributes", path, "missing", f"attribute set {key}; recompute it (xgen mix plan)"))
+                    out.append(Check("attributes", path, "missing",
+                                     f"attribute set {key}; recompute it (xgen mix plan)"))
                     bad = True
                 elif fsutil.sha256_file(path) != want:
                     out.append(Check("attributes", path, "damaged", f"attribute set {key}; recompute it "
