@@ -215,13 +215,6 @@ class Corpus:
                         for name in v["parts"]})
         return [Part(s, n, os.path.join(self.root, "docs", s, n)) for s, n in names if subset in (None, s)]
 
-    def input_of(self, part: Part) -> tuple[str, dict] | None:
-        """``(key, entry)`` of the registered input that owns ``part`` (None if unregistered)."""
-        for k, v in self.read_meta().get("inputs", {}).items():
-            if v["subset"] == part.subset and part.name in v["parts"]:
-                return k, v
-        return None
-
     def recorded_sha256(self, meta: dict | None = None) -> dict[tuple[str, str], str]:
         """``{(subset, part name): sha256}`` recorded at ingest (``inputs[key]["part_sha256"]``)."""
         meta = self.read_meta() if meta is None else meta
@@ -234,9 +227,10 @@ class Corpus:
     def verify_parts(self, parts: list[Part] | None = None, warn: bool = True) -> list[Part]:
         """Check the SHA-256 of ``parts`` (default: all) against the registry before a step reads them.
 
-        Parts ingested before SHA-256s were recorded are hashed and skipped with one warning on stderr
-        (``xgen verify --corpus C --record`` records them). Hashes are cached per process by file size,
-        mtime and inode, so one recipe flow hashes each part once (about 1 s per GB).
+        Parts ingested before SHA-256s were recorded are skipped with one warning on stderr (``xgen verify
+        --corpus C --record`` records them). Hashes are cached per process by file size, mtime and inode, so
+        one recipe flow hashes each part once (measured: 0.15 s for the full shared corpus's 224 MB of parts,
+        from the page cache).
 
         Returns:
             the parts that had no recorded SHA-256 (unverified).
