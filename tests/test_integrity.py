@@ -80,6 +80,7 @@ def _no_leftovers(root: str) -> None:
     gens = {os.path.join(dp, g) for dp, dirs, _ in os.walk(os.path.join(root, "attributes")) for g in dirs
             if os.path.relpath(os.path.join(dp, g), os.path.join(root, "attributes")).count(os.sep) == 2}
     assert gens == live
+    assert not [n for n in os.listdir(root) if ".tmp-" in n]
     registered = {p.path for p in corpus_mod.Corpus(root).parts()}
     on_disk = {os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, "docs")) for f in fs}
     assert on_disk == registered
@@ -93,7 +94,7 @@ def _kill_at(point: str, code: str) -> None:
 
 STEPS = {
     # step: (commit points in order, python code run in the subprocess, the same step in this process)
-    "filter": (["license.part_written", "license.before_commit", "license.committed"],
+    "filter": (["license.part_written", "license.before_commit", "write_json.tmp_written", "license.committed"],
                "from xgen_data import filters; filters.run_filters({root!r}, min_tokens=50, "
                "allow=filters.licenses.default_allow_list() + ('PSF-2.0',))",
                lambda c: filters.run_filters(c["root"], min_tokens=50,

@@ -283,6 +283,11 @@ class Corpus:
             if gen not in live and os.path.isdir(gen):
                 shutil.rmtree(gen, ignore_errors=True)
                 removed.append(gen)
+        # temporary files of atomic writes (registry, reports) left by a killed process: writers hold the lock
+        for tmp in glob.glob(os.path.join(self.root, ".corpus.json.tmp-*")) + \
+                glob.glob(os.path.join(self.root, "reports", ".*.tmp-*")):
+            os.remove(tmp)
+            removed.append(tmp)
         legacy = os.path.join(self.root, "steps")
         if os.path.isdir(legacy):
             shutil.rmtree(legacy, ignore_errors=True)

@@ -38,6 +38,7 @@ def write_json(path: str, obj: Any) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, ensure_ascii=False, sort_keys=False)
             f.write("\n")
+        crash_point("write_json.tmp_written")
 
 
 def read_json(path: str) -> Any:
