@@ -222,3 +222,17 @@ def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
         f.write(bytes([b[0] ^ 1]))
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 1 and attr in res.output
+
+
+def test_old_layout_step_files_are_dropped(small, tmp_path):
+    """A corpus from before attributes (steps/<step>/..., registry `steps`) loses those stale decisions."""
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    os.makedirs(os.path.join(root, "steps", "filter", "natural"))
+    open(os.path.join(root, "steps", "filter", "natural", "x.parquet"), "wb").write(b"old")
+    meta = json.load(open(os.path.join(root, "corpus.json")))
+    meta["steps"] = {"filter": {"params": {}, "parts": "names", "after": {}}}
+    json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
+    filters.run_filters(root, min_tokens=10)
+    assert not os.path.exists(os.path.join(root, "steps"))
+    assert "steps" not in json.load(open(os.path.join(root, "corpus.json")))

@@ -172,5 +172,6 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         meta.setdefault("default_decisions", {})["filter"] = settings
 
     with corpus.lock():
+        corpus.remove_unregistered()  # leftovers of killed runs, and step files of the pre-attributes layout
         compute_license_attributes(corpus, settings["allow"], update)
         return report(corpus_dir, decisions.from_defaults(corpus))
