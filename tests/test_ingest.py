@@ -265,3 +265,15 @@ def test_inputs_inside_the_corpus_and_empty_subset_are_refused(tmp_path):
         ingest.ingest(str(root), [(str(part), "again")], workers=1, progress=False)
     with pytest.raises(ValueError, match="not a valid name"):
         ingest.ingest(str(root), [(shared_path("corpus", "sample", "code.jsonl"), "")], workers=1, progress=False)
+
+
+def test_part_sha256_recorded_at_ingest(tmp_path):
+    from xgen_data import fsutil
+
+    root = str(tmp_path / "c")
+    ingest.ingest(root, [(shared_path("corpus", "sample", "code.jsonl"), None)], workers=1, progress=False)
+    corpus = Corpus(root)
+    (entry,) = corpus.read_meta()["inputs"].values()
+    assert sorted(entry["part_sha256"]) == sorted(entry["parts"])
+    for part in corpus.parts("code"):
+        assert entry["part_sha256"][part.name] == fsutil.sha256_file(part.path)

@@ -6,6 +6,9 @@ process writes zstd Parquet parts. At most ``2 × workers`` batches are in fligh
 with corpus size. Parts are written under temporary names and renamed once the whole input file is done;
 ``corpus.json`` is updated last, so a crash never leaves a half-ingested file visible.
 
+Each part's SHA-256 is recorded in ``corpus.json`` as ``inputs[key]["part_sha256"] = {part_name: hex}``
+(hashed from the temporary file just before its rename), so later readers can detect a damaged part.
+
 Re-running is idempotent: an input file whose SHA-256 was already ingested into the subset is skipped; a
 file ingested before under the same path with other content replaces its old parts; a document whose id
 already exists in the subset (from another file) is skipped and counted as ``duplicate_id``.
@@ -258,14 +261,17 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         raise
     finally:
         bar.close()
+    part_sha256 = {}
     for tmp, final in tmp_paths:
+        part_sha256[os.path.basename(final)] = fsutil.sha256_file(tmp)  # hash the bytes that become the part
         os.replace(tmp, final)
     report.parts = [os.path.basename(final) for _, final in tmp_paths]
     # Register the new parts (the registry is what makes parts visible), then remove replaced ones.
     for k in replaced:
         del inputs[k]
     inputs[key] = {"path": abspath, "subset": subset, "sha256": digest, "n_docs": report.n_written,
-                   "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts}
+                   "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
+                   "part_sha256": part_sha256}
     corpus.write_meta(meta)
     corpus.remove_unregistered()
     if replaced:
