@@ -1,9 +1,20 @@
-"""``xgen sql`` and ``xgen stats``: DuckDB over the corpus views of :mod:`xgen_data.sql`."""
+"""``xgen sql`` and ``xgen stats``: read-only DuckDB over the corpus views of :mod:`xgen_data.sql`."""
 from __future__ import annotations
+
+import sys
 
 import click
 
-from cli.common import corpus_option, print_rows, user_errors
+from cli.common import corpus_option, user_errors
+
+
+def _connect(corpus_dir: str, shard_dirs: list[str] | None = None):
+    """The corpus views, locked down (:func:`xgen_data.sql.lock_down`)."""
+    from xgen_data import sql as xsql
+
+    con = xsql.connect(corpus_dir, shard_dirs)
+    xsql.lock_down(con, corpus_dir)
+    return con
 
 
 @click.command()
@@ -14,22 +25,32 @@ from cli.common import corpus_option, print_rows, user_errors
 @click.argument("query")
 @user_errors
 def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], query: str) -> None:
-    """Run a SQL QUERY over the views documents, shards and license_conflicts."""
+    """Run one read-only SQL QUERY over the views documents, shards and license_conflicts.
+
+    Only queries run (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); statements that
+    write or change settings (COPY, ATTACH, CREATE, SET, PRAGMA, ...) are refused.
+    """
     import duckdb
 
     from xgen_data import sql as xsql
+    from xgen_data import sql_results
 
     if not query.strip():
         raise click.BadParameter("empty query; e.g. \"SELECT subset, count(*) FROM documents GROUP BY subset\"")
-    con = xsql.connect(corpus_dir, list(shard_dirs))
     try:
-        rel = con.execute(query)
+        statements = xsql.check_read_only(query)
     except duckdb.Error as exc:
         raise click.ClickException(f"SQL error: {exc}") from None
-    if rel is None or rel.description is None:
-        return
-    columns = [d[0] for d in rel.description]
-    print_rows(columns, rel.fetchall(), fmt)
+    if not statements:
+        raise click.BadParameter("no statement in the query (only comments or semicolons)")
+    if len(statements) > 1:
+        raise click.BadParameter(f"run one statement per call (got {len(statements)})")
+    con = _connect(corpus_dir, list(shard_dirs))
+    try:
+        result = sql_results.query(con, statements[0].query, fmt, explain=statements[0].type.name == "EXPLAIN")
+        sql_results.write(result, fmt, sys.stdout)
+    except duckdb.Error as exc:
+        raise click.ClickException(f"SQL error: {exc}") from None
 
 
 @click.command()
@@ -39,23 +60,37 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], query: str) -> N
               help="Also write a PNG histogram of document lengths per subset.")
 @user_errors
 def stats(corpus_dir: str, fmt: str, plot_path: str | None) -> None:
-    """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason."""
+    """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason.
+
+    ``--format json`` prints one JSON document: ``{"corpus": ..., "tables": [{"title", "rows": [...]}]}``.
+    """
+    import json
+    import os
+
     from xgen_data import sql as xsql
+    from xgen_data import sql_results
 
     if plot_path:
         from xgen_data.plots import length_histogram
 
         length_histogram(corpus_dir, plot_path)
 
-    con = xsql.connect(corpus_dir)
-    for title, query in xsql.STATS_QUERIES:
-        rel = con.execute(query)
-        columns = [d[0] for d in rel.description]
-        rows = rel.fetchall()
-        if fmt == "table":
-            print_rows(columns, rows, fmt, title=title)
+    con = _connect(corpus_dir)
+    out = sys.stdout
+    if fmt == "json":
+        out.write("{" + f'"corpus": {json.dumps(os.path.abspath(corpus_dir), ensure_ascii=False)}, "tables": [')
+    for i, (title, query) in enumerate(xsql.STATS_QUERIES):
+        result = sql_results.query(con, query, fmt)
+        if fmt == "json":
+            out.write(("\n" if i == 0 else ",\n") + f' {{"title": {json.dumps(title)}, "rows": ')
+            sql_results.write_json_rows(result, out, indent=" ")
+            out.write("}")
+        elif fmt == "csv":
+            out.write(f"# {title}\n")
+            sql_results.write(result, fmt, out)
         else:
-            click.echo(f"# {title}")
-            print_rows(columns, rows, fmt)
+            sql_results.write(result, fmt, out, title=title)
+    if fmt == "json":
+        out.write("\n]}\n")
     if plot_path and fmt == "table":
         click.echo(f"Length histogram: {plot_path}")

@@ -9,12 +9,18 @@ Views (created by :func:`connect`):
   stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset (JSON), tokens_per_source
   (JSON)``.
 * ``license_conflicts``: exact duplicates carrying different license labels (after ``xgen dedup``).
+
+``xgen sql`` is read-only (:func:`check_read_only`, :func:`lock_down`): DuckDB's own parser classifies
+each statement and only queries run; the connection then refuses file access outside the corpus's
+folders, extension installs and loads, and any change of its settings.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
 
 import duckdb
 
@@ -126,3 +132,85 @@ STATS_QUERIES: list[tuple[str, str]] = [
     ("Drops by reason", """SELECT subset, coalesce(drop_reason, '(kept)') AS reason, count(*) AS documents,
         sum(n_tokens) AS tokens FROM documents GROUP BY ALL ORDER BY subset, documents DESC"""),
 ]
+
+
+class ReadOnlyError(ValueError):
+    """An ``xgen sql`` statement that is not a read-only query (COPY, ATTACH, CREATE, SET, ...)."""
+
+
+#: What each refused statement type does, for the message (DuckDB's ``StatementType`` names).
+_REFUSED_WHY = {
+    "COPY": "writes or reads files", "COPY_DATABASE": "copies a database", "EXPORT": "writes files",
+    "ATTACH": "opens or creates a database file", "DETACH": "changes attached databases",
+    "LOAD": "installs or loads an extension", "EXTENSION": "installs or loads an extension",
+    "CREATE": "creates an object", "CREATE_FUNC": "creates a function", "INSERT": "changes data",
+    "UPDATE": "changes data", "DELETE": "changes data", "MERGE_INTO": "changes data", "DROP": "drops an object",
+    "ALTER": "changes an object", "SET": "changes a setting", "VARIABLE_SET": "changes a variable",
+    "PRAGMA": "runs a pragma (which may change settings or files)", "CALL": "calls a procedure (which may write)",
+    "VACUUM": "rewrites storage", "ANALYZE": "updates statistics", "TRANSACTION": "controls transactions",
+    "PREPARE": "prepares a statement", "EXECUTE": "runs a prepared statement",
+    "MULTI": "runs several statements (a PIVOT without an IN list creates types: list its values with IN (...))",
+}
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALYZE\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+
+
+def check_read_only(query: str) -> list:
+    """Parse ``query`` with DuckDB's own parser and return its statements if every one only reads.
+
+    Allowed: ``SELECT`` statements as DuckDB classifies them (also ``WITH``, ``FROM``, ``VALUES``,
+    ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, ``PIVOT ... IN (...)``) and ``EXPLAIN [ANALYZE]`` of one. Everything
+    else is refused: COPY, EXPORT/IMPORT, ATTACH/DETACH, INSTALL/LOAD, CREATE, INSERT/UPDATE/DELETE/MERGE,
+    DROP, ALTER, SET/RESET/USE, PRAGMA, CALL and CHECKPOINT, VACUUM, ANALYZE, transactions, PREPARE/EXECUTE.
+
+    Returns:
+        ``list[duckdb.Statement]`` in order (empty for a blank query).
+    Raises:
+        ReadOnlyError: names the first refused statement (its number, kind and first words).
+        duckdb.ParserException: the text is not valid SQL.
+    """
+    import duckdb
+
+    statements = duckdb.extract_statements(query)
+    for i, st in enumerate(statements, 1):
+        kind = st.type.name
+        if kind == "SELECT":
+            continue
+        if kind == "EXPLAIN":
+            inner = _EXPLAIN_PREFIX.sub("", st.query, count=1)
+            inner_st = duckdb.extract_statements(inner) if inner != st.query else []
+            if len(inner_st) == 1 and inner_st[0].type.name == "SELECT":
+                continue
+            kind = f"EXPLAIN of {inner_st[0].type.name if len(inner_st) == 1 else 'a non-query'}"
+        words = " ".join(st.query.split())
+        head = words if len(words) <= 60 else words[:57] + "..."
+        why = _REFUSED_WHY.get(kind.removeprefix("EXPLAIN of "), "is not a query")
+        raise ReadOnlyError(f"xgen sql is read-only: statement {i} ({kind}: {head!r}) is refused, it {why}. "
+                            "Only queries run (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); "
+                            "to save results, redirect --format csv or json to a file outside the corpus")
+    return statements
+
+
+def lock_down(con, corpus_root: str) -> None:
+    """Make ``con`` (from :func:`connect`) unable to touch anything but the corpus's data folders.
+
+    After :func:`connect` has created the views: DuckDB may only open files under the corpus's
+    sub-folders (``allowed_directories`` with ``enable_external_access=false``: the views read the Parquet
+    files there; nothing elsewhere can be read or written, not even ``corpus.json`` or the corpus folder
+    itself), cannot install or auto-load extensions, keeps spill files in a private temporary folder,
+    and ``lock_configuration`` then freezes every setting. DuckDB cannot allow reads without writes
+    inside an allowed folder, so writes into ``docs/`` or ``steps/`` are kept out by
+    :func:`check_read_only`, which refuses every statement that is not a query; this is the second layer.
+
+    Raises:
+        duckdb.Error: the settings could not be applied (then the connection must not be used).
+    """
+    root = os.path.abspath(corpus_root)
+    folders = sorted(os.path.join(root, e.name) + os.sep for e in os.scandir(root)
+                     if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    spill = os.path.join(tempfile.gettempdir(), f"xgen-sql-{os.getpid()}")
+    con.execute("SET allowed_directories = ?", [folders])
+    for setting, value in (("autoinstall_known_extensions", False), ("autoload_known_extensions", False),
+                           ("allow_community_extensions", False), ("allow_persistent_secrets", False),
+                           ("temp_directory", spill), ("enable_external_access", False),
+                           ("lock_configuration", True)):
+        con.execute(f"SET {setting} = ?", [value])
