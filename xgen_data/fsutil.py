@@ -58,6 +58,19 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def crash_point(name: str) -> None:
+    """Test hook: kill this process with SIGKILL here when the environment variable ``XGEN_CRASH_AT`` is ``name``.
+
+    Marks a commit point (a rename or registry write) so crash tests can stop a real process exactly
+    there, as ``kill -9`` would (no cleanup, no flush), and check that the old or the new state survives.
+    Costs one environment lookup otherwise.
+    """
+    if os.environ.get("XGEN_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def exit_with_parent(poll_seconds: float = 1.0) -> None:
     """In a worker process: end this process soon after its parent dies (e.g. killed with SIGKILL).
 

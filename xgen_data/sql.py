@@ -5,9 +5,10 @@ Views (created by :func:`connect`):
 * ``documents``: one row per document: ``id, subset, part, row, source, license, language, path, meta,
   text, n_chars, n_bytes, n_tokens, kept, drop_reason, dup_cluster, dup_of``. ``drop_reason`` is the first
   step's reason in :data:`xgen_data.corpus.STEP_ORDER` (filter, then dedup); ``kept`` = no reason.
-* ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir, path,
-  stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset (JSON), tokens_per_source
-  (JSON)``.
+* ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir,
+  recipe, recipe_sha256, path, stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
+  (JSON), tokens_per_source (JSON)``; ``recipe`` and ``recipe_sha256`` name the recipe the folder was built
+  with (its manifest also holds the full TOML text; NULL for folders built before they were recorded).
 * ``license_conflicts``: exact duplicates carrying different license labels (after ``xgen dedup``).
 
 ``xgen sql`` is read-only (:func:`check_read_only`, :func:`lock_down`): DuckDB's own parser classifies
@@ -72,8 +73,11 @@ def shard_rows(shard_dirs: list[str]) -> list[dict]:
             continue
         try:
             manifest = shards.read_manifest(shard_dir)
+            recipe, recipe_sha = manifest.get("recipe"), manifest.get("recipe_sha256")
             for s in manifest["shards"]:
-                rows.append({"shard_dir": shard_dir, "path": s["path"], "stage": s["stage"],
+                rows.append({"shard_dir": shard_dir, "recipe": None if recipe is None else str(recipe),
+                             "recipe_sha256": None if recipe_sha is None else str(recipe_sha),
+                             "path": s["path"], "stage": s["stage"],
                              "substage": s["substage"], "seq_len": int(s["seq_len"]),
                              "n_sequences": int(s["n_sequences"]), "n_tokens": int(s["seq_len"]) * int(s["n_sequences"]),
                              "sha256": s["sha256"],
@@ -106,7 +110,9 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None) -> duckdb.Duck
     if rows:
         import pyarrow as pa
 
-        con.register("_shards_rows", pa.Table.from_pylist(rows))
+        schema = pa.schema([(k, pa.int64() if k in ("seq_len", "n_sequences", "n_tokens") else pa.string())
+                            for k in rows[0]])
+        con.register("_shards_rows", pa.Table.from_pylist(rows, schema=schema))
         con.execute("CREATE OR REPLACE VIEW shards AS SELECT * FROM _shards_rows")
     conflicts = os.path.join(corpus.root, "reports", "license_conflicts.parquet")
     if os.path.exists(conflicts):
