@@ -36,7 +36,7 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
 @click.option("--subset", default=None, help="Subset for all inputs (default: from the file name; nl -> natural).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
-              help="raise: stop at the first bad record; skip: count and report bad records.")
+              help="raise: stop at the first bad record or duplicate id; skip: count and report them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool) -> None:
