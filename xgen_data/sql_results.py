@@ -52,9 +52,12 @@ def query(con, sql: str, fmt: str, explain: bool = False) -> Result:
     Raises:
         duckdb.Error: the statement does not bind or fails; binding errors quote the user's own text.
     """
+    if explain:  # EXPLAIN [ANALYZE] runs once; its columns are text
+        res = con.execute(sql)
+        return Result([d[0] for d in res.description], ["varchar"] * len(res.description), _fetch(res))
     rel = con.sql(sql)  # binds (names, types) without running it; errors point into the user's text
     columns, type_ids = list(rel.columns), [t.id for t in rel.types]
-    if explain or all(t in NATIVE for t in type_ids):
+    if all(t in NATIVE for t in type_ids):
         return Result(columns, type_ids, _fetch(con.execute(sql)))
     exprs = []
     for i, t in enumerate(type_ids, 1):
