@@ -17,6 +17,16 @@ def _connect(corpus_dir: str, shard_dirs: list[str] | None = None):
     return con
 
 
+def _sql_error(exc: Exception, corpus_dir: str) -> click.ClickException:
+    """A DuckDB error as one line; a damaged corpus part gets the way to repair it."""
+    import os
+
+    msg = f"SQL error: {exc}"
+    if os.path.join(os.path.abspath(corpus_dir), "docs") in str(exc):
+        msg += " (a damaged corpus part: `xgen ingest` of the input file it came from writes it again)"
+    return click.ClickException(msg)
+
+
 @click.command()
 @corpus_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
@@ -50,7 +60,7 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], query: str) -> N
         result = sql_results.query(con, statements[0].query, fmt, explain=statements[0].type.name == "EXPLAIN")
         sql_results.write(result, fmt, sys.stdout)
     except duckdb.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}") from None
+        raise _sql_error(exc, corpus_dir) from None
 
 
 @click.command()
@@ -64,18 +74,27 @@ def stats(corpus_dir: str, fmt: str, plot_path: str | None) -> None:
 
     ``--format json`` prints one JSON document: ``{"corpus": ..., "tables": [{"title", "rows": [...]}]}``.
     """
+    import duckdb
+
+    try:
+        if plot_path:
+            from xgen_data.plots import length_histogram
+
+            length_histogram(corpus_dir, plot_path)
+        _print_stats(_connect(corpus_dir), corpus_dir, fmt)
+    except duckdb.Error as exc:  # e.g. a damaged part: DuckDB's message names the file
+        raise _sql_error(exc, corpus_dir) from None
+    if plot_path and fmt == "table":
+        click.echo(f"Length histogram: {plot_path}")
+
+
+def _print_stats(con, corpus_dir: str, fmt: str) -> None:
     import json
     import os
 
     from xgen_data import sql as xsql
     from xgen_data import sql_results
 
-    if plot_path:
-        from xgen_data.plots import length_histogram
-
-        length_histogram(corpus_dir, plot_path)
-
-    con = _connect(corpus_dir)
     out = sys.stdout
     if fmt == "json":
         out.write("{" + f'"corpus": {json.dumps(os.path.abspath(corpus_dir), ensure_ascii=False)}, "tables": [')
@@ -92,5 +111,3 @@ def stats(corpus_dir: str, fmt: str, plot_path: str | None) -> None:
             sql_results.write(result, fmt, out, title=title)
     if fmt == "json":
         out.write("\n]}\n")
-    if plot_path and fmt == "table":
-        click.echo(f"Length histogram: {plot_path}")

@@ -29,6 +29,13 @@ def _jsonl(path, records):
     return path
 
 
+def _invoke(args):
+    """Invoke the CLI; an exception other than click's own exit would be a traceback for the user."""
+    res = CliRunner().invoke(cli, args)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
 def _ids(root, subset=None):
     q = "SELECT id FROM documents" + (f" WHERE subset = '{subset}'" if subset else "") + " ORDER BY id"
     return [r[0] for r in sql.connect(root).execute(q).fetchall()]
@@ -48,7 +55,7 @@ def test_folders_are_read_recursively_and_skips_are_listed(tmp_path):
     (raw / "notes.txt").write_text("x")
     (raw / "sub" / "table.csv").write_text("a,b")
     corpus = raw / "corpus"  # the corpus inside the folder read must not be read back
-    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(corpus), "--quiet", "--subset", "code", str(raw)])
+    res = _invoke(["ingest", "--corpus", str(corpus), "--quiet", "--subset", "code", str(raw)])
     assert res.exit_code == 0, res.output
     assert "2 files with an unsupported extension (.csv, .txt" in res.output
     assert "1 hidden folder:" in res.output and ".git" in res.output and "1 hidden file:" in res.output
@@ -58,7 +65,7 @@ def test_folders_are_read_recursively_and_skips_are_listed(tmp_path):
     assert sorted(e["rel_path"] for e in entries) == ["sub/deeper/low.jsonl.zst", "sub/mid.jsonl.gz", "top.jsonl"]
     assert {e["folder"] for e in entries} == {str(raw)}
     # a second run skips the corpus folder itself and finds nothing new
-    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(corpus), "--quiet", "--subset", "code", str(raw)])
+    res = _invoke(["ingest", "--corpus", str(corpus), "--quiet", "--subset", "code", str(raw)])
     assert res.exit_code == 0 and "1 folder of the corpus being written: " in res.output and res.output.count("unchanged") == 3
 
 
@@ -103,11 +110,11 @@ def test_duplicate_id_across_files_names_the_earlier_file_and_line(tmp_path):
     a = _jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}])
     b = _jsonl(tmp_path / "b.jsonl", [{"id": "z", "text": "three"}, {"id": "y", "text": "other"}])
     root = str(tmp_path / "c")
-    res = CliRunner().invoke(cli, ["ingest", "--corpus", root, "--quiet", "--subset", "s", str(a), str(b)])
+    res = _invoke(["ingest", "--corpus", root, "--quiet", "--subset", "s", str(a), str(b)])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"b.jsonl:2: duplicate id 'y' (first at {a}:2;" in res.output
     assert _ids(root) == ["x", "y"]  # a.jsonl was committed, nothing of b.jsonl
-    res = CliRunner().invoke(cli, ["ingest", "--corpus", root, "--quiet", "--subset", "s", "--on-error", "skip", str(b)])
+    res = _invoke(["ingest", "--corpus", root, "--quiet", "--subset", "s", "--on-error", "skip", str(b)])
     assert res.exit_code == 0 and "duplicate_id=1" in res.output
     assert f"b.jsonl:2: duplicate id 'y' (first at {a} (corpus part a-" in res.output
     assert _ids(root) == ["x", "y", "z"]
@@ -181,7 +188,7 @@ class _FullDiskWriter(pq.ParquetWriter):
 def test_full_disk_names_the_part_being_written(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest.pq, "ParquetWriter", _FullDiskWriter)
     root = tmp_path / "c"
-    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(root), "--quiet", shared_path("corpus", "sample", "code.jsonl")])
+    res = _invoke(["ingest", "--corpus", str(root), "--quiet", shared_path("corpus", "sample", "code.jsonl")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "No space left on device" in res.output and "free disk space" in res.output
     assert f"corpus part {root}/docs/code/code-" in res.output and ".parquet" in res.output

@@ -38,7 +38,10 @@ def _tree_digest(root: str) -> dict[str, str]:
 
 
 def _run(*args):
-    return CliRunner().invoke(cli, list(args))
+    """Invoke the CLI; an exception other than click's own exit would be a traceback for the user."""
+    res = CliRunner().invoke(cli, list(args))
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
 
 
 # (statement, kind named in the message); {part} / {root} are filled in with the corpus's paths.
@@ -248,3 +251,17 @@ def test_closed_pipe_exits_quietly(sample_corpus, args):
     os.close(w)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and err == "", err
+
+
+@pytest.mark.parametrize("cmd", [["stats"], ["stats", "--format", "json"], ["stats", "--plot", "x.png"],
+                                 ["sql", "SELECT count(*) FROM documents"]])
+def test_truncated_part_is_a_clean_error(corpus_copy, cmd, tmp_path):
+    from xgen_data.corpus import Corpus
+
+    part = Corpus(corpus_copy).parts("natural")[0].path
+    data = open(part, "rb").read()
+    open(part, "wb").write(data[: len(data) // 2])
+    args = [a if a != "x.png" else str(tmp_path / "x.png") for a in cmd]
+    res = _run(args[0], "--corpus", corpus_copy, *args[1:])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert os.path.basename(part) in res.output and "xgen ingest" in res.output
