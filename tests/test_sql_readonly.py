@@ -78,6 +78,10 @@ REFUSED = [
     ("PREPARE p AS SELECT 1", "PREPARE"),
     ("EXECUTE p", "EXECUTE"),
     ("PIVOT documents ON subset USING count(*)", "MULTI"),
+    ("UPDATE EXTENSIONS", "UNKNOWN"),
+    ("COMMENT ON VIEW documents IS 'x'", "ALTER"),
+    ("SET VARIABLE x = 1", "SET"),
+    ("TRUNCATE documents", "DELETE"),
     ("SELECT 1; COPY (SELECT 1) TO '{part}'", "statement 2 (COPY"),
 ]
 

@@ -155,9 +155,16 @@ _REFUSED_WHY = {
     "PRAGMA": "runs a pragma (which may change settings or files)", "CALL": "calls a procedure (which may write)",
     "VACUUM": "rewrites storage", "ANALYZE": "updates statistics", "TRANSACTION": "controls transactions",
     "PREPARE": "prepares a statement", "EXECUTE": "runs a prepared statement",
-    "MULTI": "runs several statements (a PIVOT without an IN list creates types: list its values with IN (...))",
+    "UNKNOWN": "is not a statement kind xgen sql knows", "MULTI": "runs several statements (a PIVOT without an IN list creates types: list its values with IN (...))",
 }
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALYZE\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+
+
+def _kind(statement) -> str:
+    try:
+        return statement.type.name
+    except ValueError:  # a statement type the Python enum does not know (e.g. UPDATE EXTENSIONS)
+        return "UNKNOWN"
 
 
 def check_read_only(query: str) -> list:
@@ -178,15 +185,16 @@ def check_read_only(query: str) -> list:
 
     statements = duckdb.extract_statements(query)
     for i, st in enumerate(statements, 1):
-        kind = st.type.name
+        kind = _kind(st)
         if kind == "SELECT":
             continue
         if kind == "EXPLAIN":
             inner = _EXPLAIN_PREFIX.sub("", st.query, count=1)
             inner_st = duckdb.extract_statements(inner) if inner != st.query else []
-            if len(inner_st) == 1 and inner_st[0].type.name == "SELECT":
+            inner_kind = _kind(inner_st[0]) if len(inner_st) == 1 else "a non-query"
+            if inner_kind == "SELECT":
                 continue
-            kind = f"EXPLAIN of {inner_st[0].type.name if len(inner_st) == 1 else 'a non-query'}"
+            kind = f"EXPLAIN of {inner_kind}"
         words = " ".join(st.query.split())
         head = words if len(words) <= 60 else words[:57] + "..."
         why = _REFUSED_WHY.get(kind.removeprefix("EXPLAIN of "), "is not a query")
