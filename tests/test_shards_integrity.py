@@ -177,6 +177,15 @@ def test_manifest_and_shards_view_record_the_recipe(corpus, recipes, tmp_path):
     assert recipe.load(recipes["new"]) == dataclasses.replace(_reload(m["recipe_toml"], tmp_path), path=recipes["new"])
 
 
+def test_manifest_records_a_recipe_changed_in_memory_as_packed(corpus, recipes, tmp_path):
+    out = str(tmp_path / "shards")
+    changed = dataclasses.replace(recipe.load(recipes["new"]), seed=99)
+    packing.build(corpus, changed, out, progress=False)
+    m = _manifest(out)
+    assert m["seed"] == 99 and _reload(m["recipe_toml"], tmp_path).seed == 99
+    assert m["recipe_sha256"] == hashlib.sha256(m["recipe_toml"].encode()).hexdigest()
+
+
 def _reload(text, tmp_path):
     p = tmp_path / "again.toml"
     p.write_text(text, encoding="utf-8")

@@ -204,6 +204,23 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
                          "free")
 
 
+def recipe_toml(r: Recipe) -> str:
+    """The TOML text of the recipe as packed: its file's text (comments included) when the recipe is what
+    that file says, else :func:`xgen_data.recipe.to_toml` of it (a recipe changed in memory, or one without
+    a file). The manifest stores it with its SHA-256."""
+    from xgen_data import recipe as recipe_mod
+
+    if r.path and os.path.isfile(r.path):
+        try:
+            with open(r.path, "rb") as f:
+                text = f.read().decode("utf-8")
+            if recipe_mod.load(r.path) == r:
+                return text
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return recipe_mod.to_toml(r)
+
+
 def recover_out_dir(out_dir: str) -> str | None:
     """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers.
 
@@ -304,11 +321,10 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(os.path.join(tmp_dir, ".work"))
     report = BuildReport(out_dir, notes=[report_note] if report_note else [])
-    with open(recipe.path, "rb") as f:
-        recipe_bytes = f.read()
+    recipe_text = recipe_toml(recipe)
     manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "recipe": recipe.name,
-                "recipe_sha256": hashlib.sha256(recipe_bytes).hexdigest(),
-                "recipe_toml": recipe_bytes.decode("utf-8", errors="replace"), "seed": recipe.seed,
+                "recipe_sha256": hashlib.sha256(recipe_text.encode("utf-8")).hexdigest(),
+                "recipe_toml": recipe_text, "seed": recipe.seed,
                 "tokenizer": "xgen", "vocab_size": tokenizer.VOCAB_SIZE,
                 "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
                 "plan": [], "stages": [], "shards": []}
