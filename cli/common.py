@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 
 import click
 
@@ -11,14 +12,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)  
 
 
 def user_errors(fn):
-    """Turn the library's input errors into a ``click.ClickException`` (no traceback)."""
+    """Turn the library's input errors into a ``click.ClickException`` (no traceback).
+
+    A closed standard output (``xgen sql ... | head -1``) is left to click, which exits quietly.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
         except click.ClickException:
             raise
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): click's main exits quietly with status 1
         except USER_ERRORS as exc:
             msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
             raise click.ClickException(msg) from exc

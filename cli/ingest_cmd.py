@@ -9,13 +9,19 @@ from cli.common import corpus_option, print_rows, user_errors
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[str]:
-    """Files as given, and the supported files inside any folder given (sorted, not recursive)."""
+    """Files as given, and the supported files directly inside any folder given (sorted, not recursive).
+
+    Used by ``xgen demo --corpus DIR`` (the top level of a corpora folder); ``xgen ingest`` reads folders
+    recursively (:func:`xgen_data.ingest.find_inputs`).
+    """
     from xgen_data.readers import SUPPORTED_SUFFIXES
 
     out = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(SUPPORTED_SUFFIXES))
+            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith(SUPPORTED_SUFFIXES) and not f.startswith(".")
+                           and os.path.isfile(os.path.join(p, f)))
             if not found:
                 raise click.BadParameter(f"{p}: folder has no {', '.join(SUPPORTED_SUFFIXES)} files")
             out += found
@@ -30,20 +36,27 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
 @click.option("--subset", default=None, help="Subset for all inputs (default: from the file name; nl -> natural).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
-              help="raise: stop at the first bad record; skip: count and report bad records.")
+              help="raise: stop at the first bad record or duplicate id; skip: count and report them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool) -> None:
-    """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized."""
+    """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized.
+
+    Folders are read recursively; hidden entries and files of other types are skipped and listed.
+    """
+    from xgen_data.ingest import find_inputs, summarize_skipped
     from xgen_data.ingest import ingest as run
 
-    reports = run(corpus_dir, [(p, subset) for p in expand_inputs(inputs)], workers=workers, on_error=on_error,
+    files, skipped = find_inputs(inputs, corpus_dir)
+    for line in summarize_skipped(skipped):
+        click.echo(f"skipped {line}")
+    reports = run(corpus_dir, [(f.path, subset, f.folder) for f in files], workers=workers, on_error=on_error,
                   progress=not quiet)
     print_ingest(reports)
 
 
 def print_ingest(reports) -> None:
-    rows = [(os.path.basename(r.path), r.subset, r.status, r.n_read, r.n_written, r.n_tokens,
+    rows = [(r.name or os.path.basename(r.path), r.subset, r.status, r.n_read, r.n_written, r.n_tokens,
              sum(r.skipped.values()), ", ".join(f"{k}={v}" for k, v in sorted(r.skipped.items())), f"{r.seconds:.1f}")
             for r in reports]
     print_rows(["input", "subset", "status", "read", "written", "tokens", "skipped", "skipped_by_reason", "seconds"],

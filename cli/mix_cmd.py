@@ -105,6 +105,8 @@ def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out
 
 def print_build(recipe, report) -> None:
     """Print sequences per sub-stage and realised token proportions against the recipe's."""
+    for note in report.notes:
+        click.echo(f"note: {note}")
     rows = [(k, v) for k, v in report.sequences.items()]
     print_rows(["stage/substage", "sequences"], rows, title=f"Shards: {report.shards} files in {report.out_dir}")
     rows = []

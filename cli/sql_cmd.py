@@ -1,17 +1,21 @@
-"""``xgen sql`` and ``xgen stats``: DuckDB over the corpus views of :mod:`xgen_data.sql`."""
+"""``xgen sql`` and ``xgen stats``: read-only DuckDB over the corpus views of :mod:`xgen_data.sql`."""
 from __future__ import annotations
+
+import sys
 
 import click
 
-from cli.common import corpus_option, print_rows, user_errors
+from cli.common import corpus_option, user_errors
+
 
 recipe_option = click.option("--recipe", "recipe_name", default=None,
                              help="Show this recipe's decisions (kept, drop_reason) [the corpus defaults of the last "
                                   "`xgen filter` / `xgen dedup`].")
 
 
-def connect_for(corpus_dir: str, recipe_name: str | None, shard_dirs=()):
-    """A connection whose ``documents`` view shows ``recipe_name``'s decisions; says which on stderr."""
+def _connect(corpus_dir: str, recipe_name: str | None, shard_dirs: list[str] | None = None):
+    """The corpus views with ``recipe_name``'s decisions (named on stderr), locked down
+    (:func:`xgen_data.sql.lock_down`)."""
     from xgen_data import decisions, recipe
     from xgen_data import sql as xsql
     from xgen_data.corpus import Corpus
@@ -19,7 +23,20 @@ def connect_for(corpus_dir: str, recipe_name: str | None, shard_dirs=()):
     r = recipe.load(recipe_name) if recipe_name else None
     dec = decisions.for_corpus(Corpus(corpus_dir), r)
     click.echo(decisions.describe(dec), err=True)
-    return xsql.connect(corpus_dir, list(shard_dirs), dec=dec)
+    con = xsql.connect(corpus_dir, shard_dirs, dec=dec)
+    xsql.lock_down(con, corpus_dir)
+    return con
+
+
+def _sql_error(exc: Exception, corpus_dir: str) -> click.ClickException:
+    """A DuckDB error as one line; a damaged corpus part gets the way to repair it."""
+    import os
+
+    msg = f"SQL error: {exc}"
+    if os.path.join(os.path.abspath(corpus_dir), "docs") in str(exc):
+        msg += (f" (a damaged corpus part: `xgen verify --corpus {corpus_dir}` lists damage; `xgen ingest` of the "
+                "input file it came from writes it again)")
+    return click.ClickException(msg)
 
 
 @click.command()
@@ -31,22 +48,32 @@ def connect_for(corpus_dir: str, recipe_name: str | None, shard_dirs=()):
 @click.argument("query")
 @user_errors
 def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str | None, query: str) -> None:
-    """Run a SQL QUERY over the views documents, shards and license_conflicts."""
+    """Run one read-only SQL QUERY over the views documents, shards and license_conflicts.
+
+    Only queries run (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); statements that
+    write or change settings (COPY, ATTACH, CREATE, SET, PRAGMA, ...) are refused.
+    """
     import duckdb
+
+    from xgen_data import sql as xsql
+    from xgen_data import sql_results
 
     if not query.strip():
         raise click.BadParameter("empty query; e.g. \"SELECT subset, count(*) FROM documents GROUP BY subset\"")
-    con = connect_for(corpus_dir, recipe_name, shard_dirs)
     try:
-        rel = con.execute(query)
+        statements = xsql.check_read_only(query)
     except duckdb.Error as exc:
-        hint = (f"; check the corpus with `xgen verify --corpus {corpus_dir}`" if isinstance(exc, duckdb.IOException)
-                or "magic bytes" in str(exc) else "")
-        raise click.ClickException(f"SQL error: {exc}{hint}") from None
-    if rel is None or rel.description is None:
-        return
-    columns = [d[0] for d in rel.description]
-    print_rows(columns, rel.fetchall(), fmt)
+        raise click.ClickException(f"SQL error: {exc}") from None
+    if not statements:
+        raise click.BadParameter("no statement in the query (only comments or semicolons)")
+    if len(statements) > 1:
+        raise click.BadParameter(f"run one statement per call (got {len(statements)})")
+    con = _connect(corpus_dir, recipe_name, list(shard_dirs))
+    try:
+        result = sql_results.query(con, statements[0].query, fmt, explain=statements[0].type.name == "EXPLAIN")
+        sql_results.write(result, fmt, sys.stdout)
+    except duckdb.Error as exc:
+        raise _sql_error(exc, corpus_dir) from None
 
 
 @click.command()
@@ -57,31 +84,47 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
 @recipe_option
 @user_errors
 def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | None) -> None:
-    """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason."""
-    from xgen_data import sql as xsql
+    """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason.
 
-    con = connect_for(corpus_dir, recipe_name)
-    if plot_path:
-        from xgen_data import recipe
-        from xgen_data.plots import length_histogram
-
-        r = recipe.load(recipe_name) if recipe_name else None
-        length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
-
+    ``--format json`` prints one JSON document: ``{"corpus": ..., "tables": [{"title", "rows": [...]}]}``.
+    """
     import duckdb
 
-    for title, query in xsql.STATS_QUERIES:
-        try:
-            rel = con.execute(query)
-        except duckdb.Error as exc:  # e.g. a truncated part: name it and the way to find and repair damage
-            raise click.ClickException(f"{exc}; check the corpus with `xgen verify --corpus {corpus_dir}` and "
-                                       "re-ingest damaged parts") from None
-        columns = [d[0] for d in rel.description]
-        rows = rel.fetchall()
-        if fmt == "table":
-            print_rows(columns, rows, fmt, title=title)
-        else:
-            click.echo(f"# {title}")
-            print_rows(columns, rows, fmt)
+    try:
+        con = _connect(corpus_dir, recipe_name)
+        if plot_path:
+            from xgen_data import recipe
+            from xgen_data.plots import length_histogram
+
+            r = recipe.load(recipe_name) if recipe_name else None
+            length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
+        _print_stats(con, corpus_dir, fmt)
+    except duckdb.Error as exc:  # e.g. a damaged part: DuckDB's message names the file
+        raise _sql_error(exc, corpus_dir) from None
     if plot_path and fmt == "table":
         click.echo(f"Length histogram: {plot_path}")
+
+
+def _print_stats(con, corpus_dir: str, fmt: str) -> None:
+    import json
+    import os
+
+    from xgen_data import sql as xsql
+    from xgen_data import sql_results
+
+    out = sys.stdout
+    if fmt == "json":
+        out.write("{" + f'"corpus": {json.dumps(os.path.abspath(corpus_dir), ensure_ascii=False)}, "tables": [')
+    for i, (title, query) in enumerate(xsql.STATS_QUERIES):
+        result = sql_results.query(con, query, fmt)
+        if fmt == "json":
+            out.write(("\n" if i == 0 else ",\n") + f' {{"title": {json.dumps(title)}, "rows": ')
+            sql_results.write_json_rows(result, out, indent=" ")
+            out.write("}")
+        elif fmt == "csv":
+            out.write(f"# {title}\n")
+            sql_results.write(result, fmt, out)
+        else:
+            sql_results.write(result, fmt, out, title=title)
+    if fmt == "json":
+        out.write("\n]}\n")

@@ -37,7 +37,7 @@ from xgen_train.config import CONFIGS  # no JAX import
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also checkpoint every N updates (0: only at the end).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under OUT/checkpoints.")
-@click.option("--verify", is_flag=True, help="Verify shard sha256 and token ids before training.")
+@click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
 @click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
 def train(shards_dir: str, out_dir: str, config_name: str, steps: int, batch_size: int, lr: float, warmup: int,
           total_steps: int | None, seed: int, stage: str | None, substage: str | None, log_every: int,

@@ -77,10 +77,15 @@ def test_rerun_does_not_duplicate(tmp_path):
     copy = tmp_path / "code_copy.jsonl"
     copy.write_bytes(open(src, "rb").read())
     assert ingest.ingest(root, [(str(copy), "code")], workers=1, progress=False)[0].status == "unchanged"
-    # Another file repeating the same ids plus one new document: only the new one is added.
+    # Another file repeating the same ids plus one new document: an error naming both files and lines (raise);
+    # with skip, only the new one is added and the duplicates are counted with both places.
     copy.write_bytes(open(src, "rb").read() + b'{"id": "new-doc", "text": "x = 1"}\n')
-    rep = ingest.ingest(root, [(str(copy), "code")], workers=1, progress=False)[0]
+    with pytest.raises(readers.RecordError, match=r"code_copy.jsonl:1: duplicate id .* \(first at .*/code.jsonl:1;"):
+        ingest.ingest(root, [(str(copy), "code")], workers=1, progress=False)
+    assert len(_docs(root, "code")) == 73
+    rep = ingest.ingest(root, [(str(copy), "code")], workers=1, on_error="skip", progress=False)[0]
     assert rep.n_written == 1 and rep.skipped["duplicate_id"] == 73
+    assert "code_copy.jsonl:2: duplicate id" in rep.examples[1] and "code.jsonl (corpus part" in rep.examples[1]
     assert len(_docs(root, "code")) == 74
 
 

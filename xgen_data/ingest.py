@@ -9,15 +9,27 @@ with corpus size. Parts are written under temporary names and renamed once the w
 Each part's SHA-256 is recorded in ``corpus.json`` as ``inputs[key]["part_sha256"] = {part_name: hex}``
 (hashed from the temporary file just before its rename), so later readers can detect a damaged part.
 
-Re-running is idempotent: an input file whose SHA-256 was already ingested into the subset is skipped; a
-file ingested before under the same path with other content replaces its old parts; a document whose id
-already exists in the subset (from another file) is skipped and counted as ``duplicate_id``.
+Folders (:func:`find_inputs`) are read recursively; hidden entries, unsupported files and the corpus
+itself are skipped and listed. A file found in a folder records the folder and its path relative to it.
+
+Re-running is idempotent: an input file whose SHA-256 was already ingested into the subset is skipped
+(``unchanged``) unless one of its parts is missing or its SHA-256 differs from the recorded one: then its
+parts are written again from the input (``repaired``). A file ingested before under the same path with
+other content replaces its old parts (``replaced``).
+
+Document ids are unique within a subset. A document whose id is already in the subset (from an earlier
+input, or earlier in the same file) is an error naming both places (``file:line``) with
+``on_error="raise"``, and is skipped and counted as ``duplicate_id`` with ``on_error="skip"``. The check
+keeps 64-bit id hashes (:mod:`xgen_data.idindex`, 16 bytes per known document, recomputed from the parts
+at each run) and confirms every hash match on the real id, so a hash collision never drops a document.
 """
 from __future__ import annotations
 
+import array
 import collections
 import concurrent.futures as cf
 import contextlib
+import errno
 import itertools
 import multiprocessing
 import os
@@ -30,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from xgen_data import fsutil, readers, tokenizer
+from xgen_data import fsutil, idindex, readers, tokenizer
 from xgen_data.corpus import DOC_SCHEMA, Corpus, check_name
 
 #: Default subset for well-known corpus file stems; any other stem is its own subset name.
@@ -53,7 +65,7 @@ class FileReport:
 
     path: str
     subset: str
-    status: str = "ingested"  # ingested | unchanged | replaced
+    status: str = "ingested"  # ingested | unchanged | replaced | repaired
     n_read: int = 0
     n_written: int = 0
     n_tokens: int = 0
@@ -62,6 +74,7 @@ class FileReport:
     examples: list[str] = field(default_factory=list)  # first few skipped records, "file:line: problem"
     parts: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    name: str = ""  # how to show the input: its path relative to the folder given, else its file name
 
 
 def _problem_kind(problem: str) -> str:
@@ -71,21 +84,23 @@ def _problem_kind(problem: str) -> str:
     return "invalid_record"
 
 
-def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, list[tuple[str, int, str]]]:
+def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, np.ndarray, list[tuple[str, int, str]]]:
     """Decode, validate and tokenize one batch of raw records (runs in a worker process).
 
     Returns:
-        ``(batch, errors)``: a RecordBatch with :data:`DOC_SCHEMA` (None when every record failed) and
-        ``(file, line, problem)`` for each record that failed validation.
+        ``(batch, lines, errors)``: a RecordBatch with :data:`DOC_SCHEMA` (None when every record failed),
+        ``int64[batch rows]`` the input line (or Parquet row) of each document, and ``(file, line,
+        problem)`` for each record that failed validation.
     """
-    docs, errors = [], []
+    docs, lines, errors = [], [], []
     for rec in raw:
         try:
             docs.append(readers.decode_record(rec))
+            lines.append(rec.line)
         except readers.RecordError as exc:
             errors.append((exc.file, exc.line, exc.problem))
     if not docs:
-        return None, errors
+        return None, np.zeros(0, dtype=np.int64), errors
     texts = [d["text"] for d in docs]
     flat, lengths = tokenizer.encode_to_arrays(texts)
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
@@ -100,7 +115,8 @@ def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, 
         n_tokens=pa.array(lengths),
         tokens=pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.uint16())),
     )
-    return pa.RecordBatch.from_arrays([cols[f.name] for f in DOC_SCHEMA], schema=DOC_SCHEMA), errors
+    return (pa.RecordBatch.from_arrays([cols[f.name] for f in DOC_SCHEMA], schema=DOC_SCHEMA),
+            np.asarray(lines, dtype=np.int64), errors)
 
 
 def _batches(records: Iterable[readers.RawRecord]) -> Iterator[list[readers.RawRecord]]:
@@ -155,25 +171,238 @@ def map_bounded(fn, items: Iterable, pool: cf.Executor | None, in_flight: int = 
         yield result
 
 
-def _existing_ids(corpus: Corpus, subset: str, exclude: set[str]) -> set[str]:
-    ids: set[str] = set()
+@dataclass(frozen=True)
+class InputFile:
+    """One file to ingest: ``path`` to open; ``folder`` given on the command line (None for a file given
+    directly) and ``rel``, the path relative to that folder (the file name for a direct file)."""
+
+    path: str
+    folder: str | None
+    rel: str
+
+
+def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """The files to ingest for ``paths``: files as given, and the supported files under each folder, recursively.
+
+    Folders are walked in sorted order (files sorted by relative path). Skipped, with the reason: hidden
+    files and folders (name starting with ``.``), files of other types (``unsupported extension .csv``),
+    symbolic links to folders (not followed, so a link loop cannot recurse) and the corpus folder itself
+    (``corpus_dir``, when it lies inside a folder given).
+
+    Returns:
+        ``(files, skipped)``: :class:`InputFile` list in order, and ``(path, reason)`` for every skipped entry.
+    Raises:
+        ValueError: a folder holds no supported file.
+    """
+    files: list[InputFile] = []
+    skipped: list[tuple[str, str]] = []
+    corpus_root = os.path.realpath(corpus_dir) if corpus_dir else None
+    for given in paths:
+        if not os.path.isdir(given):
+            files.append(InputFile(given, None, os.path.basename(given)))
+            continue
+        found: list[InputFile] = []
+        for folder, dirs, names in os.walk(given):
+            keep = []
+            for d in sorted(dirs):
+                full = os.path.join(folder, d)
+                if d.startswith("."):
+                    skipped.append((full, "hidden folder"))
+                elif os.path.islink(full):
+                    skipped.append((full, "link to a folder (not followed)"))
+                elif corpus_root and os.path.realpath(full) == corpus_root:
+                    skipped.append((full, "folder of the corpus being written"))
+                else:
+                    keep.append(d)
+            dirs[:] = keep
+            for name in sorted(names):
+                full = os.path.join(folder, name)
+                if name.startswith("."):
+                    skipped.append((full, "hidden file"))
+                    continue
+                try:
+                    readers.input_format(name)
+                except ValueError:
+                    ext = os.path.splitext(name)[1].lower() or "(none)"
+                    skipped.append((full, f"unsupported extension {ext}"))
+                    continue
+                found.append(InputFile(full, given, os.path.relpath(full, given)))
+        if not found:
+            raise ValueError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
+        files += sorted(found, key=lambda f: f.rel)
+    return files, skipped
+
+
+def summarize_skipped(skipped: list[tuple[str, str]]) -> list[str]:
+    """One line per reason for :func:`find_inputs`'s skipped entries, e.g. ``2 files: unsupported extension (.csv, .txt)``."""
+    by_reason: dict[str, list[str]] = collections.defaultdict(list)
+    for path, reason in skipped:
+        key = "unsupported extension" if reason.startswith("unsupported extension") else reason
+        by_reason[key].append(path if key != "unsupported extension" else reason.split()[-1])
+    lines = []
+    for reason, items in sorted(by_reason.items()):
+        if reason == "unsupported extension":
+            exts = sorted(set(items))
+            lines.append(f"{len(items)} file{'s' * (len(items) != 1)} with an unsupported extension ({', '.join(exts)}; "
+                         f"supported: {', '.join(readers.SUPPORTED_SUFFIXES)})")
+        else:
+            shown = ", ".join(items[:3]) + (f", ... ({len(items) - 3} more)" if len(items) > 3 else "")
+            noun, _, rest = reason.partition(" of ") if reason.startswith("folder of") else reason.partition(" (")
+            noun = noun + "s" * (len(items) != 1)
+            tail = (" of " + rest) if reason.startswith("folder of") else (f" ({rest}" if rest else "")
+            lines.append(f"{len(items)} {noun}{tail}: {shown}")
+    return lines
+
+
+def _damaged_parts(corpus: Corpus, entry: dict) -> list[tuple[str, str]]:
+    """``(part, problem)`` for each registered part of an input entry that is missing or whose SHA-256 differs."""
+    out = []
+    recorded = entry.get("part_sha256") or {}
+    for name in entry["parts"]:
+        path = os.path.join(corpus.docs_dir(entry["subset"]), name)
+        if not os.path.isfile(path):
+            out.append((name, "missing"))
+        elif name in recorded and fsutil.sha256_file(path) != recorded[name]:
+            out.append((name, "sha256 differs from the one recorded at ingest"))
+    return out
+
+
+class _Sources:
+    """Where the documents behind :class:`~xgen_data.idindex.IdIndex` entries are, to confirm ids and name places.
+
+    A source is a part file: an existing part of the subset (named by the input file it came from) or a
+    part of the input being ingested (its lines are kept, 8 bytes per document of that input; the part
+    still being written keeps its ids in memory, at most one part's worth).
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.origin: list[tuple[str, str, str | None]] = []  # (input path, input sha256, part name) or current
+        self.lines: dict[int, array.array] = {}  # source -> input line per row (parts of the current input)
+        self.open_src: int | None = None
+        self.open_ids: list[pa.Array] = []  # id arrays of the batches written to the open part
+        self._cache: tuple[int, list[str]] | None = None
+
+    def add(self, path: str, origin: tuple[str, str, str | None], lines: bool = False) -> int:
+        self.paths.append(path)
+        self.origin.append(origin)
+        if lines:
+            self.lines[len(self.paths) - 1] = array.array("q")
+        return len(self.paths) - 1
+
+    def id_at(self, src: int, row: int) -> str:
+        if src == self.open_src:
+            for chunk in self.open_ids:
+                if row < len(chunk):
+                    return chunk[row].as_py()
+                row -= len(chunk)
+            raise IndexError(row)
+        if self._cache is None or self._cache[0] != src:
+            self._cache = (src, pq.read_table(self.paths[src], columns=["id"]).column("id").to_pylist())
+        return self._cache[1][row]
+
+    def where(self, src: int, row: int, doc_id: str, locate: bool) -> str:
+        """``file:line`` of a stored document; for an earlier input without kept lines, its line is looked
+        up in that input file when ``locate`` (error path: one read of that file), else its corpus part and row."""
+        input_path, digest, part = self.origin[src]
+        if src in self.lines:
+            return f"{input_path}:{self.lines[src][row]}"
+        if locate:
+            line = _find_line(input_path, digest, doc_id)
+            if line is not None:
+                return f"{input_path}:{line}"
+        return f"{input_path} (corpus part {part}, row {row + 1})"
+
+
+def _find_line(path: str, digest: str, doc_id: str) -> int | None:
+    """The line of ``doc_id`` in the input file ``path`` if it is still there (None otherwise)."""
+    if not os.path.isfile(path):
+        return None
+    stem = os.path.basename(path).split(".")[0]
+    try:
+        for rec in readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}"):
+            try:
+                if readers.decode_record(rec)["id"] == doc_id:
+                    return rec.line
+            except readers.RecordError:
+                continue
+    except (OSError, readers.RecordError):
+        return None
+    return None
+
+
+def _existing_index(corpus: Corpus, subset: str, exclude: set[str], meta: dict) -> tuple[idindex.IdIndex, _Sources]:
+    """The id index of the subset's registered parts (except ``exclude``), read part by part."""
+    index, sources = idindex.IdIndex(), _Sources()
+    owner = {(v["subset"], name): (v["path"], v.get("sha256", "")) for v in meta.get("inputs", {}).values()
+             for name in v["parts"]}
     for part in corpus.parts(subset):
-        if part.name not in exclude:
-            ids.update(pq.read_table(part.path, columns=["id"]).column("id").to_pylist())
-    return ids
+        if part.name in exclude:
+            continue
+        ids = pq.read_table(part.path, columns=["id"]).column("id")
+        src = sources.add(part.path, (*owner.get((subset, part.name), ("?", "")), part.name))
+        index.add(idindex.hash_ids(ids), src, np.arange(len(ids), dtype=np.uint32))
+    return index, sources
+
+
+def _dedup_ids(batch: pa.RecordBatch, lines: np.ndarray, index: idindex.IdIndex, sources: _Sources, path: str,
+               on_error: str, report: FileReport) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep bool[rows], id hashes uint64[rows])``: which documents of ``batch`` have an id not seen before.
+
+    Raises:
+        RecordError: a duplicate id with ``on_error="raise"``, naming this ``file:line`` and the first one.
+    """
+    ids = batch.column("id")
+    hashes = idindex.hash_ids(ids)
+    keep = np.ones(len(hashes), dtype=bool)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    suspect = index.maybe_contains(hashes) | (first[inverse.ravel()] != np.arange(len(hashes)))
+    if not suspect.any():
+        return keep, hashes
+    id_list = ids.to_pylist()
+    for i in np.flatnonzero(suspect):
+        doc_id = id_list[i]
+        first_at = None
+        for j in range(i):  # an earlier document of this batch with the same id
+            if keep[j] and hashes[j] == hashes[i] and id_list[j] == doc_id:
+                first_at = f"{path}:{lines[j]}"
+                break
+        if first_at is None:
+            for src, row in index.candidates(int(hashes[i])):
+                if sources.id_at(src, row) == doc_id:  # a hash match is confirmed on the real id
+                    first_at = sources.where(src, row, doc_id, locate=on_error == "raise")
+                    break
+        if first_at is None:
+            continue  # a hash collision between different ids: keep the document
+        if on_error == "raise":
+            raise readers.RecordError(path, int(lines[i]), f"duplicate id {doc_id!r} (first at {first_at}; "
+                                                           "use --on-error skip to keep only the first)")
+        keep[i] = False
+        report.skipped["duplicate_id"] += 1
+        if len(report.examples) < 5:
+            report.examples.append(f"{path}:{lines[i]}: duplicate id {doc_id!r} (first at {first_at})")
+    return keep, hashes
+
+
+def _write_error(exc: OSError, what: str) -> OSError:
+    """``exc`` with the file being written named (a full disk raises ENOSPC without a file name)."""
+    hint = "; free disk space and run the ingest again" if exc.errno == errno.ENOSPC else ""
+    return OSError(exc.errno, f"cannot write {what}: {exc.strerror or exc}{hint}")
 
 
 def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.Executor | None = None,
-                on_error: str = "raise", progress: bool = True) -> FileReport:
+                on_error: str = "raise", progress: bool = True, folder: str | None = None) -> FileReport:
     """Ingest one input file into ``corpus`` (see module docstring).
 
     Args:
         path: a ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` or ``.parquet`` file.
         subset: subset name; default from the file name (:func:`default_subset`).
         pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
-        on_error: ``"raise"`` stops at the first bad record; ``"skip"`` counts and reports bad records.
+        on_error: ``"raise"`` stops at the first bad record or duplicate id; ``"skip"`` counts and reports them.
+        folder: the folder ``path`` was found in (:func:`find_inputs`); recorded with the relative path.
     Raises:
-        RecordError: a bad record with ``on_error="raise"`` (nothing of this file is kept).
+        RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept).
+        OSError: a part or ``corpus.json`` cannot be written (names it; ENOSPC for a full disk).
         ValueError: unsupported file type or ``on_error`` value; FileNotFoundError.
     """
     if on_error not in ("raise", "skip"):
@@ -182,22 +411,26 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such input file")
     subset = check_name(default_subset(path) if subset is None else subset, "subset")
-    report = FileReport(path=path, subset=subset)
+    rel = os.path.relpath(path, folder) if folder else None
+    report = FileReport(path=path, subset=subset, name=rel or os.path.basename(path))
     t0 = time.time()
     digest = fsutil.sha256_file(path)
     meta = corpus.read_meta()
     inputs = meta.setdefault("inputs", {})
     key = f"{subset}:{digest}"
-    if key in inputs:
-        report.status = "unchanged"
-        report.n_written = inputs[key]["n_docs"]
-        report.parts = inputs[key]["parts"]
-        return report
     abspath = os.path.abspath(path)
+    repair: list[tuple[str, str]] = []
+    if key in inputs:
+        repair = _damaged_parts(corpus, inputs[key])
+        if not repair:
+            report.status = "unchanged"
+            report.n_written = inputs[key]["n_docs"]
+            report.parts = inputs[key]["parts"]
+            return report
     stem = os.path.basename(path).split(".")[0]
-    replaced = [k for k, v in inputs.items() if v["path"] == abspath and v["subset"] == subset]
+    replaced = [k for k, v in inputs.items() if (v["path"] == abspath and v["subset"] == subset) or k == key]
     old_parts = {p for k in replaced for p in inputs[k]["parts"]}
-    seen_ids = _existing_ids(corpus, subset, old_parts)
+    index, sources = _existing_index(corpus, subset, old_parts, meta)
 
     out_dir = corpus.docs_dir(subset)
     os.makedirs(out_dir, exist_ok=True)
@@ -208,13 +441,18 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     def close_part() -> None:
         nonlocal writer
         if writer is not None:
-            writer.close()
-            writer = None
+            try:
+                writer.close()
+            except OSError as exc:
+                raise _write_error(exc, f"corpus part {tmp_paths[-1][1]} (as {tmp_paths[-1][0]})") from exc
+            finally:
+                writer = None
+                sources.open_src, sources.open_ids = None, []
 
-    bar = _progress(progress, f"ingest {os.path.basename(path)} -> {subset}")
+    bar = _progress(progress, f"ingest {report.name} -> {subset}")
     try:
-        for batch, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}")), pool,
-                                          2 * (pool._max_workers if pool is not None else 1)):
+        for batch, lines, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}")),
+                                                pool, 2 * (pool._max_workers if pool is not None else 1)):
             for file, line, problem in errors:
                 if on_error == "raise":
                     raise readers.RecordError(file, line, problem)
@@ -224,25 +462,26 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
             report.n_read += len(errors) + (batch.num_rows if batch is not None else 0)
             if batch is None:
                 continue
-            ids = batch.column("id").to_pylist()
-            keep = np.ones(len(ids), dtype=bool)
-            for i, doc_id in enumerate(ids):
-                if doc_id in seen_ids:
-                    keep[i] = False
-                    report.skipped["duplicate_id"] += 1
-                    if len(report.examples) < 5:
-                        report.examples.append(f"{path}: id {doc_id!r}: duplicate_id (already in subset {subset!r})")
-                else:
-                    seen_ids.add(doc_id)
+            keep, hashes = _dedup_ids(batch, lines, index, sources, path, on_error, report)
             if not keep.all():
-                batch = batch.filter(pa.array(keep))
+                batch, lines, hashes = batch.filter(pa.array(keep)), lines[keep], hashes[keep]
             if batch.num_rows:
                 if writer is None:
                     final = os.path.join(out_dir, f"{stem}-{digest[:8]}-{len(tmp_paths):05d}.parquet")
                     tmp_paths.append((fsutil.tmp_name(final), final))
-                    writer = pq.ParquetWriter(tmp_paths[-1][0], DOC_SCHEMA, compression="zstd")
+                    try:
+                        writer = pq.ParquetWriter(tmp_paths[-1][0], DOC_SCHEMA, compression="zstd")
+                    except OSError as exc:
+                        raise _write_error(exc, f"corpus part {final} (as {tmp_paths[-1][0]})") from exc
+                    sources.open_src = sources.add(tmp_paths[-1][0], (path, digest, os.path.basename(final)), lines=True)
                     part_docs = part_bytes = 0
-                writer.write_batch(batch, row_group_size=batch.num_rows)
+                try:
+                    writer.write_batch(batch, row_group_size=batch.num_rows)
+                except OSError as exc:
+                    raise _write_error(exc, f"corpus part {tmp_paths[-1][1]} (as {tmp_paths[-1][0]})") from exc
+                index.add(hashes, sources.open_src, np.arange(part_docs, part_docs + batch.num_rows, dtype=np.uint32))
+                sources.open_ids.append(batch.column("id"))
+                sources.lines[sources.open_src].frombytes(lines.astype(np.int64).tobytes())
                 nb = int(pa.compute.sum(batch.column("n_bytes")).as_py())
                 report.n_written += batch.num_rows
                 report.n_tokens += int(pa.compute.sum(batch.column("n_tokens")).as_py())
@@ -254,7 +493,8 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
             bar.update(len(errors) + (batch.num_rows if batch is not None else 0))
         close_part()
     except BaseException:
-        close_part()
+        with contextlib.suppress(OSError):
+            close_part()
         for tmp, _ in tmp_paths:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -274,10 +514,19 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     inputs[key] = {"path": abspath, "subset": subset, "sha256": digest, "n_docs": report.n_written,
                    "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
                    "part_sha256": part_sha256}
-    corpus.write_meta(meta)
+    if folder:
+        inputs[key].update(folder=os.path.abspath(folder), rel_path=rel)
+    try:
+        corpus.write_meta(meta)
+    except OSError as exc:
+        raise _write_error(exc, corpus.meta_path) from exc
     fsutil.crash_point("ingest.registered")
     corpus.remove_unregistered()
-    if replaced:
+    if repair:
+        report.status = "repaired"
+        report.examples[:0] = [f"{corpus.docs_dir(subset)}/{name}: {problem}; written again from {path}"
+                               for name, problem in repair]
+    elif any(k != key for k in replaced):
         report.status = "replaced"
     report.seconds = time.time() - t0
     return report
@@ -289,16 +538,21 @@ def _progress(enabled: bool, desc: str):
     return tqdm(desc=desc, unit=" docs", unit_scale=True, disable=None if enabled else True, leave=False)
 
 
-def ingest(corpus_dir: str, inputs: list[tuple[str, str | None]], workers: int = 2, on_error: str = "raise",
+def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
            progress: bool = True) -> list[FileReport]:
-    """Ingest ``(path, subset or None)`` inputs into the corpus at ``corpus_dir`` (created if needed).
+    """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
+
+    Args:
+        inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
+            is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
 
     Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
     :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
     before any is read, and the tokenizer is loaded once here so a bad ``XGEN_GPT2_BPE`` fails clearly.
     """
     root = os.path.abspath(corpus_dir)
-    for path, subset in inputs:  # check every input before any work
+    items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in inputs]
+    for path, subset, _ in items:  # check every input before any work
         readers.input_format(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such input file")
@@ -310,4 +564,5 @@ def ingest(corpus_dir: str, inputs: list[tuple[str, str | None]], workers: int =
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
         with worker_pool(workers) as pool:
-            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress) for p, s in inputs]
+            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f)
+                    for p, s, f in items]

@@ -10,8 +10,9 @@ Per stage, seeded from the recipe seed (:func:`xgen_data.mixture.stage_seed`):
 
 Streams and chunks live in temporary memory-mapped files, so memory holds only per-document integers
 (document offsets, instance order, permutations), never the tokens of the corpus. The output folder is
-built under a temporary name and swapped in at the end; the same corpus, recipe and seed give
-byte-identical shards.
+built under a temporary name and swapped in at the end (:func:`recover_out_dir` restores the previous
+set if a crash interrupted the swap); the same corpus, recipe and seed give byte-identical shards. The
+manifest records the recipe: name, SHA-256 and full TOML text.
 """
 from __future__ import annotations
 
@@ -137,6 +138,7 @@ class BuildReport:
     sequences: dict[str, int] = field(default_factory=dict)  # "stage/substage" -> n_sequences
     tokens_per_subset: dict[str, Counter] = field(default_factory=dict)  # stage -> subset -> content tokens
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. the previous set restored after an interrupted build
 
 
 def _segments(pos: np.ndarray, take: np.ndarray, start: int, n_seq: int, seq_len: int):
@@ -207,13 +209,75 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
                          "free")
 
 
-def _remove_stale_builds(out_dir: str) -> None:
-    """Delete temporary build folders of this ``out_dir`` left by killed processes."""
+def recipe_toml(r: Recipe) -> str:
+    """The TOML text of the recipe as packed: its file's text (comments included) when the recipe is what
+    that file says, else :func:`xgen_data.recipe.to_toml` of it (a recipe changed in memory, or one without
+    a file). The manifest stores it with its SHA-256."""
+    from xgen_data import recipe as recipe_mod
+
+    if r.path and os.path.isfile(r.path):
+        try:
+            with open(r.path, "rb") as f:
+                text = f.read().decode("utf-8")
+            if recipe_mod.load(r.path) == r:
+                return text
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return recipe_mod.to_toml(r)
+
+
+def recover_out_dir(out_dir: str) -> str | None:
+    """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers.
+
+    A rebuild swaps with two renames (old set -> :func:`xgen_data.shards.backup_dir`, new set -> ``out_dir``),
+    so a crash between them leaves ``out_dir`` missing and the old set in the backup: it is renamed back
+    (also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of a dead process). Only once
+    ``out_dir`` holds a set are backups deleted, so no crash ever loses both copies. Unfinished build
+    folders of dead processes (``.<out>.tmp-<pid>``) are deleted: ``out_dir`` or its backup is complete.
+
+    Returns:
+        a note saying what was restored, or None.
+    """
     head, tail = os.path.split(out_dir)
-    for name in os.listdir(head) if os.path.isdir(head) else []:
-        for prefix in (f".{tail}.tmp-", f".{tail}-old.tmp-"):
-            if name.startswith(prefix) and name[len(prefix):].isdigit() and not _alive(int(name[len(prefix):])):
-                shutil.rmtree(os.path.join(head, name), ignore_errors=True)
+    names = os.listdir(head) if os.path.isdir(head) else []
+
+    def dead(prefix: str) -> list[str]:
+        return [os.path.join(head, n) for n in sorted(names) if n.startswith(prefix) and n[len(prefix):].isdigit()
+                and not _alive(int(n[len(prefix):]))]
+
+    backups = [b for b in [shards.backup_dir(out_dir)] + dead(f".{tail}-old.tmp-") if os.path.isdir(b)]
+    note = None
+    if not os.path.exists(out_dir):
+        for b in backups:
+            try:
+                shards.read_manifest(b)
+            except shards.ShardError:
+                continue
+            os.replace(b, out_dir)
+            note = f"restored the previous shards of {out_dir} from {b} (a build into it had been interrupted)"
+            break
+    if os.path.isdir(out_dir):
+        for b in backups:
+            if os.path.exists(b):
+                shutil.rmtree(b)
+    for tmp in dead(f".{tail}.tmp-"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    return note
+
+
+def _swap_in(tmp_dir: str, out_dir: str) -> None:
+    """Replace ``out_dir`` by the finished build ``tmp_dir``; a crash at any point leaves a complete set in
+    ``out_dir`` or in its backup (restored by :func:`recover_out_dir`)."""
+    fsutil.crash_point("build.before_swap")
+    if os.path.exists(out_dir):
+        backup = shards.backup_dir(out_dir)
+        os.replace(out_dir, backup)  # recover_out_dir removed any older backup: out_dir existed
+        fsutil.crash_point("build.after_backup")
+        os.replace(tmp_dir, out_dir)
+        fsutil.crash_point("build.after_swap")
+        shutil.rmtree(backup)
+    else:
+        os.replace(tmp_dir, out_dir)
 
 
 def _alive(pid: int) -> bool:
@@ -249,6 +313,8 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     from tqdm.auto import tqdm
 
     t0 = time.time()
+    out_dir = os.path.abspath(out_dir)
+    report_note = recover_out_dir(out_dir)  # first, so even a build that fails puts the previous set back
     for subset in recipe.subsets():
         if subset not in corpus.subsets():
             stage = next(st.name for st in recipe.stages if subset in st.proportions)
@@ -260,14 +326,15 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
             if not len(docs[subset].n_tokens):
                 raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
     out_dir = check_out_dir(out_dir, corpus)
-    _remove_stale_builds(out_dir)
     check_disk_space(recipe, os.path.dirname(out_dir))
     tmp_dir = fsutil.tmp_name(out_dir.rstrip(os.sep))
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(os.path.join(tmp_dir, ".work"))
-    report = BuildReport(out_dir)
+    report = BuildReport(out_dir, notes=[report_note] if report_note else [])
+    recipe_text = recipe_toml(recipe)
     manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "recipe": recipe.name,
-                "recipe_sha256": fsutil.sha256_file(recipe.path), "seed": recipe.seed,
+                "recipe_sha256": hashlib.sha256(recipe_text.encode("utf-8")).hexdigest(),
+                "recipe_toml": recipe_text, "seed": recipe.seed,
                 "tokenizer": "xgen", "vocab_size": tokenizer.VOCAB_SIZE,
                 "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
                 "plan": [], "stages": [], "shards": []}
@@ -288,13 +355,7 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     finally:
         bar.close()
     fsutil.crash_point("build.shards_written")
-    if os.path.exists(out_dir):
-        old = fsutil.tmp_name(out_dir + "-old")
-        os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp_dir, out_dir)
+    _swap_in(tmp_dir, out_dir)
     fsutil.crash_point("build.swapped")
     corpus.register_shard_dir(out_dir)
     report.shards = len(manifest["shards"])

@@ -6,7 +6,6 @@ Records follow the shared corpus schema ``{id, text, source, license, language, 
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import zlib
@@ -61,8 +60,8 @@ def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
     Args:
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
     Raises:
-        ValueError: unsupported suffix; RecordError: a corrupt compressed stream or Parquet file (names
-            the file and the line or row reached).
+        ValueError: unsupported suffix; RecordError: a corrupt or truncated compressed stream (names the
+            file and the last good line; every complete line before it was yielded) or Parquet file.
     """
     fmt = input_format(path)
     if fmt == "parquet":
@@ -80,7 +79,7 @@ def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
         return
     with open(path, "rb") as raw:
         if fmt == "jsonl.gz":
-            chunks: Iterator[bytes] = _read_chunks(gzip.GzipFile(fileobj=raw))
+            chunks: Iterator[bytes] = _gzip_chunks(raw)
         elif fmt == "jsonl.zst":
             chunks = _zstd_chunks(raw)
         else:
@@ -94,7 +93,8 @@ def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
                 if line.strip():
                     yield RawRecord(path, line_no, line, id_prefix)
         except (OSError, EOFError, zstandard.ZstdError, zlib.error) as exc:
-            raise RecordError(path, line_no + 1, f"corrupt {fmt} stream: {exc}") from exc
+            last = f"the last good line is {line_no}" if line_no else "no complete line could be read"
+            raise RecordError(path, line_no + 1, f"corrupt or truncated {fmt} stream; {last}: {exc}") from exc
 
 
 _CHUNK = 1 << 20
@@ -103,6 +103,35 @@ _CHUNK = 1 << 20
 def _read_chunks(f) -> Iterator[bytes]:
     while block := f.read(_CHUNK):
         yield block
+
+
+def _gzip_chunks(raw) -> Iterator[bytes]:
+    """Decompress a (multi-member) gzip stream, yielding all data decoded before any damage.
+
+    Unlike :class:`gzip.GzipFile`, which drops the chunk it was decoding when the stream ends early, every
+    complete line before a truncation reaches the reader. A truncated last member raises ``EOFError``.
+    """
+    obj = zlib.decompressobj(wbits=31)
+    pending = raw.read(_CHUNK)
+    if not pending:
+        return
+    while True:
+        data = pending or raw.read(_CHUNK)
+        pending = b""
+        if not data:
+            break
+        out = obj.decompress(data)
+        if out:
+            yield out
+        if obj.eof:  # member finished: the rest (if any) starts the next member
+            pending = obj.unused_data
+            obj = zlib.decompressobj(wbits=31)
+            if not pending:
+                nxt = raw.read(_CHUNK)
+                if not nxt:
+                    return
+                pending = nxt
+    raise EOFError("stream ends in the middle of a gzip member (truncated file?)")
 
 
 def _zstd_chunks(raw) -> Iterator[bytes]:

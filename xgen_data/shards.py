@@ -6,7 +6,8 @@ A shards directory (``format_version`` 1)::
     <stage>/<substage>/shard-00000.bin          raw little-endian uint16, C order, [n_sequences, seq_len]
     <stage>/<substage>/shard-00000.idx.parquet  one row per document piece (see INDEX_SCHEMA)
 
-``manifest.json`` holds ``format``, ``format_version``, ``recipe``, ``seed``, ``vocab_size`` (50,313),
+``manifest.json`` holds ``format``, ``format_version``, ``recipe`` (its name), ``recipe_sha256`` (SHA-256
+of the recipe's TOML text), ``recipe_toml`` (that text), ``seed``, ``vocab_size`` (50,313),
 ``padded_vocab_size`` (51,200), ``eos_id`` (50256), ``dtype`` ("uint16"), ``stages`` (per sub-stage
 seq_len, n_sequences, n_tokens) and ``shards``: per shard ``path, index_path, stage, substage, seq_len,
 n_sequences, sha256, tokens_per_subset, tokens_per_source, eos_tokens``. Paths are relative to the folder.
@@ -59,6 +60,12 @@ def int_field(entry: dict, key: str, where: str, ctx: str) -> int:
     return value
 
 
+def backup_dir(shard_dir: str) -> str:
+    """Where a rebuild keeps the previous set of ``shard_dir`` while it swaps the new one in (a sibling)."""
+    head, tail = os.path.split(os.path.abspath(shard_dir).rstrip(os.sep))
+    return os.path.join(head, f".{tail}.backup")
+
+
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
     """Read and check ``<shard_dir>/manifest.json`` (top-level fields).
 
@@ -70,6 +77,9 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
     """
     shard_dir = os.fspath(shard_dir)
     path = os.path.join(shard_dir, "manifest.json")
+    if not os.path.exists(shard_dir) and os.path.isdir(backup_dir(shard_dir)):
+        raise ShardError(f"{shard_dir}: missing: a `xgen mix build` into it was interrupted; the previous shards "
+                         f"are in {backup_dir(shard_dir)} and the next build restores them first")
     _require(os.path.isdir(shard_dir), shard_dir, "not a directory")
     _require(os.path.isfile(path), path, "no manifest.json (not a shards directory; run `xgen mix build`)")
     try:

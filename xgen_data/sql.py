@@ -7,16 +7,23 @@ Views (created by :func:`connect`):
   dup_cluster, exact_group``, and the decisions derived for one recipe (or the corpus defaults):
   ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.decisions`; the filter's
   reason first, then dedup's; ``kept`` = no reason).
-* ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir, path,
-  stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset (JSON), tokens_per_source
-  (JSON)``.
+* ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir,
+  recipe, recipe_sha256, path, stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
+  (JSON), tokens_per_source (JSON)``; ``recipe`` and ``recipe_sha256`` name the recipe the folder was built
+  with (its manifest also holds the full TOML text; NULL for folders built before they were recorded).
 * ``license_conflicts``: exact duplicates carrying different license labels, with their decisions.
+
+``xgen sql`` is read-only (:func:`check_read_only`, :func:`lock_down`): DuckDB's own parser classifies
+each statement and only queries run; the connection then refuses file access outside the corpus's
+folders, extension installs and loads, and any change of its settings.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
 
 import duckdb
 
@@ -43,8 +50,11 @@ def shard_rows(shard_dirs: list[str]) -> list[dict]:
             continue
         try:
             manifest = shards.read_manifest(shard_dir)
+            recipe, recipe_sha = manifest.get("recipe"), manifest.get("recipe_sha256")
             for s in manifest["shards"]:
-                rows.append({"shard_dir": shard_dir, "path": s["path"], "stage": s["stage"],
+                rows.append({"shard_dir": shard_dir, "recipe": None if recipe is None else str(recipe),
+                             "recipe_sha256": None if recipe_sha is None else str(recipe_sha),
+                             "path": s["path"], "stage": s["stage"],
                              "substage": s["substage"], "seq_len": int(s["seq_len"]),
                              "n_sequences": int(s["n_sequences"]), "n_tokens": int(s["seq_len"]) * int(s["n_sequences"]),
                              "sha256": s["sha256"],
@@ -89,7 +99,9 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     if rows:
         import pyarrow as pa
 
-        con.register("_shards_rows", pa.Table.from_pylist(rows))
+        schema = pa.schema([(k, pa.int64() if k in ("seq_len", "n_sequences", "n_tokens") else pa.string())
+                            for k in rows[0]])
+        con.register("_shards_rows", pa.Table.from_pylist(rows, schema=schema))
         con.execute("CREATE OR REPLACE VIEW shards AS SELECT * FROM _shards_rows")
     return con
 
@@ -112,3 +124,93 @@ STATS_QUERIES: list[tuple[str, str]] = [
     ("Drops by reason", """SELECT subset, coalesce(drop_reason, '(kept)') AS reason, count(*) AS documents,
         sum(n_tokens) AS tokens FROM documents GROUP BY ALL ORDER BY subset, documents DESC"""),
 ]
+
+
+class ReadOnlyError(ValueError):
+    """An ``xgen sql`` statement that is not a read-only query (COPY, ATTACH, CREATE, SET, ...)."""
+
+
+#: What each refused statement type does, for the message (DuckDB's ``StatementType`` names).
+_REFUSED_WHY = {
+    "COPY": "writes or reads files", "COPY_DATABASE": "copies a database", "EXPORT": "writes files",
+    "ATTACH": "opens or creates a database file", "DETACH": "changes attached databases",
+    "LOAD": "installs or loads an extension", "EXTENSION": "installs or loads an extension",
+    "CREATE": "creates an object", "CREATE_FUNC": "creates a function", "INSERT": "changes data",
+    "UPDATE": "changes data", "DELETE": "changes data", "MERGE_INTO": "changes data", "DROP": "drops an object",
+    "ALTER": "changes an object", "SET": "changes a setting", "VARIABLE_SET": "changes a variable",
+    "PRAGMA": "runs a pragma (which may change settings or files)", "CALL": "calls a procedure (which may write)",
+    "VACUUM": "rewrites storage", "ANALYZE": "updates statistics", "TRANSACTION": "controls transactions",
+    "PREPARE": "prepares a statement", "EXECUTE": "runs a prepared statement",
+    "UNKNOWN": "is not a statement kind xgen sql knows", "MULTI": "runs several statements (a PIVOT without an IN list creates types: list its values with IN (...))",
+}
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALYZE\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+
+
+def _kind(statement) -> str:
+    try:
+        return statement.type.name
+    except ValueError:  # a statement type the Python enum does not know (e.g. UPDATE EXTENSIONS)
+        return "UNKNOWN"
+
+
+def check_read_only(query: str) -> list:
+    """Parse ``query`` with DuckDB's own parser and return its statements if every one only reads.
+
+    Allowed: ``SELECT`` statements as DuckDB classifies them (also ``WITH``, ``FROM``, ``VALUES``,
+    ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, ``PIVOT ... IN (...)``) and ``EXPLAIN [ANALYZE]`` of one. Everything
+    else is refused: COPY, EXPORT/IMPORT, ATTACH/DETACH, INSTALL/LOAD, CREATE, INSERT/UPDATE/DELETE/MERGE,
+    DROP, ALTER, SET/RESET/USE, PRAGMA, CALL and CHECKPOINT, VACUUM, ANALYZE, transactions, PREPARE/EXECUTE.
+
+    Returns:
+        ``list[duckdb.Statement]`` in order (empty for a blank query).
+    Raises:
+        ReadOnlyError: names the first refused statement (its number, kind and first words).
+        duckdb.ParserException: the text is not valid SQL.
+    """
+    import duckdb
+
+    statements = duckdb.extract_statements(query)
+    for i, st in enumerate(statements, 1):
+        kind = _kind(st)
+        if kind == "SELECT":
+            continue
+        if kind == "EXPLAIN":
+            inner = _EXPLAIN_PREFIX.sub("", st.query, count=1)
+            inner_st = duckdb.extract_statements(inner) if inner != st.query else []
+            inner_kind = _kind(inner_st[0]) if len(inner_st) == 1 else "a non-query"
+            if inner_kind == "SELECT":
+                continue
+            kind = f"EXPLAIN of {inner_kind}"
+        words = " ".join(st.query.split())
+        head = words if len(words) <= 60 else words[:57] + "..."
+        why = _REFUSED_WHY.get(kind.removeprefix("EXPLAIN of "), "is not a query")
+        raise ReadOnlyError(f"xgen sql is read-only: statement {i} ({kind}: {head!r}) is refused, it {why}. "
+                            "Only queries run (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); "
+                            "to save results, redirect --format csv or json to a file outside the corpus")
+    return statements
+
+
+def lock_down(con, corpus_root: str) -> None:
+    """Make ``con`` (from :func:`connect`) unable to touch anything but the corpus's data folders.
+
+    After :func:`connect` has created the views: DuckDB may only open files under the corpus's
+    sub-folders (``allowed_directories`` with ``enable_external_access=false``: the views read the Parquet
+    files there; nothing elsewhere can be read or written, not even ``corpus.json`` or the corpus folder
+    itself), cannot install or auto-load extensions, keeps spill files in a private temporary folder,
+    and ``lock_configuration`` then freezes every setting. DuckDB cannot allow reads without writes
+    inside an allowed folder, so writes into ``docs/`` or ``steps/`` are kept out by
+    :func:`check_read_only`, which refuses every statement that is not a query; this is the second layer.
+
+    Raises:
+        duckdb.Error: the settings could not be applied (then the connection must not be used).
+    """
+    root = os.path.abspath(corpus_root)
+    folders = sorted(os.path.join(root, e.name) + os.sep for e in os.scandir(root)
+                     if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    spill = os.path.join(tempfile.gettempdir(), f"xgen-sql-{os.getpid()}")
+    con.execute("SET allowed_directories = ?", [folders])
+    for setting, value in (("autoinstall_known_extensions", False), ("autoload_known_extensions", False),
+                           ("allow_community_extensions", False), ("allow_persistent_secrets", False),
+                           ("temp_directory", spill), ("enable_external_access", False),
+                           ("lock_configuration", True)):
+        con.execute(f"SET {setting} = ?", [value])

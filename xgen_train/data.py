@@ -144,18 +144,20 @@ class ShardLoader:
         shards_dir: folder holding ``manifest.json``.
         batch_size: sequences per batch (> 0).
         stage, substage: which sub-stage to read; may be omitted when there is only one choice.
-        verify: also check each shard's ``sha256`` and that every token id is ``< vocab_size``
-            (reads every file once; without it only sizes are checked).
+        verify: ``None`` (default): each shard's ``sha256`` is checked the first time the loader opens it
+            (lazily, once per file), so a corrupted byte never reaches a batch unnoticed; ``True``: check
+            every shard's ``sha256`` and that every token id is ``< vocab_size`` up front (reads every
+            file once); ``False``: no sha256 check (sizes only; ``xgen train --no-verify``).
     Raises:
         ShardFormatError: bad manifest, unknown/ambiguous stage or sub-stage, no shards, a shard whose
             ``seq_len`` differs from its sub-stage, a missing file, a file size different from
             ``n_sequences * seq_len * 2`` bytes, shard totals that disagree with the sub-stage entry,
-            a path outside the directory, or (``verify``) a sha256 mismatch / out-of-range token.
-            Messages name the file.
+            a path outside the directory, a sha256 mismatch (when the file is first opened, or up front
+            with ``verify=True``) or an out-of-range token. Messages name the file.
     """
 
     def __init__(self, shards_dir: str | os.PathLike, batch_size: int, stage: str | None = None,
-                 substage: str | None = None, verify: bool = False) -> None:
+                 substage: str | None = None, verify: bool | None = None) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.root = Path(shards_dir).resolve()
@@ -195,10 +197,11 @@ class ShardLoader:
             _require(actual == expected, path,
                      f"size {actual} bytes != n_sequences*seq_len*2 = {n}*{seq_len}*2 = {expected} bytes")
             sha = entry.get("sha256")
+            if verify is not False:
+                _require(isinstance(sha, str), path, "the manifest entry has no sha256 to verify the shard "
+                                                     "against (--no-verify / verify=False skips the check)")
             if verify:
-                _require(isinstance(sha, str), path, "verify=True but the manifest entry has no sha256")
-                got = fsutil.sha256_file(str(path))
-                _require(got == sha.lower(), path, f"sha256 mismatch: manifest {sha}, file {got}")
+                self._check_sha256(path, sha)
             if n:
                 files.append(ShardFile(path, n, seq_len, offset, sha))
                 offset += n
@@ -210,16 +213,25 @@ class ShardLoader:
         self.n_sequences = offset
         self._starts = np.array([f.offset for f in files], dtype=np.int64)
         self._maps: list[np.memmap | None] = [None] * len(files)
+        self._verify_on_open = verify is None  # verify=True checked every file above
         if verify:
             for k, f in enumerate(files):
                 top = int(self._map(k).max())
                 _require(top < self.vocab_size, f.path, f"token id {top} >= vocab_size {self.vocab_size}")
 
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_sha256(path: Path, sha: str) -> None:
+        got = fsutil.sha256_file(str(path))
+        _require(got == sha.lower(), path, f"sha256 mismatch: manifest {sha}, file {got} (a damaged or changed "
+                                           "shard: rebuild it with `xgen mix build`)")
+
     def _map(self, k: int) -> np.memmap:
         mm = self._maps[k]
         if mm is None:
             f = self.files[k]
+            if self._verify_on_open:  # once per file, before any of its rows is read
+                self._check_sha256(f.path, f.sha256)
             mm = np.memmap(f.path, dtype="<u2", mode="r", shape=(f.n_sequences, f.seq_len))
             self._maps[k] = mm
         return mm

@@ -145,7 +145,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           total_steps: int | None = None, final_lr_ratio: float = 0.1, weight_decay: float = 0.1,
           clip_norm: float = 1.0, b1: float = 0.9, b2: float = 0.95, compute_dtype: str = "float32",
           init_seed: int | None = None, checkpoint_every: int = 0, resume: bool | str | os.PathLike | None = None,
-          verify: bool = False, progress: bool = True, plot: bool = True, spike_window: int = 128,
+          verify: bool | None = None, progress: bool = True, plot: bool = True, spike_window: int = 128,
           spike_std: float = 6.0) -> dict[str, Any]:
     """Pre-train a model on one sub-stage of a shards directory (SPEC §3 model, SPEC §4 optimizer).
 
@@ -167,7 +167,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         checkpoint_every: also checkpoint every N updates (0: only at the end).
         resume: ``True`` = latest checkpoint under ``out_dir/checkpoints``; a path = that checkpoint;
             None/False = start fresh (refused when ``out_dir`` already holds checkpoints). Resuming continues bit-exactly (same batches, same state).
-        verify: verify shard sha256 and token range before training.
+        verify: shard checks (:class:`xgen_train.data.ShardLoader`): None = sha256 of each shard when first read.
         progress: show a tqdm bar on stderr.
         plot: write ``loss.png``.
         spike_window, spike_std: loss-spike rule (SPEC §4 Choice: 128 steps, 6 std).

@@ -1,0 +1,232 @@
+"""Ingest hardening: nested folders, duplicate ids (both modes, collisions), truncated streams, full disk, repair."""
+import errno
+import gzip
+import json
+import os
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from click.testing import CliRunner
+
+from cli.main import cli
+from conftest import shared_path
+from xgen_data import fsutil, idindex, ingest, readers, sql
+from xgen_data.corpus import Corpus
+
+
+def _lines(name="code.jsonl", n=20):
+    with open(shared_path("corpus", "sample", name), encoding="utf-8") as f:
+        return [line for _, line in zip(range(n), f)]
+
+
+def _jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _invoke(args):
+    """Invoke the CLI; an exception other than click's own exit would be a traceback for the user."""
+    res = CliRunner().invoke(cli, args)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
+def _ids(root, subset=None):
+    q = "SELECT id FROM documents" + (f" WHERE subset = '{subset}'" if subset else "") + " ORDER BY id"
+    return [r[0] for r in sql.connect(root).execute(q).fetchall()]
+
+
+# -- folders -----------------------------------------------------------------------------------------------
+def test_folders_are_read_recursively_and_skips_are_listed(tmp_path):
+    raw = tmp_path / "raw"
+    lines = _lines(n=12)
+    (raw / "sub" / "deeper").mkdir(parents=True)
+    (raw / "top.jsonl").write_text("".join(lines[:4]))
+    (raw / "sub" / "mid.jsonl.gz").write_bytes(gzip.compress("".join(lines[4:8]).encode()))
+    (raw / "sub" / "deeper" / "low.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress("".join(lines[8:]).encode()))
+    (raw / ".git").mkdir()
+    (raw / ".git" / "x.jsonl").write_text(lines[0])
+    (raw / ".hidden.jsonl").write_text(lines[0])
+    (raw / "notes.txt").write_text("x")
+    (raw / "sub" / "table.csv").write_text("a,b")
+    corpus = raw / "corpus"  # the corpus inside the folder read must not be read back
+    res = _invoke(["ingest", "--corpus", str(corpus), "--quiet", "--subset", "code", str(raw)])
+    assert res.exit_code == 0, res.output
+    assert "2 files with an unsupported extension (.csv, .txt" in res.output
+    assert "1 hidden folder:" in res.output and ".git" in res.output and "1 hidden file:" in res.output
+    assert "sub/deeper/low.jsonl.zst" in res.output  # the report shows paths relative to the folder
+    assert len(_ids(str(corpus))) == 12
+    entries = Corpus(str(corpus)).read_meta()["inputs"].values()
+    assert sorted(e["rel_path"] for e in entries) == ["sub/deeper/low.jsonl.zst", "sub/mid.jsonl.gz", "top.jsonl"]
+    assert {e["folder"] for e in entries} == {str(raw)}
+    # a second run skips the corpus folder itself and finds nothing new
+    res = _invoke(["ingest", "--corpus", str(corpus), "--quiet", "--subset", "code", str(raw)])
+    assert res.exit_code == 0 and "1 folder of the corpus being written: " in res.output and res.output.count("unchanged") == 3
+
+
+def test_find_inputs_refuses_an_empty_folder_and_skips_folder_links(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="no .jsonl.*also in sub-folders"):
+        ingest.find_inputs([str(tmp_path / "empty")])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text('{"text": "a"}\n')
+    os.symlink(tmp_path / "d", tmp_path / "d" / "loop")
+    files, skipped = ingest.find_inputs([str(tmp_path / "d")])
+    assert [f.rel for f in files] == ["a.jsonl"]
+    assert skipped == [(str(tmp_path / "d" / "loop"), "link to a folder (not followed)")]
+
+
+# -- duplicate ids -----------------------------------------------------------------------------------------
+def _dup_file(tmp_path, n=600, dup_of=3, at=550):
+    recs = [{"id": f"doc-{i}", "text": f"document number {i}"} for i in range(n)]
+    recs.insert(at, {"id": f"doc-{dup_of}", "text": "another text with the same id"})
+    return _jsonl(tmp_path / "dups.jsonl", recs)
+
+
+@pytest.mark.parametrize("at,part_docs", [(5, 16384), (550, 16384), (550, 100)],
+                         ids=["same-batch", "later-batch", "closed-part"])
+def test_duplicate_id_in_one_file_raise_names_both_lines(tmp_path, monkeypatch, at, part_docs):
+    monkeypatch.setattr(ingest, "PART_DOCS", part_docs)
+    src = _dup_file(tmp_path, at=at)
+    root = str(tmp_path / "c")
+    with pytest.raises(readers.RecordError, match=rf"dups.jsonl:{at + 1}: duplicate id 'doc-3' \(first at .*dups.jsonl:4;"):
+        ingest.ingest(root, [(str(src), "web")], workers=1, progress=False)
+    assert not Corpus(root).parts() and not [f for _, _, fs in os.walk(root) for f in fs if ".tmp" in f]
+    rep = ingest.ingest(root, [(str(src), "web")], workers=1, on_error="skip", progress=False)[0]
+    assert rep.n_written == 600 and rep.skipped == {"duplicate_id": 1}
+    assert rep.examples == [f"{src}:{at + 1}: duplicate id 'doc-3' (first at {src}:4)"]
+    assert len(set(_ids(root))) == 600
+    text = sql.connect(root).execute("SELECT text FROM documents WHERE id = 'doc-3'").fetchall()
+    assert text == [("document number 3",)]  # the first one is kept
+
+
+def test_duplicate_id_across_files_names_the_earlier_file_and_line(tmp_path):
+    a = _jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}])
+    b = _jsonl(tmp_path / "b.jsonl", [{"id": "z", "text": "three"}, {"id": "y", "text": "other"}])
+    root = str(tmp_path / "c")
+    res = _invoke(["ingest", "--corpus", root, "--quiet", "--subset", "s", str(a), str(b)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"b.jsonl:2: duplicate id 'y' (first at {a}:2;" in res.output
+    assert _ids(root) == ["x", "y"]  # a.jsonl was committed, nothing of b.jsonl
+    res = _invoke(["ingest", "--corpus", root, "--quiet", "--subset", "s", "--on-error", "skip", str(b)])
+    assert res.exit_code == 0 and "duplicate_id=1" in res.output
+    assert f"b.jsonl:2: duplicate id 'y' (first at {a} (corpus part a-" in res.output
+    assert _ids(root) == ["x", "y", "z"]
+    # the same ids in another subset are not duplicates
+    assert ingest.ingest(root, [(str(b), "other")], workers=1, progress=False)[0].n_written == 2
+
+
+def test_hash_collisions_never_drop_a_document(tmp_path, monkeypatch):
+    """Every id hashes to 0: only the real duplicate is dropped, every other id is confirmed distinct."""
+    monkeypatch.setattr(idindex, "hash_ids", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    src = _dup_file(tmp_path, n=300, at=200)
+    root = str(tmp_path / "c")
+    rep = ingest.ingest(root, [(str(src), "web")], workers=1, on_error="skip", progress=False)[0]
+    assert rep.n_written == 300 and rep.skipped == {"duplicate_id": 1}
+    assert _ids(root) == sorted(f"doc-{i}" for i in range(300))
+
+
+def test_id_index_matches_a_set_and_costs_16_bytes_per_id():
+    rng = np.random.default_rng(0)
+    index, known = idindex.IdIndex(), set()
+    for k in range(40):
+        h = rng.integers(0, 5000, size=int(rng.integers(1, 300)), dtype=np.uint64)
+        index.add(h, k, np.arange(len(h)))
+        known.update(h.tolist())
+    assert len(index._runs) <= 12  # runs are merged (log-structured), not one per batch
+    q = np.arange(6000, dtype=np.uint64)
+    assert index.maybe_contains(q).tolist() == [int(x) in known for x in q]
+    assert index.nbytes == 16 * len(index)
+    some = next(iter(known))
+    assert all(index.candidates(some)) and index.candidates(99999) == []
+    hashes = idindex.hash_ids(pa.array(["a", "b", "a"]))
+    assert hashes.dtype == np.uint64 and hashes[0] == hashes[2] != hashes[1]
+
+
+# -- truncated streams, full disk ----------------------------------------------------------------------------
+def _complete_lines(data: bytes, fmt: str) -> int:
+    if fmt == "jsonl.gz":
+        out = zlib.decompressobj(wbits=31).decompress(data)
+    else:
+        out = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return out.count(b"\n")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_truncated_stream_names_the_last_good_line(tmp_path, fmt):
+    data = "".join(_lines("nl.jsonl", 200)).encode()
+    packed = gzip.compress(data) if fmt == "jsonl.gz" else zstandard.ZstdCompressor(level=1).compress(data)
+    cut = packed[: len(packed) * 2 // 3]
+    good = _complete_lines(cut, fmt)
+    assert good > 10
+    src = tmp_path / f"nl.{fmt}"
+    src.write_bytes(cut)
+    with pytest.raises(readers.RecordError) as err:
+        ingest.ingest(str(tmp_path / "c"), [(str(src), None)], workers=1, progress=False)
+    assert f"nl.{fmt}:{good + 1}: corrupt or truncated {fmt} stream; the last good line is {good}" in str(err.value)
+    assert sum(1 for _ in _raw_until_error(str(src))) == good
+
+
+def _raw_until_error(path):
+    try:
+        yield from readers.iter_raw(path)
+    except readers.RecordError:
+        return
+
+
+class _FullDiskWriter(pq.ParquetWriter):
+    def write_batch(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_names_the_part_being_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest.pq, "ParquetWriter", _FullDiskWriter)
+    root = tmp_path / "c"
+    res = _invoke(["ingest", "--corpus", str(root), "--quiet", shared_path("corpus", "sample", "code.jsonl")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "No space left on device" in res.output and "free disk space" in res.output
+    assert f"corpus part {root}/docs/code/code-" in res.output and ".parquet" in res.output
+    assert not Corpus(str(root)).parts() and not [f for _, _, fs in os.walk(root) for f in fs if ".tmp" in f]
+
+
+def test_full_disk_on_the_registry_names_corpus_json(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    Corpus(str(root), create=True)
+
+    def full(self, meta):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Corpus, "write_meta", full)
+    with pytest.raises(OSError, match=f"cannot write {root}/corpus.json: No space left"):
+        ingest.ingest(str(root), [(shared_path("corpus", "sample", "code.jsonl"), None)], workers=1, progress=False)
+
+
+# -- repair ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_reingest_repairs_damaged_parts(tmp_path, damage):
+    src = shared_path("corpus", "sample", "code.jsonl")
+    root = str(tmp_path / "c")
+    ingest.ingest(root, [(src, None)], workers=1, progress=False)
+    con = sql.connect(root)
+    before = con.execute("SELECT id, text, n_tokens FROM documents ORDER BY id").fetchall()
+    part = Corpus(root).parts("code")[0].path
+    recorded = next(iter(Corpus(root).read_meta()["inputs"].values()))["part_sha256"]
+    if damage == "flip":
+        data = bytearray(open(part, "rb").read())
+        data[len(data) // 2] ^= 0x01
+        open(part, "wb").write(bytes(data))
+    else:
+        os.remove(part)
+    rep = ingest.ingest(root, [(src, None)], workers=1, progress=False)[0]
+    assert rep.status == "repaired"
+    assert os.path.basename(part) in rep.examples[0] and ("missing" if damage == "delete" else "sha256 differs") in rep.examples[0]
+    entry = next(iter(Corpus(root).read_meta()["inputs"].values()))
+    assert entry["part_sha256"] == recorded == {os.path.basename(part): fsutil.sha256_file(part)}
+    assert sql.connect(root).execute("SELECT id, text, n_tokens FROM documents ORDER BY id").fetchall() == before
+    assert ingest.ingest(root, [(src, None)], workers=1, progress=False)[0].status == "unchanged"
