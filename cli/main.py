@@ -22,6 +22,7 @@ _COMMANDS = [
     ("cli.dedup_cmd", "dedup"),
     ("cli.mix_cmd", "mix"),
     ("cli.train_cmd", "train"),
+    ("cli.plot_cmd", "plot"),
     ("cli.demo_cmd", "demo"),
 ]
 

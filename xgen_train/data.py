@@ -33,11 +33,12 @@ from xgen_data.shards import FORMAT, ShardError as ShardFormatError
 from xgen_data.shards import read_manifest as load_manifest
 
 __all__ = [
-    "FORMAT", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",
+    "FORMAT", "SPLITS", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",
     "load_manifest", "permute",
 ]
 
 SUPPORTED_FORMAT_VERSIONS = (shards.FORMAT_VERSION,)
+SPLITS = ("train", "validation")
 _FEISTEL_ROUNDS = 6
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -146,6 +147,8 @@ class ShardLoader:
         stage, substage: which sub-stage to read; may be omitted when there is only one choice.
         verify: also check each shard's ``sha256`` and that every token id is ``< vocab_size``
             (reads every file once; without it only sizes are checked).
+        split: ``"train"`` (default) or ``"validation"``: the manifest entries whose ``split`` matches
+            (an entry without ``split`` is train), see :func:`xgen_data.packing.shard_ranges`.
     Raises:
         ShardFormatError: bad manifest, unknown/ambiguous stage or sub-stage, no shards, a shard whose
             ``seq_len`` differs from its sub-stage, a missing file, a file size different from
@@ -155,9 +158,12 @@ class ShardLoader:
     """
 
     def __init__(self, shards_dir: str | os.PathLike, batch_size: int, stage: str | None = None,
-                 substage: str | None = None, verify: bool = False) -> None:
+                 substage: str | None = None, verify: bool = False, split: str = "train") -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split = split
         self.root = Path(shards_dir).resolve()
         self.manifest = load_manifest(self.root)
         mpath = self.root / "manifest.json"
@@ -182,6 +188,8 @@ class ShardLoader:
             _require(isinstance(entry, dict), mpath, f"shards[{i}] is not an object")
             if entry.get("stage") != self.stage or entry.get("substage") != self.substage:
                 continue
+            if entry.get("split", "train") != split:
+                continue
             rel = entry.get("path")
             _require(isinstance(rel, str) and rel, mpath, f"shards[{i}]: missing 'path'")
             path = (self.root / rel).resolve()
@@ -202,10 +210,11 @@ class ShardLoader:
             if n:
                 files.append(ShardFile(path, n, seq_len, offset, sha))
                 offset += n
-        _require(bool(files), mpath, f"{ctx}: no shard files with sequences")
-        if "n_sequences" in sub:
-            declared = _int_field(sub, "n_sequences", mpath, ctx)
-            _require(declared == offset, mpath, f"{ctx}: n_sequences {declared} != sum over its shards {offset}")
+        _require(bool(files), mpath, f"{ctx}: no {split} shard files with sequences")
+        count_key = "n_sequences" if split == "train" else "validation_sequences"
+        if count_key in sub:
+            declared = _int_field(sub, count_key, mpath, ctx)
+            _require(declared == offset, mpath, f"{ctx}: {count_key} {declared} != sum over its {split} shards {offset}")
         self.files = files
         self.n_sequences = offset
         self._starts = np.array([f.offset for f in files], dtype=np.int64)
@@ -283,5 +292,5 @@ class ShardLoader:
         """JSON-able summary of the selection (stored in checkpoints and metrics)."""
         return {"shards_dir": str(self.root), "stage": self.stage, "substage": self.substage,
                 "seq_len": self.seq_len, "n_sequences": self.n_sequences, "batch_size": self.batch_size,
-                "n_files": len(self.files), "recipe": self.manifest.get("recipe"),
+                "n_files": len(self.files), "split": self.split, "recipe": self.manifest.get("recipe"),
                 "manifest_seed": self.manifest.get("seed")}
