@@ -170,13 +170,15 @@ def _to_numpy(tree):
     return jax.tree.map(lambda x: np.asarray(x), tree)
 
 
-def load_checkpoint(directory: str | os.PathLike, opt_state_template=None) -> Checkpoint:
+def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verify: bool = True) -> Checkpoint:
     """Verify (sidecar sha256) and read a checkpoint directory; the round trip is bit-exact.
 
     Args:
         directory: a ``step_*`` checkpoint directory.
         opt_state_template: pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. ``jax.eval_shape(lambda:
             optimizer.init(params))``) giving the optimizer-state structure; None skips the optimizer state.
+        verify: check every file against the sidecar first (only skip it right after
+            :func:`verify_checkpoint` on the same directory).
     Raises:
         CheckpointError: corrupt or incomplete checkpoint, bad metadata, or arrays that do not fit
             the model config / template (message names the file or key).
@@ -184,7 +186,8 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None) -> Ch
     import jax
 
     directory = Path(directory).resolve()
-    verify_checkpoint(directory)
+    if verify:
+        verify_checkpoint(directory)
     meta = read_meta(directory)
     cfg = ModelConfig.from_dict(meta["run"]["model_config"])
     from xgen_train.model import init_params

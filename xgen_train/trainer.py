@@ -35,7 +35,8 @@ import numpy as np
 import optax
 
 from xgen_data import fsutil
-from xgen_train.checkpoint import CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint, load_init, make_meta
+from xgen_train.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint, load_init,
+                                   make_meta, read_meta, verify_checkpoint)
 from xgen_train.config import ModelConfig, count_parameters, get_config
 from xgen_train.curriculum import Phase, Plan, make_plan
 from xgen_train.data import ShardLoader, load_manifest
@@ -329,13 +330,14 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         raise ValueError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
                          "continue it, or choose another output folder")
     if ckpt_dir is not None:
-        template = jax.eval_shape(lambda: optimizer.init(init_params(cfg, 0)))
-        ck = load_checkpoint(ckpt_dir, opt_state_template=template)
-        diffs = config_differences(ck.meta["run"], run)
+        verify_checkpoint(ckpt_dir)  # every file against the sidecar, before trusting any of it
+        diffs = config_differences(read_meta(ckpt_dir)["run"], run)
         if diffs:
             raise ValueError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
                              + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
                              "another --out folder")
+        template = jax.eval_shape(lambda: optimizer.init(init_params(cfg, 0)))
+        ck = load_checkpoint(ckpt_dir, opt_state_template=template, verify=False)
         want = plan.position(ck.step).to_dict()
         if ck.meta.get("position") != want:
             raise CheckpointError(f"{ckpt_dir}: data position {ck.meta.get('position')} does not match the plan's "
