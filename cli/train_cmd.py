@@ -37,6 +37,8 @@ from xgen_train.config import CONFIGS  # no JAX import
 @click.option("--stage", default=None, help="Train only this stage (default: every stage, in manifest order).")
 @click.option("--substage", default=None, help="Train only this sub-stage (with --stage when its name is in "
                                                "several stages).")
+@click.option("--budget-fraction", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Train on this fraction of every sub-stage's budget (the whole curriculum at a small scale).")
 @click.option("--init", "init_path", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
                    "config.json + model.safetensors); the optimizer state starts fresh.")
@@ -59,7 +61,8 @@ from xgen_train.config import CONFIGS  # no JAX import
 @click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
 def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, batch_tokens: int | None,
           batch_size: int | None, lr: float, warmup: int, total_steps: int | None, seed: int, stage: str | None,
-          substage: str | None, init_path: str | None, log_every: int, eval_every: int, eval_sequences: int,
+          substage: str | None, budget_fraction: float, init_path: str | None, log_every: int, eval_every: int,
+          eval_sequences: int,
           compute_dtype: str, checkpoint_every: int, keep_checkpoints: int, resume: bool, verify: bool,
           no_progress: bool) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
@@ -75,7 +78,8 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     try:
         summary = run_train(shards_dir, out_dir, config_name=config_name, steps=steps, batch_size=batch_size,
                             batch_tokens=batch_tokens, lr=lr, warmup=warmup, seed=seed, stage=stage,
-                            substage=substage, log_every=log_every, total_steps=total_steps,
+                            substage=substage, budget_fraction=budget_fraction, log_every=log_every,
+                            total_steps=total_steps,
                             compute_dtype=compute_dtype, checkpoint_every=checkpoint_every,
                             keep_checkpoints=keep_checkpoints, resume=True if resume else None, init=init_path,
                             eval_every=eval_every, eval_sequences=eval_sequences, verify=verify,

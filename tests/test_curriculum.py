@@ -49,7 +49,7 @@ def _metrics(run: Path) -> list[dict]:
 def test_validation_split_in_manifest_and_deterministic(cshards, tmp_path):
     m = load_manifest(cshards)
     subs = m["stages"][0]["substages"]
-    assert [(s["name"], s["n_sequences"], s["validation_sequences"]) for s in subs] == [("s64", 18, 8), ("s128", 8, 8)]
+    assert [(s["name"], s["n_sequences"], s["validation_sequences"]) for s in subs] == [("s64", 26, 8), ("s128", 16, 8)]
     splits = {(e["substage"], e["split"]): e["n_sequences"] for e in m["shards"]}
     assert splits == {("s64", "train"): 18, ("s64", "validation"): 8, ("s128", "train"): 8, ("s128", "validation"): 8}
     val = ShardLoader(cshards, 2, substage="s64", split="validation")

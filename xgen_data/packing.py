@@ -361,11 +361,11 @@ def heldout_count(sub, n_seq: int) -> int:
 
 
 def substage_entry(sub, n_seq: int) -> dict:
-    """Manifest entry of a sub-stage: ``n_sequences``/``n_tokens`` count the train split (the training budget);
-    ``validation_sequences`` the held-out ones (written to ``validation-NNNNN.bin``, ``"split": "validation"``)."""
-    n_val = heldout_count(sub, n_seq)
-    return {"name": sub.name, "seq_len": sub.seq_len, "n_sequences": int(n_seq - n_val),
-            "n_tokens": int((n_seq - n_val) * sub.seq_len), "validation_sequences": int(n_val)}
+    """Manifest entry of a sub-stage: ``n_sequences``/``n_tokens`` count every packed sequence; of those,
+    ``validation_sequences`` are held out (``validation-NNNNN.bin``, ``"split": "validation"``) and the rest
+    (``"split": "train"``) are the training budget."""
+    return {"name": sub.name, "seq_len": sub.seq_len, "n_sequences": int(n_seq), "n_tokens": int(n_seq * sub.seq_len),
+            "validation_sequences": heldout_count(sub, n_seq)}
 
 
 def shard_ranges(n_seq: int, n_val: int, rows_per_shard: int) -> list[tuple[int, int, str, str]]:

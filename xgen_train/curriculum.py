@@ -6,8 +6,8 @@ a manifest into consecutive :class:`Phase` s (one per sub-stage) on one global s
 
 * Batch: constant in tokens per update (``batch_tokens``; ``batch_size = batch_tokens // seq_len``, which
   must divide exactly) or constant in sequences (``batch_size``).
-* Budget: one pass over the sub-stage's train sequences (its ``n_sequences`` in the manifest, i.e. its
-  token budget ``n_sequences * seq_len``). Steps of a sub-stage = ``floor(n_sequences / batch_size)``;
+* Budget: one pass over the sub-stage's train sequences (``n_sequences - validation_sequences`` in the
+  manifest, i.e. its token budget less the held-out split). Steps of a sub-stage = ``floor(n_sequences / batch_size)``;
   the remaining ``n_sequences % batch_size`` sequences (less than one batch) are skipped, deterministically
   the last ones of the seeded order (:meth:`xgen_train.data.ShardLoader.batch_at` for steps
   ``0..steps-1``), and reported as ``skipped_sequences``.
@@ -34,7 +34,7 @@ class Phase:
     stage: str
     substage: str
     seq_len: int
-    n_sequences: int  # train sequences of the sub-stage
+    n_sequences: int  # train sequences of the sub-stage (manifest n_sequences - validation_sequences)
     batch_size: int  # sequences per update
     steps: int  # updates = n_sequences // batch_size
     start_step: int  # global index of its first update
@@ -161,21 +161,28 @@ def batch_size_for(seq_len: int, batch_tokens: int | None, batch_size: int | Non
 
 
 def make_plan(manifest: dict, *, batch_tokens: int | None = None, batch_size: int | None = None,
-              stage: str | None = None, substage: str | None = None) -> Plan:
+              stage: str | None = None, substage: str | None = None, budget_fraction: float = 1.0) -> Plan:
     """The :class:`Plan` of a manifest (module docstring). Sub-stages with fewer sequences than one batch get
     0 steps (reported by their ``skipped_sequences``).
 
+    ``budget_fraction`` in ``(0, 1]`` scales every sub-stage's budget alike (``floor(n_sequences * f)``
+    sequences, then whole batches): the whole curriculum at a small scale, e.g. for a demo or a smoke test.
+
     Raises:
-        ValueError: see :func:`substages_of` and :func:`batch_size_for`; a plan with no update at all.
+        ValueError: see :func:`substages_of` and :func:`batch_size_for`; a fraction outside ``(0, 1]``; a plan
+            with no update at all.
     """
+    if not 0.0 < budget_fraction <= 1.0:
+        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
     phases = []
     step = tokens = 0
     for k, (st, sub) in enumerate(substages_of(manifest, stage, substage)):
         seq_len = int(sub["seq_len"])
         bs = batch_size_for(seq_len, batch_tokens, batch_size)
-        n = int(sub["n_sequences"])
-        ph = Phase(k, st, str(sub["name"]), seq_len, n, bs, n // bs, step, tokens,
-                   int(sub.get("validation_sequences", 0)))
+        n_val = int(sub.get("validation_sequences", 0))
+        n = int(sub["n_sequences"]) - n_val  # the train split
+        used = n if budget_fraction == 1.0 else int(n * budget_fraction)
+        ph = Phase(k, st, str(sub["name"]), seq_len, n, bs, used // bs, step, tokens, n_val)
         phases.append(ph)
         step += ph.steps
         tokens += ph.steps * ph.tokens_per_step

@@ -211,10 +211,12 @@ class ShardLoader:
                 files.append(ShardFile(path, n, seq_len, offset, sha))
                 offset += n
         _require(bool(files), mpath, f"{ctx}: no {split} shard files with sequences")
-        count_key = "n_sequences" if split == "train" else "validation_sequences"
-        if count_key in sub:
-            declared = _int_field(sub, count_key, mpath, ctx)
-            _require(declared == offset, mpath, f"{ctx}: {count_key} {declared} != sum over its {split} shards {offset}")
+        n_val = _int_field(sub, "validation_sequences", mpath, ctx) if "validation_sequences" in sub else 0
+        if "n_sequences" in sub:
+            total = _int_field(sub, "n_sequences", mpath, ctx)
+            declared = total - n_val if split == "train" else n_val
+            what = "n_sequences - validation_sequences" if split == "train" else "validation_sequences"
+            _require(declared == offset, mpath, f"{ctx}: {what} = {declared} != sum over its {split} shards {offset}")
         self.files = files
         self.n_sequences = offset
         self._starts = np.array([f.offset for f in files], dtype=np.int64)

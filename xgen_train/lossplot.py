@@ -72,9 +72,14 @@ def plot_loss(records: list[dict], path: str | os.PathLike, title: str = "") -> 
     bounds = boundaries(records)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     ax.plot([r["tokens_seen"] for r in train], [r["loss"] for r in train], lw=1.0, label="train loss")
-    if val:
-        ax.plot([r["tokens_seen"] for r in val], [r["val_loss"] for r in val], "o-", ms=3, lw=1.2,
-                color="tab:green", label="validation loss (held-out sequences)")
+    segments: list[list[dict]] = []  # one line per sub-stage: each has its own held-out set
+    for r in val:
+        if not segments or (segments[-1][-1]["stage"], segments[-1][-1]["substage"]) != (r["stage"], r["substage"]):
+            segments.append([])
+        segments[-1].append(r)
+    for k, seg in enumerate(segments):
+        ax.plot([r["tokens_seen"] for r in seg], [r["val_loss"] for r in seg], "o-", ms=3, lw=1.2, color="tab:green",
+                label="validation loss (held-out sequences of the sub-stage)" if k == 0 else None)
     spikes = [(r["tokens_seen"], r["loss"]) for r in train if r.get("spike")]
     if spikes:
         ax.scatter(*zip(*spikes), color="red", s=12, zorder=3, label="spike (mean + 6 std, 128 steps)")

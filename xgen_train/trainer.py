@@ -154,7 +154,7 @@ class StopSignal:
 
 def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest_sha256: str, manifest: dict,
                stage: str | None, substage: str | None, batch_tokens: int | None, batch_size: int | None, seed: int,
-               init_seed: int, init: dict | None, compute_dtype: str) -> dict:
+               init_seed: int, init: dict | None, compute_dtype: str, budget_fraction: float = 1.0) -> dict:
     """Everything that fixes the trajectory of a run; a resume must match it exactly (:func:`config_differences`).
 
     Not included (free to change on resume): ``steps`` (the cap), logging, checkpoint and eval cadence, the
@@ -162,7 +162,8 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
     """
     return {"config_name": config_name, "model_config": cfg.to_dict(), "optimizer": opt_cfg.to_dict(),
             "data": {"manifest_sha256": manifest_sha256, "recipe": manifest.get("recipe"),
-                     "manifest_seed": manifest.get("seed"), "stage": stage, "substage": substage},
+                     "manifest_seed": manifest.get("seed"), "stage": stage, "substage": substage,
+                     "budget_fraction": float(budget_fraction)},
             "batch": {"batch_tokens": batch_tokens, "batch_size": batch_size}, "seed": int(seed),
             "init_seed": int(init_seed), "init": init, "compute_dtype": str(compute_dtype)}
 
@@ -213,7 +214,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           weight_decay: float = 0.1, clip_norm: float = 1.0, b1: float = 0.9, b2: float = 0.95,
           compute_dtype: str = "float32", init_seed: int | None = None, init: str | os.PathLike | None = None,
           checkpoint_every: int = 0, keep_checkpoints: int = 3, resume: bool | str | os.PathLike | None = None,
-          eval_every: int = 0, eval_sequences: int = 64, verify: bool = False, progress: bool = True,
+          budget_fraction: float = 1.0, eval_every: int = 0, eval_sequences: int = 64, verify: bool = False,
+          progress: bool = True,
           plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
           stop: StopSignal | None = None) -> dict[str, Any]:
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
@@ -230,6 +232,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         lr, warmup: peak learning rate and linear warm-up updates (SPEC §4: 3e-4, 2,000).
         seed: data-order seed of ``batch_at(seed, step)``; also the init seed unless ``init_seed``.
         stage, substage: train only these (default: every stage and sub-stage, in manifest order).
+        budget_fraction: train on this fraction of every sub-stage's budget (default 1: one full pass);
+            :func:`xgen_train.curriculum.make_plan`.
         log_every: progress refresh / log line every N updates (``metrics.jsonl`` gets every update).
         total_steps: schedule length (default: the plan's total updates); the rate ends at
             ``final_lr_ratio * lr``. Part of the run config: fixed for the run.
@@ -277,7 +281,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         batch_tokens = DEFAULT_BATCH_TOKENS
     manifest = load_manifest(shards_dir)
     manifest_sha = fsutil.sha256_file(os.path.join(shards_dir, "manifest.json"))
-    plan = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size, stage=stage, substage=substage)
+    plan = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size, stage=stage, substage=substage,
+                     budget_fraction=budget_fraction)
     loaders: dict[int, ShardLoader] = {}
 
     def loader_for(ph: Phase) -> ShardLoader:
@@ -311,7 +316,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     run = run_config(config_name=config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_sha256=manifest_sha,
                      manifest=manifest, stage=stage, substage=substage, batch_tokens=batch_tokens,
                      batch_size=batch_size, seed=seed, init_seed=init_seed,
-                     init=_describe_init(init) if init is not None else None, compute_dtype=compute_dtype)
+                     init=_describe_init(init) if init is not None else None, compute_dtype=compute_dtype,
+                     budget_fraction=budget_fraction)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
