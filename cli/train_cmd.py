@@ -93,7 +93,8 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     for ph in s["phases"]:
         click.echo(f"  {ph['stage']}/{ph['substage']}: seq_len {ph['seq_len']} batch {ph['batch_size']} "
                    f"steps {ph['start_step']}..{ph['end_step']} ({ph['steps']:,}); "
-                   f"{ph['skipped_sequences']} of {ph['n_sequences']:,} sequences skipped (partial last batch)")
+                   f"{ph['skipped_sequences']:,} of {ph['n_sequences']:,} train sequences not used (partial last "
+                   "batch, or --budget-fraction)")
     if not s["steps"]:
         click.echo(f"nothing to do: checkpoint already at step {s['final_step']} ({s['checkpoint']})")
         return
