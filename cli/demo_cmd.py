@@ -12,6 +12,18 @@ import click
 from cli.common import print_rows, user_errors
 
 
+#: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
+TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints"}
+
+
+def _check_run_dir(run_dir: str) -> None:
+    if os.path.isdir(run_dir):
+        foreign = sorted(set(os.listdir(run_dir)) - TRAINER_OUTPUTS)
+        if foreign:
+            raise click.ClickException(f"{run_dir}: holds files the demo did not write ({', '.join(foreign[:3])}); "
+                                       "move them away or choose another --workdir")
+
+
 def move_aside(run_dir: str) -> str | None:
     """Rename an earlier ``run_dir`` to the first free ``run_dir.prev-N`` (never deletes); return the new name."""
     if not os.path.exists(run_dir):
@@ -59,6 +71,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     shards_dir = os.path.join(workdir, "shards")
     run_dir = os.path.join(workdir, "run")
     r = recipe.load(recipe_name)
+    _check_run_dir(run_dir)  # before hours of work: a folder that is not an earlier demo run is refused
     if corpus_src is None:
         click.echo("Writing the embedded corpus: Python's standard library (code) and its documentation")
         inputs = stdlib_corpus.write_corpus(os.path.join(workdir, "raw"))

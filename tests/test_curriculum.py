@@ -73,7 +73,8 @@ def test_validation_split_in_manifest_and_deterministic(cshards, tmp_path):
 def test_plan_batches_and_partial_last_batch(cshards):
     m = load_manifest(cshards)
     plan = make_plan(m, batch_tokens=256)
-    assert [(p.name, p.batch_size, p.steps, p.start_step, p.start_tokens, p.skipped_sequences) for p in plan.phases] == [
+    got = [(p.name, p.batch_size, p.steps, p.start_step, p.start_tokens, p.skipped_sequences) for p in plan.phases]
+    assert got == [
         ("stage1/s64", 4, 4, 0, 0, 2), ("stage1/s128", 2, 4, 4, 1024, 0)]
     assert plan.total_steps == 8 and plan.total_tokens == 2048
     assert plan.position(4).to_dict() == {"step": 4, "phase": 1, "stage": "stage1", "substage": "s128",
@@ -81,6 +82,10 @@ def test_plan_batches_and_partial_last_batch(cshards):
     assert plan.position(8).tokens_seen == 2048
     by_seq = make_plan(m, batch_size=5)
     assert [(p.batch_size, p.steps, p.skipped_sequences) for p in by_seq.phases] == [(5, 3, 3), (5, 1, 3)]
+    half = make_plan(m, batch_tokens=256, budget_fraction=0.5)  # the whole curriculum at half its budgets
+    assert [(p.steps, p.skipped_sequences) for p in half.phases] == [(2, 10), (2, 4)]
+    with pytest.raises(ValueError, match="budget_fraction"):
+        make_plan(m, batch_tokens=256, budget_fraction=0)
     with pytest.raises(ValueError, match="not a positive multiple of seq_len 128"):
         make_plan(m, batch_tokens=192)
     with pytest.raises(ValueError, match="no sub-stage 'nope'"):

@@ -167,7 +167,8 @@ def _edit_manifest(root: Path, fn) -> None:
     (lambda m: m["shards"][1].update(n_sequences=m["shards"][1]["n_sequences"] + 1), "size", "shard-00001.bin"),
     (lambda m: m["shards"][0].update(path="stage1/s1/missing.bin"), "missing", "missing.bin"),
     (lambda m: m["shards"][2].update(seq_len=32), "seq_len 32 differs", "shard-00002.bin"),
-    (lambda m: m["stages"][0]["substages"][0].update(n_sequences=1), "n_sequences 1 != sum", "manifest.json"),
+    (lambda m: m["stages"][0]["substages"][0].update(n_sequences=1), "n_sequences - validation_sequences = 1 != sum",
+     "manifest.json"),
     (lambda m: m["shards"][0].update(path="../../etc/passwd"), "leaves the shards directory", "passwd"),
 ])
 def test_manifest_validation_errors_name_the_file(small_shards, mutate, match, names_file):

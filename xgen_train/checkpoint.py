@@ -249,7 +249,8 @@ def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str,
         try:
             from xgen_train.hf import load_hf
         except ImportError as exc:
-            raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable ({exc})") from None
+            raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable "
+                                  f"({exc})") from None
         return load_hf(path)
     return load_params(path)
 

@@ -35,10 +35,10 @@ import numpy as np
 import optax
 
 from xgen_data import fsutil
-from xgen_train.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint, load_init,
-                                   make_meta, read_meta, verify_checkpoint)
+from xgen_train.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
+                                   load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
 from xgen_train.config import ModelConfig, count_parameters, get_config
-from xgen_train.curriculum import Phase, Plan, make_plan
+from xgen_train.curriculum import Phase, make_plan
 from xgen_train.data import ShardLoader, load_manifest
 from xgen_train.lossplot import plot_loss
 from xgen_train.model import build_model, init_params
@@ -327,6 +327,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     # ---- state: fresh, from --init, or resumed
     start_step = 0
     ckpt_dir = None
+    for _, d in checkpoint_dirs(ckpt_root):
+        if not (d / SIDECAR).is_file():
+            print(f"note: ignoring {d}: no {SIDECAR} (an interrupted save); it is never loaded", file=sys.stderr)
     if resume:
         ckpt_dir = latest_checkpoint(ckpt_root) if resume is True else Path(resume)
         if ckpt_dir is None:
@@ -337,7 +340,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                          "continue it, or choose another output folder")
     if ckpt_dir is not None:
         verify_checkpoint(ckpt_dir)  # every file against the sidecar, before trusting any of it
-        diffs = config_differences(read_meta(ckpt_dir)["run"], run)
+        diffs = config_differences(read_meta(ckpt_dir).get("run") or {}, run)
         if diffs:
             raise ValueError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
                              + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
@@ -534,7 +537,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         "substage": cur.substage, "seq_len": cur.seq_len, "batch_size": cur.batch_size,
         "batch_tokens": batch_tokens, "start_step": start_step, "steps": n_run, "final_step": s,
         "total_steps": plan.total_steps, "schedule_steps": schedule_steps,
-        "phases": plan.to_list(), "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in switches],
+        "phases": plan.to_list(),
+        "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in switches],
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "first_loss_mean10": float(np.mean(losses[:10])) if losses else None,
         "last_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
