@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
 from xgen_train.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint,  # noqa: E402
-                                   load_params, make_meta)
+                                   load_params, make_meta, write_sidecar)
 from xgen_train.config import CONFIGS  # noqa: E402
 from xgen_train.data import ShardFormatError, ShardLoader, permute  # noqa: E402
 from xgen_train.model import build_model, init_params  # noqa: E402
@@ -253,6 +253,14 @@ def test_corrupt_checkpoints_are_refused_naming_the_file(tmp_path):
     with CheckpointStore(tmp_path / "ck") as store:
         d = store.save(1, params, opt_state, make_meta(1, {}, run))
     load_params(d)
+    meta_file = d / "meta" / "metadata"  # an incompatible (other format version) but intact checkpoint
+    good_meta = meta_file.read_text()
+    meta_file.write_text(good_meta.replace('"format_version": 2', '"format_version": 3'))
+    write_sidecar(d, 1)
+    with pytest.raises(CheckpointError, match="metadata: expected xgen-checkpoint v2"):
+        load_params(d)
+    meta_file.write_text(good_meta)
+    write_sidecar(d, 1)
     biggest = max((p for p in d.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data = bytearray(biggest.read_bytes())
     data[len(data) // 2] ^= 0x10  # one flipped bit, same size
