@@ -12,7 +12,7 @@ import click
 from cli.common import print_rows, user_errors
 
 
-#: What `xgen train` writes into its output folder; a demo re-run may replace a run folder holding only these.
+#: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
 TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints"}
 
 
@@ -24,6 +24,17 @@ def _check_run_dir(run_dir: str) -> None:
                                        "move them away or choose another --workdir")
 
 
+def move_aside(run_dir: str) -> str | None:
+    """Rename an earlier ``run_dir`` to the first free ``run_dir.prev-N`` (never deletes); return the new name."""
+    if not os.path.exists(run_dir):
+        return None
+    n = 1
+    while os.path.exists(f"{run_dir}.prev-{n}"):
+        n += 1
+    os.rename(run_dir, f"{run_dir}.prev-{n}")
+    return f"{run_dir}.prev-{n}"
+
+
 @click.command()
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Holds corpus/, shards/ and run/ (and raw/ for the embedded corpus).")
@@ -31,17 +42,21 @@ def _check_run_dir(run_dir: str) -> None:
               help="Folder of corpora (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), e.g. ../shared/corpus. "
                    "Default: the running Python's standard library (code) and its documentation (natural).")
 @click.option("--recipe", "recipe_name", default="demo", show_default=True, help="Recipe name or path.")
-@click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Training steps.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(1),
+              help="About this many updates in all: every sub-stage trains on the same fraction of its budget.")
+@click.option("--batch-tokens", default=1024, show_default=True, type=click.IntRange(1),
+              help="Tokens per update, constant across sub-stages (4 x 256, 2 x 512, 1 x 1024).")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Sequences per update instead of --batch-tokens.")
 @click.option("--config", "config_name", default="tiny", show_default=True, help="Model config (xgen_train.config).")
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
               help="Bad input records: skip (counted and reported) or stop.")
 @user_errors
-def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, batch_size: int, config_name: str,
-         lr: float, workers: int, on_error: str) -> None:
-    """Run the XGen recipe end to end on real text and train a tiny model on the shards."""
+def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, batch_tokens: int,
+         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str) -> None:
+    """Run the XGen recipe end to end on real text and train a tiny model across all its sub-stages."""
     import dataclasses
 
     from cli.ingest_cmd import expand_inputs, print_ingest
@@ -56,7 +71,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     shards_dir = os.path.join(workdir, "shards")
     run_dir = os.path.join(workdir, "run")
     r = recipe.load(recipe_name)
-    _check_run_dir(run_dir)
+    _check_run_dir(run_dir)  # before hours of work: a folder that is not an earlier demo run is refused
     if corpus_src is None:
         click.echo("Writing the embedded corpus: Python's standard library (code) and its documentation")
         inputs = stdlib_corpus.write_corpus(os.path.join(workdir, "raw"))
@@ -95,17 +110,26 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         timings["build"] = time.time() - t
     print_build(r, build)
 
-    first = r.stages[0]
-    click.echo(f"[5/5] Train {config_name!r} for {steps} steps on {first.name}/{first.substages[0].name}")
+    from xgen_train.curriculum import make_plan
+    from xgen_train.data import load_manifest
     from xgen_train.trainer import train
 
-    if os.path.isdir(run_dir):
-        import shutil
-
-        shutil.rmtree(run_dir)  # the demo's own earlier run (checked above): a demo trains from scratch
+    if batch_size is not None:
+        batch_tokens = None
+    full = make_plan(load_manifest(shards_dir), batch_tokens=batch_tokens, batch_size=batch_size)
+    # the same fraction of every sub-stage's budget, large enough that each trains at least one update
+    fraction = min(1.0, max(steps / full.total_steps,
+                            *[(ph.batch_size + 0.5) / ph.n_sequences for ph in full.phases if ph.n_sequences]))
+    n_sub = len(full.phases)
+    click.echo(f"[5/5] Train {config_name!r} across all {n_sub} sub-stages in one run: {fraction:.1%} of each "
+               f"sub-stage's budget (about {steps} of {full.total_steps:,} updates)")
+    moved = move_aside(run_dir)
+    if moved:
+        click.echo(f"      the earlier run in {run_dir} was moved to {moved} (nothing deleted)")
     t = time.time()
-    summary = train(shards_dir, run_dir, config_name=config_name, steps=steps, batch_size=batch_size, lr=lr,
-                    warmup=max(1, steps // 10), seed=r.seed, stage=first.name, substage=first.substages[0].name)
+    summary = train(shards_dir, run_dir, config_name=config_name, batch_tokens=batch_tokens, batch_size=batch_size,
+                    lr=lr, warmup=max(1, steps // 10), seed=r.seed, budget_fraction=fraction,
+                    eval_every=max(1, steps // 6), eval_sequences=4, progress=True, log_every=max(1, steps // 10))
     timings["train"] = time.time() - t
 
     click.echo(click.style("\n==== xgen demo summary ====", bold=True))
@@ -121,16 +145,21 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     print_build(r, build)
     print_rows(["metric", "value"], [
         ("model", f"{config_name} ({summary['n_params']:,} parameters)"),
-        ("trained on", f"{summary['stage']}/{summary['substage']}, seq_len {summary['seq_len']}, batch {batch_size}"),
+        *[(f"sub-stage {ph['stage']}/{ph['substage']}", f"seq_len {ph['seq_len']} x batch {ph['batch_size']}, "
+           f"steps {ph['start_step']}..{ph['end_step']}") for ph in summary["phases"]],
+        ("updates / tokens seen", f"{summary['final_step']:,} / {summary['tokens_seen']:,}"),
         ("loss first (mean of 10)", summary["first_loss_mean10"]),
         ("loss last (mean of 10)", summary["last_loss_mean10"]),
+        ("validation loss (last)", summary["val_loss"]),
         ("tokens/s", f"{summary['tokens_per_second']:,.0f}"),
         ("checkpoint", summary["checkpoint"]),
-        ("loss curve", summary["plot"]),
+        ("Figure 1 (loss over tokens, sub-stages marked)", summary["plot"]),
         ("length histogram", lengths_png),
         *[(f"time {k}", f"{v:.1f} s") for k, v in timings.items()],
         ("time total", f"{time.time() - t0:.1f} s"),
     ], title="Training")
+    click.echo(f"Figure 1: {summary['plot']} (train and validation loss over tokens seen; "
+               f"{len(summary['switches'])} sub-stage switches marked). Redraw it with: xgen plot loss {run_dir}")
     click.echo(f"Recipe used: {recipe_path}. Try:\n"
                f"  xgen sql --corpus {corpus_dir} \"SELECT stage, substage, seq_len, sum(n_sequences) AS sequences "
                f"FROM shards WHERE shard_dir LIKE '%{os.path.basename(os.path.abspath(shards_dir))}' GROUP BY ALL ORDER BY 1, 3\"\n"

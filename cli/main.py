@@ -23,6 +23,7 @@ _COMMANDS = [
     ("cli.verify_cmd", "verify"),
     ("cli.mix_cmd", "mix"),
     ("cli.train_cmd", "train"),
+    ("cli.plot_cmd", "plot"),
     ("cli.demo_cmd", "demo"),
 ]
 

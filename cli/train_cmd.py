@@ -1,4 +1,5 @@
-"""``xgen train``: pre-train a model on a shards directory (thin layer over :func:`xgen_train.trainer.train`).
+"""``xgen train``: pre-train a model on the curriculum of a shards directory (thin layer over
+:func:`xgen_train.trainer.train`).
 
 JAX is imported inside the command, so other ``xgen`` commands start fast.
 """
@@ -15,59 +16,98 @@ from xgen_train.config import CONFIGS  # no JAX import
 @click.option("--shards", "shards_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="xgen-shards directory (holds manifest.json).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output directory: metrics.jsonl, loss.png, checkpoints/, summary.json.")
+              help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
 @click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
               help="Model config (xgen_train.config.CONFIGS).")
-@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Total optimizer updates (including those of a resumed checkpoint).")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Sequences per update.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Stop after this many updates in total (default: the whole plan). A cap: the learning-rate "
+                   "schedule stays the plan's, so a later --resume with more --steps continues it smoothly.")
+@click.option("--batch-tokens", default=None, type=click.IntRange(min=1),
+              help="Tokens per update, constant across sub-stages (sequences = batch_tokens // seq_len, must "
+                   "divide). Default 2048 unless --batch-size is given.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Sequences per update, constant across sub-stages (instead of --batch-tokens).")
 @click.option("--lr", default=3e-4, show_default=True, type=float, help="Peak learning rate (SPEC §4: 3e-4).")
 @click.option("--warmup", default=2000, show_default=True, type=click.IntRange(min=0),
               help="Linear warm-up updates (SPEC §4: 2000); must not exceed the schedule length.")
 @click.option("--total-steps", default=None, type=click.IntRange(min=1),
-              help="Cosine schedule length (default: --steps); the rate ends at 10% of the peak.")
+              help="Cosine schedule length (default: the plan's total updates); the rate ends at 10% of the peak.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Data-order seed (batch = f(seed, step)); also the init seed.")
-@click.option("--stage", default=None, help="Stage to train on (needed when the manifest has several).")
-@click.option("--substage", default=None, help="Sub-stage to train on (needed when the stage has several).")
+@click.option("--stage", default=None, help="Train only this stage (default: every stage, in manifest order).")
+@click.option("--substage", default=None, help="Train only this sub-stage (with --stage when its name is in "
+                                               "several stages).")
+@click.option("--budget-fraction", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Train on this fraction of every sub-stage's budget (the whole curriculum at a small scale).")
+@click.option("--init", "init_path", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
+                   "config.json + model.safetensors); the optimizer state starts fresh.")
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(min=1),
               help="Progress-bar refresh interval; metrics.jsonl gets every step.")
+@click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Validation loss every N updates on held-out sequences of the current sub-stage "
+                   "(always at each sub-stage end; 0: only there).")
+@click.option("--eval-sequences", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Held-out sequences per validation evaluation (the first N of the sub-stage's validation split).")
 @click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Matmul operand dtype (SPEC §3: bfloat16 matmuls, float32 params/accumulation).")
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Also checkpoint every N updates (0: only at the end).")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under OUT/checkpoints.")
+              help="Also checkpoint every N updates (0: only at the end and on SIGTERM/SIGINT).")
+@click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Keep the newest K checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under OUT/checkpoints; the "
+                                             "settings must be the run's (differences are listed and refused).")
 @click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
 @click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
-def train(shards_dir: str, out_dir: str, config_name: str, steps: int, batch_size: int, lr: float, warmup: int,
-          total_steps: int | None, seed: int, stage: str | None, substage: str | None, log_every: int,
-          compute_dtype: str, checkpoint_every: int, resume: bool, verify: bool, no_progress: bool) -> None:
-    """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4) on one sub-stage.
+def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, batch_tokens: int | None,
+          batch_size: int | None, lr: float, warmup: int, total_steps: int | None, seed: int, stage: str | None,
+          substage: str | None, budget_fraction: float, init_path: str | None, log_every: int, eval_every: int,
+          eval_sequences: int,
+          compute_dtype: str, checkpoint_every: int, keep_checkpoints: int, resume: bool, verify: bool | None,
+          no_progress: bool) -> None:
+    """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
+    sub-stage of the shards in order (or only --stage/--substage).
 
-    Example: xgen train --shards shards/ --out runs/tiny --config tiny --steps 200 --batch-size 8
-    --lr 3e-3 --warmup 20
+    Example: xgen train --shards shards/ --out runs/tiny --config tiny --batch-tokens 1024 --lr 3e-3 --warmup 20
     """
+    if batch_tokens is not None and batch_size is not None:
+        raise click.UsageError("give --batch-tokens or --batch-size, not both")
     from xgen_train.data import ShardFormatError
     from xgen_train.trainer import train as run_train
 
     try:
         summary = run_train(shards_dir, out_dir, config_name=config_name, steps=steps, batch_size=batch_size,
-                            lr=lr, warmup=warmup, seed=seed, stage=stage, substage=substage, log_every=log_every,
-                            total_steps=total_steps, compute_dtype=compute_dtype, checkpoint_every=checkpoint_every,
-                            resume=True if resume else None, verify=verify, progress=not no_progress)
-    except (ShardFormatError, ValueError, FloatingPointError) as exc:
-        raise click.ClickException(str(exc)) from exc
+                            batch_tokens=batch_tokens, lr=lr, warmup=warmup, seed=seed, stage=stage,
+                            substage=substage, budget_fraction=budget_fraction, log_every=log_every,
+                            total_steps=total_steps,
+                            compute_dtype=compute_dtype, checkpoint_every=checkpoint_every,
+                            keep_checkpoints=keep_checkpoints, resume=True if resume else None, init=init_path,
+                            eval_every=eval_every, eval_sequences=eval_sequences, verify=verify,
+                            progress=not no_progress)
+    except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
 
     s = summary
+    click.echo(f"plan: {s['total_steps']:,} updates over {len(s['phases'])} sub-stage(s), schedule "
+               f"{s['schedule_steps']:,} updates")
+    for ph in s["phases"]:
+        click.echo(f"  {ph['stage']}/{ph['substage']}: seq_len {ph['seq_len']} batch {ph['batch_size']} "
+                   f"steps {ph['start_step']}..{ph['end_step']} ({ph['steps']:,}); "
+                   f"{ph['skipped_sequences']:,} of {ph['n_sequences']:,} train sequences not used (partial last "
+                   "batch, or --budget-fraction)")
     if not s["steps"]:
         click.echo(f"nothing to do: checkpoint already at step {s['final_step']} ({s['checkpoint']})")
         return
-    click.echo(f"model {s['config_name']} ({s['n_params']:,} params) on {s['stage']}/{s['substage']} "
-               f"seq_len {s['seq_len']} batch {s['batch_size']}")
-    click.echo(f"steps {s['start_step']}..{s['final_step']}: loss {s['first_loss']:.4f} -> {s['last_loss']:.4f} "
-               f"(mean of first/last 10: {s['first_loss_mean10']:.4f} -> {s['last_loss_mean10']:.4f})")
-    click.echo(f"tokens {s['tokens']:,} in {s['seconds']:.1f}s = {s['tokens_per_second']:,.0f} tokens/s "
-               f"(compile {s['compile_seconds']:.1f}s); spikes: {len(s['spike_steps'])}")
+    click.echo(f"model {s['config_name']} ({s['n_params']:,} params), steps {s['start_step']}..{s['final_step']}, "
+               f"{len(s['switches'])} sub-stage switch(es)")
+    click.echo(f"loss {s['first_loss']:.4f} -> {s['last_loss']:.4f} (mean of first/last 10: "
+               f"{s['first_loss_mean10']:.4f} -> {s['last_loss_mean10']:.4f})"
+               + (f"; validation loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""))
+    click.echo(f"tokens {s['tokens']:,} (seen in total {s['tokens_seen']:,}) in {s['seconds']:.1f}s = "
+               f"{s['tokens_per_second']:,.0f} tokens/s (compile {s['compile_seconds']:.1f}s); "
+               f"spikes: {len(s['spike_steps'])}")
+    if s["interrupted"]:
+        click.echo(f"stopped by {s['interrupted']}: continue with the same command plus --resume")
     click.echo(f"checkpoint {s['checkpoint']}")
     click.echo(f"metrics {s['metrics']}" + (f", plot {s['plot']}" if s["plot"] else ""))
-    click.echo(json.dumps({k: s[k] for k in ("first_loss", "last_loss", "steps", "tokens", "seconds")}))
+    click.echo(json.dumps({k: s[k] for k in ("first_loss", "last_loss", "steps", "tokens", "seconds", "interrupted")}))

@@ -35,3 +35,24 @@ def build_shards(out_dir: str | os.PathLike, seq_len: int = 128, n_files: int = 
     packing.build(str(work), recipe.load(str(toml)), str(out),
                   shard_tokens=math.ceil(n_seq / n_files) * seq_len, progress=False)
     return out
+
+
+def build_curriculum_shards(out_dir: str | os.PathLike, substages=(("s64", 64, 40, 8), ("s128", 128, 24, 8)),
+                            stages: int = 1, seed: int = 1234, corpus: str = "nl") -> Path:
+    """A multi-sub-stage shards directory from real text: ``substages`` = ``(name, seq_len, sequences,
+    heldout_sequences)`` per sub-stage, repeated for ``stages`` stages (``stage1``, ``stage2``, ...)."""
+    out = Path(out_dir)
+    work = out.parent / f".{out.name}-corpus"
+    ingest.ingest(str(work), [(str(SHARED / "corpus" / "sample" / f"{corpus}.jsonl"), "natural")], workers=1,
+                  progress=False)
+    filters.run_filters(str(work))
+    lines = [f"name = 'test-curriculum'\nseed = {seed}\n[dedup]\nenabled = false\n"]
+    for k in range(1, stages + 1):
+        lines.append(f"[[stages]]\nname = 'stage{k}'\nproportions = {{ natural = 1.0 }}\n")
+        for name, seq_len, n_seq, heldout in substages:
+            lines.append(f"[[stages.substages]]\nname = '{name}'\nseq_len = {seq_len}\ntokens = {n_seq * seq_len}\n"
+                         f"heldout_sequences = {heldout}\n")
+    toml = out.parent / f".{out.name}-recipe.toml"
+    toml.write_text("\n".join(lines))
+    packing.build(str(work), recipe.load(str(toml)), str(out), shard_tokens=4096, progress=False)
+    return out

@@ -29,6 +29,10 @@ def _check_workdir(workdir, output):
     summary = json.load(open(os.path.join(workdir, "run", "summary.json")))
     assert summary["last_loss_mean10"] < summary["first_loss_mean10"] - 1.0
     assert os.path.exists(os.path.join(workdir, "run", "loss.png"))
+    # one run walked every sub-stage of the recipe, in order
+    n_sub = sum(len(st["substages"]) for st in shards.read_manifest(os.path.join(workdir, "shards"))["stages"])
+    assert len(summary["phases"]) == n_sub and len(summary["switches"]) == n_sub - 1
+    assert summary["final_step"] == summary["total_steps"] and "Figure 1:" in output
 
 
 def test_demo_embedded_corpus(tmp_path):
@@ -53,7 +57,9 @@ def test_demo_embedded_corpus(tmp_path):
     # Running again reuses the corpus (no duplicated documents) and rebuilds identical shards.
     before = con.execute("SELECT count(*) FROM documents").fetchone()[0]
     first = open(os.path.join(workdir, "shards", "manifest.json")).read()
-    _run_demo(["--workdir", workdir, "--steps", "12", "--batch-size", "1"])
+    out2 = _run_demo(["--workdir", workdir, "--steps", "12", "--batch-size", "1"])
+    assert f"was moved to {os.path.join(workdir, 'run')}.prev-1 (nothing deleted)" in out2  # never deleted silently
+    assert os.path.exists(os.path.join(workdir, "run.prev-1", "summary.json"))
     assert sql.connect(os.path.join(workdir, "corpus")).execute("SELECT count(*) FROM documents").fetchone()[0] == before
     assert open(os.path.join(workdir, "shards", "manifest.json")).read() == first
 

@@ -16,7 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
-from xgen_train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from xgen_train.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint,  # noqa: E402
+                                   load_params, make_meta, write_sidecar)
 from xgen_train.config import CONFIGS  # noqa: E402
 from xgen_train.data import ShardFormatError, ShardLoader, permute  # noqa: E402
 from xgen_train.model import build_model, init_params  # noqa: E402
@@ -166,7 +167,8 @@ def _edit_manifest(root: Path, fn) -> None:
     (lambda m: m["shards"][1].update(n_sequences=m["shards"][1]["n_sequences"] + 1), "size", "shard-00001.bin"),
     (lambda m: m["shards"][0].update(path="stage1/s1/missing.bin"), "missing", "missing.bin"),
     (lambda m: m["shards"][2].update(seq_len=32), "seq_len 32 differs", "shard-00002.bin"),
-    (lambda m: m["stages"][0]["substages"][0].update(n_sequences=1), "n_sequences 1 != sum", "manifest.json"),
+    (lambda m: m["stages"][0]["substages"][0].update(n_sequences=1), "n_sequences - validation_sequences = 1 != sum",
+     "manifest.json"),
     (lambda m: m["shards"][0].update(path="../../etc/passwd"), "leaves the shards directory", "passwd"),
 ])
 def test_manifest_validation_errors_name_the_file(small_shards, mutate, match, names_file):
@@ -219,30 +221,61 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50313, (2, 16)), jnp.int32)
     for _ in range(2):  # non-trivial moments and counts
         params, opt_state, _, _ = step_fn(params, opt_state, tokens)
-    d = save_checkpoint(tmp_path / "ck" / "step_00000002", params=params, opt_state=opt_state, step=2,
-                        model_config=cfg, data_seed=7, config_name="tiny", extra={"note": "x"})
-    assert sorted(p.name for p in d.iterdir()) == ["meta.json", "opt_state.safetensors", "params.safetensors"]
-    assert [p.name for p in d.parent.iterdir()] == ["step_00000002"]  # no temp leftovers
-    ck = load_checkpoint(d, opt_state_template=jax.eval_shape(lambda: opt.init(params)), verify=True)
-    assert (ck.step, ck.data_seed, ck.config_name, ck.model_config) == (2, 7, "tiny", cfg)
-    assert ck.meta["extra"] == {"note": "x"}
+    meta = make_meta(2, {"step": 2}, {"model_config": cfg.to_dict(), "seed": 7}, extra={"note": "x"})
+    with CheckpointStore(tmp_path / "ck", keep=2) as store:
+        d = store.save(2, params, opt_state, meta)
+        for step in (3, 4):
+            store.save(step, params, opt_state, make_meta(step, {}, meta["run"]))
+    assert [p.name for p in sorted((tmp_path / "ck").iterdir())] == ["step_00000003", "step_00000004"]  # keep 2
+    assert not d.exists()
+    d = tmp_path / "ck" / "step_00000004"
+    assert {"params", "opt_state", "meta", "xgen-sha256.json", "commit_success.txt"} <= {p.name for p in d.iterdir()}
+    ck = load_checkpoint(d, opt_state_template=jax.eval_shape(lambda: opt.init(params)))
+    assert (ck.step, ck.model_config, ck.meta["run"]["seed"]) == (4, cfg, 7)
     for orig, new in ((params, ck.params), (opt_state, ck.opt_state)):
         assert jax.tree.structure(orig) == jax.tree.structure(new)
         for a, b in zip(jax.tree.leaves(orig), jax.tree.leaves(new)):
-            assert np.asarray(a).dtype == b.dtype and np.array_equal(np.asarray(a), b)
-    # the files are plain safetensors
-    from safetensors.numpy import load_file
-    assert load_file(d / "params.safetensors")["model/layers_1/mlp/down_proj/weight"].shape == (128, 352)
-    # overwrite in place; wrong structure is refused
-    save_checkpoint(d, params=params, opt_state=opt_state, step=2, model_config=cfg, data_seed=7)
+            assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    got_cfg, got = load_params(tmp_path / "ck")  # a folder of checkpoints, or the checkpoint itself
+    assert got_cfg == cfg and set(got) == set(params) and isinstance(got["lm_head"]["weight"], np.ndarray)
     assert latest_checkpoint(tmp_path / "ck") == d
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(d, opt_state_template=optax.sgd(0.1, momentum=0.9).init(params))
     other = make_optimizer(OptimizerConfig(peak_lr=1e-3, warmup_steps=1, total_steps=10, clip_norm=0))
-    with pytest.raises(CheckpointError):
-        load_checkpoint(d, opt_state_template=optax.sgd(0.1).init(params))
     load_checkpoint(d, opt_state_template=other.init(params))  # same structure without clipping
-    (d / "params.safetensors").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(d, verify=True)
+
+
+def test_corrupt_checkpoints_are_refused_naming_the_file(tmp_path):
+    cfg = CONFIGS["tiny"]
+    params = init_params(cfg, 0)
+    opt_state = make_optimizer(OptimizerConfig(peak_lr=1e-3, warmup_steps=1, total_steps=10)).init(params)
+    run = {"model_config": cfg.to_dict()}
+    with CheckpointStore(tmp_path / "ck") as store:
+        d = store.save(1, params, opt_state, make_meta(1, {}, run))
+    load_params(d)
+    meta_file = d / "meta" / "metadata"  # an incompatible (other format version) but intact checkpoint
+    good_meta = meta_file.read_text()
+    meta_file.write_text(good_meta.replace('"format_version": 2', '"format_version": 3'))
+    write_sidecar(d, 1)
+    with pytest.raises(CheckpointError, match="metadata: expected xgen-checkpoint v2"):
+        load_params(d)
+    meta_file.write_text(good_meta)
+    write_sidecar(d, 1)
+    biggest = max((p for p in d.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one flipped bit, same size
+    biggest.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{biggest.name}: sha256 differs"):
+        load_params(d)
+    biggest.write_bytes(bytes(data[:-100]))  # truncated
+    with pytest.raises(CheckpointError, match=f"{biggest.name}: .* bytes.*truncated"):
+        load_params(tmp_path / "ck" / "step_00000001")
+    (d / "xgen-sha256.json").unlink()  # a save interrupted before the sidecar: never loaded
+    with pytest.raises(CheckpointError, match="xgen-sha256.json: missing"):
+        load_params(d)
+    assert latest_checkpoint(tmp_path / "ck") is None
+    with pytest.raises(CheckpointError, match="no run directory|neither"):
+        load_params(tmp_path / "ck")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -254,7 +287,7 @@ def test_loss_falls_on_real_text(shards, tmp_path):
     assert s["first_loss"] == pytest.approx(math.log(51200), abs=0.3)  # uniform at init
     assert s["last_loss_mean10"] < s["first_loss"] - 2.5, s
     assert s["steps"] == 40 and s["tokens"] == 40 * 4 * 128 and s["tokens_per_second"] > 0
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "event" not in r]
     assert [r["step"] for r in lines] == list(range(40))
     assert set(lines[0]) >= {"step", "loss", "lr", "grad_norm", "tokens_seen", "seconds", "tokens_per_second",
                              "spike"}
@@ -270,18 +303,18 @@ def test_resume_is_bit_exact(shards, tmp_path):
     train(shards, tmp_path / "split", steps=3, **kw)
     resumed = train(shards, tmp_path / "split", steps=6, resume=True, **kw)
     assert resumed["start_step"] == 3 and resumed["steps"] == 3
-    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
-    for k in a.params:
-        for n in a.params[k]:
-            np.testing.assert_array_equal(a.params[k][n], b.params[k][n])
-    for k in a.opt_state:
-        np.testing.assert_array_equal(a.opt_state[k], b.opt_state[k])
-    la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x)["loss"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    opt = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=2, total_steps=6))
+    tmpl = jax.eval_shape(lambda: opt.init(init_params(CONFIGS["tiny"], 0)))
+    a = load_checkpoint(full["checkpoint"], opt_state_template=tmpl)
+    b = load_checkpoint(resumed["checkpoint"], opt_state_template=tmpl)
+    for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    la = [r["loss"] for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    lb = [r["loss"] for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert la == lb and len(la) == 6
     again = train(shards, tmp_path / "split", steps=6, resume=True, **kw)  # finished: nothing to do
     assert again["steps"] == 0 and again["checkpoint"] == resumed["checkpoint"]
-    with pytest.raises(ValueError, match="data seed"):
+    with pytest.raises(ValueError, match="seed: 3 -> 4"):
         train(shards, tmp_path / "split", steps=7, resume=True, **{**kw, "seed": 4})
 
 

@@ -421,11 +421,38 @@ def _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_t
         n_seq = min(sub.n_sequences, (inst.stream_len - chunk_start) // sub.seq_len)
         _write_substage(docs, subsets, inst, stream_path, chunk_start, n_seq, recipe, stage.name, sub, tmp_dir,
                         manifest, report, shard_tokens, bar)
-        stage_entry["substages"].append({"name": sub.name, "seq_len": sub.seq_len, "n_sequences": int(n_seq),
-                                         "n_tokens": int(n_seq * sub.seq_len)})
+        stage_entry["substages"].append(substage_entry(sub, n_seq))
         report.sequences[f"{stage.name}/{sub.name}"] = int(n_seq)
         chunk_start += n_seq * sub.seq_len
     manifest["stages"].append(stage_entry)
+
+
+def heldout_count(sub, n_seq: int) -> int:
+    """Validation sequences of a sub-stage that packed ``n_seq`` sequences: the recipe's
+    ``heldout_sequences``, fewer only when the stream came up short (at least one sequence stays train)."""
+    return max(0, min(sub.heldout_sequences, n_seq - 1))
+
+
+def substage_entry(sub, n_seq: int) -> dict:
+    """Manifest entry of a sub-stage: ``n_sequences``/``n_tokens`` count every packed sequence; of those,
+    ``validation_sequences`` are held out (``validation-NNNNN.bin``, ``"split": "validation"``) and the rest
+    (``"split": "train"``) are the training budget."""
+    return {"name": sub.name, "seq_len": sub.seq_len, "n_sequences": int(n_seq), "n_tokens": int(n_seq * sub.seq_len),
+            "validation_sequences": heldout_count(sub, n_seq)}
+
+
+def shard_ranges(n_seq: int, n_val: int, rows_per_shard: int) -> list[tuple[int, int, str, str]]:
+    """``(row0, row1, file stem, split)`` of the shard files of one sub-stage, rows in shuffled order.
+
+    Rows ``[0, n_seq - n_val)`` are the train split (``shard-NNNNN``); the last ``n_val`` rows of the
+    seeded shuffle, a uniform sample of the sub-stage's sequences, are the validation split
+    (``validation-NNNNN``). Both are cut into files of at most ``rows_per_shard`` rows.
+    """
+    out = []
+    for split, stem, lo, hi in (("train", "shard", 0, n_seq - n_val), ("validation", "validation", n_seq - n_val, n_seq)):
+        for k, r0 in enumerate(range(lo, hi, rows_per_shard)):
+            out.append((r0, min(hi, r0 + rows_per_shard), f"{stem}-{k:05d}", split))
+    return out
 
 
 def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_seq, recipe, stage_name, sub,
@@ -443,10 +470,9 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
     rows_per_shard = max(1, shard_tokens // seq_len)
     folder = os.path.join(stage_name, sub.name)
     os.makedirs(os.path.join(tmp_dir, folder), exist_ok=True)
-    for s, r0 in enumerate(range(0, n_seq, rows_per_shard)):
-        r1 = min(n_seq, r0 + rows_per_shard)
+    for r0, r1, name, split in shard_ranges(n_seq, heldout_count(sub, n_seq), rows_per_shard):
         data = np.ascontiguousarray(chunk[perm[r0:r1]])
-        rel = os.path.join(folder, f"shard-{s:05d}.bin")
+        rel = os.path.join(folder, f"{name}.bin")
         with open(os.path.join(tmp_dir, rel), "wb") as f:
             f.write(data.tobytes())
         lo, hi = np.searchsorted(post, [r0, r1])
@@ -461,7 +487,7 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
             "doc_id": pa.array(doc_ids, pa.string()), "source": pa.array(sources, pa.string()),
             "doc_offset": pa.array(doc_off[sl], pa.int64()), "pre_shuffle_seq": pa.array(seq[sl], pa.int64()),
         }, schema=shards.INDEX_SCHEMA)
-        rel_idx = os.path.join(folder, f"shard-{s:05d}.idx.parquet")
+        rel_idx = os.path.join(folder, f"{name}.idx.parquet")
         pq.write_table(index, os.path.join(tmp_dir, rel_idx), compression="zstd")
         per_subset, per_source = Counter(), Counter()
         for name, src, n in zip(sub_names, sources, length[sl].tolist()):
@@ -469,7 +495,8 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
             per_source[src] += n
         report.tokens_per_subset[stage_name].update(per_subset)
         manifest["shards"].append({
-            "path": rel, "index_path": rel_idx, "stage": stage_name, "substage": sub.name, "seq_len": seq_len,
+            "path": rel, "index_path": rel_idx, "stage": stage_name, "substage": sub.name, "split": split,
+            "seq_len": seq_len,
             "n_sequences": int(r1 - r0), "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
             "tokens_per_subset": dict(sorted(per_subset.items())),
             "tokens_per_source": dict(sorted(per_source.items())),

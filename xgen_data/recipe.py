@@ -18,6 +18,7 @@ A recipe::
     name = "2k"
     seq_len = 2048
     tokens = 800_000_000_000
+    heldout_sequences = 0              # of its tokens // seq_len sequences, set aside as the validation split
 
 Sub-stages take consecutive chunks of the stage's shuffled document stream, in order.
 """
@@ -42,6 +43,7 @@ class SubStage:
     name: str
     seq_len: int  # tokens per sequence
     tokens: int  # token budget; packs tokens // seq_len sequences
+    heldout_sequences: int = 0  # of those, set aside as the validation split (not trained on)
 
     @property
     def n_sequences(self) -> int:
@@ -155,15 +157,20 @@ def load(name_or_path: str) -> Recipe:
             if not isinstance(ss.get("name"), str):
                 raise RecipeError(f"{sw}.name: a string is required")
             _name(sw + ".name", ss["name"], "sub-stage", dots=False)
-            if set(ss) - {"name", "seq_len", "tokens"}:
-                raise RecipeError(f"{sw}: unknown key(s) {', '.join(sorted(set(ss) - {'name', 'seq_len', 'tokens'}))}")
+            sub_keys = {"name", "seq_len", "tokens", "heldout_sequences"}
+            if set(ss) - sub_keys:
+                raise RecipeError(f"{sw}: unknown key(s) {', '.join(sorted(set(ss) - sub_keys))}")
             seq_len = _int(f"{sw}.seq_len", ss.get("seq_len"), 2)
             if seq_len > 65536:
                 raise RecipeError(f"{sw}.seq_len: {seq_len} is larger than 65536")
             tokens = _int(f"{sw}.tokens", ss.get("tokens"))
             if tokens < seq_len:
                 raise RecipeError(f"{sw}.tokens: {tokens} is less than one sequence of {seq_len}")
-            subs.append(SubStage(ss["name"], seq_len, tokens))
+            heldout = _int(f"{sw}.heldout_sequences", ss.get("heldout_sequences", 0), 0)
+            if heldout >= tokens // seq_len:
+                raise RecipeError(f"{sw}.heldout_sequences: {heldout} leaves no training sequences of the "
+                                  f"{tokens // seq_len} the budget packs")
+            subs.append(SubStage(ss["name"], seq_len, tokens, heldout))
         if not subs:
             raise RecipeError(f"{where}: at least one [[stages.substages]] is required")
         if len({s.name for s in subs}) != len(subs):
@@ -254,4 +261,6 @@ def to_toml(recipe: Recipe) -> str:
         for ss in st.substages:
             lines += ["", "[[stages.substages]]", f"name = {value(ss.name)}", f"seq_len = {ss.seq_len}",
                       f"tokens = {ss.tokens}"]
+            if ss.heldout_sequences:
+                lines.append(f"heldout_sequences = {ss.heldout_sequences}")
     return "\n".join(lines) + "\n"

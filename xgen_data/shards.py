@@ -5,12 +5,15 @@ A shards directory (``format_version`` 1)::
     manifest.json
     <stage>/<substage>/shard-00000.bin          raw little-endian uint16, C order, [n_sequences, seq_len]
     <stage>/<substage>/shard-00000.idx.parquet  one row per document piece (see INDEX_SCHEMA)
+    <stage>/<substage>/validation-00000.bin     held-out sequences (recipe ``heldout_sequences``), same layout
 
 ``manifest.json`` holds ``format``, ``format_version``, ``recipe`` (its name), ``recipe_sha256`` (SHA-256
 of the recipe's TOML text), ``recipe_toml`` (that text), ``seed``, ``vocab_size`` (50,313),
 ``padded_vocab_size`` (51,200), ``eos_id`` (50256), ``dtype`` ("uint16"), ``stages`` (per sub-stage
-seq_len, n_sequences, n_tokens) and ``shards``: per shard ``path, index_path, stage, substage, seq_len,
-n_sequences, sha256, tokens_per_subset, tokens_per_source, eos_tokens``. Paths are relative to the folder.
+seq_len, n_sequences, n_tokens, validation_sequences: all packed sequences, of which that many are held out)
+and ``shards``: per shard ``path, index_path, stage, substage, split`` ("train" or "validation"; readers treat
+a missing split as train) ``, seq_len, n_sequences, sha256, tokens_per_subset, tokens_per_source, eos_tokens``.
+Paths are relative to the folder.
 
 Document boundaries: EOS (50256) ends every document piece that ends its document; in data mode no text
 encodes to 50256 (SPEC §1), so EOS positions are exactly the boundaries. The index tells, for each piece,

@@ -1,111 +1,75 @@
-"""Checkpoints as safetensors files plus a small JSON, written atomically (SPEC §4 carry-over of state).
+"""Training checkpoints: orbax-checkpoint directories plus an xgen sha256 sidecar (SPEC §4 carry-over of state).
 
-A checkpoint is a directory::
+A run keeps its checkpoints under ``RUN/checkpoints/``; each is one directory, written by
+``orbax.checkpoint.CheckpointManager`` (orbax's commit protocol: the step is written under a temporary name
+and renamed into place once complete, then ``commit_success.txt`` is written)::
 
-    step_00000200/
-      params.safetensors     float32 parameters, keys "module/param", e.g. "model/layers_0/self_attn/q_proj/weight"
-                             (rename with xgen_train.model.hf_param_names for Hugging Face)
-      opt_state.safetensors  optimizer state leaves, keys = the pytree path joined by "/",
-                             e.g. "1/0/mu/model/norm/weight", "1/0/count"
-      meta.json              {"format": "xgen-checkpoint", "format_version": 1, "step", "config_name",
-                              "model_config", "data_seed", "files", "sha256", "extra"}
+    RUN/checkpoints/step_00000200/
+      params/          orbax StandardSave of the Haiku params {module: {name: float32 array}}
+      opt_state/       orbax StandardSave of the optax state pytree
+      meta/metadata    JSON (orbax JsonSave): see :func:`make_meta` ("step", "position", "run", ...)
+      _CHECKPOINT_METADATA, commit_success.txt   (orbax)
+      xgen-sha256.json sidecar written *after* orbax finalised the step: {"format": "xgen-checkpoint-sha256",
+                       "format_version": 1, "step": N, "files": {relative path: {"sha256", "bytes"}}}
 
-``step`` is the number of optimizer updates already applied, i.e. the next batch to train on is
-``batch_at(data_seed, step)``. The directory is first written under a hidden temporary name in the
-same parent and then renamed into place, so a reader never sees a half-written checkpoint.
+``step`` = optimizer updates applied, i.e. the next update is number ``step``. Integrity: every load checks
+every file against the sidecar (a flipped bit or a truncated file is a :class:`CheckpointError` naming the
+file), and a step directory without a sidecar (a save interrupted between orbax's commit and the sidecar)
+is never loaded: :func:`latest_checkpoint` skips it, a direct load refuses it.
+
+Public helpers for other modules: :func:`load_params` (a run or checkpoint folder -> ``(ModelConfig,
+params)``) and :func:`load_init` (the same, or a Hugging Face folder via ``xgen_train.hf.load_hf``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
-import safetensors.numpy
 
+from xgen_data import fsutil
 from xgen_train.config import ModelConfig
-from xgen_train.model import flat_params, unflat_params
 
-__all__ = ["Checkpoint", "CheckpointError", "FORMAT", "flatten_tree", "latest_checkpoint",
-           "load_checkpoint", "save_checkpoint", "unflatten_like"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
+           "load_checkpoint", "load_init", "load_params", "read_meta", "verify_checkpoint"]
 
 FORMAT = "xgen-checkpoint"
-FORMAT_VERSION = 1
-PARAMS_FILE = "params.safetensors"
-OPT_FILE = "opt_state.safetensors"
-META_FILE = "meta.json"
+FORMAT_VERSION = 2
+SIDECAR = "xgen-sha256.json"
+SIDECAR_FORMAT = "xgen-checkpoint-sha256"
+_STEP_RE = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory is missing, malformed, or does not match the expected structure."""
+    """A checkpoint is missing, corrupt (sha256/size mismatch), incomplete or does not fit the run."""
 
 
 @dataclass
 class Checkpoint:
     """What :func:`load_checkpoint` returns.
 
-    ``params``: ``{module: {name: np.ndarray}}`` (Haiku layout). ``opt_state``: the optimizer pytree
-    when a template was given, else the flat ``{key: np.ndarray}`` dict. ``step``: updates applied.
+    ``params``: ``{module: {name: np.ndarray float32}}`` (Haiku layout). ``opt_state``: the optimizer pytree
+    (structure of the template; None when no template was given). ``step``: updates applied. ``meta``: the
+    JSON written by the trainer (:func:`make_meta`). ``path``: the step directory.
     """
 
     params: dict[str, dict[str, np.ndarray]]
     opt_state: Any
     step: int
     model_config: ModelConfig
-    config_name: str | None
-    data_seed: int
     meta: dict
+    path: Path
 
 
-def _key_str(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    raise CheckpointError(f"unsupported pytree key {entry!r}")
+def _ocp():
+    import orbax.checkpoint as ocp  # imported lazily: heavy, and only training needs it
 
-
-def flatten_tree(tree) -> dict[str, np.ndarray]:
-    """Pytree -> ``{"a/b/c": np.ndarray}`` with keys from the tree path (dict keys, attr names, indices).
-
-    Raises ``CheckpointError`` if two leaves map to the same key.
-    """
-    flat: dict[str, np.ndarray] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        key = "/".join(_key_str(p) for p in path)
-        if key in flat:
-            raise CheckpointError(f"duplicate flattened key {key!r}")
-        flat[key] = np.array(leaf, order="C")
-    return flat
-
-
-def unflatten_like(template, flat: dict[str, np.ndarray], what: str = "tree"):
-    """Rebuild a pytree with ``template``'s structure from :func:`flatten_tree` output.
-
-    ``template`` may hold arrays or ``jax.ShapeDtypeStruct``s. Raises ``CheckpointError`` naming the key
-    for a missing/extra key or a shape/dtype mismatch.
-    """
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves, seen = [], set()
-    for path, ref in paths:
-        key = "/".join(_key_str(p) for p in path)
-        if key not in flat:
-            raise CheckpointError(f"{what}: key {key!r} missing from checkpoint")
-        arr = flat[key]
-        if tuple(arr.shape) != tuple(ref.shape) or np.dtype(arr.dtype) != np.dtype(ref.dtype):
-            raise CheckpointError(f"{what}: {key!r} is {arr.dtype}{list(arr.shape)}, "
-                                  f"expected {np.dtype(ref.dtype)}{list(ref.shape)}")
-        leaves.append(arr)
-        seen.add(key)
-    extra = sorted(set(flat) - seen)
-    if extra:
-        raise CheckpointError(f"{what}: unexpected keys in checkpoint, e.g. {extra[:3]}")
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return ocp
 
 
 def _sha256(path: Path) -> str:
@@ -116,103 +80,236 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != SIDECAR)
 
 
-def save_checkpoint(directory: str | os.PathLike, *, params, opt_state, step: int, model_config: ModelConfig,
-                    data_seed: int, config_name: str | None = None, extra: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically (temp dir in the same parent, then rename).
-
-    Args:
-        directory: final checkpoint folder; replaced if it exists.
-        params: Haiku params ``{module: {name: array}}`` (any array type, copied to host).
-        opt_state: optax state pytree.
-        step: optimizer updates applied so far (next batch index).
-        model_config, config_name: model shape and its name in ``CONFIGS`` (may be None).
-        data_seed: seed of :meth:`xgen_train.data.ShardLoader.batch_at`.
-        extra: more JSON-able metadata (optimizer config, data selection, ...).
-    Returns:
-        The final ``Path``.
-    """
+def write_sidecar(directory: str | os.PathLike, step: int) -> Path:
+    """Record sha256 and size of every file of a finalised checkpoint in ``directory/xgen-sha256.json``."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        pflat = {k: np.array(v, order="C") for k, v in flat_params(params).items()}
-        tag = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "step": str(int(step))}
-        safetensors.numpy.save_file(pflat, tmp / PARAMS_FILE, metadata={**tag, "content": "params"})
-        safetensors.numpy.save_file(flatten_tree(opt_state), tmp / OPT_FILE, metadata={**tag, "content": "opt_state"})
-        meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "step": int(step),
-            "config_name": config_name, "model_config": model_config.to_dict(), "data_seed": int(data_seed),
-            "files": {"params": PARAMS_FILE, "opt_state": OPT_FILE},
-            "sha256": {PARAMS_FILE: _sha256(tmp / PARAMS_FILE), OPT_FILE: _sha256(tmp / OPT_FILE)},
-            "extra": extra or {},
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for name in (PARAMS_FILE, OPT_FILE, META_FILE):
-            _fsync(tmp / name)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, old / "ckpt")
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    files = {p.relative_to(directory).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for p in _files(directory)}
+    path = directory / SIDECAR
+    fsutil.write_json(str(path), {"format": SIDECAR_FORMAT, "format_version": 1, "step": int(step), "files": files})
+    return path
 
 
-def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verify: bool = False) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; the round trip is bit-exact.
+def verify_checkpoint(directory: str | os.PathLike) -> dict:
+    """Check every file of a checkpoint against its sidecar; return the sidecar dict.
 
-    Args:
-        directory: checkpoint folder.
-        opt_state_template: optional pytree (e.g. ``optimizer.init(params)`` or its ``jax.eval_shape``)
-            giving the optimizer-state structure; without it ``opt_state`` is the flat dict.
-        verify: check the files' sha256 against ``meta.json``.
     Raises:
-        CheckpointError: missing files, wrong format/version, sha256 mismatch, structure mismatch.
+        CheckpointError: naming the file: no sidecar (incomplete save), unreadable sidecar, a listed file
+            missing, a size or sha256 mismatch, or a file the sidecar does not list.
     """
     directory = Path(directory)
-    meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path}: missing (not an xgen checkpoint)")
+    side = directory / SIDECAR
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory")
+    if not side.is_file():
+        raise CheckpointError(f"{side}: missing; the checkpoint was not completed (interrupted save?) or is not an "
+                              "xgen checkpoint; refusing to load it")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON: {exc}") from exc
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: expected {FORMAT} v{FORMAT_VERSION}, got "
-                              f"{meta.get('format')!r} v{meta.get('format_version')!r}")
-    for name in (PARAMS_FILE, OPT_FILE):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory / name}: missing")
-        if verify and _sha256(directory / name) != meta["sha256"][name]:
-            raise CheckpointError(f"{directory / name}: sha256 differs from meta.json")
-    try:
-        params = unflat_params(safetensors.numpy.load_file(directory / PARAMS_FILE))
-        opt_flat = safetensors.numpy.load_file(directory / OPT_FILE)
-    except Exception as exc:  # safetensors raises its own error type for truncated or corrupt files
-        raise CheckpointError(f"{directory}: cannot read the safetensors files ({exc}); the checkpoint is "
-                              "damaged (run with verify=True / --verify to compare sha256)") from None
-    opt_state = opt_flat if opt_state_template is None else unflatten_like(opt_state_template, opt_flat, "opt_state")
-    return Checkpoint(params=params, opt_state=opt_state, step=int(meta["step"]),
-                      model_config=ModelConfig.from_dict(meta["model_config"]),
-                      config_name=meta.get("config_name"), data_seed=int(meta["data_seed"]), meta=meta)
+        record = json.loads(side.read_text(encoding="utf-8"))
+        files = record["files"]
+        if record.get("format") != SIDECAR_FORMAT or not isinstance(files, dict):
+            raise ValueError("wrong format")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{side}: unreadable integrity record ({exc})") from None
+    for rel, want in sorted(files.items()):
+        p = directory / rel
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing (listed in {SIDECAR})")
+        size = p.stat().st_size
+        if size != want.get("bytes"):
+            raise CheckpointError(f"{p}: {size} bytes, {SIDECAR} says {want.get('bytes')} (truncated or damaged)")
+        if _sha256(p) != want.get("sha256"):
+            raise CheckpointError(f"{p}: sha256 differs from {SIDECAR} (corrupt checkpoint file)")
+    extra = [p.relative_to(directory).as_posix() for p in _files(directory)
+             if p.relative_to(directory).as_posix() not in files]
+    if extra:
+        raise CheckpointError(f"{directory / extra[0]}: not listed in {SIDECAR} (checkpoint altered after saving)")
+    return record
+
+
+def checkpoint_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the ``step_*`` directories under ``root``, by step (complete or not)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return sorted(found)
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The ``step_*`` checkpoint with the highest step under ``root`` (ignores temp dirs), or None."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    found = [p for p in root.glob("step_*") if (p / META_FILE).is_file()]
-    return max(found, key=lambda p: int(p.name.split("_", 1)[1]), default=None)
+    """The complete (sidecar present) ``step_*`` checkpoint with the highest step under ``root``, or None.
+
+    Step directories without a sidecar (an interrupted save) are skipped; their contents are not trusted.
+    """
+    done = [p for _, p in checkpoint_dirs(root) if (p / SIDECAR).is_file()]
+    return done[-1] if done else None
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """The trainer's JSON metadata of a checkpoint (``meta/metadata``), without verifying the arrays."""
+    path = Path(directory) / "meta" / "metadata"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not an xgen checkpoint)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: expected {FORMAT} v{FORMAT_VERSION}, got {got!r}")
+    return meta
+
+
+def _to_numpy(tree):
+    import jax
+
+    return jax.tree.map(lambda x: np.asarray(x), tree)
+
+
+def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verify: bool = True) -> Checkpoint:
+    """Verify (sidecar sha256) and read a checkpoint directory; the round trip is bit-exact.
+
+    Args:
+        directory: a ``step_*`` checkpoint directory.
+        opt_state_template: pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. ``jax.eval_shape(lambda:
+            optimizer.init(params))``) giving the optimizer-state structure; None skips the optimizer state.
+        verify: check every file against the sidecar first (only skip it right after
+            :func:`verify_checkpoint` on the same directory).
+    Raises:
+        CheckpointError: corrupt or incomplete checkpoint, bad metadata, or arrays that do not fit
+            the model config / template (message names the file or key).
+    """
+    import jax
+
+    directory = Path(directory).resolve()
+    if verify:
+        verify_checkpoint(directory)
+    meta = read_meta(directory)
+    cfg = ModelConfig.from_dict(meta["run"]["model_config"])
+    from xgen_train.model import init_params
+
+    ocp = _ocp()
+    ckptr = ocp.StandardCheckpointer()
+    params_template = jax.eval_shape(lambda: init_params(cfg, 0))
+    try:
+        params = ckptr.restore(directory / "params", params_template)
+        opt_state = None
+        if opt_state_template is not None:
+            opt_state = ckptr.restore(directory / "opt_state", opt_state_template)
+    except Exception as exc:  # orbax/tensorstore raise many types for a structure or shape mismatch
+        raise CheckpointError(f"{directory}: arrays do not match the expected structure "
+                              f"(model {cfg} / optimizer state): {str(exc).splitlines()[0][:300]}") from None
+    return Checkpoint(params=_to_numpy(params), opt_state=opt_state, step=int(meta["step"]), model_config=cfg,
+                      meta=meta, path=directory)
+
+
+def _resolve_checkpoint(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if (p / "meta").is_dir() or _STEP_RE.match(p.name):
+        return p
+    for root in (p / "checkpoints", p):
+        if (latest := latest_checkpoint(root)) is not None:
+            return latest
+    raise CheckpointError(f"{p}: neither a checkpoint directory nor a run directory with complete checkpoints "
+                          "(checkpoints/step_*/ with xgen-sha256.json)")
+
+
+def load_params(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
+    """Model config and params of a run directory (its latest complete checkpoint) or a checkpoint directory.
+
+    Returns ``(ModelConfig, params)``, params in the Haiku layout of :mod:`xgen_train.model`
+    (``{module: {name: float32 np.ndarray}}``; see ``flat_params``/``hf_param_names`` to rename them).
+    Every file is verified against the sidecar first.
+    Raises:
+        CheckpointError: no checkpoint found, corrupt or incompatible checkpoint (names the file).
+    """
+    ck = load_checkpoint(_resolve_checkpoint(path))
+    return ck.model_config, ck.params
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` looks like a Hugging Face model folder (``config.json`` + ``model.safetensors``)."""
+    p = Path(path)
+    return (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+
+
+def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
+    """Initial params for ``xgen train --init PATH``: a Hugging Face folder or an xgen run/checkpoint dir.
+
+    A folder holding ``config.json`` + ``model.safetensors`` goes to ``xgen_train.hf.load_hf(path) ->
+    (ModelConfig, params)``; anything else to :func:`load_params`.
+    Raises:
+        CheckpointError: as :func:`load_params`, or the HF importer is not available.
+    """
+    if is_hf_folder(path):
+        try:
+            from xgen_train.hf import load_hf
+        except ImportError as exc:
+            raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable "
+                                  f"({exc})") from None
+        return load_hf(path)
+    return load_params(path)
+
+
+def make_meta(step: int, position: dict, run: dict, extra: dict | None = None) -> dict:
+    """The JSON stored with a checkpoint: format tag, ``step``, data ``position``, ``run`` config, ``extra``."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "step": int(step), "position": position,
+            "run": run, "extra": extra or {}}
+
+
+class CheckpointStore:
+    """Saves training checkpoints under ``root`` with orbax's ``CheckpointManager``; keeps the last ``keep``.
+
+    ``save`` is synchronous: when it returns, orbax has committed the step and the sidecar is written.
+    Use as a context manager (or call :meth:`close`).
+    """
+
+    def __init__(self, root: str | os.PathLike, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        ocp = _ocp()
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        opts = ocp.CheckpointManagerOptions(max_to_keep=None, step_prefix="step", step_format_fixed_length=8,
+                                            enable_async_checkpointing=False, create=True)
+        self._mgr = ocp.CheckpointManager(self.root, options=opts)
+
+    def save(self, step: int, params, opt_state, meta: dict) -> Path:
+        """Write checkpoint ``step`` (params, optimizer state, JSON meta) and its sidecar; prune old ones."""
+        ocp = _ocp()
+        target = self.root / f"step_{step:08d}"
+        if target.exists():  # e.g. an incomplete save of this step from a killed process
+            import shutil
+
+            shutil.rmtree(target)
+            self._mgr.reload()
+        self._mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                     opt_state=ocp.args.StandardSave(opt_state),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+        self._mgr.wait_until_finished()
+        write_sidecar(target, step)
+        self._prune()
+        return target
+
+    def _prune(self) -> None:
+        import shutil
+
+        done = [p for _, p in checkpoint_dirs(self.root) if (p / SIDECAR).is_file()]
+        for p in done[:-self.keep]:
+            shutil.rmtree(p)
+        if len(done) > self.keep:
+            self._mgr.reload()
+
+    def close(self) -> None:
+        self._mgr.close()
+
+    def __enter__(self) -> "CheckpointStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -33,11 +33,12 @@ from xgen_data.shards import FORMAT, ShardError as ShardFormatError
 from xgen_data.shards import read_manifest as load_manifest
 
 __all__ = [
-    "FORMAT", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",
+    "FORMAT", "SPLITS", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",
     "load_manifest", "permute",
 ]
 
 SUPPORTED_FORMAT_VERSIONS = (shards.FORMAT_VERSION,)
+SPLITS = ("train", "validation")
 _FEISTEL_ROUNDS = 6
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -148,6 +149,8 @@ class ShardLoader:
             (lazily, once per file), so a corrupted byte never reaches a batch unnoticed; ``True``: check
             every shard's ``sha256`` and that every token id is ``< vocab_size`` up front (reads every
             file once); ``False``: no sha256 check (sizes only; ``xgen train --no-verify``).
+        split: ``"train"`` (default) or ``"validation"``: the manifest entries whose ``split`` matches
+            (an entry without ``split`` is train), see :func:`xgen_data.packing.shard_ranges`.
     Raises:
         ShardFormatError: bad manifest, unknown/ambiguous stage or sub-stage, no shards, a shard whose
             ``seq_len`` differs from its sub-stage, a missing file, a file size different from
@@ -157,9 +160,12 @@ class ShardLoader:
     """
 
     def __init__(self, shards_dir: str | os.PathLike, batch_size: int, stage: str | None = None,
-                 substage: str | None = None, verify: bool | None = None) -> None:
+                 substage: str | None = None, verify: bool | None = None, split: str = "train") -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split = split
         self.root = Path(shards_dir).resolve()
         self.manifest = load_manifest(self.root)
         mpath = self.root / "manifest.json"
@@ -184,6 +190,8 @@ class ShardLoader:
             _require(isinstance(entry, dict), mpath, f"shards[{i}] is not an object")
             if entry.get("stage") != self.stage or entry.get("substage") != self.substage:
                 continue
+            if entry.get("split", "train") != split:
+                continue
             rel = entry.get("path")
             _require(isinstance(rel, str) and rel, mpath, f"shards[{i}]: missing 'path'")
             path = (self.root / rel).resolve()
@@ -205,10 +213,13 @@ class ShardLoader:
             if n:
                 files.append(ShardFile(path, n, seq_len, offset, sha))
                 offset += n
-        _require(bool(files), mpath, f"{ctx}: no shard files with sequences")
+        _require(bool(files), mpath, f"{ctx}: no {split} shard files with sequences")
+        n_val = _int_field(sub, "validation_sequences", mpath, ctx) if "validation_sequences" in sub else 0
         if "n_sequences" in sub:
-            declared = _int_field(sub, "n_sequences", mpath, ctx)
-            _require(declared == offset, mpath, f"{ctx}: n_sequences {declared} != sum over its shards {offset}")
+            total = _int_field(sub, "n_sequences", mpath, ctx)
+            declared = total - n_val if split == "train" else n_val
+            what = "n_sequences - validation_sequences" if split == "train" else "validation_sequences"
+            _require(declared == offset, mpath, f"{ctx}: {what} = {declared} != sum over its {split} shards {offset}")
         self.files = files
         self.n_sequences = offset
         self._starts = np.array([f.offset for f in files], dtype=np.int64)
@@ -295,5 +306,5 @@ class ShardLoader:
         """JSON-able summary of the selection (stored in checkpoints and metrics)."""
         return {"shards_dir": str(self.root), "stage": self.stage, "substage": self.substage,
                 "seq_len": self.seq_len, "n_sequences": self.n_sequences, "batch_size": self.batch_size,
-                "n_files": len(self.files), "recipe": self.manifest.get("recipe"),
+                "n_files": len(self.files), "split": self.split, "recipe": self.manifest.get("recipe"),
                 "manifest_seed": self.manifest.get("seed")}

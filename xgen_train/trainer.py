@@ -1,14 +1,20 @@
-"""The pre-training loop (SPEC §4): jit'ed AdamW steps over deterministic shard batches.
+"""The pre-training loop (SPEC §4): one run walks the curriculum (every stage and sub-stage of the shards).
 
-Per update ``s`` (0-based): batch ``loader.batch_at(seed, s)`` -> loss = mean next-token cross-entropy
-of ``logits[:, :-1]`` against ``tokens[:, 1:]`` (float32, EOS tokens are ordinary targets, no masking)
--> gradients -> global-norm clip -> AdamW with ``learning_rate(s)``. Outputs under ``out_dir``:
+Per global update ``s`` (0-based): phase ``plan.phase_of(s)`` (:mod:`xgen_train.curriculum`), batch
+``loader.batch_at(seed, s - phase.start_step)`` of that sub-stage -> loss = mean next-token cross-entropy of
+``logits[:, :-1]`` against ``tokens[:, 1:]`` (float32, EOS tokens are ordinary targets, no masking) ->
+gradients -> global-norm clip -> AdamW with ``learning_rate(s)``: one warm-up + cosine schedule over the
+whole run (SPEC §4), model and optimizer state carried across sub-stage switches. Outputs under ``out_dir``:
 
-* ``metrics.jsonl``: one JSON line per update (see :func:`train`).
-* ``run.json``: the arguments of the run.
-* ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.checkpoint` directories (at the end, and every
-  ``checkpoint_every`` updates if set). ``NNNNNNNN`` = updates applied.
-* ``loss.png``: the loss curve (spikes marked).
+* ``metrics.jsonl``: one JSON line per update, plus event lines (see :func:`train`).
+* ``run.json``: the run configuration (the part a resume must match) and the plan.
+* ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.checkpoint` (orbax + sha256 sidecar); every
+  ``checkpoint_every`` updates, at the end, and on SIGTERM/SIGINT; the last ``keep_checkpoints`` kept.
+* ``loss.png``: Figure 1 (:mod:`xgen_train.lossplot`); ``summary.json``.
+
+The pieces are small on purpose (step function, :class:`xgen_train.curriculum.DataPosition`,
+:class:`xgen_train.checkpoint.CheckpointStore`, :func:`run_config` / :func:`config_differences`), so a
+precision policy, a device mesh or a chunked loss can replace one without touching the others.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import collections
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +34,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xgen_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from xgen_train.config import count_parameters, get_config
-from xgen_train.data import ShardLoader
+from xgen_data import fsutil
+from xgen_train.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
+                                   load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
+from xgen_train.config import ModelConfig, count_parameters, get_config
+from xgen_train.curriculum import Phase, make_plan
+from xgen_train.data import ShardLoader, load_manifest
+from xgen_train.lossplot import plot_loss
 from xgen_train.model import build_model, init_params
 from xgen_train.optimizer import OptimizerConfig, learning_rate, make_optimizer
 
-__all__ = ["SpikeDetector", "make_loss_fn", "make_train_step", "next_token_loss", "plot_loss", "train"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "SpikeDetector", "StopSignal", "config_differences", "make_eval_fn",
+           "make_loss_fn", "make_train_step", "next_token_loss", "plot_loss", "run_config", "train"]
+
+#: Tokens per update when neither batch_tokens nor batch_size is given (e.g. 8 x 256, 4 x 512, 2 x 1024).
+DEFAULT_BATCH_TOKENS = 2048
 
 
 class SpikeDetector:
@@ -101,33 +117,77 @@ def make_train_step(model, optimizer: optax.GradientTransformation):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def plot_loss(records: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Write a PNG of loss against step (Agg backend), spikes in red. Returns the path."""
-    import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def make_eval_fn(model):
+    """Jit'ed ``eval(params, tokens int32 [B, L]) -> float32`` mean next-token loss (no update)."""
+    return jax.jit(make_loss_fn(model))
 
-    steps = [r["step"] for r in records]
-    losses = [r["loss"] for r in records]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, lw=1.0, label="train loss")
-    spikes = [(r["step"], r["loss"]) for r in records if r.get("spike")]
-    if spikes:
-        ax.scatter(*zip(*spikes), color="red", s=12, zorder=3, label="spike (mean + 6 std, 128 steps)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+
+class StopSignal:
+    """Context manager: while active, SIGTERM/SIGINT only set :attr:`received` (the loop finishes the
+    current update, checkpoints and returns). A second signal of the same kind restores the default
+    behaviour (so a second Ctrl-C interrupts at once). Outside the main thread it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received} received: finishing the current update, then saving a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest_sha256: str, manifest: dict,
+               stage: str | None, substage: str | None, batch_tokens: int | None, batch_size: int | None, seed: int,
+               init_seed: int, init: dict | None, compute_dtype: str, budget_fraction: float = 1.0) -> dict:
+    """Everything that fixes the trajectory of a run; a resume must match it exactly (:func:`config_differences`).
+
+    Not included (free to change on resume): ``steps`` (the cap), logging, checkpoint and eval cadence, the
+    shards folder's path (its ``manifest.json`` sha256 identifies the data).
+    """
+    return {"config_name": config_name, "model_config": cfg.to_dict(), "optimizer": opt_cfg.to_dict(),
+            "data": {"manifest_sha256": manifest_sha256, "recipe": manifest.get("recipe"),
+                     "manifest_seed": manifest.get("seed"), "stage": stage, "substage": substage,
+                     "budget_fraction": float(budget_fraction)},
+            "batch": {"batch_tokens": batch_tokens, "batch_size": batch_size}, "seed": int(seed),
+            "init_seed": int(init_seed), "init": init, "compute_dtype": str(compute_dtype)}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys)."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
 def _read_metrics(path: Path, before_step: int) -> list[dict]:
+    """Records of an earlier run's metrics.jsonl that precede update ``before_step`` (kept on resume)."""
     if not path.is_file():
         return []
     records = []
@@ -139,201 +199,376 @@ def _read_metrics(path: Path, before_step: int) -> list[dict]:
     return records
 
 
+def _phase_brief(ph: Phase) -> dict:
+    return {"stage": ph.stage, "substage": ph.substage, "seq_len": ph.seq_len, "batch_size": ph.batch_size}
+
+
+def _describe_init(path) -> dict:
+    return {"path": str(Path(path).resolve())}
+
+
 def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name: str = "tiny",
-          steps: int = 200, batch_size: int = 8, lr: float = 3e-4, warmup: int = 2000, seed: int = 0,
-          stage: str | None = None, substage: str | None = None, log_every: int = 10, *,
-          total_steps: int | None = None, final_lr_ratio: float = 0.1, weight_decay: float = 0.1,
-          clip_norm: float = 1.0, b1: float = 0.9, b2: float = 0.95, compute_dtype: str = "float32",
-          init_seed: int | None = None, checkpoint_every: int = 0, resume: bool | str | os.PathLike | None = None,
-          verify: bool | None = None, progress: bool = True, plot: bool = True, spike_window: int = 128,
-          spike_std: float = 6.0) -> dict[str, Any]:
-    """Pre-train a model on one sub-stage of a shards directory (SPEC §3 model, SPEC §4 optimizer).
+          steps: int | None = None, batch_size: int | None = None, lr: float = 3e-4, warmup: int = 2000,
+          seed: int = 0, stage: str | None = None, substage: str | None = None, log_every: int = 10, *,
+          batch_tokens: int | None = None, total_steps: int | None = None, final_lr_ratio: float = 0.1,
+          weight_decay: float = 0.1, clip_norm: float = 1.0, b1: float = 0.9, b2: float = 0.95,
+          compute_dtype: str = "float32", init_seed: int | None = None, init: str | os.PathLike | None = None,
+          checkpoint_every: int = 0, keep_checkpoints: int = 3, resume: bool | str | os.PathLike | None = None,
+          budget_fraction: float = 1.0, eval_every: int = 0, eval_sequences: int = 64, verify: bool | None = None,
+          progress: bool = True,
+          plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
+          stop: StopSignal | None = None) -> dict[str, Any]:
+    """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
         shards_dir: ``xgen-shards`` directory (see :mod:`xgen_train.data`).
         out_dir: output folder (created).
         config_name: key of :data:`xgen_train.config.CONFIGS`.
-        steps: total optimizer updates of the run, counting those already in a resumed checkpoint.
-        batch_size: sequences per update; tokens per update = ``batch_size * seq_len``.
+        steps: stop after this many updates in total (a cap; default: the whole plan). Does not change the
+            learning-rate schedule, so a later ``--resume`` with a larger ``steps`` continues it smoothly.
+        batch_size, batch_tokens: sequences per update (constant), or tokens per update (constant across
+            sequence lengths; ``batch_tokens // seq_len`` sequences, must divide). Default
+            ``batch_tokens=DEFAULT_BATCH_TOKENS``.
         lr, warmup: peak learning rate and linear warm-up updates (SPEC §4: 3e-4, 2,000).
         seed: data-order seed of ``batch_at(seed, step)``; also the init seed unless ``init_seed``.
-        stage, substage: sub-stage to read (optional when unambiguous).
-        log_every: refresh the progress bar (or print a line when there is no bar: ``progress=False`` or
-            stderr is not a terminal) every N updates;
-            ``metrics.jsonl`` gets every update regardless.
-        total_steps: cosine length (default ``steps``); the rate ends at ``final_lr_ratio * lr``.
+        stage, substage: train only these (default: every stage and sub-stage, in manifest order).
+        budget_fraction: train on this fraction of every sub-stage's budget (default 1: one full pass);
+            :func:`xgen_train.curriculum.make_plan`.
+        log_every: progress refresh / log line every N updates (``metrics.jsonl`` gets every update).
+        total_steps: schedule length (default: the plan's total updates); the rate ends at
+            ``final_lr_ratio * lr``. Part of the run config: fixed for the run.
         weight_decay, clip_norm, b1, b2: SPEC §4 AdamW/clipping numbers.
         compute_dtype: ``"float32"`` (default) or ``"bfloat16"`` matmul operands (SPEC §3).
-        checkpoint_every: also checkpoint every N updates (0: only at the end).
-        resume: ``True`` = latest checkpoint under ``out_dir/checkpoints``; a path = that checkpoint;
-            None/False = start fresh (refused when ``out_dir`` already holds checkpoints). Resuming continues bit-exactly (same batches, same state).
-        verify: shard checks (:class:`xgen_train.data.ShardLoader`): None = sha256 of each shard when first read.
-        progress: show a tqdm bar on stderr.
-        plot: write ``loss.png``.
+        init: start from these params instead of a random init: an xgen run/checkpoint folder or a Hugging
+            Face folder (:func:`xgen_train.checkpoint.load_init`); optimizer state starts fresh.
+        checkpoint_every: also checkpoint every N updates (0: only at the end / on a signal).
+        keep_checkpoints: keep the newest K complete checkpoints.
+        resume: ``True`` = latest complete checkpoint under ``out_dir/checkpoints``; a path = that
+            checkpoint; None/False = start fresh (refused when ``out_dir`` already holds checkpoints).
+            The run config must equal the checkpoint's (else ValueError naming each difference).
+        eval_every: validation loss every N updates (0: only at each sub-stage end and at the run's end), on
+            the first ``eval_sequences`` held-out sequences of the current sub-stage (its
+            ``"split": "validation"`` shards; skipped when it has none).
+        verify: shard checks (:class:`xgen_train.data.ShardLoader`): None = each shard's sha256 when first read;
+            True = every sha256 and the token range up front; False = no sha256 check.
+        progress, plot: tqdm bar on stderr; write ``loss.png`` (Figure 1).
         spike_window, spike_std: loss-spike rule (SPEC §4 Choice: 128 steps, 6 std).
+        stop: a :class:`StopSignal` to watch (default: one installed for the duration of the call).
 
-    ``metrics.jsonl`` fields per update: ``step`` (0-based update index), ``loss`` (nats/token),
-    ``lr``, ``grad_norm`` (pre-clip), ``tokens_seen`` (``(step+1) * batch_size * seq_len``),
-    ``seconds`` (wall time of this update incl. batch loading), ``elapsed_seconds`` (since the loop
-    started, compile excluded), ``tokens_per_second`` (this update), ``epoch`` (fractional, after the
-    update), ``spike`` (bool).
+    ``metrics.jsonl``: per update ``step`` (0-based global update index), ``loss`` (nats/token), ``lr``,
+    ``grad_norm`` (pre-clip), ``tokens_seen`` (true cumulative count over the sub-stages), ``stage``,
+    ``substage``, ``seq_len``, ``seconds``, ``elapsed_seconds``, ``tokens_per_second``, ``epoch`` (fraction of
+    the sub-stage's pass), ``spike``. Event lines carry ``event``: ``"start"``/``"switch"`` (``step`` = first
+    update of the new sub-stage, ``tokens_seen`` before it, ``from``/``to``), ``"val"`` (``step`` = the
+    update it follows, ``val_loss``, ``val_sequences``), ``"stop"`` (signal).
 
     Returns:
-        Summary dict: ``first_loss``, ``last_loss``, ``first_loss_mean10``, ``last_loss_mean10``,
-        ``start_step``, ``steps`` (updates run now), ``final_step``, ``tokens`` (this run),
-        ``tokens_seen`` (total), ``seconds`` (loop wall time), ``compile_seconds``,
-        ``tokens_per_second`` (this run, compile excluded), ``n_params``, ``spike_steps``,
-        ``checkpoint``, ``metrics``, ``plot``, and the data selection.
+        Summary dict (also ``summary.json``): ``first_loss``, ``last_loss``, ``first_loss_mean10``,
+        ``last_loss_mean10``, ``start_step``, ``steps`` (updates run now), ``final_step``, ``total_steps``
+        (plan), ``schedule_steps``, ``tokens`` (this run), ``tokens_seen`` (total), ``phases``, ``switches``,
+        ``val_loss`` (last), ``interrupted`` (signal name or None), timings, ``checkpoint``, ``metrics``, ``plot``.
     Raises:
-        KeyError: unknown config. ShardFormatError: bad shards. ValueError: inconsistent arguments
-        (vocab or sequence length vs model, warm-up > total steps, resume mismatch).
+        KeyError: unknown config. ShardFormatError: bad shards. CheckpointError: corrupt/incompatible
+        checkpoint or init. ValueError: inconsistent arguments, or a resume whose settings differ.
         FloatingPointError: non-finite loss (metrics are written up to that update).
     """
     t_setup = time.perf_counter()
     cfg = get_config(config_name)
-    if steps <= 0:
+    if steps is not None and steps <= 0:
         raise ValueError(f"steps must be > 0, got {steps}")
-    if log_every <= 0:
-        raise ValueError(f"log_every must be > 0, got {log_every}")
-    loader = ShardLoader(shards_dir, batch_size, stage=stage, substage=substage, verify=verify)
-    if loader.padded_vocab_size > cfg.vocab_size or loader.vocab_size > cfg.vocab_size:
-        raise ValueError(f"shards use vocab {loader.padded_vocab_size} but model {config_name!r} has "
-                         f"vocab_size {cfg.vocab_size}")
-    if loader.seq_len > cfg.max_positions:
-        raise ValueError(f"shard seq_len {loader.seq_len} exceeds {config_name!r} max_positions {cfg.max_positions}")
-    if warmup > (total_steps or steps):
-        raise ValueError(f"warmup {warmup} exceeds the schedule length {total_steps or steps} (total_steps or "
-                         f"steps); pass a smaller warmup (--warmup) for a short run")
-    opt_cfg = OptimizerConfig(peak_lr=lr, warmup_steps=warmup, total_steps=total_steps or steps,
+    if log_every <= 0 or eval_every < 0 or eval_sequences <= 0:
+        raise ValueError("log_every and eval_sequences must be > 0, eval_every >= 0")
+    if batch_size is None and batch_tokens is None:
+        batch_tokens = DEFAULT_BATCH_TOKENS
+    manifest = load_manifest(shards_dir)
+    manifest_sha = fsutil.sha256_file(os.path.join(shards_dir, "manifest.json"))
+    plan = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size, stage=stage, substage=substage,
+                     budget_fraction=budget_fraction)
+    loaders: dict[int, ShardLoader] = {}
+
+    def loader_for(ph: Phase) -> ShardLoader:
+        if ph.index not in loaders:
+            loaders[ph.index] = ShardLoader(shards_dir, ph.batch_size, stage=ph.stage, substage=ph.substage,
+                                            verify=verify)
+        return loaders[ph.index]
+
+    for ph in plan.phases:  # check every sub-stage up front: a bad shard fails now, not hours in
+        ld = loader_for(ph) if ph.steps else None
+        if ld is not None and (ld.padded_vocab_size > cfg.vocab_size or ld.vocab_size > cfg.vocab_size):
+            raise ValueError(f"shards use vocab {ld.padded_vocab_size} but model {config_name!r} has "
+                             f"vocab_size {cfg.vocab_size}")
+        if ph.seq_len > cfg.max_positions:
+            raise ValueError(f"{ph.name}: seq_len {ph.seq_len} exceeds {config_name!r} max_positions "
+                             f"{cfg.max_positions}")
+    schedule_steps = total_steps or plan.total_steps
+    if warmup > schedule_steps:
+        raise ValueError(f"warmup {warmup} exceeds the schedule length {schedule_steps} (the plan's updates or "
+                         "total_steps); pass a smaller warmup (--warmup) for a short run")
+    stop_step = plan.total_steps if steps is None else steps
+    if stop_step > plan.total_steps:
+        raise ValueError(f"steps={stop_step} exceeds the plan's {plan.total_steps} updates (one pass over every "
+                         "selected sub-stage); train fewer steps or build more data")
+    opt_cfg = OptimizerConfig(peak_lr=lr, warmup_steps=warmup, total_steps=schedule_steps,
                               final_lr_ratio=final_lr_ratio, b1=b1, b2=b2, weight_decay=weight_decay,
                               clip_norm=clip_norm)
     optimizer = make_optimizer(opt_cfg)
     model = build_model(cfg, compute_dtype)
+    init_seed = seed if init_seed is None else init_seed
+    run = run_config(config_name=config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_sha256=manifest_sha,
+                     manifest=manifest, stage=stage, substage=substage, batch_tokens=batch_tokens,
+                     batch_size=batch_size, seed=seed, init_seed=init_seed,
+                     init=_describe_init(init) if init is not None else None, compute_dtype=compute_dtype,
+                     budget_fraction=budget_fraction)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_root = out / "checkpoints"
     metrics_path = out / "metrics.jsonl"
-    run_info = {"config_name": config_name, "model_config": cfg.to_dict(), "optimizer": opt_cfg.to_dict(),
-                "data": loader.describe(), "seed": seed, "init_seed": seed if init_seed is None else init_seed,
-                "steps": steps, "compute_dtype": str(compute_dtype), "n_params": count_parameters(cfg)}
 
-    # ---- state: fresh or resumed
+    # ---- state: fresh, from --init, or resumed
     start_step = 0
     ckpt_dir = None
+    for _, d in checkpoint_dirs(ckpt_root):
+        if not (d / SIDECAR).is_file():
+            print(f"note: ignoring {d}: no {SIDECAR} (an interrupted save); it is never loaded", file=sys.stderr)
     if resume:
         ckpt_dir = latest_checkpoint(ckpt_root) if resume is True else Path(resume)
         if ckpt_dir is None:
-            raise ValueError(f"resume=True but no checkpoint under {ckpt_root}")
+            raise ValueError(f"resume requested but no complete checkpoint under {ckpt_root}")
     elif (earlier := latest_checkpoint(ckpt_root)) is not None:
         # a fresh run here would mix its checkpoints with an earlier run's (and --resume would pick theirs)
         raise ValueError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
                          "continue it, or choose another output folder")
     if ckpt_dir is not None:
+        verify_checkpoint(ckpt_dir)  # every file against the sidecar, before trusting any of it
+        diffs = config_differences(read_meta(ckpt_dir).get("run") or {}, run)
+        if diffs:
+            raise ValueError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
+                             + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
+                             "another --out folder")
         template = jax.eval_shape(lambda: optimizer.init(init_params(cfg, 0)))
-        ck = load_checkpoint(ckpt_dir, opt_state_template=template)
-        if ck.model_config != cfg:
-            raise ValueError(f"{ckpt_dir}: model config {ck.model_config} != {config_name!r} {cfg}")
-        if ck.data_seed != seed:
-            raise ValueError(f"{ckpt_dir}: data seed {ck.data_seed} != seed {seed}; resuming needs the same seed")
-        if ck.step > steps:
-            raise ValueError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={steps}")
+        ck = load_checkpoint(ckpt_dir, opt_state_template=template, verify=False)
+        want = plan.position(ck.step).to_dict()
+        if ck.meta.get("position") != want:
+            raise CheckpointError(f"{ckpt_dir}: data position {ck.meta.get('position')} does not match the plan's "
+                                  f"{want} for step {ck.step}")
+        if ck.step > stop_step:
+            raise ValueError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={stop_step}")
         params = jax.tree.map(jnp.asarray, ck.params)
         opt_state = jax.tree.map(jnp.asarray, ck.opt_state)
         start_step = ck.step
-        run_info["resumed_from"] = str(ckpt_dir)
-    else:
-        params = init_params(cfg, seed if init_seed is None else init_seed)
+    elif init is not None:
+        init_cfg, init_p = load_init(init)
+        if init_cfg != cfg:
+            diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
+            raise ValueError(f"{init}: its model config differs from {config_name!r} (init -> --config): "
+                             + "; ".join(diffs))
+        params = jax.tree.map(jnp.asarray, init_p)
         opt_state = optimizer.init(params)
-    (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    else:
+        params = init_params(cfg, init_seed)
+        opt_state = optimizer.init(params)
+    run_info = {**run, "plan": plan.to_list(), "total_steps": plan.total_steps, "steps_cap": steps,
+                "shards_dir": str(Path(shards_dir).resolve()), "n_params": count_parameters(cfg),
+                "resumed_from": str(ckpt_dir) if ckpt_dir is not None else None}
+    fsutil.write_json(str(out / "run.json"), run_info)
 
     history = _read_metrics(metrics_path, start_step) if start_step else []
     detector = SpikeDetector(spike_window, spike_std)
-    for rec in history[-spike_window:]:
+    for rec in [r for r in history if "event" not in r][-spike_window:]:
         detector.history.append(rec["loss"])
     with open(metrics_path, "w", encoding="utf-8") as fh:  # drop lines past the resume point
         fh.writelines(json.dumps(r) + "\n" for r in history)
 
-    # ---- compile once, ahead of the loop, so step timings are clean
     step_fn = make_train_step(model, optimizer)
-    tok_spec = jax.ShapeDtypeStruct((batch_size, loader.seq_len), jnp.int32)
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(params, opt_state, tok_spec).compile() if start_step < steps else None
-    compile_seconds = time.perf_counter() - t0
+    eval_fn = make_eval_fn(model)
+    compile_seconds = 0.0
 
-    def save(step_done: int) -> Path:
-        return save_checkpoint(ckpt_root / f"step_{step_done:08d}", params=params, opt_state=opt_state,
-                               step=step_done, model_config=cfg, data_seed=seed, config_name=config_name,
-                               extra={"optimizer": opt_cfg.to_dict(), "data": loader.describe(),
-                                      "compute_dtype": str(compute_dtype)})
+    def meta_for(step_done: int) -> dict:
+        return make_meta(step_done, plan.position(step_done).to_dict(), run,
+                         extra={"rng": {"data_seed": seed, "init_seed": init_seed,
+                                        "note": "the update is deterministic; data order = f(seed, step)"},
+                                "plan": plan.to_list()})
 
+    val_cache: dict[int, tuple[np.ndarray, int] | None] = {}
+
+    def val_set(ph: Phase):
+        """Fixed validation batches of a sub-stage: int32 [n_batches, B, L] (first sequences in index order)."""
+        if ph.index not in val_cache:
+            val_cache[ph.index] = None
+            if ph.validation_sequences:
+                vl = ShardLoader(shards_dir, 1, stage=ph.stage, substage=ph.substage, verify=verify, split="validation")
+                n = min(vl.n_sequences, eval_sequences)
+                bs = min(ph.batch_size, n)
+                n = n // bs * bs
+                seqs = vl.sequences(np.arange(n)).astype(np.int32).reshape(n // bs, bs, ph.seq_len)
+                val_cache[ph.index] = (seqs, n)
+        return val_cache[ph.index]
+
+    def evaluate(ph: Phase, step: int) -> dict | None:
+        vs = val_set(ph)
+        if vs is None:
+            return None
+        seqs, n = vs
+        losses = [float(eval_fn(params, jnp.asarray(b))) for b in seqs]
+        return {"event": "val", "step": step, "tokens_seen": plan.tokens_seen(step + 1), "stage": ph.stage,
+                "substage": ph.substage, "seq_len": ph.seq_len, "val_loss": float(np.mean(losses)),
+                "val_sequences": n}
+
+    print(f"plan: {plan.total_steps:,} updates ({plan.total_tokens:,} tokens) over {len(plan.phases)} sub-stage(s): "
+          + ", ".join(f"{p.name} seq {p.seq_len} x {p.batch_size} for {p.steps:,}" for p in plan.phases)
+          + f"; schedule {schedule_steps:,} updates; " + (f"from step {start_step}; " if start_step else "")
+          + f"stopping at {stop_step:,}", file=sys.stderr, flush=True)
     from tqdm.auto import tqdm
 
-    tokens_per_step = loader.tokens_per_batch
     records: list[dict] = []
-    # A bar on a terminal; piped to a log, one line per `log_every` steps instead of carriage returns.
+    switches: list[dict] = []
+    interrupted = None
+    last_ckpt = None
     bar_on = progress and sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=start_step, disable=not bar_on, desc=f"train {config_name}",
+    bar = tqdm(total=stop_step, initial=start_step, disable=not bar_on, desc=f"train {config_name}",
                unit="step", file=sys.stderr, dynamic_ncols=True)
+    own_stop = stop is None
+    stop = stop or StopSignal()
+    store = CheckpointStore(ckpt_root, keep=keep_checkpoints)
     loop_start = time.perf_counter()
+    s = start_step
     try:
-        with open(metrics_path, "a", encoding="utf-8") as mfh:
-            for s in range(start_step, steps):
-                t_step = time.perf_counter()
-                batch = loader.batch_at(seed, s)
-                params, opt_state, loss, gnorm = compiled(params, opt_state, batch["tokens"])
-                loss, gnorm = float(loss), float(gnorm)
-                dt = time.perf_counter() - t_step
-                rec = {"step": s, "loss": loss, "lr": float(learning_rate(s, lr, warmup, opt_cfg.total_steps,
-                                                                          final_lr_ratio)),
-                       "grad_norm": gnorm, "tokens_seen": (s + 1) * tokens_per_step, "seconds": dt,
-                       "elapsed_seconds": time.perf_counter() - loop_start,
-                       "tokens_per_second": tokens_per_step / dt, "epoch": loader.epoch_of(s + 1),
-                       "spike": detector.update(loss)}
+        with open(metrics_path, "a", encoding="utf-8") as mfh, (stop if own_stop else _nullcontext()):
+            def emit(rec: dict) -> None:
                 mfh.write(json.dumps(rec) + "\n")
                 mfh.flush()
                 records.append(rec)
-                bar.update(1)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss} at step {s}; see {metrics_path}")
-                if (s + 1 - start_step) % log_every == 0 or s + 1 == steps:
-                    msg = dict(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", gnorm=f"{gnorm:.2f}",
-                               tok_s=f"{rec['tokens_per_second']:.0f}")
-                    if bar_on:
-                        bar.set_postfix(msg, refresh=False)
-                    else:
-                        print(f"step {s}: " + " ".join(f"{k}={v}" for k, v in msg.items()), file=sys.stderr)
-                if checkpoint_every and (s + 1) % checkpoint_every == 0 and s + 1 < steps:
-                    save(s + 1)
+
+            prev: Phase | None = None
+            for ph in plan.phases:
+                if ph.end_step <= s or s >= stop_step or ph.steps == 0:
+                    if ph.steps and ph.end_step <= s:
+                        prev = ph
+                    continue
+                loader = loader_for(ph)
+                if s == ph.start_step:  # entering the phase at its first update: log the switch
+                    tokens_before = plan.tokens_seen(s)
+                    ev = {"event": "switch" if prev is not None else "start", "step": s, "tokens_seen": tokens_before,
+                          "from": _phase_brief(prev) if prev is not None else None, "to": _phase_brief(ph),
+                          "optimizer_count": int(jax.device_get(_adam_count(opt_state)))}
+                    emit(ev)
+                    if prev is not None:
+                        switches.append(ev)
+                        msg = (f"sub-stage switch at step {s} ({tokens_before:,} tokens seen): {prev.name} "
+                               f"(seq {prev.seq_len}, batch {prev.batch_size}) -> {ph.name} (seq {ph.seq_len}, "
+                               f"batch {ph.batch_size}); params and optimizer state carried over")
+                        print(("\n" if bar_on else "") + msg, file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                tok_spec = jax.ShapeDtypeStruct((ph.batch_size, ph.seq_len), jnp.int32)
+                compiled = step_fn.lower(params, opt_state, tok_spec).compile()
+                compile_seconds += time.perf_counter() - t0
+                end = min(ph.end_step, stop_step)
+                while s < end:
+                    t_step = time.perf_counter()
+                    k = s - ph.start_step
+                    batch = loader.batch_at(seed, k)
+                    params, opt_state, loss, gnorm = compiled(params, opt_state, batch["tokens"])
+                    loss, gnorm = float(loss), float(gnorm)
+                    dt = time.perf_counter() - t_step
+                    rec = {"step": s, "loss": loss,
+                           "lr": float(learning_rate(s, lr, warmup, opt_cfg.total_steps, final_lr_ratio)),
+                           "grad_norm": gnorm, "tokens_seen": plan.tokens_seen(s + 1), "stage": ph.stage,
+                           "substage": ph.substage, "seq_len": ph.seq_len, "seconds": dt,
+                           "elapsed_seconds": time.perf_counter() - loop_start,
+                           "tokens_per_second": ph.tokens_per_step / dt,
+                           "epoch": (k + 1) * ph.batch_size / ph.n_sequences, "spike": detector.update(loss)}
+                    emit(rec)
+                    bar.update(1)
+                    s += 1
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss {loss} at step {s - 1}; see {metrics_path}")
+                    val = None
+                    if (eval_every and s % eval_every == 0) or s == ph.end_step or s == stop_step:
+                        val = evaluate(ph, s - 1)
+                        if val is not None:
+                            emit(val)
+                    if (s - start_step) % log_every == 0 or s == stop_step or val is not None:
+                        msg = dict(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", gnorm=f"{gnorm:.2f}",
+                                   tok_s=f"{rec['tokens_per_second']:.0f}")
+                        if val is not None:
+                            msg["val_loss"] = f"{val['val_loss']:.4f}"
+                        if bar_on:
+                            bar.set_postfix(msg, refresh=False)
+                        else:
+                            print(f"step {s - 1} [{ph.name}]: " + " ".join(f"{a}={b}" for a, b in msg.items()),
+                                  file=sys.stderr)
+                    if stop.received:
+                        interrupted = stop.received
+                        break
+                    if checkpoint_every and s % checkpoint_every == 0 and s < stop_step:
+                        last_ckpt = store.save(s, params, opt_state, meta_for(s))
+                prev = ph
+                if interrupted:
+                    break
+        if interrupted or s > start_step or ckpt_dir is None:
+            if last_ckpt is None or int(last_ckpt.name.split("_")[1]) != s:
+                last_ckpt = store.save(s, params, opt_state, meta_for(s))
+        else:
+            last_ckpt = ckpt_dir  # resumed a finished run: nothing new to save
+        if interrupted:
+            with open(metrics_path, "a", encoding="utf-8") as mfh:
+                ev = {"event": "stop", "step": s, "tokens_seen": plan.tokens_seen(s), "signal": interrupted,
+                      "checkpoint": str(last_ckpt)}
+                mfh.write(json.dumps(ev) + "\n")
+            print(f"stopped by {interrupted} after step {s - 1}: checkpoint {last_ckpt}; continue with --resume",
+                  file=sys.stderr, flush=True)
     finally:
         bar.close()
-    loop_seconds = time.perf_counter() - loop_start
-    if start_step == steps and ckpt_dir is not None:
-        last_ckpt = ckpt_dir  # resumed a finished run: nothing new to save
-    else:
-        last_ckpt = save(steps)
+        store.close()
+    loop_seconds = time.perf_counter() - loop_start - compile_seconds
 
-    all_records = history + records
+    all_records = history + [r for r in records if r.get("event") != "stop"]
     plot_path = None
-    if plot and all_records:
+    if plot and any("event" not in r for r in all_records):
         plot_path = plot_loss(all_records, out / "loss.png",
-                              title=f"{config_name} on {loader.stage}/{loader.substage} (seq {loader.seq_len})")
-    losses = [r["loss"] for r in records]
-    n_run = len(records)
+                              title=f"{config_name}: loss over tokens seen, {len(plan.phases)} sub-stage(s)")["path"]
+    train_recs = [r for r in records if "event" not in r]
+    losses = [r["loss"] for r in train_recs]
+    vals = [r for r in all_records if r.get("event") == "val"]
+    n_run = len(train_recs)
+    cur = plan.phase_of(min(max(s - 1, 0), plan.total_steps - 1))
     summary = {
-        "config_name": config_name, "n_params": count_parameters(cfg), "stage": loader.stage,
-        "substage": loader.substage, "seq_len": loader.seq_len, "batch_size": batch_size,
-        "start_step": start_step, "steps": n_run, "final_step": steps,
+        "config_name": config_name, "n_params": count_parameters(cfg), "stage": cur.stage,
+        "substage": cur.substage, "seq_len": cur.seq_len, "batch_size": cur.batch_size,
+        "batch_tokens": batch_tokens, "start_step": start_step, "steps": n_run, "final_step": s,
+        "total_steps": plan.total_steps, "schedule_steps": schedule_steps,
+        "phases": plan.to_list(),
+        "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in switches],
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "first_loss_mean10": float(np.mean(losses[:10])) if losses else None,
         "last_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
-        "tokens": n_run * tokens_per_step, "tokens_seen": steps * tokens_per_step,
+        "val_loss": vals[-1]["val_loss"] if vals else None,
+        "tokens": sum(plan.phase_of(r["step"]).tokens_per_step for r in train_recs),
+        "tokens_seen": plan.tokens_seen(s), "interrupted": interrupted,
         "seconds": loop_seconds, "compile_seconds": compile_seconds,
-        "setup_seconds": loop_start - t_setup - compile_seconds,
-        "tokens_per_second": n_run * tokens_per_step / loop_seconds if n_run else None,
-        "spike_steps": [r["step"] for r in all_records if r.get("spike")],
+        "setup_seconds": loop_start - t_setup,
+        "tokens_per_second": None, "spike_steps": [r["step"] for r in all_records if r.get("spike")],
         "checkpoint": str(last_ckpt), "metrics": str(metrics_path),
         "plot": str(plot_path) if plot_path else None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if n_run and loop_seconds > 0:
+        summary["tokens_per_second"] = summary["tokens"] / loop_seconds
+    fsutil.write_json(str(out / "summary.json"), summary)
     return summary
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _adam_count(opt_state):
+    """The optimizer's update count (optax ``ScaleByAdamState.count``) inside the chained state."""
+    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        if any(getattr(p, "name", None) == "count" for p in leaf_path):
+            return leaf
+    return jnp.asarray(-1)

@@ -1,0 +1,34 @@
+"""``xgen plot``: figures from a training run. ``xgen plot loss RUN`` draws Figure 1 (SPEC §4) from
+``RUN/metrics.jsonl`` (thin layer over :func:`xgen_train.lossplot.plot_loss`; no JAX import)."""
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.group("plot")
+def plot() -> None:
+    """Figures from a training run."""
+
+
+@plot.command("loss")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write (default: RUN/loss.png).")
+@click.option("--title", default="", help="Figure title.")
+def loss(run_dir: str, out_path: str | None, title: str) -> None:
+    """Figure 1: train and validation loss over tokens seen, each sub-stage boundary marked and labelled."""
+    from xgen_train.lossplot import plot_loss, read_metrics
+
+    try:
+        records = read_metrics(run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not any("event" not in r and "loss" in r for r in records):
+        raise click.ClickException(f"{os.path.join(run_dir, 'metrics.jsonl')}: no training records to plot")
+    res = plot_loss(records, out_path or os.path.join(run_dir, "loss.png"), title=title)
+    click.echo(f"wrote {res['path']}: {res['train_points']} train points, {res['val_points']} validation points, "
+               f"{len(res['boundaries'])} sub-stage(s)")
+    for b in res["boundaries"]:
+        click.echo(f"  step {b.step:>8,}  tokens {b.tokens_seen:>14,}  {b.label}")
