@@ -23,6 +23,11 @@ _COMMANDS = [
     ("cli.mix_cmd", "mix"),
     ("cli.train_cmd", "train"),
     ("cli.demo_cmd", "demo"),
+    ("cli.export_cmd", "export"),
+    ("cli.import_cmd", "import_"),
+    ("cli.generate_cmd", "generate"),
+    ("cli.eval_cmd", "eval_"),
+    ("cli.carbon_cmd", "carbon"),
 ]
 
 for _module, _attr in _COMMANDS:

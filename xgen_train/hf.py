@@ -199,11 +199,17 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
         from xgen_data.fsutil import sha256_file
 
         files = sorted(p.name for p in tmp.iterdir())
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in files:  # mkdtemp and safetensors create private files; an export is meant to be shared
+            os.chmod(tmp / f, 0o666 & ~umask)
         _write_json(tmp / EXPORT_MARKER, {
             "format": "xgen-hf-export", "format_version": 1,
             "source_checkpoint": str(source) if source else None, "step": step,
             "model_config": cfg.to_dict(), "sha256": {f: sha256_file(str(tmp / f)) for f in files},
         })
+        os.chmod(tmp / EXPORT_MARKER, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / "export")

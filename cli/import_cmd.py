@@ -1,0 +1,32 @@
+"""``xgen import hf DIR --out RUN``: start a run folder from a Hugging Face ``LlamaForCausalLM`` folder."""
+from __future__ import annotations
+
+import click
+
+from cli.common import user_errors
+
+
+@click.group("import")
+def import_() -> None:
+    """Import a model from other formats."""
+
+
+@import_.command("hf")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "run", required=True, type=click.Path(file_okay=False),
+              help="Run folder to create; gets checkpoints/step_00000000.")
+@user_errors
+def import_hf_cmd(folder: str, run: str) -> None:
+    """Read FOLDER (config.json + model.safetensors), check every key, shape and config value, and write
+    a run folder whose step-0 checkpoint holds its parameters (fresh optimizer state).
+
+    Example: xgen import hf exports/tiny-hf --out runs/from-hf
+    """
+    from xgen_train.hf import config_name_of, import_hf, load_hf, param_count
+
+    ckpt = import_hf(folder, run)
+    cfg, params = load_hf(folder)
+    name = config_name_of(cfg)
+    click.echo(f"imported {folder}: {param_count(params):,} parameters"
+               + (f" (config {name!r})" if name else " (a config not in xgen's named configs)"))
+    click.echo(f"checkpoint {ckpt}")
