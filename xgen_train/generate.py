@@ -5,8 +5,10 @@ written as a pure function of the parameter dict, for a block of ``T`` new token
 ``start .. start+T-1``: it writes their rotated keys and values into a fixed-size cache
 ``[n_layers, B, n_heads, S, head_dim]`` and attends to cache slots ``j <= position`` (later slots are
 masked with the same ``finfo.min`` as the full forward, so they contribute exactly zero). Prefill is one
-call with the whole prompt; decoding is one call per token with ``T = 1``. Each call is compiled once per
-shape: the cache size ``S = min(max_positions, len(prompt) + max_new_tokens)`` is fixed for a generation.
+call with the whole prompt; decoding is one call per token with ``T = 1``. The cache size ``S`` (the prompt
+plus the new tokens, rounded up to a power of two, at most ``max_positions``) is fixed for a generation, and
+temperature, top-p and the vocabulary limit are traced values, so a model compiles one prefill and one
+decode program per size bucket, whatever the sampling settings.
 
 Sampling (:func:`sample_next`): greedy (argmax) when ``temperature == 0``; otherwise softmax of
 ``logits / temperature`` restricted to the smallest set of most likely tokens whose probability reaches
@@ -92,25 +94,35 @@ def forward_cached(params, cfg: ModelConfig, tokens: jax.Array, start, cache: di
     return lin(x, "lm_head"), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
 
 
-def sample_next(logits: jax.Array, key: jax.Array, temperature: float, top_p: float,
-                vocab_limit: int | None = None) -> jax.Array:
-    """Next token ids from float32 ``logits [B, V]``: argmax when ``temperature == 0``, else nucleus sampling.
+def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_limit=None,
+                greedy: bool | None = None) -> jax.Array:
+    """Next token ids from float32 ``logits [B, V]``: argmax when greedy, else nucleus sampling.
 
-    ``vocab_limit``: ids ``>= vocab_limit`` are never chosen (the padding rows 50313..51199 of SPEC §1).
-    ``temperature`` and ``top_p`` are Python floats (``0 < top_p <= 1``). Returns int32 ``[B]``.
+    Args:
+        logits: float32 ``[B, V]``.
+        key: ``jax.random`` key (unused when greedy).
+        temperature: > 0 divides the logits (may be traced); ``top_p``: nucleus mass in ``(0, 1]``
+            (may be traced); the nucleus is the most likely tokens up to and including the first at which
+            the cumulative probability reaches ``top_p``.
+        vocab_limit: ids ``>= vocab_limit`` are never chosen (the padding rows 50313..51199 of SPEC §1);
+            None: no limit. May be traced.
+        greedy: static switch; None means ``temperature == 0`` (then ``temperature`` must be a Python number).
+    Returns:
+        int32 ``[B]``.
     """
+    if greedy is None:
+        greedy = temperature == 0
     if vocab_limit is not None:
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-    if temperature == 0:
+    if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / temperature
-    if top_p < 1.0:
-        srt = jnp.sort(scaled, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(srt, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
-        kept = before < top_p  # the first token is always kept
-        threshold = jnp.min(jnp.where(kept, srt, jnp.inf), axis=-1, keepdims=True)
-        scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    srt = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(srt, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
+    kept = (before < top_p) | (top_p >= 1.0)  # the first token is always kept
+    threshold = jnp.min(jnp.where(kept, srt, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
@@ -128,17 +140,22 @@ class Generation:
     logits: np.ndarray | None = field(default=None, repr=False)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled(cfg: ModelConfig, compute_dtype: str, temperature: float, top_p: float, vocab_limit: int | None):
-    def step(params, cache, tokens, start, key):
-        logits, cache = forward_cached(params, cfg, tokens, start, cache, compute_dtype)
-        last = logits[:, -1]
-        return sample_next(last, key, temperature, top_p, vocab_limit), last, cache
+def _bucket(n: int, cap: int) -> int:
+    """Shapes are rounded up to a power of two (at least 16, at most ``cap``) so few programs compile."""
+    return min(cap, max(16, 1 << (n - 1).bit_length()))
 
-    def full(params, buf, length, key):  # uncached reference: full forward over the padded buffer
+
+@functools.lru_cache(maxsize=16)
+def _compiled(cfg: ModelConfig, compute_dtype: str, greedy: bool):
+    def step(params, cache, tokens, start, last, key, temperature, top_p, vocab_limit):
+        logits, cache = forward_cached(params, cfg, tokens, start, cache, compute_dtype)
+        row = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+        return sample_next(row, key, temperature, top_p, vocab_limit, greedy), row, cache
+
+    def full(params, buf, last, key, temperature, top_p, vocab_limit):  # uncached reference
         logits = build_model(cfg, compute_dtype).apply(params, buf)
-        last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)
-        return sample_next(last, key, temperature, top_p, vocab_limit), last
+        row = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+        return sample_next(row, key, temperature, top_p, vocab_limit, greedy), row
 
     return jax.jit(step, donate_argnums=(1,)), jax.jit(full)
 
@@ -178,24 +195,29 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     greedy = temperature == 0
-    step, full = _compiled(cfg, str(jnp.dtype(compute_dtype)), 0.0 if greedy else float(temperature),
-                           1.0 if greedy else float(top_p), vocab_limit)
+    step, full = _compiled(cfg, str(jnp.dtype(compute_dtype)), greedy)
     n0 = len(prompt)
-    size = min(cfg.max_positions, n0 + max_new_tokens)
-    budget = size - n0
+    budget = min(cfg.max_positions, n0 + max_new_tokens) - n0
+    size = _bucket(n0 + budget, cfg.max_positions)  # cache slots; those past the last token stay masked
+    knobs = (jnp.float32(temperature or 1.0), jnp.float32(top_p),
+             jnp.int32(cfg.vocab_size if vocab_limit is None else vocab_limit))
     params = jax.tree.map(jnp.asarray, params)
     base = jax.random.PRNGKey(seed)
     new: list[int] = []
     kept_logits: list[np.ndarray] = []
     stop = "max_new_tokens" if budget == max_new_tokens else "max_positions"
     if use_cache:
+        # prefill once; the prompt is padded to a bucket: padded slots are written but masked for every
+        # real position, and each is overwritten by its real token before any later position reads it
         cache = init_cache(cfg, 1, size)
-        tok, last, cache = step(params, cache, jnp.asarray([prompt], jnp.int32), jnp.int32(0),
-                                jax.random.fold_in(base, 0))
+        padded = np.zeros((1, min(size, _bucket(n0, size))), np.int32)
+        padded[0, :n0] = prompt
+        tok, last, cache = step(params, cache, jnp.asarray(padded), jnp.int32(0), jnp.int32(n0 - 1),
+                                jax.random.fold_in(base, 0), *knobs)
     else:
         buf = np.zeros((1, size), np.int32)
         buf[0, :n0] = prompt
-        tok, last = full(params, jnp.asarray(buf), jnp.int32(n0), jax.random.fold_in(base, 0))
+        tok, last = full(params, jnp.asarray(buf), jnp.int32(n0 - 1), jax.random.fold_in(base, 0), *knobs)
     for i in range(budget):
         t = int(tok[0])
         new.append(t)
@@ -209,8 +231,9 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
         pos = n0 + i
         key = jax.random.fold_in(base, i + 1)
         if use_cache:
-            tok, last, cache = step(params, cache, jnp.asarray([[t]], jnp.int32), jnp.int32(pos), key)
+            tok, last, cache = step(params, cache, jnp.asarray([[t]], jnp.int32), jnp.int32(pos), jnp.int32(0),
+                                    key, *knobs)
         else:
             buf[0, pos] = t
-            tok, last = full(params, jnp.asarray(buf), jnp.int32(pos + 1), key)
+            tok, last = full(params, jnp.asarray(buf), jnp.int32(pos), key, *knobs)
     return Generation(tokens=new, stop=stop, logits=np.stack(kept_logits) if return_logits else None)
