@@ -22,11 +22,15 @@ def import_hf_cmd(folder: str, run: str) -> None:
 
     Example: xgen import hf exports/tiny-hf --out runs/from-hf
     """
-    from xgen_train.hf import config_name_of, import_hf, load_hf, param_count
+    import json
+
+    from xgen_train.config import ModelConfig, count_parameters
+    from xgen_train.hf import import_hf
 
     ckpt = import_hf(folder, run)
-    cfg, params = load_hf(folder)
-    name = config_name_of(cfg)
-    click.echo(f"imported {folder}: {param_count(params):,} parameters"
+    meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+    name = meta.get("config_name")
+    n = count_parameters(ModelConfig.from_dict(meta["model_config"]))
+    click.echo(f"imported {folder}: {n:,} parameters"
                + (f" (config {name!r})" if name else " (a config not in xgen's named configs)"))
     click.echo(f"checkpoint {ckpt}")

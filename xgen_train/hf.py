@@ -23,7 +23,6 @@ The folder is written under a temporary name beside ``OUT`` and renamed into pla
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -33,7 +32,8 @@ import numpy as np
 
 from xgen_train.config import CONFIGS, ModelConfig
 
-__all__ = ["EXPORT_MARKER", "HFFormatError", "export_hf", "hf_config", "import_hf", "load_hf"]
+__all__ = ["EXPORT_MARKER", "HFFormatError", "config_from_hf", "config_name_of", "export_hf", "generation_config",
+           "hf_config", "import_hf", "load_hf"]
 
 EOS_ID = 50256  # SPEC §1: <|endoftext|>, also BOS
 EXPORT_MARKER = "xgen_export.json"
@@ -73,7 +73,8 @@ def _load_run(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
 
 
 def _run_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
-    """The checkpoint folder ``_load_run(path)`` reads and its step (for provenance records)."""
+    """The checkpoint folder ``_load_run(path)`` reads and its step, for provenance records only:
+    best effort, ``(None, None)`` when the layout is not recognised (never an error)."""
     from xgen_train.checkpoint import latest_checkpoint
 
     path = Path(path)
@@ -432,6 +433,3 @@ def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
                            extra={"imported_from": str(Path(path).resolve())})
 
 
-def param_count(params) -> int:
-    """Number of scalars in a params tree (for summaries)."""
-    return int(sum(math.prod(v.shape) for d in params.values() for v in d.values()))

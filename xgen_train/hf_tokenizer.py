@@ -43,7 +43,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
     Printable Latin-1 bytes map to themselves; the other 68 bytes map to U+0100 upward in byte order.
     """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
