@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,10 +30,11 @@ def test_cached_logits_equal_the_full_forward(params):
     t = tokens.shape[1]
     full = np.asarray(build_model(MICRO).apply(params, jnp.asarray(tokens)))[0]
     cache = init_cache(MICRO, 1, 40)
-    pre, cache = forward_cached(params, MICRO, jnp.asarray(tokens[:, :7]), 0, cache)
+    fwd = jax.jit(forward_cached, static_argnums=(1,))
+    pre, cache = fwd(params, MICRO, jnp.asarray(tokens[:, :7]), 0, cache)
     steps = [np.asarray(pre)[0]]
     for i in range(7, t):
-        logits, cache = forward_cached(params, MICRO, jnp.asarray(tokens[:, i:i + 1]), i, cache)
+        logits, cache = fwd(params, MICRO, jnp.asarray(tokens[:, i:i + 1]), i, cache)
         steps.append(np.asarray(logits)[0])
     got = np.concatenate(steps)
     np.testing.assert_allclose(got, full, rtol=0, atol=1e-4)
@@ -53,19 +55,18 @@ def test_greedy_cached_equals_uncached(params):
 
 def test_sampling_is_seeded_and_cache_independent(params):
     kw = dict(temperature=0.9, top_p=0.95, eos_id=None)
-    a = generate(params, MICRO, PROMPT, 25, seed=5, **kw)
-    assert a.tokens == generate(params, MICRO, PROMPT, 25, seed=5, use_cache=False, **kw).tokens
-    assert a.tokens == generate(params, MICRO, PROMPT, 25, seed=5, **kw).tokens
-    assert a.tokens != generate(params, MICRO, PROMPT, 25, seed=6, **kw).tokens
-    greedy = generate(params, MICRO, PROMPT, 25, eos_id=None).tokens
+    a = generate(params, MICRO, PROMPT, 30, seed=5, **kw)
+    assert a.tokens == generate(params, MICRO, PROMPT, 30, seed=5, use_cache=False, **kw).tokens
+    assert a.tokens == generate(params, MICRO, PROMPT, 30, seed=5, **kw).tokens
+    assert a.tokens != generate(params, MICRO, PROMPT, 30, seed=6, **kw).tokens
+    greedy = generate(params, MICRO, PROMPT, 30, eos_id=None).tokens
     assert a.tokens != greedy
     # a nucleus so small that only the most likely token remains is greedy decoding, whatever the seed
-    assert generate(params, MICRO, PROMPT, 25, temperature=1.5, top_p=1e-6, seed=9, eos_id=None).tokens == greedy
+    assert generate(params, MICRO, PROMPT, 30, temperature=1.5, top_p=1e-6, seed=9, eos_id=None).tokens == greedy
 
 
 def test_top_p_keeps_only_the_nucleus():
     from xgen_train.generate import sample_next
-    import jax
 
     probs = np.array([[0.5, 0.3, 0.15, 0.05]])
     logits = jnp.asarray(np.log(probs), jnp.float32)
@@ -78,8 +79,8 @@ def test_top_p_keeps_only_the_nucleus():
 
 
 def test_stops_at_eos_and_at_max_positions(params):
-    first = generate(params, MICRO, PROMPT, 5, eos_id=None).tokens
-    res = generate(params, MICRO, PROMPT, 5, eos_id=first[1])
+    first = generate(params, MICRO, PROMPT, 30, eos_id=None).tokens
+    res = generate(params, MICRO, PROMPT, 30, eos_id=first[1])
     assert res.tokens == first[:2] and res.stop == "eos"
     long_prompt = (PROMPT * 30)[: MICRO.max_positions - 3]
     res = generate(params, MICRO, long_prompt, 10, eos_id=None)
@@ -100,13 +101,13 @@ def test_vocab_limit_and_bad_arguments(params):
 
 def test_generate_cli(params, tmp_path):
     run = make_run(tmp_path / "run", MICRO, params)
-    args = ["generate", str(run), "--prompt", "The history of", "--max-new-tokens", "12", "--json"]
+    args = ["generate", str(run), "--prompt", "The history of", "--max-new-tokens", "30", "--json"]
     a = CliRunner().invoke(cli, args)
     assert a.exit_code == 0, a.output
     out = json.loads(a.output)
-    assert out["prompt_ids"] == xtok.encode("The history of") and len(out["new_ids"]) == 12
+    assert out["prompt_ids"] == xtok.encode("The history of") and len(out["new_ids"]) == 30
     assert out["stop"] == "max_new_tokens" and out["new_ids"] == generate(
-        params, MICRO, out["prompt_ids"], 12, vocab_limit=xtok.VOCAB_SIZE).tokens
+        params, MICRO, out["prompt_ids"], 30, vocab_limit=xtok.VOCAB_SIZE).tokens
     assert all(t < xtok.VOCAB_SIZE for t in out["new_ids"])
     b = CliRunner().invoke(cli, args[:-1] + ["--temperature", "0.8", "--top-p", "0.9", "--seed", "3"])
     assert b.exit_code == 0 and b.output.startswith("The history of")

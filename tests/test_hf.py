@@ -233,7 +233,7 @@ def test_tokenizer_json_gives_xgen_ids(exported):
     vectors = json.load(open(shared_path("tokenizer", "xgen_vectors.json"), encoding="utf-8"))
     for v in vectors:
         assert tk.encode(v["text"], add_special_tokens=False).ids == v["ids_hf"], v["text"][:60]
-    texts = sample_texts("code.jsonl") + sample_texts("nl.jsonl", limit=150)
+    texts = sample_texts("code.jsonl") + sample_texts("nl.jsonl", limit=80)
     rng = random.Random(0)
     atoms = [" ", "\t", "\n", "\r\n", "a", "'s", "12", "é", "日本", "🙂", "<|endoftext|>", "<fim_middle>",
              "\u00a0", "\u3000", "-->", "x"]
@@ -244,7 +244,7 @@ def test_tokenizer_json_gives_xgen_ids(exported):
         want = xtok.encode(text, hf_compat=True)
         assert tk.encode(text, add_special_tokens=False).ids == want, text[:80]
         n_tokens += len(want)
-    assert n_tokens > 200_000
+    assert n_tokens > 100_000
     ids = xtok.encode(texts[0])
     assert tk.decode(ids, skip_special_tokens=False) == xtok.decode(ids)
 

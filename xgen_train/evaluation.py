@@ -282,7 +282,7 @@ def ppl_by_position(params, cfg, docs: list[np.ndarray], batch_size: int | None 
         raise ValueError("documents must all have the same length (cut them with long_documents)")
     if not 2 <= n <= cfg.max_positions:
         raise ValueError(f"document length {n} must be in [2, max_positions={cfg.max_positions}]")
-    bs = batch_size or max(1, 4096 // n)
+    bs = min(batch_size or max(1, 4096 // n), len(docs))
     apply = build_model(cfg, compute_dtype).apply
 
     @jax.jit
