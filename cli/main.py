@@ -25,6 +25,11 @@ _COMMANDS = [
     ("cli.train_cmd", "train"),
     ("cli.plot_cmd", "plot"),
     ("cli.demo_cmd", "demo"),
+    ("cli.export_cmd", "export"),
+    ("cli.import_cmd", "import_"),
+    ("cli.generate_cmd", "generate"),
+    ("cli.eval_cmd", "eval_"),
+    ("cli.carbon_cmd", "carbon"),
 ]
 
 for _module, _attr in _COMMANDS:

@@ -36,7 +36,7 @@ from xgen_data import fsutil
 from xgen_train.config import ModelConfig
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
-           "load_checkpoint", "load_init", "load_params", "read_meta", "verify_checkpoint"]
+           "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint", "verify_checkpoint"]
 
 FORMAT = "xgen-checkpoint"
 FORMAT_VERSION = 2
@@ -207,7 +207,13 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
                       meta=meta, path=directory)
 
 
-def _resolve_checkpoint(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory ``path`` names: ``path`` itself when it is a ``step_*`` checkpoint, else the
+    latest complete checkpoint of the run directory ``path`` (under ``checkpoints/``, or directly in it).
+
+    Raises:
+        CheckpointError: neither (the message names what was looked for).
+    """
     p = Path(path)
     if (p / "meta").is_dir() or _STEP_RE.match(p.name):
         return p
@@ -227,7 +233,7 @@ def load_params(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[st
     Raises:
         CheckpointError: no checkpoint found, corrupt or incompatible checkpoint (names the file).
     """
-    ck = load_checkpoint(_resolve_checkpoint(path))
+    ck = load_checkpoint(resolve_checkpoint(path))
     return ck.model_config, ck.params
 
 

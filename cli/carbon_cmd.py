@@ -1,0 +1,35 @@
+"""``xgen carbon``: training energy (MWh) and emissions (tCO2eq) as in SPEC §6."""
+from __future__ import annotations
+
+import click
+
+from cli.common import user_errors
+from xgen_train import evaluation as ev  # numpy only, no JAX
+
+
+@click.command("carbon")
+@click.option("--device-hours", default=float(ev.SPEC_DEVICE_HOURS), show_default=True, type=float,
+              help="Accelerator-hours of training (SPEC §6: XGen-7B used 270,336 TPU-hours).")
+@click.option("--watts", default=ev.SPEC_WATTS, show_default=True, type=float, help="Average power per device (W).")
+@click.option("--pue", default=ev.SPEC_PUE, show_default=True, type=float,
+              help="Data-centre power usage effectiveness.")
+@click.option("--kg-per-kwh", default=ev.SPEC_KG_PER_KWH, show_default=True, type=float,
+              help="Grid carbon intensity, kg CO2eq per kWh (= tonnes per MWh).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@user_errors
+def carbon(device_hours: float, watts: float, pue: float, kg_per_kwh: float, as_json: bool) -> None:
+    """Energy = device-hours x watts x PUE; emissions = energy x kg/kWh (SPEC §6; defaults are XGen-7B's:
+    57.1 MWh, 4.5 tCO2eq).
+
+    Example: xgen carbon --device-hours 1000 --watts 400 --pue 1.2 --kg-per-kwh 0.4
+    """
+    import dataclasses
+    import json
+
+    est = ev.carbon(device_hours, watts, pue, kg_per_kwh)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(est)))
+        return
+    click.echo(f"{device_hours:,.0f} device-hours x {watts:g} W x PUE {pue:g} = {est.kwh:,.0f} kWh "
+               f"= {est.mwh:,.1f} MWh")
+    click.echo(f"{est.mwh:,.1f} MWh x {kg_per_kwh:g} kg/kWh = {est.tco2eq:,.2f} tCO2eq")

@@ -1,0 +1,80 @@
+"""``xgen eval``: perplexity by token position (Figure 2, SPEC §4) and pass@k (SPEC §6)."""
+from __future__ import annotations
+
+import click
+
+from cli.common import corpus_option, print_rows, user_errors
+
+
+@click.group("eval")
+def eval_() -> None:
+    """Evaluate a model or score its samples."""
+
+
+@eval_.command("ppl-by-position")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@corpus_option
+@click.option("--min-tokens", default=None, type=click.IntRange(min=2),
+              help="Documents of at least N tokens, cut to N (default: the run's longest training seq_len, "
+                   "else the model's max positions).")
+@click.option("--max-docs", default=64, show_default=True, type=click.IntRange(min=1), help="At most K documents.")
+@click.option("--subset", "subsets", multiple=True, help="Only these corpus subsets (repeatable).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Documents per forward pass (default: about 4,096 tokens).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: RUN/eval).")
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs: int, subsets: tuple[str, ...],
+                    batch_size: int | None, out_dir: str | None, no_progress: bool) -> None:
+    """Per-position cross-entropy and perplexity of RUN on the corpus's kept documents of at least
+    --min-tokens tokens; writes ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
+
+    Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --min-tokens 1024 --max-docs 32
+    """
+    import os
+
+    from xgen_train import evaluation as ev
+    from xgen_train.checkpoint import load_params
+
+    cfg, params = load_params(run)
+    n = min_tokens or ev.trained_seq_len(run) or cfg.max_positions
+    if n > cfg.max_positions:
+        raise click.ClickException(f"--min-tokens {n} exceeds the model's max positions {cfg.max_positions}")
+    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None)
+    res = ev.ppl_by_position(params, cfg, docs, batch_size=batch_size, progress=not no_progress)
+    paths = ev.write_ppl_outputs(res, out_dir or os.path.join(run, "eval"))
+    rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]
+    print_rows(["positions", "mean_nll", "ppl"], rows,
+               title=f"{res.n_docs} documents of >= {n:,} tokens (cut to {n:,})")
+    click.echo(f"wrote {paths['csv']}, {paths['buckets']}, {paths['png']}")
+
+
+@eval_.command("pass-at-k")
+@click.argument("counts", type=click.Path(exists=True, dir_okay=False))
+@click.option("-k", "--k", "ks", default="1,10,100", show_default=True,
+              help="Comma-separated k values.")
+@click.option("--json", "as_json", is_flag=True, help="Print {k: pass@k} as JSON.")
+@user_errors
+def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
+    """Mean unbiased pass@k = 1 - C(n-c, k)/C(n, k) over problems (SPEC §6), from COUNTS: JSONL lines
+    {"task_id": ..., "n": samples, "c": correct} or a CSV with n and c columns.
+
+    Example: xgen eval pass-at-k humaneval_counts.jsonl -k 1,10,100
+    """
+    import json
+
+    from xgen_train import evaluation as ev
+
+    try:
+        k_list = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise click.ClickException(f"-k {ks!r}: expected comma-separated integers") from None
+    if not k_list or min(k_list) < 1:
+        raise click.ClickException(f"-k {ks!r}: give one or more integers >= 1")
+    rows = ev.read_counts(counts)
+    table = ev.pass_at_k_table(rows, k_list)
+    if as_json:
+        click.echo(json.dumps({str(k): v for k, v in table.items()}))
+        return
+    print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], title=f"{len(rows)} problems from {counts}")

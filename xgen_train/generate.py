@@ -1,0 +1,239 @@
+"""Text generation with a key/value cache: prefill the prompt once, then one jit'ed decode step per token.
+
+The cached forward (:func:`forward_cached`) is the LLaMA forward of :mod:`xgen_train.model` (SPEC §3)
+written as a pure function of the parameter dict, for a block of ``T`` new tokens at positions
+``start .. start+T-1``: it writes their rotated keys and values into a fixed-size cache
+``[n_layers, B, n_heads, S, head_dim]`` and attends to cache slots ``j <= position`` (later slots are
+masked with the same ``finfo.min`` as the full forward, so they contribute exactly zero). Prefill is one
+call with the whole prompt; decoding is one call per token with ``T = 1``. The cache size ``S`` (the prompt
+plus the new tokens, rounded up to a power of two, at most ``max_positions``) is fixed for a generation, and
+temperature, top-p and the vocabulary limit are traced values, so a model compiles one prefill and one
+decode program per size bucket, whatever the sampling settings.
+
+Sampling (:func:`sample_next`): greedy (argmax) when ``temperature == 0``; otherwise softmax of
+``logits / temperature`` restricted to the smallest set of most likely tokens whose probability reaches
+``top_p`` (nucleus sampling, Holtzman et al. 2019), drawn with ``jax.random`` from ``fold_in(PRNGKey(seed),
+i)`` for the ``i``-th new token, so a seed gives the same text on every run. Generation stops after EOS
+(50256, SPEC §1), after ``max_new_tokens``, or when the sequence reaches ``max_positions``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xgen_train.config import ModelConfig
+from xgen_train.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
+
+__all__ = ["Generation", "forward_cached", "generate", "init_cache", "sample_next"]
+
+EOS_ID = 50256
+
+
+def _mm(spec: str, a, b, compute_dtype):
+    return jnp.einsum(spec, a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=jnp.float32)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
+    """Empty key/value cache: ``{"k", "v"}`` float32 ``[n_layers, batch, n_heads, length, head_dim]``."""
+    shape = (cfg.n_layers, batch, cfg.n_heads, length, cfg.head_dim)
+    return {"k": jnp.zeros(shape, jnp.float32), "v": jnp.zeros(shape, jnp.float32)}
+
+
+def forward_cached(params, cfg: ModelConfig, tokens: jax.Array, start, cache: dict, compute_dtype="float32"):
+    """Logits of ``tokens`` placed at positions ``start ..``, reading and extending ``cache``.
+
+    Args:
+        params: Haiku params ``{module: {name: array}}`` of :func:`xgen_train.model.build_model`.
+        tokens: int ``[B, T]``; ``start``: int scalar (may be traced), ``start + T <= S``.
+        cache: from :func:`init_cache` (or a previous call); slots ``< start`` must hold the earlier tokens.
+    Returns:
+        ``(logits, cache)``: float32 ``[B, T, vocab_size]`` (equal, up to float rounding, to the full
+        forward's logits at those positions) and the cache with slots ``start .. start+T-1`` written.
+    """
+    b, t = tokens.shape
+    s = cache["k"].shape[3]
+    h, hd = cfg.n_heads, cfg.head_dim
+    positions = start + jnp.arange(t, dtype=jnp.int32)
+    cos, sin = rotary_cos_sin(positions, hd, cfg.rope_theta)  # [T, hd]
+    visible = jnp.arange(s)[None, :] <= positions[:, None]  # [T, S]
+
+    def w(name):
+        return params[name]["weight"]
+
+    def lin(x, name):
+        return _mm("...i,oi->...o", x, w(name), compute_dtype)
+
+    def heads(y):
+        return y.reshape(b, t, h, hd).transpose(0, 2, 1, 3)
+
+    x = jnp.take(w("model/embed_tokens"), tokens, axis=0)
+    ks, vs = [], []
+    for i in range(cfg.n_layers):
+        p = f"model/layers_{i}/"
+        y = rms_norm(x, w(p + "input_layernorm"), cfg.rms_eps)
+        q = apply_rotary(heads(lin(y, p + "self_attn/q_proj")), cos, sin)
+        k = apply_rotary(heads(lin(y, p + "self_attn/k_proj")), cos, sin)
+        v = heads(lin(y, p + "self_attn/v_proj"))
+        k_all = jax.lax.dynamic_update_slice(cache["k"][i], k, (0, 0, start, 0))
+        v_all = jax.lax.dynamic_update_slice(cache["v"][i], v, (0, 0, start, 0))
+        ks.append(k_all)
+        vs.append(v_all)
+        scores = _mm("bhqd,bhkd->bhqk", q, k_all, compute_dtype) * (1.0 / math.sqrt(hd))
+        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+        out = _mm("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), v_all, compute_dtype)
+        x = x + lin(out.transpose(0, 2, 1, 3).reshape(b, t, h * hd), p + "self_attn/o_proj")
+        y = rms_norm(x, w(p + "post_attention_layernorm"), cfg.rms_eps)
+        gate, up = lin(y, p + "mlp/gate_proj"), lin(y, p + "mlp/up_proj")
+        x = x + lin(jax.nn.silu(gate) * up, p + "mlp/down_proj")
+    x = rms_norm(x, w("model/norm"), cfg.rms_eps)
+    return lin(x, "lm_head"), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+
+
+def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_limit=None,
+                greedy: bool | None = None) -> jax.Array:
+    """Next token ids from float32 ``logits [B, V]``: argmax when greedy, else nucleus sampling.
+
+    Args:
+        logits: float32 ``[B, V]``.
+        key: ``jax.random`` key (unused when greedy).
+        temperature: > 0 divides the logits (may be traced); ``top_p``: nucleus mass in ``(0, 1]``
+            (may be traced); the nucleus is the most likely tokens up to and including the first at which
+            the cumulative probability reaches ``top_p``.
+        vocab_limit: ids ``>= vocab_limit`` are never chosen (the padding rows 50313..51199 of SPEC §1);
+            None: no limit. May be traced.
+        greedy: static switch; None means ``temperature == 0`` (then ``temperature`` must be a Python number).
+    Returns:
+        int32 ``[B]``.
+    """
+    if greedy is None:
+        greedy = temperature == 0
+    if vocab_limit is not None:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / temperature
+    srt = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(srt, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
+    kept = (before < top_p) | (top_p >= 1.0)  # the first token is always kept
+    threshold = jnp.min(jnp.where(kept, srt, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+
+@dataclass
+class Generation:
+    """Result of :func:`generate`.
+
+    ``tokens``: the new ids (EOS included when generation stopped on it). ``stop``: ``"eos"``,
+    ``"max_new_tokens"`` or ``"max_positions"``. ``logits``: float32 ``[len(tokens), vocab_size]``, the
+    scores each new token was chosen from (only with ``return_logits=True``).
+    """
+
+    tokens: list[int]
+    stop: str
+    logits: np.ndarray | None = field(default=None, repr=False)
+
+
+def _bucket(n: int, cap: int) -> int:
+    """Shapes are rounded up to a power of two (at least 16, at most ``cap``) so few programs compile."""
+    return min(cap, max(16, 1 << (n - 1).bit_length()))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(cfg: ModelConfig, compute_dtype: str, greedy: bool):
+    def step(params, cache, tokens, start, last, key, temperature, top_p, vocab_limit):
+        logits, cache = forward_cached(params, cfg, tokens, start, cache, compute_dtype)
+        row = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+        return sample_next(row, key, temperature, top_p, vocab_limit, greedy), row, cache
+
+    def full(params, buf, last, key, temperature, top_p, vocab_limit):  # uncached reference
+        logits = build_model(cfg, compute_dtype).apply(params, buf)
+        row = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+        return sample_next(row, key, temperature, top_p, vocab_limit, greedy), row
+
+    return jax.jit(step, donate_argnums=(1,)), jax.jit(full)
+
+
+def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, eos_id: int | None = EOS_ID, vocab_limit: int | None = None,
+             compute_dtype: str = "float32", use_cache: bool = True, return_logits: bool = False) -> Generation:
+    """Continue ``prompt`` with the model (batch of one).
+
+    Args:
+        params, cfg: the model (Haiku layout, :mod:`xgen_train.model`).
+        prompt: token ids (at least one; XGen prepends no BOS, SPEC §1: start an empty text with EOS).
+        max_new_tokens: at most this many new tokens (>= 1).
+        temperature: 0 for greedy decoding; > 0 scales the logits before sampling.
+        top_p: nucleus mass in ``(0, 1]``; 1 samples from the whole distribution.
+        seed: sampling seed (ignored when greedy).
+        eos_id: stop after this id (None: never stop early).
+        vocab_limit: never emit ids ``>= vocab_limit`` (``xgen generate`` passes 50,313).
+        use_cache: False runs a full forward over the whole sequence for every token (the reference the
+            tests compare the cached path against).
+        return_logits: keep each step's logits in the result.
+    Raises:
+        ValueError: empty prompt, prompt as long as ``max_positions`` or longer, ids outside the
+            vocabulary, or an invalid ``temperature`` / ``top_p`` / ``max_new_tokens``.
+    """
+    if not prompt:
+        raise ValueError("prompt is empty: give at least one token (e.g. EOS 50256 to start a new document)")
+    if any(not 0 <= int(t) < cfg.vocab_size for t in prompt):
+        raise ValueError(f"prompt ids must be in [0, {cfg.vocab_size})")
+    if len(prompt) >= cfg.max_positions:
+        raise ValueError(f"prompt has {len(prompt)} tokens; the model accepts at most {cfg.max_positions} "
+                         "positions, leaving no room for new tokens")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    greedy = temperature == 0
+    step, full = _compiled(cfg, str(jnp.dtype(compute_dtype)), greedy)
+    n0 = len(prompt)
+    budget = min(cfg.max_positions, n0 + max_new_tokens) - n0
+    size = _bucket(n0 + budget, cfg.max_positions)  # cache slots; those past the last token stay masked
+    knobs = (jnp.float32(temperature or 1.0), jnp.float32(top_p),
+             jnp.int32(cfg.vocab_size if vocab_limit is None else vocab_limit))
+    params = jax.tree.map(jnp.asarray, params)
+    base = jax.random.PRNGKey(seed)
+    new: list[int] = []
+    kept_logits: list[np.ndarray] = []
+    stop = "max_new_tokens" if budget == max_new_tokens else "max_positions"
+    if use_cache:
+        # prefill once; the prompt is padded to a bucket: padded slots are written but masked for every
+        # real position, and each is overwritten by its real token before any later position reads it
+        cache = init_cache(cfg, 1, size)
+        padded = np.zeros((1, min(size, _bucket(n0, size))), np.int32)
+        padded[0, :n0] = prompt
+        tok, last, cache = step(params, cache, jnp.asarray(padded), jnp.int32(0), jnp.int32(n0 - 1),
+                                jax.random.fold_in(base, 0), *knobs)
+    else:
+        buf = np.zeros((1, size), np.int32)
+        buf[0, :n0] = prompt
+        tok, last = full(params, jnp.asarray(buf), jnp.int32(n0 - 1), jax.random.fold_in(base, 0), *knobs)
+    for i in range(budget):
+        t = int(tok[0])
+        new.append(t)
+        if return_logits:
+            kept_logits.append(np.asarray(last[0]))
+        if eos_id is not None and t == eos_id:
+            stop = "eos"
+            break
+        if i + 1 == budget:
+            break
+        pos = n0 + i
+        key = jax.random.fold_in(base, i + 1)
+        if use_cache:
+            tok, last, cache = step(params, cache, jnp.asarray([[t]], jnp.int32), jnp.int32(pos), jnp.int32(0),
+                                    key, *knobs)
+        else:
+            buf[0, pos] = t
+            tok, last = full(params, jnp.asarray(buf), jnp.int32(pos), key, *knobs)
+    return Generation(tokens=new, stop=stop, logits=np.stack(kept_logits) if return_logits else None)

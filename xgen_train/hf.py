@@ -1,0 +1,413 @@
+"""Hugging Face hand-over: export a run as a ``LlamaForCausalLM`` folder, and import such a folder.
+
+Export folder (:func:`export_hf`), loadable with ``AutoModelForCausalLM.from_pretrained(OUT)`` and
+``AutoTokenizer.from_pretrained(OUT)``::
+
+    OUT/
+      config.json              LlamaConfig: architectures ["LlamaForCausalLM"], model_type "llama", every
+                               SPEC §3 value (see :func:`hf_config`)
+      model.safetensors        float32 tensors under HF state-dict names (xgen_train.model.hf_param_names);
+                               shapes are identical on both sides (``nn.Linear`` ``[out, in]``), so no transpose
+      generation_config.json   bos = eos = pad = 50256 (SPEC §1: EOS = BOS; there is no pad token, so padding
+                               uses EOS, as for GPT-2; padded positions are masked by the attention mask)
+      tokenizer.json           the XGen tokenizer for the ``tokenizers`` library (xgen_train.hf_tokenizer)
+      tokenizer_config.json, special_tokens_map.json
+      xgen_export.json         provenance: source checkpoint, step, sha256 of every file (marks the folder
+                               as an xgen export, which a later export may replace)
+
+The folder is written under a temporary name beside ``OUT`` and renamed into place. Importing
+(:func:`load_hf`) reads ``config.json`` and ``model.safetensors`` (or a sharded
+``model.safetensors.index.json``), checks every key, shape and config value, and returns
+``(ModelConfig, params)`` in the Haiku layout of :mod:`xgen_train.model`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from xgen_train.config import CONFIGS, ModelConfig
+
+__all__ = ["EXPORT_MARKER", "HFFormatError", "config_from_hf", "config_name_of", "export_hf", "generation_config",
+           "hf_config", "import_hf", "load_hf"]
+
+EOS_ID = 50256  # SPEC §1: <|endoftext|>, also BOS
+EXPORT_MARKER = "xgen_export.json"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+class HFFormatError(ValueError):
+    """A Hugging Face folder is missing a file, or its config or tensors do not describe an xgen LLaMA."""
+
+
+# ---------------------------------------------------------------------------------------------- run access
+
+def _run_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
+    """The checkpoint folder :func:`xgen_train.checkpoint.load_params` reads for ``path`` and its step, for
+    provenance records only: best effort, ``(None, None)`` when ``path`` holds no complete checkpoint."""
+    from xgen_train.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+
+    try:
+        ckpt = resolve_checkpoint(path)
+        return ckpt, int(read_meta(ckpt)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None, None
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+def hf_config(cfg: ModelConfig) -> dict:
+    """``config.json`` content for ``cfg`` as a Hugging Face ``LlamaConfig`` (SPEC §3).
+
+    Values: ``vocab_size`` (51,200), ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``num_key_value_heads`` = heads (no grouped KV), ``head_dim`` = hidden/heads,
+    ``max_position_embeddings`` = ``cfg.max_positions``, ``rms_norm_eps`` (1e-6), rotary theta (10,000)
+    both as ``rope_theta`` (transformers 4) and ``rope_parameters`` (transformers 5), bos = eos = 50256,
+    ``tie_word_embeddings`` false, ``hidden_act`` silu, no attention or MLP bias, ``torch_dtype`` float32.
+    """
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.intermediate,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_positions,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "bos_token_id": EOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": None,
+        "torch_dtype": "float32",
+        "dtype": "float32",
+        "use_cache": True,
+    }
+
+
+def generation_config() -> dict:
+    """``generation_config.json``: bos = eos = pad = 50256 (see the module doc for the pad choice)."""
+    return {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID, "do_sample": False}
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _is_export(folder: Path) -> bool:
+    return (folder / EXPORT_MARKER).is_file()
+
+
+def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, model_config: ModelConfig | None = None,
+              tokenizer: bool = True) -> Path:
+    """Write ``out`` as a Hugging Face ``LlamaForCausalLM`` folder from a run's latest checkpoint.
+
+    Args:
+        run: run folder (``xgen train --out``) or checkpoint folder; ignored when ``params`` is given.
+        out: destination folder. It may be absent, empty, or an earlier xgen export (it is replaced);
+            any other existing folder is refused.
+        params, model_config: export these instead of reading ``run`` (Haiku layout, float32).
+        tokenizer: also write the tokenizer files (needs the GPT-2 ranks, see xgen_data.tokenizer).
+    Returns:
+        ``Path(out)``.
+    Raises:
+        ValueError: no checkpoint in ``run``; ``out`` is a file or a non-export folder; a parameter is
+            missing or misshapen.
+    """
+    import safetensors.numpy
+
+    from xgen_train.model import flat_params, hf_param_names
+
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and not _is_export(out):
+            raise ValueError(f"{out}: exists and is not an xgen export (no {EXPORT_MARKER}); refusing to overwrite "
+                             "it, choose another output folder")
+    if params is None:
+        from xgen_train.checkpoint import load_params
+
+        model_config, params = load_params(run)
+        source, step = _run_source(run)
+    else:
+        if model_config is None:
+            raise ValueError("export_hf: model_config is required with params")
+        source, step = None, None
+    cfg = model_config
+    names = hf_param_names(cfg)
+    flat = flat_params(params)
+    _check_params(flat, cfg, names)
+    tensors = {names[k]: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in flat.items()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_json(tmp / CONFIG_FILE, hf_config(cfg))
+        safetensors.numpy.save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        _write_json(tmp / "generation_config.json", generation_config())
+        if tokenizer:
+            from xgen_train import hf_tokenizer
+
+            (tmp / "tokenizer.json").write_text(json.dumps(hf_tokenizer.tokenizer_json(), ensure_ascii=False),
+                                                encoding="utf-8")
+            _write_json(tmp / "tokenizer_config.json", hf_tokenizer.tokenizer_config(cfg.max_positions))
+            _write_json(tmp / "special_tokens_map.json", hf_tokenizer.special_tokens_map())
+        from xgen_data.fsutil import sha256_file
+
+        files = sorted(p.name for p in tmp.iterdir())
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in files:  # mkdtemp and safetensors create private files; an export is meant to be shared
+            os.chmod(tmp / f, 0o666 & ~umask)
+        _write_json(tmp / EXPORT_MARKER, {
+            "format": "xgen-hf-export", "format_version": 1,
+            "source_checkpoint": str(source) if source else None, "step": step,
+            "model_config": cfg.to_dict(), "sha256": {f: sha256_file(str(tmp / f)) for f in files},
+        })
+        os.chmod(tmp / EXPORT_MARKER, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "export")
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_params(flat: dict, cfg: ModelConfig, names: dict[str, str]) -> None:
+    import jax
+
+    from xgen_train.model import flat_params, init_params
+
+    shapes = flat_params(jax.eval_shape(lambda: init_params(cfg, 0)))
+    missing = sorted(set(names) - set(flat))
+    if missing:
+        raise ValueError(f"parameter {missing[0]!r} missing ({len(missing)} missing in all)")
+    extra = sorted(set(flat) - set(names))
+    if extra:
+        raise ValueError(f"unexpected parameter {extra[0]!r} for config {cfg}")
+    for k, v in flat.items():
+        if tuple(v.shape) != tuple(shapes[k].shape):
+            raise ValueError(f"parameter {k!r} has shape {list(v.shape)}, expected {list(shapes[k].shape)}")
+
+
+# --------------------------------------------------------------------------------------------------- import
+
+def _cfg_value(conf: dict, key: str, where: Path, kind=int, default=None):
+    if key not in conf:
+        if default is not None:
+            return default
+        raise HFFormatError(f"{where}: key {key!r} missing")
+    value = conf[key]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise HFFormatError(f"{where}: {key!r} must be a positive integer, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise HFFormatError(f"{where}: {key!r} must be a positive number, got {value!r}")
+    return kind(value)
+
+
+def config_from_hf(conf: dict, where: str | os.PathLike = CONFIG_FILE) -> ModelConfig:
+    """The :class:`ModelConfig` of a Hugging Face ``config.json`` dict, refusing what xgen cannot run.
+
+    Accepted: ``LlamaForCausalLM`` / ``model_type`` llama with silu MLP, no biases, untied embeddings,
+    ``num_key_value_heads`` = heads, ``head_dim`` = hidden/heads, default (unscaled) rotary with
+    ``rope_theta`` at the top level or in ``rope_parameters``.
+
+    Raises:
+        HFFormatError: naming the file and the key that is missing or has an unsupported value.
+    """
+    where = Path(where)
+    if not isinstance(conf, dict):
+        raise HFFormatError(f"{where}: expected a JSON object")
+    archs = conf.get("architectures") or []
+    if "LlamaForCausalLM" not in archs:
+        raise HFFormatError(f"{where}: 'architectures' is {archs!r}; xgen imports LlamaForCausalLM only")
+    if conf.get("model_type") != "llama":
+        raise HFFormatError(f"{where}: 'model_type' is {conf.get('model_type')!r}, expected 'llama'")
+    fixed = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+             "pretraining_tp": 1}
+    for key, want in fixed.items():
+        if key in conf and conf[key] != want:
+            raise HFFormatError(f"{where}: {key!r} is {conf[key]!r}; xgen's model needs {want!r} (SPEC §3)")
+    if "tie_word_embeddings" not in conf:
+        raise HFFormatError(f"{where}: key 'tie_word_embeddings' missing (transformers' default is tied; xgen "
+                            "needs untied embeddings, SPEC §3)")
+    heads = _cfg_value(conf, "num_attention_heads", where)
+    hidden = _cfg_value(conf, "hidden_size", where)
+    kv = conf.get("num_key_value_heads", heads)
+    if kv != heads:
+        raise HFFormatError(f"{where}: 'num_key_value_heads' is {kv!r} but num_attention_heads is {heads}; "
+                            "xgen has no grouped-KV attention (SPEC §3)")
+    if conf.get("head_dim") not in (None, hidden // heads):
+        raise HFFormatError(f"{where}: 'head_dim' is {conf['head_dim']!r}, xgen needs hidden_size / "
+                            f"num_attention_heads = {hidden // heads}")
+    if conf.get("rope_scaling") not in (None, {}):
+        raise HFFormatError(f"{where}: 'rope_scaling' is {conf['rope_scaling']!r}; xgen supports plain rotary only")
+    theta = conf.get("rope_theta")
+    rp = conf.get("rope_parameters")
+    if rp is not None:
+        if not isinstance(rp, dict) or rp.get("rope_type", "default") != "default":
+            raise HFFormatError(f"{where}: 'rope_parameters' is {rp!r}; xgen supports rope_type 'default' only")
+        if theta is not None and "rope_theta" in rp and float(rp["rope_theta"]) != float(theta):
+            raise HFFormatError(f"{where}: 'rope_theta' {theta} differs from rope_parameters.rope_theta "
+                                f"{rp['rope_theta']}")
+        theta = rp.get("rope_theta", theta)
+    conf2 = {"rope_theta": theta if theta is not None else 10000.0,
+             "rms_norm_eps": conf.get("rms_norm_eps", 1e-6)}
+    try:
+        return ModelConfig(
+            vocab_size=_cfg_value(conf, "vocab_size", where), hidden=hidden,
+            intermediate=_cfg_value(conf, "intermediate_size", where),
+            n_layers=_cfg_value(conf, "num_hidden_layers", where), n_heads=heads,
+            max_positions=_cfg_value(conf, "max_position_embeddings", where),
+            rope_theta=_cfg_value(conf2, "rope_theta", where, float),
+            rms_eps=_cfg_value(conf2, "rms_norm_eps", where, float))
+    except ValueError as exc:
+        if isinstance(exc, HFFormatError):
+            raise
+        raise HFFormatError(f"{where}: {exc}") from None
+
+
+def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """All tensors of ``model.safetensors`` or of the shards named by ``model.safetensors.index.json``,
+    as float32 numpy arrays (float16 / bfloat16 are widened exactly)."""
+    from safetensors import safe_open
+
+    single, index = folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = [folder / f for f in sorted(set(weight_map.values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise HFFormatError(f"{index}: not a safetensors index ({exc!r})") from None
+    else:
+        raise HFFormatError(f"{folder}: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX} found")
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        if not f.is_file():
+            raise HFFormatError(f"{f}: missing (named in {WEIGHTS_INDEX})")
+        try:
+            with safe_open(str(f), framework="flax") as fh:  # jax arrays: bfloat16 supported
+                for key in fh.keys():
+                    if key in out:
+                        raise HFFormatError(f"{f}: tensor {key!r} appears in two files")
+                    out[key] = np.asarray(fh.get_tensor(key).astype("float32"))
+        except HFFormatError:
+            raise
+        except Exception as exc:  # safetensors' own error types for truncated / corrupt files
+            raise HFFormatError(f"{f}: cannot read safetensors ({exc})") from None
+    return out
+
+
+def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """Read a Hugging Face ``LlamaForCausalLM`` folder (e.g. one written by :func:`export_hf`).
+
+    Args:
+        path: folder with ``config.json`` and ``model.safetensors`` (or a sharded index).
+    Returns:
+        ``(ModelConfig, params)``; ``params`` is ``{module: {name: np.ndarray float32}}`` in the Haiku
+        layout of :mod:`xgen_train.model` (ready for ``build_model(cfg).apply``). Rotary ``inv_freq``
+        buffers some older exports carry are ignored (xgen recomputes them from ``rope_theta``).
+    Raises:
+        HFFormatError: a file is missing; a config value is missing or unsupported (names the key);
+            a tensor is missing, unexpected, non-finite or misshapen (names the tensor and both shapes).
+    """
+    import jax
+
+    from xgen_train.model import flat_params, hf_param_names, init_params, unflat_params
+
+    folder = Path(path)
+    conf_path = folder / CONFIG_FILE
+    if not conf_path.is_file():
+        raise HFFormatError(f"{conf_path}: missing (not a Hugging Face model folder)")
+    try:
+        conf = json.loads(conf_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise HFFormatError(f"{conf_path}: not valid JSON: {exc}") from None
+    cfg = config_from_hf(conf, conf_path)
+    tensors = {k: v for k, v in _read_tensors(folder).items() if not k.endswith("rotary_emb.inv_freq")}
+    names = hf_param_names(cfg)
+    shapes = flat_params(jax.eval_shape(lambda: init_params(cfg, 0)))
+    flat = {}
+    for hk_name, hf_name in names.items():
+        if hf_name not in tensors:
+            raise HFFormatError(f"{folder}: tensor {hf_name!r} missing from the safetensors files")
+        arr = tensors.pop(hf_name)
+        want = tuple(shapes[hk_name].shape)
+        if tuple(arr.shape) != want:
+            raise HFFormatError(f"{folder}: tensor {hf_name!r} has shape {list(arr.shape)}, expected {list(want)} "
+                                f"from {CONFIG_FILE}")
+        if not np.all(np.isfinite(arr)):
+            raise HFFormatError(f"{folder}: tensor {hf_name!r} holds NaN or infinite values")
+        flat[hk_name] = arr
+    if tensors:
+        extra = sorted(tensors)
+        raise HFFormatError(f"{folder}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for a "
+                            f"{cfg.n_layers}-layer LlamaForCausalLM")
+    return cfg, unflat_params(flat)
+
+
+def config_name_of(cfg: ModelConfig) -> str | None:
+    """The name in :data:`xgen_train.config.CONFIGS` equal to ``cfg``, or None."""
+    return next((name for name, c in CONFIGS.items() if c == cfg), None)
+
+
+def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
+    """Make a run folder from a Hugging Face folder: ``run/checkpoints/step_00000000`` holds its params.
+
+    The checkpoint is an ordinary verified :mod:`xgen_train.checkpoint` directory (orbax + sha256 sidecar) at
+    step 0 with a fresh (zero) AdamW state of SPEC §4's optimizer; its ``run`` metadata holds the model config
+    and ``imported_from``. Train from it with ``xgen train --init RUN`` (a new run with its own settings), which
+    reads it through :func:`xgen_train.checkpoint.load_params`. Refuses a ``run`` folder that already holds
+    checkpoints.
+
+    Returns:
+        the checkpoint folder.
+    Raises:
+        HFFormatError: see :func:`load_hf`; ValueError: ``run`` already holds checkpoints.
+    """
+    import jax.numpy as jnp
+
+    from xgen_train.checkpoint import CheckpointStore, latest_checkpoint, make_meta
+    from xgen_train.optimizer import OptimizerConfig, make_optimizer
+
+    run = Path(run)
+    if (earlier := latest_checkpoint(run / "checkpoints")) is not None:
+        raise ValueError(f"{run}: already holds checkpoints (latest {earlier.name}); choose another --out folder")
+    cfg, params = load_hf(path)
+    params = {m: {n: jnp.asarray(v) for n, v in d.items()} for m, d in params.items()}
+    opt_state = make_optimizer(OptimizerConfig()).init(params)
+    source = str(Path(path).resolve())
+    meta = make_meta(0, position={}, run={"config_name": config_name_of(cfg), "model_config": cfg.to_dict(),
+                                          "imported_from": source}, extra={"imported_from": source})
+    with CheckpointStore(run / "checkpoints", keep=1) as store:
+        return store.save(0, params, opt_state, meta)
+
+
+
