@@ -13,7 +13,7 @@ from cli.common import print_rows, user_errors
 
 
 #: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
-TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints"}
+TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints", "eval"}
 
 
 def _check_run_dir(run_dir: str) -> None:
@@ -131,6 +131,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
                     lr=lr, warmup=max(1, steps // 10), seed=r.seed, budget_fraction=fraction,
                     eval_every=max(1, steps // 6), eval_sequences=4, progress=True, log_every=max(1, steps // 10))
     timings["train"] = time.time() - t
+    t = time.time()
+    fig2, hf_dir = _hand_over(corpus_dir, run_dir, os.path.join(workdir, "hf"), r)
+    timings["figure 2 + export"] = time.time() - t
 
     click.echo(click.style("\n==== xgen demo summary ====", bold=True))
     con = sql.connect(corpus_dir, recipe=r)
@@ -154,13 +157,36 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         ("tokens/s", f"{summary['tokens_per_second']:,.0f}"),
         ("checkpoint", summary["checkpoint"]),
         ("Figure 1 (loss over tokens, sub-stages marked)", summary["plot"]),
+        (f"Figure 2 (perplexity by position, {fig2['n_docs']} documents of {fig2['min_tokens']:,} tokens)",
+         fig2["png"]),
+        ("Hugging Face folder (LlamaForCausalLM)", hf_dir),
         ("length histogram", lengths_png),
         *[(f"time {k}", f"{v:.1f} s") for k, v in timings.items()],
         ("time total", f"{time.time() - t0:.1f} s"),
     ], title="Training")
     click.echo(f"Figure 1: {summary['plot']} (train and validation loss over tokens seen; "
                f"{len(summary['switches'])} sub-stage switches marked). Redraw it with: xgen plot loss {run_dir}")
+    click.echo(f"Hugging Face: AutoModelForCausalLM.from_pretrained({hf_dir!r}) and AutoTokenizer.from_pretrained"
+               f"({hf_dir!r}) (docs/export.md); sample from it here with: xgen generate {run_dir} --prompt 'def '")
     click.echo(f"Recipe used: {recipe_path}. Try:\n"
                f"  xgen sql --corpus {corpus_dir} \"SELECT stage, substage, seq_len, sum(n_sequences) AS sequences "
                f"FROM shards WHERE shard_dir LIKE '%{os.path.basename(os.path.abspath(shards_dir))}' GROUP BY ALL ORDER BY 1, 3\"\n"
                f"  xgen mix plan --corpus {corpus_dir} --recipe {recipe_path}")
+
+
+def _hand_over(corpus_dir: str, run_dir: str, hf_dir: str, r) -> tuple[dict, str]:
+    """Figure 2 (perplexity by token position on kept documents at least as long as the longest trained
+    sequence, at most 16) into ``run_dir/eval``, and the Hugging Face export of the run into ``hf_dir``."""
+    from xgen_train import evaluation as ev
+    from xgen_train.checkpoint import load_params
+    from xgen_train.hf import export_hf
+
+    cfg, params = load_params(run_dir)
+    n = min(ev.trained_seq_len(run_dir) or cfg.max_positions, cfg.max_positions)
+    docs = ev.long_documents(corpus_dir, n, max_docs=16, recipe=r)
+    res = ev.ppl_by_position(params, cfg, docs)
+    paths = ev.write_ppl_outputs(res, os.path.join(run_dir, "eval"), title=f"{r.name}: perplexity by position")
+    click.echo(f"      Figure 2: {paths['png']} ({res.n_docs} documents of {n:,} tokens)")
+    out = export_hf(run_dir, hf_dir)
+    click.echo(f"      exported {run_dir} to {out} (config.json, model.safetensors, tokenizer.json, ...)")
+    return {"png": str(paths["png"]), "n_docs": res.n_docs, "min_tokens": n}, str(out)

@@ -19,6 +19,9 @@ def eval_() -> None:
                    "else the model's max positions).")
 @click.option("--max-docs", default=64, show_default=True, type=click.IntRange(min=1), help="At most K documents.")
 @click.option("--subset", "subsets", multiple=True, help="Only these corpus subsets (repeatable).")
+@click.option("--recipe", "recipe_name", default=None,
+              help="Kept documents under this recipe's decisions [the corpus defaults of the last `xgen filter`/"
+                   "`xgen dedup`].")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -26,7 +29,7 @@ def eval_() -> None:
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs: int, subsets: tuple[str, ...],
-                    batch_size: int | None, out_dir: str | None, no_progress: bool) -> None:
+                    recipe_name: str | None, batch_size: int | None, out_dir: str | None, no_progress: bool) -> None:
     """Per-position cross-entropy and perplexity of RUN on the corpus's kept documents of at least
     --min-tokens tokens; writes ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
 
@@ -41,7 +44,10 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
     n = min_tokens or ev.trained_seq_len(run) or cfg.max_positions
     if n > cfg.max_positions:
         raise click.ClickException(f"--min-tokens {n} exceeds the model's max positions {cfg.max_positions}")
-    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None)
+    from xgen_data import recipe
+
+    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None,
+                             recipe=recipe.load(recipe_name) if recipe_name else None)
     res = ev.ppl_by_position(params, cfg, docs, batch_size=batch_size, progress=not no_progress)
     paths = ev.write_ppl_outputs(res, out_dir or os.path.join(run, "eval"))
     rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]

@@ -33,6 +33,15 @@ def _check_workdir(workdir, output):
     n_sub = sum(len(st["substages"]) for st in shards.read_manifest(os.path.join(workdir, "shards"))["stages"])
     assert len(summary["phases"]) == n_sub and len(summary["switches"]) == n_sub - 1
     assert summary["final_step"] == summary["total_steps"] and "Figure 1:" in output
+    # the model is handed over: Figure 2 and a Hugging Face folder that our importer reads back
+    assert os.path.exists(os.path.join(workdir, "run", "eval", "ppl_by_position.png")) and "Figure 2" in output
+    from xgen_train.checkpoint import load_params
+    from xgen_train.hf import load_hf
+
+    hf_cfg, hf_params = load_hf(os.path.join(workdir, "hf"))
+    run_cfg, run_params = load_params(os.path.join(workdir, "run"))
+    assert hf_cfg == run_cfg
+    assert all(np.array_equal(hf_params[m][n], run_params[m][n]) for m in run_params for n in run_params[m])
 
 
 def test_demo_embedded_corpus(tmp_path):

@@ -185,26 +185,32 @@ def trained_seq_len(run: str | os.PathLike) -> int | None:
             for value in obj:
                 walk(value)
 
+    from xgen_train.checkpoint import CheckpointError, read_meta
     from xgen_train.hf import _run_source
 
-    ckpt, _ = _run_source(run)
-    files = [run / "run.json", run / "summary.json"] + ([ckpt / "meta.json"] if ckpt else [])
-    for f in files:
+    for f in (run / "run.json", run / "summary.json"):
         if f.is_file():
             try:
                 walk(json.loads(f.read_text(encoding="utf-8")))
             except ValueError:
                 continue
+    ckpt, _ = _run_source(run)
+    if ckpt is not None:
+        try:
+            walk(read_meta(ckpt))
+        except CheckpointError:
+            pass
     return max(found) if found else None
 
 
 def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None,
-                   subsets: list[str] | None = None) -> list[np.ndarray]:
+                   subsets: list[str] | None = None, recipe=None) -> list[np.ndarray]:
     """The first ``min_tokens`` tokens of each kept document with at least ``min_tokens`` tokens.
 
     Documents come from the corpus's registered parts (``tokens`` column), kept ones only (the
-    ``documents`` SQL view's ``kept``: no filter or dedup drop reason), in subset, part, row order; at
-    most ``max_docs``. Returns int32 arrays of shape ``[min_tokens]``.
+    ``documents`` SQL view's ``kept`` under ``recipe``'s decisions, a :class:`xgen_data.recipe.Recipe`, or
+    the corpus defaults when None: no filter or dedup drop reason), in subset, part, row order; at most
+    ``max_docs``. Returns int32 arrays of shape ``[min_tokens]``.
 
     Raises:
         ValueError: not a corpus; an unknown subset; no document long enough (the message gives how many
@@ -220,7 +226,7 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     for s in subsets or []:
         if s not in known:
             raise ValueError(f"{corpus_dir}: no subset {s!r}; subsets: {', '.join(known) or '(none)'}")
-    con = sql.connect(corpus_dir)
+    con = sql.connect(corpus_dir, recipe=recipe)
     where = "kept" + (f" AND subset IN ({', '.join('?' * len(subsets))})" if subsets else "")
     params = list(subsets or [])
     total, longest = con.execute(f"SELECT count(*), coalesce(max(n_tokens), 0) FROM documents WHERE {where}",
