@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import tomllib
+from dataclasses import dataclass
 
 import license_expression
 
@@ -89,3 +90,33 @@ def license_decision(expr: str | None, allow: tuple[str, ...] | frozenset[str] |
     if not bad:  # every identifier is listed but the expression still fails (cannot happen with AND/OR/WITH)
         return False, "fail: not permissive"
     return False, f"fail: {', '.join(bad[:3])}{', …' if len(bad) > 3 else ''} not on the allow-list"
+
+
+@dataclass(frozen=True)
+class LicensePolicy:
+    """A named license policy (SPEC §2): ``allow`` (SPDX identifiers that pass, case-insensitive) and
+    ``labels_must_agree`` (a file whose SPDX header disagrees with its record's license fails)."""
+
+    name: str
+    allow: tuple[str, ...]
+    labels_must_agree: bool = False
+
+
+#: Shipped policies: name -> configuration file (``permissive``: stage 1; ``strict``: stage 2).
+POLICIES = {"permissive": DEFAULT_ALLOW_FILE,
+            "strict": os.path.join(os.path.dirname(__file__), "licenses_strict.toml")}
+
+
+def load_policy(name: str) -> LicensePolicy:
+    """The shipped policy ``name`` from its configuration file (:data:`POLICIES`).
+
+    Raises:
+        ValueError: an unknown policy name, or a configuration file without an ``allow`` list.
+    """
+    if name not in POLICIES:
+        raise ValueError(f"unknown license policy {name!r}; known: {', '.join(POLICIES)}")
+    with open(POLICIES[name], "rb") as f:
+        raw = tomllib.load(f)
+    if not isinstance(raw.get("allow"), list):
+        raise ValueError(f"{POLICIES[name]}: an 'allow' list of SPDX identifiers is required")
+    return LicensePolicy(name, tuple(raw["allow"]), bool(raw.get("labels_must_agree", False)))

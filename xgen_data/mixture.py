@@ -36,13 +36,37 @@ class SubsetPlan:
 
 
 def effective_tokens(stage: Stage) -> dict[str, int]:
-    """Integer token targets per subset summing exactly to ``stage.tokens`` (largest-remainder rounding)."""
+    """Integer token targets per subset summing exactly to ``stage.tokens``: the recipe's own
+    ``effective_tokens`` (+ ``replay``) when given, else ``proportion × tokens`` (largest-remainder rounding)."""
+    if stage.targets is not None:
+        return dict(stage.targets)
     raw = {s: p * stage.tokens for s, p in stage.proportions.items()}
     out = {s: int(v) for s, v in raw.items()}
     short = stage.tokens - sum(out.values())
     for s in sorted(raw, key=lambda s: (out[s] - raw[s], s))[:short]:
         out[s] += 1
     return out
+
+
+def billions(tokens: int) -> str:
+    """Tokens in billions with two decimals and thousands separators, as Table 2 prints them (``1,309.99B``);
+    exact for the recipe's budgets, which are multiples of 10M tokens."""
+    return f"{tokens / 1e9:,.2f}B"
+
+
+def stage_summary(stage: Stage) -> str:
+    """One line: a stage's tokens and how they are made up (``stage2: 110.00B = stage1 mixture 55.00B +
+    starcoder 55.00B``), license policies named by the stage included."""
+    parts = []
+    own = dict(effective_tokens(stage))
+    if stage.replay is not None:
+        parts.append(f"{stage.replay[0]} mixture {billions(stage.replay[1])} ("
+                     + ", ".join(f"{k} {billions(v)}" for k, v in stage.replay[2].items()) + ")")
+        own = {k: v - stage.replay[2].get(k, 0) for k, v in own.items()}
+    parts += [f"{k} {billions(v)}" for k, v in own.items() if v]
+    subs = " + ".join(f"{ss.name} {billions(ss.tokens)}" for ss in stage.substages)
+    lic = "".join(f"; {k}: license policy {v}" for k, v in stage.licenses.items())
+    return f"{stage.name}: {billions(stage.tokens)} = {' + '.join(parts)} (sub-stages {subs}){lic}"
 
 
 def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[SubsetPlan]:
