@@ -3,7 +3,8 @@
 Views (created by :func:`connect`):
 
 * ``documents``: one row per document: ``id, subset, part, row, source, license, language, path, meta,
-  text, n_chars, n_bytes, n_tokens``, its attributes ``license_pass, license_reason, license_tier,
+  text, n_chars, n_bytes, n_tokens``, its attributes ``license_normalized, license_policy, decision, reason``
+  (the subset's license policy's), ``license_pass, license_reason, license_tier,
   dup_cluster, exact_group``, and the decisions derived for one recipe (or the corpus defaults):
   ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.decisions`; the filter's
   reason first, then dedup's; ``kept`` = no reason).
