@@ -146,7 +146,9 @@ def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str
 def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
     """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
 
-    Columns: ``id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
+    Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
+    detected one; :mod:`xgen_data.languages`), language_source (as ingested), language_detected,
+    language_how, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
     license_normalized, license_policy (the subset's policy; NULL: not held to one), decision ('pass'/'fail'
     under that policy, or the base allow-list), reason, license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
     kept, drop_reason``.
@@ -224,6 +226,20 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         tier = "lt.license_tier"
     else:
         tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
+    from xgen_data import languages
+
+    gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
+    if gf:
+        ctes.append(f"""g AS NOT MATERIALIZED (SELECT id, language, language_detected, language_how,
+            language_source, {SUBSET_FROM_PATH} AS subset FROM read_parquet({_qlist(gf)}, filename=true))""")
+        joins.append("LEFT JOIN g ON g.subset = d.subset AND g.id = d.id")
+        lang_cols = """g.language AS language, d.language AS language_source, g.language_detected,
+            g.language_how, (g.language_source IS NOT NULL AND g.language_detected IS NOT NULL
+                AND g.language_source <> g.language_detected) AS language_disagrees"""
+    else:
+        lang_cols = """d.language AS language, d.language AS language_source,
+            CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
+            CAST(NULL AS BOOLEAN) AS language_disagrees"""
     if uf:
         ctes.append(f"""u AS NOT MATERIALIZED (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(uf)}, filename=true))""")
@@ -251,7 +267,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     else:
         freason = "CAST(NULL AS VARCHAR)"
     ctes.append(f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
-            d.language, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
+            {lang_cols}, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
             {tier} AS license_tier_rank, {dup_cols},
             {freason} AS filter_reason, {packed} AS packed
         FROM d {' '.join(joins)})""")
@@ -279,7 +295,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
         r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
             FROM b {kjoin})
-        SELECT id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
+        SELECT id, subset, part, row, source, license, language, language_source, language_detected,
+            language_how, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
             license_normalized, {policy_col} AS license_policy,
             CASE WHEN license_pass THEN 'pass' WHEN NOT license_pass THEN 'fail' END AS decision,
             license_reason AS reason,

@@ -186,4 +186,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of killed runs, and step files of the pre-attributes layout
         compute_license_attributes(corpus, settings["allow"], update)
+        from xgen_data import languages
+
+        languages.compute_language_attributes(corpus, verify=False)
         return report(corpus_dir, decisions.from_defaults(corpus))

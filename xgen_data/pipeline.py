@@ -24,7 +24,8 @@ class StepsReport:
 
     ``filter``: the recipe's filter drops (derived, always given); ``dedup``: the dedup report when the dedup
     attributes were computed (None: not asked for, or up to date); ``ran``: the attribute steps computed now;
-    ``skipped``: those already current (``"filter"`` = the license attributes, ``"dedup"``).
+    ``skipped``: those already current (``"filter"`` = the license attributes of every policy the recipe
+    names and the ``language`` attributes, ``"dedup"``).
     """
 
     filter: Any = None
@@ -76,6 +77,9 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
                 corpus.write_meta(meta)
             filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
             computed = True
+    from xgen_data import languages
+
+    computed = languages.compute_language_attributes(corpus, verify=False) or computed
     (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", decisions.dedup_attr_params(dec.dedup)):
