@@ -391,7 +391,8 @@ def _write_error(exc: OSError, what: str) -> OSError:
 
 
 def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.Executor | None = None,
-                on_error: str = "raise", progress: bool = True, folder: str | None = None) -> FileReport:
+                on_error: str = "raise", progress: bool = True, folder: str | None = None,
+                columns: tuple[tuple[str, str], ...] = ()) -> FileReport:
     """Ingest one input file into ``corpus`` (see module docstring).
 
     Args:
@@ -400,6 +401,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
         on_error: ``"raise"`` stops at the first bad record or duplicate id; ``"skip"`` counts and reports them.
         folder: the folder ``path`` was found in (:func:`find_inputs`); recorded with the relative path.
+        columns: ``((field, column), ...)`` for inputs of another schema (:func:`readers.parse_columns`);
+            StarCoderData / The Stack Parquet files are recognised without it (:func:`readers.detect_layout`;
+            their default subset is ``starcoder``).
     Raises:
         RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept).
         OSError: a part or ``corpus.json`` cannot be written (names it; ENOSPC for a full disk).
@@ -410,6 +414,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     readers.input_format(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such input file")
+    layout = readers.detect_layout(path, columns)
+    if subset is None and layout is not None and layout.starcoder:
+        subset = "starcoder"
     subset = check_name(default_subset(path) if subset is None else subset, "subset")
     rel = os.path.relpath(path, folder) if folder else None
     report = FileReport(path=path, subset=subset, name=rel or os.path.basename(path))
@@ -451,7 +458,8 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
 
     bar = _progress(progress, f"ingest {report.name} -> {subset}")
     try:
-        for batch, lines, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}")),
+        for batch, lines, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}",
+                                                                                    layout=layout)),
                                                 pool, 2 * (pool._max_workers if pool is not None else 1)):
             for file, line, problem in errors:
                 if on_error == "raise":
@@ -539,12 +547,13 @@ def _progress(enabled: bool, desc: str):
 
 
 def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
-           progress: bool = True) -> list[FileReport]:
+           progress: bool = True, columns: tuple[tuple[str, str], ...] = ()) -> list[FileReport]:
     """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
 
     Args:
         inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
             is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
+        columns: a column mapping for every input (:func:`ingest_file`).
 
     Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
     :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
@@ -558,11 +567,14 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
             raise FileNotFoundError(f"{path}: no such input file")
         if os.path.abspath(path).startswith(root + os.sep):
             raise ValueError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
-        check_name(default_subset(path) if subset is None else subset, "subset")
+        if subset is not None:
+            check_name(subset, "subset")
+        elif readers.detect_layout(path) is None or not readers.detect_layout(path).starcoder:
+            check_name(default_subset(path), "subset")
     tokenizer.get_encoding()  # a bad XGEN_GPT2_BPE fails here, clearly, not in a worker
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
         with worker_pool(workers) as pool:
-            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f)
-                    for p, s, f in items]
+            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f,
+                                columns=columns) for p, s, f in items]
