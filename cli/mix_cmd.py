@@ -35,6 +35,7 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
 
     plan_rows = mixture.plan(recipe, packing.subset_stats(docs))
     print_plan_rows(recipe, plan_rows)
+    print_language_plan(mixture.language_plan(recipe, docs))
     for subset in sorted({r.subset for r in plan_rows if not r.documents}):
         stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
         click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
@@ -65,6 +66,16 @@ def print_plan_rows(recipe, plan_rows) -> None:
     rows = [(st.name, ss.name, ss.seq_len, ss.tokens, mixture.billions(ss.tokens), ss.n_sequences)
             for st in recipe.stages for ss in st.substages]
     print_rows(["stage", "substage", "seq_len", "tokens", "tokens_B", "sequences"], rows, title="Sub-stages")
+
+
+def print_language_plan(rows) -> None:
+    """Print the per-language table of subsets weighted by language (unique tokens, share, effective, epochs)."""
+    if not rows:
+        return
+    print_rows(["stage", "subset", "language", "documents", "unique_tokens", "share", "effective_tokens", "epochs"],
+               [(r.stage, r.subset, r.language, r.documents, r.unique_tokens, f"{r.share:.4%}", r.effective_tokens,
+                 f"{r.epochs:.4f}" if r.unique_tokens else "-") for r in rows],
+               title="Per-language weights (tokens include one EOS per document)")
 
 
 def print_steps(steps) -> None:

@@ -84,6 +84,80 @@ def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[Subse
     return rows
 
 
+UNKNOWN_LANGUAGE = "(unknown)"
+
+
+def language_targets(stage: Stage, subset: str, target: int, language: np.ndarray,
+                     costs: np.ndarray) -> dict[str, int]:
+    """Tokens per language inside one subset's ``target`` (stage ``languages`` table; SPEC §2: StarCoder data
+    "keeps all 86 programming languages at their original relative weights").
+
+    ``"original"``: each language's share of the subset's unique tokens after filtering (documents with no
+    language form their own group, :data:`UNKNOWN_LANGUAGE`); a table: its weights (languages it does not
+    name get nothing). Exact integers summing to ``target`` (:func:`xgen_data.recipe.split_tokens`).
+
+    Args:
+        language: object ``[n_docs]``, each kept document's language (None = unknown).
+        costs: int64 ``[n_docs]``, each document's cost ``n_tokens + 1``.
+    Raises:
+        ValueError: a weighted language has no kept documents.
+    """
+    from xgen_data.recipe import split_tokens
+
+    langs = np.array([UNKNOWN_LANGUAGE if x is None else x for x in language], dtype=object)
+    unique: dict[str, int] = {}
+    for lang, c in zip(langs.tolist(), np.asarray(costs).tolist()):
+        unique[lang] = unique.get(lang, 0) + int(c)
+    spec = stage.languages[subset]
+    if spec == "original":
+        return split_tokens(target, dict(sorted(unique.items())))
+    missing = sorted(set(spec) - set(unique))
+    if missing:
+        raise ValueError(f"stage {stage.name!r}: languages.{subset} weights {', '.join(missing)}, which has no kept "
+                         f"documents (languages there: {', '.join(sorted(unique))})")
+    return split_tokens(target, {k: round(w * 10**9) for k, w in sorted(spec.items())})
+
+
+@dataclass(frozen=True)
+class LanguagePlan:
+    stage: str
+    subset: str
+    language: str
+    documents: int
+    unique_tokens: int  # incl. one EOS per document
+    share: float  # of the subset's unique tokens
+    effective_tokens: int
+
+    @property
+    def epochs(self) -> float:
+        return self.effective_tokens / self.unique_tokens if self.unique_tokens else float("inf")
+
+
+def language_plan(recipe: Recipe, docs: dict) -> list[LanguagePlan]:
+    """The per-language table of every subset a stage weights by language (``xgen mix plan``).
+
+    Args:
+        docs: ``{subset: SubsetDocs}`` (:func:`xgen_data.packing.kept_documents`).
+    """
+    rows = []
+    for stage in recipe.stages:
+        targets = effective_tokens(stage)
+        for subset in sorted(stage.languages):
+            d = docs.get(subset)
+            if d is None or not len(d.n_tokens):
+                continue
+            lang = d.language
+            per = language_targets(stage, subset, targets[subset], lang, d.costs)
+            keys = np.array([UNKNOWN_LANGUAGE if x is None else x for x in lang], dtype=object)
+            total = int(d.costs.sum())
+            for name in sorted(set(per) | set(keys.tolist())):
+                mask = keys == name
+                uniq = int(d.costs[mask].sum())
+                rows.append(LanguagePlan(stage.name, subset, name, int(mask.sum()), uniq, uniq / total,
+                                         per.get(name, 0)))
+    return rows
+
+
 def select_documents(costs: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Choose document instances whose summed cost is exactly ``target`` (sampling with repetition by epochs).
 

@@ -18,6 +18,7 @@ A recipe::
     # effective_tokens = { natural = 1_309_990_000_000, code = 64_530_000_000 }
     # replay = { stage = "stage1", tokens = 55_000_000_000 }   # an earlier stage's mixture, at its proportions
     # licenses = { starcoder = "strict" }   # license policy per subset (xgen_data.licenses.POLICIES)
+    # languages = { starcoder = "original" }   # per-language weights in a subset ("original" or a table)
     [[stages.substages]]
     name = "2k"
     seq_len = 2048
@@ -63,7 +64,8 @@ class Stage:
     """One training stage. ``proportions``: sampling proportions by tokens (given, or derived from
     ``targets``); ``targets``: exact effective tokens per subset when the recipe gave ``effective_tokens``
     and/or ``replay`` (None: ``proportions × tokens``); ``replay``: ``(earlier stage, tokens, {subset: tokens})`` or None;
-    ``licenses``: ``{subset: policy}`` named by this stage."""
+    ``licenses``: ``{subset: policy}`` named by this stage; ``languages``: ``{subset: "original" or
+    {language: weight}}``, per-language weights inside a subset (:func:`xgen_data.mixture.language_targets`)."""
 
     name: str
     tokens: int
@@ -72,6 +74,7 @@ class Stage:
     targets: dict[str, int] | None = None
     replay: tuple[str, int, dict[str, int]] | None = None
     licenses: dict[str, str] = field(default_factory=dict)
+    languages: dict[str, str | dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ def load(name_or_path: str) -> Recipe:
         _name(where + ".name", name, "stage", dots=False)
         names.add(name)
         where = f"{path}: stage {name!r}"
-        extra = set(st) - {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses", "substages"}
+        extra = set(st) - {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses", "languages",
+                           "substages"}
         if extra:
             raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
         props, targets, replay = _mixture(where, st, stages)
@@ -214,8 +218,9 @@ def load(name_or_path: str) -> Recipe:
                     raise RecipeError(f"{where}: licenses.{k} = {v!r} but stage {other.name!r} uses "
                                       f"{other.licenses[k]!r}; a subset has one policy per recipe (decisions are "
                                       "per document): ingest the data under two subset names")
+        langs = _languages(where, _typed(path, f"stage {name!r} languages", st.get("languages", {}), dict), props)
         stages.append(Stage(name, tokens, {k: float(v) for k, v in props.items()}, tuple(subs), targets, replay,
-                            dict(lic)))
+                            dict(lic), langs))
     if not stages:
         raise RecipeError(f"{path}: at least one [[stages]] table is required")
     flt = _typed(path, "filters", raw.get("filters", {}), dict)
@@ -314,6 +319,27 @@ def _mixture(where: str, st: dict, earlier: list[Stage]):
     return {k: v / total for k, v in targets.items()}, targets, replay
 
 
+def _languages(where: str, raw: dict, props: dict) -> dict:
+    """A stage's ``languages`` table: ``{subset: "original" | {language: weight > 0, summing to 1}}``."""
+    out = {}
+    for subset, v in raw.items():
+        if subset not in props:
+            raise RecipeError(f"{where}: languages.{subset}: not a subset of this stage ({', '.join(props)})")
+        if v == "original":
+            out[subset] = "original"
+            continue
+        if not isinstance(v, dict) or not v:
+            raise RecipeError(f"{where}: languages.{subset} must be \"original\" or a table of language = weight, "
+                              f"got {v!r}")
+        for k, w in v.items():
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w <= 0:
+                raise RecipeError(f"{where}: languages.{subset}.{k} must be a finite number > 0, got {w!r}")
+        if abs(sum(v.values()) - 1.0) > 1e-6:
+            raise RecipeError(f"{where}: languages.{subset} weights sum to {sum(v.values()):.6f}, expected 1")
+        out[subset] = {k: float(w) for k, w in v.items()}
+    return out
+
+
 def _typed(path: str, key: str, value, kind: type):
     if not isinstance(value, kind):
         what = "an array of tables" if kind is list else "a table"
@@ -375,6 +401,11 @@ def to_toml(recipe: Recipe) -> str:
                 lines.append("effective_tokens = { " + ", ".join(f"{k} = {v}" for k, v in own.items()) + " }")
         if st.licenses:
             lines.append("licenses = { " + ", ".join(f"{k} = {value(v)}" for k, v in st.licenses.items()) + " }")
+        if st.languages:
+            def lang(v) -> str:
+                return value(v) if isinstance(v, str) else \
+                    "{ " + ", ".join(f"{json.dumps(k)} = {value(w)}" for k, w in v.items()) + " }"
+            lines.append("languages = { " + ", ".join(f"{k} = {lang(v)}" for k, v in st.languages.items()) + " }")
         for ss in st.substages:
             lines += ["", "[[stages.substages]]", f"name = {value(ss.name)}", f"seq_len = {ss.seq_len}",
                       f"tokens = {ss.tokens}"]
