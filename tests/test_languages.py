@@ -60,3 +60,17 @@ def test_language_attribute_keeps_source_and_counts(corpus_copy, tmp_path):
     # the sample's own code: every file with a path and a source language keeps it
     assert con.execute("""SELECT count(*) FROM documents WHERE subset = 'code'
         AND language IS DISTINCT FROM lower(language_source)""").fetchone()[0] == 0
+    # `xgen stats` code tables: tokens per language, decisions by source and policy
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    res = CliRunner().invoke(cli, ["stats", "--corpus", corpus_copy, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = {t["title"]: t["rows"] for t in json.loads(res.stdout[res.stdout.index("{"):])["tables"]}
+    langs = out["Code: tokens per language (how identified; disagreements with the source)"]
+    star = {r["language"]: r for r in langs if r["subset"] == "starcoder"}
+    assert star["(unknown)"]["unidentified"] == 2 and star["python"]["disagree"] == 1 and star["apex"]["documents"] == 1
+    assert all(r["subset"] != "natural" for r in langs)  # natural languages are not code
+    dec = out["License decisions by source and policy"]
+    assert {(r["subset"], r["policy"]) for r in dec} == {("code", "permissive")}  # defaults: code held to permissive

@@ -185,6 +185,7 @@ def test_xgen7b_recipe_restates_spec():
     assert abs(eff2["natural"] * 64_530 - eff2["code"] * 1_309_990) <= 1_374_520
     assert abs(s2.proportions["starcoder"] - 0.5) < 1e-12 and abs(sum(s2.proportions.values()) - 1) < 1e-9
     assert r.license_policies() == {"code": "permissive", "starcoder": "strict"}
+    assert s2.languages == {"starcoder": "original"}
     assert r.policy("strict").labels_must_agree and "MPL-2.0" not in r.policy("strict").allow
     assert "Artistic-2.0" in r.policy("permissive").allow and "Artistic-2.0" not in r.policy("strict").allow
     assert r.min_tokens == 100 and r.dedup["threshold"] == 0.7 and r.dedup["num_perm"] == 256

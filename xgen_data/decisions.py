@@ -148,7 +148,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
 
     Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
     detected one; :mod:`xgen_data.languages`), language_source (as ingested), language_detected,
-    language_how, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
+    language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
     license_normalized, license_policy (the subset's policy; NULL: not held to one), decision ('pass'/'fail'
     under that policy, or the base allow-list), reason, license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
     kept, drop_reason``.
@@ -231,15 +231,15 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
     if gf:
         ctes.append(f"""g AS NOT MATERIALIZED (SELECT id, language, language_detected, language_how,
-            language_source, {SUBSET_FROM_PATH} AS subset FROM read_parquet({_qlist(gf)}, filename=true))""")
+            language_is_code, language_disagrees, {SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_qlist(gf)}, filename=true))""")
         joins.append("LEFT JOIN g ON g.subset = d.subset AND g.id = d.id")
         lang_cols = """g.language AS language, d.language AS language_source, g.language_detected,
-            g.language_how, (g.language_source IS NOT NULL AND g.language_detected IS NOT NULL
-                AND g.language_source <> g.language_detected) AS language_disagrees"""
+            g.language_how, g.language_is_code, g.language_disagrees"""
     else:
         lang_cols = """d.language AS language, d.language AS language_source,
             CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
-            CAST(NULL AS BOOLEAN) AS language_disagrees"""
+            CAST(NULL AS BOOLEAN) AS language_is_code, CAST(NULL AS BOOLEAN) AS language_disagrees"""
     if uf:
         ctes.append(f"""u AS NOT MATERIALIZED (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(uf)}, filename=true))""")
@@ -296,7 +296,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
             FROM b {kjoin})
         SELECT id, subset, part, row, source, license, language, language_source, language_detected,
-            language_how, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
+            language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
             license_normalized, {policy_col} AS license_policy,
             CASE WHEN license_pass THEN 'pass' WHEN NOT license_pass THEN 'fail' END AS decision,
             license_reason AS reason,

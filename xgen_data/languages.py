@@ -146,7 +146,7 @@ def language_params() -> dict:
     """Attribute parameters of the ``language`` step: the table file's SHA-256 (a new table, a new set)."""
     from xgen_data import fsutil
 
-    return {"table_sha256": fsutil.sha256_file(TABLE_FILE)}
+    return {"table_sha256": fsutil.sha256_file(TABLE_FILE), "schema": 2}
 
 
 def compute_language_attributes(corpus, verify: bool = True) -> bool:
@@ -155,7 +155,10 @@ def compute_language_attributes(corpus, verify: bool = True) -> bool:
     Per document (``attributes/language/<hash>/<gen>/<subset>/<part>.parquet``): ``id``,
     ``language_source`` (the source's language as a table key, :func:`source_key`; null: none given),
     ``language_detected`` and ``language_how`` (:func:`identify` on ``path`` and the text's first line), and
-    ``language`` = the source's when given (kept), else the detected one (null: unknown, never guessed).
+    ``language`` = the source's when given (kept), else the detected one (null: unknown, never guessed),
+    ``language_is_code`` (``language`` is a programming language of the table) and ``language_disagrees``
+    (the source names a language of the table and the table says another one; a natural language such as
+    ``en`` never disagrees).
     Call under the corpus lock. Returns False when the set was already current.
 
     Raises:
@@ -184,9 +187,14 @@ def compute_language_attributes(corpus, verify: bool = True) -> bool:
             src.append(source_key(lang))
             det.append(k)
             how.append(h)
+        keys = table()
+        final = [s if s is not None else d for s, d in zip(src, det)]
         out = pa.table({"id": t.column("id"), "language_source": pa.array(src, pa.string()),
                         "language_detected": pa.array(det, pa.string()), "language_how": pa.array(how, pa.string()),
-                        "language": pa.array([s if s is not None else d for s, d in zip(src, det)], pa.string())})
+                        "language": pa.array(final, pa.string()),
+                        "language_is_code": pa.array([f in keys for f in final], pa.bool_()),
+                        "language_disagrees": pa.array([s in keys and d is not None and s != d
+                                                        for s, d in zip(src, det)], pa.bool_())})
         with fsutil.atomic_path(corpus.attribute_path(gen, part)) as tmp:
             pq.write_table(out, tmp, compression="zstd")
         if i == 0:
