@@ -97,3 +97,35 @@ def test_missing_mapped_column_names_file_and_row(tmp_path):
     with pytest.raises(readers.RecordError, match=r"o.parquet:1: missing column 'content'"):
         ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / "o.parquet"), "code")], workers=1, progress=False,
                       columns=(("text", "content"),))
+
+
+def test_metadata_tokens_are_inserted_by_id(tmp_path):
+    from xgen_data import ingest, readers, sql, tokenizer
+
+    recs = _code_records()[:6]
+    _write_starcoder(tmp_path / "sc", recs)
+    plain, meta = str(tmp_path / "plain"), str(tmp_path / "meta")
+    ingest.ingest(plain, [(str(p), None) for p in sorted((tmp_path / "sc").rglob("*.parquet"))], workers=1,
+                  progress=False)
+    ingest.ingest(meta, [(str(p), None) for p in sorted((tmp_path / "sc").rglob("*.parquet"))], workers=1,
+                  progress=False, metadata_tokens=True)
+    q = "SELECT id, text, n_tokens, meta, path FROM documents ORDER BY id"
+    a = sql.connect(plain, quiet=True).execute(q).fetchall()
+    b = sql.connect(meta, quiet=True).execute(q).fetchall()
+    import pyarrow.parquet as pq
+
+    toks = {}
+    for part in (tmp_path / "meta" / "docs" / "starcoder").glob("*.parquet"):
+        t = pq.read_table(part, columns=["id", "tokens"]).to_pydict()
+        toks.update(zip(t["id"], t["tokens"]))
+    special = {name: tokenizer.FIRST_SPECIAL_ID + tokenizer.CODE_SPECIAL_TOKENS.index(name)
+               for name in ("<reponame>", "<filename>", "<gh_stars>")}
+    for (i, text, n, m, path), (_, text2, n2, _, _) in zip(a, b):
+        m = json.loads(m)
+        pre = ingest.metadata_token_ids(m["max_stars_repo_name"], path, readers.stars_bucket(m["max_stars_count"]))
+        assert text2 == text and n2 == n + len(pre)  # the text is unchanged, the prefix is counted
+        assert toks[i][:len(pre)] == pre.tolist() and toks[i][0] == special["<reponame>"]
+        assert tokenizer.decode(toks[i][:len(pre)]).startswith(f"<reponame>{m['max_stars_repo_name']}<filename>{path}")
+    # a text that spells a special token never becomes one (data mode): only the inserted ids are special
+    assert special["<reponame>"] not in ingest.metadata_token_ids(None, "<reponame>x", None).tolist()[1:]
+    assert readers.stars_bucket(0) == "0" and readers.stars_bucket(12) == "10-100" and readers.stars_bucket(None) is None

@@ -41,6 +41,7 @@ class Layout:
     columns: tuple[tuple[str, str], ...] = ()
     starcoder: bool = False
     language: str | None = None
+    metadata_tokens: bool = False  # prefix StarCoder's <reponame> <filename> <gh_stars> (metadata_prefix)
 
 
 #: StarCoderData / The Stack column -> corpus field (the license list becomes a JSON array: all apply).
@@ -69,7 +70,7 @@ def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = ()) -> Layout | None:
+def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> Layout | None:
     """The layout of one input: StarCoder's when a Parquet file has ``content`` and ``max_stars_*`` columns
     and no ``text`` (its language from the parent folder when that names a language of
     :mod:`xgen_data.languages`, e.g. ``python/train-00000-of-00059.parquet``); ``columns`` on top; None for
@@ -89,9 +90,36 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = ()) -> Layou
 
         folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
         language = folder if folder in languages.table() else None
-    if not star and not columns:
+    if not star and not columns and not metadata_tokens:
         return None
-    return Layout(columns=tuple(columns), starcoder=star, language=language)
+    return Layout(columns=tuple(columns), starcoder=star, language=language, metadata_tokens=metadata_tokens)
+
+
+def stars_bucket(stars) -> str | None:
+    """StarCoder's star buckets for ``<gh_stars>``: ``0``, ``1-10``, ``10-100``, ``100-1000``, ``1000+``."""
+    try:
+        n = int(stars)
+    except (TypeError, ValueError):
+        return None
+    if n <= 0:
+        return "0"
+    return "1-10" if n < 10 else "10-100" if n < 100 else "100-1000" if n < 1000 else "1000+"
+
+
+def metadata_prefix(obj: dict[str, Any], path: str | None) -> tuple[str | None, str | None, str | None]:
+    """``(repository, file name, stars bucket)`` for StarCoder's metadata tokens, from the record's
+    repository context (``max_stars_repo_name`` / ``repo`` / ``package``; ``max_stars_count`` / ``stars``,
+    at the top level or in ``meta``) and its path; None for what the record does not say."""
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+
+    def pick(*keys):
+        for k in keys:
+            for src in (obj, meta):
+                if src.get(k) not in (None, ""):
+                    return src[k]
+        return None
+    repo = pick("max_stars_repo_name", "repo", "repository", "package")
+    return (None if repo is None else str(repo), path, stars_bucket(pick("max_stars_count", "stars")))
 
 
 def apply_layout(obj: dict[str, Any], layout: Layout, file: str, line: int) -> dict[str, Any]:
@@ -313,7 +341,7 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         obj = rec.payload
     if not isinstance(obj, dict):
         raise RecordError(rec.file, rec.line, f"record is a JSON {type(obj).__name__}, expected an object")
-    if rec.layout is not None:
+    if rec.layout is not None and (rec.layout.starcoder or rec.layout.columns):
         obj = apply_layout(obj, rec.layout, rec.file, rec.line)
     if "text" not in obj:
         raise RecordError(rec.file, rec.line, "missing 'text'")
@@ -336,8 +364,16 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
             meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False, default=str))
     except (ValueError, RecursionError) as exc:
         raise RecordError(rec.file, rec.line, f"'meta' cannot be stored as JSON: {exc}") from None
+    if rec.layout is not None and rec.layout.metadata_tokens:
+        if isinstance(meta, str):
+            try:
+                parsed = json.loads(meta)
+            except ValueError:
+                parsed = None
+            obj = {**obj, "meta": parsed if isinstance(parsed, dict) else None}
+        doc["_prefix"] = metadata_prefix(obj, doc["path"])
     for key, value in doc.items():
-        if isinstance(value, str):
+        if key != "_prefix" and isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
