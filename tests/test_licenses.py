@@ -177,3 +177,15 @@ def test_sql_shows_each_subsets_policy_decision_and_reason(corpus_copy, tmp_path
     res = CliRunner().invoke(cli, ["sql", "--corpus", corpus_copy, "--recipe", str(rp), "SELECT license, "
                                    "license_normalized, decision, reason, count(*) FROM documents GROUP BY ALL"])
     assert res.exit_code == 0 and "labels disagree" in res.stdout, res.output
+    # tokens per language before and after each policy (the PNG's data), and the PNG itself
+    from xgen_data import plots
+
+    data, names = plots.language_policy_tokens(corpus_copy, recipe.load(str(rp)))
+    assert names == ["permissive", "strict"]
+    for lang, row in data.items():
+        assert row["all"] >= row["permissive"] >= 0 and row["all"] >= row["strict"]
+    assert sum(r["permissive"] for r in data.values()) > sum(r["strict"] for r in data.values())  # Artistic-2.0
+    png = tmp_path / "langs.png"
+    res = CliRunner().invoke(cli, ["stats", "--corpus", corpus_copy, "--recipe", str(rp), "--language-plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
