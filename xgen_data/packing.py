@@ -85,8 +85,14 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
     lic = con.execute("""SELECT license, count(*) FROM documents WHERE subset = ? AND drop_reason =
                          'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
     if lic:
+        policy = recipe.license_policies().get(subset, "permissive") if recipe is not None else "permissive"
+        top = con.execute("""SELECT reason, count(*) FROM documents WHERE subset = ? AND drop_reason =
+                             'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
         text += ("; licenses dropped: " + ", ".join(f"{x} ({n:,})" for x, n in lic)
-                 + "; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)")
+                 + f"; policy {policy} reasons: " + ", ".join(f"{x} ({n:,})" for x, n in top))
+        text += ("; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)"
+                 if policy == "permissive" else
+                 f"; policy {policy} is configuration (xgen_data/licenses_{policy}.toml), not a recipe setting")
     return text
 
 
