@@ -189,3 +189,21 @@ def test_sql_shows_each_subsets_policy_decision_and_reason(corpus_copy, tmp_path
     res = CliRunner().invoke(cli, ["stats", "--corpus", corpus_copy, "--recipe", str(rp), "--language-plot", str(png)])
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_xgen_filter_with_a_recipe_records_its_policies(corpus_copy, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from xgen_data import ingest, sql
+
+    _starcoder_jsonl(tmp_path / "starcoder.jsonl")
+    ingest.ingest(corpus_copy, [(str(tmp_path / "starcoder.jsonl"), "starcoder")], workers=1, progress=False)
+    rp = tmp_path / "two.toml"
+    rp.write_text(STAGE2_RECIPE.replace("enabled = true", "enabled = false"))
+    res = CliRunner().invoke(cli, ["filter", "--corpus", corpus_copy, "--recipe", str(rp)])
+    assert res.exit_code == 0, res.output
+    rows = dict(sql.connect(corpus_copy, quiet=True).execute(
+        "SELECT id, reason FROM documents WHERE subset = 'starcoder'").fetchall())
+    assert rows["sc-artistic"] == "fail: Artistic-2.0 not in allow-list"  # strict, in the corpus defaults
+    assert rows["sc-header"].startswith("fail: labels disagree")

@@ -62,12 +62,17 @@ LICENSE_SCHEMA = pa.schema([("id", pa.string()), ("license_normalized", pa.strin
                             ("license_reason", pa.string()), ("license_tier", pa.int8())])
 
 
-def params(min_tokens: int, license_subsets, allow) -> dict:
-    """The filter settings a stand-alone run records as the corpus default (``default_decisions.filter``)."""
+def params(min_tokens: int, license_subsets, allow, policies: dict | None = None) -> dict:
+    """The filter settings a stand-alone run records as the corpus default (``default_decisions.filter``);
+    ``policies``: ``{subset: LicensePolicy}`` (recorded as :func:`xgen_data.decisions.policies_of` reads it)."""
     from xgen_data.licenses import default_allow_list
 
-    return {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
-            "allow": sorted(default_allow_list() if allow is None else allow)}
+    out = {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
+           "allow": sorted(default_allow_list() if allow is None else allow)}
+    if policies:
+        out["policies"] = {s: {"name": p.name, "allow": sorted(set(p.allow)), "labels_must_agree": p.labels_must_agree}
+                           for s, p in sorted(policies.items())}
+    return out
 
 
 def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool = True,
@@ -155,7 +160,7 @@ def report(corpus_dir: str, dec) -> FilterReport:
 
 
 def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: tuple[str, ...] = ("code",),
-                allow: tuple[str, ...] | None = None) -> FilterReport:
+                allow: tuple[str, ...] | None = None, policies: dict | None = None) -> FilterReport:
     """Set the corpus's default filter decisions (``xgen filter``) and compute what they need.
 
     Computes the ``license`` attributes for ``allow`` when not current (:func:`compute_license_attributes`) and
@@ -167,6 +172,8 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         min_tokens: documents with fewer tokens are dropped (SPEC §2: 100).
         license_subsets: subsets held to the license allow-list (code).
         allow: SPDX identifiers that pass; default the shipped list (:mod:`xgen_data.licenses`).
+        policies: ``{subset: LicensePolicy}`` to hold subsets to named policies instead (``xgen filter
+            --recipe R``: the recipe's, e.g. starcoder ``strict``); ``license_subsets`` are then its keys.
     Returns:
         the drops under the new defaults (:func:`report`).
     Raises:
@@ -178,14 +185,17 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     if min_tokens < 0:
         raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
     corpus = Corpus(corpus_dir)
-    settings = params(min_tokens, license_subsets, allow)
+    settings = params(min_tokens, tuple(policies) if policies else license_subsets, allow, policies)
 
     def update(meta: dict) -> None:
         meta.setdefault("default_decisions", {})["filter"] = settings
 
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of killed runs, and step files of the pre-attributes layout
-        compute_license_attributes(corpus, settings["allow"], update)
+        corpus.verify_parts()
+        for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
+            compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False)
+        compute_license_attributes(corpus, settings["allow"], update, verify=False)
         from xgen_data import languages
 
         languages.compute_language_attributes(corpus, verify=False)
