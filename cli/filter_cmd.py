@@ -22,13 +22,17 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
     """
     from xgen_data import filters, licenses, recipe
 
+    policies = None
     if recipe_name:
         r = recipe.load(recipe_name)
-        allow, subsets, mt = r.allow_list(), r.license_subsets, r.min_tokens
+        allow, subsets, mt = r.allow_list(), tuple(r.license_policies()), r.min_tokens
+        if not license_subsets and not allow_extra:  # the recipe's policy per subset (e.g. starcoder: strict)
+            policies = {s: r.policy(name) for s, name in r.license_policies().items()}
     else:
         allow, subsets, mt = licenses.default_allow_list(), ("code",), filters.MIN_TOKENS
     report = filters.run_filters(corpus_dir, min_tokens=mt if min_tokens is None else min_tokens,
-                                 license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra)
+                                 license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra,
+                                 policies=policies)
     print_filter(report)
 
 

@@ -38,20 +38,29 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="raise: stop at the first bad record or duplicate id; skip: count and report them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--columns", "columns_spec", default=None,
+              help="Map another schema's columns to fields: text=content,path=max_stars_repo_path (StarCoderData / "
+                   "The Stack Parquet files are recognised without it).")
+@click.option("--metadata-tokens", is_flag=True,
+              help="Prefix code documents with StarCoder's <reponame> <filename> <gh_stars> tokens (by id; off by default).")
 @user_errors
-def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool) -> None:
+def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool,
+           columns_spec: str | None, metadata_tokens: bool) -> None:
     """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized.
 
     Folders are read recursively; hidden entries and files of other types are skipped and listed.
     """
     from xgen_data.ingest import find_inputs, summarize_skipped
     from xgen_data.ingest import ingest as run
+    from xgen_data.readers import parse_columns
+
+    columns = parse_columns(columns_spec)
 
     files, skipped = find_inputs(inputs, corpus_dir)
     for line in summarize_skipped(skipped):
         click.echo(f"skipped {line}")
     reports = run(corpus_dir, [(f.path, subset, f.folder) for f in files], workers=workers, on_error=on_error,
-                  progress=not quiet)
+                  progress=not quiet, columns=columns, metadata_tokens=metadata_tokens)
     print_ingest(reports)
 
 

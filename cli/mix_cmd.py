@@ -34,12 +34,8 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
     from xgen_data import mixture, packing
 
     plan_rows = mixture.plan(recipe, packing.subset_stats(docs))
-    rows = [(r.stage, r.subset, r.documents, r.unique_tokens, r.effective_tokens, f"{r.proportion:.4%}",
-             f"{r.epochs:.4f}" if r.documents else "-") for r in plan_rows]
-    print_rows(["stage", "subset", "documents", "unique_tokens", "effective_tokens", "proportion", "epochs"], rows,
-               title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed} (tokens include one EOS per document)")
-    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, ss.n_sequences) for st in recipe.stages for ss in st.substages]
-    print_rows(["stage", "substage", "seq_len", "tokens", "sequences"], rows, title="Sub-stages")
+    print_plan_rows(recipe, plan_rows)
+    print_language_plan(mixture.language_plan(recipe, docs))
     for subset in sorted({r.subset for r in plan_rows if not r.documents}):
         stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
         click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
@@ -47,6 +43,39 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
     unused = sorted(set(corpus_subsets) - set(recipe.subsets()))
     if unused:
         click.echo(f"note: corpus subsets not in this recipe (not packed): {', '.join(unused)}")
+
+
+def print_plan_rows(recipe, plan_rows) -> None:
+    """Print the plan tables: per stage and subset (tokens, and effective tokens in billions as in Table 2),
+    each stage's total and how it was given (replay + own subsets), and the sub-stages."""
+    from xgen_data import mixture
+
+    rows = []
+    for st in recipe.stages:
+        mine = [r for r in plan_rows if r.stage == st.name]
+        rows += [(r.stage, r.subset, r.documents, r.unique_tokens, r.effective_tokens,
+                  mixture.billions(r.effective_tokens), f"{r.proportion:.4%}",
+                  f"{r.epochs:.4f}" if r.documents else "-") for r in mine]
+        rows.append((st.name, "(total)", sum(r.documents for r in mine), sum(r.unique_tokens for r in mine),
+                     st.tokens, mixture.billions(st.tokens), "100.0000%", ""))
+    print_rows(["stage", "subset", "documents", "unique_tokens", "effective_tokens", "effective", "proportion",
+                "epochs"], rows,
+               title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed} (tokens include one EOS per document)")
+    for st in recipe.stages:
+        click.echo(mixture.stage_summary(st))
+    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, mixture.billions(ss.tokens), ss.n_sequences)
+            for st in recipe.stages for ss in st.substages]
+    print_rows(["stage", "substage", "seq_len", "tokens", "tokens_B", "sequences"], rows, title="Sub-stages")
+
+
+def print_language_plan(rows) -> None:
+    """Print the per-language table of subsets weighted by language (unique tokens, share, effective, epochs)."""
+    if not rows:
+        return
+    print_rows(["stage", "subset", "language", "documents", "unique_tokens", "share", "effective_tokens", "epochs"],
+               [(r.stage, r.subset, r.language, r.documents, r.unique_tokens, f"{r.share:.4%}", r.effective_tokens,
+                 f"{r.epochs:.4f}" if r.unique_tokens else "-") for r in rows],
+               title="Per-language weights (tokens include one EOS per document)")
 
 
 def print_steps(steps) -> None:

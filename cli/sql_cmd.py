@@ -81,9 +81,12 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Also write a PNG histogram of document lengths per subset.")
+@click.option("--language-plot", "lang_plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write a PNG of code tokens per language before and after each license policy.")
 @recipe_option
 @user_errors
-def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | None) -> None:
+def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | None,
+          lang_plot_path: str | None = None) -> None:
     """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason.
 
     ``--format json`` prints one JSON document: ``{"corpus": ..., "tables": [{"title", "rows": [...]}]}``.
@@ -98,11 +101,18 @@ def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | N
 
             r = recipe.load(recipe_name) if recipe_name else None
             length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
+        if lang_plot_path:
+            from xgen_data import recipe as recipe_mod
+            from xgen_data.plots import language_policy_plot
+
+            language_policy_plot(corpus_dir, lang_plot_path, recipe_mod.load(recipe_name) if recipe_name else None)
         _print_stats(con, corpus_dir, fmt)
     except duckdb.Error as exc:  # e.g. a damaged part: DuckDB's message names the file
         raise _sql_error(exc, corpus_dir) from None
     if plot_path and fmt == "table":
         click.echo(f"Length histogram: {plot_path}")
+    if lang_plot_path and fmt == "table":
+        click.echo(f"Tokens per language and policy: {lang_plot_path}")
 
 
 def _print_stats(con, corpus_dir: str, fmt: str) -> None:

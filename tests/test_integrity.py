@@ -236,3 +236,43 @@ def test_old_layout_step_files_are_dropped(small, tmp_path):
     filters.run_filters(root, min_tokens=10)
     assert not os.path.exists(os.path.join(root, "steps"))
     assert "steps" not in json.load(open(os.path.join(root, "corpus.json")))
+
+
+def test_kill_language_step_at_every_commit_point(small, tmp_path):
+    """The `language` attribute step (xgen_data.languages) is crash-consistent like license and dedup."""
+    from xgen_data import languages
+
+    base = str(tmp_path / "base")
+    shutil.copytree(small["root"], base)
+    c = corpus_mod.Corpus(base)
+    meta = c.read_meta()
+    del meta["attributes"][c.attribute_key(languages.LANGUAGE_STEP, languages.language_params())]
+    c.write_meta(meta)  # a corpus whose language attributes were never computed
+
+    def run(root):
+        cc = corpus_mod.Corpus(root)
+        with cc.lock():
+            assert languages.compute_language_attributes(cc)
+
+    old = _state(base)
+    ref = str(tmp_path / "ref")
+    shutil.copytree(base, ref)
+    run(ref)
+    new = _state(ref)
+    assert new != old
+    code = ("from xgen_data import corpus, languages; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
+            "languages.compute_language_attributes(c)")
+    for point in ("language.part_written", "language.before_commit", "write_json.tmp_written", "language.committed"):
+        root = str(tmp_path / point)
+        shutil.copytree(base, root)
+        _kill_at(point, code.format(root=root))
+        assert _state(root) == (new if point == "language.committed" else old), point
+        _invariant(root)
+        if point != "language.committed":
+            run(root)
+        else:
+            with corpus_mod.Corpus(root).lock():
+                corpus_mod.Corpus(root).remove_unregistered()
+        assert _state(root) == new, point
+        _invariant(root)
+        _no_leftovers(root)

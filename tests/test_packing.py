@@ -169,17 +169,75 @@ def test_effective_tokens_sum_exactly():
     for st in r.stages:
         eff = mixture.effective_tokens(st)
         assert sum(eff.values()) == st.tokens
-    assert mixture.effective_tokens(r.stages[0])["natural"] == round(0.9531 * 1.5e12)
+    assert mixture.effective_tokens(r.stages[0])["natural"] == 1_309_990_000_000
 
 
 def test_xgen7b_recipe_restates_spec():
     r = recipe.load("xgen-7b")
     s1, s2 = r.stages
-    assert [(s.seq_len, s.tokens) for s in s1.substages] == [(2048, 800e9), (4096, 400e9), (8192, 300e9)]
-    assert s1.proportions == {"natural": 0.9531, "code": 0.0469}
+    assert [(s.seq_len, s.tokens) for s in s1.substages] == [(2048, 800e9), (4096, 400e9), (8192, 174.52e9)]
+    assert mixture.effective_tokens(s1) == {"natural": 1_309_990_000_000, "code": 64_530_000_000}
+    assert s1.tokens == 1_374_520_000_000 and f"{s1.proportions['natural']:.6f}" == "0.953053"  # SPEC: 95.3053%
     assert [(s.seq_len, s.tokens) for s in s2.substages] == [(8192, 110e9)]
+    eff2 = mixture.effective_tokens(s2)
+    assert eff2["starcoder"] == 55e9 and eff2["natural"] + eff2["code"] == 55e9 and s2.tokens == 110e9
+    # the replayed 55B keep stage 1's ratio 1,309.99 : 64.53 (integer split, within one token)
+    assert abs(eff2["natural"] * 64_530 - eff2["code"] * 1_309_990) <= 1_374_520
     assert abs(s2.proportions["starcoder"] - 0.5) < 1e-12 and abs(sum(s2.proportions.values()) - 1) < 1e-9
+    assert r.license_policies() == {"code": "permissive", "starcoder": "strict"}
+    assert s2.languages == {"starcoder": "original"}
+    assert r.policy("strict").labels_must_agree and "MPL-2.0" not in r.policy("strict").allow
+    assert "Artistic-2.0" in r.policy("permissive").allow and "Artistic-2.0" not in r.policy("strict").allow
     assert r.min_tokens == 100 and r.dedup["threshold"] == 0.7 and r.dedup["num_perm"] == 256
+    assert recipe.load(_roundtrip(r)).stages == r.stages
+
+
+def _roundtrip(r) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(recipe.to_toml(r))
+    return f.name
+
+
+def test_xgen7b_plan_prints_table2_figures(capsys):
+    """`xgen mix plan` of xgen-7b prints SPEC §2's budgets exactly (synthetic corpus stats: 1T tokens a subset)."""
+    from cli.mix_cmd import print_plan_rows
+
+    r = recipe.load("xgen-7b")
+    rows = mixture.plan(r, {s: (1000, 10**12) for s in ("natural", "code", "starcoder")})
+    print_plan_rows(r, rows)
+    out = capsys.readouterr().out
+    for figure in ("1,309.99B", "64.53B", "1,374.52B", "800.00B", "400.00B", "174.52B", "110.00B"):
+        assert figure in out, figure
+    assert "stage2: 110.00B = stage1 mixture 55.00B (natural 52.42B, code 2.58B) + starcoder 55.00B" in out
+    assert "starcoder: license policy strict" in out
+    natural = next(x for x in rows if x.stage == "stage1" and x.subset == "natural")
+    assert natural.effective_tokens == 1_309_990_000_000 and abs(natural.epochs - 1.30999) < 1e-9
+
+
+def test_recipe_effective_tokens_and_replay_errors(tmp_path):
+    sub = "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n"
+    one = "[[stages]]\nname='a'\neffective_tokens={x=40, y=24}\n" + sub
+    p = tmp_path / "r.toml"
+    p.write_text(one)
+    st = recipe.load(str(p)).stages[0]
+    assert st.tokens == 64 and mixture.effective_tokens(st) == {"x": 40, "y": 24} and st.proportions["x"] == 40 / 64
+    for body, match in [
+        ("[[stages]]\nname='a'\nproportions={x=1.0}\neffective_tokens={x=64}\n" + sub, "not both"),
+        ("[[stages]]\nname='a'\ntokens=100\neffective_tokens={x=64}\n" + sub, "differs from the effective"),
+        ("[[stages]]\nname='b'\nreplay={stage='a', tokens=32}\neffective_tokens={z=32}\n" + sub, "not an earlier"),
+        (one + "[[stages]]\nname='b'\nreplay={stage='a', tokens=32}\neffective_tokens={z=32}\n"
+         "licenses={z='lenient'}\n" + sub, "unknown license policy"),
+        (one.replace("y=24}", "y=24}\nlicenses={x='strict'}") + "[[stages]]\nname='b'\nproportions={x=1.0}\n"
+         "licenses={x='permissive'}\n" + sub, "one policy per recipe"),
+    ]:
+        p.write_text(body)
+        with pytest.raises(recipe.RecipeError, match=match):
+            recipe.load(str(p))
+    p.write_text(one + "[[stages]]\nname='b'\nreplay={stage='a', tokens=33}\neffective_tokens={z=31}\n" + sub)
+    b = recipe.load(str(p)).stages[1]
+    assert mixture.effective_tokens(b) == {"x": 21, "y": 12, "z": 31} and b.tokens == 64  # 33 split 40:24
 
 
 @pytest.mark.parametrize("body,match", [

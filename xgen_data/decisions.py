@@ -3,8 +3,9 @@
 Steps store per-document *attributes* that no recipe threshold changes (:mod:`xgen_data.corpus`,
 ``attributes/<step>/<params-hash>/``):
 
-* ``license`` (:func:`xgen_data.filters.compute_license_attributes`), keyed by the allow-list:
-  ``id, license_pass (bool), license_reason (str), license_tier (int8, dedup's keep tier)``;
+* ``license`` (:func:`xgen_data.filters.compute_license_attributes`), one set per license policy, keyed by
+  its allow-list and ``labels_must_agree`` (:func:`license_params`): ``id, license_normalized (str),
+  license_pass (bool), license_reason (str), license_tier (int8, dedup's keep tier)``;
 * ``dedup`` (:func:`xgen_data.dedup.run_dedup`), keyed by the dedup parameters (threshold, num_perm, ngram,
   seed, bands, rows, scheme, exact, near): ``id, dup_cluster (int64), exact_group (int64), chash
   (binary 16)``. Clusters never depend on any filter or allow-list.
@@ -14,8 +15,12 @@ A :class:`Decisions` (from a recipe, or the corpus's defaults: the settings of t
 (:func:`documents_sql`), never by rewriting files:
 
 1. Filters (SPEC §2) apply only to the subsets the recipe packs (``packed``; all subsets without a recipe):
-   ``too_few_tokens`` when ``n_tokens < min_tokens``, then ``license_not_permissive`` for subsets in
-   ``license_subsets`` whose license fails the allow-list.
+   ``too_few_tokens`` when ``n_tokens < min_tokens``, then ``license_not_permissive`` for subsets held to a
+   license policy (``filter["policies"]``: ``{subset: {name, allow, labels_must_agree}}``; the defaults of
+   ``xgen filter`` hold ``license_subsets`` to ``permissive``) whose license fails that policy. Each such
+   subset reads its own policy's attribute set; under a policy with ``labels_must_agree``, members of an
+   exact-duplicate group (dedup's ``exact_group``, when the recipe dedups) whose normalised labels differ fail
+   with ``fail: labels disagree (exact copies: A, B)``.
 2. Dedup keep rule, per cluster: the first member by (the filters keep it, it is in a packed subset,
    license tier, id, subset). Every other member gets ``dup_reason`` = ``exact_duplicate`` (same exact group as
    the kept copy, when exact dedup is on) or ``near_duplicate``, and ``dup_of`` / ``dup_of_subset`` = the kept
@@ -52,9 +57,23 @@ class Decisions:
     recipe_sha256: str | None = None
 
 
-def license_params(allow) -> dict:
-    """Attribute parameters of the ``license`` step for an allow-list (order and duplicates do not matter)."""
-    return {"allow": sorted(set(allow))}
+LICENSE_SCHEMA_VERSION = 2  # 2: license_normalized column, policy reasons (xgen_data.licenses.decide)
+
+
+def license_params(allow, labels_must_agree: bool = False) -> dict:
+    """Attribute parameters of the ``license`` step for a policy: its allow-list (order and duplicates do not
+    matter) and its label check; sets of the previous schema are recomputed."""
+    return {"allow": sorted(set(allow)), "labels_must_agree": bool(labels_must_agree),
+            "schema": LICENSE_SCHEMA_VERSION}
+
+
+def policies_of(flt: dict) -> dict[str, dict]:
+    """``{subset: {"name", "allow", "labels_must_agree"}}`` of a filter setting: its ``policies``, or (the
+    defaults of ``xgen filter``) ``license_subsets`` under the ``permissive`` allow-list ``allow``."""
+    if flt.get("policies") is not None:
+        return flt["policies"]
+    return {s: {"name": "permissive", "allow": flt["allow"], "labels_must_agree": False}
+            for s in flt["license_subsets"]}
 
 
 def dedup_attr_params(dedup_params: dict) -> dict:
@@ -70,9 +89,13 @@ def from_recipe(recipe) -> Decisions:
     ded = dedup.recorded_params(license_allow=allow, **recipe.dedup_kwargs()) if recipe.dedup.get("enabled", True) \
         else None
     sha = fsutil.sha256_file(recipe.path) if recipe.path else None
+    policies = {}
+    for subset, name in recipe.license_policies().items():
+        pol = recipe.policy(name)
+        policies[subset] = {"name": name, "allow": sorted(set(pol.allow)), "labels_must_agree": pol.labels_must_agree}
     return Decisions(label=f"recipe {recipe.name!r} ({recipe.path or 'in memory'}, sha256 {sha or '-'})",
-                     filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(recipe.license_subsets),
-                             "allow": sorted(allow)},
+                     filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(policies),
+                             "allow": sorted(allow), "policies": policies},
                      dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha)
 
 
@@ -123,8 +146,11 @@ def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str
 def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
     """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
 
-    Columns: ``id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
-    license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
+    Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
+    detected one; :mod:`xgen_data.languages`), language_source (as ingested), language_detected,
+    language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
+    license_normalized, license_policy (the subset's policy; NULL: not held to one), decision ('pass'/'fail'
+    under that policy, or the base allow-list), reason, license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
     kept, drop_reason``.
 
     Args:
@@ -142,9 +168,25 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
     flt, ded = dec.filter, dec.dedup
     lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint) if flt else None
+    policies = policies_of(flt) if flt else {}
+    if flt and lf is not None:
+        # each subset held to a policy reads that policy's set; the others the base allow-list's
+        by_policy = {}
+        for subset, pol in policies.items():
+            key = license_params(pol["allow"], pol["labels_must_agree"])
+            if key == license_params(flt["allow"]):
+                continue
+            files = _attr_files(corpus, "license", key, strict, hint)
+            if files is None:
+                lf = None
+                break
+            by_policy[subset] = files
+        if lf is not None and by_policy:
+            subsets = [p.subset for p in corpus.parts()]
+            lf = [by_policy[sub][i] if sub in by_policy else f for i, (sub, f) in enumerate(zip(subsets, lf))]
     if flt and lf is None:
         warnings.append(f"the filter decisions are out of date or missing; {hint}")
-        flt = None
+        flt, policies = None, {}
     ld = uf = None
     if ded:
         uf = _attr_files(corpus, "dedup", dedup_attr_params(ded), strict, hint)
@@ -158,12 +200,23 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             file_row_number AS row
         FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
     joins = []
-    lic_cols = "l.license_pass, l.license_reason" if (lf or ld) else \
-        "CAST(NULL AS BOOLEAN) AS license_pass, CAST(NULL AS VARCHAR) AS license_reason"
+    labels = [s for s, p in policies.items() if p["labels_must_agree"]]
+    copies = bool(ded and labels and lf)  # strict: exact copies under different labels fail too
+    if copies:
+        lic_cols = f"""coalesce(l.license_pass AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)})
+                AND c.labels IS NOT NULL), l.license_pass) AS license_pass,
+            CASE WHEN l.license_pass AND d.subset IN ({', '.join(_q(s) for s in labels)}) AND c.labels IS NOT NULL
+                THEN 'fail: labels disagree (exact copies: ' || c.labels || ')' ELSE l.license_reason END
+                AS license_reason, l.license_normalized"""
+    elif lf or ld:
+        lic_cols = "l.license_pass, l.license_reason, l.license_normalized"
+    else:
+        lic_cols = ("CAST(NULL AS BOOLEAN) AS license_pass, CAST(NULL AS VARCHAR) AS license_reason, "
+                    "CAST(NULL AS VARCHAR) AS license_normalized")
     same = lf is not None and ld is not None and lf == ld
     if lf or ld:
         ctes.append(f"""l AS NOT MATERIALIZED (SELECT id, license_pass, license_reason, license_tier,
-            {SUBSET_FROM_PATH} AS subset
+            license_normalized, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(lf or ld)}, filename=true))""")
         joins.append("LEFT JOIN l ON l.subset = d.subset AND l.id = d.id")
     if ld and not same and lf:
@@ -173,25 +226,48 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         tier = "lt.license_tier"
     else:
         tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
+    from xgen_data import languages
+
+    gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
+    if gf:
+        ctes.append(f"""g AS NOT MATERIALIZED (SELECT id, language, language_detected, language_how,
+            language_is_code, language_disagrees, {SUBSET_FROM_PATH} AS subset
+            FROM read_parquet({_qlist(gf)}, filename=true))""")
+        joins.append("LEFT JOIN g ON g.subset = d.subset AND g.id = d.id")
+        lang_cols = """g.language AS language, d.language AS language_source, g.language_detected,
+            g.language_how, g.language_is_code, g.language_disagrees"""
+    else:
+        lang_cols = """d.language AS language, d.language AS language_source,
+            CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
+            CAST(NULL AS BOOLEAN) AS language_is_code, CAST(NULL AS BOOLEAN) AS language_disagrees"""
     if uf:
         ctes.append(f"""u AS NOT MATERIALIZED (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
             FROM read_parquet({_qlist(uf)}, filename=true))""")
         joins.append("LEFT JOIN u ON u.subset = d.subset AND u.id = d.id")
         dup_cols = "u.dup_cluster, u.exact_group"
+        if copies:
+            ctes.append("""c AS NOT MATERIALIZED (SELECT u.exact_group,
+                    array_to_string(list_sort(list_distinct(list(coalesce(l.license_normalized, 'none')))), ', ')
+                    AS labels
+                FROM u JOIN l ON l.subset = u.subset AND l.id = u.id WHERE u.exact_group IS NOT NULL
+                GROUP BY u.exact_group HAVING count(DISTINCT coalesce(l.license_normalized, 'none')) > 1)""")
+            joins.append("LEFT JOIN c ON c.exact_group = u.exact_group")
     else:
         dup_cols = "CAST(NULL AS BIGINT) AS dup_cluster, CAST(NULL AS BIGINT) AS exact_group"
     packed = "TRUE" if dec.packed is None else (f"d.subset IN ({', '.join(_q(s) for s in dec.packed)})"
                                                if dec.packed else "FALSE")
     if flt:
-        lic_subsets = f"d.subset IN ({', '.join(_q(s) for s in flt['license_subsets'])})" \
-            if flt["license_subsets"] else "FALSE"
+        lic_subsets = f"d.subset IN ({', '.join(_q(s) for s in policies)})" if policies else "FALSE"
+        lic_ok = "coalesce(l.license_pass, FALSE)"
+        if copies:
+            lic_ok += f" AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)}) AND c.labels IS NOT NULL)"
         freason = f"""CASE WHEN NOT ({packed}) THEN NULL
             WHEN d.n_tokens < {int(flt['min_tokens'])} THEN '{REASON_SHORT}'
-            WHEN {lic_subsets} AND NOT coalesce(l.license_pass, FALSE) THEN '{REASON_LICENSE}' END"""
+            WHEN {lic_subsets} AND NOT ({lic_ok}) THEN '{REASON_LICENSE}' END"""
     else:
         freason = "CAST(NULL AS VARCHAR)"
     ctes.append(f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
-            d.language, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
+            {lang_cols}, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
             {tier} AS license_tier_rank, {dup_cols},
             {freason} AS filter_reason, {packed} AS packed
         FROM d {' '.join(joins)})""")
@@ -212,12 +288,18 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         dreason, kjoin, kid, ksub = "CAST(NULL AS VARCHAR)", "", "NULL", "NULL"
     tier_name = "CASE " + " ".join(f"WHEN license_tier_rank = {i} THEN '{n}'" for i, n in enumerate(LICENSE_TIERS)) \
         + " END"
+    policy_col = ("CASE " + " ".join(f"WHEN subset = {_q(s)} THEN {_q(p['name'])}" for s, p in policies.items())
+                  + " END") if policies else "CAST(NULL AS VARCHAR)"
     reason = "coalesce(filter_reason, dup_reason)"
     kept = f"({reason}) IS NULL" if (flt or ded) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
     sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
         r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
             FROM b {kjoin})
-        SELECT id, subset, part, row, source, license, language, path, meta, text, n_chars, n_bytes, n_tokens,
+        SELECT id, subset, part, row, source, license, language, language_source, language_detected,
+            language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
+            license_normalized, {policy_col} AS license_policy,
+            CASE WHEN license_pass THEN 'pass' WHEN NOT license_pass THEN 'fail' END AS decision,
+            license_reason AS reason,
             license_pass, license_reason, {tier_name} AS license_tier, dup_cluster, exact_group, dup_reason,
             CASE WHEN dup_reason IS NOT NULL THEN kept_id END AS dup_of,
             CASE WHEN dup_reason IS NOT NULL THEN kept_subset END AS dup_of_subset,

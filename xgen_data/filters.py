@@ -58,28 +58,39 @@ def decide(n_tokens, license_exprs, check_license: bool, min_tokens: int = MIN_T
     return pa.array(reasons, pa.string())
 
 
-LICENSE_SCHEMA = pa.schema([("id", pa.string()), ("license_pass", pa.bool_()), ("license_reason", pa.string()),
-                            ("license_tier", pa.int8())])
+LICENSE_SCHEMA = pa.schema([("id", pa.string()), ("license_normalized", pa.string()), ("license_pass", pa.bool_()),
+                            ("license_reason", pa.string()), ("license_tier", pa.int8())])
 
 
-def params(min_tokens: int, license_subsets, allow) -> dict:
-    """The filter settings a stand-alone run records as the corpus default (``default_decisions.filter``)."""
+def params(min_tokens: int, license_subsets, allow, policies: dict | None = None) -> dict:
+    """The filter settings a stand-alone run records as the corpus default (``default_decisions.filter``);
+    ``policies``: ``{subset: LicensePolicy}`` (recorded as :func:`xgen_data.decisions.policies_of` reads it)."""
     from xgen_data.licenses import default_allow_list
 
-    return {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
-            "allow": sorted(default_allow_list() if allow is None else allow)}
+    out = {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
+           "allow": sorted(default_allow_list() if allow is None else allow)}
+    if policies:
+        out["policies"] = {s: {"name": p.name, "allow": sorted(set(p.allow)), "labels_must_agree": p.labels_must_agree}
+                           for s, p in sorted(policies.items())}
+    return out
 
 
-def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool = True) -> bool:
-    """Write and commit the ``license`` attributes of every part under ``allow`` (one new generation).
+def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool = True,
+                               labels_must_agree: bool = False) -> bool:
+    """Write and commit the ``license`` attributes of every part under one policy (one new generation).
 
-    Per document: ``license_pass`` and ``license_reason`` (:func:`xgen_data.licenses.license_decision`) and
-    ``license_tier`` (dedup's keep tier, :func:`xgen_data.dedup.license_rank`), for every subset: which
-    subsets a recipe holds to the allow-list is a decision, not an attribute. Skipped (returns False) when
-    the set is already current and ``update`` is None. Call under the corpus lock.
+    The set is keyed by the policy's allow-list and ``labels_must_agree``
+    (:func:`xgen_data.decisions.license_params`). Per document: ``license_normalized``, ``license_pass`` and
+    ``license_reason`` (:func:`xgen_data.licenses.decide`; with ``labels_must_agree`` the text's SPDX header
+    is compared with the record's label) and ``license_tier`` (dedup's keep tier,
+    :func:`xgen_data.dedup.license_rank`), for every subset: which subsets a recipe holds to which policy is a
+    decision, not an attribute. Skipped (returns False) when the set is already current and ``update`` is
+    None. Call under the corpus lock.
 
     Args:
+        allow: SPDX identifiers that pass.
         update: ``update(meta)`` changes the same atomic registry write (the default decisions).
+        labels_must_agree: policy ``strict``'s label check (reads the texts' first 4 KiB).
         verify: check the parts' SHA-256 first (:meth:`Corpus.verify_parts`).
     Raises:
         DamagedPartError: a part is damaged.
@@ -87,7 +98,8 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
     from xgen_data import decisions, dedup
 
     allow = tuple(allow)
-    key = decisions.license_params(allow)
+    key = decisions.license_params(allow, labels_must_agree)
+    policy = licenses.LicensePolicy("set", allow, labels_must_agree)
     if corpus.attribute_current("license", key):
         if update is not None:
             meta = corpus.read_meta()
@@ -102,20 +114,25 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
     gen = corpus.new_generation("license", key)
     cache: dict = {}
     for i, part in enumerate(parts):
-        table = pq.read_table(part.path, columns=["id", "license"])
-        lic = table.column("license").combine_chunks().dictionary_encode()
-        labels = lic.dictionary.to_pylist()
-        for x in labels:
-            if x not in cache:
-                ok, why = licenses.license_decision(x, allow)
-                cache[x] = (ok, why, dedup.license_rank(x, allow))
-        none = licenses.license_decision(None, allow) + (dedup.license_rank(None, allow),)
-        rows = [cache[x] for x in labels] + [none]
-        codes = lic.indices.fill_null(len(labels)).to_numpy(zero_copy_only=False)
+        table = pq.read_table(part.path, columns=["id", "license"] + (["text"] if labels_must_agree else []))
+        if labels_must_agree:
+            heads = [licenses.header_license(t) for t in table.column("text").to_pylist()]
+            table = table.drop_columns(["text"])
+        else:
+            heads = None
+        lic = table.column("license").to_pylist()
+        rows = []
+        for j, x in enumerate(lic):
+            k = (x, heads[j] if heads is not None else None)
+            if k not in cache:
+                ok, norm, why = licenses.decide(x, policy, k[1])
+                cache[k] = (norm, ok, why, dedup.license_rank(x, allow))
+            rows.append(cache[k])
         out = pa.table({"id": table.column("id"),
-                        "license_pass": pa.array(np.array([r[0] for r in rows], dtype=bool)[codes]),
-                        "license_reason": pa.array([r[1] for r in rows], pa.string()).take(pa.array(codes)),
-                        "license_tier": pa.array(np.array([r[2] for r in rows], dtype=np.int8)[codes])},
+                        "license_normalized": pa.array([r[0] for r in rows], pa.string()),
+                        "license_pass": pa.array([r[1] for r in rows], pa.bool_()),
+                        "license_reason": pa.array([r[2] for r in rows], pa.string()),
+                        "license_tier": pa.array([r[3] for r in rows], pa.int8())},
                        schema=LICENSE_SCHEMA)
         with fsutil.atomic_path(corpus.attribute_path(gen, part)) as tmp:
             pq.write_table(out, tmp, compression="zstd")
@@ -143,7 +160,7 @@ def report(corpus_dir: str, dec) -> FilterReport:
 
 
 def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: tuple[str, ...] = ("code",),
-                allow: tuple[str, ...] | None = None) -> FilterReport:
+                allow: tuple[str, ...] | None = None, policies: dict | None = None) -> FilterReport:
     """Set the corpus's default filter decisions (``xgen filter``) and compute what they need.
 
     Computes the ``license`` attributes for ``allow`` when not current (:func:`compute_license_attributes`) and
@@ -155,6 +172,8 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         min_tokens: documents with fewer tokens are dropped (SPEC §2: 100).
         license_subsets: subsets held to the license allow-list (code).
         allow: SPDX identifiers that pass; default the shipped list (:mod:`xgen_data.licenses`).
+        policies: ``{subset: LicensePolicy}`` to hold subsets to named policies instead (``xgen filter
+            --recipe R``: the recipe's, e.g. starcoder ``strict``); ``license_subsets`` are then its keys.
     Returns:
         the drops under the new defaults (:func:`report`).
     Raises:
@@ -166,12 +185,18 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     if min_tokens < 0:
         raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
     corpus = Corpus(corpus_dir)
-    settings = params(min_tokens, license_subsets, allow)
+    settings = params(min_tokens, tuple(policies) if policies else license_subsets, allow, policies)
 
     def update(meta: dict) -> None:
         meta.setdefault("default_decisions", {})["filter"] = settings
 
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of killed runs, and step files of the pre-attributes layout
-        compute_license_attributes(corpus, settings["allow"], update)
+        corpus.verify_parts()
+        for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
+            compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False)
+        compute_license_attributes(corpus, settings["allow"], update, verify=False)
+        from xgen_data import languages
+
+        languages.compute_language_attributes(corpus, verify=False)
         return report(corpus_dir, decisions.from_defaults(corpus))

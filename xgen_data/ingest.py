@@ -103,6 +103,8 @@ def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, 
         return None, np.zeros(0, dtype=np.int64), errors
     texts = [d["text"] for d in docs]
     flat, lengths = tokenizer.encode_to_arrays(texts)
+    if any(d.get("_prefix") for d in docs):
+        flat, lengths = _with_metadata_tokens(docs, flat, lengths)
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     text_arr = pa.array(texts, type=pa.string())
@@ -119,11 +121,37 @@ def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, 
             np.asarray(lines, dtype=np.int64), errors)
 
 
+def metadata_token_ids(repo: str | None, filename: str | None, stars: str | None) -> np.ndarray:
+    """StarCoder's metadata prefix as token ids: ``<reponame>`` repo ``<filename>`` path ``<gh_stars>`` bucket,
+    then a newline; the special tokens are inserted by id (SPEC §1 ids), their values encoded in data mode,
+    so no text can produce them. Parts the record does not give are left out; all missing: no prefix."""
+    ids: list[int] = []
+    for token, value in (("<reponame>", repo), ("<filename>", filename), ("<gh_stars>", stars)):
+        if value is not None:
+            ids.append(tokenizer.FIRST_SPECIAL_ID + tokenizer.CODE_SPECIAL_TOKENS.index(token))
+            ids += tokenizer.encode(value)
+    if ids:
+        ids += tokenizer.encode("\n")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _with_metadata_tokens(docs, flat: np.ndarray, lengths: np.ndarray):
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    pieces, out_len = [], []
+    for i, d in enumerate(docs):
+        pre = metadata_token_ids(*d["_prefix"]) if d.get("_prefix") else np.zeros(0, np.int64)
+        pieces += [pre.astype(flat.dtype), flat[offsets[i]:offsets[i + 1]]]
+        out_len.append(len(pre) + int(lengths[i]))
+    return np.concatenate(pieces), np.asarray(out_len, dtype=lengths.dtype)
+
+
 def _batches(records: Iterable[readers.RawRecord]) -> Iterator[list[readers.RawRecord]]:
     batch, size = [], 0
     for rec in records:
         batch.append(rec)
-        size += len(rec.payload) if isinstance(rec.payload, bytes) else len(str(rec.payload.get("text", "")))
+        size += len(rec.payload) if isinstance(rec.payload, bytes) else \
+            len(str(rec.payload.get("text", rec.payload.get("content", ""))))
         if len(batch) >= BATCH_DOCS or size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0
@@ -391,7 +419,8 @@ def _write_error(exc: OSError, what: str) -> OSError:
 
 
 def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.Executor | None = None,
-                on_error: str = "raise", progress: bool = True, folder: str | None = None) -> FileReport:
+                on_error: str = "raise", progress: bool = True, folder: str | None = None,
+                columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> FileReport:
     """Ingest one input file into ``corpus`` (see module docstring).
 
     Args:
@@ -400,6 +429,12 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
         on_error: ``"raise"`` stops at the first bad record or duplicate id; ``"skip"`` counts and reports them.
         folder: the folder ``path`` was found in (:func:`find_inputs`); recorded with the relative path.
+        columns: ``((field, column), ...)`` for inputs of another schema (:func:`readers.parse_columns`);
+            StarCoderData / The Stack Parquet files are recognised without it (:func:`readers.detect_layout`;
+            their default subset is ``starcoder``).
+        metadata_tokens: prefix each document's tokens with StarCoder's metadata tokens
+            (:func:`metadata_token_ids`; ``text`` stays the file's content, ``n_tokens`` counts the prefix); off
+            by default. The input is registered under another key, so switching it re-ingests the file.
     Raises:
         RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept).
         OSError: a part or ``corpus.json`` cannot be written (names it; ENOSPC for a full disk).
@@ -410,6 +445,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     readers.input_format(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such input file")
+    layout = readers.detect_layout(path, columns, metadata_tokens)
+    if subset is None and layout is not None and layout.starcoder:
+        subset = "starcoder"
     subset = check_name(default_subset(path) if subset is None else subset, "subset")
     rel = os.path.relpath(path, folder) if folder else None
     report = FileReport(path=path, subset=subset, name=rel or os.path.basename(path))
@@ -417,7 +455,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     digest = fsutil.sha256_file(path)
     meta = corpus.read_meta()
     inputs = meta.setdefault("inputs", {})
-    key = f"{subset}:{digest}"
+    key = f"{subset}:{digest}" + (":metadata-tokens" if metadata_tokens else "")
     abspath = os.path.abspath(path)
     repair: list[tuple[str, str]] = []
     if key in inputs:
@@ -451,7 +489,8 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
 
     bar = _progress(progress, f"ingest {report.name} -> {subset}")
     try:
-        for batch, lines, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}")),
+        for batch, lines, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}",
+                                                                                    layout=layout)),
                                                 pool, 2 * (pool._max_workers if pool is not None else 1)):
             for file, line, problem in errors:
                 if on_error == "raise":
@@ -467,7 +506,8 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
                 batch, lines, hashes = batch.filter(pa.array(keep)), lines[keep], hashes[keep]
             if batch.num_rows:
                 if writer is None:
-                    final = os.path.join(out_dir, f"{stem}-{digest[:8]}-{len(tmp_paths):05d}.parquet")
+                    mark = "-m" if metadata_tokens else ""  # other bytes, other part names (crash safety)
+                    final = os.path.join(out_dir, f"{stem}-{digest[:8]}{mark}-{len(tmp_paths):05d}.parquet")
                     tmp_paths.append((fsutil.tmp_name(final), final))
                     try:
                         writer = pq.ParquetWriter(tmp_paths[-1][0], DOC_SCHEMA, compression="zstd")
@@ -539,12 +579,14 @@ def _progress(enabled: bool, desc: str):
 
 
 def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
-           progress: bool = True) -> list[FileReport]:
+           progress: bool = True, columns: tuple[tuple[str, str], ...] = (),
+           metadata_tokens: bool = False) -> list[FileReport]:
     """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
 
     Args:
         inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
             is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
+        columns: a column mapping for every input (:func:`ingest_file`).
 
     Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
     :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
@@ -558,11 +600,14 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
             raise FileNotFoundError(f"{path}: no such input file")
         if os.path.abspath(path).startswith(root + os.sep):
             raise ValueError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
-        check_name(default_subset(path) if subset is None else subset, "subset")
+        if subset is not None:
+            check_name(subset, "subset")
+        elif readers.detect_layout(path) is None or not readers.detect_layout(path).starcoder:
+            check_name(default_subset(path), "subset")
     tokenizer.get_encoding()  # a bad XGEN_GPT2_BPE fails here, clearly, not in a worker
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
         with worker_pool(workers) as pool:
-            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f)
-                    for p, s, f in items]
+            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f,
+                                columns=columns, metadata_tokens=metadata_tokens) for p, s, f in items]

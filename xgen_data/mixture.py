@@ -36,13 +36,37 @@ class SubsetPlan:
 
 
 def effective_tokens(stage: Stage) -> dict[str, int]:
-    """Integer token targets per subset summing exactly to ``stage.tokens`` (largest-remainder rounding)."""
+    """Integer token targets per subset summing exactly to ``stage.tokens``: the recipe's own
+    ``effective_tokens`` (+ ``replay``) when given, else ``proportion × tokens`` (largest-remainder rounding)."""
+    if stage.targets is not None:
+        return dict(stage.targets)
     raw = {s: p * stage.tokens for s, p in stage.proportions.items()}
     out = {s: int(v) for s, v in raw.items()}
     short = stage.tokens - sum(out.values())
     for s in sorted(raw, key=lambda s: (out[s] - raw[s], s))[:short]:
         out[s] += 1
     return out
+
+
+def billions(tokens: int) -> str:
+    """Tokens in billions with two decimals and thousands separators, as Table 2 prints them (``1,309.99B``);
+    exact for the recipe's budgets, which are multiples of 10M tokens."""
+    return f"{tokens / 1e9:,.2f}B"
+
+
+def stage_summary(stage: Stage) -> str:
+    """One line: a stage's tokens and how they are made up (``stage2: 110.00B = stage1 mixture 55.00B +
+    starcoder 55.00B``), license policies named by the stage included."""
+    parts = []
+    own = dict(effective_tokens(stage))
+    if stage.replay is not None:
+        parts.append(f"{stage.replay[0]} mixture {billions(stage.replay[1])} ("
+                     + ", ".join(f"{k} {billions(v)}" for k, v in stage.replay[2].items()) + ")")
+        own = {k: v - stage.replay[2].get(k, 0) for k, v in own.items()}
+    parts += [f"{k} {billions(v)}" for k, v in own.items() if v]
+    subs = " + ".join(f"{ss.name} {billions(ss.tokens)}" for ss in stage.substages)
+    lic = "".join(f"; {k}: license policy {v}" for k, v in stage.licenses.items())
+    return f"{stage.name}: {billions(stage.tokens)} = {' + '.join(parts)} (sub-stages {subs}){lic}"
 
 
 def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[SubsetPlan]:
@@ -57,6 +81,80 @@ def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[Subse
         for subset, eff in effective_tokens(stage).items():
             docs, unique = subset_stats.get(subset, (0, 0))
             rows.append(SubsetPlan(stage.name, subset, docs, unique, eff, stage.proportions[subset]))
+    return rows
+
+
+UNKNOWN_LANGUAGE = "(unknown)"
+
+
+def language_targets(stage: Stage, subset: str, target: int, language: np.ndarray,
+                     costs: np.ndarray) -> dict[str, int]:
+    """Tokens per language inside one subset's ``target`` (stage ``languages`` table; SPEC §2: StarCoder data
+    "keeps all 86 programming languages at their original relative weights").
+
+    ``"original"``: each language's share of the subset's unique tokens after filtering (documents with no
+    language form their own group, :data:`UNKNOWN_LANGUAGE`); a table: its weights (languages it does not
+    name get nothing). Exact integers summing to ``target`` (:func:`xgen_data.recipe.split_tokens`).
+
+    Args:
+        language: object ``[n_docs]``, each kept document's language (None = unknown).
+        costs: int64 ``[n_docs]``, each document's cost ``n_tokens + 1``.
+    Raises:
+        ValueError: a weighted language has no kept documents.
+    """
+    from xgen_data.recipe import split_tokens
+
+    langs = np.array([UNKNOWN_LANGUAGE if x is None else x for x in language], dtype=object)
+    unique: dict[str, int] = {}
+    for lang, c in zip(langs.tolist(), np.asarray(costs).tolist()):
+        unique[lang] = unique.get(lang, 0) + int(c)
+    spec = stage.languages[subset]
+    if spec == "original":
+        return split_tokens(target, dict(sorted(unique.items())))
+    missing = sorted(set(spec) - set(unique))
+    if missing:
+        raise ValueError(f"stage {stage.name!r}: languages.{subset} weights {', '.join(missing)}, which has no kept "
+                         f"documents (languages there: {', '.join(sorted(unique))})")
+    return split_tokens(target, {k: round(w * 10**9) for k, w in sorted(spec.items())})
+
+
+@dataclass(frozen=True)
+class LanguagePlan:
+    stage: str
+    subset: str
+    language: str
+    documents: int
+    unique_tokens: int  # incl. one EOS per document
+    share: float  # of the subset's unique tokens
+    effective_tokens: int
+
+    @property
+    def epochs(self) -> float:
+        return self.effective_tokens / self.unique_tokens if self.unique_tokens else float("inf")
+
+
+def language_plan(recipe: Recipe, docs: dict) -> list[LanguagePlan]:
+    """The per-language table of every subset a stage weights by language (``xgen mix plan``).
+
+    Args:
+        docs: ``{subset: SubsetDocs}`` (:func:`xgen_data.packing.kept_documents`).
+    """
+    rows = []
+    for stage in recipe.stages:
+        targets = effective_tokens(stage)
+        for subset in sorted(stage.languages):
+            d = docs.get(subset)
+            if d is None or not len(d.n_tokens):
+                continue
+            lang = d.language
+            per = language_targets(stage, subset, targets[subset], lang, d.costs)
+            keys = np.array([UNKNOWN_LANGUAGE if x is None else x for x in lang], dtype=object)
+            total = int(d.costs.sum())
+            for name in sorted(set(per) | set(keys.tolist())):
+                mask = keys == name
+                uniq = int(d.costs[mask].sum())
+                rows.append(LanguagePlan(stage.name, subset, name, int(mask.sum()), uniq, uniq / total,
+                                         per.get(name, 0)))
     return rows
 
 

@@ -44,6 +44,7 @@ class SubsetDocs:
     doc_id: np.ndarray  # object: document id
     source: np.ndarray  # object
     n_tokens: np.ndarray  # int64
+    language: np.ndarray | None = None  # object: language (the documents view's; None = unknown)
 
     @property
     def costs(self) -> np.ndarray:
@@ -60,13 +61,14 @@ def kept_documents(corpus_dir: str, subsets: list[str], recipe: Recipe | None = 
     con = sql.connect(corpus_dir, recipe=recipe)
     out = {}
     for name in subsets:
-        t = con.sql("""SELECT part, row, id, coalesce(source, '') AS source, n_tokens FROM documents
+        t = con.sql("""SELECT part, row, id, coalesce(source, '') AS source, n_tokens, language FROM documents
                            WHERE kept AND subset = ? ORDER BY part, row""", params=[name]).to_arrow_table()
         out[name] = SubsetDocs(name, np.array(t["part"].to_pylist(), dtype=object),
                                t["row"].to_numpy().astype(np.int64),
                                np.array(t["id"].to_pylist(), dtype=object),
                                np.array(t["source"].to_pylist(), dtype=object),
-                               t["n_tokens"].to_numpy().astype(np.int64))
+                               t["n_tokens"].to_numpy().astype(np.int64),
+                               np.array(t["language"].to_pylist(), dtype=object))
     return out
 
 
@@ -83,8 +85,14 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
     lic = con.execute("""SELECT license, count(*) FROM documents WHERE subset = ? AND drop_reason =
                          'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
     if lic:
+        policy = recipe.license_policies().get(subset, "permissive") if recipe is not None else "permissive"
+        top = con.execute("""SELECT reason, count(*) FROM documents WHERE subset = ? AND drop_reason =
+                             'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
         text += ("; licenses dropped: " + ", ".join(f"{x} ({n:,})" for x, n in lic)
-                 + "; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)")
+                 + f"; policy {policy} reasons: " + ", ".join(f"{x} ({n:,})" for x, n in top))
+        text += ("; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)"
+                 if policy == "permissive" else
+                 f"; policy {policy} is configuration (xgen_data/licenses_{policy}.toml), not a recipe setting")
     return text
 
 
@@ -345,6 +353,10 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
             manifest["plan"].append({"stage": row.stage, "subset": row.subset, "documents": row.documents,
                                      "unique_tokens": row.unique_tokens, "effective_tokens": row.effective_tokens,
                                      "proportion": row.proportion, "epochs": round(row.epochs, 6)})
+        manifest["language_plan"] = [{"stage": r.stage, "subset": r.subset, "language": r.language,
+                                      "documents": r.documents, "unique_tokens": r.unique_tokens,
+                                      "share": r.share, "effective_tokens": r.effective_tokens}
+                                     for r in mixture.language_plan(recipe, docs)]
         for stage in recipe.stages:
             _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar)
         shutil.rmtree(os.path.join(tmp_dir, ".work"))
@@ -377,10 +389,26 @@ class Instances:
         return int(self.pos[-1] + self.take[-1] + 1) if len(self.pos) else 0
 
 
+def _select(d: SubsetDocs, stage, name: str, target: int, rng: np.random.Generator):
+    """One subset's instances: by proportion, or per language (stage ``languages``), each language exactly at
+    its target (:func:`xgen_data.mixture.language_targets`), languages in sorted order."""
+    if name not in stage.languages:
+        return mixture.select_documents(d.costs, target, rng)
+    per = mixture.language_targets(stage, name, target, d.language, d.costs)
+    keys = np.array([mixture.UNKNOWN_LANGUAGE if x is None else x for x in d.language], dtype=object)
+    idx, take = [], []
+    for lang in sorted(per):
+        members = np.flatnonzero(keys == lang)
+        i, t = mixture.select_documents(d.costs[members], per[lang], rng)
+        idx.append(members[i])
+        take.append(t)
+    return np.concatenate(idx) if idx else np.zeros(0, np.int64), np.concatenate(take) if take else np.zeros(0, np.int64)
+
+
 def select_instances(docs: dict[str, SubsetDocs], stage, subsets: list[str], rng: np.random.Generator) -> Instances:
     """Steps 1-2 of the module docstring: per-subset selection by proportion, then one uniform shuffle."""
     targets = mixture.effective_tokens(stage)
-    picked = [mixture.select_documents(docs[name].costs, targets[name], rng) for name in subsets]
+    picked = [_select(docs[name], stage, name, targets[name], rng) for name in subsets]
     order = rng.permutation(sum(len(d) for d, _ in picked))
     subset = np.concatenate([np.full(len(d), k, dtype=np.int64) for k, (d, _) in enumerate(picked)])[order]
     doc = np.concatenate([d for d, _ in picked])[order]

@@ -24,7 +24,8 @@ class StepsReport:
 
     ``filter``: the recipe's filter drops (derived, always given); ``dedup``: the dedup report when the dedup
     attributes were computed (None: not asked for, or up to date); ``ran``: the attribute steps computed now;
-    ``skipped``: those already current (``"filter"`` = the license attributes, ``"dedup"``).
+    ``skipped``: those already current (``"filter"`` = the license attributes of every policy the recipe
+    names and the ``language`` attributes, ``"dedup"``).
     """
 
     filter: Any = None
@@ -63,16 +64,23 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     corpus.remove_unregistered()
     corpus.verify_parts()
     allow = recipe.allow_list()
-    key = decisions.license_params(allow)
-    if force or not corpus.attribute_current("license", key):
-        if force:
-            meta = corpus.read_meta()
-            meta.get("attributes", {}).pop(corpus.attribute_key("license", key), None)
-            corpus.write_meta(meta)
-        filters.compute_license_attributes(corpus, allow, verify=False)
-        ran.append("filter")
-    else:
-        skipped.append("filter")
+    # the base allow-list (dedup's keep tier, subsets held to no policy), then each policy's set
+    sets = list(dict.fromkeys((a, lab) for a, lab in [(tuple(sorted(set(allow))), False)]
+                              + [(tuple(p["allow"]), p["labels_must_agree"]) for p in dec.filter["policies"].values()]))
+    computed = False
+    for set_allow, labels in sets:
+        key = decisions.license_params(set_allow, labels)
+        if force or not corpus.attribute_current("license", key):
+            if force:
+                meta = corpus.read_meta()
+                meta.get("attributes", {}).pop(corpus.attribute_key("license", key), None)
+                corpus.write_meta(meta)
+            filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
+            computed = True
+    from xgen_data import languages
+
+    computed = languages.compute_language_attributes(corpus, verify=False) or computed
+    (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", decisions.dedup_attr_params(dec.dedup)):
             from xgen_data import dedup

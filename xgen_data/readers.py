@@ -29,6 +29,142 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How an input's columns map to the corpus fields (:data:`FIELDS`).
+
+    ``columns``: ``((field, column), ...)`` from ``--columns text=content,path=max_stars_repo_path``;
+    ``starcoder``: BigCode's StarCoderData / The Stack layout (:data:`STARCODER_COLUMNS`; the repository
+    context goes to ``meta``); ``language``: the language of every record (StarCoderData's folder name).
+    Columns that map to no field are kept in ``meta`` (a JSON object) unless a column is mapped to ``meta``.
+    """
+
+    columns: tuple[tuple[str, str], ...] = ()
+    starcoder: bool = False
+    language: str | None = None
+    metadata_tokens: bool = False  # prefix StarCoder's <reponame> <filename> <gh_stars> (metadata_prefix)
+
+
+#: StarCoderData / The Stack column -> corpus field (the license list becomes a JSON array: all apply).
+STARCODER_COLUMNS = (("text", "content"), ("path", "max_stars_repo_path"), ("license", "max_stars_repo_licenses"))
+STARCODER_SOURCE = "starcoderdata"
+
+
+def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
+    """``"text=content,path=max_stars_repo_path"`` -> ``(("text", "content"), ("path", "max_stars_repo_path"))``.
+
+    Raises:
+        ValueError: an item is not ``field=column``, a field is not one of :data:`FIELDS`, or is repeated.
+    """
+    if not spec:
+        return ()
+    out = []
+    for item in spec.split(","):
+        if "=" not in item or not all(x.strip() for x in item.split("=", 1)):
+            raise ValueError(f"--columns: {item!r} is not field=column (e.g. text=content,path=max_stars_repo_path)")
+        f, c = (x.strip() for x in item.split("=", 1))
+        if f not in FIELDS:
+            raise ValueError(f"--columns: {f!r} is not a corpus field; fields: {', '.join(FIELDS)}")
+        if f in dict(out):
+            raise ValueError(f"--columns: field {f!r} is mapped twice")
+        out.append((f, c))
+    return tuple(out)
+
+
+def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> Layout | None:
+    """The layout of one input: StarCoder's when a Parquet file has ``content`` and ``max_stars_*`` columns
+    and no ``text`` (its language from the parent folder when that names a language of
+    :mod:`xgen_data.languages`, e.g. ``python/train-00000-of-00059.parquet``); ``columns`` on top; None for
+    the plain corpus schema."""
+    star = False
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = set(pq.read_schema(path).names)
+        except Exception:  # noqa: BLE001  (a corrupt file is reported by iter_raw with its row)
+            names = set()
+        star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
+    language = None
+    if star:
+        from xgen_data import languages
+
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        language = folder if folder in languages.table() else None
+    if not star and not columns and not metadata_tokens:
+        return None
+    return Layout(columns=tuple(columns), starcoder=star, language=language, metadata_tokens=metadata_tokens)
+
+
+def stars_bucket(stars) -> str | None:
+    """StarCoder's star buckets for ``<gh_stars>``: ``0``, ``1-10``, ``10-100``, ``100-1000``, ``1000+``."""
+    try:
+        n = int(stars)
+    except (TypeError, ValueError):
+        return None
+    if n <= 0:
+        return "0"
+    return "1-10" if n < 10 else "10-100" if n < 100 else "100-1000" if n < 1000 else "1000+"
+
+
+def metadata_prefix(obj: dict[str, Any], path: str | None) -> tuple[str | None, str | None, str | None]:
+    """``(repository, file name, stars bucket)`` for StarCoder's metadata tokens, from the record's
+    repository context (``max_stars_repo_name`` / ``repo`` / ``package``; ``max_stars_count`` / ``stars``,
+    at the top level or in ``meta``) and its path; None for what the record does not say."""
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+
+    def pick(*keys):
+        for k in keys:
+            for src in (obj, meta):
+                if src.get(k) not in (None, ""):
+                    return src[k]
+        return None
+    repo = pick("max_stars_repo_name", "repo", "repository", "package")
+    return (None if repo is None else str(repo), path, stars_bucket(pick("max_stars_count", "stars")))
+
+
+def apply_layout(obj: dict[str, Any], layout: Layout, file: str, line: int) -> dict[str, Any]:
+    """A record of the input's schema as a record of the corpus schema (see :class:`Layout`).
+
+    Raises:
+        RecordError: a mapped column is missing from the record.
+    """
+    mapping = dict(STARCODER_COLUMNS) if layout.starcoder else {}
+    if layout.starcoder and "id" not in obj and "hexsha" in obj:
+        mapping["id"] = "hexsha"
+    mapping.update(dict(layout.columns))
+    out: dict[str, Any] = {}
+    for f, c in mapping.items():
+        if c not in obj:
+            if f == "text" or (f, c) in layout.columns:
+                raise RecordError(file, line, f"missing column {c!r} (mapped to {f!r}); columns: "
+                                  f"{', '.join(sorted(obj))[:200]}")
+            continue
+        v = obj[c]
+        if f == "license" and isinstance(v, (list, tuple)):
+            v = json.dumps([str(x) for x in v]) if v else None
+        out[f] = v
+    used = set(mapping.values())
+    for f in FIELDS:  # same-named columns fill the other fields
+        if f not in out and f in obj and f not in mapping:
+            out[f] = obj[f]
+            used.add(f)
+    if layout.starcoder:
+        out.setdefault("source", STARCODER_SOURCE)
+        if layout.language is not None and out.get("language") is None:
+            out["language"] = layout.language
+        elif out.get("language") is None and isinstance(obj.get("lang"), str):
+            out["language"] = obj["lang"]
+            used.add("lang")
+    if "meta" not in mapping:
+        rest = {k: v for k, v in obj.items() if k not in used and k != "meta"}
+        if isinstance(obj.get("meta"), dict):
+            rest = {**obj["meta"], **rest}
+        if rest:
+            out["meta"] = rest
+    return out
+
+
+@dataclass(frozen=True)
 class RawRecord:
     """One undecoded input record: JSONL line bytes, or an already-decoded Parquet row (a dict)."""
 
@@ -36,6 +172,7 @@ class RawRecord:
     line: int
     payload: bytes | dict[str, Any]
     id_prefix: str | None = None  # default id is "<id_prefix>:<line>" (file name otherwise)
+    layout: Layout | None = None  # how its columns map to the corpus fields (None: the corpus schema)
 
 
 def input_format(path: str) -> str:
@@ -51,7 +188,7 @@ def input_format(path: str) -> str:
     raise ValueError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
-def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
+def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None) -> Iterator[RawRecord]:
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
     Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
@@ -59,6 +196,7 @@ def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
 
     Args:
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
+        layout: the input's column mapping (:func:`detect_layout`), applied when records are decoded.
     Raises:
         ValueError: unsupported suffix; RecordError: a corrupt or truncated compressed stream (names the
             file and the last good line; every complete line before it was yielded) or Parquet file.
@@ -73,7 +211,7 @@ def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
                 for rec in batch.to_pylist():
                     row += 1
-                    yield RawRecord(path, row, rec, id_prefix)
+                    yield RawRecord(path, row, rec, id_prefix, layout)
         except (OSError, pa.ArrowException) as exc:
             raise RecordError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
@@ -91,7 +229,7 @@ def iter_raw(path: str, id_prefix: str | None = None) -> Iterator[RawRecord]:
                 if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]
                 if line.strip():
-                    yield RawRecord(path, line_no, line, id_prefix)
+                    yield RawRecord(path, line_no, line, id_prefix, layout)
         except (OSError, EOFError, zstandard.ZstdError, zlib.error) as exc:
             last = f"the last good line is {line_no}" if line_no else "no complete line could be read"
             raise RecordError(path, line_no + 1, f"corrupt or truncated {fmt} stream; {last}: {exc}") from exc
@@ -203,6 +341,8 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         obj = rec.payload
     if not isinstance(obj, dict):
         raise RecordError(rec.file, rec.line, f"record is a JSON {type(obj).__name__}, expected an object")
+    if rec.layout is not None and (rec.layout.starcoder or rec.layout.columns):
+        obj = apply_layout(obj, rec.layout, rec.file, rec.line)
     if "text" not in obj:
         raise RecordError(rec.file, rec.line, "missing 'text'")
     text = obj["text"]
@@ -224,8 +364,16 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
             meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False, default=str))
     except (ValueError, RecursionError) as exc:
         raise RecordError(rec.file, rec.line, f"'meta' cannot be stored as JSON: {exc}") from None
+    if rec.layout is not None and rec.layout.metadata_tokens:
+        if isinstance(meta, str):
+            try:
+                parsed = json.loads(meta)
+            except ValueError:
+                parsed = None
+            obj = {**obj, "meta": parsed if isinstance(parsed, dict) else None}
+        doc["_prefix"] = metadata_prefix(obj, doc["path"])
     for key, value in doc.items():
-        if isinstance(value, str):
+        if key != "_prefix" and isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:

@@ -14,6 +14,11 @@ A recipe::
     name = "stage1"
     tokens = 1_500_000_000_000         # effective tokens of the stage (default: sum of sub-stage tokens)
     proportions = { natural = 0.9531, code = 0.0469 }   # sampling proportions by tokens; sum to 1
+    # or, Table 2 style, effective tokens per subset (the stage's tokens are their sum, plus `replay`):
+    # effective_tokens = { natural = 1_309_990_000_000, code = 64_530_000_000 }
+    # replay = { stage = "stage1", tokens = 55_000_000_000 }   # an earlier stage's mixture, at its proportions
+    # licenses = { starcoder = "strict" }   # license policy per subset (xgen_data.licenses.POLICIES)
+    # languages = { starcoder = "original" }   # per-language weights in a subset ("original" or a table)
     [[stages.substages]]
     name = "2k"
     seq_len = 2048
@@ -21,6 +26,12 @@ A recipe::
     heldout_sequences = 0              # of its tokens // seq_len sequences, set aside as the validation split
 
 Sub-stages take consecutive chunks of the stage's shuffled document stream, in order.
+
+License policies: ``[filters] license_subsets`` are held to ``permissive`` (its allow-list is
+``license_allow`` / ``license_allow_extra``, default the shipped list); a stage's ``licenses`` table names the
+policy of any of its subsets (``permissive`` or ``strict``, SPEC §2). Decisions are per document and subset,
+so a subset has one policy in the whole recipe: two stages naming different policies for one subset is an
+error (give the data two subset names instead).
 """
 from __future__ import annotations
 
@@ -52,10 +63,20 @@ class SubStage:
 
 @dataclass(frozen=True)
 class Stage:
+    """One training stage. ``proportions``: sampling proportions by tokens (given, or derived from
+    ``targets``); ``targets``: exact effective tokens per subset when the recipe gave ``effective_tokens``
+    and/or ``replay`` (None: ``proportions × tokens``); ``replay``: ``(earlier stage, tokens, {subset: tokens})`` or None;
+    ``licenses``: ``{subset: policy}`` named by this stage; ``languages``: ``{subset: "original" or
+    {language: weight}}``, per-language weights inside a subset (:func:`xgen_data.mixture.language_targets`)."""
+
     name: str
     tokens: int
     proportions: dict[str, float]
     substages: tuple[SubStage, ...]
+    targets: dict[str, int] | None = None
+    replay: tuple[str, int, dict[str, int]] | None = None
+    licenses: dict[str, str] = field(default_factory=dict)
+    languages: dict[str, str | dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,23 @@ class Recipe:
     def dedup_kwargs(self) -> dict:
         """The ``[dedup]`` parameters for :func:`xgen_data.dedup.run_dedup` (without ``enabled``)."""
         return {k: v for k, v in self.dedup.items() if k != "enabled"}
+
+    def license_policies(self) -> dict[str, str]:
+        """``{subset: policy name}`` of every subset held to a license policy (``license_subsets`` →
+        ``permissive``, overridden by the stages' ``licenses`` tables; :func:`load` checks they agree)."""
+        out = {s: "permissive" for s in self.license_subsets}
+        for st in self.stages:
+            out.update(st.licenses)
+        return dict(sorted(out.items()))
+
+    def policy(self, name: str):
+        """The :class:`xgen_data.licenses.LicensePolicy` called ``name``; ``permissive`` uses this recipe's
+        allow-list (:meth:`allow_list`), the others their shipped configuration file."""
+        from xgen_data import licenses
+
+        if name == "permissive":
+            return licenses.LicensePolicy("permissive", tuple(self.allow_list()), False)
+        return licenses.load_policy(name)
 
     def subsets(self) -> list[str]:
         """Every subset named by any stage, in first-seen order."""
@@ -137,19 +175,11 @@ def load(name_or_path: str) -> Recipe:
         _name(where + ".name", name, "stage", dots=False)
         names.add(name)
         where = f"{path}: stage {name!r}"
-        extra = set(st) - {"name", "tokens", "proportions", "substages"}
+        extra = set(st) - {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses", "languages",
+                           "substages"}
         if extra:
             raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
-        props = st.get("proportions")
-        if not isinstance(props, dict) or not props:
-            raise RecipeError(f"{where}: 'proportions' must be a table of subset = sampling proportion")
-        for k, v in props.items():
-            _name(f"{where}: proportions.{k}", k, "subset")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-                raise RecipeError(f"{where}: proportions.{k} must be a finite number > 0, got {v!r}")
-        total = sum(props.values())
-        if abs(total - 1.0) > 1e-6:
-            raise RecipeError(f"{where}: proportions sum to {total:.6f}, expected 1")
+        props, targets, replay = _mixture(where, st, stages)
         subs = []
         for j, ss in enumerate(_typed(path, f"stage {name!r} substages", st.get("substages") or [], list)):
             sw = f"{where}: substages[{j}]"
@@ -176,10 +206,28 @@ def load(name_or_path: str) -> Recipe:
         if len({s.name for s in subs}) != len(subs):
             raise RecipeError(f"{where}: sub-stage names must be unique")
         budget = sum(s.tokens for s in subs)
-        tokens = _int(f"{where}.tokens", st.get("tokens", budget))
+        given = sum(targets.values()) if targets is not None else None
+        tokens = _int(f"{where}.tokens", st.get("tokens", given if given is not None else budget))
+        if given is not None and tokens != given:
+            raise RecipeError(f"{where}.tokens: {tokens} differs from the effective tokens given "
+                              f"(effective_tokens + replay = {given})")
         if budget > tokens:
             raise RecipeError(f"{where}: sub-stage budgets sum to {budget} tokens, more than the stage's {tokens}")
-        stages.append(Stage(name, tokens, {k: float(v) for k, v in props.items()}, tuple(subs)))
+        lic = _typed(path, f"stage {name!r} licenses", st.get("licenses", {}), dict)
+        for k, v in lic.items():
+            if k not in props:
+                raise RecipeError(f"{where}: licenses.{k}: not a subset of this stage ({', '.join(props)})")
+            if not isinstance(v, str) or v not in known_policies():
+                raise RecipeError(f"{where}: licenses.{k}: unknown license policy {v!r}; known: "
+                                  f"{', '.join(known_policies())}")
+            for other in stages:
+                if other.licenses.get(k, v) != v:
+                    raise RecipeError(f"{where}: licenses.{k} = {v!r} but stage {other.name!r} uses "
+                                      f"{other.licenses[k]!r}; a subset has one policy per recipe (decisions are "
+                                      "per document): ingest the data under two subset names")
+        langs = _languages(where, _typed(path, f"stage {name!r} languages", st.get("languages", {}), dict), props)
+        stages.append(Stage(name, tokens, {k: float(v) for k, v in props.items()}, tuple(subs), targets, replay,
+                            dict(lic), langs))
     if not stages:
         raise RecipeError(f"{path}: at least one [[stages]] table is required")
     flt = _typed(path, "filters", raw.get("filters", {}), dict)
@@ -208,6 +256,95 @@ def load(name_or_path: str) -> Recipe:
         dedup=dedup,
         path=os.path.abspath(path),
     )
+
+
+def known_policies() -> tuple[str, ...]:
+    """License policy names a recipe may use (:data:`xgen_data.licenses.POLICIES`)."""
+    from xgen_data.licenses import POLICIES
+
+    return tuple(POLICIES)
+
+
+def split_tokens(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """``total`` split in proportion to integer ``weights`` exactly (largest remainder, ties by name).
+
+    Integer arithmetic, so 55B split as 1,309.99B : 64.53B gives the same integers on every platform.
+    """
+    den = sum(weights.values())
+    out = {k: total * w // den for k, w in weights.items()}
+    rem = {k: total * w % den for k, w in weights.items()}
+    for k in sorted(weights, key=lambda k: (-rem[k], k))[:total - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def _mixture(where: str, st: dict, earlier: list[Stage]):
+    """``(proportions, targets or None, replay or None)`` of one stage table (see the module docstring)."""
+    has_p, has_e, has_r = "proportions" in st, "effective_tokens" in st, "replay" in st
+    if has_p and (has_e or has_r):
+        raise RecipeError(f"{where}: give either 'proportions' or 'effective_tokens' (with an optional 'replay'), "
+                          "not both")
+    if has_p:
+        props = st["proportions"]
+        if not isinstance(props, dict) or not props:
+            raise RecipeError(f"{where}: 'proportions' must be a table of subset = sampling proportion")
+        for k, v in props.items():
+            _name(f"{where}: proportions.{k}", k, "subset")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise RecipeError(f"{where}: proportions.{k} must be a finite number > 0, got {v!r}")
+        total = sum(props.values())
+        if abs(total - 1.0) > 1e-6:
+            raise RecipeError(f"{where}: proportions sum to {total:.6f}, expected 1")
+        return props, None, None
+    if not has_e and not has_r:
+        raise RecipeError(f"{where}: 'proportions' must be a table of subset = sampling proportion "
+                          "(or give 'effective_tokens')")
+    targets: dict[str, int] = {}
+    replay = None
+    if has_r:
+        r = st["replay"]
+        if not isinstance(r, dict) or set(r) != {"stage", "tokens"}:
+            raise RecipeError(f"{where}: replay must be a table {{ stage = \"<earlier stage>\", tokens = N }}, "
+                              f"got {r!r}")
+        src = next((e for e in earlier if e.name == r["stage"]), None)
+        if src is None:
+            raise RecipeError(f"{where}: replay.stage {r['stage']!r} is not an earlier stage "
+                              f"({', '.join(e.name for e in earlier) or 'none'})")
+        n = _int(f"{where}: replay.tokens", r["tokens"])
+        from xgen_data.mixture import effective_tokens
+
+        targets = split_tokens(n, effective_tokens(src))
+        replay = (src.name, n, dict(targets))
+    if has_e:
+        eff = st["effective_tokens"]
+        if not isinstance(eff, dict) or not eff:
+            raise RecipeError(f"{where}: 'effective_tokens' must be a table of subset = tokens")
+        for k, v in eff.items():
+            _name(f"{where}: effective_tokens.{k}", k, "subset")
+            targets[k] = targets.get(k, 0) + _int(f"{where}: effective_tokens.{k}", v)
+    total = sum(targets.values())
+    return {k: v / total for k, v in targets.items()}, targets, replay
+
+
+def _languages(where: str, raw: dict, props: dict) -> dict:
+    """A stage's ``languages`` table: ``{subset: "original" | {language: weight > 0, summing to 1}}``."""
+    out = {}
+    for subset, v in raw.items():
+        if subset not in props:
+            raise RecipeError(f"{where}: languages.{subset}: not a subset of this stage ({', '.join(props)})")
+        if v == "original":
+            out[subset] = "original"
+            continue
+        if not isinstance(v, dict) or not v:
+            raise RecipeError(f"{where}: languages.{subset} must be \"original\" or a table of language = weight, "
+                              f"got {v!r}")
+        for k, w in v.items():
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w <= 0:
+                raise RecipeError(f"{where}: languages.{subset}.{k} must be a finite number > 0, got {w!r}")
+        if abs(sum(v.values()) - 1.0) > 1e-6:
+            raise RecipeError(f"{where}: languages.{subset} weights sum to {sum(v.values()):.6f}, expected 1")
+        out[subset] = {k: float(w) for k, w in v.items()}
+    return out
 
 
 def _typed(path: str, key: str, value, kind: type):
@@ -256,8 +393,26 @@ def to_toml(recipe: Recipe) -> str:
         lines.append(f"license_allow_extra = {value(recipe.license_allow_extra)}")
     lines += ["", "[dedup]"] + [f"{k} = {value(v)}" for k, v in recipe.dedup.items()]
     for st in recipe.stages:
-        props = ", ".join(f"{k} = {value(v)}" for k, v in st.proportions.items())
-        lines += ["", "[[stages]]", f"name = {value(st.name)}", f"tokens = {st.tokens}", f"proportions = {{ {props} }}"]
+        lines += ["", "[[stages]]", f"name = {value(st.name)}", f"tokens = {st.tokens}"]
+        if st.targets is None:
+            props = ", ".join(f"{k} = {value(v)}" for k, v in st.proportions.items())
+            lines.append(f"proportions = {{ {props} }}")
+        else:
+            own = dict(st.targets)
+            if st.replay is not None:
+                for k, v in st.replay[2].items():
+                    own[k] -= v
+                lines.append(f"replay = {{ stage = {value(st.replay[0])}, tokens = {st.replay[1]} }}")
+            own = {k: v for k, v in own.items() if v}
+            if own:
+                lines.append("effective_tokens = { " + ", ".join(f"{k} = {v}" for k, v in own.items()) + " }")
+        if st.licenses:
+            lines.append("licenses = { " + ", ".join(f"{k} = {value(v)}" for k, v in st.licenses.items()) + " }")
+        if st.languages:
+            def lang(v) -> str:
+                return value(v) if isinstance(v, str) else \
+                    "{ " + ", ".join(f"{json.dumps(k)} = {value(w)}" for k, w in v.items()) + " }"
+            lines.append("languages = { " + ", ".join(f"{k} = {lang(v)}" for k, v in st.languages.items()) + " }")
         for ss in st.substages:
             lines += ["", "[[stages.substages]]", f"name = {value(ss.name)}", f"seq_len = {ss.seq_len}",
                       f"tokens = {ss.tokens}"]

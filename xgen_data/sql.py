@@ -3,7 +3,10 @@
 Views (created by :func:`connect`):
 
 * ``documents``: one row per document: ``id, subset, part, row, source, license, language, path, meta,
-  text, n_chars, n_bytes, n_tokens``, its attributes ``license_pass, license_reason, license_tier,
+  text, n_chars, n_bytes, n_tokens``, its attributes ``license_normalized, license_policy, decision, reason``
+  (the subset's license policy's), ``language_source, language_detected, language_how, language_is_code,
+  language_disagrees`` (:mod:`xgen_data.languages`; ``language`` is the source's, else the detected one),
+  ``license_pass, license_reason, license_tier,
   dup_cluster, exact_group``, and the decisions derived for one recipe (or the corpus defaults):
   ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.decisions`; the filter's
   reason first, then dedup's; ``kept`` = no reason).
@@ -117,6 +120,20 @@ STATS_QUERIES: list[tuple[str, str]] = [
         count(*) FILTER (kept) AS kept_documents FROM documents GROUP BY ALL ORDER BY documents DESC LIMIT 20"""),
     ("Per language (top 20 by tokens)", """SELECT subset, language, count(*) AS documents, sum(n_tokens) AS tokens
         FROM documents GROUP BY ALL ORDER BY tokens DESC LIMIT 20"""),
+    ("Code: tokens per language (how identified; disagreements with the source)", """SELECT subset,
+        coalesce(language, '(unknown)') AS language, count(*) AS documents, sum(n_tokens) AS tokens,
+        sum(n_tokens) FILTER (kept) AS kept_tokens, count(*) FILTER (language_source IS NOT NULL) AS from_source,
+        count(*) FILTER (language_how = 'extension' OR language_how = 'filename') AS by_name,
+        count(*) FILTER (language_how = 'shebang') AS by_shebang,
+        count(*) FILTER (language_how IN ('unknown', 'ambiguous')) AS unidentified,
+        count(*) FILTER (language_disagrees) AS disagree
+        FROM documents WHERE license_policy IS NOT NULL
+            OR subset IN (SELECT DISTINCT subset FROM documents WHERE language_is_code)
+        GROUP BY ALL ORDER BY subset, tokens DESC"""),
+    ("License decisions by source and policy", """SELECT subset, coalesce(source, '') AS source,
+        coalesce(license_policy, '(none)') AS policy, decision, count(*) AS documents, sum(n_tokens) AS tokens,
+        arg_max(reason, n_tokens) FILTER (decision = 'fail') AS largest_fail_reason
+        FROM documents WHERE license_policy IS NOT NULL GROUP BY ALL ORDER BY subset, source, policy, decision"""),
     ("Document length in tokens (quantiles)", """SELECT subset, min(n_tokens) AS min,
         quantile_disc(n_tokens, 0.1) AS p10, quantile_disc(n_tokens, 0.5) AS p50,
         quantile_disc(n_tokens, 0.9) AS p90, quantile_disc(n_tokens, 0.99) AS p99, max(n_tokens) AS max
