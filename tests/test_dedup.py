@@ -143,13 +143,21 @@ def real_dups(tmp_path_factory):
 # --------------------------------------------------------------------------------------------------
 # MinHash = datasketch
 # --------------------------------------------------------------------------------------------------
+#: Texts that exercise the compiled word split and SHA-1: multi-block shingles (> 55 and > 119 bytes), case
+#: mappings that change length, CJK outside the BMP, lone and stacked marks, emoji, a lone surrogate.
+KERNEL_TEXTS = ["x" * 54 + " a b c d", "y" * 56 + " a b c d", "z" * 200 + " " + "é" * 70, "İSTANBUL ǅ ß ΣΑΣ",
+                "𠀀𠀁𠀂 ext b 𪜀", "\u0301\u0302 alone marks ã\u0303", "emoji 😀 splits 🙂 words here now",
+                "lone \ud800 surrogate between words of text", "中\u0301文字 ไทย\u0e31ภาษา Ελληνικά κείμενο"]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("scheme", minhash.SCHEMES)
-@pytest.mark.parametrize("num_perm,seed,ngram", [(256, 1, 5), (64, 42, 3), (7, 0, 1)])
-def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram):
+@pytest.mark.parametrize("num_perm,seed,ngram", [(256, 1, 5), (64, 42, 3), (7, 0, 1), (128, 2**32 - 1, 5)])
+def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram, compiled):
     from datasketch import MinHash
 
-    texts = sample_texts(15 if num_perm == 256 else 5) + EDGE_TEXTS
-    sig, n_words = minhash.MinHasher(num_perm, seed, ngram, scheme).signatures(texts)
+    texts = sample_texts(15 if num_perm == 256 else 5) + EDGE_TEXTS + KERNEL_TEXTS
+    sig, n_words = minhash.MinHasher(num_perm, seed, ngram, scheme, compiled=compiled).signatures(texts)
     assert sig.shape == (len(texts), num_perm) and sig.dtype == minhash.sig_dtype(scheme)
     for i, text in enumerate(texts):
         m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
@@ -157,6 +165,19 @@ def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram):
             m.update(s)
         assert np.array_equal(sig[i], m.hashvalues), (scheme, i, text[:60])
         assert n_words[i] == len(minhash.words(text))
+
+
+@pytest.mark.parametrize("ngram", [1, 5, 9])
+def test_compiled_shingle_hashes_equal_hashlib(ngram):
+    from xgen_data import minhash_jit
+
+    texts = sample_texts(10) + EDGE_TEXTS + KERNEL_TEXTS
+    for wide in (False, True):
+        got, off, n_words = minhash_jit.shingle_hashes(texts, ngram, wide=wide)
+        ref, ref_off = minhash.hash_shingle_lists([minhash.shingles(t, ngram) for t in texts],
+                                                  scheme="affine64" if wide else "affine32")
+        assert np.array_equal(off, ref_off) and np.array_equal(got, ref.astype(np.uint64))
+        assert n_words.tolist() == [len(minhash.words(t)) for t in texts]
 
 
 def test_permutations_equal_datasketch():

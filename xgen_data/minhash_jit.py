@@ -1,0 +1,317 @@
+"""Compiled MinHash kernels (Numba): words → shingles → SHA-1 → permutations, no Python per shingle.
+
+The same math as :mod:`xgen_data.minhash` (which states the rules once and checks the result against
+datasketch): the word split of :func:`xgen_data.minhash.word_regex` as a per-code-point class table, each
+shingle the UTF-8 bytes of ``ngram`` consecutive words joined by one space, hashed with SHA-1 (FIPS 180-4)
+and cut to datasketch's ``sha1_hash32`` (first 4 digest bytes, little-endian) or ``sha1_hash64`` (first 8),
+then the permutations of the scheme and a running minimum per document.
+
+What stays in Python per document is C-speed string work: ``unicodedata.normalize("NFC", text).lower()``
+(exactly what :func:`xgen_data.minhash.words` does) and one UTF-32 encode of the batch. The kernels are
+compiled lazily on first use and cached on disk (``cache=True``; Numba's cache directory, ``NUMBA_CACHE_DIR``
+to move it): nothing is compiled at install time.
+"""
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+#: Code point classes of the table (:func:`class_table`): bit flags.
+WORD, CHAR, MARK = 1, 2, 4
+_M32 = 0xFFFFFFFF
+
+
+@lru_cache(maxsize=1)
+def class_table() -> np.ndarray:
+    """Class of every BMP code point for the word split, uint8 shape ``(65536,)``.
+
+    Bit :data:`WORD`: in a word run (letters, digits, marks, ``_`` outside the one-character scripts);
+    :data:`CHAR`: a one-character word (letter or digit of a script written without spaces); :data:`MARK`:
+    a combining mark (joins the preceding one-character word). Built from the same ranges and
+    :mod:`unicodedata` categories as :func:`xgen_data.minhash.word_regex`; outside the BMP, U+20000–U+3FFFF are
+    one-character words and everything else separates (the kernel hard-codes that).
+    """
+    from xgen_data import minhash
+
+    split = np.zeros(0x10000, dtype=bool)
+    for a, b in minhash._CHAR_SCRIPTS:
+        split[a:b + 1] = True
+    t = np.zeros(0x10000, dtype=np.uint8)
+    for c in range(0x10000):
+        cat = unicodedata.category(chr(c))[0]
+        if (cat in "LNM" or c == 0x5F) and not split[c]:
+            t[c] |= WORD
+        if cat in "LN" and split[c]:
+            t[c] |= CHAR
+        if cat == "M":
+            t[c] |= MARK
+    return t
+
+
+@lru_cache(maxsize=1)
+def _kernels():
+    import numba as nb
+
+    jit = nb.njit(cache=True, nogil=True, boundscheck=False)
+
+    @jit
+    def rotl(x, n):
+        return ((x << np.uint64(n)) | (x >> np.uint64(32 - n))) & np.uint64(_M32)
+
+    @jit
+    def compress(data, off, st, w):
+        """One SHA-1 block (64 bytes of ``data`` from ``off``) into the state ``st`` (5 words, FIPS 180-4)."""
+        M = np.uint64(_M32)
+        for t in range(16):
+            q = off + 4 * t
+            w[t] = ((np.uint64(data[q]) << np.uint64(24)) | (np.uint64(data[q + 1]) << np.uint64(16))
+                    | (np.uint64(data[q + 2]) << np.uint64(8)) | np.uint64(data[q + 3]))
+        for t in range(16, 80):
+            w[t] = rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+        a, b, c, d, e = st[0], st[1], st[2], st[3], st[4]
+        for t in range(0, 20):
+            tmp = (rotl(a, 5) + ((b & c) | ((~b & M) & d)) + e + np.uint64(0x5A827999) + w[t]) & M
+            e, d, c, b, a = d, c, rotl(b, 30), a, tmp
+        for t in range(20, 40):
+            tmp = (rotl(a, 5) + (b ^ c ^ d) + e + np.uint64(0x6ED9EBA1) + w[t]) & M
+            e, d, c, b, a = d, c, rotl(b, 30), a, tmp
+        for t in range(40, 60):
+            tmp = (rotl(a, 5) + ((b & c) | (b & d) | (c & d)) + e + np.uint64(0x8F1BBCDC) + w[t]) & M
+            e, d, c, b, a = d, c, rotl(b, 30), a, tmp
+        for t in range(60, 80):
+            tmp = (rotl(a, 5) + (b ^ c ^ d) + e + np.uint64(0xCA62C1D6) + w[t]) & M
+            e, d, c, b, a = d, c, rotl(b, 30), a, tmp
+        st[0] = (st[0] + a) & M
+        st[1] = (st[1] + b) & M
+        st[2] = (st[2] + c) & M
+        st[3] = (st[3] + d) & M
+        st[4] = (st[4] + e) & M
+
+    @jit
+    def sha1_prefix(buf, s, e, w, st, tail):
+        """First 8 digest bytes of SHA-1(buf[s:e]) as (H0, H1), big-endian words. ``tail``: 128 scratch bytes."""
+        length = e - s
+        st[0] = 0x67452301
+        st[1] = 0xEFCDAB89
+        st[2] = 0x98BADCFE
+        st[3] = 0x10325476
+        st[4] = 0xC3D2E1F0
+        full = length // 64
+        for bi in range(full):
+            compress(buf, s + 64 * bi, st, w)
+        rem = length - 64 * full
+        nblk = 1 if rem < 56 else 2
+        for j in range(64 * nblk):
+            tail[j] = 0
+        base = s + 64 * full
+        for j in range(rem):
+            tail[j] = buf[base + j]
+        tail[rem] = 0x80
+        bits = np.uint64(length) * np.uint64(8)
+        last = 64 * nblk
+        for j in range(8):
+            tail[last - 1 - j] = (bits >> np.uint64(8 * j)) & np.uint64(0xFF)
+        for bi in range(nblk):
+            compress(tail, 64 * bi, st, w)
+        return st[0], st[1]
+
+    @jit
+    def bswap32(x):
+        return (((x & np.uint64(0xFF)) << np.uint64(24)) | ((x & np.uint64(0xFF00)) << np.uint64(8))
+                | ((x >> np.uint64(8)) & np.uint64(0xFF00)) | ((x >> np.uint64(24)) & np.uint64(0xFF)))
+
+    @jit
+    def put_utf8(buf, q, c):
+        if c < 0x80:
+            buf[q] = c
+            return q + 1
+        if c < 0x800:
+            buf[q] = 0xC0 | (c >> 6)
+            buf[q + 1] = 0x80 | (c & 0x3F)
+            return q + 2
+        if c < 0x10000:
+            buf[q] = 0xE0 | (c >> 12)
+            buf[q + 1] = 0x80 | ((c >> 6) & 0x3F)
+            buf[q + 2] = 0x80 | (c & 0x3F)
+            return q + 3
+        buf[q] = 0xF0 | (c >> 18)
+        buf[q + 1] = 0x80 | ((c >> 12) & 0x3F)
+        buf[q + 2] = 0x80 | ((c >> 6) & 0x3F)
+        buf[q + 3] = 0x80 | (c & 0x3F)
+        return q + 4
+
+    @jit
+    def cls_of(table, c):
+        if c < 0x10000:
+            return table[c]
+        if 0x20000 <= c <= 0x3FFFF:
+            return np.uint8(CHAR)
+        return np.uint8(0)
+
+    @jit
+    def shingle_hashes(cp, doc_off, table, ngram, wide):
+        """Per document: words (class table), shingles, SHA-1 prefix. Returns (hashes u64, sh_off, n_words)."""
+        n_docs = len(doc_off) - 1
+        total = len(cp)
+        buf = np.empty(4 * total + total + 1, dtype=np.uint8)
+        ws = np.empty(total + 1, dtype=np.int64)
+        we = np.empty(total + 1, dtype=np.int64)
+        hashes = np.empty(total + n_docs, dtype=np.uint64)
+        sh_off = np.zeros(n_docs + 1, dtype=np.int64)
+        n_words = np.zeros(n_docs, dtype=np.int32)
+        w = np.empty(80, dtype=np.uint64)
+        st = np.empty(5, dtype=np.uint64)
+        tail = np.empty(128, dtype=np.uint8)
+        nh = 0
+        for d in range(n_docs):
+            q = 0
+            nw = 0
+            i = doc_off[d]
+            end = doc_off[d + 1]
+            while i < end:
+                k = cls_of(table, cp[i])
+                if k & WORD:
+                    if nw:
+                        buf[q] = 0x20
+                        q += 1
+                    ws[nw] = q
+                    while i < end and (cls_of(table, cp[i]) & WORD):
+                        q = put_utf8(buf, q, cp[i])
+                        i += 1
+                    we[nw] = q
+                    nw += 1
+                elif k & CHAR:
+                    if nw:
+                        buf[q] = 0x20
+                        q += 1
+                    ws[nw] = q
+                    q = put_utf8(buf, q, cp[i])
+                    i += 1
+                    while i < end and (cls_of(table, cp[i]) & MARK):
+                        q = put_utf8(buf, q, cp[i])
+                        i += 1
+                    we[nw] = q
+                    nw += 1
+                else:
+                    i += 1
+            n_words[d] = nw
+            if nw == 0:
+                sh_off[d + 1] = nh
+                continue
+            n_sh = nw - ngram + 1 if nw >= ngram else 1
+            span = ngram if nw >= ngram else nw
+            for j in range(n_sh):
+                h0, h1 = sha1_prefix(buf, ws[j], we[j + span - 1], w, st, tail)
+                lo = bswap32(h0)
+                hashes[nh] = (lo | (bswap32(h1) << np.uint64(32))) if wide else lo
+                nh += 1
+            sh_off[d + 1] = nh
+        return hashes[:nh], sh_off, n_words
+
+    @jit
+    def fmix32(h):
+        M = np.uint64(_M32)
+        h = h ^ (h >> np.uint64(16))
+        h = (h * np.uint64(0x85EBCA6B)) & M
+        h = h ^ (h >> np.uint64(13))
+        h = (h * np.uint64(0xC2B2AE35)) & M
+        return h ^ (h >> np.uint64(16))
+
+    @jit
+    def fmix64(h):
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xFF51AFD7ED558CCD)
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xC4CEB9FE1A85EC53)
+        return h ^ (h >> np.uint64(33))
+
+    @jit
+    def sig_affine32(hashes, sh_off, a, b, sig):
+        n_perm = len(a)
+        for d in range(len(sh_off) - 1):
+            row = sig[d]
+            for k in range(sh_off[d], sh_off[d + 1]):
+                hv = np.uint32(fmix32(hashes[k]))
+                for p in range(n_perm):
+                    v = np.uint32(a[p] * hv + b[p])
+                    if v < row[p]:
+                        row[p] = v
+
+    @jit
+    def sig_affine64(hashes, sh_off, a, b, sig):
+        n_perm = len(a)
+        for d in range(len(sh_off) - 1):
+            row = sig[d]
+            for k in range(sh_off[d], sh_off[d + 1]):
+                hv = fmix64(hashes[k])
+                for p in range(n_perm):
+                    v = a[p] * hv + b[p]
+                    if v < row[p]:
+                        row[p] = v
+
+    @jit
+    def sig_legacy(hashes, sh_off, a, b, sig):
+        n_perm = len(a)
+        prime = np.uint64((1 << 61) - 1)
+        for d in range(len(sh_off) - 1):
+            row = sig[d]
+            for k in range(sh_off[d], sh_off[d + 1]):
+                hv = hashes[k]
+                for p in range(n_perm):
+                    x = a[p] * hv + b[p]
+                    x = (x & prime) + (x >> np.uint64(61))
+                    if x >= prime:
+                        x -= prime
+                    v = x & np.uint64(_M32)
+                    if v < row[p]:
+                        row[p] = v
+
+    return shingle_hashes, {"affine32": sig_affine32, "affine64": sig_affine64, "legacy": sig_legacy}
+
+
+def codepoints(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """NFC + lower-cased code points of a batch (what :func:`xgen_data.minhash.words` splits).
+
+    Returns:
+        ``(cp, offsets)``: uint32 shape ``(total code points,)`` and int64 shape ``(n + 1,)``.
+    """
+    nfc = unicodedata.normalize
+    low = [nfc("NFC", t).lower() if t else "" for t in texts]
+    offsets = np.zeros(len(low) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in low], out=offsets[1:])
+    cp = np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32)
+    return cp, offsets
+
+
+def shingle_hashes(texts: Sequence[str | None], ngram: int, wide: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SHA-1 prefixes of every shingle of every text, compiled.
+
+    Returns:
+        ``(hashes, offsets, n_words)``: ``hashes`` uint64 (datasketch ``sha1_hash32`` values, or
+        ``sha1_hash64`` with ``wide``), document ``i`` owning ``hashes[offsets[i]:offsets[i+1]]``;
+        ``n_words`` int32 per text. Equal to :func:`xgen_data.minhash.hash_shingle_lists` of
+        :func:`xgen_data.minhash.shingles` (tested).
+    """
+    kern, _ = _kernels()
+    cp, off = codepoints(texts)
+    return kern(cp, off, class_table(), int(ngram), bool(wide))
+
+
+def signatures(texts: Sequence[str | None], perms, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of a batch of texts with the permutations ``perms`` (:class:`minhash.Permutations`).
+
+    Returns:
+        ``(sig, n_words)``: ``sig`` shape ``(len(texts), num_perm)``, uint32 for ``affine32`` else uint64,
+        equal to :meth:`xgen_data.minhash.MinHasher.signatures` and datasketch; ``n_words`` int32.
+    """
+    from xgen_data import minhash
+
+    _, sig_fns = _kernels()
+    hashes, off, n_words = shingle_hashes(texts, ngram, wide=perms.scheme == "affine64")
+    sig = np.full((len(texts), perms.num_perm), minhash.empty_value(perms.scheme), dtype=minhash.sig_dtype(perms.scheme))
+    sig_fns[perms.scheme](hashes, off, perms.a, perms.b, sig)
+    return sig, n_words
