@@ -56,43 +56,53 @@ def _kernels():
     import numba as nb
 
     jit = nb.njit(cache=True, nogil=True, boundscheck=False)
+    # helpers are inlined into the kernels at Numba IR level: a call that passes arrays would cost reference
+    # count updates per shingle (measured: ~3x slower SHA-1)
+    inline = nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
 
-    @jit
+    @inline
     def rotl(x, n):
-        return ((x << np.uint64(n)) | (x >> np.uint64(32 - n))) & np.uint64(_M32)
+        return np.uint32((x << np.uint32(n)) | (x >> np.uint32(32 - n)))
 
-    @jit
+    @inline
     def compress(data, off, st, w):
-        """One SHA-1 block (64 bytes of ``data`` from ``off``) into the state ``st`` (5 words, FIPS 180-4)."""
-        M = np.uint64(_M32)
+        """One SHA-1 block (64 bytes of ``data`` from ``off``) into the state ``st`` (5 uint32, FIPS 180-4).
+
+        uint32 throughout (every sum truncated with ``np.uint32``): ~30% faster than masked 64-bit words.
+        """
         for t in range(16):
             q = off + 4 * t
-            w[t] = ((np.uint64(data[q]) << np.uint64(24)) | (np.uint64(data[q + 1]) << np.uint64(16))
-                    | (np.uint64(data[q + 2]) << np.uint64(8)) | np.uint64(data[q + 3]))
+            w[t] = np.uint32((np.uint32(data[q]) << np.uint32(24)) | (np.uint32(data[q + 1]) << np.uint32(16))
+                             | (np.uint32(data[q + 2]) << np.uint32(8)) | np.uint32(data[q + 3]))
+        compress_w(st, w)
+
+    @inline
+    def compress_w(st, w):
+        """SHA-1 compression of the block whose 16 big-endian words are already in ``w[0:16]``."""
         for t in range(16, 80):
-            w[t] = rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+            w[t] = rotl(np.uint32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16]), 1)
         a, b, c, d, e = st[0], st[1], st[2], st[3], st[4]
         for t in range(0, 20):
-            tmp = (rotl(a, 5) + ((b & c) | ((~b & M) & d)) + e + np.uint64(0x5A827999) + w[t]) & M
+            tmp = np.uint32(rotl(a, 5) + np.uint32((b & c) | (~b & d)) + e + np.uint32(0x5A827999) + w[t])
             e, d, c, b, a = d, c, rotl(b, 30), a, tmp
         for t in range(20, 40):
-            tmp = (rotl(a, 5) + (b ^ c ^ d) + e + np.uint64(0x6ED9EBA1) + w[t]) & M
+            tmp = np.uint32(rotl(a, 5) + np.uint32(b ^ c ^ d) + e + np.uint32(0x6ED9EBA1) + w[t])
             e, d, c, b, a = d, c, rotl(b, 30), a, tmp
         for t in range(40, 60):
-            tmp = (rotl(a, 5) + ((b & c) | (b & d) | (c & d)) + e + np.uint64(0x8F1BBCDC) + w[t]) & M
+            tmp = np.uint32(rotl(a, 5) + np.uint32((b & c) | (b & d) | (c & d)) + e + np.uint32(0x8F1BBCDC) + w[t])
             e, d, c, b, a = d, c, rotl(b, 30), a, tmp
         for t in range(60, 80):
-            tmp = (rotl(a, 5) + (b ^ c ^ d) + e + np.uint64(0xCA62C1D6) + w[t]) & M
+            tmp = np.uint32(rotl(a, 5) + np.uint32(b ^ c ^ d) + e + np.uint32(0xCA62C1D6) + w[t])
             e, d, c, b, a = d, c, rotl(b, 30), a, tmp
-        st[0] = (st[0] + a) & M
-        st[1] = (st[1] + b) & M
-        st[2] = (st[2] + c) & M
-        st[3] = (st[3] + d) & M
-        st[4] = (st[4] + e) & M
+        st[0] = np.uint32(st[0] + a)
+        st[1] = np.uint32(st[1] + b)
+        st[2] = np.uint32(st[2] + c)
+        st[3] = np.uint32(st[3] + d)
+        st[4] = np.uint32(st[4] + e)
 
-    @jit
-    def sha1_prefix(buf, s, e, w, st, tail):
-        """First 8 digest bytes of SHA-1(buf[s:e]) as (H0, H1), big-endian words. ``tail``: 128 scratch bytes."""
+    @inline
+    def sha1_prefix(buf, s, e, w, st):
+        """First 8 digest bytes of SHA-1(buf[s:e]) as (H0, H1), big-endian uint32 words."""
         length = e - s
         st[0] = 0x67452301
         st[1] = 0xEFCDAB89
@@ -104,26 +114,42 @@ def _kernels():
             compress(buf, s + 64 * bi, st, w)
         rem = length - 64 * full
         nblk = 1 if rem < 56 else 2
-        for j in range(64 * nblk):
-            tail[j] = 0
         base = s + 64 * full
-        for j in range(rem):
-            tail[j] = buf[base + j]
-        tail[rem] = 0x80
         bits = np.uint64(length) * np.uint64(8)
-        last = 64 * nblk
-        for j in range(8):
-            tail[last - 1 - j] = (bits >> np.uint64(8 * j)) & np.uint64(0xFF)
+        # the padded tail (FIPS 180-4 §5.1.1) as words, straight from ``buf``: no scratch copy
         for bi in range(nblk):
-            compress(tail, 64 * bi, st, w)
+            for t in range(16):
+                j0 = 64 * bi + 4 * t
+                if j0 + 4 <= rem:
+                    q = base + j0
+                    w[t] = np.uint32((np.uint32(buf[q]) << np.uint32(24)) | (np.uint32(buf[q + 1]) << np.uint32(16))
+                                     | (np.uint32(buf[q + 2]) << np.uint32(8)) | np.uint32(buf[q + 3]))
+                elif j0 > rem:
+                    w[t] = np.uint32(0)
+                else:
+                    x = np.uint32(0)
+                    for k in range(4):
+                        j = j0 + k
+                        if j < rem:
+                            byte = np.uint32(buf[base + j])
+                        elif j == rem:
+                            byte = np.uint32(0x80)
+                        else:
+                            byte = np.uint32(0)
+                        x = np.uint32((x << np.uint32(8)) | byte)
+                    w[t] = x
+            if bi == nblk - 1:
+                w[14] = np.uint32(bits >> np.uint64(32))
+                w[15] = np.uint32(bits & np.uint64(_M32))
+            compress_w(st, w)
         return st[0], st[1]
 
-    @jit
+    @inline
     def bswap32(x):
         return (((x & np.uint64(0xFF)) << np.uint64(24)) | ((x & np.uint64(0xFF00)) << np.uint64(8))
                 | ((x >> np.uint64(8)) & np.uint64(0xFF00)) | ((x >> np.uint64(24)) & np.uint64(0xFF)))
 
-    @jit
+    @inline
     def put_utf8(buf, q, c):
         if c < 0x80:
             buf[q] = c
@@ -143,7 +169,7 @@ def _kernels():
         buf[q + 3] = 0x80 | (c & 0x3F)
         return q + 4
 
-    @jit
+    @inline
     def cls_of(table, c):
         if c < 0x10000:
             return table[c]
@@ -162,9 +188,8 @@ def _kernels():
         hashes = np.empty(total + n_docs, dtype=np.uint64)
         sh_off = np.zeros(n_docs + 1, dtype=np.int64)
         n_words = np.zeros(n_docs, dtype=np.int32)
-        w = np.empty(80, dtype=np.uint64)
-        st = np.empty(5, dtype=np.uint64)
-        tail = np.empty(128, dtype=np.uint8)
+        w = np.empty(80, dtype=np.uint32)
+        st = np.empty(5, dtype=np.uint32)
         nh = 0
         for d in range(n_docs):
             q = 0
@@ -204,14 +229,14 @@ def _kernels():
             n_sh = nw - ngram + 1 if nw >= ngram else 1
             span = ngram if nw >= ngram else nw
             for j in range(n_sh):
-                h0, h1 = sha1_prefix(buf, ws[j], we[j + span - 1], w, st, tail)
-                lo = bswap32(h0)
-                hashes[nh] = (lo | (bswap32(h1) << np.uint64(32))) if wide else lo
+                h0, h1 = sha1_prefix(buf, ws[j], we[j + span - 1], w, st)
+                lo = bswap32(np.uint64(h0))
+                hashes[nh] = (lo | (bswap32(np.uint64(h1)) << np.uint64(32))) if wide else lo
                 nh += 1
             sh_off[d + 1] = nh
         return hashes[:nh], sh_off, n_words
 
-    @jit
+    @inline
     def fmix32(h):
         M = np.uint64(_M32)
         h = h ^ (h >> np.uint64(16))
@@ -220,7 +245,7 @@ def _kernels():
         h = (h * np.uint64(0xC2B2AE35)) & M
         return h ^ (h >> np.uint64(16))
 
-    @jit
+    @inline
     def fmix64(h):
         h = h ^ (h >> np.uint64(33))
         h = h * np.uint64(0xFF51AFD7ED558CCD)
@@ -282,7 +307,7 @@ def codepoints(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     low = [nfc("NFC", t).lower() if t else "" for t in texts]
     offsets = np.zeros(len(low) + 1, dtype=np.int64)
     np.cumsum([len(t) for t in low], out=offsets[1:])
-    cp = np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32)
+    cp = np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32, copy=False)
     return cp, offsets
 
 
