@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.environ.get("XGEN_SHARED") or os.path.join(ROOT, "..", "shared")
 PEER = "datatrove[processing]==0.10.1"
-PEER_EXTRA = ["orjson", "spacy"]
+PEER_EXTRA = ["orjson", "spacy", "zstandard"]  # zstandard: fsspec reads the .jsonl.zst inputs with it
 THRESHOLD = 0.7
 BANDS, ROWS = 25, 10  # ours for 0.7 / 256 permutations (datasketch's optimum); datatrove takes them as given
 
@@ -63,7 +63,8 @@ def run_datatrove(inputs: list[str], work: str, workers: int) -> dict:
     paths = _paths_file(work, names)
 
     def reader():
-        return JsonlReader(folder, paths_file=paths)  # metadata["file_path"] names the input file
+        # metadata["file_path"] names the input file
+        return JsonlReader(folder, paths_file=paths, compression="zstd" if names[0].endswith(".zst") else None)
 
     stages = [
         ("1 signatures", [reader(), MinhashDedupSignature(output_folder=f"{work}/signatures", config=cfg,
@@ -103,8 +104,7 @@ def _paths_file(work: str, names: list[str]) -> str:
 def ensure_peer_venv(venv: str) -> str:
     """The peer venv's python; created with ``PEER`` + ``PEER_EXTRA`` when missing. Exits with what failed."""
     py = os.path.join(venv, "bin", "python")
-    probe = [py, "-c", "import datatrove, orjson, spacy; print(datatrove.__version__ if hasattr(datatrove, "
-             "'__version__') else '?')"]
+    probe = [py, "-c", "import datatrove, orjson, spacy, zstandard"]
     if os.path.exists(py) and subprocess.run(probe, capture_output=True).returncode == 0:
         return py
     print(f"creating {venv}: pip install {PEER} {' '.join(PEER_EXTRA)}", flush=True)
@@ -182,13 +182,28 @@ def _child(code: str) -> dict:
 
 
 def run_ours(inputs: list[str], corpus: str, workers: int) -> tuple[dict, dict]:
-    ing = _child(f"""
+    """``xgen ingest`` (skipped when ``corpus`` exists: a re-run) and ``run_dedup`` from scratch (work files removed)."""
+    import shutil
+
+    if os.path.isdir(corpus):
+        shutil.rmtree(os.path.join(corpus, "work", "dedup"), ignore_errors=True)
+        ing = {"seconds": float("nan")}
+    else:
+        ing = _ingest(inputs, corpus, workers)
+    return ing, _dedup(corpus, workers)
+
+
+def _ingest(inputs: list[str], corpus: str, workers: int) -> dict:
+    return _child(f"""
 import json, time, resource
 from xgen_data import ingest
 t = time.time()
 ingest.ingest({corpus!r}, [(p, None) for p in {inputs!r}], workers={workers}, progress=False)
 print(json.dumps({{"seconds": time.time() - t}}))""")
-    ded = _child(f"""
+
+
+def _dedup(corpus: str, workers: int) -> dict:
+    return _child(f"""
 import json, time, resource
 from xgen_data import dedup
 t = time.time()
@@ -198,7 +213,6 @@ print(json.dumps({{"seconds": s, "phases": rep.seconds_by_phase, "removed": rep.
                    "by_reason": rep.removed_by_reason, "documents": rep.documents,
                    "rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    "rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))""")
-    return ing, ded
 
 
 def _read_jsonl_dir(folder: str) -> list[dict]:
@@ -239,14 +253,22 @@ def quality(corpus: str, dt_work: str, n_docs: int, n_check: int, seed: int) -> 
                   for d in removed}
     rng = np.random.default_rng(seed)
 
-    def removal_precision(rem: dict) -> tuple[float, int]:
+    from xgen_data.minhash import content_hash
+
+    def removal_precision(rem: dict) -> tuple[float, int, float, int]:
+        """(precision over all removed, n, precision over removed whose text differs from the kept copy, n)."""
         items = sorted((k, v) for k, v in rem.items() if v is not None and k in text and v in text)
         if n_check and len(items) > n_check:
             items = [items[i] for i in sorted(rng.choice(len(items), n_check, replace=False))]
         a = ev.shingle_sets([text[k] for k, _ in items], 5)
         b = ev.shingle_sets([text[v] for _, v in items], 5)
-        j = np.array([ev.jaccard(x, y) for x, y in zip(a, b) if len(x) and len(y)])
-        return (float(np.mean(j >= THRESHOLD)) if len(j) else float("nan")), len(j)
+        ok = [(len(x) and len(y)) for x, y in zip(a, b)]
+        j = np.array([ev.jaccard(x, y) for x, y, o in zip(a, b, ok) if o])
+        near = np.array([content_hash(text[k]) != content_hash(text[v]) for (k, v), o in zip(items, ok) if o],
+                        dtype=bool)
+        p_all = float(np.mean(j >= THRESHOLD)) if len(j) else float("nan")
+        p_near = float(np.mean(j[near] >= THRESHOLD)) if near.any() else float("nan")
+        return p_all, len(j), p_near, int(near.sum())
 
     sample = sorted(rng.choice(len(key), size=min(n_docs, len(key)), replace=False).tolist())
     sets = ev.shingle_sets([text[key[i]] for i in sample], 5)
@@ -256,10 +278,12 @@ def quality(corpus: str, dt_work: str, n_docs: int, n_check: int, seed: int) -> 
         hit = [key[sample[a]] in rem or key[sample[b]] in rem for a, b in truth]
         return float(np.mean(hit)) if hit else float("nan")
 
-    op, on = removal_precision(ours_removed)
-    dp, dn = removal_precision(dt_removed)
-    return {"ours": {"removal_precision": op, "checked": on, "recall": recall(ours_removed)},
-            "datatrove": {"removal_precision": dp, "checked": dn, "recall": recall(dt_removed),
+    op, on, onp, onn = removal_precision(ours_removed)
+    dp, dn, dnp, dnn = removal_precision(dt_removed)
+    return {"ours": {"removal_precision": op, "checked": on, "near_precision": onp, "near_checked": onn,
+                     "recall": recall(ours_removed)},
+            "datatrove": {"removal_precision": dp, "checked": dn, "near_precision": dnp, "near_checked": dnn,
+                          "recall": recall(dt_removed),
                           "removed": len(removed), "unmatched": sum(1 for k in dt_removed if k not in text)},
             "true_pairs": len(truth), "sample": len(sample)}
 
@@ -338,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  xgen phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in ours["phases"].items())
           + f"; removed {ours['by_reason']}; ingest (tokenizing, not dedup) {ing['seconds']:.1f}s")
     print("  datatrove stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in theirs["stages"].items()))
+    print(f"  removal precision over removed documents whose text differs from the kept copy (near, not exact): "
+          f"xgen {q['ours']['near_precision']:.4f} ({q['ours']['near_checked']:,}), datatrove "
+          f"{q['datatrove']['near_precision']:.4f} ({q['datatrove']['near_checked']:,})")
     print(f"  quality: {q['sample']:,} sampled documents, {q['true_pairs']:,} pairs at Jaccard >= 0.8; removal "
           f"precision on {q['ours']['checked']:,} (xgen) / {q['datatrove']['checked']:,} (datatrove) removed documents"
           + (f"; {q['datatrove']['unmatched']} datatrove documents not matched by (subset, id)"

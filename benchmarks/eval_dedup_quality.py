@@ -24,6 +24,7 @@ recall ≥ 0.95 at Jaccard ≥ 0.8. ``--clustering components`` evaluates StarCo
 Usage::
 
     python benchmarks/eval_dedup_quality.py                          # the shared sample slice (ingested to a temp dir)
+    python benchmarks/eval_dedup_quality.py --full                   # the full shared corpus (ingested to a temp dir)
     python benchmarks/eval_dedup_quality.py --corpus /tmp/dd/corpus --docs 30000 [--clustering components]
 """
 from __future__ import annotations
@@ -94,6 +95,8 @@ def similar_pairs(sets: list[np.ndarray], t: float) -> dict[tuple[int, int], flo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", help="corpus directory (default: ingest the shared sample slice to a temp dir)")
+    ap.add_argument("--full", action="store_true", help="ingest the full shared corpus (nl, code, instruct) to a "
+                    "temp dir instead of the sample slice")
     ap.add_argument("--docs", type=int, default=30000, help="sampled documents (all when the corpus is smaller)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--threshold", type=float, default=0.7)
@@ -114,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         from xgen_data import ingest
 
         corpus_dir = os.path.join(tempfile.mkdtemp(prefix="xgen-eval-"), "corpus")
-        ingest.ingest(corpus_dir, [(os.path.join(SHARED, "corpus", "sample", f), None)
-                                   for f in ("nl.jsonl", "code.jsonl", "instruct.jsonl")], workers=1, progress=False)
+        files = [os.path.join(SHARED, "corpus", f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")] if args.full \
+            else [os.path.join(SHARED, "corpus", "sample", f"{n}.jsonl") for n in ("nl", "code", "instruct")]
+        ingest.ingest(corpus_dir, [(f, None) for f in files], workers=args.workers, progress=False)
     rep = dedup.run_dedup(corpus_dir, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
                           bands=args.bands, rows=args.rows, workers=args.workers, progress=False,
                           clustering=args.clustering)

@@ -180,9 +180,12 @@ def _shingle_hashes_kernel(cp, doc_off, table, ngram, wide):
     """Per document: words (class table), shingles, SHA-1 prefix. Returns (hashes u64, sh_off, n_words)."""
     n_docs = len(doc_off) - 1
     total = len(cp)
-    buf = np.empty(4 * total + total + 1, dtype=np.uint8)
-    ws = np.empty(total + 1, dtype=np.int64)
-    we = np.empty(total + 1, dtype=np.int64)
+    longest = 0  # per-document scratch: sized by the longest document, reused
+    for d in range(n_docs):
+        longest = max(longest, doc_off[d + 1] - doc_off[d])
+    buf = np.empty(5 * longest + 1, dtype=np.uint8)
+    ws = np.empty(longest + 1, dtype=np.int64)
+    we = np.empty(longest + 1, dtype=np.int64)
     hashes = np.empty(total + n_docs, dtype=np.uint64)
     sh_off = np.zeros(n_docs + 1, dtype=np.int64)
     n_words = np.zeros(n_docs, dtype=np.int32)
@@ -308,7 +311,7 @@ def codepoints(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
         ``(cp, offsets)``: uint32 shape ``(total code points,)`` and int64 shape ``(n + 1,)``.
     """
     nfc = unicodedata.normalize
-    low = [nfc("NFC", t).lower() if t else "" for t in texts]
+    low = [(t.lower() if t.isascii() else nfc("NFC", t).lower()) if t else "" for t in texts]  # ASCII is NFC
     offsets = np.zeros(len(low) + 1, dtype=np.int64)
     np.cumsum([len(t) for t in low], out=offsets[1:])
     cp = np.frombuffer("".join(low).encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.uint32, copy=False)
