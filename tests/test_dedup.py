@@ -775,3 +775,14 @@ def test_clustering_parameter_checked():
     with pytest.raises(ValueError, match="clustering must be one of"):
         dedup.resolve_params(clustering="stars")
     assert dedup.resolve_params().clustering == "cliques"
+
+
+def test_normalize_text_fast_path_equals_regex():
+    import re
+
+    rx = re.compile(r"[ \t\f\v]+(?=\n)")
+    texts = sample_texts(10) + EDGE_TEXTS + ["a \nb\t\nc\f\n d\v\n e  ", "no blanks\nat ends\n", "x\u00a0\ny",
+                                             "tab\t\t\nend", "  lead\n\n  "]
+    for t in texts:
+        ref = rx.sub("", unicodedata.normalize("NFC", t).replace("\r\n", "\n").replace("\r", "\n")).strip()
+        assert minhash.normalize_text(t) == ref

@@ -124,7 +124,10 @@ def normalize_text(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _TRAILING_WS.sub("", text).strip()
+    # the regex only matches a blank run right before "\n": skip it (27% of a signature worker) when none is
+    if " \n" in text or "\t\n" in text or "\f\n" in text or "\v\n" in text:
+        text = _TRAILING_WS.sub("", text)
+    return text.strip()
 
 
 def content_hash(text: str) -> bytes:
