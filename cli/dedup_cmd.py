@@ -21,6 +21,9 @@ from cli.common import corpus_option, print_rows, user_errors
               show_default=True, help="datasketch permutation scheme.")
 @click.option("--exact/--no-exact", default=True, show_default=True, help="Exact dedup by normalised content hash.")
 @click.option("--near/--no-near", default=True, show_default=True, help="Near dedup by MinHash LSH.")
+@click.option("--clustering", type=click.Choice(["cliques", "components"]), default="cliques", show_default=True,
+              help="cliques: verify candidates on estimated Jaccard, every two members of a cluster within "
+                   "--threshold; components: StarCoder's connected components of unverified candidates.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Signature processes / DuckDB threads.")
 @click.option("--recipe", "recipe_name", default=None,
               help="Take the license allow-list (top tiers of the keep policy) from this recipe [shipped list].")
@@ -28,7 +31,7 @@ from cli.common import corpus_option, print_rows, user_errors
 @click.option("--progress/--no-progress", default=True, help="Progress bar for the signature phase.")
 @user_errors
 def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: int, bands: int | None,
-          rows: int | None, scheme: str, exact: bool, near: bool, workers: int, recipe_name: str | None,
+          rows: int | None, scheme: str, exact: bool, near: bool, clustering: str, workers: int, recipe_name: str | None,
           as_json: bool, progress: bool) -> None:
     """Remove exact and near duplicates across all subsets (StarCoder's MinHash LSH, SPEC §2).
 
@@ -45,7 +48,7 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
         allow = tuple(recipe.load(recipe_name).allow_list())
     report = run_dedup(corpus_dir, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, bands=bands,
                        rows=rows, exact=exact, near=near, workers=workers, progress=progress and not as_json,
-                       scheme=scheme, license_allow=allow)
+                       scheme=scheme, license_allow=allow, clustering=clustering)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str, ensure_ascii=False))
     else:

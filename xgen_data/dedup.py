@@ -78,6 +78,14 @@ WORK_VERSION = 1
 BATCH_DOCS = 256
 #: Union-find edges fetched from DuckDB per batch.
 EDGE_BATCH = 1 << 20
+#: How LSH candidates become clusters: ``cliques`` (default) verifies every candidate pair on the signatures'
+#: estimated Jaccard and splits each verified component into cliques, so every two members of a cluster are
+#: verified-similar (see :func:`clique_clusters`); ``components`` is StarCoder's plain connected components of
+#: the unverified candidate graph (kept for comparison).
+CLUSTERINGS = ("cliques", "components")
+#: In a bucket, every member is paired with the first this-many members (by document number): all pairs for
+#: buckets up to this size, a bounded number for huge template families.
+BUCKET_PAIR_CAP = 64
 
 # --------------------------------------------------------------------------------------------------
 # License policy: lower tier = more permissive = preferred copy
@@ -236,6 +244,7 @@ class DedupParams:
     scheme: str
     exact: bool
     near: bool
+    clustering: str = "cliques"
 
     @property
     def lsh_threshold(self) -> float:
@@ -253,7 +262,7 @@ def _is_int(v) -> bool:
 
 def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
                    bands: int | None = None, rows: int | None = None, scheme: str = minhash.DEFAULT_SCHEME,
-                   exact: bool = True, near: bool = True) -> DedupParams:
+                   exact: bool = True, near: bool = True, clustering: str = "cliques") -> DedupParams:
     """Check parameters and fill in ``bands``/``rows``.
 
     ``bands`` and ``rows`` both None: :func:`xgen_data.minhash.optimal_bands_rows` for ``threshold``
@@ -261,7 +270,8 @@ def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, 
 
     Raises:
         ValueError: threshold not in (0, 1); num_perm not in [2, 8192]; ngram < 1; seed not in [0, 2**32);
-            bands or rows < 1; ``bands × rows > num_perm``; unknown scheme; exact/near not bool.
+            bands or rows < 1; ``bands × rows > num_perm``; unknown scheme; exact/near not bool; clustering
+            not one of :data:`CLUSTERINGS`.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
@@ -273,6 +283,8 @@ def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, 
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if scheme not in minhash.SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(minhash.SCHEMES)}, got {scheme!r}")
+    if clustering not in CLUSTERINGS:
+        raise ValueError(f"clustering must be one of {', '.join(CLUSTERINGS)}, got {clustering!r}")
     for name, v in (("exact", exact), ("near", near)):
         if not isinstance(v, bool):
             raise ValueError(f"{name} must be true or false, got {v!r}")
@@ -290,7 +302,7 @@ def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, 
     if bands * rows > num_perm:
         raise ValueError(f"bands × rows = {bands} × {rows} = {bands * rows} exceeds num_perm = {num_perm}")
     return DedupParams(float(threshold), int(num_perm), int(ngram), int(seed), int(bands), int(rows), scheme,
-                       exact, near)
+                       exact, near, clustering)
 
 
 @dataclass
@@ -320,7 +332,8 @@ class DedupReport:
     exact_groups: int = 0  # content hashes shared by ≥ 2 documents
     exact_group_documents: int = 0
     near_buckets: int = 0  # (band, hash) buckets holding ≥ 2 documents
-    near_edges: int = 0  # distinct (document, bucket minimum) edges given to the union-find
+    near_edges: int = 0  # components: distinct (document, bucket minimum) edges; cliques: distinct candidate pairs
+    verified_pairs: int = 0  # cliques: candidate pairs with estimated Jaccard >= threshold
     clusters: int = 0  # connected components of ≥ 2 documents
     clustered_documents: int = 0
     removed: int = 0
@@ -342,9 +355,11 @@ class DedupReport:
                f"(exact={'on' if p['exact'] else 'off'}, near={'on' if p['near'] else 'off'}: MinHash "
                f"{p['num_perm']} perms, {p['ngram']}-word shingles, seed {p['seed']}, scheme {p['scheme']}, "
                f"LSH {p['bands']} bands x {p['rows']} rows for threshold {p['threshold']} "
-               f"[S-curve midpoint {p['lsh_threshold']:.3f}])",
+               f"[S-curve midpoint {p['lsh_threshold']:.3f}], clustering {p.get('clustering', 'components')})",
                f"  exact groups: {self.exact_groups:,} ({self.exact_group_documents:,} documents); "
-               f"LSH buckets with >= 2 documents: {self.near_buckets:,}",
+               f"LSH buckets with >= 2 documents: {self.near_buckets:,}"
+               + (f"; candidate pairs {self.near_edges:,}, verified (estimated Jaccard >= {p['threshold']}) "
+                  f"{self.verified_pairs:,}" if p.get("clustering") == "cliques" and p["near"] else ""),
                f"  clusters: {self.clusters:,} ({self.clustered_documents:,} documents); removed: {self.removed:,} ("
                + ", ".join(f"{k} {v:,}" for k, v in sorted(self.removed_by_reason.items())) + ")",
                f"  license conflicts: {self.license_conflict_groups:,} exact groups, "
@@ -556,6 +571,149 @@ def compress(parent: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# Phase 2b: candidate verification and clique clusters
+# --------------------------------------------------------------------------------------------------
+def estimated_jaccard(sig: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+    """MinHash estimate of the Jaccard similarity of pairs: the share of equal signature values.
+
+    Args:
+        sig: shape ``(n, num_perm)``, uint32 or uint64 signatures (:func:`xgen_data.minhash.signatures_from_hashes`).
+        u, v: int64 arrays of equal shape ``(m,)``, row indices into ``sig``.
+        chunk: pairs compared per NumPy step (memory ``chunk × num_perm`` bytes).
+    Returns:
+        float64 shape ``(m,)`` in [0, 1]; its standard error is ``sqrt(J (1 − J) / num_perm)`` (0.029 at J = 0.7
+        with 256 permutations; Broder 1997).
+    """
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    out = np.empty(len(u), dtype=np.float64)
+    k = sig.shape[1]
+    for s in range(0, len(u), chunk):
+        out[s:s + chunk] = np.count_nonzero(sig[u[s:s + chunk]] == sig[v[s:s + chunk]], axis=1) / k
+    return out
+
+
+def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """Verified clusters: every two members of a cluster have estimated Jaccard ≥ ``threshold``.
+
+    Candidate pairs ``(u[i], v[i])`` are verified on the signatures (:func:`estimated_jaccard` ≥ threshold);
+    each connected component of the verified graph is then split greedily into cliques: the unassigned
+    document with the most verified neighbours (then the smallest index) seeds a clique, and its unassigned
+    verified neighbours, most similar first (then smallest index), join when their estimated Jaccard with every
+    member so far is ≥ ``threshold``; repeat. Because any two members are verified-similar, whichever copy a
+    recipe's keep rule picks (:mod:`xgen_data.decisions`, per recipe in SQL), every removed member is within the
+    threshold of it; chains A≈B≈C with A, C far apart no longer remove C for A. The result depends only on the
+    signatures and the pair set, not on the order of the pairs.
+
+    Args:
+        sig: shape ``(n, num_perm)`` signatures of the candidate documents (rows ``0..n-1``).
+        u, v: int64 shape ``(m,)``: candidate pairs (row indices, ``u != v``; duplicates allowed).
+        threshold: Jaccard threshold in (0, 1).
+    Returns:
+        ``(label, verified)``: ``label`` int64 shape ``(n,)``, the smallest row of each row's clique (a row in
+        no clique of ≥ 2 is its own label); ``verified`` the number of distinct candidate pairs that passed.
+    """
+    n = len(sig)
+    label = np.arange(n, dtype=np.int64)
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    if not len(u):
+        return label, 0
+    a, b = np.minimum(u, v), np.maximum(u, v)
+    ab = np.unique(np.stack([a, b], axis=1), axis=0)
+    a, b = ab[:, 0], ab[:, 1]
+    est = estimated_jaccard(sig, a, b)
+    ok = est >= threshold
+    a, b, est = a[ok], b[ok], est[ok]
+    if not len(a):
+        return label, 0
+    parent = np.arange(n, dtype=np.int64)
+    union_edges(parent, a, b)
+    compress(parent)
+    sizes = np.bincount(parent, minlength=n)
+    # components of two: the verified edge is the clique
+    two = sizes[parent[a]] == 2
+    label[b[two]] = a[two]
+    big = ~two
+    if not big.any():
+        return label, int(len(a))
+    # adjacency (both directions) of the larger components, each row's neighbours most similar first
+    src = np.concatenate([a[big], b[big]])
+    dst = np.concatenate([b[big], a[big]])
+    w = np.concatenate([est[big], est[big]])
+    order = np.lexsort((dst, -w, src))
+    src, dst = src[order], dst[order]
+    starts = np.searchsorted(src, np.arange(n + 1))
+    deg = np.diff(starts)
+    nodes = np.unique(src)
+    comp = parent[nodes]
+    by = np.lexsort((nodes, -deg[nodes], comp))  # per component: most neighbours first, then smallest row
+    nodes, comp = nodes[by], comp[by]
+    assigned = np.zeros(n, dtype=bool)
+    cuts = np.flatnonzero(np.diff(comp)) + 1
+    for group in np.split(nodes, cuts):
+        for seed in group.tolist():
+            if assigned[seed]:
+                continue
+            members = [seed]
+            assigned[seed] = True
+            for c in dst[starts[seed]:starts[seed + 1]].tolist():
+                if assigned[c]:
+                    continue
+                m = sig[members]
+                if (np.count_nonzero(m == sig[c], axis=1) / sig.shape[1]).min() >= threshold:
+                    members.append(c)
+                    assigned[c] = True
+            label[members] = min(members)
+    return label, int(len(a))
+
+
+def _verified_cliques(con, report: DedupReport, params: DedupParams, sig_paths: list[str]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs of the ``band_rows`` view among exact-group representatives, verified into cliques.
+
+    Each exact group (documents with words) enters as its smallest document, so a bucket holds distinct texts;
+    in a bucket every member is paired with the first :data:`BUCKET_PAIR_CAP` members (all pairs in buckets up
+    to that size). Only the signatures of documents in some pair are loaded (``n × num_perm`` values).
+
+    Returns:
+        ``(doc, label)`` int64 arrays of equal shape: each candidate document and the smallest document of its
+        clique (:func:`clique_clusters`); fills ``report.near_edges`` (distinct candidate pairs) and
+        ``report.verified_pairs``.
+    """
+    con.execute("""CREATE TEMP TABLE reps AS SELECT s.doc, coalesce(e.gid, s.doc) AS rep
+        FROM sig s LEFT JOIN exact_members e USING (doc) WHERE s.n_words > 0""")
+    con.execute(f"""CREATE TEMP TABLE cand AS WITH br AS (SELECT DISTINCT b.band, b.bhash, r.rep AS doc
+                FROM band_rows b JOIN reps r USING (doc)),
+            bk AS (SELECT band, bhash, doc, row_number() OVER w AS rn, count(*) OVER w AS k FROM br
+                WINDOW w AS (PARTITION BY band, bhash ORDER BY doc) QUALIFY count(*) OVER (PARTITION BY band, bhash) > 1)
+        SELECT DISTINCT y.doc AS a, x.doc AS b FROM bk x JOIN bk y
+            ON x.band = y.band AND x.bhash = y.bhash AND y.rn <= {BUCKET_PAIR_CAP} AND x.rn > y.rn""")
+    pairs = con.execute("SELECT a, b FROM cand").fetchnumpy()
+    a = np.asarray(pairs["a"], dtype=np.int64)
+    b = np.asarray(pairs["b"], dtype=np.int64)
+    report.near_edges = int(len(a))
+    nodes = np.unique(np.concatenate([a, b]))
+    if not len(nodes):
+        report.verified_pairs = 0
+        return nodes, nodes.copy()
+    con.register("_nodes", pa.table({"doc": pa.array(nodes, pa.int64())}))
+    tbl = con.sql(f"""SELECT p.doff + s.row AS doc, s.sig
+        FROM read_parquet({_qlist(sig_paths)}, filename=true) s JOIN parts p ON s.filename = p.sig_path
+        SEMI JOIN _nodes n ON n.doc = p.doff + s.row ORDER BY doc""").to_arrow_table()
+    con.unregister("_nodes")
+    got = tbl.column("doc").to_numpy()
+    if not np.array_equal(got, nodes):
+        raise RuntimeError("dedup work files are inconsistent: signatures missing for candidate documents; "
+                           "delete work/dedup and re-run")
+    sig = tbl.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nodes), params.num_perm)
+    del tbl
+    label, verified = clique_clusters(sig, np.searchsorted(nodes, a), np.searchsorted(nodes, b), params.threshold)
+    report.verified_pairs = verified
+    return nodes, nodes[label]
+
+
+# --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
 def _q(s: str) -> str:
@@ -616,7 +774,7 @@ def candidate_pairs(corpus_dir: str, docs: np.ndarray | None = None) -> np.ndarr
 
 
 #: Keys a recipe's ``[dedup]`` table may hold (besides ``enabled``).
-RECIPE_KEYS = ("threshold", "num_perm", "ngram", "seed", "bands", "rows", "scheme", "exact", "near")
+RECIPE_KEYS = ("threshold", "num_perm", "ngram", "seed", "bands", "rows", "scheme", "exact", "near", "clustering")
 
 
 def recorded_params(license_allow=None, **kw) -> dict:
@@ -639,7 +797,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
               memory_limit: str = "4GB", license_allow: tuple[str, ...] | list[str] | None = None,
-              set_default: bool = True, dec=None) -> DedupReport:
+              set_default: bool = True, dec=None, clustering: str = "cliques") -> DedupReport:
     """Find exact and near duplicates across all subsets and commit the ``dedup`` attributes (module docstring).
 
     Stand-alone (``xgen dedup``, ``set_default=True``) it also records these parameters with ``license_allow``
@@ -662,6 +820,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         memory_limit: DuckDB's memory limit; beyond it DuckDB spills to ``work/dedup/duckdb.tmp``.
         license_allow: the license filter's allow-list, which makes the top tiers of the keep policy
             (:func:`license_rank`); default the shipped list. Pass the recipe's ``allow_list()``.
+        clustering: ``cliques`` (verified candidates, every two members of a cluster within ``threshold``:
+            :func:`clique_clusters`) or ``components`` (StarCoder's connected components, unverified).
     Returns:
         A :class:`DedupReport`.
     Raises:
@@ -673,7 +833,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     from xgen_data import decisions, filters
 
     t_start = time.time()
-    params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near)
+    params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near, clustering)
     if isinstance(license_allow, str):
         raise ValueError("license_allow must be a list of SPDX identifiers, not a string")
     allow = _default_allow() if license_allow is None else tuple(license_allow)
@@ -770,18 +930,28 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
                 compress(parent)
                 return n_edges
 
+            cliques = params.near and params.clustering == "cliques"
             if params.exact:
                 feed("SELECT doc, gid FROM exact_members WHERE doc <> gid")
+            elif cliques:  # exact copies with words have identical signatures: near copies of each other
+                feed("SELECT e.doc, e.gid FROM exact_members e JOIN sig s USING (doc) WHERE e.doc <> e.gid "
+                     "AND s.n_words > 0")
             if params.near:
                 band_paths = [tk["bands"] for tk in tasks]
                 con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
                     FROM read_parquet({_qlist(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
+                report.near_buckets = con.execute("""SELECT count(*) FROM
+                    (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
+            if params.near and not cliques:
                 con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
                     SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
                            count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
-                report.near_buckets = con.execute("""SELECT count(*) FROM
-                    (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
                 report.near_edges = feed("SELECT doc, rep FROM near_edges")
+            if cliques:
+                rep_doc, rep_label = _verified_cliques(con, report, params, [tk["sig"] for tk in tasks])
+                moved = rep_label != rep_doc
+                union_edges(parent, rep_doc[moved], rep_label[moved])
+                compress(parent)
             sizes = np.bincount(parent, minlength=n_docs)
             member = np.nonzero(sizes[parent] > 1)[0]
             report.clusters = int(np.count_nonzero(sizes > 1))

@@ -9,7 +9,7 @@ A recipe::
     license_subsets = ["code"]         # subsets held to the permissive license allow-list
     license_allow_extra = []           # identifiers added to the shipped allow-list (license_allow replaces it)
     [dedup]
-    enabled = true                     # threshold, num_perm, ngram, seed, bands, rows: xgen_data.dedup
+    enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.dedup
     [[stages]]
     name = "stage1"
     tokens = 1_500_000_000_000         # effective tokens of the stage (default: sum of sub-stage tokens)

@@ -1,0 +1,135 @@
+"""Growth: ingest → dedup → build on 1×, 2×, 4× the shared corpus, time and peak RSS per size.
+
+The k× input is the shared corpus files plus k − 1 perturbed copies of every record (seeded: copy ``c`` of a
+record drops one random span of ~5% of its characters and inserts a marker word at a random place, and gets
+the id ``<id>#c<c>``), so dedup has real near-duplicate work and the ingest duplicate-id check sees k times the
+ids. Each step runs in a fresh process; peak RSS is sampled over the process tree (largest single process and
+the sum over workers). Time should grow linearly with size and RSS stay flat.
+
+Usage::
+
+    python benchmarks/bench_growth.py                    # full shared corpus, 1x 2x 4x (long: tens of minutes)
+    python benchmarks/bench_growth.py --sample --sizes 1 2 4   # the sample slice (quick check)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+SHARED = os.environ.get("XGEN_SHARED") or os.path.join(ROOT, "..", "shared")
+
+from bench_dedup_peer import _child  # noqa: E402  (fresh process + tree peak RSS)
+
+
+def _records(path: str):
+    import zstandard
+
+    if path.endswith(".zst"):
+        with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as r:
+            for line in io.TextIOWrapper(r, encoding="utf-8"):
+                if line.strip():
+                    yield json.loads(line)
+    else:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def perturb(text: str, rng: np.random.Generator, c: int) -> str:
+    """Drop one random span of ~5% of the characters and insert a marker word (seeded by ``rng``)."""
+    n = len(text)
+    if n < 20:
+        return text + f" copy{c}"
+    span = max(1, n // 20)
+    s = int(rng.integers(0, n - span))
+    text = text[:s] + text[s + span:]
+    p = int(rng.integers(0, len(text)))
+    return text[:p] + f" perturbed{c}x{int(rng.integers(0, 1 << 20))} " + text[p:]
+
+
+def make_inputs(files: list[str], k: int, out_dir: str, seed: int) -> list[str]:
+    """k× inputs: each file's records, then k − 1 perturbed copies of them (written as .jsonl.zst)."""
+    import zstandard
+
+    os.makedirs(out_dir, exist_ok=True)
+    out = []
+    for path in files:
+        stem = os.path.basename(path).split(".")[0]
+        dst = os.path.join(out_dir, f"{stem}.jsonl.zst")
+        rng = np.random.default_rng([seed, k, len(out)])
+        with open(dst, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as w:
+            for c in range(k):
+                for rec in _records(path):
+                    if c:
+                        rec = {**rec, "id": f"{rec['id']}#c{c}", "text": perturb(rec.get("text") or "", rng, c)}
+                    w.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+        out.append(dst)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", action="store_true", help="grow the shared sample slice instead of the full corpus")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", default="demo")
+    ap.add_argument("--work", default=None)
+    args = ap.parse_args(argv)
+    base = os.path.join(SHARED, "corpus", "sample") if args.sample else os.path.join(SHARED, "corpus")
+    files = [os.path.join(base, f"{n}.jsonl" if args.sample else f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")]
+    work = args.work or tempfile.mkdtemp(prefix="xgen-growth-")
+    rows = []
+    for k in args.sizes:
+        d = os.path.join(work, f"x{k}")
+        print(f"{k}x: writing inputs ...", flush=True)
+        inputs = make_inputs(files, k, os.path.join(d, "in"), args.seed)
+        corpus, shards = os.path.join(d, "corpus"), os.path.join(d, "shards")
+        res = {"k": k, "input_mb": sum(os.path.getsize(p) for p in inputs) / 1e6}
+        steps = {
+            "ingest": f"from xgen_data import ingest\n"
+                      f"ingest.ingest({corpus!r}, [(p, None) for p in {inputs!r}], workers={args.workers}, progress=False)\n"
+                      f"from xgen_data.corpus import Corpus\nimport pyarrow.parquet as pq\n"
+                      f"extra = {{'docs': sum(pq.ParquetFile(p.path).metadata.num_rows for p in Corpus({corpus!r}).parts())}}",
+            "dedup": f"from xgen_data import dedup\n"
+                     f"r = dedup.run_dedup({corpus!r}, workers={args.workers}, progress=False)\n"
+                     f"extra = {{'removed': r.removed}}",
+            "build": f"from xgen_data import pipeline, recipe\n"
+                     f"pipeline.build_recipe({corpus!r}, recipe.load({args.recipe!r}), {shards!r}, workers={args.workers},"
+                     f" progress=False)\nextra = {{}}",
+        }
+        for name, code in steps.items():
+            r = _child("import json, time\nt = time.time()\n" + code
+                       + "\nprint(json.dumps({'seconds': time.time() - t, **extra}))")
+            res[name] = r
+            print(f"  {name}: {r['seconds']:.1f} s, peak RSS {r['rss_one_mb']:.0f} MB (one process) / "
+                  f"{r['rss_sum_mb']:.0f} MB (tree)" + "".join(f", {a} {b:,}" for a, b in r.items()
+                                                          if a in ("docs", "removed")), flush=True)
+        rows.append(res)
+    print(f"\n{'size':>5s} {'docs':>9s} {'input MB':>9s} " + " ".join(f"{s + ' s':>9s} {s + ' RSS':>10s}"
+                                                              for s in ("ingest", "dedup", "build")))
+    for r in rows:
+        print(f"{r['k']:>4d}x {r['ingest']['docs']:9,} {r['input_mb']:9.1f} " + " ".join(
+            f"{r[s]['seconds']:9.1f} {r[s]['rss_one_mb']:7.0f} MB" for s in ("ingest", "dedup", "build")))
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        f = b["k"] / a["k"]
+        print(f"time growth {a['k']}x -> {b['k']}x (x{f:g} data): " + ", ".join(
+            f"{s} x{b[s]['seconds'] / a[s]['seconds']:.2f}" for s in ("ingest", "dedup", "build"))
+              + "; peak RSS (one process): " + ", ".join(
+            f"{s} x{b[s]['rss_one_mb'] / a[s]['rss_one_mb']:.2f}" for s in ("ingest", "dedup", "build")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
