@@ -243,13 +243,16 @@ def _read_chunks(f) -> Iterator[bytes]:
         yield block
 
 
-def _gzip_chunks(raw) -> Iterator[bytes]:
-    """Decompress a (multi-member) gzip stream, yielding all data decoded before any damage.
+def _decoded_chunks(raw, new_decoder, unit: str) -> Iterator[bytes]:
+    """Decompress a stream of concatenated members (gzip) or frames (zstd), yielding all data decoded before
+    any damage.
 
     Unlike :class:`gzip.GzipFile`, which drops the chunk it was decoding when the stream ends early, every
-    complete line before a truncation reaches the reader. A truncated last member raises ``EOFError``.
+    complete line before a truncation reaches the reader. ``new_decoder()`` returns an object with
+    ``decompress``, ``eof`` and ``unused_data`` (zlib's and zstandard's decompress objects). An empty file
+    holds no member, hence no records; a truncated last member raises ``EOFError`` naming ``unit``.
     """
-    obj = zlib.decompressobj(wbits=31)
+    obj = new_decoder()
     pending = raw.read(_CHUNK)
     if not pending:
         return
@@ -261,40 +264,25 @@ def _gzip_chunks(raw) -> Iterator[bytes]:
         out = obj.decompress(data)
         if out:
             yield out
-        if obj.eof:  # member finished: the rest (if any) starts the next member
+        if obj.eof:  # this member finished: the rest (if any) starts the next one
             pending = obj.unused_data
-            obj = zlib.decompressobj(wbits=31)
+            obj = new_decoder()
             if not pending:
                 nxt = raw.read(_CHUNK)
                 if not nxt:
                     return
                 pending = nxt
-    raise EOFError("stream ends in the middle of a gzip member (truncated file?)")
+    raise EOFError(f"stream ends in the middle of a {unit} (truncated file?)")
+
+
+def _gzip_chunks(raw) -> Iterator[bytes]:
+    """Decompress a (multi-member) gzip stream (:func:`_decoded_chunks`)."""
+    return _decoded_chunks(raw, lambda: zlib.decompressobj(wbits=31), "gzip member")
 
 
 def _zstd_chunks(raw) -> Iterator[bytes]:
-    """Decompress a (multi-frame) zstd stream; a truncated last frame raises ``EOFError``."""
-    obj = zstandard.ZstdDecompressor().decompressobj()
-    pending = raw.read(_CHUNK)
-    if not pending:
-        return  # an empty file holds no frame, hence no records
-    while True:
-        data = pending or raw.read(_CHUNK)
-        pending = b""
-        if not data:
-            break
-        out = obj.decompress(data)
-        if out:
-            yield out
-        if obj.eof:  # frame finished: the rest (if any) starts the next frame
-            pending = obj.unused_data
-            obj = zstandard.ZstdDecompressor().decompressobj()
-            if not pending:
-                nxt = raw.read(_CHUNK)
-                if not nxt:
-                    return
-                pending = nxt
-    raise EOFError("stream ends in the middle of a zstd frame (truncated file?)")
+    """Decompress a (multi-frame) zstd stream (:func:`_decoded_chunks`)."""
+    return _decoded_chunks(raw, lambda: zstandard.ZstdDecompressor().decompressobj(), "zstd frame")
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
