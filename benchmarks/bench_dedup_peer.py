@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         rss = f"{res['rss_one_mb']:.0f} / {res['rss_sum_mb']:.0f}"
         print(f"{name:12s} {s:8.1f} {n / s:9.0f} {text_mb / s / args.workers:10.2f} {rss:>27s} {rem:9,} "
               f"{qq['removal_precision']:10.4f} {qq['recall']:7.4f}")
-    print(f"  xgen phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in ours["phases"].items())
+    print("  xgen phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in ours["phases"].items())
           + f"; removed {ours['by_reason']}; ingest (tokenizing, not dedup) {ing['seconds']:.1f}s")
     print("  datatrove stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in theirs["stages"].items()))
     print(f"  removal precision over removed documents whose text differs from the kept copy (near, not exact): "

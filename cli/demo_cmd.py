@@ -167,8 +167,11 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     click.echo(f"Figure 1: {summary['plot']} (train and validation loss over tokens seen; "
                f"{len(summary['switches'])} sub-stage switches marked). Redraw it with: xgen plot loss {run_dir}")
     click.echo(f"Hugging Face: AutoModelForCausalLM.from_pretrained({hf_dir!r}) and AutoTokenizer.from_pretrained"
-               f"({hf_dir!r}) (docs/export.md); sample from it here with: xgen generate {run_dir} --prompt 'def '")
+               f"({hf_dir!r}) (docs/export.md); sample from it here with: xgen generate {run_dir} --prompt 'def ' "
+               "--temperature 0.8 --seed 0 (a model this small repeats newlines when decoding greedily)")
     click.echo(f"Recipe used: {recipe_path}. Try:\n"
+               f"  xgen sql --corpus {corpus_dir} --recipe {recipe_path} \"SELECT subset, drop_reason, count(*) "
+               f"FROM documents GROUP BY ALL ORDER BY 1, 3 DESC\"\n"
                f"  xgen sql --corpus {corpus_dir} \"SELECT stage, substage, seq_len, sum(n_sequences) AS sequences "
                f"FROM shards WHERE shard_dir LIKE '%{os.path.basename(os.path.abspath(shards_dir))}' GROUP BY ALL ORDER BY 1, 3\"\n"
                f"  xgen mix plan --corpus {corpus_dir} --recipe {recipe_path}")

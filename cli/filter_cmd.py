@@ -42,8 +42,8 @@ def print_filter(report) -> None:
     top = report.dropped_licenses.most_common(8)
     if top:
         print_rows(["subset", "license", "documents"], [(sub, lic, n) for (sub, lic), n in top],
-                   title="Licenses dropped as not permissive (top 8; allow one with --allow-license or the recipe's "
-                         "[filters] license_allow_extra)")
+                   title="Licenses dropped as not permissive (top 8; allow one with `xgen filter --allow-license` "
+                         "or the recipe's [filters] license_allow_extra)")
     for subset in report.missing_license_subsets:
         click.echo(click.style(f"warning: license subset {subset!r} is not in the corpus: no license filter "
                                "applies to it (a typo?)", fg="yellow"))

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import shared_path
-from xgen_data import mixture, packing, pipeline, recipe
+from xgen_data import mixture, pipeline, recipe
 
 RECIPE = """name = "langs"
 seed = 11

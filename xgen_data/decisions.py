@@ -104,7 +104,8 @@ def from_defaults(corpus: Corpus) -> Decisions:
     d = corpus.default_decisions()
     flt, ded = d.get("filter"), d.get("dedup")
     if flt is None and ded is None:
-        return Decisions(label="no recipe and no `xgen filter` / `xgen dedup` run: attributes only, kept = NULL")
+        return Decisions(label="no recipe and no `xgen filter` / `xgen dedup` run: attributes only, kept = NULL "
+                               "(pass --recipe R for a recipe's decisions, e.g. the demo's WORKDIR/recipe.toml)")
     parts = []
     if flt is not None:
         parts.append(f"xgen filter (min_tokens {flt['min_tokens']}, license_subsets {','.join(flt['license_subsets'])},"
