@@ -327,6 +327,20 @@ class Corpus:
         os.makedirs(folder)
         return folder
 
+    def start_attributes(self, step: str, params: dict, verify: bool = True) -> tuple[list[Part], str, str]:
+        """Begin computing the attribute set ``(step, params)`` (call under :meth:`lock`): remove leftovers of
+        killed runs, verify the parts' SHA-256 (``verify``), and return ``(parts, parts fingerprint, fresh
+        generation folder)`` for :meth:`attribute_path` and :meth:`commit_attributes`.
+
+        Raises:
+            DamagedPartError: a part is damaged (``verify``).
+        """
+        self.remove_unregistered()
+        parts = self.parts()
+        if verify:
+            self.verify_parts(parts)
+        return parts, self.parts_fingerprint(), self.new_generation(step, params)
+
     def attribute_path(self, gen_dir: str, part: Part) -> str:
         """Where a step writes ``part``'s attributes inside generation ``gen_dir``."""
         return os.path.join(gen_dir, part.subset, part.name)

@@ -106,12 +106,7 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
             update(meta)
             corpus.write_meta(meta)
         return False
-    corpus.remove_unregistered()
-    parts = corpus.parts()
-    if verify:
-        corpus.verify_parts(parts)
-    fingerprint = corpus.parts_fingerprint()
-    gen = corpus.new_generation("license", key)
+    parts, fingerprint, gen = corpus.start_attributes("license", key, verify)
     cache: dict = {}
     for i, part in enumerate(parts):
         table = pq.read_table(part.path, columns=["id", "license"] + (["text"] if labels_must_agree else []))

@@ -172,12 +172,7 @@ def compute_language_attributes(corpus, verify: bool = True) -> bool:
     key = language_params()
     if corpus.attribute_current(LANGUAGE_STEP, key):
         return False
-    corpus.remove_unregistered()
-    parts = corpus.parts()
-    if verify:
-        corpus.verify_parts(parts)
-    fingerprint = corpus.parts_fingerprint()
-    gen = corpus.new_generation(LANGUAGE_STEP, key)
+    parts, fingerprint, gen = corpus.start_attributes(LANGUAGE_STEP, key, verify)
     for i, part in enumerate(parts):
         t = pq.read_table(part.path, columns=["id", "path", "language", "text"])
         src, det, how = [], [], []
