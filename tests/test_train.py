@@ -22,6 +22,7 @@ from xgen_train.config import CONFIGS  # noqa: E402
 from xgen_train.data import ShardFormatError, ShardLoader, permute  # noqa: E402
 from xgen_train.model import build_model, init_params  # noqa: E402
 from xgen_train.optimizer import OptimizerConfig, decay_mask, learning_rate, make_optimizer  # noqa: E402
+from xgen_train.step import StepOptions, init_monitor, monitor_from_history, spike_update  # noqa: E402
 from xgen_train.trainer import SpikeDetector, make_train_step, next_token_loss, train  # noqa: E402
 
 
@@ -92,6 +93,25 @@ def test_spike_detector():
     falling = SpikeDetector()
     assert not any(falling.update(10 * math.exp(-s / 30) + 0.05 * rng.standard_normal()) for s in range(300))
     assert not SpikeDetector().update(float("nan"))
+
+
+def test_device_spike_rule_matches_host_detector():
+    """The jit'ed monitor of the train step flags exactly the steps the host-side SpikeDetector flags."""
+    rng = np.random.default_rng(1)
+    opts = StepOptions(spike_window=32, spike_std=3.0, spike_min_history=8)
+    losses = list(3.0 + 0.05 * rng.standard_normal(120))
+    losses[40], losses[90], losses[60] = 4.0, 3.6, float("nan")
+    det = SpikeDetector(window=32, n_std=3.0, min_history=8)
+    upd = jax.jit(lambda m, x: spike_update(m, x, opts))
+    mon = init_monitor(opts)
+    host, dev = [], []
+    for x in losses:
+        host.append(det.update(x))
+        flag, mon = upd(mon, jnp.float32(x))
+        dev.append(bool(flag))
+    assert dev == host and host[40] and host[90] and not host[60]
+    replay = monitor_from_history(losses, opts)
+    assert int(replay["count"]) == 119 and np.allclose(np.asarray(replay["losses"]), np.asarray(mon["losses"]))
 
 
 def test_next_token_loss_is_shifted_cross_entropy():
@@ -218,9 +238,10 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     opt = make_optimizer(OptimizerConfig(peak_lr=1e-3, warmup_steps=1, total_steps=10))
     opt_state = opt.init(params)
     step_fn = make_train_step(build_model(cfg), opt)
+    monitor = init_monitor(StepOptions())
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50313, (2, 16)), jnp.int32)
     for _ in range(2):  # non-trivial moments and counts
-        params, opt_state, _, _ = step_fn(params, opt_state, tokens)
+        params, opt_state, monitor, _ = step_fn(params, opt_state, monitor, tokens)
     meta = make_meta(2, {"step": 2}, {"model_config": cfg.to_dict(), "seed": 7}, extra={"note": "x"})
     with CheckpointStore(tmp_path / "ck", keep=2) as store:
         d = store.save(2, params, opt_state, meta)
@@ -364,3 +385,30 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(shards, tmp_path):
     train(shards, tmp_path / "run", steps=2, **kw)
     with pytest.raises(ValueError, match="checkpoints of an earlier run"):
         train(shards, tmp_path / "run", steps=3, **kw)
+
+
+def test_nonfinite_update_is_skipped_and_spike_skip_optional():
+    """A NaN loss/gradient never reaches params or optimizer state; a flagged spike is skipped only on request."""
+    from xgen_train.step import make_train_step as pure_step
+    params = {"w": jnp.ones((3,), jnp.float32)}
+    opt = make_optimizer(OptimizerConfig(peak_lr=1e-2, warmup_steps=1, total_steps=10))
+
+    def loss_fn(p, x):
+        return jnp.sum((p["w"] * x[0].astype(jnp.float32)) ** 2) / x[1, 0]
+
+    for skip_spikes in (False, True):
+        opts = StepOptions(spike_window=4, spike_min_history=2, skip_spikes=skip_spikes)
+        step = jax.jit(pure_step(loss_fn, opt, opts))
+        p, s, mon = params, opt.init(params), init_monitor(opts)
+        ok = jnp.asarray([[1, 1, 1], [1, 1, 1]], jnp.int32)
+        for _ in range(3):
+            p, s, mon, m = step(p, s, mon, ok)
+            assert int(m["skipped"]) == 0
+        before = jax.tree.map(np.asarray, (p, s))
+        p, s, mon, m = step(p, s, mon, jnp.asarray([[1, 1, 1], [0, 0, 0]], jnp.int32))  # division by 0: inf/nan
+        assert (int(m["nonfinite"]), int(m["skipped"])) == (1, 1)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((p, s))):
+            assert np.array_equal(a, np.asarray(b))
+        p2, s2, mon, m = step(p, s, mon, jnp.asarray([[50, 50, 50], [1, 1, 1]], jnp.int32))  # a spike
+        assert int(m["spike"]) == 1 and int(m["skipped"]) == int(skip_spikes)
+        assert np.array_equal(np.asarray(p2["w"]), np.asarray(p["w"])) == skip_spikes

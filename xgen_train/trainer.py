@@ -43,6 +43,8 @@ from xgen_train.data import ShardLoader, load_manifest
 from xgen_train.lossplot import plot_loss
 from xgen_train.model import build_model, init_params
 from xgen_train.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from xgen_train.step import StepOptions, init_monitor, monitor_from_history
+from xgen_train.step import make_train_step as _make_step
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "SpikeDetector", "StopSignal", "config_differences", "make_eval_fn",
            "make_loss_fn", "make_train_step", "next_token_loss", "plot_loss", "run_config", "train"]
@@ -100,22 +102,14 @@ def make_loss_fn(model):
     return loss_fn
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation):
-    """Jit'ed ``step(params, opt_state, tokens) -> (params, opt_state, loss, grad_norm)``.
+def make_train_step(model, optimizer: optax.GradientTransformation, opts: StepOptions = StepOptions()):
+    """Jit'ed ``step(params, opt_state, monitor, tokens) -> (params, opt_state, monitor, metrics)``.
 
-    ``grad_norm`` is the global L2 norm of the gradients before clipping. ``params`` and
-    ``opt_state`` are donated (do not reuse the arguments after the call).
+    :func:`xgen_train.step.make_train_step` on this model's next-token loss, compiled with ``params``,
+    ``opt_state`` and ``monitor`` donated (do not reuse the arguments after the call). ``metrics`` holds
+    device scalars ``loss``, ``grad_norm`` (before clipping), ``spike``, ``nonfinite``, ``skipped``.
     """
-    loss_fn = make_loss_fn(model)
-
-    def step(params, opt_state, tokens):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, grad_norm
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
+    return jax.jit(_make_step(make_loss_fn(model), optimizer, opts), donate_argnums=(0, 1, 2))
 
 
 def make_eval_fn(model):
@@ -374,13 +368,13 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     fsutil.write_json(str(out / "run.json"), run_info)
 
     history = _read_metrics(metrics_path, start_step) if start_step else []
-    detector = SpikeDetector(spike_window, spike_std)
-    for rec in [r for r in history if "event" not in r][-spike_window:]:
-        detector.history.append(rec["loss"])
+    step_opts = StepOptions(spike_window=spike_window, spike_std=spike_std)
+    past = [r["loss"] for r in history if "event" not in r][-spike_window:]
+    monitor = monitor_from_history(past, step_opts) if past else init_monitor(step_opts)
     with open(metrics_path, "w", encoding="utf-8") as fh:  # drop lines past the resume point
         fh.writelines(json.dumps(r) + "\n" for r in history)
 
-    step_fn = make_train_step(model, optimizer)
+    step_fn = make_train_step(model, optimizer, step_opts)
     eval_fn = make_eval_fn(model)
     compile_seconds = 0.0
 
@@ -461,15 +455,15 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                         print(("\n" if bar_on else "") + msg, file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
                 tok_spec = jax.ShapeDtypeStruct((ph.batch_size, ph.seq_len), jnp.int32)
-                compiled = step_fn.lower(params, opt_state, tok_spec).compile()
+                compiled = step_fn.lower(params, opt_state, monitor, tok_spec).compile()
                 compile_seconds += time.perf_counter() - t0
                 end = min(ph.end_step, stop_step)
                 while s < end:
                     t_step = time.perf_counter()
                     k = s - ph.start_step
                     batch = loader.batch_at(seed, k)
-                    params, opt_state, loss, gnorm = compiled(params, opt_state, batch["tokens"])
-                    loss, gnorm = float(loss), float(gnorm)
+                    params, opt_state, monitor, m = compiled(params, opt_state, monitor, batch["tokens"])
+                    loss, gnorm = float(m["loss"]), float(m["grad_norm"])
                     dt = time.perf_counter() - t_step
                     rec = {"step": s, "loss": loss,
                            "lr": float(learning_rate(s, lr, warmup, opt_cfg.total_steps, final_lr_ratio)),
@@ -477,7 +471,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                            "substage": ph.substage, "seq_len": ph.seq_len, "seconds": dt,
                            "elapsed_seconds": time.perf_counter() - loop_start,
                            "tokens_per_second": ph.tokens_per_step / dt,
-                           "epoch": (k + 1) * ph.batch_size / ph.n_sequences, "spike": detector.update(loss)}
+                           "epoch": (k + 1) * ph.batch_size / ph.n_sequences, "spike": bool(m["spike"]),
+                           "skipped": bool(m["skipped"])}
                     emit(rec)
                     bar.update(1)
                     s += 1

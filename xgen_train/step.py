@@ -1,0 +1,121 @@
+"""One optimizer update as a pure function: the seam between the model/loss numerics and the loop.
+
+``make_train_step`` returns an *un-jitted* function
+
+    step(params, opt_state, monitor, tokens) -> (params, opt_state, monitor, metrics)
+
+so the loop decides how to compile it (plain ``jax.jit``, or with in/out shardings over a device mesh,
+donating arguments 0-2). ``metrics`` is a dict of device scalars that the loop may fetch late (no host sync
+per step is needed): ``loss`` (float32, nats/token), ``grad_norm`` (float32, global L2 norm before
+clipping), ``spike`` (int32 0/1, SPEC §4 loss-spike rule), ``nonfinite`` (int32 0/1: loss or gradients not
+finite), ``skipped`` (int32 0/1: the update was not applied; params and optimizer state are returned
+unchanged).
+
+``monitor`` is the device-side loss-spike state (SPEC §4 Choice): a ring buffer of the last ``window``
+finite losses and a count, see :func:`init_monitor`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["StepOptions", "init_monitor", "make_train_step", "monitor_from_history", "spike_update"]
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What one update does beyond loss -> gradients -> optimizer.
+
+    Attributes:
+        spike_window: losses the spike rule looks back over (SPEC §4: 128 updates).
+        spike_std: a loss above ``mean + spike_std * std`` of the window is a spike (SPEC §4: 6).
+        spike_min_history: no spike is flagged before this many finite losses.
+        skip_spikes: do not apply the update of a step flagged as a spike.
+    """
+
+    spike_window: int = 128
+    spike_std: float = 6.0
+    spike_min_history: int = 16
+    skip_spikes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.spike_window < 2 or self.spike_min_history < 2 or self.spike_min_history > self.spike_window:
+            raise ValueError("need 2 <= spike_min_history <= spike_window")
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for ``run.json``)."""
+        return asdict(self)
+
+
+def init_monitor(opts: StepOptions) -> dict[str, jax.Array]:
+    """Empty spike monitor: ``losses`` float32 ``[window]`` (ring buffer), ``count`` int32 (losses seen)."""
+    return {"losses": jnp.zeros((opts.spike_window,), jnp.float32), "count": jnp.zeros((), jnp.int32)}
+
+
+def spike_update(monitor: dict[str, jax.Array], loss: jax.Array, opts: StepOptions):
+    """Spike flag of ``loss`` against the preceding window, and the monitor with ``loss`` added.
+
+    Same rule as SPEC §4 (Choice): ``loss > mean + n_std * std`` (population std) of the up to ``window``
+    previous finite losses, once ``min_history`` of them exist. A non-finite loss is never a spike and is
+    not added. Returns ``(spike bool scalar, new monitor)``; traceable (use inside jit).
+    """
+    window = opts.spike_window
+    n = jnp.minimum(monitor["count"], window)
+    valid = jnp.arange(window) < n
+    hist = monitor["losses"]
+    denom = jnp.maximum(n, 1).astype(jnp.float32)
+    mean = jnp.sum(jnp.where(valid, hist, 0.0)) / denom
+    var = jnp.sum(jnp.where(valid, (hist - mean) ** 2, 0.0)) / denom
+    finite = jnp.isfinite(loss)
+    spike = finite & (n >= opts.spike_min_history) & (loss > mean + opts.spike_std * jnp.sqrt(var))
+    slot = monitor["count"] % window
+    new = {"losses": jnp.where(finite, hist.at[slot].set(loss.astype(jnp.float32)), hist),
+           "count": monitor["count"] + finite.astype(jnp.int32)}
+    return spike, new
+
+
+def monitor_from_history(losses: Iterable[float], opts: StepOptions) -> dict[str, jax.Array]:
+    """Monitor state after seeing ``losses`` in order (a resume replays the run's recorded losses)."""
+    mon = init_monitor(opts)
+    upd = jax.jit(lambda m, x: spike_update(m, x, opts)[1])
+    for x in losses:
+        mon = upd(mon, jnp.float32(x))
+    return mon
+
+
+def _tree_select(pred: jax.Array, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    opts: StepOptions = StepOptions()) -> Callable:
+    """Un-jitted update ``step(params, opt_state, monitor, tokens int32 [B, L])`` (see the module doc).
+
+    Args:
+        loss_fn: ``loss_fn(params, tokens) -> float32 scalar`` (e.g. :func:`xgen_train.trainer.make_loss_fn`).
+        optimizer: the optax transformation (clipping + AdamW, :func:`xgen_train.optimizer.make_optimizer`).
+        opts: spike rule and skip policy.
+
+    Non-finite loss or gradients never reach the parameters: such an update is skipped (``skipped=1``,
+    ``nonfinite=1``); so is a flagged spike when ``opts.skip_spikes``.
+    """
+
+    def step(params, opt_state, monitor, tokens):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        grad_norm = optax.tree.norm(grads)
+        nonfinite = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        spike, monitor = spike_update(monitor, loss, opts)
+        skip = nonfinite | (spike & opts.skip_spikes)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        params = _tree_select(skip, params, new_params)
+        opt_state = _tree_select(skip, opt_state, new_opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "spike": spike.astype(jnp.int32),
+                   "nonfinite": nonfinite.astype(jnp.int32), "skipped": skip.astype(jnp.int32)}
+        return params, opt_state, monitor, metrics
+
+    return step
