@@ -35,6 +35,41 @@ def move_aside(run_dir: str) -> str | None:
     return f"{run_dir}.prev-{n}"
 
 
+def _allow_embedded_license(r, lic: str):
+    """The recipe with ``lic`` (the embedded corpus's PSF-2.0, on neither SPEC §2 list) added to the allow-list
+    of every policy the recipe uses that lacks it, each addition said on the output."""
+    import dataclasses
+
+    names = set(r.license_policies().values())
+    added = []
+    if "permissive" in names and lic not in r.allow_list():
+        r = dataclasses.replace(r, license_allow_extra=r.license_allow_extra + (lic,))
+        added.append("permissive (stage-1 code)")
+    for name in sorted(names - {"permissive"}):
+        if lic not in r.policy(name).allow:
+            extra = dict(r.policy_allow_extra)
+            extra[name] = extra.get(name, ()) + (lic,)
+            r = dataclasses.replace(r, policy_allow_extra=extra)
+            subsets = ", ".join(s for s, p in r.license_policies().items() if p == name)
+            added.append(f"{name} ({subsets})")
+    if added:
+        click.echo(f"      note: {lic} added to the license allow-list of policy {' and '.join(added)} for the "
+                   "embedded corpus (the recipe saved in the workdir records it)")
+    return r
+
+
+def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
+    """Split the corpus's code files into stage-1 ``code`` and a StarCoderData-layout ``starcoder`` (disjoint)."""
+    import itertools
+
+    from xgen_data import code_split
+
+    readers = [code_split.corpus_lines(p) for p in code_inputs]
+    click.echo(f"      splitting {', '.join(os.path.basename(p) for p in code_inputs)} into stage-1 code and a "
+               f"StarCoder-style stage-2 subset in {raw_dir}")
+    return code_split.write_split(lambda: itertools.chain.from_iterable(f() for f in readers), raw_dir, seed)
+
+
 @click.command()
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Holds corpus/, shards/ and run/ (and raw/ for the embedded corpus).")
@@ -56,12 +91,13 @@ def move_aside(run_dir: str) -> str | None:
 @user_errors
 def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, batch_tokens: int,
          batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str) -> None:
-    """Run the XGen recipe end to end on real text and train a tiny model across all its sub-stages."""
-    import dataclasses
+    """Run the XGen recipe end to end on real text and train a tiny model across all its sub-stages.
 
+    Stage 2's StarCoder data is made from the corpus's own code: its files are split in two disjoint halves,
+    stage-1 ``code`` and a ``starcoder`` subset the demo writes in StarCoderData's Parquet layout."""
     from cli.ingest_cmd import expand_inputs, print_ingest
     from cli.mix_cmd import print_build, print_plan, print_steps
-    from xgen_data import fsutil, ingest, packing, pipeline, recipe, sql, stdlib_corpus
+    from xgen_data import code_split, fsutil, ingest, packing, pipeline, recipe, sql, stdlib_corpus
     from xgen_data.corpus import Corpus
     from xgen_data.plots import length_histogram
 
@@ -70,17 +106,29 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     corpus_dir = os.path.join(workdir, "corpus")
     shards_dir = os.path.join(workdir, "shards")
     run_dir = os.path.join(workdir, "run")
+    raw_dir = os.path.join(workdir, "raw")
     r = recipe.load(recipe_name)
     _check_run_dir(run_dir)  # before hours of work: a folder that is not an earlier demo run is refused
+    wants_starcoder = "starcoder" in r.subsets()
     if corpus_src is None:
         click.echo("Writing the embedded corpus: Python's standard library (code) and its documentation")
-        inputs = stdlib_corpus.write_corpus(os.path.join(workdir, "raw"))
-        if stdlib_corpus.LICENSE not in r.allow_list():
-            # The stdlib is PSF-2.0, which is not on SPEC §2's list: allow it for this corpus, and say so.
-            r = dataclasses.replace(r, license_allow_extra=r.license_allow_extra + (stdlib_corpus.LICENSE,))
-            click.echo(f"      note: {stdlib_corpus.LICENSE} added to the license allow-list for the embedded corpus")
+        # a recipe without a `starcoder` subset keeps all code in stage-1 `code`
+        inputs, split = stdlib_corpus.write_corpus(raw_dir, seed=r.seed, starcoder=wants_starcoder)
+        r = _allow_embedded_license(r, stdlib_corpus.LICENSE)
     else:
         inputs = expand_inputs((corpus_src,))
+        split = None
+        code_inputs = [p for p in inputs if ingest.default_subset(p) == "code"]
+        if wants_starcoder and code_inputs:
+            split = _split_code(code_inputs, raw_dir, r.seed)
+            inputs = [split.code_path if p == code_inputs[0] else p for p in inputs if p not in code_inputs[1:]]
+            inputs += split.starcoder_paths
+    if split is not None and split.starcoder_paths:
+        star, code = split.starcoder, split.code
+        click.echo(f"      stage-2 subset starcoder: {sum(star.values()):,} code files in {len(star)} languages "
+                   f"({', '.join(f'{k} {v:,}' for k, v in star.most_common())}) written in StarCoderData's layout to "
+                   f"{split.starcoder_root}/<language>/{code_split.STARCODER_FILE}; stage-1 code keeps the other "
+                   f"{sum(code.values()):,} files (disjoint halves: per language, sha256(seed:id) order alternates)")
     # Save the recipe exactly as this demo uses it, so later commands on the workdir can reuse it.
     recipe_path = os.path.join(workdir, "recipe.toml")
     os.makedirs(workdir, exist_ok=True)
@@ -90,7 +138,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     r = recipe.load(recipe_path)
     click.echo(f"[1/5] Ingest and tokenize {len(inputs)} files into {corpus_dir}")
     t = time.time()
-    print_ingest(ingest.ingest(corpus_dir, [(p, None) for p in inputs], workers=workers, on_error=on_error))
+    star_root = split.starcoder_root if split is not None else None
+    print_ingest(ingest.ingest(corpus_dir, [(p, None, star_root if star_root and p.startswith(star_root + os.sep)
+                                             else None) for p in inputs], workers=workers, on_error=on_error))
     timings["ingest"] = time.time() - t
 
     click.echo("[2/5] Filters and dedup (recipe steps)")
@@ -132,20 +182,18 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
                     eval_every=max(1, steps // 6), eval_sequences=4, progress=True, log_every=max(1, steps // 10))
     timings["train"] = time.time() - t
     t = time.time()
-    fig2, hf_dir = _hand_over(corpus_dir, run_dir, os.path.join(workdir, "hf"), r)
+    hf_dir = os.path.join(workdir, "hf")
+    moved = move_aside(hf_dir)
+    if moved:
+        click.echo(f"      the earlier export in {hf_dir} was moved to {moved} (nothing deleted)")
+    fig2, hf_dir = _hand_over(corpus_dir, run_dir, hf_dir, r)
     timings["figure 2 + export"] = time.time() - t
 
     click.echo(click.style("\n==== xgen demo summary ====", bold=True))
     con = sql.connect(corpus_dir, recipe=r)
-    rows = con.execute("""SELECT subset, count(*) AS documents_in, count(*) FILTER (kept) AS documents_out,
-        count(*) FILTER (drop_reason = 'too_few_tokens') AS too_few_tokens,
-        count(*) FILTER (drop_reason = 'license_not_permissive') AS license_not_permissive,
-        count(*) FILTER (drop_reason = 'exact_duplicate') AS exact_duplicate,
-        count(*) FILTER (drop_reason = 'near_duplicate') AS near_duplicate
-        FROM documents GROUP BY subset ORDER BY subset""").fetchall()
-    print_rows(["subset", "documents_in", "documents_out", "too_few_tokens", "license_not_permissive",
-                "exact_duplicate", "near_duplicate"], rows, title="Documents in and out, by drop reason")
+    print_drop_summary(con, r)
     print_build(r, build)
+    print_language_build(r, build, shards_dir)
     print_rows(["metric", "value"], [
         ("model", f"{config_name} ({summary['n_params']:,} parameters)"),
         *[(f"sub-stage {ph['stage']}/{ph['substage']}", f"seq_len {ph['seq_len']} x batch {ph['batch_size']}, "
@@ -175,6 +223,50 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
                f"  xgen sql --corpus {corpus_dir} \"SELECT stage, substage, seq_len, sum(n_sequences) AS sequences "
                f"FROM shards WHERE shard_dir LIKE '%{os.path.basename(os.path.abspath(shards_dir))}' GROUP BY ALL ORDER BY 1, 3\"\n"
                f"  xgen mix plan --corpus {corpus_dir} --recipe {recipe_path}")
+
+
+def print_drop_summary(con, r) -> None:
+    """Documents in and out per subset by drop reason, and one line reconciling them with the dedup step:
+    dedup counts every copy it removes, also of documents a filter already dropped, while ``drop_reason``
+    names the filter first, so a copy both short and duplicated is counted once, under the filter."""
+    rows = con.execute("""SELECT subset, any_value(license_policy) AS policy, count(*) AS documents_in,
+        count(*) FILTER (drop_reason = 'too_few_tokens') AS too_few_tokens,
+        count(*) FILTER (drop_reason = 'license_not_permissive') AS license_fails,
+        count(*) FILTER (drop_reason = 'exact_duplicate') AS exact_duplicate,
+        count(*) FILTER (drop_reason = 'near_duplicate') AS near_duplicate,
+        count(*) FILTER (kept) AS documents_out
+        FROM documents GROUP BY subset ORDER BY subset""").fetchall()
+    print_rows(["subset", "license_policy", "documents_in", "too_few_tokens", "license_fails", "exact_duplicate",
+                "near_duplicate", "documents_out"], [(a, b or "-", *rest) for a, b, *rest in rows],
+               title="Documents in and out, by drop reason (each document counted once: a filter's reason first)")
+    exact, near, under_filter = con.execute("""SELECT count(*) FILTER (dup_reason = 'exact_duplicate'),
+        count(*) FILTER (dup_reason = 'near_duplicate'),
+        count(*) FILTER (dup_reason IS NOT NULL AND drop_reason <> dup_reason) FROM documents""").fetchone()
+    if exact or near:
+        click.echo(f"Dedup (step 2) removed {exact + near:,} copies ({exact:,} exact, {near:,} near); {under_filter:,} "
+                   f"of them a filter drops anyway, so the table counts {exact + near - under_filter:,} under "
+                   "exact_duplicate / near_duplicate.")
+
+
+def print_language_build(r, build, shards_dir: str) -> None:
+    """Per subset weighted by language: planned share (recipe ``languages``) against the share packed."""
+    import json
+
+    plan = json.load(open(os.path.join(shards_dir, "manifest.json"))).get("language_plan", [])
+    rows = []
+    for stage, per_subset in build.tokens_per_language.items():
+        for subset, got in per_subset.items():
+            mine = [p for p in plan if p["stage"] == stage and p["subset"] == subset]
+            want_total = sum(p["effective_tokens"] for p in mine) or 1
+            got_total = sum(got.values()) or 1
+            for p in sorted(mine, key=lambda p: -p["effective_tokens"]):
+                rows.append((stage, subset, p["language"], p["documents"], f"{p['share']:.4%}",
+                             p["effective_tokens"], f"{p['effective_tokens'] / want_total:.4%}",
+                             got.get(p["language"], 0), f"{got.get(p['language'], 0) / got_total:.4%}"))
+    if rows:
+        print_rows(["stage", "subset", "language", "documents", "unique_share", "planned_tokens", "planned_share",
+                    "packed_tokens", "packed_share"], rows,
+                   title="Per-language weights: plan (tokens incl. one EOS per document) against packed content tokens")
 
 
 def _hand_over(corpus_dir: str, run_dir: str, hf_dir: str, r) -> tuple[dict, str]:

@@ -11,6 +11,10 @@ def eval_() -> None:
     """Evaluate a model or score its samples."""
 
 
+#: Files ``xgen eval ppl-by-position`` writes (:func:`xgen_train.evaluation.write_ppl_outputs`).
+PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_position.png")
+
+
 @eval_.command("ppl-by-position")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @corpus_option
@@ -25,7 +29,7 @@ def eval_() -> None:
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder (default: RUN/eval).")
+              help="Output folder (default: RUN/eval); earlier outputs there are replaced, and the command says so.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs: int, subsets: tuple[str, ...],
@@ -49,11 +53,15 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
     docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None,
                              recipe=recipe.load(recipe_name) if recipe_name else None)
     res = ev.ppl_by_position(params, cfg, docs, batch_size=batch_size, progress=not no_progress)
-    paths = ev.write_ppl_outputs(res, out_dir or os.path.join(run, "eval"))
+    out = out_dir or os.path.join(run, "eval")
+    earlier = [f for f in PPL_OUTPUTS if os.path.exists(os.path.join(out, f))]
+    paths = ev.write_ppl_outputs(res, out)
     rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]
     print_rows(["positions", "mean_nll", "ppl"], rows,
                title=f"{res.n_docs} documents of >= {n:,} tokens (cut to {n:,})")
     click.echo(f"wrote {paths['csv']}, {paths['buckets']}, {paths['png']}")
+    if earlier:
+        click.echo(f"note: replaced the earlier {', '.join(earlier)} in {out} (pass --out DIR to keep them)", err=True)
 
 
 @eval_.command("pass-at-k")

@@ -46,7 +46,7 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
 
 
 def print_plan_rows(recipe, plan_rows) -> None:
-    """Print the plan tables: per stage and subset (tokens, and effective tokens in billions as in Table 2),
+    """Print the plan tables: per stage and subset (tokens, and effective tokens in B/M/K as Table 2 prints billions),
     each stage's total and how it was given (replay + own subsets), and the sub-stages."""
     from xgen_data import mixture
 
@@ -54,28 +54,49 @@ def print_plan_rows(recipe, plan_rows) -> None:
     for st in recipe.stages:
         mine = [r for r in plan_rows if r.stage == st.name]
         rows += [(r.stage, r.subset, r.documents, r.unique_tokens, r.effective_tokens,
-                  mixture.billions(r.effective_tokens), f"{r.proportion:.4%}",
+                  mixture.short_tokens(r.effective_tokens), f"{r.proportion:.4%}",
                   f"{r.epochs:.4f}" if r.documents else "-") for r in mine]
         rows.append((st.name, "(total)", sum(r.documents for r in mine), sum(r.unique_tokens for r in mine),
-                     st.tokens, mixture.billions(st.tokens), "100.0000%", ""))
+                     st.tokens, mixture.short_tokens(st.tokens), "100.0000%", ""))
     print_rows(["stage", "subset", "documents", "unique_tokens", "effective_tokens", "effective", "proportion",
                 "epochs"], rows,
                title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed} (tokens include one EOS per document)")
     for st in recipe.stages:
         click.echo(mixture.stage_summary(st))
-    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, mixture.billions(ss.tokens), ss.n_sequences)
+    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, mixture.short_tokens(ss.tokens), ss.n_sequences)
             for st in recipe.stages for ss in st.substages]
-    print_rows(["stage", "substage", "seq_len", "tokens", "tokens_B", "sequences"], rows, title="Sub-stages")
+    print_rows(["stage", "substage", "seq_len", "tokens", "tokens_short", "sequences"], rows, title="Sub-stages")
 
 
 def print_language_plan(rows) -> None:
-    """Print the per-language table of subsets weighted by language (unique tokens, share, effective, epochs)."""
+    """Print the per-language table of subsets weighted by language (unique tokens, share, effective, epochs),
+    each language's kind (:func:`xgen_data.languages.kind`) and, per subset, how many of StarCoder's 86
+    programming languages, of the data formats and of the extras it holds."""
+    from xgen_data import languages
+
     if not rows:
         return
-    print_rows(["stage", "subset", "language", "documents", "unique_tokens", "share", "effective_tokens", "epochs"],
-               [(r.stage, r.subset, r.language, r.documents, r.unique_tokens, f"{r.share:.4%}", r.effective_tokens,
-                 f"{r.epochs:.4f}" if r.unique_tokens else "-") for r in rows],
+    print_rows(["stage", "subset", "language", "kind", "documents", "unique_tokens", "share", "effective_tokens",
+                "epochs"],
+               [(r.stage, r.subset, r.language, languages.kind(r.language) or "-", r.documents, r.unique_tokens,
+                 f"{r.share:.4%}", r.effective_tokens, f"{r.epochs:.4f}" if r.unique_tokens else "-") for r in rows],
                title="Per-language weights (tokens include one EOS per document)")
+    for stage, subset in dict.fromkeys((r.stage, r.subset) for r in rows):
+        click.echo(f"{stage}/{subset}: " + language_coverage([r.language for r in rows
+                                                              if (r.stage, r.subset) == (stage, subset)]))
+
+
+def language_coverage(present) -> str:
+    """One phrase: how many of StarCoder's 86 programming languages, the 2 data formats and Apex ``present``
+    (language keys) holds, and how many other names (unknown, natural languages)."""
+    from xgen_data import languages
+
+    kinds = [languages.kind(x) for x in set(present)]
+    n = {k: kinds.count(k) for k in languages.KINDS}
+    other = sum(k is None for k in kinds)
+    return (f"{n['starcoder']} of StarCoder's {languages.KINDS['starcoder']} programming languages, "
+            f"{n['data']} of {languages.KINDS['data']} data formats (json, yaml), "
+            f"{n['extra']} of {languages.KINDS['extra']} extra (apex)" + (f", {other} other" if other else ""))
 
 
 def print_steps(steps) -> None:

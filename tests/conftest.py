@@ -34,13 +34,32 @@ def sample_corpus(tmp_path_factory) -> str:
     return root
 
 
-def demo_no_dedup():
-    """The demo recipe without dedup: its decisions need only the license attributes the fixture computed."""
+def demo_code_only():
+    """The demo recipe with stage 2's ``starcoder`` tokens taken from ``code`` instead (policy permissive, no
+    language weights): the same budgets for corpora without a starcoder subset, such as the shared sample.
+    Its stage-2 targets equal the demo's earlier proportions (natural 124,925 + code 137,219 of 262,144)."""
     import dataclasses
 
     from xgen_data import recipe
 
-    return dataclasses.replace(recipe.load("demo"), dedup={"enabled": False})
+    r = recipe.load("demo")
+    stages = []
+    for st in r.stages:
+        if "starcoder" in st.proportions:
+            t = dict(st.targets)
+            t["code"] = t.get("code", 0) + t.pop("starcoder")
+            st = dataclasses.replace(st, targets=t, proportions={k: v / st.tokens for k, v in t.items()}, replay=None,
+                                     licenses={}, languages={})
+        stages.append(st)
+    return dataclasses.replace(r, stages=tuple(stages))
+
+
+def demo_no_dedup():
+    """The demo recipe (code only, :func:`demo_code_only`) without dedup: its decisions need only the license
+    attributes the fixture computed."""
+    import dataclasses
+
+    return dataclasses.replace(demo_code_only(), dedup={"enabled": False})
 
 
 @pytest.fixture(scope="session")

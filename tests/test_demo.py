@@ -44,15 +44,62 @@ def _check_workdir(workdir, output):
     assert all(np.array_equal(hf_params[m][n], run_params[m][n]) for m in run_params for n in run_params[m])
 
 
+def _check_stage2(workdir, output, min_languages):
+    """Stage 2 packs a StarCoder-layout subset of files stage-1 code does not hold, weighted by language."""
+    raw = os.path.join(workdir, "raw", "starcoder")
+    langs = sorted(os.listdir(raw))
+    assert len(langs) >= min_languages and all(
+        os.listdir(os.path.join(raw, x)) == ["train-00000-of-00001.parquet"] for x in langs)
+    r = recipe.load(os.path.join(workdir, "recipe.toml"))
+    assert r.license_policies()["starcoder"] == "strict" and r.stages[1].languages == {"starcoder": "original"}
+    con = sql.connect(os.path.join(workdir, "corpus"), recipe=r)
+    # disjoint halves: no file (id) is in both subsets (equal contents under two ids are left to dedup)
+    assert con.execute("""SELECT count(*) FROM documents c JOIN documents s ON c.id = s.id
+        WHERE c.subset = 'code' AND s.subset = 'starcoder'""").fetchone()[0] == 0
+    star = con.execute("""SELECT source, language, license_policy, count(*) FROM documents WHERE subset = 'starcoder'
+        GROUP BY ALL""").fetchall()
+    assert {x[2] for x in star} == {"strict"} and {x[1] for x in star} == set(langs)
+    manifest = shards.read_manifest(os.path.join(workdir, "shards"))
+    plan = [p for p in manifest["language_plan"] if p["subset"] == "starcoder"]
+    assert len(plan) >= min_languages and sum(p["effective_tokens"] for p in plan) == \
+        dict(((p["stage"], p["subset"]), p["effective_tokens"]) for p in manifest["plan"])[("stage2", "starcoder")]
+    # per-language shares after packing meet the plan within 1% (relative) for every language with >= 1% share
+    got = {}
+    for e in manifest["shards"]:
+        if e["stage"] != "stage2":
+            continue
+        idx = shards.read_index(os.path.join(workdir, "shards"), e).to_pydict()
+        for sub, doc, n in zip(idx["subset"], idx["doc_id"], idx["length"]):
+            if sub == "starcoder":
+                got[doc] = got.get(doc, 0) + n
+    lang_of = dict(con.execute("SELECT id, language FROM documents WHERE subset = 'starcoder'").fetchall())
+    per = {}
+    for doc, n in got.items():
+        per[lang_of[doc]] = per.get(lang_of[doc], 0) + n
+    total, want_total = sum(per.values()), sum(p["effective_tokens"] for p in plan)
+    for p in plan:
+        want = p["effective_tokens"] / want_total
+        if want >= 0.01:
+            assert abs(per.get(p["language"], 0) / total - want) <= 0.01 * want, (p, per)
+    assert "Per-language weights: plan" in output and "packed_share" in output
+    assert "stage-2 subset starcoder:" in output and "StarCoderData's layout" in output
+    return con
+
+
 def test_demo_embedded_corpus(tmp_path):
     workdir = str(tmp_path / "W1")
     out = _run_demo(["--workdir", workdir, "--steps", "30", "--batch-size", "2"])
     _check_workdir(workdir, out)
     # the demo ran no stand-alone `xgen filter`: its decisions are its saved recipe's
-    con = sql.connect(os.path.join(workdir, "corpus"), recipe=recipe.load(os.path.join(workdir, "recipe.toml")))
+    con = _check_stage2(workdir, out, min_languages=3)
     subsets = dict(con.execute("SELECT subset, count(*) FILTER (kept) FROM documents GROUP BY ALL").fetchall())
-    assert subsets["code"] > 100 and subsets["natural"] > 100
-    assert "PSF-2.0 added to the license allow-list" in out
+    assert subsets["code"] > 100 and subsets["natural"] > 100 and subsets["starcoder"] > 100
+    # PSF-2.0 is on neither SPEC §2 list: allowed for this corpus under both policies, and said so
+    assert "PSF-2.0 added to the license allow-list of policy permissive (stage-1 code) and strict (starcoder)" in out
+    saved = recipe.load(os.path.join(workdir, "recipe.toml"))
+    assert "PSF-2.0" in saved.allow_list() and "PSF-2.0" in saved.policy("strict").allow
+    assert "0.00B" not in out and "3.07M" in out  # demo-scale budgets in units that fit
+    assert "Dedup (step 2) removed" in out
     # The saved recipe repeats the demo's choices (PSF-2.0 allowed) for later commands on the workdir.
     from cli.main import cli
 
@@ -69,6 +116,8 @@ def test_demo_embedded_corpus(tmp_path):
     out2 = _run_demo(["--workdir", workdir, "--steps", "12", "--batch-size", "1"])
     assert f"was moved to {os.path.join(workdir, 'run')}.prev-1 (nothing deleted)" in out2  # never deleted silently
     assert os.path.exists(os.path.join(workdir, "run.prev-1", "summary.json"))
+    assert f"was moved to {os.path.join(workdir, 'hf')}.prev-1 (nothing deleted)" in out2
+    assert os.path.exists(os.path.join(workdir, "hf.prev-1", "config.json"))
     assert sql.connect(os.path.join(workdir, "corpus")).execute("SELECT count(*) FROM documents").fetchone()[0] == before
     assert open(os.path.join(workdir, "shards", "manifest.json")).read() == first
 
@@ -78,11 +127,18 @@ def test_demo_full_shared_corpus(tmp_path):
     workdir = str(tmp_path / "W2")
     out = _run_demo(["--corpus", shared_path("corpus"), "--workdir", workdir, "--steps", "40"])
     _check_workdir(workdir, out)
-    con = sql.connect(os.path.join(workdir, "corpus"), recipe=recipe.load(os.path.join(workdir, "recipe.toml")))
+    # real shared code, split in two: stage 2's starcoder holds every language of the shared code corpus, its
+    # packed per-language shares meet the plan within 1%, its real licenses are judged by policy strict
+    con = _check_stage2(workdir, out, min_languages=4)
+    pol = dict(con.execute("SELECT subset, any_value(license_policy) FROM documents GROUP BY ALL").fetchall())
+    assert pol["starcoder"] == "strict" and pol["code"] == "permissive"
+    fails = dict(con.execute("""SELECT license_policy, count(*) FROM documents WHERE decision = 'fail'
+        GROUP BY ALL""").fetchall())
+    assert fails["strict"] > 0 and fails["permissive"] > 0
     reasons = dict(con.execute("SELECT coalesce(drop_reason, 'kept'), count(*) FROM documents GROUP BY ALL").fetchall())
     for r in ("kept", "too_few_tokens", "license_not_permissive", "exact_duplicate", "near_duplicate"):
         assert reasons.get(r, 0) > 0, reasons
-    assert sum(reasons.values()) == 110160 + 9383 + 17455
+    assert sum(reasons.values()) == 110160 + 9383 + 17455  # the split is a partition of the code files
     manifest = shards.read_manifest(os.path.join(workdir, "shards"))
     kept = {(s, i) for s, i in con.execute("SELECT subset, id FROM documents WHERE kept").fetchall()}
     for e in manifest["shards"]:

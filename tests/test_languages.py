@@ -27,6 +27,20 @@ def test_identify(path, text, want):
 def test_table_covers_starcoder_and_apex():
     t = languages.table()
     assert len(t) == 89 and "apex" in t and {"python", "c-sharp", "cpp", "java", "verilog", "zig"} <= set(t)
+    # StarCoderData's 88 language folders = StarCoder's 86 programming languages + the data formats JSON, YAML
+    assert {k: len(languages.keys_of_kind(k)) for k in languages.KINDS} == languages.KINDS == \
+        {"starcoder": 86, "data": 2, "extra": 1}
+    assert languages.keys_of_kind("data") == ["json", "yaml"] and languages.keys_of_kind("extra") == ["apex"]
+    assert languages.kind("python") == "starcoder" and languages.kind("en") is None and languages.kind(None) is None
+    # the-stack-smol-xl's card lists StarCoder's 86 plus Bison (its 'c++' is StarCoderData's 'cpp')
+    smol_xl = set("""ada agda alloy antlr applescript assembly augeas awk batchfile bison bluespec c c++ c-sharp clojure
+        cmake coffeescript common-lisp css cuda dart dockerfile elixir elm emacs-lisp erlang f-sharp fortran glsl go
+        groovy haskell html idris isabelle java java-server-pages javascript julia kotlin lean literate-agda
+        literate-coffeescript literate-haskell lua makefile maple markdown mathematica matlab ocaml pascal perl php
+        powershell prolog protocol-buffer python r racket restructuredtext rmarkdown ruby rust sas scala scheme shell
+        smalltalk solidity sparql sql stan standard-ml stata systemverilog tcl tcsh tex thrift typescript verilog
+        vhdl visual-basic xslt yacc zig""".split())
+    assert len(smol_xl) == 87 and set(languages.keys_of_kind("starcoder")) == (smol_xl - {"bison", "c++"}) | {"cpp"}
     assert all(lang["extensions"] or lang["filenames"] for lang in t.values())
     assert languages.source_key("C++") == "cpp" and languages.source_key("Python") == "python"
     assert languages.source_key("Brainfuck") == "brainfuck" and languages.source_key("") is None
@@ -68,9 +82,12 @@ def test_language_attribute_keeps_source_and_counts(corpus_copy, tmp_path):
     res = CliRunner().invoke(cli, ["stats", "--corpus", corpus_copy, "--format", "json"])
     assert res.exit_code == 0, res.output
     out = {t["title"]: t["rows"] for t in json.loads(res.stdout[res.stdout.index("{"):])["tables"]}
-    langs = out["Code: tokens per language (how identified; disagreements with the source)"]
+    langs = next(rows for title, rows in out.items() if title.startswith("Code: tokens per language"))
     star = {r["language"]: r for r in langs if r["subset"] == "starcoder"}
     assert star["(unknown)"]["unidentified"] == 2 and star["python"]["disagree"] == 1 and star["apex"]["documents"] == 1
     assert all(r["subset"] != "natural" for r in langs)  # natural languages are not code
+    assert star["python"]["kind"] == "starcoder" and star["apex"]["kind"] == "extra" and star["(unknown)"]["kind"] == "-"
+    kinds = next(rows for title, rows in out.items() if title.startswith("Code: languages present by kind"))
+    assert {(r["kind"], r["languages"]) for r in kinds if r["subset"] == "starcoder"} >= {("extra", 1)}
     dec = out["License decisions by source and policy"]
     assert {(r["subset"], r["policy"]) for r in dec} == {("code", "permissive")}  # defaults: code held to permissive

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import shared_path
+from conftest import demo_code_only, shared_path
 from xgen_data import dedup, filters, fsutil, ingest, pipeline, recipe, sql
 
 
@@ -38,7 +38,7 @@ def test_without_filter_state_smallest_id_wins(gpl_pair):
 
 
 def test_recipe_steps_run_once_and_follow_the_recipe(corpus_copy, tmp_path):
-    r = recipe.load("demo")
+    r = demo_code_only()
     first = pipeline.apply_recipe_steps(corpus_copy, r, workers=1, progress=False)
     # the fixture's `xgen filter` computed the license attributes of the shipped allow-list (the demo's): current
     assert first.ran == ("dedup",) and first.skipped == ("filter",) and first.dedup is not None

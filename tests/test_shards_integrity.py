@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import demo_code_only
 from xgen_data import fsutil, packing, pipeline, recipe, shards, sql
 from xgen_train.data import ShardFormatError, ShardLoader
 
@@ -24,7 +25,7 @@ BUILD = ("import sys; from xgen_data import packing, recipe; "
 def corpus(sample_corpus, tmp_path_factory):
     dst = str(tmp_path_factory.mktemp("shc") / "corpus")
     shutil.copytree(sample_corpus, dst)
-    pipeline.apply_recipe_steps(dst, recipe.load("demo"), progress=False)  # the attributes packing reads
+    pipeline.apply_recipe_steps(dst, demo_code_only(), progress=False)  # the attributes packing reads
     return dst
 
 
@@ -32,7 +33,7 @@ def corpus(sample_corpus, tmp_path_factory):
 def recipes(tmp_path_factory):
     """Two recipe files that give different shards: ``old`` (seed + 1) and ``new`` (the demo recipe)."""
     d = tmp_path_factory.mktemp("recipes")
-    demo = recipe.load("demo")
+    demo = demo_code_only()
     out = {}
     for name, seed in (("old", demo.seed + 1), ("new", demo.seed)):
         path = d / f"{name}.toml"

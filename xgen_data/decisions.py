@@ -310,14 +310,17 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
 
 
 #: The ``license_conflicts`` view: every document of each exact-duplicate group whose members carry
-#: different raw license labels (null counts as a label), with that group's decisions.
+#: licenses that differ after normalisation (``license_normalized``, :func:`xgen_data.licenses.normalize`: so
+#: ``GPL-2.0`` and ``GPL-2.0-only`` agree; a label with no SPDX expression, e.g. unparsable, is compared by its
+#: trimmed raw text, empty and missing being one), with the raw labels kept and that group's decisions.
 LICENSE_CONFLICTS_SQL = """CREATE OR REPLACE VIEW license_conflicts AS
-    WITH em AS NOT MATERIALIZED (SELECT * FROM documents WHERE exact_group IS NOT NULL),
-    g AS NOT MATERIALIZED (SELECT exact_group, count(*) AS group_size,
-              count(DISTINCT coalesce(license, chr(0))) AS n_labels
-          FROM em GROUP BY exact_group HAVING count(DISTINCT coalesce(license, chr(0))) > 1)
-    SELECT em.exact_group AS group_id, em.subset, em.id, em.license, em.license_tier, em.source, em.path,
-        g.group_size, g.n_labels, em.kept, em.drop_reason, em.dup_cluster, em.dup_of, em.dup_of_subset
+    WITH em AS NOT MATERIALIZED (SELECT *, coalesce(license_normalized, chr(0) || coalesce(trim(license), ''))
+              AS license_key FROM documents WHERE exact_group IS NOT NULL),
+    g AS NOT MATERIALIZED (SELECT exact_group, count(*) AS group_size, count(DISTINCT license_key) AS n_labels
+          FROM em GROUP BY exact_group HAVING count(DISTINCT license_key) > 1)
+    SELECT em.exact_group AS group_id, em.subset, em.id, em.license, em.license_normalized, em.license_tier,
+        em.source, em.path, g.group_size, g.n_labels, em.kept, em.drop_reason, em.dup_cluster, em.dup_of,
+        em.dup_of_subset
     FROM em JOIN g USING (exact_group) ORDER BY group_id, em.subset, em.part, em.row"""
 
 

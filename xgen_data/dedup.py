@@ -69,7 +69,7 @@ ATTR_SCHEMA = pa.schema([("id", pa.string()), ("dup_cluster", pa.int64()), ("exa
                          ("chash", pa.binary(16))])
 CONFLICT_SCHEMA = pa.schema([
     ("group_id", pa.int64()), ("subset", pa.string()), ("id", pa.string()), ("license", pa.string()),
-    ("license_tier", pa.string()), ("source", pa.string()), ("path", pa.string()), ("group_size", pa.int64()),
+    ("license_normalized", pa.string()), ("license_tier", pa.string()), ("source", pa.string()), ("path", pa.string()), ("group_size", pa.int64()),
     ("n_labels", pa.int64()), ("kept", pa.bool_()), ("drop_reason", pa.string()), ("dup_cluster", pa.int64()),
     ("dup_of", pa.string()), ("dup_of_subset", pa.string())])
 #: Bumped when the work-file format or the signature computation changes (invalidates cached signatures).

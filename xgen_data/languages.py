@@ -1,9 +1,11 @@
 """Programming-language identification for code documents (SPEC §2 stage 2: StarCoder's languages + Apex).
 
-The table is data, ``xgen_data/languages.toml``: StarCoderData's language folders plus Apex, each with GitHub
+The table is data, ``xgen_data/languages.toml``: StarCoderData's 88 language folders plus Apex, each with GitHub
 linguist's extensions (the first is linguist's primary one), file names and shebang interpreters (its source
 and commit are in the file; ``scripts/make_languages_toml.py`` regenerates it). Keys are StarCoderData's
-folder names (``python``, ``c-sharp``, ``apex``).
+folder names (``python``, ``c-sharp``, ``apex``). Each entry's ``kind`` (:func:`kind`): ``starcoder`` for the
+86 programming languages StarCoder counts (SPEC §2 "all 86 programming languages"), ``data`` for the data
+formats JSON and YAML that StarCoderData also holds, ``extra`` for Apex (XGen's stage-1 addition).
 
 Rules (:func:`identify`), first match wins:
 
@@ -31,10 +33,26 @@ SHEBANG_RE = re.compile(r"^#!\s*(\S+)(?:\s+(?:-\S+\s+)*(\S+))?")
 
 @functools.lru_cache(maxsize=1)
 def table() -> dict:
-    """``{key: {"name", "extensions", "filenames", "interpreters"}}`` from ``languages.toml``."""
+    """``{key: {"name", "kind", "extensions", "filenames", "interpreters"}}`` from ``languages.toml``."""
     with open(TABLE_FILE, "rb") as f:
         raw = tomllib.load(f)
     return {k: v for k, v in raw.items() if isinstance(v, dict) and k != "extension_overrides"}
+
+
+#: The kinds of :func:`kind`, with the number of table entries of each (checked by the tests).
+KINDS = {"starcoder": 86, "data": 2, "extra": 1}
+
+
+def kind(key: str | None) -> str | None:
+    """``starcoder`` (one of StarCoder's 86 programming languages), ``data`` (``json``, ``yaml``), ``extra``
+    (``apex``), or None for a key the table does not list (``en``, None)."""
+    entry = table().get(key) if key is not None else None
+    return entry["kind"] if entry is not None else None
+
+
+def keys_of_kind(name: str) -> list[str]:
+    """Sorted table keys of one kind (``keys_of_kind("starcoder")``: StarCoder's 86)."""
+    return sorted(k for k, v in table().items() if v["kind"] == name)
 
 
 @functools.lru_cache(maxsize=1)

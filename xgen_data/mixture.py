@@ -48,25 +48,31 @@ def effective_tokens(stage: Stage) -> dict[str, int]:
     return out
 
 
-def billions(tokens: int) -> str:
-    """Tokens in billions with two decimals and thousands separators, as Table 2 prints them (``1,309.99B``);
-    exact for the recipe's budgets, which are multiples of 10M tokens."""
-    return f"{tokens / 1e9:,.2f}B"
+def short_tokens(tokens: int) -> str:
+    """Tokens in the unit that fits, two decimals and thousands separators: billions as Table 2 prints them
+    (``1,309.99B``; exact for the xgen-7b budgets, multiples of 10M tokens), else millions (``3.07M``),
+    thousands (``131.07K``) or the plain count (``512``), so a demo-scale plan never reads ``0.00B``."""
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if abs(tokens) >= scale:
+            return f"{tokens / scale:,.2f}{unit}"
+    return f"{tokens:,}"
 
 
 def stage_summary(stage: Stage) -> str:
     """One line: a stage's tokens and how they are made up (``stage2: 110.00B = stage1 mixture 55.00B +
-    starcoder 55.00B``), license policies named by the stage included."""
+    starcoder 55.00B``), license policies and language weights named by the stage included."""
     parts = []
     own = dict(effective_tokens(stage))
     if stage.replay is not None:
-        parts.append(f"{stage.replay[0]} mixture {billions(stage.replay[1])} ("
-                     + ", ".join(f"{k} {billions(v)}" for k, v in stage.replay[2].items()) + ")")
+        parts.append(f"{stage.replay[0]} mixture {short_tokens(stage.replay[1])} ("
+                     + ", ".join(f"{k} {short_tokens(v)}" for k, v in stage.replay[2].items()) + ")")
         own = {k: v - stage.replay[2].get(k, 0) for k, v in own.items()}
-    parts += [f"{k} {billions(v)}" for k, v in own.items() if v]
-    subs = " + ".join(f"{ss.name} {billions(ss.tokens)}" for ss in stage.substages)
+    parts += [f"{k} {short_tokens(v)}" for k, v in own.items() if v]
+    subs = " + ".join(f"{ss.name} {short_tokens(ss.tokens)}" for ss in stage.substages)
     lic = "".join(f"; {k}: license policy {v}" for k, v in stage.licenses.items())
-    return f"{stage.name}: {billions(stage.tokens)} = {' + '.join(parts)} (sub-stages {subs}){lic}"
+    lic += "".join(f"; {k}: languages {v if isinstance(v, str) else 'weighted by a table'}"
+                   for k, v in stage.languages.items())
+    return f"{stage.name}: {short_tokens(stage.tokens)} = {' + '.join(parts)} (sub-stages {subs}){lic}"
 
 
 def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[SubsetPlan]:

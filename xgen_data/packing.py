@@ -92,7 +92,8 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
                  + f"; policy {policy} reasons: " + ", ".join(f"{x} ({n:,})" for x, n in top))
         text += ("; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)"
                  if policy == "permissive" else
-                 f"; policy {policy} is configuration (xgen_data/licenses_{policy}.toml), not a recipe setting")
+                 f"; policy {policy} is configuration (xgen_data/licenses_{policy}.toml); a recipe adds to it with "
+                 f"[filters] policy_allow_extra = {{ {policy} = [...] }}")
     return text
 
 
@@ -145,6 +146,8 @@ class BuildReport:
     shards: int = 0
     sequences: dict[str, int] = field(default_factory=dict)  # "stage/substage" -> n_sequences
     tokens_per_subset: dict[str, Counter] = field(default_factory=dict)  # stage -> subset -> content tokens
+    # stage -> subset -> language -> content tokens, for the subsets a stage weights by language
+    tokens_per_language: dict[str, dict[str, Counter]] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. the previous set restored after an interrupted build
 
@@ -444,6 +447,7 @@ def _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_t
     stream_path = write_stream(corpus, docs, subsets, inst, os.path.join(tmp_dir, ".work"), stage.name)
     stage_entry = {"name": stage.name, "tokens": stage.tokens, "stream_tokens": inst.stream_len, "substages": []}
     report.tokens_per_subset[stage.name] = Counter()
+    report.tokens_per_language[stage.name] = {s: Counter() for s in sorted(stage.languages)}
     chunk_start = 0
     for sub in stage.substages:
         n_seq = min(sub.n_sequences, (inst.stream_len - chunk_start) // sub.seq_len)
@@ -522,6 +526,11 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
             per_subset[name] += n
             per_source[src] += n
         report.tokens_per_subset[stage_name].update(per_subset)
+        by_lang = report.tokens_per_language.get(stage_name, {})
+        for name, d, n in zip(sub_names, inst.doc[pieces].tolist(), length[sl].tolist()):
+            if name in by_lang:
+                lang = docs[name].language[d]
+                by_lang[name][mixture.UNKNOWN_LANGUAGE if lang is None else lang] += n
         manifest["shards"].append({
             "path": rel, "index_path": rel_idx, "stage": stage_name, "substage": sub.name, "split": split,
             "seq_len": seq_len,

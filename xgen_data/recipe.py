@@ -8,6 +8,7 @@ A recipe::
     min_tokens = 100
     license_subsets = ["code"]         # subsets held to the permissive license allow-list
     license_allow_extra = []           # identifiers added to the shipped allow-list (license_allow replaces it)
+    policy_allow_extra = { strict = [] }   # identifiers added to another policy's shipped list (e.g. the demo's)
     [dedup]
     enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.dedup
     [[stages]]
@@ -29,7 +30,8 @@ Sub-stages take consecutive chunks of the stage's shuffled document stream, in o
 
 License policies: ``[filters] license_subsets`` are held to ``permissive`` (its allow-list is
 ``license_allow`` / ``license_allow_extra``, default the shipped list); a stage's ``licenses`` table names the
-policy of any of its subsets (``permissive`` or ``strict``, SPEC §2). Decisions are per document and subset,
+policy of any of its subsets (``permissive`` or ``strict``, SPEC §2); ``[filters] policy_allow_extra`` adds
+identifiers to a policy other than ``permissive`` (whose extras are ``license_allow_extra``). Decisions are per document and subset,
 so a subset has one policy in the whole recipe: two stages naming different policies for one subset is an
 error (give the data two subset names instead).
 """
@@ -88,6 +90,7 @@ class Recipe:
     license_subsets: tuple[str, ...] = ("code",)
     license_allow: tuple[str, ...] | None = None  # None = shipped list
     license_allow_extra: tuple[str, ...] = ()
+    policy_allow_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # policy -> extra identifiers
     dedup: dict = field(default_factory=lambda: {"enabled": True})
     path: str = ""
 
@@ -112,12 +115,17 @@ class Recipe:
 
     def policy(self, name: str):
         """The :class:`xgen_data.licenses.LicensePolicy` called ``name``; ``permissive`` uses this recipe's
-        allow-list (:meth:`allow_list`), the others their shipped configuration file."""
+        allow-list (:meth:`allow_list`), the others their shipped configuration file plus this recipe's
+        ``policy_allow_extra`` for them."""
+        import dataclasses
+
         from xgen_data import licenses
 
         if name == "permissive":
             return licenses.LicensePolicy("permissive", tuple(self.allow_list()), False)
-        return licenses.load_policy(name)
+        pol = licenses.load_policy(name)
+        extra = self.policy_allow_extra.get(name, ())
+        return dataclasses.replace(pol, allow=pol.allow + tuple(extra)) if extra else pol
 
     def subsets(self) -> list[str]:
         """Every subset named by any stage, in first-seen order."""
@@ -231,7 +239,7 @@ def load(name_or_path: str) -> Recipe:
     if not stages:
         raise RecipeError(f"{path}: at least one [[stages]] table is required")
     flt = _typed(path, "filters", raw.get("filters", {}), dict)
-    extra = set(flt) - {"min_tokens", "license_subsets", "license_allow", "license_allow_extra"}
+    extra = set(flt) - {"min_tokens", "license_subsets", "license_allow", "license_allow_extra", "policy_allow_extra"}
     if extra:
         raise RecipeError(f"{path}: filters: unknown key(s) {', '.join(sorted(extra))}")
     allow = flt.get("license_allow")
@@ -253,6 +261,7 @@ def load(name_or_path: str) -> Recipe:
         license_subsets=_strings(path, "filters.license_subsets", flt.get("license_subsets", ["code"])),
         license_allow=None if allow is None else _strings(path, "filters.license_allow", allow),
         license_allow_extra=_strings(path, "filters.license_allow_extra", flt.get("license_allow_extra", [])),
+        policy_allow_extra=_policy_extra(path, flt.get("policy_allow_extra", {})),
         dedup=dedup,
         path=os.path.abspath(path),
     )
@@ -347,6 +356,21 @@ def _languages(where: str, raw: dict, props: dict) -> dict:
     return out
 
 
+def _policy_extra(path: str, raw) -> dict[str, tuple[str, ...]]:
+    """``[filters] policy_allow_extra``: ``{policy: [SPDX identifiers]}`` for shipped policies other than
+    ``permissive`` (its extras are ``license_allow_extra``, which also feed dedup's keep tier)."""
+    raw = _typed(path, "filters.policy_allow_extra", raw, dict)
+    out = {}
+    for name, ids in raw.items():
+        if name == "permissive":
+            raise RecipeError(f"{path}: filters.policy_allow_extra.permissive: use filters.license_allow_extra")
+        if name not in known_policies():
+            raise RecipeError(f"{path}: filters.policy_allow_extra.{name}: unknown license policy; known: "
+                              f"{', '.join(known_policies())}")
+        out[name] = _strings(path, f"filters.policy_allow_extra.{name}", ids)
+    return out
+
+
 def _typed(path: str, key: str, value, kind: type):
     if not isinstance(value, kind):
         what = "an array of tables" if kind is list else "a table"
@@ -391,6 +415,9 @@ def to_toml(recipe: Recipe) -> str:
         lines.append(f"license_allow = {value(recipe.license_allow)}")
     if recipe.license_allow_extra:
         lines.append(f"license_allow_extra = {value(recipe.license_allow_extra)}")
+    if recipe.policy_allow_extra:
+        lines.append("policy_allow_extra = { " + ", ".join(f"{k} = {value(v)}" for k, v in
+                                                         recipe.policy_allow_extra.items()) + " }")
     lines += ["", "[dedup]"] + [f"{k} = {value(v)}" for k, v in recipe.dedup.items()]
     for st in recipe.stages:
         lines += ["", "[[stages]]", f"name = {value(st.name)}", f"tokens = {st.tokens}"]

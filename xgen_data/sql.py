@@ -14,7 +14,8 @@ Views (created by :func:`connect`):
   recipe, recipe_sha256, path, stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
   (JSON), tokens_per_source (JSON)``; ``recipe`` and ``recipe_sha256`` name the recipe the folder was built
   with (its manifest also holds the full TOML text; NULL for folders built before they were recorded).
-* ``license_conflicts``: exact duplicates carrying different license labels, with their decisions.
+* ``license_conflicts``: exact duplicates whose licenses differ after normalisation (``license_normalized``;
+  raw labels shown), with their decisions.
 
 ``xgen sql`` is read-only (:func:`check_read_only`, :func:`lock_down`): DuckDB's own parser classifies
 each statement and only queries run; the connection then refuses file access outside the corpus's
@@ -109,6 +110,17 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     return con
 
 
+def _kind_sql() -> str:
+    """SQL for each language's kind (:func:`xgen_data.languages.kind`) from the shipped table."""
+    from xgen_data import languages
+
+    whens = " ".join(f"WHEN language IN ({', '.join(repr(k) for k in languages.keys_of_kind(kind))}) THEN '{kind}'"
+                     for kind in languages.KINDS)
+    return f"CASE {whens} ELSE '-' END"
+
+
+_KIND_SQL = _kind_sql()
+
 #: The tables ``xgen stats`` prints: (title, SQL).
 STATS_QUERIES: list[tuple[str, str]] = [
     ("Documents and tokens per subset", """SELECT subset, count(*) AS documents, sum(n_tokens) AS tokens,
@@ -120,8 +132,9 @@ STATS_QUERIES: list[tuple[str, str]] = [
         count(*) FILTER (kept) AS kept_documents FROM documents GROUP BY ALL ORDER BY documents DESC LIMIT 20"""),
     ("Per language (top 20 by tokens)", """SELECT subset, language, count(*) AS documents, sum(n_tokens) AS tokens
         FROM documents GROUP BY ALL ORDER BY tokens DESC LIMIT 20"""),
-    ("Code: tokens per language (how identified; disagreements with the source)", """SELECT subset,
-        coalesce(language, '(unknown)') AS language, count(*) AS documents, sum(n_tokens) AS tokens,
+    ("Code: tokens per language (kind: one of StarCoder's 86, a data format, an extra; how identified; "
+     "disagreements with the source)", f"""SELECT subset,
+        coalesce(language, '(unknown)') AS language, {_KIND_SQL} AS kind, count(*) AS documents, sum(n_tokens) AS tokens,
         sum(n_tokens) FILTER (kept) AS kept_tokens, count(*) FILTER (language_source IS NOT NULL) AS from_source,
         count(*) FILTER (language_how = 'extension' OR language_how = 'filename') AS by_name,
         count(*) FILTER (language_how = 'shebang') AS by_shebang,
@@ -130,6 +143,9 @@ STATS_QUERIES: list[tuple[str, str]] = [
         FROM documents WHERE license_policy IS NOT NULL
             OR subset IN (SELECT DISTINCT subset FROM documents WHERE language_is_code)
         GROUP BY ALL ORDER BY subset, tokens DESC"""),
+    ("Code: languages present by kind (of StarCoder's 86 programming languages, 2 data formats, 1 extra)",
+     f"""SELECT subset, {_KIND_SQL} AS kind, count(DISTINCT language) AS languages, count(*) AS documents,
+        sum(n_tokens) AS tokens FROM documents WHERE language_is_code GROUP BY ALL ORDER BY subset, kind"""),
     ("License decisions by source and policy", """SELECT subset, coalesce(source, '') AS source,
         coalesce(license_policy, '(none)') AS policy, decision, count(*) AS documents, sum(n_tokens) AS tokens,
         arg_max(reason, n_tokens) FILTER (decision = 'fail') AS largest_fail_reason

@@ -1,13 +1,16 @@
 """The demo's embedded corpus: the running Python's own standard library, no download needed.
 
 * code: every ``.py`` file of the standard library (tests, ``site-packages`` and ``idlelib`` excluded),
-  license ``PSF-2.0``, language ``python``;
+  license ``PSF-2.0``, language ``python``, and the library's other UTF-8 text files whose name or first line
+  names a language of :mod:`xgen_data.languages` (its ``Makefile``, shell and PowerShell scripts, ``config.c``,
+  a stylesheet, reStructuredText), each with that language;
 * natural language: the documentation that ships with Python: the help topics of ``pydoc_data``
   (the reference manual's sections that ``help()`` shows) and, per module, its docstrings (module, classes,
   functions, in source order) as one document.
 
-Written as ``code.jsonl.zst`` and ``nl.jsonl.zst`` in the shared corpus schema, so the demo ingests them
-through the same path as any user corpus.
+Written as ``nl.jsonl.zst`` in the shared corpus schema and the code split in two disjoint halves
+(:mod:`xgen_data.code_split`): ``code.jsonl.zst`` for stage 1 and a StarCoderData-layout ``starcoder/``
+folder for stage 2, so the demo ingests them through the same path as any user corpus.
 """
 from __future__ import annotations
 
@@ -26,14 +29,38 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "_
 LICENSE = "PSF-2.0"
 
 
-def stdlib_files() -> list[str]:
-    """Sorted paths of the standard library's ``.py`` files (see module docstring for exclusions)."""
+def stdlib_files(python_only: bool = True) -> list[str]:
+    """Sorted paths of the standard library's ``.py`` files (see module docstring for exclusions); with
+    ``python_only=False`` every file of those folders (the caller keeps the text files of a known language)."""
     root = sysconfig.get_paths()["stdlib"]
     out = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-        out += [os.path.join(folder, f) for f in sorted(files) if f.endswith(".py")]
+        out += [os.path.join(folder, f) for f in sorted(files) if f.endswith(".py") or not python_only]
     return out
+
+
+def _other_code(root: str, version: str) -> Iterator[dict]:
+    """Code records of the library's non-``.py`` text files of a known language (module docstring)."""
+    from xgen_data import languages
+
+    for path in stdlib_files(python_only=False):
+        if path.endswith((".py", ".pyc")) or os.path.getsize(path) > (1 << 20):
+            continue
+        with open(path, "rb") as f:
+            raw = f.read()
+        if b"\0" in raw:
+            continue  # binary (.so, .a, .o, .pickle, .whl)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        rel = os.path.relpath(path, root)
+        lang, _ = languages.identify(rel, text[:256])
+        if lang is None or lang == "python":
+            continue
+        yield {"id": f"python{version}:{rel}", "text": text, "source": f"python{version}-stdlib", "license": LICENSE,
+               "language": lang, "path": rel, "meta": {"n_bytes": len(raw)}}
 
 
 def _docstrings(tree: ast.Module) -> list[str]:
@@ -69,6 +96,8 @@ def records() -> Iterator[tuple[str, dict]]:
             yield "nl", {"id": f"python{version}-doc:{module}", "text": "\n\n".join(docs),
                          "source": f"python{version}-docstrings", "license": LICENSE, "language": "en",
                          "path": rel, "meta": {"module": module}}
+    for rec in _other_code(root, version):
+        yield "code", rec
     try:
         from pydoc_data.topics import topics
     except ImportError:
@@ -78,16 +107,27 @@ def records() -> Iterator[tuple[str, dict]]:
                      "license": LICENSE, "language": "en", "path": f"pydoc_data/topics.py#{name}", "meta": {}}
 
 
-def write_corpus(out_dir: str) -> list[str]:
-    """Write ``code.jsonl.zst`` and ``nl.jsonl.zst`` into ``out_dir`` (atomically); return their paths."""
+def write_corpus(out_dir: str, seed: int = 0, starcoder: bool = True):
+    """Write ``nl.jsonl.zst`` and the code split (``code.jsonl.zst`` + ``starcoder/<language>/*.parquet``,
+    :func:`xgen_data.code_split.write_split` with ``seed``; ``starcoder=False``: all code in
+    ``code.jsonl.zst``) into ``out_dir`` (atomically).
+
+    Returns:
+        ``(paths to ingest, the split's SplitReport)``.
+    """
+    from xgen_data import code_split
+
     os.makedirs(out_dir, exist_ok=True)
-    paths = {stem: os.path.join(out_dir, f"{stem}.jsonl.zst") for stem in ("code", "nl")}
-    cctx = zstandard.ZstdCompressor(level=3)
-    with fsutil.atomic_path(paths["code"]) as tmp_code, fsutil.atomic_path(paths["nl"]) as tmp_nl:
-        with open(tmp_code, "wb") as fc, open(tmp_nl, "wb") as fn:
-            writers = {"code": cctx.stream_writer(fc), "nl": zstandard.ZstdCompressor(level=3).stream_writer(fn)}
+    nl_path = os.path.join(out_dir, "nl.jsonl.zst")
+    code = []  # the library's code text, a few tens of MB, held for the split's two passes
+    with fsutil.atomic_path(nl_path) as tmp_nl:
+        with open(tmp_nl, "wb") as fn:
+            w = zstandard.ZstdCompressor(level=3).stream_writer(fn)
             for stem, rec in records():
-                writers[stem].write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-            for w in writers.values():
-                w.flush(zstandard.FLUSH_FRAME)
-    return [paths["code"], paths["nl"]]
+                if stem == "nl":
+                    w.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+                else:
+                    code.append(rec)
+            w.flush(zstandard.FLUSH_FRAME)
+    split = code_split.write_split(lambda: iter(code), out_dir, seed, starcoder)
+    return [split.code_path, nl_path, *split.starcoder_paths], split
