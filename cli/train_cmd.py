@@ -61,7 +61,7 @@ from xgen_train.config import CONFIGS  # no JAX import
                                       "dot_product on GPU, chunked on TPU, xla on CPU.")
 @click.option("--attention-block", default=512, show_default=True, type=click.IntRange(min=1),
               help="Block length of --attention chunked (tokens).")
-@click.option("--loss-chunk", default=2048, show_default=True, type=click.IntRange(min=0),
+@click.option("--loss-chunk", default=512, show_default=True, type=click.IntRange(min=0),
               help="Positions per chunk of the fused LM head + cross-entropy (no full [B, L, 51200] logits); "
                    "0 = full logits.")
 @click.option("--remat/--no-remat", default=False, show_default=True,

@@ -44,7 +44,7 @@ class NumericsOptions:
     precision: str = "auto"
     attention: str = "auto"
     attention_block: int = 512
-    loss_chunk: int = 2048
+    loss_chunk: int = 512
     z_loss: float = 0.0
     remat: bool = False
     doc_mask: bool = False
