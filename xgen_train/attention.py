@@ -12,8 +12,8 @@ two products follow the precision policy (:mod:`xgen_train.precision`).
   a scan over query blocks, inside it a scan over key blocks carrying the running max, normaliser and
   output; both bodies are rematerialised (``jax.checkpoint``), so memory is ``O(T * block)`` in the forward
   and the backward. Key blocks entirely above the causal diagonal are skipped (``lax.cond``).
-* ``"dot_product"`` (:func:`dot_product_attention`): ``jax.nn.dot_product_attention`` with the cuDNN
-  (flash) implementation on GPU and XLA's elsewhere. Its products take the policy's operand dtype but are
+* ``"dot_product"`` (:func:`dot_product_attention`): ``jax.nn.dot_product_attention``: on GPU JAX picks the
+  cuDNN (flash) implementation where it applies (bfloat16 operands), XLA's elsewhere. Its products take the policy's operand dtype but are
   not routed through :func:`xgen_train.precision.matmul` (the library owns the kernel).
 """
 from __future__ import annotations
@@ -134,10 +134,11 @@ def chunked_attention(q, k, v, policy="float32", segment_ids=None, block: int = 
 
 
 def dot_product_attention(q, k, v, policy="float32", segment_ids=None, implementation: str | None = None):
-    """``jax.nn.dot_product_attention`` (causal; cuDNN on GPU, XLA elsewhere unless ``implementation``)."""
+    """``jax.nn.dot_product_attention`` (causal). ``implementation`` None: XLA's off GPU; on GPU JAX's own choice
+    (cuDNN flash attention where it supports the dtype, head size and mask, else XLA's)."""
     pol = as_policy(policy)
-    if implementation is None:
-        implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    if implementation is None and jax.default_backend() != "gpu":
+        implementation = "xla"  # on GPU, None lets JAX pick cuDNN flash when it supports the case (bf16, mask)
     dt = pol.compute_dtype
     tr = lambda x: x.transpose(0, 2, 1, 3).astype(dt)  # noqa: E731  [B, H, T, hd] -> [B, T, H, hd]
     mask = None
