@@ -49,8 +49,30 @@ from xgen_train.config import CONFIGS  # no JAX import
                    "(always at each sub-stage end; 0: only there).")
 @click.option("--eval-sequences", default=64, show_default=True, type=click.IntRange(min=1),
               help="Held-out sequences per validation evaluation (the first N of the sub-stage's validation split).")
-@click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Matmul operand dtype (SPEC §3: bfloat16 matmuls, float32 params/accumulation).")
+@click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Matmul operand dtype (SPEC §3: bfloat16 matmuls, float32 params/accumulation); same as "
+                   "--precision f32/bf16.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "f32"]), default="auto", show_default=True,
+              help="Precision policy: bf16 = bfloat16 matmul operands with float32 accumulation (forward and "
+                   "backward), f32 = float32 with HIGHEST matmul precision; auto = bf16 on GPU/TPU, f32 on CPU.")
+@click.option("--attention", type=click.Choice(["auto", "xla", "chunked", "dot_product"]), default="auto",
+              show_default=True, help="Attention kernel: xla (full scores), chunked (online softmax, O(T*block) "
+                                      "memory), dot_product (jax.nn.dot_product_attention, cuDNN on GPU); auto = "
+                                      "dot_product on GPU, chunked on TPU, xla on CPU.")
+@click.option("--attention-block", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Block length of --attention chunked (tokens).")
+@click.option("--loss-chunk", default=512, show_default=True, type=click.IntRange(min=0),
+              help="Positions per chunk of the fused LM head + cross-entropy (no full [B, L, 51200] logits); "
+                   "0 = full logits.")
+@click.option("--remat/--no-remat", default=False, show_default=True,
+              help="Rematerialise every decoder block in the backward pass (less memory, ~1 more forward).")
+@click.option("--z-loss", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="PaLM z-loss weight on mean(logsumexp^2) (PaLM: 1e-4; 0 = off).")
+@click.option("--skip-spikes", is_flag=True, help="Do not apply an update flagged as a loss spike (SPEC §4 rule).")
+@click.option("--doc-mask", is_flag=True, help="Attention does not cross EOS inside a packed sequence and rotary "
+                                               "positions restart per document (off: XGen's plain packing).")
+@click.option("--accum-steps", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Gradient accumulation: microbatches per update (the batch's sequences must divide).")
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also checkpoint every N updates (0: only at the end and on SIGTERM/SIGINT).")
 @click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(min=1),
@@ -63,7 +85,9 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
           batch_size: int | None, lr: float, warmup: int, total_steps: int | None, seed: int, stage: str | None,
           substage: str | None, budget_fraction: float, init_path: str | None, log_every: int, eval_every: int,
           eval_sequences: int,
-          compute_dtype: str, checkpoint_every: int, keep_checkpoints: int, resume: bool, verify: bool | None,
+          compute_dtype: str | None, precision: str, attention: str, attention_block: int, loss_chunk: int,
+          remat: bool, z_loss: float, skip_spikes: bool, doc_mask: bool, accum_steps: int,
+          checkpoint_every: int, keep_checkpoints: int, resume: bool, verify: bool | None,
           no_progress: bool) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
     sub-stage of the shards in order (or only --stage/--substage).
@@ -73,7 +97,12 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     if batch_tokens is not None and batch_size is not None:
         raise click.UsageError("give --batch-tokens or --batch-size, not both")
     from xgen_train.data import ShardFormatError
+    from xgen_train.numerics import NumericsOptions
     from xgen_train.trainer import train as run_train
+
+    numerics = NumericsOptions(precision=precision, attention=attention, attention_block=attention_block,
+                               loss_chunk=loss_chunk, z_loss=z_loss, remat=remat, doc_mask=doc_mask,
+                               accum_steps=accum_steps, skip_spikes=skip_spikes)
 
     try:
         summary = run_train(shards_dir, out_dir, config_name=config_name, steps=steps, batch_size=batch_size,
@@ -83,7 +112,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
                             compute_dtype=compute_dtype, checkpoint_every=checkpoint_every,
                             keep_checkpoints=keep_checkpoints, resume=True if resume else None, init=init_path,
                             eval_every=eval_every, eval_sequences=eval_sequences, verify=verify,
-                            progress=not no_progress)
+                            progress=not no_progress, numerics=numerics)
     except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 

@@ -4,6 +4,12 @@ Modules:
 
 * :mod:`xgen_train.config` -- :class:`ModelConfig`, named configs, analytic parameter count.
 * :mod:`xgen_train.model` -- the LLaMA forward pass in Haiku, with Hugging Face parameter names.
+* :mod:`xgen_train.precision` -- precision policy: bf16 matmul operands with f32 accumulation (forward and
+  backward) or f32 with HIGHEST precision.
+* :mod:`xgen_train.attention` -- attention kernels (full, chunked online softmax, jax.nn.dot_product_attention).
+* :mod:`xgen_train.loss` -- next-token cross-entropy: fused chunked LM head, z-loss, ``make_loss_fn``.
+* :mod:`xgen_train.numerics` -- :class:`NumericsOptions`, the train step's numerics.
+* :mod:`xgen_train.step` -- one update as a pure function (gradient accumulation, spike rule).
 * :mod:`xgen_train.optimizer` -- AdamW, gradient clipping, warm-up + cosine learning-rate schedule.
 * :mod:`xgen_train.data` -- deterministic, memory-mapped batches (train or validation split) of shards.
 * :mod:`xgen_train.curriculum` -- every stage and sub-stage on one step axis (plan, data position).

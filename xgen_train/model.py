@@ -15,44 +15,33 @@ reshaping is needed for export.
 Numerics (SPEC §3): parameters, residual stream, RMSNorm, rotary, softmax and the loss are float32.
 ``compute_dtype`` sets the operand dtype of the matrix multiplications (projections, ``QK^T``,
 ``PV``, LM head); with ``jnp.bfloat16`` operands are rounded to bfloat16 and products accumulate and
-return in float32 (``preferred_element_type``). The default is ``float32`` (exact reference numerics).
+return in float32 (``preferred_element_type``), in the backward pass too (:mod:`xgen_train.precision`); with
+``float32`` every product sets ``Precision.HIGHEST``. The default is ``float32`` (exact reference numerics).
+Attention kernels live in :mod:`xgen_train.attention`; training (:mod:`xgen_train.loss`) uses
+:func:`llama_hidden` + :func:`lm_head_weight` so the LM head can run inside the chunked loss.
 
 Initialisation follows Hugging Face's ``LlamaPreTrainedModel``: every matrix ~ N(0, 0.02^2),
 RMSNorm gains = 1.
 """
 from __future__ import annotations
 
-import math
+from functools import partial
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgen_train.attention import ATTENTION_IMPLS, attention
 from xgen_train.config import ModelConfig
+from xgen_train.precision import as_policy, linear
 
 INIT_STD = 0.02  # Hugging Face LlamaConfig.initializer_range
 
 __all__ = [
     "INIT_STD", "apply_rotary", "build_model", "flat_params", "hf_param_names", "init_params",
-    "llama_forward", "rms_norm", "rotary_cos_sin", "rotate_half", "unflat_params",
+    "linear_logits", "llama_forward", "llama_hidden", "lm_head_weight", "rms_norm", "rotary_cos_sin", "rotate_half", "unflat_params",
 ]
-
-
-def _as_dtype(dtype) -> jnp.dtype:
-    """Accept ``"float32"``, ``"bfloat16"``, numpy/jax dtypes; raise ``ValueError`` otherwise."""
-    try:
-        dt = jnp.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"unknown compute_dtype {dtype!r}; use float32 or bfloat16") from None
-    if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {dt}")
-    return dt
-
-
-def _matmul(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
-    """``einsum(spec, a, b)`` with operands in ``compute_dtype`` and a float32 result."""
-    return jnp.einsum(spec, a.astype(compute_dtype), b.astype(compute_dtype),
-                      preferred_element_type=jnp.float32)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -113,7 +102,7 @@ def _linear(scope: str, x: jax.Array, out_dim: int, compute_dtype) -> jax.Array:
     """Bias-free linear layer with a PyTorch-layout ``weight [out, in]``: ``x @ weight.T``."""
     with hk.name_scope(scope):
         w = _param("weight", (out_dim, x.shape[-1]), hk.initializers.RandomNormal(INIT_STD))
-    return _matmul("...i,oi->...o", x, w, compute_dtype)
+    return linear(x, w, compute_dtype)
 
 
 def _norm(scope: str, x: jax.Array, eps: float) -> jax.Array:
@@ -122,7 +111,8 @@ def _norm(scope: str, x: jax.Array, eps: float) -> jax.Array:
     return rms_norm(x, w, eps)
 
 
-def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, compute_dtype) -> jax.Array:
+def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, compute_dtype, impl: str,
+               block: int, segment_ids) -> jax.Array:
     b, t, d = x.shape
     h, hd = cfg.n_heads, cfg.head_dim
 
@@ -132,11 +122,7 @@ def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, c
     q = apply_rotary(heads(_linear("q_proj", x, d, compute_dtype)), cos, sin)
     k = apply_rotary(heads(_linear("k_proj", x, d, compute_dtype)), cos, sin)
     v = heads(_linear("v_proj", x, d, compute_dtype))
-    scores = _matmul("bhqd,bhkd->bhqk", q, k, compute_dtype) * (1.0 / math.sqrt(hd))
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = _matmul("bhqk,bhkd->bhqd", probs, v, compute_dtype)
+    out = attention(q, k, v, impl, compute_dtype, segment_ids, block)
     out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
     return _linear("o_proj", out, d, compute_dtype)
 
@@ -147,27 +133,45 @@ def _mlp(x: jax.Array, cfg: ModelConfig, compute_dtype) -> jax.Array:
     return _linear("down_proj", jax.nn.silu(gate) * up, cfg.hidden, compute_dtype)
 
 
-def llama_forward(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32",
-                  positions: jax.Array | None = None) -> jax.Array:
-    """The LLaMA forward pass (SPEC §3); call inside ``hk.transform`` (see :func:`build_model`).
+def _block(x, cos, sin, segment_ids, *, cfg: ModelConfig, compute_dtype, impl: str, block: int):
+    """One pre-norm decoder block (call inside the ``layers_i`` name scope)."""
+    h = _norm("input_layernorm", x, cfg.rms_eps)
+    with hk.name_scope("self_attn"):
+        x = x + _attention(h, cos, sin, cfg, compute_dtype, impl, block, segment_ids)
+    h = _norm("post_attention_layernorm", x, cfg.rms_eps)
+    with hk.name_scope("mlp"):
+        x = x + _mlp(h, cfg, compute_dtype)
+    return x
+
+
+def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", positions: jax.Array | None = None,
+                 *, attention: str = "xla", attention_block: int = 512, remat: bool = False,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+    """Final normed hidden states of the LLaMA decoder (everything but the LM head); call inside ``hk.transform``.
 
     Args:
-        tokens: int ``[batch, seq]`` token ids in ``[0, vocab_size)`` (out-of-range ids are clamped by
-            the gather, so callers must validate data; the loader does not check ids).
+        tokens: int ``[batch, seq]`` token ids in ``[0, vocab_size)`` (out-of-range ids are clamped by the
+            gather, so callers must validate data; the loader does not check ids).
         cfg: model shape.
-        compute_dtype: ``"float32"`` or ``"bfloat16"``, operand dtype of matrix multiplications.
-        positions: optional int ``[batch, seq]`` positions; default ``0..seq-1``.
+        compute_dtype: matmul precision: ``"float32"``/``"bfloat16"`` or a
+            :class:`xgen_train.precision.PrecisionPolicy`.
+        positions: optional int ``[batch, seq]`` rotary positions; default ``0..seq-1``.
+        attention, attention_block: kernel of :mod:`xgen_train.attention` and its block size.
+        remat: rematerialise each decoder block in the backward pass (``hk.remat``).
+        segment_ids: optional int32 ``[batch, seq]`` document ids (attention stays inside a document).
     Returns:
-        float32 logits ``[batch, seq, vocab_size]`` (next-token scores at every position).
+        float32 ``[batch, seq, hidden]`` (after the final RMSNorm).
     Raises:
-        ValueError: ``tokens`` is not 2-D or ``seq > cfg.max_positions``.
+        ValueError: ``tokens`` is not 2-D or ``seq > cfg.max_positions``, or an unknown ``attention``.
     """
-    compute_dtype = _as_dtype(compute_dtype)
+    policy = as_policy(compute_dtype)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
     b, t = tokens.shape
     if t > cfg.max_positions:
         raise ValueError(f"sequence length {t} exceeds max_positions={cfg.max_positions}")
+    if attention not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
     if positions is None:
         positions = jnp.arange(t, dtype=jnp.int32)
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)  # [T, hd]
@@ -175,31 +179,56 @@ def llama_forward(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32",
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)  # [B, T, hd]
         cos, sin = cos[:, None], sin[:, None]
 
+    block_fn = partial(_block, cfg=cfg, compute_dtype=policy, impl=attention, block=attention_block)
+    if remat:
+        block_fn = hk.remat(block_fn)
     with hk.name_scope("model"):
         with hk.name_scope("embed_tokens"):
             emb = _param("weight", (cfg.vocab_size, cfg.hidden), hk.initializers.RandomNormal(INIT_STD))
         x = jnp.take(emb, tokens, axis=0)  # float32 [B, T, d]
         for i in range(cfg.n_layers):
             with hk.name_scope(f"layers_{i}"):
-                h = _norm("input_layernorm", x, cfg.rms_eps)
-                with hk.name_scope("self_attn"):
-                    x = x + _attention(h, cos, sin, cfg, compute_dtype)
-                h = _norm("post_attention_layernorm", x, cfg.rms_eps)
-                with hk.name_scope("mlp"):
-                    x = x + _mlp(h, cfg, compute_dtype)
-        x = _norm("norm", x, cfg.rms_eps)
-    return _linear("lm_head", x, cfg.vocab_size, compute_dtype)
+                x = block_fn(x, cos, sin, segment_ids)
+        return _norm("norm", x, cfg.rms_eps)
 
 
-def build_model(cfg: ModelConfig, compute_dtype="float32") -> hk.Transformed:
+def lm_head_weight(cfg: ModelConfig) -> jax.Array:
+    """The LM head's ``weight [vocab, hidden]`` (parameter ``lm_head/weight``); call inside ``hk.transform``."""
+    with hk.name_scope("lm_head"):
+        return _param("weight", (cfg.vocab_size, cfg.hidden), hk.initializers.RandomNormal(INIT_STD))
+
+
+def llama_forward(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32",
+                  positions: jax.Array | None = None, **kw) -> jax.Array:
+    """The LLaMA forward pass (SPEC §3); call inside ``hk.transform`` (see :func:`build_model`).
+
+    Args:
+        tokens, cfg, compute_dtype, positions: as :func:`llama_hidden` (``kw``: its keyword options).
+    Returns:
+        float32 logits ``[batch, seq, vocab_size]`` (next-token scores at every position).
+    Raises:
+        ValueError: ``tokens`` is not 2-D or ``seq > cfg.max_positions``.
+    """
+    policy = as_policy(compute_dtype)
+    h = llama_hidden(tokens, cfg, policy, positions, **kw)
+    return linear_logits(h, lm_head_weight(cfg), policy)
+
+
+def linear_logits(h: jax.Array, w: jax.Array, compute_dtype="float32") -> jax.Array:
+    """LM head: float32 logits ``[..., V]`` = ``h [..., d] @ w[V, d].T`` under the precision policy."""
+    return linear(h, w, compute_dtype)
+
+
+def build_model(cfg: ModelConfig, compute_dtype="float32", **kw) -> hk.Transformed:
     """Haiku ``(init, apply)`` pair for :func:`llama_forward` (no RNG needed in ``apply``).
 
-    ``init(rng, tokens) -> params``; ``apply(params, tokens) -> logits`` float32 ``[B, T, V]``.
+    ``init(rng, tokens) -> params``; ``apply(params, tokens) -> logits`` float32 ``[B, T, V]``. ``kw``:
+    :func:`llama_hidden`'s keyword options (``attention``, ``attention_block``, ``remat``).
     """
-    compute_dtype = _as_dtype(compute_dtype)
+    compute_dtype = as_policy(compute_dtype)
 
     def fwd(tokens: jax.Array) -> jax.Array:
-        return llama_forward(tokens, cfg, compute_dtype)
+        return llama_forward(tokens, cfg, compute_dtype, **kw)
 
     return hk.without_apply_rng(hk.transform(fwd))
 

@@ -9,7 +9,14 @@ donating arguments 0-2). ``metrics`` is a dict of device scalars that the loop m
 per step is needed): ``loss`` (float32, nats/token), ``grad_norm`` (float32, global L2 norm before
 clipping), ``spike`` (int32 0/1, SPEC §4 loss-spike rule), ``nonfinite`` (int32 0/1: loss or gradients not
 finite), ``skipped`` (int32 0/1: the update was not applied; params and optimizer state are returned
-unchanged).
+unchanged); with a loss function that returns ``(loss, aux)`` (:func:`xgen_train.loss.make_loss_fn`) also
+``objective`` (the differentiated loss, ``loss + z_loss * z``) and ``z_loss`` (mean ``logsumexp^2``), and
+``loss`` is then ``aux["ce"]``, the cross-entropy.
+
+Gradient accumulation (``StepOptions.accum_steps = A``): the ``[B, L]`` batch is viewed as ``[B//A, A, L]``
+and a ``lax.scan`` runs over axis 1, so microbatch ``i`` holds rows ``i, i+A, i+2A, ...``: a batch sharded
+along B on a data mesh axis stays sharded in every microbatch. The step's gradient (and loss) is the mean over
+microbatches, which equals the one-shot mean over the batch (every row has ``L - 1`` terms).
 
 ``monitor`` is the device-side loss-spike state (SPEC §4 Choice): a ring buffer of the last ``window``
 finite losses and a count, see :func:`init_monitor`.
@@ -23,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["StepOptions", "init_monitor", "make_train_step", "monitor_from_history", "spike_update"]
+__all__ = ["StepOptions", "accumulated_value_and_grad", "init_monitor", "make_train_step", "monitor_from_history", "spike_update"]
 
 
 @dataclass(frozen=True)
@@ -35,14 +42,19 @@ class StepOptions:
         spike_std: a loss above ``mean + spike_std * std`` of the window is a spike (SPEC §4: 6).
         spike_min_history: no spike is flagged before this many finite losses.
         skip_spikes: do not apply the update of a step flagged as a spike.
+        accum_steps: microbatches per update (gradient accumulation, see the module doc); ``B`` must be a
+            multiple.
     """
 
     spike_window: int = 128
     spike_std: float = 6.0
     spike_min_history: int = 16
     skip_spikes: bool = False
+    accum_steps: int = 1
 
     def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
         if self.spike_window < 2 or self.spike_min_history < 2 or self.spike_min_history > self.spike_window:
             raise ValueError("need 2 <= spike_min_history <= spike_window")
 
@@ -91,12 +103,54 @@ def _tree_select(pred: jax.Array, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def _with_aux(loss_fn: Callable) -> Callable:
+    """``loss_fn`` as ``(params, tokens) -> (loss, aux dict)`` whatever it returns (structure is static)."""
+
+    def f(params, tokens):
+        out = loss_fn(params, tokens)
+        return out if isinstance(out, tuple) else (out, {})
+
+    return f
+
+
+def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int) -> Callable:
+    """``(params, tokens [B, L]) -> ((loss, aux), grads)``: means over ``accum_steps`` microbatches.
+
+    ``loss_fn(params, tokens) -> (loss, aux)``. Microbatch ``i`` = rows ``i::accum_steps`` (the module doc);
+    a ``lax.scan`` keeps one microbatch's activations alive at a time; gradients accumulate in float32.
+    Raises ``ValueError`` (at trace time) when ``B`` is not a multiple of ``accum_steps``.
+    """
+    vg = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        return vg
+
+    def f(params, tokens):
+        b, length = tokens.shape
+        if b % accum_steps:
+            raise ValueError(f"batch of {b} sequences is not a multiple of accum_steps={accum_steps}")
+        micro = tokens.reshape(b // accum_steps, accum_steps, length).swapaxes(0, 1)  # [A, B//A, L]
+        (_, aux0), _ = jax.eval_shape(vg, params, micro[0])
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux0),
+                 jax.tree.map(jnp.zeros_like, params))
+
+        def body(acc, mb):
+            (loss, aux), grads = vg(params, mb)
+            return jax.tree.map(jnp.add, acc, (loss, aux, grads)), None
+
+        (loss, aux, grads), _ = jax.lax.scan(body, zeros, micro)
+        scale = 1.0 / accum_steps
+        return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), jax.tree.map(lambda g: g * scale, grads)
+
+    return f
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                     opts: StepOptions = StepOptions()) -> Callable:
     """Un-jitted update ``step(params, opt_state, monitor, tokens int32 [B, L])`` (see the module doc).
 
     Args:
-        loss_fn: ``loss_fn(params, tokens) -> float32 scalar`` (e.g. :func:`xgen_train.trainer.make_loss_fn`).
+        loss_fn: ``loss_fn(params, tokens) -> float32 scalar`` or ``-> (scalar, aux)`` with aux keys ``ce`` and
+            ``z`` (:func:`xgen_train.loss.make_loss_fn`).
         optimizer: the optax transformation (clipping + AdamW, :func:`xgen_train.optimizer.make_optimizer`).
         opts: spike rule and skip policy.
 
@@ -104,10 +158,13 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
     ``nonfinite=1``); so is a flagged spike when ``opts.skip_spikes``.
     """
 
+    value_and_grad = accumulated_value_and_grad(_with_aux(loss_fn), opts.accum_steps)
+
     def step(params, opt_state, monitor, tokens):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        (objective, aux), grads = value_and_grad(params, tokens)
+        loss = aux.get("ce", objective)
         grad_norm = optax.tree.norm(grads)
-        nonfinite = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        nonfinite = ~(jnp.isfinite(objective) & jnp.isfinite(grad_norm))
         spike, monitor = spike_update(monitor, loss, opts)
         skip = nonfinite | (spike & opts.skip_spikes)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
@@ -116,6 +173,10 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         opt_state = _tree_select(skip, opt_state, new_opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "spike": spike.astype(jnp.int32),
                    "nonfinite": nonfinite.astype(jnp.int32), "skipped": skip.astype(jnp.int32)}
+        if "ce" in aux:
+            metrics["objective"] = objective
+        if "z" in aux:
+            metrics["z_loss"] = aux["z"]
         return params, opt_state, monitor, metrics
 
     return step

@@ -40,8 +40,11 @@ from xgen_train.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, ch
 from xgen_train.config import ModelConfig, count_parameters, get_config
 from xgen_train.curriculum import Phase, make_plan
 from xgen_train.data import ShardLoader, load_manifest
+from xgen_train.loss import make_loss_fn as _make_numerics_loss
+from xgen_train.loss import next_token_loss
 from xgen_train.lossplot import plot_loss
-from xgen_train.model import build_model, init_params
+from xgen_train.model import init_params
+from xgen_train.numerics import NumericsOptions
 from xgen_train.optimizer import OptimizerConfig, learning_rate, make_optimizer
 from xgen_train.step import StepOptions, init_monitor, monitor_from_history
 from xgen_train.step import make_train_step as _make_step
@@ -76,21 +79,6 @@ class SpikeDetector:
                 spike = bool(loss > hist.mean() + self.n_std * hist.std())
             self.history.append(float(loss))
         return spike
-
-
-def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy in nats (float32 scalar).
-
-    Args:
-        logits: float ``[B, L, V]`` from the model on the full sequence ``tokens``.
-        tokens: int ``[B, L]``; position ``t`` is scored on predicting ``tokens[:, t+1]``, so there are
-            ``B * (L - 1)`` terms. EOS is a normal target.
-    """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = tokens[:, 1:]
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    gold = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.mean(logz - gold)
 
 
 def make_loss_fn(model):
@@ -148,7 +136,8 @@ class StopSignal:
 
 def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest_sha256: str, manifest: dict,
                stage: str | None, substage: str | None, batch_tokens: int | None, batch_size: int | None, seed: int,
-               init_seed: int, init: dict | None, compute_dtype: str, budget_fraction: float = 1.0) -> dict:
+               init_seed: int, init: dict | None, compute_dtype: str, budget_fraction: float = 1.0,
+               numerics: dict | None = None) -> dict:
     """Everything that fixes the trajectory of a run; a resume must match it exactly (:func:`config_differences`).
 
     Not included (free to change on resume): ``steps`` (the cap), logging, checkpoint and eval cadence, the
@@ -159,7 +148,7 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
                      "manifest_seed": manifest.get("seed"), "stage": stage, "substage": substage,
                      "budget_fraction": float(budget_fraction)},
             "batch": {"batch_tokens": batch_tokens, "batch_size": batch_size}, "seed": int(seed),
-            "init_seed": int(init_seed), "init": init, "compute_dtype": str(compute_dtype)}
+            "init_seed": int(init_seed), "init": init, "compute_dtype": str(compute_dtype), "numerics": numerics}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -206,12 +195,12 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           seed: int = 0, stage: str | None = None, substage: str | None = None, log_every: int = 10, *,
           batch_tokens: int | None = None, total_steps: int | None = None, final_lr_ratio: float = 0.1,
           weight_decay: float = 0.1, clip_norm: float = 1.0, b1: float = 0.9, b2: float = 0.95,
-          compute_dtype: str = "float32", init_seed: int | None = None, init: str | os.PathLike | None = None,
+          compute_dtype: str | None = None, init_seed: int | None = None, init: str | os.PathLike | None = None,
           checkpoint_every: int = 0, keep_checkpoints: int = 3, resume: bool | str | os.PathLike | None = None,
           budget_fraction: float = 1.0, eval_every: int = 0, eval_sequences: int = 64, verify: bool | None = None,
           progress: bool = True,
           plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
-          stop: StopSignal | None = None) -> dict[str, Any]:
+          stop: StopSignal | None = None, numerics: NumericsOptions | None = None) -> dict[str, Any]:
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
@@ -232,7 +221,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         total_steps: schedule length (default: the plan's total updates); the rate ends at
             ``final_lr_ratio * lr``. Part of the run config: fixed for the run.
         weight_decay, clip_norm, b1, b2: SPEC §4 AdamW/clipping numbers.
-        compute_dtype: ``"float32"`` (default) or ``"bfloat16"`` matmul operands (SPEC §3).
+        compute_dtype: ``"float32"`` or ``"bfloat16"`` matmul operands (SPEC §3); a shorthand for
+            ``numerics.precision`` (default None: ``numerics.precision``, whose ``auto`` is float32 on CPU,
+            bfloat16 on GPU/TPU). Giving both with different values is a ValueError.
         init: start from these params instead of a random init: an xgen run/checkpoint folder or a Hugging
             Face folder (:func:`xgen_train.checkpoint.load_init`); optimizer state starts fresh.
         checkpoint_every: also checkpoint every N updates (0: only at the end / on a signal).
@@ -248,6 +239,10 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         progress, plot: tqdm bar on stderr; write ``loss.png`` (Figure 1).
         spike_window, spike_std: loss-spike rule (SPEC §4 Choice: 128 steps, 6 std).
         stop: a :class:`StopSignal` to watch (default: one installed for the duration of the call).
+        numerics: :class:`xgen_train.numerics.NumericsOptions`: precision policy, attention kernel, chunked
+            loss, z-loss, remat, document masking (EOS id from the manifest), gradient accumulation, spike skip
+            (default: all defaults). Resolved for the backend and recorded in ``run.json`` (``compute_dtype``
+            = the precision, ``numerics`` = the rest), so a resume with other numerics is refused.
 
     ``metrics.jsonl``: per update ``step`` (0-based global update index), ``loss`` (nats/token), ``lr``,
     ``grad_norm`` (pre-clip), ``tokens_seen`` (true cumulative count over the sub-stages), ``stage``,
@@ -306,13 +301,19 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                               final_lr_ratio=final_lr_ratio, b1=b1, b2=b2, weight_decay=weight_decay,
                               clip_norm=clip_norm)
     optimizer = make_optimizer(opt_cfg)
-    model = build_model(cfg, compute_dtype)
+    num = _resolve_numerics(numerics, compute_dtype, manifest)
+    for ph in plan.phases:
+        if ph.batch_size % num.accum_steps:
+            raise ValueError(f"{ph.name}: batch of {ph.batch_size} sequences is not a multiple of "
+                             f"accum_steps={num.accum_steps}")
+    compute_dtype = num.precision
     init_seed = seed if init_seed is None else init_seed
     run = run_config(config_name=config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_sha256=manifest_sha,
                      manifest=manifest, stage=stage, substage=substage, batch_tokens=batch_tokens,
                      batch_size=batch_size, seed=seed, init_seed=init_seed,
                      init=_describe_init(init) if init is not None else None, compute_dtype=compute_dtype,
-                     budget_fraction=budget_fraction)
+                     budget_fraction=budget_fraction,
+                     numerics={k: v for k, v in num.to_dict().items() if k != "precision"})
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,14 +369,16 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     fsutil.write_json(str(out / "run.json"), run_info)
 
     history = _read_metrics(metrics_path, start_step) if start_step else []
-    step_opts = StepOptions(spike_window=spike_window, spike_std=spike_std)
+    step_opts = StepOptions(spike_window=spike_window, spike_std=spike_std, skip_spikes=num.skip_spikes,
+                            accum_steps=num.accum_steps)
     past = [r["loss"] for r in history if "event" not in r][-spike_window:]
     monitor = monitor_from_history(past, step_opts) if past else init_monitor(step_opts)
     with open(metrics_path, "w", encoding="utf-8") as fh:  # drop lines past the resume point
         fh.writelines(json.dumps(r) + "\n" for r in history)
 
-    step_fn = make_train_step(model, optimizer, step_opts)
-    eval_fn = make_eval_fn(model)
+    loss_fn = _make_numerics_loss(cfg, num)
+    step_fn = jax.jit(_make_step(loss_fn, optimizer, step_opts), donate_argnums=(0, 1, 2))
+    eval_fn = jax.jit(lambda p, t: loss_fn(p, t)[1]["ce"])
     compile_seconds = 0.0
 
     def meta_for(step_done: int) -> dict:
@@ -559,6 +562,23 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return None
+
+
+def _resolve_numerics(numerics: NumericsOptions | None, compute_dtype: str | None, manifest: dict) -> NumericsOptions:
+    """``numerics`` with ``compute_dtype`` folded in, ``eos_id`` from the manifest (doc masking), resolved."""
+    import dataclasses
+
+    from xgen_train.precision import as_policy
+
+    num = numerics or NumericsOptions()
+    if compute_dtype is not None:
+        want = as_policy(compute_dtype).name
+        if num.precision != "auto" and as_policy(num.precision).name != want:
+            raise ValueError(f"compute_dtype={compute_dtype!r} contradicts numerics.precision={num.precision!r}")
+        num = dataclasses.replace(num, precision=want)
+    if num.doc_mask and num.eos_id is None:
+        num = dataclasses.replace(num, eos_id=int(manifest["eos_id"]))
+    return num.resolved()
 
 
 def _adam_count(opt_state):
