@@ -35,3 +35,101 @@ def test_damaged_shard_index_is_caught_by_verify_and_by_its_reader(demo_shards, 
         shards.read_index(out, entry)
     os.remove(idx)
     assert "index file listed in manifest.json is missing" in shards.verify(out)[0]
+
+
+def _flip_middle(path: str) -> None:
+    _flip(path, os.path.getsize(path) // 2)
+
+
+def test_sql_refuses_a_damaged_part_instead_of_showing_its_rows(corpus_copy):
+    """`xgen sql` / `stats` read the parts: they verify them first, like the steps. Before, a flipped byte that
+    still decoded gave silently wrong rows."""
+    from xgen_data import sql
+    from xgen_data.corpus import Corpus, DamagedPartError
+
+    part = next(p for p in Corpus(corpus_copy).parts() if p.subset == "code")
+    _flip_middle(part.path)
+    with pytest.raises(DamagedPartError, match=rf"{part.name} is damaged.*xgen ingest --corpus"):
+        sql.connect(corpus_copy, quiet=True)
+    from cli.main import cli
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(cli, ["sql", "--corpus", corpus_copy, "SELECT count(*) FROM documents"])
+    assert res.exit_code == 1 and f"{part.name} is damaged" in res.output and "Traceback" not in res.output
+
+
+def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
+    """Readers of attribute sets (the `documents` view, so sql, stats, mix plan/build) check each file against
+    the SHA-256 recorded at its commit; a damaged set is not current, so `xgen filter` computes it again.
+    Before, a damaged attribute file was read as if intact."""
+    from xgen_data import decisions, filters, sql, verify
+    from xgen_data.corpus import Corpus, DamagedAttributeError
+
+    corpus = Corpus(corpus_copy)
+    flt = decisions.from_defaults(corpus).filter
+    key = decisions.license_params(flt["allow"])
+    _, path = corpus.attribute_files("license", key)[0]
+    before = sql.connect(corpus_copy, quiet=True).execute(
+        "SELECT count(*) FILTER (kept), string_agg(DISTINCT license_reason ORDER BY license_reason) FROM documents"
+    ).fetchone()
+    _flip_middle(path)
+    assert not corpus.attribute_current("license", key)
+    with pytest.raises(DamagedAttributeError, match=rf"license attribute file {path} is damaged.*xgen filter"):
+        sql.connect(corpus_copy, quiet=True)
+    os.remove(path)
+    with pytest.raises(DamagedAttributeError, match="is missing"):
+        sql.connect(corpus_copy, quiet=True)
+    filters.run_filters(corpus_copy)  # the stand-alone step sees the set is not current and writes it again
+    assert all(c.status == "ok" for c in verify.verify_corpus(corpus_copy))
+    after = sql.connect(corpus_copy, quiet=True).execute(
+        "SELECT count(*) FILTER (kept), string_agg(DISTINCT license_reason ORDER BY license_reason) FROM documents"
+    ).fetchone()
+    assert after == before
+
+
+def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
+    """A query that names a file under the corpus is refused by DuckDB's lock-down; the message said it was a
+    damaged corpus part."""
+    from cli.main import cli
+    from click.testing import CliRunner
+
+    q = f"SELECT * FROM read_text('{sample_corpus}/docs/../corpus.json')"
+    res = CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, q])
+    assert res.exit_code == 1 and "Permission Error" in res.output
+    assert "damaged" not in res.output and "query the views" in res.output
+
+
+@pytest.mark.parametrize("edit, names", [
+    (lambda m, k, a: m["inputs"][k].update(parts=["../../../etc/passwd"]), "part '../../../etc/passwd'"),
+    (lambda m, k, a: m["inputs"][k].update(subset="../x"), "subset '../x'"),
+    (lambda m, k, a: m["attributes"][a].update(generation="../../../../x"), "generation '../../../../x'"),
+    (lambda m, k, a: m["attributes"][a]["files"].update({"../../corpus.json": "0" * 64}), "file '../../corpus.json'"),
+])
+def test_registry_names_that_leave_the_corpus_are_refused(corpus_copy, edit, names):
+    """corpus.json names become paths: a hand-edited name with '..' gave a raw `[Errno 2]` (verify) or pointed
+    readers at files outside the corpus. Now reading the registry names the bad entry."""
+    from xgen_data import verify
+    from xgen_data.corpus import CorpusError
+
+    path = os.path.join(corpus_copy, "corpus.json")
+    m = json.load(open(path))
+    edit(m, next(iter(m["inputs"])), next(iter(m["attributes"])))
+    json.dump(m, open(path, "w"))
+    with pytest.raises(CorpusError, match=rf"registry is malformed: .*{names}.* is not a plain name"):
+        verify.verify_corpus(corpus_copy)
+
+
+def test_shards_view_exists_before_any_build(corpus_copy):
+    """`shards` is one of the views README promises; before the first `xgen mix build` a query over it was a
+    DuckDB catalog error ("Did you mean pg_attrdef?"). Now it is empty, with its columns."""
+    from xgen_data import sql
+    from xgen_data.corpus import Corpus
+
+    corpus = Corpus(corpus_copy)
+    meta = corpus.read_meta()
+    meta["shard_dirs"] = []  # (the session's sample corpus may have registered the demo shards)
+    corpus.write_meta(meta)
+    con = sql.connect(corpus_copy, quiet=True)
+    assert con.execute("SELECT count(*) FROM shards").fetchone() == (0,)
+    cols = [r[0] for r in con.execute("DESCRIBE shards").fetchall()]
+    assert tuple(cols) == sql.SHARDS_COLUMNS
