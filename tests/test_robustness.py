@@ -133,3 +133,13 @@ def test_shards_view_exists_before_any_build(corpus_copy):
     assert con.execute("SELECT count(*) FROM shards").fetchone() == (0,)
     cols = [r[0] for r in con.execute("DESCRIBE shards").fetchall()]
     assert tuple(cols) == sql.SHARDS_COLUMNS
+
+
+@pytest.mark.parametrize("field", ["peak_lr", "weight_decay", "clip_norm", "final_lr_ratio"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_optimizer_refuses_non_finite_settings(field, value):
+    """`xgen train --lr nan` trained (every update non-finite, so never applied) and reported success."""
+    from xgen_train.optimizer import OptimizerConfig
+
+    with pytest.raises(ValueError, match=rf"{field} must be a finite number"):
+        OptimizerConfig(**{field: value})
