@@ -143,3 +143,16 @@ def test_optimizer_refuses_non_finite_settings(field, value):
 
     with pytest.raises(ValueError, match=rf"{field} must be a finite number"):
         OptimizerConfig(**{field: value})
+
+
+def test_verify_of_a_corpus_with_nothing_registered_says_so(tmp_path):
+    """A corpus whose first ingest was killed before it registered anything printed `0 checks ()`."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from xgen_data.corpus import Corpus
+
+    root = tmp_path / "corpus"
+    Corpus(str(root), create=True)  # what an ingest killed before its registry write leaves
+    res = CliRunner().invoke(cli, ["verify", "--corpus", str(root)])
+    assert res.exit_code == 0 and "0 checks (nothing registered yet" in res.output
