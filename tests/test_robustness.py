@@ -156,3 +156,25 @@ def test_verify_of_a_corpus_with_nothing_registered_says_so(tmp_path):
     Corpus(str(root), create=True)  # what an ingest killed before its registry write leaves
     res = CliRunner().invoke(cli, ["verify", "--corpus", str(root)])
     assert res.exit_code == 0 and "0 checks (nothing registered yet" in res.output
+
+
+def test_first_ingest_killed_while_creating_the_registry_can_be_rerun(tmp_path):
+    """kill -9 at `write_json.tmp_written` of a new corpus left only `.corpus.json.tmp-<pid>`; the re-run then
+    refused the folder ("exists, is not empty and is not an xgen corpus") until the user deleted it."""
+    import subprocess
+    import sys
+
+    from conftest import SAMPLE
+    from xgen_data import fsutil
+
+    root = str(tmp_path / "corpus")
+    code = ("import sys; from xgen_data.corpus import Corpus; Corpus(sys.argv[1], create=True)")
+    env = {**os.environ, fsutil.CRASH_ENV: "write_json.tmp_written"}
+    proc = subprocess.run([sys.executable, "-c", code, root], env=env, cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    assert proc.returncode == -9 and [n.startswith(".corpus.json.tmp-") for n in os.listdir(root)] == [True]
+    from xgen_data import ingest
+
+    ingest.ingest(root, [(os.path.join(SAMPLE, "code.jsonl"), None)], workers=1, progress=False)
+    names = os.listdir(root)
+    assert "corpus.json" in names and not [n for n in names if ".tmp-" in n]

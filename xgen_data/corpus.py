@@ -166,6 +166,10 @@ class Corpus:
         if not os.path.exists(self.meta_path):
             if not create:
                 raise CorpusError(f"{root}: not an xgen corpus (no corpus.json); run `xgen ingest` first")
+            if os.path.isdir(self.root):  # leftovers of a creation killed before its registry write: ours
+                for name in os.listdir(self.root):
+                    if name.startswith(".corpus.json.tmp-"):
+                        os.remove(os.path.join(self.root, name))
             if os.path.isdir(self.root) and os.listdir(self.root):
                 raise CorpusError(f"{root}: folder exists, is not empty and is not an xgen corpus (no corpus.json); "
                                   "choose a new or empty folder for --corpus")
