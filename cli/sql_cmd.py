@@ -33,7 +33,9 @@ def _sql_error(exc: Exception, corpus_dir: str) -> click.ClickException:
     import os
 
     msg = f"SQL error: {exc}"
-    if os.path.join(os.path.abspath(corpus_dir), "docs") in str(exc):
+    if "Permission Error" in str(exc):  # the query named a file: DuckDB's lock-down, not damage
+        msg += " (xgen sql reads the views' files only; query the views documents, shards, license_conflicts)"
+    elif os.path.join(os.path.abspath(corpus_dir), "docs") in str(exc):
         msg += (f" (a damaged corpus part: `xgen verify --corpus {corpus_dir}` lists damage; `xgen ingest` of the "
                 "input file it came from writes it again)")
     return click.ClickException(msg)

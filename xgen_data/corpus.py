@@ -68,6 +68,11 @@ class DamagedPartError(CorpusError):
     overwrite): the message names the part and the input file to re-ingest."""
 
 
+class DamagedAttributeError(CorpusError):
+    """A committed attribute file is missing or its bytes differ from the SHA-256 recorded at its commit: the
+    message names the file and the step that writes it again."""
+
+
 def params_hash(params: dict) -> str:
     """16 hex digits of the SHA-256 of ``params`` as canonical JSON (sorted keys): an attribute set's key."""
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -123,6 +128,24 @@ def _check_registry(meta: dict, where: str) -> None:
         raise CorpusError(f"{where}: registry is malformed ('inputs' must map to objects with path, subset and "
                           "parts; 'attributes' to objects with params, generation, parts and files; "
                           "'shard_dirs' must be a list)")
+    # names become paths under the corpus: a hand-edited '../x' must not reach files outside it
+    bad = [f"input {k!r}: subset {v['subset']!r}" for k, v in inputs.items() if not _safe_component(v["subset"])]
+    bad += [f"input {k!r}: part {p!r}" for k, v in inputs.items() for p in v["parts"]
+            if not (_safe_component(p) and p.endswith(".parquet"))]
+    bad += [f"attributes {k!r}: generation {v['generation']!r}" for k, v in attrs.items()
+            if not _safe_component(v["generation"])]
+    bad += [f"attributes {k!r}: file {rel!r}" for k, v in attrs.items() for rel in v["files"]
+            if not (isinstance(rel, str) and rel and not os.path.isabs(rel)
+                    and all(_safe_component(c) for c in rel.split("/")))]
+    if bad:
+        raise CorpusError(f"{where}: registry is malformed: {bad[0]} is not a plain name inside the corpus"
+                          + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+
+
+def _safe_component(name) -> bool:
+    """True for one path component that stays in its folder: a non-empty string, no separator, not . or ..."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and os.sep not in name
+            and "\0" not in name)
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,10 @@ class Corpus:
         if not os.path.exists(self.meta_path):
             if not create:
                 raise CorpusError(f"{root}: not an xgen corpus (no corpus.json); run `xgen ingest` first")
+            if os.path.isdir(self.root):  # leftovers of a creation killed before its registry write: ours
+                for name in os.listdir(self.root):
+                    if name.startswith(".corpus.json.tmp-"):
+                        os.remove(os.path.join(self.root, name))
             if os.path.isdir(self.root) and os.listdir(self.root):
                 raise CorpusError(f"{root}: folder exists, is not empty and is not an xgen corpus (no corpus.json); "
                                   "choose a new or empty folder for --corpus")
@@ -319,7 +346,21 @@ class Corpus:
     def attribute_current(self, step: str, params: dict) -> bool:
         """True when ``(step, params)`` is committed for exactly the current parts (content fingerprint)."""
         state = self.attribute_state(step, params)
-        return state is not None and state.get("parts") == self.parts_fingerprint()
+        return (state is not None and state.get("parts") == self.parts_fingerprint()
+                and not self._damaged_attribute_files(step, params, state))
+
+    def _damaged_attribute_files(self, step: str, params: dict, state: dict) -> list[tuple[str, str]]:
+        """``(path, what)`` for each file of the committed set whose bytes are missing or differ from the
+        SHA-256 recorded at commit (hashes cached per process by size, mtime and inode)."""
+        gen = os.path.join(self.root, ATTRIBUTES, step, params_hash(params), state["generation"])
+        out = []
+        for rel, want in state.get("files", {}).items():
+            path = os.path.join(gen, rel)
+            if not os.path.exists(path):
+                out.append((path, "is missing"))
+            elif (got := file_sha256(path)) != want:
+                out.append((path, f"is damaged (sha256 {got[:12]}…, recorded {want[:12]}…)"))
+        return out
 
     def new_generation(self, step: str, params: dict) -> str:
         """A fresh, empty generation folder for ``(step, params)``; invisible until committed."""
@@ -375,8 +416,12 @@ class Corpus:
     def attribute_files(self, step: str, params: dict) -> list[tuple[Part, str]]:
         """``(part, attribute file)`` for every current part, from the committed generation of ``(step, params)``.
 
+        Each file is checked against the SHA-256 recorded at its commit (a damaged set is not current, so
+        the recipe flow and ``xgen filter`` compute it again).
+
         Raises:
             CorpusError: the set was never computed, or is stale (the parts changed since).
+            DamagedAttributeError: a file of the set is missing or damaged (names it).
         """
         state = self.attribute_state(step, params)
         if state is None:
@@ -384,6 +429,11 @@ class Corpus:
         if state.get("parts") != self.parts_fingerprint():
             raise CorpusError(f"{self.root}: the {step} attributes ({params_hash(params)}) are out of date: the "
                               "corpus parts changed since they were computed")
+        damaged = self._damaged_attribute_files(step, params, state)
+        if damaged:
+            path, what = damaged[0]
+            raise DamagedAttributeError(f"{step} attribute file {path} {what}" + (
+                f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "") + ": compute the set again")
         gen = os.path.join(self.root, ATTRIBUTES, step, params_hash(params), state["generation"])
         return [(p, self.attribute_path(gen, p)) for p in self.parts()]
 

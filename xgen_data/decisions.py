@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xgen_data.corpus import Corpus, CorpusError, params_hash
+from xgen_data.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
 
 REASON_SHORT = "too_few_tokens"
 REASON_LICENSE = "license_not_permissive"
@@ -139,8 +139,8 @@ def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str
     try:
         return [f for _, f in corpus.attribute_files(step, params)]
     except CorpusError as exc:
-        if strict:
-            raise CorpusError(f"{exc}; {what}") from None
+        if strict or isinstance(exc, DamagedAttributeError):  # damage is never shown as "not computed"
+            raise type(exc)(f"{exc}; {what}") from None
         return None
 
 

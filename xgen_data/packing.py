@@ -535,6 +535,7 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
             "path": rel, "index_path": rel_idx, "stage": stage_name, "substage": sub.name, "split": split,
             "seq_len": seq_len,
             "n_sequences": int(r1 - r0), "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+            "index_sha256": fsutil.sha256_file(os.path.join(tmp_dir, rel_idx)),
             "tokens_per_subset": dict(sorted(per_subset.items())),
             "tokens_per_source": dict(sorted(per_source.items())),
             "eos_tokens": int(data.size - sum(per_subset.values())),

@@ -12,7 +12,8 @@ of the recipe's TOML text), ``recipe_toml`` (that text), ``seed``, ``vocab_size`
 ``padded_vocab_size`` (51,200), ``eos_id`` (50256), ``dtype`` ("uint16"), ``stages`` (per sub-stage
 seq_len, n_sequences, n_tokens, validation_sequences: all packed sequences, of which that many are held out)
 and ``shards``: per shard ``path, index_path, stage, substage, split`` ("train" or "validation"; readers treat
-a missing split as train) ``, seq_len, n_sequences, sha256, tokens_per_subset, tokens_per_source, eos_tokens``.
+a missing split as train) ``, seq_len, n_sequences, sha256, index_sha256`` (SHA-256 of the ``.idx.parquet`` file; absent in older
+manifests) ``, tokens_per_subset, tokens_per_source, eos_tokens``.
 Paths are relative to the folder.
 
 Document boundaries: EOS (50256) ends every document piece that ends its document; in data mode no text
@@ -131,12 +132,40 @@ def verify(shard_dir: str) -> list[str]:
         digest = fsutil.sha256_file(os.path.join(shard_dir, entry["path"]))
         if digest != entry["sha256"]:
             problems.append(f"{entry['path']}: sha256 {digest[:12]}… does not match manifest {entry['sha256'][:12]}…")
+        try:
+            check_index(shard_dir, entry)
+        except ShardError as exc:
+            problems.append(str(exc))
     return problems
 
 
+def check_index(shard_dir: str, entry: dict) -> str:
+    """Check one shard's ``.idx.parquet`` against the manifest's ``index_sha256``; return its path.
+
+    Manifests written before ``index_sha256`` was recorded have none: the file is then only checked to exist.
+
+    Raises:
+        ShardError: naming the index file, when it is missing or its SHA-256 differs from the manifest's.
+    """
+    path = os.path.join(shard_dir, entry["index_path"])
+    if not os.path.isfile(path):
+        raise ShardError(f"{path}: index file listed in manifest.json is missing")
+    want = entry.get("index_sha256")
+    if want is not None:
+        got = fsutil.sha256_file(path)
+        if got != want:
+            raise ShardError(f"{path}: sha256 {got[:12]}… does not match manifest {str(want)[:12]}… (a damaged or "
+                             "changed index: rebuild the shards with `xgen mix build`)")
+    return path
+
+
 def read_index(shard_dir: str, entry: dict) -> pa.Table:
-    """The document-piece index of one shard (:data:`INDEX_SCHEMA`)."""
-    return pq.read_table(os.path.join(shard_dir, entry["index_path"]))
+    """The document-piece index of one shard (:data:`INDEX_SCHEMA`), checked against ``index_sha256``.
+
+    Raises:
+        ShardError: the index file is missing or damaged (:func:`check_index`).
+    """
+    return pq.read_table(check_index(shard_dir, entry))
 
 
 def pre_shuffle_sequences(shard_dir: str, stage: str, substage: str) -> np.ndarray:

@@ -42,6 +42,11 @@ def _q(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
+#: Columns of the ``shards`` view (one row per shard file of every registered shards folder).
+SHARDS_COLUMNS = ("shard_dir", "recipe", "recipe_sha256", "path", "stage", "substage", "seq_len", "n_sequences",
+                  "n_tokens", "sha256", "tokens_per_subset", "tokens_per_source")
+
+
 def shard_rows(shard_dirs: list[str]) -> list[dict]:
     """Rows of the ``shards`` view from each directory's ``manifest.json``.
 
@@ -83,13 +88,15 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
         quiet: do not print warnings (stale default decisions) on stderr.
     Raises:
         CorpusError: not a corpus, a corpus with no documents, or (with a recipe) its attributes are missing or
-            out of date (the message says to run ``xgen mix plan``).
+            out of date (the message says to run ``xgen mix plan``). DamagedPartError /
+            DamagedAttributeError: a part or a committed attribute file differs from its recorded SHA-256.
     """
     corpus = Corpus(corpus_dir)
     if not corpus.parts():
         from xgen_data.corpus import CorpusError
 
         raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
+    corpus.verify_parts(warn=not quiet)  # the views read the parts: never show damaged bytes
     if dec is None:
         dec = decisions.for_corpus(corpus, recipe)
     view, warnings = decisions.documents_sql(corpus, dec, strict=dec.recipe_name is not None)
@@ -100,13 +107,13 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     con.execute(decisions.LICENSE_CONFLICTS_SQL)
     dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
     rows = shard_rows(list(dict.fromkeys(dirs)))
-    if rows:
-        import pyarrow as pa
+    import pyarrow as pa
 
-        schema = pa.schema([(k, pa.int64() if k in ("seq_len", "n_sequences", "n_tokens") else pa.string())
-                            for k in rows[0]])
-        con.register("_shards_rows", pa.Table.from_pylist(rows, schema=schema))
-        con.execute("CREATE OR REPLACE VIEW shards AS SELECT * FROM _shards_rows")
+    # the view exists (empty) before any `xgen mix build`, so a query over it is not a catalog error
+    schema = pa.schema([(k, pa.int64() if k in ("seq_len", "n_sequences", "n_tokens") else pa.string())
+                        for k in SHARDS_COLUMNS])
+    con.register("_shards_rows", pa.Table.from_pylist(rows, schema=schema))
+    con.execute("CREATE OR REPLACE VIEW shards AS SELECT * FROM _shards_rows")
     return con
 
 

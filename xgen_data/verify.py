@@ -8,8 +8,8 @@ Checked (:func:`verify_corpus`):
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
   (:meth:`xgen_data.corpus.Corpus.commit_attributes`); a set computed from other part contents is reported
   ``stale`` (not damage: the recipe flow recomputes it).
-* ``shards``: each registered shards folder's manifest and every shard's size and SHA-256 in it
-  (:func:`xgen_data.shards.verify`).
+* ``shards``: each registered shards folder's manifest and every shard's size and SHA-256 in it, and its
+  ``.idx.parquet`` index's SHA-256 (``index_sha256``; :func:`xgen_data.shards.verify`).
 
 Statuses: ``ok``, ``unrecorded``, ``recorded``, ``stale`` (fine) and ``damaged``, ``missing`` (damage).
 """

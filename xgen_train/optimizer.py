@@ -47,6 +47,9 @@ class OptimizerConfig:
     clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("peak_lr", "final_lr_ratio", "b1", "b2", "eps", "weight_decay", "clip_norm"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.peak_lr <= 0:
             raise ValueError(f"peak_lr must be > 0, got {self.peak_lr}")
         if self.warmup_steps < 0 or self.total_steps <= 0:
