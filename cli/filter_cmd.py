@@ -30,6 +30,9 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
             policies = {s: r.policy(name) for s, name in r.license_policies().items()}
     else:
         allow, subsets, mt = licenses.default_allow_list(), ("code",), filters.MIN_TOKENS
+    for bad in licenses.unknown_ids(allow_extra):
+        click.echo(click.style(f"warning: --allow-license {bad!r} is not an SPDX license id (nor LicenseRef-*): "
+                               "no document's normalised license can match it (a typo?)", fg="yellow"), err=True)
     report = filters.run_filters(corpus_dir, min_tokens=mt if min_tokens is None else min_tokens,
                                  license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra,
                                  policies=policies)

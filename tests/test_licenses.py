@@ -207,3 +207,9 @@ def test_xgen_filter_with_a_recipe_records_its_policies(corpus_copy, tmp_path):
         "SELECT id, reason FROM documents WHERE subset = 'starcoder'").fetchall())
     assert rows["sc-artistic"] == "fail: Artistic-2.0 not in allow-list"  # strict, in the corpus defaults
     assert rows["sc-header"].startswith("fail: labels disagree")
+
+
+def test_unknown_allow_list_additions_are_named():
+    """`xgen filter --allow-license MTI` warns: a typo of an SPDX id can never match a normalised license."""
+    from xgen_data import licenses as lic
+    assert lic.unknown_ids(["MIT", "MTI", "GPL-2.0", "LicenseRef-acme", "PSF-2.0", "x y ("]) == ["MTI", "x y ("]

@@ -193,6 +193,20 @@ def _known(key: str) -> bool:
     return key.startswith("LicenseRef-") or not _licensing.unknown_license_keys(key)
 
 
+def unknown_ids(ids) -> list[str]:
+    """The entries of ``ids`` (allow-list additions) that are neither SPDX license ids (license-expression's
+    SPDX list, deprecated ids included) nor ``LicenseRef-*``: likely typos such as ``MTI``. Order kept."""
+    out = []
+    for i in ids:
+        try:
+            ok = _known(i)
+        except Exception:  # not even an expression
+            ok = False
+        if not ok:
+            out.append(i)
+    return out
+
+
 def _evaluate(node, allow: frozenset[str]) -> tuple[bool, str]:
     """``(passes, why it fails or '')`` of a parsed expression."""
     if isinstance(node, license_expression.LicenseWithExceptionSymbol):
