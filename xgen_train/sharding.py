@@ -233,9 +233,10 @@ def state_shardings(state, params, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map_with_path(one, state)
 
 
-def check_batch(batch_size: int, mesh: Mesh, what: str = "batch") -> None:
-    """Raise :class:`MeshError` unless ``batch_size`` divides by ``data * fsdp``."""
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
+def check_batch(batch_size: int, mesh: Mesh | dict[str, int], what: str = "batch") -> None:
+    """Raise :class:`MeshError` unless ``batch_size`` divides by ``data * fsdp`` (of a mesh or axis sizes)."""
+    sizes = dict(mesh.shape) if isinstance(mesh, Mesh) else dict(mesh)
+    n = sizes.get("data", 1) * sizes.get("fsdp", 1)
     if batch_size % n:
         raise MeshError(f"{what} size {batch_size} not divisible by data*fsdp = {n} (mesh {describe_mesh(mesh)}); "
                         "choose --batch-size/--batch-tokens so every data-parallel rank gets whole sequences")
