@@ -19,8 +19,9 @@ from xgen_train import data as data_mod  # noqa: E402
 from xgen_train import flops, sharding as sh, trainer  # noqa: E402
 from xgen_train.config import CONFIGS, ModelConfig, count_parameters  # noqa: E402
 from xgen_train.distributed import distributed_reason, maybe_initialize  # noqa: E402
-from xgen_train.model import init_params  # noqa: E402
+from xgen_train.model import build_model, init_params  # noqa: E402
 from xgen_train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
+from xgen_train.step import StepOptions, init_monitor  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 
@@ -118,8 +119,18 @@ def test_sharded_matches_one_device_and_checkpoints_cross_meshes(shards, tmp_pat
     one = trainer.train(shards, tmp_path / "one", config_name="tiny", steps=4, batch_size=8, lr=3e-3, warmup=1,
                         total_steps=4, seed=1, progress=False, plot=False, log_every=2)
     assert one["mesh"] == "data=1,fsdp=1,tensor=1"
-    np.testing.assert_allclose(out["train_losses"], [r["loss"] for r in _records(tmp_path / "one") if "event" not in r],
-                               rtol=0, atol=1e-5)
+    losses_one = [r["loss"] for r in _records(tmp_path / "one") if "event" not in r]
+    np.testing.assert_allclose(out["train_losses"], losses_one, rtol=0, atol=1e-5)
+    # on one device the loop computes exactly what a plain per-step loop computes (bit for bit)
+    opt = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=1, total_steps=4))
+    step = trainer.make_train_step(build_model(CONFIGS["tiny"]), opt)
+    params = init_params(CONFIGS["tiny"], 1)
+    state, monitor = opt.init(params), init_monitor(StepOptions())
+    loader, plain = data_mod.ShardLoader(shards, 8), []
+    for k in range(4):
+        params, state, monitor, m = step(params, state, monitor, jnp.asarray(loader.batch_at(1, k)["tokens"]))
+        plain.append(float(m["loss"]))
+    assert plain == losses_one
 
 
 # ------------------------------------------------------------------------------------------------ the loop

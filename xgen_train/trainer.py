@@ -412,8 +412,11 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                              + "; ".join(diffs))
         params = put_global(init_p, p_sh)
         opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
-    else:  # created in place, already sharded (no full copy on one chip)
-        params = jax.jit(lambda: init_params(cfg, init_seed), out_shardings=p_sh)()
+    else:  # drawn op by op on the host CPU (same values whatever the mesh or chip), then sent out in shards
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            host_params = jax.device_get(init_params(cfg, init_seed))
+        params = put_global(host_params, p_sh)
+        del host_params
         opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
     run_info = {**run, "plan": plan.to_list(), "total_steps": plan.total_steps, "steps_cap": steps,
                 "shards_dir": str(Path(shards_dir).resolve()), "n_params": count_parameters(cfg),
