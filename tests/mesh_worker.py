@@ -1,7 +1,8 @@
 """Subprocess worker for tests/test_sharding.py: runs on 8 simulated CPU devices and prints one JSON line.
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX is imported, hence a separate
-process. Usage: ``python tests/mesh_worker.py WORKDIR SHARDS_DIR`` (not collected by pytest).
+process. Usage: ``python tests/mesh_worker.py steps|train WORKDIR SHARDS_DIR`` (not collected by pytest);
+``steps`` does 1 and 2 below, ``train`` does 3.
 
 1. The tiny model's update on a fixed batch (8 x 16 random token ids) for 2 steps: losses on one device
    (plain jit, no shardings) and under several meshes.
@@ -64,8 +65,10 @@ def run_steps(mesh_spec: str | None, tokens: np.ndarray, n_steps: int = 2):
     return [float(x) for x in jax.device_get(losses)], params, state, list(shard_shape)
 
 
-def main(work: Path, shards: Path) -> dict:
+def main(mode: str, work: Path, shards: Path) -> dict:
     out: dict = {"n_devices": jax.device_count()}
+    if mode == "train":
+        return {**out, **trainer_across_meshes(work, shards)}
     tokens = np.random.default_rng(0).integers(0, 50313, (8, 16)).astype(np.int32)
     out["reference"], _, _, _ = run_steps(None, tokens)
     out["meshes"], out["shard_shapes"] = {}, {}
@@ -96,8 +99,12 @@ def main(work: Path, shards: Path) -> dict:
     out["restore_single_equal"] = all(np.array_equal(a, b) for a, b in zip(want, got_one))
     out["restore_single_numpy"] = all(isinstance(b, np.ndarray) for b in got_one)
     out["n_leaves"] = len(want)
+    return out
 
-    # 3. the trainer under one mesh, resumed under another
+
+def trainer_across_meshes(work: Path, shards: Path) -> dict:
+    """3. the trainer under one mesh, resumed under another."""
+    out: dict = {}
     kw = dict(config_name="tiny", batch_size=8, lr=3e-3, warmup=1, total_steps=4, seed=1, progress=False,
               plot=False, log_every=2)
     run = work / "run"
@@ -112,4 +119,4 @@ def main(work: Path, shards: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]))))
+    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))))
