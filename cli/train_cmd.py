@@ -44,7 +44,8 @@ from xgen_train.config import CONFIGS  # no JAX import
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
                    "config.json + model.safetensors); the optimizer state starts fresh.")
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Progress-bar refresh interval; metrics.jsonl gets every step.")
+              help="Fetch metrics from the device and refresh the progress bar every N updates (no host sync in "
+                   "between); metrics.jsonl still gets one line per update.")
 @click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Validation loss every N updates on held-out sequences of the current sub-stage "
                    "(always at each sub-stage end; 0: only there).")

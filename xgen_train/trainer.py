@@ -256,7 +256,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         stage, substage: train only these (default: every stage and sub-stage, in manifest order).
         budget_fraction: train on this fraction of every sub-stage's budget (default 1: one full pass);
             :func:`xgen_train.curriculum.make_plan`.
-        log_every: progress refresh / log line every N updates (``metrics.jsonl`` gets every update).
+        log_every: fetch the device-side metrics every N updates (one transfer; no host sync in between), then
+            write their ``metrics.jsonl`` lines (one per update) and refresh the progress bar / log line.
         total_steps: schedule length (default: the plan's total updates); the rate ends at
             ``final_lr_ratio * lr``. Part of the run config: fixed for the run.
         weight_decay, clip_norm, b1, b2: SPEC §4 AdamW/clipping numbers.
