@@ -6,6 +6,7 @@ JAX is imported inside the command, so other ``xgen`` commands start fast.
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -13,8 +14,8 @@ from xgen_train.config import CONFIGS  # no JAX import
 
 
 @click.command("train")
-@click.option("--shards", "shards_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="xgen-shards directory (holds manifest.json).")
+@click.option("--shards", "shards_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="xgen-shards directory (holds manifest.json). Required, except with --resume (then the run's).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
 @click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
@@ -43,7 +44,8 @@ from xgen_train.config import CONFIGS  # no JAX import
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
                    "config.json + model.safetensors); the optimizer state starts fresh.")
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Progress-bar refresh interval; metrics.jsonl gets every step.")
+              help="Fetch metrics from the device and refresh the progress bar every N updates (no host sync in "
+                   "between); metrics.jsonl still gets one line per update.")
 @click.option("--eval-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Validation loss every N updates on held-out sequences of the current sub-stage "
                    "(always at each sub-stage end; 0: only there).")
@@ -77,8 +79,14 @@ from xgen_train.config import CONFIGS  # no JAX import
               help="Also checkpoint every N updates (0: only at the end and on SIGTERM/SIGINT).")
 @click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(min=1),
               help="Keep the newest K checkpoints.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under OUT/checkpoints; the "
-                                             "settings must be the run's (differences are listed and refused).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under OUT/checkpoints. Options "
+                                             "not typed default to the run's (OUT/run.json); typed ones must equal "
+                                             "them (differences are listed and refused), except --steps, cadences "
+                                             "and --mesh.")
+@click.option("--mesh", default=None, help="Device mesh, e.g. data=2,fsdp=2,tensor=2 (axes data/fsdp/tensor; "
+                                           "default: every device on data). docs/training-at-scale.md.")
+@click.option("--peak-flops", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Peak FLOP/s of one chip for MFU (default: a table of known TPUs/GPUs; on CPU MFU is n/a).")
 @click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
 @click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
 def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, batch_tokens: int | None,
@@ -87,32 +95,43 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
           eval_sequences: int,
           compute_dtype: str | None, precision: str, attention: str, attention_block: int, loss_chunk: int,
           remat: bool, z_loss: float, skip_spikes: bool, doc_mask: bool, accum_steps: int,
-          checkpoint_every: int, keep_checkpoints: int, resume: bool, verify: bool | None,
-          no_progress: bool) -> None:
+          checkpoint_every: int, keep_checkpoints: int, resume: bool, mesh: str | None,
+          peak_flops: float | None, verify: bool | None, no_progress: bool) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
     sub-stage of the shards in order (or only --stage/--substage).
 
     Example: xgen train --shards shards/ --out runs/tiny --config tiny --batch-tokens 1024 --lr 3e-3 --warmup 20
     """
-    if batch_tokens is not None and batch_size is not None:
+    ctx = click.get_current_context()
+    opts = dict(shards_dir=shards_dir, config_name=config_name, steps=steps, batch_size=batch_size,
+                batch_tokens=batch_tokens, lr=lr, warmup=warmup, seed=seed, stage=stage, substage=substage,
+                budget_fraction=budget_fraction, log_every=log_every, total_steps=total_steps,
+                compute_dtype=compute_dtype, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                init_path=init_path, eval_every=eval_every, eval_sequences=eval_sequences, mesh=mesh,
+                peak_flops=peak_flops, precision=precision, attention=attention, attention_block=attention_block,
+                loss_chunk=loss_chunk, z_loss=z_loss, remat=remat, doc_mask=doc_mask, accum_steps=accum_steps,
+                skip_spikes=skip_spikes)
+    if resume:
+        opts.update(resume_defaults(out_dir, typed={k for k in opts if not _defaulted(ctx, k)}))
+    if opts["shards_dir"] is None:
+        raise click.UsageError("Missing option '--shards' (only --resume can take it from OUT/run.json)")
+    if opts["batch_tokens"] is not None and opts["batch_size"] is not None:
         raise click.UsageError("give --batch-tokens or --batch-size, not both")
+    from xgen_train.distributed import maybe_initialize
+
+    try:
+        maybe_initialize()  # multi-host start when the environment asks for it, before any device use
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
     from xgen_train.data import ShardFormatError
     from xgen_train.numerics import NumericsOptions
     from xgen_train.trainer import train as run_train
 
-    numerics = NumericsOptions(precision=precision, attention=attention, attention_block=attention_block,
-                               loss_chunk=loss_chunk, z_loss=z_loss, remat=remat, doc_mask=doc_mask,
-                               accum_steps=accum_steps, skip_spikes=skip_spikes)
-
+    shards_dir, init_path = opts.pop("shards_dir"), opts.pop("init_path")
+    numerics = NumericsOptions(**{k: opts.pop(k) for k in _NUMERICS})
     try:
-        summary = run_train(shards_dir, out_dir, config_name=config_name, steps=steps, batch_size=batch_size,
-                            batch_tokens=batch_tokens, lr=lr, warmup=warmup, seed=seed, stage=stage,
-                            substage=substage, budget_fraction=budget_fraction, log_every=log_every,
-                            total_steps=total_steps,
-                            compute_dtype=compute_dtype, checkpoint_every=checkpoint_every,
-                            keep_checkpoints=keep_checkpoints, resume=True if resume else None, init=init_path,
-                            eval_every=eval_every, eval_sequences=eval_sequences, verify=verify,
-                            progress=not no_progress, numerics=numerics)
+        summary = run_train(shards_dir, out_dir, **opts, resume=True if resume else None, init=init_path,
+                            verify=verify, progress=not no_progress, numerics=numerics)
     except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
@@ -133,10 +152,80 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
                f"{s['first_loss_mean10']:.4f} -> {s['last_loss_mean10']:.4f})"
                + (f"; validation loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""))
     click.echo(f"tokens {s['tokens']:,} (seen in total {s['tokens_seen']:,}) in {s['seconds']:.1f}s = "
-               f"{s['tokens_per_second']:,.0f} tokens/s (compile {s['compile_seconds']:.1f}s); "
-               f"spikes: {len(s['spike_steps'])}")
+               f"{s['tokens_per_second']:,.0f} tokens/s (compile {s['compile_seconds']:.1f}s); MFU "
+               + (f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "n/a (no peak FLOP/s known for "
+                  f"{s.get('device_kind')}; pass --peak-flops)")
+               + f" on mesh {s.get('mesh')}; spikes: {len(s['spike_steps'])}")
     if s["interrupted"]:
         click.echo(f"stopped by {s['interrupted']}: continue with the same command plus --resume")
     click.echo(f"checkpoint {s['checkpoint']}")
     click.echo(f"metrics {s['metrics']}" + (f", plot {s['plot']}" if s["plot"] else ""))
     click.echo(json.dumps({k: s[k] for k in ("first_loss", "last_loss", "steps", "tokens", "seconds", "interrupted")}))
+
+
+# option name -> where its value lives in OUT/run.json (dotted path)
+_RUN_JSON_KEYS = {
+    "shards_dir": "shards_dir", "config_name": "config_name", "batch_size": "batch.batch_size",
+    "batch_tokens": "batch.batch_tokens", "lr": "optimizer.peak_lr", "warmup": "optimizer.warmup_steps",
+    "seed": "seed", "stage": "data.stage", "substage": "data.substage", "budget_fraction": "data.budget_fraction",
+    "compute_dtype": "compute_dtype", "init_path": "init.path", "steps": "settings.steps",
+    "log_every": "settings.log_every", "checkpoint_every": "settings.checkpoint_every",
+    "keep_checkpoints": "settings.keep_checkpoints", "eval_every": "settings.eval_every",
+    "eval_sequences": "settings.eval_sequences", "mesh": "settings.mesh", "peak_flops": "settings.peak_flops",
+    # numerics (run.json records them resolved: compute_dtype carries the precision, so --precision stays auto)
+    "attention": "numerics.attention", "attention_block": "numerics.attention_block",
+    "loss_chunk": "numerics.loss_chunk", "z_loss": "numerics.z_loss", "remat": "numerics.remat",
+    "doc_mask": "numerics.doc_mask", "accum_steps": "numerics.accum_steps", "skip_spikes": "numerics.skip_spikes",
+}
+_NUMERICS = ("precision", "attention", "attention_block", "loss_chunk", "z_loss", "remat", "doc_mask",
+             "accum_steps", "skip_spikes")
+
+
+def _defaulted(ctx: click.Context, name: str) -> bool:
+    """True when option ``name`` was not typed (its value is click's default)."""
+    src = ctx.get_parameter_source(name)
+    return src is None or src == click.core.ParameterSource.DEFAULT
+
+
+def _lookup(record: dict, dotted: str):
+    cur = record
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return KeyError
+        cur = cur[part]
+    return cur
+
+
+def resume_defaults(out_dir: str, typed: set[str]) -> dict:
+    """Values from ``OUT/run.json`` for the options the user did not type (``xgen train --resume``).
+
+    Only options that were not typed are filled; a typed value stays and, when it differs from the run's,
+    the trainer refuses the resume listing ``key: old -> new``. The schedule length is filled only when the
+    run gave it (``--total-steps``); otherwise the plan fixes it. ``--batch-size`` and ``--batch-tokens`` count
+    as one choice (typing either keeps the other unset). Returns ``{}`` when there is no run.json.
+    """
+    path = os.path.join(out_dir, "run.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: not valid JSON ({exc}); cannot resume from it") from None
+    skip = set(typed)
+    if typed & {"batch_size", "batch_tokens"}:
+        skip |= {"batch_size", "batch_tokens"}
+    if typed & {"precision", "compute_dtype"}:  # one choice: a typed --precision is compared, not contradicted
+        skip |= {"precision", "compute_dtype"}
+    out = {}
+    for name, dotted in _RUN_JSON_KEYS.items():
+        if name in skip:
+            continue
+        value = _lookup(record, dotted)
+        if value is not KeyError:
+            out[name] = value
+    if "total_steps" not in typed and record.get("optimizer", {}).get("total_steps") != record.get("total_steps"):
+        out["total_steps"] = record["optimizer"]["total_steps"]  # the run set its own schedule length
+    if out.get("init_path") is not None and not os.path.isdir(out["init_path"]):
+        out.pop("init_path")  # the init folder is gone; the resumed state does not need it (the check will say)
+    return out

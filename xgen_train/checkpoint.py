@@ -12,6 +12,15 @@ and renamed into place once complete, then ``commit_success.txt`` is written)::
       xgen-sha256.json sidecar written *after* orbax finalised the step: {"format": "xgen-checkpoint-sha256",
                        "format_version": 1, "step": N, "files": {relative path: {"sha256", "bytes"}}}
 
+Sharded arrays (a run over a device mesh, :mod:`xgen_train.sharding`) are saved as they are: orbax writes
+each array once (tensorstore/OCDBT, every process writing the shards it owns) with its global shape, so a
+checkpoint does not depend on the mesh it was saved under. :func:`load_checkpoint` restores it under
+*any* mesh (``shardings=``: each array is read straight into the target layout, e.g. saved under
+``data=8``, restored under ``fsdp=4,tensor=2``) or onto one device as numpy arrays (the default; export,
+eval and ``--init`` use that). Multi-host: every process calls :meth:`CheckpointStore.save` (orbax
+coordinates them; the folder must be on a file system all hosts share), and only process 0 writes the
+sidecar and prunes old checkpoints, after which all processes wait for each other.
+
 ``step`` = optimizer updates applied, i.e. the next update is number ``step``. Integrity: every load checks
 every file against the sidecar (a flipped bit or a truncated file is a :class:`CheckpointError` naming the
 file), and a step directory without a sidecar (a save interrupted between orbax's commit and the sidecar)
@@ -53,8 +62,9 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """What :func:`load_checkpoint` returns.
 
-    ``params``: ``{module: {name: np.ndarray float32}}`` (Haiku layout). ``opt_state``: the optimizer pytree
-    (structure of the template; None when no template was given). ``step``: updates applied. ``meta``: the
+    ``params``: ``{module: {name: np.ndarray float32}}`` (Haiku layout), or global ``jax.Array``s laid out
+    as asked when loaded with ``shardings``. ``opt_state``: the optimizer pytree (structure of the template;
+    None when no template was given), numpy or sharded like ``params``. ``step``: updates applied. ``meta``: the
     JSON written by the trainer (:func:`make_meta`). ``path``: the step directory.
     """
 
@@ -170,7 +180,18 @@ def _to_numpy(tree):
     return jax.tree.map(lambda x: np.asarray(x), tree)
 
 
-def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verify: bool = True) -> Checkpoint:
+def _targets(template, shardings):
+    """ShapeDtypeStructs of ``template`` placed by ``shardings`` (a matching tree), or on one local device."""
+    import jax
+
+    if shardings is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), template)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), template, shardings)
+
+
+def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verify: bool = True,
+                    shardings: tuple[Any, Any] | None = None) -> Checkpoint:
     """Verify (sidecar sha256) and read a checkpoint directory; the round trip is bit-exact.
 
     Args:
@@ -179,6 +200,10 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
             optimizer.init(params))``) giving the optimizer-state structure; None skips the optimizer state.
         verify: check every file against the sidecar first (only skip it right after
             :func:`verify_checkpoint` on the same directory).
+        shardings: ``(param_shardings, opt_state_shardings)`` (trees of ``jax.sharding.Sharding`` like the
+            params / the template, e.g. :func:`xgen_train.sharding.param_shardings`): restore straight into
+            that layout as global ``jax.Array``s, whatever mesh the checkpoint was saved under. Default: every
+            array onto one local device, returned as numpy.
     Raises:
         CheckpointError: corrupt or incomplete checkpoint, bad metadata, or arrays that do not fit
             the model config / template (message names the file or key).
@@ -195,15 +220,19 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
     ocp = _ocp()
     ckptr = ocp.StandardCheckpointer()
     params_template = jax.eval_shape(lambda: init_params(cfg, 0))
+    p_sh, s_sh = shardings if shardings is not None else (None, None)
     try:
-        params = ckptr.restore(directory / "params", params_template)
+        params = ckptr.restore(directory / "params", _targets(params_template, p_sh))
         opt_state = None
         if opt_state_template is not None:
-            opt_state = ckptr.restore(directory / "opt_state", opt_state_template)
+            tmpl = jax.eval_shape(lambda t: t, opt_state_template)
+            opt_state = ckptr.restore(directory / "opt_state", _targets(tmpl, s_sh))
     except Exception as exc:  # orbax/tensorstore raise many types for a structure or shape mismatch
         raise CheckpointError(f"{directory}: arrays do not match the expected structure "
                               f"(model {cfg} / optimizer state): {str(exc).splitlines()[0][:300]}") from None
-    return Checkpoint(params=_to_numpy(params), opt_state=opt_state, step=int(meta["step"]), model_config=cfg,
+    if shardings is None:
+        params, opt_state = _to_numpy(params), (_to_numpy(opt_state) if opt_state is not None else None)
+    return Checkpoint(params=params, opt_state=opt_state, step=int(meta["step"]), model_config=cfg,
                       meta=meta, path=directory)
 
 
@@ -267,6 +296,22 @@ def make_meta(step: int, position: dict, run: dict, extra: dict | None = None) -
             "run": run, "extra": extra or {}}
 
 
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _sync_processes(name: str) -> None:
+    """Barrier over all processes of a multi-host job (nothing to do with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 class CheckpointStore:
     """Saves training checkpoints under ``root`` with orbax's ``CheckpointManager``; keeps the last ``keep``.
 
@@ -298,8 +343,10 @@ class CheckpointStore:
                                                      opt_state=ocp.args.StandardSave(opt_state),
                                                      meta=ocp.args.JsonSave(meta)), force=True)
         self._mgr.wait_until_finished()
-        write_sidecar(target, step)
-        self._prune()
+        if _process_index() == 0:  # one writer for the sidecar and the pruning; the others wait for it
+            write_sidecar(target, step)
+            self._prune()
+        _sync_processes(f"xgen_checkpoint_{step}")
         return target
 
     def _prune(self) -> None:

@@ -46,6 +46,11 @@ from xgen_train.lossplot import plot_loss
 from xgen_train.model import init_params
 from xgen_train.numerics import NumericsOptions
 from xgen_train.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from xgen_train.distributed import is_main_process, maybe_initialize, process_info
+from xgen_train.flops import flops_per_token, mfu
+from xgen_train.flops import peak_flops as peak_flops_of
+from xgen_train.sharding import (batch_sharding, check_batch, describe_mesh, make_mesh, param_shardings, put_global,
+                                 replicated, state_shardings)
 from xgen_train.step import StepOptions, init_monitor, monitor_from_history
 from xgen_train.step import make_train_step as _make_step
 
@@ -90,19 +95,47 @@ def make_loss_fn(model):
     return loss_fn
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, opts: StepOptions = StepOptions()):
+def make_train_step(model, optimizer: optax.GradientTransformation, opts: StepOptions = StepOptions(), *,
+                    shardings: tuple | None = None):
     """Jit'ed ``step(params, opt_state, monitor, tokens) -> (params, opt_state, monitor, metrics)``.
 
     :func:`xgen_train.step.make_train_step` on this model's next-token loss, compiled with ``params``,
     ``opt_state`` and ``monitor`` donated (do not reuse the arguments after the call). ``metrics`` holds
     device scalars ``loss``, ``grad_norm`` (before clipping), ``spike``, ``nonfinite``, ``skipped``.
+
+    ``shardings``: ``(params, opt_state, replicated, batch)`` shardings over a device mesh
+    (:mod:`xgen_train.sharding`): inputs and outputs keep that layout (params and optimizer state stay
+    sharded across updates; monitor and metrics replicated); None: plain ``jax.jit`` on one device.
     """
-    return jax.jit(_make_step(make_loss_fn(model), optimizer, opts), donate_argnums=(0, 1, 2))
+    return jit_step(_make_step(make_loss_fn(model), optimizer, opts), shardings)
 
 
-def make_eval_fn(model):
-    """Jit'ed ``eval(params, tokens int32 [B, L]) -> float32`` mean next-token loss (no update)."""
-    return jax.jit(make_loss_fn(model))
+def jit_step(fn, shardings: tuple | None = None):
+    """``jax.jit`` of an un-jitted :func:`xgen_train.step.make_train_step` function, donating params,
+    optimizer state and monitor; ``shardings`` = ``(params, opt_state, replicated, batch)`` keeps inputs and
+    outputs in that mesh layout (monitor and metrics replicated); None: plain one-device jit."""
+    if shardings is None:
+        return jax.jit(fn, donate_argnums=(0, 1, 2))
+    p_sh, s_sh, rep, b_sh = shardings
+    return jax.jit(fn, in_shardings=(p_sh, s_sh, rep, b_sh), out_shardings=(p_sh, s_sh, rep, rep),
+                   donate_argnums=(0, 1, 2))
+
+
+def make_eval_fn(model, shardings: tuple | None = None):
+    """Jit'ed ``eval(params, tokens int32 [B, L]) -> float32`` mean next-token loss (no update).
+
+    ``shardings``: ``(params, replicated)``: params in their mesh layout, the scalar loss replicated (the
+    batch keeps whatever sharding it arrives with).
+    """
+    if shardings is None:
+        return jax.jit(make_loss_fn(model))
+    p_sh, rep = shardings
+    return jax.jit(make_loss_fn(model), in_shardings=(p_sh, None), out_shardings=rep)
+
+
+def _fetch(tree):
+    """The loop's only device -> host transfer of metrics (one call per group of updates; tests count them)."""
+    return jax.device_get(tree)
 
 
 class StopSignal:
@@ -200,7 +233,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           budget_fraction: float = 1.0, eval_every: int = 0, eval_sequences: int = 64, verify: bool | None = None,
           progress: bool = True,
           plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
-          stop: StopSignal | None = None, numerics: NumericsOptions | None = None) -> dict[str, Any]:
+          stop: StopSignal | None = None, numerics: NumericsOptions | None = None, mesh: str | None = None,
+          peak_flops: float | None = None) -> dict[str, Any]:
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
@@ -217,7 +251,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         stage, substage: train only these (default: every stage and sub-stage, in manifest order).
         budget_fraction: train on this fraction of every sub-stage's budget (default 1: one full pass);
             :func:`xgen_train.curriculum.make_plan`.
-        log_every: progress refresh / log line every N updates (``metrics.jsonl`` gets every update).
+        log_every: fetch the device-side metrics every N updates (one transfer; no host sync in between), then
+            write their ``metrics.jsonl`` lines (one per update) and refresh the progress bar / log line.
         total_steps: schedule length (default: the plan's total updates); the rate ends at
             ``final_lr_ratio * lr``. Part of the run config: fixed for the run.
         weight_decay, clip_norm, b1, b2: SPEC §4 AdamW/clipping numbers.
@@ -243,11 +278,24 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             loss, z-loss, remat, document masking (EOS id from the manifest), gradient accumulation, spike skip
             (default: all defaults). Resolved for the backend and recorded in ``run.json`` (``compute_dtype``
             = the precision, ``numerics`` = the rest), so a resume with other numerics is refused.
+        mesh: device mesh spec, e.g. ``"data=2,fsdp=2,tensor=2"`` (:func:`xgen_train.sharding.parse_mesh`;
+            default: every device on ``data``). Not part of the run config: a resume may use another mesh.
+        peak_flops: peak FLOP/s of one chip for MFU (default: :data:`xgen_train.flops.PEAK_FLOPS` by device
+            kind; on a CPU MFU is then null).
+
+    The loop never waits for the device between updates: each update is dispatched asynchronously, the next
+    batch is read and transferred (sharded along B) while the chip runs, and the metrics stay on the device
+    until they are fetched in one transfer every ``log_every`` updates, before an evaluation or a
+    checkpoint, at a sub-stage end and at the end; ``seconds``/``tokens_per_second``/``mfu`` of the updates
+    of one such group are the group's average. A non-finite loss is seen when its group is fetched (the step
+    itself never applies such an update); the records up to it are written, then FloatingPointError.
+    Multi-host (:mod:`xgen_train.distributed`): every process runs this function; only process 0 writes files.
 
     ``metrics.jsonl``: per update ``step`` (0-based global update index), ``loss`` (nats/token), ``lr``,
     ``grad_norm`` (pre-clip), ``tokens_seen`` (true cumulative count over the sub-stages), ``stage``,
     ``substage``, ``seq_len``, ``seconds``, ``elapsed_seconds``, ``tokens_per_second``, ``epoch`` (fraction of
-    the sub-stage's pass), ``spike``. Event lines carry ``event``: ``"start"``/``"switch"`` (``step`` = first
+    the sub-stage's pass), ``spike``, ``skipped``, ``nonfinite``, ``mfu`` (:mod:`xgen_train.flops`; null without
+    a known peak). Event lines carry ``event``: ``"start"``/``"switch"`` (``step`` = first
     update of the new sub-stage, ``tokens_seen`` before it, ``from``/``to``), ``"val"`` (``step`` = the
     update it follows, ``val_loss``, ``val_sequences``), ``"stop"`` (signal).
 
@@ -262,6 +310,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         FloatingPointError: non-finite loss (metrics are written up to that update).
     """
     t_setup = time.perf_counter()
+    maybe_initialize()  # multi-host start when the environment asks for it, before any device use
+    main = is_main_process()
     cfg = get_config(config_name)
     if steps is not None and steps <= 0:
         raise ValueError(f"steps must be > 0, got {steps}")
@@ -307,6 +357,17 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             raise ValueError(f"{ph.name}: batch of {ph.batch_size} sequences is not a multiple of "
                              f"accum_steps={num.accum_steps}")
     compute_dtype = num.precision
+    dmesh = make_mesh(mesh)
+    p_template = jax.eval_shape(lambda: init_params(cfg, 0))
+    s_template = jax.eval_shape(optimizer.init, p_template)
+    p_sh = param_shardings(p_template, dmesh, cfg)
+    s_sh = state_shardings(s_template, p_template, dmesh)
+    rep = replicated(dmesh)
+    for ph in plan.phases:
+        if ph.steps:
+            check_batch(ph.batch_size, dmesh, what=f"{ph.name}: batch")
+    peak = peak_flops_of(override=peak_flops)
+    n_chips = dmesh.size
     init_seed = seed if init_seed is None else init_seed
     run = run_config(config_name=config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_sha256=manifest_sha,
                      manifest=manifest, stage=stage, substage=substage, batch_tokens=batch_tokens,
@@ -316,7 +377,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                      numerics={k: v for k, v in num.to_dict().items() if k != "precision"})
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_root = out / "checkpoints"
     metrics_path = out / "metrics.jsonl"
 
@@ -341,16 +403,14 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             raise ValueError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
                              + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
                              "another --out folder")
-        template = jax.eval_shape(lambda: optimizer.init(init_params(cfg, 0)))
-        ck = load_checkpoint(ckpt_dir, opt_state_template=template, verify=False)
+        ck = load_checkpoint(ckpt_dir, opt_state_template=s_template, verify=False, shardings=(p_sh, s_sh))
         want = plan.position(ck.step).to_dict()
         if ck.meta.get("position") != want:
             raise CheckpointError(f"{ckpt_dir}: data position {ck.meta.get('position')} does not match the plan's "
                                   f"{want} for step {ck.step}")
         if ck.step > stop_step:
             raise ValueError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={stop_step}")
-        params = jax.tree.map(jnp.asarray, ck.params)
-        opt_state = jax.tree.map(jnp.asarray, ck.opt_state)
+        params, opt_state = ck.params, ck.opt_state  # restored straight into this mesh's layout
         start_step = ck.step
     elif init is not None:
         init_cfg, init_p = load_init(init)
@@ -358,27 +418,37 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
             raise ValueError(f"{init}: its model config differs from {config_name!r} (init -> --config): "
                              + "; ".join(diffs))
-        params = jax.tree.map(jnp.asarray, init_p)
-        opt_state = optimizer.init(params)
-    else:
-        params = init_params(cfg, init_seed)
-        opt_state = optimizer.init(params)
+        params = put_global(init_p, p_sh)
+        opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
+    else:  # drawn op by op on the host CPU (same values whatever the mesh or chip), then sent out in shards
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            host_params = jax.device_get(init_params(cfg, init_seed))
+        params = put_global(host_params, p_sh)
+        del host_params
+        opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
     run_info = {**run, "plan": plan.to_list(), "total_steps": plan.total_steps, "steps_cap": steps,
                 "shards_dir": str(Path(shards_dir).resolve()), "n_params": count_parameters(cfg),
-                "resumed_from": str(ckpt_dir) if ckpt_dir is not None else None}
-    fsutil.write_json(str(out / "run.json"), run_info)
+                "resumed_from": str(ckpt_dir) if ckpt_dir is not None else None,
+                "mesh": describe_mesh(dmesh), **process_info(), "peak_flops": peak,
+                "flops_per_token": {ph.name: flops_per_token(cfg, ph.seq_len) for ph in plan.phases},
+                "settings": {"steps": steps, "log_every": log_every, "checkpoint_every": checkpoint_every,
+                             "keep_checkpoints": keep_checkpoints, "eval_every": eval_every,
+                             "eval_sequences": eval_sequences, "mesh": mesh, "peak_flops": peak_flops}}
+    if main:
+        fsutil.write_json(str(out / "run.json"), run_info)
 
     history = _read_metrics(metrics_path, start_step) if start_step else []
     step_opts = StepOptions(spike_window=spike_window, spike_std=spike_std, skip_spikes=num.skip_spikes,
                             accum_steps=num.accum_steps)
     past = [r["loss"] for r in history if "event" not in r][-spike_window:]
-    monitor = monitor_from_history(past, step_opts) if past else init_monitor(step_opts)
-    with open(metrics_path, "w", encoding="utf-8") as fh:  # drop lines past the resume point
-        fh.writelines(json.dumps(r) + "\n" for r in history)
+    monitor = jax.device_put(monitor_from_history(past, step_opts) if past else init_monitor(step_opts), rep)
+    if main:
+        with open(metrics_path, "w", encoding="utf-8") as fh:  # drop lines past the resume point
+            fh.writelines(json.dumps(r) + "\n" for r in history)
 
     loss_fn = _make_numerics_loss(cfg, num)
-    step_fn = jax.jit(_make_step(loss_fn, optimizer, step_opts), donate_argnums=(0, 1, 2))
-    eval_fn = jax.jit(lambda p, t: loss_fn(p, t)[1]["ce"])
+    step_fn = jit_step(_make_step(loss_fn, optimizer, step_opts), shardings=(p_sh, s_sh, rep, batch_sharding(dmesh)))
+    eval_fn = jax.jit(lambda p, t: loss_fn(p, t)[1]["ce"], in_shardings=(p_sh, None), out_shardings=rep)
     compile_seconds = 0.0
 
     def meta_for(step_done: int) -> dict:
@@ -387,10 +457,12 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                                         "note": "the update is deterministic; data order = f(seed, step)"},
                                 "plan": plan.to_list()})
 
-    val_cache: dict[int, tuple[np.ndarray, int] | None] = {}
+    val_cache: dict[int, tuple[list, int] | None] = {}
+    b_sh = batch_sharding(dmesh)
 
     def val_set(ph: Phase):
-        """Fixed validation batches of a sub-stage: int32 [n_batches, B, L] (first sequences in index order)."""
+        """Fixed validation batches of a sub-stage on the mesh: [n_batches] of int32 [B, L] (first sequences
+        in index order), split along B when B divides by data*fsdp, else replicated."""
         if ph.index not in val_cache:
             val_cache[ph.index] = None
             if ph.validation_sequences:
@@ -399,7 +471,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                 bs = min(ph.batch_size, n)
                 n = n // bs * bs
                 seqs = vl.sequences(np.arange(n)).astype(np.int32).reshape(n // bs, bs, ph.seq_len)
-                val_cache[ph.index] = (seqs, n)
+                split = bs % (dmesh.shape["data"] * dmesh.shape["fsdp"]) == 0
+                val_cache[ph.index] = ([put_global(b, b_sh if split else rep) for b in seqs], n)
         return val_cache[ph.index]
 
     def evaluate(ph: Phase, step: int) -> dict | None:
@@ -407,7 +480,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         if vs is None:
             return None
         seqs, n = vs
-        losses = [float(eval_fn(params, jnp.asarray(b))) for b in seqs]
+        losses = _fetch([eval_fn(params, b) for b in seqs])  # one transfer for all batches
         return {"event": "val", "step": step, "tokens_seen": plan.tokens_seen(step + 1), "stage": ph.stage,
                 "substage": ph.substage, "seq_len": ph.seq_len, "val_loss": float(np.mean(losses)),
                 "val_sequences": n}
@@ -415,14 +488,15 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     print(f"plan: {plan.total_steps:,} updates ({plan.total_tokens:,} tokens) over {len(plan.phases)} sub-stage(s): "
           + ", ".join(f"{p.name} seq {p.seq_len} x {p.batch_size} for {p.steps:,}" for p in plan.phases)
           + f"; schedule {schedule_steps:,} updates; " + (f"from step {start_step}; " if start_step else "")
-          + f"stopping at {stop_step:,}", file=sys.stderr, flush=True)
+          + f"stopping at {stop_step:,}; mesh {describe_mesh(dmesh)} over {n_chips} {run_info['device_kind']} "
+          + f"device(s), {run_info['process_count']} process(es)", file=sys.stderr, flush=True)
     from tqdm.auto import tqdm
 
     records: list[dict] = []
     switches: list[dict] = []
     interrupted = None
     last_ckpt = None
-    bar_on = progress and sys.stderr.isatty()
+    bar_on = progress and sys.stderr.isatty() and main
     bar = tqdm(total=stop_step, initial=start_step, disable=not bar_on, desc=f"train {config_name}",
                unit="step", file=sys.stderr, dynamic_ncols=True)
     own_stop = stop is None
@@ -430,12 +504,60 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     store = CheckpointStore(ckpt_root, keep=keep_checkpoints)
     loop_start = time.perf_counter()
     s = start_step
+    # updates dispatched but not yet fetched: (step, phase, index in phase, device metrics)
+    pending: list[tuple[int, Phase, int, dict]] = []
+    t_mark = [loop_start]  # when the oldest pending update was dispatched (after any non-update work)
     try:
-        with open(metrics_path, "a", encoding="utf-8") as mfh, (stop if own_stop else _nullcontext()):
+        with (open(metrics_path, "a", encoding="utf-8") if main else _nullcontext()) as mfh, \
+                (stop if own_stop else _nullcontext()):
             def emit(rec: dict) -> None:
-                mfh.write(json.dumps(rec) + "\n")
-                mfh.flush()
+                if main:
+                    mfh.write(json.dumps(rec) + "\n")
+                    mfh.flush()
                 records.append(rec)
+
+            def log_line(rec: dict, val: dict | None) -> None:
+                msg = dict(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", gnorm=f"{rec['grad_norm']:.2f}",
+                           tok_s=f"{rec['tokens_per_second'] or 0:.0f}",
+                           mfu="n/a" if rec["mfu"] is None else f"{100 * rec['mfu']:.1f}%")
+                if val is not None:
+                    msg["val_loss"] = f"{val['val_loss']:.4f}"
+                if bar_on:
+                    bar.set_postfix(msg, refresh=False)
+                elif main:
+                    print(f"step {rec['step']} [{rec['stage']}/{rec['substage']}]: "
+                          + " ".join(f"{a}={b}" for a, b in msg.items()), file=sys.stderr)
+
+            def flush() -> dict | None:
+                """Fetch the pending updates' metrics (one transfer), write their records; the last record."""
+                if not pending:
+                    return None
+                got = _fetch([m for *_, m in pending])
+                now = time.perf_counter()
+                dt = (now - t_mark[0]) / len(pending)
+                n_done = len(pending)
+                batch, pending[:] = list(pending), []
+                for i, ((step, ph, k, _), m) in enumerate(zip(batch, got)):
+                    loss = float(m["loss"])
+                    tps = ph.tokens_per_step / dt if dt > 0 else None
+                    rec = {"step": step, "loss": loss,
+                           "lr": float(learning_rate(step, lr, warmup, opt_cfg.total_steps, final_lr_ratio)),
+                           "grad_norm": float(m["grad_norm"]), "tokens_seen": plan.tokens_seen(step + 1),
+                           "stage": ph.stage, "substage": ph.substage, "seq_len": ph.seq_len, "seconds": dt,
+                           "elapsed_seconds": t_mark[0] - loop_start + (i + 1) * dt, "tokens_per_second": tps,
+                           "epoch": (k + 1) * ph.batch_size / ph.n_sequences, "spike": bool(m["spike"]),
+                           "skipped": bool(m["skipped"]), "nonfinite": bool(m["nonfinite"]),
+                           "mfu": mfu(tps, cfg, ph.seq_len, n_chips, peak) if tps else None}
+                    if "z_loss" in m and num.z_loss:  # the optimised objective = loss + z-loss term
+                        rec["z_loss"], rec["objective"] = float(m["z_loss"]), float(m["objective"])
+                    emit(rec)
+                    if not math.isfinite(loss):
+                        bar.update(i + 1)
+                        raise FloatingPointError(f"non-finite loss {loss} at step {step} (the update was skipped); "
+                                                 f"see {metrics_path}")
+                bar.update(n_done)
+                t_mark[0] = now
+                return rec
 
             prev: Phase | None = None
             for ph in plan.phases:
@@ -448,59 +570,48 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                     tokens_before = plan.tokens_seen(s)
                     ev = {"event": "switch" if prev is not None else "start", "step": s, "tokens_seen": tokens_before,
                           "from": _phase_brief(prev) if prev is not None else None, "to": _phase_brief(ph),
-                          "optimizer_count": int(jax.device_get(_adam_count(opt_state)))}
+                          "optimizer_count": int(_fetch(_adam_count(opt_state)))}
                     emit(ev)
                     if prev is not None:
                         switches.append(ev)
                         msg = (f"sub-stage switch at step {s} ({tokens_before:,} tokens seen): {prev.name} "
                                f"(seq {prev.seq_len}, batch {prev.batch_size}) -> {ph.name} (seq {ph.seq_len}, "
                                f"batch {ph.batch_size}); params and optimizer state carried over")
-                        print(("\n" if bar_on else "") + msg, file=sys.stderr, flush=True)
+                        if main:
+                            print(("\n" if bar_on else "") + msg, file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
-                tok_spec = jax.ShapeDtypeStruct((ph.batch_size, ph.seq_len), jnp.int32)
+                tok_spec = jax.ShapeDtypeStruct((ph.batch_size, ph.seq_len), jnp.int32, sharding=b_sh)
                 compiled = step_fn.lower(params, opt_state, monitor, tok_spec).compile()
                 compile_seconds += time.perf_counter() - t0
                 end = min(ph.end_step, stop_step)
+                # the next batch, read and sent to the devices while the previous update runs (prefetch)
+                next_batch = put_global(loader.batch_at(seed, s - ph.start_step)["tokens"], b_sh)
+                t_mark[0] = time.perf_counter()
                 while s < end:
-                    t_step = time.perf_counter()
                     k = s - ph.start_step
-                    batch = loader.batch_at(seed, k)
-                    params, opt_state, monitor, m = compiled(params, opt_state, monitor, batch["tokens"])
-                    loss, gnorm = float(m["loss"]), float(m["grad_norm"])
-                    dt = time.perf_counter() - t_step
-                    rec = {"step": s, "loss": loss,
-                           "lr": float(learning_rate(s, lr, warmup, opt_cfg.total_steps, final_lr_ratio)),
-                           "grad_norm": gnorm, "tokens_seen": plan.tokens_seen(s + 1), "stage": ph.stage,
-                           "substage": ph.substage, "seq_len": ph.seq_len, "seconds": dt,
-                           "elapsed_seconds": time.perf_counter() - loop_start,
-                           "tokens_per_second": ph.tokens_per_step / dt,
-                           "epoch": (k + 1) * ph.batch_size / ph.n_sequences, "spike": bool(m["spike"]),
-                           "skipped": bool(m["skipped"])}
-                    emit(rec)
-                    bar.update(1)
+                    params, opt_state, monitor, m = compiled(params, opt_state, monitor, next_batch)  # async
+                    pending.append((s, ph, k, m))
                     s += 1
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss {loss} at step {s - 1}; see {metrics_path}")
                     val = None
-                    if (eval_every and s % eval_every == 0) or s == ph.end_step or s == stop_step:
-                        val = evaluate(ph, s - 1)
-                        if val is not None:
-                            emit(val)
-                    if (s - start_step) % log_every == 0 or s == stop_step or val is not None:
-                        msg = dict(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", gnorm=f"{gnorm:.2f}",
-                                   tok_s=f"{rec['tokens_per_second']:.0f}")
-                        if val is not None:
-                            msg["val_loss"] = f"{val['val_loss']:.4f}"
-                        if bar_on:
-                            bar.set_postfix(msg, refresh=False)
-                        else:
-                            print(f"step {s - 1} [{ph.name}]: " + " ".join(f"{a}={b}" for a, b in msg.items()),
-                                  file=sys.stderr)
+                    do_eval = (eval_every and s % eval_every == 0) or s == ph.end_step or s == stop_step
+                    do_ckpt = checkpoint_every and s % checkpoint_every == 0 and s < stop_step
+                    if do_eval or do_ckpt or s == end or stop.received or (s - start_step) % log_every == 0:
+                        rec = flush()
+                        if do_eval:
+                            val = evaluate(ph, s - 1)
+                            if val is not None:
+                                emit(val)
+                            t_mark[0] = time.perf_counter()
+                        if (s - start_step) % log_every == 0 or s == stop_step or val is not None:
+                            log_line(rec, val)
                     if stop.received:
                         interrupted = stop.received
                         break
-                    if checkpoint_every and s % checkpoint_every == 0 and s < stop_step:
+                    if do_ckpt:
                         last_ckpt = store.save(s, params, opt_state, meta_for(s))
+                        t_mark[0] = time.perf_counter()
+                    if s < end:
+                        next_batch = put_global(loader.batch_at(seed, s - ph.start_step)["tokens"], b_sh)
                 prev = ph
                 if interrupted:
                     break
@@ -510,12 +621,13 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         else:
             last_ckpt = ckpt_dir  # resumed a finished run: nothing new to save
         if interrupted:
-            with open(metrics_path, "a", encoding="utf-8") as mfh:
-                ev = {"event": "stop", "step": s, "tokens_seen": plan.tokens_seen(s), "signal": interrupted,
-                      "checkpoint": str(last_ckpt)}
-                mfh.write(json.dumps(ev) + "\n")
-            print(f"stopped by {interrupted} after step {s - 1}: checkpoint {last_ckpt}; continue with --resume",
-                  file=sys.stderr, flush=True)
+            if main:
+                with open(metrics_path, "a", encoding="utf-8") as mfh:
+                    ev = {"event": "stop", "step": s, "tokens_seen": plan.tokens_seen(s), "signal": interrupted,
+                          "checkpoint": str(last_ckpt)}
+                    mfh.write(json.dumps(ev) + "\n")
+                print(f"stopped by {interrupted} after step {s - 1}: checkpoint {last_ckpt}; continue with --resume",
+                      file=sys.stderr, flush=True)
     finally:
         bar.close()
         store.close()
@@ -523,7 +635,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
 
     all_records = history + [r for r in records if r.get("event") != "stop"]
     plot_path = None
-    if plot and any("event" not in r for r in all_records):
+    if plot and main and any("event" not in r for r in all_records):
         plot_path = plot_loss(all_records, out / "loss.png",
                               title=f"{config_name}: loss over tokens seen, {len(plan.phases)} sub-stage(s)")["path"]
     train_recs = [r for r in records if "event" not in r]
@@ -552,7 +664,13 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     }
     if n_run and loop_seconds > 0:
         summary["tokens_per_second"] = summary["tokens"] / loop_seconds
-    fsutil.write_json(str(out / "summary.json"), summary)
+        flops = sum(plan.phase_of(r["step"]).tokens_per_step * flops_per_token(cfg, r["seq_len"]) for r in train_recs)
+        summary["mfu"] = flops / loop_seconds / (n_chips * peak) if peak else None
+    summary.update(mesh=describe_mesh(dmesh), n_devices=n_chips, device_kind=run_info["device_kind"],
+                   peak_flops=peak, process_count=run_info["process_count"])
+    summary.setdefault("mfu", None)
+    if main:
+        fsutil.write_json(str(out / "summary.json"), summary)
     return summary
 
 
