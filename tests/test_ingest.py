@@ -176,6 +176,8 @@ def test_records_without_id_from_same_named_files_are_all_kept(tmp_path):
     (b'{"text": "ok", "meta": {"k": "\\udfff"}}', "invalid UTF-8 in 'meta'"),
     (b'{"text": "ok", "meta": ' + b"[" * 100000 + b"]" * 100000 + b"}", "malformed JSON: nested too deeply"),
     (b'{"text": null}', "'text' is null"),
+    (b'{"id": "", "text": "ok"}', "'id' is '': an id must not be empty"),
+    (b'{"id": "  ", "text": "ok"}', "'id' is '  ': an id must not be empty"),
 ])
 def test_more_bad_records_are_named_and_skippable(tmp_path, bad, problem):
     src = _bad_file(tmp_path, bad)

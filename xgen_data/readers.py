@@ -346,6 +346,9 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         doc[key] = None if value is None else str(value)
     if doc["id"] is None:
         doc["id"] = f"{rec.id_prefix or os.path.basename(rec.file)}:{rec.line}"
+    elif not doc["id"].strip():
+        raise RecordError(rec.file, rec.line, f"'id' is {doc['id']!r}: an id must not be empty (omit the key to "
+                                              "get file:line)")
     meta = obj.get("meta")
     try:
         doc["meta"] = None if meta is None else (
