@@ -167,17 +167,34 @@ def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram, compiled):
         assert n_words[i] == len(minhash.words(text))
 
 
+def _shingle_kernels():
+    """The scalar-SHA-1 kernel, and the SHA-NI one where this CPU has the extension."""
+    from xgen_data import minhash_jit
+
+    kernels = [minhash_jit._shingle_hashes_kernel]
+    if minhash_jit.sha_ni_available():
+        kernels.append(minhash_jit._shingle_hashes_kernel_ni)
+    return kernels
+
+
 @pytest.mark.parametrize("ngram", [1, 5, 9])
 def test_compiled_shingle_hashes_equal_hashlib(ngram):
     from xgen_data import minhash_jit
 
-    texts = sample_texts(10) + EDGE_TEXTS + KERNEL_TEXTS
+    rng = np.random.default_rng(ngram)
+    # one word of every length 1..200 bytes: every SHA-1 padding case (tail < 56, 56..63, several blocks)
+    lengths = "".join(" " + "".join(chr(97 + int(c)) for c in rng.integers(0, 26, n)) for n in range(1, 201))
+    texts = sample_texts(10) + EDGE_TEXTS + KERNEL_TEXTS + [lengths]
     for wide in (False, True):
-        got, off, n_words = minhash_jit.shingle_hashes(texts, ngram, wide=wide)
         ref, ref_off = minhash.hash_shingle_lists([minhash.shingles(t, ngram) for t in texts],
                                                   scheme="affine64" if wide else "affine32")
-        assert np.array_equal(off, ref_off) and np.array_equal(got, ref.astype(np.uint64))
-        assert n_words.tolist() == [len(minhash.words(t)) for t in texts]
+        for kern in _shingle_kernels():
+            cp, doc_off = minhash_jit.codepoints(texts)
+            got, off, n_words = kern(cp, doc_off, minhash_jit.class_table(), ngram, wide)
+            assert np.array_equal(off, ref_off) and np.array_equal(got, ref.astype(np.uint64)), kern
+            assert n_words.tolist() == [len(minhash.words(t)) for t in texts]
+        got, off, _ = minhash_jit.shingle_hashes(texts, ngram, wide=wide)  # the dispatching entry point
+        assert np.array_equal(got, ref.astype(np.uint64))
 
 
 def test_permutations_equal_datasketch():
@@ -497,10 +514,12 @@ def test_exact_and_near_agree_on_exact_copies(deduped_sample, tmp_path):
     clusters = decisions(near_only)
     by_hash: dict[bytes, list] = {}
     for part in corpus.parts():
-        sig = pq.read_table(os.path.join(near_only, "work", "dedup", "sig", part.subset, part.name))
+        sig_path = os.path.join(near_only, "work", "dedup", "sig", part.subset, part.name)
+        sig = pq.read_table(sig_path)
+        mat = np.load(dedup.sig_array_path(sig_path))
         ids = pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
         for doc_id, h, n_words, s in zip(ids, sig.column("chash").to_pylist(), sig.column("n_words").to_pylist(),
-                                         sig.column("sig").to_pylist()):
+                                         mat.tolist()):
             by_hash.setdefault(h, []).append((part.subset, doc_id, n_words, tuple(s)))
     groups = [g for g in by_hash.values() if len(g) > 1]
     assert len(groups) > 100
