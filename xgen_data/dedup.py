@@ -32,16 +32,18 @@ Outputs
     * ``reports/license_conflicts.parquet``: a snapshot of the ``license_conflicts`` view for the decisions
       of the run (one row per document of each exact-duplicate group whose members carry different license
       labels; raw strings; null counts as a label).
-    * ``work/dedup/``: per-part signatures (``sig/``) and band hashes (``bands/``) as Parquet, plus DuckDB's
-      spill folder; safe to delete. Signatures are reused when the docs part, ``num_perm``, ``seed``,
-      ``ngram`` and ``scheme`` are unchanged (only the banding is redone for a new threshold).
+    * ``work/dedup/``: per-part content hashes (``sig/*.parquet``), signature matrices (``sig/*.sig.npy``)
+      and band-major band hashes (``bands/``), plus DuckDB's spill folder; safe to delete. Signatures are
+      reused when the docs part, ``num_perm``, ``seed``, ``ngram`` and ``scheme`` are unchanged (only the
+      banding is redone for a new threshold).
 
 How it scales
-    Signatures are computed per part in ``workers`` processes (each holds one batch of documents) and
-    written to Parquet. Exact groups and LSH buckets are formed by DuckDB over those files (``GROUP BY`` /
-    window over ``(band, hash)``, spilling to disk past ``memory_limit``); only star edges ``(doc, bucket
-    minimum)`` come back, streamed in batches into a union-find over one int64 per document. The main
-    process therefore holds O(documents) small integers, never signatures or text.
+    Signatures are computed per part in ``workers`` processes (each holds one batch of documents and the
+    part's band hashes). Exact groups are a DuckDB window over the content hashes (spilling to disk past
+    ``memory_limit``). LSH candidates are formed band by band in NumPy (one band of the corpus in memory,
+    :func:`bucket_pairs`), verified on signature rows read through memory maps (:class:`SigStore`), and
+    clustered by a union-find over one int64 per document. The main process therefore holds O(documents)
+    small integers and the rows being verified, never all signatures or text.
 """
 from __future__ import annotations
 

@@ -156,20 +156,15 @@ def _x86(builder, name: str, imm: bool = False):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4, args), f"llvm.x86.{name}")
 
 
-def _load_block(builder, ptr):
-    """The 64 bytes at ``ptr`` (i8*) as four <4 x i32> of big-endian words, lanes reversed (W0 in lane 3)."""
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    rev = ir.Constant(ir.VectorType(i32, 16), list(range(15, -1, -1)))
-    out = []
-    for k in range(4):
-        v = builder.load(builder.bitcast(builder.gep(ptr, [ir.Constant(i64, 16 * k)]),
-                                         ir.VectorType(i8, 16).as_pointer()), align=1)
-        out.append((v, rev))
-    return out
+def _load_block(builder, ptr) -> list:
+    """The 64 bytes at ``ptr`` (i8*) as four <16 x i8> (unaligned loads)."""
+    i8, i64 = ir.IntType(8), ir.IntType(64)
+    return [builder.load(builder.bitcast(builder.gep(ptr, [ir.Constant(i64, 16 * k)]),
+                                         ir.VectorType(i8, 16).as_pointer()), align=1) for k in range(4)]
 
 
 def _emit_rounds(builder, m, sptr) -> None:
-    """The 80 rounds on message vectors ``m`` (four <4 x i32>, see :func:`_load_block`) into the state at
+    """The 80 rounds on message vectors ``m`` (four <4 x i32>, see :func:`_block_vectors`) into the state at
     ``sptr`` (i32*, H0..H4)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     h = [builder.load(builder.gep(sptr, [ir.Constant(i64, j)])) for j in range(5)]
@@ -201,12 +196,13 @@ def _emit_rounds(builder, m, sptr) -> None:
 
 
 def _block_vectors(builder, base, keep=None, pad_at=None):
-    """Message vectors of the 64 bytes at ``base``; with ``keep``/``pad_at`` (i64 values) bytes at index
+    """Message vectors of the 64 bytes at ``base`` (four <4 x i32> of big-endian words, W0 in lane 3); with ``keep``/``pad_at`` (i64 values) bytes at index
     ``>= keep`` read as 0 and the byte at ``pad_at`` as 0x80 (the FIPS 180-4 §5.1.1 padding, in registers)."""
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    i8, i32 = ir.IntType(8), ir.IntType(32)
     v16 = ir.VectorType(i8, 16)
+    rev = ir.Constant(ir.VectorType(i32, 16), list(range(15, -1, -1)))  # big-endian words, W0 in lane 3
     out = []
-    for k, (v, rev) in enumerate(_load_block(builder, base)):
+    for k, v in enumerate(_load_block(builder, base)):
         if keep is not None:
             # byte lanes (128-bit vectors): wider ones would leave the upper AVX state dirty, and the legacy-SSE
             # SHA instructions then pay a transition penalty each (measured: ~25x slower)
