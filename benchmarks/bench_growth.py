@@ -109,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                      f" progress=False)\nextra = {{}}",
         }
         for name, code in steps.items():
+            load0 = os.getloadavg()[0]
             r = _child("import json, time\nt = time.time()\n" + code
                        + "\nprint(json.dumps({'seconds': time.time() - t, **extra}))")
             res[name] = r
             print(f"  {name}: {r['seconds']:.1f} s, peak RSS {r['rss_one_mb']:.0f} MB (one process) / "
                   f"{r['rss_sum_mb']:.0f} MB (tree)" + "".join(f", {a} {b:,}" for a, b in r.items()
-                                                          if a in ("docs", "removed")), flush=True)
+                                                          if a in ("docs", "removed"))
+                  + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
         rows.append(res)
     print(f"\n{'size':>5s} {'docs':>9s} {'input MB':>9s} " + " ".join(f"{s + ' s':>9s} {s + ' RSS':>10s}"
                                                               for s in ("ingest", "dedup", "build")))

@@ -805,3 +805,36 @@ def test_normalize_text_fast_path_equals_regex():
     for t in texts:
         ref = rx.sub("", unicodedata.normalize("NFC", t).replace("\r\n", "\n").replace("\r", "\n")).strip()
         assert minhash.normalize_text(t) == ref
+
+
+def test_bucket_pairs_equal_brute_force():
+    """Pairs of one band: members of a bucket paired with its first ``cap`` distinct documents, as DuckDB did."""
+    rng = np.random.default_rng(3)
+    for cap in (1, 3, 64):
+        h = rng.integers(0, 40, 600).astype(np.int64) * 7919
+        d = rng.integers(0, 300, 600).astype(np.int64)
+        a, b, buckets = dedup.bucket_pairs(h, d, cap)
+        want, n_buckets = set(), 0
+        for hv in np.unique(h):
+            n_buckets += int(np.count_nonzero(h == hv) > 1)
+            members = sorted(set(d[h == hv].tolist()))
+            for i, x in enumerate(members):
+                want |= {(y, x) for y in members[:min(i, cap)]}
+        assert set(zip(a.tolist(), b.tolist())) == want and buckets == n_buckets
+        assert (a < b).all()
+    a, b, buckets = dedup.bucket_pairs(np.zeros(1, np.int64), np.zeros(1, np.int64))
+    assert len(a) == 0 and buckets == 0
+
+
+def test_sig_store_reads_rows_across_parts(tmp_path):
+    mats = [np.arange(k * 5 * 8, (k + 1) * 5 * 8, dtype=np.uint32).reshape(5, 8) for k in range(3)]
+    paths = []
+    for k, m in enumerate(mats):
+        paths.append(str(tmp_path / f"p{k}.sig.npy"))
+        np.save(paths[-1], m)
+    store = dedup.SigStore(paths, np.array([0, 5, 10, 15]), 8, np.dtype(np.uint32))
+    docs = np.array([14, 0, 7, 7, 5, 4])
+    assert np.array_equal(store.rows(docs), np.concatenate(mats)[docs])
+    np.save(paths[1], mats[1][:4])  # a matrix that does not match its part is an error, not wrong rows
+    with pytest.raises(RuntimeError, match="does not match its part"):
+        store.rows(np.array([6]))

@@ -767,7 +767,8 @@ def bucket_pairs(bhash: np.ndarray, doc: np.ndarray, cap: int = BUCKET_PAIR_CAP)
         cap: in a bucket every member is paired with the first ``cap`` members by document number.
     Returns:
         ``(a, b, buckets)``: int64 pairs with ``a < b`` (both members of one bucket, ``a`` among its first
-        ``cap`` distinct documents), and the number of buckets holding ≥ 2 rows (before distinct documents).
+        ``cap`` distinct documents; a pair sharing two buckets appears twice), and the number of buckets
+        holding ≥ 2 rows (before distinct documents).
     """
     order = np.lexsort((doc, bhash))
     h, d = bhash[order], doc[order]
