@@ -1,9 +1,9 @@
 """Growth: ingest → dedup → build on 1×, 2×, 4× the shared corpus, time and peak RSS per size.
 
-The k× input is the shared corpus files plus k − 1 perturbed copies of every record (seeded: copy ``c`` of a
-record drops one random span of ~5% of its characters and inserts a marker word at a random place, and gets
-the id ``<id>#c<c>``), so dedup has real near-duplicate work and the ingest duplicate-id check sees k times the
-ids. Each step runs in a fresh process; peak RSS is sampled over the process tree (largest single process and
+The k× input is the shared corpus files plus k − 1 perturbed copies of every file, ingested into the same subsets
+(seeded: copy ``c`` of a record drops one random span of ~5% of its characters and inserts a marker word at a
+random place, and gets the id ``<id>#c<c>``; each copy file is written once and reused by every size), so dedup
+has real near-duplicate work and the ingest duplicate-id check sees k times the ids. Each step runs in a fresh process; peak RSS is sampled over the process tree (largest single process and
 the sum over workers). Time should grow linearly with size and RSS stay flat.
 
 Usage::
@@ -57,23 +57,36 @@ def perturb(text: str, rng: np.random.Generator, c: int) -> str:
     return text[:p] + f" perturbed{c}x{int(rng.integers(0, 1 << 20))} " + text[p:]
 
 
-def make_inputs(files: list[str], k: int, out_dir: str, seed: int) -> list[str]:
-    """k× inputs: each file's records, then k − 1 perturbed copies of them (written as .jsonl.zst)."""
+def make_copy(path: str, c: int, out_dir: str, seed: int) -> str:
+    """Copy ``c`` ≥ 1 of one input file: every record perturbed (:func:`perturb`, seeded by ``seed``, the file
+    and ``c``) with the id ``<id>#c<c>``, written once as ``<stem>-c<c>.jsonl.zst`` and reused by every size."""
     import zstandard
 
+    stem = os.path.basename(path).split(".")[0]
+    dst = os.path.join(out_dir, f"{stem}-c{c}.jsonl.zst")
+    if os.path.exists(dst):
+        return dst
     os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng([seed, c, sum(stem.encode())])
+    tmp = dst + ".tmp"
+    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as w:
+        for rec in _records(path):
+            rec = {**rec, "id": f"{rec['id']}#c{c}", "text": perturb(rec.get("text") or "", rng, c)}
+            w.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+    os.replace(tmp, dst)
+    return dst
+
+
+def make_inputs(files: list[str], k: int, out_dir: str, seed: int) -> list[tuple[str, str]]:
+    """k× inputs as ``(path, subset)``: each original file, then its copies 1 … k − 1 (:func:`make_copy`) into
+    the same subset (so the ingest duplicate-id check sees k times the ids of each subset)."""
+    from xgen_data import ingest
+
     out = []
     for path in files:
-        stem = os.path.basename(path).split(".")[0]
-        dst = os.path.join(out_dir, f"{stem}.jsonl.zst")
-        rng = np.random.default_rng([seed, k, len(out)])
-        with open(dst, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as w:
-            for c in range(k):
-                for rec in _records(path):
-                    if c:
-                        rec = {**rec, "id": f"{rec['id']}#c{c}", "text": perturb(rec.get("text") or "", rng, c)}
-                    w.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-        out.append(dst)
+        subset = ingest.default_subset(path)
+        out.append((path, subset))
+        out += [(make_copy(path, c, out_dir, seed), subset) for c in range(1, k)]
     return out
 
 
@@ -92,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k in args.sizes:
         d = os.path.join(work, f"x{k}")
-        print(f"{k}x: writing inputs ...", flush=True)
-        inputs = make_inputs(files, k, os.path.join(d, "in"), args.seed)
+        print(f"{k}x: inputs (perturbed copies written once) ...", flush=True)
+        inputs = make_inputs(files, k, os.path.join(work, "copies"), args.seed)
         corpus, shards = os.path.join(d, "corpus"), os.path.join(d, "shards")
-        res = {"k": k, "input_mb": sum(os.path.getsize(p) for p in inputs) / 1e6}
+        res = {"k": k, "input_mb": sum(os.path.getsize(p) for p, _ in inputs) / 1e6}
         steps = {
             "ingest": f"from xgen_data import ingest\n"
-                      f"ingest.ingest({corpus!r}, [(p, None) for p in {inputs!r}], workers={args.workers}, progress=False)\n"
+                      f"ingest.ingest({corpus!r}, {inputs!r}, workers={args.workers}, progress=False)\n"
                       f"from xgen_data.corpus import Corpus\nimport pyarrow.parquet as pq\n"
                       f"extra = {{'docs': sum(pq.ParquetFile(p.path).metadata.num_rows for p in Corpus({corpus!r}).parts())}}",
             "dedup": f"from xgen_data import dedup\n"
@@ -109,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                      f" progress=False)\nextra = {{}}",
         }
         for name, code in steps.items():
+            load0 = os.getloadavg()[0]
             r = _child("import json, time\nt = time.time()\n" + code
                        + "\nprint(json.dumps({'seconds': time.time() - t, **extra}))")
             res[name] = r
             print(f"  {name}: {r['seconds']:.1f} s, peak RSS {r['rss_one_mb']:.0f} MB (one process) / "
                   f"{r['rss_sum_mb']:.0f} MB (tree)" + "".join(f", {a} {b:,}" for a, b in r.items()
-                                                          if a in ("docs", "removed")), flush=True)
+                                                          if a in ("docs", "removed"))
+                  + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
         rows.append(res)
     print(f"\n{'size':>5s} {'docs':>9s} {'input MB':>9s} " + " ".join(f"{s + ' s':>9s} {s + ' RSS':>10s}"
                                                               for s in ("ingest", "dedup", "build")))

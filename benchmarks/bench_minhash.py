@@ -125,6 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     hashes, off, _ = minhash_jit.shingle_hashes(texts, args.ngram, wide=args.scheme == "affine64")
     t_hash = time.perf_counter() - t0
+    # the two SHA-1 paths of the shingle kernel side by side (same hashes), and the word split alone
+    cp, doff = minhash_jit.codepoints(texts)
+    kernels = [("scalar rounds", minhash_jit._shingle_hashes_kernel)]
+    if minhash_jit.sha_ni_available():
+        kernels.append(("SHA-NI", minhash_jit._shingle_hashes_kernel_ni))
+    per = []
+    for name, kern in kernels:
+        wide = args.scheme == "affine64"
+        kern(*minhash_jit.codepoints(["warm up"]), minhash_jit.class_table(), args.ngram, wide)  # compile first
+        t0 = time.perf_counter()
+        h2, _, _ = kern(cp, doff, minhash_jit.class_table(), args.ngram, wide)
+        per.append(f"{name} {1e9 * (time.perf_counter() - t0) / n_sh:.0f} ns")
+        same = same and np.array_equal(h2, hashes)
+    t0 = time.perf_counter()
+    minhash_jit.codepoints(texts)
+    t_cp = time.perf_counter() - t0
     sig = np.full((len(texts), args.num_perm), minhash.empty_value(args.scheme), dtype=minhash.sig_dtype(args.scheme))
     fn = minhash_jit._kernels()[1][args.scheme]
     t0 = time.perf_counter()
@@ -135,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cost per shingle x permutation: {1e9 * t_ours / cells:.3f} ns in all "
           f"(words + shingles + SHA-1: {1e9 * t_hash / n_sh:.0f} ns per shingle = {1e9 * t_hash / cells:.3f} ns per "
           f"cell; permutations + minimum: {1e9 * t_perm / cells:.3f} ns per cell)")
+    print(f"  SHA-1 path in use: {'SHA-NI (x86 SHA extensions)' if minhash_jit.sha_ni_available() else 'scalar rounds'}; "
+          f"words + shingles + SHA-1 per shingle: {', '.join(per)}; NFC + lower + UTF-32 in Python "
+          f"{1e9 * t_cp / n_sh:.0f} ns per shingle")
     print(f"machine (one core, Numba loop a*x+b then min over 256 values): 64-bit multiply-add {mul64:.3f} ns, "
           f"32-bit {mul32:.3f} ns per value")
+    print(f"identical shingle hashes on both SHA-1 paths and signatures on every path: {same}")
     return 0 if same else 1
 
 

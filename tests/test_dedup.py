@@ -167,17 +167,34 @@ def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram, compiled):
         assert n_words[i] == len(minhash.words(text))
 
 
+def _shingle_kernels():
+    """The scalar-SHA-1 kernel, and the SHA-NI one where this CPU has the extension."""
+    from xgen_data import minhash_jit
+
+    kernels = [minhash_jit._shingle_hashes_kernel]
+    if minhash_jit.sha_ni_available():
+        kernels.append(minhash_jit._shingle_hashes_kernel_ni)
+    return kernels
+
+
 @pytest.mark.parametrize("ngram", [1, 5, 9])
 def test_compiled_shingle_hashes_equal_hashlib(ngram):
     from xgen_data import minhash_jit
 
-    texts = sample_texts(10) + EDGE_TEXTS + KERNEL_TEXTS
+    rng = np.random.default_rng(ngram)
+    # one word of every length 1..200 bytes: every SHA-1 padding case (tail < 56, 56..63, several blocks)
+    lengths = "".join(" " + "".join(chr(97 + int(c)) for c in rng.integers(0, 26, n)) for n in range(1, 201))
+    texts = sample_texts(10) + EDGE_TEXTS + KERNEL_TEXTS + [lengths]
     for wide in (False, True):
-        got, off, n_words = minhash_jit.shingle_hashes(texts, ngram, wide=wide)
         ref, ref_off = minhash.hash_shingle_lists([minhash.shingles(t, ngram) for t in texts],
                                                   scheme="affine64" if wide else "affine32")
-        assert np.array_equal(off, ref_off) and np.array_equal(got, ref.astype(np.uint64))
-        assert n_words.tolist() == [len(minhash.words(t)) for t in texts]
+        for kern in _shingle_kernels():
+            cp, doc_off = minhash_jit.codepoints(texts)
+            got, off, n_words = kern(cp, doc_off, minhash_jit.class_table(), ngram, wide)
+            assert np.array_equal(off, ref_off) and np.array_equal(got, ref.astype(np.uint64)), kern
+            assert n_words.tolist() == [len(minhash.words(t)) for t in texts]
+        got, off, _ = minhash_jit.shingle_hashes(texts, ngram, wide=wide)  # the dispatching entry point
+        assert np.array_equal(got, ref.astype(np.uint64))
 
 
 def test_permutations_equal_datasketch():
@@ -497,10 +514,12 @@ def test_exact_and_near_agree_on_exact_copies(deduped_sample, tmp_path):
     clusters = decisions(near_only)
     by_hash: dict[bytes, list] = {}
     for part in corpus.parts():
-        sig = pq.read_table(os.path.join(near_only, "work", "dedup", "sig", part.subset, part.name))
+        sig_path = os.path.join(near_only, "work", "dedup", "sig", part.subset, part.name)
+        sig = pq.read_table(sig_path)
+        mat = np.load(dedup.sig_array_path(sig_path))
         ids = pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
         for doc_id, h, n_words, s in zip(ids, sig.column("chash").to_pylist(), sig.column("n_words").to_pylist(),
-                                         sig.column("sig").to_pylist()):
+                                         mat.tolist()):
             by_hash.setdefault(h, []).append((part.subset, doc_id, n_words, tuple(s)))
     groups = [g for g in by_hash.values() if len(g) > 1]
     assert len(groups) > 100
@@ -786,3 +805,36 @@ def test_normalize_text_fast_path_equals_regex():
     for t in texts:
         ref = rx.sub("", unicodedata.normalize("NFC", t).replace("\r\n", "\n").replace("\r", "\n")).strip()
         assert minhash.normalize_text(t) == ref
+
+
+def test_bucket_pairs_equal_brute_force():
+    """Pairs of one band: members of a bucket paired with its first ``cap`` distinct documents, as DuckDB did."""
+    rng = np.random.default_rng(3)
+    for cap in (1, 3, 64):
+        h = rng.integers(0, 40, 600).astype(np.int64) * 7919
+        d = rng.integers(0, 300, 600).astype(np.int64)
+        a, b, buckets = dedup.bucket_pairs(h, d, cap)
+        want, n_buckets = set(), 0
+        for hv in np.unique(h):
+            n_buckets += int(np.count_nonzero(h == hv) > 1)
+            members = sorted(set(d[h == hv].tolist()))
+            for i, x in enumerate(members):
+                want |= {(y, x) for y in members[:min(i, cap)]}
+        assert set(zip(a.tolist(), b.tolist())) == want and buckets == n_buckets
+        assert (a < b).all()
+    a, b, buckets = dedup.bucket_pairs(np.zeros(1, np.int64), np.zeros(1, np.int64))
+    assert len(a) == 0 and buckets == 0
+
+
+def test_sig_store_reads_rows_across_parts(tmp_path):
+    mats = [np.arange(k * 5 * 8, (k + 1) * 5 * 8, dtype=np.uint32).reshape(5, 8) for k in range(3)]
+    paths = []
+    for k, m in enumerate(mats):
+        paths.append(str(tmp_path / f"p{k}.sig.npy"))
+        np.save(paths[-1], m)
+    store = dedup.SigStore(paths, np.array([0, 5, 10, 15]), 8, np.dtype(np.uint32))
+    docs = np.array([14, 0, 7, 7, 5, 4])
+    assert np.array_equal(store.rows(docs), np.concatenate(mats)[docs])
+    np.save(paths[1], mats[1][:4])  # a matrix that does not match its part is an error, not wrong rows
+    with pytest.raises(RuntimeError, match="does not match its part"):
+        store.rows(np.array([6]))

@@ -149,6 +149,51 @@ def test_id_index_matches_a_set_and_costs_16_bytes_per_id():
     assert hashes.dtype == np.uint64 and hashes[0] == hashes[2] != hashes[1]
 
 
+def test_id_index_spills_to_disk_and_still_matches_a_set(tmp_path):
+    rng = np.random.default_rng(1)
+    spill = str(tmp_path / "spill")
+    index, known, where = idindex.IdIndex(spill_dir=spill, memory_entries=500), set(), {}
+    for k in range(40):
+        h = rng.integers(0, 5000, size=int(rng.integers(1, 300)), dtype=np.uint64)
+        index.add(h, k, np.arange(len(h)))
+        known.update(h.tolist())
+        for row, x in enumerate(h.tolist()):
+            where.setdefault(x, []).append((k, row))
+        assert index.nbytes <= 16 * (500 + 300)  # memory bounded, whatever was added
+    assert index.disk_runs >= 5 and len(index) == sum(len(v) for v in where.values())
+    q = np.arange(6000, dtype=np.uint64)
+    assert index.maybe_contains(q).tolist() == [int(x) in known for x in q]
+    for x in list(known)[:200]:
+        assert index.candidates(x) == where[x]  # every entry, oldest first, across disk and memory runs
+    assert index.candidates(99999) == []
+    index.close()
+    assert not os.path.exists(spill)  # the index made the folder: it goes with the runs
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_duplicate_ids_found_across_parts_and_spilled_runs(tmp_path, monkeypatch, collide):
+    """Planted duplicates (against an earlier input's parts, within the same input, across its parts) are
+    found with the index spilled to disk after every 50 ids; with all hashes equal nothing else is dropped."""
+    monkeypatch.setattr(idindex, "MEMORY_ENTRIES", 50)
+    monkeypatch.setattr(ingest, "PART_DOCS", 256)
+    if collide:
+        monkeypatch.setattr(idindex, "hash_ids", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    n = 150 if collide else 700
+    a = _jsonl(tmp_path / "a.jsonl", [{"id": f"a-{i}", "text": f"first {i}"} for i in range(n)])
+    dups = {3: "a-5", n // 2: f"a-{n - 1}", n - 10: "b-1", n - 2: "b-300"}  # row in b -> the id it repeats
+    b = _jsonl(tmp_path / "b.jsonl", [{"id": dups.get(i, f"b-{i}"), "text": f"second {i}"} for i in range(n)])
+    root = str(tmp_path / "c")
+    ingest.ingest(root, [(str(a), "s")], workers=1, progress=False)
+    rep = ingest.ingest(root, [(str(b), "s")], workers=1, on_error="skip", progress=False)[0]
+    expect = {k: v for k, v in dups.items() if v != "b-300" or n > 300}
+    assert rep.skipped == {"duplicate_id": len(expect)}, rep.examples
+    ids = _ids(root)
+    assert len(ids) == len(set(ids)) == 2 * n - len(expect)
+    assert not os.path.exists(os.path.join(root, "work", "idindex"))  # spilled runs are removed after the input
+    with pytest.raises(readers.RecordError, match="duplicate id 'a-5'"):
+        ingest.ingest(str(tmp_path / "d"), [(str(a), "s"), (str(b), "s")], workers=1, progress=False)
+
+
 # -- truncated streams, full disk ----------------------------------------------------------------------------
 def _complete_lines(data: bytes, fmt: str) -> int:
     if fmt == "jsonl.gz":

@@ -32,20 +32,23 @@ Outputs
     * ``reports/license_conflicts.parquet``: a snapshot of the ``license_conflicts`` view for the decisions
       of the run (one row per document of each exact-duplicate group whose members carry different license
       labels; raw strings; null counts as a label).
-    * ``work/dedup/``: per-part signatures (``sig/``) and band hashes (``bands/``) as Parquet, plus DuckDB's
-      spill folder; safe to delete. Signatures are reused when the docs part, ``num_perm``, ``seed``,
-      ``ngram`` and ``scheme`` are unchanged (only the banding is redone for a new threshold).
+    * ``work/dedup/``: per-part content hashes (``sig/*.parquet``), signature matrices (``sig/*.sig.npy``)
+      and band-major band hashes (``bands/``), plus DuckDB's spill folder; safe to delete. Signatures are
+      reused when the docs part, ``num_perm``, ``seed``, ``ngram`` and ``scheme`` are unchanged (only the
+      banding is redone for a new threshold).
 
 How it scales
-    Signatures are computed per part in ``workers`` processes (each holds one batch of documents) and
-    written to Parquet. Exact groups and LSH buckets are formed by DuckDB over those files (``GROUP BY`` /
-    window over ``(band, hash)``, spilling to disk past ``memory_limit``); only star edges ``(doc, bucket
-    minimum)`` come back, streamed in batches into a union-find over one int64 per document. The main
-    process therefore holds O(documents) small integers, never signatures or text.
+    Signatures are computed per part in ``workers`` processes (each holds one batch of documents and the
+    part's band hashes). Exact groups are a DuckDB window over the content hashes (spilling to disk past
+    ``memory_limit``). LSH candidates are formed band by band in NumPy (one band of the corpus in memory,
+    :func:`bucket_pairs`), verified on signature rows read through memory maps (:class:`SigStore`), and
+    clustered by a union-find over one int64 per document. The main process therefore holds O(documents)
+    small integers and the rows being verified, never all signatures or text.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import fnmatch
 import functools
 import json
@@ -73,7 +76,7 @@ CONFLICT_SCHEMA = pa.schema([
     ("n_labels", pa.int64()), ("kept", pa.bool_()), ("drop_reason", pa.string()), ("dup_cluster", pa.int64()),
     ("dup_of", pa.string()), ("dup_of_subset", pa.string())])
 #: Bumped when the work-file format or the signature computation changes (invalidates cached signatures).
-WORK_VERSION = 1
+WORK_VERSION = 2
 #: Documents per batch inside a signature worker (bounds its memory: one batch of text at a time).
 BATCH_DOCS = 256
 #: Union-find edges fetched from DuckDB per batch.
@@ -345,6 +348,7 @@ class DedupReport:
     license_conflict_documents: int = 0
     license_conflicts_path: str | None = None
     signature_parts_reused: int = 0
+    signature_cpu_seconds: float = 0.0  # CPU time of the signature workers, all together
     seconds: float = 0.0
     seconds_by_phase: dict = field(default_factory=dict)
 
@@ -392,138 +396,176 @@ def _meta_key(path: str) -> str | None:
     return v.decode() if v is not None else None
 
 
-def _sig_schema(near: bool, num_perm: int, scheme: str, key: str) -> pa.Schema:
-    fields = [("row", pa.int32()), ("chash", pa.binary(16)), ("n_words", pa.int32())]
-    if near:
-        vt = pa.uint32() if scheme == "affine32" else pa.uint64()
-        fields.append(("sig", pa.list_(vt, num_perm)))
-    return pa.schema(fields, metadata={"xgen_dedup_key": key})
+def _sig_schema(key: str) -> pa.Schema:
+    return pa.schema([("row", pa.int32()), ("chash", pa.binary(16)), ("n_words", pa.int32())],
+                     metadata={"xgen_dedup_key": key})
 
 
 BAND_SCHEMA_FIELDS = [("band", pa.int16()), ("bhash", pa.int64()), ("row", pa.int32())]
 
 
-def _band_batch(sig: np.ndarray, rows_idx: np.ndarray, bands: int, rows: int) -> pa.RecordBatch:
-    bh = minhash.band_hashes(sig, bands, rows)  # (n, bands) uint64
-    n = len(rows_idx)
-    return pa.RecordBatch.from_arrays(
-        [pa.array(np.tile(np.arange(bands, dtype=np.int16), n)), pa.array(bh.reshape(-1).view(np.int64)),
-         pa.array(np.repeat(rows_idx.astype(np.int32), bands))],
-        schema=pa.schema(BAND_SCHEMA_FIELDS))
+def sig_array_path(sig_path: str) -> str:
+    """The signature matrix of a part's work file ``sig/<subset>/<part>.parquet``: ``….sig.npy`` beside it."""
+    return sig_path[: -len(".parquet")] + ".sig.npy" if sig_path.endswith(".parquet") else sig_path + ".sig.npy"
+
+
+def _write_bands(path: str, key: str, sig: np.ndarray, has: np.ndarray, bands: int, rows: int) -> None:
+    """Band hashes of the part's documents with words, band-major: row group ``i`` holds band ``i``.
+
+    ``sig`` is the part's whole signature matrix (a memory map): hashed in slices of 4,096 documents, so the
+    worker holds ``n_docs × bands`` int64 (one part, at most :data:`xgen_data.ingest.PART_DOCS` documents).
+    """
+    idx = np.flatnonzero(has).astype(np.int32)
+    bh = np.empty((len(idx), bands), dtype=np.uint64)
+    for s in range(0, len(idx), 4096):
+        bh[s:s + 4096] = minhash.band_hashes(np.asarray(sig[idx[s:s + 4096]]), bands, rows)
+    schema = pa.schema(BAND_SCHEMA_FIELDS, metadata={"xgen_dedup_key": key})
+    with fsutil.atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+            for i in range(bands):
+                w.write_table(pa.table([pa.array(np.full(len(idx), i, np.int16)),
+                                        pa.array(np.ascontiguousarray(bh[:, i]).view(np.int64)), pa.array(idx)],
+                                       schema=schema), row_group_size=max(1, len(idx)))
+
+
+def _cached(task: dict) -> tuple[bool, bool]:
+    """``(signatures current, band hashes current)`` for a :func:`signature_part` task, from the work files'
+    recorded keys (and the signature matrix's presence for a near run)."""
+    p = DedupParams(**task["params"])
+    sig_key = json.dumps({**p.sig_key(), "part": task["part_key"]}, sort_keys=True)
+    band_key = json.dumps({"sig": sig_key, "bands": p.bands, "rows": p.rows}, sort_keys=True)
+    cached = _meta_key(task["sig"])
+    if p.near or cached is None:
+        sig_ok = cached == sig_key and (not p.near or os.path.exists(sig_array_path(task["sig"])))
+    else:  # exact only needs content hashes, which any cached file of this part and work version has
+        c = json.loads(cached)
+        sig_ok = c.get("version") == WORK_VERSION and c.get("part") == task["part_key"]
+    bands_ok = not p.near or (sig_ok and _meta_key(task["bands"]) == band_key)
+    return sig_ok, bands_ok
 
 
 def signature_part(task: dict) -> dict:
-    """Worker: content hashes, MinHash signatures and band hashes of one docs part, to Parquet.
+    """Worker: content hashes, MinHash signatures and band hashes of one docs part, to the work files.
 
     Args:
         task: ``docs`` (docs part path), ``sig`` / ``bands`` (output paths), ``params`` (a
             :class:`DedupParams` as dict), ``part_key`` (identity of the docs part: name, size, mtime).
+    Writes:
+        ``sig`` (Parquet ``row, chash, n_words``, the cache key in its metadata, written last: it commits the
+        part's work files), :func:`sig_array_path` (``.npy`` matrix ``(n_docs, num_perm)`` of the scheme's
+        dtype, rows of documents without words all :func:`~xgen_data.minhash.empty_value`; near runs only) and
+        ``bands`` (band-major, see :func:`_write_bands`; near runs only).
     Returns:
-        ``{"docs": n, "shingles": total shingles hashed, "bytes": text bytes, "reused": bool, "seconds": s}``.
-        Signatures are recomputed only when the part or a signature parameter changed; band hashes when
-        those or ``bands``/``rows`` changed.
+        ``{"docs": n, "bytes": text bytes, "reused": bool, "seconds": s, "cpu_seconds": s}``. Signatures are
+        recomputed only when the part or a signature parameter changed; band hashes when those or
+        ``bands``/``rows`` changed.
     """
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     p = DedupParams(**task["params"])
     sig_key = json.dumps({**p.sig_key(), "part": task["part_key"]}, sort_keys=True)
     band_key = json.dumps({"sig": sig_key, "bands": p.bands, "rows": p.rows}, sort_keys=True)
-    stats = {"docs": 0, "shingles": 0, "bytes": 0, "reused": False, "seconds": 0.0}
-    cached = _meta_key(task["sig"])
-    if p.near or cached is None:
-        sig_ok = cached == sig_key
-    else:  # exact only needs content hashes, which any cached file of this part and work version has
-        c = json.loads(cached)
-        sig_ok = c.get("version") == WORK_VERSION and c.get("part") == task["part_key"]
-    bands_ok = not p.near or _meta_key(task["bands"]) == band_key
-    if sig_ok and bands_ok:
-        stats["reused"] = True
+    stats = {"docs": 0, "bytes": 0, "reused": False, "seconds": 0.0, "cpu_seconds": 0.0}
+    sig_ok, bands_ok = _cached(task)
+    stats["reused"] = sig_ok
+    if not sig_ok:
+        pf = pq.ParquetFile(task["docs"])
+        n_rows = pf.metadata.num_rows
+        schema = _sig_schema(sig_key)
+        hasher = minhash.MinHasher(p.num_perm, p.seed, p.ngram, p.scheme) if p.near else None
+        npy = sig_array_path(task["sig"])
+        os.makedirs(os.path.dirname(npy), exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            mat = None
+            if p.near:
+                mat = np.lib.format.open_memmap(stack.enter_context(fsutil.atomic_path(npy)), mode="w+",
+                                                dtype=minhash.sig_dtype(p.scheme), shape=(n_rows, p.num_perm))
+            with fsutil.atomic_path(task["sig"]) as sig_tmp:
+                with pq.ParquetWriter(sig_tmp, schema, compression="zstd") as swriter:
+                    row0 = 0
+                    for batch in pf.iter_batches(batch_size=BATCH_DOCS, columns=["text", "n_bytes"]):
+                        texts = [minhash.nfc(t) if t else "" for t in batch.column("text").to_pylist()]
+                        n = len(texts)
+                        chash = pa.array([minhash.content_hash_nfc(t) for t in texts], pa.binary(16))
+                        if p.near:
+                            sig, n_words = hasher.signatures(texts, nfc_done=True)  # NFC once, for both hashes
+                            mat[row0:row0 + n] = sig
+                            nw = pa.array(n_words)
+                        else:
+                            nw = pa.nulls(n, pa.int32())
+                        swriter.write_batch(pa.RecordBatch.from_arrays(
+                            [pa.array(np.arange(row0, row0 + n, dtype=np.int32)), chash, nw], schema=schema))
+                        stats["docs"] += n
+                        stats["bytes"] += int(pa.compute.sum(batch.column("n_bytes")).as_py() or 0)
+                        row0 += n
+                if mat is not None:
+                    mat.flush()
+                    stack.close()  # the matrix is in place before the Parquet file that commits it
+        bands_ok = False
+    else:
         stats["docs"] = pq.ParquetFile(task["sig"]).metadata.num_rows
-        return stats
-    band_schema = pa.schema(BAND_SCHEMA_FIELDS, metadata={"xgen_dedup_key": band_key})
-    with _MaybeAtomic(p.near, task["bands"]) as band_tmp:
-        bwriter = pq.ParquetWriter(band_tmp, band_schema, compression="zstd") if p.near else None
-        try:
-            if sig_ok:  # signatures cached: only re-band them
-                stats["reused"] = True
-                cols = ["row", "n_words", "sig"]
-                for batch in pq.ParquetFile(task["sig"]).iter_batches(batch_size=4096, columns=cols):
-                    n_words = batch.column("n_words").to_numpy()
-                    has = n_words > 0
-                    if has.any():
-                        flat = batch.column("sig").flatten().to_numpy()
-                        sig = flat.reshape(batch.num_rows, p.num_perm)[has]
-                        bwriter.write_batch(_band_batch(sig, batch.column("row").to_numpy()[has], p.bands, p.rows))
-                    stats["docs"] += batch.num_rows
-            else:
-                schema = _sig_schema(p.near, p.num_perm, p.scheme, sig_key)
-                hasher = minhash.MinHasher(p.num_perm, p.seed, p.ngram, p.scheme) if p.near else None
-                with fsutil.atomic_path(task["sig"]) as sig_tmp:
-                    with pq.ParquetWriter(sig_tmp, schema, compression="zstd") as swriter:
-                        row0 = 0
-                        for batch in pq.ParquetFile(task["docs"]).iter_batches(batch_size=BATCH_DOCS,
-                                                                                   columns=["text", "n_bytes"]):
-                            texts = batch.column("text").to_pylist()
-                            n = len(texts)
-                            rows_idx = np.arange(row0, row0 + n, dtype=np.int32)
-                            chash = pa.array([minhash.content_hash(t) for t in texts], pa.binary(16))
-                            cols = [pa.array(rows_idx), chash]
-                            if p.near:
-                                sig, n_words = hasher.signatures(texts)
-                                cols += [pa.array(n_words),
-                                         pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), p.num_perm)]
-                                has = n_words > 0
-                                if has.any():
-                                    bwriter.write_batch(_band_batch(sig[has], rows_idx[has], p.bands, p.rows))
-                            else:
-                                cols.append(pa.nulls(n, pa.int32()))
-                            swriter.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
-                            stats["docs"] += n
-                            stats["bytes"] += int(pa.compute.sum(batch.column("n_bytes")).as_py() or 0)
-                            row0 += n
-        finally:
-            if bwriter is not None:
-                bwriter.close()
-    stats["seconds"] = time.time() - t0
+    if p.near and not bands_ok:
+        has = pq.read_table(task["sig"], columns=["n_words"]).column("n_words").to_numpy() > 0
+        _write_bands(task["bands"], band_key, np.load(sig_array_path(task["sig"]), mmap_mode="r"), has,
+                     p.bands, p.rows)
+    stats["seconds"], stats["cpu_seconds"] = time.time() - t0, time.process_time() - c0
     return stats
 
 
-class _MaybeAtomic:
-    """``fsutil.atomic_path(path)`` when ``enabled``, else a context yielding None."""
-
-    def __init__(self, enabled: bool, path: str):
-        self._cm = fsutil.atomic_path(path) if enabled else None
-
-    def __enter__(self):
-        return self._cm.__enter__() if self._cm is not None else None
-
-    def __exit__(self, *exc):
-        return self._cm.__exit__(*exc) if self._cm is not None else False
+def _warm_worker() -> None:
+    """Import the kernels and load (or compile) them in a fresh worker, before its first part arrives."""
+    minhash.MinHasher().signatures(["warm up the compiled kernels"])
 
 
-def _run_tasks(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
-    """Run :func:`signature_part` over ``tasks`` (largest first) in ``workers`` spawned processes."""
+def _tasks_left(tasks: list[dict]) -> list[int]:
+    """Indices of the tasks whose work files are not current (:func:`_cached`), largest part first."""
+    return sorted((i for i, t in enumerate(tasks) if not all(_cached(t))), key=lambda i: -tasks[i]["size"])
+
+
+def _start_pool(n_tasks: int, workers: int) -> cf.ProcessPoolExecutor | None:
+    """``min(workers, n_tasks)`` spawned worker processes, already importing and loading the kernels (so their
+    start overlaps the main process's own set-up); None when one process or fewer is needed."""
+    n = min(workers, n_tasks)
+    if n <= 1:
+        return None
+    pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=fsutil.exit_with_parent)
+    for _ in range(n):
+        pool.submit(_warm_worker)
+    return pool
+
+
+def _run_tasks(tasks: list[dict], workers: int, progress: bool, pool: cf.ProcessPoolExecutor | None = None
+               ) -> list[dict]:
+    """Run :func:`signature_part` over the tasks whose work files are not current (largest first), in ``pool``
+    (default: :func:`_start_pool`) or in this process; current ones are reported as reused."""
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(tasks)), key=lambda i: -tasks[i]["size"])
+    order = _tasks_left(tasks)
     results: list[dict | None] = [None] * len(tasks)
-    bar = tqdm(total=sum(t["size"] for t in tasks), unit="B", unit_scale=True, desc="dedup signatures",
+    for i, task in enumerate(tasks):
+        if i not in order:
+            results[i] = {"docs": pq.ParquetFile(task["sig"]).metadata.num_rows, "bytes": 0, "reused": True,
+                          "seconds": 0.0, "cpu_seconds": 0.0}
+    bar = tqdm(total=sum(tasks[i]["size"] for i in order), unit="B", unit_scale=True, desc="dedup signatures",
                disable=None if progress else True, leave=False)
+    own = pool is None and len(order) > 1 and workers > 1
+    if own:
+        pool = _start_pool(len(order), workers)
     try:
-        if workers <= 1 or len(tasks) <= 1:
+        if pool is None or len(order) <= 1:
             for i in order:
                 results[i] = signature_part(tasks[i])
                 bar.update(tasks[i]["size"])
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx,
-                                        initializer=fsutil.exit_with_parent) as pool:
-                futs = {pool.submit(signature_part, tasks[i]): i for i in order}
-                for fut in cf.as_completed(futs):
-                    i = futs[fut]
-                    results[i] = fut.result()
-                    bar.update(tasks[i]["size"])
+            futs = {pool.submit(signature_part, tasks[i]): i for i in order}
+            for fut in cf.as_completed(futs):
+                i = futs[fut]
+                results[i] = fut.result()
+                bar.update(tasks[i]["size"])
     finally:
         bar.close()
+        if own and pool is not None:
+            pool.shutdown()
     return results  # type: ignore[return-value]
 
 
@@ -651,64 +693,164 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     nodes, comp = nodes[by], comp[by]
     assigned = np.zeros(n, dtype=bool)
     cuts = np.flatnonzero(np.diff(comp)) + 1
+    k = sig.shape[1]
     for group in np.split(nodes, cuts):
+        rows = np.sort(group)
+        gsig = sig[rows]  # this component's signatures only
         for seed in group.tolist():
             if assigned[seed]:
                 continue
             members = [seed]
+            at = [int(np.searchsorted(rows, seed))]
             assigned[seed] = True
             for c in dst[starts[seed]:starts[seed + 1]].tolist():
                 if assigned[c]:
                     continue
-                m = sig[members]
-                if (np.count_nonzero(m == sig[c], axis=1) / sig.shape[1]).min() >= threshold:
+                ci = int(np.searchsorted(rows, c))
+                if (np.count_nonzero(gsig[at] == gsig[ci], axis=1) / k).min() >= threshold:
                     members.append(c)
+                    at.append(ci)
                     assigned[c] = True
             label[members] = min(members)
     return label, int(len(a))
 
 
-def _verified_cliques(con, report: DedupReport, params: DedupParams, sig_paths: list[str]
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs of the ``band_rows`` view among exact-group representatives, verified into cliques.
+class SigStore:
+    """Signature rows of any documents, read from the parts' signature matrices (:func:`sig_array_path`).
+
+    Each read maps the matrices (``np.load(mmap_mode="r")``), copies the requested rows and unmaps them, so the
+    process holds only the rows asked for, never all signatures.
+
+    Args:
+        paths: the parts' ``.sig.npy`` files, in document-number order.
+        offsets: int64 ``(n_parts + 1,)``: document ``d`` is row ``d - offsets[k]`` of part ``k``.
+    """
+
+    def __init__(self, paths: list[str], offsets: np.ndarray, num_perm: int, dtype: np.dtype):
+        self.paths, self.offsets, self.num_perm, self.dtype = list(paths), np.asarray(offsets), num_perm, dtype
+
+    def rows(self, docs: np.ndarray) -> np.ndarray:
+        """Signatures of global document numbers ``docs`` (int64 ``(m,)``): shape ``(m, num_perm)``."""
+        docs = np.asarray(docs, dtype=np.int64)
+        out = np.empty((len(docs), self.num_perm), dtype=self.dtype)
+        part = np.searchsorted(self.offsets, docs, side="right") - 1
+        for k in np.unique(part).tolist():
+            sel = np.flatnonzero(part == k)
+            mat = np.load(self.paths[k], mmap_mode="r")
+            if mat.shape != (self.offsets[k + 1] - self.offsets[k], self.num_perm):
+                raise RuntimeError(f"{self.paths[k]}: signature matrix of shape {mat.shape} does not match its part; "
+                                   "delete work/dedup and re-run")
+            out[sel] = mat[docs[sel] - self.offsets[k]]
+            del mat
+        return out
+
+
+class _RowsOf:
+    """``sig[i]`` = the signatures of ``nodes[i]`` from a :class:`SigStore` (what :func:`clique_clusters` reads)."""
+
+    def __init__(self, store: SigStore, nodes: np.ndarray):
+        self.store, self.nodes = store, nodes
+        self.shape = (len(nodes), store.num_perm)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, idx):
+        return self.store.rows(self.nodes[np.asarray(idx, dtype=np.int64)])
+
+
+def bucket_pairs(bhash: np.ndarray, doc: np.ndarray, cap: int = BUCKET_PAIR_CAP) -> tuple[np.ndarray, np.ndarray, int]:
+    """Candidate pairs of one band: documents with equal band hash.
+
+    Args:
+        bhash: int64 ``(m,)`` band hashes; doc: int64 ``(m,)`` the document (exact-group representative) of each.
+        cap: in a bucket every member is paired with the first ``cap`` members by document number.
+    Returns:
+        ``(a, b, buckets)``: int64 pairs with ``a < b`` (both members of one bucket, ``a`` among its first
+        ``cap`` distinct documents; a pair sharing two buckets appears twice), and the number of buckets
+        holding ≥ 2 rows (before distinct documents).
+    """
+    order = np.lexsort((doc, bhash))
+    h, d = bhash[order], doc[order]
+    if len(h) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    new_h = np.concatenate([[True], h[1:] != h[:-1]])
+    run_start = np.flatnonzero(new_h)
+    run_len = np.diff(np.append(run_start, len(h)))
+    buckets = int(np.count_nonzero(run_len > 1))
+    keep = new_h | np.concatenate([[True], d[1:] != d[:-1]])  # distinct (bucket, document)
+    multi = np.repeat(run_len > 1, run_len)
+    keep &= multi
+    h, d = h[keep], d[keep]
+    if not len(h):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), buckets
+    new_h = np.concatenate([[True], h[1:] != h[:-1]])
+    start = np.flatnonzero(new_h)
+    size = np.diff(np.append(start, len(h)))
+    rank = np.arange(len(h)) - np.repeat(start, size)  # position of each member in its bucket
+    n_pair = np.minimum(rank, cap)  # member of rank r pairs with ranks 0 .. min(r, cap) - 1
+    total = int(n_pair.sum())
+    x = np.repeat(np.arange(len(h)), n_pair)
+    first = np.repeat(np.cumsum(n_pair) - n_pair, n_pair)
+    y = np.repeat(np.repeat(start, size), n_pair) + (np.arange(total) - first)
+    return d[y], d[x], buckets
+
+
+def _candidate_pairs_np(band_paths: list[str], offsets: np.ndarray, rep: np.ndarray, bands: int
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Distinct candidate pairs ``(a, b)``, ``a < b`` (exact-group representatives), over all bands, band by band.
+
+    Reads band ``i`` of every part (row group ``i`` of the band-major work files), so memory holds one band of
+    the corpus (about 16 bytes per document) plus the pairs. ``rep``: int64 per document, its exact-group
+    representative, -1 for documents without words (they have no band rows).
+    """
+    files = [pq.ParquetFile(f) for f in band_paths]
+    keys, buckets = [], 0
+    n = len(rep)
+    for band in range(bands):
+        hs, ds = [], []
+        for k, f in enumerate(files):
+            if f.metadata.num_rows == 0:
+                continue
+            t = f.read_row_group(band, columns=["bhash", "row"])
+            hs.append(t.column("bhash").to_numpy())
+            ds.append(offsets[k] + t.column("row").to_numpy().astype(np.int64))
+        if not hs:
+            continue
+        a, b, nb = bucket_pairs(np.concatenate(hs), rep[np.concatenate(ds)])
+        buckets += nb
+        keys.append(np.unique(a * n + b))
+    key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    return key // n, key % n, buckets
+
+
+def _verified_cliques(con, report: DedupReport, params: DedupParams, band_paths: list[str], sig_paths: list[str],
+                      offsets: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs among exact-group representatives, verified into cliques (NumPy over the work files).
 
     Each exact group (documents with words) enters as its smallest document, so a bucket holds distinct texts;
     in a bucket every member is paired with the first :data:`BUCKET_PAIR_CAP` members (all pairs in buckets up
-    to that size). Only the signatures of documents in some pair are loaded (``n × num_perm`` values).
+    to that size; :func:`bucket_pairs`). Signatures are read only for the pairs being verified
+    (:class:`SigStore`, in chunks).
 
     Returns:
         ``(doc, label)`` int64 arrays of equal shape: each candidate document and the smallest document of its
-        clique (:func:`clique_clusters`); fills ``report.near_edges`` (distinct candidate pairs) and
-        ``report.verified_pairs``.
+        clique (:func:`clique_clusters`); fills ``report.near_buckets``, ``report.near_edges`` (distinct
+        candidate pairs) and ``report.verified_pairs``.
     """
-    con.execute("""CREATE TEMP TABLE reps AS SELECT s.doc, coalesce(e.gid, s.doc) AS rep
-        FROM sig s LEFT JOIN exact_members e USING (doc) WHERE s.n_words > 0""")
-    con.execute(f"""CREATE TEMP TABLE cand AS WITH br AS (SELECT DISTINCT b.band, b.bhash, r.rep AS doc
-                FROM band_rows b JOIN reps r USING (doc)),
-            bk AS (SELECT band, bhash, doc, row_number() OVER w AS rn, count(*) OVER w AS k FROM br
-                WINDOW w AS (PARTITION BY band, bhash ORDER BY doc) QUALIFY count(*) OVER (PARTITION BY band, bhash) > 1)
-        SELECT DISTINCT y.doc AS a, x.doc AS b FROM bk x JOIN bk y
-            ON x.band = y.band AND x.bhash = y.bhash AND y.rn <= {BUCKET_PAIR_CAP} AND x.rn > y.rn""")
-    pairs = con.execute("SELECT a, b FROM cand").fetchnumpy()
-    a = np.asarray(pairs["a"], dtype=np.int64)
-    b = np.asarray(pairs["b"], dtype=np.int64)
+    rep = np.arange(n_docs, dtype=np.int64)
+    ex = con.execute("SELECT doc, gid FROM exact_members WHERE doc <> gid").fetchnumpy()
+    rep[np.asarray(ex["doc"], dtype=np.int64)] = np.asarray(ex["gid"], dtype=np.int64)
+    a, b, report.near_buckets = _candidate_pairs_np(band_paths, offsets, rep, params.bands)
     report.near_edges = int(len(a))
     nodes = np.unique(np.concatenate([a, b]))
     if not len(nodes):
         report.verified_pairs = 0
         return nodes, nodes.copy()
-    con.register("_nodes", pa.table({"doc": pa.array(nodes, pa.int64())}))
-    tbl = con.sql(f"""SELECT p.doff + s.row AS doc, s.sig
-        FROM read_parquet({_qlist(sig_paths)}, filename=true) s JOIN parts p ON s.filename = p.sig_path
-        SEMI JOIN _nodes n ON n.doc = p.doff + s.row ORDER BY doc""").to_arrow_table()
-    con.unregister("_nodes")
-    got = tbl.column("doc").to_numpy()
-    if not np.array_equal(got, nodes):
-        raise RuntimeError("dedup work files are inconsistent: signatures missing for candidate documents; "
-                           "delete work/dedup and re-run")
-    sig = tbl.column("sig").combine_chunks().flatten().to_numpy().reshape(len(nodes), params.num_perm)
-    del tbl
-    label, verified = clique_clusters(sig, np.searchsorted(nodes, a), np.searchsorted(nodes, b), params.threshold)
+    store = SigStore([sig_array_path(p) for p in sig_paths], offsets, params.num_perm,
+                     minhash.sig_dtype(params.scheme))
+    label, verified = clique_clusters(_RowsOf(store, nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b),
+                                      params.threshold)
     report.verified_pairs = verified
     return nodes, nodes[label]
 
@@ -793,6 +935,65 @@ def recorded_params(license_allow=None, **kw) -> dict:
     return {**params.__dict__, "license_allow": sorted(allow)}
 
 
+def _feed(con, parent: np.ndarray, sql: str) -> int:
+    """Union the edges ``(u, v)`` that ``sql`` returns (streamed in batches of :data:`EDGE_BATCH`) into
+    ``parent``; returns the number of edges."""
+    n_edges = 0
+    for batch in con.sql(sql).to_arrow_reader(EDGE_BATCH):
+        u = batch.column(0).to_numpy()
+        union_edges(parent, u, batch.column(1).to_numpy())
+        n_edges += len(u)
+    compress(parent)
+    return n_edges
+
+
+def _task(part, work: str, params: DedupParams) -> dict:
+    """The :func:`signature_part` task of one docs part (work file paths, parameters, the part's identity)."""
+    st = os.stat(part.path)
+    return {"docs": part.path, "size": st.st_size, "sig": os.path.join(work, "sig", part.subset, part.name),
+            "bands": os.path.join(work, "bands", part.subset, part.name), "params": params.__dict__,
+            "part_key": {"subset": part.subset, "name": part.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+
+
+def _clusters(con, report: DedupReport, params: DedupParams, tasks: list[dict], offsets: np.ndarray,
+              n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters of the run: exact groups (when on) and near duplicates (verified cliques, or StarCoder's
+    components), joined by a union-find over one int64 per document.
+
+    Returns:
+        ``(doc, cluster)`` int64 arrays: every document in a cluster of ≥ 2 and its cluster's smallest document.
+        Fills ``report.clusters``, ``report.clustered_documents`` and the near-duplicate counts.
+    """
+    parent = np.arange(n_docs, dtype=np.int64)
+    cliques = params.near and params.clustering == "cliques"
+    if params.exact:
+        _feed(con, parent, "SELECT doc, gid FROM exact_members WHERE doc <> gid")
+    elif cliques:  # exact copies with words have identical signatures: near copies of each other
+        _feed(con, parent, "SELECT e.doc, e.gid FROM exact_members e JOIN sig s USING (doc) WHERE e.doc <> e.gid "
+                           "AND s.n_words > 0")
+    band_paths = [tk["bands"] for tk in tasks]
+    if cliques:
+        rep_doc, rep_label = _verified_cliques(con, report, params, band_paths, [tk["sig"] for tk in tasks],
+                                               offsets, n_docs)
+        moved = rep_label != rep_doc
+        union_edges(parent, rep_doc[moved], rep_label[moved])
+        compress(parent)
+    elif params.near:
+        con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
+            FROM read_parquet({_qlist(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
+        report.near_buckets = con.execute("""SELECT count(*) FROM
+            (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
+        con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
+            SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
+                   count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
+        report.near_edges = _feed(con, parent, "SELECT doc, rep FROM near_edges")
+    sizes = np.bincount(parent, minlength=n_docs)
+    member = np.nonzero(sizes[parent] > 1)[0]
+    report.clusters = int(np.count_nonzero(sizes > 1))
+    report.clustered_documents = int(len(member))
+    return member, parent[member]
+
+
 def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
@@ -849,13 +1050,17 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         if set_default:
             meta.setdefault("default_decisions", {})["dedup"] = recorded
 
-    with corpus.lock():
+    with corpus.lock(), contextlib.ExitStack() as stack:
         corpus.remove_unregistered()
         parts = corpus.parts()
+        work = os.path.join(corpus.root, "work", "dedup")
+        tasks = [_task(p, work, params) for p in parts]
+        pool = _start_pool(len(_tasks_left(tasks)), workers)  # workers start while this process sets up
+        if pool is not None:
+            stack.callback(pool.shutdown)
         corpus.verify_parts(parts)
         fingerprint = corpus.parts_fingerprint()
         filters.compute_license_attributes(corpus, allow, verify=False)  # the keep rule's tiers
-        work = os.path.join(corpus.root, "work", "dedup")
         report = DedupReport(corpus=corpus.root, params={**params.__dict__, "lsh_threshold": params.lsh_threshold,
                                                          "license_allow": list(allow)})
         phase: dict[str, float] = {}
@@ -874,16 +1079,11 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
 
         # -- phase 1: signatures ---------------------------------------------------------------------------
         t = time.time()
-        tasks = []
-        for p in parts:
-            st = os.stat(p.path)
-            tasks.append({"docs": p.path, "size": st.st_size,
-                          "sig": os.path.join(work, "sig", p.subset, p.name),
-                          "bands": os.path.join(work, "bands", p.subset, p.name),
-                          "params": params.__dict__,
-                          "part_key": {"subset": p.subset, "name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}})
-        stats = _run_tasks(tasks, workers, progress)
+        stats = _run_tasks(tasks, workers, progress, pool)
+        if pool is not None:
+            pool.shutdown()  # the workers' memory goes before the main phases
         report.signature_parts_reused = sum(s["reused"] for s in stats)
+        report.signature_cpu_seconds = sum(s["cpu_seconds"] for s in stats)
         phase["signatures"] = time.time() - t
 
         # -- phase 2: DuckDB over the work files -------------------------------------------------------------
@@ -917,48 +1117,10 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
 
             # -- union-find over exact and near edges ------------------------------------------------------
             t = time.time()
-            parent = np.arange(n_docs, dtype=np.int64)
-
-            def feed(sql: str) -> int:
-                n_edges = 0
-                reader = con.sql(sql).to_arrow_reader(EDGE_BATCH)
-                for batch in reader:
-                    u = batch.column(0).to_numpy()
-                    v = batch.column(1).to_numpy()
-                    union_edges(parent, u, v)
-                    n_edges += len(u)
-                compress(parent)
-                return n_edges
-
-            cliques = params.near and params.clustering == "cliques"
-            if params.exact:
-                feed("SELECT doc, gid FROM exact_members WHERE doc <> gid")
-            elif cliques:  # exact copies with words have identical signatures: near copies of each other
-                feed("SELECT e.doc, e.gid FROM exact_members e JOIN sig s USING (doc) WHERE e.doc <> e.gid "
-                     "AND s.n_words > 0")
-            if params.near:
-                band_paths = [tk["bands"] for tk in tasks]
-                con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
-                    FROM read_parquet({_qlist(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
-                report.near_buckets = con.execute("""SELECT count(*) FROM
-                    (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
-            if params.near and not cliques:
-                con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
-                    SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
-                           count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
-                report.near_edges = feed("SELECT doc, rep FROM near_edges")
-            if cliques:
-                rep_doc, rep_label = _verified_cliques(con, report, params, [tk["sig"] for tk in tasks])
-                moved = rep_label != rep_doc
-                union_edges(parent, rep_doc[moved], rep_label[moved])
-                compress(parent)
-            sizes = np.bincount(parent, minlength=n_docs)
-            member = np.nonzero(sizes[parent] > 1)[0]
-            report.clusters = int(np.count_nonzero(sizes > 1))
-            report.clustered_documents = int(len(member))
+            member, cluster = _clusters(con, report, params, tasks, offsets, n_docs)
             con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
-                                                 "cluster": pa.array(parent[member], pa.int64())}))
-            del parent, sizes, member
+                                                 "cluster": pa.array(cluster, pa.int64())}))
+            del member, cluster
             phase["clusters"] = time.time() - t
 
             # -- attributes per part: cluster, exact group, content hash (no recipe threshold involved) ------

@@ -21,7 +21,7 @@ Document ids are unique within a subset. A document whose id is already in the s
 input, or earlier in the same file) is an error naming both places (``file:line``) with
 ``on_error="raise"``, and is skipped and counted as ``duplicate_id`` with ``on_error="skip"``. The check
 keeps 64-bit id hashes (:mod:`xgen_data.idindex`, 16 bytes per known document, recomputed from the parts
-at each run) and confirms every hash match on the real id, so a hash collision never drops a document.
+at each run, in memory up to 2^20 ids and in sorted runs on disk beyond) and confirms every hash match on the real id, so a hash collision never drops a document.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import errno
 import itertools
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -360,8 +361,13 @@ def _find_line(path: str, digest: str, doc_id: str) -> int | None:
 
 
 def _existing_index(corpus: Corpus, subset: str, exclude: set[str], meta: dict) -> tuple[idindex.IdIndex, _Sources]:
-    """The id index of the subset's registered parts (except ``exclude``), read part by part."""
-    index, sources = idindex.IdIndex(), _Sources()
+    """The id index of the subset's registered parts (except ``exclude``), read part by part.
+
+    The index spills to ``work/idindex/`` of the corpus past :data:`xgen_data.idindex.MEMORY_ENTRIES` ids
+    (cleared here first: the caller holds the corpus lock), so its memory does not grow with the corpus."""
+    spill = os.path.join(corpus.root, "work", "idindex")
+    shutil.rmtree(spill, ignore_errors=True)
+    index, sources = idindex.IdIndex(spill_dir=spill), _Sources()
     owner = {(v["subset"], name): (v["path"], v.get("sha256", "")) for v in meta.get("inputs", {}).values()
              for name in v["parts"]}
     for part in corpus.parts(subset):
@@ -541,6 +547,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         raise
     finally:
         bar.close()
+        index.close()
     fsutil.crash_point("ingest.parts_written")
     part_sha256 = {}
     for tmp, final in tmp_paths:
