@@ -90,18 +90,33 @@ def make_inputs(files: list[str], k: int, out_dir: str, seed: int) -> list[tuple
     return out
 
 
+def stage1_recipe(work: str) -> str:
+    """Write the demo recipe cut to its first stage (natural + code, no starcoder subset) and return its path."""
+    from xgen_data import recipe
+    text = open(os.path.join(recipe.RECIPES_DIR, "demo.toml"), encoding="utf-8").read()
+    cut = text.index("[[stages]]", text.index("[[stages]]") + 1)
+    path = os.path.join(work, "demo-stage1.toml")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text[:cut].replace('name = "demo"', 'name = "demo-stage1"', 1))
+    recipe.load(path)  # fails here, not after the ingest, if the cut is wrong
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample", action="store_true", help="grow the shared sample slice instead of the full corpus")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--recipe", default="demo")
+    ap.add_argument("--recipe", default=None, help="recipe for the build step (default: the demo recipe's stage 1; "
+                                                  "its stage 2 needs a starcoder subset the bench does not make)")
     ap.add_argument("--work", default=None)
     args = ap.parse_args(argv)
     base = os.path.join(SHARED, "corpus", "sample") if args.sample else os.path.join(SHARED, "corpus")
     files = [os.path.join(base, f"{n}.jsonl" if args.sample else f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")]
     work = args.work or tempfile.mkdtemp(prefix="xgen-growth-")
+    if args.recipe is None:
+        args.recipe = stage1_recipe(work)
     rows = []
     for k in args.sizes:
         d = os.path.join(work, f"x{k}")

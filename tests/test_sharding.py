@@ -159,13 +159,18 @@ def test_metrics_fetched_in_groups_mfu_and_late_nonfinite(shards, tmp_path, monk
         return real_fetch(tree)
 
     monkeypatch.setattr(trainer, "_fetch", counting_fetch)
-    real_loss = trainer.make_loss_fn
+    real_loss = trainer._make_numerics_loss  # (objective, aux) loss of xgen_train.loss.make_loss_fn
 
-    def loss_with_planted_nan(model):
-        base = real_loss(model)
-        return lambda p, t: base(p, jnp.maximum(t, 0)) + jnp.where(t[0, 0] < 0, jnp.nan, 0.0)
+    def loss_with_planted_nan(cfg, num):
+        base = real_loss(cfg, num)
 
-    monkeypatch.setattr(trainer, "make_loss_fn", loss_with_planted_nan)
+        def loss(p, t):
+            objective, aux = base(p, jnp.maximum(t, 0))
+            bad = jnp.where(t[0, 0] < 0, jnp.nan, 0.0)
+            return objective + bad, {**aux, "ce": aux["ce"] + bad}
+        return loss
+
+    monkeypatch.setattr(trainer, "_make_numerics_loss", loss_with_planted_nan)
     real_batch_at = data_mod.ShardLoader.batch_at
 
     def batch_at(self, seed, step):
