@@ -284,3 +284,11 @@ def test_part_sha256_recorded_at_ingest(tmp_path):
     assert sorted(entry["part_sha256"]) == sorted(entry["parts"])
     for part in corpus.parts("code"):
         assert entry["part_sha256"][part.name] == fsutil.sha256_file(part.path)
+
+
+def test_ingesting_the_corpus_folder_itself_is_refused_plainly(sample_corpus):
+    """`xgen ingest --corpus C C` says the input is the corpus, before walking into its attribute files."""
+    with pytest.raises(ValueError, match="is the corpus being written .* or inside it"):
+        ingest.find_inputs([sample_corpus], corpus_dir=sample_corpus)
+    with pytest.raises(ValueError, match="is the corpus being written"):
+        ingest.find_inputs([os.path.join(sample_corpus, "docs")], corpus_dir=sample_corpus)

@@ -221,7 +221,7 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
     Returns:
         ``(files, skipped)``: :class:`InputFile` list in order, and ``(path, reason)`` for every skipped entry.
     Raises:
-        ValueError: a folder holds no supported file.
+        ValueError: a folder holds no supported file, or is the corpus folder itself (or inside it).
     """
     files: list[InputFile] = []
     skipped: list[tuple[str, str]] = []
@@ -230,6 +230,10 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
         if not os.path.isdir(given):
             files.append(InputFile(given, None, os.path.basename(given)))
             continue
+        real = os.path.realpath(given)
+        if corpus_root and (real == corpus_root or real.startswith(corpus_root + os.sep)):
+            raise ValueError(f"{given}: is the corpus being written ({corpus_dir}) or inside it; ingest raw files "
+                             "from elsewhere")
         found: list[InputFile] = []
         for folder, dirs, names in os.walk(given):
             keep = []
