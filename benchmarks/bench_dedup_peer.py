@@ -196,7 +196,7 @@ def run_ours(inputs: list[str], corpus: str, workers: int) -> tuple[dict, dict]:
 def _ingest(inputs: list[str], corpus: str, workers: int) -> dict:
     return _child(f"""
 import json, time, resource
-from xgen_data import ingest
+from xgen_data.sources import ingest
 t = time.time()
 ingest.ingest({corpus!r}, [(p, None) for p in {inputs!r}], workers={workers}, progress=False)
 print(json.dumps({{"seconds": time.time() - t}}))""")
@@ -205,7 +205,7 @@ print(json.dumps({{"seconds": time.time() - t}}))""")
 def _dedup(corpus: str, workers: int) -> dict:
     return _child(f"""
 import json, time, resource
-from xgen_data import dedup
+from xgen_data.attributes import dedup
 t = time.time()
 rep = dedup.run_dedup({corpus!r}, workers={workers}, progress=False)
 s = time.time() - t
@@ -229,7 +229,8 @@ def quality(corpus: str, dt_work: str, n_docs: int, n_check: int, seed: int) -> 
 
     sys.path.insert(0, HERE)
     import eval_dedup_quality as ev
-    from xgen_data import ingest, sql
+    from xgen_data.sources import ingest
+    from xgen_data.stats import sql
 
     con = sql.connect(corpus, quiet=True)
     docs = con.execute("SELECT subset, id, text, dup_reason, dup_of, dup_of_subset FROM documents "
@@ -253,7 +254,7 @@ def quality(corpus: str, dt_work: str, n_docs: int, n_check: int, seed: int) -> 
                   for d in removed}
     rng = np.random.default_rng(seed)
 
-    from xgen_data.minhash import content_hash
+    from xgen_data.attributes.minhash import content_hash
 
     def removal_precision(rem: dict) -> tuple[float, int, float, int]:
         """(precision over all removed, n, precision over removed whose text differs from the kept copy, n)."""
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs["rss_one_mb"], theirs["rss_sum_mb"] = mon.peak_one, mon.peak_sum
 
     import pyarrow.parquet as pq  # noqa: F401  (our venv)
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     text_mb = sum(pq.ParquetFile(p.path).metadata.num_rows and
                   pq.read_table(p.path, columns=["n_bytes"]).column("n_bytes").to_numpy().sum()

@@ -80,7 +80,7 @@ def make_copy(path: str, c: int, out_dir: str, seed: int) -> str:
 def make_inputs(files: list[str], k: int, out_dir: str, seed: int) -> list[tuple[str, str]]:
     """k× inputs as ``(path, subset)``: each original file, then its copies 1 … k − 1 (:func:`make_copy`) into
     the same subset (so the ingest duplicate-id check sees k times the ids of each subset)."""
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     out = []
     for path in files:
@@ -92,7 +92,7 @@ def make_inputs(files: list[str], k: int, out_dir: str, seed: int) -> list[tuple
 
 def stage1_recipe(work: str) -> str:
     """Write the demo recipe cut to its first stage (natural + code, no starcoder subset) and return its path."""
-    from xgen_data import recipe
+    from xgen_data.mixing import recipe
     text = open(os.path.join(recipe.RECIPES_DIR, "demo.toml"), encoding="utf-8").read()
     cut = text.index("[[stages]]", text.index("[[stages]]") + 1)
     path = os.path.join(work, "demo-stage1.toml")
@@ -125,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         corpus, shards = os.path.join(d, "corpus"), os.path.join(d, "shards")
         res = {"k": k, "input_mb": sum(os.path.getsize(p) for p, _ in inputs) / 1e6}
         steps = {
-            "ingest": f"from xgen_data import ingest\n"
+            "ingest": f"from xgen_data.sources import ingest\n"
                       f"ingest.ingest({corpus!r}, {inputs!r}, workers={args.workers}, progress=False)\n"
-                      f"from xgen_data.corpus import Corpus\nimport pyarrow.parquet as pq\n"
+                      f"from xgen_data.store.corpus import Corpus\nimport pyarrow.parquet as pq\n"
                       f"extra = {{'docs': sum(pq.ParquetFile(p.path).metadata.num_rows for p in Corpus({corpus!r}).parts())}}",
-            "dedup": f"from xgen_data import dedup\n"
+            "dedup": f"from xgen_data.attributes import dedup\n"
                      f"r = dedup.run_dedup({corpus!r}, workers={args.workers}, progress=False)\n"
                      f"extra = {{'removed': r.removed}}",
-            "build": f"from xgen_data import pipeline, recipe\n"
+            "build": f"from xgen_data.mixing import pipeline, recipe\n"
                      f"pipeline.build_recipe({corpus!r}, recipe.load({args.recipe!r}), {shards!r}, workers={args.workers},"
                      f" progress=False)\nextra = {{}}",
         }

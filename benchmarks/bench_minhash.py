@@ -3,11 +3,11 @@
 Both paths start from the same real documents' text and produce signatures with the same parameters
 (``num_perm``, ``seed``, ``ngram``, ``scheme``), in one process, in the same run:
 
-* **xgen**: :class:`xgen_data.minhash.MinHasher` over batches of 256 documents: the Numba kernels of
-  :mod:`xgen_data.minhash_jit` (words, shingles, SHA-1 and permutations compiled; the default), and the NumPy
+* **xgen**: :class:`xgen_data.attributes.minhash.MinHasher` over batches of 256 documents: the Numba kernels of
+  :mod:`xgen_data.attributes.minhash_jit` (words, shingles, SHA-1 and permutations compiled; the default), and the NumPy
   path (``compiled=False``: hashlib per shingle, one NumPy product per chunk).
 * **datasketch**: for each document, ``MinHash(num_perm, seed, scheme)`` and ``m.update(s)`` for every
-  shingle of :func:`xgen_data.minhash.shingles` (the same shingles; datasketch's own per-document loop).
+  shingle of :func:`xgen_data.attributes.minhash.shingles` (the same shingles; datasketch's own per-document loop).
 * for reference also datasketch's ``update_batch`` (one call per document).
 
 The script checks that every signature is identical and prints documents/s, MB/s and the ratios, then the
@@ -34,7 +34,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from xgen_data import minhash  # noqa: E402
+from xgen_data.attributes import minhash  # noqa: E402
 
 DEFAULT_SAMPLE = os.path.join(os.environ.get("XGEN_SHARED") or os.path.join(HERE, "..", "..", "shared"),
                               "corpus", "sample")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_batch:
         print(f"ratio xgen (Numba) / datasketch update_batch: {t_b / t_ours:.1f}x")
     # where the time goes, next to the machine's multiply throughput
-    from xgen_data import minhash_jit
+    from xgen_data.attributes import minhash_jit
 
     perms = minhash.Permutations.make(args.num_perm, args.seed, args.scheme)
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Tokenize throughput of the product's ingest path against raw tiktoken, same texts, same run.
 
 Baseline: tiktoken's ``encode_ordinary_batch`` with the XGen encoding, one thread (num_threads=1), on the
-same documents. Product: ``xgen_data.ingest.process_batch`` (JSON decode, validation, tokenization, Arrow
+same documents. Product: ``xgen_data.sources.ingest.process_batch`` (JSON decode, validation, tokenization, Arrow
 columns) through ``map_bounded`` with 1 and 2 worker processes. Prints MB/s and tokens/s of each, the
 ratio product(1 worker) / raw (target >= 0.85) and product(2 workers) / product(1 worker) (target >= 1.7).
 
@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from xgen_data import ingest, readers, tokenizer  # noqa: E402
+from xgen_data import tokenizer  # noqa: E402
+from xgen_data.sources import ingest, readers
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpus")
 

@@ -1,6 +1,6 @@
 """Quality of near-duplicate detection against exact Jaccard similarity, on real documents.
 
-Runs :func:`xgen_data.dedup.run_dedup` on a corpus (default parameters unless given), takes a uniform random
+Runs :func:`xgen_data.attributes.dedup.run_dedup` on a corpus (default parameters unless given), takes a uniform random
 sample of its documents, and compares, within the sample:
 
 * **flagged pairs**: pairs of sampled documents that share at least one LSH bucket (equal band hash in any
@@ -14,7 +14,7 @@ sample of its documents, and compares, within the sample:
   ``documents`` view of the corpus defaults), or a random ``--removed`` of them. **Removal precision** =
   share whose true Jaccard with the copy its cluster keeps (``dup_of``) is ≥ the threshold.
 
-True Jaccard is computed on the exact shingle sets of :func:`xgen_data.minhash.shingles` (the shingles
+True Jaccard is computed on the exact shingle sets of :func:`xgen_data.attributes.minhash.shingles` (the shingles
 MinHash sees), each shingle identified by its 64-bit SHA-1 prefix (a collision needs ~2^32 shingles per
 pair; none is expected). Documents without shingles (no words) have no Jaccard and are left out. Pairs of
 identical shingle sets (mostly exact copies, which the content hash finds anyway) are reported separately
@@ -46,8 +46,8 @@ os.environ.setdefault("XGEN_GPT2_BPE", os.path.join(SHARED, "tokenizer", "gpt2.t
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from xgen_data import dedup, minhash  # noqa: E402
-from xgen_data.corpus import Corpus  # noqa: E402
+from xgen_data.attributes import dedup, minhash  # noqa: E402
+from xgen_data.store.corpus import Corpus  # noqa: E402
 
 
 def shingle_sets(texts: list[str], ngram: int) -> list[np.ndarray]:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus:
         corpus_dir = args.corpus
     else:
-        from xgen_data import ingest
+        from xgen_data.sources import ingest
 
         corpus_dir = os.path.join(tempfile.mkdtemp(prefix="xgen-eval-"), "corpus")
         files = [os.path.join(SHARED, "corpus", f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")] if args.full \
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(n, size=min(args.docs, n), replace=False))
     texts, clusters = [], []
-    from xgen_data import decisions
+    from xgen_data.mixing import decisions
 
     attr = dict((pt.name, f) for pt, f in corpus.attribute_files(
         "dedup", decisions.dedup_attr_params(corpus.default_decisions()["dedup"])))
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         texts += pq.read_table(pt.path, columns=["text"]).column("text").take(rows).to_pylist()
         clusters += pq.read_table(attr[pt.name], columns=["dup_cluster"]).column(
             "dup_cluster").take(rows).to_pylist()
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(corpus_dir, quiet=True)
     reason_of = {(r[0], r[1], r[2]): r[3] for r in con.execute(

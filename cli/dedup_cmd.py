@@ -1,4 +1,4 @@
-"""``xgen dedup``: exact and near-duplicate removal (thin layer over :func:`xgen_data.dedup.run_dedup`)."""
+"""``xgen dedup``: exact and near-duplicate removal (thin layer over :func:`xgen_data.attributes.dedup.run_dedup`)."""
 from __future__ import annotations
 
 import json
@@ -39,11 +39,11 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
     default dedup decisions (the `documents` view without --recipe); recipes keep their own. Also writes
     reports/license_conflicts.parquet (the `license_conflicts` view).
     """
-    from xgen_data.dedup import run_dedup
+    from xgen_data.attributes.dedup import run_dedup
 
     allow = None
     if recipe_name:
-        from xgen_data import recipe
+        from xgen_data.mixing import recipe
 
         allow = tuple(recipe.load(recipe_name).allow_list())
     report = run_dedup(corpus_dir, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, bands=bands,
@@ -56,8 +56,8 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
 
 
 def print_report(report) -> None:
-    """Print a :class:`xgen_data.dedup.DedupReport`: summary, removals per subset and source, top clusters."""
-    from xgen_data.dedup import REASON_EXACT, REASON_NEAR
+    """Print a :class:`xgen_data.attributes.dedup.DedupReport`: summary, removals per subset and source, top clusters."""
+    from xgen_data.attributes.dedup import REASON_EXACT, REASON_NEAR
 
     for line in report.summary_lines()[:4]:
         click.echo(line)

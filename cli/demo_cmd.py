@@ -62,7 +62,7 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
     """Split the corpus's code files into stage-1 ``code`` and a StarCoderData-layout ``starcoder`` (disjoint)."""
     import itertools
 
-    from xgen_data import code_split
+    from xgen_data.sources import code_split
 
     readers = [code_split.corpus_lines(p) for p in code_inputs]
     click.echo(f"      splitting {', '.join(os.path.basename(p) for p in code_inputs)} into stage-1 code and a "
@@ -97,9 +97,13 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     stage-1 ``code`` and a ``starcoder`` subset the demo writes in StarCoderData's Parquet layout."""
     from cli.ingest_cmd import expand_inputs, print_ingest
     from cli.mix_cmd import print_build, print_plan, print_steps
-    from xgen_data import code_split, fsutil, ingest, packing, pipeline, recipe, sql, stdlib_corpus
-    from xgen_data.corpus import Corpus
-    from xgen_data.plots import length_histogram
+    from xgen_data.mixing import pipeline, recipe
+    from xgen_data.shards import packing
+    from xgen_data.sources import code_split, ingest, stdlib_corpus
+    from xgen_data.stats import sql
+    from xgen_data.store import fsutil
+    from xgen_data.store.corpus import Corpus
+    from xgen_data.stats.plots import length_histogram
 
     t0 = time.time()
     timings = {}

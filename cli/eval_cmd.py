@@ -48,7 +48,7 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
     n = min_tokens or ev.trained_seq_len(run) or cfg.max_positions
     if n > cfg.max_positions:
         raise click.ClickException(f"--min-tokens {n} exceeds the model's max positions {cfg.max_positions}")
-    from xgen_data import recipe
+    from xgen_data.mixing import recipe
 
     docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None,
                              recipe=recipe.load(recipe_name) if recipe_name else None)

@@ -1,4 +1,4 @@
-"""``xgen filter``: drop short documents and non-permissive code (thin layer over :mod:`xgen_data.filters`)."""
+"""``xgen filter``: drop short documents and non-permissive code (thin layer over :mod:`xgen_data.attributes.filters`)."""
 from __future__ import annotations
 
 import click
@@ -20,7 +20,8 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
     The `documents` view without --recipe shows these decisions (for every subset); a recipe's view
     (`xgen sql --recipe R`, `mix plan/build`) uses the recipe's own settings.
     """
-    from xgen_data import filters, licenses, recipe
+    from xgen_data.attributes import filters, licenses
+    from xgen_data.mixing import recipe
 
     policies = None
     if recipe_name:

@@ -1,4 +1,4 @@
-"""``xgen ingest``: raw files into a tokenized Parquet corpus (thin layer over :mod:`xgen_data.ingest`)."""
+"""``xgen ingest``: raw files into a tokenized Parquet corpus (thin layer over :mod:`xgen_data.sources.ingest`)."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,9 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
     """Files as given, and the supported files directly inside any folder given (sorted, not recursive).
 
     Used by ``xgen demo --corpus DIR`` (the top level of a corpora folder); ``xgen ingest`` reads folders
-    recursively (:func:`xgen_data.ingest.find_inputs`).
+    recursively (:func:`xgen_data.sources.ingest.find_inputs`).
     """
-    from xgen_data.readers import SUPPORTED_SUFFIXES
+    from xgen_data.sources.readers import SUPPORTED_SUFFIXES
 
     out = []
     for p in paths:
@@ -50,9 +50,9 @@ def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers
 
     Folders are read recursively; hidden entries and files of other types are skipped and listed.
     """
-    from xgen_data.ingest import find_inputs, summarize_skipped
-    from xgen_data.ingest import ingest as run
-    from xgen_data.readers import parse_columns
+    from xgen_data.sources.ingest import find_inputs, summarize_skipped
+    from xgen_data.sources.ingest import ingest as run
+    from xgen_data.sources.readers import parse_columns
 
     columns = parse_columns(columns_spec)
 

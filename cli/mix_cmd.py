@@ -14,7 +14,7 @@ def mix() -> None:
 
 
 def _recipe(name: str, seed: int | None):
-    from xgen_data import recipe
+    from xgen_data.mixing import recipe
 
     r = recipe.load(name)
     return dataclasses.replace(r, seed=seed) if seed is not None else r
@@ -28,10 +28,11 @@ workers_option = click.option("--workers", default=2, show_default=True, type=cl
 
 def print_plan(recipe, docs, corpus_dir: str) -> None:
     """Print the mixture plan per stage and subset, sequences per sub-stage, and missing or unused subsets."""
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     corpus_subsets = Corpus(corpus_dir).subsets()
-    from xgen_data import mixture, packing
+    from xgen_data.mixing import mixture
+    from xgen_data.shards import packing
 
     plan_rows = mixture.plan(recipe, packing.subset_stats(docs))
     print_plan_rows(recipe, plan_rows)
@@ -48,7 +49,7 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
 def print_plan_rows(recipe, plan_rows) -> None:
     """Print the plan tables: per stage and subset (tokens, and effective tokens in B/M/K as Table 2 prints billions),
     each stage's total and how it was given (replay + own subsets), and the sub-stages."""
-    from xgen_data import mixture
+    from xgen_data.mixing import mixture
 
     rows = []
     for st in recipe.stages:
@@ -70,9 +71,9 @@ def print_plan_rows(recipe, plan_rows) -> None:
 
 def print_language_plan(rows) -> None:
     """Print the per-language table of subsets weighted by language (unique tokens, share, effective, epochs),
-    each language's kind (:func:`xgen_data.languages.kind`) and, per subset, how many of StarCoder's 86
+    each language's kind (:func:`xgen_data.attributes.languages.kind`) and, per subset, how many of StarCoder's 86
     programming languages, of the data formats and of the extras it holds."""
-    from xgen_data import languages
+    from xgen_data.attributes import languages
 
     if not rows:
         return
@@ -89,7 +90,7 @@ def print_language_plan(rows) -> None:
 def language_coverage(present) -> str:
     """One phrase: how many of StarCoder's 86 programming languages, the 2 data formats and Apex ``present``
     (language keys) holds, and how many other names (unknown, natural languages)."""
-    from xgen_data import languages
+    from xgen_data.attributes import languages
 
     kinds = [languages.kind(x) for x in set(present)]
     n = {k: kinds.count(k) for k in languages.KINDS}
@@ -128,7 +129,7 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> N
     First runs the recipe's filters and dedup on the corpus when they are out of date (as `mix build`
     does), so the plan counts exactly the documents a build would pack.
     """
-    from xgen_data import pipeline
+    from xgen_data.mixing import pipeline
 
     r = _recipe(recipe_name, seed)
     steps, docs = pipeline.plan_recipe(corpus_dir, r, workers=workers)
@@ -145,7 +146,7 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int) -> N
 @user_errors
 def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str) -> None:
     """Run the recipe's filters and dedup, then pack shuffled sequences into uint16 shards + manifest.json."""
-    from xgen_data import pipeline
+    from xgen_data.mixing import pipeline
 
     r = _recipe(recipe_name, seed)
     steps, report = pipeline.build_recipe(corpus_dir, r, out_dir, workers=workers)

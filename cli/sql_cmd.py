@@ -1,4 +1,4 @@
-"""``xgen sql`` and ``xgen stats``: read-only DuckDB over the corpus views of :mod:`xgen_data.sql`."""
+"""``xgen sql`` and ``xgen stats``: read-only DuckDB over the corpus views of :mod:`xgen_data.stats.sql`."""
 from __future__ import annotations
 
 import sys
@@ -15,10 +15,10 @@ recipe_option = click.option("--recipe", "recipe_name", default=None,
 
 def _connect(corpus_dir: str, recipe_name: str | None, shard_dirs: list[str] | None = None):
     """The corpus views with ``recipe_name``'s decisions (named on stderr), locked down
-    (:func:`xgen_data.sql.lock_down`)."""
-    from xgen_data import decisions, recipe
-    from xgen_data import sql as xsql
-    from xgen_data.corpus import Corpus
+    (:func:`xgen_data.stats.sql.lock_down`)."""
+    from xgen_data.mixing import decisions, recipe
+    from xgen_data.stats import sql as xsql
+    from xgen_data.store.corpus import Corpus
 
     r = recipe.load(recipe_name) if recipe_name else None
     dec = decisions.for_corpus(Corpus(corpus_dir), r)
@@ -57,8 +57,8 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
     """
     import duckdb
 
-    from xgen_data import sql as xsql
-    from xgen_data import sql_results
+    from xgen_data.stats import sql as xsql
+    from xgen_data.stats import sql_results
 
     if not query.strip():
         raise click.BadParameter("empty query; e.g. \"SELECT subset, count(*) FROM documents GROUP BY subset\"")
@@ -98,14 +98,14 @@ def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | N
     try:
         con = _connect(corpus_dir, recipe_name)
         if plot_path:
-            from xgen_data import recipe
-            from xgen_data.plots import length_histogram
+            from xgen_data.mixing import recipe
+            from xgen_data.stats.plots import length_histogram
 
             r = recipe.load(recipe_name) if recipe_name else None
             length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
         if lang_plot_path:
-            from xgen_data import recipe as recipe_mod
-            from xgen_data.plots import language_policy_plot
+            from xgen_data.mixing import recipe as recipe_mod
+            from xgen_data.stats.plots import language_policy_plot
 
             language_policy_plot(corpus_dir, lang_plot_path, recipe_mod.load(recipe_name) if recipe_name else None)
         _print_stats(con, corpus_dir, fmt)
@@ -121,8 +121,8 @@ def _print_stats(con, corpus_dir: str, fmt: str) -> None:
     import json
     import os
 
-    from xgen_data import sql as xsql
-    from xgen_data import sql_results
+    from xgen_data.stats import sql as xsql
+    from xgen_data.stats import sql_results
 
     out = sys.stdout
     if fmt == "json":

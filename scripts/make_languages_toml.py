@@ -1,6 +1,6 @@
-"""Regenerate xgen_data/languages.toml from GitHub linguist's languages.yml (a development tool; needs PyYAML).
+"""Regenerate xgen_data/attributes/languages.toml from GitHub linguist's languages.yml (a development tool; needs PyYAML).
 
-Usage: python scripts/make_languages_toml.py path/to/linguist/lib/linguist/languages.yml COMMIT > xgen_data/languages.toml
+Usage: python scripts/make_languages_toml.py path/to/linguist/lib/linguist/languages.yml COMMIT > xgen_data/attributes/languages.toml
 
 Keeps StarCoderData's 88 language folders (bigcode/starcoderdata: the StarCoder paper's 86 programming languages,
 kind "starcoder", and the data formats JSON and YAML, kind "data") plus Apex, which XGen adds to its stage-1

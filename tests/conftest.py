@@ -25,7 +25,8 @@ def shared_path(*parts: str) -> str:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> str:
     """A corpus of the shared sample slice (natural, code, instruct), filtered with the SPEC §2 defaults."""
-    from xgen_data import filters, ingest
+    from xgen_data.attributes import filters
+    from xgen_data.sources import ingest
 
     root = str(tmp_path_factory.mktemp("sample") / "corpus")
     ingest.ingest(root, [(shared_path("corpus", "sample", f), None)
@@ -40,7 +41,7 @@ def demo_code_only():
     Its stage-2 targets equal the demo's earlier proportions (natural 124,925 + code 137,219 of 262,144)."""
     import dataclasses
 
-    from xgen_data import recipe
+    from xgen_data.mixing import recipe
 
     r = recipe.load("demo")
     stages = []
@@ -65,7 +66,7 @@ def demo_no_dedup():
 @pytest.fixture(scope="session")
 def demo_shards(sample_corpus, tmp_path_factory) -> str:
     """Shards of the demo recipe built from the sample corpus (no dedup: packing tests stand alone)."""
-    from xgen_data import packing
+    from xgen_data.shards import packing
 
     out = str(tmp_path_factory.mktemp("shards") / "shards")
     packing.build(sample_corpus, demo_no_dedup(), out, progress=False)

@@ -1,7 +1,7 @@
 """Test helper for xgen_train: a shards directory built by the real builder from real shared text.
 
 Ingests the shared sample natural-language slice, applies the SPEC §2 filters and packs it with
-:func:`xgen_data.packing.build` under a one-stage recipe written for the requested ``seq_len``.
+:func:`xgen_data.shards.packing.build` under a one-stage recipe written for the requested ``seq_len``.
 Not a conftest.py: import it explicitly.
 """
 from __future__ import annotations
@@ -12,7 +12,11 @@ from pathlib import Path
 
 from conftest import SHARED as _SHARED
 
-from xgen_data import filters, ingest, packing, recipe, tokenizer
+from xgen_data import tokenizer
+from xgen_data.attributes import filters
+from xgen_data.mixing import recipe
+from xgen_data.shards import packing
+from xgen_data.sources import ingest
 
 SHARED = Path(_SHARED)
 EOS_ID = tokenizer.EOS_ID

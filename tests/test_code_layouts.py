@@ -36,7 +36,7 @@ def _write_starcoder(root, recs):
 
 def test_starcoder_layout_round_trip(tmp_path):
     from cli.main import cli
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     recs = _code_records()
     by_lang = _write_starcoder(tmp_path / "starcoderdata", recs)
@@ -60,7 +60,8 @@ def test_starcoder_layout_round_trip(tmp_path):
 
 def test_columns_mapping_round_trip(tmp_path):
     from cli.main import cli
-    from xgen_data import licenses, sql
+    from xgen_data.attributes import licenses
+    from xgen_data.stats import sql
 
     recs = _code_records()[:10]
     pq.write_table(pa.table({"code": [r["text"] for r in recs], "filepath": [r["path"] for r in recs],
@@ -91,7 +92,7 @@ def test_bad_columns_are_clear_errors(tmp_path, spec, match):
 
 
 def test_missing_mapped_column_names_file_and_row(tmp_path):
-    from xgen_data import ingest, readers
+    from xgen_data.sources import ingest, readers
 
     pq.write_table(pa.table({"code": ["x " * 200]}), tmp_path / "o.parquet")
     with pytest.raises(readers.RecordError, match=r"o.parquet:1: missing column 'content'"):
@@ -100,7 +101,9 @@ def test_missing_mapped_column_names_file_and_row(tmp_path):
 
 
 def test_metadata_tokens_are_inserted_by_id(tmp_path):
-    from xgen_data import ingest, readers, sql, tokenizer
+    from xgen_data import tokenizer
+    from xgen_data.sources import ingest, readers
+    from xgen_data.stats import sql
 
     recs = _code_records()[:6]
     _write_starcoder(tmp_path / "sc", recs)

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import shared_path
-from xgen_data import code_split, recipe
+from xgen_data.mixing import recipe
+from xgen_data.sources import code_split
 
 
 def _sample():
@@ -21,7 +22,7 @@ def test_split_is_disjoint_deterministic_and_per_language(tmp_path):
     other = code_split.write_split(lambda: iter(recs), str(tmp_path / "c"), seed=8)
     for x, y in zip([rep.code_path, *rep.starcoder_paths], [again.code_path, *again.starcoder_paths]):
         assert open(x, "rb").read() == open(y, "rb").read()  # same records and seed: byte-identical files
-    from xgen_data import readers
+    from xgen_data.sources import readers
 
     code_ids = [json.loads(r.payload)["id"] for r in readers.iter_raw(rep.code_path)]
     star = {os.path.basename(os.path.dirname(p)): pq.read_table(p) for p in rep.starcoder_paths}
@@ -45,12 +46,12 @@ def test_split_is_disjoint_deterministic_and_per_language(tmp_path):
     assert row["content"] == src["text"] and row["max_stars_repo_path"] == src["path"]
     assert row["max_stars_repo_name"] == f"{src['meta']['registry']}/{src['meta']['package']}"
     assert row["max_stars_count"] is None  # the sample has no stars: none invented
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     corpus = str(tmp_path / "corpus")
     reports = ingest.ingest(corpus, [(p, None) for p in rep.starcoder_paths], workers=1, progress=False)
     assert {r.subset for r in reports} == {"starcoder"} and sum(r.n_written for r in reports) == len(star_ids)
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     got = dict(sql.connect(corpus, quiet=True).execute(
         "SELECT language, count(*) FROM documents GROUP BY ALL").fetchall())
@@ -66,7 +67,7 @@ def test_split_is_disjoint_deterministic_and_per_language(tmp_path):
     ('["MIT", "Apache-2.0"]', ["MIT", "Apache-2.0"]),
 ])
 def test_repo_licenses_keep_the_meaning(label, want):
-    from xgen_data import licenses
+    from xgen_data.attributes import licenses
 
     got = code_split.repo_licenses(label)
     assert got == want
@@ -76,7 +77,7 @@ def test_repo_licenses_keep_the_meaning(label, want):
 
 
 def test_every_shared_license_label_maps_to_a_list_with_the_same_decision():
-    from xgen_data import licenses
+    from xgen_data.attributes import licenses
 
     labels = {json.loads(line).get("license") for line in code_split.corpus_lines(shared_path("corpus", "code.jsonl.zst"))()}
     assert len(labels) > 50  # the shared code corpus's real, messy labels
@@ -111,7 +112,7 @@ def test_policy_allow_extra(tmp_path):
     q = tmp_path / "again.toml"
     q.write_text(recipe.to_toml(r))
     assert recipe.load(str(q)).policy_allow_extra == {"strict": ("PSF-2.0",)}
-    from xgen_data import decisions
+    from xgen_data.mixing import decisions
 
     assert "PSF-2.0" in decisions.from_recipe(r).filter["policies"]["starcoder"]["allow"]
     for bad, match in [("{ permissive = ['PSF-2.0'] }", "license_allow_extra"),
@@ -123,7 +124,8 @@ def test_policy_allow_extra(tmp_path):
 
 def test_license_conflicts_compare_normalized_labels(tmp_path):
     from tests.test_dedup import make_corpus
-    from xgen_data import dedup, sql
+    from xgen_data.attributes import dedup
+    from xgen_data.stats import sql
 
     words = " ".join(f"word{i}" for i in range(80))
     corpus = make_corpus(str(tmp_path), {"code": [

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import build_curriculum_shards  # noqa: E402
 
-from xgen_data import recipe as recipe_mod  # noqa: E402
+from xgen_data.mixing import recipe as recipe_mod  # noqa: E402
 from xgen_train import data as data_mod  # noqa: E402
 from xgen_train.checkpoint import CheckpointError, is_hf_folder, latest_checkpoint, load_params  # noqa: E402
 from xgen_train.curriculum import make_plan  # noqa: E402

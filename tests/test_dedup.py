@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE, shared_path
 
-from xgen_data import dedup, minhash
-from xgen_data.corpus import Corpus, CorpusError
+from xgen_data.attributes import dedup, minhash
+from xgen_data.store.corpus import Corpus, CorpusError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ EDGE_TEXTS = ["", "   \n\t ", "word", "two words", "four words in here", "five w
 def decisions(corpus_dir: str) -> dict[tuple[str, str], dict]:
     """(subset, id) -> the dedup decision of every document under the corpus's default decisions (the last
     `xgen dedup`): ``drop_reason`` is dedup's own reason (``dup_reason``), whatever the filters decide."""
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(corpus_dir, quiet=True)
     rows = con.execute("""SELECT subset, id, dup_reason AS drop_reason, dup_cluster, dup_of, dup_of_subset
@@ -49,7 +49,7 @@ def decisions(corpus_dir: str) -> dict[tuple[str, str], dict]:
 
 def step_tables(corpus_dir: str) -> dict[str, list]:
     """The committed dedup attribute tables (by subset/part) and the derived decisions, for determinism checks."""
-    from xgen_data import decisions as dec
+    from xgen_data.mixing import decisions as dec
 
     corpus = Corpus(corpus_dir)
     ded = corpus.default_decisions()["dedup"]
@@ -68,7 +68,7 @@ def write_jsonl(path: str, records: list[dict]) -> str:
 
 def make_corpus(root: str, files: dict[str, list[dict]]) -> str:
     """Ingest hand-made or selected records; ``files`` maps a subset name to its records."""
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     os.makedirs(root, exist_ok=True)
     inputs = [(write_jsonl(os.path.join(root, f"{subset}.jsonl"), recs), subset) for subset, recs in files.items()]
@@ -169,7 +169,7 @@ def test_signatures_equal_datasketch(scheme, num_perm, seed, ngram, compiled):
 
 def _shingle_kernels():
     """The scalar-SHA-1 kernel, and the SHA-NI one where this CPU has the extension."""
-    from xgen_data import minhash_jit
+    from xgen_data.attributes import minhash_jit
 
     kernels = [minhash_jit._shingle_hashes_kernel]
     if minhash_jit.sha_ni_available():
@@ -179,7 +179,7 @@ def _shingle_kernels():
 
 @pytest.mark.parametrize("ngram", [1, 5, 9])
 def test_compiled_shingle_hashes_equal_hashlib(ngram):
-    from xgen_data import minhash_jit
+    from xgen_data.attributes import minhash_jit
 
     rng = np.random.default_rng(ngram)
     # one word of every length 1..200 bytes: every SHA-1 padding case (tail < 56, 56..63, several blocks)
@@ -319,7 +319,7 @@ def test_license_rank_policy():
     assert r("MIT AND GPL-3.0-only") == r("GPL-3.0-only")  # AND: the worse
     assert r("CC0-1.0") < r("MIT") < r("PSF-2.0") < r("LGPL-2.1") < r("GPL-3.0-only") < r("Foo-1.0") < r("NOASSERTION")
     assert dedup.license_kind("PSF-2.0") == "permissive" and dedup.license_kind("GPL-2.0+") == "copyleft"
-    licenses = pytest.importorskip("xgen_data.licenses")
+    licenses = pytest.importorskip("xgen_data.attributes.licenses")
     for expr in ("MIT", "PSF-2.0", "GPL-2.0 OR MIT", "NOASSERTION", "LGPL-2.1", "CC0-1.0", "BSD-3-Clause AND PSF-2.0"):
         # the top two tiers are exactly what the license filter passes
         assert (r(expr) <= tiers.index("permissive")) == licenses.license_passes(expr), expr
@@ -367,7 +367,7 @@ def test_output_contract(deduped_sample):
     offsets = dedup.doc_offsets(corpus)
     rows = {}
     d = decisions(root)
-    from xgen_data import decisions as dec
+    from xgen_data.mixing import decisions as dec
 
     files = corpus.attribute_files("dedup", dec.dedup_attr_params(corpus.default_decisions()["dedup"]))
     for k, (part, path) in enumerate(files):
@@ -588,7 +588,7 @@ def test_cli_and_sql_view(deduped_sample, tmp_path):
         assert text in result.output
     result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--json", "--no-exact"])
     assert result.exit_code == 0 and json.loads(result.stdout)["params"]["exact"] is False
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(copy)
     n = con.execute("""SELECT count(*) FROM documents
@@ -603,7 +603,7 @@ def test_full_shared_corpus(tmp_path):
     import resource
     import time
 
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     corpus = str(tmp_path / "corpus")
     files = ("nl.jsonl.zst", "code.jsonl.zst", "instruct.jsonl.zst")
@@ -704,7 +704,7 @@ def test_planted_chain_does_not_remove_far_copy(tmp_path):
     assert removed in ({"b": "a"}, {"c": "b"}), removed
     assert d[("natural", "c")]["dup_of"] != "a" and d[("natural", "a")]["drop_reason"] is None
     # the two clusterings are two attribute sets (the clustering is part of the dedup parameters)
-    from xgen_data import decisions as dec
+    from xgen_data.mixing import decisions as dec
 
     ded = Corpus(corpus).default_decisions()["dedup"]
     assert ded["clustering"] == "cliques"
@@ -740,7 +740,7 @@ def test_edited_copies_still_removed(tmp_path):
 
 def _sample_signatures(root: str) -> tuple[dict, dict]:
     """(subset, id) -> text and (subset, id) -> dedup decision of a deduplicated corpus."""
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(root, quiet=True)
     texts = {(r[0], r[1]): r[2] for r in con.execute("SELECT subset, id, text FROM documents").fetchall()}

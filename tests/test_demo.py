@@ -7,7 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import shared_path
-from xgen_data import recipe, shards, sql
+from xgen_data.mixing import recipe
+from xgen_data.shards import shard_format as shards
+from xgen_data.stats import sql
 
 
 def _run_demo(args):

@@ -110,7 +110,7 @@ def params():
 
 
 def test_long_documents_are_kept_ones_cut_to_n(sample_corpus):
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(sample_corpus)
     n_long = con.execute("SELECT count(*) FROM documents WHERE kept AND n_tokens >= 200").fetchone()[0]
@@ -132,7 +132,9 @@ def test_long_documents_are_kept_ones_cut_to_n(sample_corpus):
 
 def test_long_documents_skip_dropped_ones(corpus_copy):
     """Documents a filter dropped (here: every license but MIT, in every subset) are not evaluated."""
-    from xgen_data import filters, sql, tokenizer
+    from xgen_data import tokenizer
+    from xgen_data.attributes import filters
+    from xgen_data.stats import sql
 
     filters.run_filters(corpus_copy, license_subsets=("natural", "code", "instruct"), allow=("MIT",))
     con = sql.connect(corpus_copy)
@@ -145,7 +147,7 @@ def test_long_documents_skip_dropped_ones(corpus_copy):
 
 
 def test_no_long_document_is_a_clear_error(sample_corpus):
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     longest = sql.connect(sample_corpus).execute("SELECT max(n_tokens) FROM documents WHERE kept").fetchone()[0]
     with pytest.raises(ValueError, match=rf"no kept document has at least {longest + 1:,} tokens .* the longest "

@@ -4,8 +4,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from xgen_data import filters, licenses, sql
-from xgen_data.corpus import CorpusError
+from xgen_data.attributes import filters, licenses
+from xgen_data.stats import sql
+from xgen_data.store.corpus import CorpusError
 
 
 @pytest.mark.parametrize("expr,ok", [
@@ -53,7 +54,7 @@ def test_documents_view_has_every_drop_reason(sample_corpus):
 
 
 def test_shards_view_matches_manifest(sample_corpus, demo_shards):
-    from xgen_data import shards
+    from xgen_data.shards import shard_format as shards
 
     con = sql.connect(sample_corpus, [demo_shards])
     manifest = shards.read_manifest(demo_shards)
@@ -99,7 +100,7 @@ def test_not_a_corpus(tmp_path):
 
 
 def test_broken_shards_folder_does_not_block_sql(corpus_copy, tmp_path, capsys):
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     broken = tmp_path / "broken"
     broken.mkdir()

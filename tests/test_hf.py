@@ -93,7 +93,7 @@ def test_export_tensors_are_hf_names_and_shapes(exported, tiny_params):
     with safe_open(str(out / "model.safetensors"), "np") as fh:
         assert fh.metadata() == {"format": "pt"}
     marker = json.loads((out / hf.EXPORT_MARKER).read_text())
-    from xgen_data.fsutil import sha256_file
+    from xgen_data.store.fsutil import sha256_file
 
     assert marker["step"] == 7 and marker["source_checkpoint"] == str(latest_checkpoint(run / "checkpoints"))
     assert {f: sha256_file(str(out / f)) for f in marker["sha256"]} == marker["sha256"]

@@ -10,8 +10,10 @@ import zstandard
 from click.testing import CliRunner
 
 from conftest import shared_path
-from xgen_data import ingest, readers, sql, tokenizer
-from xgen_data.corpus import Corpus, CorpusError
+from xgen_data import tokenizer
+from xgen_data.sources import ingest, readers
+from xgen_data.stats import sql
+from xgen_data.store.corpus import Corpus, CorpusError
 
 
 def _sample_lines(name="code.jsonl", n=30):
@@ -275,7 +277,7 @@ def test_inputs_inside_the_corpus_and_empty_subset_are_refused(tmp_path):
 
 
 def test_part_sha256_recorded_at_ingest(tmp_path):
-    from xgen_data import fsutil
+    from xgen_data.store import fsutil
 
     root = str(tmp_path / "c")
     ingest.ingest(root, [(shared_path("corpus", "sample", "code.jsonl"), None)], workers=1, progress=False)

@@ -14,8 +14,10 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from conftest import shared_path
-from xgen_data import fsutil, idindex, ingest, readers, sql
-from xgen_data.corpus import Corpus
+from xgen_data.sources import idindex, ingest, readers
+from xgen_data.stats import sql
+from xgen_data.store import fsutil
+from xgen_data.store.corpus import Corpus
 
 
 def _lines(name="code.jsonl", n=20):

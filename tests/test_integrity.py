@@ -15,8 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
-from xgen_data import corpus as corpus_mod
-from xgen_data import dedup, filters, fsutil, ingest, packing, recipe, shards, sql, verify
+from xgen_data.store import corpus as corpus_mod
+from xgen_data.attributes import dedup, filters
+from xgen_data.mixing import recipe
+from xgen_data.shards import packing, shard_format as shards
+from xgen_data.sources import ingest
+from xgen_data.stats import sql
+from xgen_data.store import fsutil, verify
 
 RECIPE = """name = "crash"
 seed = 3
@@ -95,15 +100,15 @@ def _kill_at(point: str, code: str) -> None:
 STEPS = {
     # step: (commit points in order, python code run in the subprocess, the same step in this process)
     "filter": (["license.part_written", "license.before_commit", "write_json.tmp_written", "license.committed"],
-               "from xgen_data import filters; filters.run_filters({root!r}, min_tokens=50, "
+               "from xgen_data.attributes import filters; filters.run_filters({root!r}, min_tokens=50, "
                "allow=filters.licenses.default_allow_list() + ('PSF-2.0',))",
                lambda c: filters.run_filters(c["root"], min_tokens=50,
                                              allow=filters.licenses.default_allow_list() + ("PSF-2.0",))),
     "dedup": (["dedup.part_written", "dedup.before_commit", "dedup.committed"],
-              "from xgen_data import dedup; dedup.run_dedup({root!r}, threshold=0.8, workers=1, progress=False)",
+              "from xgen_data.attributes import dedup; dedup.run_dedup({root!r}, threshold=0.8, workers=1, progress=False)",
               lambda c: dedup.run_dedup(c["root"], threshold=0.8, workers=1, progress=False)),
     "ingest": (["ingest.parts_written", "ingest.part_renamed", "ingest.registered"],
-               "from xgen_data import ingest; ingest.ingest({root!r}, [({extra!r}, None)], workers=1, progress=False)",
+               "from xgen_data.sources import ingest; ingest.ingest({root!r}, [({extra!r}, None)], workers=1, progress=False)",
                lambda c: ingest.ingest(c["root"], [(c["extra"], None)], workers=1, progress=False)),
 }
 #: commit points after which the new state is the committed one
@@ -136,14 +141,14 @@ def test_kill_mix_build_at_every_commit_point(small, tmp_path):
     r = recipe.load(small["recipe"])
     root = str(tmp_path / "c")
     shutil.copytree(small["root"], root)
-    from xgen_data import pipeline
+    from xgen_data.mixing import pipeline
 
     ref = str(tmp_path / "ref")
     pipeline.build_recipe(root, r, ref, workers=1, progress=False)
     want = open(os.path.join(ref, "manifest.json")).read()
     for point in ("build.shards_written", "build.swapped"):
         out = str(tmp_path / point)
-        code = (f"from xgen_data import pipeline, recipe; pipeline.build_recipe({root!r}, "
+        code = (f"from xgen_data.mixing import pipeline, recipe; pipeline.build_recipe({root!r}, "
                 f"recipe.load({small['recipe']!r}), {out!r}, workers=1, progress=False)")
         _kill_at(point, code)
         if point == "build.shards_written":
@@ -160,7 +165,7 @@ def test_recipe_flow_sees_content_changes_not_names(small, tmp_path):
     """A part overwritten in place (same name, other bytes) is damage, never 'up to date' (issue 7)."""
     import pyarrow.parquet as pq
 
-    from xgen_data import pipeline
+    from xgen_data.mixing import pipeline
 
     root = str(tmp_path / "c")
     shutil.copytree(small["root"], root)
@@ -239,8 +244,8 @@ def test_old_layout_step_files_are_dropped(small, tmp_path):
 
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):
-    """The `language` attribute step (xgen_data.languages) is crash-consistent like license and dedup."""
-    from xgen_data import languages
+    """The `language` attribute step (xgen_data.attributes.languages) is crash-consistent like license and dedup."""
+    from xgen_data.attributes import languages
 
     base = str(tmp_path / "base")
     shutil.copytree(small["root"], base)
@@ -260,7 +265,7 @@ def test_kill_language_step_at_every_commit_point(small, tmp_path):
     run(ref)
     new = _state(ref)
     assert new != old
-    code = ("from xgen_data import corpus, languages; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
+    code = ("from xgen_data.attributes import languages; from xgen_data.store import corpus; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
             "languages.compute_language_attributes(c)")
     for point in ("language.part_written", "language.before_commit", "write_json.tmp_written", "language.committed"):
         root = str(tmp_path / point)

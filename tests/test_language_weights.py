@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import shared_path
-from xgen_data import mixture, pipeline, recipe
+from xgen_data.mixing import mixture, pipeline, recipe
 
 RECIPE = """name = "langs"
 seed = 11
@@ -28,7 +28,7 @@ tokens = 40_960
 
 @pytest.fixture(scope="module")
 def starcoder_corpus(tmp_path_factory):
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     root = str(tmp_path_factory.mktemp("langs") / "corpus")
     ingest.ingest(root, [(shared_path("corpus", "sample", "code.jsonl"), "starcoder")], workers=1, progress=False)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tests.conftest import shared_path
-from xgen_data import languages
+from xgen_data.attributes import languages
 
 
 @pytest.mark.parametrize("path,text,want", [
@@ -47,7 +47,9 @@ def test_table_covers_starcoder_and_apex():
 
 
 def test_language_attribute_keeps_source_and_counts(corpus_copy, tmp_path):
-    from xgen_data import filters, ingest, sql
+    from xgen_data.attributes import filters
+    from xgen_data.sources import ingest
+    from xgen_data.stats import sql
 
     src = [json.loads(x) for x in open(shared_path("corpus", "sample", "code.jsonl"))][:4]
     recs = [

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from tests.conftest import shared_path
-from xgen_data import licenses
+from xgen_data.attributes import licenses
 
 PERMISSIVE = licenses.load_policy("permissive")
 STRICT = licenses.load_policy("strict")
@@ -147,7 +147,8 @@ def test_sql_shows_each_subsets_policy_decision_and_reason(corpus_copy, tmp_path
     from click.testing import CliRunner
 
     from cli.main import cli
-    from xgen_data import ingest, pipeline, recipe
+    from xgen_data.mixing import pipeline, recipe
+    from xgen_data.sources import ingest
 
     _starcoder_jsonl(tmp_path / "starcoder.jsonl")
     ingest.ingest(corpus_copy, [(str(tmp_path / "starcoder.jsonl"), "starcoder")], workers=1, progress=False)
@@ -178,7 +179,7 @@ def test_sql_shows_each_subsets_policy_decision_and_reason(corpus_copy, tmp_path
                                    "license_normalized, decision, reason, count(*) FROM documents GROUP BY ALL"])
     assert res.exit_code == 0 and "labels disagree" in res.stdout, res.output
     # tokens per language before and after each policy (the PNG's data), and the PNG itself
-    from xgen_data import plots
+    from xgen_data.stats import plots
 
     data, names = plots.language_policy_tokens(corpus_copy, recipe.load(str(rp)))
     assert names == ["permissive", "strict"]
@@ -195,7 +196,8 @@ def test_xgen_filter_with_a_recipe_records_its_policies(corpus_copy, tmp_path):
     from click.testing import CliRunner
 
     from cli.main import cli
-    from xgen_data import ingest, sql
+    from xgen_data.sources import ingest
+    from xgen_data.stats import sql
 
     _starcoder_jsonl(tmp_path / "starcoder.jsonl")
     ingest.ingest(corpus_copy, [(str(tmp_path / "starcoder.jsonl"), "starcoder")], workers=1, progress=False)
@@ -211,5 +213,5 @@ def test_xgen_filter_with_a_recipe_records_its_policies(corpus_copy, tmp_path):
 
 def test_unknown_allow_list_additions_are_named():
     """`xgen filter --allow-license MTI` warns: a typo of an SPDX id can never match a normalised license."""
-    from xgen_data import licenses as lic
+    from xgen_data.attributes import licenses as lic
     assert lic.unknown_ids(["MIT", "MTI", "GPL-2.0", "LicenseRef-acme", "PSF-2.0", "x y ("]) == ["MTI", "x y ("]

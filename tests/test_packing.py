@@ -8,8 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import demo_no_dedup, shared_path
-from xgen_data import mixture, packing, recipe, shards, sql, tokenizer
-from xgen_data.corpus import Corpus
+from xgen_data import tokenizer
+from xgen_data.mixing import mixture, recipe
+from xgen_data.shards import packing, shard_format as shards
+from xgen_data.stats import sql
+from xgen_data.store.corpus import Corpus
 
 EOS = tokenizer.EOS_ID
 
@@ -293,7 +296,7 @@ def test_unsafe_names_are_rejected(tmp_path, name):
                  "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
     with pytest.raises(recipe.RecipeError, match="not a valid name"):
         recipe.load(str(p))
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     with pytest.raises(ValueError, match="not a valid name"):
         ingest.ingest(str(tmp_path / "c"), [(shared_path("corpus", "sample", "code.jsonl"), name)], progress=False)

@@ -4,7 +4,11 @@ import json
 import pytest
 
 from conftest import demo_code_only, shared_path
-from xgen_data import dedup, filters, fsutil, ingest, pipeline, recipe, sql
+from xgen_data.attributes import dedup, filters
+from xgen_data.mixing import pipeline, recipe
+from xgen_data.sources import ingest
+from xgen_data.stats import sql
+from xgen_data.store import fsutil
 
 
 def _write(path, records):
@@ -117,7 +121,7 @@ def test_two_recipes_side_by_side(corpus_copy, tmp_path):
     again = {(s, i): (k, d) for s, i, k, d in sql.connect(corpus_copy, recipe=r100).execute(q).fetchall()}
     assert again == a
     # packing uses the same derived decisions
-    from xgen_data import packing
+    from xgen_data.shards import packing
 
     docs = packing.kept_documents(corpus_copy, ["natural", "code"], r50)
     assert {("code", i) for i in docs["code"].doc_id} == {k for k, v in b.items() if k[0] == "code" and v[0]}
@@ -162,7 +166,7 @@ def test_sql_and_stats_say_which_recipe(corpus_copy, tmp_path):
 
 
 def test_corpus_lock_is_reentrant(corpus_copy):
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     c = Corpus(corpus_copy)
     with c.lock():

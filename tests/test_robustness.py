@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from xgen_data import shards
+from xgen_data.shards import shard_format as shards
 
 
 def _flip(path: str, offset: int) -> None:
@@ -44,8 +44,8 @@ def _flip_middle(path: str) -> None:
 def test_sql_refuses_a_damaged_part_instead_of_showing_its_rows(corpus_copy):
     """`xgen sql` / `stats` read the parts: they verify them first, like the steps. Before, a flipped byte that
     still decoded gave silently wrong rows."""
-    from xgen_data import sql
-    from xgen_data.corpus import Corpus, DamagedPartError
+    from xgen_data.stats import sql
+    from xgen_data.store.corpus import Corpus, DamagedPartError
 
     part = next(p for p in Corpus(corpus_copy).parts() if p.subset == "code")
     _flip_middle(part.path)
@@ -62,8 +62,11 @@ def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
     """Readers of attribute sets (the `documents` view, so sql, stats, mix plan/build) check each file against
     the SHA-256 recorded at its commit; a damaged set is not current, so `xgen filter` computes it again.
     Before, a damaged attribute file was read as if intact."""
-    from xgen_data import decisions, filters, sql, verify
-    from xgen_data.corpus import Corpus, DamagedAttributeError
+    from xgen_data.attributes import filters
+    from xgen_data.mixing import decisions
+    from xgen_data.stats import sql
+    from xgen_data.store import verify
+    from xgen_data.store.corpus import Corpus, DamagedAttributeError
 
     corpus = Corpus(corpus_copy)
     flt = decisions.from_defaults(corpus).filter
@@ -108,8 +111,8 @@ def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
 def test_registry_names_that_leave_the_corpus_are_refused(corpus_copy, edit, names):
     """corpus.json names become paths: a hand-edited name with '..' gave a raw `[Errno 2]` (verify) or pointed
     readers at files outside the corpus. Now reading the registry names the bad entry."""
-    from xgen_data import verify
-    from xgen_data.corpus import CorpusError
+    from xgen_data.store import verify
+    from xgen_data.store.corpus import CorpusError
 
     path = os.path.join(corpus_copy, "corpus.json")
     m = json.load(open(path))
@@ -122,8 +125,8 @@ def test_registry_names_that_leave_the_corpus_are_refused(corpus_copy, edit, nam
 def test_shards_view_exists_before_any_build(corpus_copy):
     """`shards` is one of the views README promises; before the first `xgen mix build` a query over it was a
     DuckDB catalog error ("Did you mean pg_attrdef?"). Now it is empty, with its columns."""
-    from xgen_data import sql
-    from xgen_data.corpus import Corpus
+    from xgen_data.stats import sql
+    from xgen_data.store.corpus import Corpus
 
     corpus = Corpus(corpus_copy)
     meta = corpus.read_meta()
@@ -150,7 +153,7 @@ def test_verify_of_a_corpus_with_nothing_registered_says_so(tmp_path):
     from click.testing import CliRunner
 
     from cli.main import cli
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     root = tmp_path / "corpus"
     Corpus(str(root), create=True)  # what an ingest killed before its registry write leaves
@@ -165,15 +168,15 @@ def test_first_ingest_killed_while_creating_the_registry_can_be_rerun(tmp_path):
     import sys
 
     from conftest import SAMPLE
-    from xgen_data import fsutil
+    from xgen_data.store import fsutil
 
     root = str(tmp_path / "corpus")
-    code = ("import sys; from xgen_data.corpus import Corpus; Corpus(sys.argv[1], create=True)")
+    code = ("import sys; from xgen_data.store.corpus import Corpus; Corpus(sys.argv[1], create=True)")
     env = {**os.environ, fsutil.CRASH_ENV: "write_json.tmp_written"}
     proc = subprocess.run([sys.executable, "-c", code, root], env=env, cwd=os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
     assert proc.returncode == -9 and [n.startswith(".corpus.json.tmp-") for n in os.listdir(root)] == [True]
-    from xgen_data import ingest
+    from xgen_data.sources import ingest
 
     ingest.ingest(root, [(os.path.join(SAMPLE, "code.jsonl"), None)], workers=1, progress=False)
     names = os.listdir(root)

@@ -13,11 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import demo_code_only
-from xgen_data import fsutil, packing, pipeline, recipe, shards, sql
+from xgen_data.mixing import pipeline, recipe
+from xgen_data.shards import packing, shard_format as shards
+from xgen_data.stats import sql
+from xgen_data.store import fsutil
 from xgen_train.data import ShardFormatError, ShardLoader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = ("import sys; from xgen_data import packing, recipe; "
+BUILD = ("import sys; from xgen_data.mixing import recipe; from xgen_data.shards import packing; "
          "packing.build(sys.argv[1], recipe.load(sys.argv[2]), sys.argv[3], progress=False)")
 
 

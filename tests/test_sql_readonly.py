@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from xgen_data import sql
+from xgen_data.stats import sql
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("stmt,kind", REFUSED, ids=[s[:40] for s, _ in REFUSED])
 def test_refused_statements_leave_the_corpus_byte_identical(ro_corpus, stmt, kind):
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     part = Corpus(ro_corpus).parts("natural")[0].path
     before = _tree_digest(ro_corpus)
@@ -123,7 +123,7 @@ def test_locked_connection_refuses_files_outside_the_data_folders(ro_corpus):
     "SELECT * FROM force_checkpoint()",
 ])
 def test_table_functions_cannot_write_or_escape(ro_corpus, stmt):
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     part = Corpus(ro_corpus).parts("natural")[0].path
     before = _tree_digest(ro_corpus)
@@ -254,14 +254,14 @@ def test_closed_pipe_exits_quietly(sample_corpus, args):
                            *args[1:]], stdout=w, stderr=subprocess.PIPE, env=env, timeout=120)
     os.close(w)
     err = proc.stderr.decode()
-    # stderr holds only the line naming whose decisions the views show (xgen_data.decisions.describe)
+    # stderr holds only the line naming whose decisions the views show (xgen_data.mixing.decisions.describe)
     assert proc.returncode == 1 and all(line.startswith("decisions: ") for line in err.splitlines()), err
 
 
 @pytest.mark.parametrize("cmd", [["stats"], ["stats", "--format", "json"], ["stats", "--plot", "x.png"],
                                  ["sql", "SELECT count(*) FROM documents"]])
 def test_truncated_part_is_a_clean_error(corpus_copy, cmd, tmp_path):
-    from xgen_data.corpus import Corpus
+    from xgen_data.store.corpus import Corpus
 
     part = Corpus(corpus_copy).parts("natural")[0].path
     data = open(part, "rb").read()

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from xgen_data import fsutil
+from xgen_data.store import fsutil
 from xgen_train.config import ModelConfig
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",

@@ -208,7 +208,7 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     """The first ``min_tokens`` tokens of each kept document with at least ``min_tokens`` tokens.
 
     Documents come from the corpus's registered parts (``tokens`` column), kept ones only (the
-    ``documents`` SQL view's ``kept`` under ``recipe``'s decisions, a :class:`xgen_data.recipe.Recipe`, or
+    ``documents`` SQL view's ``kept`` under ``recipe``'s decisions, a :class:`xgen_data.mixing.recipe.Recipe`, or
     the corpus defaults when None: no filter or dedup drop reason), in subset, part, row order; at most
     ``max_docs``. Returns int32 arrays of shape ``[min_tokens]``.
 
@@ -218,8 +218,8 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     """
     import pyarrow.parquet as pq
 
-    from xgen_data import sql
-    from xgen_data.corpus import Corpus
+    from xgen_data.stats import sql
+    from xgen_data.store.corpus import Corpus
 
     corpus = Corpus(corpus_dir)
     known = corpus.subsets()
@@ -343,7 +343,7 @@ def write_ppl_outputs(res: PositionPerplexity, out_dir: str | os.PathLike, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from xgen_data.fsutil import atomic_path
+    from xgen_data.store.fsutil import atomic_path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

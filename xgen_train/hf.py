@@ -170,7 +170,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
                                                 encoding="utf-8")
             _write_json(tmp / "tokenizer_config.json", hf_tokenizer.tokenizer_config(cfg.max_positions))
             _write_json(tmp / "special_tokens_map.json", hf_tokenizer.special_tokens_map())
-        from xgen_data.fsutil import sha256_file
+        from xgen_data.store.fsutil import sha256_file
 
         files = sorted(p.name for p in tmp.iterdir())
         umask = os.umask(0)

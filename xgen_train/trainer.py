@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xgen_data import fsutil
+from xgen_data.store import fsutil
 from xgen_train.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
                                    load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
 from xgen_train.config import ModelConfig, count_parameters, get_config

@@ -5,10 +5,10 @@ Views (created by :func:`connect`):
 * ``documents``: one row per document: ``id, subset, part, row, source, license, language, path, meta,
   text, n_chars, n_bytes, n_tokens``, its attributes ``license_normalized, license_policy, decision, reason``
   (the subset's license policy's), ``language_source, language_detected, language_how, language_is_code,
-  language_disagrees`` (:mod:`xgen_data.languages`; ``language`` is the source's, else the detected one),
+  language_disagrees`` (:mod:`xgen_data.attributes.languages`; ``language`` is the source's, else the detected one),
   ``license_pass, license_reason, license_tier,
   dup_cluster, exact_group``, and the decisions derived for one recipe (or the corpus defaults):
-  ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.decisions`; the filter's
+  ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.mixing.decisions`; the filter's
   reason first, then dedup's; ``kept`` = no reason).
 * ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir,
   recipe, recipe_sha256, path, stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
@@ -31,8 +31,9 @@ import tempfile
 
 import duckdb
 
-from xgen_data import decisions, shards
-from xgen_data.corpus import Corpus
+from xgen_data.mixing import decisions
+from xgen_data.shards import shard_format as shards
+from xgen_data.store.corpus import Corpus
 
 SUBSET_FROM_PATH = decisions.SUBSET_FROM_PATH
 _PART_FROM_PATH = decisions.PART_FROM_PATH
@@ -82,9 +83,9 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     Args:
         shard_dirs: extra shards directories for the ``shards`` view, besides those registered by
             ``xgen mix build`` in ``corpus.json``.
-        recipe: a :class:`xgen_data.recipe.Recipe` whose decisions ``documents`` shows; None = the corpus
-            defaults (:func:`xgen_data.decisions.from_defaults`). ``dec``: explicit
-            :class:`xgen_data.decisions.Decisions` instead.
+        recipe: a :class:`xgen_data.mixing.recipe.Recipe` whose decisions ``documents`` shows; None = the corpus
+            defaults (:func:`xgen_data.mixing.decisions.from_defaults`). ``dec``: explicit
+            :class:`xgen_data.mixing.decisions.Decisions` instead.
         quiet: do not print warnings (stale default decisions) on stderr.
     Raises:
         CorpusError: not a corpus, a corpus with no documents, or (with a recipe) its attributes are missing or
@@ -93,7 +94,7 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     """
     corpus = Corpus(corpus_dir)
     if not corpus.parts():
-        from xgen_data.corpus import CorpusError
+        from xgen_data.store.corpus import CorpusError
 
         raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
     corpus.verify_parts(warn=not quiet)  # the views read the parts: never show damaged bytes
@@ -118,8 +119,8 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
 
 
 def _kind_sql() -> str:
-    """SQL for each language's kind (:func:`xgen_data.languages.kind`) from the shipped table."""
-    from xgen_data import languages
+    """SQL for each language's kind (:func:`xgen_data.attributes.languages.kind`) from the shipped table."""
+    from xgen_data.attributes import languages
 
     whens = " ".join(f"WHEN language IN ({', '.join(repr(k) for k in languages.keys_of_kind(kind))}) THEN '{kind}'"
                      for kind in languages.KINDS)

@@ -1,13 +1,13 @@
 """Compiled MinHash kernels (Numba): words → shingles → SHA-1 → permutations, no Python per shingle.
 
-The same math as :mod:`xgen_data.minhash` (which states the rules once and checks the result against
-datasketch): the word split of :func:`xgen_data.minhash.word_regex` as a per-code-point class table, each
+The same math as :mod:`xgen_data.attributes.minhash` (which states the rules once and checks the result against
+datasketch): the word split of :func:`xgen_data.attributes.minhash.word_regex` as a per-code-point class table, each
 shingle the UTF-8 bytes of ``ngram`` consecutive words joined by one space, hashed with SHA-1 (FIPS 180-4)
 and cut to datasketch's ``sha1_hash32`` (first 4 digest bytes, little-endian) or ``sha1_hash64`` (first 8),
 then the permutations of the scheme and a running minimum per document.
 
 What stays in Python per document is C-speed string work: ``unicodedata.normalize("NFC", text).lower()``
-(exactly what :func:`xgen_data.minhash.words` does) and one UTF-32 encode of the batch. The kernels are
+(exactly what :func:`xgen_data.attributes.minhash.words` does) and one UTF-32 encode of the batch. The kernels are
 compiled lazily on first use and cached on disk (``cache=True``; Numba's cache directory, ``NUMBA_CACHE_DIR``
 to move it): nothing is compiled at install time.
 """
@@ -37,10 +37,10 @@ def class_table() -> np.ndarray:
     Bit :data:`WORD`: in a word run (letters, digits, marks, ``_`` outside the one-character scripts);
     :data:`CHAR`: a one-character word (letter or digit of a script written without spaces); :data:`MARK`:
     a combining mark (joins the preceding one-character word). Built from the same ranges and
-    :mod:`unicodedata` categories as :func:`xgen_data.minhash.word_regex`; outside the BMP, U+20000–U+3FFFF are
+    :mod:`unicodedata` categories as :func:`xgen_data.attributes.minhash.word_regex`; outside the BMP, U+20000–U+3FFFF are
     one-character words and everything else separates (the kernel hard-codes that).
     """
-    from xgen_data import minhash
+    from xgen_data.attributes import minhash
 
     split = np.zeros(0x10000, dtype=bool)
     for a, b in minhash._CHAR_SCRIPTS:
@@ -506,9 +506,9 @@ def _kernels():
 
 
 def codepoints(texts: Sequence[str | None], nfc_done: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """NFC + lower-cased code points of a batch (what :func:`xgen_data.minhash.words` splits).
+    """NFC + lower-cased code points of a batch (what :func:`xgen_data.attributes.minhash.words` splits).
 
-    ``nfc_done``: the texts are already NFC (:func:`xgen_data.minhash.nfc`), only lower-case them.
+    ``nfc_done``: the texts are already NFC (:func:`xgen_data.attributes.minhash.nfc`), only lower-case them.
 
     Returns:
         ``(cp, offsets)``: uint32 shape ``(total code points,)`` and int64 shape ``(n + 1,)``.
@@ -531,8 +531,8 @@ def shingle_hashes(texts: Sequence[str | None], ngram: int, wide: bool = False, 
     Returns:
         ``(hashes, offsets, n_words)``: ``hashes`` uint64 (datasketch ``sha1_hash32`` values, or
         ``sha1_hash64`` with ``wide``), document ``i`` owning ``hashes[offsets[i]:offsets[i+1]]``;
-        ``n_words`` int32 per text. Equal to :func:`xgen_data.minhash.hash_shingle_lists` of
-        :func:`xgen_data.minhash.shingles` (tested).
+        ``n_words`` int32 per text. Equal to :func:`xgen_data.attributes.minhash.hash_shingle_lists` of
+        :func:`xgen_data.attributes.minhash.shingles` (tested).
     """
     kern, _ = _kernels()
     cp, off = codepoints(texts, nfc_done)
@@ -545,9 +545,9 @@ def signatures(texts: Sequence[str | None], perms, ngram: int, nfc_done: bool = 
 
     Returns:
         ``(sig, n_words)``: ``sig`` shape ``(len(texts), num_perm)``, uint32 for ``affine32`` else uint64,
-        equal to :meth:`xgen_data.minhash.MinHasher.signatures` and datasketch; ``n_words`` int32.
+        equal to :meth:`xgen_data.attributes.minhash.MinHasher.signatures` and datasketch; ``n_words`` int32.
     """
-    from xgen_data import minhash
+    from xgen_data.attributes import minhash
 
     _, sig_fns = _kernels()
     hashes, off, n_words = shingle_hashes(texts, ngram, wide=perms.scheme == "affine64", nfc_done=nfc_done)

@@ -36,7 +36,7 @@ HEADER_SCAN_CHARS = 4096  # an SPDX header is looked for in the first 4 KiB of a
 
 
 def default_allow_list() -> tuple[str, ...]:
-    """The shipped allow-list of policy ``permissive`` (``xgen_data/licenses.toml``), as SPDX identifiers."""
+    """The shipped allow-list of policy ``permissive`` (``xgen_data/attributes/licenses.toml``), as SPDX identifiers."""
     with open(DEFAULT_ALLOW_FILE, "rb") as f:
         return tuple(tomllib.load(f)["allow"])
 

@@ -1,6 +1,6 @@
 """Programming-language identification for code documents (SPEC §2 stage 2: StarCoder's languages + Apex).
 
-The table is data, ``xgen_data/languages.toml``: StarCoderData's 88 language folders plus Apex, each with GitHub
+The table is data, ``xgen_data/attributes/languages.toml``: StarCoderData's 88 language folders plus Apex, each with GitHub
 linguist's extensions (the first is linguist's primary one), file names and shebang interpreters (its source
 and commit are in the file; ``scripts/make_languages_toml.py`` regenerates it). Keys are StarCoderData's
 folder names (``python``, ``c-sharp``, ``apex``). Each entry's ``kind`` (:func:`kind`): ``starcoder`` for the
@@ -162,7 +162,7 @@ LANGUAGE_STEP = "language"
 
 def language_params() -> dict:
     """Attribute parameters of the ``language`` step: the table file's SHA-256 (a new table, a new set)."""
-    from xgen_data import fsutil
+    from xgen_data.store import fsutil
 
     return {"table_sha256": fsutil.sha256_file(TABLE_FILE), "schema": 2}
 
@@ -185,7 +185,7 @@ def compute_language_attributes(corpus, verify: bool = True) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xgen_data import fsutil
+    from xgen_data.store import fsutil
 
     key = language_params()
     if corpus.attribute_current(LANGUAGE_STEP, key):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xgen_data.recipe import Recipe, Stage
+from xgen_data.mixing.recipe import Recipe, Stage
 
 
 def stage_seed(seed: int, *names: str) -> int:
@@ -100,7 +100,7 @@ def language_targets(stage: Stage, subset: str, target: int, language: np.ndarra
 
     ``"original"``: each language's share of the subset's unique tokens after filtering (documents with no
     language form their own group, :data:`UNKNOWN_LANGUAGE`); a table: its weights (languages it does not
-    name get nothing). Exact integers summing to ``target`` (:func:`xgen_data.recipe.split_tokens`).
+    name get nothing). Exact integers summing to ``target`` (:func:`xgen_data.mixing.recipe.split_tokens`).
 
     Args:
         language: object ``[n_docs]``, each kept document's language (None = unknown).
@@ -108,7 +108,7 @@ def language_targets(stage: Stage, subset: str, target: int, language: np.ndarra
     Raises:
         ValueError: a weighted language has no kept documents.
     """
-    from xgen_data.recipe import split_tokens
+    from xgen_data.mixing.recipe import split_tokens
 
     langs = np.array([UNKNOWN_LANGUAGE if x is None else x for x in language], dtype=object)
     unique: dict[str, int] = {}
@@ -143,7 +143,7 @@ def language_plan(recipe: Recipe, docs: dict) -> list[LanguagePlan]:
     """The per-language table of every subset a stage weights by language (``xgen mix plan``).
 
     Args:
-        docs: ``{subset: SubsetDocs}`` (:func:`xgen_data.packing.kept_documents`).
+        docs: ``{subset: SubsetDocs}`` (:func:`xgen_data.shards.packing.kept_documents`).
     """
     rows = []
     for stage in recipe.stages:

@@ -1,10 +1,10 @@
 """Exact and near-duplicate removal over a whole corpus, StarCoder's way (SPEC §2).
 
 What counts as a copy
-    *Exact*: equal :func:`xgen_data.minhash.content_hash` (BLAKE2b-128 of the text after NFC, LF line ends,
+    *Exact*: equal :func:`xgen_data.attributes.minhash.content_hash` (BLAKE2b-128 of the text after NFC, LF line ends,
     no trailing blanks per line, outer whitespace stripped). *Near*: MinHash over word ``ngram``-gram
     shingles (default 5 words, 256 permutations, datasketch-identical signatures, see
-    :mod:`xgen_data.minhash`), LSH with ``bands × rows`` chosen for the Jaccard ``threshold`` (default 0.7 →
+    :mod:`xgen_data.attributes.minhash`), LSH with ``bands × rows`` chosen for the Jaccard ``threshold`` (default 0.7 →
     25 bands of 10 rows, datasketch's ``MinHashLSH`` optimum; the S-curve's midpoint ``(1/25)^(1/10)`` is
     0.72); two documents are candidates when any band is equal. Exact copies and candidate pairs are edges
     of one graph; its connected components are the clusters. Dedup runs over all documents of all
@@ -12,7 +12,7 @@ What counts as a copy
 
 Which copy is kept (SPEC §2 "Choice"), per recipe
     Clusters are attributes (computed once per parameter set); the kept copy is a *decision*, derived per
-    recipe by SQL (:mod:`xgen_data.decisions`). Per cluster: a copy that the recipe's filters keep before one
+    recipe by SQL (:mod:`xgen_data.mixing.decisions`). Per cluster: a copy that the recipe's filters keep before one
     they drop, so a cluster's text is never lost to the length or license filter; then a copy in a subset the
     recipe packs; then the document with the
     most permissive license (:func:`license_rank`: public domain and
@@ -62,8 +62,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from xgen_data import fsutil, minhash
-from xgen_data.corpus import Corpus, CorpusError
+from xgen_data.attributes import minhash
+from xgen_data.store import fsutil
+from xgen_data.store.corpus import Corpus, CorpusError
 
 REASON_EXACT = "exact_duplicate"
 REASON_NEAR = "near_duplicate"
@@ -94,7 +95,7 @@ BUCKET_PAIR_CAP = 64
 # License policy: lower tier = more permissive = preferred copy
 # --------------------------------------------------------------------------------------------------
 #: Tiers of the keep policy, most permissive first (:func:`license_rank` gives the index). The first two
-#: tiers are the expressions the license filter passes (:func:`xgen_data.licenses.license_passes` with the
+#: tiers are the expressions the license filter passes (:func:`xgen_data.attributes.licenses.license_passes` with the
 #: same allow-list, SPEC §2), so a copy the filter keeps is never dropped for a copy the filter drops for its
 #: license. Below them, every expression gets a *kind* from :data:`LICENSE_PATTERNS` (each identifier,
 #: case-insensitive, takes the kind of the first fnmatch pattern it matches, else ``other``; ``A OR B`` takes
@@ -187,7 +188,7 @@ def _kind_index(expr: str | None) -> int:
 
 def _default_allow() -> tuple[str, ...]:
     try:
-        from xgen_data import licenses
+        from xgen_data.attributes import licenses
     except ImportError:  # the license filter is not installed: no allow-list tier
         return ()
     return tuple(licenses.default_allow_list())
@@ -200,7 +201,7 @@ def license_rank(expr: str | None, allow: tuple[str, ...] | None = None) -> int:
         expr: an SPDX expression as found in the corpus (``"MIT"``, ``"GPL-2.0 OR BSD-3-Clause"``,
             ``"NOASSERTION"``, ``None`` …). Operators are case-insensitive.
         allow: the license filter's allow-list (SPDX ids); default the shipped list
-            (``xgen_data/licenses.toml``, SPEC §2). Pass a recipe's ``allow_list()`` to stay consistent
+            (``xgen_data/attributes/licenses.toml``, SPEC §2). Pass a recipe's ``allow_list()`` to stay consistent
             with that recipe's filter.
     Returns:
         0 (public-domain) … 6 (unknown); see :data:`LICENSE_TIERS` for the rules.
@@ -214,7 +215,7 @@ def _rank(expr: str | None, allow: tuple[str, ...]) -> int:
     kind = _KINDS[_kind_index(expr)]
     passes = False
     if allow:
-        from xgen_data import licenses
+        from xgen_data.attributes import licenses
 
         passes = licenses.license_passes(expr, allow)
     if passes:
@@ -268,7 +269,7 @@ def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, 
                    exact: bool = True, near: bool = True, clustering: str = "cliques") -> DedupParams:
     """Check parameters and fill in ``bands``/``rows``.
 
-    ``bands`` and ``rows`` both None: :func:`xgen_data.minhash.optimal_bands_rows` for ``threshold``
+    ``bands`` and ``rows`` both None: :func:`xgen_data.attributes.minhash.optimal_bands_rows` for ``threshold``
     (0.7, 256 → 25 × 10). Only one given: the other is ``num_perm // given``. Both: used as given.
 
     Raises:
@@ -413,7 +414,7 @@ def _write_bands(path: str, key: str, sig: np.ndarray, has: np.ndarray, bands: i
     """Band hashes of the part's documents with words, band-major: row group ``i`` holds band ``i``.
 
     ``sig`` is the part's whole signature matrix (a memory map): hashed in slices of 4,096 documents, so the
-    worker holds ``n_docs × bands`` int64 (one part, at most :data:`xgen_data.ingest.PART_DOCS` documents).
+    worker holds ``n_docs × bands`` int64 (one part, at most :data:`xgen_data.sources.ingest.PART_DOCS` documents).
     """
     idx = np.flatnonzero(has).astype(np.int32)
     bh = np.empty((len(idx), bands), dtype=np.uint64)
@@ -453,7 +454,7 @@ def signature_part(task: dict) -> dict:
     Writes:
         ``sig`` (Parquet ``row, chash, n_words``, the cache key in its metadata, written last: it commits the
         part's work files), :func:`sig_array_path` (``.npy`` matrix ``(n_docs, num_perm)`` of the scheme's
-        dtype, rows of documents without words all :func:`~xgen_data.minhash.empty_value`; near runs only) and
+        dtype, rows of documents without words all :func:`~xgen_data.attributes.minhash.empty_value`; near runs only) and
         ``bands`` (band-major, see :func:`_write_bands`; near runs only).
     Returns:
         ``{"docs": n, "bytes": text bytes, "reused": bool, "seconds": s, "cpu_seconds": s}``. Signatures are
@@ -619,7 +620,7 @@ def estimated_jaccard(sig: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int 
     """MinHash estimate of the Jaccard similarity of pairs: the share of equal signature values.
 
     Args:
-        sig: shape ``(n, num_perm)``, uint32 or uint64 signatures (:func:`xgen_data.minhash.signatures_from_hashes`).
+        sig: shape ``(n, num_perm)``, uint32 or uint64 signatures (:func:`xgen_data.attributes.minhash.signatures_from_hashes`).
         u, v: int64 arrays of equal shape ``(m,)``, row indices into ``sig``.
         chunk: pairs compared per NumPy step (memory ``chunk × num_perm`` bytes).
     Returns:
@@ -643,7 +644,7 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     document with the most verified neighbours (then the smallest index) seeds a clique, and its unassigned
     verified neighbours, most similar first (then smallest index), join when their estimated Jaccard with every
     member so far is ≥ ``threshold``; repeat. Because any two members are verified-similar, whichever copy a
-    recipe's keep rule picks (:mod:`xgen_data.decisions`, per recipe in SQL), every removed member is within the
+    recipe's keep rule picks (:mod:`xgen_data.mixing.decisions`, per recipe in SQL), every removed member is within the
     threshold of it; chains A≈B≈C with A, C far apart no longer remove C for A. The result depends only on the
     signatures and the pair set, not on the order of the pairs.
 
@@ -1004,7 +1005,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     Stand-alone (``xgen dedup``, ``set_default=True``) it also records these parameters with ``license_allow``
     as the corpus's default dedup decisions (``default_decisions.dedup``) in the same atomic registry write,
     and computes the ``license`` attributes of ``license_allow`` if needed. The recipe flow passes
-    ``set_default=False`` and its :class:`xgen_data.decisions.Decisions` as ``dec``; the report's removals,
+    ``set_default=False`` and its :class:`xgen_data.mixing.decisions.Decisions` as ``dec``; the report's removals,
     largest clusters and license conflicts describe ``dec`` (default: the corpus defaults after the run).
 
     Args:
@@ -1031,7 +1032,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     """
     import duckdb
 
-    from xgen_data import decisions, filters
+    from xgen_data.attributes import filters
+    from xgen_data.mixing import decisions
 
     t_start = time.time()
     params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near, clustering)
@@ -1151,9 +1153,9 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
 
 def decision_report(report: DedupReport, corpus_dir: str, dec) -> DedupReport:
     """Fill ``report``'s removals, largest clusters and license conflicts from the decisions ``dec`` (derived by
-    :mod:`xgen_data.decisions`); writes ``reports/license_conflicts.parquet`` (a snapshot of the
+    :mod:`xgen_data.mixing.decisions`); writes ``reports/license_conflicts.parquet`` (a snapshot of the
     ``license_conflicts`` view for ``dec``). Counts every dedup removal, also of documents the filters drop."""
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(corpus_dir, dec=dec, quiet=True)
     con.execute("""CREATE TEMP TABLE res AS SELECT dup_cluster AS cluster, subset, id, source, license,

@@ -11,7 +11,7 @@ Layout (``format_version`` 1)::
 Attributes, not decisions: a step (``license``: the license decision under one allow-list; ``dedup``:
 duplicate clusters under one set of dedup parameters) stores what does not depend on any recipe's thresholds,
 keyed by the hash of the parameters that produced it, so sets for different parameters coexist. A recipe's
-``kept`` / ``drop_reason`` are derived from them by SQL (:mod:`xgen_data.decisions`).
+``kept`` / ``drop_reason`` are derived from them by SQL (:mod:`xgen_data.mixing.decisions`).
 
 Generations: a step writes a complete new generation folder, then commits it with ONE atomic registry update
 (:meth:`Corpus.commit_attributes`); readers only use the committed generation listed in ``corpus.json``, so a
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from xgen_data import fsutil
+from xgen_data.store import fsutil
 
 FORMAT = "xgen-corpus"
 FORMAT_VERSION = 1

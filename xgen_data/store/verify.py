@@ -6,10 +6,10 @@ Checked (:func:`verify_corpus`):
   ingested before SHA-256s were recorded is ``unrecorded``; ``record=True`` hashes and records it (under the
   corpus lock), trusting its current bytes.
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
-  (:meth:`xgen_data.corpus.Corpus.commit_attributes`); a set computed from other part contents is reported
+  (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`); a set computed from other part contents is reported
   ``stale`` (not damage: the recipe flow recomputes it).
 * ``shards``: each registered shards folder's manifest and every shard's size and SHA-256 in it, and its
-  ``.idx.parquet`` index's SHA-256 (``index_sha256``; :func:`xgen_data.shards.verify`).
+  ``.idx.parquet`` index's SHA-256 (``index_sha256``; :func:`xgen_data.shards.shard_format.verify`).
 
 Statuses: ``ok``, ``unrecorded``, ``recorded``, ``stale`` (fine) and ``damaged``, ``missing`` (damage).
 """
@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from xgen_data import fsutil, shards
-from xgen_data.corpus import ATTRIBUTES, Corpus, params_hash
+from xgen_data.shards import shard_format as shards
+from xgen_data.store import fsutil
+from xgen_data.store.corpus import ATTRIBUTES, Corpus, params_hash
 
 DAMAGE = ("damaged", "missing")
 

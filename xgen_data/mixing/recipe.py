@@ -10,7 +10,7 @@ A recipe::
     license_allow_extra = []           # identifiers added to the shipped allow-list (license_allow replaces it)
     policy_allow_extra = { strict = [] }   # identifiers added to another policy's shipped list (e.g. the demo's)
     [dedup]
-    enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.dedup
+    enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.attributes.dedup
     [[stages]]
     name = "stage1"
     tokens = 1_500_000_000_000         # effective tokens of the stage (default: sum of sub-stage tokens)
@@ -18,7 +18,7 @@ A recipe::
     # or, Table 2 style, effective tokens per subset (the stage's tokens are their sum, plus `replay`):
     # effective_tokens = { natural = 1_309_990_000_000, code = 64_530_000_000 }
     # replay = { stage = "stage1", tokens = 55_000_000_000 }   # an earlier stage's mixture, at its proportions
-    # licenses = { starcoder = "strict" }   # license policy per subset (xgen_data.licenses.POLICIES)
+    # licenses = { starcoder = "strict" }   # license policy per subset (xgen_data.attributes.licenses.POLICIES)
     # languages = { starcoder = "original" }   # per-language weights in a subset ("original" or a table)
     [[stages.substages]]
     name = "2k"
@@ -42,9 +42,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from xgen_data.corpus import check_name
+from xgen_data.store.corpus import check_name
 
-RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes")
 
 
 class RecipeError(ValueError):
@@ -69,7 +69,7 @@ class Stage:
     ``targets``); ``targets``: exact effective tokens per subset when the recipe gave ``effective_tokens``
     and/or ``replay`` (None: ``proportions × tokens``); ``replay``: ``(earlier stage, tokens, {subset: tokens})`` or None;
     ``licenses``: ``{subset: policy}`` named by this stage; ``languages``: ``{subset: "original" or
-    {language: weight}}``, per-language weights inside a subset (:func:`xgen_data.mixture.language_targets`)."""
+    {language: weight}}``, per-language weights inside a subset (:func:`xgen_data.mixing.mixture.language_targets`)."""
 
     name: str
     tokens: int
@@ -96,13 +96,13 @@ class Recipe:
 
     def allow_list(self) -> tuple[str, ...]:
         """The effective license allow-list: ``license_allow`` (or the shipped list) plus the extras."""
-        from xgen_data.licenses import default_allow_list
+        from xgen_data.attributes.licenses import default_allow_list
 
         base = default_allow_list() if self.license_allow is None else self.license_allow
         return tuple(base) + self.license_allow_extra
 
     def dedup_kwargs(self) -> dict:
-        """The ``[dedup]`` parameters for :func:`xgen_data.dedup.run_dedup` (without ``enabled``)."""
+        """The ``[dedup]`` parameters for :func:`xgen_data.attributes.dedup.run_dedup` (without ``enabled``)."""
         return {k: v for k, v in self.dedup.items() if k != "enabled"}
 
     def license_policies(self) -> dict[str, str]:
@@ -114,12 +114,12 @@ class Recipe:
         return dict(sorted(out.items()))
 
     def policy(self, name: str):
-        """The :class:`xgen_data.licenses.LicensePolicy` called ``name``; ``permissive`` uses this recipe's
+        """The :class:`xgen_data.attributes.licenses.LicensePolicy` called ``name``; ``permissive`` uses this recipe's
         allow-list (:meth:`allow_list`), the others their shipped configuration file plus this recipe's
         ``policy_allow_extra`` for them."""
         import dataclasses
 
-        from xgen_data import licenses
+        from xgen_data.attributes import licenses
 
         if name == "permissive":
             return licenses.LicensePolicy("permissive", tuple(self.allow_list()), False)
@@ -248,7 +248,7 @@ def load(name_or_path: str) -> Recipe:
     if not isinstance(dedup["enabled"], bool):
         raise RecipeError(f"{path}: dedup.enabled must be true or false, got {dedup['enabled']!r}")
     try:
-        from xgen_data.dedup import recorded_params
+        from xgen_data.attributes.dedup import recorded_params
 
         recorded_params(**{k: v for k, v in dedup.items() if k != "enabled"})
     except ValueError as exc:
@@ -268,8 +268,8 @@ def load(name_or_path: str) -> Recipe:
 
 
 def known_policies() -> tuple[str, ...]:
-    """License policy names a recipe may use (:data:`xgen_data.licenses.POLICIES`)."""
-    from xgen_data.licenses import POLICIES
+    """License policy names a recipe may use (:data:`xgen_data.attributes.licenses.POLICIES`)."""
+    from xgen_data.attributes.licenses import POLICIES
 
     return tuple(POLICIES)
 
@@ -320,7 +320,7 @@ def _mixture(where: str, st: dict, earlier: list[Stage]):
             raise RecipeError(f"{where}: replay.stage {r['stage']!r} is not an earlier stage "
                               f"({', '.join(e.name for e in earlier) or 'none'})")
         n = _int(f"{where}: replay.tokens", r["tokens"])
-        from xgen_data.mixture import effective_tokens
+        from xgen_data.mixing.mixture import effective_tokens
 
         targets = split_tokens(n, effective_tokens(src))
         replay = (src.name, n, dict(targets))

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from xgen_data import fsutil, sql
+from xgen_data.stats import sql
+from xgen_data.store import fsutil
 
 
 def length_histogram(corpus_dir: str, path: str, min_tokens: int | None = 100, recipe=None) -> str:
@@ -15,7 +16,7 @@ def length_histogram(corpus_dir: str, path: str, min_tokens: int | None = 100, r
     Args:
         corpus_dir: the corpus; path: PNG to write (atomically); min_tokens: draw the length filter's
             threshold (SPEC §2) as a vertical line, None for none; recipe: whose decisions give ``kept``
-            (default: the corpus defaults, :func:`xgen_data.sql.connect`).
+            (default: the corpus defaults, :func:`xgen_data.stats.sql.connect`).
     Returns:
         ``path``.
     """
@@ -54,7 +55,7 @@ def language_policy_tokens(corpus_dir: str, recipe=None) -> tuple[dict[str, dict
     """Tokens per programming language, in all code documents and in those each license policy passes.
 
     Code documents: those of subsets held to a license policy (the recipe's, else the corpus defaults') or
-    whose language is one of :mod:`xgen_data.languages`. Policies: ``permissive`` (the recipe's or the
+    whose language is one of :mod:`xgen_data.attributes.languages`. Policies: ``permissive`` (the recipe's or the
     defaults' allow-list) and every other policy the recipe names, from their committed ``license``
     attribute sets (a policy whose set was never computed is left out). ``pass`` is the attribute (header
     check included); the exact-copies rule of ``strict`` is a decision of the documents view, not counted here.
@@ -65,8 +66,9 @@ def language_policy_tokens(corpus_dir: str, recipe=None) -> tuple[dict[str, dict
     """
     import pyarrow.parquet as pq
 
-    from xgen_data import decisions, licenses
-    from xgen_data.corpus import Corpus, CorpusError
+    from xgen_data.attributes import licenses
+    from xgen_data.mixing import decisions
+    from xgen_data.store.corpus import Corpus, CorpusError
 
     corpus = Corpus(corpus_dir)
     dec = decisions.for_corpus(corpus, recipe)

@@ -1,12 +1,12 @@
 """Decisions per recipe, derived from attributes (the dolma taggers/mixer idea, in SQL).
 
-Steps store per-document *attributes* that no recipe threshold changes (:mod:`xgen_data.corpus`,
+Steps store per-document *attributes* that no recipe threshold changes (:mod:`xgen_data.store.corpus`,
 ``attributes/<step>/<params-hash>/``):
 
-* ``license`` (:func:`xgen_data.filters.compute_license_attributes`), one set per license policy, keyed by
+* ``license`` (:func:`xgen_data.attributes.filters.compute_license_attributes`), one set per license policy, keyed by
   its allow-list and ``labels_must_agree`` (:func:`license_params`): ``id, license_normalized (str),
   license_pass (bool), license_reason (str), license_tier (int8, dedup's keep tier)``;
-* ``dedup`` (:func:`xgen_data.dedup.run_dedup`), keyed by the dedup parameters (threshold, num_perm, ngram,
+* ``dedup`` (:func:`xgen_data.attributes.dedup.run_dedup`), keyed by the dedup parameters (threshold, num_perm, ngram,
   seed, bands, rows, scheme, exact, near): ``id, dup_cluster (int64), exact_group (int64), chash
   (binary 16)``. Clusters never depend on any filter or allow-list.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xgen_data.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
+from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
 
 REASON_SHORT = "too_few_tokens"
 REASON_LICENSE = "license_not_permissive"
@@ -57,7 +57,7 @@ class Decisions:
     recipe_sha256: str | None = None
 
 
-LICENSE_SCHEMA_VERSION = 2  # 2: license_normalized column, policy reasons (xgen_data.licenses.decide)
+LICENSE_SCHEMA_VERSION = 2  # 2: license_normalized column, policy reasons (xgen_data.attributes.licenses.decide)
 
 
 def license_params(allow, labels_must_agree: bool = False) -> dict:
@@ -82,8 +82,9 @@ def dedup_attr_params(dedup_params: dict) -> dict:
 
 
 def from_recipe(recipe) -> Decisions:
-    """The decisions of a :class:`xgen_data.recipe.Recipe` (its filters, dedup and the subsets it packs)."""
-    from xgen_data import dedup, fsutil
+    """The decisions of a :class:`xgen_data.mixing.recipe.Recipe` (its filters, dedup and the subsets it packs)."""
+    from xgen_data.attributes import dedup
+    from xgen_data.store import fsutil
 
     allow = recipe.allow_list()
     ded = dedup.recorded_params(license_allow=allow, **recipe.dedup_kwargs()) if recipe.dedup.get("enabled", True) \
@@ -148,7 +149,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
 
     Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
-    detected one; :mod:`xgen_data.languages`), language_source (as ingested), language_detected,
+    detected one; :mod:`xgen_data.attributes.languages`), language_source (as ingested), language_detected,
     language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
     license_normalized, license_policy (the subset's policy; NULL: not held to one), decision ('pass'/'fail'
     under that policy, or the base allow-list), reason, license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
@@ -162,7 +163,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     Raises:
         CorpusError: ``strict`` and an attribute set the decisions need is missing or out of date.
     """
-    from xgen_data.dedup import LICENSE_TIERS
+    from xgen_data.attributes.dedup import LICENSE_TIERS
 
     warnings: list[str] = []
     hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_name}` first (it computes them)"
@@ -227,7 +228,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         tier = "lt.license_tier"
     else:
         tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
-    from xgen_data import languages
+    from xgen_data.attributes import languages
 
     gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
     if gf:
@@ -310,7 +311,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
 
 
 #: The ``license_conflicts`` view: every document of each exact-duplicate group whose members carry
-#: licenses that differ after normalisation (``license_normalized``, :func:`xgen_data.licenses.normalize`: so
+#: licenses that differ after normalisation (``license_normalized``, :func:`xgen_data.attributes.licenses.normalize`: so
 #: ``GPL-2.0`` and ``GPL-2.0-only`` agree; a label with no SPDX expression, e.g. unparsable, is compared by its
 #: trimmed raw text, empty and missing being one), with the raw labels kept and that group's decisions.
 LICENSE_CONFLICTS_SQL = """CREATE OR REPLACE VIEW license_conflicts AS

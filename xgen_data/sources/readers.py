@@ -73,7 +73,7 @@ def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
 def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> Layout | None:
     """The layout of one input: StarCoder's when a Parquet file has ``content`` and ``max_stars_*`` columns
     and no ``text`` (its language from the parent folder when that names a language of
-    :mod:`xgen_data.languages`, e.g. ``python/train-00000-of-00059.parquet``); ``columns`` on top; None for
+    :mod:`xgen_data.attributes.languages`, e.g. ``python/train-00000-of-00059.parquet``); ``columns`` on top; None for
     the plain corpus schema."""
     star = False
     if input_format(path) == "parquet":
@@ -86,7 +86,7 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
         star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
     language = None
     if star:
-        from xgen_data import languages
+        from xgen_data.attributes import languages
 
         folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
         language = folder if folder in languages.table() else None

@@ -1,9 +1,9 @@
 """The recipe flow: compute the attribute sets a recipe needs (license, dedup) when missing or stale.
 
-A recipe's decisions are derived from attributes by SQL (:mod:`xgen_data.decisions`), so the flow only
+A recipe's decisions are derived from attributes by SQL (:mod:`xgen_data.mixing.decisions`), so the flow only
 computes attributes: the ``license`` attributes of the recipe's allow-list and, when ``[dedup] enabled``, the
 ``dedup`` attributes of its dedup parameters. Each set is committed in ``corpus.json`` with the content
-fingerprint of the parts it read (:meth:`xgen_data.corpus.Corpus.commit_attributes`); a set is current when
+fingerprint of the parts it read (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`); a set is current when
 that fingerprint equals today's, whatever other recipes or stand-alone commands ran in between (their sets
 coexist under other keys). ``xgen mix plan``, ``xgen mix build`` and ``xgen demo`` all go through
 :func:`apply_recipe_steps`, so a plan always describes the documents the build packs.
@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from xgen_data import decisions, filters
-from xgen_data.corpus import Corpus
-from xgen_data.recipe import Recipe
+from xgen_data.attributes import filters
+from xgen_data.mixing import decisions
+from xgen_data.store.corpus import Corpus
+from xgen_data.mixing.recipe import Recipe
 
 
 @dataclass
@@ -37,7 +38,7 @@ class StepsReport:
 
 def dedup_params(recipe: Recipe) -> dict:
     """The dedup decision parameters of this recipe (attribute parameters plus the keep rule's allow-list)."""
-    from xgen_data import dedup
+    from xgen_data.attributes import dedup
 
     return dedup.recorded_params(license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
 
@@ -77,13 +78,13 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
                 corpus.write_meta(meta)
             filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
             computed = True
-    from xgen_data import languages
+    from xgen_data.attributes import languages
 
     computed = languages.compute_language_attributes(corpus, verify=False) or computed
     (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", decisions.dedup_attr_params(dec.dedup)):
-            from xgen_data import dedup
+            from xgen_data.attributes import dedup
 
             report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress, license_allow=allow,
                                            set_default=False, dec=dec, **recipe.dedup_kwargs())
@@ -98,9 +99,9 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
 def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True):
     """Recipe steps, then the kept documents per recipe subset, under one corpus lock.
 
-    Returns ``(StepsReport, {subset: SubsetDocs})`` for :func:`xgen_data.mixture.plan`.
+    Returns ``(StepsReport, {subset: SubsetDocs})`` for :func:`xgen_data.mixing.mixture.plan`.
     """
-    from xgen_data import packing
+    from xgen_data.shards import packing
 
     corpus = Corpus(corpus_dir)
     with corpus.lock():
@@ -109,9 +110,9 @@ def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: boo
 
 
 def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True):
-    """Recipe steps, then :func:`xgen_data.packing.build`, under one corpus lock (no other command can
+    """Recipe steps, then :func:`xgen_data.shards.packing.build`, under one corpus lock (no other command can
     change the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
-    from xgen_data import packing
+    from xgen_data.shards import packing
 
     corpus = Corpus(corpus_dir)
     packing.check_out_dir(out_dir, corpus)  # fail before any step runs

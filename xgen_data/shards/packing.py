@@ -1,12 +1,12 @@
 """``xgen mix build``: pack the kept documents into shuffled fixed-length sequences (SPEC §2).
 
-Per stage, seeded from the recipe seed (:func:`xgen_data.mixture.stage_seed`):
+Per stage, seeded from the recipe seed (:func:`xgen_data.mixing.mixture.stage_seed`):
 
-1. select document instances per subset by sampling proportion (:func:`xgen_data.mixture.select_documents`);
+1. select document instances per subset by sampling proportion (:func:`xgen_data.mixing.mixture.select_documents`);
 2. shuffle the instances uniformly; concatenate them into one stream, each document followed by EOS
    (so EOS separates consecutive documents and is never doubled); long documents span sequences;
 3. cut the stream into consecutive chunks, one per sub-stage, each ``n_sequences × seq_len`` tokens;
-4. shuffle the sequences uniformly within each chunk and write them to shards (:mod:`xgen_data.shards`).
+4. shuffle the sequences uniformly within each chunk and write them to shards (:mod:`xgen_data.shards.shard_format`).
 
 Streams and chunks live in temporary memory-mapped files, so memory holds only per-document integers
 (document offsets, instance order, permutations), never the tokens of the corpus. The output folder is
@@ -27,9 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xgen_data import fsutil, mixture, shards, sql, tokenizer
-from xgen_data.corpus import Corpus
-from xgen_data.recipe import Recipe
+from xgen_data import tokenizer
+from xgen_data.mixing import mixture
+from xgen_data.shards import shard_format as shards
+from xgen_data.stats import sql
+from xgen_data.store import fsutil
+from xgen_data.store.corpus import Corpus
+from xgen_data.mixing.recipe import Recipe
 
 SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
 
@@ -56,7 +60,7 @@ def kept_documents(corpus_dir: str, subsets: list[str], recipe: Recipe | None = 
 
     Raises:
         CorpusError: the recipe's attributes are missing or out of date (run the recipe flow,
-            :func:`xgen_data.pipeline.apply_recipe_steps`, first).
+            :func:`xgen_data.mixing.pipeline.apply_recipe_steps`, first).
     """
     con = sql.connect(corpus_dir, recipe=recipe)
     out = {}
@@ -98,7 +102,7 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
 
 
 def subset_stats(docs: dict[str, SubsetDocs]) -> dict[str, tuple[int, int]]:
-    """``{subset: (documents, unique tokens incl. EOS)}`` for :func:`xgen_data.mixture.plan`."""
+    """``{subset: (documents, unique tokens incl. EOS)}`` for :func:`xgen_data.mixing.mixture.plan`."""
     return {k: (len(v.n_tokens), int(v.costs.sum())) for k, v in docs.items()}
 
 
@@ -222,9 +226,9 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
 
 def recipe_toml(r: Recipe) -> str:
     """The TOML text of the recipe as packed: its file's text (comments included) when the recipe is what
-    that file says, else :func:`xgen_data.recipe.to_toml` of it (a recipe changed in memory, or one without
+    that file says, else :func:`xgen_data.mixing.recipe.to_toml` of it (a recipe changed in memory, or one without
     a file). The manifest stores it with its SHA-256."""
-    from xgen_data import recipe as recipe_mod
+    from xgen_data.mixing import recipe as recipe_mod
 
     if r.path and os.path.isfile(r.path):
         try:
@@ -240,7 +244,7 @@ def recipe_toml(r: Recipe) -> str:
 def recover_out_dir(out_dir: str) -> str | None:
     """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers.
 
-    A rebuild swaps with two renames (old set -> :func:`xgen_data.shards.backup_dir`, new set -> ``out_dir``),
+    A rebuild swaps with two renames (old set -> :func:`xgen_data.shards.shard_format.backup_dir`, new set -> ``out_dir``),
     so a crash between them leaves ``out_dir`` missing and the old set in the backup: it is renamed back
     (also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of a dead process). Only once
     ``out_dir`` holds a set are backups deleted, so no crash ever loses both copies. Unfinished build
@@ -394,7 +398,7 @@ class Instances:
 
 def _select(d: SubsetDocs, stage, name: str, target: int, rng: np.random.Generator):
     """One subset's instances: by proportion, or per language (stage ``languages``), each language exactly at
-    its target (:func:`xgen_data.mixture.language_targets`), languages in sorted order."""
+    its target (:func:`xgen_data.mixing.mixture.language_targets`), languages in sorted order."""
     if name not in stage.languages:
         return mixture.select_documents(d.costs, target, rng)
     per = mixture.language_targets(stage, name, target, d.language, d.costs)

@@ -1,7 +1,7 @@
 """MinHash signatures of word n-gram shingles, vectorised with NumPy, bit-identical to datasketch 2.0.
 
 This module holds the math of near-duplicate detection (SPEC §2, StarCoder's setting: word 5-grams,
-256 permutations, Jaccard threshold 0.7); :mod:`xgen_data.dedup` runs it over a corpus.
+256 permutations, Jaccard threshold 0.7); :mod:`xgen_data.attributes.dedup` runs it over a corpus.
 
 Text → words → shingles (stated here once, used by signatures, the evaluation and the tests):
 
@@ -354,7 +354,7 @@ class MinHasher:
         seed: permutation seed in ``[0, 2**32)``, as datasketch's ``seed``. Default 1.
         ngram: words per shingle, ≥ 1. Default 5 (StarCoder).
         scheme: ``affine32`` (datasketch 2.0 default), ``affine64`` or ``legacy``.
-        compiled: use the Numba kernels of :mod:`xgen_data.minhash_jit` (default; words, shingles, SHA-1 and
+        compiled: use the Numba kernels of :mod:`xgen_data.attributes.minhash_jit` (default; words, shingles, SHA-1 and
             permutations compiled, no Python per shingle); False = the NumPy path of this module (hashlib per
             shingle, one NumPy product per chunk). Both give identical signatures (tested).
     Raises:
@@ -378,7 +378,7 @@ class MinHasher:
             ``n_words`` int32 shape ``(len(texts),)``, 0 for a document without words (its row is empty).
         """
         if self.compiled:
-            from xgen_data import minhash_jit
+            from xgen_data.attributes import minhash_jit
 
             return minhash_jit.signatures(texts, self.perms, self.ngram, nfc_done)
         hashes, offsets, n_words = _text_hashes(texts, self.ngram, self._nbytes)

@@ -7,7 +7,7 @@ order, gives the reason (:func:`decide` is the rule as a pure function).
 What is stored is an *attribute*, not a decision: per allow-list, the ``license`` step writes
 ``attributes/license/<hash>/<generation>/<subset>/<part>.parquet`` (``id, license_pass, license_reason,
 license_tier``) for every document of every subset. Token counts are already in the docs parts. A recipe's
-``min_tokens`` and ``license_subsets`` are applied by the SQL view of :mod:`xgen_data.decisions`, only to the
+``min_tokens`` and ``license_subsets`` are applied by the SQL view of :mod:`xgen_data.mixing.decisions`, only to the
 subsets the recipe packs.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from xgen_data import fsutil, licenses
-from xgen_data.corpus import Corpus
+from xgen_data.attributes import licenses
+from xgen_data.store import fsutil
+from xgen_data.store.corpus import Corpus
 
 MIN_TOKENS = 100
 REASON_SHORT = "too_few_tokens"
@@ -64,8 +65,8 @@ LICENSE_SCHEMA = pa.schema([("id", pa.string()), ("license_normalized", pa.strin
 
 def params(min_tokens: int, license_subsets, allow, policies: dict | None = None) -> dict:
     """The filter settings a stand-alone run records as the corpus default (``default_decisions.filter``);
-    ``policies``: ``{subset: LicensePolicy}`` (recorded as :func:`xgen_data.decisions.policies_of` reads it)."""
-    from xgen_data.licenses import default_allow_list
+    ``policies``: ``{subset: LicensePolicy}`` (recorded as :func:`xgen_data.mixing.decisions.policies_of` reads it)."""
+    from xgen_data.attributes.licenses import default_allow_list
 
     out = {"min_tokens": min_tokens, "license_subsets": sorted(license_subsets),
            "allow": sorted(default_allow_list() if allow is None else allow)}
@@ -80,10 +81,10 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
     """Write and commit the ``license`` attributes of every part under one policy (one new generation).
 
     The set is keyed by the policy's allow-list and ``labels_must_agree``
-    (:func:`xgen_data.decisions.license_params`). Per document: ``license_normalized``, ``license_pass`` and
-    ``license_reason`` (:func:`xgen_data.licenses.decide`; with ``labels_must_agree`` the text's SPDX header
+    (:func:`xgen_data.mixing.decisions.license_params`). Per document: ``license_normalized``, ``license_pass`` and
+    ``license_reason`` (:func:`xgen_data.attributes.licenses.decide`; with ``labels_must_agree`` the text's SPDX header
     is compared with the record's label) and ``license_tier`` (dedup's keep tier,
-    :func:`xgen_data.dedup.license_rank`), for every subset: which subsets a recipe holds to which policy is a
+    :func:`xgen_data.attributes.dedup.license_rank`), for every subset: which subsets a recipe holds to which policy is a
     decision, not an attribute. Skipped (returns False) when the set is already current and ``update`` is
     None. Call under the corpus lock.
 
@@ -95,7 +96,8 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
     Raises:
         DamagedPartError: a part is damaged.
     """
-    from xgen_data import decisions, dedup
+    from xgen_data.attributes import dedup
+    from xgen_data.mixing import decisions
 
     allow = tuple(allow)
     key = decisions.license_params(allow, labels_must_agree)
@@ -139,7 +141,7 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
 
 def report(corpus_dir: str, dec) -> FilterReport:
     """Documents and filter drops per ``(subset, reason)`` under decisions ``dec`` (derived, nothing written)."""
-    from xgen_data import sql
+    from xgen_data.stats import sql
 
     con = sql.connect(corpus_dir, dec=dec, quiet=True)
     rep = FilterReport(n_docs=con.execute("SELECT count(*) FROM documents").fetchone()[0])
@@ -166,7 +168,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     Args:
         min_tokens: documents with fewer tokens are dropped (SPEC §2: 100).
         license_subsets: subsets held to the license allow-list (code).
-        allow: SPDX identifiers that pass; default the shipped list (:mod:`xgen_data.licenses`).
+        allow: SPDX identifiers that pass; default the shipped list (:mod:`xgen_data.attributes.licenses`).
         policies: ``{subset: LicensePolicy}`` to hold subsets to named policies instead (``xgen filter
             --recipe R``: the recipe's, e.g. starcoder ``strict``); ``license_subsets`` are then its keys.
     Returns:
@@ -175,7 +177,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         CorpusError: ``corpus_dir`` is not a corpus; DamagedPartError: a damaged part; ValueError:
         ``min_tokens < 0``.
     """
-    from xgen_data import decisions
+    from xgen_data.mixing import decisions
 
     if min_tokens < 0:
         raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
@@ -191,7 +193,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
             compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False)
         compute_license_attributes(corpus, settings["allow"], update, verify=False)
-        from xgen_data import languages
+        from xgen_data.attributes import languages
 
         languages.compute_language_attributes(corpus, verify=False)
         return report(corpus_dir, decisions.from_defaults(corpus))

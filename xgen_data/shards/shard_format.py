@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xgen_data import fsutil
+from xgen_data.store import fsutil
 
 FORMAT = "xgen-shards"
 FORMAT_VERSION = 1

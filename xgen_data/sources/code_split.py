@@ -12,7 +12,7 @@ files (a copy of the stage-1 code would only be exact duplicates, removed by ded
   (``code.jsonl.zst``); the ``starcoder`` half as StarCoderData's Parquet files,
   ``<language>/train-00000-of-00001.parquet`` with columns ``id``, ``content``, ``max_stars_repo_name``,
   ``max_stars_repo_path``, ``max_stars_count`` and ``max_stars_repo_licenses`` (a list: every license of the
-  repository applies; :func:`repo_licenses`), which :func:`xgen_data.readers.detect_layout` recognises.
+  repository applies; :func:`repo_licenses`), which :func:`xgen_data.sources.readers.detect_layout` recognises.
 
 Records that are not JSON objects are passed to the ``code`` half unchanged, so ingest reports them as
 before (file and line).
@@ -36,10 +36,10 @@ def split_rank(seed: int, doc_id: str) -> bytes:
 
 
 def record_language(rec: dict) -> str | None:
-    """A record's language as a key of :mod:`xgen_data.languages`: the record's own when the table lists it
-    (``Python`` -> ``python``), else what :func:`xgen_data.languages.identify` says from path and first line;
+    """A record's language as a key of :mod:`xgen_data.attributes.languages`: the record's own when the table lists it
+    (``Python`` -> ``python``), else what :func:`xgen_data.attributes.languages.identify` says from path and first line;
     None when neither names a language of the table (``en``, unknown extensions)."""
-    from xgen_data import languages
+    from xgen_data.attributes import languages
 
     key = languages.source_key(rec.get("language") if isinstance(rec.get("language"), str) else None)
     if key in languages.table():
@@ -70,7 +70,7 @@ def repo_licenses(label) -> list[str]:
 
     A top-level ``A AND B`` without parentheses becomes ``["A", "B"]`` (the same meaning); any other
     expression, ``OR`` and ``WITH`` included, stays one item as written (messy labels are kept, never
-    repaired here: :mod:`xgen_data.licenses` judges them after ingest); a JSON list stays a list; empty or
+    repaired here: :mod:`xgen_data.attributes.licenses` judges them after ingest); a JSON list stays a list; empty or
     missing is ``[]``.
     """
     if isinstance(label, (list, tuple)):
@@ -150,7 +150,7 @@ def write_split(records: Callable[[], Iterator[bytes | dict]], out_dir: str, see
     import pyarrow.parquet as pq
     import zstandard
 
-    from xgen_data import fsutil
+    from xgen_data.store import fsutil
 
     seen: dict[str, str | None] = {}
     for raw in records():
@@ -204,7 +204,7 @@ def write_split(records: Callable[[], Iterator[bytes | dict]], out_dir: str, see
 def corpus_lines(path: str) -> Callable[[], Iterator[bytes]]:
     """A re-callable reader of one corpus-schema file's lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``), for
     :func:`write_split`."""
-    from xgen_data import readers
+    from xgen_data.sources import readers
 
     def gen() -> Iterator[bytes]:
         for rec in readers.iter_raw(path):

@@ -2,14 +2,14 @@
 
 * code: every ``.py`` file of the standard library (tests, ``site-packages`` and ``idlelib`` excluded),
   license ``PSF-2.0``, language ``python``, and the library's other UTF-8 text files whose name or first line
-  names a language of :mod:`xgen_data.languages` (its ``Makefile``, shell and PowerShell scripts, ``config.c``,
+  names a language of :mod:`xgen_data.attributes.languages` (its ``Makefile``, shell and PowerShell scripts, ``config.c``,
   a stylesheet, reStructuredText), each with that language;
 * natural language: the documentation that ships with Python: the help topics of ``pydoc_data``
   (the reference manual's sections that ``help()`` shows) and, per module, its docstrings (module, classes,
   functions, in source order) as one document.
 
 Written as ``nl.jsonl.zst`` in the shared corpus schema and the code split in two disjoint halves
-(:mod:`xgen_data.code_split`): ``code.jsonl.zst`` for stage 1 and a StarCoderData-layout ``starcoder/``
+(:mod:`xgen_data.sources.code_split`): ``code.jsonl.zst`` for stage 1 and a StarCoderData-layout ``starcoder/``
 folder for stage 2, so the demo ingests them through the same path as any user corpus.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import zstandard
 
-from xgen_data import fsutil
+from xgen_data.store import fsutil
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo"}
 LICENSE = "PSF-2.0"
@@ -42,7 +42,7 @@ def stdlib_files(python_only: bool = True) -> list[str]:
 
 def _other_code(root: str, version: str) -> Iterator[dict]:
     """Code records of the library's non-``.py`` text files of a known language (module docstring)."""
-    from xgen_data import languages
+    from xgen_data.attributes import languages
 
     for path in stdlib_files(python_only=False):
         if path.endswith((".py", ".pyc")) or os.path.getsize(path) > (1 << 20):
@@ -109,13 +109,13 @@ def records() -> Iterator[tuple[str, dict]]:
 
 def write_corpus(out_dir: str, seed: int = 0, starcoder: bool = True):
     """Write ``nl.jsonl.zst`` and the code split (``code.jsonl.zst`` + ``starcoder/<language>/*.parquet``,
-    :func:`xgen_data.code_split.write_split` with ``seed``; ``starcoder=False``: all code in
+    :func:`xgen_data.sources.code_split.write_split` with ``seed``; ``starcoder=False``: all code in
     ``code.jsonl.zst``) into ``out_dir`` (atomically).
 
     Returns:
         ``(paths to ingest, the split's SplitReport)``.
     """
-    from xgen_data import code_split
+    from xgen_data.sources import code_split
 
     os.makedirs(out_dir, exist_ok=True)
     nl_path = os.path.join(out_dir, "nl.jsonl.zst")

@@ -1,7 +1,7 @@
 """``xgen ingest``: raw JSONL / JSONL.gz / JSONL.zst / Parquet files into a tokenized Parquet corpus.
 
 The main process streams raw lines from disk in batches; worker processes decode JSON, validate
-records (:func:`xgen_data.readers.decode_record`) and tokenize them in data mode (SPEC §1); the main
+records (:func:`xgen_data.sources.readers.decode_record`) and tokenize them in data mode (SPEC §1); the main
 process writes zstd Parquet parts. At most ``2 × workers`` batches are in flight, so memory does not grow
 with corpus size. Parts are written under temporary names and renamed once the whole input file is done;
 ``corpus.json`` is updated last, so a crash never leaves a half-ingested file visible.
@@ -20,7 +20,7 @@ other content replaces its old parts (``replaced``).
 Document ids are unique within a subset. A document whose id is already in the subset (from an earlier
 input, or earlier in the same file) is an error naming both places (``file:line``) with
 ``on_error="raise"``, and is skipped and counted as ``duplicate_id`` with ``on_error="skip"``. The check
-keeps 64-bit id hashes (:mod:`xgen_data.idindex`, 16 bytes per known document, recomputed from the parts
+keeps 64-bit id hashes (:mod:`xgen_data.sources.idindex`, 16 bytes per known document, recomputed from the parts
 at each run, in memory up to 2^20 ids and in sorted runs on disk beyond) and confirms every hash match on the real id, so a hash collision never drops a document.
 """
 from __future__ import annotations
@@ -43,8 +43,10 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from xgen_data import fsutil, idindex, readers, tokenizer
-from xgen_data.corpus import DOC_SCHEMA, Corpus, check_name
+from xgen_data import tokenizer
+from xgen_data.sources import idindex, readers
+from xgen_data.store import fsutil
+from xgen_data.store.corpus import DOC_SCHEMA, Corpus, check_name
 
 #: Default subset for well-known corpus file stems; any other stem is its own subset name.
 SUBSET_BY_STEM = {"nl": "natural", "natural": "natural", "code": "code", "instruct": "instruct"}
@@ -301,7 +303,7 @@ def _damaged_parts(corpus: Corpus, entry: dict) -> list[tuple[str, str]]:
 
 
 class _Sources:
-    """Where the documents behind :class:`~xgen_data.idindex.IdIndex` entries are, to confirm ids and name places.
+    """Where the documents behind :class:`~xgen_data.sources.idindex.IdIndex` entries are, to confirm ids and name places.
 
     A source is a part file: an existing part of the subset (named by the input file it came from) or a
     part of the input being ingested (its lines are kept, 8 bytes per document of that input; the part
@@ -367,7 +369,7 @@ def _find_line(path: str, digest: str, doc_id: str) -> int | None:
 def _existing_index(corpus: Corpus, subset: str, exclude: set[str], meta: dict) -> tuple[idindex.IdIndex, _Sources]:
     """The id index of the subset's registered parts (except ``exclude``), read part by part.
 
-    The index spills to ``work/idindex/`` of the corpus past :data:`xgen_data.idindex.MEMORY_ENTRIES` ids
+    The index spills to ``work/idindex/`` of the corpus past :data:`xgen_data.sources.idindex.MEMORY_ENTRIES` ids
     (cleared here first: the caller holds the corpus lock), so its memory does not grow with the corpus."""
     spill = os.path.join(corpus.root, "work", "idindex")
     shutil.rmtree(spill, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Per-document attributes computed once: filters, license decisions per policy, language, exact and MinHash dedup."""

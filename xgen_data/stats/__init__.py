@@ -1,0 +1,1 @@
+"""SQL over the corpus (DuckDB views, read-only guard), result formatting, plots."""
