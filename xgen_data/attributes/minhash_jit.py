@@ -417,7 +417,10 @@ def _shingle_hashes_kernel(cp, doc_off, table, ngram, wide):
 
 @jit
 def _shingle_hashes_kernel_ni(cp, doc_off, table, ngram, wide):
-    """:func:`_shingle_hashes_kernel` with the SHA-NI compression (:func:`sha1_prefix_ni`); same results."""
+    """:func:`_shingle_hashes_kernel` with the SHA-NI compression (:func:`sha1_prefix_ni`); same results.
+
+    A separate kernel on purpose, not a branch inside one: a kernel that names the SHA intrinsics can only be
+    compiled on a CPU that has them, so this one is compiled (lazily) only when :func:`sha_ni_available`."""
     n_docs = len(doc_off) - 1
     buf, ws, we = scratch(cp, doc_off)
     hashes = np.empty(len(cp) + n_docs, dtype=np.uint64)
