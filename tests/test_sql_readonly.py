@@ -270,3 +270,21 @@ def test_truncated_part_is_a_clean_error(corpus_copy, cmd, tmp_path):
     res = _run(args[0], "--corpus", corpus_copy, *args[1:])
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert os.path.basename(part) in res.output and "xgen ingest" in res.output
+
+
+def test_connections_hold_duckdb_to_the_memory_limit(ro_corpus, monkeypatch):
+    """Every view connection is capped (XGEN_DUCKDB_MEMORY, default sql.DEFAULT_MEMORY_LIMIT) and spills to a
+    private folder, so a query over a large corpus does not need memory in proportion to it."""
+    def limit_of(con):
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    monkeypatch.delenv("XGEN_DUCKDB_MEMORY", raising=False)
+    default = limit_of(sql.connect(ro_corpus, quiet=True))
+    monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "300MB")
+    con = sql.connect(ro_corpus, quiet=True)
+    assert limit_of(con) != default and limit_of(con).startswith("286")  # DuckDB shows 300 MB as 286.1 MiB
+    assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == sql.spill_dir()
+    assert con.execute("SELECT count(*) FROM documents").fetchone()[0] > 0
+    monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "lots")
+    with pytest.raises(ValueError, match="XGEN_DUCKDB_MEMORY"):
+        sql.connect(ro_corpus, quiet=True)

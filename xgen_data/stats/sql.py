@@ -36,6 +36,30 @@ from xgen_data.shards import shard_format as shards
 from xgen_data.store.corpus import Corpus
 
 SUBSET_FROM_PATH = decisions.SUBSET_FROM_PATH
+
+#: DuckDB's memory limit for every connection the product opens (views, reports, the mixture build, dedup's
+#: phase 2), unless ``XGEN_DUCKDB_MEMORY`` says otherwise (a DuckDB size: ``512MB``, ``4GB``). Beyond it DuckDB
+#: spills joins, sorts and aggregates to a private temporary folder, so a query over a corpus of any size holds
+#: about this much plus its result. An operator that cannot spill and needs more fails with DuckDB's
+#: out-of-memory error; raise the limit then.
+DEFAULT_MEMORY_LIMIT = "512MB"
+
+
+def memory_limit() -> str:
+    """The DuckDB memory limit in force: ``XGEN_DUCKDB_MEMORY`` or :data:`DEFAULT_MEMORY_LIMIT`.
+
+    Raises:
+        ValueError: ``XGEN_DUCKDB_MEMORY`` is not a size such as ``512MB`` or ``4GB``.
+    """
+    value = os.environ.get("XGEN_DUCKDB_MEMORY", "").strip() or DEFAULT_MEMORY_LIMIT
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value, flags=re.IGNORECASE):
+        raise ValueError(f"XGEN_DUCKDB_MEMORY={value!r} is not a size such as 512MB or 4GB")
+    return value
+
+
+def spill_dir() -> str:
+    """This process's private DuckDB spill folder (under the system temporary folder; DuckDB removes its files)."""
+    return os.path.join(tempfile.gettempdir(), f"xgen-sql-{os.getpid()}")
 _PART_FROM_PATH = decisions.PART_FROM_PATH
 
 
@@ -80,6 +104,9 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
             quiet: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views of this module over the corpus at ``corpus_dir``.
 
+    The connection holds at most :func:`memory_limit` (DuckDB spills beyond it to :func:`spill_dir`), so
+    views over a large corpus do not need memory in proportion to it.
+
     Args:
         shard_dirs: extra shards directories for the ``shards`` view, besides those registered by
             ``xgen mix build`` in ``corpus.json``.
@@ -103,7 +130,7 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     view, warnings = decisions.documents_sql(corpus, dec, strict=dec.recipe_name is not None)
     for w in warnings if not quiet else ():
         print(f"warning: {w}", file=sys.stderr)
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config={"memory_limit": memory_limit(), "temp_directory": spill_dir()})
     con.execute(view)
     con.execute(decisions.LICENSE_CONFLICTS_SQL)
     dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
@@ -248,7 +275,7 @@ def lock_down(con, corpus_root: str) -> None:
     root = os.path.abspath(corpus_root)
     folders = sorted(os.path.join(root, e.name) + os.sep for e in os.scandir(root)
                      if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
-    spill = os.path.join(tempfile.gettempdir(), f"xgen-sql-{os.getpid()}")
+    spill = spill_dir()
     con.execute("SET allowed_directories = ?", [folders])
     for setting, value in (("autoinstall_known_extensions", False), ("autoload_known_extensions", False),
                            ("allow_community_extensions", False), ("allow_persistent_secrets", False),
