@@ -2,6 +2,7 @@
 import collections
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,7 +37,7 @@ def starcoder_corpus(tmp_path_factory):
 
 
 def _packed_per_language(out_dir, docs):
-    lang_of = {d: lang for d, lang in zip(docs.doc_id.tolist(), docs.language.tolist())}
+    lang_of = dict(zip(docs.doc_id.to_pylist(), docs.language_of(np.arange(len(docs.n_tokens)))))
     manifest = json.load(open(f"{out_dir}/manifest.json"))
     got = collections.Counter()
     for sh in manifest["shards"]:
@@ -105,10 +106,9 @@ def test_language_weight_errors(tmp_path):
         with pytest.raises(recipe.RecipeError, match=match):
             recipe.load(str(p))
     st = recipe.load(_write(tmp_path, RECIPE.replace('"original"', "{ cobol = 1.0 }"))).stages[0]
-    import numpy as np
 
     with pytest.raises(ValueError, match="cobol"):
-        mixture.language_targets(st, "starcoder", 100, np.array(["python"], dtype=object), np.array([50]))
+        mixture.language_targets(st, "starcoder", 100, {"python": 50})
 
 
 def _write(tmp_path, text):

@@ -345,3 +345,24 @@ def test_recipe_toml_round_trip(tmp_path, name):
     p = tmp_path / "r.toml"
     p.write_text(recipe.to_toml(r))
     assert dataclasses.replace(recipe.load(str(p)), path="") == dataclasses.replace(r, path="")
+
+
+def test_kept_documents_are_compact_columns_equal_to_the_view(sample_corpus, demo_shards):
+    """Kept documents are numeric codes and Arrow strings (no Python object per document, so a build over
+    millions of documents holds a few dozen bytes each), and decode to exactly the documents view's rows."""
+    import pyarrow as pa
+
+    r = demo_no_dedup()
+    docs = packing.kept_documents(sample_corpus, r.subsets(), r)
+    con = sql.connect(sample_corpus, recipe=r, quiet=True)
+    for name, d in docs.items():
+        assert d.part_code.dtype == np.int32 and d.lang_code.dtype == np.int32 and d.row.dtype == np.int64
+        assert isinstance(d.doc_id, pa.Array) and isinstance(d.source, pa.Array)
+        got = [(d.part_names[p], r_, i, s, n, lang) for p, r_, i, s, n, lang in zip(
+            d.part_code.tolist(), d.row.tolist(), d.doc_id.to_pylist(), d.source.to_pylist(), d.n_tokens.tolist(),
+            d.language_of(np.arange(len(d.n_tokens))))]
+        want = con.execute("""SELECT part, row, id, coalesce(source, ''), n_tokens, coalesce(language, ?)
+            FROM documents WHERE kept AND subset = ? ORDER BY part, row""", [mixture.UNKNOWN_LANGUAGE, name]).fetchall()
+        assert got == [tuple(w) for w in want] and got
+        by_lang = d.tokens_by_language()
+        assert sum(by_lang.values()) == int(d.costs.sum()) and list(by_lang) == sorted(by_lang)

@@ -124,7 +124,7 @@ def test_two_recipes_side_by_side(corpus_copy, tmp_path):
     from xgen_data.shards import packing
 
     docs = packing.kept_documents(corpus_copy, ["natural", "code"], r50)
-    assert {("code", i) for i in docs["code"].doc_id} == {k for k, v in b.items() if k[0] == "code" and v[0]}
+    assert {("code", i) for i in docs["code"].doc_id.to_pylist()} == {k for k, v in b.items() if k[0] == "code" and v[0]}
 
 
 def test_instruct_not_dropped_by_a_recipe_that_does_not_pack_it(corpus_copy, tmp_path):

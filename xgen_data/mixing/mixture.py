@@ -93,8 +93,7 @@ def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[Subse
 UNKNOWN_LANGUAGE = "(unknown)"
 
 
-def language_targets(stage: Stage, subset: str, target: int, language: np.ndarray,
-                     costs: np.ndarray) -> dict[str, int]:
+def language_targets(stage: Stage, subset: str, target: int, unique: dict[str, int]) -> dict[str, int]:
     """Tokens per language inside one subset's ``target`` (stage ``languages`` table; SPEC §2: StarCoder data
     "keeps all 86 programming languages at their original relative weights").
 
@@ -103,17 +102,13 @@ def language_targets(stage: Stage, subset: str, target: int, language: np.ndarra
     name get nothing). Exact integers summing to ``target`` (:func:`xgen_data.mixing.recipe.split_tokens`).
 
     Args:
-        language: object ``[n_docs]``, each kept document's language (None = unknown).
-        costs: int64 ``[n_docs]``, each document's cost ``n_tokens + 1``.
+        unique: ``{language: unique tokens incl. EOS}`` of the subset's kept documents
+            (:meth:`xgen_data.shards.packing.SubsetDocs.tokens_by_language`).
     Raises:
         ValueError: a weighted language has no kept documents.
     """
     from xgen_data.mixing.recipe import split_tokens
 
-    langs = np.array([UNKNOWN_LANGUAGE if x is None else x for x in language], dtype=object)
-    unique: dict[str, int] = {}
-    for lang, c in zip(langs.tolist(), np.asarray(costs).tolist()):
-        unique[lang] = unique.get(lang, 0) + int(c)
     spec = stage.languages[subset]
     if spec == "original":
         return split_tokens(target, dict(sorted(unique.items())))
@@ -152,14 +147,13 @@ def language_plan(recipe: Recipe, docs: dict) -> list[LanguagePlan]:
             d = docs.get(subset)
             if d is None or not len(d.n_tokens):
                 continue
-            lang = d.language
-            per = language_targets(stage, subset, targets[subset], lang, d.costs)
-            keys = np.array([UNKNOWN_LANGUAGE if x is None else x for x in lang], dtype=object)
+            unique = d.tokens_by_language()
+            per = language_targets(stage, subset, targets[subset], unique)
+            count = dict(zip(d.languages, np.bincount(d.lang_code, minlength=len(d.languages)).tolist()))
             total = int(d.costs.sum())
-            for name in sorted(set(per) | set(keys.tolist())):
-                mask = keys == name
-                uniq = int(d.costs[mask].sum())
-                rows.append(LanguagePlan(stage.name, subset, name, int(mask.sum()), uniq, uniq / total,
+            for name in sorted(set(per) | set(unique)):
+                uniq = unique.get(name, 0)
+                rows.append(LanguagePlan(stage.name, subset, name, count.get(name, 0), uniq, uniq / total,
                                          per.get(name, 0)))
     return rows
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xgen_data import tokenizer
@@ -40,19 +41,48 @@ SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
 
 @dataclass
 class SubsetDocs:
-    """The kept documents of one subset, in corpus order (parallel arrays, one entry per document)."""
+    """The kept documents of one subset, in corpus order: parallel columns, one entry per document.
+
+    Compact by design, so a build over many millions of documents holds a few dozen bytes per document:
+    part and language are dictionary codes (int32 into ``part_names`` / ``languages``), ids and sources stay
+    Arrow string arrays (no Python object per document).
+    """
 
     name: str
-    part: np.ndarray  # object: part file name
+    part_code: np.ndarray  # int32: index into part_names
+    part_names: list[str]  # part file names
     row: np.ndarray  # int64: row in the part
-    doc_id: np.ndarray  # object: document id
-    source: np.ndarray  # object
+    doc_id: pa.Array  # string: document id
+    source: pa.Array  # string ('' when the record has none)
     n_tokens: np.ndarray  # int64
-    language: np.ndarray | None = None  # object: language (the documents view's; None = unknown)
+    lang_code: np.ndarray  # int32: index into languages
+    languages: list[str]  # language keys; mixture.UNKNOWN_LANGUAGE for documents without one
 
     @property
     def costs(self) -> np.ndarray:
         return self.n_tokens + 1
+
+    def language_of(self, idx) -> list[str]:
+        """Language keys of documents ``idx`` (int indices into this subset)."""
+        return [self.languages[c] for c in self.lang_code[np.asarray(idx, dtype=np.int64)].tolist()]
+
+    def tokens_by_language(self) -> dict[str, int]:
+        """``{language: unique tokens incl. one EOS per document}`` over the languages present, sorted."""
+        tot = np.bincount(self.lang_code, weights=self.costs, minlength=len(self.languages))
+        cnt = np.bincount(self.lang_code, minlength=len(self.languages))
+        return {self.languages[i]: int(round(tot[i])) for i in np.argsort(self.languages).tolist() if cnt[i]}
+
+    def take(self, column: str, idx: np.ndarray) -> list[str]:
+        """Values of the string column ``doc_id`` or ``source`` for documents ``idx``."""
+        return getattr(self, column).take(pa.array(np.asarray(idx, dtype=np.int64))).to_pylist()
+
+
+def _codes(col: pa.ChunkedArray, null: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Dictionary codes (int32) and the names they index, of a string column (nulls become ``null``)."""
+    if null is not None:
+        col = pc.fill_null(col, null)
+    enc = col.combine_chunks().dictionary_encode() if len(col) else pa.array([], pa.string()).dictionary_encode()
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
 
 
 def kept_documents(corpus_dir: str, subsets: list[str], recipe: Recipe | None = None) -> dict[str, SubsetDocs]:
@@ -67,12 +97,12 @@ def kept_documents(corpus_dir: str, subsets: list[str], recipe: Recipe | None = 
     for name in subsets:
         t = con.sql("""SELECT part, row, id, coalesce(source, '') AS source, n_tokens, language FROM documents
                            WHERE kept AND subset = ? ORDER BY part, row""", params=[name]).to_arrow_table()
-        out[name] = SubsetDocs(name, np.array(t["part"].to_pylist(), dtype=object),
-                               t["row"].to_numpy().astype(np.int64),
-                               np.array(t["id"].to_pylist(), dtype=object),
-                               np.array(t["source"].to_pylist(), dtype=object),
-                               t["n_tokens"].to_numpy().astype(np.int64),
-                               np.array(t["language"].to_pylist(), dtype=object))
+        part_code, part_names = _codes(t["part"])
+        lang_code, langs = _codes(t["language"], mixture.UNKNOWN_LANGUAGE)
+        out[name] = SubsetDocs(name, part_code, part_names, t["row"].to_numpy().astype(np.int64),
+                               t["id"].combine_chunks(), t["source"].combine_chunks(),
+                               t["n_tokens"].to_numpy().astype(np.int64), lang_code, langs)
+        del t
     return out
 
 
@@ -116,10 +146,11 @@ def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: st
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     out = _allocated_memmap(path, max(int(offsets[-1]), 1))
-    parts = docs.part[wanted]
-    for part_name in dict.fromkeys(parts):
-        sel = wanted[parts == part_name]
-        col = pq.read_table(os.path.join(corpus.docs_dir(docs.name), part_name), columns=["tokens"]).column("tokens")
+    codes = docs.part_code[wanted]
+    for code in dict.fromkeys(codes.tolist()):
+        sel = wanted[codes == code]
+        path = os.path.join(corpus.docs_dir(docs.name), docs.part_names[code])
+        col = pq.read_table(path, columns=["tokens"]).column("tokens")
         col = col.combine_chunks()
         values = col.values.to_numpy()
         starts = col.offsets.to_numpy()
@@ -401,11 +432,11 @@ def _select(d: SubsetDocs, stage, name: str, target: int, rng: np.random.Generat
     its target (:func:`xgen_data.mixing.mixture.language_targets`), languages in sorted order."""
     if name not in stage.languages:
         return mixture.select_documents(d.costs, target, rng)
-    per = mixture.language_targets(stage, name, target, d.language, d.costs)
-    keys = np.array([mixture.UNKNOWN_LANGUAGE if x is None else x for x in d.language], dtype=object)
+    per = mixture.language_targets(stage, name, target, d.tokens_by_language())
+    code = {lang: i for i, lang in enumerate(d.languages)}
     idx, take = [], []
     for lang in sorted(per):
-        members = np.flatnonzero(keys == lang)
+        members = np.flatnonzero(d.lang_code == code[lang]) if lang in code else np.zeros(0, np.int64)
         i, t = mixture.select_documents(d.costs[members], per[lang], rng)
         idx.append(members[i])
         take.append(t)
@@ -491,6 +522,19 @@ def shard_ranges(n_seq: int, n_val: int, rows_per_shard: int) -> list[tuple[int,
     return out
 
 
+def _piece_columns(docs, subsets: list[str], sub: np.ndarray, doc: np.ndarray) -> tuple[list, list, list]:
+    """``(doc_ids, sources, languages)`` of pieces whose instances are ``(sub[i], doc[i])``, in piece order."""
+    ids, srcs, langs = [None] * len(sub), [None] * len(sub), [None] * len(sub)
+    for k in np.unique(sub).tolist():
+        at = np.flatnonzero(sub == k)
+        d = docs[subsets[k]]
+        for out, vals in ((ids, d.take("doc_id", doc[at])), (srcs, d.take("source", doc[at])),
+                          (langs, d.language_of(doc[at]))):
+            for i, v in zip(at.tolist(), vals):
+                out[i] = v
+    return ids, srcs, langs
+
+
 def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_seq, recipe, stage_name, sub,
                     tmp_dir, manifest, report, shard_tokens, bar) -> None:
     """Steps 3-4 for one chunk: cut ``n_seq`` sequences, shuffle them, write shards and their indexes."""
@@ -515,8 +559,7 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
         sl = slice(lo, hi)
         pieces = piece_inst[sl]
         sub_names = [subsets[k] for k in inst.subset[pieces].tolist()]
-        doc_ids = [docs[n].doc_id[d] for n, d in zip(sub_names, inst.doc[pieces].tolist())]
-        sources = [docs[n].source[d] for n, d in zip(sub_names, inst.doc[pieces].tolist())]
+        doc_ids, sources, langs = _piece_columns(docs, subsets, inst.subset[pieces], inst.doc[pieces])
         index = pa.table({
             "row": pa.array(post[sl] - r0, pa.int64()), "start": pa.array(start[sl], pa.int32()),
             "length": pa.array(length[sl], pa.int32()), "subset": pa.array(sub_names, pa.string()),
@@ -531,10 +574,9 @@ def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_
             per_source[src] += n
         report.tokens_per_subset[stage_name].update(per_subset)
         by_lang = report.tokens_per_language.get(stage_name, {})
-        for name, d, n in zip(sub_names, inst.doc[pieces].tolist(), length[sl].tolist()):
+        for name, lang, n in zip(sub_names, langs, length[sl].tolist()):
             if name in by_lang:
-                lang = docs[name].language[d]
-                by_lang[name][mixture.UNKNOWN_LANGUAGE if lang is None else lang] += n
+                by_lang[name][lang] += n
         manifest["shards"].append({
             "path": rel, "index_path": rel_idx, "stage": stage_name, "substage": sub.name, "split": split,
             "seq_len": seq_len,
