@@ -636,6 +636,26 @@ def estimated_jaccard(sig: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int 
     return out
 
 
+#: Signature rows read at once while cliques are built (16,384 × 256 × 4 bytes = 16 MiB for ``affine32``).
+CLIQUE_BATCH_ROWS = 1 << 14
+
+
+def _component_batches(groups: list[np.ndarray]):
+    """Yield ``(rows, group)`` per component in order: ``rows`` the sorted rows of the batch of whole
+    components (≤ :data:`CLIQUE_BATCH_ROWS` unless one component is larger) that ``group`` belongs to; one
+    batch's ``rows`` object is shared by its components, so its signatures are read once."""
+    i = 0
+    while i < len(groups):
+        j, total = i + 1, len(groups[i])
+        while j < len(groups) and total + len(groups[j]) <= CLIQUE_BATCH_ROWS:
+            total += len(groups[j])
+            j += 1
+        rows = np.sort(np.concatenate(groups[i:j]))
+        for group in groups[i:j]:
+            yield rows, group
+        i = j
+
+
 def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
     """Verified clusters: every two members of a cluster have estimated Jaccard ≥ ``threshold``.
 
@@ -695,9 +715,10 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     assigned = np.zeros(n, dtype=bool)
     cuts = np.flatnonzero(np.diff(comp)) + 1
     k = sig.shape[1]
-    for group in np.split(nodes, cuts):
-        rows = np.sort(group)
-        gsig = sig[rows]  # this component's signatures only
+    read, gsig = None, None
+    for rows, group in _component_batches(np.split(nodes, cuts)):
+        if rows is not read:  # these components' signatures only, read once per batch
+            read, gsig = rows, sig[rows]
         for seed in group.tolist():
             if assigned[seed]:
                 continue
@@ -802,11 +823,11 @@ def _candidate_pairs_np(band_paths: list[str], offsets: np.ndarray, rep: np.ndar
     """Distinct candidate pairs ``(a, b)``, ``a < b`` (exact-group representatives), over all bands, band by band.
 
     Reads band ``i`` of every part (row group ``i`` of the band-major work files), so memory holds one band of
-    the corpus (about 16 bytes per document) plus the pairs. ``rep``: int64 per document, its exact-group
+    the corpus (about 16 bytes per document) plus the distinct pairs so far (8 bytes each, merged per band). ``rep``: int64 per document, its exact-group
     representative, -1 for documents without words (they have no band rows).
     """
     files = [pq.ParquetFile(f) for f in band_paths]
-    keys, buckets = [], 0
+    key, buckets = np.zeros(0, np.int64), 0
     n = len(rep)
     for band in range(bands):
         hs, ds = [], []
@@ -820,8 +841,7 @@ def _candidate_pairs_np(band_paths: list[str], offsets: np.ndarray, rep: np.ndar
             continue
         a, b, nb = bucket_pairs(np.concatenate(hs), rep[np.concatenate(ds)])
         buckets += nb
-        keys.append(np.unique(a * n + b))
-    key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        key = np.union1d(key, a * n + b)  # distinct pairs so far: memory does not grow with the band count
     return key // n, key % n, buckets
 
 
@@ -998,7 +1018,7 @@ def _clusters(con, report: DedupReport, params: DedupParams, tasks: list[dict], 
 def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, seed: int = 1,
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
-              memory_limit: str = "4GB", license_allow: tuple[str, ...] | list[str] | None = None,
+              memory_limit: str | None = None, license_allow: tuple[str, ...] | list[str] | None = None,
               set_default: bool = True, dec=None, clustering: str = "cliques") -> DedupReport:
     """Find exact and near duplicates across all subsets and commit the ``dedup`` attributes (module docstring).
 
@@ -1019,7 +1039,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         workers: signature worker processes and DuckDB threads.
         progress: show a progress bar for the signature phase.
         scheme: datasketch permutation scheme (``affine32`` = datasketch 2.0's default).
-        memory_limit: DuckDB's memory limit; beyond it DuckDB spills to ``work/dedup/duckdb.tmp``.
+        memory_limit: DuckDB's memory limit (default :func:`xgen_data.stats.sql.memory_limit`); beyond it DuckDB
+            spills to ``work/dedup/duckdb.tmp``.
         license_allow: the license filter's allow-list, which makes the top tiers of the keep policy
             (:func:`license_rank`); default the shipped list. Pass the recipe's ``allow_list()``.
         clustering: ``cliques`` (verified candidates, every two members of a cluster within ``threshold``:
@@ -1092,7 +1113,10 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         t = time.time()
         tmp_dir = os.path.join(work, "duckdb.tmp")
         os.makedirs(tmp_dir, exist_ok=True)
-        con = duckdb.connect(config={"threads": workers, "memory_limit": memory_limit, "temp_directory": tmp_dir,
+        from xgen_data.stats import sql
+
+        con = duckdb.connect(config={"threads": workers, "memory_limit": memory_limit or sql.memory_limit(),
+                                     "temp_directory": tmp_dir,
                                      "preserve_insertion_order": False})
         try:
             con.register("_parts", pa.table({
