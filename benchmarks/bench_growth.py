@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     base = os.path.join(SHARED, "corpus", "sample") if args.sample else os.path.join(SHARED, "corpus")
     files = [os.path.join(base, f"{n}.jsonl" if args.sample else f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")]
     work = args.work or tempfile.mkdtemp(prefix="xgen-growth-")
+    os.makedirs(work, exist_ok=True)
     if args.recipe is None:
         args.recipe = stage1_recipe(work)
     rows = []
