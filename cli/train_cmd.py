@@ -43,6 +43,9 @@ from xgen_train.config import CONFIGS  # no JAX import
 @click.option("--init", "init_path", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
                    "config.json + model.safetensors); the optimizer state starts fresh.")
+@click.option("--init-on", default="auto", show_default=True, type=click.Choice(["auto", "host", "device"]),
+              help="Where a fresh random init is drawn: host (same values on any mesh or chip; needs a full "
+                   "host copy), device (each chip draws its own shards), auto (host up to 2 GiB of params).")
 @click.option("--log-every", default=10, show_default=True, type=click.IntRange(min=1),
               help="Fetch metrics from the device and refresh the progress bar every N updates (no host sync in "
                    "between); metrics.jsonl still gets one line per update.")
@@ -96,7 +99,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
           compute_dtype: str | None, precision: str, attention: str, attention_block: int, loss_chunk: int,
           remat: bool, z_loss: float, skip_spikes: bool, doc_mask: bool, accum_steps: int,
           checkpoint_every: int, keep_checkpoints: int, resume: bool, mesh: str | None,
-          peak_flops: float | None, verify: bool | None, no_progress: bool) -> None:
+          peak_flops: float | None, verify: bool | None, no_progress: bool, init_on: str) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
     sub-stage of the shards in order (or only --stage/--substage).
 
@@ -110,7 +113,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
                 init_path=init_path, eval_every=eval_every, eval_sequences=eval_sequences, mesh=mesh,
                 peak_flops=peak_flops, precision=precision, attention=attention, attention_block=attention_block,
                 loss_chunk=loss_chunk, z_loss=z_loss, remat=remat, doc_mask=doc_mask, accum_steps=accum_steps,
-                skip_spikes=skip_spikes)
+                skip_spikes=skip_spikes, init_on=init_on)
     if resume:
         opts.update(resume_defaults(out_dir, typed={k for k in opts if not _defaulted(ctx, k)}))
     if opts["shards_dir"] is None:
@@ -172,6 +175,7 @@ _RUN_JSON_KEYS = {
     "log_every": "settings.log_every", "checkpoint_every": "settings.checkpoint_every",
     "keep_checkpoints": "settings.keep_checkpoints", "eval_every": "settings.eval_every",
     "eval_sequences": "settings.eval_sequences", "mesh": "settings.mesh", "peak_flops": "settings.peak_flops",
+    "init_on": "settings.init_on",
     # numerics (run.json records them resolved: compute_dtype carries the precision, so --precision stays auto)
     "attention": "numerics.attention", "attention_block": "numerics.attention_block",
     "loss_chunk": "numerics.loss_chunk", "z_loss": "numerics.z_loss", "remat": "numerics.remat",

@@ -5,7 +5,8 @@ process. Usage: ``python tests/mesh_worker.py steps|train WORKDIR SHARDS_DIR`` (
 ``steps`` does 1 and 2 below, ``train`` does 3.
 
 1. The tiny model's update on a fixed batch (8 x 16 random token ids) for 2 steps: losses on one device
-   (plain jit, no shardings) and under several meshes.
+   (plain jit, no shardings) and under several meshes; under each mesh the device-drawn init
+   (``fresh_params(..., "device")``) is compared bit for bit with the one-device jitted init.
 2. The data=8 state saved by the trainer's CheckpointStore, restored under fsdp=4,tensor=2 and onto one
    device: every array compared bit for bit with the saved one.
 3. The trainer under fsdp=4,tensor=2 for 2 updates, then resumed under data=2,fsdp=2,tensor=2 to 4: the
@@ -31,7 +32,7 @@ from xgen_train.config import CONFIGS  # noqa: E402
 from xgen_train.model import build_model, init_params  # noqa: E402
 from xgen_train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from xgen_train.step import StepOptions, init_monitor  # noqa: E402
-from xgen_train.trainer import make_train_step, train  # noqa: E402
+from xgen_train.trainer import fresh_params, make_train_step, train  # noqa: E402
 
 MESHES = ("data=8", "fsdp=8", "tensor=2,data=4", "data=2,fsdp=2,tensor=2")
 
@@ -52,17 +53,19 @@ def run_steps(mesh_spec: str | None, tokens: np.ndarray, n_steps: int = 2):
         p_sh = sh.param_shardings(tmpl, mesh, cfg)
         s_sh = sh.state_shardings(jax.eval_shape(opt.init, tmpl), tmpl, mesh)
         rep, b_sh = sh.replicated(mesh), sh.batch_sharding(mesh, tokens.shape[0])
-        params = jax.jit(lambda: init_params(cfg, 0), out_shardings=p_sh)()
+        params = fresh_params(cfg, 0, p_sh, "device")  # each device draws its own shards
         state = jax.jit(opt.init, out_shardings=s_sh)(params)
+        init_equal = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+            jax.tree.leaves(params), jax.tree.leaves(jax.jit(lambda: init_params(cfg, 0))())))
         step = make_train_step(model, opt, shardings=(p_sh, s_sh, rep, b_sh))
         batch = sh.put_global(tokens, b_sh)
         monitor = jax.device_put(init_monitor(StepOptions()), rep)
-    losses = []
+    losses = [] if mesh_spec is None else [init_equal]
     for _ in range(n_steps):
         params, state, monitor, m = step(params, state, monitor, batch)
         losses.append(m["loss"])
     shard_shape = params["model/layers_0/mlp/gate_proj"]["weight"].addressable_shards[0].data.shape
-    return [float(x) for x in jax.device_get(losses)], params, state, list(shard_shape)
+    return [x if isinstance(x, bool) else float(x) for x in jax.device_get(losses)], params, state, list(shard_shape)
 
 
 def main(mode: str, work: Path, shards: Path) -> dict:
@@ -74,8 +77,9 @@ def main(mode: str, work: Path, shards: Path) -> dict:
     out["meshes"], out["shard_shapes"] = {}, {}
     saved = None
     for spec in MESHES:
-        losses, params, state, shard_shape = run_steps(spec, tokens)
+        (init_equal, *losses), params, state, shard_shape = run_steps(spec, tokens)
         out["meshes"][spec], out["shard_shapes"][spec] = losses, shard_shape
+        out.setdefault("device_init_equal", {})[spec] = init_equal
         if spec == "data=8":
             saved = (params, state)
 

@@ -116,6 +116,7 @@ def test_sharded_matches_one_device_and_checkpoints_cross_meshes(shards, tmp_pat
     assert out["shard_shapes"] == {"data=8": [352, 128], "fsdp=8": [352, 16], "tensor=2,data=4": [176, 128],
                                    "data=2,fsdp=2,tensor=2": [176, 64]}
     assert out["restore_other_mesh_equal"] and out["restore_single_equal"] and out["restore_single_numpy"]
+    assert out["device_init_equal"] == {m: True for m in out["meshes"]}  # each device drew its own shards
     assert out["restore_other_mesh_layout"] == "P('tensor', 'fsdp')" and out["restore_other_mesh_devices"] == 8
 
 
@@ -258,3 +259,21 @@ def test_cli_resume_takes_untyped_options_from_run_json(shards, tmp_path):
     assert res.exit_code != 0 and "batch.batch_size: 2 -> None" in res.output
     res = CliRunner().invoke(train_cmd, ["--out", str(tmp_path / "new")])
     assert res.exit_code != 0 and "Missing option '--shards'" in res.output
+
+
+def test_fresh_init_on_host_or_device():
+    """A device-drawn init equals the host draw up to float rounding; auto picks the host for small models and
+    the devices for a 7B model (whose host copy would be 27 GB); a bad value is refused."""
+
+    cfg = CONFIGS["tiny"]
+    mesh = sh.make_mesh(None)
+    p_sh = sh.param_shardings(jax.eval_shape(lambda: init_params(cfg, 3)), mesh, cfg)
+    host, dev = trainer.fresh_params(cfg, 3, p_sh, "host"), trainer.fresh_params(cfg, 3, p_sh, "device")
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(dev)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                   zip(jax.tree.leaves(dev), jax.tree.leaves(trainer.fresh_params(cfg, 4, p_sh, "device"))))
+    assert trainer.resolve_init_on("auto", cfg) == "host"
+    assert trainer.resolve_init_on("auto", CONFIGS["xgen-7b"]) == "device"
+    with pytest.raises(ValueError, match="init_on"):
+        trainer.resolve_init_on("gpu", cfg)

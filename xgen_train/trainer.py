@@ -219,6 +219,37 @@ def _phase_brief(ph: Phase) -> dict:
     return {"stage": ph.stage, "substage": ph.substage, "seq_len": ph.seq_len, "batch_size": ph.batch_size}
 
 
+#: ``init_on="auto"`` draws a fresh init on the host up to this many bytes of float32 parameters (2 GiB,
+#: ~537M parameters), on the devices above it (a 7B model would need a 27.6 GB host copy and minutes of
+#: host-side random draws).
+HOST_INIT_MAX_BYTES = 2 << 30
+
+
+def resolve_init_on(init_on: str, cfg) -> str:
+    """``host`` or ``device`` for ``init_on`` (``auto`` by :data:`HOST_INIT_MAX_BYTES`). Raises ValueError."""
+    if init_on not in ("auto", "host", "device"):
+        raise ValueError(f"init_on must be auto, host or device, got {init_on!r}")
+    if init_on == "auto":
+        return "host" if 4 * count_parameters(cfg) <= HOST_INIT_MAX_BYTES else "device"
+    return init_on
+
+
+def fresh_params(cfg, seed: int, shardings, where: str):
+    """A fresh random init (:func:`xgen_train.model.init_params`, SPEC §3) laid out as ``shardings``.
+
+    ``host``: drawn op by op on the host CPU, then sent out shard by shard (:func:`put_global`): the same
+    values whatever the mesh or chip; needs a full float32 host copy. ``device``: one jitted init with
+    ``out_shardings``, so each device draws only its own shards (threefry is partitionable: the values do not
+    depend on the mesh); they equal the host draw up to float rounding of the normal transform (not bit for
+    bit across chip kinds). Returns a pytree of global ``jax.Array`` float32 parameters.
+    """
+    if where == "device":
+        return jax.jit(lambda: init_params(cfg, seed), out_shardings=shardings)()
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        host_params = jax.device_get(init_params(cfg, seed))
+    return put_global(host_params, shardings)
+
+
 def _describe_init(path) -> dict:
     return {"path": str(Path(path).resolve())}
 
@@ -234,7 +265,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           progress: bool = True,
           plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
           stop: StopSignal | None = None, numerics: NumericsOptions | None = None, mesh: str | None = None,
-          peak_flops: float | None = None) -> dict[str, Any]:
+          peak_flops: float | None = None, init_on: str = "auto") -> dict[str, Any]:
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
@@ -282,6 +313,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             default: every device on ``data``). Not part of the run config: a resume may use another mesh.
         peak_flops: peak FLOP/s of one chip for MFU (default: :data:`xgen_train.flops.PEAK_FLOPS` by device
             kind; on a CPU MFU is then null).
+        init_on: where a fresh random init is drawn (:func:`fresh_params`): ``host``, ``device`` or ``auto``
+            (host up to :data:`HOST_INIT_MAX_BYTES` of float32 parameters, else device). Not part of the run
+            config (a resume does not draw an init).
 
     The loop never waits for the device between updates: each update is dispatched asynchronously, the next
     batch is read and transferred (sharded along B) while the chip runs, and the metrics stay on the device
@@ -358,6 +392,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                              f"accum_steps={num.accum_steps}")
     compute_dtype = num.precision
     dmesh = make_mesh(mesh)
+    init_where = resolve_init_on(init_on, cfg)
     p_template = jax.eval_shape(lambda: init_params(cfg, 0))
     s_template = jax.eval_shape(optimizer.init, p_template)
     p_sh = param_shardings(p_template, dmesh, cfg)
@@ -420,11 +455,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                              + "; ".join(diffs))
         params = put_global(init_p, p_sh)
         opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
-    else:  # drawn op by op on the host CPU (same values whatever the mesh or chip), then sent out in shards
-        with jax.default_device(jax.local_devices(backend="cpu")[0]):
-            host_params = jax.device_get(init_params(cfg, init_seed))
-        params = put_global(host_params, p_sh)
-        del host_params
+    else:
+        params = fresh_params(cfg, init_seed, p_sh, init_where)
         opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
     run_info = {**run, "plan": plan.to_list(), "total_steps": plan.total_steps, "steps_cap": steps,
                 "shards_dir": str(Path(shards_dir).resolve()), "n_params": count_parameters(cfg),
@@ -433,7 +465,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                 "flops_per_token": {ph.name: flops_per_token(cfg, ph.seq_len) for ph in plan.phases},
                 "settings": {"steps": steps, "log_every": log_every, "checkpoint_every": checkpoint_every,
                              "keep_checkpoints": keep_checkpoints, "eval_every": eval_every,
-                             "eval_sequences": eval_sequences, "mesh": mesh, "peak_flops": peak_flops}}
+                             "eval_sequences": eval_sequences, "mesh": mesh, "peak_flops": peak_flops,
+                             "init_on": init_on}}
     if main:
         fsutil.write_json(str(out / "run.json"), run_info)
 
