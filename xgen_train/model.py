@@ -35,6 +35,7 @@ import numpy as np
 from xgen_train.attention import ATTENTION_IMPLS, attention
 from xgen_train.config import ModelConfig
 from xgen_train.precision import as_policy, linear
+from xgen_train.sharding import constrain_batch, gather_table
 
 INIT_STD = 0.02  # Hugging Face LlamaConfig.initializer_range
 
@@ -185,7 +186,7 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
     with hk.name_scope("model"):
         with hk.name_scope("embed_tokens"):
             emb = _param("weight", (cfg.vocab_size, cfg.hidden), hk.initializers.RandomNormal(INIT_STD))
-        x = jnp.take(emb, tokens, axis=0)  # float32 [B, T, d]
+        x = constrain_batch(jnp.take(gather_table(emb), tokens, axis=0))  # float32 [B, T, d], B split over the mesh
         for i in range(cfg.n_layers):
             with hk.name_scope(f"layers_{i}"):
                 x = block_fn(x, cos, sin, segment_ids)

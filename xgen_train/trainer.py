@@ -19,6 +19,7 @@ precision policy, a device mesh or a chunked loss can replace one without touchi
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import os
@@ -117,8 +118,21 @@ def jit_step(fn, shardings: tuple | None = None):
     if shardings is None:
         return jax.jit(fn, donate_argnums=(0, 1, 2))
     p_sh, s_sh, rep, b_sh = shardings
-    return jax.jit(fn, in_shardings=(p_sh, s_sh, rep, b_sh), out_shardings=(p_sh, s_sh, rep, rep),
-                   donate_argnums=(0, 1, 2))
+    jitted = jax.jit(fn, in_shardings=(p_sh, s_sh, rep, b_sh), out_shardings=(p_sh, s_sh, rep, rep),
+                     donate_argnums=(0, 1, 2))
+
+    @functools.wraps(fn)
+    def under_mesh(*args):  # traced under the mesh, so activations can be pinned (sharding.constrain_batch)
+        with jax.set_mesh(rep.mesh):
+            return jitted(*args)
+
+    under_mesh.lower = lambda *args: _lower_under(jitted, rep.mesh, args)
+    return under_mesh
+
+
+def _lower_under(jitted, mesh, args):
+    with jax.set_mesh(mesh):
+        return jitted.lower(*args)
 
 
 def make_eval_fn(model, shardings: tuple | None = None):
