@@ -823,8 +823,9 @@ def _candidate_pairs_np(band_paths: list[str], offsets: np.ndarray, rep: np.ndar
     """Distinct candidate pairs ``(a, b)``, ``a < b`` (exact-group representatives), over all bands, band by band.
 
     Reads band ``i`` of every part (row group ``i`` of the band-major work files), so memory holds one band of
-    the corpus (about 16 bytes per document) plus the distinct pairs so far (8 bytes each, merged per band). ``rep``: int64 per document, its exact-group
-    representative, -1 for documents without words (they have no band rows).
+    the corpus (about 16 bytes per document) plus the distinct pairs so far (8 bytes each, merged per band).
+    ``rep``: int64 per document, its exact-group representative, -1 for documents without words (they have
+    no band rows).
     """
     files = [pq.ParquetFile(f) for f in band_paths]
     key, buckets = np.zeros(0, np.int64), 0
