@@ -95,7 +95,8 @@ def test_mesh_specs_and_divisibility_errors():
 
 
 def _on_8_devices(mode: str, work: Path, shards: Path) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "TF_CPP_MIN_LOG_LEVEL": "1"}  # warnings shown
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "TF_CPP_MIN_LOG_LEVEL": "1"}  # XLA's warnings shown (checked below)
     res = subprocess.run([sys.executable, str(ROOT / "tests" / "mesh_worker.py"), mode, str(work), str(shards)],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
