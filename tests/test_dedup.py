@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE, shared_path
 
-from xgen_data.attributes import dedup, minhash
+from xgen_data.attributes import clusters, dedup, minhash
 from xgen_data.store.corpus import Corpus, CorpusError
 
 
@@ -291,8 +291,8 @@ def test_union_find_matches_connected_components():
     for perm in (np.arange(len(u)), rng.permutation(len(u))):
         parent = np.arange(n, dtype=np.int64)
         for chunk in np.array_split(perm, 7):
-            dedup.union_edges(parent, u[chunk], v[chunk])
-        results.append(dedup.compress(parent).copy())
+            clusters.union_edges(parent, u[chunk], v[chunk])
+        results.append(clusters.compress(parent).copy())
     assert np.array_equal(results[0], results[1])  # order of edges does not matter
     root = results[0]
     for comp in np.unique(labels):
@@ -662,28 +662,85 @@ def test_estimated_jaccard_and_cliques_unit():
     c = near(b, 0.85, 2)  # ~0.72 to a
     d = rng.integers(0, 1 << 32, size=256, dtype=np.uint64).astype(np.uint32)
     sig = np.stack([a, b, c, d])
-    est = dedup.estimated_jaccard(sig, np.array([0, 1, 0, 0]), np.array([1, 2, 2, 3]))
+    est = clusters.estimated_jaccard(sig, np.array([0, 1, 0, 0]), np.array([1, 2, 2, 3]))
     assert est[3] < 0.05 and 0.78 < est[0] < 0.92 and 0.78 < est[1] < 0.92
     assert est[2] == np.count_nonzero(a == c) / 256
     # pairs a-b, b-c, a-d (a false candidate): d is never clustered; a, b, c form one clique iff est(a, c) >= t
     u, v = np.array([0, 1, 0]), np.array([1, 2, 3])
     for t in (0.6, 0.8):
-        label, verified = dedup.clique_clusters(sig, u, v, t)
+        label, verified = clusters.clique_clusters(sig, u, v, t)
         assert label[3] == 3 and verified == 2
         members = {i for i in range(3) if label[i] == label[0] or label[i] == label[1]}
         for i in members:
             for j in members:
-                assert dedup.estimated_jaccard(sig, np.array([i]), np.array([j]))[0] >= t
+                assert clusters.estimated_jaccard(sig, np.array([i]), np.array([j]))[0] >= t
         if est[2] >= t:
             assert set(label[:3]) == {0}
         else:
             assert label[0] == label[1] or label[1] == label[2]
             assert len(set(label[:3])) == 2
         # order of the pairs does not matter
-        label2, _ = dedup.clique_clusters(sig, v[::-1], u[::-1], t)
+        label2, _ = clusters.clique_clusters(sig, v[::-1], u[::-1], t)
         assert np.array_equal(label, label2)
-    label, verified = dedup.clique_clusters(sig, np.zeros(0, np.int64), np.zeros(0, np.int64), 0.7)
+    label, verified = clusters.clique_clusters(sig, np.zeros(0, np.int64), np.zeros(0, np.int64), 0.7)
     assert np.array_equal(label, np.arange(4)) and verified == 0
+
+
+def _reference_cliques(sig, u, v, t):
+    """The greedy clique rule of :func:`clusters.clique_clusters`, written plainly in Python (the reference the
+    compiled kernel must equal): seeds by most verified neighbours then smallest row, per component; members
+    join most similar first when verified-similar to every member so far."""
+    n, k = sig.shape
+    label = np.arange(n)
+    pairs = {(min(a, b), max(a, b)) for a, b in zip(u.tolist(), v.tolist())}
+    est = {p: np.count_nonzero(sig[p[0]] == sig[p[1]]) / k for p in pairs}
+    edges = [p for p in sorted(pairs) if est[p] >= t]
+    nbr = {i: [] for i in range(n)}
+    for a, b in edges:
+        nbr[a].append((est[(a, b)], b))
+        nbr[b].append((est[(a, b)], a))
+    parent = np.arange(n)
+    clusters.union_edges(parent, np.array([a for a, _ in edges], np.int64), np.array([b for _, b in edges], np.int64))
+    clusters.compress(parent)
+    assigned = np.zeros(n, bool)
+    nodes = sorted((i for i in range(n) if nbr[i]), key=lambda i: (parent[i], -len(nbr[i]), i))
+    for seed in nodes:
+        if assigned[seed]:
+            continue
+        members, assigned[seed] = [seed], True
+        for _, c in sorted(nbr[seed], key=lambda x: (-x[0], x[1])):
+            if not assigned[c] and min(np.count_nonzero(sig[m] == sig[c]) / k for m in members) >= t:
+                members.append(c)
+                assigned[c] = True
+        label[members] = min(members)
+    return label, len(edges)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_cliques_equal_reference(seed, monkeypatch):
+    # families of noisy copies (components of many sizes, chains and near-misses), batches of a few components
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(40):
+        base = rng.integers(0, 1 << 32, size=64, dtype=np.uint64).astype(np.uint32)
+        for _ in range(int(rng.integers(1, 9))):
+            out = base.copy()
+            flip = rng.random(64) >= rng.uniform(0.6, 0.95)
+            out[flip] = rng.integers(0, 1 << 32, size=int(flip.sum()), dtype=np.uint64).astype(np.uint32)
+            rows.append(out)
+            base = out if rng.random() < 0.5 else base  # chains as well as stars
+    sig = np.stack(rows)
+    n = len(sig)
+    u = rng.integers(0, n, size=6 * n)
+    v = rng.integers(0, n, size=6 * n)
+    near = np.abs(u - v) < 8  # candidates mostly inside a family, a few across
+    u, v = u[near & (u != v)], v[near & (u != v)]
+    monkeypatch.setattr(clusters, "CLIQUE_BATCH_ROWS", 16)
+    for t in (0.6, 0.7, 0.8):
+        label, verified = clusters.clique_clusters(sig, u, v, t)
+        ref, ref_verified = _reference_cliques(sig, u, v, t)
+        assert verified == ref_verified and np.array_equal(label, ref), t
+        assert len(set(label.tolist())) < n  # the graph has real clusters
 
 
 def test_planted_chain_does_not_remove_far_copy(tmp_path):
@@ -784,7 +841,7 @@ def test_verification_keeps_high_similarity_pairs(deduped_sample, tmp_path):
     hasher = minhash.MinHasher()
     sig, _ = hasher.signatures(texts)
     h = np.array(high)
-    assert dedup.estimated_jaccard(sig, h[:, 0], h[:, 1]).min() >= 0.7
+    assert clusters.estimated_jaccard(sig, h[:, 0], h[:, 1]).min() >= 0.7
     d = decisions(root)  # the fixture's run: cliques (the default)
     for a, b in high:
         assert d[ids[a]]["dup_cluster"] is not None and d[ids[a]]["dup_cluster"] == d[ids[b]]["dup_cluster"]
