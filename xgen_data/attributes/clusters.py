@@ -3,12 +3,13 @@
 :func:`union_edges` / :func:`compress` give StarCoder's connected components over O(documents) integers;
 :func:`clique_clusters` verifies LSH candidate pairs on the MinHash signatures (:func:`estimated_jaccard`) and
 splits each verified component into cliques, so every removed document is within the Jaccard threshold of the
-copy a recipe keeps. The greedy clique pass is a Numba kernel (compiled lazily and cached on disk, like
+copy a recipe keeps. The greedy clique pass is a Numba kernel (imported and compiled on first use, cached on disk, like
 :mod:`xgen_data.attributes.minhash_jit`); everything else is NumPy over whole arrays.
 """
 from __future__ import annotations
 
-import numba as nb
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -97,8 +98,7 @@ def _component_batches(groups: list[np.ndarray]):
         i = j
 
 
-@nb.njit(cache=True, nogil=True)
-def _greedy_cliques(gsig, rows, seeds, starts, dst, assigned, label, threshold):  # pragma: no cover (compiled)
+def _greedy_cliques(gsig, rows, seeds, starts, dst, assigned, label, threshold):
     """The greedy clique pass of :func:`clique_clusters` over one batch of components (compiled, in place).
 
     ``gsig[i]`` are the signatures of row ``rows[i]`` (``rows`` sorted); ``seeds`` the batch's nodes in seed
@@ -133,6 +133,15 @@ def _greedy_cliques(gsig, rows, seeds, starts, dst, assigned, label, threshold):
         low = members[:m].min()
         for t in range(m):
             label[members[t]] = low
+
+
+@lru_cache(maxsize=1)
+def _greedy_kernel():
+    """:func:`_greedy_cliques` compiled with Numba on first use (numba is imported only then: a process that
+    never builds cliques does not pay for it)."""
+    import numba as nb
+
+    return nb.njit(cache=True, nogil=True)(_greedy_cliques)
 
 
 def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
@@ -195,5 +204,5 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     cuts = np.flatnonzero(np.diff(comp)) + 1
     for rows, seeds in _component_batches(np.split(nodes, cuts)):
         # these components' signatures only, read once per batch; the greedy pass is compiled
-        _greedy_cliques(np.ascontiguousarray(sig[rows]), rows, seeds, starts, dst, assigned, label, threshold)
+        _greedy_kernel()(np.ascontiguousarray(sig[rows]), rows, seeds, starts, dst, assigned, label, threshold)
     return label, int(len(a))
