@@ -237,7 +237,8 @@ def _truncated_copy(tmp_path, fmt, name="code.jsonl", n=60, bad_line=None):
     return src, good
 
 
-def _ids(root, subset):
+def _part_ids(root, subset):
+    """The ids of a subset's parts in part and row order (the input's order)."""
     return [i for p in sorted(Corpus(str(root)).parts(), key=lambda p: p.name) if p.subset == subset
             for i in pq.read_table(p.path, columns=["id"]).column("id").to_pylist()]
 
@@ -255,8 +256,8 @@ def test_truncated_stream_under_skip_keeps_the_records_before_and_goes_on(tmp_pa
             "stream ends in the middle of a") in res.output
     assert "the rest of the file is skipped" in res.output
     want = [json.loads(x)["id"] for k, x in enumerate(_lines("code.jsonl", good), 1) if k != 3]
-    assert _ids(root, "code") == want  # every complete record before the break, in order
-    assert len(_ids(root, "instruct")) == 12  # the next file was ingested
+    assert _part_ids(root, "code") == want  # every complete record before the break, in order
+    assert len(_part_ids(root, "instruct")) == 12  # the next file was ingested
     entry = next(v for v in Corpus(str(root)).read_meta()["inputs"].values() if v["subset"] == "code")
     assert entry["n_docs"] == good - 1 and entry["skipped"] == {"malformed_json": 1, "truncated_stream": 1}
     assert sql.connect(str(root), quiet=True).execute("SELECT count(*) FROM documents").fetchone()[0] == good - 1 + 12
@@ -283,7 +284,7 @@ def test_truncated_stream_by_default_names_file_and_line_and_leaves_the_corpus_a
     res = _invoke(["ingest", "--corpus", str(root), "--quiet", str(src)])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"{src}:{good + 1}: corrupt or truncated {fmt} stream; the last good line is {good}" in res.output
-    assert state() == before and _ids(root, "code") == []
+    assert state() == before and _part_ids(root, "code") == []
 
 
 def _raw_until_error(path):
