@@ -23,10 +23,12 @@ input, or earlier in the same file) is an error naming both places (``file:line`
 keeps 64-bit id hashes (:mod:`xgen_data.sources.idindex`, 16 bytes per known document, recomputed from the parts
 at each run, in memory up to 2^20 ids and in sorted runs on disk beyond) and confirms every hash match on the real id, so a hash collision never drops a document.
 
-A truncated or corrupt ``.gz`` / ``.zst`` stream (or corrupt Parquet file) is a :class:`readers.StreamError`
-naming the file and the line where the stream broke with ``on_error="raise"`` (nothing of that file is
-registered); with ``on_error="skip"`` the records before the break are kept, the break is counted as
-``truncated_stream`` (``corrupt_stream``) and listed with its line in the report, and the next file is read.
+A truncated ``.gz`` / ``.zst`` stream (a cut file) is a :class:`readers.StreamError` naming the file and the
+line where the stream broke with ``on_error="raise"`` (nothing of that file is registered); with
+``on_error="skip"`` the records before the break (exact: a cut stream decodes correctly up to the cut) are
+kept, the break is counted as ``truncated_stream`` and listed with its line in the report, and the next file
+is read. A corrupt stream or Parquet file (damaged bytes) stops the ingest in both modes: what was decoded
+before the damage was detected may be wrong.
 """
 from __future__ import annotations
 
@@ -446,9 +448,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         subset: subset name; default from the file name (:func:`default_subset`).
         pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
         on_error: ``"raise"`` stops at the first bad record, duplicate id or unreadable stream; ``"skip"`` counts
-            and reports them. A truncated or corrupt ``.gz`` / ``.zst`` stream (or Parquet file) under ``"skip"``
-            keeps the records read before the break and is counted as ``truncated_stream`` (``corrupt_stream``
-            for damaged bytes), with an example naming the file and the line where the stream broke.
+            and reports them. A truncated ``.gz`` / ``.zst`` stream under ``"skip"`` keeps the records read
+            before the break and is counted as ``truncated_stream``, with an example naming the file and the
+            line where the stream broke; a corrupt stream or Parquet file (damaged bytes) raises in both modes.
         folder: the folder ``path`` was found in (:func:`find_inputs`); recorded with the relative path.
         columns: ``((field, column), ...)`` for inputs of another schema (:func:`readers.parse_columns`);
             StarCoderData / The Stack Parquet files are recognised without it (:func:`readers.detect_layout`;
@@ -458,7 +460,8 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
             by default. The input is registered under another key, so switching it re-ingests the file.
     Raises:
         RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept);
-            :class:`readers.StreamError` for a truncated or corrupt stream (names the file and line).
+            :class:`readers.StreamError` for a truncated stream (names the file and line), and for a corrupt
+            stream or Parquet file in both modes.
         OSError: a part or ``corpus.json`` cannot be written (names it; ENOSPC for a full disk).
         ValueError: unsupported file type or ``on_error`` value; FileNotFoundError.
     """
@@ -515,11 +518,15 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         try:
             yield from readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}", layout=layout)
         except readers.StreamError as exc:
+            if not exc.truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
+                raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
+                                          "(a corrupt stream stops the ingest even with --on-error skip: records "
+                                          "decoded before the damage may be wrong)", exc.truncated) from exc
             if on_error == "raise":
                 raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
                                           "(with --on-error skip the records before it are kept)",
                                           exc.truncated) from exc
-            broken.append(exc)  # the records before it are kept; the rest of the file cannot be read
+            broken.append(exc)  # a cut file: the records before it are exact and kept
 
     bar = _progress(progress, f"ingest {report.name} -> {subset}")
     try:
@@ -566,7 +573,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
             bar.update(len(errors) + (batch.num_rows if batch is not None else 0))
         close_part()
         for exc in broken:  # always listed, whatever the number of skipped records shown before it
-            report.skipped["truncated_stream" if exc.truncated else "corrupt_stream"] += 1
+            report.skipped["truncated_stream"] += 1
             report.examples.append(f"{exc.file}:{exc.line}: {exc.problem}; the rest of the file is skipped")
     except BaseException:
         with contextlib.suppress(OSError):

@@ -31,7 +31,8 @@ class RecordError(ValueError):
 class StreamError(RecordError):
     """The input file itself cannot be read past ``line`` (a truncated or corrupt ``.gz`` / ``.zst`` stream, a
     corrupt Parquet file): every record before ``line`` was read, none from there on can be. ``truncated``:
-    the stream ended early (a cut file) rather than holding damaged bytes."""
+    the stream ended early (a cut file, whose records before the cut decode exactly) rather than holding
+    damaged bytes (after which nothing decoded can be trusted)."""
 
     def __init__(self, file: str, line: int, problem: str, truncated: bool = False):
         super().__init__(file, line, problem)
