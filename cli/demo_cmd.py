@@ -254,9 +254,9 @@ def print_drop_summary(con, r) -> None:
 
 def print_language_build(r, build, shards_dir: str) -> None:
     """Per subset weighted by language: planned share (recipe ``languages``) against the share packed."""
-    import json
+    from xgen_data.shards import shard_format
 
-    plan = json.load(open(os.path.join(shards_dir, "manifest.json"))).get("language_plan", [])
+    plan = shard_format.read_manifest(shards_dir).get("language_plan", [])
     rows = []
     for stage, per_subset in build.tokens_per_language.items():
         for subset, got in per_subset.items():

@@ -36,7 +36,8 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
 @click.option("--subset", default=None, help="Subset for all inputs (default: from the file name; nl -> natural).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
-              help="raise: stop at the first bad record or duplicate id; skip: count and report them.")
+              help="raise: stop at the first bad record, duplicate id or truncated .gz/.zst stream; skip: count and "
+                   "report them (a truncated file keeps the records before the break).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--columns", "columns_spec", default=None,
               help="Map another schema's columns to fields: text=content,path=max_stars_repo_path (StarCoderData / "

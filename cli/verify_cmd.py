@@ -1,4 +1,5 @@
-"""``xgen verify``: SHA-256 of corpus parts, attribute files and registered shard folders (:mod:`xgen_data.store.verify`)."""
+"""``xgen verify``: SHA-256 of corpus parts, attribute files and registered shard folders (their manifests' own
+``manifest_sha256``, shards and indexes; :mod:`xgen_data.store.verify`)."""
 from __future__ import annotations
 
 import click

@@ -220,6 +220,73 @@ def test_truncated_stream_names_the_last_good_line(tmp_path, fmt):
     assert sum(1 for _ in _raw_until_error(str(src))) == good
 
 
+def _truncated_copy(tmp_path, fmt, name="code.jsonl", n=60, bad_line=None):
+    """The first ``n`` records of a shared sample file, compressed with ``fmt`` and cut at two thirds of its
+    bytes (line ``bad_line``, 1-based, replaced by malformed JSON); returns (path, complete lines kept)."""
+    lines = _lines(name, n)
+    if bad_line is not None:
+        lines[bad_line - 1] = "{not json\n"
+    data = "".join(lines).encode()
+    packed = gzip.compress(data) if fmt == "jsonl.gz" else zstandard.ZstdCompressor(level=3).compress(data)
+    cut = packed[: len(packed) * 2 // 3]
+    good = _complete_lines(cut, fmt)
+    assert 5 < good < n
+    src = tmp_path / "raw" / f"{name.split('.')[0]}.{fmt}"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(cut)
+    return src, good
+
+
+def _part_ids(root, subset):
+    """The ids of a subset's parts in part and row order (the input's order)."""
+    return [i for p in sorted(Corpus(str(root)).parts(), key=lambda p: p.name) if p.subset == subset
+            for i in pq.read_table(p.path, columns=["id"]).column("id").to_pylist()]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_truncated_stream_under_skip_keeps_the_records_before_and_goes_on(tmp_path, fmt):
+    src, good = _truncated_copy(tmp_path, fmt, bad_line=3)
+    nxt = _jsonl(tmp_path / "raw" / "instruct.jsonl", [json.loads(x) for x in _lines("instruct.jsonl", 12)])
+    root = tmp_path / "c"
+    res = _invoke(["ingest", "--corpus", str(root), "--on-error", "skip", "--quiet", str(src), str(nxt)])
+    assert res.exit_code == 0, res.output
+    assert "malformed_json=1, truncated_stream=1" in res.output
+    assert f"skipped: {src}:3: malformed JSON" in res.output
+    assert (f"skipped: {src}:{good + 1}: corrupt or truncated {fmt} stream; the last good line is {good}: "
+            "stream ends in the middle of a") in res.output
+    assert "the rest of the file is skipped" in res.output
+    want = [json.loads(x)["id"] for k, x in enumerate(_lines("code.jsonl", good), 1) if k != 3]
+    assert _part_ids(root, "code") == want  # every complete record before the break, in order
+    assert len(_part_ids(root, "instruct")) == 12  # the next file was ingested
+    entry = next(v for v in Corpus(str(root)).read_meta()["inputs"].values() if v["subset"] == "code")
+    assert entry["n_docs"] == good - 1 and entry["skipped"] == {"malformed_json": 1, "truncated_stream": 1}
+    assert sql.connect(str(root), quiet=True).execute("SELECT count(*) FROM documents").fetchone()[0] == good - 1 + 12
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_truncated_stream_by_default_names_file_and_line_and_leaves_the_corpus_as_it_was(tmp_path, fmt):
+    src, good = _truncated_copy(tmp_path, fmt)
+    root = tmp_path / "c"
+    first = _jsonl(tmp_path / "raw" / "instruct.jsonl", [json.loads(x) for x in _lines("instruct.jsonl", 12)])
+    ingest.ingest(str(root), [(str(first), None)], workers=1, progress=False)
+
+    def state():
+        return open(root / "corpus.json", "rb").read(), sorted(
+            os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+    before = state()
+    with pytest.raises(readers.StreamError) as err:
+        ingest.ingest(str(root), [(str(src), None)], workers=1, progress=False)
+    assert err.value.file == str(src) and err.value.line == good + 1 and err.value.truncated
+    assert str(err.value).startswith(f"{src}:{good + 1}: corrupt or truncated {fmt} stream")
+    assert "nothing of this file was ingested" in str(err.value)
+    assert state() == before
+    res = _invoke(["ingest", "--corpus", str(root), "--quiet", str(src)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{src}:{good + 1}: corrupt or truncated {fmt} stream; the last good line is {good}" in res.output
+    assert state() == before and _part_ids(root, "code") == []
+
+
 def _raw_until_error(path):
     try:
         yield from readers.iter_raw(path)

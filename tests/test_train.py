@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
+from xgen_data.shards import shard_format  # noqa: E402
 from xgen_train.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint,  # noqa: E402
                                    load_params, make_meta, write_sidecar)
 from xgen_train.config import CONFIGS  # noqa: E402
@@ -174,10 +175,11 @@ def test_loader_epochs_cover_every_sequence_once(small_shards):
 
 
 def _edit_manifest(root: Path, fn) -> None:
+    """Change the manifest and re-stamp its manifest_sha256, so the loader's own checks are what fails."""
     path = root / "manifest.json"
     m = json.loads(path.read_text())
     fn(m)
-    path.write_text(json.dumps(m))
+    shard_format.write_manifest(str(root), m)
 
 
 @pytest.mark.parametrize("mutate, match, names_file", [

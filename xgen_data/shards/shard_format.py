@@ -16,6 +16,12 @@ a missing split as train) ``, seq_len, n_sequences, sha256, index_sha256`` (SHA-
 manifests) ``, tokens_per_subset, tokens_per_source, eos_tokens``.
 Paths are relative to the folder.
 
+``manifest_sha256`` is the manifest's own checksum: the SHA-256 of the canonical JSON of every other field
+(:func:`manifest_sha256`: sorted keys, ``(",", ":")`` separators, UTF-8, no ASCII escaping), so an edit of
+the manifest itself (a token count, a proportion, a shard's sha256) is caught by :func:`read_manifest`, and
+hence by every reader and ``xgen verify``. Manifests written before it was recorded have none; they still
+read, with a warning on stderr (once per manifest and process).
+
 Document boundaries: EOS (50256) ends every document piece that ends its document; in data mode no text
 encodes to 50256 (SPEC §1), so EOS positions are exactly the boundaries. The index tells, for each piece,
 its row and start in the shard, its length, subset, document id, source, offset inside the document and
@@ -23,7 +29,10 @@ the sequence's position before the per-chunk shuffle, so the pre-shuffle stream 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +56,17 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
+MANIFEST_SHA256 = "manifest_sha256"  # the manifest's self-checksum field
+
+_warned_unchecked: set[str] = set()  # manifests without a self-checksum already warned about (per process)
+
+
 class ShardError(ValueError):
     """A shards directory is missing, malformed, or does not match its manifest (names the file)."""
+
+
+class ManifestChecksumError(ShardError):
+    """``manifest.json``'s content does not match its ``manifest_sha256`` (the manifest was edited or damaged)."""
 
 
 def _require(cond: bool, where: str, msg: str) -> None:
@@ -70,13 +88,45 @@ def backup_dir(shard_dir: str) -> str:
     return os.path.join(head, f".{tail}.backup")
 
 
-def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    """Read and check ``<shard_dir>/manifest.json`` (top-level fields).
+def manifest_sha256(manifest: dict) -> str:
+    """The self-checksum of a manifest: hex SHA-256 of its canonical JSON without the ``manifest_sha256`` field.
 
-    Checks ``format == "xgen-shards"``, ``format_version`` 1, ``dtype == "uint16"``, integer ``eos_id`` and
-    ``vocab_size``, and that ``stages`` (non-empty) and ``shards`` are lists.
+    Canonical JSON is ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` encoded as
+    UTF-8; it does not depend on the key order or indentation of the file, and Python floats survive the
+    JSON round trip exactly, so the value computed at build time equals the one computed after reading.
+    """
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_manifest(shard_dir: str, manifest: dict) -> dict:
+    """Stamp ``manifest`` with its ``manifest_sha256`` and write ``<shard_dir>/manifest.json`` atomically.
+
+    The stamp replaces any earlier one and goes last in the file; the same manifest gives the same bytes.
+
+    Returns:
+        the stamped manifest (a new dict; ``manifest`` itself is not changed).
+    """
+    stamped = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    stamped[MANIFEST_SHA256] = manifest_sha256(stamped)
+    fsutil.write_json(os.path.join(shard_dir, "manifest.json"), stamped)
+    return stamped
+
+
+def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> dict:
+    """Read and check ``<shard_dir>/manifest.json`` (top-level fields and its self-checksum).
+
+    Checks ``format == "xgen-shards"``, ``format_version`` 1, then (``check_sha256``) that ``manifest_sha256``
+    equals :func:`manifest_sha256` of the content, then ``dtype == "uint16"``, integer ``eos_id`` and
+    ``vocab_size``, and that ``stages`` (non-empty) and ``shards`` are lists. A manifest without
+    ``manifest_sha256`` (written by an older xgen) is read with a warning on stderr, once per manifest and
+    process. ``check_sha256=False`` skips the self-checksum (only :func:`xgen_data.shards.packing.check_out_dir`,
+    which decides whether a folder may be replaced by a rebuild, reads manifests that way).
 
     Raises:
+        ManifestChecksumError: naming the manifest, when its content does not match ``manifest_sha256``
+            (or that field is not a 64-digit hex string).
         ShardError: naming the folder or manifest, for a missing folder or file, bad JSON or a bad field.
     """
     shard_dir = os.fspath(shard_dir)
@@ -94,6 +144,8 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
     _require(manifest.get("format") == FORMAT, path, f"format must be {FORMAT!r}, got {manifest.get('format')!r}")
     _require(manifest.get("format_version") == FORMAT_VERSION, path,
              f"unsupported format_version {manifest.get('format_version')!r}; this reader supports [{FORMAT_VERSION}]")
+    if check_sha256:
+        _check_self_sha256(path, manifest)
     _require(manifest.get("dtype") == "uint16", path, f"dtype must be 'uint16', got {manifest.get('dtype')!r}")
     for key in ("eos_id", "vocab_size") + (("padded_vocab_size",) if "padded_vocab_size" in manifest else ()):
         int_field(manifest, key, path, "manifest")
@@ -101,6 +153,25 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
              "'stages' must be a non-empty list")
     _require(isinstance(manifest.get("shards"), list), path, "'shards' must be a list")
     return manifest
+
+
+def _check_self_sha256(path: str, manifest: dict) -> None:
+    want = manifest.get(MANIFEST_SHA256)
+    if want is None:
+        if path not in _warned_unchecked:
+            _warned_unchecked.add(path)
+            print(f"warning: {path} has no {MANIFEST_SHA256} (written by an older xgen): edits of the manifest "
+                  "itself are not detected; rebuild the shards with `xgen mix build` to record it", file=sys.stderr)
+        return
+    if not (isinstance(want, str) and len(want) == 64 and all(c in "0123456789abcdef" for c in want)):
+        raise ManifestChecksumError(f"{path}: {MANIFEST_SHA256} must be a 64-digit lowercase hex string, got "
+                                    f"{want!r} (the manifest was edited or damaged; rebuild the shards with "
+                                    "`xgen mix build`)")
+    got = manifest_sha256(manifest)
+    if got != want:
+        raise ManifestChecksumError(f"{path}: content sha256 {got[:12]}… does not match its {MANIFEST_SHA256} "
+                                    f"{want[:12]}… (the manifest was edited or damaged; rebuild the shards with "
+                                    "`xgen mix build`)")
 
 
 def open_shard(shard_dir: str, entry: dict) -> np.ndarray:
@@ -120,7 +191,12 @@ def open_shard(shard_dir: str, entry: dict) -> np.ndarray:
 
 
 def verify(shard_dir: str) -> list[str]:
-    """Check every shard's size and SHA-256 against the manifest; return problems (empty when all match)."""
+    """Check every shard's size and SHA-256 against the manifest; return problems (empty when all match).
+
+    Raises:
+        ShardError: the manifest itself cannot be trusted (:func:`read_manifest`: missing, malformed, or its
+            content does not match its ``manifest_sha256``); the message names the manifest.
+    """
     manifest = read_manifest(shard_dir)
     problems = []
     for entry in manifest["shards"]:

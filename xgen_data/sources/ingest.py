@@ -22,6 +22,13 @@ input, or earlier in the same file) is an error naming both places (``file:line`
 ``on_error="raise"``, and is skipped and counted as ``duplicate_id`` with ``on_error="skip"``. The check
 keeps 64-bit id hashes (:mod:`xgen_data.sources.idindex`, 16 bytes per known document, recomputed from the parts
 at each run, in memory up to 2^20 ids and in sorted runs on disk beyond) and confirms every hash match on the real id, so a hash collision never drops a document.
+
+A truncated ``.gz`` / ``.zst`` stream (a cut file) is a :class:`readers.StreamError` naming the file and the
+line where the stream broke with ``on_error="raise"`` (nothing of that file is registered); with
+``on_error="skip"`` the records before the break (exact: a cut stream decodes correctly up to the cut) are
+kept, the break is counted as ``truncated_stream`` and listed with its line in the report, and the next file
+is read. A corrupt stream or Parquet file (damaged bytes) stops the ingest in both modes: what was decoded
+before the damage was detected may be wrong.
 """
 from __future__ import annotations
 
@@ -74,7 +81,8 @@ class FileReport:
     n_tokens: int = 0
     n_bytes: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
-    examples: list[str] = field(default_factory=list)  # first few skipped records, "file:line: problem"
+    # first few skipped records, "file:line: problem", then where a truncated or corrupt stream broke off
+    examples: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     seconds: float = 0.0
     name: str = ""  # how to show the input: its path relative to the folder given, else its file name
@@ -439,7 +447,10 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         path: a ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` or ``.parquet`` file.
         subset: subset name; default from the file name (:func:`default_subset`).
         pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
-        on_error: ``"raise"`` stops at the first bad record or duplicate id; ``"skip"`` counts and reports them.
+        on_error: ``"raise"`` stops at the first bad record, duplicate id or unreadable stream; ``"skip"`` counts
+            and reports them. A truncated ``.gz`` / ``.zst`` stream under ``"skip"`` keeps the records read
+            before the break and is counted as ``truncated_stream``, with an example naming the file and the
+            line where the stream broke; a corrupt stream or Parquet file (damaged bytes) raises in both modes.
         folder: the folder ``path`` was found in (:func:`find_inputs`); recorded with the relative path.
         columns: ``((field, column), ...)`` for inputs of another schema (:func:`readers.parse_columns`);
             StarCoderData / The Stack Parquet files are recognised without it (:func:`readers.detect_layout`;
@@ -448,7 +459,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
             (:func:`metadata_token_ids`; ``text`` stays the file's content, ``n_tokens`` counts the prefix); off
             by default. The input is registered under another key, so switching it re-ingests the file.
     Raises:
-        RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept).
+        RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept);
+            :class:`readers.StreamError` for a truncated stream (names the file and line), and for a corrupt
+            stream or Parquet file in both modes.
         OSError: a part or ``corpus.json`` cannot be written (names it; ENOSPC for a full disk).
         ValueError: unsupported file type or ``on_error`` value; FileNotFoundError.
     """
@@ -499,10 +512,25 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
                 writer = None
                 sources.open_src, sources.open_ids = None, []
 
+    broken: list[readers.StreamError] = []  # with on_error="skip": where the file stopped being readable
+
+    def records() -> Iterator[readers.RawRecord]:
+        try:
+            yield from readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}", layout=layout)
+        except readers.StreamError as exc:
+            if not exc.truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
+                raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
+                                          "(a corrupt stream stops the ingest even with --on-error skip: records "
+                                          "decoded before the damage may be wrong)", exc.truncated) from exc
+            if on_error == "raise":
+                raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
+                                          "(with --on-error skip the records before it are kept)",
+                                          exc.truncated) from exc
+            broken.append(exc)  # a cut file: the records before it are exact and kept
+
     bar = _progress(progress, f"ingest {report.name} -> {subset}")
     try:
-        for batch, lines, errors in map_bounded(process_batch, _batches(readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}",
-                                                                                    layout=layout)),
+        for batch, lines, errors in map_bounded(process_batch, _batches(records()),
                                                 pool, 2 * (pool._max_workers if pool is not None else 1)):
             for file, line, problem in errors:
                 if on_error == "raise":
@@ -544,6 +572,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
                     close_part()
             bar.update(len(errors) + (batch.num_rows if batch is not None else 0))
         close_part()
+        for exc in broken:  # always listed, whatever the number of skipped records shown before it
+            report.skipped["truncated_stream"] += 1
+            report.examples.append(f"{exc.file}:{exc.line}: {exc.problem}; the rest of the file is skipped")
     except BaseException:
         with contextlib.suppress(OSError):
             close_part()

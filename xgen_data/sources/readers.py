@@ -28,6 +28,17 @@ class RecordError(ValueError):
         super().__init__(f"{file}:{line}: {problem}")
 
 
+class StreamError(RecordError):
+    """The input file itself cannot be read past ``line`` (a truncated or corrupt ``.gz`` / ``.zst`` stream, a
+    corrupt Parquet file): every record before ``line`` was read, none from there on can be. ``truncated``:
+    the stream ended early (a cut file, whose records before the cut decode exactly) rather than holding
+    damaged bytes (after which nothing decoded can be trusted)."""
+
+    def __init__(self, file: str, line: int, problem: str, truncated: bool = False):
+        super().__init__(file, line, problem)
+        self.truncated = truncated
+
+
 @dataclass(frozen=True)
 class Layout:
     """How an input's columns map to the corpus fields (:data:`FIELDS`).
@@ -198,8 +209,10 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
         layout: the input's column mapping (:func:`detect_layout`), applied when records are decoded.
     Raises:
-        ValueError: unsupported suffix; RecordError: a corrupt or truncated compressed stream (names the
-            file and the last good line; every complete line before it was yielded) or Parquet file.
+        ValueError: unsupported suffix.
+        StreamError: a corrupt or truncated compressed stream (names the file, the line where the stream
+            broke and the last good line; every complete line before it was yielded) or a corrupt Parquet
+            file (names the row).
     """
     fmt = input_format(path)
     if fmt == "parquet":
@@ -213,7 +226,7 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
                     row += 1
                     yield RawRecord(path, row, rec, id_prefix, layout)
         except (OSError, pa.ArrowException) as exc:
-            raise RecordError(path, row + 1, f"corrupt Parquet file: {exc}") from None
+            raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
     with open(path, "rb") as raw:
         if fmt == "jsonl.gz":
@@ -232,7 +245,8 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
                     yield RawRecord(path, line_no, line, id_prefix, layout)
         except (OSError, EOFError, zstandard.ZstdError, zlib.error) as exc:
             last = f"the last good line is {line_no}" if line_no else "no complete line could be read"
-            raise RecordError(path, line_no + 1, f"corrupt or truncated {fmt} stream; {last}: {exc}") from exc
+            raise StreamError(path, line_no + 1, f"corrupt or truncated {fmt} stream; {last}: {exc}",
+                              truncated=isinstance(exc, EOFError)) from exc
 
 
 _CHUNK = 1 << 20
