@@ -142,3 +142,82 @@ def test_license_attributes_have_a_reason_for_every_document(sample_corpus):
     assert con.execute("""SELECT count(*) FROM documents WHERE subset = 'code' AND NOT license_pass
                           AND drop_reason IS DISTINCT FROM 'license_not_permissive'
                           AND drop_reason IS DISTINCT FROM 'too_few_tokens'""").fetchone()[0] == 0
+
+
+def _many_parts_corpus(root, monkeypatch):
+    """The sample slice ingested into parts of 16 documents (dozens of parts), with every attribute set."""
+    from xgen_data.attributes import dedup, languages
+    from xgen_data.sources import ingest
+    from xgen_data.store.corpus import Corpus
+
+    from conftest import shared_path
+
+    monkeypatch.setattr(ingest, "PART_DOCS", 16)
+    monkeypatch.setattr(ingest, "BATCH_DOCS", 16)
+    ingest.ingest(root, [(shared_path("corpus", "sample", f), None) for f in ("nl.jsonl", "code.jsonl")],
+                  workers=1, progress=False)
+    filters.run_filters(root)
+    corpus = Corpus(root)
+    with corpus.lock():
+        languages.compute_language_attributes(corpus)
+    dedup.run_dedup(root, workers=1, progress=False)
+    return corpus
+
+
+def test_documents_view_joins_attributes_by_position(tmp_path, monkeypatch):
+    # the view pairs each part's rows with its attribute files' rows by position (no hash table over the
+    # corpus); the same columns joined by (subset, id) must agree for every document of every part
+    corpus = _many_parts_corpus(str(tmp_path / "corpus"), monkeypatch)
+    assert len(corpus.parts()) > 20
+    con = sql.connect(corpus.root)
+    meta = corpus.read_meta()["attributes"]
+    checked = 0
+    for step, cols in (("license", ["license_pass", "license_reason", "license_normalized"]),
+                       ("dedup", ["dup_cluster", "exact_group"]), ("language", ["language", "language_how"])):
+        sets = [v for v in meta.values() if v["step"] == step]
+        assert sets, step
+        files = [f for _, f in corpus.attribute_files(step, sets[-1]["params"])]
+        flist = "[" + ", ".join(repr(f) for f in files) + "]"
+        on = " OR ".join(f"a.{c} IS DISTINCT FROM d.{c}" for c in cols)
+        bad, n = con.execute(f"""SELECT count(*) FILTER ({on}), count(*) FROM documents d JOIN
+            (SELECT *, regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS subset FROM read_parquet({flist}, filename=true)) a
+            ON a.id = d.id AND a.subset = d.subset""").fetchone()
+        total = con.execute("SELECT count(*) FROM documents").fetchone()[0]
+        assert n == total and bad == 0, (step, bad, n, total)
+        checked += 1
+    assert checked == 3
+    # a filter on either side of the positional join keeps the pairs together: counts per subset equal the
+    # attribute files' own
+    import pyarrow.parquet as pq
+
+    lic = [v for v in meta.values() if v["step"] == "license"][-1]["params"]
+    dd = [v for v in meta.values() if v["step"] == "dedup"][-1]["params"]
+    for subset in ("natural", "code"):
+        want_pass = sum(pq.read_table(f).column("license_pass").to_pylist().count(True)
+                        for p, f in corpus.attribute_files("license", lic) if p.subset == subset)
+        want_dup = sum(pq.read_table(f).column("dup_cluster").null_count for p, f in corpus.attribute_files("dedup", dd)
+                       if p.subset == subset)
+        got_pass, got_dup = con.execute("""SELECT count(*) FILTER (license_pass), count(*) FILTER (dup_cluster IS NULL)
+            FROM documents WHERE subset = ?""", [subset]).fetchone()
+        assert (got_pass, got_dup) == (want_pass, want_dup), subset
+        assert con.execute("SELECT count(*) FROM documents WHERE license_pass AND subset = ?", [subset]
+                           ).fetchone()[0] == want_pass
+
+
+def test_attribute_file_out_of_step_with_its_part_is_named(corpus_copy):
+    from xgen_data.mixing import decisions
+    from xgen_data.store.corpus import Corpus, DamagedAttributeError
+
+    corpus = Corpus(corpus_copy)
+    parts = corpus.parts()
+    assert len(parts) >= 2
+    meta = [v for v in corpus.read_meta()["attributes"].values() if v["step"] == "license"][0]
+    files = [f for _, f in corpus.attribute_files("license", meta["params"])]
+    import pyarrow.parquet as pq
+
+    rows = [pq.ParquetFile(p.path).metadata.num_rows for p in parts]
+    decisions._check_aligned(rows, files, parts)  # as written: in step
+    swapped = [files[1], files[0]] + files[2:]
+    assert rows[0] != rows[1]
+    with pytest.raises(DamagedAttributeError, match=r"attribute file .*holds .* rows but its part .* holds"):
+        decisions._check_aligned(rows, swapped, parts)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow.parquet as pq
+
 from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
 
 REASON_SHORT = "too_few_tokens"
@@ -145,8 +147,28 @@ def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str
         return None
 
 
+def _check_aligned(part_rows: list[int], files: list[str], parts) -> None:
+    """Attribute files must hold one row per document of their part (every step writes them so, in the part's
+    order): the documents view joins them by position (``POSITIONAL JOIN``: no hash table over the corpus, so
+    its memory does not grow with the corpus). Compares the Parquet footers' row counts.
+
+    Raises:
+        DamagedAttributeError: naming the first file whose row count differs from its part's.
+    """
+    for n, f, part in zip(part_rows, files, parts):
+        m = pq.ParquetFile(f).metadata.num_rows
+        if m != n:
+            raise DamagedAttributeError(f"attribute file {f} holds {m:,} rows but its part {part.path} holds {n:,}: "
+                                        "recompute the attributes (xgen filter / xgen dedup)")
+
+
 def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
     """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
+
+    Parts are joined with their attribute files by position (``POSITIONAL JOIN``; row counts are checked
+    first, :func:`_check_aligned`), so no hash table over all documents is built: memory does not grow with
+    the corpus. The dedup keep rule joins each document with its cluster's kept copy (one row per cluster);
+    :func:`xgen_data.stats.sql.connect` keeps DuckDB from building that join's hash table on the documents side.
 
     Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
     detected one; :mod:`xgen_data.attributes.languages`), language_source (as ingested), language_detected,
@@ -162,6 +184,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         ``(sql, warnings)``.
     Raises:
         CorpusError: ``strict`` and an attribute set the decisions need is missing or out of date.
+        DamagedAttributeError: an attribute file's row count differs from its part's (:func:`_check_aligned`).
     """
     from xgen_data.attributes.dedup import LICENSE_TIERS
 
@@ -201,7 +224,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     ctes = [f"""d AS NOT MATERIALIZED (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part,
             file_row_number AS row
         FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
-    joins = []
+    joins = []  # positional joins: attribute files are row-aligned with their parts (_check_aligned)
     labels = [s for s, p in policies.items() if p["labels_must_agree"]]
     copies = bool(ded and labels and lf)  # strict: exact copies under different labels fail too
     if copies:
@@ -217,25 +240,25 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
                     "CAST(NULL AS VARCHAR) AS license_normalized")
     same = lf is not None and ld is not None and lf == ld
     if lf or ld:
-        ctes.append(f"""l AS NOT MATERIALIZED (SELECT id, license_pass, license_reason, license_tier,
-            license_normalized, {SUBSET_FROM_PATH} AS subset
-            FROM read_parquet({_qlist(lf or ld)}, filename=true))""")
-        joins.append("LEFT JOIN l ON l.subset = d.subset AND l.id = d.id")
+        ctes.append(f"""l AS NOT MATERIALIZED (SELECT license_pass, license_reason, license_tier,
+            license_normalized FROM read_parquet({_qlist(lf or ld)}))""")
+        joins.append("POSITIONAL JOIN l")
     if ld and not same and lf:
-        ctes.append(f"""lt AS NOT MATERIALIZED (SELECT id, license_tier, {SUBSET_FROM_PATH} AS subset
-            FROM read_parquet({_qlist(ld)}, filename=true))""")
-        joins.append("LEFT JOIN lt ON lt.subset = d.subset AND lt.id = d.id")
+        ctes.append(f"""lt AS NOT MATERIALIZED (SELECT license_tier FROM read_parquet({_qlist(ld)}))""")
+        joins.append("POSITIONAL JOIN lt")
         tier = "lt.license_tier"
     else:
         tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
     from xgen_data.attributes import languages
 
     gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
+    part_rows = [pq.ParquetFile(p.path).metadata.num_rows for p in parts]
+    for files in dict.fromkeys(tuple(f) for f in (lf, ld, gf, uf) if f):
+        _check_aligned(part_rows, list(files), parts)
     if gf:
-        ctes.append(f"""g AS NOT MATERIALIZED (SELECT id, language, language_detected, language_how,
-            language_is_code, language_disagrees, {SUBSET_FROM_PATH} AS subset
-            FROM read_parquet({_qlist(gf)}, filename=true))""")
-        joins.append("LEFT JOIN g ON g.subset = d.subset AND g.id = d.id")
+        ctes.append(f"""g AS NOT MATERIALIZED (SELECT language, language_detected, language_how,
+            language_is_code, language_disagrees FROM read_parquet({_qlist(gf)}))""")
+        joins.append("POSITIONAL JOIN g")
         lang_cols = """g.language AS language, d.language AS language_source, g.language_detected,
             g.language_how, g.language_is_code, g.language_disagrees"""
     else:
@@ -243,15 +266,15 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
             CAST(NULL AS BOOLEAN) AS language_is_code, CAST(NULL AS BOOLEAN) AS language_disagrees"""
     if uf:
-        ctes.append(f"""u AS NOT MATERIALIZED (SELECT id, dup_cluster, exact_group, {SUBSET_FROM_PATH} AS subset
-            FROM read_parquet({_qlist(uf)}, filename=true))""")
-        joins.append("LEFT JOIN u ON u.subset = d.subset AND u.id = d.id")
+        ctes.append(f"""u AS NOT MATERIALIZED (SELECT dup_cluster, exact_group
+            FROM read_parquet({_qlist(uf)}))""")
+        joins.append("POSITIONAL JOIN u")
         dup_cols = "u.dup_cluster, u.exact_group"
         if copies:
             ctes.append("""c AS NOT MATERIALIZED (SELECT u.exact_group,
                     array_to_string(list_sort(list_distinct(list(coalesce(l.license_normalized, 'none')))), ', ')
                     AS labels
-                FROM u JOIN l ON l.subset = u.subset AND l.id = u.id WHERE u.exact_group IS NOT NULL
+                FROM u POSITIONAL JOIN l WHERE u.exact_group IS NOT NULL
                 GROUP BY u.exact_group HAVING count(DISTINCT coalesce(l.license_normalized, 'none')) > 1)""")
             joins.append("LEFT JOIN c ON c.exact_group = u.exact_group")
     else:
@@ -276,9 +299,9 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     unknown = LICENSE_TIERS.index("unknown")
     if ded:
         ctes.append(f"""k AS NOT MATERIALIZED (SELECT dup_cluster,
-                first(struct_pack(kid := id, ksub := subset, kgroup := exact_group)
-                ORDER BY filter_reason IS NOT NULL, NOT packed, coalesce(license_tier_rank, {unknown}), id, subset)
-                AS k
+                arg_min(struct_pack(kid := id, ksub := subset, kgroup := exact_group),
+                    struct_pack(f := filter_reason IS NOT NULL, p := NOT packed,
+                                t := coalesce(license_tier_rank, {unknown}), i := id, s := subset)) AS k
             FROM b WHERE dup_cluster IS NOT NULL GROUP BY dup_cluster)""")
         exact_on = "TRUE" if ded.get("exact", True) else "FALSE"
         dreason = f"""CASE WHEN b.dup_cluster IS NULL OR (b.id = k.k.kid AND b.subset = k.k.ksub) THEN NULL

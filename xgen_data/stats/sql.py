@@ -131,6 +131,10 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     for w in warnings if not quiet else ():
         print(f"warning: {w}", file=sys.stderr)
     con = duckdb.connect(":memory:", config={"memory_limit": memory_limit(), "temp_directory": spill_dir()})
+    # Joins build their hash table on the right side as written. DuckDB estimates a positional join (the
+    # documents view) at ~0 rows, so its build-side swap would put every document into the hash table of the
+    # dedup keep rule's join with the (far smaller) table of kept copies: memory in proportion to the corpus.
+    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     con.execute(view)
     con.execute(decisions.LICENSE_CONFLICTS_SQL)
     dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
