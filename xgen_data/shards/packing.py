@@ -139,6 +139,9 @@ def subset_stats(docs: dict[str, SubsetDocs]) -> dict[str, tuple[int, int]]:
 def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: str) -> np.ndarray:
     """Write the tokens of documents ``wanted`` (indices into ``docs``, sorted) to a uint16 file.
 
+    Reads only the Parquet row groups that hold a wanted document, one row group at a time (ingest writes
+    one per batch of documents), so memory holds one row group's tokens however large the parts are.
+
     Returns int64 offsets ``[len(docs) + 1]`` into that file (documents not wanted get length 0).
     """
     lengths = np.zeros(len(docs.n_tokens), dtype=np.int64)
@@ -149,14 +152,16 @@ def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: st
     codes = docs.part_code[wanted]
     for code in dict.fromkeys(codes.tolist()):
         sel = wanted[codes == code]
-        path = os.path.join(corpus.docs_dir(docs.name), docs.part_names[code])
-        col = pq.read_table(path, columns=["tokens"]).column("tokens")
-        col = col.combine_chunks()
-        values = col.values.to_numpy()
-        starts = col.offsets.to_numpy()
-        for d in sel:
-            r = docs.row[d]
-            out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
+        pf = pq.ParquetFile(os.path.join(corpus.docs_dir(docs.name), docs.part_names[code]))
+        md = pf.metadata
+        rg_start = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+        rows = docs.row[sel]
+        rg_of = np.searchsorted(rg_start, rows, side="right") - 1
+        for rg in np.unique(rg_of).tolist():
+            col = pf.read_row_group(rg, columns=["tokens"]).column("tokens").combine_chunks()
+            values, starts = col.values.to_numpy(), col.offsets.to_numpy()
+            for d, r in zip(sel[rg_of == rg].tolist(), (rows[rg_of == rg] - rg_start[rg]).tolist()):
+                out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
     out.flush()
     return offsets
 
