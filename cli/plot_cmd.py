@@ -19,7 +19,7 @@ def plot() -> None:
 @click.option("--title", default="", help="Figure title.")
 def loss(run_dir: str, out_path: str | None, title: str) -> None:
     """Figure 1: train and validation loss over tokens seen, each sub-stage boundary marked and labelled."""
-    from xgen_train.lossplot import plot_loss, read_metrics
+    from xgen_train.evaluate.lossplot import plot_loss, read_metrics
 
     try:
         records = read_metrics(run_dir)

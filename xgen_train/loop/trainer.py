@@ -36,24 +36,24 @@ import numpy as np
 import optax
 
 from xgen_data.store import fsutil
-from xgen_train.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
-                                   load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
-from xgen_train.config import ModelConfig, count_parameters, get_config
-from xgen_train.curriculum import Phase, make_plan
-from xgen_train.data import ShardLoader, load_manifest
-from xgen_train.loss import make_loss_fn as _make_numerics_loss
-from xgen_train.loss import next_token_loss
-from xgen_train.lossplot import plot_loss
-from xgen_train.model import init_params
-from xgen_train.numerics import NumericsOptions
-from xgen_train.optimizer import OptimizerConfig, learning_rate, make_optimizer
-from xgen_train.distributed import is_main_process, maybe_initialize, process_info
-from xgen_train.flops import flops_per_token, mfu
-from xgen_train.flops import peak_flops as peak_flops_of
-from xgen_train.sharding import (batch_sharding, check_batch, describe_mesh, make_mesh, param_shardings, put_global,
-                                 replicated, state_shardings)
-from xgen_train.step import StepOptions, init_monitor, monitor_from_history
-from xgen_train.step import make_train_step as _make_step
+from xgen_train.evaluate.lossplot import plot_loss
+from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
+                                        load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
+from xgen_train.loop.curriculum import Phase, make_plan
+from xgen_train.loop.data import ShardLoader, load_manifest
+from xgen_train.loop.numerics import NumericsOptions
+from xgen_train.loop.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history
+from xgen_train.loop.step import make_train_step as _make_step
+from xgen_train.model.config import ModelConfig, count_parameters, get_config
+from xgen_train.model.loss import make_loss_fn as _make_numerics_loss
+from xgen_train.model.loss import next_token_loss
+from xgen_train.model.model import init_params
+from xgen_train.scale.distributed import is_main_process, maybe_initialize, process_info
+from xgen_train.scale.flops import flops_per_token, mfu
+from xgen_train.scale.flops import peak_flops as peak_flops_of
+from xgen_train.scale.sharding import (batch_sharding, check_batch, describe_mesh, make_mesh, param_shardings,
+                                       put_global, replicated, state_shardings)
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "SpikeDetector", "StopSignal", "config_differences", "make_eval_fn",
            "make_loss_fn", "make_train_step", "next_token_loss", "plot_loss", "run_config", "train"]
@@ -733,7 +733,7 @@ def _resolve_numerics(numerics: NumericsOptions | None, compute_dtype: str | Non
     """``numerics`` with ``compute_dtype`` folded in, ``eos_id`` from the manifest (doc masking), resolved."""
     import dataclasses
 
-    from xgen_train.precision import as_policy
+    from xgen_train.model.precision import as_policy
 
     num = numerics or NumericsOptions()
     if compute_dtype is not None:

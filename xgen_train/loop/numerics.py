@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from xgen_train.precision import PRECISIONS, PrecisionPolicy, resolve_precision
+from xgen_train.model.precision import PRECISIONS, PrecisionPolicy, resolve_precision
 
 __all__ = ["ATTENTION_CHOICES", "NumericsOptions"]
 

@@ -46,7 +46,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from xgen_train.config import ModelConfig
+from xgen_train.model.config import ModelConfig
 
 __all__ = ["AXES", "LOGICAL_AXES", "PARAM_RULES", "MeshError", "batch_sharding", "check_batch", "check_divisible",
            "describe_mesh", "logical_axes", "make_mesh", "param_shardings", "param_specs", "parse_mesh",

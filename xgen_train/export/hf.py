@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xgen_train.config import CONFIGS, ModelConfig
+from xgen_train.model.config import CONFIGS, ModelConfig
 
 __all__ = ["EXPORT_MARKER", "HFFormatError", "config_from_hf", "config_name_of", "export_hf", "generation_config",
            "hf_config", "import_hf", "load_hf"]
@@ -51,7 +51,7 @@ class HFFormatError(ValueError):
 def _run_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
     """The checkpoint folder :func:`xgen_train.checkpoint.load_params` reads for ``path`` and its step, for
     provenance records only: best effort, ``(None, None)`` when ``path`` holds no complete checkpoint."""
-    from xgen_train.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+    from xgen_train.loop.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(path)
@@ -133,7 +133,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
     """
     import safetensors.numpy
 
-    from xgen_train.model import flat_params, hf_param_names
+    from xgen_train.model.model import flat_params, hf_param_names
 
     out = Path(out)
     if out.exists():
@@ -143,7 +143,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
             raise ValueError(f"{out}: exists and is not an xgen export (no {EXPORT_MARKER}); refusing to overwrite "
                              "it, choose another output folder")
     if params is None:
-        from xgen_train.checkpoint import load_params
+        from xgen_train.loop.checkpoint import load_params
 
         model_config, params = load_params(run)
         source, step = _run_source(run)
@@ -164,7 +164,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
         safetensors.numpy.save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         _write_json(tmp / "generation_config.json", generation_config())
         if tokenizer:
-            from xgen_train import hf_tokenizer
+            from xgen_train.export import hf_tokenizer
 
             (tmp / "tokenizer.json").write_text(json.dumps(hf_tokenizer.tokenizer_json(), ensure_ascii=False),
                                                 encoding="utf-8")
@@ -200,7 +200,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
 def _check_params(flat: dict, cfg: ModelConfig, names: dict[str, str]) -> None:
     import jax
 
-    from xgen_train.model import flat_params, init_params
+    from xgen_train.model.model import flat_params, init_params
 
     shapes = flat_params(jax.eval_shape(lambda: init_params(cfg, 0)))
     missing = sorted(set(names) - set(flat))
@@ -340,7 +340,7 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """
     import jax
 
-    from xgen_train.model import flat_params, hf_param_names, init_params, unflat_params
+    from xgen_train.model.model import flat_params, hf_param_names, init_params, unflat_params
 
     folder = Path(path)
     conf_path = folder / CONFIG_FILE
@@ -394,8 +394,8 @@ def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
     """
     import jax.numpy as jnp
 
-    from xgen_train.checkpoint import CheckpointStore, latest_checkpoint, make_meta
-    from xgen_train.optimizer import OptimizerConfig, make_optimizer
+    from xgen_train.loop.checkpoint import CheckpointStore, latest_checkpoint, make_meta
+    from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 
     run = Path(run)
     if (earlier := latest_checkpoint(run / "checkpoints")) is not None:

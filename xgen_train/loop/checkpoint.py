@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from xgen_data.store import fsutil
-from xgen_train.config import ModelConfig
+from xgen_train.model.config import ModelConfig
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
            "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint", "verify_checkpoint"]
@@ -215,7 +215,7 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
         verify_checkpoint(directory)
     meta = read_meta(directory)
     cfg = ModelConfig.from_dict(meta["run"]["model_config"])
-    from xgen_train.model import init_params
+    from xgen_train.model.model import init_params
 
     ocp = _ocp()
     ckptr = ocp.StandardCheckpointer()
@@ -282,7 +282,7 @@ def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str,
     """
     if is_hf_folder(path):
         try:
-            from xgen_train.hf import load_hf
+            from xgen_train.export.hf import load_hf
         except ImportError as exc:
             raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable "
                                   f"({exc})") from None

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgen_train.config import ModelConfig
-from xgen_train.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
+from xgen_train.model.config import ModelConfig
+from xgen_train.model.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
 
 __all__ = ["Generation", "forward_cached", "generate", "init_cache", "sample_next"]
 

@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from xgen_train.precision import as_policy, matmul
+from xgen_train.model.precision import as_policy, matmul
 
 __all__ = ["ATTENTION_IMPLS", "attention", "chunked_attention", "dot_product_attention", "plain_attention",
            "segments_from_eos"]

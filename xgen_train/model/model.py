@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgen_train.attention import ATTENTION_IMPLS, attention
-from xgen_train.config import ModelConfig
-from xgen_train.precision import as_policy, linear
-from xgen_train.sharding import constrain_batch, gather_table
+from xgen_train.model.attention import ATTENTION_IMPLS, attention
+from xgen_train.model.config import ModelConfig
+from xgen_train.model.precision import as_policy, linear
+from xgen_train.scale.sharding import constrain_batch, gather_table
 
 INIT_STD = 0.02  # Hugging Face LlamaConfig.initializer_range
 

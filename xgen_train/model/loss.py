@@ -20,7 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from xgen_train.precision import as_policy, matmul
+from xgen_train.model.precision import as_policy, matmul
 
 __all__ = ["chunked_next_token_loss", "next_token_loss", "shifted_targets"]
 
@@ -168,9 +168,9 @@ def make_loss_fn(cfg, numerics=None):
     """
     import haiku as hk
 
-    from xgen_train.attention import segments_from_eos
-    from xgen_train.model import linear_logits, llama_hidden, lm_head_weight
-    from xgen_train.numerics import NumericsOptions
+    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.model.attention import segments_from_eos
+    from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
 
     num = (numerics or NumericsOptions()).resolved()
     if num.doc_mask and num.eos_id is None:
