@@ -5,8 +5,8 @@ batch 8 x 256 tokens. Prints
 
 * the machine's measured JAX float32 matmul FLOP/s (square ``n x n`` products, best of two sizes, measured in
   every round);
-* our step (:func:`xgen_train.step.make_train_step` on :func:`xgen_train.loss.make_loss_fn`, AdamW + clipping,
-  jitted with donation): seconds/step, tokens/s, achieved model FLOP/s and its fraction of the matmul rate;
+* our step (:func:`xgen_train.loop.step.make_train_step` on :func:`xgen_train.model.loss.make_loss_fn`, AdamW +
+  clipping, jitted with donation): seconds/step, tokens/s, achieved model FLOP/s and its fraction of the matmul rate;
 * the same model (``LlamaForCausalLM``, same shapes, float32) and batch trained with ``torch.optim.AdamW`` +
   ``clip_grad_norm_``: tokens/s, and the ratio ours / torch.
 

@@ -83,7 +83,8 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
               help="Tokens per update, constant across sub-stages (4 x 256, 2 x 512, 1 x 1024).")
 @click.option("--batch-size", default=None, type=click.IntRange(1),
               help="Sequences per update instead of --batch-tokens.")
-@click.option("--config", "config_name", default="tiny", show_default=True, help="Model config (xgen_train.config).")
+@click.option("--config", "config_name", default="tiny", show_default=True,
+              help="Model config (xgen_train.model.config).")
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,

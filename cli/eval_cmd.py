@@ -11,7 +11,7 @@ def eval_() -> None:
     """Evaluate a model or score its samples."""
 
 
-#: Files ``xgen eval ppl-by-position`` writes (:func:`xgen_train.evaluation.write_ppl_outputs`).
+#: Files ``xgen eval ppl-by-position`` writes (:func:`xgen_train.evaluate.evaluation.write_ppl_outputs`).
 PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_position.png")
 
 

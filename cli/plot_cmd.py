@@ -1,5 +1,5 @@
 """``xgen plot``: figures from a training run. ``xgen plot loss RUN`` draws Figure 1 (SPEC §4) from
-``RUN/metrics.jsonl`` (thin layer over :func:`xgen_train.lossplot.plot_loss`; no JAX import)."""
+``RUN/metrics.jsonl`` (thin layer over :func:`xgen_train.evaluate.lossplot.plot_loss`; no JAX import)."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
 """``xgen train``: pre-train a model on the curriculum of a shards directory (thin layer over
-:func:`xgen_train.trainer.train`).
+:func:`xgen_train.loop.trainer.train`).
 
 JAX is imported inside the command, so other ``xgen`` commands start fast.
 """
@@ -19,7 +19,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
 @click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
-              help="Model config (xgen_train.config.CONFIGS).")
+              help="Model config (xgen_train.model.config.CONFIGS).")
 @click.option("--steps", default=None, type=click.IntRange(min=1),
               help="Stop after this many updates in total (default: the whole plan). A cap: the learning-rate "
                    "schedule stays the plan's, so a later --resume with more --steps continues it smoothly.")

@@ -279,7 +279,7 @@ def _real_tokens(n_docs: int, length: int) -> np.ndarray:
 
 def test_parity_with_transformers_llama(exported, tiny_params):
     """from_pretrained(export): float32 logits on real text within 1e-4 of ours, identical greedy
-    continuations (HF generate vs xgen_train.generate), config values exactly ours."""
+    continuations (HF generate vs xgen_train.evaluate.generate), config values exactly ours."""
     torch = require("torch")
     require("transformers")
     from transformers import AutoModelForCausalLM, LlamaForCausalLM

@@ -167,7 +167,7 @@ def test_metrics_fetched_in_groups_mfu_and_late_nonfinite(shards, tmp_path, monk
         return real_fetch(tree)
 
     monkeypatch.setattr(trainer, "_fetch", counting_fetch)
-    real_loss = trainer._make_numerics_loss  # (objective, aux) loss of xgen_train.loss.make_loss_fn
+    real_loss = trainer._make_numerics_loss  # (objective, aux) loss of xgen_train.model.loss.make_loss_fn
 
     def loss_with_planted_nan(cfg, num):
         base = real_loss(cfg, num)

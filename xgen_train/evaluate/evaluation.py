@@ -270,7 +270,7 @@ def ppl_by_position(params, cfg, docs: list[np.ndarray], batch_size: int | None 
     """Mean next-token cross-entropy at each position over equal-length documents (Figure 2, SPEC §4).
 
     Args:
-        params, cfg: the model (:mod:`xgen_train.model`).
+        params, cfg: the model (:mod:`xgen_train.model.model`).
         docs: int arrays, all of length ``N <= cfg.max_positions`` (from :func:`long_documents`).
         batch_size: documents per forward pass (default: about 4,096 tokens per batch).
     Raises:

@@ -6,11 +6,11 @@ Export folder (:func:`export_hf`), loadable with ``AutoModelForCausalLM.from_pre
     OUT/
       config.json              LlamaConfig: architectures ["LlamaForCausalLM"], model_type "llama", every
                                SPEC §3 value (see :func:`hf_config`)
-      model.safetensors        float32 tensors under HF state-dict names (xgen_train.model.hf_param_names);
+      model.safetensors        float32 tensors under HF state-dict names (xgen_train.model.model.hf_param_names);
                                shapes are identical on both sides (``nn.Linear`` ``[out, in]``), so no transpose
       generation_config.json   bos = eos = pad = 50256 (SPEC §1: EOS = BOS; there is no pad token, so padding
                                uses EOS, as for GPT-2; padded positions are masked by the attention mask)
-      tokenizer.json           the XGen tokenizer for the ``tokenizers`` library (xgen_train.hf_tokenizer)
+      tokenizer.json           the XGen tokenizer for the ``tokenizers`` library (xgen_train.export.hf_tokenizer)
       tokenizer_config.json, special_tokens_map.json
       xgen_export.json         provenance: source checkpoint, step, sha256 of every file (marks the folder
                                as an xgen export, which a later export may replace)
@@ -18,7 +18,7 @@ Export folder (:func:`export_hf`), loadable with ``AutoModelForCausalLM.from_pre
 The folder is written under a temporary name beside ``OUT`` and renamed into place. Importing
 (:func:`load_hf`) reads ``config.json`` and ``model.safetensors`` (or a sharded
 ``model.safetensors.index.json``), checks every key, shape and config value, and returns
-``(ModelConfig, params)`` in the Haiku layout of :mod:`xgen_train.model`.
+``(ModelConfig, params)`` in the Haiku layout of :mod:`xgen_train.model.model`.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class HFFormatError(ValueError):
 # ---------------------------------------------------------------------------------------------- run access
 
 def _run_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
-    """The checkpoint folder :func:`xgen_train.checkpoint.load_params` reads for ``path`` and its step, for
+    """The checkpoint folder :func:`xgen_train.loop.checkpoint.load_params` reads for ``path`` and its step, for
     provenance records only: best effort, ``(None, None)`` when ``path`` holds no complete checkpoint."""
     from xgen_train.loop.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
@@ -332,7 +332,7 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         path: folder with ``config.json`` and ``model.safetensors`` (or a sharded index).
     Returns:
         ``(ModelConfig, params)``; ``params`` is ``{module: {name: np.ndarray float32}}`` in the Haiku
-        layout of :mod:`xgen_train.model` (ready for ``build_model(cfg).apply``). Rotary ``inv_freq``
+        layout of :mod:`xgen_train.model.model` (ready for ``build_model(cfg).apply``). Rotary ``inv_freq``
         buffers some older exports carry are ignored (xgen recomputes them from ``rope_theta``).
     Raises:
         HFFormatError: a file is missing; a config value is missing or unsupported (names the key);
@@ -374,17 +374,17 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
 
 
 def config_name_of(cfg: ModelConfig) -> str | None:
-    """The name in :data:`xgen_train.config.CONFIGS` equal to ``cfg``, or None."""
+    """The name in :data:`xgen_train.model.config.CONFIGS` equal to ``cfg``, or None."""
     return next((name for name, c in CONFIGS.items() if c == cfg), None)
 
 
 def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
     """Make a run folder from a Hugging Face folder: ``run/checkpoints/step_00000000`` holds its params.
 
-    The checkpoint is an ordinary verified :mod:`xgen_train.checkpoint` directory (orbax + sha256 sidecar) at
+    The checkpoint is an ordinary verified :mod:`xgen_train.loop.checkpoint` directory (orbax + sha256 sidecar) at
     step 0 with a fresh (zero) AdamW state of SPEC §4's optimizer; its ``run`` metadata holds the model config
     and ``imported_from``. Train from it with ``xgen train --init RUN`` (a new run with its own settings), which
-    reads it through :func:`xgen_train.checkpoint.load_params`. Refuses a ``run`` folder that already holds
+    reads it through :func:`xgen_train.loop.checkpoint.load_params`. Refuses a ``run`` folder that already holds
     checkpoints.
 
     Returns:
