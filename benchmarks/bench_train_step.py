@@ -5,8 +5,8 @@ batch 8 x 256 tokens. Prints
 
 * the machine's measured JAX float32 matmul FLOP/s (square ``n x n`` products, best of two sizes, measured in
   every round);
-* our step (:func:`xgen_train.step.make_train_step` on :func:`xgen_train.loss.make_loss_fn`, AdamW + clipping,
-  jitted with donation): seconds/step, tokens/s, achieved model FLOP/s and its fraction of the matmul rate;
+* our step (:func:`xgen_train.loop.step.make_train_step` on :func:`xgen_train.model.loss.make_loss_fn`, AdamW +
+  clipping, jitted with donation): seconds/step, tokens/s, achieved model FLOP/s and its fraction of the matmul rate;
 * the same model (``LlamaForCausalLM``, same shapes, float32) and batch trained with ``torch.optim.AdamW`` +
   ``clip_grad_norm_``: tokens/s, and the ratio ours / torch.
 
@@ -63,7 +63,7 @@ def parse_args(argv=None):
 
 
 def model_config(name: str):
-    from xgen_train.config import ModelConfig, get_config
+    from xgen_train.model.config import ModelConfig, get_config
 
     if name == "1b":
         return ModelConfig(vocab_size=51200, hidden=2048, intermediate=5504, n_layers=24, n_heads=16,
@@ -102,11 +102,11 @@ def build_ours(cfg, args):
     import jax
     import jax.numpy as jnp
 
-    from xgen_train.loss import make_loss_fn
-    from xgen_train.model import init_params
-    from xgen_train.numerics import NumericsOptions
-    from xgen_train.optimizer import OptimizerConfig, make_optimizer
-    from xgen_train.step import StepOptions, init_monitor, make_train_step
+    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
+    from xgen_train.loop.step import StepOptions, init_monitor, make_train_step
+    from xgen_train.model.loss import make_loss_fn
+    from xgen_train.model.model import init_params
 
     num = NumericsOptions(precision=args.precision, attention=args.attention, loss_chunk=args.loss_chunk,
                           remat=args.remat, accum_steps=args.accum_steps).resolved()

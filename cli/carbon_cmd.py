@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from cli.common import user_errors
-from xgen_train import evaluation as ev  # numpy only, no JAX
+from xgen_train.evaluate import evaluation as ev  # numpy only, no JAX
 
 
 @click.command("carbon")

@@ -83,7 +83,8 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
               help="Tokens per update, constant across sub-stages (4 x 256, 2 x 512, 1 x 1024).")
 @click.option("--batch-size", default=None, type=click.IntRange(1),
               help="Sequences per update instead of --batch-tokens.")
-@click.option("--config", "config_name", default="tiny", show_default=True, help="Model config (xgen_train.config).")
+@click.option("--config", "config_name", default="tiny", show_default=True,
+              help="Model config (xgen_train.model.config).")
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
@@ -164,9 +165,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         timings["build"] = time.time() - t
     print_build(r, build)
 
-    from xgen_train.curriculum import make_plan
-    from xgen_train.data import load_manifest
-    from xgen_train.trainer import train
+    from xgen_train.loop.curriculum import make_plan
+    from xgen_train.loop.data import load_manifest
+    from xgen_train.loop.trainer import train
 
     if batch_size is not None:
         batch_tokens = None
@@ -276,9 +277,9 @@ def print_language_build(r, build, shards_dir: str) -> None:
 def _hand_over(corpus_dir: str, run_dir: str, hf_dir: str, r) -> tuple[dict, str]:
     """Figure 2 (perplexity by token position on kept documents at least as long as the longest trained
     sequence, at most 16) into ``run_dir/eval``, and the Hugging Face export of the run into ``hf_dir``."""
-    from xgen_train import evaluation as ev
-    from xgen_train.checkpoint import load_params
-    from xgen_train.hf import export_hf
+    from xgen_train.evaluate import evaluation as ev
+    from xgen_train.export.hf import export_hf
+    from xgen_train.loop.checkpoint import load_params
 
     cfg, params = load_params(run_dir)
     n = min(ev.trained_seq_len(run_dir) or cfg.max_positions, cfg.max_positions)

@@ -11,7 +11,7 @@ def eval_() -> None:
     """Evaluate a model or score its samples."""
 
 
-#: Files ``xgen eval ppl-by-position`` writes (:func:`xgen_train.evaluation.write_ppl_outputs`).
+#: Files ``xgen eval ppl-by-position`` writes (:func:`xgen_train.evaluate.evaluation.write_ppl_outputs`).
 PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_position.png")
 
 
@@ -41,8 +41,8 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
     """
     import os
 
-    from xgen_train import evaluation as ev
-    from xgen_train.checkpoint import load_params
+    from xgen_train.evaluate import evaluation as ev
+    from xgen_train.loop.checkpoint import load_params
 
     cfg, params = load_params(run)
     n = min_tokens or ev.trained_seq_len(run) or cfg.max_positions
@@ -78,7 +78,7 @@ def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
     """
     import json
 
-    from xgen_train import evaluation as ev
+    from xgen_train.evaluate import evaluation as ev
 
     try:
         k_list = [int(k) for k in ks.split(",") if k.strip()]

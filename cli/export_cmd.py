@@ -28,7 +28,7 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool) -> None:
     """
     import json
 
-    from xgen_train.hf import EXPORT_MARKER, export_hf
+    from xgen_train.export.hf import EXPORT_MARKER, export_hf
 
     path = export_hf(run, out, tokenizer=not no_tokenizer)
     info = json.loads((path / EXPORT_MARKER).read_text(encoding="utf-8"))

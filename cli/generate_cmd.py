@@ -31,8 +31,8 @@ def generate(run: str, prompt: str, max_new_tokens: int, temperature: float, top
     import time
 
     from xgen_data import tokenizer as xtok
-    from xgen_train.generate import generate as run_generate
-    from xgen_train.checkpoint import load_params
+    from xgen_train.evaluate.generate import generate as run_generate
+    from xgen_train.loop.checkpoint import load_params
 
     cfg, params = load_params(run)
     ids = xtok.encode(prompt, hf_compat=allow_special) if prompt else []

@@ -22,9 +22,9 @@ def import_hf_cmd(folder: str, run: str) -> None:
 
     Example: xgen import hf exports/tiny-hf --out runs/from-hf
     """
-    from xgen_train.checkpoint import read_meta
-    from xgen_train.config import ModelConfig, count_parameters
-    from xgen_train.hf import import_hf
+    from xgen_train.export.hf import import_hf
+    from xgen_train.loop.checkpoint import read_meta
+    from xgen_train.model.config import ModelConfig, count_parameters
 
     ckpt = import_hf(folder, run)
     meta = read_meta(ckpt)["run"]

@@ -1,5 +1,5 @@
 """``xgen train``: pre-train a model on the curriculum of a shards directory (thin layer over
-:func:`xgen_train.trainer.train`).
+:func:`xgen_train.loop.trainer.train`).
 
 JAX is imported inside the command, so other ``xgen`` commands start fast.
 """
@@ -10,7 +10,7 @@ import os
 
 import click
 
-from xgen_train.config import CONFIGS  # no JAX import
+from xgen_train.model.config import CONFIGS  # no JAX import
 
 
 @click.command("train")
@@ -19,7 +19,7 @@ from xgen_train.config import CONFIGS  # no JAX import
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
 @click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
-              help="Model config (xgen_train.config.CONFIGS).")
+              help="Model config (xgen_train.model.config.CONFIGS).")
 @click.option("--steps", default=None, type=click.IntRange(min=1),
               help="Stop after this many updates in total (default: the whole plan). A cap: the learning-rate "
                    "schedule stays the plan's, so a later --resume with more --steps continues it smoothly.")
@@ -120,15 +120,15 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
         raise click.UsageError("Missing option '--shards' (only --resume can take it from OUT/run.json)")
     if opts["batch_tokens"] is not None and opts["batch_size"] is not None:
         raise click.UsageError("give --batch-tokens or --batch-size, not both")
-    from xgen_train.distributed import maybe_initialize
+    from xgen_train.scale.distributed import maybe_initialize
 
     try:
         maybe_initialize()  # multi-host start when the environment asks for it, before any device use
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
-    from xgen_train.data import ShardFormatError
-    from xgen_train.numerics import NumericsOptions
-    from xgen_train.trainer import train as run_train
+    from xgen_train.loop.data import ShardFormatError
+    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.loop.trainer import train as run_train
 
     shards_dir, init_path = opts.pop("shards_dir"), opts.pop("init_path")
     numerics = NumericsOptions(**{k: opts.pop(k) for k in _NUMERICS})

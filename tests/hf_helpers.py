@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from xgen_train.config import ModelConfig
+from xgen_train.model.config import ModelConfig
 
 #: vocabulary of SPEC §3 (51,200) so exports load as the real model would; small widths for CPU speed.
 MICRO = ModelConfig(vocab_size=51200, hidden=64, intermediate=176, n_layers=2, n_heads=4, max_positions=256)
@@ -21,7 +21,7 @@ MICRO = ModelConfig(vocab_size=51200, hidden=64, intermediate=176, n_layers=2, n
 def perturbed_params(cfg: ModelConfig, seed: int = 0, scale: float = 2.0):
     """HF-style init, then matrices x ``scale`` and norm gains ``1 + 0.1 N(0, 1)``: norms matter and
     attention is far from uniform, so a misnamed or transposed tensor changes the logits."""
-    from xgen_train.model import init_params
+    from xgen_train.model.model import init_params
 
     params = init_params(cfg, seed)
     rng = np.random.default_rng(seed)
@@ -40,8 +40,8 @@ def make_run(root: str | os.PathLike, cfg: ModelConfig, params, step: int = 3) -
     ``run.json``."""
     import json
 
-    from xgen_train.checkpoint import CheckpointStore, make_meta
-    from xgen_train.optimizer import OptimizerConfig, make_optimizer
+    from xgen_train.loop.checkpoint import CheckpointStore, make_meta
+    from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 
     root = Path(root)
     opt_state = make_optimizer(OptimizerConfig(warmup_steps=1, total_steps=10)).init(params)

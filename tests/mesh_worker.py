@@ -26,13 +26,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xgen_train import sharding as sh  # noqa: E402
-from xgen_train.checkpoint import CheckpointStore, load_checkpoint, make_meta  # noqa: E402
-from xgen_train.config import CONFIGS  # noqa: E402
-from xgen_train.model import build_model, init_params  # noqa: E402
-from xgen_train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
-from xgen_train.step import StepOptions, init_monitor  # noqa: E402
-from xgen_train.trainer import fresh_params, make_train_step, train  # noqa: E402
+from xgen_train.loop.checkpoint import CheckpointStore, load_checkpoint, make_meta  # noqa: E402
+from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
+from xgen_train.loop.step import StepOptions, init_monitor  # noqa: E402
+from xgen_train.loop.trainer import fresh_params, make_train_step, train  # noqa: E402
+from xgen_train.model.config import CONFIGS  # noqa: E402
+from xgen_train.model.model import build_model, init_params  # noqa: E402
+from xgen_train.scale import sharding as sh  # noqa: E402
 
 MESHES = ("data=8", "fsdp=8", "tensor=2,data=4", "data=2,fsdp=2,tensor=2")
 

@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import build_curriculum_shards  # noqa: E402
 
 from xgen_data.mixing import recipe as recipe_mod  # noqa: E402
-from xgen_train import data as data_mod  # noqa: E402
-from xgen_train.checkpoint import CheckpointError, is_hf_folder, latest_checkpoint, load_params  # noqa: E402
-from xgen_train.curriculum import make_plan  # noqa: E402
-from xgen_train.data import ShardLoader, load_manifest  # noqa: E402
-from xgen_train.lossplot import plot_loss, read_metrics  # noqa: E402
-from xgen_train.optimizer import learning_rate  # noqa: E402
-from xgen_train.trainer import train  # noqa: E402
+from xgen_train.evaluate.lossplot import plot_loss, read_metrics  # noqa: E402
+from xgen_train.loop import data as data_mod  # noqa: E402
+from xgen_train.loop.checkpoint import CheckpointError, is_hf_folder, latest_checkpoint, load_params  # noqa: E402
+from xgen_train.loop.curriculum import make_plan  # noqa: E402
+from xgen_train.loop.data import ShardLoader, load_manifest  # noqa: E402
+from xgen_train.loop.optimizer import learning_rate  # noqa: E402
+from xgen_train.loop.trainer import train  # noqa: E402
 
 # s64: 26 sequences, 8 held out -> 18 train -> 4 updates of 4 (2 skipped); s128: 16, 8 held out -> 8 -> 4 of 2.
 SUBSTAGES = (("s64", 64, 26, 8), ("s128", 128, 16, 8))

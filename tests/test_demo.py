@@ -37,8 +37,8 @@ def _check_workdir(workdir, output):
     assert summary["final_step"] == summary["total_steps"] and "Figure 1:" in output
     # the model is handed over: Figure 2 and a Hugging Face folder that our importer reads back
     assert os.path.exists(os.path.join(workdir, "run", "eval", "ppl_by_position.png")) and "Figure 2" in output
-    from xgen_train.checkpoint import load_params
-    from xgen_train.hf import load_hf
+    from xgen_train.export.hf import load_hf
+    from xgen_train.loop.checkpoint import load_params
 
     hf_cfg, hf_params = load_hf(os.path.join(workdir, "hf"))
     run_cfg, run_params = load_params(os.path.join(workdir, "run"))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hf_helpers import MICRO, make_run, perturbed_params
 
 from cli.main import cli
-from xgen_train import evaluation as ev
+from xgen_train.evaluate import evaluation as ev
 
 # ------------------------------------------------------------------------------------------------ carbon
 
@@ -158,7 +158,7 @@ def test_no_long_document_is_a_clear_error(sample_corpus):
 def test_ppl_by_position_matches_a_direct_computation(params, sample_corpus):
     import jax.numpy as jnp
 
-    from xgen_train.model import build_model
+    from xgen_train.model.model import build_model
 
     docs = ev.long_documents(sample_corpus, 96, max_docs=5)
     res = ev.ppl_by_position(params, MICRO, docs, batch_size=2)  # 5 docs: the last batch is padded

@@ -13,8 +13,8 @@ from hf_helpers import MICRO, make_run, perturbed_params
 
 from cli.main import cli
 from xgen_data import tokenizer as xtok
-from xgen_train.generate import forward_cached, generate, init_cache
-from xgen_train.model import build_model
+from xgen_train.evaluate.generate import forward_cached, generate, init_cache
+from xgen_train.model.model import build_model
 
 PROMPT = xtok.encode("The history of the Linux kernel begins in 1991, when")
 
@@ -66,7 +66,7 @@ def test_sampling_is_seeded_and_cache_independent(params):
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from xgen_train.generate import sample_next
+    from xgen_train.evaluate.generate import sample_next
 
     probs = np.array([[0.5, 0.3, 0.15, 0.05]])
     logits = jnp.asarray(np.log(probs), jnp.float32)

@@ -15,10 +15,10 @@ from hf_helpers import MICRO, make_run, perturbed_params, require, sample_texts
 
 from cli.main import cli
 from xgen_data import tokenizer as xtok
-from xgen_train import hf
-from xgen_train.checkpoint import latest_checkpoint, load_checkpoint
-from xgen_train.config import CONFIGS
-from xgen_train.model import build_model, flat_params, hf_param_names
+from xgen_train.export import hf
+from xgen_train.loop.checkpoint import latest_checkpoint, load_checkpoint
+from xgen_train.model.config import CONFIGS
+from xgen_train.model.model import build_model, flat_params, hf_param_names
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -109,7 +109,7 @@ def test_round_trip_export_import_is_identical(exported, tiny_params, tmp_path):
     assert res.exit_code == 0, res.output
     assert "config 'tiny'" in res.output
     # the run folder holds an ordinary step-0 checkpoint that the trainer's resume can read
-    from xgen_train.optimizer import OptimizerConfig, make_optimizer
+    from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 
     template = jax.eval_shape(lambda: make_optimizer(OptimizerConfig()).init(params))
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000000", opt_state_template=template,
@@ -119,7 +119,7 @@ def test_round_trip_export_import_is_identical(exported, tiny_params, tmp_path):
     assert _leaves_equal(ck.params, tiny_params)
     assert int(ck.opt_state[1][0].count) == 0  # fresh AdamW state
     # `xgen train --init` takes the HF folder itself or the imported run folder, with identical params
-    from xgen_train.checkpoint import load_init
+    from xgen_train.loop.checkpoint import load_init
 
     for source in (out, tmp_path / "run"):
         init_cfg, init_params = load_init(source)
@@ -279,12 +279,12 @@ def _real_tokens(n_docs: int, length: int) -> np.ndarray:
 
 def test_parity_with_transformers_llama(exported, tiny_params):
     """from_pretrained(export): float32 logits on real text within 1e-4 of ours, identical greedy
-    continuations (HF generate vs xgen_train.generate), config values exactly ours."""
+    continuations (HF generate vs xgen_train.evaluate.generate), config values exactly ours."""
     torch = require("torch")
     require("transformers")
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from xgen_train.generate import generate
+    from xgen_train.evaluate.generate import generate
 
     _, out = exported
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)

@@ -142,7 +142,7 @@ def test_shards_view_exists_before_any_build(corpus_copy):
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_optimizer_refuses_non_finite_settings(field, value):
     """`xgen train --lr nan` trained (every update non-finite, so never applied) and reported success."""
-    from xgen_train.optimizer import OptimizerConfig
+    from xgen_train.loop.optimizer import OptimizerConfig
 
     with pytest.raises(ValueError, match=rf"{field} must be a finite number"):
         OptimizerConfig(**{field: value})

@@ -15,13 +15,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import build_shards  # noqa: E402
 
-from xgen_train import data as data_mod  # noqa: E402
-from xgen_train import flops, sharding as sh, trainer  # noqa: E402
-from xgen_train.config import CONFIGS, ModelConfig, count_parameters  # noqa: E402
-from xgen_train.distributed import distributed_reason, maybe_initialize  # noqa: E402
-from xgen_train.model import init_params  # noqa: E402
-from xgen_train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
-from xgen_train.step import StepOptions, init_monitor  # noqa: E402
+from xgen_train.loop import data as data_mod  # noqa: E402
+from xgen_train.loop import trainer  # noqa: E402
+from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
+from xgen_train.loop.step import StepOptions, init_monitor  # noqa: E402
+from xgen_train.model.config import CONFIGS, ModelConfig, count_parameters  # noqa: E402
+from xgen_train.model.model import init_params  # noqa: E402
+from xgen_train.scale import flops, sharding as sh  # noqa: E402
+from xgen_train.scale.distributed import distributed_reason, maybe_initialize  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 
@@ -138,8 +139,8 @@ def test_trainer_under_one_mesh_resumed_under_another_equals_one_device(shards, 
     np.testing.assert_allclose(out["train_losses"], losses_one, rtol=0, atol=1e-5)
     # on one device the loop computes exactly what a plain per-step loop computes (bit for bit)
     opt = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=1, total_steps=4))
-    from xgen_train.numerics import NumericsOptions
-    from xgen_train.step import make_train_step as pure_step
+    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.loop.step import make_train_step as pure_step
     loss_fn = trainer._make_numerics_loss(CONFIGS["tiny"], NumericsOptions().resolved())  # the trainer's default
     step = trainer.jit_step(pure_step(loss_fn, opt, StepOptions()))
     params = init_params(CONFIGS["tiny"], 1)
@@ -166,7 +167,7 @@ def test_metrics_fetched_in_groups_mfu_and_late_nonfinite(shards, tmp_path, monk
         return real_fetch(tree)
 
     monkeypatch.setattr(trainer, "_fetch", counting_fetch)
-    real_loss = trainer._make_numerics_loss  # (objective, aux) loss of xgen_train.loss.make_loss_fn
+    real_loss = trainer._make_numerics_loss  # (objective, aux) loss of xgen_train.model.loss.make_loss_fn
 
     def loss_with_planted_nan(cfg, num):
         base = real_loss(cfg, num)

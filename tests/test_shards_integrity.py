@@ -17,7 +17,7 @@ from xgen_data.mixing import pipeline, recipe
 from xgen_data.shards import packing, shard_format as shards
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
-from xgen_train.data import ShardFormatError, ShardLoader
+from xgen_train.loop.data import ShardFormatError, ShardLoader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = ("import sys; from xgen_data.mixing import recipe; from xgen_data.shards import packing; "

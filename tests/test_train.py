@@ -17,14 +17,14 @@ sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
 from xgen_data.shards import shard_format  # noqa: E402
-from xgen_train.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint,  # noqa: E402
-                                   load_params, make_meta, write_sidecar)
-from xgen_train.config import CONFIGS  # noqa: E402
-from xgen_train.data import ShardFormatError, ShardLoader, permute  # noqa: E402
-from xgen_train.model import build_model, init_params  # noqa: E402
-from xgen_train.optimizer import OptimizerConfig, decay_mask, learning_rate, make_optimizer  # noqa: E402
-from xgen_train.step import StepOptions, init_monitor, monitor_from_history, spike_update  # noqa: E402
-from xgen_train.trainer import SpikeDetector, make_train_step, next_token_loss, train  # noqa: E402
+from xgen_train.loop.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint,  # noqa: E402
+                                        load_checkpoint, load_params, make_meta, write_sidecar)
+from xgen_train.loop.data import ShardFormatError, ShardLoader, permute  # noqa: E402
+from xgen_train.loop.optimizer import OptimizerConfig, decay_mask, learning_rate, make_optimizer  # noqa: E402
+from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history, spike_update  # noqa: E402
+from xgen_train.loop.trainer import SpikeDetector, make_train_step, next_token_loss, train  # noqa: E402
+from xgen_train.model.config import CONFIGS  # noqa: E402
+from xgen_train.model.model import build_model, init_params  # noqa: E402
 
 
 
@@ -391,7 +391,7 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(shards, tmp_path):
 
 def test_nonfinite_update_is_skipped_and_spike_skip_optional():
     """A NaN loss/gradient never reaches params or optimizer state; a flagged spike is skipped only on request."""
-    from xgen_train.step import make_train_step as pure_step
+    from xgen_train.loop.step import make_train_step as pure_step
     params = {"w": jnp.ones((3,), jnp.float32)}
     opt = make_optimizer(OptimizerConfig(peak_lr=1e-2, warmup_steps=1, total_steps=10))
 

@@ -12,7 +12,7 @@ and renamed into place once complete, then ``commit_success.txt`` is written)::
       xgen-sha256.json sidecar written *after* orbax finalised the step: {"format": "xgen-checkpoint-sha256",
                        "format_version": 1, "step": N, "files": {relative path: {"sha256", "bytes"}}}
 
-Sharded arrays (a run over a device mesh, :mod:`xgen_train.sharding`) are saved as they are: orbax writes
+Sharded arrays (a run over a device mesh, :mod:`xgen_train.scale.sharding`) are saved as they are: orbax writes
 each array once (tensorstore/OCDBT, every process writing the shards it owns) with its global shape, so a
 checkpoint does not depend on the mesh it was saved under. :func:`load_checkpoint` restores it under
 *any* mesh (``shardings=``: each array is read straight into the target layout, e.g. saved under
@@ -27,7 +27,7 @@ file), and a step directory without a sidecar (a save interrupted between orbax'
 is never loaded: :func:`latest_checkpoint` skips it, a direct load refuses it.
 
 Public helpers for other modules: :func:`load_params` (a run or checkpoint folder -> ``(ModelConfig,
-params)``) and :func:`load_init` (the same, or a Hugging Face folder via ``xgen_train.hf.load_hf``).
+params)``) and :func:`load_init` (the same, or a Hugging Face folder via ``xgen_train.export.hf.load_hf``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from xgen_data.store import fsutil
-from xgen_train.config import ModelConfig
+from xgen_train.model.config import ModelConfig
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
            "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint", "verify_checkpoint"]
@@ -201,7 +201,7 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
         verify: check every file against the sidecar first (only skip it right after
             :func:`verify_checkpoint` on the same directory).
         shardings: ``(param_shardings, opt_state_shardings)`` (trees of ``jax.sharding.Sharding`` like the
-            params / the template, e.g. :func:`xgen_train.sharding.param_shardings`): restore straight into
+            params / the template, e.g. :func:`xgen_train.scale.sharding.param_shardings`): restore straight into
             that layout as global ``jax.Array``s, whatever mesh the checkpoint was saved under. Default: every
             array onto one local device, returned as numpy.
     Raises:
@@ -215,7 +215,7 @@ def load_checkpoint(directory: str | os.PathLike, opt_state_template=None, verif
         verify_checkpoint(directory)
     meta = read_meta(directory)
     cfg = ModelConfig.from_dict(meta["run"]["model_config"])
-    from xgen_train.model import init_params
+    from xgen_train.model.model import init_params
 
     ocp = _ocp()
     ckptr = ocp.StandardCheckpointer()
@@ -256,7 +256,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def load_params(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
     """Model config and params of a run directory (its latest complete checkpoint) or a checkpoint directory.
 
-    Returns ``(ModelConfig, params)``, params in the Haiku layout of :mod:`xgen_train.model`
+    Returns ``(ModelConfig, params)``, params in the Haiku layout of :mod:`xgen_train.model.model`
     (``{module: {name: float32 np.ndarray}}``; see ``flat_params``/``hf_param_names`` to rename them).
     Every file is verified against the sidecar first.
     Raises:
@@ -275,14 +275,14 @@ def is_hf_folder(path: str | os.PathLike) -> bool:
 def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
     """Initial params for ``xgen train --init PATH``: a Hugging Face folder or an xgen run/checkpoint dir.
 
-    A folder holding ``config.json`` + ``model.safetensors`` goes to ``xgen_train.hf.load_hf(path) ->
+    A folder holding ``config.json`` + ``model.safetensors`` goes to ``xgen_train.export.hf.load_hf(path) ->
     (ModelConfig, params)``; anything else to :func:`load_params`.
     Raises:
         CheckpointError: as :func:`load_params`, or the HF importer is not available.
     """
     if is_hf_folder(path):
         try:
-            from xgen_train.hf import load_hf
+            from xgen_train.export.hf import load_hf
         except ImportError as exc:
             raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable "
                                   f"({exc})") from None

@@ -6,11 +6,11 @@ Export folder (:func:`export_hf`), loadable with ``AutoModelForCausalLM.from_pre
     OUT/
       config.json              LlamaConfig: architectures ["LlamaForCausalLM"], model_type "llama", every
                                SPEC §3 value (see :func:`hf_config`)
-      model.safetensors        float32 tensors under HF state-dict names (xgen_train.model.hf_param_names);
+      model.safetensors        float32 tensors under HF state-dict names (xgen_train.model.model.hf_param_names);
                                shapes are identical on both sides (``nn.Linear`` ``[out, in]``), so no transpose
       generation_config.json   bos = eos = pad = 50256 (SPEC §1: EOS = BOS; there is no pad token, so padding
                                uses EOS, as for GPT-2; padded positions are masked by the attention mask)
-      tokenizer.json           the XGen tokenizer for the ``tokenizers`` library (xgen_train.hf_tokenizer)
+      tokenizer.json           the XGen tokenizer for the ``tokenizers`` library (xgen_train.export.hf_tokenizer)
       tokenizer_config.json, special_tokens_map.json
       xgen_export.json         provenance: source checkpoint, step, sha256 of every file (marks the folder
                                as an xgen export, which a later export may replace)
@@ -18,7 +18,7 @@ Export folder (:func:`export_hf`), loadable with ``AutoModelForCausalLM.from_pre
 The folder is written under a temporary name beside ``OUT`` and renamed into place. Importing
 (:func:`load_hf`) reads ``config.json`` and ``model.safetensors`` (or a sharded
 ``model.safetensors.index.json``), checks every key, shape and config value, and returns
-``(ModelConfig, params)`` in the Haiku layout of :mod:`xgen_train.model`.
+``(ModelConfig, params)`` in the Haiku layout of :mod:`xgen_train.model.model`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xgen_train.config import CONFIGS, ModelConfig
+from xgen_train.model.config import CONFIGS, ModelConfig
 
 __all__ = ["EXPORT_MARKER", "HFFormatError", "config_from_hf", "config_name_of", "export_hf", "generation_config",
            "hf_config", "import_hf", "load_hf"]
@@ -49,9 +49,9 @@ class HFFormatError(ValueError):
 # ---------------------------------------------------------------------------------------------- run access
 
 def _run_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
-    """The checkpoint folder :func:`xgen_train.checkpoint.load_params` reads for ``path`` and its step, for
+    """The checkpoint folder :func:`xgen_train.loop.checkpoint.load_params` reads for ``path`` and its step, for
     provenance records only: best effort, ``(None, None)`` when ``path`` holds no complete checkpoint."""
-    from xgen_train.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+    from xgen_train.loop.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(path)
@@ -133,7 +133,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
     """
     import safetensors.numpy
 
-    from xgen_train.model import flat_params, hf_param_names
+    from xgen_train.model.model import flat_params, hf_param_names
 
     out = Path(out)
     if out.exists():
@@ -143,7 +143,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
             raise ValueError(f"{out}: exists and is not an xgen export (no {EXPORT_MARKER}); refusing to overwrite "
                              "it, choose another output folder")
     if params is None:
-        from xgen_train.checkpoint import load_params
+        from xgen_train.loop.checkpoint import load_params
 
         model_config, params = load_params(run)
         source, step = _run_source(run)
@@ -164,7 +164,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
         safetensors.numpy.save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         _write_json(tmp / "generation_config.json", generation_config())
         if tokenizer:
-            from xgen_train import hf_tokenizer
+            from xgen_train.export import hf_tokenizer
 
             (tmp / "tokenizer.json").write_text(json.dumps(hf_tokenizer.tokenizer_json(), ensure_ascii=False),
                                                 encoding="utf-8")
@@ -200,7 +200,7 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
 def _check_params(flat: dict, cfg: ModelConfig, names: dict[str, str]) -> None:
     import jax
 
-    from xgen_train.model import flat_params, init_params
+    from xgen_train.model.model import flat_params, init_params
 
     shapes = flat_params(jax.eval_shape(lambda: init_params(cfg, 0)))
     missing = sorted(set(names) - set(flat))
@@ -332,7 +332,7 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         path: folder with ``config.json`` and ``model.safetensors`` (or a sharded index).
     Returns:
         ``(ModelConfig, params)``; ``params`` is ``{module: {name: np.ndarray float32}}`` in the Haiku
-        layout of :mod:`xgen_train.model` (ready for ``build_model(cfg).apply``). Rotary ``inv_freq``
+        layout of :mod:`xgen_train.model.model` (ready for ``build_model(cfg).apply``). Rotary ``inv_freq``
         buffers some older exports carry are ignored (xgen recomputes them from ``rope_theta``).
     Raises:
         HFFormatError: a file is missing; a config value is missing or unsupported (names the key);
@@ -340,7 +340,7 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """
     import jax
 
-    from xgen_train.model import flat_params, hf_param_names, init_params, unflat_params
+    from xgen_train.model.model import flat_params, hf_param_names, init_params, unflat_params
 
     folder = Path(path)
     conf_path = folder / CONFIG_FILE
@@ -374,17 +374,17 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
 
 
 def config_name_of(cfg: ModelConfig) -> str | None:
-    """The name in :data:`xgen_train.config.CONFIGS` equal to ``cfg``, or None."""
+    """The name in :data:`xgen_train.model.config.CONFIGS` equal to ``cfg``, or None."""
     return next((name for name, c in CONFIGS.items() if c == cfg), None)
 
 
 def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
     """Make a run folder from a Hugging Face folder: ``run/checkpoints/step_00000000`` holds its params.
 
-    The checkpoint is an ordinary verified :mod:`xgen_train.checkpoint` directory (orbax + sha256 sidecar) at
+    The checkpoint is an ordinary verified :mod:`xgen_train.loop.checkpoint` directory (orbax + sha256 sidecar) at
     step 0 with a fresh (zero) AdamW state of SPEC §4's optimizer; its ``run`` metadata holds the model config
     and ``imported_from``. Train from it with ``xgen train --init RUN`` (a new run with its own settings), which
-    reads it through :func:`xgen_train.checkpoint.load_params`. Refuses a ``run`` folder that already holds
+    reads it through :func:`xgen_train.loop.checkpoint.load_params`. Refuses a ``run`` folder that already holds
     checkpoints.
 
     Returns:
@@ -394,8 +394,8 @@ def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
     """
     import jax.numpy as jnp
 
-    from xgen_train.checkpoint import CheckpointStore, latest_checkpoint, make_meta
-    from xgen_train.optimizer import OptimizerConfig, make_optimizer
+    from xgen_train.loop.checkpoint import CheckpointStore, latest_checkpoint, make_meta
+    from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 
     run = Path(run)
     if (earlier := latest_checkpoint(run / "checkpoints")) is not None:

@@ -3,7 +3,7 @@
 All take rotated queries/keys and values ``q, k, v`` float ``[B, H, T, hd]`` and return float32
 ``[B, H, T, hd]`` = ``softmax(q k^T / sqrt(hd) + mask) v`` where the mask allows key ``s`` for query ``t`` iff
 ``s <= t`` and (with ``segment_ids int32 [B, T]``) both lie in the same document. Softmax is float32; the
-two products follow the precision policy (:mod:`xgen_train.precision`).
+two products follow the precision policy (:mod:`xgen_train.model.precision`).
 
 * ``"xla"`` (:func:`plain_attention`): materialises float32 ``[B, H, T, T]`` scores; fastest for short
   sequences on CPU, the reference.
@@ -14,7 +14,7 @@ two products follow the precision policy (:mod:`xgen_train.precision`).
   and the backward. Key blocks entirely above the causal diagonal are skipped (``lax.cond``).
 * ``"dot_product"`` (:func:`dot_product_attention`): ``jax.nn.dot_product_attention``: on GPU JAX picks the
   cuDNN (flash) implementation where it applies (bfloat16 operands), XLA's elsewhere. Its products take the policy's operand dtype but are
-  not routed through :func:`xgen_train.precision.matmul` (the library owns the kernel).
+  not routed through :func:`xgen_train.model.precision.matmul` (the library owns the kernel).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from xgen_train.precision import as_policy, matmul
+from xgen_train.model.precision import as_policy, matmul
 
 __all__ = ["ATTENTION_IMPLS", "attention", "chunked_attention", "dot_product_attention", "plain_attention",
            "segments_from_eos"]

@@ -1,6 +1,6 @@
 """Figure 1 of the XGen report (SPEC §4): cross-entropy over tokens seen, across the curriculum's sub-stages.
 
-Reads a run's ``metrics.jsonl`` (:mod:`xgen_train.trainer`): train records (``loss``, ``tokens_seen``),
+Reads a run's ``metrics.jsonl`` (:mod:`xgen_train.loop.trainer`): train records (``loss``, ``tokens_seen``),
 validation records (``"event": "val"``, ``val_loss``) and sub-stage switches (``"event": "switch"``).
 """
 from __future__ import annotations

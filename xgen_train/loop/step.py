@@ -9,7 +9,7 @@ donating arguments 0-2). ``metrics`` is a dict of device scalars that the loop m
 per step is needed): ``loss`` (float32, nats/token), ``grad_norm`` (float32, global L2 norm before
 clipping), ``spike`` (int32 0/1, SPEC §4 loss-spike rule), ``nonfinite`` (int32 0/1: loss or gradients not
 finite), ``skipped`` (int32 0/1: the update was not applied; params and optimizer state are returned
-unchanged); with a loss function that returns ``(loss, aux)`` (:func:`xgen_train.loss.make_loss_fn`) also
+unchanged); with a loss function that returns ``(loss, aux)`` (:func:`xgen_train.model.loss.make_loss_fn`) also
 ``objective`` (the differentiated loss, ``loss + z_loss * z``) and ``z_loss`` (mean ``logsumexp^2``), and
 ``loss`` is then ``aux["ce"]``, the cross-entropy.
 
@@ -150,8 +150,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
     Args:
         loss_fn: ``loss_fn(params, tokens) -> float32 scalar`` or ``-> (scalar, aux)`` with aux keys ``ce`` and
-            ``z`` (:func:`xgen_train.loss.make_loss_fn`).
-        optimizer: the optax transformation (clipping + AdamW, :func:`xgen_train.optimizer.make_optimizer`).
+            ``z`` (:func:`xgen_train.model.loss.make_loss_fn`).
+        optimizer: the optax transformation (clipping + AdamW, :func:`xgen_train.loop.optimizer.make_optimizer`).
         opts: spike rule and skip policy.
 
     Non-finite loss or gradients never reach the parameters: such an update is skipped (``skipped=1``,

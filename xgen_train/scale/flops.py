@@ -20,7 +20,7 @@ CPU there is no table entry: MFU is ``None`` unless a peak is given (``xgen trai
 """
 from __future__ import annotations
 
-from xgen_train.config import ModelConfig
+from xgen_train.model.config import ModelConfig
 
 __all__ = ["PEAK_FLOPS", "flops_per_token", "matmul_params", "mfu", "peak_flops"]
 

@@ -83,7 +83,7 @@ def get_config(name: str) -> ModelConfig:
 
 
 def count_parameters(cfg: ModelConfig) -> int:
-    """Exact number of parameters of :func:`xgen_train.model.build_model` for ``cfg`` (SPEC §3).
+    """Exact number of parameters of :func:`xgen_train.model.model.build_model` for ``cfg`` (SPEC §3).
 
     Embedding ``V*d`` + LM head ``V*d`` (untied) + per layer: q/k/v/o ``4*d*d``, gate/up/down
     ``3*d*i``, two RMSNorm gains ``2*d``; plus the final RMSNorm ``d``. No biases.

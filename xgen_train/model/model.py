@@ -15,9 +15,9 @@ reshaping is needed for export.
 Numerics (SPEC §3): parameters, residual stream, RMSNorm, rotary, softmax and the loss are float32.
 ``compute_dtype`` sets the operand dtype of the matrix multiplications (projections, ``QK^T``,
 ``PV``, LM head); with ``jnp.bfloat16`` operands are rounded to bfloat16 and products accumulate and
-return in float32 (``preferred_element_type``), in the backward pass too (:mod:`xgen_train.precision`); with
+return in float32 (``preferred_element_type``), in the backward pass too (:mod:`xgen_train.model.precision`); with
 ``float32`` every product sets ``Precision.HIGHEST``. The default is ``float32`` (exact reference numerics).
-Attention kernels live in :mod:`xgen_train.attention`; training (:mod:`xgen_train.loss`) uses
+Attention kernels live in :mod:`xgen_train.model.attention`; training (:mod:`xgen_train.model.loss`) uses
 :func:`llama_hidden` + :func:`lm_head_weight` so the LM head can run inside the chunked loss.
 
 Initialisation follows Hugging Face's ``LlamaPreTrainedModel``: every matrix ~ N(0, 0.02^2),
@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgen_train.attention import ATTENTION_IMPLS, attention
-from xgen_train.config import ModelConfig
-from xgen_train.precision import as_policy, linear
-from xgen_train.sharding import constrain_batch, gather_table
+from xgen_train.model.attention import ATTENTION_IMPLS, attention
+from xgen_train.model.config import ModelConfig
+from xgen_train.model.precision import as_policy, linear
+from xgen_train.scale.sharding import constrain_batch, gather_table
 
 INIT_STD = 0.02  # Hugging Face LlamaConfig.initializer_range
 
@@ -155,9 +155,9 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
             gather, so callers must validate data; the loader does not check ids).
         cfg: model shape.
         compute_dtype: matmul precision: ``"float32"``/``"bfloat16"`` or a
-            :class:`xgen_train.precision.PrecisionPolicy`.
+            :class:`xgen_train.model.precision.PrecisionPolicy`.
         positions: optional int ``[batch, seq]`` rotary positions; default ``0..seq-1``.
-        attention, attention_block: kernel of :mod:`xgen_train.attention` and its block size.
+        attention, attention_block: kernel of :mod:`xgen_train.model.attention` and its block size.
         remat: rematerialise each decoder block in the backward pass (``hk.remat``).
         segment_ids: optional int32 ``[batch, seq]`` document ids (attention stays inside a document).
     Returns:
@@ -238,7 +238,7 @@ def init_params(cfg: ModelConfig, rng: jax.Array | int = 0) -> hk.Params:
     """Fresh float32 parameters for ``cfg`` (SPEC §3 init as in HF: N(0, 0.02) matrices, unit norms).
 
     ``rng`` is a ``jax.random`` key or an int seed. Parameter count equals
-    :func:`xgen_train.config.count_parameters`.
+    :func:`xgen_train.model.config.count_parameters`.
     """
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)

@@ -15,7 +15,7 @@ Mesh spec (``xgen train --mesh``): ``"data=2,fsdp=2,tensor=2"``; axes not named 
 which takes the devices left over (so the default, ``None`` or ``""``, puts every device on ``data``).
 The product must equal the number of devices (``jax.device_count()``, over all hosts).
 
-Partition rules (:data:`PARAM_RULES`): a regex on the flat parameter name (:func:`xgen_train.model.
+Partition rules (:data:`PARAM_RULES`): a regex on the flat parameter name (:func:`xgen_train.model.model.
 flat_params`, e.g. ``model/layers_0/self_attn/q_proj/weight``) gives *logical* axes per dimension, and
 :data:`LOGICAL_AXES` maps logical axes to mesh axes (the logical-axis scheme of MaxText/levanter/t5x).
 Linear weights are PyTorch-layout ``[out, in]``:
@@ -46,7 +46,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from xgen_train.config import ModelConfig
+from xgen_train.model.config import ModelConfig
 
 __all__ = ["AXES", "LOGICAL_AXES", "PARAM_RULES", "MeshError", "batch_sharding", "check_batch", "check_divisible",
            "describe_mesh", "logical_axes", "make_mesh", "param_shardings", "param_specs", "parse_mesh",
@@ -167,7 +167,7 @@ def logical_axes(name: str, ndim: int) -> tuple[str, ...]:
             if len(axes) != ndim:
                 raise MeshError(f"partition rule {pattern!r} gives {len(axes)} axes for {name!r} of rank {ndim}")
             return axes
-    raise MeshError(f"no partition rule for parameter {name!r}: add one to xgen_train.sharding.PARAM_RULES")
+    raise MeshError(f"no partition rule for parameter {name!r}: add one to xgen_train.scale.sharding.PARAM_RULES")
 
 
 def _flat_name(path) -> str:
@@ -279,7 +279,7 @@ def gather_table(table: jax.Array) -> jax.Array:
 
 def constrain_batch(x: jax.Array) -> jax.Array:
     """Pin an activation ``[B, ...]`` to the batch layout (B over ``(data, fsdp)``, the rest whole) when traced
-    under a mesh context (``jax.set_mesh``, entered by :func:`xgen_train.trainer.jit_step`); unchanged otherwise.
+    under a mesh context (``jax.set_mesh``, entered by :func:`xgen_train.loop.trainer.jit_step`); unchanged otherwise.
 
     Used on the embedding output: its gather from ``embed_tokens [V, d]`` (sharded ``(tensor, fsdp)``) would
     otherwise leave ``d`` split over ``fsdp``, and under mixed fsdp/tensor meshes XLA could only reach the

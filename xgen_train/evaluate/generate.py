@@ -1,6 +1,6 @@
 """Text generation with a key/value cache: prefill the prompt once, then one jit'ed decode step per token.
 
-The cached forward (:func:`forward_cached`) is the LLaMA forward of :mod:`xgen_train.model` (SPEC §3)
+The cached forward (:func:`forward_cached`) is the LLaMA forward of :mod:`xgen_train.model.model` (SPEC §3)
 written as a pure function of the parameter dict, for a block of ``T`` new tokens at positions
 ``start .. start+T-1``: it writes their rotated keys and values into a fixed-size cache
 ``[n_layers, B, n_heads, S, head_dim]`` and attends to cache slots ``j <= position`` (later slots are
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgen_train.config import ModelConfig
-from xgen_train.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
+from xgen_train.model.config import ModelConfig
+from xgen_train.model.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
 
 __all__ = ["Generation", "forward_cached", "generate", "init_cache", "sample_next"]
 
@@ -48,7 +48,7 @@ def forward_cached(params, cfg: ModelConfig, tokens: jax.Array, start, cache: di
     """Logits of ``tokens`` placed at positions ``start ..``, reading and extending ``cache``.
 
     Args:
-        params: Haiku params ``{module: {name: array}}`` of :func:`xgen_train.model.build_model`.
+        params: Haiku params ``{module: {name: array}}`` of :func:`xgen_train.model.model.build_model`.
         tokens: int ``[B, T]``; ``start``: int scalar (may be traced), ``start + T <= S``.
         cache: from :func:`init_cache` (or a previous call); slots ``< start`` must hold the earlier tokens.
     Returns:
@@ -166,7 +166,7 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
     """Continue ``prompt`` with the model (batch of one).
 
     Args:
-        params, cfg: the model (Haiku layout, :mod:`xgen_train.model`).
+        params, cfg: the model (Haiku layout, :mod:`xgen_train.model.model`).
         prompt: token ids (at least one; XGen prepends no BOS, SPEC §1: start an empty text with EOS).
         max_new_tokens: at most this many new tokens (>= 1).
         temperature: 0 for greedy decoding; > 0 scales the logits before sampling.

@@ -1,8 +1,8 @@
 """How the trainer computes one update: precision, attention kernel, loss chunking, z-loss, remat, document
 masking, gradient accumulation, spike skipping (issue 9; SPEC §3 numerics, SPEC §4 loss spikes).
 
-:class:`NumericsOptions` is the one object ``xgen_train.trainer.train(numerics=...)`` takes; it does not
-import JAX at module import time beyond :mod:`xgen_train.precision`. :meth:`NumericsOptions.resolved` fixes the
+:class:`NumericsOptions` is the one object ``xgen_train.loop.trainer.train(numerics=...)`` takes; it does not
+import JAX at module import time beyond :mod:`xgen_train.model.precision`. :meth:`NumericsOptions.resolved` fixes the
 backend-dependent choices (``auto``) so the run config (``run.json``) records what actually ran, and a resume
 with different numerics is refused.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from xgen_train.precision import PRECISIONS, PrecisionPolicy, resolve_precision
+from xgen_train.model.precision import PRECISIONS, PrecisionPolicy, resolve_precision
 
 __all__ = ["ATTENTION_CHOICES", "NumericsOptions"]
 
@@ -24,13 +24,13 @@ class NumericsOptions:
 
     Attributes:
         precision: ``auto`` (bfloat16 on GPU/TPU, float32 on CPU), ``bf16``/``bfloat16``, ``f32``/``float32``
-            (:mod:`xgen_train.precision`).
+            (:mod:`xgen_train.model.precision`).
         attention: ``auto`` (``dot_product`` = cuDNN flash on GPU, ``chunked`` on TPU, ``xla`` on CPU),
             ``xla`` (full scores), ``chunked`` (online softmax, O(T * block) memory), ``dot_product``
-            (``jax.nn.dot_product_attention``) (:mod:`xgen_train.attention`).
+            (``jax.nn.dot_product_attention``) (:mod:`xgen_train.model.attention`).
         attention_block: query/key block of ``chunked`` attention (tokens).
         loss_chunk: positions per chunk of the fused LM-head + cross-entropy loop; ``0`` = full ``[B, L, V]``
-            logits (:mod:`xgen_train.loss`).
+            logits (:mod:`xgen_train.model.loss`).
         z_loss: weight of the PaLM z-loss ``mean(logsumexp^2)`` (0: off; PaLM used 1e-4).
         remat: rematerialise each decoder block in the backward pass (``hk.remat``): only block inputs are
             kept, the rest is recomputed (about one extra forward pass of compute).

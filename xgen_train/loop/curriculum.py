@@ -9,7 +9,7 @@ a manifest into consecutive :class:`Phase` s (one per sub-stage) on one global s
 * Budget: one pass over the sub-stage's train sequences (``n_sequences - validation_sequences`` in the
   manifest, i.e. its token budget less the held-out split). Steps of a sub-stage = ``floor(n_sequences / batch_size)``;
   the remaining ``n_sequences % batch_size`` sequences (less than one batch) are skipped, deterministically
-  the last ones of the seeded order (:meth:`xgen_train.data.ShardLoader.batch_at` for steps
+  the last ones of the seeded order (:meth:`xgen_train.loop.data.ShardLoader.batch_at` for steps
   ``0..steps-1``), and reported as ``skipped_sequences``.
 * Global update ``s`` belongs to the phase with ``start_step <= s < end_step`` and reads
   ``batch_at(seed, s - start_step)`` of that sub-stage; ``tokens_seen`` after it is the sum of the earlier

@@ -1,6 +1,6 @@
 """The pre-training loop (SPEC §4): one run walks the curriculum (every stage and sub-stage of the shards).
 
-Per global update ``s`` (0-based): phase ``plan.phase_of(s)`` (:mod:`xgen_train.curriculum`), batch
+Per global update ``s`` (0-based): phase ``plan.phase_of(s)`` (:mod:`xgen_train.loop.curriculum`), batch
 ``loader.batch_at(seed, s - phase.start_step)`` of that sub-stage -> loss = mean next-token cross-entropy of
 ``logits[:, :-1]`` against ``tokens[:, 1:]`` (float32, EOS tokens are ordinary targets, no masking) ->
 gradients -> global-norm clip -> AdamW with ``learning_rate(s)``: one warm-up + cosine schedule over the
@@ -8,12 +8,12 @@ whole run (SPEC §4), model and optimizer state carried across sub-stage switche
 
 * ``metrics.jsonl``: one JSON line per update, plus event lines (see :func:`train`).
 * ``run.json``: the run configuration (the part a resume must match) and the plan.
-* ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.checkpoint` (orbax + sha256 sidecar); every
+* ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.loop.checkpoint` (orbax + sha256 sidecar); every
   ``checkpoint_every`` updates, at the end, and on SIGTERM/SIGINT; the last ``keep_checkpoints`` kept.
-* ``loss.png``: Figure 1 (:mod:`xgen_train.lossplot`); ``summary.json``.
+* ``loss.png``: Figure 1 (:mod:`xgen_train.evaluate.lossplot`); ``summary.json``.
 
-The pieces are small on purpose (step function, :class:`xgen_train.curriculum.DataPosition`,
-:class:`xgen_train.checkpoint.CheckpointStore`, :func:`run_config` / :func:`config_differences`), so a
+The pieces are small on purpose (step function, :class:`xgen_train.loop.curriculum.DataPosition`,
+:class:`xgen_train.loop.checkpoint.CheckpointStore`, :func:`run_config` / :func:`config_differences`), so a
 precision policy, a device mesh or a chunked loss can replace one without touching the others.
 """
 from __future__ import annotations
@@ -36,24 +36,24 @@ import numpy as np
 import optax
 
 from xgen_data.store import fsutil
-from xgen_train.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
-                                   load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
-from xgen_train.config import ModelConfig, count_parameters, get_config
-from xgen_train.curriculum import Phase, make_plan
-from xgen_train.data import ShardLoader, load_manifest
-from xgen_train.loss import make_loss_fn as _make_numerics_loss
-from xgen_train.loss import next_token_loss
-from xgen_train.lossplot import plot_loss
-from xgen_train.model import init_params
-from xgen_train.numerics import NumericsOptions
-from xgen_train.optimizer import OptimizerConfig, learning_rate, make_optimizer
-from xgen_train.distributed import is_main_process, maybe_initialize, process_info
-from xgen_train.flops import flops_per_token, mfu
-from xgen_train.flops import peak_flops as peak_flops_of
-from xgen_train.sharding import (batch_sharding, check_batch, describe_mesh, make_mesh, param_shardings, put_global,
-                                 replicated, state_shardings)
-from xgen_train.step import StepOptions, init_monitor, monitor_from_history
-from xgen_train.step import make_train_step as _make_step
+from xgen_train.evaluate.lossplot import plot_loss
+from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
+                                        load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
+from xgen_train.loop.curriculum import Phase, make_plan
+from xgen_train.loop.data import ShardLoader, load_manifest
+from xgen_train.loop.numerics import NumericsOptions
+from xgen_train.loop.optimizer import OptimizerConfig, learning_rate, make_optimizer
+from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history
+from xgen_train.loop.step import make_train_step as _make_step
+from xgen_train.model.config import ModelConfig, count_parameters, get_config
+from xgen_train.model.loss import make_loss_fn as _make_numerics_loss
+from xgen_train.model.loss import next_token_loss
+from xgen_train.model.model import init_params
+from xgen_train.scale.distributed import is_main_process, maybe_initialize, process_info
+from xgen_train.scale.flops import flops_per_token, mfu
+from xgen_train.scale.flops import peak_flops as peak_flops_of
+from xgen_train.scale.sharding import (batch_sharding, check_batch, describe_mesh, make_mesh, param_shardings,
+                                       put_global, replicated, state_shardings)
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "SpikeDetector", "StopSignal", "config_differences", "make_eval_fn",
            "make_loss_fn", "make_train_step", "next_token_loss", "plot_loss", "run_config", "train"]
@@ -100,19 +100,19 @@ def make_train_step(model, optimizer: optax.GradientTransformation, opts: StepOp
                     shardings: tuple | None = None):
     """Jit'ed ``step(params, opt_state, monitor, tokens) -> (params, opt_state, monitor, metrics)``.
 
-    :func:`xgen_train.step.make_train_step` on this model's next-token loss, compiled with ``params``,
+    :func:`xgen_train.loop.step.make_train_step` on this model's next-token loss, compiled with ``params``,
     ``opt_state`` and ``monitor`` donated (do not reuse the arguments after the call). ``metrics`` holds
     device scalars ``loss``, ``grad_norm`` (before clipping), ``spike``, ``nonfinite``, ``skipped``.
 
     ``shardings``: ``(params, opt_state, replicated, batch)`` shardings over a device mesh
-    (:mod:`xgen_train.sharding`): inputs and outputs keep that layout (params and optimizer state stay
+    (:mod:`xgen_train.scale.sharding`): inputs and outputs keep that layout (params and optimizer state stay
     sharded across updates; monitor and metrics replicated); None: plain ``jax.jit`` on one device.
     """
     return jit_step(_make_step(make_loss_fn(model), optimizer, opts), shardings)
 
 
 def jit_step(fn, shardings: tuple | None = None):
-    """``jax.jit`` of an un-jitted :func:`xgen_train.step.make_train_step` function, donating params,
+    """``jax.jit`` of an un-jitted :func:`xgen_train.loop.step.make_train_step` function, donating params,
     optimizer state and monitor; ``shardings`` = ``(params, opt_state, replicated, batch)`` keeps inputs and
     outputs in that mesh layout (monitor and metrics replicated); None: plain one-device jit."""
     if shardings is None:
@@ -249,7 +249,7 @@ def resolve_init_on(init_on: str, cfg) -> str:
 
 
 def fresh_params(cfg, seed: int, shardings, where: str):
-    """A fresh random init (:func:`xgen_train.model.init_params`, SPEC §3) laid out as ``shardings``.
+    """A fresh random init (:func:`xgen_train.model.model.init_params`, SPEC §3) laid out as ``shardings``.
 
     ``host``: drawn op by op on the host CPU, then sent out shard by shard (:func:`put_global`): the same
     values whatever the mesh or chip; needs a full float32 host copy. ``device``: one jitted init with
@@ -283,9 +283,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
-        shards_dir: ``xgen-shards`` directory (see :mod:`xgen_train.data`).
+        shards_dir: ``xgen-shards`` directory (see :mod:`xgen_train.loop.data`).
         out_dir: output folder (created).
-        config_name: key of :data:`xgen_train.config.CONFIGS`.
+        config_name: key of :data:`xgen_train.model.config.CONFIGS`.
         steps: stop after this many updates in total (a cap; default: the whole plan). Does not change the
             learning-rate schedule, so a later ``--resume`` with a larger ``steps`` continues it smoothly.
         batch_size, batch_tokens: sequences per update (constant), or tokens per update (constant across
@@ -295,7 +295,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         seed: data-order seed of ``batch_at(seed, step)``; also the init seed unless ``init_seed``.
         stage, substage: train only these (default: every stage and sub-stage, in manifest order).
         budget_fraction: train on this fraction of every sub-stage's budget (default 1: one full pass);
-            :func:`xgen_train.curriculum.make_plan`.
+            :func:`xgen_train.loop.curriculum.make_plan`.
         log_every: fetch the device-side metrics every N updates (one transfer; no host sync in between), then
             write their ``metrics.jsonl`` lines (one per update) and refresh the progress bar / log line.
         total_steps: schedule length (default: the plan's total updates); the rate ends at
@@ -305,7 +305,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             ``numerics.precision`` (default None: ``numerics.precision``, whose ``auto`` is float32 on CPU,
             bfloat16 on GPU/TPU). Giving both with different values is a ValueError.
         init: start from these params instead of a random init: an xgen run/checkpoint folder or a Hugging
-            Face folder (:func:`xgen_train.checkpoint.load_init`); optimizer state starts fresh.
+            Face folder (:func:`xgen_train.loop.checkpoint.load_init`); optimizer state starts fresh.
         checkpoint_every: also checkpoint every N updates (0: only at the end / on a signal).
         keep_checkpoints: keep the newest K complete checkpoints.
         resume: ``True`` = latest complete checkpoint under ``out_dir/checkpoints``; a path = that
@@ -314,18 +314,18 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         eval_every: validation loss every N updates (0: only at each sub-stage end and at the run's end), on
             the first ``eval_sequences`` held-out sequences of the current sub-stage (its
             ``"split": "validation"`` shards; skipped when it has none).
-        verify: shard checks (:class:`xgen_train.data.ShardLoader`): None = each shard's sha256 when first read;
+        verify: shard checks (:class:`xgen_train.loop.data.ShardLoader`): None = each shard's sha256 when first read;
             True = every sha256 and the token range up front; False = no sha256 check.
         progress, plot: tqdm bar on stderr; write ``loss.png`` (Figure 1).
         spike_window, spike_std: loss-spike rule (SPEC §4 Choice: 128 steps, 6 std).
         stop: a :class:`StopSignal` to watch (default: one installed for the duration of the call).
-        numerics: :class:`xgen_train.numerics.NumericsOptions`: precision policy, attention kernel, chunked
+        numerics: :class:`xgen_train.loop.numerics.NumericsOptions`: precision policy, attention kernel, chunked
             loss, z-loss, remat, document masking (EOS id from the manifest), gradient accumulation, spike skip
             (default: all defaults). Resolved for the backend and recorded in ``run.json`` (``compute_dtype``
             = the precision, ``numerics`` = the rest), so a resume with other numerics is refused.
-        mesh: device mesh spec, e.g. ``"data=2,fsdp=2,tensor=2"`` (:func:`xgen_train.sharding.parse_mesh`;
+        mesh: device mesh spec, e.g. ``"data=2,fsdp=2,tensor=2"`` (:func:`xgen_train.scale.sharding.parse_mesh`;
             default: every device on ``data``). Not part of the run config: a resume may use another mesh.
-        peak_flops: peak FLOP/s of one chip for MFU (default: :data:`xgen_train.flops.PEAK_FLOPS` by device
+        peak_flops: peak FLOP/s of one chip for MFU (default: :data:`xgen_train.scale.flops.PEAK_FLOPS` by device
             kind; on a CPU MFU is then null).
         init_on: where a fresh random init is drawn (:func:`fresh_params`): ``host``, ``device`` or ``auto``
             (host up to :data:`HOST_INIT_MAX_BYTES` of float32 parameters, else device). Not part of the run
@@ -337,12 +337,12 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     checkpoint, at a sub-stage end and at the end; ``seconds``/``tokens_per_second``/``mfu`` of the updates
     of one such group are the group's average. A non-finite loss is seen when its group is fetched (the step
     itself never applies such an update); the records up to it are written, then FloatingPointError.
-    Multi-host (:mod:`xgen_train.distributed`): every process runs this function; only process 0 writes files.
+    Multi-host (:mod:`xgen_train.scale.distributed`): every process runs this function; only process 0 writes files.
 
     ``metrics.jsonl``: per update ``step`` (0-based global update index), ``loss`` (nats/token), ``lr``,
     ``grad_norm`` (pre-clip), ``tokens_seen`` (true cumulative count over the sub-stages), ``stage``,
     ``substage``, ``seq_len``, ``seconds``, ``elapsed_seconds``, ``tokens_per_second``, ``epoch`` (fraction of
-    the sub-stage's pass), ``spike``, ``skipped``, ``nonfinite``, ``mfu`` (:mod:`xgen_train.flops`; null without
+    the sub-stage's pass), ``spike``, ``skipped``, ``nonfinite``, ``mfu`` (:mod:`xgen_train.scale.flops`; null without
     a known peak). Event lines carry ``event``: ``"start"``/``"switch"`` (``step`` = first
     update of the new sub-stage, ``tokens_seen`` before it, ``from``/``to``), ``"val"`` (``step`` = the
     update it follows, ``val_loss``, ``val_sequences``), ``"stop"`` (signal).
@@ -733,7 +733,7 @@ def _resolve_numerics(numerics: NumericsOptions | None, compute_dtype: str | Non
     """``numerics`` with ``compute_dtype`` folded in, ``eos_id`` from the manifest (doc masking), resolved."""
     import dataclasses
 
-    from xgen_train.precision import as_policy
+    from xgen_train.model.precision import as_policy
 
     num = numerics or NumericsOptions()
     if compute_dtype is not None:

@@ -20,7 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from xgen_train.precision import as_policy, matmul
+from xgen_train.model.precision import as_policy, matmul
 
 __all__ = ["chunked_next_token_loss", "next_token_loss", "shifted_targets"]
 
@@ -135,7 +135,7 @@ def chunked_next_token_loss(h: jax.Array, w: jax.Array, tokens: jax.Array, chunk
         chunk: positions per chunk of the LM-head loop (``<= 0``: one chunk); ``B*L`` is padded up to a
             multiple with weight-0 rows.
         z_loss: weight of ``mean(logsumexp^2)`` (PaLM z-loss).
-        policy: precision of the LM-head products (:mod:`xgen_train.precision`).
+        policy: precision of the LM-head products (:mod:`xgen_train.model.precision`).
         return_aux: also return ``{"ce", "z"}`` (float32 scalars; no gradient flows through them).
     Returns:
         ``loss`` (float32 scalar, ``ce + z_loss * z``) or ``(loss, aux)``; equals :func:`next_token_loss` on
@@ -156,8 +156,8 @@ def make_loss_fn(cfg, numerics=None):
     """``loss_fn(params, tokens int32 [B, L]) -> (loss, aux)`` of the model under ``numerics``.
 
     Args:
-        cfg: :class:`xgen_train.config.ModelConfig`.
-        numerics: :class:`xgen_train.numerics.NumericsOptions` (default: all defaults); ``auto`` choices are
+        cfg: :class:`xgen_train.model.config.ModelConfig`.
+        numerics: :class:`xgen_train.loop.numerics.NumericsOptions` (default: all defaults); ``auto`` choices are
             resolved for the current backend.
     Returns:
         a pure function: ``loss`` float32 scalar (``ce + z_loss * z``, the objective that is differentiated) and
@@ -168,9 +168,9 @@ def make_loss_fn(cfg, numerics=None):
     """
     import haiku as hk
 
-    from xgen_train.attention import segments_from_eos
-    from xgen_train.model import linear_logits, llama_hidden, lm_head_weight
-    from xgen_train.numerics import NumericsOptions
+    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.model.attention import segments_from_eos
+    from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
 
     num = (numerics or NumericsOptions()).resolved()
     if num.doc_mask and num.eos_id is None:

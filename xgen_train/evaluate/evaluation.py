@@ -185,8 +185,8 @@ def trained_seq_len(run: str | os.PathLike) -> int | None:
             for value in obj:
                 walk(value)
 
-    from xgen_train.checkpoint import CheckpointError, read_meta
-    from xgen_train.hf import _run_source
+    from xgen_train.export.hf import _run_source
+    from xgen_train.loop.checkpoint import CheckpointError, read_meta
 
     for f in (run / "run.json", run / "summary.json"):
         if f.is_file():
@@ -270,7 +270,7 @@ def ppl_by_position(params, cfg, docs: list[np.ndarray], batch_size: int | None 
     """Mean next-token cross-entropy at each position over equal-length documents (Figure 2, SPEC §4).
 
     Args:
-        params, cfg: the model (:mod:`xgen_train.model`).
+        params, cfg: the model (:mod:`xgen_train.model.model`).
         docs: int arrays, all of length ``N <= cfg.max_positions`` (from :func:`long_documents`).
         batch_size: documents per forward pass (default: about 4,096 tokens per batch).
     Raises:
@@ -279,7 +279,7 @@ def ppl_by_position(params, cfg, docs: list[np.ndarray], batch_size: int | None 
     import jax
     import jax.numpy as jnp
 
-    from xgen_train.model import build_model
+    from xgen_train.model.model import build_model
 
     if not docs:
         raise ValueError("no documents to evaluate")

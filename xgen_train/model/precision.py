@@ -2,7 +2,7 @@
 multiplications in bfloat16").
 
 A :class:`PrecisionPolicy` fixes the operand dtype of every matrix multiplication; everything else is float32
-by construction in :mod:`xgen_train.model` and :mod:`xgen_train.loss` (parameters, optimizer state, residual
+by construction in :mod:`xgen_train.model.model` and :mod:`xgen_train.model.loss` (parameters, optimizer state, residual
 stream, RMSNorm, rotary, softmax, loss):
 
 * ``bfloat16``: operands rounded to bfloat16, products accumulated and returned in float32

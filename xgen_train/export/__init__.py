@@ -1,0 +1,1 @@
+"""Export and import: the Hugging Face LlamaForCausalLM folder and its tokenizer.json."""
