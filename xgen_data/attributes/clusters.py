@@ -170,9 +170,9 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     v = np.asarray(v, dtype=np.int64)
     if not len(u):
         return label, 0
-    a, b = np.minimum(u, v), np.maximum(u, v)
-    ab = np.unique(np.stack([a, b], axis=1), axis=0)
-    a, b = ab[:, 0], ab[:, 1]
+    key = np.unique(np.minimum(u, v) * n + np.maximum(u, v))  # distinct pairs sorted by (a, b); n < 2^31
+    a, b = key // n, key % n
+    del key
     est = estimated_jaccard(sig, a, b)
     ok = est >= threshold
     a, b, est = a[ok], b[ok], est[ok]
