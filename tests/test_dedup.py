@@ -895,3 +895,11 @@ def test_sig_store_reads_rows_across_parts(tmp_path):
     np.save(paths[1], mats[1][:4])  # a matrix that does not match its part is an error, not wrong rows
     with pytest.raises(RuntimeError, match="does not match its part"):
         store.rows(np.array([6]))
+
+
+def test_merge_distinct_equals_union1d():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        key = np.unique(rng.integers(0, 500, size=int(rng.integers(0, 60)))).astype(np.int64)
+        new = rng.integers(0, 500, size=int(rng.integers(0, 60))).astype(np.int64)
+        assert np.array_equal(dedup._merge_distinct(key, new), np.union1d(key, new))

@@ -170,7 +170,8 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     v = np.asarray(v, dtype=np.int64)
     if not len(u):
         return label, 0
-    key = np.unique(np.minimum(u, v) * n + np.maximum(u, v))  # distinct pairs sorted by (a, b); n < 2^31
+    key = np.sort(np.minimum(u, v) * n + np.maximum(u, v))  # pairs sorted by (a, b); n < 2^31
+    key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # distinct (np.unique would hash them all)
     a, b = key // n, key % n
     del key
     est = estimated_jaccard(sig, a, b)
