@@ -1,5 +1,6 @@
 """Filters (SPEC §2) and the SQL views over corpus statistics."""
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -204,20 +205,33 @@ def test_documents_view_joins_attributes_by_position(tmp_path, monkeypatch):
                            ).fetchone()[0] == want_pass
 
 
-def test_attribute_file_out_of_step_with_its_part_is_named(corpus_copy):
-    from xgen_data.mixing import decisions
-    from xgen_data.store.corpus import Corpus, DamagedAttributeError
-
-    corpus = Corpus(corpus_copy)
-    parts = corpus.parts()
-    assert len(parts) >= 2
-    meta = [v for v in corpus.read_meta()["attributes"].values() if v["step"] == "license"][0]
-    files = [f for _, f in corpus.attribute_files("license", meta["params"])]
+@pytest.mark.parametrize("tamper", ["reverse", "drop"])
+def test_attribute_file_out_of_step_with_its_part_is_damaged(corpus_copy, tamper):
+    # rows reordered (or one dropped) and the file's sha256 re-recorded by hand: the checksum alone would
+    # pass, but the view pairs rows by position, so the ids are checked against the part's, in order
     import pyarrow.parquet as pq
 
-    rows = [pq.ParquetFile(p.path).metadata.num_rows for p in parts]
-    decisions._check_aligned(rows, files, parts)  # as written: in step
-    swapped = [files[1], files[0]] + files[2:]
-    assert rows[0] != rows[1]
-    with pytest.raises(DamagedAttributeError, match=r"attribute file .*holds .* rows but its part .* holds"):
-        decisions._check_aligned(rows, swapped, parts)
+    from xgen_data.store import fsutil
+    from xgen_data.store.corpus import Corpus, DamagedAttributeError
+    from xgen_data.store.verify import verify_corpus
+
+    corpus = Corpus(corpus_copy)
+    key, state = next((k, v) for k, v in corpus.read_meta()["attributes"].items() if v["step"] == "license")
+    path = next(f for p, f in corpus.attribute_files("license", state["params"])
+                if p.subset == "code" and pq.ParquetFile(f).metadata.num_rows > 2)
+    rel = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))
+    t = pq.read_table(path)
+    t = t.take(list(range(t.num_rows))[::-1]) if tamper == "reverse" else t.slice(1)
+    pq.write_table(t, path)
+    meta = corpus.read_meta()
+    meta["attributes"][key]["files"][rel] = fsutil.sha256_file(path)
+    corpus.write_meta(meta)
+    why = "is out of step with its part" if tamper == "reverse" else "rows but its part"
+    bad = [c for c in verify_corpus(corpus_copy) if c.status == "damaged"]
+    assert [c.path for c in bad] == [path] and why in bad[0].detail
+    with pytest.raises(DamagedAttributeError, match=why) as err:
+        sql.connect(corpus_copy, quiet=True)
+    assert path in str(err.value)
+    filters.run_filters(corpus_copy)  # the damaged set is not current: computed again
+    assert not [c for c in verify_corpus(corpus_copy) if c.status == "damaged"]
+    assert sql.connect(corpus_copy, quiet=True).execute("SELECT count(*) FROM documents").fetchone()[0] > 0

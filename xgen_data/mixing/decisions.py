@@ -32,8 +32,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
-
 from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
 
 REASON_SHORT = "too_few_tokens"
@@ -147,27 +145,12 @@ def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str
         return None
 
 
-def _check_aligned(part_rows: list[int], files: list[str], parts) -> None:
-    """Attribute files must hold one row per document of their part (every step writes them so, in the part's
-    order): the documents view joins them by position (``POSITIONAL JOIN``: no hash table over the corpus, so
-    its memory does not grow with the corpus). Compares the Parquet footers' row counts.
-
-    Raises:
-        DamagedAttributeError: naming the first file whose row count differs from its part's.
-    """
-    for n, f, part in zip(part_rows, files, parts):
-        m = pq.ParquetFile(f).metadata.num_rows
-        if m != n:
-            raise DamagedAttributeError(f"attribute file {f} holds {m:,} rows but its part {part.path} holds {n:,}: "
-                                        "recompute the attributes (xgen filter / xgen dedup)")
-
-
 def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
     """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
 
-    Parts are joined with their attribute files by position (``POSITIONAL JOIN``; row counts are checked
-    first, :func:`_check_aligned`), so no hash table over all documents is built: memory does not grow with
-    the corpus. The dedup keep rule joins each document with its cluster's kept copy (one row per cluster);
+    Parts are joined with their attribute files by position (``POSITIONAL JOIN``; a committed file whose ids
+    are not its part's, in order, is damaged: :meth:`xgen_data.store.corpus.Corpus.attribute_files`), so no hash
+    table over all documents is built: memory does not grow with the corpus. The dedup keep rule joins each document with its cluster's kept copy (one row per cluster);
     :func:`xgen_data.stats.sql.connect` keeps DuckDB from building that join's hash table on the documents side.
 
     Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
@@ -184,7 +167,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         ``(sql, warnings)``.
     Raises:
         CorpusError: ``strict`` and an attribute set the decisions need is missing or out of date.
-        DamagedAttributeError: an attribute file's row count differs from its part's (:func:`_check_aligned`).
+        DamagedAttributeError: an attribute file is missing, damaged or out of step with its part.
     """
     from xgen_data.attributes.dedup import LICENSE_TIERS
 
@@ -224,7 +207,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     ctes = [f"""d AS NOT MATERIALIZED (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part,
             file_row_number AS row
         FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
-    joins = []  # positional joins: attribute files are row-aligned with their parts (_check_aligned)
+    joins = []  # positional joins: attribute files are row-aligned with their parts (Corpus.attribute_files)
     labels = [s for s, p in policies.items() if p["labels_must_agree"]]
     copies = bool(ded and labels and lf)  # strict: exact copies under different labels fail too
     if copies:
@@ -252,9 +235,6 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     from xgen_data.attributes import languages
 
     gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
-    part_rows = [pq.ParquetFile(p.path).metadata.num_rows for p in parts]
-    for files in dict.fromkeys(tuple(f) for f in (lf, ld, gf, uf) if f):
-        _check_aligned(part_rows, list(files), parts)
     if gf:
         ctes.append(f"""g AS NOT MATERIALIZED (SELECT language, language_detected, language_how,
             language_is_code, language_disagrees FROM read_parquet({_qlist(gf)}))""")

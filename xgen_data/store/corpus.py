@@ -91,6 +91,38 @@ def file_sha256(path: str) -> str:
     return _SHA_CACHE[key]
 
 
+_ALIGN_CACHE: dict[tuple, str | None] = {}  # (attribute file stat key, part stat key) -> problem, per process
+
+
+def _stat_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def attribute_rows_problem(attr_path: str, part_path: str) -> str | None:
+    """Why an attribute file is not row-aligned with its part, or None when it is.
+
+    Every step writes one attribute row per document of the part, in the part's order, with the document's
+    ``id``; readers (the ``documents`` view) pair them by position, so this compares the two ``id`` columns
+    (count and order). Cached per process while both files' size, mtime and inode are unchanged.
+    """
+    import pyarrow.parquet as pq
+
+    key = (_stat_key(attr_path), _stat_key(part_path))
+    if key not in _ALIGN_CACHE:
+        got = pq.read_table(attr_path, columns=["id"]).column("id")
+        want = pq.read_table(part_path, columns=["id"]).column("id")
+        if len(got) != len(want):
+            _ALIGN_CACHE[key] = f"holds {len(got):,} rows but its part {part_path} holds {len(want):,}"
+        elif not got.equals(want):
+            at = next(i for i, (a, b) in enumerate(zip(got.to_pylist(), want.to_pylist())) if a != b)
+            _ALIGN_CACHE[key] = f"is out of step with its part {part_path} (row {at}: id {got[at].as_py()!r}, part " \
+                                f"has {want[at].as_py()!r})"
+        else:
+            _ALIGN_CACHE[key] = None
+    return _ALIGN_CACHE[key]
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
 _NAME_NO_DOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,99}$")
 ATTRIBUTES = "attributes"
@@ -351,15 +383,19 @@ class Corpus:
 
     def _damaged_attribute_files(self, step: str, params: dict, state: dict) -> list[tuple[str, str]]:
         """``(path, what)`` for each file of the committed set whose bytes are missing or differ from the
-        SHA-256 recorded at commit (hashes cached per process by size, mtime and inode)."""
+        SHA-256 recorded at commit, or whose rows are not its part's documents in order
+        (:func:`attribute_rows_problem`; checks cached per process by size, mtime and inode)."""
         gen = os.path.join(self.root, ATTRIBUTES, step, params_hash(params), state["generation"])
         out = []
         for rel, want in state.get("files", {}).items():
             path = os.path.join(gen, rel)
+            part = os.path.join(self.root, "docs", rel)
             if not os.path.exists(path):
                 out.append((path, "is missing"))
             elif (got := file_sha256(path)) != want:
                 out.append((path, f"is damaged (sha256 {got[:12]}…, recorded {want[:12]}…)"))
+            elif os.path.exists(part) and (why := attribute_rows_problem(path, part)):
+                out.append((path, why))
         return out
 
     def new_generation(self, step: str, params: dict) -> str:

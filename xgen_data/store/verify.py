@@ -6,8 +6,9 @@ Checked (:func:`verify_corpus`):
   ingested before SHA-256s were recorded is ``unrecorded``; ``record=True`` hashes and records it (under the
   corpus lock), trusting its current bytes.
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
-  (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`); a set computed from other part contents is reported
-  ``stale`` (not damage: the recipe flow recomputes it).
+  (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`), and the ids of each file of a current set against
+  its part's, in order (the ``documents`` view pairs them by position); a set computed from other part
+  contents is reported ``stale`` (not damage: the recipe flow recomputes it).
 * ``shards``: each registered shards folder's ``manifest.json`` against its own ``manifest_sha256`` (an edited
   manifest is ``damaged``, naming the file; one written before the field existed is ``unrecorded``), and every
   shard's size and SHA-256 in it, and its ``.idx.parquet`` index's SHA-256 (``index_sha256``;
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from xgen_data.shards import shard_format as shards
 from xgen_data.store import fsutil
-from xgen_data.store.corpus import ATTRIBUTES, Corpus, params_hash
+from xgen_data.store.corpus import ATTRIBUTES, Corpus, attribute_rows_problem, params_hash
 
 DAMAGE = ("damaged", "missing")
 
@@ -87,6 +88,11 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                     bad = True
                 elif fsutil.sha256_file(path) != want:
                     out.append(Check("attributes", path, "damaged", f"attribute set {key}; recompute it "
+                                     "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
+                    bad = True
+                elif not stale and os.path.exists(part := os.path.join(corpus.root, "docs", rel)) \
+                        and (why := attribute_rows_problem(path, part)):
+                    out.append(Check("attributes", path, "damaged", f"{why}; attribute set {key}; recompute it "
                                      "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
                     bad = True
             if not bad:
