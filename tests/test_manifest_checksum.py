@@ -110,12 +110,14 @@ def test_an_edited_manifest_fails_to_read_and_to_verify(built, edit):
     assert shards.verify(out) == []
 
 
-def test_a_malformed_checksum_field_is_an_error_naming_the_file(built):
-    _, out = built
-    _rewrite(out, lambda m: m.update(manifest_sha256=12))
+@pytest.mark.parametrize("value", [12, None, ""])
+def test_a_malformed_checksum_field_is_an_error_naming_the_file(built, value):
+    corpus, out = built
+    _rewrite(out, lambda m: m.update(manifest_sha256=value, plan={}))  # null is an edit, not an old manifest
     with pytest.raises(shards.ManifestChecksumError, match="must be a 64-digit lowercase hex string") as err:
         shards.read_manifest(out)
     assert _manifest_path(out) in str(err.value)
+    assert [c.status for c in _verify_rows(corpus, out)] == ["damaged"]
 
 
 def test_a_manifest_written_before_the_field_reads_with_a_warning(built, capsys):

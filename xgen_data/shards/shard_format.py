@@ -156,13 +156,13 @@ def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> di
 
 
 def _check_self_sha256(path: str, manifest: dict) -> None:
-    want = manifest.get(MANIFEST_SHA256)
-    if want is None:
+    if MANIFEST_SHA256 not in manifest:  # present but null is an edit, not an old manifest
         if path not in _warned_unchecked:
             _warned_unchecked.add(path)
             print(f"warning: {path} has no {MANIFEST_SHA256} (written by an older xgen): edits of the manifest "
                   "itself are not detected; rebuild the shards with `xgen mix build` to record it", file=sys.stderr)
         return
+    want = manifest[MANIFEST_SHA256]
     if not (isinstance(want, str) and len(want) == 64 and all(c in "0123456789abcdef" for c in want)):
         raise ManifestChecksumError(f"{path}: {MANIFEST_SHA256} must be a 64-digit lowercase hex string, got "
                                     f"{want!r} (the manifest was edited or damaged; rebuild the shards with "
