@@ -344,3 +344,19 @@ def test_reingest_repairs_damaged_parts(tmp_path, damage):
     assert entry["part_sha256"] == recorded == {os.path.basename(part): fsutil.sha256_file(part)}
     assert sql.connect(root).execute("SELECT id, text, n_tokens FROM documents ORDER BY id").fetchall() == before
     assert ingest.ingest(root, [(src, None)], workers=1, progress=False)[0].status == "unchanged"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_empty_compressed_file_is_a_truncated_stream(tmp_path, fmt):
+    # a 0-byte .gz / .zst holds no member at all (gzip -t rejects it): a cut download, never an empty corpus
+    src = tmp_path / "raw" / f"code.{fmt}"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(b"")
+    root = tmp_path / "c"
+    res = _invoke(["ingest", "--corpus", str(root), str(src)])
+    assert res.exit_code != 0
+    assert f"{src}:1: corrupt or truncated {fmt} stream; no complete line could be read: empty file" in res.output
+    nxt = _jsonl(tmp_path / "raw" / "instruct.jsonl", [json.loads(x) for x in _lines("instruct.jsonl", 5)])
+    res = _invoke(["ingest", "--corpus", str(root), "--on-error", "skip", "--quiet", str(src), str(nxt)])
+    assert res.exit_code == 0, res.output
+    assert "truncated_stream=1" in res.output and len(_part_ids(root, "instruct")) == 5

@@ -263,13 +263,14 @@ def _decoded_chunks(raw, new_decoder, unit: str) -> Iterator[bytes]:
 
     Unlike :class:`gzip.GzipFile`, which drops the chunk it was decoding when the stream ends early, every
     complete line before a truncation reaches the reader. ``new_decoder()`` returns an object with
-    ``decompress``, ``eof`` and ``unused_data`` (zlib's and zstandard's decompress objects). An empty file
-    holds no member, hence no records; a truncated last member raises ``EOFError`` naming ``unit``.
+    ``decompress``, ``eof`` and ``unused_data`` (zlib's and zstandard's decompress objects). A truncated last
+    member raises ``EOFError`` naming ``unit``, and so does an empty file (no member at all: ``gzip -t`` and
+    ``zstd -t`` reject it too; most often a download or copy that was cut before its first byte).
     """
     obj = new_decoder()
     pending = raw.read(_CHUNK)
     if not pending:
-        return
+        raise EOFError(f"empty file: not even one {unit} (truncated file?)")
     while True:
         data = pending or raw.read(_CHUNK)
         pending = b""
