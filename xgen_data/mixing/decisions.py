@@ -148,9 +148,9 @@ def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str
 def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
     """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
 
-    Parts are joined with their attribute files by position (``POSITIONAL JOIN``; a committed file whose ids
-    are not its part's, in order, is damaged: :meth:`xgen_data.store.corpus.Corpus.attribute_files`), so no hash
-    table over all documents is built: memory does not grow with the corpus. The dedup keep rule joins each document with its cluster's kept copy (one row per cluster);
+    Parts are joined with their attribute files by position (``POSITIONAL JOIN``; a committed file whose row
+    count is not its part's is damaged: :meth:`xgen_data.store.corpus.Corpus.attribute_files`), so no hash table
+    over all documents is built: memory does not grow with the corpus. The dedup keep rule joins each document with its cluster's kept copy (one row per cluster);
     :func:`xgen_data.stats.sql.connect` keeps DuckDB from building that join's hash table on the documents side.
 
     Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the

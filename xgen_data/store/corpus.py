@@ -99,27 +99,31 @@ def _stat_key(path: str) -> tuple:
     return (path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def attribute_rows_problem(attr_path: str, part_path: str) -> str | None:
+def attribute_rows_problem(attr_path: str, part_path: str, ids: bool = False) -> str | None:
     """Why an attribute file is not row-aligned with its part, or None when it is.
 
     Every step writes one attribute row per document of the part, in the part's order, with the document's
-    ``id``; readers (the ``documents`` view) pair them by position, so this compares the two ``id`` columns
-    (count and order). Cached per process while both files' size, mtime and inode are unchanged.
+    ``id``; readers (the ``documents`` view) pair them by position. Compares the row counts (Parquet footers:
+    cheap, every reader) and, with ``ids``, the two ``id`` columns in order (reads them: ``xgen verify``; a
+    reordered file needs a hand-edited registry checksum to get this far). Cached per process while both
+    files' size, mtime and inode are unchanged.
     """
     import pyarrow.parquet as pq
 
-    key = (_stat_key(attr_path), _stat_key(part_path))
+    key = (_stat_key(attr_path), _stat_key(part_path), ids)
     if key not in _ALIGN_CACHE:
-        got = pq.read_table(attr_path, columns=["id"]).column("id")
-        want = pq.read_table(part_path, columns=["id"]).column("id")
-        if len(got) != len(want):
-            _ALIGN_CACHE[key] = f"holds {len(got):,} rows but its part {part_path} holds {len(want):,}"
-        elif not got.equals(want):
-            at = next(i for i, (a, b) in enumerate(zip(got.to_pylist(), want.to_pylist())) if a != b)
-            _ALIGN_CACHE[key] = f"is out of step with its part {part_path} (row {at}: id {got[at].as_py()!r}, part " \
-                                f"has {want[at].as_py()!r})"
-        else:
-            _ALIGN_CACHE[key] = None
+        n_got, n_want = pq.ParquetFile(attr_path).metadata.num_rows, pq.ParquetFile(part_path).metadata.num_rows
+        problem = None
+        if n_got != n_want:
+            problem = f"holds {n_got:,} rows but its part {part_path} holds {n_want:,}"
+        elif ids:
+            got = pq.read_table(attr_path, columns=["id"]).column("id")
+            want = pq.read_table(part_path, columns=["id"]).column("id")
+            if not got.equals(want):
+                at = next(i for i, (a, b) in enumerate(zip(got.to_pylist(), want.to_pylist())) if a != b)
+                problem = (f"is out of step with its part {part_path} (row {at}: id {got[at].as_py()!r}, the part "
+                           f"has {want[at].as_py()!r})")
+        _ALIGN_CACHE[key] = problem
     return _ALIGN_CACHE[key]
 
 
@@ -383,8 +387,8 @@ class Corpus:
 
     def _damaged_attribute_files(self, step: str, params: dict, state: dict) -> list[tuple[str, str]]:
         """``(path, what)`` for each file of the committed set whose bytes are missing or differ from the
-        SHA-256 recorded at commit, or whose rows are not its part's documents in order
-        (:func:`attribute_rows_problem`; checks cached per process by size, mtime and inode)."""
+        SHA-256 recorded at commit, or whose row count is not its part's (:func:`attribute_rows_problem`;
+        checks cached per process by size, mtime and inode)."""
         gen = os.path.join(self.root, ATTRIBUTES, step, params_hash(params), state["generation"])
         out = []
         for rel, want in state.get("files", {}).items():

@@ -7,7 +7,7 @@ Checked (:func:`verify_corpus`):
   corpus lock), trusting its current bytes.
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
   (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`), and the ids of each file of a current set against
-  its part's, in order (the ``documents`` view pairs them by position); a set computed from other part
+  its part's, in order (the ``documents`` view pairs them by position; readers check only the row counts); a set computed from other part
   contents is reported ``stale`` (not damage: the recipe flow recomputes it).
 * ``shards``: each registered shards folder's ``manifest.json`` against its own ``manifest_sha256`` (an edited
   manifest is ``damaged``, naming the file; one written before the field existed is ``unrecorded``), and every
@@ -91,9 +91,9 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                                      "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
                     bad = True
                 elif not stale and os.path.exists(part := os.path.join(corpus.root, "docs", rel)) \
-                        and (why := attribute_rows_problem(path, part)):
-                    out.append(Check("attributes", path, "damaged", f"{why}; attribute set {key}; recompute it "
-                                     "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
+                        and (why := attribute_rows_problem(path, part, ids=True)):
+                    out.append(Check("attributes", path, "damaged", f"{why}; attribute set {key}; delete {gen} "
+                                     "and recompute it (xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
                     bad = True
             if not bad:
                 out.append(Check("attributes", gen, "stale" if stale else "ok",
