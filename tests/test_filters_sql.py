@@ -181,7 +181,8 @@ def test_documents_view_joins_attributes_by_position(tmp_path, monkeypatch):
         flist = "[" + ", ".join(repr(f) for f in files) + "]"
         on = " OR ".join(f"a.{c} IS DISTINCT FROM d.{c}" for c in cols)
         bad, n = con.execute(f"""SELECT count(*) FILTER ({on}), count(*) FROM documents d JOIN
-            (SELECT *, regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS subset FROM read_parquet({flist}, filename=true)) a
+            (SELECT *, regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS subset
+             FROM read_parquet({flist}, filename=true)) a
             ON a.id = d.id AND a.subset = d.subset""").fetchone()
         total = con.execute("SELECT count(*) FROM documents").fetchone()[0]
         assert n == total and bad == 0, (step, bad, n, total)

@@ -63,7 +63,8 @@ def estimated_jaccard(sig: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int 
     """MinHash estimate of the Jaccard similarity of pairs: the share of equal signature values.
 
     Args:
-        sig: shape ``(n, num_perm)``, uint32 or uint64 signatures (:func:`xgen_data.attributes.minhash.signatures_from_hashes`).
+        sig: shape ``(n, num_perm)``, uint32 or uint64 signatures
+            (:func:`xgen_data.attributes.minhash.signatures_from_hashes`).
         u, v: int64 arrays of equal shape ``(m,)``, row indices into ``sig``.
         chunk: pairs compared per NumPy step (memory ``chunk × num_perm`` bytes).
     Returns:

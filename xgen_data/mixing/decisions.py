@@ -150,8 +150,9 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
 
     Parts are joined with their attribute files by position (``POSITIONAL JOIN``; a committed file whose row
     count is not its part's is damaged: :meth:`xgen_data.store.corpus.Corpus.attribute_files`), so no hash table
-    over all documents is built: memory does not grow with the corpus. The dedup keep rule joins each document with its cluster's kept copy (one row per cluster);
-    :func:`xgen_data.stats.sql.connect` keeps DuckDB from building that join's hash table on the documents side.
+    over all documents is built: memory does not grow with the corpus. The dedup keep rule joins each document
+    with its cluster's kept copy (one row per cluster); :func:`xgen_data.stats.sql.connect` keeps DuckDB from
+    building that join's hash table on the documents side.
 
     Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
     detected one; :mod:`xgen_data.attributes.languages`), language_source (as ingested), language_detected,

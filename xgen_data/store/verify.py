@@ -7,8 +7,9 @@ Checked (:func:`verify_corpus`):
   corpus lock), trusting its current bytes.
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
   (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`), and the ids of each file of a current set against
-  its part's, in order (the ``documents`` view pairs them by position; readers check only the row counts); a set computed from other part
-  contents is reported ``stale`` (not damage: the recipe flow recomputes it).
+  its part's, in order (the ``documents`` view pairs them by position; readers check only the row
+  counts); a set computed from other part contents is reported ``stale`` (not damage: the recipe flow
+  recomputes it).
 * ``shards``: each registered shards folder's ``manifest.json`` against its own ``manifest_sha256`` (an edited
   manifest is ``damaged``, naming the file; one written before the field existed is ``unrecorded``), and every
   shard's size and SHA-256 in it, and its ``.idx.parquet`` index's SHA-256 (``index_sha256``;
