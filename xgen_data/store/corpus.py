@@ -82,21 +82,21 @@ def params_hash(params: dict) -> str:
 _SHA_CACHE: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> sha256 of the file, per process
 
 
+def _stat_key(path: str) -> tuple:
+    """``(path, size, mtime_ns, inode)``: the key of the per-process caches of file checks."""
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def file_sha256(path: str) -> str:
     """SHA-256 of a file, cached per process while its size, mtime and inode are unchanged."""
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    key = _stat_key(path)
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = fsutil.sha256_file(path)
     return _SHA_CACHE[key]
 
 
 _ALIGN_CACHE: dict[tuple, str | None] = {}  # (attribute file stat key, part stat key) -> problem, per process
-
-
-def _stat_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def attribute_rows_problem(attr_path: str, part_path: str, ids: bool = False) -> str | None:
