@@ -102,7 +102,7 @@ def build_ours(cfg, args):
     import jax
     import jax.numpy as jnp
 
-    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
     from xgen_train.loop.step import StepOptions, init_monitor, make_train_step
     from xgen_train.model.loss import make_loss_fn

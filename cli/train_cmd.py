@@ -127,7 +127,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     from xgen_train.loop.data import ShardFormatError
-    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.trainer import train as run_train
 
     shards_dir, init_path = opts.pop("shards_dir"), opts.pop("init_path")

@@ -17,7 +17,7 @@ from conftest import SAMPLE  # noqa: E402
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
 from xgen_data import tokenizer  # noqa: E402
-from xgen_train.loop.numerics import NumericsOptions  # noqa: E402
+from xgen_train.model.numerics import NumericsOptions  # noqa: E402
 from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from xgen_train.loop.step import StepOptions, accumulated_value_and_grad, init_monitor, make_train_step  # noqa: E402
 from xgen_train.model.attention import attention, segments_from_eos  # noqa: E402

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xgen_train.loop.numerics import NumericsOptions
+from xgen_train.model.numerics import NumericsOptions
 from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 from xgen_train.loop.step import StepOptions, init_monitor, make_train_step
 from xgen_train.model.config import ModelConfig

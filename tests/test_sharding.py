@@ -139,7 +139,7 @@ def test_trainer_under_one_mesh_resumed_under_another_equals_one_device(shards, 
     np.testing.assert_allclose(out["train_losses"], losses_one, rtol=0, atol=1e-5)
     # on one device the loop computes exactly what a plain per-step loop computes (bit for bit)
     opt = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=1, total_steps=4))
-    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.step import make_train_step as pure_step
     loss_fn = trainer._make_numerics_loss(CONFIGS["tiny"], NumericsOptions().resolved())  # the trainer's default
     step = trainer.jit_step(pure_step(loss_fn, opt, StepOptions()))

@@ -11,10 +11,10 @@ Subpackages, in the order the data flows (docs/architecture.md):
 * :mod:`xgen_train.model.attention` -- attention kernels (full, chunked online softmax,
   jax.nn.dot_product_attention).
 * :mod:`xgen_train.model.loss` -- next-token cross-entropy: fused chunked LM head, z-loss, ``make_loss_fn``.
+* :mod:`xgen_train.model.numerics` -- :class:`NumericsOptions`, the train step's numerics.
 
 ``loop/`` -- how it is trained:
 
-* :mod:`xgen_train.loop.numerics` -- :class:`NumericsOptions`, the train step's numerics.
 * :mod:`xgen_train.loop.step` -- one update as a pure function (gradient accumulation, spike rule).
 * :mod:`xgen_train.loop.optimizer` -- AdamW, gradient clipping, warm-up + cosine learning-rate schedule.
 * :mod:`xgen_train.loop.data` -- deterministic, memory-mapped batches (train or validation split) of shards.

@@ -185,8 +185,7 @@ def trained_seq_len(run: str | os.PathLike) -> int | None:
             for value in obj:
                 walk(value)
 
-    from xgen_train.export.hf import _run_source
-    from xgen_train.loop.checkpoint import CheckpointError, read_meta
+    from xgen_train.loop.checkpoint import CheckpointError, checkpoint_source, read_meta
 
     for f in (run / "run.json", run / "summary.json"):
         if f.is_file():
@@ -194,7 +193,7 @@ def trained_seq_len(run: str | os.PathLike) -> int | None:
                 walk(json.loads(f.read_text(encoding="utf-8")))
             except ValueError:
                 continue
-    ckpt, _ = _run_source(run)
+    ckpt, _ = checkpoint_source(run)
     if ckpt is not None:
         try:
             walk(read_meta(ckpt))

@@ -46,20 +46,6 @@ class HFFormatError(ValueError):
     """A Hugging Face folder is missing a file, or its config or tensors do not describe an xgen LLaMA."""
 
 
-# ---------------------------------------------------------------------------------------------- run access
-
-def _run_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
-    """The checkpoint folder :func:`xgen_train.loop.checkpoint.load_params` reads for ``path`` and its step, for
-    provenance records only: best effort, ``(None, None)`` when ``path`` holds no complete checkpoint."""
-    from xgen_train.loop.checkpoint import CheckpointError, read_meta, resolve_checkpoint
-
-    try:
-        ckpt = resolve_checkpoint(path)
-        return ckpt, int(read_meta(ckpt)["step"])
-    except (CheckpointError, KeyError, TypeError, ValueError):
-        return None, None
-
-
 # --------------------------------------------------------------------------------------------------- export
 
 def hf_config(cfg: ModelConfig) -> dict:
@@ -143,10 +129,10 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
             raise ValueError(f"{out}: exists and is not an xgen export (no {EXPORT_MARKER}); refusing to overwrite "
                              "it, choose another output folder")
     if params is None:
-        from xgen_train.loop.checkpoint import load_params
+        from xgen_train.loop.checkpoint import checkpoint_source, load_params
 
         model_config, params = load_params(run)
-        source, step = _run_source(run)
+        source, step = checkpoint_source(run)
     else:
         if model_config is None:
             raise ValueError("export_hf: model_config is required with params")

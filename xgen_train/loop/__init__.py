@@ -1,1 +1,1 @@
-"""The training loop: curriculum, shard loader, optimizer, numerics, the update step, trainer, checkpoints."""
+"""The training loop: curriculum, shard loader, optimizer, the update step, trainer, checkpoints."""

@@ -45,7 +45,8 @@ from xgen_data.store import fsutil
 from xgen_train.model.config import ModelConfig
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
-           "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint", "verify_checkpoint"]
+           "checkpoint_source", "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint",
+           "verify_checkpoint"]
 
 FORMAT = "xgen-checkpoint"
 FORMAT_VERSION = 2
@@ -251,6 +252,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             return latest
     raise CheckpointError(f"{p}: neither a checkpoint directory nor a run directory with complete checkpoints "
                           "(checkpoints/step_*/ with xgen-sha256.json)")
+
+
+def checkpoint_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
+    """``(checkpoint directory, step)`` that :func:`load_params` reads for ``path``, for provenance records
+    (export notes, evaluation reports): best effort, ``(None, None)`` when ``path`` holds no complete
+    checkpoint or its meta is unreadable. Never raises for a missing or damaged checkpoint."""
+    try:
+        ckpt = resolve_checkpoint(path)
+        return ckpt, int(read_meta(ckpt)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None, None
 
 
 def load_params(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:

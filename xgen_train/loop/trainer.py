@@ -41,7 +41,7 @@ from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStor
                                         load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
 from xgen_train.loop.curriculum import Phase, make_plan
 from xgen_train.loop.data import ShardLoader, load_manifest
-from xgen_train.loop.numerics import NumericsOptions
+from xgen_train.model.numerics import NumericsOptions
 from xgen_train.loop.optimizer import OptimizerConfig, learning_rate, make_optimizer
 from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history
 from xgen_train.loop.step import make_train_step as _make_step
@@ -319,7 +319,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         progress, plot: tqdm bar on stderr; write ``loss.png`` (Figure 1).
         spike_window, spike_std: loss-spike rule (SPEC §4 Choice: 128 steps, 6 std).
         stop: a :class:`StopSignal` to watch (default: one installed for the duration of the call).
-        numerics: :class:`xgen_train.loop.numerics.NumericsOptions`: precision policy, attention kernel, chunked
+        numerics: :class:`xgen_train.model.numerics.NumericsOptions`: precision policy, attention kernel, chunked
             loss, z-loss, remat, document masking (EOS id from the manifest), gradient accumulation, spike skip
             (default: all defaults). Resolved for the backend and recorded in ``run.json`` (``compute_dtype``
             = the precision, ``numerics`` = the rest), so a resume with other numerics is refused.

@@ -157,7 +157,7 @@ def make_loss_fn(cfg, numerics=None):
 
     Args:
         cfg: :class:`xgen_train.model.config.ModelConfig`.
-        numerics: :class:`xgen_train.loop.numerics.NumericsOptions` (default: all defaults); ``auto`` choices are
+        numerics: :class:`xgen_train.model.numerics.NumericsOptions` (default: all defaults); ``auto`` choices are
             resolved for the current backend.
     Returns:
         a pure function: ``loss`` float32 scalar (``ce + z_loss * z``, the objective that is differentiated) and
@@ -168,7 +168,7 @@ def make_loss_fn(cfg, numerics=None):
     """
     import haiku as hk
 
-    from xgen_train.loop.numerics import NumericsOptions
+    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.model.attention import segments_from_eos
     from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
 
