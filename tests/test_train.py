@@ -22,7 +22,8 @@ from xgen_train.loop.checkpoint import (CheckpointError, CheckpointStore, latest
 from xgen_train.loop.data import ShardFormatError, ShardLoader, permute  # noqa: E402
 from xgen_train.loop.optimizer import OptimizerConfig, decay_mask, learning_rate, make_optimizer  # noqa: E402
 from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history, spike_update  # noqa: E402
-from xgen_train.loop.trainer import SpikeDetector, make_train_step, next_token_loss, train  # noqa: E402
+from xgen_train.loop.trainer import (SpikeDetector, config_differences, make_train_step,  # noqa: E402
+                                     next_token_loss, train)
 from xgen_train.model.config import CONFIGS  # noqa: E402
 from xgen_train.model.model import build_model, init_params  # noqa: E402
 
@@ -339,6 +340,15 @@ def test_resume_is_bit_exact(shards, tmp_path):
     assert again["steps"] == 0 and again["checkpoint"] == resumed["checkpoint"]
     with pytest.raises(ValueError, match="seed: 3 -> 4"):
         train(shards, tmp_path / "split", steps=7, resume=True, **{**kw, "seed": 4})
+
+
+def test_config_differences_reads_the_old_manifest_hash_name():
+    new = {"seed": 3, "data": {"manifest_file_sha256": "ab", "recipe": "r"}}
+    old = {"seed": 3, "data": {"manifest_sha256": "ab", "recipe": "r"}}  # run.json written before the rename
+    assert config_differences(old, new) == []
+    assert config_differences({**old, "data": {**old["data"], "manifest_sha256": "cd"}}, new) == [
+        "data.manifest_file_sha256: 'cd' -> 'ab'"]
+    assert config_differences(new, {**new, "seed": 4}) == ["seed: 3 -> 4"]
 
 
 def test_train_rejects_mismatched_model(shards, tmp_path):

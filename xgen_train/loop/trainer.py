@@ -181,7 +181,8 @@ class StopSignal:
             signal.signal(sig, old)
 
 
-def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest_sha256: str, manifest: dict,
+def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest_file_sha256: str,
+               manifest: dict,
                stage: str | None, substage: str | None, batch_tokens: int | None, batch_size: int | None, seed: int,
                init_seed: int, init: dict | None, compute_dtype: str, budget_fraction: float = 1.0,
                numerics: dict | None = None) -> dict:
@@ -189,9 +190,12 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
 
     Not included (free to change on resume): ``steps`` (the cap), logging, checkpoint and eval cadence, the
     shards folder's path (its ``manifest.json`` sha256 identifies the data).
+    ``data.manifest_file_sha256`` is the SHA-256 of the ``manifest.json`` file's bytes (not the manifest's own
+    ``manifest_sha256`` field, which covers its other fields); runs written before the rename call it
+    ``data.manifest_sha256`` and still resume (:func:`config_differences`).
     """
     return {"config_name": config_name, "model_config": cfg.to_dict(), "optimizer": opt_cfg.to_dict(),
-            "data": {"manifest_sha256": manifest_sha256, "recipe": manifest.get("recipe"),
+            "data": {"manifest_file_sha256": manifest_file_sha256, "recipe": manifest.get("recipe"),
                      "manifest_seed": manifest.get("seed"), "stage": stage, "substage": substage,
                      "budget_fraction": float(budget_fraction)},
             "batch": {"batch_tokens": batch_tokens, "batch_size": batch_size}, "seed": int(seed),
@@ -210,8 +214,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys)."""
+    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys).
+
+    An older run config's ``data.manifest_sha256`` (the same file hash, before its rename) is read as
+    ``data.manifest_file_sha256``.
+    """
     a, b = _flatten(old), _flatten(new)
+    if "data.manifest_sha256" in a and "data.manifest_file_sha256" not in a:
+        a["data.manifest_file_sha256"] = a.pop("data.manifest_sha256")
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
@@ -418,7 +428,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     peak = peak_flops_of(override=peak_flops)
     n_chips = dmesh.size
     init_seed = seed if init_seed is None else init_seed
-    run = run_config(config_name=config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_sha256=manifest_sha,
+    run = run_config(config_name=config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_file_sha256=manifest_sha,
                      manifest=manifest, stage=stage, substage=substage, batch_tokens=batch_tokens,
                      batch_size=batch_size, seed=seed, init_seed=init_seed,
                      init=_describe_init(init) if init is not None else None, compute_dtype=compute_dtype,
