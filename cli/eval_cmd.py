@@ -66,8 +66,8 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
 
 @eval_.command("pass-at-k")
 @click.argument("counts", type=click.Path(exists=True, dir_okay=False))
-@click.option("-k", "--k", "ks", default="1,10,100", show_default=True,
-              help="Comma-separated k values.")
+@click.option("-k", "--k", "ks", default=None,
+              help="Comma-separated k values [default: those of 1,10,100 that every problem's n allows].")
 @click.option("--json", "as_json", is_flag=True, help="Print {k: pass@k} as JSON.")
 @user_errors
 def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
@@ -80,13 +80,19 @@ def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
 
     from xgen_train.evaluate import evaluation as ev
 
+    rows = ev.read_counts(counts)
+    if ks is None:
+        n_min = min(n for _, n, _ in rows)
+        k_list = [k for k in (1, 10, 100) if k <= n_min]
+        if len(k_list) < 3:
+            click.echo(f"note: k > {n_min} left out (the smallest n among the problems); pass -k to choose", err=True)
+        ks = ",".join(map(str, k_list))
     try:
         k_list = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
         raise click.ClickException(f"-k {ks!r}: expected comma-separated integers") from None
     if not k_list or min(k_list) < 1:
         raise click.ClickException(f"-k {ks!r}: give one or more integers >= 1")
-    rows = ev.read_counts(counts)
     table = ev.pass_at_k_table(rows, k_list)
     if as_json:
         click.echo(json.dumps({str(k): v for k, v in table.items()}))

@@ -45,9 +45,11 @@ def print_filter(report) -> None:
     print_rows(["subset", "drop_reason", "documents"], rows, title=f"Filter: {report.n_docs:,} documents checked")
     top = report.dropped_licenses.most_common(8)
     if top:
-        print_rows(["subset", "license", "documents"], [(sub, lic, n) for (sub, lic), n in top],
-                   title="Licenses dropped as not permissive (top 8; allow one with `xgen filter --allow-license` "
-                         "or the recipe's [filters] license_allow_extra)")
+        print_rows(["subset", "license", "policy's reason", "documents"],
+                   [(sub, lic, why, n) for (sub, lic, why), n in top],
+                   title="Dropped by the license filter (top 8). A license outside the allow-list: allow it with "
+                         "`xgen filter --allow-license` or a recipe's [filters] license_allow_extra; disagreeing "
+                         "or missing labels are dropped under any allow-list")
     for subset in report.missing_license_subsets:
         click.echo(click.style(f"warning: license subset {subset!r} is not in the corpus: no license filter "
                                "applies to it (a typo?)", fg="yellow"))

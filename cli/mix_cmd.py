@@ -17,11 +17,13 @@ def _recipe(name: str, seed: int | None):
     from xgen_data.mixing import recipe
 
     r = recipe.load(name)
-    return dataclasses.replace(r, seed=seed) if seed is not None else r
+    r = dataclasses.replace(r, seed=seed) if seed is not None else r
+    click.echo(f"recipe {r.name!r} from {r.path or name}, seed {r.seed}", err=True)
+    return r
 
 
-recipe_option = click.option("--recipe", "recipe_name", default="demo", show_default=True,
-                             help="Recipe name (recipes/NAME.toml) or path.")
+recipe_option = click.option("--recipe", "recipe_name", required=True,
+                             help="Recipe name (recipes/NAME.toml, e.g. xgen-7b) or path (e.g. the demo's W/recipe.toml).")
 seed_option = click.option("--seed", type=click.IntRange(0), default=None, help="Override the recipe's seed.")
 workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 

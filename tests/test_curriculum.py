@@ -205,7 +205,7 @@ def test_resume_on_other_data_or_corrupt_checkpoint_is_refused(cshards, full_run
     with pytest.raises(ValueError, match="refusing to resume") as exc:
         train(other, out, plot=False, resume=True, **KW)
     assert "data.manifest_seed: 1234 -> 99" in str(exc.value)
-    assert len(re.findall(r"data.manifest_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'", str(exc.value))) == 1
+    assert len(re.findall(r"data.manifest_file_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'", str(exc.value))) == 1
     # a bit flip in the latest checkpoint: a clear error naming the file, never a silent resume
     run = tmp_path / "run"
     train(cshards, run, plot=False, steps=2, **KW)

@@ -80,7 +80,11 @@ def test_pass_at_k_files_and_cli(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == pytest.approx({"1": 0.2, "2": 0.35})
     res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(cv), "-k", "1,6"])
-    assert res.exit_code == 1 and "k=6 exceeds problem 'p0'" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "k=6 exceeds the n=5 samples of problem 'p0'" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "--json"])  # default k: 1, 10, 100 up to n
+    assert res.exit_code == 0 and json.loads(res.stdout) == pytest.approx({"1": 0.2})
+    assert "k > 5 left out" in res.stderr
 
 
 @pytest.mark.parametrize("content, message", [

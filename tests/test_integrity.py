@@ -194,6 +194,14 @@ def test_flipped_bit_detected_by_verify_and_mix_build(small, tmp_path):
     open(part.path, "wb").write(bytes(data))
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 1 and part.path in res.output and "damaged" in res.output
+    # the part is the damage; its (intact) attribute files are not blamed, nor is their deletion advised
+    from xgen_data.store.verify import verify_corpus
+
+    checks = verify_corpus(root)
+    assert [c.path for c in checks if c.status == "damaged"] == [part.path]
+    unchecked = [c for c in checks if c.status == "unchecked"]
+    assert unchecked and all(c.kind == "attributes" and part.path in c.detail for c in unchecked)
+    assert "delete" not in res.output
     res = runner.invoke(cli, ["mix", "build", "--corpus", root, "--recipe", small["recipe"], "--workers", "1",
                               "--out", str(tmp_path / "s")])
     assert res.exit_code == 1 and part.path in res.output and "re-ingest" in res.output

@@ -288,3 +288,20 @@ def test_connections_hold_duckdb_to_the_memory_limit(ro_corpus, monkeypatch):
     monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "lots")
     with pytest.raises(ValueError, match="XGEN_DUCKDB_MEMORY"):
         sql.connect(ro_corpus, quiet=True)
+
+
+def test_table_cuts_long_values_and_keeps_rows_on_one_line(sample_corpus):
+    """A document's text in a table is cut and its line breaks escaped; CSV and JSON print it whole."""
+    from xgen_data.stats import sql_results
+
+    q = "SELECT id, text FROM documents WHERE length(text) > 500 AND contains(text, chr(10)) ORDER BY id LIMIT 2"
+    table = CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, q])
+    assert table.exit_code == 0, table.output
+    lines = [ln for ln in table.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 2 + 2 + 1  # header, rule, two rows, the note
+    assert max(len(ln) for ln in lines[2:4]) <= 2 * sql_results.TABLE_CELL_CHARS and "…" in lines[2]
+    assert "--format csv or json prints them whole" in lines[-1]
+    rows = json.loads(CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, "--format", "json", q]).stdout)
+    assert len(rows) == 2 and all(len(r["text"]) > 500 and "\n" in r["text"] for r in rows)
+    plan = CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, "EXPLAIN " + q])
+    assert plan.exit_code == 0 and "…" not in plan.output and plan.output.count("\n") > 5  # a plan prints whole

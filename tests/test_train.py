@@ -351,6 +351,13 @@ def test_config_differences_reads_the_old_manifest_hash_name():
     assert config_differences(new, {**new, "seed": 4}) == ["seed: 3 -> 4"]
 
 
+def test_steps_beyond_the_plan_name_the_budget_fraction(shards, tmp_path):
+    with pytest.raises(ValueError, match=r"budget fraction 0.5 .* larger --budget-fraction"):
+        train(shards, tmp_path / "x", "tiny", steps=10**6, warmup=1, budget_fraction=0.5, progress=False)
+    with pytest.raises(ValueError, match="build shards with more data"):
+        train(shards, tmp_path / "x", "tiny", steps=10**6, warmup=1, progress=False)
+
+
 def test_train_rejects_mismatched_model(shards, tmp_path):
     with pytest.raises(ValueError, match="warmup"):
         train(shards, tmp_path / "x", "tiny", steps=5, warmup=2000, progress=False)

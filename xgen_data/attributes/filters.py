@@ -36,7 +36,7 @@ class FilterReport:
     n_docs: int = 0
     dropped: collections.Counter = field(default_factory=collections.Counter)
     missing_license_subsets: tuple[str, ...] = ()  # license_subsets with no documents (a typo?)
-    dropped_licenses: collections.Counter = field(default_factory=collections.Counter)  # (subset, license) -> docs
+    dropped_licenses: collections.Counter = field(default_factory=collections.Counter)  # (subset, license, reason) -> docs
 
 
 def decide(n_tokens, license_exprs, check_license: bool, min_tokens: int = MIN_TOKENS,
@@ -148,9 +148,9 @@ def report(corpus_dir: str, dec) -> FilterReport:
     for subset, reason, n in con.execute(f"""SELECT subset, drop_reason, count(*) FROM documents
             WHERE drop_reason IN ('{REASON_SHORT}', '{REASON_LICENSE}') GROUP BY ALL""").fetchall():
         rep.dropped[(subset, reason)] = n
-    for subset, lic, n in con.execute(f"""SELECT subset, license, count(*) FROM documents
+    for subset, lic, why, n in con.execute(f"""SELECT subset, license, license_reason, count(*) FROM documents
             WHERE drop_reason = '{REASON_LICENSE}' GROUP BY ALL""").fetchall():
-        rep.dropped_licenses[(subset, lic)] = n
+        rep.dropped_licenses[(subset, lic, why)] = n
     subsets = set(Corpus(corpus_dir).subsets())
     rep.missing_license_subsets = tuple(sorted(set(dec.filter["license_subsets"]) - subsets)) if dec.filter else ()
     return rep

@@ -124,7 +124,9 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
                              'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
         text += ("; licenses dropped: " + ", ".join(f"{x} ({n:,})" for x, n in lic)
                  + f"; policy {policy} reasons: " + ", ".join(f"{x} ({n:,})" for x, n in top))
-        text += ("; allow one with [filters] license_allow_extra in the recipe (or `xgen filter --allow-license`)"
+        where = f"recipe {recipe.path or recipe.name}" if recipe is not None else "the recipe"
+        text += (f"; allow one with [filters] license_allow_extra in {where} (recipes carry their own filters; "
+                 "`xgen filter --allow-license` changes only the corpus's default decisions)"
                  if policy == "permissive" else
                  f"; policy {policy} is configuration (xgen_data/licenses_{policy}.toml); a recipe adds to it with "
                  f"[filters] policy_allow_extra = {{ {policy} = [...] }}")

@@ -41,6 +41,7 @@ class Result:
     columns: list[str]
     type_ids: list[str]
     batches: Iterator[list[tuple]]
+    whole: bool = False  #: a table shows values uncut, line breaks included (an EXPLAIN plan)
 
 
 def query(con, sql: str, fmt: str, explain: bool = False) -> Result:
@@ -54,7 +55,7 @@ def query(con, sql: str, fmt: str, explain: bool = False) -> Result:
     """
     if explain:  # EXPLAIN [ANALYZE] runs once; its columns are text
         res = con.execute(sql)
-        return Result([d[0] for d in res.description], ["varchar"] * len(res.description), _fetch(res))
+        return Result([d[0] for d in res.description], ["varchar"] * len(res.description), _fetch(res), whole=True)
     rel = con.sql(sql)  # binds (names, types) without running it; errors point into the user's text
     columns, type_ids = list(rel.columns), [t.id for t in rel.types]
     if all(t in NATIVE for t in type_ids):
@@ -164,8 +165,33 @@ def _text(v) -> str:
     return str(v)
 
 
+#: Characters a table cell shows; a longer value (a document's ``text``) is cut with an ellipsis, and line
+#: breaks and tabs inside a value are shown as ``\\n``, ``\\r``, ``\\t`` so one row stays one line. CSV and JSON
+#: print values whole.
+TABLE_CELL_CHARS = 120
+_CONTROL = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _cell(v, whole: bool = False) -> tuple[str, bool]:
+    """``(table text of v, whether it was cut)``."""
+    text = _text(v)
+    if whole:
+        return text, False
+    if isinstance(v, str):
+        text = text.translate(_CONTROL)
+    if len(text) > TABLE_CELL_CHARS:
+        return text[:TABLE_CELL_CHARS - 1] + "…", True
+    return text, False
+
+
 def _write_table(result: Result, out: IO[str], title: str | None) -> None:
-    rows = [[_text(v) for v in row] for batch in result.batches for row in batch]
+    cut = False
+    rows = []
+    for batch in result.batches:
+        for row in batch:
+            cells = [_cell(v, result.whole) for v in row]
+            cut = cut or any(c for _, c in cells)
+            rows.append([t for t, _ in cells])
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(result.columns)]
     right = [t in NUMERIC for t in result.type_ids]
 
@@ -178,4 +204,6 @@ def _write_table(result: Result, out: IO[str], title: str | None) -> None:
     out.write("  ".join("-" * w for w in widths) + "\n")
     for r in rows:
         out.write(line(r) + "\n")
+    if cut:
+        out.write(f"(values over {TABLE_CELL_CHARS} characters are cut here; --format csv or json prints them whole)\n")
     out.write("\n")

@@ -160,7 +160,7 @@ def pass_at_k_table(counts: list[tuple[str, int, int]], ks: list[int]) -> dict[i
         vals = []
         for name, n, c in counts:
             if k > n:
-                raise PassAtKError(f"k={k} exceeds problem {name!r}'s n={n} samples; pass@k needs k <= n")
+                raise PassAtKError(f"k={k} exceeds the n={n} samples of problem {name!r}; pass@k needs k <= n")
             vals.append(pass_at_k(n, c, k))
         out[k] = float(np.mean(vals))
     return out
@@ -234,6 +234,11 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     rows = con.execute(f"SELECT subset, part, row FROM documents WHERE {where} AND n_tokens >= ? "
                        f"ORDER BY subset, part, row{limit}", params + [int(min_tokens)]).fetchall()
     if not rows:
+        undecided = con.execute("SELECT count(*) FILTER (WHERE kept IS NULL), count(*) FROM documents").fetchone()
+        if total == 0 and undecided[0] == undecided[1] > 0:
+            raise ValueError(f"{corpus_dir}: no document has a keep decision yet (kept is NULL: no recipe given "
+                             "and no `xgen filter`/`xgen dedup` run); pass --recipe, e.g. the recipe the shards "
+                             "were built with (the demo's W/recipe.toml)")
         raise ValueError(f"{corpus_dir}: no kept document has at least {min_tokens:,} tokens ({total:,} kept "
                          f"documents{' in ' + ', '.join(subsets) if subsets else ''}; the longest has "
                          f"{longest:,} tokens); pass a smaller --min-tokens")

@@ -403,8 +403,16 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                          "total_steps); pass a smaller warmup (--warmup) for a short run")
     stop_step = plan.total_steps if steps is None else steps
     if stop_step > plan.total_steps:
+        more = ""
+        if budget_fraction < 1.0:
+            full = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size, stage=stage,
+                             substage=substage, budget_fraction=1.0).total_steps
+            more = (f"; at budget fraction {budget_fraction:g} — the shards hold {full:,} updates at 1.0, so a "
+                    f"longer run is a new run (another --out) with a larger --budget-fraction (a resume keeps its "
+                    f"fraction: it fixes the schedule)")
         raise ValueError(f"steps={stop_step} exceeds the plan's {plan.total_steps} updates (one pass over every "
-                         "selected sub-stage); train fewer steps or build more data")
+                         f"selected sub-stage{more}); train fewer steps"
+                         + ("" if more else ", or build shards with more data (a larger recipe budget)"))
     opt_cfg = OptimizerConfig(peak_lr=lr, warmup_steps=warmup, total_steps=schedule_steps,
                               final_lr_ratio=final_lr_ratio, b1=b1, b2=b2, weight_decay=weight_decay,
                               clip_norm=clip_norm)
