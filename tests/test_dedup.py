@@ -487,6 +487,23 @@ def test_deterministic_for_a_seed(deduped_sample, tmp_path):
     assert step_tables(again) == step_tables(root)
 
 
+def test_a_damaged_work_file_is_recomputed_not_trusted(deduped_sample, tmp_path):
+    """The signature cache is keyed by part name, size and mtime; its files' SHA-256s decide whether the bytes
+    are still the ones written (a flipped signature matrix would otherwise make false near duplicates)."""
+    root, _ = deduped_sample
+    again = str(tmp_path / "again")
+    shutil.copytree(root, again)  # copy2: mtimes kept, so the cache keys still match
+    npys = sorted(glob.glob(os.path.join(again, "work", "dedup", "sig", "*", "*.sig.npy")))
+    assert npys
+    m = np.load(npys[0], mmap_mode="r+")
+    m[: len(m) // 2] = m[0]  # half the documents now share one signature
+    m.flush()
+    del m
+    rep = dedup.run_dedup(again, workers=1, progress=False)
+    assert rep.signature_parts_reused == len(Corpus(again).parts()) - 1
+    assert step_tables(again) == step_tables(root)
+
+
 def test_parameters_change_the_run(deduped_sample, tmp_path):
     root, report = deduped_sample
     other = str(tmp_path / "other")

@@ -177,6 +177,7 @@ def test_records_without_id_from_same_named_files_are_all_kept(tmp_path):
     (b'{"id": "x\\ud800", "text": "ok"}', "invalid UTF-8 in 'id'"),
     (b'{"text": "ok", "meta": {"k": "\\udfff"}}', "invalid UTF-8 in 'meta'"),
     (b'{"text": "ok", "meta": ' + b"[" * 100000 + b"]" * 100000 + b"}", "malformed JSON: nested too deeply"),
+    (b'{"text": "ok", "meta": {"x": ' + b"9" * 5000 + b"}}", "unreadable JSON value: Exceeds the limit"),
     (b'{"text": null}', "'text' is null"),
     (b'{"id": "", "text": "ok"}', "'id' is '': an id must not be empty"),
     (b'{"id": "  ", "text": "ok"}', "'id' is '  ': an id must not be empty"),

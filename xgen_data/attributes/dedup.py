@@ -33,9 +33,10 @@ Outputs
       of the run (one row per document of each exact-duplicate group whose members carry different license
       labels; raw strings; null counts as a label).
     * ``work/dedup/``: per-part content hashes (``sig/*.parquet``), signature matrices (``sig/*.sig.npy``)
-      and band-major band hashes (``bands/``), plus DuckDB's spill folder; safe to delete. Signatures are
-      reused when the docs part, ``num_perm``, ``seed``, ``ngram`` and ``scheme`` are unchanged (only the
-      banding is redone for a new threshold).
+      and band-major band hashes (``bands/``), their SHA-256s (``sig/*.parquet.sha256.json``, written last),
+      plus DuckDB's spill folder; safe to delete. Signatures are reused when the docs part, ``num_perm``,
+      ``seed``, ``ngram`` and ``scheme`` are unchanged and every file matches its SHA-256 (only the banding
+      is redone for a new threshold; a damaged file is recomputed).
 
 How it scales
     Signatures are computed per part in ``workers`` processes (each holds one batch of documents and the
@@ -430,9 +431,38 @@ def _write_bands(path: str, key: str, sig: np.ndarray, has: np.ndarray, bands: i
                                        schema=schema), row_group_size=max(1, len(idx)))
 
 
+def _sums_path(sig_path: str) -> str:
+    """The SHA-256s of a part's work files (``sig``, ``npy``, ``bands``): ``<sig>.sha256.json``, written last."""
+    return sig_path + ".sha256.json"
+
+
+def _work_files(task: dict, near: bool) -> dict[str, str]:
+    files = {"sig": task["sig"]}
+    if near:
+        files.update(npy=sig_array_path(task["sig"]), bands=task["bands"])
+    return files
+
+
+def _sums_match(task: dict, names: tuple[str, ...]) -> bool:
+    """Whether the work files ``names`` of ``task`` exist and match the SHA-256s recorded when they were
+    written (a damaged or edited cache file is recomputed, never trusted)."""
+    try:
+        sums = fsutil.read_json(_sums_path(task["sig"]))
+    except (OSError, ValueError):
+        return False
+    files = _work_files(task, True)
+    return all(os.path.exists(files[n]) and sums.get(n) == fsutil.sha256_file(files[n]) for n in names)
+
+
+def _write_sums(task: dict, near: bool) -> None:
+    files = _work_files(task, near)
+    fsutil.write_json(_sums_path(task["sig"]), {n: fsutil.sha256_file(f) for n, f in files.items()
+                                               if os.path.exists(f)})
+
+
 def _cached(task: dict) -> tuple[bool, bool]:
     """``(signatures current, band hashes current)`` for a :func:`signature_part` task, from the work files'
-    recorded keys (and the signature matrix's presence for a near run)."""
+    recorded keys (and the signature matrix's presence for a near run) and their recorded SHA-256s."""
     p = DedupParams(**task["params"])
     sig_key = json.dumps({**p.sig_key(), "part": task["part_key"]}, sort_keys=True)
     band_key = json.dumps({"sig": sig_key, "bands": p.bands, "rows": p.rows}, sort_keys=True)
@@ -442,7 +472,8 @@ def _cached(task: dict) -> tuple[bool, bool]:
     else:  # exact only needs content hashes, which any cached file of this part and work version has
         c = json.loads(cached)
         sig_ok = c.get("version") == WORK_VERSION and c.get("part") == task["part_key"]
-    bands_ok = not p.near or (sig_ok and _meta_key(task["bands"]) == band_key)
+    sig_ok = sig_ok and _sums_match(task, ("sig", "npy") if p.near else ("sig",))
+    bands_ok = not p.near or (sig_ok and _meta_key(task["bands"]) == band_key and _sums_match(task, ("bands",)))
     return sig_ok, bands_ok
 
 
@@ -509,6 +540,8 @@ def signature_part(task: dict) -> dict:
         has = pq.read_table(task["sig"], columns=["n_words"]).column("n_words").to_numpy() > 0
         _write_bands(task["bands"], band_key, np.load(sig_array_path(task["sig"]), mmap_mode="r"), has,
                      p.bands, p.rows)
+    if not (sig_ok and bands_ok):
+        _write_sums(task, p.near)  # last: files written before a crash are not trusted without it
     stats["seconds"], stats["cpu_seconds"] = time.time() - t0, time.process_time() - c0
     return stats
 

@@ -340,6 +340,8 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
             raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
         except RecursionError:
             raise RecordError(rec.file, rec.line, "malformed JSON: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer literal past Python's 4,300-digit conversion limit
+            raise RecordError(rec.file, rec.line, f"unreadable JSON value: {exc}") from None
     else:
         obj = rec.payload
     if not isinstance(obj, dict):
