@@ -211,6 +211,24 @@ def test_flipped_bit_detected_by_verify_and_mix_build(small, tmp_path):
         packing.build(root, recipe.load(small["recipe"]), str(tmp_path / "s2"), progress=False)
 
 
+def test_a_linked_out_builds_its_target_and_a_link_into_the_corpus_is_refused(small, tmp_path):
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    rec = recipe.load(small["recipe"])
+    packing.build(root, rec, str(tmp_path / "S0"), progress=False)
+    os.symlink(tmp_path / "S0", tmp_path / "S1")
+    packing.build(root, rec, str(tmp_path / "S1"), progress=False)  # a rebuild through the link
+    assert os.path.islink(tmp_path / "S1") and (tmp_path / "S0" / "manifest.json").is_file()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".S")]  # no backup or build folder left
+    assert json.load(open(os.path.join(root, "corpus.json")))["shard_dirs"] == [os.path.realpath(tmp_path / "S0")]
+    os.symlink(os.path.join(root, "docs"), tmp_path / "into")
+    with pytest.raises(ValueError, match="must be outside the corpus"):
+        packing.build(root, rec, str(tmp_path / "into" / "S"), progress=False)
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    with pytest.raises(ValueError, match="which does not exist"):
+        packing.build(root, rec, str(tmp_path / "dangling"), progress=False)
+
+
 def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
     from cli.main import cli
 

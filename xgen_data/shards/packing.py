@@ -215,18 +215,31 @@ def _segments(pos: np.ndarray, take: np.ndarray, start: int, n_seq: int, seq_len
     return inst, seq, lo - start - seq * seq_len, hi - lo, lo - pos[inst]
 
 
+def resolve_out_dir(out_dir: str) -> str:
+    """``out_dir`` absolute, symbolic links resolved: a link named by ``--out`` is kept and the folder it
+    points to is (re)built and registered (replacing the link itself would orphan its target).
+
+    Raises:
+        ValueError: ``out_dir`` is a symbolic link whose target does not exist.
+    """
+    if os.path.islink(out_dir) and not os.path.exists(out_dir):
+        raise ValueError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
+    return os.path.realpath(out_dir)
+
+
 def check_out_dir(out_dir: str, corpus: Corpus) -> str:
-    """The absolute output path, if it is safe to (re)create as a shards directory.
+    """The absolute output path with symbolic links resolved (a link named by ``--out`` is not replaced: the
+    folder it points to is built and registered), if it is safe to (re)create as a shards directory.
 
     Raises:
         ValueError: ``out_dir`` is a file, is inside (or contains) the corpus, has no parent folder, or
             is an existing non-empty folder that is not a shards directory or holds files its manifest
             does not list (xgen never deletes what it did not write).
     """
-    out = os.path.abspath(out_dir)
+    out = resolve_out_dir(out_dir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out_dir}: exists and is not a directory")
-    root = corpus.root
+    root = os.path.realpath(corpus.root)
     if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
         raise ValueError(f"{out_dir}: the shards directory must be outside the corpus {root}")
     if os.path.isdir(out) and os.listdir(out):
@@ -368,7 +381,7 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    out_dir = os.path.abspath(out_dir)
+    out_dir = resolve_out_dir(out_dir)
     report_note = recover_out_dir(out_dir)  # first, so even a build that fails puts the previous set back
     for subset in recipe.subsets():
         if subset not in corpus.subsets():
