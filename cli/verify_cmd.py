@@ -25,7 +25,9 @@ def verify(corpus_dir: str, record: bool, show_all: bool) -> None:
     counts: dict[str, int] = {}
     for c in checks:
         counts[c.status] = counts.get(c.status, 0) + 1
-    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing registered yet: no parts, attributes or shards"
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    if all(c.kind == "registry" for c in checks):
+        summary += "; nothing registered yet: no parts, attributes or shards"
     damaged = sum(1 for c in checks if c.status in DAMAGE)
     click.echo(f"verify {corpus_dir}: {len(checks)} checks ({summary})")
     if damaged:

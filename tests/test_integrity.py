@@ -239,13 +239,16 @@ def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
     attr = os.path.join(root, "attributes", *key.split("/"), state["generation"], next(iter(state["files"])))
     for v in meta["inputs"].values():  # a corpus from before part sha256s were recorded
         v.pop("part_sha256")
+    meta.pop(corpus_mod.REGISTRY_SHA256)  # ... and before the registry's own checksum
     json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
     runner = CliRunner()
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 0 and "unrecorded" in res.output
     res = runner.invoke(cli, ["verify", "--corpus", root, "--record"])
     assert res.exit_code == 0 and "recorded" in res.output
-    assert all(v.get("part_sha256") for v in json.load(open(os.path.join(root, "corpus.json")))["inputs"].values())
+    meta = json.load(open(os.path.join(root, "corpus.json")))
+    assert all(v.get("part_sha256") for v in meta["inputs"].values())
+    assert meta[corpus_mod.REGISTRY_SHA256] == corpus_mod.registry_sha256(meta)
     with open(attr, "r+b") as f:
         f.seek(20)
         b = f.read(1)
@@ -253,6 +256,40 @@ def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
         f.write(bytes([b[0] ^ 1]))
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 1 and attr in res.output
+
+
+def test_an_edited_registry_is_refused_and_record_does_not_accept_a_damaged_part(small, tmp_path):
+    """A flipped digit of a part's recorded SHA-256 in corpus.json used to make that part `unrecorded`, and
+    `verify --record` then recorded a damaged part as good."""
+    from cli.main import cli
+
+    root = str(tmp_path / "c")
+    shutil.copytree(small["root"], root)
+    part = corpus_mod.Corpus(root).parts("code")[0]
+    data = bytearray(open(part.path, "rb").read())
+    data[len(data) // 3: len(data) // 3 + 4096] = bytes(4096)  # 4 KiB of a data page zeroed: it cannot decode
+    open(part.path, "wb").write(bytes(data))
+    path = os.path.join(root, "corpus.json")
+    text = open(path, encoding="utf-8").read()
+    i = text.index('"part_sha256"') + len('"part_sha256": {"') + 1
+    i = text.index('": "', i) + 4
+    open(path, "w", encoding="utf-8").write(text[:i] + ("0" if text[i] != "0" else "1") + text[i + 1:])
+    runner = CliRunner()
+    for args in (["verify", "--corpus", root], ["verify", "--corpus", root, "--record"],
+                 ["sql", "--corpus", root, "SELECT count(*) FROM documents"]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 1 and "does not match its registry_sha256" in res.output and path in res.output
+    # a deliberate edit: the field removed, the part's recorded sha256 removed; --record checks the bytes decode
+    meta = json.load(open(path))
+    meta.pop(corpus_mod.REGISTRY_SHA256)
+    for v in meta["inputs"].values():
+        v.pop("part_sha256")
+    json.dump(meta, open(path, "w"))
+    res = runner.invoke(cli, ["verify", "--corpus", root, "--record"])
+    assert res.exit_code == 1 and "not recorded: it does not decode" in res.output
+    meta = json.load(open(path))
+    recorded = {n for v in meta["inputs"].values() for n in v.get("part_sha256", {})}
+    assert part.name not in recorded and recorded  # the others are recorded, the damaged one is not
 
 
 def test_old_layout_step_files_are_dropped(small, tmp_path):
@@ -263,6 +300,7 @@ def test_old_layout_step_files_are_dropped(small, tmp_path):
     open(os.path.join(root, "steps", "filter", "natural", "x.parquet"), "wb").write(b"old")
     meta = json.load(open(os.path.join(root, "corpus.json")))
     meta["steps"] = {"filter": {"params": {}, "parts": "names", "after": {}}}
+    meta.pop(corpus_mod.REGISTRY_SHA256)  # an old corpus: no registry checksum yet
     json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
     filters.run_filters(root, min_tokens=10)
     assert not os.path.exists(os.path.join(root, "steps"))

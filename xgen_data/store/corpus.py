@@ -38,6 +38,8 @@ import pyarrow as pa
 from xgen_data.store import fsutil
 
 FORMAT = "xgen-corpus"
+#: The registry's own checksum field (like the shards manifest's ``manifest_sha256``).
+REGISTRY_SHA256 = "registry_sha256"
 FORMAT_VERSION = 1
 #: Attribute steps (``attributes/<step>/``).
 ATTRIBUTE_STEPS = ("license", "dedup")
@@ -178,6 +180,15 @@ def _check_registry(meta: dict, where: str) -> None:
                           + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
 
 
+def registry_sha256(meta: dict) -> str:
+    """SHA-256 of ``corpus.json``'s content without its own :data:`REGISTRY_SHA256` field: canonical JSON
+    (sorted keys, ``(",", ":")`` separators, UTF-8). Stamped by every write, checked by every read, so an edited
+    or damaged registry (a flipped digit of a part's recorded SHA-256) is refused instead of trusted."""
+    body = {k: v for k, v in meta.items() if k != REGISTRY_SHA256}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def _safe_component(name) -> bool:
     """True for one path component that stays in its folder: a non-empty string, no separator, not . or ..."""
     return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and os.sep not in name
@@ -210,14 +221,8 @@ class Corpus:
                 raise CorpusError(f"{root}: folder exists, is not empty and is not an xgen corpus (no corpus.json); "
                                   "choose a new or empty folder for --corpus")
             os.makedirs(self.root, exist_ok=True)
-            fsutil.write_json(self.meta_path, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                               "inputs": {}, "shard_dirs": []})
-        meta = self.read_meta()
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            meta = meta if isinstance(meta, dict) else {}
-            raise CorpusError(f"{self.meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "
-                              f"expected {FORMAT!r} v{FORMAT_VERSION}")
-        _check_registry(meta, self.meta_path)
+            self.write_meta({"format": FORMAT, "format_version": FORMAT_VERSION, "inputs": {}, "shard_dirs": []})
+        self.read_meta()
 
     # -- registry -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -245,11 +250,32 @@ class Corpus:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def read_meta(self) -> dict:
-        """The parsed ``corpus.json``."""
-        return fsutil.read_json(self.meta_path)
+        """The parsed ``corpus.json``, checked: format, registry structure, then its :data:`REGISTRY_SHA256`.
+
+        A registry without the field (written by an older xgen) is accepted; the next write stamps it.
+
+        Raises:
+            CorpusError: another format, a malformed registry, or content that does not match its checksum.
+            ValueError: not valid JSON (names the file).
+        """
+        meta = fsutil.read_json(self.meta_path)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            meta = meta if isinstance(meta, dict) else {}
+            raise CorpusError(f"{self.meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "
+                              f"expected {FORMAT!r} v{FORMAT_VERSION}")
+        _check_registry(meta, self.meta_path)
+        want = meta.get(REGISTRY_SHA256)
+        if REGISTRY_SHA256 in meta and want != registry_sha256(meta):
+            raise CorpusError(f"{self.meta_path}: the registry does not match its {REGISTRY_SHA256} (edited or "
+                              "damaged): its recorded part SHA-256s and attribute sets cannot be trusted; restore "
+                              f"it from a copy (if the edit was deliberate, delete the {REGISTRY_SHA256} field and "
+                              "run `xgen verify` to check the parts against it)")
+        return meta
 
     def write_meta(self, meta: dict) -> None:
-        """Atomically replace ``corpus.json``."""
+        """Atomically replace ``corpus.json``, stamping its :data:`REGISTRY_SHA256` (``meta`` gets the field)."""
+        meta.pop(REGISTRY_SHA256, None)
+        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: the file reads top-down as before
         fsutil.write_json(self.meta_path, meta)
 
     def register_shard_dir(self, shard_dir: str) -> None:

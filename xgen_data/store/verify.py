@@ -2,9 +2,12 @@
 
 Checked (:func:`verify_corpus`):
 
+* ``registry``: ``corpus.json`` against its own ``registry_sha256`` (checked by every read; an edited or
+  damaged registry is refused, naming the file); one written before the field existed is ``unrecorded``
+  (``record=True`` stamps it).
 * ``part``: each registered docs part against ``inputs[key]["part_sha256"]`` (recorded at ingest). A part
   ingested before SHA-256s were recorded is ``unrecorded``; ``record=True`` hashes and records it (under the
-  corpus lock), trusting its current bytes.
+  corpus lock) once every row group of it decodes (a part that does not is ``damaged``, not recorded).
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
   (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`), and the ids of each file of a current set against
   its part's, in order (the ``documents`` view pairs them by position; readers check only the row
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 from xgen_data.shards import shard_format as shards
 from xgen_data.store import fsutil
-from xgen_data.store.corpus import ATTRIBUTES, Corpus, attribute_rows_problem, params_hash
+from xgen_data.store.corpus import ATTRIBUTES, REGISTRY_SHA256, Corpus, attribute_rows_problem, params_hash
 
 DAMAGE = ("damaged", "missing")
 
@@ -41,6 +44,19 @@ class Check:
     detail: str = ""
 
 
+def _undecodable(path: str) -> str | None:
+    """Why the Parquet part at ``path`` cannot be read through, or None when every row group decodes."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            pf.read_row_group(i)
+    except Exception as exc:  # noqa: BLE001 -- any decoder error means the bytes are not a valid part
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False) -> list[Check]:
     """Check the corpus's parts, attribute files and registered shard folders (module docstring).
 
@@ -52,7 +68,13 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
     corpus = Corpus(corpus_dir)
     out: list[Check] = []
     with corpus.lock():
-        meta = corpus.read_meta()
+        meta = corpus.read_meta()  # refuses a registry that does not match its registry_sha256
+        if REGISTRY_SHA256 in meta:
+            out.append(Check("registry", corpus.meta_path, "ok", f"matches its {REGISTRY_SHA256}"))
+        else:
+            out.append(Check("registry", corpus.meta_path, "recorded" if record else "unrecorded",
+                             f"no {REGISTRY_SHA256} (written by an older xgen)"
+                             + ("; stamped" if record else "; the next write, or --record, stamps it")))
         recorded = corpus.recorded_sha256(meta)
         parts = corpus.parts()
         new: dict[tuple[str, str], str] = {}
@@ -65,6 +87,11 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                 continue
             got = fsutil.sha256_file(p.path)
             if want is None:
+                if record and (why := _undecodable(p.path)):
+                    out.append(Check("part", p.path, "damaged", f"not recorded: it does not decode ({why}); "
+                                     "re-ingest its input with `xgen ingest`"))
+                    broken.add(os.path.abspath(p.path))
+                    continue
                 if record:
                     new[(p.subset, p.name)] = got
                 out.append(Check("part", p.path, "recorded" if record else "unrecorded",
@@ -75,7 +102,7 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                 broken.add(os.path.abspath(p.path))
             else:
                 out.append(Check("part", p.path, "ok"))
-        if new:
+        if new or (record and REGISTRY_SHA256 not in meta):
             for v in meta["inputs"].values():
                 for name in v["parts"]:
                     if (v["subset"], name) in new:
