@@ -33,7 +33,7 @@ from xgen_data.mixing import mixture
 from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
-from xgen_data.store.corpus import Corpus
+from xgen_data.store.corpus import Corpus, DamagedPartError
 from xgen_data.mixing.recipe import Recipe
 
 SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
@@ -154,18 +154,28 @@ def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: st
     codes = docs.part_code[wanted]
     for code in dict.fromkeys(codes.tolist()):
         sel = wanted[codes == code]
-        pf = pq.ParquetFile(os.path.join(corpus.docs_dir(docs.name), docs.part_names[code]))
-        md = pf.metadata
-        rg_start = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
-        rows = docs.row[sel]
-        rg_of = np.searchsorted(rg_start, rows, side="right") - 1
-        for rg in np.unique(rg_of).tolist():
-            col = pf.read_row_group(rg, columns=["tokens"]).column("tokens").combine_chunks()
-            values, starts = col.values.to_numpy(), col.offsets.to_numpy()
-            for d, r in zip(sel[rg_of == rg].tolist(), (rows[rg_of == rg] - rg_start[rg]).tolist()):
-                out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
+        part = os.path.join(corpus.docs_dir(docs.name), docs.part_names[code])
+        try:
+            _copy_tokens(pq.ParquetFile(part), docs.row[sel], sel, offsets, out)
+        except (OSError, pa.ArrowException) as exc:  # a part with no recorded sha256 is only checked here
+            raise DamagedPartError(f"corpus part {part} cannot be read ({exc}); run `xgen verify --corpus "
+                                   f"{corpus.root}` and re-ingest its input with `xgen ingest`") from None
     out.flush()
     return offsets
+
+
+def _copy_tokens(pf: pq.ParquetFile, rows: np.ndarray, dest: np.ndarray, offsets: np.ndarray,
+                 out: np.ndarray) -> None:
+    """Copy the token lists of rows ``rows`` of one part into ``out[offsets[d]:offsets[d + 1]]`` for the matching
+    ``dest`` ids, reading only the row groups that hold them, one at a time."""
+    md = pf.metadata
+    rg_start = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+    rg_of = np.searchsorted(rg_start, rows, side="right") - 1
+    for rg in np.unique(rg_of).tolist():
+        col = pf.read_row_group(rg, columns=["tokens"]).column("tokens").combine_chunks()
+        values, starts = col.values.to_numpy(), col.offsets.to_numpy()
+        for d, r in zip(dest[rg_of == rg].tolist(), (rows[rg_of == rg] - rg_start[rg]).tolist()):
+            out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
 
 
 def _allocated_memmap(path: str, n_tokens: int) -> np.memmap:

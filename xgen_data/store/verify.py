@@ -7,7 +7,7 @@ Checked (:func:`verify_corpus`):
   (``record=True`` stamps it).
 * ``part``: each registered docs part against ``inputs[key]["part_sha256"]`` (recorded at ingest). A part
   ingested before SHA-256s were recorded is ``unrecorded``; ``record=True`` hashes and records it (under the
-  corpus lock) once every row group of it decodes (a part that does not is ``damaged``, not recorded).
+  corpus lock) once every row group of it decodes (a part without a sha256 that does not decode is ``damaged``).
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
   (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`), and the ids of each file of a current set against
   its part's, in order (the ``documents`` view pairs them by position; readers check only the row
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from xgen_data.shards import shard_format as shards
 from xgen_data.store import fsutil
-from xgen_data.store.corpus import ATTRIBUTES, REGISTRY_SHA256, Corpus, attribute_rows_problem, params_hash
+from xgen_data.store.corpus import (ATTRIBUTES, REGISTRY_SHA256, Corpus, attribute_rows_problem, params_hash,
+                                    part_decode_problem)
 
 DAMAGE = ("damaged", "missing")
 
@@ -42,19 +43,6 @@ class Check:
     path: str
     status: str
     detail: str = ""
-
-
-def _undecodable(path: str) -> str | None:
-    """Why the Parquet part at ``path`` cannot be read through, or None when every row group decodes."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-        for i in range(pf.num_row_groups):
-            pf.read_row_group(i)
-    except Exception as exc:  # noqa: BLE001 -- any decoder error means the bytes are not a valid part
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False) -> list[Check]:
@@ -87,9 +75,9 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                 continue
             got = fsutil.sha256_file(p.path)
             if want is None:
-                if record and (why := _undecodable(p.path)):
-                    out.append(Check("part", p.path, "damaged", f"not recorded: it does not decode ({why}); "
-                                     "re-ingest its input with `xgen ingest`"))
+                if why := part_decode_problem(p.path):
+                    out.append(Check("part", p.path, "damaged", f"no recorded sha256, and it does not decode "
+                                     f"({why}): not recorded; re-ingest its input with `xgen ingest`"))
                     broken.add(os.path.abspath(p.path))
                     continue
                 if record:
