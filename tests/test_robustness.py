@@ -181,3 +181,20 @@ def test_first_ingest_killed_while_creating_the_registry_can_be_rerun(tmp_path):
     ingest.ingest(root, [(os.path.join(SAMPLE, "code.jsonl"), None)], workers=1, progress=False)
     names = os.listdir(root)
     assert "corpus.json" in names and not [n for n in names if ".tmp-" in n]
+
+
+def test_spill_folders_of_killed_queries_are_swept(tmp_path, monkeypatch):
+    """A `xgen sql` killed with -9 left /tmp/xgen-sql-<pid> (990 MB in one try) for good."""
+    import subprocess
+
+    from xgen_data.stats import sql as xsql
+
+    monkeypatch.setattr(xsql.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(xsql, "_SWEPT", [])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"xgen-sql-{dead.pid}").mkdir()
+    (tmp_path / f"xgen-sql-{dead.pid}" / "duckdb_temp_block-1.block").write_bytes(b"x" * 10)
+    (tmp_path / f"xgen-sql-{os.getppid()}").mkdir()  # a live process's folder stays
+    assert xsql.spill_dir() == str(tmp_path / f"xgen-sql-{os.getpid()}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"xgen-sql-{os.getppid()}"]

@@ -321,7 +321,7 @@ def recover_out_dir(out_dir: str) -> str | None:
 
     def dead(prefix: str) -> list[str]:
         return [os.path.join(head, n) for n in sorted(names) if n.startswith(prefix) and n[len(prefix):].isdigit()
-                and not _alive(int(n[len(prefix):]))]
+                and not fsutil.pid_alive(int(n[len(prefix):]))]
 
     backups = [b for b in [shards.backup_dir(out_dir)] + dead(f".{tail}-old.tmp-") if os.path.isdir(b)]
     note = None
@@ -356,16 +356,6 @@ def _swap_in(tmp_dir: str, out_dir: str) -> None:
         shutil.rmtree(backup)
     else:
         os.replace(tmp_dir, out_dir)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -33,6 +34,7 @@ import duckdb
 
 from xgen_data.mixing import decisions
 from xgen_data.shards import shard_format as shards
+from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus
 
 SUBSET_FROM_PATH = decisions.SUBSET_FROM_PATH
@@ -57,9 +59,29 @@ def memory_limit() -> str:
     return value
 
 
+_SPILL_PREFIX = "xgen-sql-"
+_SWEPT: list[bool] = []
+
+
 def spill_dir() -> str:
-    """This process's private DuckDB spill folder (under the system temporary folder; DuckDB removes its files)."""
-    return os.path.join(tempfile.gettempdir(), f"xgen-sql-{os.getpid()}")
+    """This process's private DuckDB spill folder (under the system temporary folder; DuckDB removes its files
+    when the connection closes). The first call of a process deletes the folders of processes that are gone
+    (a query killed with ``kill -9`` leaves its spill files, up to gigabytes, behind)."""
+    tmp = tempfile.gettempdir()
+    if not _SWEPT:
+        _SWEPT.append(True)
+        _sweep_spill_dirs(tmp)
+    return os.path.join(tmp, f"{_SPILL_PREFIX}{os.getpid()}")
+
+
+def _sweep_spill_dirs(tmp: str) -> None:
+    for name in os.listdir(tmp) if os.path.isdir(tmp) else []:
+        pid = name[len(_SPILL_PREFIX):]
+        if (name.startswith(_SPILL_PREFIX) and pid.isdigit() and int(pid) != os.getpid()
+                and not fsutil.pid_alive(int(pid))):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 _PART_FROM_PATH = decisions.PART_FROM_PATH
 
 
