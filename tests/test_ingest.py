@@ -178,6 +178,8 @@ def test_records_without_id_from_same_named_files_are_all_kept(tmp_path):
     (b'{"text": "ok", "meta": {"k": "\\udfff"}}', "invalid UTF-8 in 'meta'"),
     (b'{"text": "ok", "meta": ' + b"[" * 100000 + b"]" * 100000 + b"}", "malformed JSON: nested too deeply"),
     (b'{"text": "ok", "meta": {"x": ' + b"9" * 5000 + b"}}", "unreadable JSON value: Exceeds the limit"),
+    (b'{"text": "ok", "meta": {"x": NaN}}', "'meta' cannot be stored as JSON: Out of range float"),
+    (b'{"text": "ok", "meta": "{\\"x\\": Infinity}"}', "'meta' cannot be stored as JSON: Out of range float"),
     (b'{"text": null}', "'text' is null"),
     (b'{"id": "", "text": "ok"}', "'id' is '': an id must not be empty"),
     (b'{"id": "  ", "text": "ok"}', "'id' is '  ': an id must not be empty"),
@@ -298,3 +300,11 @@ def test_ingesting_the_corpus_folder_itself_is_refused_plainly(sample_corpus):
         ingest.find_inputs([sample_corpus], corpus_dir=sample_corpus)
     with pytest.raises(ValueError, match="is the corpus being written"):
         ingest.find_inputs([os.path.join(sample_corpus, "docs")], corpus_dir=sample_corpus)
+
+
+def test_meta_is_always_stored_as_json():
+    """A `meta` string that is not JSON was stored raw (DuckDB's json functions then failed on it)."""
+    rec = lambda meta: readers.RawRecord("f.jsonl", 1, json.dumps({"text": "t", "meta": meta}).encode())  # noqa: E731
+    assert readers.decode_record(rec("a string"))["meta"] == '"a string"'
+    assert readers.decode_record(rec('{"k": 1}'))["meta"] == '{"k": 1}'  # JSON text (as Parquet sources hold it)
+    assert json.loads(readers.decode_record(rec({"k": [1, 2]}))["meta"]) == {"k": [1, 2]}

@@ -319,6 +319,26 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
+def _meta_json(meta) -> str | None:
+    """``meta`` as the JSON text stored in the ``meta`` column: a string that already is JSON (Parquet sources
+    store it so) is kept, any other string becomes a JSON string, other values are serialised; NaN and
+    infinities are refused (not JSON: DuckDB's ``json_extract`` would fail on them).
+
+    Raises:
+        ValueError: NaN or infinity inside, or a value that cannot be serialised.
+    """
+    if meta is None:
+        return None
+    if isinstance(meta, str):
+        try:
+            parsed = json.loads(meta)
+        except ValueError:
+            return json.dumps(meta, ensure_ascii=False)
+        json.dumps(parsed, allow_nan=False)  # raises on NaN / Infinity inside the text
+        return meta
+    return json.dumps(meta, ensure_ascii=False, default=str, allow_nan=False)
+
+
 def decode_record(rec: RawRecord) -> dict[str, Any]:
     """Decode and validate one raw record into a document dict with the keys of :data:`FIELDS`.
 
@@ -368,8 +388,7 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
                                               "get file:line)")
     meta = obj.get("meta")
     try:
-        doc["meta"] = None if meta is None else (
-            meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False, default=str))
+        doc["meta"] = _meta_json(meta)
     except (ValueError, RecursionError) as exc:
         raise RecordError(rec.file, rec.line, f"'meta' cannot be stored as JSON: {exc}") from None
     if rec.layout is not None and rec.layout.metadata_tokens:
