@@ -125,7 +125,10 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                                  + ("; computed from other part contents" if stale else "")))
         for shard_dir in meta.get("shard_dirs", []):
             if not os.path.exists(shard_dir):
-                continue  # removed by the user: not registered data any more
+                if os.path.isdir(backup := shards.backup_dir(shard_dir)):
+                    out.append(Check("shards", shard_dir, "missing", f"a build into it was interrupted; the "
+                                     f"previous set is in {backup} and the next `xgen mix build` restores it"))
+                continue  # otherwise removed by the user: not registered data any more
             mpath = os.path.join(shard_dir, "manifest.json")
             try:
                 manifest = shards.read_manifest(shard_dir)
