@@ -29,8 +29,6 @@ the sequence's position before the per-chunk shuffle, so the pre-shuffle stream 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 
@@ -95,9 +93,7 @@ def manifest_sha256(manifest: dict) -> str:
     UTF-8; it does not depend on the key order or indentation of the file, and Python floats survive the
     JSON round trip exactly, so the value computed at build time equals the one computed after reading.
     """
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return fsutil.self_checksum(manifest, MANIFEST_SHA256)
 
 
 def write_manifest(shard_dir: str, manifest: dict) -> dict:

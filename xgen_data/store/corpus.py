@@ -205,9 +205,7 @@ def registry_sha256(meta: dict) -> str:
     """SHA-256 of ``corpus.json``'s content without its own :data:`REGISTRY_SHA256` field: canonical JSON
     (sorted keys, ``(",", ":")`` separators, UTF-8). Stamped by every write, checked by every read, so an edited
     or damaged registry (a flipped digit of a part's recorded SHA-256) is refused instead of trusted."""
-    body = {k: v for k, v in meta.items() if k != REGISTRY_SHA256}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode("utf-8")).hexdigest()
+    return fsutil.self_checksum(meta, REGISTRY_SHA256)
 
 
 def _safe_component(name) -> bool:

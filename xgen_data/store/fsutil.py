@@ -106,3 +106,13 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def self_checksum(obj: dict, field: str) -> str:
+    """Hex SHA-256 of ``obj``'s canonical JSON without its own checksum ``field``: ``json.dumps(sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)`` as UTF-8, so neither key order nor indentation matters and
+    Python floats survive the JSON round trip exactly (the shards manifest's ``manifest_sha256``, the corpus
+    registry's ``registry_sha256``)."""
+    body = {k: v for k, v in obj.items() if k != field}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode("utf-8")).hexdigest()
