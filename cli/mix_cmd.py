@@ -43,9 +43,23 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
         stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
         click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
                                "will stop", fg="yellow"))
+    for line in budget_warnings(recipe):
+        click.echo(click.style(line, fg="yellow"))
     unused = sorted(set(corpus_subsets) - set(recipe.subsets()))
     if unused:
         click.echo(f"note: corpus subsets not in this recipe (not packed): {', '.join(unused)}")
+
+
+def budget_warnings(recipe) -> list[str]:
+    """One warning per stage whose sub-stage budgets sum to less than the stage's tokens (the rest is planned
+    but never packed, so packed shares drift from the proportions)."""
+    out = []
+    for st in recipe.stages:
+        if (budget := sum(ss.tokens for ss in st.substages)) < st.tokens:
+            out.append(f"warning ({st.name}): its sub-stage budgets sum to {budget:,} of the stage's {st.tokens:,} "
+                       f"tokens; the other {st.tokens - budget:,} are planned but not packed, so the packed shares "
+                       "drift from the proportions")
+    return out
 
 
 def print_plan_rows(recipe, plan_rows) -> None:

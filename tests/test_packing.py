@@ -219,6 +219,18 @@ def test_xgen7b_plan_prints_table2_figures(capsys):
     assert natural.effective_tokens == 1_309_990_000_000 and abs(natural.epochs - 1.30999) < 1e-9
 
 
+def test_plan_warns_when_sub_stages_leave_stage_tokens_unpacked(tmp_path):
+    from cli.mix_cmd import budget_warnings
+
+    p = tmp_path / "r.toml"
+    p.write_text("[[stages]]\nname='a'\ntokens=100\nproportions={x=0.5, y=0.5}\n"
+                 "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
+    assert budget_warnings(recipe.load(str(p))) == [
+        "warning (a): its sub-stage budgets sum to 64 of the stage's 100 tokens; the other 36 are planned but not "
+        "packed, so the packed shares drift from the proportions"]
+    assert budget_warnings(recipe.load("xgen-7b")) == [] and budget_warnings(recipe.load("demo")) == []
+
+
 def test_recipe_effective_tokens_and_replay_errors(tmp_path):
     sub = "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n"
     one = "[[stages]]\nname='a'\neffective_tokens={x=40, y=24}\n" + sub
