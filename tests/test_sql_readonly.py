@@ -305,3 +305,12 @@ def test_table_cuts_long_values_and_keeps_rows_on_one_line(sample_corpus):
     assert len(rows) == 2 and all(len(r["text"]) > 500 and "\n" in r["text"] for r in rows)
     plan = CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, "EXPLAIN " + q])
     assert plan.exit_code == 0 and "…" not in plan.output and plan.output.count("\n") > 5  # a plan prints whole
+
+
+def test_spill_cap_from_the_environment(sample_corpus, monkeypatch):
+    monkeypatch.setenv("XGEN_DUCKDB_SPILL", "3GB")
+    con = sql.connect(sample_corpus, quiet=True)
+    assert con.execute("SELECT current_setting('max_temp_directory_size')").fetchone()[0].startswith("2.7 GiB")
+    monkeypatch.setenv("XGEN_DUCKDB_SPILL", "lots")
+    with pytest.raises(ValueError, match="XGEN_DUCKDB_SPILL='lots' is not a size"):
+        sql.connect(sample_corpus, quiet=True)

@@ -998,8 +998,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         os.makedirs(tmp_dir, exist_ok=True)
         from xgen_data.stats import sql
 
-        con = duckdb.connect(config={"threads": workers, "memory_limit": memory_limit or sql.memory_limit(),
-                                     "temp_directory": tmp_dir,
+        con = duckdb.connect(config={**sql.duckdb_config(tmp_dir, memory_limit), "threads": workers,
                                      "preserve_insertion_order": False})
         try:
             con.register("_parts", pa.table({

@@ -47,16 +47,34 @@ SUBSET_FROM_PATH = decisions.SUBSET_FROM_PATH
 DEFAULT_MEMORY_LIMIT = "512MB"
 
 
+def _size_env(name: str, default: str | None) -> str | None:
+    value = os.environ.get(name, "").strip() or default
+    if value is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value,
+                                              flags=re.IGNORECASE):
+        raise ValueError(f"{name}={value!r} is not a size such as 512MB or 4GB")
+    return value
+
+
 def memory_limit() -> str:
     """The DuckDB memory limit in force: ``XGEN_DUCKDB_MEMORY`` or :data:`DEFAULT_MEMORY_LIMIT`.
 
     Raises:
         ValueError: ``XGEN_DUCKDB_MEMORY`` is not a size such as ``512MB`` or ``4GB``.
     """
-    value = os.environ.get("XGEN_DUCKDB_MEMORY", "").strip() or DEFAULT_MEMORY_LIMIT
-    if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value, flags=re.IGNORECASE):
-        raise ValueError(f"XGEN_DUCKDB_MEMORY={value!r} is not a size such as 512MB or 4GB")
-    return value
+    return _size_env("XGEN_DUCKDB_MEMORY", DEFAULT_MEMORY_LIMIT)
+
+
+def duckdb_config(temp_directory: str, memory: str | None = None) -> dict:
+    """DuckDB settings of every connection the product opens: :func:`memory_limit` (or ``memory``), the spill
+    folder, and its cap ``XGEN_DUCKDB_SPILL`` when set (DuckDB's default: 90% of the free disk there).
+
+    Raises:
+        ValueError: ``XGEN_DUCKDB_MEMORY`` or ``XGEN_DUCKDB_SPILL`` is not a size.
+    """
+    config = {"memory_limit": memory or memory_limit(), "temp_directory": temp_directory}
+    if spill := _size_env("XGEN_DUCKDB_SPILL", None):
+        config["max_temp_directory_size"] = spill
+    return config
 
 
 _SPILL_PREFIX = "xgen-sql-"
@@ -152,7 +170,7 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     view, warnings = decisions.documents_sql(corpus, dec, strict=dec.recipe_name is not None)
     for w in warnings if not quiet else ():
         print(f"warning: {w}", file=sys.stderr)
-    con = duckdb.connect(":memory:", config={"memory_limit": memory_limit(), "temp_directory": spill_dir()})
+    con = duckdb.connect(":memory:", config=duckdb_config(spill_dir()))
     # Joins build their hash table on the right side as written. DuckDB estimates a positional join (the
     # documents view) at ~0 rows, so its build-side swap would put every document into the hash table of the
     # dedup keep rule's join with the (far smaller) table of kept copies: memory in proportion to the corpus.
