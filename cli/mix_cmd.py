@@ -23,7 +23,8 @@ def _recipe(name: str, seed: int | None):
 
 
 recipe_option = click.option("--recipe", "recipe_name", required=True,
-                             help="Recipe name (recipes/NAME.toml, e.g. xgen-7b) or path (e.g. the demo's W/recipe.toml).")
+                             help="Recipe name (recipes/NAME.toml, e.g. xgen-7b) or path (e.g. the demo's "
+                                  "W/recipe.toml).")
 seed_option = click.option("--seed", type=click.IntRange(0), default=None, help="Override the recipe's seed.")
 workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 

@@ -36,7 +36,8 @@ class FilterReport:
     n_docs: int = 0
     dropped: collections.Counter = field(default_factory=collections.Counter)
     missing_license_subsets: tuple[str, ...] = ()  # license_subsets with no documents (a typo?)
-    dropped_licenses: collections.Counter = field(default_factory=collections.Counter)  # (subset, license, reason) -> docs
+    # (subset, license, policy's reason) -> documents
+    dropped_licenses: collections.Counter = field(default_factory=collections.Counter)
 
 
 def decide(n_tokens, license_exprs, check_license: bool, min_tokens: int = MIN_TOKENS,

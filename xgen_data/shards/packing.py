@@ -33,7 +33,7 @@ from xgen_data.mixing import mixture
 from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
-from xgen_data.store.corpus import Corpus, DamagedPartError
+from xgen_data.store.corpus import Corpus
 from xgen_data.mixing.recipe import Recipe
 
 SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
@@ -154,12 +154,8 @@ def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: st
     codes = docs.part_code[wanted]
     for code in dict.fromkeys(codes.tolist()):
         sel = wanted[codes == code]
-        part = os.path.join(corpus.docs_dir(docs.name), docs.part_names[code])
-        try:
-            _copy_tokens(pq.ParquetFile(part), docs.row[sel], sel, offsets, out)
-        except (OSError, pa.ArrowException) as exc:  # a part with no recorded sha256 is only checked here
-            raise DamagedPartError(f"corpus part {part} cannot be read ({exc}); run `xgen verify --corpus "
-                                   f"{corpus.root}` and re-ingest its input with `xgen ingest`") from None
+        pf = pq.ParquetFile(os.path.join(corpus.docs_dir(docs.name), docs.part_names[code]))
+        _copy_tokens(pf, docs.row[sel], sel, offsets, out)  # parts were verified (sha256, or decoded) first
     out.flush()
     return offsets
 

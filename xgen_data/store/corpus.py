@@ -336,9 +336,9 @@ class Corpus:
         """Check the SHA-256 of ``parts`` (default: all) against the registry before a step reads them.
 
         Parts ingested before SHA-256s were recorded are decoded instead (:func:`part_decode_problem`) and
-        reported with one warning on stderr (``xgen verify --corpus C --record`` records them). Hashes are cached per process by file size, mtime and inode, so
-        one recipe flow hashes each part once (measured: 0.15 s for the full shared corpus's 224 MB of parts,
-        from the page cache).
+        reported with one warning on stderr (``xgen verify --corpus C --record`` records them). Hashes are
+        cached per process by file size, mtime and inode, so one recipe flow hashes each part once (measured:
+        0.15 s for the full shared corpus's 224 MB of parts, from the page cache).
 
         Returns:
             the parts that had no recorded SHA-256 (unverified).
