@@ -1,37 +1,111 @@
-"""Helpers shared by the command modules: clean error messages and table printing."""
+"""Helpers shared by the command modules: the one error handler (exit codes of :mod:`xgen_data.errors`),
+the shared options of docs/cli.md, and table printing."""
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
 
-#: Errors that are the user's input, printed as one line (``Error: file:line: problem``), exit status 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)  # OSError: e.g. disk full
+from xgen_data import errors
+
+#: Library errors that are not yet :class:`XgenError` subclasses, still reported as one line with exit 1
+#: until each raise site names its class (then a bare ValueError is a bug).
+LEGACY_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError)
+
+
+class CliError(click.ClickException):
+    """A one-line ``Error: ...`` on stderr with a chosen exit code (the codes of :mod:`xgen_data.errors`)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _bug_report(exc: BaseException) -> str:
+    """Write the traceback of an unexpected exception to a file; return the file's path."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = os.environ.get("XGEN_CRASH_DIR") or tempfile.gettempdir()
+    path = os.path.join(folder, f"xgen-bug-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"xgen {' '.join(sys.argv[1:])}\n\n")
+        traceback.print_exception(exc, file=f)
+    return path
+
+
+def to_cli_error(exc: BaseException) -> CliError | None:
+    """The one-line CLI error for ``exc`` (None: let click handle it: its own exceptions, exits, pipes)."""
+    if isinstance(exc, (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError)):
+        return None
+    if isinstance(exc, KeyboardInterrupt):
+        return CliError("interrupted", errors.EXIT_INTERRUPTED)
+    if isinstance(exc, errors.XgenError):
+        return CliError(str(exc), exc.exit_code)
+    if isinstance(exc, OSError):  # the environment: a full disk, a permission, a missing file
+        return CliError(str(exc), errors.EXIT_PROBLEM)
+    if isinstance(exc, LEGACY_INPUT_ERRORS):
+        msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
+        return CliError(msg, errors.EXIT_PROBLEM)
+    if isinstance(exc, Exception):
+        where = _bug_report(exc)
+        return CliError(f"internal error (a bug in xgen): {type(exc).__name__}: {exc}; traceback written to {where}",
+                        errors.EXIT_BUG)
+    return None
+
+
+class XgenGroup(click.Group):
+    """The root group: every command's exceptions go through :func:`to_cli_error` (one handler, one
+    exit-code table, docs/cli.md)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
+        except BaseException as exc:  # noqa: BLE001 -- mapped or re-raised unchanged
+            err = to_cli_error(exc)
+            if err is None:
+                raise
+            raise err from exc
 
 
 def user_errors(fn):
-    """Turn the library's input errors into a ``click.ClickException`` (no traceback).
-
-    A closed standard output (``xgen sql ... | head -1``) is left to click, which exits quietly.
-    """
+    """Flush stdout inside the command so a closed pipe (``| head``) is seen there; errors are mapped by
+    :class:`XgenGroup` for every command alike."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            result = fn(*args, **kwargs)
-            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-            return result
-        except click.ClickException:
-            raise
-        except BrokenPipeError:
-            raise  # the reader left (`| head`): click's main exits quietly with status 1
-        except USER_ERRORS as exc:
-            msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
-            raise click.ClickException(msg) from exc
+        result = fn(*args, **kwargs)
+        sys.stdout.flush()
+        return result
 
     return wrapper
+
+
+def format_option(choices: tuple[str, ...] = ("table", "json")):
+    """``--format``: how a command prints its results (``json`` is one JSON document on stdout)."""
+    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True,
+                        help="Output format" + (" (json: one document)" if "json" in choices else "") + ".")
+
+
+def quiet_option(fn):
+    """``--quiet``: no progress on stderr (progress is on by default when stderr is a terminal)."""
+    return click.option("--quiet", is_flag=True, help="No progress output on stderr.")(fn)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress goes to stderr, on by default when stderr is a terminal, off with ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
+def out_option(required: bool = True, help: str = "Output folder to write."):
+    """``--out``: the output folder (every command that writes a folder names it this way)."""
+    return click.option("--out", "out_dir", required=required, type=click.Path(file_okay=False), help=help)
 
 
 def corpus_option(fn):

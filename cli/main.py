@@ -5,8 +5,10 @@ import importlib
 
 import click
 
+from cli.common import XgenGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=XgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="xgen")
 def cli() -> None:
     """xgen: raw corpora to packed, deduplicated token shards and a trained LLaMA model (XGen-7B recipe)."""
