@@ -32,6 +32,7 @@ _COMMANDS = [
     ("cli.generate_cmd", "generate"),
     ("cli.eval_cmd", "eval_"),
     ("cli.carbon_cmd", "carbon"),
+    ("cli.sft_cmd", "sft"),
 ]
 
 for _module, _attr in _COMMANDS:

@@ -259,3 +259,40 @@ def test_prepare_shared_instruct_corpus(tmp_path):
     assert m["counts"]["skipped"] == 0 and m["counts"]["packed"] > 10_000
     assert m["padding_share"] < 0.05
     assert sft_format.verify(tmp_path / "sft") == []
+
+
+def test_long_context_examples(sample_corpus, tmp_path):
+    from xgen_data.sft import long_context
+
+    rep = long_context.make_examples(sample_corpus, str(tmp_path / "lc"), min_tokens=1500, per_source=2, seed=1)
+    rows = [json.loads(x) for x in (tmp_path / "lc" / "long_context.jsonl").read_text().splitlines()]
+    assert rep["examples"] == len(rows) > 5
+    assert len({r["doc_id"] for r in rows}) == len(rows)  # never two from one document
+    assert max(rep["per_source"].values()) <= 2 and set(rep["per_task"]) == set(long_context.TASKS)
+    assert all(long_context.example_tokens(r["prompt"], r["response"]) >= 1500 for r in rows)
+    q = next(r for r in rows if r["task"] == "question")
+    quoted = q["prompt"].rsplit('after the line "', 1)[1].rsplit('" in the document?', 1)[0]
+    lines = [ln.strip() for ln in q["prompt"].splitlines()]
+    assert lines[lines.index(quoted) + 1] == q["response"]
+    again = long_context.make_examples(sample_corpus, str(tmp_path / "lc2"), min_tokens=1500, per_source=2, seed=1)
+    assert again["sha256"] == rep["sha256"]
+    other = long_context.make_examples(sample_corpus, str(tmp_path / "lc3"), min_tokens=1500, per_source=2, seed=2)
+    assert other["sha256"] != rep["sha256"]
+    m = prepare.prepare([str(tmp_path / "lc" / "long_context.jsonl")], str(tmp_path / "sft"),
+                        prepare.Options(seq_len=8192))
+    assert m["shapes"] == {"prompt_response": len(rows)} and m["counts"]["packed"] == len(rows)
+
+
+def test_cli_sft_prepare_exit_codes(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r"}, {"messages": [
+        {"role": "user", "content": "only a question"}]}])
+    res = CliRunner().invoke(cli, ["sft", "prepare", bad, "--out", str(tmp_path / "o"), "--seq-len", "64"])
+    assert res.exit_code == 3 and "bad.jsonl:2:" in res.output and "human side" in res.output
+    res = CliRunner().invoke(cli, ["sft", "prepare", bad, "--out", str(tmp_path / "o"), "--seq-len", "64",
+                                   "--on-error", "skip", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["counts"]["skipped"] == 1
