@@ -33,6 +33,7 @@ _COMMANDS = [
     ("cli.eval_cmd", "eval_"),
     ("cli.carbon_cmd", "carbon"),
     ("cli.sft_cmd", "sft"),
+    ("cli.chat_cmd", "chat"),
 ]
 
 for _module, _attr in _COMMANDS:
