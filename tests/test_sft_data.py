@@ -296,3 +296,46 @@ def test_cli_sft_prepare_exit_codes(tmp_path):
                                    "--on-error", "skip", "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["counts"]["skipped"] == 1
+
+
+def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus, tmp_path):
+    import dataclasses
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from tests.conftest import demo_no_dedup
+    from xgen_data.mixing import pipeline, recipe as recipe_mod
+    from xgen_data.stats import sql
+    from xgen_data.store.corpus import Corpus
+
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(sample_corpus, corpus)
+    part = Corpus(corpus).parts("natural")[0]
+    docs = pq.read_table(part.path, columns=["id", "text"]).to_pylist()
+    victim = next(d for d in docs if len(d["text"].split()) > 200)
+    words = victim["text"].split()
+    evals = _write(tmp_path / "planted.jsonl", [{"id": "item-1", "question": " ".join(words[100:125]),
+                                                  "answer": "x"}])
+    base = demo_no_dedup()
+    r = dataclasses.replace(base, decontaminate=(evals,))
+    pipeline.apply_recipe_steps(corpus, r, progress=False)
+    con = sql.connect(corpus, recipe=r, quiet=True)
+    rows = con.execute("SELECT id, decontam_benchmark, decontam_item_id, decontam_kind, decontam_match "
+                       "FROM documents WHERE drop_reason = 'eval_overlap'").fetchall()
+    assert [row[:4] for row in rows] == [(victim["id"], "planted", "item-1", "ngram13")]
+    assert len(rows[0][4].split()) == 13 and rows[0][4] in decontam.normalize(victim["text"])
+    # the same corpus under a recipe without the key keeps the document; the attribute set is reused
+    con = sql.connect(corpus, recipe=base, quiet=True)
+    assert con.execute("SELECT kept IS NOT FALSE AND contaminated IS NULL FROM documents WHERE id = ?",
+                       [victim["id"]]).fetchone() == (True,)
+    from xgen_data.attributes import decontam as decontam_step
+
+    c = Corpus(corpus)
+    assert c.attribute_current(decontam_step.DECONTAM_STEP, decontam_step.decontam_params([evals]))
+    with c.lock():
+        assert decontam_step.compute_decontam_attributes(c, [evals]) is False  # once per eval-set hash
+    # the recipe key round-trips through TOML, paths relative to the recipe file
+    text = recipe_mod.to_toml(r)
+    (tmp_path / "r.toml").write_text(text.replace(evals, "planted.jsonl"))
+    assert recipe_mod.load(str(tmp_path / "r.toml")).decontaminate == (evals,)

@@ -72,10 +72,32 @@ class EvalIndex:
     sets: list[dict] = field(default_factory=list)  # per file: path, sha256, benchmark, items, too_short
 
     def fingerprint(self) -> str:
-        """SHA-256 over the eval files' checksums and the method's constants (what an attribute set is keyed by)."""
-        body = "|".join(f"{s['benchmark']}:{s['sha256']}" for s in sorted(self.sets, key=lambda s: s["benchmark"]))
-        return hashlib.sha256(f"decontam-v1|n={N}|short={MIN_SHORT_WORDS}|sub={MIN_SUBSTRING_CHARS}|{body}"
-                              .encode()).hexdigest()
+        """:func:`fingerprint` of the files this index was read from."""
+        return _fingerprint([(s["benchmark"], s["sha256"]) for s in self.sets])
+
+
+def benchmark_name(path: str) -> str:
+    """The benchmark an evaluation file is counted under: its file name without ``.jsonl[.gz|.zst]``."""
+    return re.sub(r"\.jsonl(\.gz|\.zst)?$", "", os.path.basename(path))
+
+
+def _fingerprint(sets: list[tuple[str, str]]) -> str:
+    body = "|".join(f"{b}:{sha}" for b, sha in sorted(sets))
+    return hashlib.sha256(f"decontam-v1|n={N}|short={MIN_SHORT_WORDS}|sub={MIN_SUBSTRING_CHARS}|{body}"
+                          .encode()).hexdigest()
+
+
+def fingerprint(paths: list[str]) -> str:
+    """SHA-256 over the evaluation files' names and contents and this method's constants: what a pre-training
+    attribute set is keyed by (computed once per eval-set hash).
+
+    Raises:
+        InputError: a file is missing.
+    """
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise InputError(f"{missing[0]}: no such evaluation set file")
+    return _fingerprint([(benchmark_name(p), fsutil.sha256_file(p)) for p in paths])
 
 
 def _item(rec: dict, line: int) -> tuple[str, str, str, list[str]]:
@@ -106,7 +128,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
     """
     index = EvalIndex()
     for path in paths:
-        bench = re.sub(r"\.jsonl(\.gz|\.zst)?$", "", os.path.basename(path))
+        bench = benchmark_name(path)
         if any(s["benchmark"] == bench for s in index.sets):
             raise InputError(f"{path}: a second evaluation set named {bench!r} (rename one file)")
         if not os.path.isfile(path):
