@@ -75,7 +75,8 @@ def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, over
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of document order and task choice.")
 @format_option()
 @user_errors
-def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens: int, per_source: int, tasks: tuple[str, ...],
+def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens: int, per_source: int,
+                     tasks: tuple[str, ...],
                      subsets: tuple[str, ...], seed: int, fmt: str) -> None:
     """Turn long corpus documents into instruction examples (summarise, answer a question, continue)."""
     report = long_context.make_examples(corpus_dir, out_dir, min_tokens=min_tokens, per_source=per_source,

@@ -339,3 +339,17 @@ def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus
     text = recipe_mod.to_toml(r)
     (tmp_path / "r.toml").write_text(text.replace(evals, "planted.jsonl"))
     assert recipe_mod.load(str(tmp_path / "r.toml")).decontaminate == (evals,)
+
+
+def test_eval_set_shapes_and_bad_lines(tmp_path):
+    hs = _write(tmp_path / "hellaswag.jsonl", [{"ctx": "A man is sitting on a roof. He", "endings": [
+        "starts pulling up roofing on a roof while holding a hammer in his hand", "is ripping level tiles off"],
+        "label": "0"}])
+    index = decontam.load_eval_sets([hs])
+    gram = next(iter(index.grams))
+    assert index.grams[gram] == ("hellaswag", "1") and "roofing" in " ".join(index.grams)
+    assert "ripping" not in " ".join(index.grams)  # only the correct ending is the reference
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: bad evaluation item: no prompt field"):
+        decontam.load_eval_sets([str(bad)])

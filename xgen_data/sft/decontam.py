@@ -12,15 +12,18 @@ prompt's docstring and of the canonical solution after whitespace normalisation 
 one space, ends stripped; bigcode's method), when at least :data:`MIN_SUBSTRING_CHARS` long (Choice: shorter
 snippets such as ``return a + b`` occur in unrelated code).
 
-Evaluation set files are JSONL, one item a line, recognised per line:
+Evaluation set files are JSONL (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``) or Parquet, one item a row,
+recognised per row:
 
 * HumanEval: ``{task_id, prompt, canonical_solution, …}`` (reference = the canonical solution; code)
-* MMLU-style: ``{question, choices, answer}`` (reference = the correct choice, by index or letter)
+* MMLU-style: ``{question, choices, answer}`` (reference = the correct choice, by index or letter), and
+  HellaSwag-style ``{ctx, endings, label}``
 * generic: an id (``id``, ``task_id``, ``item_id``, else the line number) and a prompt (``prompt``,
-  ``question``, ``input``, ``instruction``, ``text``) with an optional reference (``reference``, ``answer``,
+  ``question``, ``input``, ``instruction``, ``text``, ``ctx``, ``context``, ``query``, ``goal``, ``sentence``)
+  with an optional reference (``reference``, ``answer``,
   ``target``, ``output``, ``response``, ``solution``, ``completion``, ``canonical_solution``).
 
-The benchmark name is the file name without its ``.jsonl`` suffix.
+The benchmark name is the file name without its suffix.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ MIN_SUBSTRING_CHARS = 32
 _PUNCT = re.compile(r"[^\w\s]|_")
 _WS = re.compile(r"\s+")
 _DOCSTRING = re.compile(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\')', re.S)
-_PROMPT_KEYS = ("prompt", "question", "input", "instruction", "text")
+_PROMPT_KEYS = ("prompt", "question", "input", "instruction", "text", "ctx", "context", "query", "goal",
+                "sentence")
 _REF_KEYS = ("reference", "answer", "target", "output", "response", "solution", "completion",
              "canonical_solution")
 
@@ -77,8 +81,8 @@ class EvalIndex:
 
 
 def benchmark_name(path: str) -> str:
-    """The benchmark an evaluation file is counted under: its file name without ``.jsonl[.gz|.zst]``."""
-    return re.sub(r"\.jsonl(\.gz|\.zst)?$", "", os.path.basename(path))
+    """The benchmark an evaluation file is counted under: its name without ``.jsonl[.gz|.zst]`` / ``.parquet``."""
+    return re.sub(r"\.(jsonl(\.gz|\.zst)?|parquet)$", "", os.path.basename(path))
 
 
 def _fingerprint(sets: list[tuple[str, str]]) -> str:
@@ -103,12 +107,16 @@ def fingerprint(paths: list[str]) -> str:
 def _item(rec: dict, line: int) -> tuple[str, str, str, list[str]]:
     """(item id, prompt, reference, code snippets) of one eval record; raises ValueError naming the problem."""
     item_id = next((str(rec[k]) for k in ("task_id", "id", "item_id") if rec.get(k) is not None), str(line))
-    if "question" in rec and isinstance(rec.get("choices"), list):
-        answer, choices = rec.get("answer"), rec["choices"]
+    choices = rec.get("choices", rec.get("endings"))
+    question = rec.get("question", rec.get("ctx"))
+    if isinstance(question, str) and isinstance(choices, list):
+        answer = rec.get("answer", rec.get("label"))
+        if isinstance(answer, str) and answer.isdigit():
+            answer = int(answer)
         if isinstance(answer, str) and len(answer) == 1 and answer.upper() in "ABCDEFGHIJ":
             answer = "ABCDEFGHIJ".index(answer.upper())
         ref = choices[answer] if isinstance(answer, int) and 0 <= answer < len(choices) else ""
-        return item_id, str(rec["question"]), str(ref), []
+        return item_id, question, str(ref), []
     prompt = next((rec[k] for k in _PROMPT_KEYS if isinstance(rec.get(k), str)), None)
     if prompt is None:
         raise ValueError(f"no prompt field (one of {', '.join(_PROMPT_KEYS)})")
@@ -136,7 +144,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
         items = too_short = 0
         for raw in readers.iter_raw(path):
             try:
-                rec = json.loads(raw.payload)
+                rec = raw.payload if isinstance(raw.payload, dict) else json.loads(raw.payload)
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
                 item_id, prompt, ref, snippets = _item(rec, raw.line)

@@ -149,7 +149,8 @@ def make_examples(corpus_dir: str, out_dir: str, min_tokens: int = 4000, per_sou
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     report = {"examples": len(rows), "per_source": dict(per_source_n), "per_task": dict(per_task),
               "documents_considered": counts["documents_considered"], "too_short": counts["too_short"],
-              "too_long": counts["too_long"], "max_tokens": max_tokens, "no_task": counts["no_task"], "min_tokens": min_tokens, "per_source_cap": per_source, "seed": seed,
+              "too_long": counts["too_long"], "max_tokens": max_tokens, "no_task": counts["no_task"],
+              "min_tokens": min_tokens, "per_source_cap": per_source, "seed": seed,
               "tasks": list(tasks), "corpus": os.path.abspath(corpus_dir), "output": OUTPUT,
               "sha256": fsutil.sha256_file(path)}
     fsutil.write_json(os.path.join(out_dir, REPORT), report)
