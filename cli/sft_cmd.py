@@ -19,6 +19,8 @@ def sft() -> None:
 @out_option(help="SFT shards folder to write (replaced as a whole when it holds earlier SFT shards).")
 @click.option("--seq-len", type=int, default=8192, show_default=True, help="Tokens per packed row (SPEC §5).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the packing order.")
+@click.option("--validation-rows", type=int, default=0, show_default=True,
+              help="Packed rows held out as the validation split (the trainer's validation loss).")
 @click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", show_default=True,
               help="Examples longer than a row: drop them, or keep their start (dropping one whose response "
                    "is cut away entirely); both counted.")
@@ -37,16 +39,16 @@ def sft() -> None:
 @format_option()
 @quiet_option
 @user_errors
-def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, overlong: str, on_error: str,
-            system_header: bool, oasst_paths: str, trim_unanswered: bool, eval_sets: tuple[str, ...], fmt: str,
-            quiet: bool) -> None:
+def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, validation_rows: int, overlong: str,
+            on_error: str, system_header: bool, oasst_paths: str, trim_unanswered: bool, eval_sets: tuple[str, ...],
+            fmt: str, quiet: bool) -> None:
     """Render, mask, decontaminate and pack instruction data in any known shape into SFT shards.
 
     INPUTS are JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet files of {prompt, response}, Alpaca, Dolly,
     OpenAI messages, ShareGPT, OAsst trees or already rendered '### Human:' text, recognised per record.
     """
-    opts = prepare_mod.Options(seq_len=seq_len, seed=seed, overlong=overlong, on_error=on_error,
-                               system_header=system_header, oasst_all_paths=oasst_paths == "all",
+    opts = prepare_mod.Options(seq_len=seq_len, seed=seed, validation_rows=validation_rows, overlong=overlong,
+                               on_error=on_error, system_header=system_header, oasst_all_paths=oasst_paths == "all",
                                trim_unanswered=trim_unanswered, decontaminate=list(eval_sets))
     manifest = prepare_mod.prepare(list(inputs), out_dir, opts)
     if show_progress(quiet):

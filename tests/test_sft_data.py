@@ -164,13 +164,19 @@ def test_prepare_shards_rows_segments_and_checksums(tmp_path):
         assert np.all(tok[r][seg[r] == 0] == 0) and np.all(mask[r][seg[r] == 0] == 0)
     assert n_examples == m["counts"]["packed"]
     assert m["padding_share"] == pytest.approx((seg == 0).mean())
+    assert m["n_rows"] == len(tok) and m["validation_rows"] == 0 and m["dtype"] == "uint16"
+    # a validation split: the first rows of the same packing, the rest train
+    mv = prepare.prepare([src], str(tmp_path / "sftv"), prepare.Options(seq_len=64, seed=5, validation_rows=2))
+    assert (mv["validation_rows"], mv["n_rows"]) == (2, len(tok) - 2)
+    val, train = sft_format.read_all(tmp_path / "sftv", "validation"), sft_format.read_all(tmp_path / "sftv", "train")
+    assert np.array_equal(np.concatenate([val["tokens"], train["tokens"]]), tok)
     # the same inputs and seed give the same bytes
     m2 = prepare.prepare([src], str(tmp_path / "sft2"), prepare.Options(seq_len=64, seed=5))
     assert {k: m2[k] for k in ("shards", "counts")} == {k: m[k] for k in ("shards", "counts")}
     assert sft_format.verify(tmp_path / "sft") == []
     # a flipped byte and an edited manifest are caught
     entry = m["shards"][0]
-    path = tmp_path / "sft" / entry["loss_mask_path"]
+    path = tmp_path / "sft" / entry["loss_mask"]["path"]
     data = bytearray(path.read_bytes())
     data[0] ^= 1
     path.write_bytes(bytes(data))

@@ -40,6 +40,7 @@ class Options:
     oasst_all_paths: bool = False  # every root->leaf path instead of the best-ranked one
     trim_unanswered: bool = False  # drop a last human turn without a response instead of failing
     decontaminate: list[str] = field(default_factory=list)  # evaluation set JSONL files
+    validation_rows: int = 0  # packed rows held out as the validation split (the first rows in the seeded order)
     rows_per_shard: int = 4096
 
 
@@ -168,6 +169,8 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
     """
     if opts.seq_len < 2 or opts.seq_len > 1 << 20:
         raise InputError(f"--seq-len {opts.seq_len}: must be between 2 and {1 << 20}")
+    if opts.validation_rows < 0:
+        raise InputError(f"--validation-rows {opts.validation_rows}: must be >= 0")
     if not paths:
         raise InputError("no input files")
     tmp = sft_format.start_folder(out_dir)
@@ -179,9 +182,12 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
         rows = pack.best_fit_decreasing(packing.lengths, opts.seq_len, opts.seed)
         arrays = pack.fill_rows(rows, ex.ids, ex.masks, packing.lengths, opts.seq_len)
         counts = _counts(ex, packing, rows, arrays, opts.seq_len)
+        if opts.validation_rows >= max(len(rows), 1):
+            raise InputError(f"--validation-rows {opts.validation_rows}: the examples fill only {len(rows)} rows "
+                             "(at least one must stay for training)")
         removed_per = Counter(r["benchmark"] for r in ex.removed)
         manifest = {
-            "seq_len": opts.seq_len, "dtype": "uint16", "eos_id": EOS_ID, "vocab_size": VOCAB_SIZE,
+            "seq_len": opts.seq_len, "eos_id": EOS_ID, "vocab_size": VOCAB_SIZE,
             "padded_vocab_size": PADDED_VOCAB_SIZE, "seed": opts.seed, "overlong": opts.overlong,
             "on_error": opts.on_error, "oasst_paths": "all" if opts.oasst_all_paths else "best",
             "rendering": render.rendering_info(opts.system_header), "sources": ex.sources,
@@ -193,7 +199,7 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
         }
         removed = pa.Table.from_pylist(ex.removed, schema=sft_format.REMOVED_SCHEMA)
         written = sft_format.write_shards(tmp, arrays, _index_table(ex, rows, packing), removed, manifest,
-                                          opts.rows_per_shard)
+                                          opts.validation_rows, opts.rows_per_shard)
         sft_format.replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
