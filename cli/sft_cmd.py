@@ -6,12 +6,13 @@ import json
 import click
 
 from cli.common import format_option, out_option, print_rows, quiet_option, show_progress, user_errors
-from xgen_data.sft import long_context, prepare as prepare_mod
+from xgen_data.errors import ProblemFound
+from xgen_data.sft import long_context, prepare as prepare_mod, sft_format
 
 
 @click.group("sft")
 def sft() -> None:
-    """Instruction tuning data (SPEC §5): prepare SFT shards, make long-context examples."""
+    """Instruction tuning data (SPEC §5): prepare SFT shards, make long-context examples, verify shards."""
 
 
 @sft.command("prepare")
@@ -94,3 +95,16 @@ def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens:
     rows += [(f"source {k}", v) for k, v in sorted(report["per_source"].items())]
     print_rows(["what", "value"], rows, title=f"Long-context examples in {out_dir}/{long_context.OUTPUT}")
     click.echo(f"Pack them with `xgen sft prepare {out_dir}/{long_context.OUTPUT} --out SFT_DIR`.")
+
+
+@sft.command("verify")
+@click.argument("sft_dir", type=click.Path(file_okay=False))
+@user_errors
+def verify_cmd(sft_dir: str) -> None:
+    """Check an SFT shards folder: the manifest's own checksum, every file's size and SHA-256; exit 1 on damage."""
+    problems = sft_format.verify(sft_dir)
+    for p in problems:
+        click.echo(p)
+    if problems:
+        raise ProblemFound(f"{sft_dir}: {len(problems)} damaged or missing file(s); rerun `xgen sft prepare`")
+    click.echo(f"verify {sft_dir}: ok")

@@ -359,3 +359,42 @@ def test_eval_set_shapes_and_bad_lines(tmp_path):
     bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
     with pytest.raises(InputError, match=r"bad\.jsonl:2: bad evaluation item: no prompt field"):
         decontam.load_eval_sets([str(bad)])
+
+
+@pytest.mark.parametrize("point", ["sft.after_backup", "write_json.tmp_written"])
+def test_prepare_killed_leaves_old_or_new(tmp_path, point):
+    import subprocess
+    import sys
+
+    old = _write(tmp_path / "old.jsonl", [{"prompt": "p", "response": "old"}])
+    new = _write(tmp_path / "new.jsonl", [{"prompt": "p", "response": "new"}] * 2)
+    out = tmp_path / "sft"
+    prepare.prepare([old], str(out), prepare.Options(seq_len=32))
+    code = ("import sys; from xgen_data.sft import prepare; "
+            "prepare.prepare([sys.argv[1]], sys.argv[2], prepare.Options(seq_len=32))")
+    env = dict(os.environ, XGEN_CRASH_AT=point, PYTHONPATH=os.getcwd())
+    res = subprocess.run([sys.executable, "-c", code, new, str(out)], env=env, capture_output=True)
+    assert res.returncode == -9, res.stderr.decode()
+    if point == "sft.after_backup":
+        with pytest.raises(InputError, match="interrupted"):
+            sft_format.read_manifest(out)
+        assert sft_format.read_manifest(sft_format.backup_dir(str(out)))["counts"]["packed"] == 1
+    else:
+        assert sft_format.read_manifest(out)["counts"]["packed"] == 1  # the old set, untouched
+    # the next prepare restores the old set first, then writes the new one
+    m = prepare.prepare([new], str(out), prepare.Options(seq_len=32))
+    assert m["counts"]["packed"] == 2 and sft_format.verify(out) == []
+    assert sorted(os.listdir(tmp_path)) == ["new.jsonl", "old.jsonl", "sft"]
+
+
+def test_cli_sft_verify(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    src = _write(tmp_path / "a.jsonl", [{"prompt": "p", "response": "r"}])
+    m = prepare.prepare([src], str(tmp_path / "sft"), prepare.Options(seq_len=32))
+    assert CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")]).exit_code == 0
+    (tmp_path / "sft" / m["shards"][0]["tokens"]["path"]).write_bytes(b"\0" * 64)
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])
+    assert res.exit_code == 1 and "tokens" in res.output

@@ -111,6 +111,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     """
     folder = os.fspath(folder)
     path = os.path.join(folder, "manifest.json")
+    if not os.path.exists(folder) and os.path.isdir(backup_dir(folder)):
+        raise InputError(f"{folder}: missing: an `xgen sft prepare` into it was interrupted; the previous shards "
+                         f"are in {backup_dir(folder)} and the next prepare restores them first")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no manifest.json (not an SFT shards folder; run `xgen sft prepare`)")
     try:
@@ -340,7 +343,8 @@ def backup_dir(folder: str) -> str:
 def start_folder(out_dir: str) -> str:
     """Check ``out_dir`` may be (re)written and make the empty build folder next to it; return that folder.
 
-    A folder left by an interrupted swap is restored first (``.<out>.backup`` back to ``out_dir``).
+    A folder left by an interrupted swap is restored first (``.<out>.backup`` back to ``out_dir``), and the
+    unfinished build folders of killed processes (``.<out>.tmp-<pid>``) are removed.
 
     Raises:
         RefusedError: ``out_dir`` is a file, or a non-empty folder holding anything but SFT shards.
@@ -356,7 +360,12 @@ def start_folder(out_dir: str) -> str:
     head, tail = os.path.split(out)
     if not os.path.isdir(head):
         raise InputError(f"{out_dir}: parent folder {head} does not exist")
-    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+    prefix = f".{tail}.tmp-"
+    for name in os.listdir(head):  # unfinished builds of killed processes
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not fsutil.pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(head, name), ignore_errors=True)
+    tmp = os.path.join(head, f"{prefix}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     return tmp
