@@ -355,6 +355,13 @@ def test_eval_set_shapes_and_bad_lines(tmp_path):
     gram = next(iter(index.grams))
     assert index.grams[gram] == ("hellaswag", "1") and "roofing" in " ".join(index.grams)
     assert "ripping" not in " ".join(index.grams)  # only the correct ending is the reference
+    short = _write(tmp_path / "short.jsonl", [{"id": "s1", "question": "Who wrote the novel Moby Dick?",
+                                               "answer": "Herman Melville"}, {"id": "s2", "prompt": "Too short."}])
+    index = decontam.load_eval_sets([short])
+    assert index.sets[0]["too_short"] == 1 and not index.grams
+    hit = decontam.find("Quiz time! WHO wrote the novel, Moby Dick? -- Herman Melville, of course.", index)
+    assert hit is not None and (hit.eval_item_id, hit.match) == ("s1", "who wrote the novel moby dick herman melville")
+    assert decontam.find("Who wrote the novel Moby Dick? Nobody knows.", index) is None
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
     with pytest.raises(InputError, match=r"bad\.jsonl:2: bad evaluation item: no prompt field"):

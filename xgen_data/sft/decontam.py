@@ -72,6 +72,7 @@ class EvalIndex:
 
     grams: dict[str, tuple[str, str]] = field(default_factory=dict)
     short: dict[str, tuple[str, str]] = field(default_factory=dict)  # whole short items (< 13 words)
+    short_lengths: set[int] = field(default_factory=set)  # their word counts
     substrings: dict[str, tuple[str, str]] = field(default_factory=dict)
     sets: list[dict] = field(default_factory=list)  # per file: path, sha256, benchmark, items, too_short
 
@@ -158,6 +159,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
                     index.grams.setdefault(" ".join(words[i:i + N]), key)
             elif len(words) >= MIN_SHORT_WORDS:
                 index.short.setdefault(" ".join(words), key)
+                index.short_lengths.add(len(words))
             else:
                 too_short += 1
             for s in snippets:
@@ -184,11 +186,11 @@ def find(text: str, index: EvalIndex) -> Match | None:
             gram = " ".join(words[i:i + N])
             if gram in index.grams:
                 return Match(*index.grams[gram], "ngram13", gram)
-        if index.short:
-            joined = f" {' '.join(words)} "
-            for short, key in index.short.items():
-                if f" {short} " in joined:
-                    return Match(*key, "ngram13", short)
+        for n in sorted(index.short_lengths):
+            for i in range(len(words) - n + 1):
+                gram = " ".join(words[i:i + n])
+                if gram in index.short:
+                    return Match(*index.short[gram], "ngram13", gram)
     if index.substrings:
         flat = squash_ws(text)
         for snippet, key in index.substrings.items():
