@@ -179,6 +179,8 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
                 index.substrings.setdefault(s, key)
         index.sets.append({"path": path, "sha256": fsutil.sha256_file(path), "benchmark": bench, "items": items,
                            "too_short": too_short})
+    index.tables = {n: _hash_table(index.grams if n == N else index.short, n)
+                    for n in [N, *index.short_lengths]}
     return index
 
 
@@ -193,16 +195,19 @@ class Match:
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial window hash
 
 
-def window_hashes(words: list[str], n: int) -> np.ndarray:
-    """uint64 ``[len(words) - n + 1]``: a polynomial hash (wrapping) of every window of ``n`` words.
+def word_hashes(words: list[str]) -> np.ndarray:
+    """uint64 ``[len(words)]``: Python's ``hash`` of each word (salted per process: compare within one process)."""
+    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
 
-    Word hashes are Python's ``hash`` (salted per process, so only comparable within one process); equal
-    windows hash equally, and a match is always confirmed on the joined words (collisions cost a lookup).
+
+def window_hashes(w: np.ndarray, n: int) -> np.ndarray:
+    """uint64 ``[len(w) - n + 1]``: a polynomial hash (wrapping) of every window of ``n`` word hashes ``w``.
+
+    Equal windows hash equally; a match is always confirmed on the joined words (collisions cost a lookup).
     """
-    if len(words) < n:
+    if len(w) < n:
         return np.zeros(0, np.uint64)
-    w = np.fromiter((hash(x) for x in words), dtype=np.int64, count=len(words)).view(np.uint64)
-    out = np.zeros(len(words) - n + 1, np.uint64)
+    out = np.zeros(len(w) - n + 1, np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
             out = out * _MULT + w[k:k + len(out)]
@@ -211,15 +216,16 @@ def window_hashes(words: list[str], n: int) -> np.ndarray:
 
 def _hash_table(grams: dict[str, tuple[str, str]], n: int) -> np.ndarray:
     """Sorted window hashes of the ``n``-word grams of ``grams`` (the membership pre-check of :func:`find`)."""
-    return np.unique(np.array([window_hashes(g.split(), n)[0] for g in grams if g.count(" ") + 1 == n],
-                              dtype=np.uint64))
+    return np.unique(np.array([window_hashes(word_hashes(g.split()), n)[0] for g in grams
+                               if g.count(" ") + 1 == n], dtype=np.uint64))
 
 
-def _first_match(words: list[str], n: int, grams: dict[str, tuple[str, str]], table: np.ndarray):
-    hashes = window_hashes(words, n)
+def _first_match(words: list[str], wh: np.ndarray, n: int, grams: dict[str, tuple[str, str]], table: np.ndarray):
+    hashes = window_hashes(wh, n)
     if not len(hashes) or not len(table):
         return None
-    for i in np.flatnonzero(np.isin(hashes, table)):
+    at = np.minimum(np.searchsorted(table, hashes), len(table) - 1)
+    for i in np.flatnonzero(table[at] == hashes):
         gram = " ".join(words[i:i + n])
         if gram in grams:
             return gram
@@ -231,10 +237,11 @@ def find(text: str, index: EvalIndex) -> Match | None:
     or None when it is clean. Windows are looked up by hash first (:func:`window_hashes`), then confirmed."""
     if index.grams or index.short:
         words = normalize(text).split()
+        wh = word_hashes(words)
         for n, grams in [(N, index.grams)] + [(k, index.short) for k in sorted(index.short_lengths)]:
             if n not in index.tables:
                 index.tables[n] = _hash_table(grams, n)
-            gram = _first_match(words, n, grams, index.tables[n])
+            gram = _first_match(words, wh, n, grams, index.tables[n])
             if gram is not None:
                 return Match(*grams[gram], "ngram13", gram)
     if index.substrings:
