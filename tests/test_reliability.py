@@ -95,3 +95,98 @@ def test_ingest_skips_and_lists_a_fifo_inside_a_folder(tmp_path):
     assert res.exit_code == 0, res.output
     assert "special file (FIFO (named pipe)): " in res.output and "pipe.jsonl" in res.output
     assert _stored_texts(tmp_path / "c") == [f"document {i}" for i in range(3)]
+
+
+# -- export: one write-and-swap helper ------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: A micro model: the export kill tests run a subprocess each, so it must be quick to build.
+EXPORT = """
+import sys
+from xgen_train.export import hf
+from xgen_train.model.config import ModelConfig
+from xgen_train.model.model import init_params
+cfg = ModelConfig(vocab_size=512, hidden=32, intermediate=64, n_layers=1, n_heads=2, max_positions=64)
+hf.export_hf(None, sys.argv[1], params=init_params(cfg, int(sys.argv[2])), model_config=cfg, tokenizer=False)
+"""
+
+
+def _export_here(out, seed):
+    from xgen_train.export import hf
+    from xgen_train.model.config import ModelConfig
+    from xgen_train.model.model import init_params
+
+    cfg = ModelConfig(vocab_size=512, hidden=32, intermediate=64, n_layers=1, n_heads=2, max_positions=64)
+    return hf.export_hf(None, str(out), params=init_params(cfg, seed), model_config=cfg, tokenizer=False)
+
+
+def _export_killed(out, seed, point):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XGEN_CRASH_AT=point)
+    return subprocess.run([sys.executable, "-c", EXPORT, str(out), str(seed)], env=env, timeout=300,
+                          capture_output=True, text=True)
+
+
+def _weights(folder):
+    return (folder / "model.safetensors").read_bytes()
+
+
+def _siblings(out):
+    return sorted(n for n in os.listdir(out.parent) if n != out.name)
+
+
+def test_export_into_an_earlier_export_keeps_the_users_files(tmp_path):
+    from xgen_data.errors import RefusedError
+
+    out = tmp_path / "exp"
+    _export_here(out, 1)
+    (out / "README.md").write_text("my notes")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(RefusedError, match="README.md"):
+        _export_here(out, 2)
+    assert (out / "README.md").read_text() == "my notes" and (out / "adapter" / "adapter_config.json").exists()
+    assert _siblings(out) == []
+
+
+@pytest.mark.parametrize("point", ["export.before_swap", "export.after_backup", "export.after_swap"])
+def test_killed_export_leaves_a_complete_or_restorable_export(tmp_path, point):
+    out = tmp_path / "exp"
+    _export_here(out, 1)
+    old = _weights(out)
+    proc = _export_killed(out, 2, point)
+    assert proc.returncode == -9, proc.stderr
+    # the invariant: a complete export in place, or (between the two renames) the old one in the backup
+    if point == "export.after_backup":
+        assert not out.exists() and _weights(tmp_path / ".exp.backup") == old
+    elif point == "export.before_swap":
+        assert _weights(out) == old and any(n.startswith(".exp.tmp-") for n in _siblings(out))
+    else:
+        assert _weights(out) != old
+    (tmp_path / ".exp.tmp-k2j4h1x0").mkdir()  # an older version's leftover (mkdtemp name)
+    _export_here(out, 3)  # the next export restores or cleans up first, then replaces it
+    assert _weights(out) not in (old, b"") and _siblings(out) == []
+
+
+def test_export_under_a_path_that_is_a_file_names_it(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    run = tmp_path / "run"
+    run.mkdir()
+    res = _invoke(["export", "hf", str(run), str(tmp_path / "plain" / "exp")])
+    assert res.exit_code == 3, res.output
+    assert f"{tmp_path / 'plain'} is a file" in res.output and "Errno" not in res.output
+
+
+def test_second_writer_of_a_folder_is_refused_naming_the_holder(tmp_path):
+    import socket
+
+    from xgen_data.errors import RefusedError
+    from xgen_data.store import locks, publish
+
+    out = tmp_path / "exp"
+    with locks.writer_lock(publish.lock_path(str(out)), "test"):
+        with pytest.raises(RefusedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            _export_here(out, 1)
+    assert not out.exists() and _siblings(out) == []
