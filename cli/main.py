@@ -32,6 +32,7 @@ _COMMANDS = [
     ("cli.generate_cmd", "generate"),
     ("cli.eval_cmd", "eval_"),
     ("cli.carbon_cmd", "carbon"),
+    ("cli.card_cmd", "card"),
 ]
 
 for _module, _attr in _COMMANDS:
