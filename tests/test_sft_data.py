@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import shared_path
 from xgen_data.errors import DamagedDataError, InputError, RefusedError
 from xgen_data.sft import decontam, masking, pack, prepare, render, sft_format, shapes
+from xgen_data.store import publish
 from xgen_data.tokenizer import EOS_ID, decode, encode
 
 TWO_TURNS = ("### Human: Hi there\n### Assistant: Hello!<|endoftext|>"
@@ -385,7 +386,7 @@ def test_prepare_killed_leaves_old_or_new(tmp_path, point):
     if point == "sft.after_backup":
         with pytest.raises(InputError, match="interrupted"):
             sft_format.read_manifest(out)
-        assert sft_format.read_manifest(sft_format.backup_dir(str(out)))["counts"]["packed"] == 1
+        assert sft_format.read_manifest(publish.backup_dir(str(out)))["counts"]["packed"] == 1
     else:
         assert sft_format.read_manifest(out)["counts"]["packed"] == 1  # the old set, untouched
     # the next prepare restores the old set first, then writes the new one
@@ -405,3 +406,19 @@ def test_cli_sft_verify(tmp_path):
     (tmp_path / "sft" / m["shards"][0]["tokens"]["path"]).write_bytes(b"\0" * 64)
     res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])
     assert res.exit_code == 1 and "tokens" in res.output
+
+
+def test_trainer_loader_reads_prepared_shards(tmp_path):
+    from xgen_train.loop.sft_data import SFTLoader
+
+    src = _write(tmp_path / "mixed.jsonl", [c[0] for c in SHAPE_CASES] * 4)
+    m = prepare.prepare([src], str(tmp_path / "sft"), prepare.Options(seq_len=64, validation_rows=2,
+                                                                      rows_per_shard=3))
+    assert len(m["shards"]) > 2
+    for split in ("train", "validation"):
+        loader = SFTLoader(tmp_path / "sft", 2, verify=True, split=split)
+        mine = sft_format.read_all(tmp_path / "sft", split)
+        assert loader.n_sequences == len(mine["tokens"])
+        got = loader.rows(np.arange(loader.n_sequences))
+        for k in sft_format.ARRAYS:
+            assert np.array_equal(got[k], mine[k].astype(np.int32)), (split, k)

@@ -40,15 +40,14 @@ manifest's own checksum, computed exactly as for pre-training shards
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xgen_data.errors import DamagedDataError, InputError, RefusedError
+from xgen_data.errors import DamagedDataError, InputError
 from xgen_data.shards import shard_format
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, publish
 
 FORMAT = "xgen-sft-shards"
 FORMAT_VERSION = 1
@@ -111,9 +110,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     """
     folder = os.fspath(folder)
     path = os.path.join(folder, "manifest.json")
-    if not os.path.exists(folder) and os.path.isdir(backup_dir(folder)):
+    if not os.path.exists(folder) and os.path.isdir(publish.backup_dir(folder)):
         raise InputError(f"{folder}: missing: an `xgen sft prepare` into it was interrupted; the previous shards "
-                         f"are in {backup_dir(folder)} and the next prepare restores them first")
+                         f"are in {publish.backup_dir(folder)} and the next prepare restores them first")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no manifest.json (not an SFT shards folder; run `xgen sft prepare`)")
     try:
@@ -295,7 +294,7 @@ def _write_shard(folder: str, split: str, k: int, rows: dict[str, np.ndarray], i
 def write_shards(folder: str, rows: dict[str, np.ndarray], index: pa.Table, removed: pa.Table, manifest: dict,
                  validation_rows: int = 0, rows_per_shard: int = 4096) -> dict:
     """Write packed rows, their example index and the removed examples as an SFT shards folder (not in place:
-    ``folder`` is new and empty; :func:`replace_folder` swaps it in).
+    ``folder`` is the empty temporary folder of :func:`publisher`, which swaps it in).
 
     Args:
         rows: ``tokens`` / ``loss_mask`` / ``segment_ids`` arrays ``[n_rows, seq_len]`` (cast to
@@ -323,63 +322,28 @@ def write_shards(folder: str, rows: dict[str, np.ndarray], index: pa.Table, remo
     return write_manifest(folder, body)
 
 
-def _ours(folder: str) -> bool:
-    """Whether ``folder`` holds only what an SFT shards manifest lists (so a rebuild may replace it)."""
+def listed_files(folder: str) -> set[str] | None:
+    """The files an SFT shards manifest in ``folder`` lists (None: no readable SFT manifest there)."""
     try:
         manifest = fsutil.read_json(os.path.join(folder, "manifest.json"))
-        listed = {"manifest.json", manifest["removed_file"]["path"]}
-        for e in manifest["shards"]:
-            listed |= {e[n]["path"] for n in FILES}
+        if manifest.get("format") != FORMAT:
+            return None
+        return {"manifest.json", manifest["removed_file"]["path"]} | {e[n]["path"] for e in manifest["shards"]
+                                                                     for n in FILES}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _is_complete(folder: str) -> bool:
+    try:
+        return not verify(folder)
+    except (InputError, DamagedDataError):
         return False
-    return manifest.get("format") == FORMAT and set(os.listdir(folder)) <= listed
 
 
-def backup_dir(folder: str) -> str:
-    head, tail = os.path.split(os.path.abspath(folder).rstrip(os.sep))
-    return os.path.join(head, f".{tail}.backup")
-
-
-def start_folder(out_dir: str) -> str:
-    """Check ``out_dir`` may be (re)written and make the empty build folder next to it; return that folder.
-
-    A folder left by an interrupted swap is restored first (``.<out>.backup`` back to ``out_dir``), and the
-    unfinished build folders of killed processes (``.<out>.tmp-<pid>``) are removed.
-
-    Raises:
-        RefusedError: ``out_dir`` is a file, or a non-empty folder holding anything but SFT shards.
-    """
-    out = os.path.realpath(out_dir)
-    if not os.path.exists(out) and os.path.isdir(backup_dir(out)):
-        os.replace(backup_dir(out), out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RefusedError(f"{out_dir}: exists and is not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not _ours(out):
-        raise RefusedError(f"{out_dir}: folder is not empty and is not an SFT shards folder (or holds files its "
-                           "manifest does not list); choose another --out or empty it")
-    head, tail = os.path.split(out)
-    if not os.path.isdir(head):
-        raise InputError(f"{out_dir}: parent folder {head} does not exist")
-    prefix = f".{tail}.tmp-"
-    for name in os.listdir(head):  # unfinished builds of killed processes
-        pid = name[len(prefix):]
-        if name.startswith(prefix) and pid.isdigit() and not fsutil.pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(head, name), ignore_errors=True)
-    tmp = os.path.join(head, f"{prefix}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    return tmp
-
-
-def replace_folder(tmp: str, out_dir: str) -> None:
-    """Swap the finished build ``tmp`` in as ``out_dir``: a kill at any point leaves the old set (in
-    ``out_dir`` or its backup, which :func:`start_folder` restores) or the new one."""
-    out = os.path.realpath(out_dir)
-    if os.path.exists(out):
-        shutil.rmtree(backup_dir(out), ignore_errors=True)
-        os.replace(out, backup_dir(out))
-        fsutil.crash_point("sft.after_backup")
-        os.replace(tmp, out)
-        shutil.rmtree(backup_dir(out))
-    else:
-        os.replace(tmp, out)
+def publisher(out_dir: str) -> publish.FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of an SFT shards folder (commit points ``sft.*``):
+    one writer at a time, a folder of other files refused, the previous folder swapped out only once the new
+    one is complete, and restored if a kill lands between the two renames."""
+    return publish.FolderPublisher(out_dir, listed_files=listed_files, is_complete=_is_complete,
+                                   what="SFT shards folder", crash_prefix="sft")
