@@ -222,3 +222,20 @@ def test_export_manifest_catches_a_changed_file(demo_shards, tmp_path):
 def test_piece_lengths_cut_at_rows_and_after_eos():
     block = np.array([[1, 9, 2, 3], [4, 5, 9, 9]], dtype=np.uint16)
     assert megatron.piece_lengths(block, 9).tolist() == [2, 2, 3, 1]
+
+
+@pytest.mark.parametrize("point", ["export.written", "export.renamed"])
+def test_killed_export_leaves_nothing_or_everything(demo_shards, tmp_path, point):
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    code = f"from xgen_data.interop import export; export.export_shards({demo_shards!r}, {str(out)!r}, 'litdata')"
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, XGEN_CRASH_AT=point, PYTHONPATH=repo))
+    assert proc.returncode == -9
+    if point == "export.written":
+        assert not out.exists()
+        assert [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]  # the killed run's leftover
+        export.export_shards(demo_shards, str(out), "litdata")
+        assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]  # removed by the next run
+    assert export.verify_export(str(out)) == []

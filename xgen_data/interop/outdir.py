@@ -3,6 +3,8 @@
 The target must not exist, or be an empty folder; anything else (a file, a folder with files) is refused,
 so an export never deletes or mixes with what it did not write. A killed run leaves only its temporary
 sibling ``.<name>.tmp-<pid>``, removed by the next run into the same place once that process is gone.
+Commit points (:func:`xgen_data.store.fsutil.crash_point`): ``export.written`` (everything written, not yet
+renamed) and ``export.renamed``.
 """
 from __future__ import annotations
 
@@ -53,10 +55,12 @@ def new_folder(out_dir: str) -> Iterator[str]:
     os.mkdir(tmp)
     try:
         yield tmp
+        fsutil.crash_point("export.written")
         check_target(out_dir)  # nobody filled it meanwhile
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)
         os.rename(tmp, out_dir)
+        fsutil.crash_point("export.renamed")
         dir_fd = os.open(head, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
