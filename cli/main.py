@@ -33,6 +33,8 @@ _COMMANDS = [
     ("cli.eval_cmd", "eval_"),
     ("cli.carbon_cmd", "carbon"),
     ("cli.card_cmd", "card"),
+    ("cli.sft_cmd", "sft"),
+    ("cli.chat_cmd", "chat"),
 ]
 
 for _module, _attr in _COMMANDS:
