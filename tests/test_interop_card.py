@@ -145,7 +145,7 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     out = str(tmp_path / "mds")
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 0, r.output
-    assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_export.json"))
+    assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 2 and "not empty" in r.output
     r = runner.invoke(cli, ["card", demo_shards, "--corpus", sample_corpus, "--ai-act", "--out", str(tmp_path / "c"),
