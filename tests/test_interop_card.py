@@ -30,7 +30,7 @@ def test_every_number_is_the_query_it_cites(made, demo_shards, sample_corpus):
                          quiet=True)
     sql_facts = [f for f in result["facts"] if f["kind"] == "sql"]
     assert {f["key"] for f in sql_facts} >= {"sources", "funnel", "licenses", "languages", "duplicates", "packed",
-                                               "packed_subsets", "checksums", "lengths"}
+                                               "packed_subsets", "checksums", "lengths", "decontamination"}
     for f in sql_facts:
         assert json.loads(json.dumps([list(r) for r in con.execute(f["source"]).fetchall()])) == f["rows"], f["key"]
     con.close()
@@ -152,3 +152,32 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
                             "--format", "json"])
     assert r.exit_code == 0, r.output
     assert set(json.loads(r.output)["files"]) == {"README.md", "index.html", "ai_act_summary.md", "recipe.toml"}
+
+
+def test_decontamination_counts(sample_corpus, tmp_path):
+    """A document overlapping a planted evaluation item is dropped as eval_overlap; the card counts it."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+    from conftest import demo_no_dedup
+
+    from xgen_data.mixing import pipeline
+    from xgen_data.shards import packing
+    from xgen_data.store.corpus import Corpus
+
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(sample_corpus, corpus)
+    docs = pq.read_table(Corpus(corpus).parts("natural")[0].path, columns=["id", "text", "n_tokens"]).to_pylist()
+    victim = next(d for d in docs if len(d["text"].split()) > 200)
+    evals = tmp_path / "planted.jsonl"
+    evals.write_text(json.dumps({"id": "item-1", "question": " ".join(victim["text"].split()[100:125]),
+                                 "answer": "x"}) + "\n")
+    r = dataclasses.replace(demo_no_dedup(), decontaminate=(str(evals),))
+    shards = str(tmp_path / "shards")
+    pipeline.apply_recipe_steps(corpus, r, progress=False)
+    packing.build(corpus, r, shards, progress=False)
+    result = card.write_card(shards, str(tmp_path / "card"), corpus_dir=corpus, ai_act_summary=True)
+    facts = {f["key"]: f for f in result["facts"]}
+    assert facts["decontamination"]["rows"] == [["planted", 1, victim["n_tokens"]]]
+    assert ["eval_overlap", 1, victim["n_tokens"]] in facts["funnel"]["rows"]
+    assert "Documents dropped for overlap with evaluation sets: 1 " in (tmp_path / "card" / "ai_act_summary.md").read_text()

@@ -146,9 +146,10 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
         f"and when those files were collected, and with whose consent: {PROVIDER}\n\n",
         "## Preprocessing\n\n",
         f"Filters, license policies and deduplication are those of the recipe (`recipe.toml`); documents shorter "
-        f"than the recipe's `min_tokens` are dropped. Decontamination against evaluation sets is not a step of "
-        f"xgen: none was applied. {PROVIDER} for any processing done before xgen.\n\n",
-        _section(facts, ("funnel", "licenses", "duplicates", "duplicate_examples")),
+        f"than the recipe's `min_tokens` are dropped; documents that overlap the evaluation sets named by the "
+        f"recipe's `decontaminate` (none named: none dropped) are dropped as `eval_overlap`. {PROVIDER} for any "
+        f"processing done before xgen.\n\n",
+        _section(facts, ("funnel", "licenses", "duplicates", "duplicate_examples", "decontamination")),
         "## Uses\n\n",
         "Pre-training of causal language models. The sequences are exported for other trainers with `xgen export "
         f"shards` (Megatron-LM, MosaicML streaming, litdata, Hugging Face datasets). Uses to avoid: {PROVIDER}\n\n",

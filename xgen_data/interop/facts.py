@@ -46,6 +46,9 @@ CORPUS_QUERIES = (
      "SELECT d.subset, d.id AS removed_id, d.dup_of AS kept_id, left(d.text, 400) AS removed_text, "
      "left(k.text, 400) AS kept_text FROM documents d JOIN documents k ON k.id = d.dup_of "
      "AND k.subset = d.dup_of_subset WHERE d.subset IN {subsets} AND d.dup_reason IS NOT NULL ORDER BY d.subset, d.id LIMIT 3"),
+    ("decontamination", "Documents dropped for overlap with evaluation sets, per benchmark",
+     "SELECT decontam_benchmark AS benchmark, count(*) AS documents, sum(n_tokens) AS tokens FROM documents "
+     "WHERE subset IN {subsets} AND contaminated GROUP BY 1 ORDER BY documents DESC, benchmark"),
     ("lengths", "Lengths of the kept documents (tokens, powers of two)",
      "SELECT floor(log2(greatest(n_tokens, 1)))::INTEGER AS log2_tokens, count(*) AS documents "
      "FROM documents WHERE kept AND subset IN {subsets} GROUP BY 1 ORDER BY 1"),
