@@ -110,6 +110,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="the sample slice and scales 1, 4 (seconds)")
     ap.add_argument("--scales", type=int, nargs="+", default=None, help="row multiples of the shards (default 1 4 16)")
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="export targets to time")
     ap.add_argument("--workdir", default=None, help="keep the corpus and shards here (default: a temp folder)")
     args = ap.parse_args()
     scales = args.scales or ([1, 4] if args.smoke else [1, 4, 16])
@@ -121,7 +122,7 @@ def main() -> None:
           f"{'peak RSS MB':>11}")
     for k in scales:
         src = shards if k == 1 else scaled(shards, os.path.join(work, f"shards-x{k}"), k)
-        for target in TARGETS:
+        for target in args.targets:
             out = os.path.join(work, f"out-{target}-x{k}")
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(out + ".baseline", ignore_errors=True)

@@ -237,3 +237,18 @@ def test_killed_export_leaves_no_partial_folder(demo_shards, tmp_path):
     export.export_shards(demo_shards, str(out), "litdata")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")]  # removed by the next run
     assert export.verify_export(str(out)) == []
+
+
+def test_megatron_index_bytes_by_the_format(tmp_path):
+    """The .idx written in chunks equals the layout of megatron-core's _IndexWriter, computed whole."""
+    lengths = np.array([3, 1, 4, 1, 5] * 130_000, dtype=np.int32)  # more than one chunk
+    with open(tmp_path / "lengths", "w+b") as f, megatron.HashingWriter(str(tmp_path), "x.idx") as w:
+        f.write(lengths.tobytes())
+        megatron.write_index(w, f, lengths.size)
+        w.close()
+    pointers = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * 2)[:-1]])
+    import struct
+
+    want = (b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, lengths.size, lengths.size + 1) + lengths.tobytes()
+            + pointers.astype("<i8").tobytes() + np.arange(lengths.size + 1, dtype="<i8").tobytes())
+    assert (tmp_path / "x.idx").read_bytes() == want

@@ -89,7 +89,7 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     """Export the shards folder ``shard_dir`` to ``out_dir`` for ``target`` (one of :data:`TARGETS`).
 
     Every shard and index file is checked against the manifest first; then each dataset is streamed (memory
-    holds one block of rows, plus the sequence lengths of a Megatron index) into a temporary sibling of
+    holds one block of rows) into a temporary sibling of
     ``out_dir`` that is renamed into place (:func:`xgen_data.interop.outdir.new_folder`). The same shards give
     the same bytes.
 

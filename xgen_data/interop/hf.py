@@ -14,7 +14,7 @@ from xgen_data.interop.files import HashingWriter
 from xgen_data.interop.source import Dataset, row_blocks
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32()))])
-ROW_GROUP_BYTES = 16 << 20  # int32 bytes per row group (bounded memory)
+ROW_GROUP_BYTES = 8 << 20  # int32 bytes per row group (bounded memory)
 
 
 def _table(block: np.ndarray) -> pa.Table:

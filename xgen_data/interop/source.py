@@ -15,7 +15,7 @@ from xgen_data.errors import DamagedDataError
 from xgen_data.shards import shard_format
 
 #: Bytes per block of rows read from a shard (memory holds one block at a time).
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
