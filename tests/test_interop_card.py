@@ -118,11 +118,13 @@ def test_ai_act_draft(made):
 
 
 def test_card_without_corpus_says_what_is_missing(demo_shards, tmp_path):
-    result = card.write_card(demo_shards, str(tmp_path / "c"))
+    result = card.write_card(demo_shards, str(tmp_path / "c"), ai_act_summary=True)
     keys = {f["key"] for f in result["facts"]}
     assert keys == {"plan", "packed", "packed_subsets", "packed_sources", "checksums"}
     assert all(f["kind"] == "manifest" for f in result["facts"])
     assert "Not shown without the corpus" in (tmp_path / "c" / "README.md").read_text(encoding="utf-8")
+    draft = (tmp_path / "c" / "ai_act_summary.md").read_text(encoding="utf-8")
+    assert "## 3. Data processing aspects" in draft and "need the corpus" in draft
 
 
 def test_card_refusals(demo_shards, tmp_path):

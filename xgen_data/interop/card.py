@@ -53,7 +53,7 @@ def metadata(facts: dict[str, Fact], manifest: dict) -> dict:
     sequences = sum(_col(facts["packed"], "sequences"))
     meta = {"pretty_name": f"xgen shards of recipe {manifest.get('recipe')}", "task_categories": ["text-generation"],
             "size_categories": [size_category(sequences)], "tags": ["xgen", "pretraining", "tokenized"]}
-    licenses = [lic for lic in _col(facts["kept_licenses"], "license")] if "kept_licenses" in facts else []
+    licenses = _col(facts["kept_licenses"], "license") if "kept_licenses" in facts else []
     meta["license"] = licenses[0].lower() if len(licenses) == 1 and " " not in licenses[0] else "other"
     if "languages" in facts:
         langs = [lang for lang, code in zip(_col(facts["languages"], "language"), _col(facts["languages"], "is_code"))
