@@ -283,7 +283,7 @@ def _describe_init(path) -> dict:
     return {"path": str(Path(path).resolve())}
 
 
-def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, config: TrainConfig | None = None, *,
+def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, config: TrainConfig | str | None = None, *,
           resume: bool | str | os.PathLike | None = None, stop: StopSignal | None = None,
           compute_dtype: str | None = None, numerics: NumericsOptions | None = None, **settings) -> dict[str, Any]:
     """Train a model on a shards folder: pre-training over the curriculum of ``xgen-shards`` (SPEC §3, §4), or
@@ -293,7 +293,8 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         shards_dir: the shards folder (None: ``config.data.shards_dir``).
         out_dir: output folder (created): ``metrics.jsonl``, ``run.json`` (the config and the run's
             trajectory settings), ``checkpoints/``, ``loss.png``, ``summary.json``.
-        config: a :class:`xgen_train.loop.config.TrainConfig` (default: all defaults); ``settings`` override
+        config: a :class:`xgen_train.loop.config.TrainConfig` (default: all defaults), or a model config's name
+            (``"tiny"``, the same as ``config_name=``); ``settings`` override
             its fields by flat name (``config_name``, ``steps``, ``batch_size``, ``batch_tokens``, ``lr``,
             ``warmup``, ``seed``, ``stage``, ``substage``, ``log_every``, ``total_steps``, ``final_lr_ratio``,
             ``weight_decay``, ``clip_norm``, ``b1``, ``b2``, ``init_seed``, ``init``, ``checkpoint_every``,
@@ -325,6 +326,9 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         CheckpointError: corrupt/incompatible checkpoint or init. ValueError: inconsistent settings, or a resume
         whose settings differ. FloatingPointError: non-finite loss (metrics are written up to that update).
     """
+    if isinstance(config, str):  # a model config's name, as in ``train(shards, out, "tiny")``
+        settings.setdefault("config_name", config)
+        config = None
     tc = config or TrainConfig()
     if shards_dir is not None:
         settings["shards_dir"] = os.fspath(shards_dir)
