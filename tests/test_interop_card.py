@@ -49,6 +49,8 @@ def test_card_numbers_match_the_shards_and_corpus(made, demo_shards, sample_corp
     assert {(s, k): t for s, k, t in facts["packed_subsets"]["rows"]} == per_subset
     assert sum(r[-1] for r in facts["packed"]["rows"]) == sum(e["n_sequences"] * e["seq_len"] for e in manifest["shards"])
     assert {r[0]: r[1] for r in facts["checksums"]["rows"]} == {e["path"]: e["sha256"] for e in manifest["shards"]}
+    for stage, subset, plan, tokens, share in facts["plan_vs_packed"]["rows"]:  # packing hits the plan within 1%
+        assert tokens == per_subset[(stage, subset)] and share == pytest.approx(plan, abs=0.01)
     # the funnel covers every document of the packed subsets exactly once
     con = sqlmod.connect(sample_corpus, quiet=True)
     n_docs = con.execute("SELECT count(*) FROM documents WHERE subset IN ('code', 'natural')").fetchone()[0]
@@ -120,8 +122,8 @@ def test_ai_act_draft(made):
 def test_card_without_corpus_says_what_is_missing(demo_shards, tmp_path):
     result = card.write_card(demo_shards, str(tmp_path / "c"), ai_act_summary=True)
     keys = {f["key"] for f in result["facts"]}
-    assert keys == {"plan", "packed", "packed_subsets", "packed_sources", "checksums"}
-    assert all(f["kind"] == "manifest" for f in result["facts"])
+    assert keys == {"plan", "packed", "packed_subsets", "packed_sources", "checksums", "plan_vs_packed"}
+    assert all(f["kind"] in ("manifest", "derived") for f in result["facts"])
     assert "Not shown without the corpus" in (tmp_path / "c" / "README.md").read_text(encoding="utf-8")
     draft = (tmp_path / "c" / "ai_act_summary.md").read_text(encoding="utf-8")
     assert "## 3. Data processing aspects" in draft and "need the corpus" in draft
@@ -150,6 +152,11 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 2 and "not empty" in r.output
+    hf_out = tmp_path / "hf"
+    r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "hf", "--corpus", sample_corpus, "--out", str(hf_out)])
+    assert r.exit_code == 0, r.output
+    readme = (hf_out / "README.md").read_text(encoding="utf-8")
+    assert "configs:" in readme and "## Composition" in readme and "FROM documents" in readme
     r = runner.invoke(cli, ["card", demo_shards, "--corpus", sample_corpus, "--ai-act", "--out", str(tmp_path / "c"),
                             "--format", "json"])
     assert r.exit_code == 0, r.output

@@ -140,7 +140,7 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
         f"Pre-training data for a LLaMA-style language model following the XGen-7B recipe. Who created the data "
         f"set, for whom, and who funded it: {PROVIDER}\n\n",
         "## Composition\n\n",
-        _section(facts, ("packed", "packed_subsets", "plan", "packed_sources", "sources", "languages", "lengths")),
+        _section(facts, ("packed", "packed_subsets", "plan", "plan_vs_packed", "packed_sources", "sources", "languages", "lengths")),
         "## Collection process\n\n",
         f"xgen ingests the files it is given and records each document's source, license label and path; how "
         f"and when those files were collected, and with whose consent: {PROVIDER}\n\n",

@@ -19,6 +19,7 @@ CHARTS = {
     "lengths": (("log2_tokens",), "documents"),
     "decontamination": (("benchmark",), "documents"),
     "plan": (("stage", "subset"), "effective_tokens"),
+    "plan_vs_packed": (("stage", "subset"), "packed_share"),
     "packed": (("stage", "substage", "split"), "tokens"),
     "packed_subsets": (("stage", "subset"), "tokens"),
     "packed_sources": (("source",), "tokens"),

@@ -69,7 +69,8 @@ CORPUS_QUERIES = (
 
 @dataclasses.dataclass(frozen=True)
 class Fact:
-    """One table of the card: its rows and where they came from (``kind`` "sql" or "manifest")."""
+    """One table of the card: its rows and where they came from (``kind`` "sql", "manifest", or "derived":
+    computed from other facts, which ``source`` names)."""
 
     key: str
     title: str
@@ -164,9 +165,31 @@ def manifest_facts(manifest: dict, with_packed: bool) -> list[Fact]:
     return out
 
 
+def plan_vs_packed(plan: Fact, packed_subsets: Fact) -> Fact:
+    """The plan's proportion of each stage and subset beside the share of the tokens packed for it.
+
+    ``packed_share`` = the subset's packed tokens / the stage's packed tokens (EOS not counted, validation
+    sequences included), from the two facts named in the source.
+    """
+    packed = {(st, sub): t for st, sub, t in packed_subsets.rows}
+    totals: dict[str, int] = {}
+    for (st, _), t in packed.items():
+        totals[st] = totals.get(st, 0) + t
+    rows = []
+    for st, sub, _, _, prop, _ in plan.rows:
+        tokens = packed.get((st, sub), 0)
+        rows.append((st, sub, prop, tokens, tokens / totals[st] if totals.get(st) else 0.0))
+    return Fact("plan_vs_packed", "Mixture plan against what was packed, per stage and subset", "derived",
+                f"facts `{plan.key}` ({plan.source}) and `{packed_subsets.key}`: packed_share = tokens / stage total",
+                ("stage", "subset", "plan_proportion", "packed_tokens", "packed_share"), tuple(rows))
+
+
 def gather(shard_dir: str, manifest: dict, corpus_dir: str | None, recipe_path: str) -> dict[str, Fact]:
-    """Every fact of the card by key: the corpus queries when ``corpus_dir`` is given, the manifest's always."""
+    """Every fact of the card by key: the corpus queries when ``corpus_dir`` is given, the manifest's always,
+    and the plan beside what was packed."""
     facts = manifest_facts(manifest, with_packed=corpus_dir is None)
     if corpus_dir is not None:
         facts += corpus_facts(corpus_dir, shard_dir, manifest, recipe_path)
-    return {f.key: f for f in facts}
+    by_key = {f.key: f for f in facts}
+    by_key["plan_vs_packed"] = plan_vs_packed(by_key["plan"], by_key["packed_subsets"])
+    return by_key
