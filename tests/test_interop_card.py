@@ -26,8 +26,8 @@ def made(demo_shards, sample_corpus, tmp_path_factory):
 
 def test_every_number_is_the_query_it_cites(made, demo_shards, sample_corpus):
     out, result = made
-    con = sqlmod.connect(sample_corpus, shard_dirs=[demo_shards], recipe=recipe_mod.load(os.path.join(out, "recipe.toml")),
-                         quiet=True)
+    recipe = recipe_mod.load(os.path.join(out, "recipe.toml"))
+    con = sqlmod.connect(sample_corpus, shard_dirs=[demo_shards], recipe=recipe, quiet=True)
     sql_facts = [f for f in result["facts"] if f["kind"] == "sql"]
     assert {f["key"] for f in sql_facts} >= {"sources", "funnel", "licenses", "languages", "duplicates", "packed",
                                                "packed_subsets", "checksums", "lengths", "decontamination"}
@@ -47,7 +47,8 @@ def test_card_numbers_match_the_shards_and_corpus(made, demo_shards, sample_corp
         for k, v in e["tokens_per_subset"].items():
             per_subset[(e["stage"], k)] = per_subset.get((e["stage"], k), 0) + v
     assert {(s, k): t for s, k, t in facts["packed_subsets"]["rows"]} == per_subset
-    assert sum(r[-1] for r in facts["packed"]["rows"]) == sum(e["n_sequences"] * e["seq_len"] for e in manifest["shards"])
+    packed_tokens = sum(e["n_sequences"] * e["seq_len"] for e in manifest["shards"])
+    assert sum(r[-1] for r in facts["packed"]["rows"]) == packed_tokens
     assert {r[0]: r[1] for r in facts["checksums"]["rows"]} == {e["path"]: e["sha256"] for e in manifest["shards"]}
     for stage, subset, plan, tokens, share in facts["plan_vs_packed"]["rows"]:  # packing hits the plan within 1%
         assert tokens == per_subset[(stage, subset)] and share == pytest.approx(plan, abs=0.01)
@@ -153,7 +154,8 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 2 and "not empty" in r.output
     hf_out = tmp_path / "hf"
-    r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "hf", "--corpus", sample_corpus, "--out", str(hf_out)])
+    r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "hf", "--corpus", sample_corpus,
+                            "--out", str(hf_out)])
     assert r.exit_code == 0, r.output
     readme = (hf_out / "README.md").read_text(encoding="utf-8")
     assert "configs:" in readme and "## Composition" in readme and "FROM documents" in readme
@@ -189,4 +191,5 @@ def test_decontamination_counts(sample_corpus, tmp_path):
     facts = {f["key"]: f for f in result["facts"]}
     assert facts["decontamination"]["rows"] == [["planted", 1, victim["n_tokens"]]]
     assert ["eval_overlap", 1, victim["n_tokens"]] in facts["funnel"]["rows"]
-    assert "Documents dropped for overlap with evaluation sets: 1 " in (tmp_path / "card" / "ai_act_summary.md").read_text()
+    draft = (tmp_path / "card" / "ai_act_summary.md").read_text(encoding="utf-8")
+    assert "Documents dropped for overlap with evaluation sets: 1 " in draft

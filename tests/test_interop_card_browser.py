@@ -45,7 +45,8 @@ def test_card_page_renders_in_chromium(demo_shards, sample_corpus, tmp_path):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(url, wait_until="load")
         boxes = page.eval_on_selector_all(
-            "svg, table", "els => els.map(e => { const r = e.getBoundingClientRect(); return [e.tagName, r.width, r.height] })")
+            "svg, table",
+            "els => els.map(e => { const r = e.getBoundingClientRect(); return [e.tagName, r.width, r.height] })")
         hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
         targets = {h: page.evaluate("h => document.getElementById(h.slice(1)) !== null", h) for h in hrefs}
         page.click(f'a[href="#{result["facts"][-1]["key"]}"]')  # following a link scrolls to its section

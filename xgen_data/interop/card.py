@@ -140,7 +140,8 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
         f"Pre-training data for a LLaMA-style language model following the XGen-7B recipe. Who created the data "
         f"set, for whom, and who funded it: {PROVIDER}\n\n",
         "## Composition\n\n",
-        _section(facts, ("packed", "packed_subsets", "plan", "plan_vs_packed", "packed_sources", "sources", "languages", "lengths")),
+        _section(facts, ("packed", "packed_subsets", "plan", "plan_vs_packed", "packed_sources", "sources",
+                         "languages", "lengths")),
         "## Collection process\n\n",
         f"xgen ingests the files it is given and records each document's source, license label and path; how "
         f"and when those files were collected, and with whose consent: {PROVIDER}\n\n",
@@ -160,7 +161,8 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
         "The shards are checked against these SHA-256 sums by every xgen reader (`xgen verify`):\n\n",
         _section(facts, ("checksums",)),
         f"Maintainer and contact: {PROVIDER}\n\n",
-        "### Recipe\n\nSource: `manifest.json: recipe_toml`\n\n```toml\n" + m.get("recipe_toml", "").rstrip() + "\n```\n",
+        "### Recipe\n\nSource: `manifest.json: recipe_toml`\n\n```toml\n",
+        m.get("recipe_toml", "").rstrip() + "\n```\n",
     ]
     return "".join(parts)
 

@@ -28,7 +28,8 @@ CORPUS_QUERIES = (
      "FROM documents WHERE subset IN {subsets} GROUP BY outcome ORDER BY documents DESC, outcome"),
     ("licenses", "License decisions per policy, with reasons",
      "SELECT subset, license_policy, decision, reason, count(*) AS documents FROM documents "
-     "WHERE subset IN {subsets} AND license_policy IS NOT NULL GROUP BY ALL ORDER BY subset, documents DESC, reason LIMIT 40"),
+     "WHERE subset IN {subsets} AND license_policy IS NOT NULL GROUP BY ALL "
+     "ORDER BY subset, documents DESC, reason LIMIT 40"),
     ("kept_licenses", "Licenses of the kept documents",
      "SELECT coalesce(license_normalized, license, 'unknown') AS license, count(*) AS documents, "
      "sum(n_tokens) AS tokens FROM documents WHERE kept AND subset IN {subsets} GROUP BY 1 "
@@ -45,7 +46,8 @@ CORPUS_QUERIES = (
     ("duplicate_examples", "Duplicate clusters: a removed copy beside the kept one",
      "SELECT d.subset, d.id AS removed_id, d.dup_of AS kept_id, left(d.text, 400) AS removed_text, "
      "left(k.text, 400) AS kept_text FROM documents d JOIN documents k ON k.id = d.dup_of "
-     "AND k.subset = d.dup_of_subset WHERE d.subset IN {subsets} AND d.dup_reason IS NOT NULL ORDER BY d.subset, d.id LIMIT 3"),
+     "AND k.subset = d.dup_of_subset WHERE d.subset IN {subsets} AND d.dup_reason IS NOT NULL "
+     "ORDER BY d.subset, d.id LIMIT 3"),
     ("decontamination", "Documents dropped for overlap with evaluation sets, per benchmark",
      "SELECT decontam_benchmark AS benchmark, count(*) AS documents, sum(n_tokens) AS tokens FROM documents "
      "WHERE subset IN {subsets} AND contaminated GROUP BY 1 ORDER BY documents DESC, benchmark"),
