@@ -232,3 +232,36 @@ def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int,
     print_rows(["metric", "value"], list(scores.items()),
                title=f"HumanEval: {summary['problems']} problems, {summary['samples']} samples")
     click.echo(f"wrote {out_dir}/results.jsonl and pass_at_k.json")
+
+
+@eval_.command("rouge")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Model summaries: JSONL (a string, or an object with --field, per line) or .txt (one per line).")
+@click.option("--references", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Reference summaries, paired with --predictions line by line (same formats).")
+@click.option("--field", default="text", show_default=True, help="The text's key in JSONL objects.")
+@out_option(required=False, help="Output folder for rouge.json and per_example.jsonl [print only].")
+@format_option()
+@user_errors
+def rouge(predictions: str, references: str, field: str, out_dir: str | None, fmt: str) -> None:
+    """ROUGE-1/2/L/Lsum F1 x 100 of --predictions against --references (SPEC §6: rouge-score, stemming on,
+    reference as target, mean of per-example F1, no bootstrap).
+
+    Example: xgen eval rouge --predictions preds.jsonl --references refs.jsonl
+    """
+    import json
+
+    from xgen_train.evaluate.outputs import write_folder
+    from xgen_train.evaluate.rouge import read_texts, rouge_scores
+
+    mean, rows = rouge_scores(read_texts(predictions, field), read_texts(references, field))
+    if out_dir:
+        doc = {"mean_x100": mean, "examples": len(rows), "predictions": predictions, "references": references}
+        write_folder(out_dir, "eval-rouge", {"rouge.json": json.dumps(doc, indent=1) + "\n",
+                                             "per_example.jsonl": "".join(json.dumps(r) + "\n" for r in rows)})
+    if fmt == "json":
+        click.echo(json.dumps({t: v["f1"] for t, v in mean.items()}))
+        return
+    print_rows(["rouge", "f1", "precision", "recall"], [(t, v["f1"], v["precision"], v["recall"])
+                                                       for t, v in mean.items()],
+               title=f"ROUGE x 100 over {len(rows)} examples")
