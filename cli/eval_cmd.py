@@ -265,3 +265,28 @@ def rouge(predictions: str, references: str, field: str, out_dir: str | None, fm
     print_rows(["rouge", "f1", "precision", "recall"], [(t, v["f1"], v["precision"], v["recall"])
                                                        for t, v in mean.items()],
                title=f"ROUGE x 100 over {len(rows)} examples")
+
+
+@eval_.command("report")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@out_option(help="Output folder for report.md and report.json.")
+@format_option()
+@user_errors
+def report(folders: tuple[str, ...], out_dir: str, fmt: str) -> None:
+    """A report in the shape of the XGen-7B report's Tables 4-7 (and 13) from `xgen eval tasks`, `humaneval` and
+    `rouge` output FOLDERS, with the report's XGen-7B figures as a labelled reference column.
+
+    Example: xgen eval report runs/tiny/eval/mmlu5 runs/tiny/eval/zeroshot runs/tiny/eval/humaneval --out report/
+    """
+    import json
+
+    from xgen_train.evaluate.outputs import write_folder
+    from xgen_train.evaluate.report import collect, to_markdown
+
+    rows = collect(list(folders))
+    md = to_markdown(rows)
+    write_folder(out_dir, "eval-report", {"report.md": md, "report.json": json.dumps(rows, indent=1) + "\n"})
+    if fmt == "json":
+        click.echo(json.dumps(rows))
+        return
+    click.echo(md)
