@@ -18,7 +18,7 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 
 
 @eval_.command("ppl-by-position")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
 @corpus_option
 @click.option("--min-tokens", default=None, type=click.IntRange(min=2),
               help="Documents of at least N tokens, cut to N (default: the run's longest training seq_len, "
@@ -31,23 +31,28 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder (default: RUN/eval); earlier outputs there are replaced, and the command says so.")
+              help="Output folder (default: RUN/eval; required for a Hugging Face folder); earlier outputs there are replaced, and the command says so.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs: int, subsets: tuple[str, ...],
                     recipe_name: str | None, batch_size: int | None, out_dir: str | None, no_progress: bool) -> None:
-    """Per-position cross-entropy and perplexity of RUN on the corpus's kept documents of at least
-    --min-tokens tokens; writes ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
+    """Per-position cross-entropy and perplexity of MODEL (a run, a checkpoint, or a Hugging Face LLaMA folder
+    such as `xgen export hf` writes) on the corpus's kept documents of at least --min-tokens tokens; writes
+    ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
 
     Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --min-tokens 1024 --max-docs 32
     """
     import os
 
+    from xgen_data.errors import InputError
     from xgen_train.evaluate import evaluation as ev
-    from xgen_train.loop.checkpoint import load_params
+    from xgen_train.loop.checkpoint import is_hf_folder, load_init
 
-    cfg, params = load_params(run)
-    n = min_tokens or ev.trained_seq_len(run) or cfg.max_positions
+    hf = is_hf_folder(run)
+    if hf and out_dir is None:
+        raise InputError(f"{run} is a Hugging Face folder: pass --out DIR (xgen does not write into a model folder)")
+    cfg, params = load_init(run)  # a run, a checkpoint or a Hugging Face LlamaForCausalLM folder
+    n = min_tokens or (None if hf else ev.trained_seq_len(run)) or cfg.max_positions
     if n > cfg.max_positions:
         raise click.ClickException(f"--min-tokens {n} exceeds the model's max positions {cfg.max_positions}")
     from xgen_data.mixing import recipe
