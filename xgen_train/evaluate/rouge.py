@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from xgen_data.errors import InputError
+from xgen_train.evaluate.outputs import require_extra
 
 __all__ = ["ROUGE_TYPES", "read_texts", "rouge_scores"]
 
@@ -52,8 +53,7 @@ def rouge_scores(predictions: list[str], references: list[str]) -> tuple[dict[st
     Raises:
         InputError: different numbers of predictions and references, or none.
     """
-    from rouge_score import rouge_scorer
-
+    rouge_scorer = require_extra("rouge_score.rouge_scorer")
     if len(predictions) != len(references):
         raise InputError(f"{len(predictions)} predictions but {len(references)} references; they pair up line by line")
     if not predictions:
