@@ -190,3 +190,73 @@ def test_second_writer_of_a_folder_is_refused_naming_the_holder(tmp_path):
         with pytest.raises(RefusedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
             _export_here(out, 1)
     assert not out.exists() and _siblings(out) == []
+
+
+# -- sql: a runaway query can be stopped ---------------------------------------------------------------------
+
+RUNAWAY = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    from xgen_data.sources import ingest
+
+    root = tmp_path_factory.mktemp("tiny")
+    src = _jsonl(root / "raw" / "nl.jsonl", ["hello world", "another document"], "t")
+    ingest.ingest(str(root / "c"), [(str(src), None)], workers=1, progress=False)
+    return str(root / "c")
+
+
+def test_spill_cap_stops_a_query_that_would_exceed_it(tiny_corpus, monkeypatch):
+    monkeypatch.setenv("XGEN_DUCKDB_SPILL", "20MB")
+    monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "32MB")
+    res = _invoke(["sql", "--corpus", tiny_corpus, "SELECT max(x) FROM (SELECT i, row_number() OVER "
+                   "(ORDER BY hash(i)) x, repeat('y', 20) || i s FROM range(3000000) t(i))"])
+    assert res.exit_code == 1, res.output
+    assert "over the cap of 20 MB" in res.output and "XGEN_DUCKDB_SPILL" in res.output
+
+
+def test_default_spill_cap_cannot_fill_the_disk(tmp_path, monkeypatch):
+    import shutil
+
+    from xgen_data.stats import sql
+
+    monkeypatch.delenv("XGEN_DUCKDB_SPILL", raising=False)
+    cap = sql.spill_cap(str(tmp_path / "not-yet"))
+    assert 0 < cap <= shutil.disk_usage(tmp_path).free * 0.5 + 1e9 and cap <= sql.size_bytes("20GB")
+    assert sql.duckdb_config(str(tmp_path))["max_temp_directory_size"] == f"{sql.spill_cap(str(tmp_path))}B"
+
+
+def test_sigint_stops_a_runaway_query_within_seconds(tiny_corpus):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONPATH=REPO, XGEN_DUCKDB_MEMORY="64MB")
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "sql", "--corpus", tiny_corpus, RUNAWAY], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # started, and inside the query
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert time.time() - t0 < 10 and "interrupted by SIGINT" in err and "Traceback" not in err
+
+
+def test_timeout_stops_a_runaway_query(tiny_corpus, monkeypatch):
+    monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "64MB")
+    res = _invoke(["sql", "--corpus", tiny_corpus, "--timeout", "1", RUNAWAY])
+    assert res.exit_code == 1 and "stopped after --timeout 1 s" in res.output, res.output
+
+
+def test_table_output_caps_rows_with_a_notice(tiny_corpus):
+    res = _invoke(["sql", "--corpus", tiny_corpus, "--max-rows", "100", "SELECT * FROM range(10000000)"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert sum(1 for x in lines if x.strip().replace(",", "").isdigit()) == 100
+    assert "only the first 100 rows are shown" in res.output
