@@ -10,6 +10,7 @@ import os
 
 import click
 
+from cli.common import number
 from xgen_train.model.config import CONFIGS  # no JAX import
 
 
@@ -18,8 +19,10 @@ from xgen_train.model.config import CONFIGS  # no JAX import
               help="xgen-shards directory (holds manifest.json). Required, except with --resume (then the run's).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
-@click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
-              help="Model config (xgen_train.model.config.CONFIGS).")
+@click.option("--config", "config_name", default="tiny", show_default=True,
+              type=click.Choice(sorted(CONFIGS) + ["init"]),
+              help="Model config (xgen_train.model.config.CONFIGS), or init: the --init model's own config (e.g. an "
+                   "imported model of another size).")
 @click.option("--steps", default=None, type=click.IntRange(min=1),
               help="Stop after this many updates in total (default: the whole plan). A cap: the learning-rate "
                    "schedule stays the plan's, so a later --resume with more --steps continues it smoothly.")
@@ -28,7 +31,8 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "divide). Default 2048 unless --batch-size is given.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Sequences per update, constant across sub-stages (instead of --batch-tokens).")
-@click.option("--lr", default=3e-4, show_default=True, type=float, help="Peak learning rate (SPEC §4: 3e-4).")
+@click.option("--lr", default=3e-4, show_default=True, type=number(min=0, min_open=True),
+              help="Peak learning rate (SPEC §4: 3e-4).")
 @click.option("--warmup", default=2000, show_default=True, type=click.IntRange(min=0),
               help="Linear warm-up updates (SPEC §4: 2000); must not exceed the schedule length.")
 @click.option("--total-steps", default=None, type=click.IntRange(min=1),
@@ -38,7 +42,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
 @click.option("--stage", default=None, help="Train only this stage (default: every stage, in manifest order).")
 @click.option("--substage", default=None, help="Train only this sub-stage (with --stage when its name is in "
                                                "several stages).")
-@click.option("--budget-fraction", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--budget-fraction", default=1.0, show_default=True, type=number(0, 1, min_open=True),
               help="Train on this fraction of every sub-stage's budget (the whole curriculum at a small scale).")
 @click.option("--init", "init_path", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
@@ -71,7 +75,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "0 = full logits.")
 @click.option("--remat/--no-remat", default=False, show_default=True,
               help="Rematerialise every decoder block in the backward pass (less memory, ~1 more forward).")
-@click.option("--z-loss", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--z-loss", default=0.0, show_default=True, type=number(min=0),
               help="PaLM z-loss weight on mean(logsumexp^2) (PaLM: 1e-4; 0 = off).")
 @click.option("--skip-spikes", is_flag=True, help="Do not apply an update flagged as a loss spike (SPEC §4 rule).")
 @click.option("--doc-mask", is_flag=True, help="Attention does not cross EOS inside a packed sequence and rotary "
@@ -88,10 +92,13 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                                              "and --mesh.")
 @click.option("--mesh", default=None, help="Device mesh, e.g. data=2,fsdp=2,tensor=2 (axes data/fsdp/tensor; "
                                            "default: every device on data). docs/training-at-scale.md.")
-@click.option("--peak-flops", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--peak-flops", default=None, type=number(min=0, min_open=True),
               help="Peak FLOP/s of one chip for MFU (default: a table of known TPUs/GPUs; on CPU MFU is n/a).")
 @click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
 @click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
+@click.option("--max-skipped", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Stop the run (exit 1) after this many consecutive skipped updates (non-finite, or spikes with "
+                   "--skip-spikes): a run that does not learn must not end as a success.")
 def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, batch_tokens: int | None,
           batch_size: int | None, lr: float, warmup: int, total_steps: int | None, seed: int, stage: str | None,
           substage: str | None, budget_fraction: float, init_path: str | None, log_every: int, eval_every: int,
@@ -99,7 +106,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
           compute_dtype: str | None, precision: str, attention: str, attention_block: int, loss_chunk: int,
           remat: bool, z_loss: float, skip_spikes: bool, doc_mask: bool, accum_steps: int,
           checkpoint_every: int, keep_checkpoints: int, resume: bool, mesh: str | None,
-          peak_flops: float | None, verify: bool | None, no_progress: bool, init_on: str) -> None:
+          peak_flops: float | None, verify: bool | None, no_progress: bool, init_on: str, max_skipped: int) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
     sub-stage of the shards in order (or only --stage/--substage).
 
@@ -126,6 +133,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
         maybe_initialize()  # multi-host start when the environment asks for it, before any device use
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
+    from xgen_data.errors import XgenError
     from xgen_train.loop.data import ShardFormatError
     from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.trainer import train as run_train
@@ -134,7 +142,9 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     numerics = NumericsOptions(**{k: opts.pop(k) for k in _NUMERICS})
     try:
         summary = run_train(shards_dir, out_dir, **opts, resume=True if resume else None, init=init_path,
-                            verify=verify, progress=not no_progress, numerics=numerics)
+                            verify=verify, progress=not no_progress, numerics=numerics, max_skipped=max_skipped)
+    except XgenError:
+        raise  # its own exit code (docs/cli.md): a locked run folder, a run that stopped learning, ...
     except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 

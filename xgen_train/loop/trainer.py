@@ -37,15 +37,17 @@ import optax
 
 from xgen_data.store import fsutil
 from xgen_train.evaluate.lossplot import plot_loss
-from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
-                                        load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
+from xgen_train.loop.checkpoint import (INIT_CONFIG, SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs,
+                                        latest_checkpoint, load_checkpoint, load_init, make_meta, read_meta,
+                                        resolve_model_config, verify_checkpoint)
+from xgen_train.loop import guards, runlock
 from xgen_train.loop.curriculum import Phase, make_plan
 from xgen_train.loop.data import ShardLoader, load_manifest
 from xgen_train.model.numerics import NumericsOptions
 from xgen_train.loop.optimizer import OptimizerConfig, learning_rate, make_optimizer
 from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history
 from xgen_train.loop.step import make_train_step as _make_step
-from xgen_train.model.config import ModelConfig, count_parameters, get_config
+from xgen_train.model.config import ModelConfig, count_parameters
 from xgen_train.model.loss import make_loss_fn as _make_numerics_loss
 from xgen_train.model.loss import next_token_loss
 from xgen_train.model.model import init_params
@@ -278,6 +280,7 @@ def _describe_init(path) -> dict:
     return {"path": str(Path(path).resolve())}
 
 
+@runlock.holds_run_lock  # one writer per run folder: a second is refused naming the first
 def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name: str = "tiny",
           steps: int | None = None, batch_size: int | None = None, lr: float = 3e-4, warmup: int = 2000,
           seed: int = 0, stage: str | None = None, substage: str | None = None, log_every: int = 10, *,
@@ -289,13 +292,15 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           progress: bool = True,
           plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
           stop: StopSignal | None = None, numerics: NumericsOptions | None = None, mesh: str | None = None,
-          peak_flops: float | None = None, init_on: str = "auto") -> dict[str, Any]:
+          peak_flops: float | None = None, init_on: str = "auto",
+          max_skipped: int = guards.DEFAULT_MAX_SKIPPED) -> dict[str, Any]:
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
         shards_dir: ``xgen-shards`` directory (see :mod:`xgen_train.loop.data`).
         out_dir: output folder (created).
-        config_name: key of :data:`xgen_train.model.config.CONFIGS`.
+        config_name: key of :data:`xgen_train.model.config.CONFIGS`, or ``"init"``: the ``init`` model's own
+            config (:func:`xgen_train.loop.checkpoint.resolve_model_config`).
         steps: stop after this many updates in total (a cap; default: the whole plan). Does not change the
             learning-rate schedule, so a later ``--resume`` with a larger ``steps`` continues it smoothly.
         batch_size, batch_tokens: sequences per update (constant), or tokens per update (constant across
@@ -340,13 +345,15 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         init_on: where a fresh random init is drawn (:func:`fresh_params`): ``host``, ``device`` or ``auto``
             (host up to :data:`HOST_INIT_MAX_BYTES` of float32 parameters, else device). Not part of the run
             config (a resume does not draw an init).
+        max_skipped: stop with :class:`~xgen_data.errors.ProblemFound` after this many consecutive skipped
+            updates (:class:`xgen_train.loop.guards.SkipGuard`); a non-finite loss stops the run at once.
 
     The loop never waits for the device between updates: each update is dispatched asynchronously, the next
     batch is read and transferred (sharded along B) while the chip runs, and the metrics stay on the device
     until they are fetched in one transfer every ``log_every`` updates, before an evaluation or a
     checkpoint, at a sub-stage end and at the end; ``seconds``/``tokens_per_second``/``mfu`` of the updates
     of one such group are the group's average. A non-finite loss is seen when its group is fetched (the step
-    itself never applies such an update); the records up to it are written, then FloatingPointError.
+    itself never applies such an update); the records up to it are written, then ProblemFound.
     Multi-host (:mod:`xgen_train.scale.distributed`): every process runs this function; only process 0 writes files.
 
     ``metrics.jsonl``: per update ``step`` (0-based global update index), ``loss`` (nats/token), ``lr``,
@@ -365,12 +372,17 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     Raises:
         KeyError: unknown config. ShardFormatError: bad shards. CheckpointError: corrupt/incompatible
         checkpoint or init. ValueError: inconsistent arguments, or a resume whose settings differ.
-        FloatingPointError: non-finite loss (metrics are written up to that update).
+        ProblemFound: a non-finite loss, or ``max_skipped`` skipped updates in a row (metrics are written up to
+            that update); CheckpointDiskFull: the disk filled during a save. RefusedError: another process
+            holds the run folder. InputError: a numeric setting that is not finite or out of range.
     """
     t_setup = time.perf_counter()
     maybe_initialize()  # multi-host start when the environment asks for it, before any device use
     main = is_main_process()
-    cfg = get_config(config_name)
+    cfg = resolve_model_config(config_name, init)  # a named config, or "init": the --init model's own
+    guards.check_settings(lr=lr, warmup=warmup, seed=seed, final_lr_ratio=final_lr_ratio, weight_decay=weight_decay,
+                          clip_norm=clip_norm, b1=b1, b2=b2, budget_fraction=budget_fraction, spike_std=spike_std,
+                          spike_window=spike_window, peak_flops=peak_flops, max_skipped=max_skipped)
     if steps is not None and steps <= 0:
         raise ValueError(f"steps must be > 0, got {steps}")
     if log_every <= 0 or eval_every < 0 or eval_sequences <= 0:
@@ -484,7 +496,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
             raise ValueError(f"{init}: its model config differs from {config_name!r} (init -> --config): "
-                             + "; ".join(diffs))
+                             + "; ".join(diffs) + f"; --config {INIT_CONFIG} trains the init's own config")
         params = put_global(init_p, p_sh)
         opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
     else:
@@ -567,6 +579,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     own_stop = stop is None
     stop = stop or StopSignal()
     store = CheckpointStore(ckpt_root, keep=keep_checkpoints)
+    skip_guard = guards.SkipGuard(max_skipped, str(metrics_path))
     loop_start = time.perf_counter()
     s = start_step
     # updates dispatched but not yet fetched: (step, phase, index in phase, device metrics)
@@ -616,10 +629,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                     if "z_loss" in m and num.z_loss:  # the optimised objective = loss + z-loss term
                         rec["z_loss"], rec["objective"] = float(m["z_loss"]), float(m["objective"])
                     emit(rec)
-                    if not math.isfinite(loss):
-                        bar.update(i + 1)
-                        raise FloatingPointError(f"non-finite loss {loss} at step {step} (the update was skipped); "
-                                                 f"see {metrics_path}")
+                    skip_guard.check(rec)  # a non-finite loss, or max_skipped skipped in a row: ProblemFound
                 bar.update(n_done)
                 t_mark[0] = now
                 return rec
