@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 from xgen_data.store import locks
+from xgen_train.scale.distributed import is_main_process, maybe_initialize
 
 LOCK_FILE = ".lock"
 
@@ -38,16 +39,15 @@ def run_lock(out_dir: str | os.PathLike) -> Iterator[None]:
 
 
 def holds_run_lock(train_fn):
-    """Decorate ``train(shards_dir, out_dir, ...)`` to run under :func:`run_lock` of ``out_dir`` (process 0)."""
+    """Decorate ``fn(config, out_dir, ...)`` (the trainer's entry) to run under :func:`run_lock` of
+    ``out_dir`` on process 0 (multi-host: the others write no run files)."""
 
     @functools.wraps(train_fn)
-    def wrapper(shards_dir, out_dir, *args, **kwargs):
-        from xgen_train.scale.distributed import is_main_process, maybe_initialize
-
+    def wrapper(config, out_dir, *args, **kwargs):
         maybe_initialize()  # before any device use; idempotent
         if not is_main_process():
-            return train_fn(shards_dir, out_dir, *args, **kwargs)
+            return train_fn(config, out_dir, *args, **kwargs)
         with run_lock(out_dir):
-            return train_fn(shards_dir, out_dir, *args, **kwargs)
+            return train_fn(config, out_dir, *args, **kwargs)
 
     return wrapper
