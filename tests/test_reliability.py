@@ -237,11 +237,13 @@ def test_sigint_stops_a_runaway_query_within_seconds(tiny_corpus):
     proc = subprocess.Popen([sys.executable, "-m", "cli", "sql", "--corpus", tiny_corpus, RUNAWAY], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4)  # started, and inside the query
+        first = proc.stderr.readline()  # printed just before the views are built and the query runs
+        assert first.startswith("decisions:"), first
+        time.sleep(2)  # inside the query
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         t0 = time.time()
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
