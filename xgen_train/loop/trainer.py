@@ -37,8 +37,10 @@ import optax
 
 from xgen_data.store import fsutil
 from xgen_train.evaluate.lossplot import plot_loss
-from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
-                                        load_checkpoint, load_init, read_meta, verify_checkpoint)
+from xgen_train.loop import guards, runlock
+from xgen_train.loop.checkpoint import (INIT_CONFIG, SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs,
+                                        latest_checkpoint, load_checkpoint, load_init, read_meta,
+                                        resolve_model_config, verify_checkpoint)
 from xgen_train.loop.config import TrainConfig
 from xgen_train.loop.curriculum import Phase, Plan, make_plan
 from xgen_train.loop.data import load_manifest
@@ -49,7 +51,7 @@ from xgen_train.loop.sft_data import ARRAYS as SFT_ARRAYS
 from xgen_train.loop.sft_data import curriculum_manifest, is_sft_shards, read_sft_manifest
 from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history, token_sum_value_and_grad
 from xgen_train.loop.step import make_train_step as _make_step
-from xgen_train.model.config import ModelConfig, count_parameters, get_config
+from xgen_train.model.config import ModelConfig, count_parameters
 from xgen_train.model.loss import make_loss_fn as _make_numerics_loss
 from xgen_train.model.loss import next_token_loss
 from xgen_train.model.model import init_params
@@ -324,7 +326,10 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
     Raises:
         TypeError: an unknown setting. KeyError: unknown model config. ShardFormatError: bad shards.
         CheckpointError: corrupt/incompatible checkpoint or init. ValueError: inconsistent settings, or a resume
-        whose settings differ. FloatingPointError: non-finite loss (metrics are written up to that update).
+        whose settings differ. ProblemFound: a non-finite loss (``NonFiniteLoss``, also a ``FloatingPointError``),
+        or ``max_skipped`` skipped updates in a row (metrics are written up to that update). CheckpointDiskFull:
+        the disk filled during a save. RefusedError: another process holds the run folder. InputError: a
+        numeric setting that is not finite or out of range.
     """
     if isinstance(config, str):  # a model config's name, as in ``train(shards, out, "tiny")``
         settings.setdefault("config_name", config)
@@ -365,6 +370,7 @@ def _check_settings(tc: TrainConfig) -> None:
         raise ValueError("log_every and eval_sequences must be > 0, eval_every >= 0")
     if tc.data.batch_tokens is not None and tc.data.batch_size is not None:
         raise ValueError("give batch_tokens or batch_size, not both")
+    guards.check_settings(**{k: v for k, v in tc.to_flat().items() if k in guards.RANGES})  # finite, in range
 
 
 def _open_plan(tc: TrainConfig, objective: str) -> tuple[dict, str, Plan]:
@@ -449,7 +455,7 @@ def setup_run(tc: TrainConfig, out_dir: str | os.PathLike) -> tuple[RunContext, 
     _check_settings(tc)
     objective = shards_objective(tc.data.shards_dir)
     tc = tc.resolved(objective)
-    cfg = get_config(tc.model.config_name)
+    cfg = resolve_model_config(tc.model.config_name, tc.model.init)  # a named config, or "init": the init's own
     manifest, manifest_sha, plan = _open_plan(tc, objective)
     num = _resolve_numerics(tc.numerics, None, manifest, objective)
     tc = dataclasses.replace(tc, numerics=num)
@@ -520,7 +526,7 @@ def _first_state(ctx: RunContext, optimizer, shardings) -> tuple[Any, Any]:
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
             raise ValueError(f"{m.init}: its model config differs from {m.config_name!r} (init -> --config): "
-                             + "; ".join(diffs))
+                             + "; ".join(diffs) + f"; --config {INIT_CONFIG} trains the init's own config")
         params = put_global(init_p, p_sh)
     else:
         params = fresh_params(cfg, ctx.run["init_seed"], p_sh, resolve_init_on(m.init_on, cfg))
@@ -639,6 +645,7 @@ def run_loop(ctx: RunContext, st: LoopState, step_fn, hooks: list, stop: StopSig
             return
 
 
+@runlock.holds_run_lock  # one writer per run folder: a second is refused naming the first
 def run_training(tc: TrainConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike | None = None,
                  stop: StopSignal | None = None) -> dict[str, Any]:
     """Set up, run the loop with the default hooks, save the last checkpoint, plot, summarise (see :func:`train`)."""
