@@ -1,20 +1,26 @@
-"""The pre-training loop (SPEC §4): one run walks the curriculum (every stage and sub-stage of the shards).
+"""The training loop: pre-training over the curriculum (SPEC §4) or instruction tuning on SFT shards (SPEC §5).
 
 Per global update ``s`` (0-based): phase ``plan.phase_of(s)`` (:mod:`xgen_train.loop.curriculum`), batch
-``loader.batch_at(seed, s - phase.start_step)`` of that sub-stage -> loss = mean next-token cross-entropy of
-``logits[:, :-1]`` against ``tokens[:, 1:]`` (float32, EOS tokens are ordinary targets, no masking) ->
-gradients -> global-norm clip -> AdamW with ``learning_rate(s)``: one warm-up + cosine schedule over the
-whole run (SPEC §4), model and optimizer state carried across sub-stage switches. Outputs under ``out_dir``:
+``loader.batch_at(seed, s - phase.start_step)`` of that sub-stage (:mod:`xgen_train.loop.feed`) -> loss ->
+gradients -> global-norm clip -> Adam(W) with ``learning_rate(s)``: one warm-up + cosine schedule over the
+whole run, model and optimizer state carried across sub-stage switches. Pre-training's loss is the mean
+next-token cross-entropy of ``logits[:, :-1]`` against ``tokens[:, 1:]`` (EOS is an ordinary target); SFT's
+is the cross-entropy summed over response tokens and divided once by the batch's response-token count
+(:mod:`xgen_train.model.sft_loss`, :func:`xgen_train.loop.step.token_sum_value_and_grad`). Which one runs is
+told by the shards' manifest (:func:`shards_objective`).
+
+The settings are one :class:`xgen_train.loop.config.TrainConfig`; :func:`run_training` reads as one page:
+:func:`setup_run` (resolve the config, plan, mesh, optimizer), :func:`initial_state` (fresh, ``init`` or
+resumed), :func:`write_run_json`, :func:`compile_fns`, then :func:`run_loop` / :func:`run_phase` dispatch
+updates and call the hooks of :mod:`xgen_train.loop.hooks` (metrics, validation, log line, checkpoints) after
+each, then the last checkpoint and :func:`summarize`. Outputs under ``out_dir``:
 
 * ``metrics.jsonl``: one JSON line per update, plus event lines (see :func:`train`).
-* ``run.json``: the run configuration (the part a resume must match) and the plan.
+* ``run.json``: the config (``"config"``, what ``--resume`` reads back), the run configuration (the part a
+  resume must match, :func:`run_config`) and the plan.
 * ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.loop.checkpoint` (orbax + sha256 sidecar); every
   ``checkpoint_every`` updates, at the end, and on SIGTERM/SIGINT; the last ``keep_checkpoints`` kept.
 * ``loss.png``: Figure 1 (:mod:`xgen_train.evaluate.lossplot`); ``summary.json``.
-
-The pieces are small on purpose (step function, :class:`xgen_train.loop.curriculum.DataPosition`,
-:class:`xgen_train.loop.checkpoint.CheckpointStore`, :func:`run_config` / :func:`config_differences`), so a
-precision policy, a device mesh or a chunked loss can replace one without touching the others.
 """
 from __future__ import annotations
 
@@ -203,7 +209,8 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
     ``data.manifest_file_sha256`` is the SHA-256 of the ``manifest.json`` file's bytes (not the manifest's own
     ``manifest_sha256`` field, which covers its other fields); runs written before the rename call it
     ``data.manifest_sha256`` and still resume (:func:`config_differences`). ``sft``: ``{"objective": "sft",
-    "epochs": N}`` merged into ``data`` for an SFT run (absent for pre-training, whose record is unchanged).
+    "epochs": N}`` merged into ``data`` for an SFT run (``{"epochs": N}`` for pre-training over N > 1 passes;
+    absent otherwise, so a one-pass pre-training record is unchanged).
     """
     return {"config_name": config_name, "model_config": cfg.to_dict(), "optimizer": opt_cfg.to_dict(),
             "data": {"manifest_file_sha256": manifest_file_sha256, "recipe": manifest.get("recipe"),
@@ -295,8 +302,8 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         shards_dir: the shards folder (None: ``config.data.shards_dir``).
         out_dir: output folder (created): ``metrics.jsonl``, ``run.json`` (the config and the run's
             trajectory settings), ``checkpoints/``, ``loss.png``, ``summary.json``.
-        config: a :class:`xgen_train.loop.config.TrainConfig` (default: all defaults), or a model config's name
-            (``"tiny"``, the same as ``config_name=``); ``settings`` override
+        config: a :class:`xgen_train.loop.config.TrainConfig` (default: all defaults), or a model config name
+            (shorthand for ``config_name=``); ``settings`` override
             its fields by flat name (``config_name``, ``steps``, ``batch_size``, ``batch_tokens``, ``lr``,
             ``warmup``, ``seed``, ``stage``, ``substage``, ``log_every``, ``total_steps``, ``final_lr_ratio``,
             ``weight_decay``, ``clip_norm``, ``b1``, ``b2``, ``init_seed``, ``init``, ``checkpoint_every``,
@@ -331,7 +338,7 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         the disk filled during a save. RefusedError: another process holds the run folder. InputError: a
         numeric setting that is not finite or out of range.
     """
-    if isinstance(config, str):  # a model config's name, as in ``train(shards, out, "tiny")``
+    if isinstance(config, str):
         settings.setdefault("config_name", config)
         config = None
     tc = config or TrainConfig()
@@ -436,7 +443,8 @@ def _optimizer_config(tc: TrainConfig, plan: Plan) -> OptimizerConfig:
 
 def _trajectory(tc: TrainConfig, objective: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest: dict,
                 manifest_sha: str, num) -> dict:
-    """:func:`run_config` of ``tc``: what a resume must match (SFT adds its objective and epochs)."""
+    """:func:`run_config` of ``tc``: what a resume must match (SFT adds its objective and epochs; pre-training
+    its epochs when not 1)."""
     d, m = tc.data, tc.model
     return run_config(config_name=m.config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_file_sha256=manifest_sha,
                       manifest=manifest, stage=d.stage, substage=d.substage, batch_tokens=d.batch_tokens,
@@ -444,7 +452,8 @@ def _trajectory(tc: TrainConfig, objective: str, cfg: ModelConfig, opt_cfg: Opti
                       init=_describe_init(m.init) if m.init is not None else None, compute_dtype=num.precision,
                       budget_fraction=d.budget_fraction,
                       numerics={k: v for k, v in num.to_dict().items() if k != "precision"},
-                      sft={"objective": "sft", "epochs": d.epochs} if objective == "sft" else None)
+                      sft={"objective": "sft", "epochs": d.epochs} if objective == "sft"
+                      else ({"epochs": d.epochs} if d.epochs != 1 else None))
 
 
 def setup_run(tc: TrainConfig, out_dir: str | os.PathLike) -> tuple[RunContext, Any, Any]:
