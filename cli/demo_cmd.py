@@ -271,8 +271,8 @@ def _sft_step(workdir: str, inputs: list[str], run_dir: str, config_name: str, s
                f"{m['counts']['dropped_overlong']})")
     if moved := move_aside(sft_run):
         click.echo(f"      the earlier SFT run in {sft_run} was moved to {moved} (nothing deleted)")
-    summary = train(sft_dir, sft_run, config_name=config_name, init=run_dir, steps=n_steps, batch_size=2, lr=1e-3,
-                    warmup=1, seed=seed, eval_every=max(1, n_steps // 2), eval_sequences=1, progress=True,
+    summary = train(sft_dir, sft_run, config_name=config_name, init=run_dir, steps=n_steps, total_steps=n_steps,
+                    batch_size=2, lr=1e-3, warmup=1, seed=seed, eval_every=max(1, n_steps // 2), eval_sequences=1, progress=True,
                     log_every=1)
     cfg, params = load_params(sft_run)
     reply = chat.reply(params, cfg, [], prompt, max_new_tokens=24)
