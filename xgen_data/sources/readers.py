@@ -15,6 +15,8 @@ from typing import Any
 
 import zstandard
 
+from xgen_data.sources import locations
+
 #: The document fields kept by the corpus (SPEC-independent; the shared corpus schema).
 FIELDS = ("id", "text", "source", "license", "language", "path", "meta")
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -91,7 +93,8 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
         import pyarrow.parquet as pq
 
         try:
-            names = set(pq.read_schema(path).names)
+            with locations.open_input(path) as (f, _):
+                names = set(pq.read_schema(f).names)
         except Exception:  # noqa: BLE001  (a corrupt file is reported by iter_raw with its row)
             names = set()
         star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
@@ -99,7 +102,7 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
     if star:
         from xgen_data.attributes import languages
 
-        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        folder = locations.parent_name(path)
         language = folder if folder in languages.table() else None
     if not star and not columns and not metadata_tokens:
         return None
@@ -203,7 +206,8 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
     Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
-    order mark at the start of a JSONL file is skipped.
+    order mark at the start of a JSONL file is skipped. ``path`` is a local path or an fsspec URI
+    (:func:`xgen_data.sources.locations.open_input`).
 
     Args:
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
@@ -220,15 +224,16 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
         import pyarrow.parquet as pq
 
         row = 0
-        try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-                for rec in batch.to_pylist():
-                    row += 1
-                    yield RawRecord(path, row, rec, id_prefix, layout)
-        except (OSError, pa.ArrowException) as exc:
-            raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
+        with locations.open_input(path) as (raw, _):
+            try:
+                for batch in pq.ParquetFile(raw).iter_batches(batch_size=1024):
+                    for rec in batch.to_pylist():
+                        row += 1
+                        yield RawRecord(path, row, rec, id_prefix, layout)
+            except (OSError, pa.ArrowException) as exc:
+                raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
-    with open(path, "rb") as raw:
+    with locations.open_input(path) as (raw, _):
         if fmt == "jsonl.gz":
             chunks: Iterator[bytes] = _gzip_chunks(raw)
         elif fmt == "jsonl.zst":
