@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, demo_code_only
 
 from xgen_data.execute import executors
 from xgen_data.execute.contract import ItemError, ItemResult, WorkItem, run_step
@@ -157,8 +157,9 @@ def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow  # about a minute on 2 shared cores: two ingests and two dedups of the sample
-def test_ingest_and_dedup_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
+def test_ingest_dedup_build_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
     from xgen_data.attributes import dedup
+    from xgen_data.mixing import pipeline
     from xgen_data.sources import ingest
 
     local, on_ray = str(tmp_path / "local"), str(tmp_path / "ray")
@@ -169,6 +170,15 @@ def test_ingest_and_dedup_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
         dedup.run_dedup(corpus, num_perm=64, bands=16, rows=4, workers=2, progress=False, executor=executor)
     assert attribute_hashes(local, "dedup") == attribute_hashes(on_ray, "dedup")
     assert len(attribute_hashes(local, "dedup")) == 3
+    # the recipe flow: its own dedup (on Ray for the Ray corpus), then packing
+    for corpus, executor in ((local, "local"), (on_ray, "ray")):
+        pipeline.build_recipe(corpus, demo_code_only(), corpus + "-shards", workers=2, progress=False,
+                              executor=executor)
+    assert attribute_hashes(local, "dedup") == attribute_hashes(on_ray, "dedup")
+    assert len(attribute_hashes(local, "dedup")) == 6
+    shards = {name: {os.path.relpath(p, out): sha256(p) for p in glob.glob(f"{out}/**/*", recursive=True)
+                     if os.path.isfile(p)} for name, out in (("local", local + "-shards"), ("ray", on_ray + "-shards"))}
+    assert shards["local"] == shards["ray"] and any(p.endswith(".bin") for p in shards["local"])
 
 
 @pytest.mark.slow  # about a minute: seven CLI runs of ingest and dedup on the sample
