@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import SAMPLE
 
 from xgen_data.errors import InputError
-from xgen_data.sources import ingest, locations
+from xgen_data.sources import ingest, locations, readers
 from xgen_data.store.corpus import Corpus
 
 if os.environ.get("XGEN_REQUIRE_REMOTE") != "1":
@@ -120,5 +120,8 @@ def test_missing_objects_and_unknown_schemes_are_named(s3_bucket, tmp_path):
         ingest.ingest(str(tmp_path / "c"), [(s3_bucket + "absent.jsonl", None)], workers=1, progress=False)
     with pytest.raises(InputError, match="nosuchscheme://x/y.jsonl: cannot read this kind of URI"):
         locations.input_identity("nosuchscheme://x/y.jsonl")
-    assert locations.sha256_input(s3_bucket + "instruct.jsonl") == hashlib.sha256(
-        open(os.path.join(SAMPLE, "instruct.jsonl"), "rb").read()).hexdigest()
+    opened = readers.open_input(s3_bucket + "instruct.jsonl")
+    with open(os.path.join(SAMPLE, "instruct.jsonl"), "rb") as f:
+        assert opened.sha256 == hashlib.sha256(f.read()).hexdigest()
+    opened.check_unchanged()
+    opened.close()

@@ -1,8 +1,9 @@
 """Where ingest's inputs are: local paths, or fsspec URIs (``s3://``, ``gs://``, ``hf://``, ``file://``, ...).
 
-Every opening of an input goes through :func:`open_input` (a binary file object and the input's identity), so
-what is read is one stream whatever the storage. The corpus itself stays on a filesystem every worker sees
-(docs/scale.md); only inputs are read from URIs.
+Every input is opened by :func:`open_binary` (through :func:`xgen_data.sources.readers.open_input`, which
+hashes it and reads the records from the same open file), so what is read is one stream whatever the
+storage. The corpus itself stays on a filesystem every worker sees (docs/scale.md); only inputs are read
+from URIs.
 
 Object stores are configured the standard way of their client library, not by xgen: for ``s3://`` (s3fs over
 botocore) the ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` variables or
@@ -12,21 +13,17 @@ AWS (MinIO, Ceph, moto). ``s3://`` needs the extra ``xgen[remote]`` (s3fs); ``gs
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 import fsspec
 
 from xgen_data.errors import InputError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_BLOCK = 1 << 20
 
 
 def is_uri(path: str) -> bool:
@@ -37,10 +34,12 @@ def is_uri(path: str) -> bool:
 @dataclass(frozen=True)
 class InputIdentity:
     """Which input a path names: ``location`` is the absolute local path or the URI as given; ``size`` in
-    bytes (as the storage reports it before reading)."""
+    bytes and ``version`` (an object's ETag or version id, a file's modification time in ns) as the storage
+    reports them; a change of either means other bytes."""
 
     location: str
     size: int
+    version: str
 
 
 def _filesystem(uri: str):
@@ -57,7 +56,8 @@ def _filesystem(uri: str):
 
 
 def input_identity(path: str) -> InputIdentity:
-    """The :class:`InputIdentity` of the file at ``path`` (a local path or a URI).
+    """The :class:`InputIdentity` of the file at ``path`` (a local path or a URI), asked of the storage now
+    (not from a cached listing).
 
     Raises:
         FileNotFoundError: no file there (a folder or prefix is not a file). InputError: an unknown URI scheme.
@@ -65,15 +65,19 @@ def input_identity(path: str) -> InputIdentity:
     if not is_uri(path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such input file")
-        return InputIdentity(os.path.abspath(path), os.path.getsize(path))
+        st = os.stat(path)
+        return InputIdentity(os.path.abspath(path), st.st_size, str(st.st_mtime_ns))
     fs, inner = _filesystem(path)
+    fs.invalidate_cache(inner)
     try:
         info = fs.info(inner)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such input file") from None
     if info.get("type") != "file":
         raise FileNotFoundError(f"{path}: no such input file (it is a folder or prefix)")
-    return InputIdentity(path, int(info.get("size") or 0))
+    version = next((str(info[k]) for k in ("VersionId", "ETag", "etag", "md5Hash", "generation", "mtime",
+                                            "LastModified", "last_modified") if info.get(k)), "")
+    return InputIdentity(path, int(info.get("size") or 0), version)
 
 
 def is_file(path: str) -> bool:
@@ -93,32 +97,20 @@ def is_dir(path: str) -> bool:
     return fs.isdir(inner)
 
 
-@contextlib.contextmanager
-def open_input(path: str) -> Iterator[tuple[BinaryIO, InputIdentity]]:
-    """Open the input at ``path`` (local path or URI) for reading: yields ``(binary file object, identity)``.
-
-    The file object is seekable (Parquet readers need it); it is closed when the block ends.
+def open_binary(path: str) -> IO[bytes]:
+    """The input at ``path`` (local path or URI) opened for reading, seekable (Parquet readers seek); the
+    caller closes it.
 
     Raises:
         FileNotFoundError: no file there. InputError: an unknown URI scheme or a missing fsspec package.
     """
-    identity = input_identity(path)
     if not is_uri(path):
-        with open(path, "rb") as f:
-            yield f, identity
-        return
+        return open(path, "rb")
     fs, inner = _filesystem(path)
-    with fs.open(inner, "rb") as f:
-        yield f, identity
-
-
-def sha256_input(path: str) -> str:
-    """Hex SHA-256 of the bytes of the input at ``path`` (local path or URI), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open_input(path) as (f, _):
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+    try:
+        return fs.open(inner, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such input file") from None
 
 
 def find_files(folder: str) -> list[str]:

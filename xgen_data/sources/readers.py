@@ -6,15 +6,19 @@ Records follow the shared corpus schema ``{id, text, source, license, language, 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import zstandard
 
+from xgen_data.errors import InputError
 from xgen_data.sources import locations
 
 #: The document fields kept by the corpus (SPEC-independent; the shared corpus schema).
@@ -83,20 +87,27 @@ def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> Layout | None:
+def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False,
+                  fileobj: IO[bytes] | None = None) -> Layout | None:
     """The layout of one input: StarCoder's when a Parquet file has ``content`` and ``max_stars_*`` columns
     and no ``text`` (its language from the parent folder when that names a language of
     :mod:`xgen_data.attributes.languages`, e.g. ``python/train-00000-of-00059.parquet``); ``columns`` on top; None for
-    the plain corpus schema."""
+    the plain corpus schema. ``fileobj``: read the Parquet schema from this open file (left rewound)."""
     star = False
     if input_format(path) == "parquet":
         import pyarrow.parquet as pq
 
         try:
-            with locations.open_input(path) as (f, _):
-                names = set(pq.read_schema(f).names)
+            if fileobj is not None:
+                names = set(pq.read_schema(fileobj).names)
+            else:
+                with locations.open_binary(path) as f:
+                    names = set(pq.read_schema(f).names)
         except Exception:  # noqa: BLE001  (a corrupt file is reported by iter_raw with its row)
             names = set()
+        finally:
+            if fileobj is not None:
+                fileobj.seek(0)
         star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
     language = None
     if star:
@@ -189,6 +200,139 @@ class RawRecord:
     layout: Layout | None = None  # how its columns map to the corpus fields (None: the corpus schema)
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def special_kind(path: str) -> str | None:
+    """What ``path`` is when it is not a regular file (``"FIFO (named pipe)"``, ``"socket"``, a device, a
+    folder; links followed), ``"broken link"`` for a link to nothing, None for a regular file.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken link"
+        raise
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "special file")
+
+
+def check_regular(path: str) -> None:
+    """Refuse an input that is not a regular file: ingest hashes a file and then reads the same bytes, which a
+    pipe, socket or device cannot give twice.
+
+    Raises:
+        FileNotFoundError: nothing at ``path`` (``"<path>: no such input file"``).
+        InputError: ``path`` is a FIFO, socket, device or folder, named with its kind.
+    A URI must name an object (a prefix is not one): FileNotFoundError otherwise.
+    """
+    if locations.is_uri(path):
+        locations.input_identity(path)
+        return
+    try:
+        kind = special_kind(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such input file") from None
+    if kind is not None:
+        raise InputError(f"{path}: is a {kind}, not a regular file; xgen ingest reads regular files (it hashes "
+                         "a file's bytes and reads the same bytes again, which a pipe or device cannot give)")
+
+
+def file_signature(st: os.stat_result) -> tuple[int, ...]:
+    """The parts of a file's ``stat`` that change when its bytes change in place (size, modification time in
+    ns) or when another file is read (device, inode). Not the status-change time: unlinking or renaming over a
+    file that is open changes it, while the open file's bytes stay the ones hashed."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class HashingReader:
+    """A binary file object's ``read`` that also feeds every byte it returns to a SHA-256 (what is read is
+    what is hashed). ``drain()`` hashes the rest up to the end of the file; ``hexdigest()`` is then the
+    SHA-256 of every byte the reader consumed."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self._h, self.n_bytes = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._h.update(data)
+        self.n_bytes += len(data)
+        return data
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        while self.read(chunk):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@dataclass
+class OpenedInput:
+    """An input file opened once for an ingest: ``sha256`` of its bytes hashed from the open file, the
+    ``os.fstat`` signature (:func:`file_signature`) taken then, and the file object the records are read from
+    (rewound). A file replaced by a rename meanwhile does not matter (the open file keeps the old bytes); one
+    changed in place is found by :meth:`check_unchanged`."""
+
+    path: str
+    file: IO[bytes]
+    sha256: str
+    signature: tuple[int, ...]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def check_unchanged(self, read_sha256: str | None = None) -> None:
+        """Raise when the file changed since it was hashed: its ``fstat`` signature differs, or
+        ``read_sha256`` (the hash of the bytes the records were read from, when read sequentially) differs.
+
+        Raises:
+            InputError: names the file; nothing of it may be kept.
+        """
+        now = _signature(self.path, self.file)
+        if now != self.signature or (read_sha256 is not None and read_sha256 != self.sha256):
+            raise InputError(f"{self.path}: the file changed while it was being ingested (its size, time or bytes "
+                             "differ from when it was hashed); nothing of it was ingested, run the ingest again "
+                             "once the file is complete")
+
+
+def _signature(path: str, f: IO[bytes]) -> tuple:
+    """What changes when the input's bytes change: the open file's ``fstat`` (:func:`file_signature`) for a local
+    file; the object's size and version (ETag, version id or modification time) asked of the store for a URI."""
+    if locations.is_uri(path):
+        identity = locations.input_identity(path)
+        return (identity.size, identity.version)
+    return file_signature(os.fstat(f.fileno()))
+
+
+def open_input(path: str, chunk: int = 1 << 20) -> OpenedInput:
+    """Open one input for ingest, a local file or an fsspec URI (:mod:`xgen_data.sources.locations`): refuse what
+    is not a regular file (:func:`check_regular`), hash its bytes from the open file and rewind it. The caller
+    closes ``.file``.
+
+    Raises:
+        FileNotFoundError, InputError: see :func:`check_regular`; InputError for a URI no installed fsspec
+            implementation reads.
+    """
+    check_regular(path)
+    f = locations.open_binary(path)
+    try:
+        before = _signature(path, f)
+        h = hashlib.sha256()
+        while block := f.read(chunk):
+            h.update(block)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return OpenedInput(path, f, h.hexdigest(), before)
+
+
 def input_format(path: str) -> str:
     """Return ``'jsonl'``, ``'jsonl.gz'``, ``'jsonl.zst'`` or ``'parquet'`` from the file name.
 
@@ -202,16 +346,20 @@ def input_format(path: str) -> str:
     raise ValueError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
-def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None) -> Iterator[RawRecord]:
+def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None,
+             fileobj: IO[bytes] | None = None) -> Iterator[RawRecord]:
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
     Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
     order mark at the start of a JSONL file is skipped. ``path`` is a local path or an fsspec URI
-    (:func:`xgen_data.sources.locations.open_input`).
+    (:func:`xgen_data.sources.locations.open_binary`).
 
     Args:
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
         layout: the input's column mapping (:func:`detect_layout`), applied when records are decoded.
+        fileobj: read the bytes from this open binary file object (positioned at the start; e.g. a
+            :class:`HashingReader` over :func:`open_input`'s file) instead of opening ``path``, which then only
+            names the records' file.
     Raises:
         ValueError: unsupported suffix.
         StreamError: a corrupt or truncated compressed stream (names the file, the line where the stream
@@ -224,7 +372,7 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
         import pyarrow.parquet as pq
 
         row = 0
-        with locations.open_input(path) as (raw, _):
+        with (contextlib.nullcontext(fileobj) if fileobj is not None else locations.open_binary(path)) as raw:
             try:
                 for batch in pq.ParquetFile(raw).iter_batches(batch_size=1024):
                     for rec in batch.to_pylist():
@@ -233,7 +381,7 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
             except (OSError, pa.ArrowException) as exc:
                 raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
-    with locations.open_input(path) as (raw, _):
+    with (contextlib.nullcontext(fileobj) if fileobj is not None else locations.open_binary(path)) as raw:
         if fmt == "jsonl.gz":
             chunks: Iterator[bytes] = _gzip_chunks(raw)
         elif fmt == "jsonl.zst":
