@@ -124,11 +124,20 @@ def test_system_failure_is_retried_then_named(ray_cluster, tmp_path):
     assert attempts(str(tmp_path), "c") == 2  # the first run and one retry
 
 
-def test_executor_names_are_checked():
+def test_executor_names_are_checked(monkeypatch, tmp_path):
     with pytest.raises(executors.InputError, match="executor must be one of local, ray"):
         executors.make_executor("spark")
     with pytest.raises(executors.InputError, match="--ray-address needs --executor ray"):
         executors.check_executor("local", "auto")
+    import xgen_data.execute
+
+    monkeypatch.setitem(sys.modules, "xgen_data.execute.ray_executor", None)  # as if Ray were not installed
+    monkeypatch.delattr(xgen_data.execute, "ray_executor")
+    with pytest.raises(executors.InputError, match=r"--executor ray needs Ray: pip install 'xgen\[ray\]'"):
+        from xgen_data.sources import ingest
+
+        ingest.ingest(str(tmp_path / "c"), [(SAMPLE_FILES[2], None)], progress=False, executor="ray")
+    assert not os.path.exists(tmp_path / "c")  # refused before the corpus was created
 
 
 # -- real steps: the same bytes on both executors ------------------------------------------------------

@@ -14,11 +14,14 @@ EXECUTORS = ("local", "ray")
 
 
 def check_executor(name: str, ray_address: str | None = None) -> None:
-    """Raise :class:`InputError` for an unknown executor name, or a ``ray_address`` without ``ray``."""
+    """Raise :class:`InputError` for an unknown executor name, a ``ray_address`` without ``ray``, or ``ray``
+    when Ray is not installed (steps call this before they change anything)."""
     if name not in EXECUTORS:
         raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, not {name!r}")
     if ray_address and name != "ray":
         raise InputError("--ray-address needs --executor ray")
+    if name == "ray":
+        _ray_executor_module()
 
 
 def _ray_executor_module():
