@@ -194,8 +194,9 @@ def main() -> None:
               f"{s['total']:7.1f}  {r['driver_peak_mib']:10.0f}  {other[0][:14]:>14} {other[1]:9.0f}  "
               f"{r['processes']:5d}")
     local, ray = results["local"], results["ray"]
-    print(f"ray / local wall time: {ray['seconds']['total'] / local['seconds']['total']:.2f}x "
-          f"(without Ray's start: {(ray['seconds']['total'] - ray['seconds']['ray_start']) / local['seconds']['total']:.2f}x)")
+    ray_total, ray_start, local_total = ray["seconds"]["total"], ray["seconds"]["ray_start"], local["seconds"]["total"]
+    print(f"ray / local wall time: {ray_total / local_total:.2f}x "
+          f"(without Ray's start: {(ray_total - ray_start) / local_total:.2f}x)")
     same = local["hashes"] == ray["hashes"]
     kinds = {k: sum(1 for p in local["hashes"] if p.startswith(k)) for k in ("docs/", "attributes/", "shards/")}
     print(f"outputs: {len(local['hashes'])} files ({kinds['docs/']} parts, {kinds['attributes/']} dedup attribute "

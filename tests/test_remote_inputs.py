@@ -125,3 +125,18 @@ def test_missing_objects_and_unknown_schemes_are_named(s3_bucket, tmp_path):
         assert opened.sha256 == hashlib.sha256(f.read()).hexdigest()
     opened.check_unchanged()
     opened.close()
+
+
+def test_an_object_replaced_while_it_is_read_is_refused(s3_bucket):
+    uri = s3_bucket + "changing.jsonl"
+    client = boto3.client("s3")
+    client.put_object(Bucket="raw", Key="corpora/changing.jsonl", Body=b'{"text": "first version"}\n')
+    opened = readers.open_input(uri)
+    try:
+        opened.check_unchanged()  # nothing changed yet
+        client.put_object(Bucket="raw", Key="corpora/changing.jsonl", Body=b'{"text": "second version!"}\n')
+        with pytest.raises(InputError, match="changing.jsonl: the file changed while it was being ingested"):
+            opened.check_unchanged()
+    finally:
+        opened.close()
+        client.delete_object(Bucket="raw", Key="corpora/changing.jsonl")

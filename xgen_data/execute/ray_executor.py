@@ -18,6 +18,7 @@ store.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 from typing import Callable, Iterator, Sequence
 
 import ray
@@ -35,7 +36,9 @@ def start_ray(workers: int, address: str | None = None,
     """Connect to Ray: to the cluster at ``address`` (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``), or,
     with no address, start a local Ray of ``workers`` CPUs and a ``object_store_bytes`` object store.
 
-    A Ray already initialised in this process is used as it is. Returns True when this call started or
+    A local Ray's workers inherit this process's environment; on a cluster the ``XGEN_*`` variables (the
+    tokenizer ranks' path, DuckDB's spill folder) are passed to the job's workers, and every node must see the
+    same paths (docs/scale.md). A Ray already initialised in this process is used as it is. Returns True when this call started or
     connected Ray (so its caller shuts it down), False when one was running already.
 
     Raises:
@@ -45,8 +48,9 @@ def start_ray(workers: int, address: str | None = None,
         raise ValueError(f"workers must be >= 1, got {workers}")
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    if address:  # a cluster's workers do not inherit this process's environment: pass xgen's own variables
+        env = {k: v for k, v in os.environ.items() if k.startswith("XGEN_") and k != "XGEN_CRASH_AT"}
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env={"env_vars": env})
     else:
         ray.init(num_cpus=workers, object_store_memory=object_store_bytes, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=True)
