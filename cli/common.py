@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 
@@ -85,6 +86,25 @@ def user_errors(fn):
         return result
 
     return wrapper
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite (``nan``, ``inf`` are refused: NaN passes every range comparison)
+    and inside the range given, as :class:`click.FloatRange`."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(rv, param, ctx)
+
+
+def number(min: float | None = None, max: float | None = None, min_open: bool = False,
+           max_open: bool = False) -> FiniteFloat:
+    """The type of every float option: finite, within ``[min, max]`` (``min_open`` / ``max_open``: exclusive)."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
 
 
 def format_option(choices: tuple[str, ...] = ("table", "json")):

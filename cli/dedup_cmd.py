@@ -5,12 +5,12 @@ import json
 
 import click
 
-from cli.common import corpus_option, executor_options, print_rows, user_errors
+from cli.common import corpus_option, executor_options, number, print_rows, user_errors
 
 
 @click.command("dedup")
 @corpus_option
-@click.option("--threshold", type=float, default=0.7, show_default=True,
+@click.option("--threshold", type=number(min=0, max=1, min_open=True, max_open=True), default=0.7, show_default=True,
               help="Jaccard threshold the LSH bands and rows are chosen for (SPEC §2).")
 @click.option("--num-perm", type=int, default=256, show_default=True, help="MinHash permutations.")
 @click.option("--ngram", type=int, default=5, show_default=True, help="Words per shingle.")

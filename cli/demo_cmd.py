@@ -9,7 +9,7 @@ import time
 
 import click
 
-from cli.common import print_rows, user_errors
+from cli.common import number, print_rows, user_errors
 
 
 #: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
@@ -85,7 +85,7 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
               help="Sequences per update instead of --batch-tokens.")
 @click.option("--config", "config_name", default="tiny", show_default=True,
               help="Model config (xgen_train.model.config).")
-@click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--lr", default=3e-3, show_default=True, type=number(min=0, min_open=True), help="Peak learning rate.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
               help="Bad input records: skip (counted and reported) or stop.")

@@ -1011,56 +1011,59 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         t = time.time()
         tmp_dir = os.path.join(work, "duckdb.tmp")
         os.makedirs(tmp_dir, exist_ok=True)
-        from xgen_data.stats import sql
+        from xgen_data.stats import query_guard, sql
 
         con = duckdb.connect(config={**sql.duckdb_config(tmp_dir, memory_limit), "threads": workers,
                                      "preserve_insertion_order": False})
         try:
-            con.register("_parts", pa.table({
-                "pidx": pa.array(range(len(parts)), pa.int32()),
-                "subset": [p.subset for p in parts], "name": [p.name for p in parts],
-                "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
-                "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
-            con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
-            con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
-                FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
-                JOIN parts p ON s.filename = p.sig_path""")
-            con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
-                    d.license, d.source, d.path
-                FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
-                JOIN parts p ON d.filename = p.docs_path""")
-            # exact groups (always counted: the license-conflict report needs them)
-            con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
-                    count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
-            report.exact_groups, report.exact_group_documents = con.execute(
-                "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
-            if params.near:
-                report.no_word_documents = con.execute("SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
-            phase["exact"] = time.time() - t
+            with query_guard.guard(con, spill_folder=tmp_dir, spill_cap=sql.spill_cap(tmp_dir),
+                                   what="dedup's DuckDB phase"):  # Ctrl-C and the spill cap stop it
+                con.register("_parts", pa.table({
+                    "pidx": pa.array(range(len(parts)), pa.int32()),
+                    "subset": [p.subset for p in parts], "name": [p.name for p in parts],
+                    "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
+                    "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
+                con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
+                con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
+                    FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
+                    JOIN parts p ON s.filename = p.sig_path""")
+                con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
+                        d.license, d.source, d.path
+                    FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
+                    JOIN parts p ON d.filename = p.docs_path""")
+                # exact groups (always counted: the license-conflict report needs them)
+                con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
+                        count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
+                report.exact_groups, report.exact_group_documents = con.execute(
+                    "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
+                if params.near:
+                    report.no_word_documents = con.execute(
+                        "SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
+                phase["exact"] = time.time() - t
 
-            # -- union-find over exact and near edges ------------------------------------------------------
-            t = time.time()
-            member, cluster = _clusters(con, report, params, tasks, offsets, n_docs)
-            con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
-                                                 "cluster": pa.array(cluster, pa.int64())}))
-            del member, cluster
-            phase["clusters"] = time.time() - t
+                # -- union-find over exact and near edges ------------------------------------------------------
+                t = time.time()
+                member, cluster = _clusters(con, report, params, tasks, offsets, n_docs)
+                con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
+                                                     "cluster": pa.array(cluster, pa.int64())}))
+                del member, cluster
+                phase["clusters"] = time.time() - t
 
-            # -- attributes per part: cluster, exact group, content hash (no recipe threshold involved) ------
-            t = time.time()
-            gen = corpus.new_generation("dedup", attr_key)
-            for i, p in enumerate(parts):
-                tbl = con.sql(f"""SELECT d.id, c.cluster AS dup_cluster, e.gid AS exact_group, s.chash
-                    FROM read_parquet({_q(p.path)}, file_row_number=true) d
-                    LEFT JOIN _clustered c ON c.doc = {int(offsets[i])} + d.file_row_number
-                    LEFT JOIN exact_members e ON e.doc = {int(offsets[i])} + d.file_row_number
-                    LEFT JOIN read_parquet({_q(tasks[i]['sig'])}) s ON s.row = d.file_row_number
-                    ORDER BY d.file_row_number""").to_arrow_table().cast(ATTR_SCHEMA)
-                with fsutil.atomic_path(corpus.attribute_path(gen, p)) as tmp:
-                    pq.write_table(tbl, tmp, compression="zstd")
-                if i == 0:
-                    fsutil.crash_point("dedup.part_written")
-            phase["write"] = time.time() - t
+                # -- attributes per part: cluster, exact group, content hash (no recipe threshold involved) ------
+                t = time.time()
+                gen = corpus.new_generation("dedup", attr_key)
+                for i, p in enumerate(parts):
+                    tbl = con.sql(f"""SELECT d.id, c.cluster AS dup_cluster, e.gid AS exact_group, s.chash
+                        FROM read_parquet({_q(p.path)}, file_row_number=true) d
+                        LEFT JOIN _clustered c ON c.doc = {int(offsets[i])} + d.file_row_number
+                        LEFT JOIN exact_members e ON e.doc = {int(offsets[i])} + d.file_row_number
+                        LEFT JOIN read_parquet({_q(tasks[i]['sig'])}) s ON s.row = d.file_row_number
+                        ORDER BY d.file_row_number""").to_arrow_table().cast(ATTR_SCHEMA)
+                    with fsutil.atomic_path(corpus.attribute_path(gen, p)) as tmp:
+                        pq.write_table(tbl, tmp, compression="zstd")
+                    if i == 0:
+                        fsutil.crash_point("dedup.part_written")
+                phase["write"] = time.time() - t
         finally:
             con.close()
         corpus.commit_attributes("dedup", attr_key, gen, fingerprint, update)

@@ -1,0 +1,43 @@
+"""`xgen eval report` (issue 21 item 5): Tables 4-7 from output folders, the report's figures labelled as a
+reference column, checksums verified."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from cli.main import cli
+from xgen_train.evaluate.outputs import write_folder
+
+
+def _tasks_folder(path, shots: int, results: dict) -> str:
+    doc = {"results": results, "groups": {}, "n-shot": {k: shots for k in results},
+           "n-samples": {k: {"original": 10, "effective": 10} for k in results}}
+    return str(write_folder(path, "eval-tasks", {"results.json": json.dumps(doc)}))
+
+
+def test_report_tables_with_reference_column(tmp_path):
+    mmlu5 = _tasks_folder(tmp_path / "m5", 5, {"mmlu": {"acc,none": 0.3125}, "mmlu_stem": {"acc,none": 0.25}})
+    zero = _tasks_folder(tmp_path / "z", 0, {"hellaswag": {"acc,none": 0.5, "acc_norm,none": 0.625}})
+    he = str(write_folder(tmp_path / "he", "eval-humaneval",
+                          {"pass_at_k.json": json.dumps({"pass@1": 0.125, "samples": 8})}))
+    res = CliRunner().invoke(cli, ["eval", "report", mmlu5, zero, he, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Table 4: MMLU 5-shot" in md and "## Table 6: zero-shot" in md and "## Table 7: HumanEval" in md
+    assert "XGen-7B (report, reference)" in md
+    assert "| mmlu (weighted average) | acc | 31.25 | 10 | 36.30 |" in md
+    assert "| hellaswag | acc_norm | 62.50 | 10 |  |" in md and "| hellaswag | acc | 50.00 | 10 | 74.20 |" in md
+    assert "| pass@1 | pass@1 | 12.50 | 8 | 14.20 |" in md
+    rows = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {r["table"] for r in rows} == {"Table 4: MMLU 5-shot", "Table 6: zero-shot", "Table 7: HumanEval"}
+
+
+def test_report_refuses_changed_or_foreign_folders(tmp_path):
+    folder = _tasks_folder(tmp_path / "m", 0, {"mmlu": {"acc,none": 0.5}})
+    (tmp_path / "m" / "results.json").write_text(json.dumps({"results": {"mmlu": {"acc,none": 0.9}}}))
+    res = CliRunner().invoke(cli, ["eval", "report", folder, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 3 and "sha256" in res.output
+    (tmp_path / "plain").mkdir()
+    res = CliRunner().invoke(cli, ["eval", "report", str(tmp_path / "plain"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 3 and "not an xgen eval output folder" in res.output
