@@ -128,6 +128,15 @@ def out_option(required: bool = True, help: str = "Output folder to write."):
     return click.option("--out", "out_dir", required=required, type=click.Path(file_okay=False), help=help)
 
 
+def executor_options(fn):
+    """``--executor local|ray`` and ``--ray-address``: where a data step's items run (docs/scale.md)."""
+    fn = click.option("--ray-address", default=None, show_default="start a local Ray of --workers CPUs",
+                      help="Ray cluster to run on with --executor ray (auto, host:6379 or ray://host:10001).")(fn)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run the step's work on local processes or as Ray tasks (pip install 'xgen[ray]'); "
+                             "the outputs are the same bytes.")(fn)
+
+
 def corpus_option(fn):
     return click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False),
                         help="Corpus directory (made by `xgen ingest`).")(fn)
