@@ -1,7 +1,7 @@
 """ingest -> dedup -> mix build on the local executor and on a local 2-CPU Ray, in one run (issue 24).
 
 Each executor runs the whole chain from scratch in a fresh process (``--one``), so Ray's start, its workers and
-their memory are all counted. For each: wall time per step and in all, peak RSS of the driver and of the
+their memory are all counted; the MinHash kernels are compiled into numba's disk cache before either runs. For each: wall time per step and in all, peak RSS of the driver and of the
 largest other process (Ray's workers, raylet and GCS; the local executor's pool), the number of processes
 seen, and the sha256 of every corpus part, dedup attribute file and shard file, which must be byte-identical
 across executors (printed as ``match``). The ratio is Ray's total wall time over the local executor's, run
@@ -33,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.environ.get("XGEN_SHARED") or os.path.join(ROOT, "..", "shared")
 EXECUTORS = ("local", "ray")
+WARM_UP = ("from xgen_data import tokenizer; from xgen_data.attributes import minhash; "
+           "tokenizer.encode('warm up'); minhash.MinHasher().signatures(['warm up the compiled kernels'])")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -152,6 +154,7 @@ def run_one(executor: str, inputs: list[str], work: str, workers: int) -> dict:
     others = sorted(rss.peaks.values(), key=lambda x: -x[1])
     return {"executor": executor, "seconds": times, "driver_peak_mib": own / 1024,
             "largest_other": [others[0][0], others[0][1] / 1024] if others else None,
+            "per_process_mib": [[name, round(k / 1024)] for name, k in others],
             "processes": len(rss.peaks), "others_peak_sum_mib": sum(k for _, k in others) / 1024,
             "hashes": output_hashes(corpus, shards)}
 
@@ -173,14 +176,17 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, inputs, args.work, args.workers)))
         return
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_USAGE_STATS_ENABLED": "0"}
+    # compile (or load) the MinHash kernels and the tokenizer once before timing: numba caches the kernels on
+    # disk, so without this the first executor measured pays the compilation and the second does not
+    subprocess.run([sys.executable, "-c", WARM_UP], check=True, env=env)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-executors-") as tmp:
         for executor in EXECUTORS:
             work = os.path.join(tmp, executor)
             cmd = [sys.executable, os.path.abspath(__file__), "--one", executor, "--work", work,
                    "--workers", str(args.workers)] + (["--smoke"] if args.smoke else [])
-            done = subprocess.run(cmd, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": ROOT, "RAY_USAGE_STATS_ENABLED": "0"})
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
                 sys.exit(f"{executor} failed:\n{done.stderr[-4000:]}")
             results[executor] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -193,6 +199,9 @@ def main() -> None:
         print(f"{ex:8}  {s['ray_start']:9.1f}  {s['ingest']:7.1f}  {s['dedup']:7.1f}  {s['build']:7.1f}  "
               f"{s['total']:7.1f}  {r['driver_peak_mib']:10.0f}  {other[0][:14]:>14} {other[1]:9.0f}  "
               f"{r['processes']:5d}")
+    for ex, r in results.items():
+        shown = ", ".join(f"{name} {mib}" for name, mib in r["per_process_mib"][:8])
+        print(f"{ex} peak RSS MiB per process (driver {r['driver_peak_mib']:.0f}): {shown}")
     local, ray = results["local"], results["ray"]
     ray_total, ray_start, local_total = ray["seconds"]["total"], ray["seconds"]["ray_start"], local["seconds"]["total"]
     print(f"ray / local wall time: {ray_total / local_total:.2f}x "
