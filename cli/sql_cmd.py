@@ -16,13 +16,14 @@ recipe_option = click.option("--recipe", "recipe_name", default=None,
 def _connect(corpus_dir: str, recipe_name: str | None, shard_dirs: list[str] | None = None):
     """The corpus views with ``recipe_name``'s decisions (named on stderr), locked down
     (:func:`xgen_data.stats.sql.lock_down`)."""
+    from xgen_data import query
     from xgen_data.mixing import decisions, recipe
     from xgen_data.stats import sql as xsql
     from xgen_data.store.corpus import Corpus
 
     r = recipe.load(recipe_name) if recipe_name else None
     dec = decisions.for_corpus(Corpus(corpus_dir), r)
-    click.echo(decisions.describe(dec), err=True)
+    click.echo(query.describe(dec), err=True)
     con = xsql.connect(corpus_dir, shard_dirs, dec=dec)
     xsql.lock_down(con, corpus_dir)
     return con

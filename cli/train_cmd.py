@@ -128,12 +128,14 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
         raise click.ClickException(str(exc)) from exc
     from xgen_train.loop.data import ShardFormatError
     from xgen_train.model.numerics import NumericsOptions
+    from xgen_train.export.hf import load_init
     from xgen_train.loop.trainer import train as run_train
 
     shards_dir, init_path = opts.pop("shards_dir"), opts.pop("init_path")
     numerics = NumericsOptions(**{k: opts.pop(k) for k in _NUMERICS})
     try:
         summary = run_train(shards_dir, out_dir, **opts, resume=True if resume else None, init=init_path,
+                            init_loader=load_init,
                             verify=verify, progress=not no_progress, numerics=numerics)
     except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc

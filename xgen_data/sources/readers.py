@@ -15,6 +15,8 @@ from typing import Any
 
 import zstandard
 
+from xgen_data.attributes import languages
+
 #: The document fields kept by the corpus (SPEC-independent; the shared corpus schema).
 FIELDS = ("id", "text", "source", "license", "language", "path", "meta")
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -97,8 +99,6 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
         star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
     language = None
     if star:
-        from xgen_data.attributes import languages
-
         folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
         language = folder if folder in languages.table() else None
     if not star and not columns and not metadata_tokens:

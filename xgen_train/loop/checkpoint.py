@@ -27,7 +27,7 @@ file), and a step directory without a sidecar (a save interrupted between orbax'
 is never loaded: :func:`latest_checkpoint` skips it, a direct load refuses it.
 
 Public helpers for other modules: :func:`load_params` (a run or checkpoint folder -> ``(ModelConfig,
-params)``) and :func:`load_init` (the same, or a Hugging Face folder via ``xgen_train.export.hf.load_hf``).
+params)``); a Hugging Face folder is read by :func:`xgen_train.export.hf.load_init`, never here.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from xgen_data.store import fsutil
 from xgen_train.model.config import ModelConfig
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
-           "checkpoint_source", "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint",
+           "checkpoint_source", "load_checkpoint", "load_params", "read_meta", "resolve_checkpoint",
            "verify_checkpoint"]
 
 FORMAT = "xgen-checkpoint"
@@ -282,24 +282,6 @@ def is_hf_folder(path: str | os.PathLike) -> bool:
     """True when ``path`` looks like a Hugging Face model folder (``config.json`` + ``model.safetensors``)."""
     p = Path(path)
     return (p / "config.json").is_file() and (p / "model.safetensors").is_file()
-
-
-def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
-    """Initial params for ``xgen train --init PATH``: a Hugging Face folder or an xgen run/checkpoint dir.
-
-    A folder holding ``config.json`` + ``model.safetensors`` goes to ``xgen_train.export.hf.load_hf(path) ->
-    (ModelConfig, params)``; anything else to :func:`load_params`.
-    Raises:
-        CheckpointError: as :func:`load_params`, or the HF importer is not available.
-    """
-    if is_hf_folder(path):
-        try:
-            from xgen_train.export.hf import load_hf
-        except ImportError as exc:
-            raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable "
-                                  f"({exc})") from None
-        return load_hf(path)
-    return load_params(path)
 
 
 def make_meta(step: int, position: dict, run: dict, extra: dict | None = None) -> dict:

@@ -10,7 +10,7 @@ whole run (SPEC §4), model and optimizer state carried across sub-stage switche
 * ``run.json``: the run configuration (the part a resume must match) and the plan.
 * ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.loop.checkpoint` (orbax + sha256 sidecar); every
   ``checkpoint_every`` updates, at the end, and on SIGTERM/SIGINT; the last ``keep_checkpoints`` kept.
-* ``loss.png``: Figure 1 (:mod:`xgen_train.evaluate.lossplot`); ``summary.json``.
+* ``loss.png``: Figure 1 (:mod:`xgen_train.loop.lossplot`); ``summary.json``.
 
 The pieces are small on purpose (step function, :class:`xgen_train.loop.curriculum.DataPosition`,
 :class:`xgen_train.loop.checkpoint.CheckpointStore`, :func:`run_config` / :func:`config_differences`), so a
@@ -36,9 +36,10 @@ import numpy as np
 import optax
 
 from xgen_data.store import fsutil
-from xgen_train.evaluate.lossplot import plot_loss
+from xgen_train.loop.lossplot import plot_loss
 from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
-                                        load_checkpoint, load_init, make_meta, read_meta, verify_checkpoint)
+                                        load_checkpoint, load_params, make_meta, read_meta,
+                                        verify_checkpoint)
 from xgen_train.loop.curriculum import Phase, make_plan
 from xgen_train.loop.data import ShardLoader, load_manifest
 from xgen_train.model.numerics import NumericsOptions
@@ -289,7 +290,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
           progress: bool = True,
           plot: bool = True, spike_window: int = 128, spike_std: float = 6.0,
           stop: StopSignal | None = None, numerics: NumericsOptions | None = None, mesh: str | None = None,
-          peak_flops: float | None = None, init_on: str = "auto") -> dict[str, Any]:
+          peak_flops: float | None = None, init_on: str = "auto", init_loader=None) -> dict[str, Any]:
     """Pre-train a model on the curriculum of a shards directory (SPEC §3 model, SPEC §4 optimizer and stages).
 
     Args:
@@ -314,8 +315,10 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         compute_dtype: ``"float32"`` or ``"bfloat16"`` matmul operands (SPEC §3); a shorthand for
             ``numerics.precision`` (default None: ``numerics.precision``, whose ``auto`` is float32 on CPU,
             bfloat16 on GPU/TPU). Giving both with different values is a ValueError.
-        init: start from these params instead of a random init: an xgen run/checkpoint folder or a Hugging
-            Face folder (:func:`xgen_train.loop.checkpoint.load_init`); optimizer state starts fresh.
+        init: start from these params instead of a random init (optimizer state starts fresh), read by
+            ``init_loader(init) -> (ModelConfig, params)``: default :func:`xgen_train.loop.checkpoint.load_params`
+            (an xgen run/checkpoint folder); ``xgen train`` passes :func:`xgen_train.export.hf.load_init`, which
+            also reads a Hugging Face folder (HF conversion stays out of the loop and its checkpoints).
         checkpoint_every: also checkpoint every N updates (0: only at the end / on a signal).
         keep_checkpoints: keep the newest K complete checkpoints.
         resume: ``True`` = latest complete checkpoint under ``out_dir/checkpoints``; a path = that
@@ -480,7 +483,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
         params, opt_state = ck.params, ck.opt_state  # restored straight into this mesh's layout
         start_step = ck.step
     elif init is not None:
-        init_cfg, init_p = load_init(init)
+        init_cfg, init_p = (init_loader or load_params)(init)
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
             raise ValueError(f"{init}: its model config differs from {config_name!r} (init -> --config): "
