@@ -47,8 +47,8 @@ def step_code(corpus: str, inputs: list[str], recipe_path: str, shards: str) -> 
         "license": f"from xgen_data.attributes import filters, licenses\nfrom xgen_data.store.corpus import Corpus\n"
                    f"c = Corpus({corpus!r})\nwith c.lock():\n"
                    f"    filters.compute_license_attributes(c, licenses.default_allow_list())\nextra = {{}}",
-        "language": f"from xgen_data.attributes import languages\nfrom xgen_data.store.corpus import Corpus\n"
-                    f"c = Corpus({corpus!r})\nwith c.lock():\n    languages.compute_language_attributes(c)\n"
+        "language": f"from xgen_data.attributes import language_step\nfrom xgen_data.store.corpus import Corpus\n"
+                    f"c = Corpus({corpus!r})\nwith c.lock():\n    language_step.compute_language_attributes(c)\n"
                     f"extra = {{}}",
         "dedup": f"from xgen_data.attributes.dedup.run import run_dedup\n"
                  f"r = run_dedup({corpus!r}, workers=1, progress=False)\n"

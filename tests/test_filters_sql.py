@@ -148,7 +148,7 @@ def test_license_attributes_have_a_reason_for_every_document(sample_corpus):
 
 def _many_parts_corpus(root, monkeypatch):
     """The sample slice ingested into parts of 16 documents (dozens of parts), with every attribute set."""
-    from xgen_data.attributes import languages
+    from xgen_data.attributes import language_step, languages
     from xgen_data.sources import ingest
     from xgen_data.store.corpus import Corpus
 
@@ -161,7 +161,7 @@ def _many_parts_corpus(root, monkeypatch):
     defaults.run_filters(root)
     corpus = Corpus(root)
     with corpus.lock():
-        languages.compute_language_attributes(corpus)
+        language_step.compute_language_attributes(corpus)
     defaults.run_dedup(root, workers=1, progress=False)
     return corpus
 

@@ -141,7 +141,7 @@ def test_export_replaces_an_export_and_refuses_other_folders(exported, tmp_path,
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     res = CliRunner().invoke(cli, ["export", "hf", str(run), str(other)])
-    assert res.exit_code == 1 and "not an xgen export" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "not an xgen export" in res.output and "Traceback" not in res.output
     assert (other / "notes.txt").read_text() == "keep me"
     res = CliRunner().invoke(cli, ["export", "hf", str(tmp_path / "mine"), str(tmp_path / "x")])
     assert res.exit_code == 1 and "neither a checkpoint directory nor a run directory" in res.output

@@ -315,7 +315,7 @@ def test_old_layout_step_files_are_dropped(small, tmp_path):
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):
     """The `language` attribute step (xgen_data.attributes.languages) is crash-consistent like license and dedup."""
-    from xgen_data.attributes import languages
+    from xgen_data.attributes import language_step, languages
 
     base = str(tmp_path / "base")
     shutil.copytree(small["root"], base)
@@ -327,7 +327,7 @@ def test_kill_language_step_at_every_commit_point(small, tmp_path):
     def run(root):
         cc = corpus_mod.Corpus(root)
         with cc.lock():
-            assert languages.compute_language_attributes(cc)
+            assert language_step.compute_language_attributes(cc)
 
     old = _state(base)
     ref = str(tmp_path / "ref")
@@ -335,8 +335,8 @@ def test_kill_language_step_at_every_commit_point(small, tmp_path):
     run(ref)
     new = _state(ref)
     assert new != old
-    code = ("from xgen_data.attributes import languages; from xgen_data.store import corpus; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
-            "languages.compute_language_attributes(c)")
+    code = ("from xgen_data.attributes import language_step; from xgen_data.store import corpus; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
+            "language_step.compute_language_attributes(c)")
     for point in ("language.part_written", "language.before_commit", "write_json.tmp_written", "language.committed"):
         root = str(tmp_path / point)
         shutil.copytree(base, root)

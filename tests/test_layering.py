@@ -13,11 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The documented order, lower layers first: a unit (a folder, or a module at the package root) may import
-#: itself and the units before it. Keep in step with docs/architecture.md.
+#: The documented order, lower layers first: a unit (a folder, a module at the package root, or a module named
+#: on its own as ``folder/module``, which then leaves its folder's unit) may import itself and the units before
+#: it. Keep in step with docs/architecture.md.
 ORDER = {
-    "xgen_data": ["errors", "tokenizer", "execute", "store", "attributes", "sources", "query", "mixing", "shards",
-                  "stats"],
+    "xgen_data": ["errors", "tokenizer", "execute", "store", "shards/shard_format", "attributes/languages",
+                  "sources", "sft", "attributes", "query", "mixing", "shards", "stats", "interop"],
     "xgen_train": ["model", "scale", "loop", "export", "evaluate"],
 }
 #: xgen_train builds on xgen_data (shard format, tokenizer), never the other way round.
@@ -73,19 +74,24 @@ def import_graph(root: Path, packages=PACKAGES) -> dict[str, list[tuple[str, int
     return {m: internal_imports(root, p, modules) for m, p in sorted(files.items())}
 
 
-def unit_of(module: str) -> tuple[str, str] | None:
-    """``(package, unit)``: the folder (or root module) of ``module`` under its package; None for the package."""
+def unit_of(module: str, order=ORDER) -> tuple[str, str] | None:
+    """``(package, unit)``: the unit of ``module`` under its package (``folder/module`` when the order names it,
+    else its folder or root module); None for the package itself."""
     parts = module.split(".")
-    return (parts[0], parts[1]) if len(parts) > 1 else None
+    if len(parts) < 2:
+        return None
+    if len(parts) > 2 and "/".join(parts[1:3]) in order.get(parts[0], ()):
+        return parts[0], "/".join(parts[1:3])
+    return parts[0], parts[1]
 
 
 def order_problems(graph, order=ORDER, packages=PACKAGES) -> list[str]:
     """Imports against the documented order (a later unit imported by an earlier one, or an unlisted unit)."""
     out = []
     for mod, imps in graph.items():
-        src = unit_of(mod)
+        src = unit_of(mod, order)
         for target, line in imps:
-            dst = unit_of(target)
+            dst = unit_of(target, order)
             if src is None or dst is None or src == dst:
                 continue
             if src[0] != dst[0]:
@@ -97,7 +103,7 @@ def order_problems(graph, order=ORDER, packages=PACKAGES) -> list[str]:
                 if u[1] not in units:
                     out.append(f"{mod}:{line}: {u[0]}/{u[1]} is not in the documented import order")
             if src[1] in units and dst[1] in units and units.index(dst[1]) > units.index(src[1]):
-                out.append(f"{mod}:{line} imports {target}: {dst[1]}/ comes after {src[1]}/ in the import order")
+                out.append(f"{mod}:{line} imports {target}: {dst[1]} comes after {src[1]} in the import order")
     return out
 
 
@@ -193,3 +199,14 @@ def test_a_cycle_inside_one_folder_is_allowed_but_not_across_packages(tmp_path):
     graph = import_graph(tmp_path)
     assert cross_folder_cycles(graph) == []
     assert order_problems(graph) == ["xgen_data.store.c:1 imports xgen_train.loop.x: xgen_data comes before xgen_train"]
+
+
+def test_a_module_named_on_its_own_leaves_its_folder(tmp_path):
+    """``shards/shard_format`` sits before ``sft`` while ``shards/packing`` sits after it."""
+    _write(tmp_path, {"xgen_data/__init__.py": "", "xgen_data/shards/__init__.py": "", "xgen_data/sft/__init__.py": "",
+                      "xgen_data/shards/shard_format.py": "", "xgen_data/sft/fmt.py":
+                      "from xgen_data.shards import shard_format\n", "xgen_data/shards/packing.py": "",
+                      "xgen_data/sft/bad.py": "from xgen_data.shards import packing\n"})
+    graph = import_graph(tmp_path, ["xgen_data"])
+    assert unit_of("xgen_data.shards.shard_format") == ("xgen_data", "shards/shard_format")
+    assert [p.split(" imports")[0] for p in order_problems(graph)] == ["xgen_data.sft.bad:1"]

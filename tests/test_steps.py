@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from xgen_data.attributes import filters, languages
+from xgen_data.attributes import filters, language_step, languages
 from xgen_data.attributes.dedup import run as dedup_run
 from xgen_data.attributes.dedup.params import RECIPE_KEYS, resolve_params
 from xgen_data.attributes.licenses import license_params
@@ -61,7 +61,7 @@ def test_attribute_items_in_reverse_order_commit_the_same_bytes(corpus_copy, ste
         key = languages.language_params()
 
         def compute(executor):
-            return languages.compute_language_attributes(corpus, executor=executor)
+            return language_step.compute_language_attributes(corpus, executor=executor)
     with corpus.lock():
         if corpus.attribute_current(step, key):
             _forget(corpus, step, key)
@@ -108,7 +108,7 @@ def test_a_failing_item_is_named_and_nothing_is_committed(corpus_copy):
 def test_steps_report_in_one_shape(corpus_copy):
     corpus = Corpus(corpus_copy)
     with corpus.lock():
-        step = PartAttributeStep(languages.LANGUAGE_STEP, languages.language_part, corpus, {"probe": 2})
+        step = PartAttributeStep(languages.LANGUAGE_STEP, language_step.language_part, corpus, {"probe": 2})
         report = run_part_step(step)
     assert isinstance(report, StepReport) and report.step == "language" and not report.errors
     assert report.items == len(corpus.parts())

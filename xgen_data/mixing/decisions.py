@@ -27,7 +27,8 @@ def from_recipe(recipe) -> Decisions:
     return Decisions(label=f"recipe {recipe.name!r} ({recipe.path or 'in memory'}, sha256 {sha or '-'})",
                      filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(policies),
                              "allow": sorted(allow), "policies": policies},
-                     dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha)
+                     dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha,
+                     decontam=tuple(recipe.decontaminate))
 
 
 def from_defaults(corpus: Corpus) -> Decisions:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from xgen_data.attributes import filters, languages
+from xgen_data.attributes import filters, language_step
 from xgen_data.attributes.dedup.params import DedupReport, recorded_params
 from xgen_data.attributes.dedup.run import run_dedup as compute_dedup_attributes
 from xgen_data.attributes.licenses import default_allow_list
@@ -65,7 +65,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
             filters.compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False)
         filters.compute_license_attributes(corpus, settings["allow"], update, verify=False)
-        languages.compute_language_attributes(corpus, verify=False)
+        language_step.compute_language_attributes(corpus, verify=False)
         return reports.filter_report(corpus_dir, decisions.from_defaults(corpus))
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from xgen_data.attributes import filters, languages
+from xgen_data.attributes import decontam, filters, language_step
 from xgen_data.attributes.dedup.params import dedup_attr_params, recorded_params
 from xgen_data.attributes.dedup.run import run_dedup
 from xgen_data.attributes.licenses import license_params
@@ -80,7 +80,9 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
                 corpus.write_meta(meta)
             filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
             computed = True
-    computed = languages.compute_language_attributes(corpus, verify=False) or computed
+    computed = language_step.compute_language_attributes(corpus, verify=False) or computed
+    if recipe.decontaminate:
+        computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
     (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", dedup_attr_params(dec.dedup)):

@@ -11,6 +11,8 @@ A recipe::
     policy_allow_extra = { strict = [] }   # identifiers added to another policy's shipped list (e.g. the demo's)
     [dedup]
     enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.attributes.dedup.params
+    [decontaminate]                    # optional: drop documents overlapping these evaluation sets (SPEC §5)
+    eval_sets = ["evals/humaneval.jsonl"]   # JSONL files, relative to the recipe file
     [[stages]]
     name = "stage1"
     tokens = 1_500_000_000_000         # effective tokens of the stage (default: sum of sub-stage tokens)
@@ -96,6 +98,7 @@ class Recipe:
     policy_allow_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # policy -> extra identifiers
     dedup: dict = field(default_factory=lambda: {"enabled": True})
     path: str = ""
+    decontaminate: tuple[str, ...] = ()  # evaluation set files (absolute), xgen_data.attributes.decontam
 
     def allow_list(self) -> tuple[str, ...]:
         """The effective license allow-list: ``license_allow`` (or the shipped list) plus the extras."""
@@ -167,7 +170,7 @@ def load(name_or_path: str) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not UTF-8 text: {exc}") from None
-    known = {"name", "seed", "filters", "dedup", "stages"}
+    known = {"name", "seed", "filters", "dedup", "stages", "decontaminate"}
     if set(raw) - known:
         raise RecipeError(f"{path}: unknown key(s) {', '.join(sorted(set(raw) - known))}; known: {', '.join(sorted(known))}")
     stages_raw = _typed(path, "stages", raw.get("stages", []), list)
@@ -261,7 +264,18 @@ def load(name_or_path: str) -> Recipe:
         policy_allow_extra=_policy_extra(path, flt.get("policy_allow_extra", {})),
         dedup=dedup,
         path=os.path.abspath(path),
+        decontaminate=_eval_sets(path, raw.get("decontaminate", {})),
     )
+
+
+def _eval_sets(path: str, raw) -> tuple[str, ...]:
+    """``[decontaminate] eval_sets``: evaluation set files, made absolute relative to the recipe's folder."""
+    table = _typed(path, "decontaminate", raw, dict)
+    if set(table) - {"eval_sets"}:
+        raise RecipeError(f"{path}: decontaminate: unknown key(s) {', '.join(sorted(set(table) - {'eval_sets'}))}; "
+                          "known: eval_sets")
+    files = _strings(path, "decontaminate.eval_sets", table.get("eval_sets", []))
+    return tuple(os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), f)) for f in files)
 
 
 def known_policies() -> tuple[str, ...]:
@@ -414,6 +428,8 @@ def to_toml(recipe: Recipe) -> str:
         lines.append("policy_allow_extra = { " + ", ".join(f"{k} = {value(v)}" for k, v in
                                                          recipe.policy_allow_extra.items()) + " }")
     lines += ["", "[dedup]"] + [f"{k} = {value(v)}" for k, v in recipe.dedup.items()]
+    if recipe.decontaminate:
+        lines += ["", "[decontaminate]", f"eval_sets = {value(recipe.decontaminate)}"]
     for st in recipe.stages:
         lines += ["", "[[stages]]", f"name = {value(st.name)}", f"tokens = {st.tokens}"]
         if st.targets is None:

@@ -9,8 +9,9 @@ cuts the chunks, writes their sequences in the plan's order to shards (:mod:`xge
 
 Streams and chunks live in temporary memory-mapped files, so memory holds only per-document integers
 (document offsets, instance order, permutations), never the tokens of the corpus. The output folder is
-built under a temporary name and swapped in at the end (:func:`recover_out_dir` restores the previous
-set if a crash interrupted the swap); the same corpus, recipe and seed give byte-identical shards. The
+built under a temporary name and swapped in at the end by the shared folder publisher
+(:class:`xgen_data.store.publish.FolderPublisher`: locked, foreign files refused, the previous set restored if
+a crash interrupted the swap); the same corpus, recipe and seed give byte-identical shards. The
 manifest records the recipe: name, SHA-256 and full TOML text.
 """
 from __future__ import annotations
@@ -30,12 +31,13 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from xgen_data import tokenizer
+from xgen_data.errors import RefusedError
 from xgen_data.execute.contract import Executor, ItemResult, WorkItem, run_step
 from xgen_data.execute.local import LocalExecutor
 from xgen_data.mixing import pipeline, selection
 from xgen_data.mixing.recipe import Recipe
 from xgen_data.shards import shard_format as shards
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, locks, publish
 from xgen_data.store.corpus import Corpus
 
 SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
@@ -151,22 +153,14 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     root = os.path.realpath(corpus.root)
     if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
         raise ValueError(f"{out_dir}: the shards directory must be outside the corpus {root}")
-    if os.path.isdir(out) and os.listdir(out):
-        try:
-            # not its self-checksum: a set whose manifest was edited is what a rebuild repairs; the listed
-            # files only decide that nothing foreign is in the folder the rebuild replaces
-            manifest = shards.read_manifest(out, check_sha256=False)
-        except shards.ShardError:
-            raise ValueError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
-                             "(no valid manifest.json); choose another --out or empty it") from None
-        ours = {"manifest.json"} | {os.path.normpath(e.get(k, "")) for e in manifest["shards"]
-                                    for k in ("path", "index_path")}
-        foreign = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
-                         if os.path.relpath(os.path.join(d, f), out) not in ours)
-        if foreign:
-            raise ValueError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
-                             f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
-                             "them away or choose another --out")
+    foreign = publish.foreign_files(out, _listed_files)
+    if foreign is None:
+        raise RefusedError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
+                           "(no valid manifest.json); choose another --out or empty it")
+    if foreign:
+        raise RefusedError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
+                           f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
+                           "them away or choose another --out")
     if not os.path.isdir(os.path.dirname(out)):
         raise ValueError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
     return out
@@ -186,58 +180,46 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
                          "free")
 
 
+def _is_complete_set(folder: str) -> bool:
+    """Whether ``folder`` holds a shards set whose manifest reads (a backup worth restoring)."""
+    try:
+        shards.read_manifest(folder)
+    except shards.ShardError:
+        return False
+    return True
+
+
+def _listed_files(folder: str) -> set[str] | None:
+    """The files a shards folder's manifest names (manifest, shards, indexes); None: not a shards folder.
+
+    Not the manifest's self-checksum: a set whose manifest was edited is what a rebuild repairs; the listed
+    files only decide that nothing foreign is in the folder the rebuild replaces."""
+    try:
+        manifest = shards.read_manifest(folder, check_sha256=False)
+    except shards.ShardError:
+        return None
+    return {"manifest.json"} | {e[k] for e in manifest["shards"] for k in ("path", "index_path") if e.get(k)}
+
+
+def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
+    """Backups of older versions' swaps: ``.<out>-old.tmp-<pid>`` of a process that is gone."""
+    prefix = f".{tail}-old.tmp-"
+    return [(os.path.join(head, n),) * 2 for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()
+            and not fsutil.pid_alive(int(n[len(prefix):]))]
+
+
+def publisher(out_dir: str) -> publish.FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of a shards folder (commit points ``build.*``)."""
+    return publish.FolderPublisher(out_dir, listed_files=_listed_files, is_complete=_is_complete_set,
+                                   what="shards", crash_prefix="build", legacy=_legacy_backups)
+
+
 def recover_out_dir(out_dir: str) -> str | None:
-    """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers.
-
-    A rebuild swaps with two renames (old set -> :func:`xgen_data.shards.shard_format.backup_dir`, new set -> ``out_dir``),
-    so a crash between them leaves ``out_dir`` missing and the old set in the backup: it is renamed back
-    (also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of a dead process). Only once
-    ``out_dir`` holds a set are backups deleted, so no crash ever loses both copies. Unfinished build
-    folders of dead processes (``.<out>.tmp-<pid>``) are deleted: ``out_dir`` or its backup is complete.
-
-    Returns:
-        a note saying what was restored, or None.
-    """
-    head, tail = os.path.split(out_dir)
-    names = os.listdir(head) if os.path.isdir(head) else []
-
-    def dead(prefix: str) -> list[str]:
-        return [os.path.join(head, n) for n in sorted(names) if n.startswith(prefix) and n[len(prefix):].isdigit()
-                and not fsutil.pid_alive(int(n[len(prefix):]))]
-
-    backups = [b for b in [shards.backup_dir(out_dir)] + dead(f".{tail}-old.tmp-") if os.path.isdir(b)]
-    note = None
-    if not os.path.exists(out_dir):
-        for b in backups:
-            try:
-                shards.read_manifest(b)
-            except shards.ShardError:
-                continue
-            os.replace(b, out_dir)
-            note = f"restored the previous shards of {out_dir} from {b} (a build into it had been interrupted)"
-            break
-    if os.path.isdir(out_dir):
-        for b in backups:
-            if os.path.exists(b):
-                shutil.rmtree(b)
-    for tmp in dead(f".{tail}.tmp-"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    return note
-
-
-def _swap_in(tmp_dir: str, out_dir: str) -> None:
-    """Replace ``out_dir`` by the finished build ``tmp_dir``; a crash at any point leaves a complete set in
-    ``out_dir`` or in its backup (restored by :func:`recover_out_dir`)."""
-    fsutil.crash_point("build.before_swap")
-    if os.path.exists(out_dir):
-        backup = shards.backup_dir(out_dir)
-        os.replace(out_dir, backup)  # recover_out_dir removed any older backup: out_dir existed
-        fsutil.crash_point("build.after_backup")
-        os.replace(tmp_dir, out_dir)
-        fsutil.crash_point("build.after_swap")
-        shutil.rmtree(backup)
-    else:
-        os.replace(tmp_dir, out_dir)
+    """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers
+    (:func:`xgen_data.store.publish.recover`; also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of
+    a dead process), holding the folder's writer lock. Returns a note saying what was restored, or None."""
+    with locks.writer_lock(publish.lock_path(out_dir), f"shards folder {out_dir}"):
+        return publish.recover(out_dir, _is_complete_set, _legacy_backups, "shards")
 
 
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
@@ -250,20 +232,20 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
         out_dir: the shards directory to (re)create.
         shard_tokens: target tokens per shard file (a shard holds whole sequences).
     Raises:
-        ValueError: a subset with a positive proportion has no kept documents; an unsafe ``out_dir``
-            (:func:`check_out_dir`).
+        ValueError: a subset with a positive proportion has no kept documents.
+        RefusedError: an unsafe ``out_dir`` (:func:`check_out_dir`), or another process writing it.
         CorpusError: not a corpus.
     """
     corpus = Corpus(corpus_dir)
     with corpus.lock():
         out_dir = resolve_out_dir(out_dir)
-        note = recover_out_dir(out_dir)  # first, so even a build that fails puts the previous set back
-        corpus.verify_parts()  # the tokens packed below come from these parts
-        docs = selection.recipe_documents(corpus_dir, recipe)
-        out_dir = check_out_dir(out_dir, corpus)
-        check_disk_space(recipe, os.path.dirname(out_dir))
-        plan = selection.plan_packing(recipe, docs)
-        return pack(corpus, plan, out_dir, shard_tokens, progress, notes=[note] if note else [])
+        with publisher(out_dir) as pub:  # locked; a killed earlier swap is restored first, even if this build fails
+            docs = selection.recipe_documents(corpus_dir, recipe)
+            corpus.verify_parts()  # the tokens packed below come from these parts
+            out_dir = check_out_dir(out_dir, corpus)
+            check_disk_space(recipe, os.path.dirname(out_dir))
+            plan = selection.plan_packing(recipe, docs)
+            return pack(corpus, plan, pub, shard_tokens, progress)
 
 
 def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True):
@@ -280,22 +262,22 @@ def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2
 @dataclass
 class PackStep:
     """Packing as a step (:mod:`xgen_data.execute.contract`): one item per stage of ``plan``
-    (:func:`pack_stage` writes the stage's shards into the shared temporary folder ``tmp_dir``, under the
-    stage's own names), and one commit: the manifest, the swap into ``out_dir`` and the corpus registry."""
+    (:func:`pack_stage` writes the stage's shards into the publisher's temporary folder, under the stage's own
+    names), and one commit: the manifest, the swap into the shards folder (``pub``, a
+    :class:`~xgen_data.store.publish.FolderPublisher` entered by the caller) and the corpus registry."""
 
     corpus: Corpus
     plan: selection.PackPlan
-    out_dir: str
+    pub: publish.FolderPublisher
     shard_tokens: int = SHARD_TOKENS
-    notes: list[str] = field(default_factory=list)
     name: str = "mix build"
     item_fn: Callable[..., ItemResult] = None  # type: ignore[assignment]  (set below: pack_stage)
 
     def __post_init__(self) -> None:
         self.item_fn = pack_stage
         self.started = time.time()
-        self.tmp_dir = fsutil.tmp_name(self.out_dir.rstrip(os.sep))
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.out_dir = self.pub.out
+        self.tmp_dir = self.pub.begin()
         os.makedirs(os.path.join(self.tmp_dir, ".work"))
 
     def items(self) -> list[WorkItem]:
@@ -306,37 +288,29 @@ class PackStep:
         """Write the manifest (stages and shards in plan order), swap the folder in (crash points
         ``build.shards_written``, ``build.swapped``) and register it with the corpus."""
         plan = self.plan
-        report = BuildReport(self.out_dir, notes=list(self.notes))
+        report = BuildReport(self.out_dir, notes=[self.pub.note] if self.pub.note else [])
         manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "recipe": plan.recipe_name,
                     "recipe_sha256": hashlib.sha256(plan.recipe_text.encode("utf-8")).hexdigest(),
                     "recipe_toml": plan.recipe_text, "seed": plan.seed,
                     "tokenizer": "xgen", "vocab_size": tokenizer.VOCAB_SIZE,
                     "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
                     "plan": list(plan.mixture), "stages": [], "shards": [], "language_plan": list(plan.language_plan)}
-        try:
-            for r in results:
-                part, rep = r.value
-                manifest["stages"] += part["stages"]
-                manifest["shards"] += part["shards"]
-                report.sequences.update(rep.sequences)
-                report.tokens_per_subset.update(rep.tokens_per_subset)
-                report.tokens_per_language.update(rep.tokens_per_language)
-            shutil.rmtree(os.path.join(self.tmp_dir, ".work"))
-            manifest = shards.write_manifest(self.tmp_dir, manifest)  # stamped with its manifest_sha256
-        except BaseException:
-            self.abort()
-            raise
+        for r in results:
+            part, stage_report = r.value
+            manifest["stages"] += part["stages"]
+            manifest["shards"] += part["shards"]
+            report.sequences.update(stage_report.sequences)
+            report.tokens_per_subset.update(stage_report.tokens_per_subset)
+            report.tokens_per_language.update(stage_report.tokens_per_language)
+        shutil.rmtree(os.path.join(self.tmp_dir, ".work"))
+        manifest = shards.write_manifest(self.tmp_dir, manifest)  # stamped with its manifest_sha256
         fsutil.crash_point("build.shards_written")
-        _swap_in(self.tmp_dir, self.out_dir)
+        self.pub.commit()
         fsutil.crash_point("build.swapped")
         self.corpus.register_shard_dir(self.out_dir)
         report.shards = len(manifest["shards"])
         report.seconds = time.time() - self.started
         return report
-
-    def abort(self) -> None:
-        """Remove the temporary folder (an item failed: nothing is committed)."""
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 class _NoBar:
@@ -358,19 +332,15 @@ def pack_stage(corpus_root: str, docs: dict, stage: selection.StagePlan, tmp_dir
                       bytes=2 * tokens, seconds=time.time() - t0)
 
 
-def pack(corpus: Corpus, plan: selection.PackPlan, out_dir: str, shard_tokens: int = SHARD_TOKENS,
-         progress: bool = True, notes: list[str] | None = None, executor: Executor | None = None) -> BuildReport:
-    """Run the :class:`PackStep` of ``plan`` on ``executor`` (default: this process) and commit it as
-    ``out_dir``. Call under the corpus lock. Raises ItemError naming a stage that failed (nothing is swapped in)."""
-    step = PackStep(corpus, plan, out_dir, shard_tokens, list(notes or []))
+def pack(corpus: Corpus, plan: selection.PackPlan, pub: publish.FolderPublisher, shard_tokens: int = SHARD_TOKENS,
+         progress: bool = True, executor: Executor | None = None) -> BuildReport:
+    """Run the :class:`PackStep` of ``plan`` on ``executor`` (default: this process) and publish it through
+    ``pub`` (entered; it removes the temporary folder unless committed). Call under the corpus lock.
+    Raises ItemError naming a stage that failed (nothing is swapped in)."""
+    step = PackStep(corpus, plan, pub, shard_tokens)
     with tqdm(total=len(plan.stages), unit="stage", desc="mix build", disable=None if progress else True,
               leave=False) as bar:
-        try:
-            return run_step(step, executor if executor is not None else LocalExecutor(workers=1),
-                            lambda r: bar.update(1))
-        except BaseException:
-            step.abort()
-            raise
+        return run_step(step, executor if executor is not None else LocalExecutor(workers=1), lambda r: bar.update(1))
 
 
 def write_stream(corpus: Corpus, docs: dict[str, selection.SubsetDocs], subsets: list[str], inst: selection.Instances, work: str,
