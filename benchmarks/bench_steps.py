@@ -75,6 +75,12 @@ def corpus_counts(corpus: str) -> dict:
     return {"documents": docs, "tokens": toks, "text_bytes": text, "parts": len(Corpus(corpus).parts())}
 
 
+#: CPU seconds of the step's process and its worker processes (user + system): on a shared machine the wall
+#: time depends on the load, the CPU time much less.
+_CPU = ("cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) "
+        "for f in ('ru_utime', 'ru_stime'))")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample", action="store_true", help="the shared sample slice instead of the full corpus")
@@ -86,19 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     names = ("nl", "code") if args.smoke else ("nl", "code", "instruct")
     inputs = [os.path.join(base, f"{n}.jsonl" if (args.sample or args.smoke) else f"{n}.jsonl.zst") for n in names]
     work = args.work or tempfile.mkdtemp(prefix="xgen-steps-")
+    os.makedirs(work, exist_ok=True)
     corpus, shards = os.path.join(work, "corpus"), os.path.join(work, "shards")
     recipe_path = stage1_recipe(work)
     res: dict = {"inputs": inputs, "input_bytes": sum(os.path.getsize(p) for p in inputs), "cpus": os.cpu_count(),
-                 "steps": {}}
+                 "load_average": os.getloadavg(), "steps": {}}
     for name, code in step_code(corpus, inputs, recipe_path, shards).items():
-        r = _child("import json, time\nt = time.time()\n" + code
-                   + "\nprint(json.dumps({'seconds': time.time() - t, **extra}))")
+        r = _child("import json, resource, time\nt = time.time()\n" + code + "\n" + _CPU
+                   + "\nprint(json.dumps({'seconds': time.time() - t, 'cpu_seconds': cpu, **extra}))")
         res["steps"][name] = r
         if name == "ingest":
             res["corpus"] = corpus_counts(corpus)
         c = res["corpus"]
-        print(f"{name:9s} {r['seconds']:8.1f} s  {c['documents'] / r['seconds']:9,.0f} docs/s  "
-              f"{c['text_bytes'] / r['seconds'] / 1e6:7.2f} MB/s  {c['tokens'] / r['seconds']:11,.0f} tokens/s  "
+        cpu = r["cpu_seconds"]
+        print(f"{name:9s} {r['seconds']:8.1f} s wall {cpu:8.1f} s CPU  per CPU-second: "
+              f"{c['documents'] / cpu:9,.0f} docs  {c['text_bytes'] / cpu / 1e6:7.2f} MB  {c['tokens'] / cpu:11,.0f} tokens  "
               f"peak RSS {r['rss_one_mb']:6.0f} MB" + (f"  phases {json.dumps({k: round(v, 1) for k, v in r['phases'].items()})}"
                                                       if "phases" in r else ""), flush=True)
     c = res["corpus"]
