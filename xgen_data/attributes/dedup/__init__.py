@@ -12,10 +12,10 @@ What counts as a copy
 
 Which copy is kept (SPEC §2 "Choice"), per recipe
     Clusters are attributes (computed once per parameter set); the kept copy is a *decision*, derived per
-    recipe by SQL (:mod:`xgen_data.mixing.decisions`). Per cluster: a copy that the recipe's filters keep before one
+    recipe by SQL (:mod:`xgen_data.query`). Per cluster: a copy that the recipe's filters keep before one
     they drop, so a cluster's text is never lost to the length or license filter; then a copy in a subset the
     recipe packs; then the document with the
-    most permissive license (:func:`license_rank`: public domain and
+    most permissive license (:func:`xgen_data.attributes.licenses.license_rank`: public domain and
     permissive licenses on the license filter's allow-list first, then other permissive, weak copyleft,
     copyleft, other, unknown), then the smallest ``id`` (then the smallest subset name). Every other member is dropped with ``dup_of`` = the kept
     copy and ``drop_reason`` = ``exact_duplicate`` when its content hash equals the kept copy's, else
@@ -24,7 +24,7 @@ Which copy is kept (SPEC §2 "Choice"), per recipe
 
 Outputs
     * ``attributes/dedup/<params-hash>/<generation>/<subset>/<part>.parquet`` for every docs part
-      (:data:`ATTR_SCHEMA`, one generation committed atomically): ``id``, ``dup_cluster`` (int64, the smallest
+      (:data:`.params.ATTR_SCHEMA`, one generation committed atomically): ``id``, ``dup_cluster`` (int64, the smallest
       global document number in the cluster; null for documents in no cluster), ``exact_group`` (int64, the
       smallest global document number with the same content hash; null when unique), ``chash``. Global
       document numbers count documents in ``Corpus.parts()`` order. The ``documents`` view derives
@@ -42,12 +42,12 @@ How it scales
     Signatures are computed per part in ``workers`` processes (each holds one batch of documents and the
     part's band hashes). Exact groups are a DuckDB window over the content hashes (spilling to disk past
     ``memory_limit``). LSH candidates are formed band by band in NumPy (one band of the corpus in memory,
-    :func:`bucket_pairs`), verified on signature rows read through memory maps (:class:`SigStore`), and
+    :func:`.bands.bucket_pairs`), verified on signature rows read through memory maps (:class:`.cluster.SigStore`), and
     clustered by a union-find over one int64 per document. The main process therefore holds O(documents)
     small integers and the rows being verified, never all signatures or text.
 
-Modules, one per phase (each a step on the contract of :mod:`xgen_data.execute.contract` or a pure function
-of its inputs): :mod:`.params` (parameters, the attribute set's key, schemas, report),
+Modules, one per phase (phase 1 is a step on the contract of :mod:`xgen_data.execute.contract`; the others are
+functions of the run's work files): :mod:`.params` (parameters, the attribute set's key, schemas, report),
 :mod:`.signatures` (phase 1, per part: content hashes, MinHash signatures, band hashes),
 :mod:`.bands` (LSH buckets and candidate pairs, band by band), :mod:`.cluster` (verify candidates and cluster
 them with exact groups), :mod:`.attribute_files` (one attribute file per part) and :mod:`.run` (the run:
