@@ -13,6 +13,7 @@ from xgen_data.attributes import filters, language_step
 from xgen_data.attributes.dedup.params import DedupReport, recorded_params
 from xgen_data.attributes.dedup.run import run_dedup as compute_dedup_attributes
 from xgen_data.attributes.licenses import default_allow_list
+from xgen_data.execute import executors
 from xgen_data.mixing import decisions, reports
 from xgen_data.store.corpus import Corpus, CorpusError
 
@@ -93,7 +94,9 @@ def run_dedup(corpus_dir: str, *, license_allow: tuple[str, ...] | list[str] | N
     allow = tuple(default_allow_list()) if license_allow is None else tuple(license_allow)
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"{corpus_dir}: no such corpus directory")
-    keys = {k: v for k, v in kw.items() if k not in ("workers", "progress", "memory_limit")}
+    if isinstance(kw.get("executor"), str):  # refused before anything changes (e.g. Ray not installed)
+        executors.check_executor(kw["executor"], kw.get("ray_address"))
+    keys = {k: v for k, v in kw.items() if k not in ("workers", "progress", "memory_limit", "executor", "ray_address")}
     recorded = recorded_params(license_allow=allow, **keys)
 
     def update(meta: dict) -> None:

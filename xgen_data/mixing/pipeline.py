@@ -46,21 +46,24 @@ def dedup_params(recipe: Recipe) -> dict:
 
 
 def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True,
-                       force: bool = False) -> StepsReport:
+                       force: bool = False, executor: str = "local", ray_address: str | None = None) -> StepsReport:
     """Compute the recipe's missing or stale attribute sets (``force``: recompute them), under the corpus lock.
 
     The corpus parts are verified against their recorded SHA-256 first. The corpus's default decisions
-    (stand-alone ``xgen filter`` / ``xgen dedup``) are never changed.
+    (stand-alone ``xgen filter`` / ``xgen dedup``) are never changed. ``executor`` / ``ray_address`` say where
+    dedup's signature phase runs (:func:`xgen_data.attributes.dedup.run_dedup`); the license and language
+    attributes run in this process.
 
     Raises:
         CorpusError: not a corpus; DamagedPartError: a damaged part; ValueError: invalid step parameters.
     """
     corpus = Corpus(corpus_dir)
     with corpus.lock():
-        return _apply(corpus, corpus_dir, recipe, workers, progress, force)
+        return _apply(corpus, corpus_dir, recipe, workers, progress, force, executor, ray_address)
 
 
-def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool) -> StepsReport:
+def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool,
+           executor: str = "local", ray_address: str | None = None) -> StepsReport:
     dec = decisions.from_recipe(recipe)
     report = StepsReport(decisions=dec)
     ran, skipped = [], []
@@ -87,7 +90,8 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", dedup_attr_params(dec.dedup)):
             t = time.time()
-            report.dedup = run_dedup(corpus_dir, workers=workers, progress=progress, **recipe.dedup_kwargs())
+            report.dedup = run_dedup(corpus_dir, workers=workers, progress=progress, executor=executor,
+                                     ray_address=ray_address, **recipe.dedup_kwargs())
             report.dedup.params["license_allow"] = list(allow)
             t_report = time.time()
             if report.dedup.documents:
@@ -102,12 +106,13 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     return report
 
 
-def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True):
+def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True, executor: str = "local",
+                ray_address: str | None = None):
     """Recipe steps, then the kept documents per recipe subset, under one corpus lock.
 
     Returns ``(StepsReport, {subset: SubsetDocs})`` for :func:`xgen_data.mixing.mixture.plan`.
     """
     corpus = Corpus(corpus_dir)
     with corpus.lock():
-        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress)
+        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor, ray_address=ray_address)
         return steps, selection.kept_documents(corpus_dir, recipe.subsets(), recipe)

@@ -248,14 +248,16 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
             return pack(corpus, plan, pub, shard_tokens, progress)
 
 
-def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True):
-    """The recipe flow (:func:`xgen_data.mixing.pipeline.apply_recipe_steps`), then :func:`build`, under one
-    corpus lock (no other command can change the attributes between the check and the packing).
-    Returns ``(StepsReport, BuildReport)``."""
+def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True,
+                 executor: str = "local", ray_address: str | None = None):
+    """The recipe flow (:func:`xgen_data.mixing.pipeline.apply_recipe_steps`; ``executor`` / ``ray_address`` say
+    where dedup's signature items run), then :func:`build`, under one corpus lock (no other command can change
+    the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
     corpus = Corpus(corpus_dir)
     check_out_dir(out_dir, corpus)  # fail before any step runs
     with corpus.lock():
-        steps = pipeline.apply_recipe_steps(corpus_dir, recipe, workers, progress)
+        steps = pipeline.apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor,
+                                            ray_address=ray_address)
         return steps, build(corpus_dir, recipe, out_dir, progress=progress)
 
 
