@@ -205,9 +205,9 @@ print(json.dumps({{"seconds": time.time() - t}}))""")
 def _dedup(corpus: str, workers: int) -> dict:
     return _child(f"""
 import json, time, resource
-from xgen_data.attributes import dedup
+from xgen_data.mixing import defaults
 t = time.time()
-rep = dedup.run_dedup({corpus!r}, workers={workers}, progress=False)
+rep = defaults.run_dedup({corpus!r}, workers={workers}, progress=False)
 s = time.time() - t
 print(json.dumps({{"seconds": s, "phases": rep.seconds_by_phase, "removed": rep.removed,
                    "by_reason": rep.removed_by_reason, "documents": rep.documents,

@@ -118,8 +118,8 @@ def output_hashes(corpus: str, shards: str) -> dict[str, str]:
 
 
 def run_one(executor: str, inputs: list[str], work: str, workers: int) -> dict:
-    from xgen_data.attributes import dedup
-    from xgen_data.mixing import pipeline, recipe
+    from xgen_data.mixing import defaults, recipe
+    from xgen_data.shards import packing
     from xgen_data.sources import ingest
 
     demo = recipe.load("demo")
@@ -137,10 +137,10 @@ def run_one(executor: str, inputs: list[str], work: str, workers: int) -> dict:
         ingest.ingest(corpus, [(p, None) for p in inputs], workers=workers, progress=False, executor=executor)
         times["ingest"] = time.time() - t
         t = time.time()
-        dedup.run_dedup(corpus, workers=workers, progress=False, executor=executor, license_allow=stage1.allow_list())
+        defaults.run_dedup(corpus, workers=workers, progress=False, executor=executor, license_allow=stage1.allow_list())
         times["dedup"] = time.time() - t
         t = time.time()
-        pipeline.build_recipe(corpus, stage1, shards, workers=workers, progress=False, executor=executor)
+        packing.build_recipe(corpus, stage1, shards, workers=workers, progress=False, executor=executor)
         times["build"] = time.time() - t
         times["total"] = time.time() - t0
         rss.sample()

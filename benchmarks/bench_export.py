@@ -39,7 +39,7 @@ def build(corpus: str, shards: str, smoke: bool) -> None:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from conftest import demo_no_dedup  # the demo recipe with stage 2's code from `code` (no starcoder subset)
 
-    from xgen_data.attributes import filters
+    from xgen_data.mixing import defaults
     from xgen_data.shards import packing
     from xgen_data.sources import ingest
 
@@ -47,7 +47,7 @@ def build(corpus: str, shards: str, smoke: bool) -> None:
     ext = ".jsonl" if smoke else ".jsonl.zst"
     inputs = [(os.path.join(folder, f"{n}{ext}"), None) for n in ("nl", "code", "instruct")]
     ingest.ingest(corpus, inputs, workers=2, progress=False)
-    filters.run_filters(corpus)
+    defaults.run_filters(corpus)
     packing.build(corpus, demo_no_dedup(), shards, progress=False)
 
 

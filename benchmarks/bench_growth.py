@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"ingest.ingest({corpus!r}, {inputs!r}, workers={args.workers}, progress=False)\n"
                       f"from xgen_data.store.corpus import Corpus\nimport pyarrow.parquet as pq\n"
                       f"extra = {{'docs': sum(pq.ParquetFile(p.path).metadata.num_rows for p in Corpus({corpus!r}).parts())}}",
-            "dedup": f"from xgen_data.attributes import dedup\n"
-                     f"r = dedup.run_dedup({corpus!r}, workers={args.workers}, progress=False)\n"
+            "dedup": f"from xgen_data.mixing import defaults\n"
+                     f"r = defaults.run_dedup({corpus!r}, workers={args.workers}, progress=False)\n"
                      f"extra = {{'removed': r.removed}}",
-            "build": f"from xgen_data.mixing import pipeline, recipe\n"
-                     f"pipeline.build_recipe({corpus!r}, recipe.load({args.recipe!r}), {shards!r}, workers={args.workers},"
+            "build": f"from xgen_data.mixing import recipe\nfrom xgen_data.shards import packing\n"
+                     f"packing.build_recipe({corpus!r}, recipe.load({args.recipe!r}), {shards!r}, workers={args.workers},"
                      f" progress=False)\nextra = {{}}",
         }
         for name, code in steps.items():

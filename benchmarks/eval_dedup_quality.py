@@ -1,6 +1,6 @@
 """Quality of near-duplicate detection against exact Jaccard similarity, on real documents.
 
-Runs :func:`xgen_data.attributes.dedup.run_dedup` on a corpus (default parameters unless given), takes a uniform random
+Runs :func:`xgen_data.attributes.defaults.run_dedup` on a corpus (default parameters unless given), takes a uniform random
 sample of its documents, and compares, within the sample:
 
 * **flagged pairs**: pairs of sampled documents that share at least one LSH bucket (equal band hash in any
@@ -46,8 +46,11 @@ os.environ.setdefault("XGEN_GPT2_BPE", os.path.join(SHARED, "tokenizer", "gpt2.t
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from xgen_data.attributes import dedup, minhash  # noqa: E402
+from xgen_data.attributes import minhash  # noqa: E402
 from xgen_data.store.corpus import Corpus  # noqa: E402
+from xgen_data.attributes.dedup import params as dparams
+from xgen_data.mixing import defaults
+from xgen_data.attributes.dedup import bands as dbands
 
 
 def shingle_sets(texts: list[str], ngram: int) -> list[np.ndarray]:
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bands", type=int, default=None)
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--clustering", choices=dedup.CLUSTERINGS, default="cliques")
+    ap.add_argument("--clustering", choices=dparams.CLUSTERINGS, default="cliques")
     ap.add_argument("--removed", type=int, default=0,
                     help="near-removed documents checked for removal precision (0 = all of them)")
     args = ap.parse_args(argv)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         files = [os.path.join(SHARED, "corpus", f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")] if args.full \
             else [os.path.join(SHARED, "corpus", "sample", f"{n}.jsonl") for n in ("nl", "code", "instruct")]
         ingest.ingest(corpus_dir, [(f, None) for f in files], workers=args.workers, progress=False)
-    rep = dedup.run_dedup(corpus_dir, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
+    rep = defaults.run_dedup(corpus_dir, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
                           bands=args.bands, rows=args.rows, workers=args.workers, progress=False,
                           clustering=args.clustering)
     p = rep.params
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     # -- sample ------------------------------------------------------------------------------------------
     corpus = Corpus(corpus_dir)
     parts = corpus.parts()
-    offsets = dedup.doc_offsets(corpus)
+    offsets = dbands.doc_offsets(corpus)
     n = int(offsets[-1])
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(n, size=min(args.docs, n), replace=False))
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from xgen_data.mixing import decisions
 
     attr = dict((pt.name, f) for pt, f in corpus.attribute_files(
-        "dedup", decisions.dedup_attr_params(corpus.default_decisions()["dedup"])))
+        "dedup", dparams.dedup_attr_params(corpus.default_decisions()["dedup"])))
     for k, pt in enumerate(parts):
         rows = sample[(sample >= offsets[k]) & (sample < offsets[k + 1])] - offsets[k]
         if not len(rows):
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sample: {len(sample):,} documents (seed {args.seed}), {no_words} without shingles left out")
 
     # -- flagged pairs from the LSH buckets ---------------------------------------------------------------
-    pairs = dedup.candidate_pairs(corpus_dir, sample)
+    pairs = dbands.candidate_pairs(corpus_dir, sample)
     k_of = {int(d): k for k, d in enumerate(sample)}
     flagged = [(k_of[int(a)], k_of[int(b)]) for a, b in pairs]
     fj = np.array([jaccard(sets[a], sets[b]) for a, b in flagged]) if flagged else np.zeros(0)

@@ -32,7 +32,7 @@ def chat(run: str, prompts: tuple[str, ...], system: str | None, max_new_tokens:
     Example: xgen chat runs/sft --prompt "Name three colours." --prompt "And one more?"
     """
     from xgen_train.evaluate import chat as chat_mod  # JAX: imported when a command needs it, as generate does
-    from xgen_train.loop.checkpoint import load_init
+    from xgen_train.export.hf import load_init
 
     cfg, params = load_init(run)
     interactive = not prompts

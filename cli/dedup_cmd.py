@@ -1,4 +1,4 @@
-"""``xgen dedup``: exact and near-duplicate removal (thin layer over :func:`xgen_data.attributes.dedup.run_dedup`)."""
+"""``xgen dedup``: exact and near-duplicate removal (thin layer over :func:`xgen_data.mixing.defaults.run_dedup`)."""
 from __future__ import annotations
 
 import json
@@ -40,7 +40,7 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
     default dedup decisions (the `documents` view without --recipe); recipes keep their own. Also writes
     reports/license_conflicts.parquet (the `license_conflicts` view).
     """
-    from xgen_data.attributes.dedup import run_dedup
+    from xgen_data.mixing.defaults import run_dedup
 
     allow = None
     if recipe_name:
@@ -58,8 +58,8 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
 
 
 def print_report(report) -> None:
-    """Print a :class:`xgen_data.attributes.dedup.DedupReport`: summary, removals per subset and source, top clusters."""
-    from xgen_data.attributes.dedup import REASON_EXACT, REASON_NEAR
+    """Print a :class:`xgen_data.attributes.dedup.params.DedupReport`: summary, removals per subset and source, top clusters."""
+    from xgen_data.attributes.dedup.params import REASON_EXACT, REASON_NEAR
 
     for line in report.summary_lines()[:4]:
         click.echo(line)

@@ -98,7 +98,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     stage-1 ``code`` and a ``starcoder`` subset the demo writes in StarCoderData's Parquet layout."""
     from cli.ingest_cmd import expand_inputs, print_ingest
     from cli.mix_cmd import print_build, print_plan, print_steps
-    from xgen_data.mixing import pipeline, recipe
+    from xgen_data.mixing import pipeline, recipe, selection
     from xgen_data.shards import packing
     from xgen_data.sources import code_split, ingest, stdlib_corpus
     from xgen_data.stats import sql
@@ -157,7 +157,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
 
         lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens, recipe=r)
         click.echo(f"[3/6] Mixture plan, recipe {r.name!r}")
-        docs = packing.kept_documents(corpus_dir, r.subsets(), r)
+        docs = selection.kept_documents(corpus_dir, r.subsets(), r)
         print_plan(r, docs, corpus_dir)
 
         click.echo(f"[4/6] Build shards into {shards_dir}")

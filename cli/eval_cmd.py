@@ -46,7 +46,8 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
 
     from xgen_data.errors import InputError
     from xgen_train.evaluate import evaluation as ev
-    from xgen_train.loop.checkpoint import is_hf_folder, load_init
+    from xgen_train.export.hf import load_init
+    from xgen_train.loop.checkpoint import is_hf_folder
 
     hf = is_hf_folder(run)
     if hf and out_dir is None:

@@ -21,6 +21,7 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
     (`xgen sql --recipe R`, `mix plan/build`) uses the recipe's own settings.
     """
     from xgen_data.attributes import filters, licenses
+    from xgen_data.mixing import defaults
     from xgen_data.mixing import recipe
 
     policies = None
@@ -34,7 +35,7 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
     for bad in licenses.unknown_ids(allow_extra):
         click.echo(click.style(f"warning: --allow-license {bad!r} is not an SPDX license id (nor LicenseRef-*): "
                                "no document's normalised license can match it (a typo?)", fg="yellow"), err=True)
-    report = filters.run_filters(corpus_dir, min_tokens=mt if min_tokens is None else min_tokens,
+    report = defaults.run_filters(corpus_dir, min_tokens=mt if min_tokens is None else min_tokens,
                                  license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra,
                                  policies=policies)
     print_filter(report)

@@ -35,14 +35,14 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
 
     corpus_subsets = Corpus(corpus_dir).subsets()
     from xgen_data.mixing import mixture
-    from xgen_data.shards import packing
+    from xgen_data.mixing import selection
 
-    plan_rows = mixture.plan(recipe, packing.subset_stats(docs))
+    plan_rows = mixture.plan(recipe, selection.subset_stats(docs))
     print_plan_rows(recipe, plan_rows)
     print_language_plan(mixture.language_plan(recipe, docs))
     for subset in sorted({r.subset for r in plan_rows if not r.documents}):
         stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
-        click.echo(click.style(f"warning ({stages}): {packing.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
+        click.echo(click.style(f"warning ({stages}): {selection.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
                                "will stop", fg="yellow"))
     for line in budget_warnings(recipe):
         click.echo(click.style(line, fg="yellow"))
@@ -167,11 +167,11 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, exec
 def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str, executor: str,
           ray_address: str | None) -> None:
     """Run the recipe's filters and dedup, then pack shuffled sequences into uint16 shards + manifest.json."""
-    from xgen_data.mixing import pipeline
+    from xgen_data.shards import packing
 
     r = _recipe(recipe_name, seed)
-    steps, report = pipeline.build_recipe(corpus_dir, r, out_dir, workers=workers, executor=executor,
-                                          ray_address=ray_address)
+    steps, report = packing.build_recipe(corpus_dir, r, out_dir, workers=workers, executor=executor,
+                                         ray_address=ray_address)
     print_steps(steps)
     print_build(r, report)
 

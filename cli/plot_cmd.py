@@ -1,5 +1,5 @@
 """``xgen plot``: figures from a training run. ``xgen plot loss RUN`` draws Figure 1 (SPEC §4) from
-``RUN/metrics.jsonl`` (thin layer over :func:`xgen_train.evaluate.lossplot.plot_loss`; no JAX import)."""
+``RUN/metrics.jsonl`` (thin layer over :func:`xgen_train.loop.lossplot.plot_loss`; no JAX import)."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ def plot() -> None:
 @click.option("--title", default="", help="Figure title.")
 def loss(run_dir: str, out_path: str | None, title: str) -> None:
     """Figure 1: train and validation loss over tokens seen, each sub-stage boundary marked and labelled."""
-    from xgen_train.evaluate.lossplot import plot_loss, read_metrics
+    from xgen_train.loop.lossplot import plot_loss, read_metrics
 
     try:
         records = read_metrics(run_dir)

@@ -16,25 +16,25 @@ recipe_option = click.option("--recipe", "recipe_name", default=None,
 def _connect(corpus_dir: str, recipe_name: str | None, shard_dirs: list[str] | None = None):
     """The corpus views with ``recipe_name``'s decisions (named on stderr), locked down
     (:func:`xgen_data.stats.sql.lock_down`)."""
+    from xgen_data import query
     from xgen_data.mixing import decisions, recipe
     from xgen_data.stats import sql as xsql
     from xgen_data.store.corpus import Corpus
 
     r = recipe.load(recipe_name) if recipe_name else None
     dec = decisions.for_corpus(Corpus(corpus_dir), r)
-    click.echo(decisions.describe(dec), err=True)
+    click.echo(query.describe(dec), err=True)
     con = xsql.connect(corpus_dir, shard_dirs, dec=dec)
     xsql.lock_down(con, corpus_dir)
     return con
 
 
 def _guard(con, timeout: float | None = None):
-    """Ctrl-C / SIGTERM, ``timeout`` and the spill cap stop the query (:func:`xgen_data.stats.query_guard.guard`)."""
-    from xgen_data.stats import query_guard
-    from xgen_data.stats import sql as xsql
+    """Ctrl-C / SIGTERM, ``timeout`` and the spill cap stop the query (:func:`xgen_data.store.query_guard.guard`)."""
+    from xgen_data.store import duckdb_settings, query_guard
 
-    folder = xsql.spill_dir()
-    return query_guard.guard(con, spill_folder=folder, spill_cap=xsql.spill_cap(folder), timeout=timeout)
+    folder = duckdb_settings.spill_dir()
+    return query_guard.guard(con, spill_folder=folder, spill_cap=duckdb_settings.spill_cap(folder), timeout=timeout)
 
 
 def _sql_error(exc: Exception, corpus_dir: str) -> click.ClickException:

@@ -139,11 +139,13 @@ def train(out_dir: str, compute_dtype: str | None, resume: bool, no_progress: bo
     from xgen_data.errors import XgenError
     from xgen_train.loop.config import TrainConfig  # imports JAX (via the numerics options)
     from xgen_train.loop.data import ShardFormatError
+    from xgen_train.export.hf import init_model_config, load_init
     from xgen_train.loop.trainer import train as run_train
 
     try:
         summary = run_train(None, out_dir, TrainConfig.from_flat(**settings, progress=not no_progress),
-                            resume=True if resume else None, compute_dtype=compute_dtype)
+                            resume=True if resume else None, compute_dtype=compute_dtype,
+                            init_loader=load_init, init_config=init_model_config)
     except XgenError:
         raise  # its own exit code (docs/cli.md): a locked run folder, a run that stopped learning, ...
     except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:

@@ -1,5 +1,5 @@
 """``xgen verify``: SHA-256 of corpus parts, attribute files and registered shard folders (their manifests' own
-``manifest_sha256``, shards and indexes; :mod:`xgen_data.store.verify`)."""
+``manifest_sha256``, shards and indexes; :mod:`xgen_data.stats.verify`)."""
 from __future__ import annotations
 
 import click
@@ -15,7 +15,7 @@ from cli.common import corpus_option, print_rows, user_errors
 @user_errors
 def verify(corpus_dir: str, record: bool, show_all: bool) -> None:
     """Check every registered file against its recorded SHA-256; exit status 1 when something is damaged."""
-    from xgen_data.store.verify import DAMAGE, verify_corpus
+    from xgen_data.stats.verify import DAMAGE, verify_corpus
 
     checks = verify_corpus(corpus_dir, record=record, progress=True)
     shown = [c for c in checks if show_all or c.status not in ("ok",)]

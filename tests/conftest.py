@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+from xgen_data.mixing import defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("XGEN_SHARED", os.path.abspath(os.path.join(HERE, "..", "..", "shared")))
@@ -31,7 +32,7 @@ def sample_corpus(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("sample") / "corpus")
     ingest.ingest(root, [(shared_path("corpus", "sample", f), None)
                          for f in ("nl.jsonl", "code.jsonl", "instruct.jsonl")], workers=1, progress=False)
-    filters.run_filters(root)
+    defaults.run_filters(root)
     return root
 
 

@@ -17,6 +17,7 @@ from xgen_data.attributes import filters
 from xgen_data.mixing import recipe
 from xgen_data.shards import packing
 from xgen_data.sources import ingest
+from xgen_data.mixing import defaults
 
 SHARED = Path(_SHARED)
 EOS_ID = tokenizer.EOS_ID
@@ -30,7 +31,7 @@ def build_shards(out_dir: str | os.PathLike, seq_len: int = 128, n_files: int = 
     work = out.parent / f".{out.name}-corpus"
     ingest.ingest(str(work), [(str(SHARED / "corpus" / "sample" / f"{corpus}.jsonl"), "natural")], workers=1,
                   progress=False)
-    filters.run_filters(str(work))
+    defaults.run_filters(str(work))
     n_seq = max_tokens // seq_len
     toml = out.parent / f".{out.name}-recipe.toml"
     toml.write_text(f"name = 'test-sample'\nseed = {seed}\n[dedup]\nenabled = false\n[[stages]]\nname = '{stage}'\n"
@@ -49,7 +50,7 @@ def build_curriculum_shards(out_dir: str | os.PathLike, substages=(("s64", 64, 4
     work = out.parent / f".{out.name}-corpus"
     ingest.ingest(str(work), [(str(SHARED / "corpus" / "sample" / f"{corpus}.jsonl"), "natural")], workers=1,
                   progress=False)
-    filters.run_filters(str(work))
+    defaults.run_filters(str(work))
     lines = [f"name = 'test-curriculum'\nseed = {seed}\n[dedup]\nenabled = false\n"]
     for k in range(1, stages + 1):
         lines.append(f"[[stages]]\nname = 'stage{k}'\nproportions = {{ natural = 1.0 }}\n")

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import shared_path
 from xgen_data.mixing import recipe
 from xgen_data.sources import code_split
+from xgen_data.mixing import defaults
 
 
 def _sample():
@@ -124,7 +125,6 @@ def test_policy_allow_extra(tmp_path):
 
 def test_license_conflicts_compare_normalized_labels(tmp_path):
     from tests.test_dedup import make_corpus
-    from xgen_data.attributes import dedup
     from xgen_data.stats import sql
 
     words = " ".join(f"word{i}" for i in range(80))
@@ -136,7 +136,7 @@ def test_license_conflicts_compare_normalized_labels(tmp_path):
         {"id": "c1", "text": "three " + words, "license": ""},
         {"id": "c2", "text": "three " + words},  # empty and missing: one label
     ]})
-    report = dedup.run_dedup(corpus, near=False, workers=1, progress=False)
+    report = defaults.run_dedup(corpus, near=False, workers=1, progress=False)
     rows = sql.connect(corpus, quiet=True).execute(
         "SELECT id, license, license_normalized, n_labels FROM license_conflicts ORDER BY id").fetchall()
     assert rows == [("b1", "MIT", "MIT", 2), ("b2", "Apache-2.0", "Apache-2.0", 2)]

@@ -15,8 +15,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE, shared_path
 
-from xgen_data.attributes import clusters, dedup, minhash
+from xgen_data.attributes import clusters, minhash
 from xgen_data.store.corpus import Corpus, CorpusError
+from xgen_data.attributes import licenses
+from xgen_data.attributes.dedup import signatures as dsig
+from xgen_data.attributes.dedup import params as dparams
+from xgen_data.mixing import defaults
+from xgen_data.attributes.dedup import cluster as dcluster
+from xgen_data.attributes.dedup import bands as dbands
 
 
 # --------------------------------------------------------------------------------------------------
@@ -54,7 +60,7 @@ def step_tables(corpus_dir: str) -> dict[str, list]:
     corpus = Corpus(corpus_dir)
     ded = corpus.default_decisions()["dedup"]
     out = {f"{p.subset}/{p.name}": pq.read_table(f).to_pylist()
-           for p, f in corpus.attribute_files("dedup", dec.dedup_attr_params(ded))}
+           for p, f in corpus.attribute_files("dedup", dparams.dedup_attr_params(ded))}
     out["decisions"] = sorted(decisions(corpus_dir).items())
     return out
 
@@ -82,7 +88,7 @@ def deduped_sample(sample_corpus, tmp_path_factory):
     """The sample corpus (real shared data), deduplicated with the defaults."""
     root = str(tmp_path_factory.mktemp("dedup_sample") / "corpus")
     shutil.copytree(sample_corpus, root)
-    report = dedup.run_dedup(root, workers=2, progress=False)
+    report = defaults.run_dedup(root, workers=2, progress=False)
     return root, report
 
 
@@ -136,7 +142,7 @@ def real_dups(tmp_path_factory):
     for subset, recs in files.items():
         assert sorted(r["id"] for r in recs) == sorted(REAL_IDS[subset]), "shared corpus changed"
     corpus = make_corpus(root, files)
-    report = dedup.run_dedup(corpus, workers=1, progress=False)
+    report = defaults.run_dedup(corpus, workers=1, progress=False)
     return corpus, report
 
 
@@ -224,7 +230,7 @@ def test_bands_rows_for_threshold_match_datasketch():
     for t in (0.5, 0.8, 0.85, 0.9):
         for n in (128, 256):
             assert minhash.optimal_bands_rows(t, n) == _optimal_param(t, n, 0.5, 0.5)
-    p = dedup.resolve_params()
+    p = dparams.resolve_params()
     assert (p.bands, p.rows) == (25, 10) and abs(p.lsh_threshold - 0.7248) < 1e-3
     assert minhash.collision_probability(0.9, 25, 10) > 0.999
     assert minhash.collision_probability(0.3, 25, 10) < 1e-3
@@ -301,8 +307,8 @@ def test_union_find_matches_connected_components():
 
 
 def test_license_rank_policy():
-    r = dedup.license_rank
-    tiers = dedup.LICENSE_TIERS
+    r = licenses.license_rank
+    tiers = licenses.LICENSE_TIERS
     for spdx in ("CC0-1.0", "LicenseRef-public-domain", "Unlicense", "0BSD", "CC0-1.0 OR GPL-3.0-only"):
         assert tiers[r(spdx)] == "public-domain", spdx
     for spdx in ("MIT", "Apache-2.0", "BSD-3-Clause", "(GPL-2.0 WITH Linux-syscall-note) or MIT", "ISC"):
@@ -318,8 +324,7 @@ def test_license_rank_policy():
     assert r("GPL-2.0-only OR BSD-3-Clause") == r("BSD-3-Clause")  # OR: the better branch
     assert r("MIT AND GPL-3.0-only") == r("GPL-3.0-only")  # AND: the worse
     assert r("CC0-1.0") < r("MIT") < r("PSF-2.0") < r("LGPL-2.1") < r("GPL-3.0-only") < r("Foo-1.0") < r("NOASSERTION")
-    assert dedup.license_kind("PSF-2.0") == "permissive" and dedup.license_kind("GPL-2.0+") == "copyleft"
-    licenses = pytest.importorskip("xgen_data.attributes.licenses")
+    assert licenses.license_kind("PSF-2.0") == "permissive" and licenses.license_kind("GPL-2.0+") == "copyleft"
     for expr in ("MIT", "PSF-2.0", "GPL-2.0 OR MIT", "NOASSERTION", "LGPL-2.1", "CC0-1.0", "BSD-3-Clause AND PSF-2.0"):
         # the top two tiers are exactly what the license filter passes
         assert (r(expr) <= tiers.index("permissive")) == licenses.license_passes(expr), expr
@@ -335,14 +340,14 @@ def test_license_rank_policy():
 ])
 def test_bad_parameters(sample_corpus, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        dedup.run_dedup(sample_corpus, progress=False, **kwargs)
+        defaults.run_dedup(sample_corpus, progress=False, **kwargs)
 
 
 def test_bad_corpus(tmp_path):
     with pytest.raises(CorpusError, match="no such corpus"):
-        dedup.run_dedup(str(tmp_path / "missing"))
+        defaults.run_dedup(str(tmp_path / "missing"))
     with pytest.raises(CorpusError, match="not an xgen corpus"):
-        dedup.run_dedup(str(tmp_path))
+        defaults.run_dedup(str(tmp_path))
     result = CliRunner().invoke(__import__("cli.main", fromlist=["cli"]).cli,
                                 ["dedup", "--corpus", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "no such corpus" in result.output
@@ -352,10 +357,10 @@ def test_bad_corpus(tmp_path):
 
 
 def test_resolve_bands_rows():
-    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(bands=32)) == (32, 8)
-    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(rows=8)) == (32, 8)
-    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(bands=20, rows=5)) == (20, 5)
-    assert (lambda p: (p.bands, p.rows))(dedup.resolve_params(threshold=0.9)) == minhash.optimal_bands_rows(0.9, 256)
+    assert (lambda p: (p.bands, p.rows))(dparams.resolve_params(bands=32)) == (32, 8)
+    assert (lambda p: (p.bands, p.rows))(dparams.resolve_params(rows=8)) == (32, 8)
+    assert (lambda p: (p.bands, p.rows))(dparams.resolve_params(bands=20, rows=5)) == (20, 5)
+    assert (lambda p: (p.bands, p.rows))(dparams.resolve_params(threshold=0.9)) == minhash.optimal_bands_rows(0.9, 256)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,15 +369,15 @@ def test_resolve_bands_rows():
 def test_output_contract(deduped_sample):
     root, report = deduped_sample
     corpus = Corpus(root)
-    offsets = dedup.doc_offsets(corpus)
+    offsets = dbands.doc_offsets(corpus)
     rows = {}
     d = decisions(root)
     from xgen_data.mixing import decisions as dec
 
-    files = corpus.attribute_files("dedup", dec.dedup_attr_params(corpus.default_decisions()["dedup"]))
+    files = corpus.attribute_files("dedup", dparams.dedup_attr_params(corpus.default_decisions()["dedup"]))
     for k, (part, path) in enumerate(files):
         out = pq.read_table(path)
-        assert out.schema.equals(dedup.ATTR_SCHEMA, check_metadata=False)
+        assert out.schema.equals(dparams.ATTR_SCHEMA, check_metadata=False)
         assert out.column("id").to_pylist() == pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
         for i, row in enumerate(out.to_pylist()):
             assert row["dup_cluster"] == d[(part.subset, row["id"])]["dup_cluster"]
@@ -380,7 +385,7 @@ def test_output_contract(deduped_sample):
     assert len(rows) == report.documents
     members: dict[int, list[int]] = {}
     for (subset, doc_id), (num, row) in rows.items():
-        assert row["drop_reason"] in (None, dedup.REASON_EXACT, dedup.REASON_NEAR)
+        assert row["drop_reason"] in (None, dparams.REASON_EXACT, dparams.REASON_NEAR)
         if row["drop_reason"] is None:
             assert row["dup_of"] is None and row["dup_of_subset"] is None
         else:
@@ -410,33 +415,33 @@ def test_known_duplicates_in_sample(deduped_sample):
     cases = [  # (dropped, kept, reason)
         # kernel documentation shipped twice (rst sources and html/_sources)
         (("natural", "deb:linux-doc-6.1:html/_sources/PCI/index.rst.txt"),
-         ("natural", "deb:linux-doc-6.1:Documentation/PCI/index.rst.gz"), dedup.REASON_EXACT),
+         ("natural", "deb:linux-doc-6.1:Documentation/PCI/index.rst.gz"), dparams.REASON_EXACT),
         # a manual page shipped once per alias
         (("natural", "deb:manpages-dev:usr/share/man/man2/_exit.2.gz"),
-         ("natural", "deb:manpages-dev:usr/share/man/man2/_Exit.2.gz"), dedup.REASON_EXACT),
+         ("natural", "deb:manpages-dev:usr/share/man/man2/_Exit.2.gz"), dparams.REASON_EXACT),
         # forks of one dialogue collection
         (("instruct", "pypi:sugaroid-chatterbot-corpus==1.2.0:chatterbot_corpus/data/bengali/botprofile.yml#3"),
          ("instruct", "pypi:chatterbot-corpus-py==1.2.1:chatterbot_corpus_py/data/bengali/botprofile.yml#3"),
-         dedup.REASON_EXACT),
+         dparams.REASON_EXACT),
         # handbook pages left untranslated in other language folders
-        (("natural", hb + "de-DE/conclusion.html"), ("natural", hb + "ar-MA/conclusion.html"), dedup.REASON_NEAR),
+        (("natural", hb + "de-DE/conclusion.html"), ("natural", hb + "ar-MA/conclusion.html"), dparams.REASON_NEAR),
         # versions of the same document
         (("natural", "deb:doc-debian:usr/share/doc/debian/constitution.1.1.txt.gz"),
-         ("natural", "deb:doc-debian:usr/share/doc/debian/constitution.1.0.txt.gz"), dedup.REASON_NEAR),
+         ("natural", "deb:doc-debian:usr/share/doc/debian/constitution.1.0.txt.gz"), dparams.REASON_NEAR),
     ]
     for dropped, kept, reason in cases:
         assert dropped in d and kept in d, "the sample slice changed"
         row = d[dropped]
         assert (row["drop_reason"], row["dup_of_subset"], row["dup_of"]) == (reason, kept[0], kept[1]), dropped
         assert d[kept]["drop_reason"] is None and d[kept]["dup_cluster"] == row["dup_cluster"]
-    assert report.removed_by_subset["instruct"][dedup.REASON_EXACT] > 100
+    assert report.removed_by_subset["instruct"][dparams.REASON_EXACT] > 100
 
 
 def test_known_duplicates_from_full_corpora(real_dups):
     corpus, report = real_dups
     d = decisions(corpus)
     deb_req = "deb:python3-requests:usr/lib/python3/dist-packages/requests/"
-    for name, reason in (("structures.py", dedup.REASON_EXACT), ("models.py", dedup.REASON_NEAR)):
+    for name, reason in (("structures.py", dparams.REASON_EXACT), ("models.py", dparams.REASON_NEAR)):
         group = [i for i in REAL_IDS["code"] if i.endswith("requests/" + name)]
         assert len({d[("code", i)]["dup_cluster"] for i in group}) == 1
         # same license tier (MIT / Apache-2.0 are both permissive): the smallest id is kept
@@ -446,11 +451,11 @@ def test_known_duplicates_from_full_corpora(real_dups):
     # borrowed dictionary entry: the public-domain copy wins over the GFDL one despite its larger id
     assert d[("natural", "deb:jargon-text:entry:cosmic rays")]["drop_reason"] is None
     assert d[("natural", "deb:dict-foldoc:cosmic rays")]["dup_of"] == "deb:jargon-text:entry:cosmic rays"
-    assert d[("natural", "deb:dict-foldoc:cosmic rays")]["drop_reason"] == dedup.REASON_NEAR
+    assert d[("natural", "deb:dict-foldoc:cosmic rays")]["drop_reason"] == dparams.REASON_NEAR
     man = [i for i in REAL_IDS["natural"] if "manpages" in i]
-    assert [d[("natural", i)]["drop_reason"] for i in man] == [None, dedup.REASON_EXACT, dedup.REASON_EXACT]
+    assert [d[("natural", i)]["drop_reason"] for i in man] == [None, dparams.REASON_EXACT, dparams.REASON_EXACT]
     steam = [i for i in REAL_IDS["natural"] if "steamos" in i]
-    assert [d[("natural", i)]["drop_reason"] for i in steam] == [None, dedup.REASON_EXACT, dedup.REASON_EXACT]
+    assert [d[("natural", i)]["drop_reason"] for i in steam] == [None, dparams.REASON_EXACT, dparams.REASON_EXACT]
     for single in ("code", "pypi:Unidecode==1.4.0:unidecode/__init__.py"), \
                   ("natural", "deb:linux-doc-6.1:Documentation/arch.rst.gz"):
         assert d[single]["dup_cluster"] is None and d[single]["drop_reason"] is None
@@ -465,7 +470,7 @@ def test_known_duplicates_from_full_corpora(real_dups):
 
 def test_never_compared_with_itself(deduped_sample):
     root, _ = deduped_sample
-    pairs = dedup.candidate_pairs(root)
+    pairs = dbands.candidate_pairs(root)
     assert len(pairs) > 0
     assert (pairs[:, 0] < pairs[:, 1]).all()
     assert len(np.unique(pairs, axis=0)) == len(pairs)
@@ -476,13 +481,13 @@ def test_deterministic_for_a_seed(deduped_sample, tmp_path):
     again = str(tmp_path / "again")
     shutil.copytree(root, again)
     shutil.rmtree(os.path.join(again, "work"))  # recompute signatures, in one process this time
-    rep2 = dedup.run_dedup(again, workers=1, progress=False)
+    rep2 = defaults.run_dedup(again, workers=1, progress=False)
     assert rep2.signature_parts_reused == 0
     assert step_tables(again) == step_tables(root)
     assert pq.read_table(rep2.license_conflicts_path).equals(pq.read_table(report.license_conflicts_path))
     assert [c.__dict__ for c in rep2.largest_clusters] == [c.__dict__ for c in report.largest_clusters]
     # a rerun reuses the cached signatures and decides the same
-    rep3 = dedup.run_dedup(again, workers=2, progress=False)
+    rep3 = defaults.run_dedup(again, workers=2, progress=False)
     assert rep3.signature_parts_reused == len(Corpus(again).parts())
     assert step_tables(again) == step_tables(root)
 
@@ -499,7 +504,7 @@ def test_a_damaged_work_file_is_recomputed_not_trusted(deduped_sample, tmp_path)
     m[: len(m) // 2] = m[0]  # half the documents now share one signature
     m.flush()
     del m
-    rep = dedup.run_dedup(again, workers=1, progress=False)
+    rep = defaults.run_dedup(again, workers=1, progress=False)
     assert rep.signature_parts_reused == len(Corpus(again).parts()) - 1
     assert step_tables(again) == step_tables(root)
 
@@ -508,16 +513,16 @@ def test_parameters_change_the_run(deduped_sample, tmp_path):
     root, report = deduped_sample
     other = str(tmp_path / "other")
     shutil.copytree(root, other)
-    exact_only = dedup.run_dedup(other, near=False, progress=False)
+    exact_only = defaults.run_dedup(other, near=False, progress=False)
     # every exact group keeps one copy; with near dedup on, some exact copies are near copies of a better kept one
-    assert exact_only.removed_by_reason == {dedup.REASON_EXACT: report.exact_group_documents - report.exact_groups}
-    assert exact_only.removed_by_reason[dedup.REASON_EXACT] >= report.removed_by_reason[dedup.REASON_EXACT]
+    assert exact_only.removed_by_reason == {dparams.REASON_EXACT: report.exact_group_documents - report.exact_groups}
+    assert exact_only.removed_by_reason[dparams.REASON_EXACT] >= report.removed_by_reason[dparams.REASON_EXACT]
     assert exact_only.removed < report.removed
-    strict = dedup.run_dedup(other, threshold=0.9, progress=False)  # re-bands the cached signatures
+    strict = defaults.run_dedup(other, threshold=0.9, progress=False)  # re-bands the cached signatures
     assert (strict.params["bands"], strict.params["rows"]) == minhash.optimal_bands_rows(0.9, 256)
     assert strict.signature_parts_reused == len(Corpus(other).parts())
-    assert strict.removed_by_reason[dedup.REASON_NEAR] < report.removed_by_reason[dedup.REASON_NEAR]
-    nothing = dedup.run_dedup(other, exact=False, near=False, progress=False)
+    assert strict.removed_by_reason[dparams.REASON_NEAR] < report.removed_by_reason[dparams.REASON_NEAR]
+    nothing = defaults.run_dedup(other, exact=False, near=False, progress=False)
     assert nothing.removed == 0 and all(r["drop_reason"] is None for r in decisions(other).values())
 
 
@@ -525,15 +530,15 @@ def test_exact_and_near_agree_on_exact_copies(deduped_sample, tmp_path):
     root, _ = deduped_sample
     near_only = str(tmp_path / "near_only")
     shutil.copytree(root, near_only)
-    rep = dedup.run_dedup(near_only, exact=False, progress=False)
-    assert dedup.REASON_EXACT not in rep.removed_by_reason
+    rep = defaults.run_dedup(near_only, exact=False, progress=False)
+    assert dparams.REASON_EXACT not in rep.removed_by_reason
     corpus = Corpus(near_only)
     clusters = decisions(near_only)
     by_hash: dict[bytes, list] = {}
     for part in corpus.parts():
         sig_path = os.path.join(near_only, "work", "dedup", "sig", part.subset, part.name)
         sig = pq.read_table(sig_path)
-        mat = np.load(dedup.sig_array_path(sig_path))
+        mat = np.load(dsig.sig_array_path(sig_path))
         ids = pq.read_table(part.path, columns=["id"]).column("id").to_pylist()
         for doc_id, h, n_words, s in zip(ids, sig.column("chash").to_pylist(), sig.column("n_words").to_pylist(),
                                          mat.tolist()):
@@ -567,17 +572,17 @@ def test_keep_policy_and_license_conflicts_hand_made(tmp_path):
         "beta": [{"id": "a", "text": near, "license": "CC0-1.0"},  # near copy, public domain: kept over "c"
                  {"id": "x", "text": text, "license": "Apache-2.0"}],  # exact copy in another subset
     })
-    report = dedup.run_dedup(corpus, workers=1, progress=False)
+    report = defaults.run_dedup(corpus, workers=1, progress=False)
     d = decisions(corpus)
     assert d[("beta", "a")]["drop_reason"] is None
     for key in (("alpha", "a"), ("alpha", "b"), ("alpha", "c"), ("beta", "x")):
-        assert (d[key]["drop_reason"], d[key]["dup_of_subset"], d[key]["dup_of"]) == (dedup.REASON_NEAR, "beta", "a")
+        assert (d[key]["drop_reason"], d[key]["dup_of_subset"], d[key]["dup_of"]) == (dparams.REASON_NEAR, "beta", "a")
     assert d[("alpha", "z0")]["drop_reason"] is None
-    assert (d[("alpha", "z1")]["drop_reason"], d[("alpha", "z1")]["dup_of"]) == (dedup.REASON_EXACT, "z0")
-    assert (d[("alpha", "e2")]["drop_reason"], d[("alpha", "e2")]["dup_of"]) == (dedup.REASON_EXACT, "e1")
-    assert (d[("alpha", "w2")]["drop_reason"], d[("alpha", "w2")]["dup_of"]) == (dedup.REASON_EXACT, "w1")
+    assert (d[("alpha", "z1")]["drop_reason"], d[("alpha", "z1")]["dup_of"]) == (dparams.REASON_EXACT, "z0")
+    assert (d[("alpha", "e2")]["drop_reason"], d[("alpha", "e2")]["dup_of"]) == (dparams.REASON_EXACT, "e1")
+    assert (d[("alpha", "w2")]["drop_reason"], d[("alpha", "w2")]["dup_of"]) == (dparams.REASON_EXACT, "w1")
     assert d[("alpha", "w3")]["dup_cluster"] is None
-    assert (d[("alpha", "zh2")]["drop_reason"], d[("alpha", "zh2")]["dup_of"]) == (dedup.REASON_NEAR, "zh1")
+    assert (d[("alpha", "zh2")]["drop_reason"], d[("alpha", "zh2")]["dup_of"]) == (dparams.REASON_NEAR, "zh1")
     assert report.no_word_documents == 2
     conf = pq.read_table(report.license_conflicts_path).to_pylist()
     assert sorted((c["subset"], c["id"], c["license"], c["kept"]) for c in conf) == [
@@ -586,11 +591,11 @@ def test_keep_policy_and_license_conflicts_hand_made(tmp_path):
     assert {c["group_id"] for c in conf} == {min(c["group_id"] for c in conf)} and conf[0]["n_labels"] == 4
     assert report.license_conflict_groups == 1
     # exact dedup alone: the best copy of the exact group is "c" (permissive beats copyleft and unknown)
-    rep2 = dedup.run_dedup(corpus, near=False, workers=1, progress=False)
+    rep2 = defaults.run_dedup(corpus, near=False, workers=1, progress=False)
     d2 = decisions(corpus)
     assert d2[("alpha", "c")]["drop_reason"] is None and d2[("beta", "a")]["dup_cluster"] is None
     assert {d2[k]["dup_of"] for k in (("alpha", "a"), ("alpha", "b"), ("beta", "x"))} == {"c"}
-    assert rep2.removed_by_reason == {dedup.REASON_EXACT: 6}
+    assert rep2.removed_by_reason == {dparams.REASON_EXACT: 6}
 
 
 def test_cli_and_sql_view(deduped_sample, tmp_path):
@@ -626,7 +631,7 @@ def test_full_shared_corpus(tmp_path):
     files = ("nl.jsonl.zst", "code.jsonl.zst", "instruct.jsonl.zst")
     ingest.ingest(corpus, [(shared_path("corpus", f), None) for f in files], workers=2, progress=False)
     t0 = time.time()
-    report = dedup.run_dedup(corpus, workers=2, progress=False)
+    report = defaults.run_dedup(corpus, workers=2, progress=False)
     seconds = time.time() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("\n".join(report.summary_lines()), f"\n{seconds:.1f} s, peak RSS (main process) {rss:.0f} MB")
@@ -637,7 +642,7 @@ def test_full_shared_corpus(tmp_path):
     assert report.license_conflict_groups > 10
     d = decisions(corpus)
     assert d[("natural", "deb:dict-foldoc:interesting")]["dup_of"] == "deb:jargon-text:entry:interesting"
-    assert d[("natural", "deb:linux-doc-6.1:html/_sources/process/howto.rst.txt")]["drop_reason"] == dedup.REASON_EXACT
+    assert d[("natural", "deb:linux-doc-6.1:html/_sources/process/howto.rst.txt")]["drop_reason"] == dparams.REASON_EXACT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -766,12 +771,12 @@ def test_planted_chain_does_not_remove_far_copy(tmp_path):
     recs = [{"id": i, "text": t, "license": "MIT"} for i, t in (("a", a), ("b", b), ("c", c))]
     corpus = make_corpus(str(tmp_path), {"natural": recs})
     # StarCoder's components chain C into A's cluster and remove it for A ...
-    dedup.run_dedup(corpus, workers=1, progress=False, clustering="components")
+    defaults.run_dedup(corpus, workers=1, progress=False, clustering="components")
     d = decisions(corpus)
     assert d[("natural", "c")]["dup_of"] == "a" and d[("natural", "b")]["dup_of"] == "a"
     # ... verified cliques never remove C for A: B joins the clique of its more similar neighbour, one
     # document is removed, for a copy it is verified-similar to, and the third stays
-    rep = dedup.run_dedup(corpus, workers=1, progress=False)
+    rep = defaults.run_dedup(corpus, workers=1, progress=False)
     assert rep.params["clustering"] == "cliques" and rep.verified_pairs == 2
     d = decisions(corpus)
     removed = {i: d[("natural", i)]["dup_of"] for i in "abc" if d[("natural", i)]["drop_reason"] is not None}
@@ -782,7 +787,7 @@ def test_planted_chain_does_not_remove_far_copy(tmp_path):
 
     ded = Corpus(corpus).default_decisions()["dedup"]
     assert ded["clustering"] == "cliques"
-    other = {**dec.dedup_attr_params(ded), "clustering": "components"}
+    other = {**dparams.dedup_attr_params(ded), "clustering": "components"}
     assert Corpus(corpus).attribute_files("dedup", other)
 
 
@@ -804,10 +809,10 @@ def test_edited_copies_still_removed(tmp_path):
     js = [true_jaccard(texts[i], texts[b]) for i, b in expect.items()]
     assert min(js) >= 0.8 and max(js) <= 0.97
     corpus = make_corpus(str(tmp_path), {"code": recs})
-    dedup.run_dedup(corpus, workers=1, progress=False)
+    defaults.run_dedup(corpus, workers=1, progress=False)
     d = decisions(corpus)
     for i in expect:
-        assert d[("code", i)]["drop_reason"] == dedup.REASON_NEAR, i
+        assert d[("code", i)]["drop_reason"] == dparams.REASON_NEAR, i
     for k in range(6):
         assert d[("code", f"b{k}")]["drop_reason"] is None
 
@@ -828,7 +833,7 @@ def test_removed_documents_verified_against_kept_copy(deduped_sample):
     root, report = deduped_sample
     texts, d = _sample_signatures(root)
     hasher = minhash.MinHasher()
-    near = [(k, (v["dup_of_subset"], v["dup_of"])) for k, v in d.items() if v["drop_reason"] == dedup.REASON_NEAR]
+    near = [(k, (v["dup_of_subset"], v["dup_of"])) for k, v in d.items() if v["drop_reason"] == dparams.REASON_NEAR]
     assert len(near) > 50
     sig_r, _ = hasher.signatures([texts[k] for k, _ in near])
     sig_k, _ = hasher.signatures([texts[kk] for _, kk in near])
@@ -843,10 +848,10 @@ def test_verification_keeps_high_similarity_pairs(deduped_sample, tmp_path):
     root, _ = deduped_sample
     copy = str(tmp_path / "c")
     shutil.copytree(root, copy)
-    dedup.run_dedup(copy, workers=1, progress=False, clustering="components")
-    pairs = dedup.candidate_pairs(copy)
+    defaults.run_dedup(copy, workers=1, progress=False, clustering="components")
+    pairs = dbands.candidate_pairs(copy)
     corpus = Corpus(copy)
-    offsets = dedup.doc_offsets(corpus)
+    offsets = dbands.doc_offsets(corpus)
     ids, texts = [], []
     for k, p in enumerate(corpus.parts()):
         t = pq.read_table(p.path, columns=["id", "text"])
@@ -866,8 +871,8 @@ def test_verification_keeps_high_similarity_pairs(deduped_sample, tmp_path):
 
 def test_clustering_parameter_checked():
     with pytest.raises(ValueError, match="clustering must be one of"):
-        dedup.resolve_params(clustering="stars")
-    assert dedup.resolve_params().clustering == "cliques"
+        dparams.resolve_params(clustering="stars")
+    assert dparams.resolve_params().clustering == "cliques"
 
 
 def test_normalize_text_fast_path_equals_regex():
@@ -887,7 +892,7 @@ def test_bucket_pairs_equal_brute_force():
     for cap in (1, 3, 64):
         h = rng.integers(0, 40, 600).astype(np.int64) * 7919
         d = rng.integers(0, 300, 600).astype(np.int64)
-        a, b, buckets = dedup.bucket_pairs(h, d, cap)
+        a, b, buckets = dbands.bucket_pairs(h, d, cap)
         want, n_buckets = set(), 0
         for hv in np.unique(h):
             n_buckets += int(np.count_nonzero(h == hv) > 1)
@@ -896,7 +901,7 @@ def test_bucket_pairs_equal_brute_force():
                 want |= {(y, x) for y in members[:min(i, cap)]}
         assert set(zip(a.tolist(), b.tolist())) == want and buckets == n_buckets
         assert (a < b).all()
-    a, b, buckets = dedup.bucket_pairs(np.zeros(1, np.int64), np.zeros(1, np.int64))
+    a, b, buckets = dbands.bucket_pairs(np.zeros(1, np.int64), np.zeros(1, np.int64))
     assert len(a) == 0 and buckets == 0
 
 
@@ -906,7 +911,7 @@ def test_sig_store_reads_rows_across_parts(tmp_path):
     for k, m in enumerate(mats):
         paths.append(str(tmp_path / f"p{k}.sig.npy"))
         np.save(paths[-1], m)
-    store = dedup.SigStore(paths, np.array([0, 5, 10, 15]), 8, np.dtype(np.uint32))
+    store = dcluster.SigStore(paths, np.array([0, 5, 10, 15]), 8, np.dtype(np.uint32))
     docs = np.array([14, 0, 7, 7, 5, 4])
     assert np.array_equal(store.rows(docs), np.concatenate(mats)[docs])
     np.save(paths[1], mats[1][:4])  # a matrix that does not match its part is an error, not wrong rows
@@ -919,4 +924,4 @@ def test_merge_distinct_equals_union1d():
     for _ in range(100):
         key = np.unique(rng.integers(0, 500, size=int(rng.integers(0, 60)))).astype(np.int64)
         new = rng.integers(0, 500, size=int(rng.integers(0, 60))).astype(np.int64)
-        assert np.array_equal(dedup._merge_distinct(key, new), np.union1d(key, new))
+        assert np.array_equal(dbands.merge_distinct(key, new), np.union1d(key, new))

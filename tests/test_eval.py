@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from xgen_data.mixing import defaults
 from click.testing import CliRunner
 from hf_helpers import MICRO, make_run, perturbed_params
 
@@ -140,7 +141,7 @@ def test_long_documents_skip_dropped_ones(corpus_copy):
     from xgen_data.attributes import filters
     from xgen_data.stats import sql
 
-    filters.run_filters(corpus_copy, license_subsets=("natural", "code", "instruct"), allow=("MIT",))
+    defaults.run_filters(corpus_copy, license_subsets=("natural", "code", "instruct"), allow=("MIT",))
     con = sql.connect(corpus_copy)
     kept = [t for (t,) in con.execute("SELECT text FROM documents WHERE kept AND n_tokens >= 150 "
                                       "ORDER BY subset, part, row").fetchall()]

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from xgen_data.attributes import filters, licenses
 from xgen_data.stats import sql
 from xgen_data.store.corpus import CorpusError
+from xgen_data.mixing import defaults
 
 
 @pytest.mark.parametrize("expr,ok", [
@@ -147,7 +148,7 @@ def test_license_attributes_have_a_reason_for_every_document(sample_corpus):
 
 def _many_parts_corpus(root, monkeypatch):
     """The sample slice ingested into parts of 16 documents (dozens of parts), with every attribute set."""
-    from xgen_data.attributes import dedup, languages
+    from xgen_data.attributes import language_step, languages
     from xgen_data.sources import ingest
     from xgen_data.store.corpus import Corpus
 
@@ -157,11 +158,11 @@ def _many_parts_corpus(root, monkeypatch):
     monkeypatch.setattr(ingest, "BATCH_DOCS", 16)
     ingest.ingest(root, [(shared_path("corpus", "sample", f), None) for f in ("nl.jsonl", "code.jsonl")],
                   workers=1, progress=False)
-    filters.run_filters(root)
+    defaults.run_filters(root)
     corpus = Corpus(root)
     with corpus.lock():
-        languages.compute_language_attributes(corpus)
-    dedup.run_dedup(root, workers=1, progress=False)
+        language_step.compute_language_attributes(corpus)
+    defaults.run_dedup(root, workers=1, progress=False)
     return corpus
 
 
@@ -214,7 +215,7 @@ def test_attribute_file_out_of_step_with_its_part_is_damaged(corpus_copy, tamper
 
     from xgen_data.store import fsutil
     from xgen_data.store.corpus import Corpus, DamagedAttributeError
-    from xgen_data.store.verify import verify_corpus
+    from xgen_data.stats.verify import verify_corpus
 
     corpus = Corpus(corpus_copy)
     key, state = next((k, v) for k, v in corpus.read_meta()["attributes"].items() if v["step"] == "license")
@@ -234,11 +235,11 @@ def test_attribute_file_out_of_step_with_its_part_is_damaged(corpus_copy, tamper
         with pytest.raises(DamagedAttributeError, match=why) as err:
             sql.connect(corpus_copy, quiet=True)
         assert path in str(err.value)
-        filters.run_filters(corpus_copy)  # the damaged set is not current: computed again
+        defaults.run_filters(corpus_copy)  # the damaged set is not current: computed again
     else:  # same ids, other order: only xgen verify reads the ids; its advice repairs it
         import shutil
 
         shutil.rmtree(os.path.dirname(os.path.dirname(path)))
-        filters.run_filters(corpus_copy)
+        defaults.run_filters(corpus_copy)
     assert not [c for c in verify_corpus(corpus_copy) if c.status == "damaged"]
     assert sql.connect(corpus_copy, quiet=True).execute("SELECT count(*) FROM documents").fetchone()[0] > 0

@@ -119,7 +119,7 @@ def test_round_trip_export_import_is_identical(exported, tiny_params, tmp_path):
     assert _leaves_equal(ck.params, tiny_params)
     assert int(ck.opt_state[1][0].count) == 0  # fresh AdamW state
     # `xgen train --init` takes the HF folder itself or the imported run folder, with identical params
-    from xgen_train.loop.checkpoint import load_init
+    from xgen_train.export.hf import load_init
 
     for source in (out, tmp_path / "run"):
         init_cfg, init_params = load_init(source)

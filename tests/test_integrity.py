@@ -16,12 +16,14 @@ from click.testing import CliRunner
 
 from conftest import SAMPLE
 from xgen_data.store import corpus as corpus_mod
-from xgen_data.attributes import dedup, filters
+from xgen_data.attributes import filters
 from xgen_data.mixing import recipe
 from xgen_data.shards import packing, shard_format as shards
 from xgen_data.sources import ingest
 from xgen_data.stats import sql
-from xgen_data.store import fsutil, verify
+from xgen_data.stats import verify
+from xgen_data.store import fsutil
+from xgen_data.mixing import defaults
 
 RECIPE = """name = "crash"
 seed = 3
@@ -56,8 +58,8 @@ def small(tmp_path_factory):
     extra = _head("instruct.jsonl", 60, str(d / "instruct.jsonl"))
     root = str(d / "corpus")
     ingest.ingest(root, [(nl, None), (code, None)], workers=1, progress=False)
-    filters.run_filters(root)
-    dedup.run_dedup(root, workers=1, progress=False)
+    defaults.run_filters(root)
+    defaults.run_dedup(root, workers=1, progress=False)
     (d / "crash.toml").write_text(RECIPE)
     return {"root": root, "extra": extra, "recipe": str(d / "crash.toml")}
 
@@ -100,13 +102,13 @@ def _kill_at(point: str, code: str) -> None:
 STEPS = {
     # step: (commit points in order, python code run in the subprocess, the same step in this process)
     "filter": (["license.part_written", "license.before_commit", "write_json.tmp_written", "license.committed"],
-               "from xgen_data.attributes import filters; filters.run_filters({root!r}, min_tokens=50, "
+               "from xgen_data.attributes import filters; from xgen_data.mixing import defaults; defaults.run_filters({root!r}, min_tokens=50, "
                "allow=filters.licenses.default_allow_list() + ('PSF-2.0',))",
-               lambda c: filters.run_filters(c["root"], min_tokens=50,
+               lambda c: defaults.run_filters(c["root"], min_tokens=50,
                                              allow=filters.licenses.default_allow_list() + ("PSF-2.0",))),
     "dedup": (["dedup.part_written", "dedup.before_commit", "dedup.committed"],
-              "from xgen_data.attributes import dedup; dedup.run_dedup({root!r}, threshold=0.8, workers=1, progress=False)",
-              lambda c: dedup.run_dedup(c["root"], threshold=0.8, workers=1, progress=False)),
+              "from xgen_data.mixing import defaults; defaults.run_dedup({root!r}, threshold=0.8, workers=1, progress=False)",
+              lambda c: defaults.run_dedup(c["root"], threshold=0.8, workers=1, progress=False)),
     "ingest": (["ingest.parts_written", "ingest.part_renamed", "ingest.registered"],
                "from xgen_data.sources import ingest; ingest.ingest({root!r}, [({extra!r}, None)], workers=1, progress=False)",
                lambda c: ingest.ingest(c["root"], [(c["extra"], None)], workers=1, progress=False)),
@@ -144,11 +146,11 @@ def test_kill_mix_build_at_every_commit_point(small, tmp_path):
     from xgen_data.mixing import pipeline
 
     ref = str(tmp_path / "ref")
-    pipeline.build_recipe(root, r, ref, workers=1, progress=False)
+    packing.build_recipe(root, r, ref, workers=1, progress=False)
     want = open(os.path.join(ref, "manifest.json")).read()
     for point in ("build.shards_written", "build.swapped"):
         out = str(tmp_path / point)
-        code = (f"from xgen_data.mixing import pipeline, recipe; pipeline.build_recipe({root!r}, "
+        code = (f"from xgen_data.mixing import recipe; from xgen_data.shards import packing; packing.build_recipe({root!r}, "
                 f"recipe.load({small['recipe']!r}), {out!r}, workers=1, progress=False)")
         _kill_at(point, code)
         if point == "build.shards_written":
@@ -156,7 +158,7 @@ def test_kill_mix_build_at_every_commit_point(small, tmp_path):
         else:
             assert shards.verify(out) == [] and open(os.path.join(out, "manifest.json")).read() == want
         _invariant(root)
-        pipeline.build_recipe(root, r, out, workers=1, progress=False)
+        packing.build_recipe(root, r, out, workers=1, progress=False)
         assert open(os.path.join(out, "manifest.json")).read() == want and shards.verify(out) == []
         assert not [n for n in os.listdir(tmp_path) if n.startswith(f".{point}")]  # temporary folders removed
 
@@ -195,7 +197,7 @@ def test_flipped_bit_detected_by_verify_and_mix_build(small, tmp_path):
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 1 and part.path in res.output and "damaged" in res.output
     # the part is the damage; its (intact) attribute files are not blamed, nor is their deletion advised
-    from xgen_data.store.verify import verify_corpus
+    from xgen_data.stats.verify import verify_corpus
 
     checks = verify_corpus(root)
     assert [c.path for c in checks if c.status == "damaged"] == [part.path]
@@ -306,14 +308,14 @@ def test_old_layout_step_files_are_dropped(small, tmp_path):
     meta["steps"] = {"filter": {"params": {}, "parts": "names", "after": {}}}
     meta.pop(corpus_mod.REGISTRY_SHA256)  # an old corpus: no registry checksum yet
     json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
-    filters.run_filters(root, min_tokens=10)
+    defaults.run_filters(root, min_tokens=10)
     assert not os.path.exists(os.path.join(root, "steps"))
     assert "steps" not in json.load(open(os.path.join(root, "corpus.json")))
 
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):
     """The `language` attribute step (xgen_data.attributes.languages) is crash-consistent like license and dedup."""
-    from xgen_data.attributes import languages
+    from xgen_data.attributes import language_step, languages
 
     base = str(tmp_path / "base")
     shutil.copytree(small["root"], base)
@@ -325,7 +327,7 @@ def test_kill_language_step_at_every_commit_point(small, tmp_path):
     def run(root):
         cc = corpus_mod.Corpus(root)
         with cc.lock():
-            assert languages.compute_language_attributes(cc)
+            assert language_step.compute_language_attributes(cc)
 
     old = _state(base)
     ref = str(tmp_path / "ref")
@@ -333,8 +335,8 @@ def test_kill_language_step_at_every_commit_point(small, tmp_path):
     run(ref)
     new = _state(ref)
     assert new != old
-    code = ("from xgen_data.attributes import languages; from xgen_data.store import corpus; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
-            "languages.compute_language_attributes(c)")
+    code = ("from xgen_data.attributes import language_step; from xgen_data.store import corpus; c = corpus.Corpus({root!r}); l = c.lock(); l.__enter__(); "
+            "language_step.compute_language_attributes(c)")
     for point in ("language.part_written", "language.before_commit", "write_json.tmp_written", "language.committed"):
         root = str(tmp_path / point)
         shutil.copytree(base, root)

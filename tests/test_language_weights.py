@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import shared_path
 from xgen_data.mixing import mixture, pipeline, recipe
+from xgen_data.shards import packing
 
 RECIPE = """name = "langs"
 seed = 11
@@ -67,7 +68,7 @@ def test_build_meets_the_language_plan(starcoder_corpus, tmp_path, weights):
         assert {x.language: x.effective_tokens for x in rows if x.effective_tokens} == \
             {k: round(v * 40_960) for k, v in weights.items()}
     out = str(tmp_path / "shards")
-    pipeline.build_recipe(starcoder_corpus, r, out, workers=1, progress=False)
+    packing.build_recipe(starcoder_corpus, r, out, workers=1, progress=False)
     got, manifest = _packed_per_language(out, docs["starcoder"])
     assert manifest["language_plan"] and len(manifest["language_plan"]) == len(rows)
     total = sum(got.values())

@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import shared_path
 from xgen_data.attributes import languages
+from xgen_data.mixing import defaults
 
 
 @pytest.mark.parametrize("path,text,want", [
@@ -62,7 +63,7 @@ def test_language_attribute_keeps_source_and_counts(corpus_copy, tmp_path):
     f = tmp_path / "extra.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in recs))
     ingest.ingest(corpus_copy, [(str(f), "starcoder")], workers=1, progress=False)
-    filters.run_filters(corpus_copy)
+    defaults.run_filters(corpus_copy)
     con = sql.connect(corpus_copy, quiet=True)
     rows = {r[0]: r[1:] for r in con.execute("""SELECT id, language, language_source, language_detected, language_how,
         language_disagrees FROM documents WHERE subset = 'starcoder'""").fetchall()}

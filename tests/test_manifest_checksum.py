@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from xgen_data.mixing import recipe
 from xgen_data.shards import packing, shard_format as shards
-from xgen_data.store.verify import verify_corpus
+from xgen_data.stats.verify import verify_corpus
 from xgen_train.loop.data import ShardFormatError, ShardLoader
 
 # Two subsets in one stage (a mixture), two sub-stages; small enough to build in seconds.

@@ -13,6 +13,7 @@ from xgen_data.mixing import mixture, recipe
 from xgen_data.shards import packing, shard_format as shards
 from xgen_data.stats import sql
 from xgen_data.store.corpus import Corpus
+from xgen_data.mixing import selection
 
 EOS = tokenizer.EOS_ID
 
@@ -365,7 +366,7 @@ def test_kept_documents_are_compact_columns_equal_to_the_view(sample_corpus, dem
     import pyarrow as pa
 
     r = demo_no_dedup()
-    docs = packing.kept_documents(sample_corpus, r.subsets(), r)
+    docs = selection.kept_documents(sample_corpus, r.subsets(), r)
     con = sql.connect(sample_corpus, recipe=r, quiet=True)
     for name, d in docs.items():
         assert d.part_code.dtype == np.int32 and d.lang_code.dtype == np.int32 and d.row.dtype == np.int64

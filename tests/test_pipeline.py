@@ -4,11 +4,13 @@ import json
 import pytest
 
 from conftest import demo_code_only, shared_path
-from xgen_data.attributes import dedup, filters
+from xgen_data.attributes import filters
 from xgen_data.mixing import pipeline, recipe
 from xgen_data.sources import ingest
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
+from xgen_data.mixing import selection
+from xgen_data.mixing import defaults
 
 
 def _write(path, records):
@@ -28,15 +30,15 @@ def gpl_pair(tmp_path):
 
 
 def test_dedup_keeps_the_copy_the_filters_keep(gpl_pair):
-    filters.run_filters(gpl_pair)
-    dedup.run_dedup(gpl_pair, workers=1, progress=False)
+    defaults.run_filters(gpl_pair)
+    defaults.run_dedup(gpl_pair, workers=1, progress=False)
     rows = sql.connect(gpl_pair).execute("SELECT subset, id, drop_reason, dup_of FROM documents ORDER BY id").fetchall()
     # "a" has the smaller id, but the license filter drops it: the natural copy must survive.
     assert rows == [("code", "a", "license_not_permissive", "b"), ("natural", "b", None, None)]
 
 
 def test_without_filter_state_smallest_id_wins(gpl_pair):
-    dedup.run_dedup(gpl_pair, workers=1, progress=False)
+    defaults.run_dedup(gpl_pair, workers=1, progress=False)
     rows = sql.connect(gpl_pair).execute("SELECT id, drop_reason, dup_of FROM documents ORDER BY id").fetchall()
     assert rows == [("a", None, None), ("b", "exact_duplicate", "a")]
 
@@ -69,8 +71,8 @@ def test_recipe_steps_run_once_and_follow_the_recipe(corpus_copy, tmp_path):
     assert con.execute("SELECT count(*) FROM documents WHERE kept AND n_tokens < 200 AND subset IN "
                        "('natural', 'code')").fetchone()[0] == 0
     # Stand-alone runs with other settings change only the corpus defaults, never a recipe's state.
-    filters.run_filters(corpus_copy, min_tokens=0)
-    dedup.run_dedup(corpus_copy, threshold=0.9, workers=1, progress=False)
+    defaults.run_filters(corpus_copy, min_tokens=0)
+    defaults.run_dedup(corpus_copy, threshold=0.9, workers=1, progress=False)
     assert pipeline.apply_recipe_steps(corpus_copy, r, workers=1, progress=False).ran == ()
     con = sql.connect(corpus_copy, recipe=r)
     assert con.execute("SELECT count(*) FROM documents WHERE drop_reason LIKE '%duplicate'").fetchone()[0] == n_dups
@@ -123,7 +125,7 @@ def test_two_recipes_side_by_side(corpus_copy, tmp_path):
     # packing uses the same derived decisions
     from xgen_data.shards import packing
 
-    docs = packing.kept_documents(corpus_copy, ["natural", "code"], r50)
+    docs = selection.kept_documents(corpus_copy, ["natural", "code"], r50)
     assert {("code", i) for i in docs["code"].doc_id.to_pylist()} == {k for k, v in b.items() if k[0] == "code" and v[0]}
 
 
@@ -171,7 +173,7 @@ def test_corpus_lock_is_reentrant(corpus_copy):
     c = Corpus(corpus_copy)
     with c.lock():
         with Corpus(corpus_copy).lock():  # nested use within one process must not deadlock
-            filters.run_filters(corpus_copy)
+            defaults.run_filters(corpus_copy)
 
 
 def test_demo_refuses_a_run_folder_with_foreign_files(tmp_path):
@@ -215,6 +217,6 @@ def test_stale_defaults_are_said_not_shown(corpus_copy, tmp_path, capsys):
     con = sql.connect(corpus_copy)
     assert "out of date" in capsys.readouterr().err
     assert con.execute("SELECT count(*) FROM documents WHERE kept IS NOT NULL").fetchone()[0] == 0
-    filters.run_filters(corpus_copy)  # recomputes the attributes for the new parts
+    defaults.run_filters(corpus_copy)  # recomputes the attributes for the new parts
     con = sql.connect(corpus_copy)
     assert con.execute("SELECT kept FROM documents WHERE id = 'n'").fetchone()[0] is True

@@ -23,6 +23,7 @@ from xgen_data.execute.local import LocalExecutor
 if os.environ.get("XGEN_REQUIRE_RAY") != "1":
     pytest.importorskip("ray")
 from xgen_data.execute import ray_executor  # noqa: E402  (after the optional-extra check)
+from xgen_data.mixing import defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_FILES = [os.path.join(SAMPLE, f) for f in ("nl.jsonl", "code.jsonl", "instruct.jsonl")]
@@ -167,8 +168,7 @@ def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedPro
 
 @pytest.mark.slow  # about a minute on 2 shared cores: two ingests and two dedups of the sample
 def test_ingest_dedup_build_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
-    from xgen_data.attributes import dedup
-    from xgen_data.mixing import pipeline
+    from xgen_data.shards import packing
     from xgen_data.sources import ingest
 
     local, on_ray = str(tmp_path / "local"), str(tmp_path / "ray")
@@ -176,12 +176,12 @@ def test_ingest_dedup_build_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
     ingest.ingest(on_ray, [(f, None) for f in SAMPLE_FILES], workers=2, progress=False, executor="ray")
     assert part_hashes(local) == part_hashes(on_ray) and len(part_hashes(local)) == 3
     for corpus, executor in ((local, "local"), (on_ray, "ray")):
-        dedup.run_dedup(corpus, num_perm=64, bands=16, rows=4, workers=2, progress=False, executor=executor)
+        defaults.run_dedup(corpus, num_perm=64, bands=16, rows=4, workers=2, progress=False, executor=executor)
     assert attribute_hashes(local, "dedup") == attribute_hashes(on_ray, "dedup")
     assert len(attribute_hashes(local, "dedup")) == 3
     # the recipe flow: its own dedup (on Ray for the Ray corpus), then packing
     for corpus, executor in ((local, "local"), (on_ray, "ray")):
-        pipeline.build_recipe(corpus, demo_code_only(), corpus + "-shards", workers=2, progress=False,
+        packing.build_recipe(corpus, demo_code_only(), corpus + "-shards", workers=2, progress=False,
                               executor=executor)
     assert attribute_hashes(local, "dedup") == attribute_hashes(on_ray, "dedup")
     assert len(attribute_hashes(local, "dedup")) == 6

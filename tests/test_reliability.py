@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from xgen_data.sources import readers
 from xgen_data.store.corpus import Corpus
+from xgen_data.store import duckdb_settings
 
 
 def _invoke(args):
@@ -222,9 +223,9 @@ def test_default_spill_cap_cannot_fill_the_disk(tmp_path, monkeypatch):
     from xgen_data.stats import sql
 
     monkeypatch.delenv("XGEN_DUCKDB_SPILL", raising=False)
-    cap = sql.spill_cap(str(tmp_path / "not-yet"))
-    assert 0 < cap <= shutil.disk_usage(tmp_path).free * 0.5 + 1e9 and cap <= sql.size_bytes("20GB")
-    assert sql.duckdb_config(str(tmp_path))["max_temp_directory_size"] == f"{sql.spill_cap(str(tmp_path))}B"
+    cap = duckdb_settings.spill_cap(str(tmp_path / "not-yet"))
+    assert 0 < cap <= shutil.disk_usage(tmp_path).free * 0.5 + 1e9 and cap <= duckdb_settings.size_bytes("20GB")
+    assert duckdb_settings.duckdb_config(str(tmp_path))["max_temp_directory_size"] == f"{duckdb_settings.spill_cap(str(tmp_path))}B"
 
 
 def test_sigint_stops_a_runaway_query_within_seconds(tiny_corpus):

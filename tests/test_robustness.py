@@ -9,6 +9,9 @@ import shutil
 import pytest
 
 from xgen_data.shards import shard_format as shards
+from xgen_data.attributes import licenses
+from xgen_data.store import duckdb_settings
+from xgen_data.mixing import defaults
 
 
 def _flip(path: str, offset: int) -> None:
@@ -65,12 +68,12 @@ def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
     from xgen_data.attributes import filters
     from xgen_data.mixing import decisions
     from xgen_data.stats import sql
-    from xgen_data.store import verify
+    from xgen_data.stats import verify
     from xgen_data.store.corpus import Corpus, DamagedAttributeError
 
     corpus = Corpus(corpus_copy)
     flt = decisions.from_defaults(corpus).filter
-    key = decisions.license_params(flt["allow"])
+    key = licenses.license_params(flt["allow"])
     _, path = corpus.attribute_files("license", key)[0]
     before = sql.connect(corpus_copy, quiet=True).execute(
         "SELECT count(*) FILTER (kept), string_agg(DISTINCT license_reason ORDER BY license_reason) FROM documents"
@@ -82,7 +85,7 @@ def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
     os.remove(path)
     with pytest.raises(DamagedAttributeError, match="is missing"):
         sql.connect(corpus_copy, quiet=True)
-    filters.run_filters(corpus_copy)  # the stand-alone step sees the set is not current and writes it again
+    defaults.run_filters(corpus_copy)  # the stand-alone step sees the set is not current and writes it again
     assert all(c.status == "ok" for c in verify.verify_corpus(corpus_copy))
     after = sql.connect(corpus_copy, quiet=True).execute(
         "SELECT count(*) FILTER (kept), string_agg(DISTINCT license_reason ORDER BY license_reason) FROM documents"
@@ -111,7 +114,7 @@ def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
 def test_registry_names_that_leave_the_corpus_are_refused(corpus_copy, edit, names):
     """corpus.json names become paths: a hand-edited name with '..' gave a raw `[Errno 2]` (verify) or pointed
     readers at files outside the corpus. Now reading the registry names the bad entry."""
-    from xgen_data.store import verify
+    from xgen_data.stats import verify
     from xgen_data.store.corpus import CorpusError
 
     path = os.path.join(corpus_copy, "corpus.json")
@@ -187,14 +190,12 @@ def test_spill_folders_of_killed_queries_are_swept(tmp_path, monkeypatch):
     """A `xgen sql` killed with -9 left /tmp/xgen-sql-<pid> (990 MB in one try) for good."""
     import subprocess
 
-    from xgen_data.stats import sql as xsql
-
-    monkeypatch.setattr(xsql.tempfile, "gettempdir", lambda: str(tmp_path))
-    monkeypatch.setattr(xsql, "_SWEPT", [])
+    monkeypatch.setattr(duckdb_settings.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(duckdb_settings, "_SWEPT", [])
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / f"xgen-sql-{dead.pid}").mkdir()
     (tmp_path / f"xgen-sql-{dead.pid}" / "duckdb_temp_block-1.block").write_bytes(b"x" * 10)
     (tmp_path / f"xgen-sql-{os.getppid()}").mkdir()  # a live process's folder stays
-    assert xsql.spill_dir() == str(tmp_path / f"xgen-sql-{os.getpid()}")
+    assert duckdb_settings.spill_dir() == str(tmp_path / f"xgen-sql-{os.getpid()}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"xgen-sql-{os.getppid()}"]

@@ -136,7 +136,7 @@ def test_build_report_says_it_restored(corpus, recipes, tmp_path):
     env = dict(os.environ, XGEN_CRASH_AT="build.after_backup", PYTHONPATH=REPO)
     assert subprocess.run([sys.executable, "-c", BUILD, corpus, recipes["new"], out], env=env, timeout=300,
                           capture_output=True).returncode == -9
-    from xgen_data.store.verify import verify_corpus
+    from xgen_data.stats.verify import verify_corpus
 
     gone = [c for c in verify_corpus(corpus) if c.path == os.path.realpath(out)]  # not silently "ok"
     assert [c.status for c in gone] == ["missing"] and "next `xgen mix build` restores it" in gone[0].detail

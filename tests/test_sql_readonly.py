@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from xgen_data.stats import sql
+from xgen_data.store import duckdb_settings
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,7 @@ def test_closed_pipe_exits_quietly(sample_corpus, args):
                            *args[1:]], stdout=w, stderr=subprocess.PIPE, env=env, timeout=120)
     os.close(w)
     err = proc.stderr.decode()
-    # stderr holds only the line naming whose decisions the views show (xgen_data.mixing.decisions.describe)
+    # stderr holds only the line naming whose decisions the views show (xgen_data.query.describe)
     assert proc.returncode == 1 and all(line.startswith("decisions: ") for line in err.splitlines()), err
 
 
@@ -273,7 +274,7 @@ def test_truncated_part_is_a_clean_error(corpus_copy, cmd, tmp_path):
 
 
 def test_connections_hold_duckdb_to_the_memory_limit(ro_corpus, monkeypatch):
-    """Every view connection is capped (XGEN_DUCKDB_MEMORY, default sql.DEFAULT_MEMORY_LIMIT) and spills to a
+    """Every view connection is capped (XGEN_DUCKDB_MEMORY, default duckdb_settings.DEFAULT_MEMORY_LIMIT) and spills to a
     private folder, so a query over a large corpus does not need memory in proportion to it."""
     def limit_of(con):
         return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
@@ -283,7 +284,7 @@ def test_connections_hold_duckdb_to_the_memory_limit(ro_corpus, monkeypatch):
     monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "300MB")
     con = sql.connect(ro_corpus, quiet=True)
     assert limit_of(con) != default and limit_of(con).startswith("286")  # DuckDB shows 300 MB as 286.1 MiB
-    assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == sql.spill_dir()
+    assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == duckdb_settings.spill_dir()
     assert con.execute("SELECT count(*) FROM documents").fetchone()[0] > 0
     monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "lots")
     with pytest.raises(ValueError, match="XGEN_DUCKDB_MEMORY"):

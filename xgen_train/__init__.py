@@ -37,7 +37,7 @@ Subpackages, in the order the data flows (docs/architecture.md):
 
 * :mod:`xgen_train.evaluate.evaluation` -- perplexity by position, pass@k, energy and CO2 (SPEC §6).
 * :mod:`xgen_train.evaluate.generate` -- text generation with a key/value cache (greedy / top-p).
-* :mod:`xgen_train.evaluate.lossplot` -- Figure 1 (loss over tokens seen, sub-stage boundaries).
+* :mod:`xgen_train.loop.lossplot` -- Figure 1 (loss over tokens seen, sub-stage boundaries).
 
 Only :mod:`xgen_train.model.config` is imported here, so that ``import xgen_train`` does not import JAX.
 """

@@ -27,6 +27,8 @@ import os
 import re
 import tomllib
 
+from xgen_data.store import fsutil
+
 TABLE_FILE = os.path.join(os.path.dirname(__file__), "languages.toml")
 SHEBANG_RE = re.compile(r"^#!\s*(\S+)(?:\s+(?:-\S+\s+)*(\S+))?")
 
@@ -162,55 +164,4 @@ LANGUAGE_STEP = "language"
 
 def language_params() -> dict:
     """Attribute parameters of the ``language`` step: the table file's SHA-256 (a new table, a new set)."""
-    from xgen_data.store import fsutil
-
     return {"table_sha256": fsutil.sha256_file(TABLE_FILE), "schema": 2}
-
-
-def compute_language_attributes(corpus, verify: bool = True) -> bool:
-    """Write and commit the ``language`` attributes of every part (one new generation), unless current.
-
-    Per document (``attributes/language/<hash>/<gen>/<subset>/<part>.parquet``): ``id``,
-    ``language_source`` (the source's language as a table key, :func:`source_key`; null: none given),
-    ``language_detected`` and ``language_how`` (:func:`identify` on ``path`` and the text's first line), and
-    ``language`` = the source's when given (kept), else the detected one (null: unknown, never guessed),
-    ``language_is_code`` (``language`` is a programming language of the table) and ``language_disagrees``
-    (the source names a language of the table and the table says another one; a natural language such as
-    ``en`` never disagrees).
-    Call under the corpus lock. Returns False when the set was already current.
-
-    Raises:
-        DamagedPartError: a part is damaged (``verify``).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from xgen_data.store import fsutil
-
-    key = language_params()
-    if corpus.attribute_current(LANGUAGE_STEP, key):
-        return False
-    parts, fingerprint, gen = corpus.start_attributes(LANGUAGE_STEP, key, verify)
-    for i, part in enumerate(parts):
-        t = pq.read_table(part.path, columns=["id", "path", "language", "text"])
-        src, det, how = [], [], []
-        for path, lang, text in zip(t.column("path").to_pylist(), t.column("language").to_pylist(),
-                                    t.column("text").to_pylist()):
-            k, h = identify(path, text[:256] if text else text)
-            src.append(source_key(lang))
-            det.append(k)
-            how.append(h)
-        keys = table()
-        final = [s if s is not None else d for s, d in zip(src, det)]
-        out = pa.table({"id": t.column("id"), "language_source": pa.array(src, pa.string()),
-                        "language_detected": pa.array(det, pa.string()), "language_how": pa.array(how, pa.string()),
-                        "language": pa.array(final, pa.string()),
-                        "language_is_code": pa.array([f in keys for f in final], pa.bool_()),
-                        "language_disagrees": pa.array([s in keys and d is not None and s != d
-                                                        for s, d in zip(src, det)], pa.bool_())})
-        with fsutil.atomic_path(corpus.attribute_path(gen, part)) as tmp:
-            pq.write_table(out, tmp, compression="zstd")
-        if i == 0:
-            fsutil.crash_point("language.part_written")
-    corpus.commit_attributes(LANGUAGE_STEP, key, gen, fingerprint)  # language.before_commit / .committed
-    return True

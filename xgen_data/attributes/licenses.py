@@ -17,6 +17,7 @@ fails. Every decision comes with a reason a person can read (:func:`decide`).
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import os
@@ -278,3 +279,144 @@ def license_decision(expr: str | None, allow: tuple[str, ...] | frozenset[str] |
     policy = LicensePolicy("allow-list", tuple(default_allow_list() if allow is None else allow), False)
     ok, _, reason = decide(expr, policy)
     return ok, reason
+
+
+# --------------------------------------------------------------------------------------------------
+# License policy: lower tier = more permissive = preferred copy
+# --------------------------------------------------------------------------------------------------
+#: Tiers of the keep policy, most permissive first (:func:`license_rank` gives the index). The first two
+#: tiers are the expressions the license filter passes (:func:`license_passes` with the
+#: same allow-list, SPEC §2), so a copy the filter keeps is never dropped for a copy the filter drops for its
+#: license. Below them, every expression gets a *kind* from :data:`LICENSE_PATTERNS` (each identifier,
+#: case-insensitive, takes the kind of the first fnmatch pattern it matches, else ``other``; ``A OR B`` takes
+#: the better branch, since the user may choose it; ``A AND B`` the worse, since both apply; ``A WITH
+#: exception`` the kind of ``A``; missing, ``NOASSERTION``/``NONE`` and unparsable labels are ``unknown``):
+#:
+#: 0 ``public-domain``: passes the allow-list, kind public-domain (CC0-1.0, Unlicense, 0BSD, …)
+#: 1 ``permissive``: passes the allow-list otherwise (MIT, BSD-3-Clause, Apache-2.0, …)
+#: 2 ``permissive-unlisted``: kind public-domain or permissive but not on the allow-list (PSF-2.0,
+#:   PostgreSQL, Zlib, LicenseRef-BSD-unspecified, WTFPL, …)
+#: 3 ``weak-copyleft`` (LGPL, MPL, EPL, CDDL, GFDL, CC-BY-SA, …), 4 ``copyleft`` (GPL, AGPL, …),
+#: 5 ``other``, 6 ``unknown``.
+LICENSE_TIERS = ("public-domain", "permissive", "permissive-unlisted", "weak-copyleft", "copyleft", "other",
+                 "unknown")
+_KINDS = ("public-domain", "permissive", "weak-copyleft", "copyleft", "other", "unknown")
+LICENSE_PATTERNS: tuple[tuple[str, str], ...] = (
+    # unknown / no usable statement
+    ("noassertion", "unknown"), ("none", "unknown"), ("licenseref-no-license", "unknown"),
+    ("licenseref-unknown*", "unknown"),
+    # public domain and public-domain-like dedications
+    ("cc0-1.0", "public-domain"), ("unlicense", "public-domain"), ("0bsd", "public-domain"),
+    ("mit-0", "public-domain"), ("wtfpl", "public-domain"), ("pddl-1.0", "public-domain"),
+    ("cc-pddc", "public-domain"), ("public-domain", "public-domain"), ("licenseref-public-domain*", "public-domain"),
+    ("licenseref-pd*", "public-domain"), ("*-pd", "public-domain"), ("sax-pd*", "public-domain"),
+    ("blessing", "public-domain"),
+    # restricted Creative Commons variants before the generic CC-BY patterns
+    ("cc-by-nc*", "other"), ("cc-by-nd*", "other"),
+    ("cc-by-sa*", "weak-copyleft"),
+    # permissive (SPEC §2's allow-list and its relatives)
+    ("mit", "permissive"), ("mit-*", "permissive"), ("x11", "permissive"), ("isc", "permissive"),
+    ("bsd-*", "permissive"), ("licenseref-bsd*", "permissive"), ("apache-*", "permissive"),
+    ("artistic-2.0", "permissive"), ("ecl-2.0", "permissive"), ("shl-0.5*", "permissive"),
+    ("psf-2.0", "permissive"), ("python-2.0*", "permissive"), ("postgresql", "permissive"),
+    ("zlib", "permissive"), ("curl", "permissive"), ("bsl-1.0", "permissive"), ("ncsa", "permissive"),
+    ("upl-1.0", "permissive"), ("afl-*", "permissive"), ("w3c*", "permissive"), ("libpng*", "permissive"),
+    ("ijg", "permissive"), ("hpnd*", "permissive"), ("unicode-*", "permissive"), ("ofl-*", "permissive"),
+    ("cc-by-[0-9]*", "permissive"), ("linux-openib", "permissive"), ("fsfap", "permissive"),
+    ("fsfullr*", "permissive"), ("fsful", "permissive"), ("licenseref-fsful*", "permissive"),
+    ("*-permissive", "permissive"), ("json", "permissive"), ("beerware", "permissive"),
+    # weak copyleft (file- or library-scoped) and documentation copyleft
+    ("lgpl-*", "weak-copyleft"), ("licenseref-lgpl*", "weak-copyleft"), ("mpl-*", "weak-copyleft"),
+    ("epl-*", "weak-copyleft"), ("cddl-*", "weak-copyleft"), ("artistic-1.0*", "weak-copyleft"),
+    ("gfdl-*", "weak-copyleft"), ("linux-man-pages-copyleft*", "weak-copyleft"),
+    ("licenseref-opl*", "weak-copyleft"), ("opl-*", "weak-copyleft"),
+    # strong copyleft
+    ("gpl-*", "copyleft"), ("licenseref-gpl*", "copyleft"), ("agpl-*", "copyleft"), ("eupl-*", "copyleft"),
+    ("osl-*", "copyleft"), ("sspl-*", "copyleft"),
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _leaf_kind(key: str) -> int:
+    k = key.strip().lower()
+    for pattern, kind in LICENSE_PATTERNS:
+        if fnmatch.fnmatchcase(k, pattern):
+            return _KINDS.index(kind)
+    return _KINDS.index("other")
+
+
+def license_kind(expr: str | None) -> str:
+    """The kind of an SPDX expression from :data:`LICENSE_PATTERNS` alone (no allow-list): one of
+    ``public-domain, permissive, weak-copyleft, copyleft, other, unknown``."""
+    return _KINDS[_kind_index(expr)]
+
+
+@functools.lru_cache(maxsize=65536)
+def _kind_index(expr: str | None) -> int:
+    unknown = _KINDS.index("unknown")
+    if expr is None or not expr.strip():
+        return unknown
+    try:
+        node = _plain_licensing().parse(expr, validate=False, strict=False)
+    except license_expression.ExpressionError:
+        return unknown
+    if node is None:
+        return unknown
+
+    def walk(n) -> int:
+        if isinstance(n, license_expression.LicenseWithExceptionSymbol):
+            return walk(n.license_symbol)
+        if isinstance(n, license_expression.LicenseSymbol):
+            return _leaf_kind(n.key)
+        kinds = [walk(a) for a in n.args]
+        return min(kinds) if isinstance(n, _plain_licensing().OR) else max(kinds)
+
+    return walk(node)
+
+
+def license_rank(expr: str | None, allow: tuple[str, ...] | None = None) -> int:
+    """Keep-policy rank of an SPDX license expression: index into :data:`LICENSE_TIERS` (0 = best).
+
+    Args:
+        expr: an SPDX expression as found in the corpus (``"MIT"``, ``"GPL-2.0 OR BSD-3-Clause"``,
+            ``"NOASSERTION"``, ``None`` …). Operators are case-insensitive.
+        allow: the license filter's allow-list (SPDX ids); default the shipped list
+            (``xgen_data/attributes/licenses.toml``, SPEC §2). Pass a recipe's ``allow_list()`` to stay consistent
+            with that recipe's filter.
+    Returns:
+        0 (public-domain) … 6 (unknown); see :data:`LICENSE_TIERS` for the rules.
+    """
+    allow = default_allow_list() if allow is None else tuple(allow)
+    return _rank(expr, allow)
+
+
+@functools.lru_cache(maxsize=65536)
+def _rank(expr: str | None, allow: tuple[str, ...]) -> int:
+    kind = _KINDS[_kind_index(expr)]
+    passes = False
+    if allow:
+        passes = license_passes(expr, allow)
+    if passes:
+        return LICENSE_TIERS.index("public-domain" if kind == "public-domain" else "permissive")
+    if kind in ("public-domain", "permissive"):
+        return LICENSE_TIERS.index("permissive-unlisted")
+    return LICENSE_TIERS.index(kind)
+
+
+@functools.lru_cache(maxsize=1)
+def _plain_licensing():
+    """The keep tiers parse with plain (not SPDX-aware) licensing, leniently: kinds come from the patterns."""
+    return license_expression.Licensing()
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``license`` attribute set's key
+# --------------------------------------------------------------------------------------------------
+LICENSE_SCHEMA_VERSION = 2  # 2: license_normalized column, policy reasons (decide)
+
+
+def license_params(allow, labels_must_agree: bool = False) -> dict:
+    """Attribute parameters of the ``license`` step for a policy: its allow-list (order and duplicates do not
+    matter) and its label check; sets of the previous schema are recomputed."""
+    return {"allow": sorted(set(allow)), "labels_must_agree": bool(labels_must_agree),
+            "schema": LICENSE_SCHEMA_VERSION}

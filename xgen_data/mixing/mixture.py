@@ -103,7 +103,7 @@ def language_targets(stage: Stage, subset: str, target: int, unique: dict[str, i
 
     Args:
         unique: ``{language: unique tokens incl. EOS}`` of the subset's kept documents
-            (:meth:`xgen_data.shards.packing.SubsetDocs.tokens_by_language`).
+            (:meth:`xgen_data.mixing.selection.SubsetDocs.tokens_by_language`).
     Raises:
         ValueError: a weighted language has no kept documents.
     """
@@ -138,7 +138,7 @@ def language_plan(recipe: Recipe, docs: dict) -> list[LanguagePlan]:
     """The per-language table of every subset a stage weights by language (``xgen mix plan``).
 
     Args:
-        docs: ``{subset: SubsetDocs}`` (:func:`xgen_data.shards.packing.kept_documents`).
+        docs: ``{subset: SubsetDocs}`` (:func:`xgen_data.mixing.selection.kept_documents`).
     """
     rows = []
     for stage in recipe.stages:

@@ -10,13 +10,17 @@ coexist under other keys). ``xgen mix plan``, ``xgen mix build`` and ``xgen demo
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from xgen_data.attributes import decontam, filters
-from xgen_data.mixing import decisions
-from xgen_data.store.corpus import Corpus
+from xgen_data.attributes import decontam, filters, language_step
+from xgen_data.attributes.dedup.params import dedup_attr_params, recorded_params
+from xgen_data.attributes.dedup.run import run_dedup
+from xgen_data.attributes.licenses import license_params
+from xgen_data.mixing import decisions, reports, selection
 from xgen_data.mixing.recipe import Recipe
+from xgen_data.store.corpus import Corpus
 
 
 @dataclass
@@ -38,9 +42,7 @@ class StepsReport:
 
 def dedup_params(recipe: Recipe) -> dict:
     """The dedup decision parameters of this recipe (attribute parameters plus the keep rule's allow-list)."""
-    from xgen_data.attributes import dedup
-
-    return dedup.recorded_params(license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
+    return recorded_params(license_allow=recipe.allow_list(), **recipe.dedup_kwargs())
 
 
 def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True,
@@ -73,7 +75,7 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
                               + [(tuple(p["allow"]), p["labels_must_agree"]) for p in dec.filter["policies"].values()]))
     computed = False
     for set_allow, labels in sets:
-        key = decisions.license_params(set_allow, labels)
+        key = license_params(set_allow, labels)
         if force or not corpus.attribute_current("license", key):
             if force:
                 meta = corpus.read_meta()
@@ -81,23 +83,25 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
                 corpus.write_meta(meta)
             filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
             computed = True
-    from xgen_data.attributes import languages
-
-    computed = languages.compute_language_attributes(corpus, verify=False) or computed
+    computed = language_step.compute_language_attributes(corpus, verify=False) or computed
     if recipe.decontaminate:
         computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
     (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
-        if force or not corpus.attribute_current("dedup", decisions.dedup_attr_params(dec.dedup)):
-            from xgen_data.attributes import dedup
-
-            report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress, license_allow=allow,
-                                           set_default=False, dec=dec, executor=executor, ray_address=ray_address,
-                                           **recipe.dedup_kwargs())
+        if force or not corpus.attribute_current("dedup", dedup_attr_params(dec.dedup)):
+            t = time.time()
+            report.dedup = run_dedup(corpus_dir, workers=workers, progress=progress, executor=executor,
+                                     ray_address=ray_address, **recipe.dedup_kwargs())
+            report.dedup.params["license_allow"] = list(allow)
+            t_report = time.time()
+            if report.dedup.documents:
+                reports.dedup_report(report.dedup, corpus_dir, dec)
+            report.dedup.seconds_by_phase["report"] = time.time() - t_report
+            report.dedup.seconds = time.time() - t
             ran.append("dedup")
         else:
             skipped.append("dedup")
-    report.filter = filters.report(corpus_dir, dec)
+    report.filter = reports.filter_report(corpus_dir, dec)
     report.ran, report.skipped = tuple(ran), tuple(skipped)
     return report
 
@@ -108,22 +112,7 @@ def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: boo
 
     Returns ``(StepsReport, {subset: SubsetDocs})`` for :func:`xgen_data.mixing.mixture.plan`.
     """
-    from xgen_data.shards import packing
-
     corpus = Corpus(corpus_dir)
     with corpus.lock():
         steps = apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor, ray_address=ray_address)
-        return steps, packing.kept_documents(corpus_dir, recipe.subsets(), recipe)
-
-
-def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True,
-                 executor: str = "local", ray_address: str | None = None):
-    """Recipe steps, then :func:`xgen_data.shards.packing.build`, under one corpus lock (no other command can
-    change the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
-    from xgen_data.shards import packing
-
-    corpus = Corpus(corpus_dir)
-    packing.check_out_dir(out_dir, corpus)  # fail before any step runs
-    with corpus.lock():
-        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor, ray_address=ray_address)
-        return steps, packing.build(corpus_dir, recipe, out_dir, progress=progress)
+        return steps, selection.kept_documents(corpus_dir, recipe.subsets(), recipe)

@@ -10,7 +10,7 @@ A recipe::
     license_allow_extra = []           # identifiers added to the shipped allow-list (license_allow replaces it)
     policy_allow_extra = { strict = [] }   # identifiers added to another policy's shipped list (e.g. the demo's)
     [dedup]
-    enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.attributes.dedup
+    enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.attributes.dedup.params
     [decontaminate]                    # optional: drop documents overlapping these evaluation sets (SPEC §5)
     eval_sets = ["evals/humaneval.jsonl"]   # JSONL files, relative to the recipe file
     [[stages]]
@@ -44,6 +44,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from xgen_data.attributes import licenses
+from xgen_data.attributes.dedup.params import recorded_params
+from xgen_data.attributes.licenses import default_allow_list
 from xgen_data.store.corpus import check_name
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes")
@@ -99,13 +102,11 @@ class Recipe:
 
     def allow_list(self) -> tuple[str, ...]:
         """The effective license allow-list: ``license_allow`` (or the shipped list) plus the extras."""
-        from xgen_data.attributes.licenses import default_allow_list
-
         base = default_allow_list() if self.license_allow is None else self.license_allow
         return tuple(base) + self.license_allow_extra
 
     def dedup_kwargs(self) -> dict:
-        """The ``[dedup]`` parameters for :func:`xgen_data.attributes.dedup.run_dedup` (without ``enabled``)."""
+        """The ``[dedup]`` parameters for :func:`xgen_data.attributes.dedup.run.run_dedup` (without ``enabled``)."""
         return {k: v for k, v in self.dedup.items() if k != "enabled"}
 
     def license_policies(self) -> dict[str, str]:
@@ -121,8 +122,6 @@ class Recipe:
         allow-list (:meth:`allow_list`), the others their shipped configuration file plus this recipe's
         ``policy_allow_extra`` for them."""
         import dataclasses
-
-        from xgen_data.attributes import licenses
 
         if name == "permissive":
             return licenses.LicensePolicy("permissive", tuple(self.allow_list()), False)
@@ -251,8 +250,6 @@ def load(name_or_path: str) -> Recipe:
     if not isinstance(dedup["enabled"], bool):
         raise RecipeError(f"{path}: dedup.enabled must be true or false, got {dedup['enabled']!r}")
     try:
-        from xgen_data.attributes.dedup import recorded_params
-
         recorded_params(**{k: v for k, v in dedup.items() if k != "enabled"})
     except ValueError as exc:
         raise RecipeError(f"{path}: dedup: {exc}") from None
@@ -283,9 +280,7 @@ def _eval_sets(path: str, raw) -> tuple[str, ...]:
 
 def known_policies() -> tuple[str, ...]:
     """License policy names a recipe may use (:data:`xgen_data.attributes.licenses.POLICIES`)."""
-    from xgen_data.attributes.licenses import POLICIES
-
-    return tuple(POLICIES)
+    return tuple(licenses.POLICIES)
 
 
 def split_tokens(total: int, weights: dict[str, int]) -> dict[str, int]:

@@ -1,12 +1,11 @@
 """``xgen mix build``: pack the kept documents into shuffled fixed-length sequences (SPEC §2).
 
-Per stage, seeded from the recipe seed (:func:`xgen_data.mixing.mixture.stage_seed`):
-
-1. select document instances per subset by sampling proportion (:func:`xgen_data.mixing.mixture.select_documents`);
-2. shuffle the instances uniformly; concatenate them into one stream, each document followed by EOS
-   (so EOS separates consecutive documents and is never doubled); long documents span sequences;
-3. cut the stream into consecutive chunks, one per sub-stage, each ``n_sequences × seq_len`` tokens;
-4. shuffle the sequences uniformly within each chunk and write them to shards (:mod:`xgen_data.shards.shard_format`).
+Planning (:func:`xgen_data.mixing.selection.plan_packing`) decides, per stage, seeded from the recipe seed:
+which document instances each subset contributes (by sampling proportion), their uniformly shuffled stream
+order, one chunk of ``n_sequences × seq_len`` tokens per sub-stage and each chunk's sequence permutation.
+Packing (:func:`pack`) consumes that plan: it concatenates the instances' tokens into one stream, each document
+followed by EOS (so EOS separates consecutive documents and is never doubled; long documents span sequences),
+cuts the chunks, writes their sequences in the plan's order to shards (:mod:`xgen_data.shards.shard_format`).
 
 Streams and chunks live in temporary memory-mapped files, so memory holds only per-document integers
 (document offsets, instance order, permutations), never the tokens of the corpus. The output folder is
@@ -23,124 +22,28 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from tqdm.auto import tqdm
 
 from xgen_data import tokenizer
 from xgen_data.errors import RefusedError
-from xgen_data.mixing import mixture
+from xgen_data.execute.contract import Executor, ItemResult, WorkItem, run_step
+from xgen_data.execute.local import LocalExecutor
+from xgen_data.mixing import pipeline, selection
+from xgen_data.mixing.recipe import Recipe
 from xgen_data.shards import shard_format as shards
-from xgen_data.stats import sql
 from xgen_data.store import fsutil, locks, publish
 from xgen_data.store.corpus import Corpus
-from xgen_data.mixing.recipe import Recipe
 
 SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
 
 
-@dataclass
-class SubsetDocs:
-    """The kept documents of one subset, in corpus order: parallel columns, one entry per document.
-
-    Compact by design, so a build over many millions of documents holds a few dozen bytes per document:
-    part and language are dictionary codes (int32 into ``part_names`` / ``languages``), ids and sources stay
-    Arrow string arrays (no Python object per document).
-    """
-
-    name: str
-    part_code: np.ndarray  # int32: index into part_names
-    part_names: list[str]  # part file names
-    row: np.ndarray  # int64: row in the part
-    doc_id: pa.Array  # string: document id
-    source: pa.Array  # string ('' when the record has none)
-    n_tokens: np.ndarray  # int64
-    lang_code: np.ndarray  # int32: index into languages
-    languages: list[str]  # language keys; mixture.UNKNOWN_LANGUAGE for documents without one
-
-    @property
-    def costs(self) -> np.ndarray:
-        return self.n_tokens + 1
-
-    def language_of(self, idx) -> list[str]:
-        """Language keys of documents ``idx`` (int indices into this subset)."""
-        return [self.languages[c] for c in self.lang_code[np.asarray(idx, dtype=np.int64)].tolist()]
-
-    def tokens_by_language(self) -> dict[str, int]:
-        """``{language: unique tokens incl. one EOS per document}`` over the languages present, sorted."""
-        tot = np.bincount(self.lang_code, weights=self.costs, minlength=len(self.languages))
-        cnt = np.bincount(self.lang_code, minlength=len(self.languages))
-        return {self.languages[i]: int(round(tot[i])) for i in np.argsort(self.languages).tolist() if cnt[i]}
-
-    def take(self, column: str, idx: np.ndarray) -> list[str]:
-        """Values of the string column ``doc_id`` or ``source`` for documents ``idx``."""
-        return getattr(self, column).take(pa.array(np.asarray(idx, dtype=np.int64))).to_pylist()
-
-
-def _codes(col: pa.ChunkedArray, null: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """Dictionary codes (int32) and the names they index, of a string column (nulls become ``null``)."""
-    if null is not None:
-        col = pc.fill_null(col, null)
-    enc = col.combine_chunks().dictionary_encode() if len(col) else pa.array([], pa.string()).dictionary_encode()
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
-
-
-def kept_documents(corpus_dir: str, subsets: list[str], recipe: Recipe | None = None) -> dict[str, SubsetDocs]:
-    """Kept documents per subset under ``recipe``'s decisions (the ``documents`` view, ``kept``), by part and row.
-
-    Raises:
-        CorpusError: the recipe's attributes are missing or out of date (run the recipe flow,
-            :func:`xgen_data.mixing.pipeline.apply_recipe_steps`, first).
-    """
-    con = sql.connect(corpus_dir, recipe=recipe)
-    out = {}
-    for name in subsets:
-        t = con.sql("""SELECT part, row, id, coalesce(source, '') AS source, n_tokens, language FROM documents
-                           WHERE kept AND subset = ? ORDER BY part, row""", params=[name]).to_arrow_table()
-        part_code, part_names = _codes(t["part"])
-        lang_code, langs = _codes(t["language"], mixture.UNKNOWN_LANGUAGE)
-        out[name] = SubsetDocs(name, part_code, part_names, t["row"].to_numpy().astype(np.int64),
-                               t["id"].combine_chunks(), t["source"].combine_chunks(),
-                               t["n_tokens"].to_numpy().astype(np.int64), lang_code, langs)
-        del t
-    return out
-
-
-def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str:
-    """A sentence saying why ``subset`` has no kept documents: absent, or dropped (with reasons and licenses)."""
-    corpus = Corpus(corpus_dir)
-    if subset not in corpus.subsets():
-        return (f"subset {subset!r} is not in {corpus_dir} (subsets there: {', '.join(corpus.subsets()) or 'none'}); "
-                f"ingest it with `xgen ingest --subset {subset} FILES`")
-    con = sql.connect(corpus_dir, recipe=recipe, quiet=True)
-    reasons = con.execute("SELECT drop_reason, count(*) FROM documents WHERE subset = ? GROUP BY ALL ORDER BY 2 DESC",
-                          [subset]).fetchall()
-    text = f"subset {subset!r} has no kept documents: " + ", ".join(f"{r} {n:,}" for r, n in reasons)
-    lic = con.execute("""SELECT license, count(*) FROM documents WHERE subset = ? AND drop_reason =
-                         'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
-    if lic:
-        policy = recipe.license_policies().get(subset, "permissive") if recipe is not None else "permissive"
-        top = con.execute("""SELECT reason, count(*) FROM documents WHERE subset = ? AND drop_reason =
-                             'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
-        text += ("; licenses dropped: " + ", ".join(f"{x} ({n:,})" for x, n in lic)
-                 + f"; policy {policy} reasons: " + ", ".join(f"{x} ({n:,})" for x, n in top))
-        where = f"recipe {recipe.path or recipe.name}" if recipe is not None else "the recipe"
-        text += (f"; allow one with [filters] license_allow_extra in {where} (recipes carry their own filters; "
-                 "`xgen filter --allow-license` changes only the corpus's default decisions)"
-                 if policy == "permissive" else
-                 f"; policy {policy} is configuration (xgen_data/licenses_{policy}.toml); a recipe adds to it with "
-                 f"[filters] policy_allow_extra = {{ {policy} = [...] }}")
-    return text
-
-
-def subset_stats(docs: dict[str, SubsetDocs]) -> dict[str, tuple[int, int]]:
-    """``{subset: (documents, unique tokens incl. EOS)}`` for :func:`xgen_data.mixing.mixture.plan`."""
-    return {k: (len(v.n_tokens), int(v.costs.sum())) for k, v in docs.items()}
-
-
-def _stage_tokens(corpus: Corpus, docs: SubsetDocs, wanted: np.ndarray, path: str) -> np.ndarray:
+def _stage_tokens(corpus: Corpus, docs: selection.SubsetDocs, wanted: np.ndarray, path: str) -> np.ndarray:
     """Write the tokens of documents ``wanted`` (indices into ``docs``, sorted) to a uint16 file.
 
     Reads only the Parquet row groups that hold a wanted document, one row group at a time (ingest writes
@@ -277,23 +180,6 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
                          "free")
 
 
-def recipe_toml(r: Recipe) -> str:
-    """The TOML text of the recipe as packed: its file's text (comments included) when the recipe is what
-    that file says, else :func:`xgen_data.mixing.recipe.to_toml` of it (a recipe changed in memory, or one without
-    a file). The manifest stores it with its SHA-256."""
-    from xgen_data.mixing import recipe as recipe_mod
-
-    if r.path and os.path.isfile(r.path):
-        try:
-            with open(r.path, "rb") as f:
-                text = f.read().decode("utf-8")
-            if recipe_mod.load(r.path) == r:
-                return text
-        except (UnicodeDecodeError, ValueError):
-            pass
-    return recipe_mod.to_toml(r)
-
-
 def _is_complete_set(folder: str) -> bool:
     """Whether ``folder`` holds a shards set whose manifest reads (a backup worth restoring)."""
     try:
@@ -338,10 +224,11 @@ def recover_out_dir(out_dir: str) -> str | None:
 
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
           progress: bool = True) -> BuildReport:
-    """Pack the corpus into shards for every stage of ``recipe`` (see module docstring).
+    """Plan (:func:`xgen_data.mixing.selection.plan_packing`), then pack the plan into shards (see module
+    docstring), under the corpus lock: no other command may rewrite decisions while they are packed.
 
     Args:
-        corpus_dir: a corpus (after ``xgen filter`` / ``xgen dedup``; their drops are excluded).
+        corpus_dir: a corpus whose recipe attributes are current (the recipe flow computes them).
         out_dir: the shards directory to (re)create.
         shard_tokens: target tokens per shard file (a shard holds whole sequences).
     Raises:
@@ -350,115 +237,115 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
         CorpusError: not a corpus.
     """
     corpus = Corpus(corpus_dir)
-    with corpus.lock():  # no other command may rewrite decisions while they are packed
-        return _build(corpus, corpus_dir, recipe, out_dir, shard_tokens, progress)
+    with corpus.lock():
+        out_dir = resolve_out_dir(out_dir)
+        with publisher(out_dir) as pub:  # locked; a killed earlier swap is restored first, even if this build fails
+            docs = selection.recipe_documents(corpus_dir, recipe)
+            corpus.verify_parts()  # the tokens packed below come from these parts
+            out_dir = check_out_dir(out_dir, corpus)
+            check_disk_space(recipe, os.path.dirname(out_dir))
+            plan = selection.plan_packing(recipe, docs)
+            return pack(corpus, plan, pub, shard_tokens, progress)
 
 
-def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int,
-           progress: bool) -> BuildReport:
-    t0 = time.time()
-    out_dir = resolve_out_dir(out_dir)
-    with publisher(out_dir) as pub:  # locked; a killed earlier swap is restored first, even if this build fails
-        return _build_into(pub, corpus, corpus_dir, recipe, out_dir, shard_tokens, progress, t0)
-
-
-def _build_into(pub: publish.FolderPublisher, corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str,
-                shard_tokens: int, progress: bool, t0: float) -> BuildReport:
-    from tqdm.auto import tqdm
-
-    report_note = pub.note
-    for subset in recipe.subsets():
-        if subset not in corpus.subsets():
-            stage = next(st.name for st in recipe.stages if subset in st.proportions)
-            raise ValueError(f"stage {stage!r}: " + why_empty(corpus_dir, subset, recipe))
-    corpus.verify_parts()  # the tokens packed below come from these parts
-    docs = kept_documents(corpus_dir, recipe.subsets(), recipe)
-    for stage in recipe.stages:
-        for subset in stage.proportions:
-            if not len(docs[subset].n_tokens):
-                raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
-    out_dir = check_out_dir(out_dir, corpus)
-    check_disk_space(recipe, os.path.dirname(out_dir))
-    tmp_dir = pub.begin()
-    os.makedirs(os.path.join(tmp_dir, ".work"))
-    report = BuildReport(out_dir, notes=[report_note] if report_note else [])
-    recipe_text = recipe_toml(recipe)
-    manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "recipe": recipe.name,
-                "recipe_sha256": hashlib.sha256(recipe_text.encode("utf-8")).hexdigest(),
-                "recipe_toml": recipe_text, "seed": recipe.seed,
-                "tokenizer": "xgen", "vocab_size": tokenizer.VOCAB_SIZE,
-                "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
-                "plan": [], "stages": [], "shards": []}
-    bar = tqdm(total=sum(s.tokens for s in recipe.stages), unit="tok", unit_scale=True, desc="mix build",
-               disable=None if progress else True, leave=False)
-    try:
-        for row in mixture.plan(recipe, subset_stats(docs)):
-            manifest["plan"].append({"stage": row.stage, "subset": row.subset, "documents": row.documents,
-                                     "unique_tokens": row.unique_tokens, "effective_tokens": row.effective_tokens,
-                                     "proportion": row.proportion, "epochs": round(row.epochs, 6)})
-        manifest["language_plan"] = [{"stage": r.stage, "subset": r.subset, "language": r.language,
-                                      "documents": r.documents, "unique_tokens": r.unique_tokens,
-                                      "share": r.share, "effective_tokens": r.effective_tokens}
-                                     for r in mixture.language_plan(recipe, docs)]
-        for stage in recipe.stages:
-            _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar)
-        shutil.rmtree(os.path.join(tmp_dir, ".work"))
-        manifest = shards.write_manifest(tmp_dir, manifest)  # stamped with its manifest_sha256
-    finally:
-        bar.close()  # the publisher removes tmp_dir unless it is committed
-    fsutil.crash_point("build.shards_written")
-    pub.commit()
-    fsutil.crash_point("build.swapped")
-    corpus.register_shard_dir(out_dir)
-    report.shards = len(manifest["shards"])
-    report.seconds = time.time() - t0
-    return report
+def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True,
+                 executor: str = "local", ray_address: str | None = None):
+    """The recipe flow (:func:`xgen_data.mixing.pipeline.apply_recipe_steps`; ``executor`` / ``ray_address`` say
+    where dedup's signature items run), then :func:`build`, under one corpus lock (no other command can change
+    the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
+    corpus = Corpus(corpus_dir)
+    check_out_dir(out_dir, corpus)  # fail before any step runs
+    with corpus.lock():
+        steps = pipeline.apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor,
+                                            ray_address=ray_address)
+        return steps, build(corpus_dir, recipe, out_dir, progress=progress)
 
 
 @dataclass
-class Instances:
-    """Document instances of one stage in stream order (parallel int64 arrays)."""
+class PackStep:
+    """Packing as a step (:mod:`xgen_data.execute.contract`): one item per stage of ``plan``
+    (:func:`pack_stage` writes the stage's shards into the publisher's temporary folder, under the stage's own
+    names), and one commit: the manifest, the swap into the shards folder (``pub``, a
+    :class:`~xgen_data.store.publish.FolderPublisher` entered by the caller) and the corpus registry."""
 
-    subset: np.ndarray  # index into the stage's sorted subset names
-    doc: np.ndarray  # index into that subset's SubsetDocs
-    take: np.ndarray  # content tokens used (a prefix of the document)
-    pos: np.ndarray  # start of the instance in the stage stream; its EOS sits at pos + take
+    corpus: Corpus
+    plan: selection.PackPlan
+    pub: publish.FolderPublisher
+    shard_tokens: int = SHARD_TOKENS
+    name: str = "mix build"
+    item_fn: Callable[..., ItemResult] = None  # type: ignore[assignment]  (set below: pack_stage)
 
-    @property
-    def stream_len(self) -> int:
-        return int(self.pos[-1] + self.take[-1] + 1) if len(self.pos) else 0
+    def __post_init__(self) -> None:
+        self.item_fn = pack_stage
+        self.started = time.time()
+        self.out_dir = self.pub.out
+        self.tmp_dir = self.pub.begin()
+        os.makedirs(os.path.join(self.tmp_dir, ".work"))
+
+    def items(self) -> list[WorkItem]:
+        return [WorkItem(f"stage {st.name}", (self.corpus.root, self.plan.docs, st, self.tmp_dir, self.shard_tokens))
+                for st in self.plan.stages]
+
+    def commit(self, results: list[ItemResult]) -> BuildReport:
+        """Write the manifest (stages and shards in plan order), swap the folder in (crash points
+        ``build.shards_written``, ``build.swapped``) and register it with the corpus."""
+        plan = self.plan
+        report = BuildReport(self.out_dir, notes=[self.pub.note] if self.pub.note else [])
+        manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "recipe": plan.recipe_name,
+                    "recipe_sha256": hashlib.sha256(plan.recipe_text.encode("utf-8")).hexdigest(),
+                    "recipe_toml": plan.recipe_text, "seed": plan.seed,
+                    "tokenizer": "xgen", "vocab_size": tokenizer.VOCAB_SIZE,
+                    "padded_vocab_size": tokenizer.PADDED_VOCAB_SIZE, "eos_id": tokenizer.EOS_ID, "dtype": "uint16",
+                    "plan": list(plan.mixture), "stages": [], "shards": [], "language_plan": list(plan.language_plan)}
+        for r in results:
+            part, stage_report = r.value
+            manifest["stages"] += part["stages"]
+            manifest["shards"] += part["shards"]
+            report.sequences.update(stage_report.sequences)
+            report.tokens_per_subset.update(stage_report.tokens_per_subset)
+            report.tokens_per_language.update(stage_report.tokens_per_language)
+        shutil.rmtree(os.path.join(self.tmp_dir, ".work"))
+        manifest = shards.write_manifest(self.tmp_dir, manifest)  # stamped with its manifest_sha256
+        fsutil.crash_point("build.shards_written")
+        self.pub.commit()
+        fsutil.crash_point("build.swapped")
+        self.corpus.register_shard_dir(self.out_dir)
+        report.shards = len(manifest["shards"])
+        report.seconds = time.time() - self.started
+        return report
 
 
-def _select(d: SubsetDocs, stage, name: str, target: int, rng: np.random.Generator):
-    """One subset's instances: by proportion, or per language (stage ``languages``), each language exactly at
-    its target (:func:`xgen_data.mixing.mixture.language_targets`), languages in sorted order."""
-    if name not in stage.languages:
-        return mixture.select_documents(d.costs, target, rng)
-    per = mixture.language_targets(stage, name, target, d.tokens_by_language())
-    code = {lang: i for i, lang in enumerate(d.languages)}
-    idx, take = [], []
-    for lang in sorted(per):
-        members = np.flatnonzero(d.lang_code == code[lang]) if lang in code else np.zeros(0, np.int64)
-        i, t = mixture.select_documents(d.costs[members], per[lang], rng)
-        idx.append(members[i])
-        take.append(t)
-    return np.concatenate(idx) if idx else np.zeros(0, np.int64), np.concatenate(take) if take else np.zeros(0, np.int64)
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
-def select_instances(docs: dict[str, SubsetDocs], stage, subsets: list[str], rng: np.random.Generator) -> Instances:
-    """Steps 1-2 of the module docstring: per-subset selection by proportion, then one uniform shuffle."""
-    targets = mixture.effective_tokens(stage)
-    picked = [_select(docs[name], stage, name, targets[name], rng) for name in subsets]
-    order = rng.permutation(sum(len(d) for d, _ in picked))
-    subset = np.concatenate([np.full(len(d), k, dtype=np.int64) for k, (d, _) in enumerate(picked)])[order]
-    doc = np.concatenate([d for d, _ in picked])[order]
-    take = np.concatenate([t for _, t in picked])[order]
-    pos = np.zeros(len(order), dtype=np.int64)
-    np.cumsum(take[:-1] + 1, out=pos[1:])
-    return Instances(subset, doc, take, pos)
+def pack_stage(corpus_root: str, docs: dict, stage: selection.StagePlan, tmp_dir: str,
+               shard_tokens: int) -> ItemResult:
+    """The work item of one stage: its stream, chunks and shards (``tmp_dir/<stage>/...``, with their indexes).
+
+    Returns ``({"stages": [entry], "shards": [entries]}, BuildReport of this stage)`` as the value, and the
+    stage's tokens packed as ``bytes`` / 2."""
+    t0 = time.time()
+    part, rep = {"stages": [], "shards": []}, BuildReport("")
+    _pack_stage(Corpus(corpus_root), docs, stage, tmp_dir, part, rep, shard_tokens, _NoBar())
+    tokens = sum(e["seq_len"] * e["n_sequences"] for e in part["shards"])
+    return ItemResult(f"stage {stage.name}", value=(part, rep), documents=len(stage.instances.doc),
+                      bytes=2 * tokens, seconds=time.time() - t0)
 
 
-def write_stream(corpus: Corpus, docs: dict[str, SubsetDocs], subsets: list[str], inst: Instances, work: str,
+def pack(corpus: Corpus, plan: selection.PackPlan, pub: publish.FolderPublisher, shard_tokens: int = SHARD_TOKENS,
+         progress: bool = True, executor: Executor | None = None) -> BuildReport:
+    """Run the :class:`PackStep` of ``plan`` on ``executor`` (default: this process) and publish it through
+    ``pub`` (entered; it removes the temporary folder unless committed). Call under the corpus lock.
+    Raises ItemError naming a stage that failed (nothing is swapped in)."""
+    step = PackStep(corpus, plan, pub, shard_tokens)
+    with tqdm(total=len(plan.stages), unit="stage", desc="mix build", disable=None if progress else True,
+              leave=False) as bar:
+        return run_step(step, executor if executor is not None else LocalExecutor(workers=1), lambda r: bar.update(1))
+
+
+def write_stream(corpus: Corpus, docs: dict[str, selection.SubsetDocs], subsets: list[str], inst: selection.Instances, work: str,
                  stage_name: str) -> str:
     """Write the stage stream (each instance's tokens, then EOS) to a memory-mapped file; return its path."""
     offsets, staged = {}, {}
@@ -477,22 +364,17 @@ def write_stream(corpus: Corpus, docs: dict[str, SubsetDocs], subsets: list[str]
     return stream_path
 
 
-def _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar) -> None:
-    rng = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage.name)))
-    subsets = sorted(stage.proportions)
-    inst = select_instances(docs, stage, subsets, rng)
-    stream_path = write_stream(corpus, docs, subsets, inst, os.path.join(tmp_dir, ".work"), stage.name)
+def _pack_stage(corpus, docs, stage: selection.StagePlan, tmp_dir, manifest, report, shard_tokens, bar) -> None:
+    inst = stage.instances
+    stream_path = write_stream(corpus, docs, stage.subsets, inst, os.path.join(tmp_dir, ".work"), stage.name)
     stage_entry = {"name": stage.name, "tokens": stage.tokens, "stream_tokens": inst.stream_len, "substages": []}
     report.tokens_per_subset[stage.name] = Counter()
-    report.tokens_per_language[stage.name] = {s: Counter() for s in sorted(stage.languages)}
-    chunk_start = 0
-    for sub in stage.substages:
-        n_seq = min(sub.n_sequences, (inst.stream_len - chunk_start) // sub.seq_len)
-        _write_substage(docs, subsets, inst, stream_path, chunk_start, n_seq, recipe, stage.name, sub, tmp_dir,
-                        manifest, report, shard_tokens, bar)
-        stage_entry["substages"].append(substage_entry(sub, n_seq))
-        report.sequences[f"{stage.name}/{sub.name}"] = int(n_seq)
-        chunk_start += n_seq * sub.seq_len
+    report.tokens_per_language[stage.name] = {s: Counter() for s in stage.languages}
+    for chunk in stage.chunks:
+        _write_substage(docs, stage.subsets, inst, stream_path, chunk, stage.name, tmp_dir, manifest, report,
+                        shard_tokens, bar)
+        stage_entry["substages"].append(substage_entry(chunk.substage, chunk.n_sequences))
+        report.sequences[f"{stage.name}/{chunk.substage.name}"] = chunk.n_sequences
     manifest["stages"].append(stage_entry)
 
 
@@ -537,12 +419,12 @@ def _piece_columns(docs, subsets: list[str], sub: np.ndarray, doc: np.ndarray) -
     return ids, srcs, langs
 
 
-def _write_substage(docs, subsets, inst: Instances, stream_path, chunk_start, n_seq, recipe, stage_name, sub,
+def _write_substage(docs, subsets, inst: selection.Instances, stream_path, plan: selection.ChunkPlan, stage_name,
                     tmp_dir, manifest, report, shard_tokens, bar) -> None:
-    """Steps 3-4 for one chunk: cut ``n_seq`` sequences, shuffle them, write shards and their indexes."""
+    """Steps 3-4 for one chunk: cut its sequences, put them in the plan's order, write shards and indexes."""
+    sub, chunk_start, n_seq, perm = plan.substage, plan.start, plan.n_sequences, plan.permutation
     seq_len = sub.seq_len
     chunk = np.memmap(stream_path, dtype=shards.DTYPE, mode="r", offset=chunk_start * 2, shape=(n_seq, seq_len))
-    perm = np.random.Generator(np.random.PCG64(mixture.stage_seed(recipe.seed, stage_name, sub.name))).permutation(n_seq)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(n_seq)
     piece_inst, seq, start, length, doc_off = _segments(inst.pos, inst.take, chunk_start, n_seq, seq_len)

@@ -26,6 +26,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from xgen_data.attributes import languages
+from xgen_data.sources import readers
+from xgen_data.store import fsutil
+
 STARCODER_FILE = "train-00000-of-00001.parquet"
 NO_LANGUAGE = "(none)"
 
@@ -39,8 +43,6 @@ def record_language(rec: dict) -> str | None:
     """A record's language as a key of :mod:`xgen_data.attributes.languages`: the record's own when the table lists it
     (``Python`` -> ``python``), else what :func:`xgen_data.attributes.languages.identify` says from path and first line;
     None when neither names a language of the table (``en``, unknown extensions)."""
-    from xgen_data.attributes import languages
-
     key = languages.source_key(rec.get("language") if isinstance(rec.get("language"), str) else None)
     if key in languages.table():
         return key
@@ -150,8 +152,6 @@ def write_split(records: Callable[[], Iterator[bytes | dict]], out_dir: str, see
     import pyarrow.parquet as pq
     import zstandard
 
-    from xgen_data.store import fsutil
-
     seen: dict[str, str | None] = {}
     for raw in records():
         rec = _parse(raw)
@@ -204,8 +204,6 @@ def write_split(records: Callable[[], Iterator[bytes | dict]], out_dir: str, see
 def corpus_lines(path: str) -> Callable[[], Iterator[bytes]]:
     """A re-callable reader of one corpus-schema file's lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``), for
     :func:`write_split`."""
-    from xgen_data.sources import readers
-
     def gen() -> Iterator[bytes]:
         for rec in readers.iter_raw(path):
             yield rec.payload if isinstance(rec.payload, bytes) else json.dumps(rec.payload).encode("utf-8")

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import zstandard
 
+from xgen_data.attributes import languages
 from xgen_data.errors import InputError
 from xgen_data.sources import locations
 
@@ -111,8 +112,6 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
         star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
     language = None
     if star:
-        from xgen_data.attributes import languages
-
         folder = locations.parent_name(path)
         language = folder if folder in languages.table() else None
     if not star and not columns and not metadata_tokens:

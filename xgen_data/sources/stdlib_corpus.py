@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 import zstandard
 
+from xgen_data.attributes import languages
+from xgen_data.sources import code_split
 from xgen_data.store import fsutil
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo"}
@@ -42,8 +44,6 @@ def stdlib_files(python_only: bool = True) -> list[str]:
 
 def _other_code(root: str, version: str) -> Iterator[dict]:
     """Code records of the library's non-``.py`` text files of a known language (module docstring)."""
-    from xgen_data.attributes import languages
-
     for path in stdlib_files(python_only=False):
         if path.endswith((".py", ".pyc")) or os.path.getsize(path) > (1 << 20):
             continue
@@ -115,8 +115,6 @@ def write_corpus(out_dir: str, seed: int = 0, starcoder: bool = True):
     Returns:
         ``(paths to ingest, the split's SplitReport)``.
     """
-    from xgen_data.sources import code_split
-
     os.makedirs(out_dir, exist_ok=True)
     nl_path = os.path.join(out_dir, "nl.jsonl.zst")
     code = []  # the library's code text, a few tens of MB, held for the split's two passes

@@ -6,8 +6,12 @@ import os
 
 import numpy as np
 
+from xgen_data import query
+from xgen_data.attributes import licenses
+from xgen_data.mixing import decisions
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
+from xgen_data.store.corpus import Corpus, CorpusError
 
 
 def length_histogram(corpus_dir: str, path: str, min_tokens: int | None = 100, recipe=None) -> str:
@@ -66,15 +70,12 @@ def language_policy_tokens(corpus_dir: str, recipe=None) -> tuple[dict[str, dict
     """
     import pyarrow.parquet as pq
 
-    from xgen_data.attributes import licenses
-    from xgen_data.mixing import decisions
-    from xgen_data.store.corpus import Corpus, CorpusError
 
     corpus = Corpus(corpus_dir)
     dec = decisions.for_corpus(corpus, recipe)
     flt = dec.filter or {"allow": sorted(licenses.default_allow_list()), "license_subsets": [], "policies": {}}
     sets = {"permissive": (flt["allow"], False)}
-    held = decisions.policies_of(flt)
+    held = query.policies_of(flt)
     for pol in held.values():
         sets.setdefault(pol["name"], (pol["allow"], pol["labels_must_agree"]))
     con = sql.connect(corpus_dir, recipe=recipe, quiet=True)
@@ -88,7 +89,7 @@ def language_policy_tokens(corpus_dir: str, recipe=None) -> tuple[dict[str, dict
     keys = {(s, i) for s, i, _, _ in rows}
     for name, (allow, labels) in sets.items():
         try:
-            files = [f for _, f in corpus.attribute_files("license", decisions.license_params(allow, labels))]
+            files = [f for _, f in corpus.attribute_files("license", licenses.license_params(allow, labels))]
         except CorpusError:
             continue
         names.append(name)

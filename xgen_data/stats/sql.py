@@ -26,115 +26,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 
 import duckdb
+import pyarrow as pa
 
+from xgen_data import query
+from xgen_data.attributes import languages
 from xgen_data.mixing import decisions
 from xgen_data.shards import shard_format as shards
-from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus
-
-SUBSET_FROM_PATH = decisions.SUBSET_FROM_PATH
-
-#: DuckDB's memory limit for every connection the product opens (views, reports, the mixture build, dedup's
-#: phase 2), unless ``XGEN_DUCKDB_MEMORY`` says otherwise (a DuckDB size: ``512MB``, ``4GB``). Beyond it DuckDB
-#: spills joins, sorts and aggregates to a private temporary folder, so a query over a corpus of any size holds
-#: about this much plus its result. An operator that cannot spill and needs more fails with DuckDB's
-#: out-of-memory error; raise the limit then.
-DEFAULT_MEMORY_LIMIT = "512MB"
-
-
-def _size_env(name: str, default: str | None) -> str | None:
-    value = os.environ.get(name, "").strip() or default
-    if value is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value,
-                                              flags=re.IGNORECASE):
-        raise ValueError(f"{name}={value!r} is not a size such as 512MB or 4GB")
-    return value
-
-
-def memory_limit() -> str:
-    """The DuckDB memory limit in force: ``XGEN_DUCKDB_MEMORY`` or :data:`DEFAULT_MEMORY_LIMIT`.
-
-    Raises:
-        ValueError: ``XGEN_DUCKDB_MEMORY`` is not a size such as ``512MB`` or ``4GB``.
-    """
-    return _size_env("XGEN_DUCKDB_MEMORY", DEFAULT_MEMORY_LIMIT)
-
-
-#: Default cap of a connection's spill folder: at most this, and at most :data:`SPILL_FREE_FRACTION` of the free
-#: disk where it lies (so the default can never fill a disk), unless ``XGEN_DUCKDB_SPILL`` says otherwise.
-DEFAULT_SPILL_CAP = "20GB"
-SPILL_FREE_FRACTION = 0.5
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-          "tib": 2**40}
-
-
-def size_bytes(text: str) -> int:
-    """Bytes of a DuckDB size such as ``512MB`` (KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: of 1024)."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", text.strip())
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def spill_cap(folder: str) -> int:
-    """The spill cap in bytes for a spill folder: ``XGEN_DUCKDB_SPILL``, else the smaller of
-    :data:`DEFAULT_SPILL_CAP` and :data:`SPILL_FREE_FRACTION` of the disk free at ``folder`` (or the nearest
-    folder above it that exists). :func:`xgen_data.stats.query_guard.guard` enforces it.
-
-    Raises:
-        ValueError: ``XGEN_DUCKDB_SPILL`` is not a size.
-    """
-    if given := _size_env("XGEN_DUCKDB_SPILL", None):
-        return size_bytes(given)
-    probe = os.path.abspath(folder)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    return min(size_bytes(DEFAULT_SPILL_CAP), int(shutil.disk_usage(probe).free * SPILL_FREE_FRACTION))
-
-
-def duckdb_config(temp_directory: str, memory: str | None = None) -> dict:
-    """DuckDB settings of every connection the product opens: :func:`memory_limit` (or ``memory``), the spill
-    folder, and its cap (:func:`spill_cap`; DuckDB stores it but does not enforce it for every operator, so
-    queries run under :func:`xgen_data.stats.query_guard.guard` with the same cap).
-
-    Raises:
-        ValueError: ``XGEN_DUCKDB_MEMORY`` or ``XGEN_DUCKDB_SPILL`` is not a size.
-    """
-    return {"memory_limit": memory or memory_limit(), "temp_directory": temp_directory,
-            "max_temp_directory_size": f"{spill_cap(temp_directory)}B"}
-
-
-_SPILL_PREFIX = "xgen-sql-"
-_SWEPT: list[bool] = []
-
-
-def spill_dir() -> str:
-    """This process's private DuckDB spill folder (under the system temporary folder; DuckDB removes its files
-    when the connection closes). The first call of a process deletes the folders of processes that are gone
-    (a query killed with ``kill -9`` leaves its spill files, up to gigabytes, behind)."""
-    tmp = tempfile.gettempdir()
-    if not _SWEPT:
-        _SWEPT.append(True)
-        _sweep_spill_dirs(tmp)
-    return os.path.join(tmp, f"{_SPILL_PREFIX}{os.getpid()}")
-
-
-def _sweep_spill_dirs(tmp: str) -> None:
-    for name in os.listdir(tmp) if os.path.isdir(tmp) else []:
-        pid = name[len(_SPILL_PREFIX):]
-        if (name.startswith(_SPILL_PREFIX) and pid.isdigit() and int(pid) != os.getpid()
-                and not fsutil.pid_alive(int(pid))):
-            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
-
-
-_PART_FROM_PATH = decisions.PART_FROM_PATH
-
-
-def _q(path: str) -> str:
-    return "'" + path.replace("'", "''") + "'"
-
+from xgen_data.store.duckdb_settings import spill_dir
 
 #: Columns of the ``shards`` view (one row per shard file of every registered shards folder).
 SHARDS_COLUMNS = ("shard_dir", "recipe", "recipe_sha256", "path", "stage", "substage", "seq_len", "n_sequences",
@@ -171,45 +73,24 @@ def shard_rows(shard_dirs: list[str]) -> list[dict]:
 
 def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, dec=None,
             quiet: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the views of this module over the corpus at ``corpus_dir``.
-
-    The connection holds at most :func:`memory_limit` (DuckDB spills beyond it to :func:`spill_dir`), so
-    views over a large corpus do not need memory in proportion to it.
+    """The query layer's connection (:func:`xgen_data.query.connect`) plus the ``shards`` view.
 
     Args:
         shard_dirs: extra shards directories for the ``shards`` view, besides those registered by
             ``xgen mix build`` in ``corpus.json``.
         recipe: a :class:`xgen_data.mixing.recipe.Recipe` whose decisions ``documents`` shows; None = the corpus
             defaults (:func:`xgen_data.mixing.decisions.from_defaults`). ``dec``: explicit
-            :class:`xgen_data.mixing.decisions.Decisions` instead.
+            :class:`xgen_data.query.Decisions` instead.
         quiet: do not print warnings (stale default decisions) on stderr.
     Raises:
-        CorpusError: not a corpus, a corpus with no documents, or (with a recipe) its attributes are missing or
-            out of date (the message says to run ``xgen mix plan``). DamagedPartError /
-            DamagedAttributeError: a part or a committed attribute file differs from its recorded SHA-256.
+        as :func:`xgen_data.query.connect`.
     """
     corpus = Corpus(corpus_dir)
-    if not corpus.parts():
-        from xgen_data.store.corpus import CorpusError
-
-        raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
-    corpus.verify_parts(warn=not quiet)  # the views read the parts: never show damaged bytes
-    if dec is None:
+    if dec is None and corpus.parts():
         dec = decisions.for_corpus(corpus, recipe)
-    view, warnings = decisions.documents_sql(corpus, dec, strict=dec.recipe_name is not None)
-    for w in warnings if not quiet else ():
-        print(f"warning: {w}", file=sys.stderr)
-    con = duckdb.connect(":memory:", config=duckdb_config(spill_dir()))
-    # Joins build their hash table on the right side as written. DuckDB estimates a positional join (the
-    # documents view) at ~0 rows, so its build-side swap would put every document into the hash table of the
-    # dedup keep rule's join with the (far smaller) table of kept copies: memory in proportion to the corpus.
-    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-    con.execute(view)
-    con.execute(decisions.LICENSE_CONFLICTS_SQL)
+    con = query.connect(corpus_dir, dec, quiet)
     dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
     rows = shard_rows(list(dict.fromkeys(dirs)))
-    import pyarrow as pa
-
     # the view exists (empty) before any `xgen mix build`, so a query over it is not a catalog error
     schema = pa.schema([(k, pa.int64() if k in ("seq_len", "n_sequences", "n_tokens") else pa.string())
                         for k in SHARDS_COLUMNS])
@@ -220,8 +101,6 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
 
 def _kind_sql() -> str:
     """SQL for each language's kind (:func:`xgen_data.attributes.languages.kind`) from the shipped table."""
-    from xgen_data.attributes import languages
-
     whens = " ".join(f"WHEN language IN ({', '.join(repr(k) for k in languages.keys_of_kind(kind))}) THEN '{kind}'"
                      for kind in languages.KINDS)
     return f"CASE {whens} ELSE '-' END"
@@ -308,8 +187,6 @@ def check_read_only(query: str) -> list:
         ReadOnlyError: names the first refused statement (its number, kind and first words).
         duckdb.ParserException: the text is not valid SQL.
     """
-    import duckdb
-
     statements = duckdb.extract_statements(query)
     for i, st in enumerate(statements, 1):
         kind = _kind(st)

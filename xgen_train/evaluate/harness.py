@@ -37,7 +37,7 @@ UNAVAILABLE = {
 def load_model(path: str | os.PathLike):
     """``(ModelConfig, params)`` of a run folder, a checkpoint folder or a Hugging Face ``LlamaForCausalLM``
     folder (``config.json`` + ``model.safetensors``)."""
-    from xgen_train.loop.checkpoint import load_init
+    from xgen_train.export.hf import load_init
 
     return load_init(path)
 

@@ -125,7 +125,7 @@ class XgenLM(TemplateLM):
 
     Args:
         params, cfg: the model (Haiku layout, float32), e.g. from
-            :func:`xgen_train.loop.checkpoint.load_init` (a run, a checkpoint or a Hugging Face folder).
+            :func:`xgen_train.export.hf.load_init` (a run, a checkpoint or a Hugging Face folder).
         batch_size: rows per scoring batch (fixed, so shapes repeat).
         max_gen_toks: default new-token budget of ``generate_until`` when a task names none.
     """

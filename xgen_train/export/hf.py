@@ -31,10 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from xgen_data.store.publish import FolderPublisher, make_parent
+from xgen_train.loop.checkpoint import (CheckpointStore, checkpoint_model_config, checkpoint_source, is_hf_folder,
+                                        latest_checkpoint, load_params, make_meta)
+from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 from xgen_train.model.config import CONFIGS, ModelConfig
 
 __all__ = ["EXPORT_MARKER", "HFFormatError", "config_from_hf", "config_name_of", "export_hf", "generation_config",
-           "hf_config", "import_hf", "load_hf"]
+           "hf_config", "import_hf", "init_model_config", "load_hf", "load_init"]
 
 EOS_ID = 50256  # SPEC §1: <|endoftext|>, also BOS
 EXPORT_MARKER = "xgen_export.json"
@@ -167,8 +170,6 @@ def _export_tensors(run, params, model_config: ModelConfig | None) -> tuple[dict
     from xgen_train.model.model import flat_params, hf_param_names
 
     if params is None:
-        from xgen_train.loop.checkpoint import checkpoint_source, load_params
-
         model_config, params = load_params(run)
         source, step = checkpoint_source(run)
     else:
@@ -388,6 +389,34 @@ def load_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     return cfg, unflat_params(flat)
 
 
+def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
+    """Initial params for ``xgen train --init PATH``: a Hugging Face folder or an xgen run/checkpoint dir.
+
+    A folder holding ``config.json`` + ``model.safetensors`` (:func:`xgen_train.loop.checkpoint.is_hf_folder`)
+    goes to :func:`load_hf`; anything else to :func:`xgen_train.loop.checkpoint.load_params`.
+
+    Returns:
+        ``(ModelConfig, params)``, params in the Haiku layout (float32 NumPy arrays).
+    Raises:
+        HFFormatError: as :func:`load_hf`; CheckpointError: as :func:`xgen_train.loop.checkpoint.load_params`.
+    """
+    return load_hf(path) if is_hf_folder(path) else load_params(path)
+
+
+def init_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config of ``--init PATH`` without loading its weights (``xgen train --config init``): a Hugging
+    Face folder's ``config.json`` checked by :func:`config_from_hf`, else the latest checkpoint's meta
+    (:func:`xgen_train.loop.checkpoint.checkpoint_model_config`).
+
+    Raises:
+        CheckpointError: no checkpoint, or its meta holds no model config. HFFormatError: a config xgen cannot run.
+    """
+    if is_hf_folder(path):
+        conf_path = Path(path) / CONFIG_FILE
+        return config_from_hf(json.loads(conf_path.read_text(encoding="utf-8")), conf_path)
+    return checkpoint_model_config(path)
+
+
 def config_name_of(cfg: ModelConfig) -> str | None:
     """The name in :data:`xgen_train.model.config.CONFIGS` equal to ``cfg``, or None."""
     return next((name for name, c in CONFIGS.items() if c == cfg), None)
@@ -409,8 +438,6 @@ def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
     """
     import jax.numpy as jnp
 
-    from xgen_train.loop.checkpoint import CheckpointStore, latest_checkpoint, make_meta
-    from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 
     run = Path(run)
     if (earlier := latest_checkpoint(run / "checkpoints")) is not None:

@@ -27,7 +27,7 @@ file), and a step directory without a sidecar (a save interrupted between orbax'
 is never loaded: :func:`latest_checkpoint` skips it, a direct load refuses it.
 
 Public helpers for other modules: :func:`load_params` (a run or checkpoint folder -> ``(ModelConfig,
-params)``) and :func:`load_init` (the same, or a Hugging Face folder via ``xgen_train.export.hf.load_hf``).
+params)``); a Hugging Face folder is read by :func:`xgen_train.export.hf.load_init`, never here.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from xgen_data.store import fsutil
 from xgen_train.model.config import ModelConfig, get_config
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
-           "checkpoint_source", "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint",
+           "checkpoint_source", "load_checkpoint", "load_params", "read_meta", "resolve_checkpoint",
            "verify_checkpoint"]
 
 FORMAT = "xgen-checkpoint"
@@ -336,40 +336,17 @@ def is_hf_folder(path: str | os.PathLike) -> bool:
     return (p / "config.json").is_file() and (p / "model.safetensors").is_file()
 
 
-def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str, np.ndarray]]]:
-    """Initial params for ``xgen train --init PATH``: a Hugging Face folder or an xgen run/checkpoint dir.
-
-    A folder holding ``config.json`` + ``model.safetensors`` goes to ``xgen_train.export.hf.load_hf(path) ->
-    (ModelConfig, params)``; anything else to :func:`load_params`.
-    Raises:
-        CheckpointError: as :func:`load_params`, or the HF importer is not available.
-    """
-    if is_hf_folder(path):
-        try:
-            from xgen_train.export.hf import load_hf
-        except ImportError as exc:
-            raise CheckpointError(f"{path}: a Hugging Face folder, but the HF importer is unavailable "
-                                  f"({exc})") from None
-        return load_hf(path)
-    return load_params(path)
-
-
 #: ``xgen train --config init``: train the ``--init`` model's own config (e.g. an imported one no name gives).
 INIT_CONFIG = "init"
 
 
-def init_model_config(path: str | os.PathLike) -> ModelConfig:
-    """The model config of ``--init PATH`` without loading its weights: a Hugging Face folder's ``config.json``
-    (checked as :func:`xgen_train.export.hf.config_from_hf` does) or the latest checkpoint's meta.
+def checkpoint_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config of a run or checkpoint folder without loading its weights (the latest checkpoint's
+    meta). A Hugging Face folder is read by :func:`xgen_train.export.hf.init_model_config`, never here.
 
     Raises:
-        CheckpointError: no checkpoint, or its meta holds no model config. HFFormatError: a config xgen cannot run.
+        CheckpointError: no checkpoint, or its meta holds no model config.
     """
-    if is_hf_folder(path):
-        from xgen_train.export.hf import config_from_hf
-
-        conf_path = Path(path) / "config.json"
-        return config_from_hf(json.loads(conf_path.read_text(encoding="utf-8")), conf_path)
     ckpt = resolve_checkpoint(path)
     try:
         return ModelConfig.from_dict(read_meta(ckpt)["run"]["model_config"])
@@ -377,9 +354,10 @@ def init_model_config(path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{ckpt}: its meta holds no model config ({exc})") from None
 
 
-def resolve_model_config(config_name: str, init: str | os.PathLike | None) -> ModelConfig:
+def resolve_model_config(config_name: str, init: str | os.PathLike | None, init_config=None) -> ModelConfig:
     """The config ``xgen train --config NAME`` trains: a named one (:data:`xgen_train.model.config.CONFIGS`),
-    or with :data:`INIT_CONFIG` the ``--init`` model's own (:func:`init_model_config`).
+    or with :data:`INIT_CONFIG` the ``--init`` model's own, read by ``init_config(init)`` (default
+    :func:`checkpoint_model_config`; ``xgen train`` passes :func:`xgen_train.export.hf.init_model_config`).
 
     Raises:
         InputError: :data:`INIT_CONFIG` without ``init``. KeyError: an unknown name (lists the known ones).
@@ -387,7 +365,7 @@ def resolve_model_config(config_name: str, init: str | os.PathLike | None) -> Mo
     if config_name == INIT_CONFIG:
         if init is None:
             raise InputError(f"--config {INIT_CONFIG} trains the --init model's own config: give --init too")
-        return init_model_config(init)
+        return (init_config or checkpoint_model_config)(init)
     return get_config(config_name)
 
 

@@ -20,7 +20,7 @@ each, then the last checkpoint and :func:`summarize`. Outputs under ``out_dir``:
   resume must match, :func:`run_config`) and the plan.
 * ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.loop.checkpoint` (orbax + sha256 sidecar); every
   ``checkpoint_every`` updates, at the end, and on SIGTERM/SIGINT; the last ``keep_checkpoints`` kept.
-* ``loss.png``: Figure 1 (:mod:`xgen_train.evaluate.lossplot`); ``summary.json``.
+* ``loss.png``: Figure 1 (:mod:`xgen_train.loop.lossplot`); ``summary.json``.
 """
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ import numpy as np
 import optax
 
 from xgen_data.store import fsutil
-from xgen_train.evaluate.lossplot import plot_loss
+from xgen_train.loop.lossplot import plot_loss
 from xgen_train.loop import guards, runlock
 from xgen_train.loop.checkpoint import (INIT_CONFIG, SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs,
-                                        latest_checkpoint, load_checkpoint, load_init, read_meta,
+                                        latest_checkpoint, load_checkpoint, load_params, read_meta,
                                         resolve_model_config, verify_checkpoint)
 from xgen_train.loop.config import TrainConfig
 from xgen_train.loop.curriculum import Phase, Plan, make_plan
@@ -294,7 +294,8 @@ def _describe_init(path) -> dict:
 
 def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, config: TrainConfig | str | None = None, *,
           resume: bool | str | os.PathLike | None = None, stop: StopSignal | None = None,
-          compute_dtype: str | None = None, numerics: NumericsOptions | None = None, **settings) -> dict[str, Any]:
+          compute_dtype: str | None = None, numerics: NumericsOptions | None = None, init_loader=None,
+          init_config=None, **settings) -> dict[str, Any]:
     """Train a model on a shards folder: pre-training over the curriculum of ``xgen-shards`` (SPEC §3, §4), or
     instruction tuning on ``xgen-sft-shards`` (SPEC §5), recognised from the manifest.
 
@@ -317,6 +318,11 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         compute_dtype: ``"float32"``/``"bfloat16"``: shorthand for ``numerics.precision`` (contradicting it is
             a ValueError).
         numerics: the :class:`NumericsOptions` section as one object.
+        init_loader, init_config: read the ``init`` setting into ``(ModelConfig, params)`` and into its
+            ``ModelConfig`` alone (``--config init``): default :func:`xgen_train.loop.checkpoint.load_params` and
+            :func:`~xgen_train.loop.checkpoint.checkpoint_model_config` (xgen run/checkpoint folders); ``xgen
+            train`` passes :func:`xgen_train.export.hf.load_init` and :func:`~xgen_train.export.hf.init_model_config`,
+            which also read a Hugging Face folder (HF conversion stays out of the loop and its checkpoints).
 
     The loop (:func:`run_training`) never waits for the device between updates: each update is dispatched
     asynchronously, the next batch is read and transferred while the chip runs, and metrics are fetched in
@@ -351,7 +357,7 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         tc = dataclasses.replace(tc, numerics=numerics)
     if compute_dtype is not None:
         tc = dataclasses.replace(tc, numerics=_fold_compute_dtype(tc.numerics, compute_dtype))
-    return run_training(tc, out_dir, resume=resume, stop=stop)
+    return run_training(tc, out_dir, resume=resume, stop=stop, init_loader=init_loader, init_config=init_config)
 
 
 def _fold_compute_dtype(num: NumericsOptions, compute_dtype: str) -> NumericsOptions:
@@ -456,7 +462,7 @@ def _trajectory(tc: TrainConfig, objective: str, cfg: ModelConfig, opt_cfg: Opti
                       else ({"epochs": d.epochs} if d.epochs != 1 else None))
 
 
-def setup_run(tc: TrainConfig, out_dir: str | os.PathLike) -> tuple[RunContext, Any, Any]:
+def setup_run(tc: TrainConfig, out_dir: str | os.PathLike, init_config=None) -> tuple[RunContext, Any, Any]:
     """Resolve ``tc`` against its shards and build the run's fixed parts.
 
     Returns ``(ctx, optimizer, shardings)`` with ``shardings = (params, opt_state, replicated, batch, templates)``.
@@ -464,7 +470,7 @@ def setup_run(tc: TrainConfig, out_dir: str | os.PathLike) -> tuple[RunContext, 
     _check_settings(tc)
     objective = shards_objective(tc.data.shards_dir)
     tc = tc.resolved(objective)
-    cfg = resolve_model_config(tc.model.config_name, tc.model.init)  # a named config, or "init": the init's own
+    cfg = resolve_model_config(tc.model.config_name, tc.model.init, init_config)  # a named config, or "init": the init's own
     manifest, manifest_sha, plan = _open_plan(tc, objective)
     num = _resolve_numerics(tc.numerics, None, manifest, objective)
     tc = dataclasses.replace(tc, numerics=num)
@@ -526,12 +532,12 @@ def _resumed_state(ctx: RunContext, ckpt_dir: Path, shardings) -> tuple[Any, Any
     return ck.params, ck.opt_state, ck.step  # restored straight into this mesh's layout
 
 
-def _first_state(ctx: RunContext, optimizer, shardings) -> tuple[Any, Any]:
+def _first_state(ctx: RunContext, optimizer, shardings, init_loader=None) -> tuple[Any, Any]:
     """Params and a fresh optimizer state: from ``init`` (checked against the model config) or a random init."""
     p_sh, s_sh = shardings[0], shardings[1]
     m, cfg = ctx.tc.model, ctx.model_cfg
     if m.init is not None:
-        init_cfg, init_p = load_init(m.init)
+        init_cfg, init_p = (init_loader or load_params)(m.init)
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
             raise ValueError(f"{m.init}: its model config differs from {m.config_name!r} (init -> --config): "
@@ -542,14 +548,14 @@ def _first_state(ctx: RunContext, optimizer, shardings) -> tuple[Any, Any]:
     return params, jax.jit(optimizer.init, out_shardings=s_sh)(params)
 
 
-def initial_state(ctx: RunContext, optimizer, shardings, resume) -> LoopState:
+def initial_state(ctx: RunContext, optimizer, shardings, resume, init_loader=None) -> LoopState:
     """Fresh, from ``init``, or resumed (metrics of the earlier run up to the checkpoint kept, the spike
     monitor replayed from them)."""
     ckpt_dir = _checkpoint_to_resume(ctx.out / "checkpoints", ctx.out, resume)
     if ckpt_dir is not None:
         params, opt_state, start = _resumed_state(ctx, ckpt_dir, shardings)
     else:
-        (params, opt_state), start = _first_state(ctx, optimizer, shardings), 0
+        (params, opt_state), start = _first_state(ctx, optimizer, shardings, init_loader), 0
     history = _read_metrics(ctx.metrics_path, start) if start else []
     mon = ctx.tc.monitor
     past = [r["loss"] for r in history if "event" not in r][-mon.spike_window:]
@@ -656,12 +662,12 @@ def run_loop(ctx: RunContext, st: LoopState, step_fn, hooks: list, stop: StopSig
 
 @runlock.holds_run_lock  # one writer per run folder: a second is refused naming the first
 def run_training(tc: TrainConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike | None = None,
-                 stop: StopSignal | None = None) -> dict[str, Any]:
+                 stop: StopSignal | None = None, init_loader=None, init_config=None) -> dict[str, Any]:
     """Set up, run the loop with the default hooks, save the last checkpoint, plot, summarise (see :func:`train`)."""
     t_setup = time.perf_counter()
     maybe_initialize()  # multi-host start when the environment asks for it, before any device use
-    ctx, optimizer, shardings = setup_run(tc, out_dir)
-    st = initial_state(ctx, optimizer, shardings, resume)
+    ctx, optimizer, shardings = setup_run(tc, out_dir, init_config)
+    st = initial_state(ctx, optimizer, shardings, resume, init_loader)
     info = write_run_json(ctx, st)
     step_fn, eval_fn = compile_fns(ctx, optimizer, shardings)
     _announce(ctx, st, info)

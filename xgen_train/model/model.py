@@ -34,8 +34,8 @@ import numpy as np
 
 from xgen_train.model.attention import ATTENTION_IMPLS, attention
 from xgen_train.model.config import ModelConfig
+from xgen_train.model.layout import constrain_batch, gather_table
 from xgen_train.model.precision import as_policy, linear
-from xgen_train.scale.sharding import constrain_batch, gather_table
 
 INIT_STD = 0.02  # Hugging Face LlamaConfig.initializer_range
 

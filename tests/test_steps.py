@@ -1,0 +1,116 @@
+"""Data steps on the step contract (xgen_data/execute/contract.py): items are independent, so running them in
+any order commits the same bytes; a failing item is named; steps report in one shape."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from xgen_data.attributes import filters, language_step, languages
+from xgen_data.attributes.dedup import run as dedup_run
+from xgen_data.attributes.dedup.params import RECIPE_KEYS, resolve_params
+from xgen_data.attributes.licenses import license_params
+from xgen_data.attributes.part_step import PartAttributeStep, run_part_step
+from xgen_data.execute.contract import ItemError, StepReport
+from xgen_data.execute.local import LocalExecutor
+from xgen_data.store.corpus import Corpus
+
+
+class ReverseExecutor:
+    """Runs the items last to first in this process (results still in item order); records the keys it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def map(self, step_name, fn, items, progress=None):
+        done = {}
+        for i in reversed(range(len(items))):
+            self.ran.append(items[i].key)
+            done[i] = fn(*items[i].args)
+        for i in range(len(items)):
+            yield done[i]
+
+    def close(self) -> None:
+        pass
+
+
+def _committed_files(corpus: Corpus, step: str, params: dict) -> dict[str, str]:
+    entry = corpus.read_meta()["attributes"][corpus.attribute_key(step, params)]
+    return entry["files"]
+
+
+def _forget(corpus: Corpus, step: str, params: dict) -> None:
+    meta = corpus.read_meta()
+    del meta["attributes"][corpus.attribute_key(step, params)]
+    corpus.write_meta(meta)
+
+
+@pytest.mark.parametrize("step", ["license", "language"])
+def test_attribute_items_in_reverse_order_commit_the_same_bytes(corpus_copy, step):
+    corpus = Corpus(corpus_copy)
+    n_parts = len(corpus.parts())
+    assert n_parts > 1
+    if step == "license":
+        allow, key = ("MIT", "Apache-2.0"), license_params(("MIT", "Apache-2.0"), True)
+
+        def compute(executor):
+            return filters.compute_license_attributes(corpus, allow, labels_must_agree=True, executor=executor)
+    else:
+        key = languages.language_params()
+
+        def compute(executor):
+            return language_step.compute_language_attributes(corpus, executor=executor)
+    with corpus.lock():
+        if corpus.attribute_current(step, key):
+            _forget(corpus, step, key)
+        assert compute(None)
+        forward = _committed_files(corpus, step, key)
+        _forget(corpus, step, key)
+        rev = ReverseExecutor()
+        assert compute(rev)
+        assert rev.ran[0] == f"part {corpus.parts()[-1].subset}/{corpus.parts()[-1].name}" and len(rev.ran) == n_parts
+        assert _committed_files(corpus, step, key) == forward
+        assert len(forward) == n_parts
+
+
+def test_dedup_signature_items_in_reverse_order_give_the_same_attributes(corpus_copy):
+    corpus = Corpus(corpus_copy)
+    params = resolve_params(threshold=0.7)
+    key = {k: getattr(params, k) for k in RECIPE_KEYS}
+    dedup_run.run_dedup(corpus_copy, workers=1, progress=False)
+    forward = _committed_files(corpus, "dedup", key)
+    work = os.path.join(corpus_copy, "work", "dedup")
+
+    shutil.rmtree(work)  # signatures are a cache: remove it so every item runs again
+    rev = ReverseExecutor()
+    _forget(corpus, "dedup", key)
+    dedup_run.run_dedup(corpus_copy, workers=1, progress=False, executor=rev)
+    assert len(rev.ran) == len(corpus.parts())
+    assert _committed_files(corpus, "dedup", key) == forward
+
+
+def _boom(part_path, out_path, crash_point):
+    raise ValueError(f"cannot read {os.path.basename(part_path)}")
+
+
+def test_a_failing_item_is_named_and_nothing_is_committed(corpus_copy):
+    corpus = Corpus(corpus_copy)
+    before = corpus.read_meta().get("attributes", {})
+    with corpus.lock():
+        step = PartAttributeStep("license", _boom, corpus, {"probe": 1})
+        with pytest.raises(ItemError, match=r"license: item part \S+/\S+\.parquet failed: cannot read"):
+            run_part_step(step, LocalExecutor(workers=1))
+    assert corpus.read_meta().get("attributes", {}) == before
+
+
+def test_steps_report_in_one_shape(corpus_copy):
+    corpus = Corpus(corpus_copy)
+    with corpus.lock():
+        step = PartAttributeStep(languages.LANGUAGE_STEP, language_step.language_part, corpus, {"probe": 2})
+        report = run_part_step(step)
+    assert isinstance(report, StepReport) and report.step == "language" and not report.errors
+    assert report.items == len(corpus.parts())
+    assert report.documents == sum(pq.ParquetFile(p.path).metadata.num_rows for p in corpus.parts())
+    assert report.bytes > 0 and report.seconds > 0

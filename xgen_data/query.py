@@ -1,0 +1,337 @@
+"""The query layer: DuckDB views over the corpus for one set of decisions, taken as a value.
+
+:func:`connect` opens a DuckDB connection with two views, ``documents`` (:func:`documents_sql`: one row per
+document with its attributes and the ``kept`` / ``drop_reason`` a :class:`Decisions` derives from them) and
+``license_conflicts``. A :class:`Decisions` is a value: :mod:`xgen_data.mixing.decisions` builds one from a recipe
+or from the corpus's defaults; this module never reads a recipe.
+
+Steps store per-document *attributes* that no recipe threshold changes (:mod:`xgen_data.store.corpus`,
+``attributes/<step>/<params-hash>/``):
+
+* ``license`` (:func:`xgen_data.attributes.filters.compute_license_attributes`), one set per license policy, keyed by
+  its allow-list and ``labels_must_agree`` (:func:`xgen_data.attributes.licenses.license_params`): ``id, license_normalized (str),
+  license_pass (bool), license_reason (str), license_tier (int8, dedup's keep tier)``;
+* ``dedup`` (:func:`xgen_data.attributes.dedup.run.run_dedup`), keyed by the dedup parameters (threshold, num_perm, ngram,
+  seed, bands, rows, scheme, exact, near): ``id, dup_cluster (int64), exact_group (int64), chash
+  (binary 16)``. Clusters never depend on any filter or allow-list.
+
+A :class:`Decisions` turns them into ``kept`` and ``drop_reason`` with one SQL view (:func:`documents_sql`),
+never by rewriting files:
+
+1. Filters (SPEC §2) apply only to the subsets the recipe packs (``packed``; all subsets without a recipe):
+   ``too_few_tokens`` when ``n_tokens < min_tokens``, then ``license_not_permissive`` for subsets held to a
+   license policy (``filter["policies"]``: ``{subset: {name, allow, labels_must_agree}}``; the defaults of
+   ``xgen filter`` hold ``license_subsets`` to ``permissive``) whose license fails that policy. Each such
+   subset reads its own policy's attribute set; under a policy with ``labels_must_agree``, members of an
+   exact-duplicate group (dedup's ``exact_group``, when the recipe dedups) whose normalised labels differ fail
+   with ``fail: labels disagree (exact copies: A, B)``.
+2. Dedup keep rule, per cluster: the first member by (the filters keep it, it is in a packed subset,
+   license tier, id, subset). Every other member gets ``dup_reason`` = ``exact_duplicate`` (same exact group as
+   the kept copy, when exact dedup is on) or ``near_duplicate``, and ``dup_of`` / ``dup_of_subset`` = the kept
+   copy. ``drop_reason`` = the filter reason, else ``dup_reason``; ``kept`` = no reason.
+
+With no decisions at all (nothing ran yet), ``kept`` and ``drop_reason`` are NULL.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import duckdb
+
+from xgen_data.attributes import decontam as decontam_step
+from xgen_data.attributes import languages
+from xgen_data.attributes.dedup import params as dedup_params
+from xgen_data.attributes.licenses import LICENSE_TIERS, license_params
+from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError
+from xgen_data.store.duckdb_settings import duckdb_config, spill_dir
+
+REASON_SHORT = "too_few_tokens"
+REASON_EVAL = "eval_overlap"
+REASON_LICENSE = "license_not_permissive"
+REASON_EXACT = "exact_duplicate"
+REASON_NEAR = "near_duplicate"
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """The settings that turn attributes into ``kept`` / ``drop_reason``.
+
+    ``filter``: ``{"min_tokens", "license_subsets", "allow"}`` or None (no filters); ``dedup``: the dedup
+    attribute parameters plus ``license_allow`` (the keep tier's allow-list), or None (no dedup); ``packed``:
+    the subsets the filters apply to (None = every subset); ``label``: what a reader is told.
+    """
+
+    label: str
+    filter: dict | None = None
+    dedup: dict | None = None
+    packed: tuple[str, ...] | None = None
+    recipe_name: str | None = None
+    recipe_sha256: str | None = None
+    decontam: tuple[str, ...] = ()  # evaluation set files whose overlapping documents are dropped (eval_overlap)
+
+
+def policies_of(flt: dict) -> dict[str, dict]:
+    """``{subset: {"name", "allow", "labels_must_agree"}}`` of a filter setting: its ``policies``, or (the
+    defaults of ``xgen filter``) ``license_subsets`` under the ``permissive`` allow-list ``allow``."""
+    if flt.get("policies") is not None:
+        return flt["policies"]
+    return {s: {"name": "permissive", "allow": flt["allow"], "labels_must_agree": False}
+            for s in flt["license_subsets"]}
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _qlist(items) -> str:
+    return "[" + ", ".join(_q(x) for x in items) + "]"
+
+
+SUBSET_FROM_PATH = r"regexp_extract(filename, '([^/\\]+)[/\\][^/\\]+\.parquet$', 1)"
+PART_FROM_PATH = r"regexp_extract(filename, '([^/\\]+\.parquet)$', 1)"
+
+
+def _attr_files(corpus: Corpus, step: str, params: dict, strict: bool, what: str) -> list[str] | None:
+    """Committed attribute files of ``(step, params)``, or None (with ``strict``: a CorpusError saying what to run)."""
+    try:
+        return [f for _, f in corpus.attribute_files(step, params)]
+    except CorpusError as exc:
+        if strict or isinstance(exc, DamagedAttributeError):  # damage is never shown as "not computed"
+            raise type(exc)(f"{exc}; {what}") from None
+        return None
+
+
+def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[str, list[str]]:
+    """``CREATE VIEW documents`` SQL for ``dec`` over the committed attributes (see module docstring).
+
+    Parts are joined with their attribute files by position (``POSITIONAL JOIN``; a committed file whose row
+    count is not its part's is damaged: :meth:`xgen_data.store.corpus.Corpus.attribute_files`), so no hash table
+    over all documents is built: memory does not grow with the corpus. The dedup keep rule joins each document
+    with its cluster's kept copy (one row per cluster); :func:`connect` keeps DuckDB from
+    building that join's hash table on the documents side.
+
+    Columns: ``id, subset, part, row, source, license, language (the source's, as a table key, else the
+    detected one; :mod:`xgen_data.attributes.languages`), language_source (as ingested), language_detected,
+    language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
+    license_normalized, license_policy (the subset's policy; NULL: not held to one), decision ('pass'/'fail'
+    under that policy, or the base allow-list), reason, license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
+    kept, drop_reason``.
+
+    Args:
+        strict: missing or stale attributes are an error (a recipe was named); otherwise the decisions that
+            need them are left out and a warning is returned.
+    Returns:
+        ``(sql, warnings)``.
+    Raises:
+        CorpusError: ``strict`` and an attribute set the decisions need is missing or out of date.
+        DamagedAttributeError: an attribute file is missing, damaged or out of step with its part.
+    """
+    warnings: list[str] = []
+    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_name}` first (it computes them)"
+            if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
+    flt, ded = dec.filter, dec.dedup
+    lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint) if flt else None
+    policies = policies_of(flt) if flt else {}
+    if flt and lf is not None:
+        # each subset held to a policy reads that policy's set; the others the base allow-list's
+        by_policy = {}
+        for subset, pol in policies.items():
+            key = license_params(pol["allow"], pol["labels_must_agree"])
+            if key == license_params(flt["allow"]):
+                continue
+            files = _attr_files(corpus, "license", key, strict, hint)
+            if files is None:
+                lf = None
+                break
+            by_policy[subset] = files
+        if lf is not None and by_policy:
+            subsets = [p.subset for p in corpus.parts()]
+            lf = [by_policy[sub][i] if sub in by_policy else f for i, (sub, f) in enumerate(zip(subsets, lf))]
+    if flt and lf is None:
+        warnings.append(f"the filter decisions are out of date or missing; {hint}")
+        flt, policies = None, {}
+    ld = uf = None
+    if ded:
+        uf = _attr_files(corpus, "dedup", dedup_params.dedup_attr_params(ded), strict, hint)
+        ld = _attr_files(corpus, "license", license_params(ded["license_allow"]), strict, hint)
+        if uf is None or ld is None:
+            warnings.append(f"the dedup decisions are out of date or missing; {hint}")
+            ded = uf = ld = None
+    parts = corpus.parts()
+    # NOT MATERIALIZED: a CTE used twice would otherwise be materialized with every column, text included
+    ctes = [f"""d AS NOT MATERIALIZED (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part,
+            file_row_number AS row
+        FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
+    joins = []  # positional joins: attribute files are row-aligned with their parts (Corpus.attribute_files)
+    labels = [s for s, p in policies.items() if p["labels_must_agree"]]
+    copies = bool(ded and labels and lf)  # strict: exact copies under different labels fail too
+    if copies:
+        lic_cols = f"""coalesce(l.license_pass AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)})
+                AND c.labels IS NOT NULL), l.license_pass) AS license_pass,
+            CASE WHEN l.license_pass AND d.subset IN ({', '.join(_q(s) for s in labels)}) AND c.labels IS NOT NULL
+                THEN 'fail: labels disagree (exact copies: ' || c.labels || ')' ELSE l.license_reason END
+                AS license_reason, l.license_normalized"""
+    elif lf or ld:
+        lic_cols = "l.license_pass, l.license_reason, l.license_normalized"
+    else:
+        lic_cols = ("CAST(NULL AS BOOLEAN) AS license_pass, CAST(NULL AS VARCHAR) AS license_reason, "
+                    "CAST(NULL AS VARCHAR) AS license_normalized")
+    same = lf is not None and ld is not None and lf == ld
+    if lf or ld:
+        ctes.append(f"""l AS NOT MATERIALIZED (SELECT license_pass, license_reason, license_tier,
+            license_normalized FROM read_parquet({_qlist(lf or ld)}))""")
+        joins.append("POSITIONAL JOIN l")
+    if ld and not same and lf:
+        ctes.append(f"""lt AS NOT MATERIALIZED (SELECT license_tier FROM read_parquet({_qlist(ld)}))""")
+        joins.append("POSITIONAL JOIN lt")
+        tier = "lt.license_tier"
+    else:
+        tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
+    gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
+    if gf:
+        ctes.append(f"""g AS NOT MATERIALIZED (SELECT language, language_detected, language_how,
+            language_is_code, language_disagrees FROM read_parquet({_qlist(gf)}))""")
+        joins.append("POSITIONAL JOIN g")
+        lang_cols = """g.language AS language, d.language AS language_source, g.language_detected,
+            g.language_how, g.language_is_code, g.language_disagrees"""
+    else:
+        lang_cols = """d.language AS language, d.language AS language_source,
+            CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
+            CAST(NULL AS BOOLEAN) AS language_is_code, CAST(NULL AS BOOLEAN) AS language_disagrees"""
+    xf = _attr_files(corpus, decontam_step.DECONTAM_STEP, decontam_step.decontam_params(dec.decontam), strict,
+                     hint) if dec.decontam else None
+    if dec.decontam and xf is None:
+        warnings.append(f"the decontamination decisions are out of date or missing; {hint}")
+    if xf:
+        ctes.append(f"""x AS NOT MATERIALIZED (SELECT contaminated, decontam_benchmark, decontam_item_id,
+            decontam_kind, decontam_match FROM read_parquet({_qlist(xf)}))""")
+        joins.append("POSITIONAL JOIN x")
+        decon_cols = "x.contaminated, x.decontam_benchmark, x.decontam_item_id, x.decontam_kind, x.decontam_match"
+    else:
+        decon_cols = ("CAST(NULL AS BOOLEAN) AS contaminated, CAST(NULL AS VARCHAR) AS decontam_benchmark, "
+                      "CAST(NULL AS VARCHAR) AS decontam_item_id, CAST(NULL AS VARCHAR) AS decontam_kind, "
+                      "CAST(NULL AS VARCHAR) AS decontam_match")
+    if uf:
+        ctes.append(f"""u AS NOT MATERIALIZED (SELECT dup_cluster, exact_group
+            FROM read_parquet({_qlist(uf)}))""")
+        joins.append("POSITIONAL JOIN u")
+        dup_cols = "u.dup_cluster, u.exact_group"
+        if copies:
+            ctes.append("""c AS NOT MATERIALIZED (SELECT u.exact_group,
+                    array_to_string(list_sort(list_distinct(list(coalesce(l.license_normalized, 'none')))), ', ')
+                    AS labels
+                FROM u POSITIONAL JOIN l WHERE u.exact_group IS NOT NULL
+                GROUP BY u.exact_group HAVING count(DISTINCT coalesce(l.license_normalized, 'none')) > 1)""")
+            joins.append("LEFT JOIN c ON c.exact_group = u.exact_group")
+    else:
+        dup_cols = "CAST(NULL AS BIGINT) AS dup_cluster, CAST(NULL AS BIGINT) AS exact_group"
+    packed = "TRUE" if dec.packed is None else (f"d.subset IN ({', '.join(_q(s) for s in dec.packed)})"
+                                               if dec.packed else "FALSE")
+    if flt:
+        lic_subsets = f"d.subset IN ({', '.join(_q(s) for s in policies)})" if policies else "FALSE"
+        lic_ok = "coalesce(l.license_pass, FALSE)"
+        if copies:
+            lic_ok += f" AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)}) AND c.labels IS NOT NULL)"
+        freason = f"""CASE WHEN NOT ({packed}) THEN NULL
+            WHEN d.n_tokens < {int(flt['min_tokens'])} THEN '{REASON_SHORT}'
+            WHEN {lic_subsets} AND NOT ({lic_ok}) THEN '{REASON_LICENSE}'
+            {f"WHEN x.contaminated THEN '{REASON_EVAL}'" if xf else ""} END"""
+    elif xf:
+        freason = f"CASE WHEN ({packed}) AND x.contaminated THEN '{REASON_EVAL}' END"
+    else:
+        freason = "CAST(NULL AS VARCHAR)"
+    ctes.append(f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
+            {lang_cols}, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
+            {tier} AS license_tier_rank, {dup_cols}, {decon_cols},
+            {freason} AS filter_reason, {packed} AS packed
+        FROM d {' '.join(joins)})""")
+    unknown = LICENSE_TIERS.index("unknown")
+    if ded:
+        ctes.append(f"""k AS NOT MATERIALIZED (SELECT dup_cluster,
+                arg_min(struct_pack(kid := id, ksub := subset, kgroup := exact_group),
+                    struct_pack(f := filter_reason IS NOT NULL, p := NOT packed,
+                                t := coalesce(license_tier_rank, {unknown}), i := id, s := subset)) AS k
+            FROM b WHERE dup_cluster IS NOT NULL GROUP BY dup_cluster)""")
+        exact_on = "TRUE" if ded.get("exact", True) else "FALSE"
+        dreason = f"""CASE WHEN b.dup_cluster IS NULL OR (b.id = k.k.kid AND b.subset = k.k.ksub) THEN NULL
+            WHEN {exact_on} AND b.exact_group IS NOT DISTINCT FROM k.k.kgroup AND b.exact_group IS NOT NULL
+            THEN '{REASON_EXACT}' ELSE '{REASON_NEAR}' END"""
+        kjoin = "LEFT JOIN k USING (dup_cluster)"
+        kid, ksub = "k.k.kid", "k.k.ksub"
+    else:
+        dreason, kjoin, kid, ksub = "CAST(NULL AS VARCHAR)", "", "NULL", "NULL"
+    tier_name = "CASE " + " ".join(f"WHEN license_tier_rank = {i} THEN '{n}'" for i, n in enumerate(LICENSE_TIERS)) \
+        + " END"
+    policy_col = ("CASE " + " ".join(f"WHEN subset = {_q(s)} THEN {_q(p['name'])}" for s, p in policies.items())
+                  + " END") if policies else "CAST(NULL AS VARCHAR)"
+    reason = "coalesce(filter_reason, dup_reason)"
+    kept = f"({reason}) IS NULL" if (flt or ded or xf) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
+    sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
+        r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
+            FROM b {kjoin})
+        SELECT id, subset, part, row, source, license, language, language_source, language_detected,
+            language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
+            license_normalized, {policy_col} AS license_policy,
+            CASE WHEN license_pass THEN 'pass' WHEN NOT license_pass THEN 'fail' END AS decision,
+            license_reason AS reason,
+            license_pass, license_reason, {tier_name} AS license_tier, dup_cluster, exact_group, dup_reason,
+            CASE WHEN dup_reason IS NOT NULL THEN kept_id END AS dup_of,
+            CASE WHEN dup_reason IS NOT NULL THEN kept_subset END AS dup_of_subset,
+            {kept} AS kept, {reason} AS drop_reason, contaminated, decontam_benchmark, decontam_item_id,
+            decontam_kind, decontam_match
+        FROM r"""
+    return sql, warnings
+
+
+#: The ``license_conflicts`` view: every document of each exact-duplicate group whose members carry
+#: licenses that differ after normalisation (``license_normalized``, :func:`xgen_data.attributes.licenses.normalize`: so
+#: ``GPL-2.0`` and ``GPL-2.0-only`` agree; a label with no SPDX expression, e.g. unparsable, is compared by its
+#: trimmed raw text, empty and missing being one), with the raw labels kept and that group's decisions.
+LICENSE_CONFLICTS_SQL = """CREATE OR REPLACE VIEW license_conflicts AS
+    WITH em AS NOT MATERIALIZED (SELECT *, coalesce(license_normalized, chr(0) || coalesce(trim(license), ''))
+              AS license_key FROM documents WHERE exact_group IS NOT NULL),
+    g AS NOT MATERIALIZED (SELECT exact_group, count(*) AS group_size, count(DISTINCT license_key) AS n_labels
+          FROM em GROUP BY exact_group HAVING count(DISTINCT license_key) > 1)
+    SELECT em.exact_group AS group_id, em.subset, em.id, em.license, em.license_normalized, em.license_tier,
+        em.source, em.path, g.group_size, g.n_labels, em.kept, em.drop_reason, em.dup_cluster, em.dup_of,
+        em.dup_of_subset
+    FROM em JOIN g USING (exact_group) ORDER BY group_id, em.subset, em.part, em.row"""
+
+
+def describe(dec: Decisions) -> str:
+    """One line saying which decisions a view or report shows (printed by ``xgen sql`` / ``xgen stats``)."""
+    return f"decisions: {dec.label}"
+
+
+def connect(corpus_dir: str, dec: Decisions, quiet: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the ``documents`` and ``license_conflicts`` views for ``dec``.
+
+    The parts' SHA-256 are verified first (the views read them: damaged bytes are never shown). The connection
+    holds at most :func:`xgen_data.store.duckdb_settings.memory_limit` (DuckDB spills beyond it), so views over a
+    large corpus do not need memory in proportion to it.
+
+    Args:
+        dec: the decisions ``documents`` shows (a recipe's: strict, a missing attribute set is an error; the
+            corpus defaults: the decisions that lack their attributes are left out with a warning).
+        quiet: do not print warnings (stale default decisions) on stderr.
+    Raises:
+        CorpusError: not a corpus, a corpus with no documents, or (with a recipe's decisions) its attributes are
+            missing or out of date. DamagedPartError / DamagedAttributeError: a part or a committed attribute
+            file differs from its recorded SHA-256.
+    """
+    corpus = Corpus(corpus_dir)
+    if not corpus.parts():
+        raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
+    corpus.verify_parts(warn=not quiet)  # the views read the parts: never show damaged bytes
+    view, warnings = documents_sql(corpus, dec, strict=dec.recipe_name is not None)
+    for w in warnings if not quiet else ():
+        print(f"warning: {w}", file=sys.stderr)
+    con = duckdb.connect(":memory:", config=duckdb_config(spill_dir()))
+    # Joins build their hash table on the right side as written. DuckDB estimates a positional join (the
+    # documents view) at ~0 rows, so its build-side swap would put every document into the hash table of the
+    # dedup keep rule's join with the (far smaller) table of kept copies: memory in proportion to the corpus.
+    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+    con.execute(view)
+    con.execute(LICENSE_CONFLICTS_SQL)
+    return con
