@@ -33,5 +33,4 @@ def import_hf_cmd(folder: str, run: str) -> None:
     click.echo(f"imported {folder}: {n:,} parameters"
                + (f" (config {name!r})" if name else " (a config not in xgen's named configs)"))
     click.echo(f"checkpoint {ckpt}")
-    click.echo(f"train from it: xgen train --shards SHARDS --out NEW_RUN --init {run}"
-               + (f" --config {name}" if name else ""))
+    click.echo(f"train from it: xgen train --shards SHARDS --out NEW_RUN --init {run} --config {name or 'init'}")

@@ -9,6 +9,7 @@ with different numerics is refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from xgen_train.model.precision import PRECISIONS, PrecisionPolicy, resolve_precision
@@ -59,8 +60,8 @@ class NumericsOptions:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.attention_block <= 0 or self.loss_chunk < 0 or self.accum_steps <= 0:
             raise ValueError("need attention_block > 0, loss_chunk >= 0, accum_steps > 0")
-        if self.z_loss < 0:
-            raise ValueError(f"z_loss must be >= 0, got {self.z_loss}")
+        if not math.isfinite(self.z_loss) or self.z_loss < 0:  # NaN passes every comparison
+            raise ValueError(f"z_loss must be a finite number >= 0, got {self.z_loss}")
 
     def resolved(self, backend: str | None = None) -> "NumericsOptions":
         """Copy with ``precision`` and ``attention`` made concrete for ``backend`` (default: JAX's)."""
