@@ -13,10 +13,10 @@ from xgen_train.evaluate.generate import generate, sample_next
 from xgen_train.evaluate.sampling import cut_at_stop, sample_completions, sample_nucleus
 
 
-@pytest.mark.parametrize("temperature,top_p", [(0.2, 0.95), (0.8, 0.5), (1.0, 0.99), (0.5, 1.0)])
+@pytest.mark.parametrize("temperature,top_p", [(0.2, 0.95), (0.8, 0.5), (1.0, 0.99), (0.5, 1.0), (3.0, 0.9)])
 def test_nucleus_draws_equal_sample_next(temperature, top_p):
     rng = np.random.default_rng(0)
-    logits = jnp.asarray(rng.standard_normal((6, 2000)).astype(np.float32) * 3)
+    logits = jnp.asarray(rng.standard_normal((6, 2000)).astype(np.float32) * 3)  # T=3: nucleus past the top 256
     for i in range(5):
         key = jax.random.PRNGKey(i)
         a = sample_nucleus(logits, key, temperature, top_p, 1900)

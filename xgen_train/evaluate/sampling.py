@@ -33,6 +33,9 @@ __all__ = ["HUMANEVAL_STOP", "Completion", "cut_at_stop", "sample_completions", 
 #: SPEC §6 / Codex paper stop sequences for HumanEval completions.
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 
+#: Candidates of the fast nucleus path of :func:`sample_nucleus`.
+TOP_K = 256
+
 
 @dataclass
 class Completion:
@@ -58,7 +61,9 @@ def sample_nucleus(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_
 
     The nucleus is the tokens ``j`` with ``sum(p[p > p_j]) < top_p`` (the mass of the strictly more likely tokens
     is below ``top_p``: the most likely token is always kept, and the first token at which the sorted cumulative
-    mass reaches ``top_p`` is included), found by bisecting the probability threshold ``iters`` times; then
+    mass reaches ``top_p`` is included). When every row's top :data:`TOP_K` tokens hold ``top_p`` of the mass
+    (the usual case at HumanEval's temperature 0.2), sample_next's cumulative rule runs on ``lax.top_k``;
+    otherwise the probability threshold is bisected ``iters`` times over the whole vocabulary. Then
     ``jax.random.categorical`` over the kept scaled logits, exactly as ``sample_next`` draws. Near-ties at the
     boundary may fall differently from the sorted cumulative sum (float rounding). Greedy: argmax.
     Returns int32 ``[B]``.
@@ -68,20 +73,32 @@ def sample_nucleus(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / temperature
-    probs = jax.nn.softmax(scaled, axis=-1)
+    lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
+    top, _ = jax.lax.top_k(scaled, min(TOP_K, scaled.shape[-1]))  # [B, K], descending
+    p_top = jnp.exp(top - lse)
+    fits = jnp.all(jnp.sum(p_top, axis=-1) >= top_p)  # every row's nucleus lies in its top K
 
-    def above(t):  # mass of the tokens strictly more likely than t: [B, 1]
-        return jnp.sum(jnp.where(probs > t, probs, 0.0), axis=-1, keepdims=True)
+    def from_top(_):  # sample_next's rule on the top K: keep while the mass before a token is < top_p
+        before = jnp.cumsum(p_top, axis=-1) - p_top
+        return scaled >= jnp.min(jnp.where(before < top_p, top, jnp.inf), axis=-1, keepdims=True)
 
-    def halve(_, bounds):
-        lo, hi = bounds  # above(lo) >= top_p > above(hi)
-        mid = (lo + hi) / 2
-        ok = above(mid) < top_p
-        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+    def by_bisection(_):
+        probs = jnp.exp(scaled - lse)
 
-    hi = jnp.max(probs, axis=-1, keepdims=True)
-    _, hi = jax.lax.fori_loop(0, iters, halve, (jnp.zeros_like(hi), hi))
-    kept = (probs >= hi) | (top_p >= 1.0)
+        def above(t):  # mass of the tokens strictly more likely than t: [B, 1]
+            return jnp.sum(jnp.where(probs > t, probs, 0.0), axis=-1, keepdims=True)
+
+        def halve(_, bounds):
+            lo, hi = bounds  # above(lo) >= top_p > above(hi)
+            mid = (lo + hi) / 2
+            ok = above(mid) < top_p
+            return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+        hi = jnp.max(probs, axis=-1, keepdims=True)
+        _, hi = jax.lax.fori_loop(0, iters, halve, (jnp.zeros_like(hi), hi))
+        return probs >= hi
+
+    kept = jax.lax.cond(fits, from_top, by_bisection, None) | (top_p >= 1.0)
     return jax.random.categorical(key, jnp.where(kept, scaled, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
