@@ -422,3 +422,25 @@ def test_trainer_loader_reads_prepared_shards(tmp_path):
         got = loader.rows(np.arange(loader.n_sequences))
         for k in sft_format.ARRAYS:
             assert np.array_equal(got[k], mine[k].astype(np.int32)), (split, k)
+
+
+def test_prepare_hashes_the_bytes_it_reads_and_refuses_a_file_changed_meanwhile(tmp_path, monkeypatch):
+    from xgen_data.sources import readers
+
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"prompt": "Name a colour.", "response": "Blue."}) + "\n")
+    ex = prepare.read_inputs([str(path)], prepare.Options(seq_len=64), None)
+    import hashlib
+    assert ex.sources[0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    real_open = readers.open_input
+
+    def open_then_append(p, *a, **k):  # another writer appends after the file was hashed
+        opened = real_open(p, *a, **k)
+        with open(p, "a") as g:
+            g.write(json.dumps({"prompt": "Name a shape.", "response": "Circle."}) + "\n")
+        return opened
+
+    monkeypatch.setattr(readers, "open_input", open_then_append)
+    with pytest.raises(InputError, match=r"a\.jsonl: the file changed while"):
+        prepare.read_inputs([str(path)], prepare.Options(seq_len=64), None)

@@ -9,6 +9,7 @@ the new one). Pre-training filters (length, license, dedup) do not apply here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ import pyarrow as pa
 from xgen_data.errors import InputError
 from xgen_data.sft import decontam, masking, pack, render, sft_format, shapes
 from xgen_data.sources import readers
-from xgen_data.store import fsutil, publish
+from xgen_data.store import publish
 from xgen_data.tokenizer import EOS_ID, PADDED_VOCAB_SIZE, VOCAB_SIZE
 
 MAX_ERRORS_KEPT = 20  # skipped-record messages kept in the manifest per input
@@ -101,31 +102,48 @@ def read_inputs(paths: list[str], opts: Options, index: decontam.EvalIndex | Non
             readers.input_format(path)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        src = {"path": path, "records": 0, "examples": 0, "skipped": 0, "shapes": Counter(), "errors": []}
-        try:
-            for raw in readers.iter_raw(path):
-                src["records"] += 1
-                try:
-                    shape, rid, convs = _record_convs(raw, opts)
-                except (shapes.ShapeError, KeyError) as exc:
-                    msg = f"{path}:{raw.line}: {exc}"
-                    if opts.on_error == "raise":
-                        raise InputError(f"{msg} (or use --on-error skip)") from None
-                    src["skipped"] += 1
-                    if len(src["errors"]) < MAX_ERRORS_KEPT:
-                        src["errors"].append(msg)
-                    continue
-                src["shapes"][shape] += len(convs)
-                src["examples"] += len(convs)
-                for k, conv in enumerate(convs):
-                    ident = (rid if len(convs) == 1 else f"{rid}/path-{k}", path, shape)
-                    _add(ex, conv, ident, index, opts)
-        except readers.StreamError as exc:  # the file itself is damaged
-            raise InputError(str(exc)) from None
-        src["sha256"] = fsutil.sha256_file(path)
-        src["shapes"] = dict(src["shapes"])
-        ex.sources.append(src)
+        with contextlib.closing(readers.open_input(path)) as opened:  # one open file: hashed, then read
+            ex.sources.append(_read_opened(opened, opts, index, ex))
     return ex
+
+
+def _read_opened(opened: readers.OpenedInput, opts: Options, index: decontam.EvalIndex | None,
+                 ex: Examples) -> dict:
+    """Add one opened input's examples to ``ex``; return its source record (``sha256`` of the bytes read).
+
+    A sequential (JSONL) read hashes what it reads; Parquet is read at random offsets and its ``fstat`` is
+    compared instead (:meth:`readers.OpenedInput.check_unchanged`: a file changed meanwhile is an InputError).
+    """
+    path = opened.path
+    sequential = readers.input_format(path) != "parquet"
+    source = readers.HashingReader(opened.file) if sequential else opened.file
+    src = {"path": path, "records": 0, "examples": 0, "skipped": 0, "shapes": Counter(), "errors": []}
+    try:
+        for raw in readers.iter_raw(path, fileobj=source):
+            src["records"] += 1
+            try:
+                shape, rid, convs = _record_convs(raw, opts)
+            except (shapes.ShapeError, KeyError) as exc:
+                msg = f"{path}:{raw.line}: {exc}"
+                if opts.on_error == "raise":
+                    raise InputError(f"{msg} (or use --on-error skip)") from None
+                src["skipped"] += 1
+                if len(src["errors"]) < MAX_ERRORS_KEPT:
+                    src["errors"].append(msg)
+                continue
+            src["shapes"][shape] += len(convs)
+            src["examples"] += len(convs)
+            for k, conv in enumerate(convs):
+                ident = (rid if len(convs) == 1 else f"{rid}/path-{k}", path, shape)
+                _add(ex, conv, ident, index, opts)
+    except readers.StreamError as exc:  # the file itself is damaged
+        raise InputError(str(exc)) from None
+    if sequential:
+        source.drain()
+    opened.check_unchanged(source.hexdigest() if sequential else None)
+    src["sha256"] = opened.sha256
+    src["shapes"] = dict(src["shapes"])
+    return src
 
 
 def _index_table(ex: Examples, rows: list[list[int]], packing: pack.Packing) -> pa.Table:
