@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import corpus_option, print_rows, user_errors
+from cli.common import (corpus_option, format_option, own_json, print_rows, quiet_option, report,
+                        show_progress, user_errors)
 
 
 @click.group("eval")
@@ -18,44 +19,50 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 @eval_.command("ppl-by-position")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @corpus_option
-@click.option("--min-tokens", default=None, type=click.IntRange(min=2),
+@click.option("--length", default=None, type=click.IntRange(min=2),
               help="Documents of at least N tokens, cut to N (default: the run's longest training seq_len, "
                    "else the model's max positions).")
 @click.option("--max-docs", default=64, show_default=True, type=click.IntRange(min=1), help="At most K documents.")
-@click.option("--subset", "subsets", multiple=True, help="Only these corpus subsets (repeatable).")
+@click.option("--from-subset", "subsets", multiple=True,
+              help="Only documents of this corpus subset (repeatable; default: every subset).")
 @click.option("--recipe", "recipe_name", default=None,
-              help="Kept documents under this recipe's decisions [the corpus defaults of the last `xgen filter`/"
-                   "`xgen dedup`].")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Kept documents under this recipe's decisions (default: the recipe the run's shards were built "
+                   "with, else the corpus defaults of the last `xgen filter` / `xgen dedup`).")
+@click.option("--docs-per-batch", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: RUN/eval); earlier outputs there are replaced, and the command says so.")
-@click.option("--no-progress", is_flag=True)
+@format_option()
+@quiet_option
 @user_errors
-def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs: int, subsets: tuple[str, ...],
-                    recipe_name: str | None, batch_size: int | None, out_dir: str | None, no_progress: bool) -> None:
+def ppl_by_position(run: str, corpus_dir: str, length: int | None, max_docs: int, subsets: tuple[str, ...],
+                    recipe_name: str | None, docs_per_batch: int | None, out_dir: str | None, fmt: str,
+                    quiet: bool) -> None:
     """Per-position cross-entropy and perplexity of RUN on the corpus's kept documents of at least
-    --min-tokens tokens; writes ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
+    --length tokens; writes ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
 
-    Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --min-tokens 1024 --max-docs 32
+    Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --length 1024 --max-docs 32
     """
     import os
 
-    from xgen_train.evaluate import evaluation as ev
-    from xgen_train.loop.checkpoint import load_params
-
-    cfg, params = load_params(run)
-    n = min_tokens or ev.trained_seq_len(run) or cfg.max_positions
-    if n > cfg.max_positions:
-        raise click.ClickException(f"--min-tokens {n} exceeds the model's max positions {cfg.max_positions}")
     from xgen_data.mixing import recipe
+    from xgen_train.evaluate import evaluation as ev
+    from xgen_train.loop.checkpoint import load_init
 
-    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None,
-                             recipe=recipe.load(recipe_name) if recipe_name else None)
-    res = ev.ppl_by_position(params, cfg, docs, batch_size=batch_size, progress=not no_progress)
+    cfg, params = load_init(run)  # a run, a checkpoint or a Hugging Face folder
+    n = length or ev.trained_seq_len(run) or cfg.max_positions
+    if n > cfg.max_positions:
+        raise click.BadParameter(f"{n} exceeds the model's max positions {cfg.max_positions}", param_hint="--length")
+    r = recipe.load(recipe_name) if recipe_name else ev.run_recipe(run)
+    if r is not None:
+        click.echo(f"decisions of recipe {r.name!r} ({r.path or recipe_name})", err=True)
+    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None, recipe=r)
+    res = ev.ppl_by_position(params, cfg, docs, batch_size=docs_per_batch, progress=show_progress(quiet))
     out = out_dir or os.path.join(run, "eval")
     earlier = [f for f in PPL_OUTPUTS if os.path.exists(os.path.join(out, f))]
     paths = ev.write_ppl_outputs(res, out)
+    report(documents=res.n_docs, length=n, recipe=r.name if r is not None else None,
+           files={k: str(v) for k, v in paths.items()})
     rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]
     print_rows(["positions", "mean_nll", "ppl"], rows,
                title=f"{res.n_docs} documents of >= {n:,} tokens (cut to {n:,})")
@@ -68,9 +75,10 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
 @click.argument("counts", type=click.Path(exists=True, dir_okay=False))
 @click.option("-k", "--k", "ks", default=None,
               help="Comma-separated k values [default: those of 1,10,100 that every problem's n allows].")
-@click.option("--json", "as_json", is_flag=True, help="Print {k: pass@k} as JSON.")
+@format_option(("table", "json", "csv"))
 @user_errors
-def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
+@own_json
+def pass_at_k(counts: str, ks: str, fmt: str) -> None:
     """Mean unbiased pass@k = 1 - C(n-c, k)/C(n, k) over problems (SPEC §6), from COUNTS: JSONL lines
     {"task_id": ..., "n": samples, "c": correct} or a CSV with n and c columns.
 
@@ -90,11 +98,12 @@ def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
     try:
         k_list = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
-        raise click.ClickException(f"-k {ks!r}: expected comma-separated integers") from None
+        raise click.BadParameter(f"{ks!r}: expected comma-separated integers", param_hint="-k") from None
     if not k_list or min(k_list) < 1:
-        raise click.ClickException(f"-k {ks!r}: give one or more integers >= 1")
+        raise click.BadParameter(f"{ks!r}: give one or more integers >= 1", param_hint="-k")
     table = ev.pass_at_k_table(rows, k_list)
-    if as_json:
-        click.echo(json.dumps({str(k): v for k, v in table.items()}))
+    if fmt == "json":
+        click.echo(json.dumps({"problems": len(rows), "pass_at_k": {str(k): v for k, v in table.items()}}))
         return
-    print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], title=f"{len(rows)} problems from {counts}")
+    print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], fmt=fmt,
+               title=f"{len(rows)} problems from {counts}")

@@ -10,6 +10,8 @@ import os
 
 import click
 
+from cli.common import format_option, quiet_option, report, user_errors
+from xgen_data.errors import DamagedDataError, Interrupted, ProblemFound
 from xgen_train.model.config import CONFIGS  # no JAX import
 
 
@@ -54,9 +56,6 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "(always at each sub-stage end; 0: only there).")
 @click.option("--eval-sequences", default=64, show_default=True, type=click.IntRange(min=1),
               help="Held-out sequences per validation evaluation (the first N of the sub-stage's validation split).")
-@click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
-              help="Matmul operand dtype (SPEC §3: bfloat16 matmuls, float32 params/accumulation); same as "
-                   "--precision f32/bf16.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "f32"]), default="auto", show_default=True,
               help="Precision policy: bf16 = bfloat16 matmul operands with float32 accumulation (forward and "
                    "backward), f32 = float32 with HIGHEST matmul precision; auto = bf16 on GPU/TPU, f32 on CPU.")
@@ -91,15 +90,16 @@ from xgen_train.model.config import CONFIGS  # no JAX import
 @click.option("--peak-flops", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Peak FLOP/s of one chip for MFU (default: a table of known TPUs/GPUs; on CPU MFU is n/a).")
 @click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
-@click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
+@quiet_option
+@format_option()
+@user_errors
 def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, batch_tokens: int | None,
           batch_size: int | None, lr: float, warmup: int, total_steps: int | None, seed: int, stage: str | None,
           substage: str | None, budget_fraction: float, init_path: str | None, log_every: int, eval_every: int,
-          eval_sequences: int,
-          compute_dtype: str | None, precision: str, attention: str, attention_block: int, loss_chunk: int,
+          eval_sequences: int, precision: str, attention: str, attention_block: int, loss_chunk: int,
           remat: bool, z_loss: float, skip_spikes: bool, doc_mask: bool, accum_steps: int,
           checkpoint_every: int, keep_checkpoints: int, resume: bool, mesh: str | None,
-          peak_flops: float | None, verify: bool | None, no_progress: bool, init_on: str) -> None:
+          peak_flops: float | None, verify: bool | None, quiet: bool, init_on: str, fmt: str) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
     sub-stage of the shards in order (or only --stage/--substage).
 
@@ -109,7 +109,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     opts = dict(shards_dir=shards_dir, config_name=config_name, steps=steps, batch_size=batch_size,
                 batch_tokens=batch_tokens, lr=lr, warmup=warmup, seed=seed, stage=stage, substage=substage,
                 budget_fraction=budget_fraction, log_every=log_every, total_steps=total_steps,
-                compute_dtype=compute_dtype, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                compute_dtype=None, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                 init_path=init_path, eval_every=eval_every, eval_sequences=eval_sequences, mesh=mesh,
                 peak_flops=peak_flops, precision=precision, attention=attention, attention_block=attention_block,
                 loss_chunk=loss_chunk, z_loss=z_loss, remat=remat, doc_mask=doc_mask, accum_steps=accum_steps,
@@ -122,11 +122,7 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
         raise click.UsageError("give --batch-tokens or --batch-size, not both")
     from xgen_train.scale.distributed import maybe_initialize
 
-    try:
-        maybe_initialize()  # multi-host start when the environment asks for it, before any device use
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    from xgen_train.loop.data import ShardFormatError
+    maybe_initialize()  # multi-host start when the environment asks for it, before any device use
     from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.trainer import train as run_train
 
@@ -134,11 +130,12 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
     numerics = NumericsOptions(**{k: opts.pop(k) for k in _NUMERICS})
     try:
         summary = run_train(shards_dir, out_dir, **opts, resume=True if resume else None, init=init_path,
-                            verify=verify, progress=not no_progress, numerics=numerics)
-    except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from exc
+                            verify=verify, progress=not quiet, numerics=numerics)
+    except FloatingPointError as exc:  # every update non-finite: the run ran and did not learn
+        raise ProblemFound(str(exc)) from exc
 
     s = summary
+    report(**s)
     click.echo(f"plan: {s['total_steps']:,} updates over {len(s['phases'])} sub-stage(s), schedule "
                f"{s['schedule_steps']:,} updates")
     for ph in s["phases"]:
@@ -159,11 +156,12 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
                + (f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "n/a (no peak FLOP/s known for "
                   f"{s.get('device_kind')}; pass --peak-flops)")
                + f" on mesh {s.get('mesh')}; spikes: {len(s['spike_steps'])}")
-    if s["interrupted"]:
-        click.echo(f"stopped by {s['interrupted']}: continue with the same command plus --resume")
     click.echo(f"checkpoint {s['checkpoint']}")
     click.echo(f"metrics {s['metrics']}" + (f", plot {s['plot']}" if s["plot"] else ""))
     click.echo(json.dumps({k: s[k] for k in ("first_loss", "last_loss", "steps", "tokens", "seconds", "interrupted")}))
+    if s["interrupted"]:  # a clean stop (checkpoint saved) is still not a finished run: exit 130
+        raise Interrupted(f"stopped by {s['interrupted']} at step {s['final_step']} (checkpoint {s['checkpoint']}); "
+                          "continue with the same command plus --resume")
 
 
 # option name -> where its value lives in OUT/run.json (dotted path)
@@ -215,7 +213,7 @@ def resume_defaults(out_dir: str, typed: set[str]) -> dict:
     except FileNotFoundError:
         return {}
     except ValueError as exc:
-        raise click.ClickException(f"{path}: not valid JSON ({exc}); cannot resume from it") from None
+        raise DamagedDataError(f"{path}: not valid JSON ({exc}); cannot resume from it") from None
     skip = set(typed)
     if typed & {"batch_size", "batch_tokens"}:
         skip |= {"batch_size", "batch_tokens"}

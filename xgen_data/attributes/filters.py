@@ -21,6 +21,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from xgen_data.attributes import licenses
+from xgen_data.errors import InputError
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus
 
@@ -181,7 +182,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     from xgen_data.mixing import decisions
 
     if min_tokens < 0:
-        raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
+        raise InputError(f"min_tokens must be >= 0, got {min_tokens}")
     corpus = Corpus(corpus_dir)
     settings = params(min_tokens, tuple(policies) if policies else license_subsets, allow, policies)
 

@@ -30,6 +30,7 @@ With no decisions at all (nothing ran yet), ``kept`` and ``drop_reason`` are NUL
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
@@ -55,6 +56,7 @@ class Decisions:
     packed: tuple[str, ...] | None = None
     recipe_name: str | None = None
     recipe_sha256: str | None = None
+    recipe_ref: str | None = None  # what `--recipe` takes to load it again: its file, else its shipped name
 
 
 LICENSE_SCHEMA_VERSION = 2  # 2: license_normalized column, policy reasons (xgen_data.attributes.licenses.decide)
@@ -89,7 +91,7 @@ def from_recipe(recipe) -> Decisions:
     allow = recipe.allow_list()
     ded = dedup.recorded_params(license_allow=allow, **recipe.dedup_kwargs()) if recipe.dedup.get("enabled", True) \
         else None
-    sha = fsutil.sha256_file(recipe.path) if recipe.path else None
+    sha = fsutil.sha256_file(recipe.path) if os.path.isfile(recipe.path) else None  # a file, not a shards folder
     policies = {}
     for subset, name in recipe.license_policies().items():
         pol = recipe.policy(name)
@@ -97,7 +99,8 @@ def from_recipe(recipe) -> Decisions:
     return Decisions(label=f"recipe {recipe.name!r} ({recipe.path or 'in memory'}, sha256 {sha or '-'})",
                      filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(policies),
                              "allow": sorted(allow), "policies": policies},
-                     dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha)
+                     dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha,
+                     recipe_ref=recipe.path if os.path.exists(recipe.path) else recipe.name)
 
 
 def from_defaults(corpus: Corpus) -> Decisions:
@@ -173,7 +176,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     from xgen_data.attributes.dedup import LICENSE_TIERS
 
     warnings: list[str] = []
-    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_name}` first (it computes them)"
+    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_ref or dec.recipe_name}` first (it "
+            "computes them)"
             if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
     flt, ded = dec.filter, dec.dedup
     lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint) if flt else None

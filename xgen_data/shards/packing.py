@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xgen_data import tokenizer
+from xgen_data.errors import InputError, ProblemFound, RefusedError
 from xgen_data.mixing import mixture
 from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql
@@ -229,7 +230,7 @@ def resolve_out_dir(out_dir: str) -> str:
         ValueError: ``out_dir`` is a symbolic link whose target does not exist.
     """
     if os.path.islink(out_dir) and not os.path.exists(out_dir):
-        raise ValueError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
+        raise InputError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
     return os.path.realpath(out_dir)
 
 
@@ -244,28 +245,28 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     """
     out = resolve_out_dir(out_dir)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{out_dir}: exists and is not a directory")
+        raise InputError(f"{out_dir}: exists and is not a directory")
     root = os.path.realpath(corpus.root)
     if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
-        raise ValueError(f"{out_dir}: the shards directory must be outside the corpus {root}")
+        raise InputError(f"{out_dir}: the shards directory must be outside the corpus {root}")
     if os.path.isdir(out) and os.listdir(out):
         try:
             # not its self-checksum: a set whose manifest was edited is what a rebuild repairs; the listed
             # files only decide that nothing foreign is in the folder the rebuild replaces
             manifest = shards.read_manifest(out, check_sha256=False)
         except shards.ShardError:
-            raise ValueError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
-                             "(no valid manifest.json); choose another --out or empty it") from None
+            raise RefusedError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
+                               "(no valid manifest.json); choose another --out or empty it") from None
         ours = {"manifest.json"} | {os.path.normpath(e.get(k, "")) for e in manifest["shards"]
                                     for k in ("path", "index_path")}
         foreign = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
                          if os.path.relpath(os.path.join(d, f), out) not in ours)
         if foreign:
-            raise ValueError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
-                             f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
-                             "them away or choose another --out")
+            raise RefusedError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
+                               f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
+                               "them away or choose another --out")
     if not os.path.isdir(os.path.dirname(out)):
-        raise ValueError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
+        raise InputError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
     return out
 
 
@@ -273,14 +274,14 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
     """Refuse a build whose streams and shards (2 bytes a token, twice) cannot fit on the disk of ``folder``.
 
     Raises:
-        ValueError: naming the bytes needed and free, e.g. ``recipes/xgen-7b.toml`` (1.6T tokens) on a laptop.
+        ValueError: naming the bytes needed and free, e.g. ``xgen_data/recipes/xgen-7b.toml`` (1.6T tokens) on a laptop.
     """
     needed = 4 * max(st.tokens for st in recipe.stages) + 2 * sum(st.tokens for st in recipe.stages)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise ValueError(f"recipe {recipe.name!r} packs {sum(st.tokens for st in recipe.stages):,} tokens: about "
-                         f"{needed / 1e9:,.1f} GB of temporary stream and shards, but {folder} has {free / 1e9:,.1f} GB "
-                         "free")
+        raise ProblemFound(f"recipe {recipe.name!r} packs {sum(st.tokens for st in recipe.stages):,} tokens: about "
+                           f"{needed / 1e9:,.1f} GB of temporary stream and shards, but {folder} has {free / 1e9:,.1f} GB "
+                           "free")
 
 
 def recipe_toml(r: Recipe) -> str:
@@ -382,13 +383,13 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
     for subset in recipe.subsets():
         if subset not in corpus.subsets():
             stage = next(st.name for st in recipe.stages if subset in st.proportions)
-            raise ValueError(f"stage {stage!r}: " + why_empty(corpus_dir, subset, recipe))
+            raise InputError(f"stage {stage!r}: " + why_empty(corpus_dir, subset, recipe))
     corpus.verify_parts()  # the tokens packed below come from these parts
     docs = kept_documents(corpus_dir, recipe.subsets(), recipe)
     for stage in recipe.stages:
         for subset in stage.proportions:
             if not len(docs[subset].n_tokens):
-                raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
+                raise InputError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
     out_dir = check_out_dir(out_dir, corpus)
     check_disk_space(recipe, os.path.dirname(out_dir))
     tmp_dir = fsutil.tmp_name(out_dir.rstrip(os.sep))

@@ -51,6 +51,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from xgen_data import tokenizer
+from xgen_data.errors import InputError
 from xgen_data.sources import idindex, readers
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import DOC_SCHEMA, Corpus, check_name
@@ -242,7 +243,7 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
             continue
         real = os.path.realpath(given)
         if corpus_root and (real == corpus_root or real.startswith(corpus_root + os.sep)):
-            raise ValueError(f"{given}: is the corpus being written ({corpus_dir}) or inside it; ingest raw files "
+            raise InputError(f"{given}: is the corpus being written ({corpus_dir}) or inside it; ingest raw files "
                              "from elsewhere")
         found: list[InputFile] = []
         for folder, dirs, names in os.walk(given):
@@ -271,7 +272,7 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
                     continue
                 found.append(InputFile(full, given, os.path.relpath(full, given)))
         if not found:
-            raise ValueError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
+            raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
         files += sorted(found, key=lambda f: f.rel)
     return files, skipped
 
@@ -469,7 +470,7 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     readers.input_format(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such input file")
+        raise InputError(f"{path}: no such input file")
     layout = readers.detect_layout(path, columns, metadata_tokens)
     if subset is None and layout is not None and layout.starcoder:
         subset = "starcoder"
@@ -641,9 +642,9 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
     for path, subset, _ in items:  # check every input before any work
         readers.input_format(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such input file")
+            raise InputError(f"{path}: no such input file")
         if os.path.abspath(path).startswith(root + os.sep):
-            raise ValueError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
+            raise InputError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
         if subset is not None:
             check_name(subset, "subset")
         elif readers.detect_layout(path) is None or not readers.detect_layout(path).starcoder:

@@ -15,12 +15,14 @@ from typing import Any
 
 import zstandard
 
+from xgen_data.errors import InputError
+
 #: The document fields kept by the corpus (SPEC-independent; the shared corpus schema).
 FIELDS = ("id", "text", "source", "license", "language", "path", "meta")
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A raw record is unusable. ``str()`` names the file, the line (or Parquet row) and the problem."""
 
     def __init__(self, file: str, line: int, problem: str):
@@ -71,12 +73,12 @@ def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
     out = []
     for item in spec.split(","):
         if "=" not in item or not all(x.strip() for x in item.split("=", 1)):
-            raise ValueError(f"--columns: {item!r} is not field=column (e.g. text=content,path=max_stars_repo_path)")
+            raise InputError(f"--columns: {item!r} is not field=column (e.g. text=content,path=max_stars_repo_path)")
         f, c = (x.strip() for x in item.split("=", 1))
         if f not in FIELDS:
-            raise ValueError(f"--columns: {f!r} is not a corpus field; fields: {', '.join(FIELDS)}")
+            raise InputError(f"--columns: {f!r} is not a corpus field; fields: {', '.join(FIELDS)}")
         if f in dict(out):
-            raise ValueError(f"--columns: field {f!r} is mapped twice")
+            raise InputError(f"--columns: field {f!r} is mapped twice")
         out.append((f, c))
     return tuple(out)
 
@@ -196,7 +198,7 @@ def input_format(path: str) -> str:
     for suffix in (".jsonl.gz", ".jsonl.zst", ".jsonl", ".parquet"):
         if name.endswith(suffix):
             return suffix[1:]
-    raise ValueError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+    raise InputError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
 def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None) -> Iterator[RawRecord]:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xgen_data.errors import InputError, RefusedError
 from xgen_data.store import fsutil
 from xgen_train.evaluate.lossplot import plot_loss
 from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
@@ -252,7 +253,7 @@ HOST_INIT_MAX_BYTES = 2 << 30
 def resolve_init_on(init_on: str, cfg) -> str:
     """``host`` or ``device`` for ``init_on`` (``auto`` by :data:`HOST_INIT_MAX_BYTES`). Raises ValueError."""
     if init_on not in ("auto", "host", "device"):
-        raise ValueError(f"init_on must be auto, host or device, got {init_on!r}")
+        raise InputError(f"init_on must be auto, host or device, got {init_on!r}")
     if init_on == "auto":
         return "host" if 4 * count_parameters(cfg) <= HOST_INIT_MAX_BYTES else "device"
     return init_on
@@ -326,7 +327,8 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             ``"split": "validation"`` shards; skipped when it has none).
         verify: shard checks (:class:`xgen_train.loop.data.ShardLoader`): None = each shard's sha256 when first read;
             True = every sha256 and the token range up front; False = no sha256 check.
-        progress, plot: tqdm bar on stderr; write ``loss.png`` (Figure 1).
+        progress: a tqdm bar on stderr when it is a terminal, else a log line every ``log_every`` updates;
+            False: neither. plot: write ``loss.png`` (Figure 1).
         spike_window, spike_std: loss-spike rule (SPEC §4 Choice: 128 steps, 6 std).
         stop: a :class:`StopSignal` to watch (default: one installed for the duration of the call).
         numerics: :class:`xgen_train.model.numerics.NumericsOptions`: precision policy, attention kernel, chunked
@@ -372,9 +374,9 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     main = is_main_process()
     cfg = get_config(config_name)
     if steps is not None and steps <= 0:
-        raise ValueError(f"steps must be > 0, got {steps}")
+        raise InputError(f"steps must be > 0, got {steps}")
     if log_every <= 0 or eval_every < 0 or eval_sequences <= 0:
-        raise ValueError("log_every and eval_sequences must be > 0, eval_every >= 0")
+        raise InputError("log_every and eval_sequences must be > 0, eval_every >= 0")
     if batch_size is None and batch_tokens is None:
         batch_tokens = DEFAULT_BATCH_TOKENS
     manifest = load_manifest(shards_dir)
@@ -392,14 +394,14 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     for ph in plan.phases:  # check every sub-stage up front: a bad shard fails now, not hours in
         ld = loader_for(ph) if ph.steps else None
         if ld is not None and (ld.padded_vocab_size > cfg.vocab_size or ld.vocab_size > cfg.vocab_size):
-            raise ValueError(f"shards use vocab {ld.padded_vocab_size} but model {config_name!r} has "
+            raise InputError(f"shards use vocab {ld.padded_vocab_size} but model {config_name!r} has "
                              f"vocab_size {cfg.vocab_size}")
         if ph.seq_len > cfg.max_positions:
-            raise ValueError(f"{ph.name}: seq_len {ph.seq_len} exceeds {config_name!r} max_positions "
+            raise InputError(f"{ph.name}: seq_len {ph.seq_len} exceeds {config_name!r} max_positions "
                              f"{cfg.max_positions}")
     schedule_steps = total_steps or plan.total_steps
     if warmup > schedule_steps:
-        raise ValueError(f"warmup {warmup} exceeds the schedule length {schedule_steps} (the plan's updates or "
+        raise InputError(f"warmup {warmup} exceeds the schedule length {schedule_steps} (the plan's updates or "
                          "total_steps); pass a smaller warmup (--warmup) for a short run")
     stop_step = plan.total_steps if steps is None else steps
     if stop_step > plan.total_steps:
@@ -410,7 +412,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
             more = (f"; at budget fraction {budget_fraction:g} — the shards hold {full:,} updates at 1.0, so a "
                     f"longer run is a new run (another --out) with a larger --budget-fraction (a resume keeps its "
                     f"fraction: it fixes the schedule)")
-        raise ValueError(f"steps={stop_step} exceeds the plan's {plan.total_steps} updates (one pass over every "
+        raise InputError(f"steps={stop_step} exceeds the plan's {plan.total_steps} updates (one pass over every "
                          f"selected sub-stage{more}); train fewer steps"
                          + ("" if more else ", or build shards with more data (a larger recipe budget)"))
     opt_cfg = OptimizerConfig(peak_lr=lr, warmup_steps=warmup, total_steps=schedule_steps,
@@ -420,7 +422,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     num = _resolve_numerics(numerics, compute_dtype, manifest)
     for ph in plan.phases:
         if ph.batch_size % num.accum_steps:
-            raise ValueError(f"{ph.name}: batch of {ph.batch_size} sequences is not a multiple of "
+            raise InputError(f"{ph.name}: batch of {ph.batch_size} sequences is not a multiple of "
                              f"accum_steps={num.accum_steps}")
     compute_dtype = num.precision
     dmesh = make_mesh(mesh)
@@ -458,32 +460,32 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     if resume:
         ckpt_dir = latest_checkpoint(ckpt_root) if resume is True else Path(resume)
         if ckpt_dir is None:
-            raise ValueError(f"resume requested but no complete checkpoint under {ckpt_root}")
+            raise InputError(f"resume requested but no complete checkpoint under {ckpt_root}")
     elif (earlier := latest_checkpoint(ckpt_root)) is not None:
         # a fresh run here would mix its checkpoints with an earlier run's (and --resume would pick theirs)
-        raise ValueError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
-                         "continue it, or choose another output folder")
+        raise RefusedError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
+                           "continue it, or choose another output folder")
     if ckpt_dir is not None:
         verify_checkpoint(ckpt_dir)  # every file against the sidecar, before trusting any of it
         diffs = config_differences(read_meta(ckpt_dir).get("run") or {}, run)
         if diffs:
-            raise ValueError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
-                             + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
-                             "another --out folder")
+            raise RefusedError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
+                               + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
+                               "another --out folder")
         ck = load_checkpoint(ckpt_dir, opt_state_template=s_template, verify=False, shardings=(p_sh, s_sh))
         want = plan.position(ck.step).to_dict()
         if ck.meta.get("position") != want:
             raise CheckpointError(f"{ckpt_dir}: data position {ck.meta.get('position')} does not match the plan's "
                                   f"{want} for step {ck.step}")
         if ck.step > stop_step:
-            raise ValueError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={stop_step}")
+            raise InputError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={stop_step}")
         params, opt_state = ck.params, ck.opt_state  # restored straight into this mesh's layout
         start_step = ck.step
     elif init is not None:
         init_cfg, init_p = load_init(init)
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
-            raise ValueError(f"{init}: its model config differs from {config_name!r} (init -> --config): "
+            raise InputError(f"{init}: its model config differs from {config_name!r} (init -> --config): "
                              + "; ".join(diffs))
         params = put_global(init_p, p_sh)
         opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
@@ -561,7 +563,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
     switches: list[dict] = []
     interrupted = None
     last_ckpt = None
-    bar_on = progress and sys.stderr.isatty() and main
+    bar_on = progress and sys.stderr.isatty() and main  # progress False: no bar and no log lines
     bar = tqdm(total=stop_step, initial=start_step, disable=not bar_on, desc=f"train {config_name}",
                unit="step", file=sys.stderr, dynamic_ncols=True)
     own_stop = stop is None
@@ -589,7 +591,7 @@ def train(shards_dir: str | os.PathLike, out_dir: str | os.PathLike, config_name
                     msg["val_loss"] = f"{val['val_loss']:.4f}"
                 if bar_on:
                     bar.set_postfix(msg, refresh=False)
-                elif main:
+                elif main and progress:
                     print(f"step {rec['step']} [{rec['stage']}/{rec['substage']}]: "
                           + " ".join(f"{a}={b}" for a, b in msg.items()), file=sys.stderr)
 
@@ -757,7 +759,7 @@ def _resolve_numerics(numerics: NumericsOptions | None, compute_dtype: str | Non
     if compute_dtype is not None:
         want = as_policy(compute_dtype).name
         if num.precision != "auto" and as_policy(num.precision).name != want:
-            raise ValueError(f"compute_dtype={compute_dtype!r} contradicts numerics.precision={num.precision!r}")
+            raise InputError(f"compute_dtype={compute_dtype!r} contradicts numerics.precision={num.precision!r}")
         num = dataclasses.replace(num, precision=want)
     if num.doc_mask and num.eos_id is None:
         num = dataclasses.replace(num, eos_id=int(manifest["eos_id"]))
