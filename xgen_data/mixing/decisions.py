@@ -33,9 +33,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from xgen_data.attributes import decontam as decontam_step
 from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError, params_hash
 
 REASON_SHORT = "too_few_tokens"
+REASON_EVAL = "eval_overlap"
 REASON_LICENSE = "license_not_permissive"
 REASON_EXACT = "exact_duplicate"
 REASON_NEAR = "near_duplicate"
@@ -57,6 +59,7 @@ class Decisions:
     recipe_name: str | None = None
     recipe_sha256: str | None = None
     recipe_ref: str | None = None  # what `--recipe` takes to load it again: its file, else its shipped name
+    decontam: tuple[str, ...] = ()  # evaluation set files whose overlapping documents are dropped (eval_overlap)
 
 
 LICENSE_SCHEMA_VERSION = 2  # 2: license_normalized column, policy reasons (xgen_data.attributes.licenses.decide)
@@ -100,7 +103,8 @@ def from_recipe(recipe) -> Decisions:
                      filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(policies),
                              "allow": sorted(allow), "policies": policies},
                      dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha,
-                     recipe_ref=recipe.path if os.path.exists(recipe.path) else recipe.name)
+                     recipe_ref=recipe.path if os.path.exists(recipe.path) else recipe.name,
+                     decontam=tuple(recipe.decontaminate))
 
 
 def from_defaults(corpus: Corpus) -> Decisions:
@@ -250,6 +254,19 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         lang_cols = """d.language AS language, d.language AS language_source,
             CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
             CAST(NULL AS BOOLEAN) AS language_is_code, CAST(NULL AS BOOLEAN) AS language_disagrees"""
+    xf = _attr_files(corpus, decontam_step.DECONTAM_STEP, decontam_step.decontam_params(dec.decontam), strict,
+                     hint) if dec.decontam else None
+    if dec.decontam and xf is None:
+        warnings.append(f"the decontamination decisions are out of date or missing; {hint}")
+    if xf:
+        ctes.append(f"""x AS NOT MATERIALIZED (SELECT contaminated, decontam_benchmark, decontam_item_id,
+            decontam_kind, decontam_match FROM read_parquet({_qlist(xf)}))""")
+        joins.append("POSITIONAL JOIN x")
+        decon_cols = "x.contaminated, x.decontam_benchmark, x.decontam_item_id, x.decontam_kind, x.decontam_match"
+    else:
+        decon_cols = ("CAST(NULL AS BOOLEAN) AS contaminated, CAST(NULL AS VARCHAR) AS decontam_benchmark, "
+                      "CAST(NULL AS VARCHAR) AS decontam_item_id, CAST(NULL AS VARCHAR) AS decontam_kind, "
+                      "CAST(NULL AS VARCHAR) AS decontam_match")
     if uf:
         ctes.append(f"""u AS NOT MATERIALIZED (SELECT dup_cluster, exact_group
             FROM read_parquet({_qlist(uf)}))""")
@@ -273,12 +290,15 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             lic_ok += f" AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)}) AND c.labels IS NOT NULL)"
         freason = f"""CASE WHEN NOT ({packed}) THEN NULL
             WHEN d.n_tokens < {int(flt['min_tokens'])} THEN '{REASON_SHORT}'
-            WHEN {lic_subsets} AND NOT ({lic_ok}) THEN '{REASON_LICENSE}' END"""
+            WHEN {lic_subsets} AND NOT ({lic_ok}) THEN '{REASON_LICENSE}'
+            {f"WHEN x.contaminated THEN '{REASON_EVAL}'" if xf else ""} END"""
+    elif xf:
+        freason = f"CASE WHEN ({packed}) AND x.contaminated THEN '{REASON_EVAL}' END"
     else:
         freason = "CAST(NULL AS VARCHAR)"
     ctes.append(f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
             {lang_cols}, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
-            {tier} AS license_tier_rank, {dup_cols},
+            {tier} AS license_tier_rank, {dup_cols}, {decon_cols},
             {freason} AS filter_reason, {packed} AS packed
         FROM d {' '.join(joins)})""")
     unknown = LICENSE_TIERS.index("unknown")
@@ -301,7 +321,7 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     policy_col = ("CASE " + " ".join(f"WHEN subset = {_q(s)} THEN {_q(p['name'])}" for s, p in policies.items())
                   + " END") if policies else "CAST(NULL AS VARCHAR)"
     reason = "coalesce(filter_reason, dup_reason)"
-    kept = f"({reason}) IS NULL" if (flt or ded) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
+    kept = f"({reason}) IS NULL" if (flt or ded or xf) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
     sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
         r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
             FROM b {kjoin})
@@ -313,7 +333,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             license_pass, license_reason, {tier_name} AS license_tier, dup_cluster, exact_group, dup_reason,
             CASE WHEN dup_reason IS NOT NULL THEN kept_id END AS dup_of,
             CASE WHEN dup_reason IS NOT NULL THEN kept_subset END AS dup_of_subset,
-            {kept} AS kept, {reason} AS drop_reason
+            {kept} AS kept, {reason} AS drop_reason, contaminated, decontam_benchmark, decontam_item_id,
+            decontam_kind, decontam_match
         FROM r"""
     return sql, warnings
 

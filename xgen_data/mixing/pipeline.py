@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from xgen_data.attributes import filters
+from xgen_data.attributes import decontam, filters
 from xgen_data.mixing import decisions
 from xgen_data.store.corpus import Corpus
 from xgen_data.mixing.recipe import Recipe
@@ -81,6 +81,8 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     from xgen_data.attributes import languages
 
     computed = languages.compute_language_attributes(corpus, verify=False) or computed
+    if recipe.decontaminate:
+        computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
     (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", decisions.dedup_attr_params(dec.dedup)):

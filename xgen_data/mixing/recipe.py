@@ -11,6 +11,8 @@ A recipe::
     policy_allow_extra = { strict = [] }   # identifiers added to another policy's shipped list (e.g. the demo's)
     [dedup]
     enabled = true                     # threshold, num_perm, ngram, seed, bands, rows, clustering: xgen_data.attributes.dedup
+    [decontaminate]                    # optional: drop documents overlapping these evaluation sets (SPEC §5)
+    eval_sets = ["evals/humaneval.jsonl"]   # JSONL files, relative to the recipe file
     [[stages]]
     name = "stage1"
     tokens = 1_500_000_000_000         # effective tokens of the stage (default: sum of sub-stage tokens)
@@ -96,6 +98,7 @@ class Recipe:
     policy_allow_extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # policy -> extra identifiers
     dedup: dict = field(default_factory=lambda: {"enabled": True})
     path: str = ""
+    decontaminate: tuple[str, ...] = ()  # evaluation set files (absolute), xgen_data.attributes.decontam
 
     def allow_list(self) -> tuple[str, ...]:
         """The effective license allow-list: ``license_allow`` (or the shipped list) plus the extras."""
@@ -207,7 +210,7 @@ def loads(text: str, where: str) -> Recipe:
 
 
 def _from_toml(raw: dict, path: str) -> Recipe:
-    _known_keys(path, raw, {"name", "seed", "filters", "dedup", "stages"})
+    _known_keys(path, raw, {"name", "seed", "filters", "dedup", "stages", "decontaminate"})
     stages_raw = _typed(path, "stages", raw.get("stages", []), list)
     stages = []
     names = set()
@@ -296,7 +299,16 @@ def _from_toml(raw: dict, path: str) -> Recipe:
         policy_allow_extra=_policy_extra(path, flt.get("policy_allow_extra", {})),
         dedup=dedup,
         path=os.path.abspath(path) if os.path.isfile(path) else path,
+        decontaminate=_eval_sets(path, raw.get("decontaminate", {})),
     )
+
+
+def _eval_sets(path: str, raw) -> tuple[str, ...]:
+    """``[decontaminate] eval_sets``: evaluation set files, made absolute relative to the recipe's folder."""
+    table = _typed(path, "decontaminate", raw, dict)
+    _known_keys(f"{path}: decontaminate", table, {"eval_sets"})
+    files = _strings(path, "decontaminate.eval_sets", table.get("eval_sets", []))
+    return tuple(os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), f)) for f in files)
 
 
 def known_policies() -> tuple[str, ...]:
@@ -451,6 +463,8 @@ def to_toml(recipe: Recipe) -> str:
         lines.append("policy_allow_extra = { " + ", ".join(f"{k} = {value(v)}" for k, v in
                                                          recipe.policy_allow_extra.items()) + " }")
     lines += ["", "[dedup]"] + [f"{k} = {value(v)}" for k, v in recipe.dedup.items()]
+    if recipe.decontaminate:
+        lines += ["", "[decontaminate]", f"eval_sets = {value(recipe.decontaminate)}"]
     for st in recipe.stages:
         lines += ["", "[[stages]]", f"name = {value(st.name)}", f"tokens = {st.tokens}"]
         if st.targets is None:

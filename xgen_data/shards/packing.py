@@ -10,8 +10,9 @@ Per stage, seeded from the recipe seed (:func:`xgen_data.mixing.mixture.stage_se
 
 Streams and chunks live in temporary memory-mapped files, so memory holds only per-document integers
 (document offsets, instance order, permutations), never the tokens of the corpus. The output folder is
-built under a temporary name and swapped in at the end (:func:`recover_out_dir` restores the previous
-set if a crash interrupted the swap); the same corpus, recipe and seed give byte-identical shards. The
+built under a temporary name and swapped in at the end by the shared folder publisher
+(:class:`xgen_data.store.publish.FolderPublisher`: locked, foreign files refused, the previous set restored if
+a crash interrupted the swap); the same corpus, recipe and seed give byte-identical shards. The
 manifest records the recipe: name, SHA-256 and full TOML text.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from xgen_data.errors import InputError, ProblemFound, RefusedError
 from xgen_data.mixing import mixture
 from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, locks, publish
 from xgen_data.store.corpus import Corpus
 from xgen_data.mixing.recipe import Recipe
 
@@ -249,22 +250,14 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     root = os.path.realpath(corpus.root)
     if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
         raise InputError(f"{out_dir}: the shards directory must be outside the corpus {root}")
-    if os.path.isdir(out) and os.listdir(out):
-        try:
-            # not its self-checksum: a set whose manifest was edited is what a rebuild repairs; the listed
-            # files only decide that nothing foreign is in the folder the rebuild replaces
-            manifest = shards.read_manifest(out, check_sha256=False)
-        except shards.ShardError:
-            raise RefusedError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
-                               "(no valid manifest.json); choose another --out or empty it") from None
-        ours = {"manifest.json"} | {os.path.normpath(e.get(k, "")) for e in manifest["shards"]
-                                    for k in ("path", "index_path")}
-        foreign = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
-                         if os.path.relpath(os.path.join(d, f), out) not in ours)
-        if foreign:
-            raise RefusedError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
-                               f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
-                               "them away or choose another --out")
+    foreign = publish.foreign_files(out, _listed_files)
+    if foreign is None:
+        raise RefusedError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
+                           "(no valid manifest.json); choose another --out or empty it")
+    if foreign:
+        raise RefusedError(f"{out_dir}: holds files that its manifest does not list ({', '.join(foreign[:3])}"
+                           f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
+                           "them away or choose another --out")
     if not os.path.isdir(os.path.dirname(out)):
         raise InputError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
     return out
@@ -301,58 +294,46 @@ def recipe_toml(r: Recipe) -> str:
     return recipe_mod.to_toml(r)
 
 
+def _is_complete_set(folder: str) -> bool:
+    """Whether ``folder`` holds a shards set whose manifest reads (a backup worth restoring)."""
+    try:
+        shards.read_manifest(folder)
+    except shards.ShardError:
+        return False
+    return True
+
+
+def _listed_files(folder: str) -> set[str] | None:
+    """The files a shards folder's manifest names (manifest, shards, indexes); None: not a shards folder.
+
+    Not the manifest's self-checksum: a set whose manifest was edited is what a rebuild repairs; the listed
+    files only decide that nothing foreign is in the folder the rebuild replaces."""
+    try:
+        manifest = shards.read_manifest(folder, check_sha256=False)
+    except shards.ShardError:
+        return None
+    return {"manifest.json"} | {e[k] for e in manifest["shards"] for k in ("path", "index_path") if e.get(k)}
+
+
+def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
+    """Backups of older versions' swaps: ``.<out>-old.tmp-<pid>`` of a process that is gone."""
+    prefix = f".{tail}-old.tmp-"
+    return [(os.path.join(head, n),) * 2 for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()
+            and not fsutil.pid_alive(int(n[len(prefix):]))]
+
+
+def publisher(out_dir: str) -> publish.FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of a shards folder (commit points ``build.*``)."""
+    return publish.FolderPublisher(out_dir, listed_files=_listed_files, is_complete=_is_complete_set,
+                                   what="shards", crash_prefix="build", legacy=_legacy_backups)
+
+
 def recover_out_dir(out_dir: str) -> str | None:
-    """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers.
-
-    A rebuild swaps with two renames (old set -> :func:`xgen_data.shards.shard_format.backup_dir`, new set -> ``out_dir``),
-    so a crash between them leaves ``out_dir`` missing and the old set in the backup: it is renamed back
-    (also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of a dead process). Only once
-    ``out_dir`` holds a set are backups deleted, so no crash ever loses both copies. Unfinished build
-    folders of dead processes (``.<out>.tmp-<pid>``) are deleted: ``out_dir`` or its backup is complete.
-
-    Returns:
-        a note saying what was restored, or None.
-    """
-    head, tail = os.path.split(out_dir)
-    names = os.listdir(head) if os.path.isdir(head) else []
-
-    def dead(prefix: str) -> list[str]:
-        return [os.path.join(head, n) for n in sorted(names) if n.startswith(prefix) and n[len(prefix):].isdigit()
-                and not fsutil.pid_alive(int(n[len(prefix):]))]
-
-    backups = [b for b in [shards.backup_dir(out_dir)] + dead(f".{tail}-old.tmp-") if os.path.isdir(b)]
-    note = None
-    if not os.path.exists(out_dir):
-        for b in backups:
-            try:
-                shards.read_manifest(b)
-            except shards.ShardError:
-                continue
-            os.replace(b, out_dir)
-            note = f"restored the previous shards of {out_dir} from {b} (a build into it had been interrupted)"
-            break
-    if os.path.isdir(out_dir):
-        for b in backups:
-            if os.path.exists(b):
-                shutil.rmtree(b)
-    for tmp in dead(f".{tail}.tmp-"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    return note
-
-
-def _swap_in(tmp_dir: str, out_dir: str) -> None:
-    """Replace ``out_dir`` by the finished build ``tmp_dir``; a crash at any point leaves a complete set in
-    ``out_dir`` or in its backup (restored by :func:`recover_out_dir`)."""
-    fsutil.crash_point("build.before_swap")
-    if os.path.exists(out_dir):
-        backup = shards.backup_dir(out_dir)
-        os.replace(out_dir, backup)  # recover_out_dir removed any older backup: out_dir existed
-        fsutil.crash_point("build.after_backup")
-        os.replace(tmp_dir, out_dir)
-        fsutil.crash_point("build.after_swap")
-        shutil.rmtree(backup)
-    else:
-        os.replace(tmp_dir, out_dir)
+    """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers
+    (:func:`xgen_data.store.publish.recover`; also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of
+    a dead process), holding the folder's writer lock. Returns a note saying what was restored, or None."""
+    with locks.writer_lock(publish.lock_path(out_dir), f"shards folder {out_dir}"):
+        return publish.recover(out_dir, _is_complete_set, _legacy_backups, "shards")
 
 
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
@@ -364,8 +345,8 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
         out_dir: the shards directory to (re)create.
         shard_tokens: target tokens per shard file (a shard holds whole sequences).
     Raises:
-        ValueError: a subset with a positive proportion has no kept documents; an unsafe ``out_dir``
-            (:func:`check_out_dir`).
+        ValueError: a subset with a positive proportion has no kept documents.
+        RefusedError: an unsafe ``out_dir`` (:func:`check_out_dir`), or another process writing it.
         CorpusError: not a corpus.
     """
     corpus = Corpus(corpus_dir)
@@ -375,11 +356,17 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
 
 def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int,
            progress: bool) -> BuildReport:
-    from tqdm.auto import tqdm
-
     t0 = time.time()
     out_dir = resolve_out_dir(out_dir)
-    report_note = recover_out_dir(out_dir)  # first, so even a build that fails puts the previous set back
+    with publisher(out_dir) as pub:  # locked; a killed earlier swap is restored first, even if this build fails
+        return _build_into(pub, corpus, corpus_dir, recipe, out_dir, shard_tokens, progress, t0)
+
+
+def _build_into(pub: publish.FolderPublisher, corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str,
+                shard_tokens: int, progress: bool, t0: float) -> BuildReport:
+    from tqdm.auto import tqdm
+
+    report_note = pub.note
     for subset in recipe.subsets():
         if subset not in corpus.subsets():
             stage = next(st.name for st in recipe.stages if subset in st.proportions)
@@ -392,8 +379,7 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
                 raise InputError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
     out_dir = check_out_dir(out_dir, corpus)
     check_disk_space(recipe, os.path.dirname(out_dir))
-    tmp_dir = fsutil.tmp_name(out_dir.rstrip(os.sep))
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir = pub.begin()
     os.makedirs(os.path.join(tmp_dir, ".work"))
     report = BuildReport(out_dir, notes=[report_note] if report_note else [])
     recipe_text = recipe_toml(recipe)
@@ -418,13 +404,10 @@ def _build(corpus: Corpus, corpus_dir: str, recipe: Recipe, out_dir: str, shard_
             _build_stage(corpus, docs, recipe, stage, tmp_dir, manifest, report, shard_tokens, bar)
         shutil.rmtree(os.path.join(tmp_dir, ".work"))
         manifest = shards.write_manifest(tmp_dir, manifest)  # stamped with its manifest_sha256
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     finally:
-        bar.close()
+        bar.close()  # the publisher removes tmp_dir unless it is committed
     fsutil.crash_point("build.shards_written")
-    _swap_in(tmp_dir, out_dir)
+    pub.commit()
     fsutil.crash_point("build.swapped")
     corpus.register_shard_dir(out_dir)
     report.shards = len(manifest["shards"])

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xgen_data.errors import DamagedDataError, InputError
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, publish
 
 FORMAT = "xgen-shards"
 FORMAT_VERSION = 1
@@ -82,9 +82,9 @@ def int_field(entry: dict, key: str, where: str, ctx: str) -> int:
 
 
 def backup_dir(shard_dir: str) -> str:
-    """Where a rebuild keeps the previous set of ``shard_dir`` while it swaps the new one in (a sibling)."""
-    head, tail = os.path.split(os.path.abspath(shard_dir).rstrip(os.sep))
-    return os.path.join(head, f".{tail}.backup")
+    """Where a rebuild keeps the previous set of ``shard_dir`` while it swaps the new one in (a sibling;
+    :func:`xgen_data.store.publish.backup_dir`)."""
+    return publish.backup_dir(shard_dir)
 
 
 def manifest_sha256(manifest: dict) -> str:

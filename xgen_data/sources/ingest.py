@@ -6,6 +6,12 @@ process writes zstd Parquet parts. At most ``2 × workers`` batches are in fligh
 with corpus size. Parts are written under temporary names and renamed once the whole input file is done;
 ``corpus.json`` is updated last, so a crash never leaves a half-ingested file visible.
 
+An input is opened once (:func:`readers.open_input`): its SHA-256 is computed from the open file, and the
+records are read from the same open file, rewound, so a file replaced by a rename meanwhile cannot put one
+file's documents under another's checksum. A sequential read (JSONL) hashes the bytes it reads and compares;
+a Parquet read compares the file's ``fstat`` (size, times); a file changed in place during the ingest is an
+``InputError`` naming it, and nothing of it is registered.
+
 Each part's SHA-256 is recorded in ``corpus.json`` as ``inputs[key]["part_sha256"] = {part_name: hex}``
 (hashed from the temporary file just before its rename), so later readers can detect a damaged part.
 
@@ -227,7 +233,8 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
     Folders are walked in sorted order (files sorted by relative path). Skipped, with the reason: hidden
     files and folders (name starting with ``.``), files of other types (``unsupported extension .csv``),
     symbolic links to folders (not followed, so a link loop cannot recurse) and the corpus folder itself
-    (``corpus_dir``, when it lies inside a folder given).
+    (``corpus_dir``, when it lies inside a folder given), and entries that are not regular files (FIFOs, sockets,
+    devices, broken links: ``special file (FIFO (named pipe))``).
 
     Returns:
         ``(files, skipped)``: :class:`InputFile` list in order, and ``(path, reason)`` for every skipped entry.
@@ -263,6 +270,10 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
                 full = os.path.join(folder, name)
                 if name.startswith("."):
                     skipped.append((full, "hidden file"))
+                    continue
+                kind = readers.special_kind(full)
+                if kind is not None:  # a FIFO would block the hash, a device has no end
+                    skipped.append((full, f"special file ({kind})"))
                     continue
                 try:
                     readers.input_format(name)
@@ -465,20 +476,29 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
             stream or Parquet file in both modes.
         OSError: a part or ``corpus.json`` cannot be written (names it; ENOSPC for a full disk).
         ValueError: unsupported file type or ``on_error`` value; FileNotFoundError.
+        InputError: ``path`` is not a regular file (a FIFO, socket, device), or it changed while it was read
+            (:meth:`readers.OpenedInput.check_unchanged`; nothing of it is registered).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     readers.input_format(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such input file")
-    layout = readers.detect_layout(path, columns, metadata_tokens)
+    with contextlib.closing(readers.open_input(path)) as opened:  # one open file: hashed, then read
+        return _ingest_opened(corpus, opened, subset, pool, on_error, progress, folder, columns, metadata_tokens)
+
+
+def _ingest_opened(corpus: Corpus, opened: readers.OpenedInput, subset: str | None, pool: cf.Executor | None,
+                   on_error: str, progress: bool, folder: str | None, columns: tuple[tuple[str, str], ...],
+                   metadata_tokens: bool) -> FileReport:
+    """:func:`ingest_file` of an input already opened and hashed (:func:`readers.open_input`)."""
+    path = opened.path
+    layout = readers.detect_layout(path, columns, metadata_tokens, fileobj=opened.file)
     if subset is None and layout is not None and layout.starcoder:
         subset = "starcoder"
     subset = check_name(default_subset(path) if subset is None else subset, "subset")
     rel = os.path.relpath(path, folder) if folder else None
     report = FileReport(path=path, subset=subset, name=rel or os.path.basename(path))
     t0 = time.time()
-    digest = fsutil.sha256_file(path)
+    digest = opened.sha256
     meta = corpus.read_meta()
     inputs = meta.setdefault("inputs", {})
     key = f"{subset}:{digest}" + (":metadata-tokens" if metadata_tokens else "")
@@ -514,10 +534,13 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
                 sources.open_src, sources.open_ids = None, []
 
     broken: list[readers.StreamError] = []  # with on_error="skip": where the file stopped being readable
+    # a sequential (JSONL) read hashes what it reads; Parquet is read at random offsets: its fstat is compared
+    sequential = readers.input_format(path) != "parquet"
+    source = readers.HashingReader(opened.file) if sequential else opened.file
 
     def records() -> Iterator[readers.RawRecord]:
         try:
-            yield from readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}", layout=layout)
+            yield from readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}", layout=layout, fileobj=source)
         except readers.StreamError as exc:
             if not exc.truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
                 raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
@@ -573,6 +596,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
                     close_part()
             bar.update(len(errors) + (batch.num_rows if batch is not None else 0))
         close_part()
+        if sequential:
+            source.drain()  # the bytes after a truncated stream's break count too
+        opened.check_unchanged(source.hexdigest() if sequential else None)
         for exc in broken:  # always listed, whatever the number of skipped records shown before it
             report.skipped["truncated_stream"] += 1
             report.examples.append(f"{exc.file}:{exc.line}: {exc.problem}; the rest of the file is skipped")
@@ -641,8 +667,7 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
     items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in inputs]
     for path, subset, _ in items:  # check every input before any work
         readers.input_format(path)
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: no such input file")
+        readers.check_regular(path)
         if os.path.abspath(path).startswith(root + os.sep):
             raise InputError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
         if subset is not None:

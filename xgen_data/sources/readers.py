@@ -6,12 +6,15 @@ Records follow the shared corpus schema ``{id, text, source, license, language, 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import zstandard
 
@@ -83,19 +86,23 @@ def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> Layout | None:
+def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False,
+                  fileobj: IO[bytes] | None = None) -> Layout | None:
     """The layout of one input: StarCoder's when a Parquet file has ``content`` and ``max_stars_*`` columns
     and no ``text`` (its language from the parent folder when that names a language of
     :mod:`xgen_data.attributes.languages`, e.g. ``python/train-00000-of-00059.parquet``); ``columns`` on top; None for
-    the plain corpus schema."""
+    the plain corpus schema. ``fileobj``: read the Parquet schema from this open file (left rewound)."""
     star = False
     if input_format(path) == "parquet":
         import pyarrow.parquet as pq
 
         try:
-            names = set(pq.read_schema(path).names)
+            names = set(pq.read_schema(fileobj if fileobj is not None else path).names)
         except Exception:  # noqa: BLE001  (a corrupt file is reported by iter_raw with its row)
             names = set()
+        finally:
+            if fileobj is not None:
+                fileobj.seek(0)
         star = "content" in names and "text" not in names and any(n.startswith("max_stars_") for n in names)
     language = None
     if star:
@@ -188,6 +195,125 @@ class RawRecord:
     layout: Layout | None = None  # how its columns map to the corpus fields (None: the corpus schema)
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def special_kind(path: str) -> str | None:
+    """What ``path`` is when it is not a regular file (``"FIFO (named pipe)"``, ``"socket"``, a device, a
+    folder; links followed), ``"broken link"`` for a link to nothing, None for a regular file.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken link"
+        raise
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "special file")
+
+
+def check_regular(path: str) -> None:
+    """Refuse an input that is not a regular file: ingest hashes a file and then reads the same bytes, which a
+    pipe, socket or device cannot give twice.
+
+    Raises:
+        InputError: nothing at ``path`` (``"<path>: no such input file"``), or ``path`` is a FIFO, socket,
+            device or folder, named with its kind.
+    """
+    try:
+        kind = special_kind(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such input file") from None
+    if kind is not None:
+        raise InputError(f"{path}: is a {kind}, not a regular file; xgen ingest reads regular files (it hashes "
+                         "a file's bytes and reads the same bytes again, which a pipe or device cannot give)")
+
+
+def file_signature(st: os.stat_result) -> tuple[int, ...]:
+    """The parts of a file's ``stat`` that change when its bytes change in place (size, modification time in
+    ns) or when another file is read (device, inode). Not the status-change time: unlinking or renaming over a
+    file that is open changes it, while the open file's bytes stay the ones hashed."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class HashingReader:
+    """A binary file object's ``read`` that also feeds every byte it returns to a SHA-256 (what is read is
+    what is hashed). ``drain()`` hashes the rest up to the end of the file; ``hexdigest()`` is then the
+    SHA-256 of every byte the reader consumed."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self._h, self.n_bytes = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._h.update(data)
+        self.n_bytes += len(data)
+        return data
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        while self.read(chunk):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@dataclass
+class OpenedInput:
+    """An input file opened once for an ingest: ``sha256`` of its bytes hashed from the open file, the
+    ``os.fstat`` signature (:func:`file_signature`) taken then, and the file object the records are read from
+    (rewound). A file replaced by a rename meanwhile does not matter (the open file keeps the old bytes); one
+    changed in place is found by :meth:`check_unchanged`."""
+
+    path: str
+    file: IO[bytes]
+    sha256: str
+    signature: tuple[int, ...]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def check_unchanged(self, read_sha256: str | None = None) -> None:
+        """Raise when the file changed since it was hashed: its ``fstat`` signature differs, or
+        ``read_sha256`` (the hash of the bytes the records were read from, when read sequentially) differs.
+
+        Raises:
+            InputError: names the file; nothing of it may be kept.
+        """
+        now = file_signature(os.fstat(self.file.fileno()))
+        if now != self.signature or (read_sha256 is not None and read_sha256 != self.sha256):
+            raise InputError(f"{self.path}: the file changed while it was being ingested (its size, time or bytes "
+                             "differ from when it was hashed); nothing of it was ingested, run the ingest again "
+                             "once the file is complete")
+
+
+def open_input(path: str, chunk: int = 1 << 20) -> OpenedInput:
+    """Open one input file for ingest: refuse what is not a regular file (:func:`check_regular`), hash its bytes
+    from the open file and rewind it. The caller closes ``.file``. Any seekable binary file object (an fsspec
+    file) can go through :class:`OpenedInput` the same way.
+
+    Raises:
+        FileNotFoundError, InputError: see :func:`check_regular`.
+    """
+    check_regular(path)
+    f = open(path, "rb")
+    try:
+        before = file_signature(os.fstat(f.fileno()))
+        h = hashlib.sha256()
+        while block := f.read(chunk):
+            h.update(block)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return OpenedInput(path, f, h.hexdigest(), before)
+
+
 def input_format(path: str) -> str:
     """Return ``'jsonl'``, ``'jsonl.gz'``, ``'jsonl.zst'`` or ``'parquet'`` from the file name.
 
@@ -201,7 +327,8 @@ def input_format(path: str) -> str:
     raise InputError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
-def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None) -> Iterator[RawRecord]:
+def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None,
+             fileobj: IO[bytes] | None = None) -> Iterator[RawRecord]:
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
     Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
@@ -210,6 +337,9 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
     Args:
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
         layout: the input's column mapping (:func:`detect_layout`), applied when records are decoded.
+        fileobj: read the bytes from this open binary file object (positioned at the start; e.g. a
+            :class:`HashingReader` over :func:`open_input`'s file) instead of opening ``path``, which then only
+            names the records' file.
     Raises:
         ValueError: unsupported suffix.
         StreamError: a corrupt or truncated compressed stream (names the file, the line where the stream
@@ -223,14 +353,14 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
 
         row = 0
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for batch in pq.ParquetFile(fileobj if fileobj is not None else path).iter_batches(batch_size=1024):
                 for rec in batch.to_pylist():
                     row += 1
                     yield RawRecord(path, row, rec, id_prefix, layout)
         except (OSError, pa.ArrowException) as exc:
             raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
-    with open(path, "rb") as raw:
+    with (contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")) as raw:
         if fmt == "jsonl.gz":
             chunks: Iterator[bytes] = _gzip_chunks(raw)
         elif fmt == "jsonl.zst":

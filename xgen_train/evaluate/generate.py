@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
@@ -131,8 +132,8 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
 class Generation:
     """Result of :func:`generate`.
 
-    ``tokens``: the new ids (EOS included when generation stopped on it). ``stop``: ``"eos"``,
-    ``"max_new_tokens"`` or ``"max_positions"``. ``logits``: float32 ``[len(tokens), vocab_size]``, the
+    ``tokens``: the new ids (EOS included when generation stopped on it). ``stop``: ``"eos"``, ``"stop"``
+    (``should_stop`` said so), ``"max_new_tokens"`` or ``"max_positions"``. ``logits``: float32 ``[len(tokens), vocab_size]``, the
     scores each new token was chosen from (only with ``return_logits=True``).
     """
 
@@ -163,7 +164,8 @@ def _compiled(cfg: ModelConfig, compute_dtype: str, greedy: bool):
 
 def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 64, *, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, eos_id: int | None = EOS_ID, vocab_limit: int | None = None,
-             compute_dtype: str = "float32", use_cache: bool = True, return_logits: bool = False) -> Generation:
+             compute_dtype: str = "float32", use_cache: bool = True, return_logits: bool = False,
+             should_stop: Callable[[list[int]], bool] | None = None) -> Generation:
     """Continue ``prompt`` with the model (batch of one).
 
     Args:
@@ -178,6 +180,8 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
         use_cache: False runs a full forward over the whole sequence for every token (the reference the
             tests compare the cached path against).
         return_logits: keep each step's logits in the result.
+        should_stop: called with the new ids after each token; True stops with ``stop == "stop"`` (a chat's
+            stop text, :mod:`xgen_train.evaluate.chat`).
     Raises:
         ValueError: empty prompt, prompt as long as ``max_positions`` or longer, ids outside the
             vocabulary, or an invalid ``temperature`` / ``top_p`` / ``max_new_tokens``.
@@ -226,6 +230,9 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
             kept_logits.append(np.asarray(last[0]))
         if eos_id is not None and t == eos_id:
             stop = "eos"
+            break
+        if should_stop is not None and should_stop(new):
+            stop = "stop"
             break
         if i + 1 == budget:
             break

@@ -15,7 +15,9 @@ Export folder (:func:`export_hf`), loadable with ``AutoModelForCausalLM.from_pre
       xgen_export.json         provenance: source checkpoint, step, sha256 of every file (marks the folder
                                as an xgen export, which a later export may replace)
 
-The folder is written under a temporary name beside ``OUT`` and renamed into place. Importing
+The folder is written under a temporary name beside ``OUT`` and swapped into place by the shared folder
+publisher (:mod:`xgen_data.store.publish`; commit points ``export.before_swap``, ``export.after_backup``,
+``export.after_swap``). Importing
 (:func:`load_hf`) reads ``config.json`` and ``model.safetensors`` (or a sharded
 ``model.safetensors.index.json``), checks every key, shape and config value, and returns
 ``(ModelConfig, params)`` in the Haiku layout of :mod:`xgen_train.model.model`.
@@ -24,13 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from xgen_data.errors import InputError, RefusedError
+from xgen_data.store.publish import FolderPublisher, make_parent
 from xgen_train.model.config import CONFIGS, ModelConfig
 
 __all__ = ["EXPORT_MARKER", "HFFormatError", "config_from_hf", "config_name_of", "export_hf", "generation_config",
@@ -102,33 +103,70 @@ def _is_export(folder: Path) -> bool:
     return (folder / EXPORT_MARKER).is_file()
 
 
+def _export_files(folder: str) -> set[str] | None:
+    """The files an export wrote (its marker's ``sha256`` list and the marker); None: not an xgen export."""
+    try:
+        with open(os.path.join(folder, EXPORT_MARKER), encoding="utf-8") as f:
+            files = json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {EXPORT_MARKER, *files} if isinstance(files, dict) else None
+
+
+def _is_complete_export(folder: str) -> bool:
+    """Whether ``folder`` holds every file its marker lists (the marker is written last)."""
+    files = _export_files(folder)
+    return files is not None and all(os.path.isfile(os.path.join(folder, f)) for f in files)
+
+
+def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
+    """Backups of older versions' swaps: ``.<out>.old-<random>/export`` (the container is removed after)."""
+    return [(os.path.join(head, n, "export"), os.path.join(head, n)) for n in names if n.startswith(f".{tail}.old-")]
+
+
+def export_publisher(out: str | os.PathLike) -> FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of an export folder (commit points ``export.*``)."""
+    return FolderPublisher(str(out), listed_files=_export_files, is_complete=_is_complete_export,
+                           what="Hugging Face export", crash_prefix="export", legacy=_legacy_backups)
+
+
 def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, model_config: ModelConfig | None = None,
               tokenizer: bool = True) -> Path:
     """Write ``out`` as a Hugging Face ``LlamaForCausalLM`` folder from a run's latest checkpoint.
 
+    Written through the shared folder publisher (:class:`xgen_data.store.publish.FolderPublisher`): into a
+    temporary sibling, swapped in atomically, the previous export restored if a killed swap left none, leftovers
+    of killed exports removed, one writer at a time.
+
     Args:
         run: run folder (``xgen train --out``) or checkpoint folder; ignored when ``params`` is given.
-        out: destination folder. It may be absent, empty, or an earlier xgen export (it is replaced);
-            any other existing folder is refused.
+        out: destination folder. It may be absent, empty, or an earlier xgen export holding only the files it
+            wrote (it is replaced); any other existing folder is refused.
         params, model_config: export these instead of reading ``run`` (Haiku layout, float32).
         tokenizer: also write the tokenizer files (needs the GPT-2 ranks, see xgen_data.tokenizer).
     Returns:
         ``Path(out)``.
     Raises:
-        ValueError: no checkpoint in ``run``; ``out`` is a file or a non-export folder; a parameter is
-            missing or misshapen.
+        RefusedError: ``out`` is a non-export folder, an export holding files it did not write (a README, an
+            adapter folder), or another process is writing it.
+        InputError: ``out`` or a folder above it is a file.
+        ValueError: no checkpoint in ``run``; a parameter is missing or misshapen.
     """
-    import safetensors.numpy
+    out = Path(out)
+    make_parent(str(out))
+    with export_publisher(out) as pub:
+        pub.check_foreign(hint="move them away or choose another output folder",
+                          not_ours=f"is not an xgen export (no {EXPORT_MARKER})")
+        tensors, cfg, source, step = _export_tensors(run, params, model_config)
+        _write_export(Path(pub.begin()), tensors, cfg, source, step, tokenizer)
+        pub.commit()
+    return out
 
+
+def _export_tensors(run, params, model_config: ModelConfig | None) -> tuple[dict, ModelConfig, object, object]:
+    """``(HF name -> float32 array, config, source checkpoint, step)`` of what :func:`export_hf` writes."""
     from xgen_train.model.model import flat_params, hf_param_names
 
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not _is_export(out):
-            raise RefusedError(f"{out}: exists and is not an xgen export (no {EXPORT_MARKER}); refusing to overwrite "
-                               "it, choose another output folder")
     if params is None:
         from xgen_train.loop.checkpoint import checkpoint_source, load_params
 
@@ -138,50 +176,41 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, mo
         if model_config is None:
             raise ValueError("export_hf: model_config is required with params")
         source, step = None, None
-    cfg = model_config
-    names = hf_param_names(cfg)
+    names = hf_param_names(model_config)
     flat = flat_params(params)
-    _check_params(flat, cfg, names)
+    _check_params(flat, model_config, names)
     tensors = {names[k]: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in flat.items()}
+    return tensors, model_config, source, step
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        _write_json(tmp / CONFIG_FILE, hf_config(cfg))
-        safetensors.numpy.save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        _write_json(tmp / "generation_config.json", generation_config())
-        if tokenizer:
-            from xgen_train.export import hf_tokenizer
 
-            (tmp / "tokenizer.json").write_text(json.dumps(hf_tokenizer.tokenizer_json(), ensure_ascii=False),
-                                                encoding="utf-8")
-            _write_json(tmp / "tokenizer_config.json", hf_tokenizer.tokenizer_config(cfg.max_positions))
-            _write_json(tmp / "special_tokens_map.json", hf_tokenizer.special_tokens_map())
-        from xgen_data.store.fsutil import sha256_file
+def _write_export(tmp: Path, tensors: dict, cfg: ModelConfig, source, step, tokenizer: bool) -> None:
+    """Write every export file into the empty folder ``tmp``, the marker (with each file's sha256) last."""
+    import safetensors.numpy
 
-        files = sorted(p.name for p in tmp.iterdir())
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in files:  # mkdtemp and safetensors create private files; an export is meant to be shared
-            os.chmod(tmp / f, 0o666 & ~umask)
-        _write_json(tmp / EXPORT_MARKER, {
-            "format": "xgen-hf-export", "format_version": 1,
-            "source_checkpoint": str(source) if source else None, "step": step,
-            "model_config": cfg.to_dict(), "sha256": {f: sha256_file(str(tmp / f)) for f in files},
-        })
-        os.chmod(tmp / EXPORT_MARKER, 0o666 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "export")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    from xgen_data.store.fsutil import sha256_file
+
+    _write_json(tmp / CONFIG_FILE, hf_config(cfg))
+    safetensors.numpy.save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+    _write_json(tmp / "generation_config.json", generation_config())
+    if tokenizer:
+        from xgen_train.export import hf_tokenizer
+
+        (tmp / "tokenizer.json").write_text(json.dumps(hf_tokenizer.tokenizer_json(), ensure_ascii=False),
+                                            encoding="utf-8")
+        _write_json(tmp / "tokenizer_config.json", hf_tokenizer.tokenizer_config(cfg.max_positions))
+        _write_json(tmp / "special_tokens_map.json", hf_tokenizer.special_tokens_map())
+    files = sorted(p.name for p in tmp.iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in files:  # safetensors may create private files; an export is meant to be shared
+        os.chmod(tmp / f, 0o666 & ~umask)
+    _write_json(tmp / EXPORT_MARKER, {
+        "format": "xgen-hf-export", "format_version": 1,
+        "source_checkpoint": str(source) if source else None, "step": step,
+        "model_config": cfg.to_dict(), "sha256": {f: sha256_file(str(tmp / f)) for f in files},
+    })
+    os.chmod(tmp / EXPORT_MARKER, 0o666 & ~umask)
+    os.chmod(tmp, 0o777 & ~umask)
 
 
 def _check_params(flat: dict, cfg: ModelConfig, names: dict[str, str]) -> None:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import functools
 
 from xgen_data import tokenizer as xtok
+from xgen_data.sft import render
 
-__all__ = ["bytes_to_unicode", "special_tokens_map", "tokenizer_config", "tokenizer_json"]
+__all__ = ["CHAT_TEMPLATE", "bytes_to_unicode", "special_tokens_map", "tokenizer_config", "tokenizer_json"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,6 +141,33 @@ def tokenizer_json() -> dict:
 
 EOS_TEXT = "<|endoftext|>"
 
+#: transformers' ``chat_template`` (Jinja) for XGen's instruction format (SPEC §5, :mod:`xgen_data.sft.render`):
+#: ``[{system}\n\n]### Human: {p1}\n### Assistant: {r1}<|endoftext|>\n### Human: {p2}…``, contents stripped, a
+#: system message (first only) rendered as the header, and ``add_generation_prompt`` opening the assistant turn
+#: (``\n### Assistant:``, no space: the space belongs to the first response token). Tokenized by
+#: ``apply_chat_template`` (special tokens parsed, no BOS), it gives exactly xgen's training ids whenever no
+#: content holds a special-token string such as a literal ``<|endoftext|>`` (xgen reads those as text).
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(turn=0) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}"
+    "{%- if not loop.first -%}{{ raise_exception('a system message may only come first') }}{%- endif -%}"
+    "{{ m['content'] | trim }}{{ '\\n\\n' }}"
+    "{%- elif m['role'] == 'user' -%}"
+    "{%- if ns.turn % 2 != 0 -%}{{ raise_exception('turns must alternate, starting with the user') }}{%- endif -%}"
+    "{%- if ns.turn > 0 -%}{{ '\\n' }}{%- endif -%}"
+    "{{ '" + render.HUMAN_TAG + " ' }}{{ m['content'] | trim }}"
+    "{%- set ns.turn = ns.turn + 1 -%}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "{%- if ns.turn % 2 != 1 -%}{{ raise_exception('turns must alternate, starting with the user') }}{%- endif -%}"
+    "{{ '\\n" + render.ASSISTANT_TAG + " ' }}{{ m['content'] | trim }}{{ eos_token }}"
+    "{%- set ns.turn = ns.turn + 1 -%}"
+    "{%- else -%}{{ raise_exception('unknown role ' + m['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n" + render.ASSISTANT_TAG + "' }}{%- endif -%}"
+)
+
 
 def special_tokens_map() -> dict:
     """``special_tokens_map.json``: BOS = EOS = UNK = PAD = ``<|endoftext|>`` (id 50256, SPEC §1), and the
@@ -150,7 +178,8 @@ def special_tokens_map() -> dict:
 
 def tokenizer_config(model_max_length: int) -> dict:
     """``tokenizer_config.json`` for ``AutoTokenizer``: the fast tokenizer of ``tokenizer.json``, no BOS
-    prepended and no EOS appended (SPEC §1), no clean-up of spaces on decode (exact round trip)."""
+    prepended and no EOS appended (SPEC §1), no clean-up of spaces on decode (exact round trip), and the
+    :data:`CHAT_TEMPLATE` of XGen's instruction format (SPEC §5)."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": int(model_max_length),
@@ -158,5 +187,6 @@ def tokenizer_config(model_max_length: int) -> dict:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "padding_side": "left",
+        "chat_template": CHAT_TEMPLATE,
         **special_tokens_map(),
     }

@@ -42,6 +42,7 @@ class Phase:
     start_step: int  # global index of its first update
     start_tokens: int  # tokens seen before it
     validation_sequences: int = 0
+    epochs: int = 1  # passes over the train sequences (SFT: SPEC §5's 3), each in a fresh seeded order
 
     @property
     def end_step(self) -> int:
@@ -53,14 +54,17 @@ class Phase:
 
     @property
     def skipped_sequences(self) -> int:
-        return self.n_sequences - self.steps * self.batch_size
+        return self.n_sequences * self.epochs - self.steps * self.batch_size
 
     @property
     def name(self) -> str:
         return f"{self.stage}/{self.substage}"
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "end_step": self.end_step, "skipped_sequences": self.skipped_sequences}
+        d = dataclasses.asdict(self)
+        if self.epochs == 1:  # pre-training plans read as before epochs existed
+            del d["epochs"]
+        return {**d, "end_step": self.end_step, "skipped_sequences": self.skipped_sequences}
 
 
 @dataclass(frozen=True)
@@ -163,12 +167,15 @@ def batch_size_for(seq_len: int, batch_tokens: int | None, batch_size: int | Non
 
 
 def make_plan(manifest: dict, *, batch_tokens: int | None = None, batch_size: int | None = None,
-              stage: str | None = None, substage: str | None = None, budget_fraction: float = 1.0) -> Plan:
+              stage: str | None = None, substage: str | None = None, budget_fraction: float = 1.0,
+              epochs: int = 1) -> Plan:
     """The :class:`Plan` of a manifest (module docstring). Sub-stages with fewer sequences than one batch get
     0 steps (reported by their ``skipped_sequences``).
 
     ``budget_fraction`` in ``(0, 1]`` scales every sub-stage's budget alike (``floor(n_sequences * f)``
     sequences, then whole batches): the whole curriculum at a small scale, e.g. for a demo or a smoke test.
+    ``epochs`` >= 1 passes over each sub-stage (``floor(n_sequences * epochs * f)`` samples, then whole
+    batches; :meth:`xgen_train.loop.data.ShardLoader.batch_at` draws a fresh order per epoch).
 
     Raises:
         ValueError: see :func:`substages_of` and :func:`batch_size_for`; a fraction outside ``(0, 1]``; a plan
@@ -176,6 +183,8 @@ def make_plan(manifest: dict, *, batch_tokens: int | None = None, batch_size: in
     """
     if not 0.0 < budget_fraction <= 1.0:
         raise InputError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
+    if int(epochs) != epochs or epochs < 1:
+        raise InputError(f"epochs must be an integer >= 1, got {epochs}")
     phases = []
     step = tokens = 0
     for k, (st, sub) in enumerate(substages_of(manifest, stage, substage)):
@@ -183,8 +192,8 @@ def make_plan(manifest: dict, *, batch_tokens: int | None = None, batch_size: in
         bs = batch_size_for(seq_len, batch_tokens, batch_size)
         n_val = int(sub.get("validation_sequences", 0))
         n = int(sub["n_sequences"]) - n_val  # the train split
-        used = n if budget_fraction == 1.0 else int(n * budget_fraction)
-        ph = Phase(k, st, str(sub["name"]), seq_len, n, bs, used // bs, step, tokens, n_val)
+        used = n * epochs if budget_fraction == 1.0 else int(n * epochs * budget_fraction)
+        ph = Phase(k, st, str(sub["name"]), seq_len, n, bs, used // bs, step, tokens, n_val, int(epochs))
         phases.append(ph)
         step += ph.steps
         tokens += ph.steps * ph.tokens_per_step

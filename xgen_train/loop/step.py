@@ -32,7 +32,8 @@ import optax
 
 from xgen_data.errors import InputError
 
-__all__ = ["StepOptions", "accumulated_value_and_grad", "init_monitor", "make_train_step", "monitor_from_history", "spike_update"]
+__all__ = ["StepOptions", "accumulated_value_and_grad", "init_monitor", "make_train_step", "monitor_from_history",
+           "spike_update", "token_sum_value_and_grad"]
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,49 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int) -> Callable:
     return f
 
 
+def _micro_batches(batch, accum_steps: int):
+    """A batch pytree of ``[B, ...]`` arrays as ``[A, B//A, ...]``: microbatch ``i`` = rows ``i::A`` (module doc)."""
+    def split(a):
+        if a.shape[0] % accum_steps:
+            raise InputError(f"batch of {a.shape[0]} sequences is not a multiple of accum_steps={accum_steps}")
+        return a.reshape(a.shape[0] // accum_steps, accum_steps, *a.shape[1:]).swapaxes(0, 1)
+    return jax.tree.map(split, batch)
+
+
+def token_sum_value_and_grad(loss_sum_fn: Callable, count_fn: Callable, accum_steps: int) -> Callable:
+    """``(params, batch) -> ((loss, aux), grads)`` for a loss given as a *sum* over scored tokens.
+
+    ``loss_sum_fn(params, batch) -> (objective_sum, aux sums)``; ``count_fn(batch)`` -> the number of scored
+    tokens of the whole batch (float32). Sums (of the objective, the aux values and the gradients) are
+    accumulated over ``accum_steps`` microbatches (rows ``i::accum_steps``) and divided once by the whole
+    batch's count (at least 1), so the result is the per-token mean over the batch whatever the
+    micro-batching or the number of scored tokens per row (SPEC §5 SFT loss; transformers #24725).
+    """
+    vg = jax.value_and_grad(loss_sum_fn, has_aux=True)
+
+    def f(params, batch):
+        n = jnp.maximum(count_fn(batch), 1.0)
+        if accum_steps == 1:
+            (total, aux), grads = vg(params, batch)
+        else:
+            micro = _micro_batches(batch, accum_steps)
+            first = jax.tree.map(lambda a: a[0], micro)
+            (_, aux0), _ = jax.eval_shape(vg, params, first)
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux0),
+                     jax.tree.map(jnp.zeros_like, params))
+
+            def body(acc, mb):
+                (loss, aux), g = vg(params, mb)
+                return jax.tree.map(jnp.add, acc, (loss, aux, g)), None
+
+            (total, aux, grads), _ = jax.lax.scan(body, zeros, micro)
+        return (total / n, jax.tree.map(lambda a: a / n, aux)), jax.tree.map(lambda g: g / n, grads)
+
+    return f
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    opts: StepOptions = StepOptions()) -> Callable:
+                    opts: StepOptions = StepOptions(), *, value_and_grad: Callable | None = None) -> Callable:
     """Un-jitted update ``step(params, opt_state, monitor, tokens int32 [B, L])`` (see the module doc).
 
     Args:
@@ -155,12 +197,15 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
             ``z`` (:func:`xgen_train.model.loss.make_loss_fn`).
         optimizer: the optax transformation (clipping + AdamW, :func:`xgen_train.loop.optimizer.make_optimizer`).
         opts: spike rule and skip policy.
+        value_and_grad: ``(params, batch) -> ((objective, aux), grads)`` replacing the mean-loss accumulation
+            of ``loss_fn`` (e.g. :func:`token_sum_value_and_grad` for the SFT loss; ``batch`` is then a pytree).
 
     Non-finite loss or gradients never reach the parameters: such an update is skipped (``skipped=1``,
     ``nonfinite=1``); so is a flagged spike when ``opts.skip_spikes``.
     """
 
-    value_and_grad = accumulated_value_and_grad(_with_aux(loss_fn), opts.accum_steps)
+    if value_and_grad is None:
+        value_and_grad = accumulated_value_and_grad(_with_aux(loss_fn), opts.accum_steps)
 
     def step(params, opt_state, monitor, tokens):
         (objective, aux), grads = value_and_grad(params, tokens)

@@ -171,7 +171,7 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
         raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
     b, t = tokens.shape
     if t > cfg.max_positions:
-        raise ValueError(f"sequence length {t} exceeds max_positions={cfg.max_positions}")
+        raise InputError(f"sequence length {t} exceeds max_positions={cfg.max_positions}")
     if attention not in ATTENTION_IMPLS:
         raise InputError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
     if positions is None:

@@ -1,0 +1,224 @@
+"""``xgen export shards``: every target read back by its own library, token for token; blends; refusals.
+
+The readers are the libraries themselves (megatron-core's IndexedDataset, mosaicml-streaming's
+StreamingDataset, litdata's StreamingDataset + TokensLoader, datasets.load_dataset), installed from
+requirements-interop.lock; without them these tests skip, unless ``XGEN_REQUIRE_INTEROP=1`` (CI).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from xgen_data.errors import DamagedDataError, RefusedError
+from xgen_data.interop import card, export, mds, megatron
+from xgen_data.interop.source import datasets
+from xgen_data.shards import shard_format
+
+
+def require(module: str):
+    """Import an optional ``[interop]`` reader; skip without it unless XGEN_REQUIRE_INTEROP=1 (CI)."""
+    if os.environ.get("XGEN_REQUIRE_INTEROP") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+def streaming_base():
+    """mosaicml-streaming's ``streaming.base`` (StreamingDataset, Stream, MDSWriter), the real modules.
+
+    ``streaming/__init__.py`` also imports its vision datasets, which need a torchvision built for the
+    installed torch; PyPI has only CUDA builds of torchvision, which do not load beside the CPU torch. So the
+    package object is created without running that ``__init__``; every module imported is streaming's own.
+    """
+    if "streaming.base" not in sys.modules:
+        spec = importlib.util.find_spec("streaming")
+        if spec is None:
+            return require("streaming")
+        pkg = types.ModuleType("streaming")
+        pkg.__path__, pkg.__spec__ = list(spec.submodule_search_locations), spec
+        sys.modules.setdefault("streaming", pkg)
+    return importlib.import_module("streaming.base")
+
+
+def _rows(shard_dir, ds) -> np.ndarray:
+    """All rows of one exported dataset straight from the shards (manifest order)."""
+    return np.concatenate([np.asarray(shard_format.open_shard(shard_dir, e)) for e in ds.entries])
+
+
+@pytest.fixture(scope="module")
+def sets(demo_shards):
+    return datasets(shard_format.read_manifest(demo_shards))
+
+
+def _export(demo_shards, tmp_path, target, **kw):
+    out = str(tmp_path / target)
+    return out, export.export_shards(demo_shards, out, target, **kw)
+
+
+@pytest.mark.parametrize("unit", ["sequence", "document"])
+def test_megatron_round_trip(demo_shards, sets, tmp_path, unit):
+    idx = require("megatron.core.datasets.indexed_dataset")
+    out, man = _export(demo_shards, tmp_path, "megatron", unit=unit)
+    eos = man["shards"]["eos_id"]
+    for ds in sets:
+        want = _rows(demo_shards, ds)
+        got = idx.IndexedDataset(os.path.join(out, ds.name))
+        if unit == "sequence":
+            assert len(got) == want.shape[0]
+            assert (got.sequence_lengths == ds.seq_len).all()
+            assert all(np.array_equal(got[i], want[i]) for i in range(len(got)))
+        else:
+            pieces = [got[i] for i in range(len(got))]
+            assert np.array_equal(np.concatenate(pieces), want.reshape(-1))
+            ends = np.cumsum([len(p) for p in pieces])
+            assert set(ends) >= set(np.arange(1, want.shape[0] + 1) * ds.seq_len)  # no piece crosses a row
+            assert all(p[-1] == eos or e % ds.seq_len == 0 for p, e in zip(pieces, ends))
+            assert all((p[:-1] != eos).all() for p in pieces)  # cut after every EOS
+        assert got.document_indices[-1] == len(got)
+        assert got.sequence_lengths.dtype == np.int32 and got[0].dtype == np.uint16
+
+
+def test_megatron_blend_file_is_the_data_path(demo_shards, tmp_path):
+    out, man = _export(demo_shards, tmp_path, "megatron")
+    for b in man["blends"]:
+        text = open(os.path.join(out, f"{b['stage']}.data-path.txt")).read().split()
+        weights, prefixes = [float(w) for w in text[0::2]], text[1::2]
+        assert prefixes == [w["path"] for w in b["weights"]]
+        tokens = {d["path"]: d["tokens"] for d in man["datasets"]}
+        assert weights == pytest.approx([tokens[p] / sum(tokens[q] for q in prefixes) for p in prefixes], rel=1e-12)
+
+
+def test_mds_round_trip_and_bytes_equal_mdswriter(demo_shards, sets, tmp_path):
+    sb = streaming_base()
+    out, man = _export(demo_shards, tmp_path, "mds")
+    for ds in sets:
+        want = _rows(demo_shards, ds)
+        got = sb.StreamingDataset(local=os.path.join(out, ds.name), shuffle=False, batch_size=1,
+                                  validate_hash="sha256")
+        assert len(got) == want.shape[0]
+        assert all(np.array_equal(got[i]["tokens"], want[i]) for i in range(len(got)))
+    ds = sets[0]  # MDSWriter itself, a small size_limit so the shard cut is compared too
+    ref, ours = str(tmp_path / "ref"), str(tmp_path / "ours")
+    limit = 70_000
+    with sb.MDSWriter(out=ref, columns={"tokens": f"ndarray:uint16:{ds.seq_len}"}, hashes=["sha256"],
+                      size_limit=limit) as w:
+        for row in _rows(demo_shards, ds):
+            w.write({"tokens": row})
+    os.makedirs(ours)
+    mds.write_dataset(demo_shards, ds, ours, size_limit=limit)
+    names = sorted(os.listdir(ref))
+    assert len(names) > 3 and names == sorted(os.listdir(os.path.join(ours, ds.name)))
+    for n in names:
+        a, b = open(os.path.join(ref, n), "rb").read(), open(os.path.join(ours, ds.name, n), "rb").read()
+        assert (json.loads(a) == json.loads(b)) if n == "index.json" else a == b, n
+
+
+def test_mds_streams_with_proportions(demo_shards, tmp_path):
+    """The blend as streaming Streams: an epoch draws each sub-stage's samples in the written proportion."""
+    sb = streaming_base()
+    out, man = _export(demo_shards, tmp_path, "mds")
+    blend = man["blends"][0]
+    streams = [sb.Stream(local=os.path.join(out, w["path"]), proportion=w["weight"]) for w in blend["weights"]]
+    got = sb.StreamingDataset(streams=streams, epoch_size=blend["epoch_size"], shuffle=False, batch_size=1)
+    assert len(got) == blend["epoch_size"] == sum(w["samples"] for w in blend["weights"])
+
+
+def test_litdata_round_trip(demo_shards, sets, tmp_path, monkeypatch):
+    lit = require("litdata")
+    loader = require("litdata.streaming.item_loader")
+    monkeypatch.setenv("DATA_OPTIMIZER_CACHE_FOLDER", str(tmp_path / "cache"))
+    out, man = _export(demo_shards, tmp_path, "litdata")
+    for ds in sets:
+        want = _rows(demo_shards, ds)
+        got = lit.StreamingDataset(os.path.join(out, ds.name), item_loader=loader.TokensLoader(block_size=ds.seq_len),
+                                   shuffle=False, cache_dir=str(tmp_path / "cache" / ds.name))
+        assert len(got) == want.shape[0]
+        assert all(np.array_equal(got[i].numpy(), want[i]) for i in range(len(got)))
+
+
+def test_hf_round_trip_with_card(demo_shards, sets, tmp_path):
+    hfds = require("datasets")
+    out, man = _export(demo_shards, tmp_path, "hf", readme=lambda m, s: card.hf_readme(demo_shards, m, s, None))
+    for ds in sets:
+        got = hfds.load_dataset(out, f"{ds.stage}-{ds.substage}", split=ds.split,
+                                cache_dir=str(tmp_path / "hfcache"))
+        want = _rows(demo_shards, ds)
+        arr = np.asarray(got.with_format("numpy")["input_ids"])
+        assert arr.shape == want.shape and np.array_equal(arr, want)
+
+
+def test_blend_reproduces_the_stage_token_shares(demo_shards, tmp_path):
+    """Each stage's blend, weights in the target's unit, gives the subset token shares of the stage's train
+    split as packed (they differ from the plan's proportions only by the held-out validation sequences)."""
+    manifest = shard_format.read_manifest(demo_shards)
+    for target in export.TARGETS:
+        out, man = _export(demo_shards, tmp_path, target, readme=lambda m, s: card.hf_configs_yaml(s))
+        for st in manifest["stages"]:
+            packed: dict[str, int] = {}
+            for e in manifest["shards"]:
+                if e["stage"] == st["name"] and e.get("split", "train") == "train":
+                    for k, v in e["tokens_per_subset"].items():
+                        packed[k] = packed.get(k, 0) + v
+            total = sum(packed.values())
+            got = export.blend_token_shares(man, st["name"])
+            assert got.keys() == packed.keys()
+            for k in packed:  # within 0.1%; closer, as datasets differ only in their share of EOS tokens
+                assert got[k] == pytest.approx(packed[k] / total, rel=1e-4), (target, st["name"], k)
+
+
+def test_same_shards_same_bytes(demo_shards, tmp_path):
+    for target in ("megatron", "mds", "litdata"):
+        a = export.export_shards(demo_shards, str(tmp_path / f"a-{target}"), target)
+        b = export.export_shards(demo_shards, str(tmp_path / f"b-{target}"), target)
+        assert a["files"] == b["files"] and a == b
+        assert export.verify_export(str(tmp_path / f"a-{target}")) == []
+
+
+def test_refuses_non_empty_folder_or_file(demo_shards, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(RefusedError, match="not empty"):
+        export.export_shards(demo_shards, str(full), "mds")
+    assert os.listdir(full) == ["keep.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(RefusedError, match="not a folder"):
+        export.export_shards(demo_shards, str(afile), "mds")
+    assert afile.read_text() == "x"
+    (tmp_path / "empty").mkdir()
+    export.export_shards(demo_shards, str(tmp_path / "empty"), "mds")  # an empty folder is fine
+
+
+def test_damaged_shards_refused_before_anything_is_written(demo_shards, tmp_path):
+    copy = str(tmp_path / "shards")
+    shutil.copytree(demo_shards, copy)
+    entry = shard_format.read_manifest(copy)["shards"][-1]
+    with open(os.path.join(copy, entry["path"]), "r+b") as f:
+        f.seek(10)
+        f.write(b"\x01\x02")
+    out = tmp_path / "out"
+    with pytest.raises(DamagedDataError, match=entry["path"]):
+        export.export_shards(copy, str(out), "megatron")
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".out")]
+
+
+def test_export_manifest_catches_a_changed_file(demo_shards, tmp_path):
+    out, man = _export(demo_shards, tmp_path, "litdata")
+    rel = next(r for r in man["files"] if r.endswith(".bin"))
+    with open(os.path.join(out, rel), "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    assert any(rel in p for p in export.verify_export(out))
+
+
+def test_piece_lengths_cut_at_rows_and_after_eos():
+    block = np.array([[1, 9, 2, 3], [4, 5, 9, 9]], dtype=np.uint16)
+    assert megatron.piece_lengths(block, 9).tolist() == [2, 2, 3, 1]

@@ -1,0 +1,174 @@
+"""An xgen model as an lm-evaluation-harness language model (``lm_eval.api.model.TemplateLM``).
+
+lm-eval turns every task into three kinds of requests; :class:`XgenLM` answers them with the JAX model:
+
+* ``loglikelihood(context, continuation)``: ``TemplateLM`` tokenises (the XGen tokenizer, SPEC §1, data
+  mode; an empty context becomes EOS, the prefix token) and :meth:`XgenLM._loglikelihood_tokens` scores
+  ``(context + continuation)[-(L+1):][:-1]`` exactly as lm-eval's ``HFLM`` does (``L`` = the model's
+  ``max_positions``): the sum of the continuation tokens' log-probabilities (float32 log-softmax) and
+  whether each was the argmax.
+* ``loglikelihood_rolling(text)``: lm-eval's own disjoint rolling windows (``get_rolling_token_windows`` with
+  ``context_len=1``, ``make_disjoint_window``), scored as above and summed.
+* ``generate_until(context, gen_kwargs)``: greedy (or sampled when ``do_sample``) decoding with the KV cache
+  (:func:`xgen_train.evaluate.sampling.sample_completions`), cut at the ``until`` strings; the context is
+  left-truncated to ``L - max_gen_toks`` tokens.
+
+Requests are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a power of
+two (at least 16, at most ``L``): a model compiles one program per length bucket. Right padding cannot change
+the scores: the model is causal, and padded positions are masked out of the sums.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from tqdm import tqdm
+
+from xgen_data import tokenizer as xtok
+from xgen_data.errors import InputError
+from xgen_train.evaluate.generate import _bucket
+from xgen_train.evaluate.sampling import sample_completions
+from xgen_train.model.config import ModelConfig
+from xgen_train.model.model import build_model
+
+__all__ = ["XgenLM", "score_batches"]
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(cfg: ModelConfig, compute_dtype: str):
+    apply = build_model(cfg, compute_dtype).apply
+
+    @jax.jit
+    def score(params, tokens, targets, mask):
+        logp = jax.nn.log_softmax(apply(params, tokens).astype(jnp.float32), axis=-1)  # [B, T, V]
+        tgt = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
+        greedy = jnp.argmax(logp, axis=-1) == targets
+        return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(greedy | ~mask, axis=-1)
+
+    return score
+
+
+def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
+                  compute_dtype: str = "float32", progress: bool = False) -> list[tuple[float, bool]]:
+    """``(sum of log p(continuation | context), all continuation tokens greedy)`` for each pair of
+    token-id lists ``(context, continuation)``, in input order.
+
+    Each pair is scored as lm-eval's HFLM does: the model reads ``(context + continuation)[-(L+1):][:-1]``
+    (``L`` = ``cfg.max_positions``) and the last ``len(continuation)`` positions are scored. Log-probabilities
+    are float32 natural logs.
+
+    Raises:
+        ValueError: an empty continuation, or an empty context with it (nothing to condition on).
+    """
+    limit = cfg.max_positions
+    rows = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if not cont or len(ctx) + len(cont) < 2:
+            raise InputError(f"request {i}: need a non-empty continuation and at least one context token")
+        whole = (list(ctx) + list(cont))[-(limit + 1):]
+        rows.append((whole[:-1], whole[1:], min(len(cont), len(whole) - 1)))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    score = _scorer(cfg, compute_dtype)
+    out: list[tuple[float, bool] | None] = [None] * len(rows)
+    bar = tqdm(total=len(rows), desc="xgen loglikelihood", disable=not progress)
+    for first in range(0, len(order), batch_size):
+        chunk = order[first:first + batch_size]
+        t = _bucket(len(rows[chunk[0]][0]), limit)
+        tokens = np.zeros((batch_size, t), np.int32)
+        targets = np.zeros((batch_size, t), np.int32)
+        mask = np.zeros((batch_size, t), bool)
+        for r, i in enumerate(chunk):
+            inp, tgt, n_cont = rows[i]
+            tokens[r, :len(inp)] = inp
+            targets[r, :len(tgt)] = tgt
+            mask[r, len(inp) - n_cont:len(inp)] = True
+        lp, greedy = score(params, jnp.asarray(tokens), jnp.asarray(targets), jnp.asarray(mask))
+        lp, greedy = np.asarray(lp), np.asarray(greedy)
+        for r, i in enumerate(chunk):
+            out[i] = (float(lp[r]), bool(greedy[r]))
+        bar.update(len(chunk))
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+class XgenLM(TemplateLM):
+    """lm-eval model backed by xgen's JAX LLaMA (see the module doc for how each request type is answered).
+
+    Args:
+        params, cfg: the model (Haiku layout, float32), e.g. from
+            :func:`xgen_train.loop.checkpoint.load_init` (a run, a checkpoint or a Hugging Face folder).
+        batch_size: rows per scoring batch (fixed, so shapes repeat).
+        max_gen_toks: default new-token budget of ``generate_until`` when a task names none.
+    """
+
+    def __init__(self, params, cfg: ModelConfig, batch_size: int = 16, max_gen_toks: int = 256,
+                 compute_dtype: str = "float32", progress: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.batch_size = int(batch_size)
+        self.max_gen_toks = int(max_gen_toks)
+        self.compute_dtype = compute_dtype
+        self.progress = progress
+
+    @property
+    def eot_token_id(self) -> int:
+        return xtok.EOS_ID
+
+    @property
+    def max_length(self) -> int:
+        return self.cfg.max_positions
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """XGen ids of ``string`` (data mode: no BOS, special-token text is plain text, SPEC §1)."""
+        return xtok.encode(string)
+
+    def tok_decode(self, tokens, **kwargs) -> str:
+        return xtok.decode(list(tokens))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        res = score_batches(self.params, self.cfg, pairs, self.batch_size, self.compute_dtype,
+                            progress=self.progress and not disable_tqdm)
+        for (key, _, _), r in zip(requests, res):
+            if key is not None and key[0] is not None:
+                self.cache_hook.add_partial("loglikelihood", key, r)
+        return res
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owner = [], []
+        for idx, (string,) in enumerate(req.args for req in requests):
+            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, ctx, cont))
+                owner.append(idx)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for idx, (lp, _) in zip(owner, scores):
+            totals[idx] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for req in tqdm(requests, desc="xgen generate_until", disable=disable_tqdm or not self.progress):
+            context, gen_kwargs = req.args
+            kw = dict(gen_kwargs or {})
+            until = kw.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_gen = int(kw.pop("max_gen_toks", self.max_gen_toks))
+            sample = bool(kw.pop("do_sample", False)) and float(kw.get("temperature", 1.0) or 0) > 0
+            temperature = float(kw.get("temperature", 1.0)) if sample else 0.0
+            ids = self.tok_encode(context)[-max(1, self.max_length - max_gen):] or [self.eot_token_id]
+            done = sample_completions(self.params, self.cfg, ids, 1, max_gen, temperature=temperature,
+                                      top_p=float(kw.get("top_p", 1.0) or 1.0), seed=int(kw.get("seed", 0) or 0),
+                                      stops=until, compute_dtype=self.compute_dtype)[0]
+            out.append(done.text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), done.text)
+        return out
