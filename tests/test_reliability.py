@@ -174,7 +174,7 @@ def test_export_under_a_path_that_is_a_file_names_it(tmp_path):
     (tmp_path / "plain").write_text("x")
     run = tmp_path / "run"
     run.mkdir()
-    res = _invoke(["export", "hf", str(run), str(tmp_path / "plain" / "exp")])
+    res = _invoke(["export", "hf", str(run), "--out", str(tmp_path / "plain" / "exp")])
     assert res.exit_code == 3, res.output
     assert f"{tmp_path / 'plain'} is a file" in res.output and "Errno" not in res.output
 
