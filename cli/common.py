@@ -67,8 +67,8 @@ class XgenGroup(click.Group):
 
 
 def user_errors(fn):
-    """Flush stdout inside the command so a closed pipe (``| head``) is seen there; errors are mapped by
-    :class:`XgenGroup` for every command alike.
+    """Flush stdout inside the command so a closed pipe (``| head``) is seen there; errors are mapped to exit
+    codes as :class:`XgenGroup` maps them (here too, so a command invoked on its own behaves the same).
 
     A command with ``--format json`` (keyword ``fmt``) that does not write its own JSON prints exactly one JSON
     document: ``{"tables": [{"title", "columns", "rows": [{column: value}]}], "messages": [lines],
@@ -78,12 +78,18 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if kwargs.get("fmt") != "json" or getattr(fn, "own_json", False):
-            result = fn(*args, **kwargs)
-        else:
-            result = _as_one_json_document(fn, args, kwargs)
-        sys.stdout.flush()
-        return result
+        try:
+            if kwargs.get("fmt") != "json" or getattr(fn, "own_json", False):
+                result = fn(*args, **kwargs)
+            else:
+                result = _as_one_json_document(fn, args, kwargs)
+            sys.stdout.flush()
+            return result
+        except BaseException as exc:  # noqa: BLE001 -- mapped here too, so a command invoked on its own
+            err = to_cli_error(exc)     # (tests, other groups) exits with the same codes as under XgenGroup
+            if err is None:
+                raise
+            raise err from exc
 
     return wrapper
 
