@@ -5,6 +5,8 @@ with the loss mask) in one process, as examples/s and MB/s of input JSONL per co
 tiktoken's ``encode_ordinary_batch`` (one thread) of the same rendered texts, and the ratio product / raw.
 Packing: share of non-padding tokens at 2,048 and 8,192 tokens per row with best-fit decreasing (target
 >= 95% at 8,192) and with greedy first fit (arrival order) beside it, and the packing times.
+Decontamination: MB/s of ``decontam.find`` over the examples' text against 1,000 planted 20-word items,
+beside the SPEC §5 normalisation alone (its floor).
 
     XGEN_GPT2_BPE=../shared/tokenizer/gpt2.tiktoken python benchmarks/bench_sft.py [--smoke]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -20,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xgen_data import tokenizer  # noqa: E402
-from xgen_data.sft import pack, prepare, render, shapes  # noqa: E402
+from xgen_data.sft import decontam, pack, prepare, render, shapes  # noqa: E402
 from xgen_data.sources import readers  # noqa: E402
 
 SHARED = os.environ.get("XGEN_SHARED", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
@@ -81,6 +84,30 @@ def main() -> None:
                   f"{'' if seq_len < 8192 or fn is pack.first_fit else ' [target >= 95%]'}")
         print(f"seq_len {seq_len:>5}: dropped overlong {len(fit.dropped_overlong)}; best-fit / first-fit "
               f"efficiency = {row[0] / row[1]:.3f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_decontam(texts, repeat, tmp)
+
+
+def bench_decontam(texts: list[str], repeat: int, tmp: str) -> None:
+    """find() over ``texts`` against 1,000 eval items cut from them (20 words each, so some examples match)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    items = []
+    for i in range(1000):
+        words = rng.choice(texts).split()
+        j = rng.randrange(max(1, len(words) - 20))
+        items.append({"id": str(i), "prompt": " ".join(words[j:j + 20]) + " zqx"})
+    path = os.path.join(tmp, "planted.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in items)
+    index = decontam.load_eval_sets([path])
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    norm_secs, _ = best_of(lambda: [decontam.normalize(t) for t in texts], repeat)
+    secs, hits = best_of(lambda: sum(decontam.find(t, index) is not None for t in texts), repeat)
+    print(f"decontamination: {mb / secs:.2f} MB/s per core ({hits:,} of {len(texts):,} examples match); "
+          f"normalisation alone {mb / norm_secs:.2f} MB/s; ratio find / normalise = {norm_secs / secs:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import click
 
-from cli.common import format_option, report, user_errors
+from cli.common import format_option, number, report, user_errors
 from xgen_train.evaluate import evaluation as ev  # numpy only, no JAX
 
 
 @click.command("carbon")
-@click.option("--device-hours", default=float(ev.SPEC_DEVICE_HOURS), show_default=True, type=float,
+@click.option("--device-hours", default=float(ev.SPEC_DEVICE_HOURS), show_default=True, type=number(min=0),
               help="Accelerator-hours of training (SPEC §6: XGen-7B used 270,336 TPU-hours).")
-@click.option("--watts", default=ev.SPEC_WATTS, show_default=True, type=float, help="Average power per device (W).")
-@click.option("--pue", default=ev.SPEC_PUE, show_default=True, type=float,
+@click.option("--watts", default=ev.SPEC_WATTS, show_default=True, type=number(min=0),
+              help="Average power per device (W).")
+@click.option("--pue", default=ev.SPEC_PUE, show_default=True, type=number(),
               help="Data-centre power usage effectiveness.")
-@click.option("--kg-per-kwh", default=ev.SPEC_KG_PER_KWH, show_default=True, type=float,
+@click.option("--kg-per-kwh", default=ev.SPEC_KG_PER_KWH, show_default=True, type=number(min=0),
               help="Grid carbon intensity, kg CO2eq per kWh (= tonnes per MWh).")
 @format_option()
 @user_errors

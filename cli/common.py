@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 
@@ -143,6 +144,23 @@ def _json_default(v):
     if hasattr(v, "item"):  # NumPy scalars
         return v.item()
     return str(v)
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite (``nan``, ``inf`` are refused: NaN passes every range comparison)
+    and inside the range given, as :class:`click.FloatRange`."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(rv, param, ctx)
+
+
+def number(min: float | None = None, max: float | None = None, min_open: bool = False,
+           max_open: bool = False) -> FiniteFloat:
+    """The type of every float option: finite, within ``[min, max]`` (``min_open`` / ``max_open``: exclusive)."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
 
 
 def format_option(choices: tuple[str, ...] = ("table", "json")):
@@ -164,6 +182,15 @@ def show_progress(quiet: bool) -> bool:
 def out_option(required: bool = True, help: str = "Output folder to write."):
     """``--out``: the output folder (every command that writes a folder names it this way)."""
     return click.option("--out", "out_dir", required=required, type=click.Path(file_okay=False), help=help)
+
+
+def executor_options(fn):
+    """``--executor local|ray`` and ``--ray-address``: where a data step's items run (docs/scale.md)."""
+    fn = click.option("--ray-address", default=None, show_default="start a local Ray of --workers CPUs",
+                      help="Ray cluster to run on with --executor ray (auto, host:6379 or ray://host:10001).")(fn)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run the step's work on local processes or as Ray tasks (pip install 'xgen[ray]'); "
+                             "the outputs are the same bytes.")(fn)
 
 
 def corpus_option(fn):

@@ -5,12 +5,13 @@ import json
 
 import click
 
-from cli.common import corpus_option, format_option, own_json, print_rows, quiet_option, show_progress, user_errors
+from cli.common import (corpus_option, executor_options, format_option, number, own_json, print_rows, quiet_option,
+                        show_progress, user_errors)
 
 
 @click.command("dedup")
 @corpus_option
-@click.option("--threshold", type=float, default=0.7, show_default=True,
+@click.option("--threshold", type=number(min=0, max=1, min_open=True, max_open=True), default=0.7, show_default=True,
               help="Jaccard threshold the LSH bands and rows are chosen for (SPEC §2).")
 @click.option("--num-perm", type=int, default=256, show_default=True, help="MinHash permutations.")
 @click.option("--ngram", type=int, default=5, show_default=True, help="Words per shingle.")
@@ -29,11 +30,12 @@ from cli.common import corpus_option, format_option, own_json, print_rows, quiet
               help="Take the license allow-list (top tiers of the keep policy) from this recipe [shipped list].")
 @format_option()
 @quiet_option
+@executor_options
 @user_errors
 @own_json
 def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: int, bands: int | None,
           rows: int | None, scheme: str, exact: bool, near: bool, clustering: str, workers: int, recipe_name: str | None,
-          fmt: str, quiet: bool) -> None:
+          fmt: str, quiet: bool, executor: str, ray_address: str | None) -> None:
     """Remove exact and near duplicates across all subsets (StarCoder's MinHash LSH, SPEC §2).
 
     Writes the dedup attributes (clusters, exact groups) for these parameters and makes them the corpus's
@@ -49,7 +51,8 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
         allow = tuple(recipe.load(recipe_name).allow_list())
     report = run_dedup(corpus_dir, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, bands=bands,
                        rows=rows, exact=exact, near=near, workers=workers, progress=show_progress(quiet),
-                       scheme=scheme, license_allow=allow, clustering=clustering)
+                       scheme=scheme, license_allow=allow, clustering=clustering, executor=executor,
+                       ray_address=ray_address)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=1, default=str, ensure_ascii=False))
     else:

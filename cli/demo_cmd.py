@@ -10,7 +10,7 @@ import time
 
 import click
 
-from cli.common import print_rows, quiet_option, user_errors
+from cli.common import number, print_rows, quiet_option, user_errors
 from xgen_data.errors import RefusedError
 
 
@@ -88,7 +88,7 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
               help="Sequences per update instead of --batch-tokens.")
 @click.option("--config", "config_name", default="tiny", show_default=True,
               help="Model config (xgen_train.model.config).")
-@click.option("--lr", default=3e-3, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--lr", default=3e-3, show_default=True, type=number(min=0, min_open=True), help="Peak learning rate.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
               help="Worker processes for ingest, filters and dedup.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
@@ -119,6 +119,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     raw_dir = os.path.join(workdir, "raw")
     r = recipe.load(recipe_name)
     _check_run_dir(run_dir)  # before hours of work: a folder that is not an earlier demo run is refused
+    _check_run_dir(os.path.join(workdir, "sft-run"))
     wants_starcoder = "starcoder" in r.subsets()
     if corpus_src is None:
         click.echo("Writing the embedded corpus: Python's standard library (code) and its documentation")
@@ -146,25 +147,25 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(recipe.to_toml(r))
     r = recipe.load(recipe_path)
-    click.echo(f"[1/5] Ingest and tokenize {len(inputs)} files into {corpus_dir}")
+    click.echo(f"[1/6] Ingest and tokenize {len(inputs)} files into {corpus_dir}")
     t = time.time()
     star_root = split.starcoder_root if split is not None else None
     print_ingest(ingest.ingest(corpus_dir, [(p, None, star_root if star_root and p.startswith(star_root + os.sep)
                                              else None) for p in inputs], workers=workers, on_error=on_error, progress=not quiet))
     timings["ingest"] = time.time() - t
 
-    click.echo("[2/5] Filters and dedup (recipe steps)")
+    click.echo("[2/6] Filters and dedup (recipe steps)")
     with Corpus(corpus_dir).lock():  # steps, plan and packing see one consistent set of decisions
         t = time.time()
         print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
         timings["filter+dedup"] = time.time() - t
 
         lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens, recipe=r)
-        click.echo(f"[3/5] Mixture plan, recipe {r.name!r}")
+        click.echo(f"[3/6] Mixture plan, recipe {r.name!r}")
         docs = packing.kept_documents(corpus_dir, r.subsets(), r)
         print_plan(r, docs, corpus_dir)
 
-        click.echo(f"[4/5] Build shards into {shards_dir}")
+        click.echo(f"[4/6] Build shards into {shards_dir}")
         t = time.time()
         build = packing.build(corpus_dir, r, shards_dir)
         timings["build"] = time.time() - t
@@ -183,7 +184,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
                             *[(ph.batch_size + 0.5) / ph.n_sequences for ph in full.phases if ph.n_sequences]))
     scaled = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size, budget_fraction=fraction)
     n_sub = len(full.phases)
-    click.echo(f"[5/5] Train {config_name!r} across all {n_sub} sub-stages in one run: {fraction:.1%} of each "
+    click.echo(f"[5/6] Train {config_name!r} across all {n_sub} sub-stages in one run: {fraction:.1%} of each "
                f"sub-stage's budget, {scaled.total_steps:,} of {full.total_steps:,} updates"
                + (f" (--steps {steps}: each sub-stage rounds to whole batches and trains at least one)"
                   if scaled.total_steps != steps else ""))
@@ -202,6 +203,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         click.echo(f"      the earlier export in {hf_dir} was moved to {moved} (nothing deleted)")
     fig2, hf_dir = _hand_over(corpus_dir, run_dir, hf_dir, r)
     timings["figure 2 + export"] = time.time() - t
+    t = time.time()
+    sft = _sft_step(workdir, inputs, run_dir, config_name, steps, r.seed, raw_dir)
+    timings["instruction tuning"] = time.time() - t
 
     click.echo(click.style("\n==== xgen demo summary ====", bold=True))
     con = sql.connect(corpus_dir, recipe=r)
@@ -222,6 +226,10 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         (f"Figure 2 (perplexity by position, {fig2['n_docs']} documents of {fig2['min_tokens']:,} tokens)",
          fig2["png"]),
         ("Hugging Face folder (LlamaForCausalLM)", hf_dir),
+        (f"instruction tuning ({sft['examples']:,} examples, {sft['steps']} updates)",
+         f"response loss {sft['first_loss']:.3f} -> {sft['last_loss']:.3f}"),
+        ("response-loss curve (SFT)", sft["plot"]),
+        ("SFT model's Hugging Face folder (with chat_template)", sft["hf_dir"]),
         ("length histogram", lengths_png),
         *[(f"time {k}", f"{v:.1f} s") for k, v in timings.items()],
         ("time total", f"{time.time() - t0:.1f} s"),
@@ -254,6 +262,54 @@ def next_commands(corpus_dir: str, shards_dir: str, run_dir: str, hf_dir: str, r
         ["xgen", "mix", "plan", "--corpus", corpus_dir, "--recipe", recipe_path],
         ["xgen", "eval", "ppl-by-position", run_dir, "--corpus", corpus_dir, "--max-docs", "4"],
     ]
+
+
+SFT_SEQ_LEN = 512  # the demo's SFT rows: within every demo sub-stage's model positions
+
+
+def _sft_step(workdir: str, inputs: list[str], run_dir: str, config_name: str, steps: int, seed: int,
+              raw_dir: str) -> dict:
+    """[6/6] A short instruction-tuning step (SPEC §5) from the pre-trained run: the corpus's instruct inputs
+    (or, for the embedded corpus, which has none, Q&A pairs from the standard library's documentation) ->
+    SFT shards -> a few updates from ``run_dir`` -> the response-loss curve, one chat exchange and the SFT
+    model's Hugging Face folder. Scaled to the demo: ``max(4, steps // 5)`` updates of 2 rows at a learning rate
+    of 1e-3 (SPEC §5's 2e-5 moves a tiny model too little in so few updates)."""
+    from xgen_data.sft import prepare as sft_prepare
+    from xgen_data.sources import ingest, stdlib_corpus
+    from xgen_train.evaluate import chat
+    from xgen_train.export.hf import export_hf
+    from xgen_train.loop.checkpoint import load_params
+    from xgen_train.loop.trainer import train
+
+    instruct = [p for p in inputs if ingest.default_subset(p) == "instruct"]
+    what, prompt = "the corpus's instruct subset", "What is your name?"
+    if not instruct:
+        instruct = [stdlib_corpus.write_instructions(raw_dir)]
+        what, prompt = "Q&A from the standard library's docs", "What is the Python module json for?"
+    sft_dir, sft_run = os.path.join(workdir, "sft"), os.path.join(workdir, "sft-run")
+    n_steps = max(4, steps // 5)
+    click.echo(f"[6/6] Instruction tuning on {what} ({len(instruct)} file(s)): SFT shards in {sft_dir}, "
+               f"{n_steps} updates from {run_dir}")
+    m = sft_prepare.prepare(instruct, sft_dir, sft_prepare.Options(seq_len=SFT_SEQ_LEN, seed=seed, on_error="skip",
+                                                                   trim_unanswered=True, validation_rows=1))
+    click.echo(f"      {m['counts']['packed']:,} examples in {m['counts']['rows']:,} rows of {SFT_SEQ_LEN} "
+               f"(padding {m['padding_share']:.1%}; skipped {m['counts']['skipped']}, dropped overlong "
+               f"{m['counts']['dropped_overlong']})")
+    if moved := move_aside(sft_run):
+        click.echo(f"      the earlier SFT run in {sft_run} was moved to {moved} (nothing deleted)")
+    summary = train(sft_dir, sft_run, config_name=config_name, init=run_dir, steps=n_steps, batch_size=2, lr=1e-3,
+                    warmup=1, seed=seed, eval_every=max(1, n_steps // 2), eval_sequences=1, progress=True,
+                    log_every=1)
+    cfg, params = load_params(sft_run)
+    reply = chat.reply(params, cfg, [], prompt, max_new_tokens=24)
+    click.echo(f"      chat: ### Human: {prompt}\n            ### Assistant: {reply.text!r} (stop: {reply.stop})")
+    if moved := move_aside(os.path.join(workdir, "hf-sft")):
+        click.echo(f"      the earlier SFT export was moved to {moved} (nothing deleted)")
+    hf_dir = str(export_hf(sft_run, os.path.join(workdir, "hf-sft")))
+    click.echo(f"      exported {sft_run} to {hf_dir} (tokenizer_config.json carries the chat_template)")
+    return {"examples": m["counts"]["packed"], "steps": summary["final_step"], "first_loss": summary["first_loss"],
+            "last_loss": summary["last_loss"], "plot": os.path.join(sft_run, "loss.png"), "hf_dir": hf_dir,
+            "chat": (prompt, reply.text)}
 
 
 def print_drop_summary(con, r) -> None:

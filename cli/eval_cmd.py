@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli.common import (corpus_option, format_option, out_option, own_json, print_rows, quiet_option, report,
+from cli.common import (corpus_option, format_option, out_option, own_json, print_rows, quiet_option,
                         show_progress, user_errors)
+from cli.common import report as report_values
 
 
 @click.group("eval")
@@ -18,7 +19,7 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 
 
 @eval_.command("ppl-by-position")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
 @corpus_option
 @click.option("--length", default=None, type=click.IntRange(min=2),
               help="Documents of at least N tokens, cut to N (default: the run's longest training seq_len, "
@@ -32,20 +33,27 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 @click.option("--docs-per-batch", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder (default: RUN/eval); earlier outputs there are replaced, and the command says so.")
+              help="Output folder (default: RUN/eval; required for a Hugging Face folder); earlier outputs there are "
+                   "replaced, and the command says so.")
 @format_option()
 @quiet_option
 @user_errors
 def ppl_by_position(run: str, corpus_dir: str, length: int | None, max_docs: int, subsets: tuple[str, ...],
                     recipe_name: str | None, docs_per_batch: int | None, out_dir: str | None, fmt: str,
                     quiet: bool) -> None:
-    """Per-position cross-entropy and perplexity of RUN on the corpus's kept documents of at least
-    --length tokens; writes ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
+    """Per-position cross-entropy and perplexity of MODEL (a run, a checkpoint, or a Hugging Face LLaMA folder
+    such as `xgen export hf` writes) on the corpus's kept documents of at least --length tokens; writes
+    ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
 
     Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --length 1024 --max-docs 32
     """
     import os
 
+    from xgen_data.errors import InputError
+    from xgen_train.loop.checkpoint import is_hf_folder
+
+    if is_hf_folder(run) and out_dir is None:
+        raise InputError(f"{run} is a Hugging Face folder: pass --out DIR (xgen does not write into a model folder)")
     from xgen_data.mixing import recipe
     from xgen_train.evaluate import evaluation as ev
     from xgen_train.loop.checkpoint import load_init
@@ -62,7 +70,7 @@ def ppl_by_position(run: str, corpus_dir: str, length: int | None, max_docs: int
     out = out_dir or os.path.join(run, "eval")
     earlier = [f for f in PPL_OUTPUTS if os.path.exists(os.path.join(out, f))]
     paths = ev.write_ppl_outputs(res, out)
-    report(documents=res.n_docs, length=n, recipe=r.name if r is not None else None,
+    report_values(documents=res.n_docs, length=n, recipe=r.name if r is not None else None,
            files={k: str(v) for k, v in paths.items()})
     rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]
     print_rows(["positions", "mean_nll", "ppl"], rows,
@@ -160,3 +168,145 @@ def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: 
     print_rows(["task", "acc", "acc_norm", "n"], _result_rows(res),
                title=f"{model}: {num_fewshot if num_fewshot is not None else 'default'}-shot")
     click.echo(f"wrote {out_dir}/results.json and samples_<task>.jsonl")
+
+
+@eval_.command("humaneval")
+@click.argument("model", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--samples", "samples_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Score these human-eval samples (JSONL of task_id, completion) instead of sampling MODEL.")
+@out_option(help="Output folder: samples.jsonl, results.jsonl (human-eval's shape) and pass_at_k.json.")
+@click.option("--n", "n", default=200, show_default=True, type=click.IntRange(min=1), help="Samples per problem.")
+@click.option("--temperature", default=0.2, show_default=True, type=click.FloatRange(min=0),
+              help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling mass.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="At most this many tokens per completion.")
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Completions decoded together.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N problems [all 164].")
+@click.option("--timeout", default=3.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds per sample's execution (SPEC §6: 3).")
+@click.option("--memory-mb", default=1024, show_default=True, type=click.IntRange(min=64),
+              help="Memory limit of each sample's process.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Samples executed at once [min(8, CPUs)].")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Sampling seed (problem i uses seed + i).")
+@format_option()
+@quiet_option
+@user_errors
+@own_json
+def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int, temperature: float, top_p: float,
+              max_new_tokens: int, batch_size: int, limit: int | None, timeout: float, memory_mb: int,
+              workers: int | None, seed: int, fmt: str, quiet: bool) -> None:
+    """HumanEval pass@k (SPEC §6): sample --n completions per problem from MODEL (a run, a checkpoint or a
+    Hugging Face folder) with the KV cache, or read --samples; run each in a sandboxed process; write
+    human-eval's per-sample results and the unbiased pass@1/10/100.
+
+    Example: xgen eval humaneval runs/tiny --n 200 --temperature 0.2 --top-p 0.95 --out runs/tiny/eval/humaneval
+    """
+    import json
+    import time
+
+    from xgen_data.errors import InputError
+    from xgen_train.evaluate import humaneval as he
+    from xgen_train.evaluate.outputs import check_writable, write_folder
+
+    if (model is None) == (samples_file is None):
+        raise InputError("give either MODEL (to sample completions) or --samples FILE (to score them), not both")
+    check_writable(out_dir, "eval-humaneval")
+    problems = he.load_problems()
+    progress = show_progress(quiet)
+    settings: dict = {"timeout": timeout, "memory_mb": memory_mb}
+    if samples_file:
+        samples = he.read_samples(samples_file, problems)
+        settings["samples"] = samples_file
+    else:
+        from xgen_train.evaluate.harness import load_model
+
+        if limit:
+            problems = dict(list(problems.items())[:limit])
+        cfg, params = load_model(model)
+        stats: dict = {}
+        t0 = time.perf_counter()
+        samples = he.sample_problems(params, cfg, problems, n, temperature, top_p, max_new_tokens, seed, batch_size,
+                                     progress, stats)
+        settings.update(model=model, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                        seed=seed, batch_size=batch_size, sampling_seconds=round(time.perf_counter() - t0, 3),
+                        sampled_tokens=stats.get("tokens", 0))
+    results = he.check_samples(samples, problems, timeout, memory_mb, workers, progress)
+    scores = he.pass_at_k_scores(results)
+    summary = {**scores, "problems": len({r["task_id"] for r in results}), "samples": len(results),
+               "passed": sum(r["passed"] for r in results), "settings": settings}
+    jl = lambda rows: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # noqa: E731
+    files = {"results.jsonl": jl(results), "pass_at_k.json": json.dumps(summary, indent=1) + "\n"}
+    if not samples_file:
+        files["samples.jsonl"] = jl({"task_id": s["task_id"], "completion": s["completion"]} for s in samples)
+    write_folder(out_dir, "eval-humaneval", files)
+    if fmt == "json":
+        click.echo(json.dumps(summary))
+        return
+    print_rows(["metric", "value"], list(scores.items()),
+               title=f"HumanEval: {summary['problems']} problems, {summary['samples']} samples")
+    click.echo(f"wrote {out_dir}/results.jsonl and pass_at_k.json")
+
+
+@eval_.command("rouge")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Model summaries: JSONL (a string, or an object with --field, per line) or .txt (one per line).")
+@click.option("--references", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Reference summaries, paired with --predictions line by line (same formats).")
+@click.option("--field", default="text", show_default=True, help="The text's key in JSONL objects.")
+@out_option(required=False, help="Output folder for rouge.json and per_example.jsonl [print only].")
+@format_option()
+@user_errors
+@own_json
+def rouge(predictions: str, references: str, field: str, out_dir: str | None, fmt: str) -> None:
+    """ROUGE-1/2/L/Lsum F1 x 100 of --predictions against --references (SPEC §6: rouge-score, stemming on,
+    reference as target, mean of per-example F1, no bootstrap).
+
+    Example: xgen eval rouge --predictions preds.jsonl --references refs.jsonl
+    """
+    import json
+
+    from xgen_train.evaluate.outputs import write_folder
+    from xgen_train.evaluate.rouge import read_texts, rouge_scores
+
+    mean, rows = rouge_scores(read_texts(predictions, field), read_texts(references, field))
+    if out_dir:
+        doc = {"mean_x100": mean, "examples": len(rows), "predictions": predictions, "references": references}
+        write_folder(out_dir, "eval-rouge", {"rouge.json": json.dumps(doc, indent=1) + "\n",
+                                             "per_example.jsonl": "".join(json.dumps(r) + "\n" for r in rows)})
+    if fmt == "json":
+        click.echo(json.dumps({t: v["f1"] for t, v in mean.items()}))
+        return
+    print_rows(["rouge", "f1", "precision", "recall"], [(t, v["f1"], v["precision"], v["recall"])
+                                                       for t, v in mean.items()],
+               title=f"ROUGE x 100 over {len(rows)} examples")
+
+
+@eval_.command("report")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@out_option(help="Output folder for report.md and report.json.")
+@format_option()
+@user_errors
+@own_json
+def report(folders: tuple[str, ...], out_dir: str, fmt: str) -> None:
+    """A report in the shape of the XGen-7B report's Tables 4-7 (and 13) from `xgen eval tasks`, `humaneval` and
+    `rouge` output FOLDERS, with the report's XGen-7B figures as a labelled reference column.
+
+    Example: xgen eval report runs/tiny/eval/mmlu5 runs/tiny/eval/zeroshot runs/tiny/eval/humaneval --out report/
+    """
+    import json
+
+    from xgen_train.evaluate.outputs import write_folder
+    from xgen_train.evaluate.report import collect, to_markdown
+
+    rows = collect(list(folders))
+    md = to_markdown(rows)
+    write_folder(out_dir, "eval-report", {"report.md": md, "report.json": json.dumps(rows, indent=1) + "\n"})
+    if fmt == "json":
+        click.echo(json.dumps(rows))
+        return
+    click.echo(md)

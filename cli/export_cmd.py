@@ -64,7 +64,7 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool, fmt: str) -> None:
 def export_shards_cmd(shards: str, target: str, unit: str, corpus_dir: str | None, out_dir: str, fmt: str) -> None:
     """Export the shards folder SHARDS for another trainer: one dataset per stage, sub-stage and split.
 
-    Every shard is checked against its manifest first. OUT gets the datasets, xgen_export.json (every file's
+    Every shard is checked against its manifest first. OUT gets the datasets, xgen_shards_export.json (every file's
     sha256, and per stage the blend of its sub-stages in the target's units) and, for megatron,
     <stage>.data-path.txt (the --data-path value); for hf a README.md dataset card.
 

@@ -35,5 +35,4 @@ def import_hf_cmd(folder: str, run: str, fmt: str) -> None:
     click.echo(f"imported {folder}: {n:,} parameters"
                + (f" (config {name!r})" if name else " (a config not in xgen's named configs)"))
     click.echo(f"checkpoint {ckpt}")
-    click.echo(f"train from it: `xgen train` with --init {run}" + (f" --config {name}" if name else "")
-               + " (and your --shards and --out)")
+    click.echo(f"train from it: xgen train --shards SHARDS --out NEW_RUN --init {run} --config {name or 'init'}")

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from cli.common import corpus_option, format_option, print_rows, quiet_option, show_progress, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, quiet_option, show_progress, user_errors
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[str]:
@@ -30,9 +30,19 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _check_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
+    """Local paths must exist (URIs are checked when listed: their storage may need credentials first)."""
+    from xgen_data.sources.locations import is_uri
+
+    for p in inputs:
+        if not is_uri(p) and not os.path.exists(p):
+            raise click.BadParameter(f"Path {p!r} does not exist.", param_hint="'INPUTS...'")
+    return inputs
+
+
 @click.command()
 @corpus_option
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, callback=lambda _ctx, _param, value: _check_inputs(value))
 @click.option("--subset", default=None, help="Subset for all inputs (default: from the file name; nl -> natural).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
@@ -43,13 +53,16 @@ def expand_inputs(paths: tuple[str, ...]) -> list[str]:
                    "The Stack Parquet files are recognised without it).")
 @click.option("--metadata-tokens", is_flag=True,
               help="Prefix code documents with StarCoder's <reponame> <filename> <gh_stars> tokens (by id; off by default).")
+@executor_options
 @format_option()
 @quiet_option
 @user_errors
 def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool,
-           columns_spec: str | None, metadata_tokens: bool, fmt: str) -> None:
+           columns_spec: str | None, metadata_tokens: bool, executor: str, ray_address: str | None, fmt: str) -> None:
     """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized.
 
+    INPUTS are paths or fsspec URIs (s3://bucket/prefix/, gs://, hf://, file://; s3:// needs
+    pip install 'xgen[remote]' and the AWS_* variables, AWS_ENDPOINT_URL for a non-AWS server).
     Folders are read recursively; hidden entries and files of other types are skipped and listed.
     """
     from xgen_data.sources.ingest import find_inputs, summarize_skipped
@@ -62,7 +75,8 @@ def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers
     for line in summarize_skipped(skipped):
         click.echo(f"skipped {line}")
     reports = run(corpus_dir, [(f.path, subset, f.folder) for f in files], workers=workers, on_error=on_error,
-                  progress=show_progress(quiet), columns=columns, metadata_tokens=metadata_tokens)
+                  progress=show_progress(quiet), columns=columns, metadata_tokens=metadata_tokens,
+                  executor=executor, ray_address=ray_address)
     print_ingest(reports)
 
 

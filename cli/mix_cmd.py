@@ -5,7 +5,7 @@ import dataclasses
 
 import click
 
-from cli.common import corpus_option, format_option, print_rows, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, user_errors
 
 
 @click.group()
@@ -130,9 +130,11 @@ def print_steps(steps) -> None:
 @recipe_option
 @seed_option
 @workers_option
+@executor_options
 @format_option()
 @user_errors
-def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, fmt: str) -> None:
+def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, executor: str,
+         ray_address: str | None, fmt: str) -> None:
     """Print unique and effective tokens, proportion, epochs and sequences per stage and subset.
 
     First runs the recipe's filters and dedup on the corpus when they are out of date (as `mix build`
@@ -141,7 +143,7 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, fmt:
     from xgen_data.mixing import pipeline
 
     r = _recipe(recipe_name, seed)
-    steps, docs = pipeline.plan_recipe(corpus_dir, r, workers=workers)
+    steps, docs = pipeline.plan_recipe(corpus_dir, r, workers=workers, executor=executor, ray_address=ray_address)
     print_steps(steps)
     print_plan(r, docs, corpus_dir)
 
@@ -152,14 +154,17 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, fmt:
 @seed_option
 @workers_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Shards directory to write.")
+@executor_options
 @format_option()
 @user_errors
-def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str, fmt: str) -> None:
+def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str, executor: str,
+          ray_address: str | None, fmt: str) -> None:
     """Run the recipe's filters and dedup, then pack shuffled sequences into uint16 shards + manifest.json."""
     from xgen_data.mixing import pipeline
 
     r = _recipe(recipe_name, seed)
-    steps, report = pipeline.build_recipe(corpus_dir, r, out_dir, workers=workers)
+    steps, report = pipeline.build_recipe(corpus_dir, r, out_dir, workers=workers, executor=executor,
+                                          ray_address=ray_address)
     print_steps(steps)
     print_build(r, report)
 

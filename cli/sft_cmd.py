@@ -5,13 +5,15 @@ import json
 
 import click
 
-from cli.common import format_option, out_option, own_json, print_rows, quiet_option, show_progress, user_errors
-from xgen_data.sft import long_context, prepare as prepare_mod
+from cli.common import (format_option, out_option, own_json, print_rows, quiet_option, report, show_progress,
+                        user_errors)
+from xgen_data.errors import ProblemFound
+from xgen_data.sft import long_context, prepare as prepare_mod, sft_format
 
 
 @click.group("sft")
 def sft() -> None:
-    """Instruction tuning data (SPEC §5): prepare SFT shards, make long-context examples."""
+    """Instruction tuning data (SPEC §5): prepare SFT shards, make long-context examples, verify shards."""
 
 
 @sft.command("prepare")
@@ -19,6 +21,8 @@ def sft() -> None:
 @out_option(help="SFT shards folder to write (replaced as a whole when it holds earlier SFT shards).")
 @click.option("--seq-len", type=int, default=8192, show_default=True, help="Tokens per packed row (SPEC §5).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the packing order.")
+@click.option("--validation-rows", type=int, default=0, show_default=True,
+              help="Packed rows held out as the validation split (the trainer's validation loss).")
 @click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", show_default=True,
               help="Examples longer than a row: drop them, or keep their start (dropping one whose response "
                    "is cut away entirely); both counted.")
@@ -38,16 +42,16 @@ def sft() -> None:
 @quiet_option
 @user_errors
 @own_json
-def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, overlong: str, on_error: str,
-            system_header: bool, oasst_paths: str, trim_unanswered: bool, eval_sets: tuple[str, ...], fmt: str,
-            quiet: bool) -> None:
+def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, validation_rows: int, overlong: str,
+            on_error: str, system_header: bool, oasst_paths: str, trim_unanswered: bool, eval_sets: tuple[str, ...],
+            fmt: str, quiet: bool) -> None:
     """Render, mask, decontaminate and pack instruction data in any known shape into SFT shards.
 
     INPUTS are JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet files of {prompt, response}, Alpaca, Dolly,
     OpenAI messages, ShareGPT, OAsst trees or already rendered '### Human:' text, recognised per record.
     """
-    opts = prepare_mod.Options(seq_len=seq_len, seed=seed, overlong=overlong, on_error=on_error,
-                               system_header=system_header, oasst_all_paths=oasst_paths == "all",
+    opts = prepare_mod.Options(seq_len=seq_len, seed=seed, validation_rows=validation_rows, overlong=overlong,
+                               on_error=on_error, system_header=system_header, oasst_all_paths=oasst_paths == "all",
                                trim_unanswered=trim_unanswered, decontaminate=list(eval_sets))
     manifest = prepare_mod.prepare(list(inputs), out_dir, opts)
     if show_progress(quiet):
@@ -94,3 +98,18 @@ def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens:
     rows += [(f"source {k}", v) for k, v in sorted(report["per_source"].items())]
     print_rows(["what", "value"], rows, title=f"Long-context examples in {out_dir}/{long_context.OUTPUT}")
     click.echo(f"Pack them with `xgen sft prepare {out_dir}/{long_context.OUTPUT} --out SFT_DIR`.")
+
+
+@sft.command("verify")
+@click.argument("sft_dir", type=click.Path(file_okay=False))
+@format_option()
+@user_errors
+def verify_cmd(sft_dir: str, fmt: str) -> None:
+    """Check an SFT shards folder: the manifest's own checksum, every file's size and SHA-256; exit 1 on damage."""
+    problems = sft_format.verify(sft_dir)
+    report(sft_dir=sft_dir, problems=problems)
+    for p in problems:
+        click.echo(p)
+    if problems:
+        raise ProblemFound(f"{sft_dir}: {len(problems)} damaged or missing file(s); rerun `xgen sft prepare`")
+    click.echo(f"verify {sft_dir}: ok")

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from cli.common import corpus_option, format_option, own_json, user_errors
+from cli.common import corpus_option, format_option, number, own_json, user_errors
 from xgen_data import errors
 
 
@@ -27,6 +27,15 @@ def _connect(corpus_dir: str, recipe_name: str | None, shard_dirs: list[str] | N
     con = xsql.connect(corpus_dir, shard_dirs, dec=dec)
     xsql.lock_down(con, corpus_dir)
     return con
+
+
+def _guard(con, timeout: float | None = None):
+    """Ctrl-C / SIGTERM, ``timeout`` and the spill cap stop the query (:func:`xgen_data.stats.query_guard.guard`)."""
+    from xgen_data.stats import query_guard
+    from xgen_data.stats import sql as xsql
+
+    folder = xsql.spill_dir()
+    return query_guard.guard(con, spill_folder=folder, spill_cap=xsql.spill_cap(folder), timeout=timeout)
 
 
 def _sql_error(exc: Exception, corpus_dir: str) -> errors.XgenError:
@@ -51,14 +60,20 @@ def _sql_error(exc: Exception, corpus_dir: str) -> errors.XgenError:
               help="Extra shards directory for the `shards` view, repeatable (default: none; built ones are "
                    "registered automatically).")
 @recipe_option
+@click.option("--timeout", "timeout", default=None, type=number(min=0, min_open=True),
+              help="Stop the query after this many seconds (exit 1) [default: no limit; Ctrl-C stops it, exit 130].")
+@click.option("--max-rows", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Rows a --format table prints (a notice says when there are more; csv and json stream every row).")
 @click.argument("query")
 @user_errors
 @own_json
-def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str | None, query: str) -> None:
+def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str | None, timeout: float | None,
+        max_rows: int, query: str) -> None:
     """Run one read-only SQL QUERY over the views documents, shards and license_conflicts.
 
     Only queries run (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); statements that
-    write or change settings (COPY, ATTACH, CREATE, SET, PRAGMA, ...) are refused.
+    write or change settings (COPY, ATTACH, CREATE, SET, PRAGMA, ...) are refused. Ctrl-C (or SIGTERM) stops
+    a running query (exit 130); so do --timeout and the spill cap XGEN_DUCKDB_SPILL (exit 1).
     """
     import duckdb
 
@@ -77,8 +92,9 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
         raise click.BadParameter(f"run one statement per call (got {len(statements)})")
     con = _connect(corpus_dir, recipe_name, list(shard_dirs))
     try:
-        result = sql_results.query(con, statements[0].query, fmt, explain=statements[0].type.name == "EXPLAIN")
-        sql_results.write(result, fmt, sys.stdout)
+        with _guard(con, timeout):
+            result = sql_results.query(con, statements[0].query, fmt, explain=statements[0].type.name == "EXPLAIN")
+            sql_results.write(result, fmt, sys.stdout, max_rows=max_rows)
     except duckdb.Error as exc:
         raise _sql_error(exc, corpus_dir) from None
 
@@ -103,24 +119,31 @@ def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | N
 
     try:
         con = _connect(corpus_dir, recipe_name)
-        if plot_path:
-            from xgen_data.mixing import recipe
-            from xgen_data.stats.plots import length_histogram
-
-            r = recipe.load(recipe_name) if recipe_name else None
-            length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
-        if lang_plot_path:
-            from xgen_data.mixing import recipe as recipe_mod
-            from xgen_data.stats.plots import language_policy_plot
-
-            language_policy_plot(corpus_dir, lang_plot_path, recipe_mod.load(recipe_name) if recipe_name else None)
-        _print_stats(con, corpus_dir, fmt)
+        with _guard(con):
+            _stats_outputs(con, corpus_dir, fmt, plot_path, recipe_name, lang_plot_path)
     except duckdb.Error as exc:  # e.g. a damaged part: DuckDB's message names the file
         raise _sql_error(exc, corpus_dir) from None
     if plot_path and fmt == "table":
         click.echo(f"Length histogram: {plot_path}")
     if lang_plot_path and fmt == "table":
         click.echo(f"Tokens per language and policy: {lang_plot_path}")
+
+
+def _stats_outputs(con, corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | None,
+                   lang_plot_path: str | None) -> None:
+    """The plots asked for, then the tables."""
+    if plot_path:
+        from xgen_data.mixing import recipe
+        from xgen_data.stats.plots import length_histogram
+
+        r = recipe.load(recipe_name) if recipe_name else None
+        length_histogram(corpus_dir, plot_path, r.min_tokens if r else 100, recipe=r)
+    if lang_plot_path:
+        from xgen_data.mixing import recipe as recipe_mod
+        from xgen_data.stats.plots import language_policy_plot
+
+        language_policy_plot(corpus_dir, lang_plot_path, recipe_mod.load(recipe_name) if recipe_name else None)
+    _print_stats(con, corpus_dir, fmt)
 
 
 def _print_stats(con, corpus_dir: str, fmt: str) -> None:

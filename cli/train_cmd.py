@@ -13,9 +13,8 @@ import os
 
 import click
 
-from cli.common import format_option, quiet_option, report, user_errors
+from cli.common import format_option, number, quiet_option, report, user_errors
 from xgen_data.errors import Interrupted, ProblemFound
-from xgen_train.loop.config import TrainConfig, load_run_config  # no JAX import
 from xgen_train.model.config import CONFIGS  # no JAX import
 
 
@@ -25,8 +24,10 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "defaults), told apart by its manifest.json. Required, except with --resume (then the run's).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: metrics.jsonl, loss.png, checkpoints/, run.json, summary.json.")
-@click.option("--config", "config_name", default="tiny", show_default=True, type=click.Choice(sorted(CONFIGS)),
-              help="Model config (xgen_train.model.config.CONFIGS).")
+@click.option("--config", "config_name", default="tiny", show_default=True,
+              type=click.Choice(sorted(CONFIGS) + ["init"]),
+              help="Model config (xgen_train.model.config.CONFIGS), or init: the --init model's own config (e.g. an "
+                   "imported model of another size).")
 @click.option("--steps", default=None, type=click.IntRange(min=1),
               help="Stop after this many updates in total (default: the whole plan). A cap: the learning-rate "
                    "schedule stays the plan's, so a later --resume with more --steps continues it smoothly.")
@@ -35,17 +36,17 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "divide). Default 2048 unless --batch-size is given (SFT: 128 sequences).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Sequences per update, constant across sub-stages (instead of --batch-tokens; SFT default 128).")
-@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), show_default="3e-4; SFT 2e-5",
+@click.option("--lr", default=None, type=number(min=0, min_open=True), show_default="3e-4; SFT 2e-5",
               help="Peak learning rate (SPEC §4: 3e-4; SPEC §5: 2e-5).")
 @click.option("--warmup", default=None, type=click.IntRange(min=0), show_default="2000; SFT 0",
               help="Linear warm-up updates (SPEC §4: 2000); must not exceed the schedule length.")
-@click.option("--b1", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--b1", default=0.9, show_default=True, type=number(0, 1, max_open=True),
               help="Adam beta1 (SPEC §4, §5: 0.9).")
-@click.option("--b2", default=None, type=click.FloatRange(0, 1, max_open=True), show_default="0.95; SFT 0.99",
+@click.option("--b2", default=None, type=number(0, 1, max_open=True), show_default="0.95; SFT 0.99",
               help="Adam beta2 (SPEC §4: 0.95; SPEC §5: 0.99).")
-@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), show_default="0.1; SFT 0",
+@click.option("--weight-decay", default=None, type=number(min=0), show_default="0.1; SFT 0",
               help="Decoupled weight decay on matrices (SPEC §4: 0.1; SFT uses Adam, SPEC §5).")
-@click.option("--final-lr-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--final-lr-ratio", default=0.1, show_default=True, type=number(0, 1),
               help="The cosine ends at this fraction of the peak learning rate (SPEC §4, §5: 10%).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), show_default="1; SFT 3",
               help="Passes over the train sequences, each in a fresh order drawn from --seed (SPEC §5: 3).")
@@ -56,7 +57,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
 @click.option("--stage", default=None, help="Train only this stage (default: every stage, in manifest order).")
 @click.option("--substage", default=None, help="Train only this sub-stage (with --stage when its name is in "
                                                "several stages).")
-@click.option("--budget-fraction", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--budget-fraction", default=1.0, show_default=True, type=number(0, 1, min_open=True),
               help="Train on this fraction of every sub-stage's budget (the whole curriculum at a small scale).")
 @click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from these params (a run or checkpoint folder, or a Hugging Face folder with "
@@ -86,7 +87,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "0 = full logits.")
 @click.option("--remat/--no-remat", default=False, show_default=True,
               help="Rematerialise every decoder block in the backward pass (less memory, ~1 more forward).")
-@click.option("--z-loss", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--z-loss", default=0.0, show_default=True, type=number(min=0),
               help="PaLM z-loss weight on mean(logsumexp^2) (PaLM: 1e-4; 0 = off).")
 @click.option("--skip-spikes", is_flag=True, help="Do not apply an update flagged as a loss spike (SPEC §4 rule).")
 @click.option("--doc-mask", is_flag=True, help="Attention does not cross EOS inside a packed sequence and rotary "
@@ -103,9 +104,12 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                                              "and --mesh.")
 @click.option("--mesh", default=None, help="Device mesh, e.g. data=2,fsdp=2,tensor=2 (axes data/fsdp/tensor; "
                                            "default: every device on data). docs/training-at-scale.md.")
-@click.option("--peak-flops", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--peak-flops", default=None, type=number(min=0, min_open=True),
               help="Peak FLOP/s of one chip for MFU (default: a table of known TPUs/GPUs; on CPU MFU is n/a).")
 @click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
+@click.option("--max-skipped", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Stop the run (exit 1) after this many consecutive skipped updates (non-finite, or spikes with "
+                   "--skip-spikes): a run that does not learn must not end as a success.")
 @quiet_option
 @format_option()
 @user_errors
@@ -129,6 +133,7 @@ def train(out_dir: str, resume: bool, quiet: bool, fmt: str, **settings) -> None
     from xgen_train.scale.distributed import maybe_initialize
 
     maybe_initialize()  # multi-host start when the environment asks for it, before any device use
+    from xgen_train.loop.config import TrainConfig  # imports JAX (via the numerics options)
     from xgen_train.loop.trainer import train as run_train
 
     try:
@@ -182,17 +187,16 @@ def resume_defaults(out_dir: str, typed: set[str]) -> dict:
     when there is no run.json. Raises RunConfigError (DamagedDataError) naming run.json when its config cannot be
     read back.
     """
+    from xgen_train.loop.config import TrainConfig, load_run_config
+
     stored = load_run_config(out_dir)
     if stored is None:
         return {}
     skip = set(typed)
     if typed & {"batch_size", "batch_tokens"}:
         skip |= {"batch_size", "batch_tokens"}
-    out = {k: v for k, v in stored.to_flat().items() if k not in skip and k in _OPTION_NAMES}
+    options = {p.name for p in train.params} & set(TrainConfig.flat_names())  # settings with an option
+    out = {k: v for k, v in stored.to_flat().items() if k not in skip and k in options}
     if out.get("init") is not None and not os.path.isdir(out["init"]):
         out.pop("init")
     return out
-
-
-#: the settings ``xgen train`` has options for (the others keep their TrainConfig defaults)
-_OPTION_NAMES = {p.name for p in train.params} & set(TrainConfig.flat_names())

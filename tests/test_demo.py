@@ -107,7 +107,7 @@ def test_demo_embedded_corpus(tmp_path):
     _check_workdir(workdir, out)
     # the number of updates printed is the number trained
     summary = json.load(open(os.path.join(workdir, "run", "summary.json")))
-    m = re.search(r"\[5/5\] Train .*?, ([\d,]+) of [\d,]+ updates", out)
+    m = re.search(r"\[5/6\] Train .*?, ([\d,]+) of [\d,]+ updates", out)
     assert m and int(m.group(1).replace(",", "")) == summary["final_step"], out
     # every command the demo suggests runs as printed
     hints = _printed_hints(out)
@@ -125,6 +125,13 @@ def test_demo_embedded_corpus(tmp_path):
     assert "PSF-2.0" in saved.allow_list() and "PSF-2.0" in saved.policy("strict").allow
     assert "0.00B" not in out and "3.07M" in out  # demo-scale budgets in units that fit
     assert "Dedup (step 2) removed" in out
+    # [6/6] instruction tuning: SFT shards, a response-loss curve, one chat exchange, the SFT model's HF folder
+    assert "[6/6] Instruction tuning on Q&A from the standard library's docs" in out
+    assert "chat: ### Human: What is the Python module json for?" in out
+    sft_manifest = json.load(open(os.path.join(workdir, "sft", "manifest.json")))
+    assert sft_manifest["format"] == "xgen-sft-shards" and sft_manifest["counts"]["packed"] > 500
+    assert os.path.isfile(os.path.join(workdir, "sft-run", "loss.png"))
+    assert "### Assistant:" in json.load(open(os.path.join(workdir, "hf-sft", "tokenizer_config.json")))["chat_template"]
     # The saved recipe repeats the demo's choices (PSF-2.0 allowed) for later commands on the workdir.
     res = CliRunner().invoke(cli, ["mix", "build", "--corpus", os.path.join(workdir, "corpus"),
                                    "--recipe", os.path.join(workdir, "recipe.toml"), "--out", str(tmp_path / "S2")])

@@ -165,3 +165,11 @@ def test_missing_task_data_says_how_to_get_it(export, tmp_path):
 def test_truthfulqa_is_named_unavailable_offline(export, tmp_path):
     res = CliRunner().invoke(cli, ["eval", "tasks", export, "--tasks", "truthfulqa_mc2", "--out", str(tmp_path / "o")])
     assert res.exit_code == 3 and "TruthfulQA is unavailable offline" in res.output
+
+
+def test_length_buckets_are_few_and_waste_at_most_a_third():
+    from xgen_train.evaluate.lm_adapter import length_bucket
+
+    sizes = {length_bucket(n, 2048) for n in range(1, 2049)}
+    assert sorted(sizes)[:8] == [16, 24, 32, 48, 64, 96, 128, 192] and max(sizes) == 2048 and len(sizes) == 15
+    assert all(n <= length_bucket(n, 2048) and (n <= 16 or length_bucket(n, 2048) < 1.5 * n) for n in range(1, 2049))

@@ -26,11 +26,11 @@ def made(demo_shards, sample_corpus, tmp_path_factory):
 
 def test_every_number_is_the_query_it_cites(made, demo_shards, sample_corpus):
     out, result = made
-    con = sqlmod.connect(sample_corpus, shard_dirs=[demo_shards], recipe=recipe_mod.load(os.path.join(out, "recipe.toml")),
-                         quiet=True)
+    recipe = recipe_mod.load(os.path.join(out, "recipe.toml"))
+    con = sqlmod.connect(sample_corpus, shard_dirs=[demo_shards], recipe=recipe, quiet=True)
     sql_facts = [f for f in result["facts"] if f["kind"] == "sql"]
     assert {f["key"] for f in sql_facts} >= {"sources", "funnel", "licenses", "languages", "duplicates", "packed",
-                                               "packed_subsets", "checksums", "lengths"}
+                                               "packed_subsets", "checksums", "lengths", "decontamination"}
     for f in sql_facts:
         assert json.loads(json.dumps([list(r) for r in con.execute(f["source"]).fetchall()])) == f["rows"], f["key"]
     con.close()
@@ -47,8 +47,11 @@ def test_card_numbers_match_the_shards_and_corpus(made, demo_shards, sample_corp
         for k, v in e["tokens_per_subset"].items():
             per_subset[(e["stage"], k)] = per_subset.get((e["stage"], k), 0) + v
     assert {(s, k): t for s, k, t in facts["packed_subsets"]["rows"]} == per_subset
-    assert sum(r[-1] for r in facts["packed"]["rows"]) == sum(e["n_sequences"] * e["seq_len"] for e in manifest["shards"])
+    packed_tokens = sum(e["n_sequences"] * e["seq_len"] for e in manifest["shards"])
+    assert sum(r[-1] for r in facts["packed"]["rows"]) == packed_tokens
     assert {r[0]: r[1] for r in facts["checksums"]["rows"]} == {e["path"]: e["sha256"] for e in manifest["shards"]}
+    for stage, subset, plan, tokens, share in facts["plan_vs_packed"]["rows"]:  # packing hits the plan within 1%
+        assert tokens == per_subset[(stage, subset)] and share == pytest.approx(plan, abs=0.01)
     # the funnel covers every document of the packed subsets exactly once
     con = sqlmod.connect(sample_corpus, quiet=True)
     n_docs = con.execute("SELECT count(*) FROM documents WHERE subset IN ('code', 'natural')").fetchone()[0]
@@ -118,11 +121,13 @@ def test_ai_act_draft(made):
 
 
 def test_card_without_corpus_says_what_is_missing(demo_shards, tmp_path):
-    result = card.write_card(demo_shards, str(tmp_path / "c"))
+    result = card.write_card(demo_shards, str(tmp_path / "c"), ai_act_summary=True)
     keys = {f["key"] for f in result["facts"]}
-    assert keys == {"plan", "packed", "packed_subsets", "packed_sources", "checksums"}
-    assert all(f["kind"] == "manifest" for f in result["facts"])
+    assert keys == {"plan", "packed", "packed_subsets", "packed_sources", "checksums", "plan_vs_packed"}
+    assert all(f["kind"] in ("manifest", "derived") for f in result["facts"])
     assert "Not shown without the corpus" in (tmp_path / "c" / "README.md").read_text(encoding="utf-8")
+    draft = (tmp_path / "c" / "ai_act_summary.md").read_text(encoding="utf-8")
+    assert "## 3. Data processing aspects" in draft and "need the corpus" in draft
 
 
 def test_card_refusals(demo_shards, tmp_path):
@@ -145,10 +150,46 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     out = str(tmp_path / "mds")
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 0, r.output
-    assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_export.json"))
+    assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 2 and "not empty" in r.output
+    hf_out = tmp_path / "hf"
+    r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "hf", "--corpus", sample_corpus,
+                            "--out", str(hf_out)])
+    assert r.exit_code == 0, r.output
+    readme = (hf_out / "README.md").read_text(encoding="utf-8")
+    assert "configs:" in readme and "## Composition" in readme and "FROM documents" in readme
     r = runner.invoke(cli, ["card", demo_shards, "--corpus", sample_corpus, "--ai-act", "--out", str(tmp_path / "c"),
                             "--format", "json"])
     assert r.exit_code == 0, r.output
     assert set(json.loads(r.output)["files"]) == {"README.md", "index.html", "ai_act_summary.md", "recipe.toml"}
+
+
+def test_decontamination_counts(sample_corpus, tmp_path):
+    """A document overlapping a planted evaluation item is dropped as eval_overlap; the card counts it."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+    from conftest import demo_no_dedup
+
+    from xgen_data.mixing import pipeline
+    from xgen_data.shards import packing
+    from xgen_data.store.corpus import Corpus
+
+    corpus = str(tmp_path / "corpus")
+    shutil.copytree(sample_corpus, corpus)
+    docs = pq.read_table(Corpus(corpus).parts("natural")[0].path, columns=["id", "text", "n_tokens"]).to_pylist()
+    victim = next(d for d in docs if len(d["text"].split()) > 200)
+    evals = tmp_path / "planted.jsonl"
+    evals.write_text(json.dumps({"id": "item-1", "question": " ".join(victim["text"].split()[100:125]),
+                                 "answer": "x"}) + "\n")
+    r = dataclasses.replace(demo_no_dedup(), decontaminate=(str(evals),))
+    shards = str(tmp_path / "shards")
+    pipeline.apply_recipe_steps(corpus, r, progress=False)
+    packing.build(corpus, r, shards, progress=False)
+    result = card.write_card(shards, str(tmp_path / "card"), corpus_dir=corpus, ai_act_summary=True)
+    facts = {f["key"]: f for f in result["facts"]}
+    assert facts["decontamination"]["rows"] == [["planted", 1, victim["n_tokens"]]]
+    assert ["eval_overlap", 1, victim["n_tokens"]] in facts["funnel"]["rows"]
+    draft = (tmp_path / "card" / "ai_act_summary.md").read_text(encoding="utf-8")
+    assert "Documents dropped for overlap with evaluation sets: 1 " in draft

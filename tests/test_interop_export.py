@@ -19,6 +19,7 @@ import pytest
 
 from xgen_data.errors import DamagedDataError, RefusedError
 from xgen_data.interop import card, export, mds, megatron
+from xgen_data.interop import litdata as litdata_fmt
 from xgen_data.interop.source import datasets
 from xgen_data.shards import shard_format
 
@@ -117,7 +118,7 @@ def test_mds_round_trip_and_bytes_equal_mdswriter(demo_shards, sets, tmp_path):
     assert len(names) > 3 and names == sorted(os.listdir(os.path.join(ours, ds.name)))
     for n in names:
         a, b = open(os.path.join(ref, n), "rb").read(), open(os.path.join(ours, ds.name, n), "rb").read()
-        assert (json.loads(a) == json.loads(b)) if n == "index.json" else a == b, n
+        assert a == b, n
 
 
 def test_mds_streams_with_proportions(demo_shards, tmp_path):
@@ -141,6 +142,31 @@ def test_litdata_round_trip(demo_shards, sets, tmp_path, monkeypatch):
                                    shuffle=False, cache_dir=str(tmp_path / "cache" / ds.name))
         assert len(got) == want.shape[0]
         assert all(np.array_equal(got[i].numpy(), want[i]) for i in range(len(got)))
+
+
+def test_litdata_chunks_equal_binarywriter(demo_shards, sets, tmp_path):
+    """litdata's own BinaryWriter (TokensLoader, 100 items per chunk) writes the same chunk files."""
+    torch = require("torch")
+    writer = require("litdata.streaming.writer")
+    loader = require("litdata.streaming.item_loader")
+    ds = sets[0]
+    ref = str(tmp_path / "ref")
+    w = writer.BinaryWriter(ref, chunk_size=100 * ds.seq_len, item_loader=loader.TokensLoader())  # size in tokens
+    for i, row in enumerate(_rows(demo_shards, ds)):
+        w.add_item(i, torch.from_numpy(row.copy()))
+    w.done()
+    w.merge()
+    ours = str(tmp_path / "ours")
+    os.makedirs(ours)
+    litdata_fmt.write_dataset(demo_shards, ds, ours, chunk_bytes=100 * 2 * ds.seq_len)
+    theirs = json.load(open(os.path.join(ref, "index.json")))
+    mine = json.load(open(os.path.join(ours, ds.name, "index.json")))
+    assert len(mine["chunks"]) > 3 and mine["chunks"] == theirs["chunks"]
+    for c in theirs["chunks"]:
+        a = open(os.path.join(ref, c["filename"]), "rb").read()
+        assert a == open(os.path.join(ours, ds.name, c["filename"]), "rb").read(), c["filename"]
+    assert {k: v for k, v in mine["config"].items() if k not in ("chunk_bytes", "chunk_size")} == \
+        {k: v for k, v in theirs["config"].items() if k not in ("chunk_bytes", "chunk_size")}
 
 
 def test_hf_round_trip_with_card(demo_shards, sets, tmp_path):
@@ -222,3 +248,33 @@ def test_export_manifest_catches_a_changed_file(demo_shards, tmp_path):
 def test_piece_lengths_cut_at_rows_and_after_eos():
     block = np.array([[1, 9, 2, 3], [4, 5, 9, 9]], dtype=np.uint16)
     assert megatron.piece_lengths(block, 9).tolist() == [2, 2, 3, 1]
+
+
+def test_killed_export_leaves_no_partial_folder(demo_shards, tmp_path):
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    code = f"from xgen_data.interop import export; export.export_shards({demo_shards!r}, {str(out)!r}, 'litdata')"
+    env = dict(os.environ, XGEN_CRASH_AT="export_shards.before_swap", PYTHONPATH=repo)
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -9
+    assert not out.exists()
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]  # the killed run's leftover
+    export.export_shards(demo_shards, str(out), "litdata")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")]  # removed by the next run
+    assert export.verify_export(str(out)) == []
+
+
+def test_megatron_index_bytes_by_the_format(tmp_path):
+    """The .idx written in chunks equals the layout of megatron-core's _IndexWriter, computed whole."""
+    lengths = np.array([3, 1, 4, 1, 5] * 130_000, dtype=np.int32)  # more than one chunk
+    with open(tmp_path / "lengths", "w+b") as f, megatron.HashingWriter(str(tmp_path), "x.idx") as w:
+        f.write(lengths.tobytes())
+        megatron.write_index(w, f, lengths.size)
+        w.close()
+    pointers = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * 2)[:-1]])
+    import struct
+
+    want = (b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, lengths.size, lengths.size + 1) + lengths.tobytes()
+            + pointers.astype("<i8").tobytes() + np.arange(lengths.size + 1, dtype="<i8").tobytes())
+    assert (tmp_path / "x.idx").read_bytes() == want

@@ -190,3 +190,260 @@ def test_second_writer_of_a_folder_is_refused_naming_the_holder(tmp_path):
         with pytest.raises(RefusedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
             _export_here(out, 1)
     assert not out.exists() and _siblings(out) == []
+
+
+# -- sql: a runaway query can be stopped ---------------------------------------------------------------------
+
+RUNAWAY = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    from xgen_data.sources import ingest
+
+    root = tmp_path_factory.mktemp("tiny")
+    src = _jsonl(root / "raw" / "nl.jsonl", ["hello world", "another document"], "t")
+    ingest.ingest(str(root / "c"), [(str(src), None)], workers=1, progress=False)
+    return str(root / "c")
+
+
+def test_spill_cap_stops_a_query_that_would_exceed_it(tiny_corpus, monkeypatch):
+    monkeypatch.setenv("XGEN_DUCKDB_SPILL", "20MB")
+    monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "32MB")
+    res = _invoke(["sql", "--corpus", tiny_corpus, "SELECT max(x) FROM (SELECT i, row_number() OVER "
+                   "(ORDER BY hash(i)) x, repeat('y', 20) || i s FROM range(3000000) t(i))"])
+    assert res.exit_code == 1, res.output
+    assert "over the cap of 20 MB" in res.output and "XGEN_DUCKDB_SPILL" in res.output
+
+
+def test_default_spill_cap_cannot_fill_the_disk(tmp_path, monkeypatch):
+    import shutil
+
+    from xgen_data.stats import sql
+
+    monkeypatch.delenv("XGEN_DUCKDB_SPILL", raising=False)
+    cap = sql.spill_cap(str(tmp_path / "not-yet"))
+    assert 0 < cap <= shutil.disk_usage(tmp_path).free * 0.5 + 1e9 and cap <= sql.size_bytes("20GB")
+    assert sql.duckdb_config(str(tmp_path))["max_temp_directory_size"] == f"{sql.spill_cap(str(tmp_path))}B"
+
+
+def test_sigint_stops_a_runaway_query_within_seconds(tiny_corpus):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONPATH=REPO, XGEN_DUCKDB_MEMORY="64MB")
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "sql", "--corpus", tiny_corpus, RUNAWAY], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # printed just before the views are built and the query runs
+        assert first.startswith("decisions:"), first
+        time.sleep(2)  # inside the query
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert time.time() - t0 < 10 and "interrupted by SIGINT" in err and "Traceback" not in err
+
+
+def test_timeout_stops_a_runaway_query(tiny_corpus, monkeypatch):
+    monkeypatch.setenv("XGEN_DUCKDB_MEMORY", "64MB")
+    res = _invoke(["sql", "--corpus", tiny_corpus, "--timeout", "1", RUNAWAY])
+    assert res.exit_code == 1 and "stopped after --timeout 1 s" in res.output, res.output
+
+
+def test_table_output_caps_rows_with_a_notice(tiny_corpus):
+    res = _invoke(["sql", "--corpus", tiny_corpus, "--max-rows", "100", "SELECT * FROM range(10000000)"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert sum(1 for x in lines if x.strip().replace(",", "").isdigit()) == 100
+    assert "only the first 100 rows are shown" in res.output
+
+
+# -- train: a run folder has one writer; a run that does not learn fails -------------------------------------
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from conftest_train import build_shards
+
+    return build_shards(tmp_path_factory.mktemp("tr") / "shards", seq_len=64, max_tokens=12_000)
+
+
+TRAIN_KW = dict(steps=2, batch_size=4, lr=3e-3, warmup=1, progress=False, plot=False)
+
+
+def test_second_training_run_on_one_folder_is_refused_naming_the_holder(train_shards, tmp_path):
+    import socket
+
+    from xgen_data.errors import RefusedError
+    from xgen_data.store import locks
+    from xgen_train.loop.trainer import train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    with locks.writer_lock(str(out / ".lock"), "a first run"):
+        with pytest.raises(RefusedError, match=holder):
+            train(str(train_shards), str(out), **TRAIN_KW)
+        res = _invoke(["train", "--shards", str(train_shards), "--out", str(out), "--steps", "1", "--batch-size",
+                       "4", "--warmup", "1", "--quiet"])
+        assert res.exit_code == 2 and holder in res.output and "Traceback" not in res.output, res.output
+        assert sorted(os.listdir(out)) == [".lock"]  # nothing written, no metrics, no orbax temp folder
+    assert sorted(os.listdir(out)) == []
+
+
+@pytest.mark.parametrize("option,value", [("--z-loss", "nan"), ("--lr", "inf"), ("--budget-fraction", "nan"),
+                                          ("--peak-flops", "nan")])
+def test_non_finite_numeric_options_are_refused(train_shards, tmp_path, option, value):
+    res = _invoke(["train", "--shards", str(train_shards), "--out", str(tmp_path / "r"), option, value])
+    assert res.exit_code == 2 and "not a finite number" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_whose_updates_are_all_skipped_stops_with_a_clear_error(train_shards, tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from xgen_data.errors import ProblemFound
+    from xgen_train.loop import trainer
+
+    real = trainer._make_numerics_loss
+
+    def nan_objective(cfg, num):  # what `--z-loss nan` did: a finite loss, a NaN objective, every update skipped
+        fn = real(cfg, num)
+
+        def loss_fn(params, tokens):
+            obj, aux = fn(params, tokens)
+            return obj * jnp.nan, aux
+        return loss_fn
+
+    monkeypatch.setattr(trainer, "_make_numerics_loss", nan_objective)
+    with pytest.raises(ProblemFound, match="3 consecutive updates were skipped"):
+        trainer.train(str(train_shards), str(tmp_path / "run"), **{**TRAIN_KW, "steps": 6}, max_skipped=3)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_skip_guard_counts_consecutive_skips_only():
+    from xgen_data.errors import ProblemFound
+    from xgen_train.loop.guards import SkipGuard
+
+    g = SkipGuard(3)
+    for i, skipped in enumerate([True, True, False, True, True]):
+        g.check({"step": i, "loss": 1.0, "skipped": skipped, "nonfinite": skipped})
+    with pytest.raises(ProblemFound, match="non-finite gradients"):
+        g.check({"step": 5, "loss": 1.0, "skipped": True, "nonfinite": True})
+    with pytest.raises(ProblemFound, match="non-finite loss"):
+        SkipGuard(3).check({"step": 0, "loss": float("nan"), "skipped": True, "nonfinite": True})
+
+
+def test_disk_full_during_a_checkpoint_save_is_one_message_and_no_temp_folder(tmp_path, caplog):
+    import logging
+
+    import jax.numpy as jnp
+
+    from xgen_data.errors import ProblemFound
+    from xgen_train.loop.checkpoint import CheckpointStore, latest_checkpoint
+
+    store = CheckpointStore(tmp_path / "ck", keep=3)
+    store.save(1, {"w": jnp.zeros(3)}, {"m": jnp.zeros(2)}, {"a": 1})
+
+    def full_disk(step, **kw):  # what orbax does on ENOSPC: a temp folder, logged tracebacks, a ValueError
+        tmp = tmp_path / "ck" / f"step_{step:08d}.orbax-checkpoint-tmp" / "params"
+        tmp.mkdir(parents=True)
+        (tmp / "d").write_bytes(b"x" * 100)
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            logging.getLogger("absl").exception("_SignalingThread.run() raised an exception")
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing "w/0.0": No space left on device')
+
+    store._mgr.save = full_disk
+    with caplog.at_level(logging.ERROR), pytest.raises(ProblemFound, match="disk full while saving checkpoint step 2"):
+        store.save(2, {"w": jnp.ones(3)}, {"m": jnp.zeros(2)}, {"a": 2})
+    assert not any("_SignalingThread" in r.getMessage() for r in caplog.records)
+    assert sorted(os.listdir(tmp_path / "ck")) == ["step_00000001"]
+    assert latest_checkpoint(tmp_path / "ck").name == "step_00000001"
+    store.close()
+
+
+def test_import_hint_of_an_unnamed_config_trains_as_printed(train_shards, tmp_path):
+    import re
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from hf_helpers import MICRO, perturbed_params
+    from xgen_train.export import hf
+
+    hf.export_hf(None, str(tmp_path / "hf"), params=perturbed_params(MICRO, seed=1), model_config=MICRO,
+                 tokenizer=False)
+    res = _invoke(["import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")])
+    assert res.exit_code == 0, res.output
+    hint = re.search(r"train from it: (xgen train .*)", res.output).group(1)
+    assert hint.endswith("--config init")
+    args = hint.split()[2:]
+    args[args.index("SHARDS")] = str(train_shards)
+    args[args.index("NEW_RUN")] = str(tmp_path / "new")
+    res = _invoke(["train", *args, "--steps", "1", "--batch-size", "4", "--warmup", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "new" / "run.json").read_text())
+    assert run["config_name"] == "init" and run["model_config"] == MICRO.to_dict()
+
+
+# -- errors name their input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["counts.jsonl", "counts.csv"])
+def test_pass_at_k_on_non_utf8_input_names_file_and_line(tmp_path, name):
+    path = tmp_path / name
+    head = b"task_id,n,c\n" if name.endswith(".csv") else b""
+    good = b"a,5,1\n" if name.endswith(".csv") else b'{"task_id": "a", "n": 5, "c": 1}\n'
+    bad = b"b\xff,5,1\n" if name.endswith(".csv") else b'{"task_id": "b\xff", "n": 5, "c": 1}\n'
+    path.write_bytes(head + good + bad)
+    res = _invoke(["eval", "pass-at-k", str(path), "-k", "1"])
+    line = 3 if name.endswith(".csv") else 2
+    assert res.exit_code == 3, res.output  # bad input (docs/cli.md)
+    assert f"{path}:{line}: not UTF-8" in res.output and "Traceback" not in res.output
+
+
+def test_pass_at_k_refuses_a_repeated_task_id_naming_both_lines(tmp_path):
+    path = tmp_path / "counts.jsonl"
+    rows = (("a", 1), ("b", 2), ("a", 1))
+    path.write_text("".join(json.dumps({"task_id": t, "n": 5, "c": c}) + "\n" for t, c in rows))
+    res = _invoke(["eval", "pass-at-k", str(path), "-k", "1"])
+    assert res.exit_code == 3, res.output
+    assert f"{path}:3: problem 'a' appears again (first at {path}:1)" in res.output
+
+
+def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xgen_data.errors import RefusedError
+    from xgen_data.store import locks
+
+    lock = tmp_path / "run" / ".lock"
+    lock.parent.mkdir()
+    code = ("import sys, time\nfrom xgen_data.store import locks\nwith locks.writer_lock(sys.argv[1], 'run'):\n"
+            "    print('held', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], env=dict(os.environ, PYTHONPATH=REPO),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(RefusedError, match=f"pid {proc.pid} on"):
+            with locks.writer_lock(str(lock), "run"):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert lock.exists()  # the file stays, its flock went with the process
+    with locks.writer_lock(str(lock), "run"):
+        time.sleep(0)
+    assert not lock.exists()

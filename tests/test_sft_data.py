@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import shared_path
 from xgen_data.errors import DamagedDataError, InputError, RefusedError
 from xgen_data.sft import decontam, masking, pack, prepare, render, sft_format, shapes
+from xgen_data.store import publish
 from xgen_data.tokenizer import EOS_ID, decode, encode
 
 TWO_TURNS = ("### Human: Hi there\n### Assistant: Hello!<|endoftext|>"
@@ -164,13 +165,19 @@ def test_prepare_shards_rows_segments_and_checksums(tmp_path):
         assert np.all(tok[r][seg[r] == 0] == 0) and np.all(mask[r][seg[r] == 0] == 0)
     assert n_examples == m["counts"]["packed"]
     assert m["padding_share"] == pytest.approx((seg == 0).mean())
+    assert m["n_rows"] == len(tok) and m["validation_rows"] == 0 and m["dtype"] == "uint16"
+    # a validation split: the first rows of the same packing, the rest train
+    mv = prepare.prepare([src], str(tmp_path / "sftv"), prepare.Options(seq_len=64, seed=5, validation_rows=2))
+    assert (mv["validation_rows"], mv["n_rows"]) == (2, len(tok) - 2)
+    val, train = sft_format.read_all(tmp_path / "sftv", "validation"), sft_format.read_all(tmp_path / "sftv", "train")
+    assert np.array_equal(np.concatenate([val["tokens"], train["tokens"]]), tok)
     # the same inputs and seed give the same bytes
     m2 = prepare.prepare([src], str(tmp_path / "sft2"), prepare.Options(seq_len=64, seed=5))
     assert {k: m2[k] for k in ("shards", "counts")} == {k: m[k] for k in ("shards", "counts")}
     assert sft_format.verify(tmp_path / "sft") == []
     # a flipped byte and an edited manifest are caught
     entry = m["shards"][0]
-    path = tmp_path / "sft" / entry["loss_mask_path"]
+    path = tmp_path / "sft" / entry["loss_mask"]["path"]
     data = bytearray(path.read_bytes())
     data[0] ^= 1
     path.write_bytes(bytes(data))
@@ -349,7 +356,69 @@ def test_eval_set_shapes_and_bad_lines(tmp_path):
     gram = next(iter(index.grams))
     assert index.grams[gram] == ("hellaswag", "1") and "roofing" in " ".join(index.grams)
     assert "ripping" not in " ".join(index.grams)  # only the correct ending is the reference
+    short = _write(tmp_path / "short.jsonl", [{"id": "s1", "question": "Who wrote the novel Moby Dick?",
+                                               "answer": "Herman Melville"}, {"id": "s2", "prompt": "Too short."}])
+    index = decontam.load_eval_sets([short])
+    assert index.sets[0]["too_short"] == 1 and not index.grams
+    hit = decontam.find("Quiz time! WHO wrote the novel, Moby Dick? -- Herman Melville, of course.", index)
+    assert hit is not None and (hit.eval_item_id, hit.match) == ("s1", "who wrote the novel moby dick herman melville")
+    assert decontam.find("Who wrote the novel Moby Dick? Nobody knows.", index) is None
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
     with pytest.raises(InputError, match=r"bad\.jsonl:2: bad evaluation item: no prompt field"):
         decontam.load_eval_sets([str(bad)])
+
+
+@pytest.mark.parametrize("point", ["sft.after_backup", "write_json.tmp_written"])
+def test_prepare_killed_leaves_old_or_new(tmp_path, point):
+    import subprocess
+    import sys
+
+    old = _write(tmp_path / "old.jsonl", [{"prompt": "p", "response": "old"}])
+    new = _write(tmp_path / "new.jsonl", [{"prompt": "p", "response": "new"}] * 2)
+    out = tmp_path / "sft"
+    prepare.prepare([old], str(out), prepare.Options(seq_len=32))
+    code = ("import sys; from xgen_data.sft import prepare; "
+            "prepare.prepare([sys.argv[1]], sys.argv[2], prepare.Options(seq_len=32))")
+    env = dict(os.environ, XGEN_CRASH_AT=point, PYTHONPATH=os.getcwd())
+    res = subprocess.run([sys.executable, "-c", code, new, str(out)], env=env, capture_output=True)
+    assert res.returncode == -9, res.stderr.decode()
+    if point == "sft.after_backup":
+        with pytest.raises(InputError, match="interrupted"):
+            sft_format.read_manifest(out)
+        assert sft_format.read_manifest(publish.backup_dir(str(out)))["counts"]["packed"] == 1
+    else:
+        assert sft_format.read_manifest(out)["counts"]["packed"] == 1  # the old set, untouched
+    # the next prepare restores the old set first, then writes the new one
+    m = prepare.prepare([new], str(out), prepare.Options(seq_len=32))
+    assert m["counts"]["packed"] == 2 and sft_format.verify(out) == []
+    assert sorted(os.listdir(tmp_path)) == ["new.jsonl", "old.jsonl", "sft"]
+
+
+def test_cli_sft_verify(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    src = _write(tmp_path / "a.jsonl", [{"prompt": "p", "response": "r"}])
+    m = prepare.prepare([src], str(tmp_path / "sft"), prepare.Options(seq_len=32))
+    assert CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")]).exit_code == 0
+    (tmp_path / "sft" / m["shards"][0]["tokens"]["path"]).write_bytes(b"\0" * 64)
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])
+    assert res.exit_code == 1 and "tokens" in res.output
+
+
+def test_trainer_loader_reads_prepared_shards(tmp_path):
+    from xgen_train.loop.sft_data import SFTLoader
+
+    src = _write(tmp_path / "mixed.jsonl", [c[0] for c in SHAPE_CASES] * 4)
+    m = prepare.prepare([src], str(tmp_path / "sft"), prepare.Options(seq_len=64, validation_rows=2,
+                                                                      rows_per_shard=3))
+    assert len(m["shards"]) > 2
+    for split in ("train", "validation"):
+        loader = SFTLoader(tmp_path / "sft", 2, verify=True, split=split)
+        mine = sft_format.read_all(tmp_path / "sft", split)
+        assert loader.n_sequences == len(mine["tokens"])
+        got = loader.rows(np.arange(loader.n_sequences))
+        for k in sft_format.ARRAYS:
+            assert np.array_equal(got[k], mine[k].astype(np.int32)), (split, k)

@@ -55,7 +55,7 @@ def _vg(num: NumericsOptions, accum: int = 1):
 
 def _reference_mean(params, batch) -> float:
     """Per-token mean cross-entropy over the whole batch's scored positions, from full logits."""
-    loss_sum = make_sft_loss_fn(CFG, NumericsOptions(loss_chunk=0, precision="f32"))
+    loss_sum = jax.jit(make_sft_loss_fn(CFG, NumericsOptions(loss_chunk=0, precision="f32")))
     total = count = 0.0
     for i in range(batch["tokens"].shape[0]):  # one row at a time: a per-row sum, weighted by its own count
         row = {k: v[i:i + 1] for k, v in batch.items()}
@@ -84,24 +84,25 @@ def test_masked_labels_change_neither_loss_nor_gradients(loss_chunk):
 
 
 def test_batch_loss_is_the_token_mean_with_and_without_accumulation():
-    params = jax.tree.map(lambda p: 4.0 * p, init_params(CFG, 0))  # sharper logits: per-token losses differ
+    rng = np.random.default_rng(0)  # perturbed init: rows' per-token losses differ, so the weighting matters
+    params = jax.tree.map(lambda x: x + 0.5 * rng.standard_normal(x.shape).astype(np.float32) * (x.std() + 1e-3),
+                          init_params(CFG, 0))
     batch = _batch(seed=3)
     counts = [float(response_token_count({k: v[i:i + 1] for k, v in batch.items()})) for i in range(4)]
     assert len(set(counts)) > 1  # rows with different response lengths
     want = _reference_mean(params, batch)
     num = NumericsOptions(loss_chunk=0, precision="f32")
-    (l1, a1), g1 = _vg(num, 1)(params, batch)
-    (l2, a2), g2 = _vg(num, 2)(params, batch)
-    (l4, a4), g4 = _vg(num, 4)(params, batch)
-    for got in (a1["ce"], a2["ce"], a4["ce"]):
+    (_, a1), g1 = _vg(num, 1)(params, batch)
+    (_, a2), g2 = _vg(num, 2)(params, batch)
+    for got in (a1["ce"], a2["ce"]):
         assert float(got) == pytest.approx(want, rel=1e-6)
-    for g in (g2, g4):
-        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g)):
-            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
-    # a mean of per-micro-batch means (the transformers #24725 bug) would differ here
-    halves = [{k: v[i::2] for k, v in batch.items()} for i in range(2)]
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    # a mean of per-micro-batch means (the transformers #24725 bug) would differ here: micro-batches of
+    # unequal response-token counts
+    halves = [{k: v[sl] for k, v in batch.items()} for sl in (slice(0, 1), slice(1, 4))]
     naive = np.mean([float(_vg(num, 1)(params, h)[0][1]["ce"]) for h in halves])
-    assert abs(naive - want) > 1e-3
+    assert abs(naive - want) > 1e-4
 
 
 def test_sft_loader_reshuffles_per_epoch(sft_shards):
@@ -120,7 +121,8 @@ def test_short_sft_run_lowers_response_loss_and_resumes_bit_identically(sft_shar
     kw = dict(config_name="tiny", batch_size=4, lr=3e-3, epochs=2, seed=3, progress=False, plot=False,
               eval_every=4, eval_sequences=4, log_every=4)
     full = train(sft_shards, tmp_path / "full", **kw)
-    assert full["objective"] == "sft" and full["total_steps"] == 2 * 29 // 4
+    n_rows = json.loads((sft_shards / "manifest.json").read_text())["n_rows"]
+    assert full["objective"] == "sft" and full["total_steps"] == 2 * n_rows // 4
     recs = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if "event" not in r]
     vals = [r["val_loss"] for r in recs if r.get("event") == "val"]

@@ -66,6 +66,7 @@ import pyarrow.parquet as pq
 from xgen_data.attributes import minhash
 from xgen_data.attributes.clusters import clique_clusters, compress, union_edges
 from xgen_data.errors import DamagedDataError, InputError, unknown_key
+from xgen_data.execute import executors
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus, CorpusError
 
@@ -557,10 +558,18 @@ def _tasks_left(tasks: list[dict]) -> list[int]:
     return sorted((i for i, t in enumerate(tasks) if not all(_cached(t))), key=lambda i: -tasks[i]["size"])
 
 
-def _start_pool(n_tasks: int, workers: int) -> cf.ProcessPoolExecutor | None:
+def _start_pool(n_tasks: int, workers: int, executor: str = "local", ray_address: str | None = None
+                ) -> cf.Executor | None:
     """``min(workers, n_tasks)`` spawned worker processes, already importing and loading the kernels (so their
-    start overlaps the main process's own set-up); None when one process or fewer is needed."""
+    start overlaps the main process's own set-up); None when one process or fewer is needed. With
+    ``executor="ray"``: Ray tasks (:func:`xgen_data.execute.executors.step_pool`; None when no task is left,
+    so a run whose signatures are all current starts no Ray); ``shutdown()`` releases Ray's workers."""
     n = min(workers, n_tasks)
+    if executor == "ray" and n_tasks:
+        pool = executors.ray_pool(workers, ray_address)
+        for _ in range(pool._max_workers):
+            pool.submit(_warm_worker)
+        return pool
     if n <= 1:
         return None
     pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
@@ -904,7 +913,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
               bands: int | None = None, rows: int | None = None, exact: bool = True, near: bool = True,
               workers: int = 2, progress: bool = True, scheme: str = minhash.DEFAULT_SCHEME,
               memory_limit: str | None = None, license_allow: tuple[str, ...] | list[str] | None = None,
-              set_default: bool = True, dec=None, clustering: str = "cliques") -> DedupReport:
+              set_default: bool = True, dec=None, clustering: str = "cliques", executor: str = "local",
+              ray_address: str | None = None) -> DedupReport:
     """Find exact and near duplicates across all subsets and commit the ``dedup`` attributes (module docstring).
 
     Stand-alone (``xgen dedup``, ``set_default=True``) it also records these parameters with ``license_allow``
@@ -930,6 +940,9 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
             (:func:`license_rank`); default the shipped list. Pass the recipe's ``allow_list()``.
         clustering: ``cliques`` (verified candidates, every two members of a cluster within ``threshold``:
             :func:`clique_clusters`) or ``components`` (StarCoder's connected components, unverified).
+        executor: where the signature phase runs: ``"local"`` (``workers`` processes) or ``"ray"`` (Ray tasks
+            on a local Ray of ``workers`` CPUs, or the cluster at ``ray_address``; the corpus must be on a
+            filesystem every worker sees). The attribute files are the same bytes on both.
     Returns:
         A :class:`DedupReport`.
     Raises:
@@ -950,6 +963,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"{corpus_dir}: no such corpus directory")
+    executors.check_executor(executor, ray_address)
     corpus = Corpus(corpus_dir)
     attr_key = {k: getattr(params, k) for k in RECIPE_KEYS}
     recorded = recorded_params(license_allow=allow, **attr_key)
@@ -963,7 +977,8 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         parts = corpus.parts()
         work = os.path.join(corpus.root, "work", "dedup")
         tasks = [_task(p, work, params) for p in parts]
-        pool = _start_pool(len(_tasks_left(tasks)), workers)  # workers start while this process sets up
+        # workers start while this process sets up
+        pool = _start_pool(len(_tasks_left(tasks)), workers, executor, ray_address)
         if pool is not None:
             stack.callback(pool.shutdown)
         corpus.verify_parts(parts)
@@ -998,56 +1013,59 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
         t = time.time()
         tmp_dir = os.path.join(work, "duckdb.tmp")
         os.makedirs(tmp_dir, exist_ok=True)
-        from xgen_data.stats import sql
+        from xgen_data.stats import query_guard, sql
 
         con = duckdb.connect(config={**sql.duckdb_config(tmp_dir, memory_limit), "threads": workers,
                                      "preserve_insertion_order": False})
         try:
-            con.register("_parts", pa.table({
-                "pidx": pa.array(range(len(parts)), pa.int32()),
-                "subset": [p.subset for p in parts], "name": [p.name for p in parts],
-                "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
-                "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
-            con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
-            con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
-                FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
-                JOIN parts p ON s.filename = p.sig_path""")
-            con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
-                    d.license, d.source, d.path
-                FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
-                JOIN parts p ON d.filename = p.docs_path""")
-            # exact groups (always counted: the license-conflict report needs them)
-            con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
-                    count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
-            report.exact_groups, report.exact_group_documents = con.execute(
-                "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
-            if params.near:
-                report.no_word_documents = con.execute("SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
-            phase["exact"] = time.time() - t
+            with query_guard.guard(con, spill_folder=tmp_dir, spill_cap=sql.spill_cap(tmp_dir),
+                                   what="dedup's DuckDB phase"):  # Ctrl-C and the spill cap stop it
+                con.register("_parts", pa.table({
+                    "pidx": pa.array(range(len(parts)), pa.int32()),
+                    "subset": [p.subset for p in parts], "name": [p.name for p in parts],
+                    "docs_path": [p.path for p in parts], "sig_path": [tk["sig"] for tk in tasks],
+                    "band_path": [tk["bands"] for tk in tasks], "doff": pa.array(offsets[:-1], pa.int64())}))
+                con.execute("CREATE TEMP TABLE parts AS SELECT * FROM _parts")
+                con.execute(f"""CREATE TEMP VIEW sig AS SELECT p.doff + s.row AS doc, s.chash, s.n_words
+                    FROM read_parquet({_qlist([tk['sig'] for tk in tasks])}, filename=true) s
+                    JOIN parts p ON s.filename = p.sig_path""")
+                con.execute(f"""CREATE TEMP VIEW docs AS SELECT p.doff + d.file_row_number AS doc, p.subset, d.id,
+                        d.license, d.source, d.path
+                    FROM read_parquet({_qlist([p.path for p in parts])}, filename=true, file_row_number=true) d
+                    JOIN parts p ON d.filename = p.docs_path""")
+                # exact groups (always counted: the license-conflict report needs them)
+                con.execute("""CREATE TEMP TABLE exact_members AS SELECT doc, chash, min(doc) OVER w AS gid,
+                        count(*) OVER w AS gsize FROM sig WINDOW w AS (PARTITION BY chash) QUALIFY gsize > 1""")
+                report.exact_groups, report.exact_group_documents = con.execute(
+                    "SELECT count(DISTINCT gid), count(*) FROM exact_members").fetchall()[0]
+                if params.near:
+                    report.no_word_documents = con.execute(
+                        "SELECT count(*) FROM sig WHERE n_words = 0").fetchall()[0][0]
+                phase["exact"] = time.time() - t
 
-            # -- union-find over exact and near edges ------------------------------------------------------
-            t = time.time()
-            member, cluster = _clusters(con, report, params, tasks, offsets, n_docs)
-            con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
-                                                 "cluster": pa.array(cluster, pa.int64())}))
-            del member, cluster
-            phase["clusters"] = time.time() - t
+                # -- union-find over exact and near edges ------------------------------------------------------
+                t = time.time()
+                member, cluster = _clusters(con, report, params, tasks, offsets, n_docs)
+                con.register("_clustered", pa.table({"doc": pa.array(member, pa.int64()),
+                                                     "cluster": pa.array(cluster, pa.int64())}))
+                del member, cluster
+                phase["clusters"] = time.time() - t
 
-            # -- attributes per part: cluster, exact group, content hash (no recipe threshold involved) ------
-            t = time.time()
-            gen = corpus.new_generation("dedup", attr_key)
-            for i, p in enumerate(parts):
-                tbl = con.sql(f"""SELECT d.id, c.cluster AS dup_cluster, e.gid AS exact_group, s.chash
-                    FROM read_parquet({_q(p.path)}, file_row_number=true) d
-                    LEFT JOIN _clustered c ON c.doc = {int(offsets[i])} + d.file_row_number
-                    LEFT JOIN exact_members e ON e.doc = {int(offsets[i])} + d.file_row_number
-                    LEFT JOIN read_parquet({_q(tasks[i]['sig'])}) s ON s.row = d.file_row_number
-                    ORDER BY d.file_row_number""").to_arrow_table().cast(ATTR_SCHEMA)
-                with fsutil.atomic_path(corpus.attribute_path(gen, p)) as tmp:
-                    pq.write_table(tbl, tmp, compression="zstd")
-                if i == 0:
-                    fsutil.crash_point("dedup.part_written")
-            phase["write"] = time.time() - t
+                # -- attributes per part: cluster, exact group, content hash (no recipe threshold involved) ------
+                t = time.time()
+                gen = corpus.new_generation("dedup", attr_key)
+                for i, p in enumerate(parts):
+                    tbl = con.sql(f"""SELECT d.id, c.cluster AS dup_cluster, e.gid AS exact_group, s.chash
+                        FROM read_parquet({_q(p.path)}, file_row_number=true) d
+                        LEFT JOIN _clustered c ON c.doc = {int(offsets[i])} + d.file_row_number
+                        LEFT JOIN exact_members e ON e.doc = {int(offsets[i])} + d.file_row_number
+                        LEFT JOIN read_parquet({_q(tasks[i]['sig'])}) s ON s.row = d.file_row_number
+                        ORDER BY d.file_row_number""").to_arrow_table().cast(ATTR_SCHEMA)
+                    with fsutil.atomic_path(corpus.attribute_path(gen, p)) as tmp:
+                        pq.write_table(tbl, tmp, compression="zstd")
+                    if i == 0:
+                        fsutil.crash_point("dedup.part_written")
+                phase["write"] = time.time() - t
         finally:
             con.close()
         corpus.commit_attributes("dedup", attr_key, gen, fingerprint, update)

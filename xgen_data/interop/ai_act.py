@@ -91,9 +91,11 @@ def _processing(facts: dict[str, Fact]) -> str:
     if "funnel" in facts:
         fun = ", ".join(f"{o}: {d:,} documents" for o, d in _rows(facts["funnel"], "outcome", "documents"))
         dup = facts["duplicates"].rows[0]
+        decon = sum(d for (d,) in _rows(facts["decontamination"], "documents"))
         lines.append(f"Documents kept and dropped by reason: {fun} {_cite(facts['funnel'])}. Duplicates removed: "
                      f"{dup[0]:,} documents, {dup[1]:,} tokens in {dup[2]:,} clusters {_cite(facts['duplicates'])}. "
-                     "Decontamination against evaluation sets: not applied by xgen.\n")
+                     f"Documents dropped for overlap with evaluation sets: {decon:,} "
+                     f"{_cite(facts['decontamination'])}.\n")
     else:
         lines.append(f"Filtering and deduplication counts need the corpus (`xgen card --corpus`). {PROVIDER}\n")
     return "".join(lines)

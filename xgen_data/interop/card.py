@@ -53,7 +53,7 @@ def metadata(facts: dict[str, Fact], manifest: dict) -> dict:
     sequences = sum(_col(facts["packed"], "sequences"))
     meta = {"pretty_name": f"xgen shards of recipe {manifest.get('recipe')}", "task_categories": ["text-generation"],
             "size_categories": [size_category(sequences)], "tags": ["xgen", "pretraining", "tokenized"]}
-    licenses = [lic for lic in _col(facts["kept_licenses"], "license")] if "kept_licenses" in facts else []
+    licenses = _col(facts["kept_licenses"], "license") if "kept_licenses" in facts else []
     meta["license"] = licenses[0].lower() if len(licenses) == 1 and " " not in licenses[0] else "other"
     if "languages" in facts:
         langs = [lang for lang, code in zip(_col(facts["languages"], "language"), _col(facts["languages"], "is_code"))
@@ -140,15 +140,17 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
         f"Pre-training data for a LLaMA-style language model following the XGen-7B recipe. Who created the data "
         f"set, for whom, and who funded it: {PROVIDER}\n\n",
         "## Composition\n\n",
-        _section(facts, ("packed", "packed_subsets", "plan", "packed_sources", "sources", "languages", "lengths")),
+        _section(facts, ("packed", "packed_subsets", "plan", "plan_vs_packed", "packed_sources", "sources",
+                         "languages", "lengths")),
         "## Collection process\n\n",
         f"xgen ingests the files it is given and records each document's source, license label and path; how "
         f"and when those files were collected, and with whose consent: {PROVIDER}\n\n",
         "## Preprocessing\n\n",
         f"Filters, license policies and deduplication are those of the recipe (`recipe.toml`); documents shorter "
-        f"than the recipe's `min_tokens` are dropped. Decontamination against evaluation sets is not a step of "
-        f"xgen: none was applied. {PROVIDER} for any processing done before xgen.\n\n",
-        _section(facts, ("funnel", "licenses", "duplicates", "duplicate_examples")),
+        f"than the recipe's `min_tokens` are dropped; documents that overlap the evaluation sets named by the "
+        f"recipe's `decontaminate` (none named: none dropped) are dropped as `eval_overlap`. {PROVIDER} for any "
+        f"processing done before xgen.\n\n",
+        _section(facts, ("funnel", "licenses", "duplicates", "duplicate_examples", "decontamination")),
         "## Uses\n\n",
         "Pre-training of causal language models. The sequences are exported for other trainers with `xgen export "
         f"shards` (Megatron-LM, MosaicML streaming, litdata, Hugging Face datasets). Uses to avoid: {PROVIDER}\n\n",
@@ -159,7 +161,8 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
         "The shards are checked against these SHA-256 sums by every xgen reader (`xgen verify`):\n\n",
         _section(facts, ("checksums",)),
         f"Maintainer and contact: {PROVIDER}\n\n",
-        "### Recipe\n\nSource: `manifest.json: recipe_toml`\n\n```toml\n" + m.get("recipe_toml", "").rstrip() + "\n```\n",
+        "### Recipe\n\nSource: `manifest.json: recipe_toml`\n\n```toml\n",
+        m.get("recipe_toml", "").rstrip() + "\n```\n",
     ]
     return "".join(parts)
 
@@ -176,7 +179,7 @@ def write_card(shard_dir: str, out_dir: str, corpus_dir: str | None = None, ai_a
         RefusedError: ``out_dir`` is a file or a non-empty folder.
     """
     manifest = check_shards(shard_dir)
-    with new_folder(out_dir) as tmp:
+    with new_folder(out_dir, "data card", "card") as tmp:
         files = dict([write_bytes(tmp, "recipe.toml", recipe_bytes(manifest))])
         facts = gather(shard_dir, manifest, corpus_dir, os.path.join(tmp, "recipe.toml"))
         docs = {"README.md": markdown(facts, manifest), "index.html": card_html.page(facts, manifest)}

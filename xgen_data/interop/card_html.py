@@ -17,7 +17,9 @@ CHARTS = {
     "kept_licenses": (("license",), "tokens"),
     "languages": (("language",), "tokens"),
     "lengths": (("log2_tokens",), "documents"),
+    "decontamination": (("benchmark",), "documents"),
     "plan": (("stage", "subset"), "effective_tokens"),
+    "plan_vs_packed": (("stage", "subset"), "packed_share"),
     "packed": (("stage", "substage", "split"), "tokens"),
     "packed_subsets": (("stage", "subset"), "tokens"),
     "packed_sources": (("source",), "tokens"),
@@ -86,7 +88,7 @@ def page(facts: dict[str, Fact], manifest: dict) -> str:
     body = "".join(section(f) for f in facts.values())
     missing = "" if "sources" in facts else (
         '<p class="provider">Made without the corpus: corpus facts (sources, drop reasons, licenses, languages, '
-        "duplicates, lengths) need <code>xgen card --corpus</code>.</p>")
+        "duplicates, decontamination, lengths) need <code>xgen card --corpus</code>.</p>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>Recipe <code>{html.escape(str(manifest.get('recipe')))}</code> (SHA-256 "

@@ -1,7 +1,7 @@
 """``xgen export shards``: a checked shards folder as datasets other trainers read, with mixture weights.
 
 One dataset per (stage, sub-stage, split) (:mod:`xgen_data.interop.source`), written by the target's module
-(:mod:`.megatron`, :mod:`.mds`, :mod:`.litdata`, :mod:`.hf`), and ``xgen_export.json``: what was exported
+(:mod:`.megatron`, :mod:`.mds`, :mod:`.litdata`, :mod:`.hf`), and ``xgen_shards_export.json``: what was exported
 (the shards manifest's checksum, recipe and seed), every file's sha256, and per stage the blend of its
 sub-stages' train datasets in the target's own units:
 
@@ -31,7 +31,7 @@ from xgen_data.interop.outdir import new_folder
 from xgen_data.interop.source import Dataset, check_shards, datasets
 from xgen_data.store import fsutil
 
-EXPORT_MANIFEST = "xgen_export.json"
+EXPORT_MANIFEST = "xgen_shards_export.json"
 EXPORT_FORMAT = "xgen-export"
 EXPORT_SHA256 = "export_sha256"
 TARGETS = ("megatron", "mds", "litdata", "hf")
@@ -89,15 +89,16 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     """Export the shards folder ``shard_dir`` to ``out_dir`` for ``target`` (one of :data:`TARGETS`).
 
     Every shard and index file is checked against the manifest first; then each dataset is streamed (memory
-    holds one block of rows, plus the sequence lengths of a Megatron index), written into a temporary sibling
-    of ``out_dir``, and renamed into place. The same shards give the same bytes.
+    holds one block of rows) into a temporary sibling of
+    ``out_dir`` that is renamed into place (:func:`xgen_data.interop.outdir.new_folder`). The same shards give
+    the same bytes.
 
     Args:
         unit: Megatron only: ``sequence`` (one per packed row) or ``document`` (cut after each EOS).
         readme: for ``hf``: builds the README.md (the data card) from the shards manifest and datasets.
 
     Returns:
-        the export manifest written to ``<out_dir>/xgen_export.json``.
+        the export manifest written to ``<out_dir>/xgen_shards_export.json``.
 
     Raises:
         DamagedDataError: a shard or index file does not match the manifest (nothing is written).
@@ -111,7 +112,7 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     manifest = check_shards(shard_dir)
     sets = datasets(manifest)
     write = _writer(target, int(manifest["eos_id"]), unit)
-    with new_folder(out_dir) as tmp:
+    with new_folder(out_dir, "shards export", "export_shards") as tmp:
         written, files = [], {}
         for ds in sets:
             r = write(shard_dir, ds, tmp)

@@ -28,7 +28,8 @@ CORPUS_QUERIES = (
      "FROM documents WHERE subset IN {subsets} GROUP BY outcome ORDER BY documents DESC, outcome"),
     ("licenses", "License decisions per policy, with reasons",
      "SELECT subset, license_policy, decision, reason, count(*) AS documents FROM documents "
-     "WHERE subset IN {subsets} AND license_policy IS NOT NULL GROUP BY ALL ORDER BY subset, documents DESC, reason LIMIT 40"),
+     "WHERE subset IN {subsets} AND license_policy IS NOT NULL GROUP BY ALL "
+     "ORDER BY subset, documents DESC, reason LIMIT 40"),
     ("kept_licenses", "Licenses of the kept documents",
      "SELECT coalesce(license_normalized, license, 'unknown') AS license, count(*) AS documents, "
      "sum(n_tokens) AS tokens FROM documents WHERE kept AND subset IN {subsets} GROUP BY 1 "
@@ -45,7 +46,11 @@ CORPUS_QUERIES = (
     ("duplicate_examples", "Duplicate clusters: a removed copy beside the kept one",
      "SELECT d.subset, d.id AS removed_id, d.dup_of AS kept_id, left(d.text, 400) AS removed_text, "
      "left(k.text, 400) AS kept_text FROM documents d JOIN documents k ON k.id = d.dup_of "
-     "AND k.subset = d.dup_of_subset WHERE d.subset IN {subsets} AND d.dup_reason IS NOT NULL ORDER BY d.subset, d.id LIMIT 3"),
+     "AND k.subset = d.dup_of_subset WHERE d.subset IN {subsets} AND d.dup_reason IS NOT NULL "
+     "ORDER BY d.subset, d.id LIMIT 3"),
+    ("decontamination", "Documents dropped for overlap with evaluation sets, per benchmark",
+     "SELECT decontam_benchmark AS benchmark, count(*) AS documents, sum(n_tokens) AS tokens FROM documents "
+     "WHERE subset IN {subsets} AND contaminated GROUP BY 1 ORDER BY documents DESC, benchmark"),
     ("lengths", "Lengths of the kept documents (tokens, powers of two)",
      "SELECT floor(log2(greatest(n_tokens, 1)))::INTEGER AS log2_tokens, count(*) AS documents "
      "FROM documents WHERE kept AND subset IN {subsets} GROUP BY 1 ORDER BY 1"),
@@ -66,7 +71,8 @@ CORPUS_QUERIES = (
 
 @dataclasses.dataclass(frozen=True)
 class Fact:
-    """One table of the card: its rows and where they came from (``kind`` "sql" or "manifest")."""
+    """One table of the card: its rows and where they came from (``kind`` "sql", "manifest", or "derived":
+    computed from other facts, which ``source`` names)."""
 
     key: str
     title: str
@@ -161,9 +167,31 @@ def manifest_facts(manifest: dict, with_packed: bool) -> list[Fact]:
     return out
 
 
+def plan_vs_packed(plan: Fact, packed_subsets: Fact) -> Fact:
+    """The plan's proportion of each stage and subset beside the share of the tokens packed for it.
+
+    ``packed_share`` = the subset's packed tokens / the stage's packed tokens (EOS not counted, validation
+    sequences included), from the two facts named in the source.
+    """
+    packed = {(st, sub): t for st, sub, t in packed_subsets.rows}
+    totals: dict[str, int] = {}
+    for (st, _), t in packed.items():
+        totals[st] = totals.get(st, 0) + t
+    rows = []
+    for st, sub, _, _, prop, _ in plan.rows:
+        tokens = packed.get((st, sub), 0)
+        rows.append((st, sub, prop, tokens, tokens / totals[st] if totals.get(st) else 0.0))
+    return Fact("plan_vs_packed", "Mixture plan against what was packed, per stage and subset", "derived",
+                f"facts `{plan.key}` ({plan.source}) and `{packed_subsets.key}`: packed_share = tokens / stage total",
+                ("stage", "subset", "plan_proportion", "packed_tokens", "packed_share"), tuple(rows))
+
+
 def gather(shard_dir: str, manifest: dict, corpus_dir: str | None, recipe_path: str) -> dict[str, Fact]:
-    """Every fact of the card by key: the corpus queries when ``corpus_dir`` is given, the manifest's always."""
+    """Every fact of the card by key: the corpus queries when ``corpus_dir`` is given, the manifest's always,
+    and the plan beside what was packed."""
     facts = manifest_facts(manifest, with_packed=corpus_dir is None)
     if corpus_dir is not None:
         facts += corpus_facts(corpus_dir, shard_dir, manifest, recipe_path)
-    return {f.key: f for f in facts}
+    by_key = {f.key: f for f in facts}
+    by_key["plan_vs_packed"] = plan_vs_packed(by_key["plan"], by_key["packed_subsets"])
+    return by_key

@@ -14,7 +14,7 @@ from xgen_data.interop.files import HashingWriter
 from xgen_data.interop.source import Dataset, row_blocks
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32()))])
-ROW_GROUP_BYTES = 16 << 20  # int32 bytes per row group (bounded memory)
+ROW_GROUP_BYTES = 8 << 20  # int32 bytes per row group (bounded memory)
 
 
 def _table(block: np.ndarray) -> pa.Table:
@@ -30,7 +30,8 @@ def config_name(ds: Dataset) -> str:
 
 
 def write_dataset(shard_dir: str, ds: Dataset, out_root: str) -> dict:
-    """Write ``<out_root>/<stage>/<substage>/<split>.parquet`` (zstd, no statistics: same bytes for same rows).
+    """Write ``<out_root>/<stage>/<substage>/<split>.parquet`` (zstd, no statistics: same bytes for same rows;
+    no dictionary encoding: token ids have too many distinct values for it to pay).
 
     Returns:
         ``{"path": the file (relative), "files": {rel: sha256}, "samples": rows, "tokens": tokens}``.
@@ -38,7 +39,8 @@ def write_dataset(shard_dir: str, ds: Dataset, out_root: str) -> dict:
     rel = ds.name + ".parquet"
     with HashingWriter(out_root, rel) as w:
         sink = pa.PythonFile(w, mode="w")
-        with pq.ParquetWriter(sink, SCHEMA, compression="zstd", write_statistics=False) as pw:
+        with pq.ParquetWriter(sink, SCHEMA, compression="zstd", use_dictionary=False,
+                              write_statistics=False) as pw:
             for block in row_blocks(shard_dir, ds, block_bytes=ROW_GROUP_BYTES // 2):
                 pw.write_table(_table(block), row_group_size=block.shape[0])
         digest = w.close()

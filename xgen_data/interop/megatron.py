@@ -20,11 +20,12 @@ EOS (or at the row's end); a document cut across rows stays two pieces (rows are
 from __future__ import annotations
 
 import struct
+import tempfile
 
 import numpy as np
 
 from xgen_data.errors import InputError
-from xgen_data.interop.files import HashingWriter, write_bytes
+from xgen_data.interop.files import HashingWriter
 from xgen_data.interop.source import Dataset, row_blocks
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -45,20 +46,34 @@ def piece_lengths(block: np.ndarray, eos_id: int) -> np.ndarray:
     return np.diff(np.concatenate([[0], cuts])).astype(np.int32)
 
 
-def index_bytes(lengths: np.ndarray, itemsize: int = 2) -> bytes:
-    """The ``.idx`` file for sequences of ``lengths`` (int32), one document per sequence."""
-    lengths = np.asarray(lengths, dtype=np.int32)
-    pointers = np.zeros(lengths.size, dtype=np.int64)
-    if lengths.size:
-        np.cumsum(lengths[:-1].astype(np.int64) * itemsize, out=pointers[1:])
-    doc_idx = np.arange(lengths.size + 1, dtype=np.int64)
-    head = INDEX_HEADER + struct.pack("<Q", INDEX_VERSION) + struct.pack("<B", DTYPE_CODE_UINT16)
-    counts = struct.pack("<Q", lengths.size) + struct.pack("<Q", doc_idx.size)
-    return head + counts + lengths.tobytes() + pointers.tobytes() + doc_idx.tobytes()
+def _chunks(f, itemsize: int, dtype: str, chunk: int = 1 << 18):
+    """Read the file ``f`` from its start as arrays of at most ``chunk`` items."""
+    f.seek(0)
+    while data := f.read(chunk * itemsize):
+        yield np.frombuffer(data, dtype=dtype)
+
+
+def write_index(w: HashingWriter, lengths_file, n: int, itemsize: int = 2) -> None:
+    """Write the ``.idx`` for ``n`` sequences whose int32 lengths are in ``lengths_file``, one document per
+    sequence, streaming (memory holds one chunk of lengths, not all of them)."""
+    w.write(INDEX_HEADER + struct.pack("<Q", INDEX_VERSION) + struct.pack("<B", DTYPE_CODE_UINT16))
+    w.write(struct.pack("<Q", n) + struct.pack("<Q", n + 1))
+    for lengths in _chunks(lengths_file, 4, "<i4"):
+        w.write(lengths)
+    start = np.int64(0)
+    for lengths in _chunks(lengths_file, 4, "<i4"):
+        ends = np.cumsum(lengths.astype(np.int64) * itemsize) + start
+        w.write(np.concatenate([[start], ends[:-1]]).astype("<i8"))
+        start = ends[-1]
+    for first in range(0, n + 1, 1 << 18):
+        w.write(np.arange(first, min(n + 1, first + (1 << 18)), dtype="<i8"))
 
 
 def write_dataset(shard_dir: str, ds: Dataset, out_root: str, eos_id: int, unit: str = "sequence") -> dict:
     """Write ``<out_root>/<stage>/<substage>/<split>.bin`` and ``.idx`` for one dataset.
+
+    The sequence lengths go to an unnamed temporary file beside the output while the ``.bin`` is written, then
+    the ``.idx`` is composed from it, so memory does not grow with the number of sequences.
 
     Returns:
         ``{"path": the --data-path prefix (relative), "files": {rel: sha256}, "samples": sequences written,
@@ -66,17 +81,19 @@ def write_dataset(shard_dir: str, ds: Dataset, out_root: str, eos_id: int, unit:
     """
     if unit not in UNITS:
         raise InputError(f"unit must be one of {UNITS}, got {unit!r}")
-    lengths = []
-    with HashingWriter(out_root, ds.name + ".bin") as w:
-        for block in row_blocks(shard_dir, ds):
-            w.write(block)
-            if unit == "sequence":
-                lengths.append(np.full(block.shape[0], ds.seq_len, dtype=np.int32))
-            else:
-                lengths.append(piece_lengths(block, eos_id))
-        bin_sha = w.close()
-        tokens = w.size // 2
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
-    idx_rel, idx_sha = write_bytes(out_root, ds.name + ".idx", index_bytes(lengths))
-    return {"path": ds.name, "files": {ds.name + ".bin": bin_sha, idx_rel: idx_sha},
-            "samples": int(lengths.size), "tokens": int(tokens)}
+    n = 0
+    with tempfile.TemporaryFile(dir=out_root) as lengths_file:
+        with HashingWriter(out_root, ds.name + ".bin") as w:
+            for block in row_blocks(shard_dir, ds):
+                w.write(block)
+                lengths = (np.full(block.shape[0], ds.seq_len, dtype="<i4") if unit == "sequence"
+                           else piece_lengths(block, eos_id).astype("<i4"))
+                lengths_file.write(lengths.tobytes())
+                n += lengths.size
+            bin_sha = w.close()
+            tokens = w.size // 2
+        with HashingWriter(out_root, ds.name + ".idx") as w:
+            write_index(w, lengths_file, n)
+            idx_sha = w.close()
+    return {"path": ds.name, "files": {ds.name + ".bin": bin_sha, ds.name + ".idx": idx_sha},
+            "samples": n, "tokens": int(tokens)}

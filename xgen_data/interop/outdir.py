@@ -1,67 +1,36 @@
-"""An output folder written whole or not at all: built in a temporary sibling, renamed into place.
+"""An output folder of ``xgen export shards`` / ``xgen card``: new or empty, written whole or not at all.
 
-The target must not exist, or be an empty folder; anything else (a file, a folder with files) is refused,
-so an export never deletes or mixes with what it did not write. A killed run leaves only its temporary
-sibling ``.<name>.tmp-<pid>``, removed by the next run into the same place once that process is gone.
+Written through the shared folder publisher (:class:`xgen_data.store.publish.FolderPublisher`): into a
+temporary sibling ``.<name>.tmp-<pid>``, renamed into place, one writer at a time, leftovers of killed runs
+removed by the next run into the same place. Unlike a rebuild of shards, these commands never replace an
+existing folder: one holding anything, or a file, is refused before anything is written (RefusedError).
+Commit point (:func:`xgen_data.store.fsutil.crash_point`): ``<crash_prefix>.before_swap``.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Iterator
 
-from xgen_data.errors import RefusedError
-from xgen_data.store import fsutil
-
-TMP_TAG = ".tmp-"
-
-
-def check_target(out_dir: str) -> None:
-    """Refuse ``out_dir`` when it is a file or a non-empty folder (RefusedError naming it)."""
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise RefusedError(f"{out_dir}: exists and is not a folder; choose a new --out")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise RefusedError(f"{out_dir}: folder is not empty; choose a new --out (nothing was written)")
-
-
-def _remove_dead_leftovers(out_dir: str) -> None:
-    head, tail = os.path.split(os.path.abspath(out_dir))
-    prefix = f".{tail}{TMP_TAG}"
-    if not os.path.isdir(head):
-        return
-    for name in os.listdir(head):
-        pid = name[len(prefix):]
-        if name.startswith(prefix) and pid.isdigit() and not fsutil.pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(head, name), ignore_errors=True)
+from xgen_data.store.publish import FolderPublisher, make_parent
 
 
 @contextlib.contextmanager
-def new_folder(out_dir: str) -> Iterator[str]:
-    """Yield a temporary folder to fill; on success it becomes ``out_dir`` (one rename), on error it goes.
+def new_folder(out_dir: str, what: str, crash_prefix: str) -> Iterator[str]:
+    """Yield a temporary folder to fill; on success it becomes ``out_dir``, on error it is removed.
 
+    Args:
+        what: what the folder is, for messages (``"shards export"``, ``"data card"``).
+        crash_prefix: prefix of the commit points' names.
     Raises:
-        RefusedError: ``out_dir`` is a file or a non-empty folder (checked before anything is written).
+        RefusedError: ``out_dir`` is a file or a non-empty folder, or another process is writing it.
+        InputError: a path above ``out_dir`` is a file.
     """
-    check_target(out_dir)
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    _remove_dead_leftovers(out_dir)
-    head, tail = os.path.split(out_dir)
-    tmp = os.path.join(head, f".{tail}{TMP_TAG}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.mkdir(tmp)
-    try:
+    make_parent(out_dir)
+    # listed_files None: no existing non-empty folder counts as ours, so none is ever replaced
+    with FolderPublisher(out_dir, listed_files=lambda folder: None, is_complete=lambda folder: False, what=what,
+                         crash_prefix=crash_prefix) as pub:
+        pub.check_foreign(hint="choose a new or empty --out (nothing was written)",
+                          not_ours=f"is not replaced by a {what}")
+        tmp = pub.begin()
         yield tmp
-        check_target(out_dir)  # nobody filled it meanwhile
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-        dir_fd = os.open(head, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        pub.commit()

@@ -14,8 +14,8 @@ import numpy as np
 from xgen_data.errors import DamagedDataError
 from xgen_data.shards import shard_format
 
-#: Rows per block read from a shard (bounded memory: a block is at most this many rows × seq_len × 2 bytes).
-BLOCK_BYTES = 16 << 20
+#: Bytes per block of rows read from a shard (memory holds one block at a time).
+BLOCK_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,21 +84,23 @@ def datasets(manifest: dict) -> list[Dataset]:
 
 
 def row_blocks(shard_dir: str, ds: Dataset, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
-    """Yield the dataset's rows as uint16 ``[rows, seq_len]`` blocks (copies of at most ``block_bytes``)."""
+    """Yield the dataset's rows as uint16 ``[rows, seq_len]`` blocks of at most ``block_bytes``.
+
+    Blocks are read with plain file reads, not a memory map, so the process holds one block at a time
+    (a map's touched pages would count in its resident memory up to the file's size).
+    """
     rows_per_block = max(1, block_bytes // (2 * ds.seq_len))
     for e in ds.entries:
-        data = shard_format.open_shard(shard_dir, e)
-        for start in range(0, data.shape[0], rows_per_block):
-            yield np.array(data[start:start + rows_per_block])
-        del data
-
-
-def relpath_ok(name: str) -> str:
-    """``name`` as a relative path of plain components (stage and sub-stage names are checked at build)."""
-    parts = name.split("/")
-    if any(p in ("", ".", "..") or os.sep in p for p in parts):
-        raise DamagedDataError(f"unsafe dataset name {name!r} in the shards manifest")
-    return name
+        shard_format.open_shard(shard_dir, e)  # checks the file's size against the manifest
+        with open(os.path.join(shard_dir, e["path"]), "rb") as f:
+            left = int(e["n_sequences"])
+            while left:
+                n = min(rows_per_block, left)
+                block = np.fromfile(f, dtype=shard_format.DTYPE, count=n * ds.seq_len)
+                if block.size != n * ds.seq_len:
+                    raise DamagedDataError(f"{os.path.join(shard_dir, e['path'])}: shorter than its manifest says")
+                yield block.reshape(n, ds.seq_len)
+                left -= n
 
 
 class RowStream:

@@ -44,21 +44,24 @@ def dedup_params(recipe: Recipe) -> dict:
 
 
 def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True,
-                       force: bool = False) -> StepsReport:
+                       force: bool = False, executor: str = "local", ray_address: str | None = None) -> StepsReport:
     """Compute the recipe's missing or stale attribute sets (``force``: recompute them), under the corpus lock.
 
     The corpus parts are verified against their recorded SHA-256 first. The corpus's default decisions
-    (stand-alone ``xgen filter`` / ``xgen dedup``) are never changed.
+    (stand-alone ``xgen filter`` / ``xgen dedup``) are never changed. ``executor`` / ``ray_address`` say where
+    dedup's signature phase runs (:func:`xgen_data.attributes.dedup.run_dedup`); the license and language
+    attributes run in this process.
 
     Raises:
         CorpusError: not a corpus; DamagedPartError: a damaged part; ValueError: invalid step parameters.
     """
     corpus = Corpus(corpus_dir)
     with corpus.lock():
-        return _apply(corpus, corpus_dir, recipe, workers, progress, force)
+        return _apply(corpus, corpus_dir, recipe, workers, progress, force, executor, ray_address)
 
 
-def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool) -> StepsReport:
+def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool,
+           executor: str = "local", ray_address: str | None = None) -> StepsReport:
     dec = decisions.from_recipe(recipe)
     report = StepsReport(decisions=dec)
     ran, skipped = [], []
@@ -89,7 +92,8 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
             from xgen_data.attributes import dedup
 
             report.dedup = dedup.run_dedup(corpus_dir, workers=workers, progress=progress, license_allow=allow,
-                                           set_default=False, dec=dec, **recipe.dedup_kwargs())
+                                           set_default=False, dec=dec, executor=executor, ray_address=ray_address,
+                                           **recipe.dedup_kwargs())
             ran.append("dedup")
         else:
             skipped.append("dedup")
@@ -98,7 +102,8 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     return report
 
 
-def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True):
+def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True, executor: str = "local",
+                ray_address: str | None = None):
     """Recipe steps, then the kept documents per recipe subset, under one corpus lock.
 
     Returns ``(StepsReport, {subset: SubsetDocs})`` for :func:`xgen_data.mixing.mixture.plan`.
@@ -107,11 +112,12 @@ def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: boo
 
     corpus = Corpus(corpus_dir)
     with corpus.lock():
-        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress)
+        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor, ray_address=ray_address)
         return steps, packing.kept_documents(corpus_dir, recipe.subsets(), recipe)
 
 
-def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True):
+def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True,
+                 executor: str = "local", ray_address: str | None = None):
     """Recipe steps, then :func:`xgen_data.shards.packing.build`, under one corpus lock (no other command can
     change the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
     from xgen_data.shards import packing
@@ -119,5 +125,5 @@ def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2
     corpus = Corpus(corpus_dir)
     packing.check_out_dir(out_dir, corpus)  # fail before any step runs
     with corpus.lock():
-        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress)
+        steps = apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor, ray_address=ray_address)
         return steps, packing.build(corpus_dir, recipe, out_dir, progress=progress)

@@ -1,7 +1,7 @@
 """Decontamination against evaluation sets (SPEC §5, the GPT-3 / LLaMA procedure, plus bigcode's for code).
 
-Text is normalised by Unicode NFKC, lower-casing, removing punctuation and symbols (every character that is
-neither a word character nor whitespace) and collapsing whitespace; words are the space-separated tokens of
+Text is normalised by Unicode NFKC, lower-casing, removing punctuation and symbols (Unicode categories P* and
+S*) and collapsing whitespace; words are the space-separated tokens of
 that. A training example (its prompts and responses) or a pre-training document is contaminated when it
 shares any word 13-gram with an evaluation item (its prompt and its reference together). Choice: an item with
 fewer than 13 words but at least :data:`MIN_SHORT_WORDS` contributes its whole word sequence as one gram
@@ -27,12 +27,16 @@ The benchmark name is the file name without its suffix.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from xgen_data.errors import InputError
 from xgen_data.sources import readers
@@ -41,7 +45,6 @@ from xgen_data.store import fsutil
 N = 13
 MIN_SHORT_WORDS = 8
 MIN_SUBSTRING_CHARS = 32
-_PUNCT = re.compile(r"[^\w\s]|_")
 _WS = re.compile(r"\s+")
 _DOCSTRING = re.compile(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\')', re.S)
 _PROMPT_KEYS = ("prompt", "question", "input", "instruction", "text", "ctx", "context", "query", "goal",
@@ -50,9 +53,18 @@ _REF_KEYS = ("reference", "answer", "target", "output", "response", "solution", 
              "canonical_solution")
 
 
+@functools.lru_cache(maxsize=1)
+def _punctuation_table() -> dict[int, None]:
+    """``str.translate`` table deleting every Unicode punctuation (P*) and symbol (S*) character."""
+    return {cp: None for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp))[0] in "PS"}
+
+
 def normalize(text: str) -> str:
-    """NFKC, lower case, punctuation and symbols removed, whitespace collapsed to single spaces, stripped."""
-    return _WS.sub(" ", _PUNCT.sub("", unicodedata.normalize("NFKC", text).lower())).strip()
+    """NFKC, lower case, punctuation and symbols (Unicode categories P* and S*) removed, whitespace collapsed
+    to single spaces, stripped."""
+    if not text.isascii():  # NFKC leaves ASCII unchanged
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.lower().translate(_punctuation_table()).split())
 
 
 def ngrams(text: str, n: int = N) -> set[str]:
@@ -72,6 +84,8 @@ class EvalIndex:
 
     grams: dict[str, tuple[str, str]] = field(default_factory=dict)
     short: dict[str, tuple[str, str]] = field(default_factory=dict)  # whole short items (< 13 words)
+    short_lengths: set[int] = field(default_factory=set)  # their word counts
+    tables: dict[int, np.ndarray] = field(default_factory=dict)  # window length -> sorted hashes (built by find)
     substrings: dict[str, tuple[str, str]] = field(default_factory=dict)
     sets: list[dict] = field(default_factory=list)  # per file: path, sha256, benchmark, items, too_short
 
@@ -158,12 +172,15 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
                     index.grams.setdefault(" ".join(words[i:i + N]), key)
             elif len(words) >= MIN_SHORT_WORDS:
                 index.short.setdefault(" ".join(words), key)
+                index.short_lengths.add(len(words))
             else:
                 too_short += 1
             for s in snippets:
                 index.substrings.setdefault(s, key)
         index.sets.append({"path": path, "sha256": fsutil.sha256_file(path), "benchmark": bench, "items": items,
                            "too_short": too_short})
+    index.tables = {n: _hash_table(index.grams if n == N else index.short, n)
+                    for n in [N, *index.short_lengths]}
     return index
 
 
@@ -175,20 +192,58 @@ class Match:
     match: str
 
 
+_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial window hash
+
+
+def word_hashes(words: list[str]) -> np.ndarray:
+    """uint64 ``[len(words)]``: Python's ``hash`` of each word (salted per process: compare within one process)."""
+    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+
+
+def window_hashes(w: np.ndarray, n: int) -> np.ndarray:
+    """uint64 ``[len(w) - n + 1]``: a polynomial hash (wrapping) of every window of ``n`` word hashes ``w``.
+
+    Equal windows hash equally; a match is always confirmed on the joined words (collisions cost a lookup).
+    """
+    if len(w) < n:
+        return np.zeros(0, np.uint64)
+    out = np.zeros(len(w) - n + 1, np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            out = out * _MULT + w[k:k + len(out)]
+    return out
+
+
+def _hash_table(grams: dict[str, tuple[str, str]], n: int) -> np.ndarray:
+    """Sorted window hashes of the ``n``-word grams of ``grams`` (the membership pre-check of :func:`find`)."""
+    return np.unique(np.array([window_hashes(word_hashes(g.split()), n)[0] for g in grams
+                               if g.count(" ") + 1 == n], dtype=np.uint64))
+
+
+def _first_match(words: list[str], wh: np.ndarray, n: int, grams: dict[str, tuple[str, str]], table: np.ndarray):
+    hashes = window_hashes(wh, n)
+    if not len(hashes) or not len(table):
+        return None
+    at = np.minimum(np.searchsorted(table, hashes), len(table) - 1)
+    for i in np.flatnonzero(table[at] == hashes):
+        gram = " ".join(words[i:i + n])
+        if gram in grams:
+            return gram
+    return None
+
+
 def find(text: str, index: EvalIndex) -> Match | None:
     """The first evaluation match of ``text`` (n-grams first, then whole short items, then code substrings),
-    or None when it is clean."""
+    or None when it is clean. Windows are looked up by hash first (:func:`window_hashes`), then confirmed."""
     if index.grams or index.short:
         words = normalize(text).split()
-        for i in range(len(words) - N + 1):
-            gram = " ".join(words[i:i + N])
-            if gram in index.grams:
-                return Match(*index.grams[gram], "ngram13", gram)
-        if index.short:
-            joined = f" {' '.join(words)} "
-            for short, key in index.short.items():
-                if f" {short} " in joined:
-                    return Match(*key, "ngram13", short)
+        wh = word_hashes(words)
+        for n, grams in [(N, index.grams)] + [(k, index.short) for k in sorted(index.short_lengths)]:
+            if n not in index.tables:
+                index.tables[n] = _hash_table(grams, n)
+            gram = _first_match(words, wh, n, grams, index.tables[n])
+            if gram is not None:
+                return Match(*grams[gram], "ngram13", gram)
     if index.substrings:
         flat = squash_ws(text)
         for snippet, key in index.substrings.items():

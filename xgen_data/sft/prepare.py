@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import pyarrow as pa
 from xgen_data.errors import InputError
 from xgen_data.sft import decontam, masking, pack, render, sft_format, shapes
 from xgen_data.sources import readers
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, publish
 from xgen_data.tokenizer import EOS_ID, PADDED_VOCAB_SIZE, VOCAB_SIZE
 
 MAX_ERRORS_KEPT = 20  # skipped-record messages kept in the manifest per input
@@ -40,6 +39,7 @@ class Options:
     oasst_all_paths: bool = False  # every root->leaf path instead of the best-ranked one
     trim_unanswered: bool = False  # drop a last human turn without a response instead of failing
     decontaminate: list[str] = field(default_factory=list)  # evaluation set JSONL files
+    validation_rows: int = 0  # packed rows held out as the validation split (the first rows in the seeded order)
     rows_per_shard: int = 4096
 
 
@@ -154,6 +154,23 @@ def _counts(ex: Examples, packing: pack.Packing, rows: list[list[int]], arrays: 
     return c
 
 
+def _manifest(ex: Examples, packing: pack.Packing, rows: list[list[int]], arrays: dict,
+              index: decontam.EvalIndex | None, opts: Options) -> dict:
+    """Every manifest field but the layout (which :func:`xgen_data.sft.sft_format.write_shards` adds)."""
+    counts = _counts(ex, packing, rows, arrays, opts.seq_len)
+    return {
+        "seq_len": opts.seq_len, "eos_id": EOS_ID, "vocab_size": VOCAB_SIZE, "padded_vocab_size": PADDED_VOCAB_SIZE,
+        "seed": opts.seed, "overlong": opts.overlong, "on_error": opts.on_error,
+        "oasst_paths": "all" if opts.oasst_all_paths else "best",
+        "rendering": render.rendering_info(opts.system_header),
+        "sources": ex.sources, "shapes": dict(sum((Counter(s["shapes"]) for s in ex.sources), Counter())),
+        "counts": counts, "padding_share": counts["padding_tokens"] / (len(rows) * opts.seq_len) if rows else 0.0,
+        "decontamination": {"eval_sets": index.sets if index else [],
+                            "removed_per_benchmark": dict(sorted(Counter(r["benchmark"] for r in ex.removed).items())),
+                            "removed": ex.removed},
+    }
+
+
 def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
     """Build an SFT shards folder from instruction-data files (see the module docstring).
 
@@ -164,40 +181,31 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
         the written manifest (:mod:`xgen_data.sft.sft_format`).
     Raises:
         InputError: a bad record (file:line), input file or evaluation set; an option out of range.
-        RefusedError: ``out_dir`` holds files that are not SFT shards.
+        RefusedError: ``out_dir`` holds files that are not SFT shards, or another writer holds it.
     """
     if opts.seq_len < 2 or opts.seq_len > 1 << 20:
         raise InputError(f"--seq-len {opts.seq_len}: must be between 2 and {1 << 20}")
+    if opts.validation_rows < 0:
+        raise InputError(f"--validation-rows {opts.validation_rows}: must be >= 0")
     if not paths:
         raise InputError("no input files")
-    tmp = sft_format.start_folder(out_dir)
-    try:
+    publish.make_parent(out_dir)
+    with sft_format.publisher(out_dir) as pub:
+        pub.check_foreign()
         index = decontam.load_eval_sets(opts.decontaminate) if opts.decontaminate else None
         ex = read_inputs(paths, opts, index)
         lengths = np.fromiter(map(len, ex.ids), dtype=np.int64, count=len(ex.ids))
         packing = pack.fit_lengths(lengths, ex.masks, opts.seq_len, opts.overlong)
         rows = pack.best_fit_decreasing(packing.lengths, opts.seq_len, opts.seed)
+        if opts.validation_rows >= max(len(rows), 1):
+            raise InputError(f"--validation-rows {opts.validation_rows}: the examples fill only {len(rows)} rows "
+                             "(at least one must stay for training)")
         arrays = pack.fill_rows(rows, ex.ids, ex.masks, packing.lengths, opts.seq_len)
-        counts = _counts(ex, packing, rows, arrays, opts.seq_len)
-        removed_per = Counter(r["benchmark"] for r in ex.removed)
-        manifest = {
-            "seq_len": opts.seq_len, "dtype": "uint16", "eos_id": EOS_ID, "vocab_size": VOCAB_SIZE,
-            "padded_vocab_size": PADDED_VOCAB_SIZE, "seed": opts.seed, "overlong": opts.overlong,
-            "on_error": opts.on_error, "oasst_paths": "all" if opts.oasst_all_paths else "best",
-            "rendering": render.rendering_info(opts.system_header), "sources": ex.sources,
-            "shapes": dict(sum((Counter(s["shapes"]) for s in ex.sources), Counter())), "counts": counts,
-            "padding_share": counts["padding_tokens"] / (counts["rows"] * opts.seq_len) if rows else 0.0,
-            "decontamination": {"eval_sets": index.sets if index else [],
-                                "removed_per_benchmark": dict(sorted(removed_per.items())),
-                                "removed": ex.removed},
-        }
+        manifest = _manifest(ex, packing, rows, arrays, index, opts)
         removed = pa.Table.from_pylist(ex.removed, schema=sft_format.REMOVED_SCHEMA)
-        written = sft_format.write_shards(tmp, arrays, _index_table(ex, rows, packing), removed, manifest,
-                                          opts.rows_per_shard)
-        sft_format.replace_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        written = sft_format.write_shards(pub.begin(), arrays, _index_table(ex, rows, packing), removed, manifest,
+                                          opts.validation_rows, opts.rows_per_shard)
+        pub.commit()
     return written
 
 

@@ -1,12 +1,14 @@
 """The SFT shard format: packed instruction-tuning rows (tokens, loss mask, segment ids), memory-mapped.
 
-An SFT shards folder (``format`` ``"xgen-sft-shards"``, ``format_version`` 1)::
+An SFT shards folder (``format`` ``"xgen-sft-shards"``, ``format_version`` 1; the trainer's reader is
+:mod:`xgen_train.loop.sft_data`)::
 
     manifest.json
-    shard-00000.tokens.bin        little-endian uint16, C order, [n_rows, seq_len]: token ids, 0 on padding
-    shard-00000.loss_mask.bin     uint8, [n_rows, seq_len]: 1 where the token is a training target
-    shard-00000.segment_ids.bin   little-endian uint16, [n_rows, seq_len]: 1, 2, … per example in the row, 0 = padding
-    shard-00000.idx.parquet       one row per packed example (:data:`INDEX_SCHEMA`)
+    train-00000.tokens.bin        little-endian uint16, C order, [n_rows, seq_len]: token ids, 0 on padding
+    train-00000.loss_mask.bin     uint8, [n_rows, seq_len]: 1 where the token is a training target
+    train-00000.segment_ids.bin   little-endian uint16, [n_rows, seq_len]: 1, 2, … per example in the row, 0 = padding
+    train-00000.idx.parquet       one row per packed example (:data:`INDEX_SCHEMA`)
+    validation-00000.*            the held-out rows (``--validation-rows``), same layout
     decontamination.parquet       one row per removed example (:data:`REMOVED_SCHEMA`), always present
 
 Row semantics (what the trainer must honour, SPEC §5):
@@ -21,31 +23,31 @@ Row semantics (what the trainer must honour, SPEC §5):
   ``t + 1`` only when both lie in the same segment (:func:`shifted_targets`), so examples never predict each
   other; the first token of an example is never a target.
 
-``manifest.json`` holds ``format``, ``format_version``, ``seq_len``, ``dtype`` ("uint16"), ``eos_id``,
-``vocab_size``, ``padded_vocab_size``, ``seed``, ``overlong`` ("drop" or "truncate"), ``rendering`` (the
-format string, system header on/off, the EOS id, the generation stop strings), ``sources`` (per input file:
-path, sha256, records, examples, per-shape counts, skipped errors), ``shapes`` (per-shape example counts over
-all inputs), ``counts`` (records, examples, packed examples, dropped/truncated overlong, skipped, removed by
-decontamination, rows, tokens, loss tokens, padding tokens), ``padding_share`` (padding tokens / row tokens),
-``decontamination`` (eval sets with path, sha256, benchmark and items; removals per benchmark; and the
-removed examples with the matching n-gram or substring and eval item id), ``shards`` (per shard:
-``tokens_path``, ``loss_mask_path``, ``segment_ids_path``, ``index_path``, ``n_rows``, ``seq_len``,
-``n_examples`` and the SHA-256 of each of the four files, keys ``*_sha256``), ``removed_path`` and
-``removed_sha256``, and ``manifest_sha256``: the manifest's own checksum, computed exactly as for pre-training
-shards (:func:`xgen_data.shards.shard_format.manifest_sha256`). Paths are relative to the folder.
+``manifest.json`` holds ``format``, ``format_version``, ``dtype`` ("uint16", the token files'), ``eos_id``,
+``vocab_size``, ``padded_vocab_size``, ``seq_len``, ``n_rows`` (train rows) and ``validation_rows``, ``shards``
+(per shard: ``split`` ("train" or "validation"), ``n_rows``, ``seq_len``, ``n_examples`` and, for each of
+``tokens``, ``loss_mask``, ``segment_ids`` and ``index``, ``{"path", "sha256"}``), ``removed_file``
+(``{"path", "sha256"}`` of ``decontamination.parquet``), and what it was made from: ``seed``, ``overlong``,
+``rendering`` (the format string, system header on/off, the EOS id, the generation stop strings),
+``sources`` (per input file: path, sha256, records, examples, per-shape counts, skipped errors), ``shapes``
+(per-shape example counts), ``counts`` (records, examples, packed, dropped/truncated overlong, skipped, removed
+by decontamination, rows, tokens, loss tokens, padding tokens), ``padding_share`` (padding tokens / row
+tokens), ``decontamination`` (eval sets with path, sha256, benchmark and items; removals per benchmark; the
+removed examples with the matching n-gram or substring and eval item id), and ``manifest_sha256``: the
+manifest's own checksum, computed exactly as for pre-training shards
+(:func:`xgen_data.shards.shard_format.manifest_sha256`). Paths are relative to the folder.
 """
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xgen_data.errors import DamagedDataError, InputError, RefusedError
+from xgen_data.errors import DamagedDataError, InputError
 from xgen_data.shards import shard_format
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, publish
 
 FORMAT = "xgen-sft-shards"
 FORMAT_VERSION = 1
@@ -76,13 +78,14 @@ REMOVED_SCHEMA = pa.schema([
 ])
 
 
-def array_path(shard: int, name: str) -> str:
-    """Relative path of array ``name`` (``tokens``, ``loss_mask``, ``segment_ids``) of shard number ``shard``."""
-    return f"shard-{shard:05d}.{name}.bin"
+SPLITS = ("train", "validation")
+FILES = tuple(ARRAYS) + ("index",)  # the files of one shard, each ``{"path", "sha256"}`` in its entry
+REMOVED_FILE = "decontamination.parquet"
 
 
-def index_path(shard: int) -> str:
-    return f"shard-{shard:05d}.idx.parquet"
+def file_path(split: str, shard: int, name: str) -> str:
+    """Relative path of file ``name`` (``tokens``, ``loss_mask``, ``segment_ids`` or ``index``) of a shard."""
+    return f"{split}-{shard:05d}.{'idx.parquet' if name == 'index' else name + '.bin'}"
 
 
 def is_sft_shards(folder: str | os.PathLike) -> bool:
@@ -107,6 +110,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     """
     folder = os.fspath(folder)
     path = os.path.join(folder, "manifest.json")
+    if not os.path.exists(folder) and os.path.isdir(publish.backup_dir(folder)):
+        raise InputError(f"{folder}: missing: an `xgen sft prepare` into it was interrupted; the previous shards "
+                         f"are in {publish.backup_dir(folder)} and the next prepare restores them first")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no manifest.json (not an SFT shards folder; run `xgen sft prepare`)")
     try:
@@ -123,10 +129,14 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not isinstance(want, str) or want != shard_format.manifest_sha256(manifest):
         raise DamagedDataError(f"{path}: content does not match its {shard_format.MANIFEST_SHA256} (the manifest "
                                "was edited or damaged; rerun `xgen sft prepare`)")
-    for key in ("seq_len", "eos_id", "vocab_size"):
+    for key in ("seq_len", "eos_id", "vocab_size", "n_rows", "validation_rows"):
         shard_format.int_field(manifest, key, path, "manifest")
-    if not isinstance(manifest.get("shards"), list):
-        raise InputError(f"{path}: 'shards' must be a list")
+    if manifest.get("dtype") != "uint16" or not isinstance(manifest.get("shards"), list):
+        raise InputError(f"{path}: 'dtype' must be 'uint16' and 'shards' a list")
+    for split, key in (("train", "n_rows"), ("validation", "validation_rows")):
+        got = sum(int(e.get("n_rows", 0)) for e in manifest["shards"] if e.get("split") == split)
+        if got != manifest[key]:
+            raise DamagedDataError(f"{path}: {key} = {manifest[key]} but its {split} shards hold {got} rows")
     return manifest
 
 
@@ -149,7 +159,7 @@ def open_rows(folder: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]:
     shape = (int(entry["n_rows"]), int(entry["seq_len"]))
     out = {}
     for name, dtype in ARRAYS.items():
-        path = os.path.join(folder, entry[f"{name}_path"])
+        path = os.path.join(folder, entry[name]["path"])
         if not os.path.isfile(path):
             raise DamagedDataError(f"{path}: file listed in manifest.json is missing")
         want = shape[0] * shape[1] * dtype.itemsize
@@ -160,8 +170,7 @@ def open_rows(folder: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]:
 
 
 def _shard_files(entry: dict) -> list[tuple[str, str]]:
-    return [(entry[f"{n}_path"], entry[f"{n}_sha256"]) for n in ARRAYS] + [(entry["index_path"],
-                                                                            entry["index_sha256"])]
+    return [(entry[n]["path"], entry[n]["sha256"]) for n in FILES]
 
 
 def verify(folder: str | os.PathLike) -> list[str]:
@@ -173,7 +182,7 @@ def verify(folder: str | os.PathLike) -> list[str]:
     folder = os.fspath(folder)
     manifest = read_manifest(folder)
     problems = []
-    files = [(manifest["removed_path"], manifest["removed_sha256"])]
+    files = [(manifest["removed_file"]["path"], manifest["removed_file"]["sha256"])]
     for entry in manifest["shards"]:
         try:
             open_rows(folder, entry)
@@ -191,34 +200,35 @@ def verify(folder: str | os.PathLike) -> list[str]:
 
 
 def read_index(folder: str | os.PathLike, entry: dict) -> pa.Table:
-    """The per-example index of one shard (:data:`INDEX_SCHEMA`), checked against ``index_sha256``.
+    """The per-example index of one shard (:data:`INDEX_SCHEMA`), checked against its recorded sha256.
 
     Raises:
         DamagedDataError: the index file is missing or its SHA-256 differs from the manifest's.
     """
-    path = os.path.join(os.fspath(folder), entry["index_path"])
-    if not os.path.isfile(path) or fsutil.sha256_file(path) != entry["index_sha256"]:
+    path = os.path.join(os.fspath(folder), entry["index"]["path"])
+    if not os.path.isfile(path) or fsutil.sha256_file(path) != entry["index"]["sha256"]:
         raise DamagedDataError(f"{path}: missing or its sha256 does not match manifest.json")
     return pq.read_table(path)
 
 
 def read_removed(folder: str | os.PathLike) -> pa.Table:
-    """The examples decontamination removed (:data:`REMOVED_SCHEMA`), checked against ``removed_sha256``."""
+    """The examples decontamination removed (:data:`REMOVED_SCHEMA`), checked against its recorded sha256."""
     manifest = read_manifest(folder)
-    path = os.path.join(os.fspath(folder), manifest["removed_path"])
-    if not os.path.isfile(path) or fsutil.sha256_file(path) != manifest["removed_sha256"]:
+    path = os.path.join(os.fspath(folder), manifest["removed_file"]["path"])
+    if not os.path.isfile(path) or fsutil.sha256_file(path) != manifest["removed_file"]["sha256"]:
         raise DamagedDataError(f"{path}: missing or its sha256 does not match manifest.json")
     return pq.read_table(path)
 
 
-def read_all(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every row of every shard in manifest order, in memory (for checks and tests; training memory-maps).
+def read_all(folder: str | os.PathLike, split: str | None = None) -> dict[str, np.ndarray]:
+    """Every row of every shard of ``split`` (None: all) in manifest order, in memory (for checks and tests;
+    training memory-maps).
 
     Returns:
         ``{"tokens", "loss_mask", "segment_ids"}`` arrays of shape ``[total_rows, seq_len]``.
     """
     manifest = read_manifest(folder)
-    parts = [open_rows(folder, e) for e in manifest["shards"]]
+    parts = [open_rows(folder, e) for e in manifest["shards"] if split in (None, e["split"])]
     seq_len = manifest["seq_len"]
     return {n: (np.concatenate([p[n] for p in parts]) if parts else np.zeros((0, seq_len), d))
             for n, d in ARRAYS.items()}
@@ -268,95 +278,72 @@ def _write_array(folder: str, rel: str, array: np.ndarray) -> str:
     return fsutil.sha256_file(path)
 
 
+def _write_shard(folder: str, split: str, k: int, rows: dict[str, np.ndarray], index: pa.Table) -> dict:
+    """Write one shard's three arrays and its index; return its manifest entry."""
+    entry = {"split": split, "n_rows": len(rows["tokens"]), "seq_len": int(rows["tokens"].shape[1]),
+             "n_examples": index.num_rows}
+    for name, dtype in ARRAYS.items():
+        rel = file_path(split, k, name)
+        entry[name] = {"path": rel, "sha256": _write_array(folder, rel, rows[name].astype(dtype))}
+    rel = file_path(split, k, "index")
+    pq.write_table(index, os.path.join(folder, rel))
+    entry["index"] = {"path": rel, "sha256": fsutil.sha256_file(os.path.join(folder, rel))}
+    return entry
+
+
 def write_shards(folder: str, rows: dict[str, np.ndarray], index: pa.Table, removed: pa.Table, manifest: dict,
-                 rows_per_shard: int = 4096) -> dict:
+                 validation_rows: int = 0, rows_per_shard: int = 4096) -> dict:
     """Write packed rows, their example index and the removed examples as an SFT shards folder (not in place:
-    ``folder`` is new and empty; :func:`replace_folder` swaps it in).
+    ``folder`` is the empty temporary folder of :func:`publisher`, which swaps it in).
 
     Args:
         rows: ``tokens`` / ``loss_mask`` / ``segment_ids`` arrays ``[n_rows, seq_len]`` (cast to
-            :data:`ARRAYS`' dtypes).
+            :data:`ARRAYS`' dtypes); the first ``validation_rows`` rows are the validation split.
         index: :data:`INDEX_SCHEMA` rows with ``row`` numbering all rows (renumbered per shard here).
         removed: :data:`REMOVED_SCHEMA` rows.
-        manifest: every other manifest field (``seq_len`` included); ``shards`` and checksums are added.
+        manifest: every other manifest field (``seq_len`` included); the layout fields are added.
     Returns:
         the stamped manifest as written.
     """
     n_rows = len(rows["tokens"])
-    seq_len = int(manifest["seq_len"])
-    rows_col = np.asarray(index.column("row").to_numpy()) if index.num_rows else np.zeros(0, np.int64)
+    rows_col = index.column("row").to_numpy() if index.num_rows else np.zeros(0, np.int64)
     entries = []
-    for k, lo in enumerate(range(0, max(n_rows, 1), rows_per_shard)):
-        hi = min(lo + rows_per_shard, n_rows)
-        entry = {"n_rows": hi - lo, "seq_len": seq_len}
-        for name, dtype in ARRAYS.items():
-            entry[f"{name}_path"] = array_path(k, name)
-            entry[f"{name}_sha256"] = _write_array(folder, array_path(k, name), rows[name][lo:hi].astype(dtype))
-        sel = np.flatnonzero((rows_col >= lo) & (rows_col < hi))
-        part = index.take(pa.array(sel, pa.int64())).cast(INDEX_SCHEMA)
-        part = part.set_column(0, "row", pa.array(rows_col[sel] - lo, pa.int64()))
-        entry["index_path"] = index_path(k)
-        pq.write_table(part, os.path.join(folder, index_path(k)))
-        entry["index_sha256"] = fsutil.sha256_file(os.path.join(folder, index_path(k)))
-        entry["n_examples"] = part.num_rows
-        entries.append(entry)
-    pq.write_table(removed.cast(REMOVED_SCHEMA), os.path.join(folder, "decontamination.parquet"))
-    body = dict(manifest, shards=entries, removed_path="decontamination.parquet",
-                removed_sha256=fsutil.sha256_file(os.path.join(folder, "decontamination.parquet")))
+    for split, lo0, hi0 in (("validation", 0, validation_rows), ("train", validation_rows, n_rows)):
+        for k, lo in enumerate(range(lo0, hi0, rows_per_shard)):
+            hi = min(lo + rows_per_shard, hi0)
+            sel = np.flatnonzero((rows_col >= lo) & (rows_col < hi))
+            part = index.take(pa.array(sel, pa.int64())).cast(INDEX_SCHEMA)
+            part = part.set_column(0, "row", pa.array(rows_col[sel] - lo, pa.int64()))
+            entries.append(_write_shard(folder, split, k, {n: a[lo:hi] for n, a in rows.items()}, part))
+    pq.write_table(removed.cast(REMOVED_SCHEMA), os.path.join(folder, REMOVED_FILE))
+    body = dict(manifest, dtype="uint16", n_rows=n_rows - validation_rows, validation_rows=validation_rows,
+                shards=entries, removed_file={"path": REMOVED_FILE,
+                                              "sha256": fsutil.sha256_file(os.path.join(folder, REMOVED_FILE))})
     return write_manifest(folder, body)
 
 
-def _ours(folder: str) -> bool:
-    """Whether ``folder`` holds only what an SFT shards manifest lists (so a rebuild may replace it)."""
+def listed_files(folder: str) -> set[str] | None:
+    """The files an SFT shards manifest in ``folder`` lists (None: no readable SFT manifest there)."""
     try:
         manifest = fsutil.read_json(os.path.join(folder, "manifest.json"))
-        listed = {"manifest.json", manifest["removed_path"]}
-        for e in manifest["shards"]:
-            listed |= {e[f"{n}_path"] for n in ARRAYS} | {e["index_path"]}
+        if manifest.get("format") != FORMAT:
+            return None
+        return {"manifest.json", manifest["removed_file"]["path"]} | {e[n]["path"] for e in manifest["shards"]
+                                                                     for n in FILES}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _is_complete(folder: str) -> bool:
+    try:
+        return not verify(folder)
+    except (InputError, DamagedDataError):
         return False
-    return manifest.get("format") == FORMAT and set(os.listdir(folder)) <= listed
 
 
-def backup_dir(folder: str) -> str:
-    head, tail = os.path.split(os.path.abspath(folder).rstrip(os.sep))
-    return os.path.join(head, f".{tail}.backup")
-
-
-def start_folder(out_dir: str) -> str:
-    """Check ``out_dir`` may be (re)written and make the empty build folder next to it; return that folder.
-
-    A folder left by an interrupted swap is restored first (``.<out>.backup`` back to ``out_dir``).
-
-    Raises:
-        RefusedError: ``out_dir`` is a file, or a non-empty folder holding anything but SFT shards.
-    """
-    out = os.path.realpath(out_dir)
-    if not os.path.exists(out) and os.path.isdir(backup_dir(out)):
-        os.replace(backup_dir(out), out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RefusedError(f"{out_dir}: exists and is not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not _ours(out):
-        raise RefusedError(f"{out_dir}: folder is not empty and is not an SFT shards folder (or holds files its "
-                           "manifest does not list); choose another --out or empty it")
-    head, tail = os.path.split(out)
-    if not os.path.isdir(head):
-        raise InputError(f"{out_dir}: parent folder {head} does not exist")
-    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    return tmp
-
-
-def replace_folder(tmp: str, out_dir: str) -> None:
-    """Swap the finished build ``tmp`` in as ``out_dir``: a kill at any point leaves the old set (in
-    ``out_dir`` or its backup, which :func:`start_folder` restores) or the new one."""
-    out = os.path.realpath(out_dir)
-    if os.path.exists(out):
-        shutil.rmtree(backup_dir(out), ignore_errors=True)
-        os.replace(out, backup_dir(out))
-        fsutil.crash_point("sft.after_backup")
-        os.replace(tmp, out)
-        shutil.rmtree(backup_dir(out))
-    else:
-        os.replace(tmp, out)
+def publisher(out_dir: str) -> publish.FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of an SFT shards folder (commit points ``sft.*``):
+    one writer at a time, a folder of other files refused, the previous folder swapped out only once the new
+    one is complete, and restored if a kill lands between the two renames."""
+    return publish.FolderPublisher(out_dir, listed_files=listed_files, is_complete=_is_complete,
+                                   what="SFT shards folder", crash_prefix="sft")

@@ -15,7 +15,9 @@ a Parquet read compares the file's ``fstat`` (size, times); a file changed in pl
 Each part's SHA-256 is recorded in ``corpus.json`` as ``inputs[key]["part_sha256"] = {part_name: hex}``
 (hashed from the temporary file just before its rename), so later readers can detect a damaged part.
 
-Folders (:func:`find_inputs`) are read recursively; hidden entries, unsupported files and the corpus
+Inputs are local paths or fsspec URIs (``s3://bucket/prefix/``, ``gs://``, ``hf://``, ``file://``: every
+opening goes through :func:`xgen_data.sources.locations.open_binary`). Folders and prefixes
+(:func:`find_inputs`) are read recursively; hidden entries, unsupported files and the corpus
 itself are skipped and listed. A file found in a folder records the folder and its path relative to it.
 
 Re-running is idempotent: an input file whose SHA-256 was already ingested into the subset is skipped
@@ -44,7 +46,6 @@ import concurrent.futures as cf
 import contextlib
 import errno
 import itertools
-import multiprocessing
 import os
 import shutil
 import time
@@ -58,7 +59,8 @@ import pyarrow.parquet as pq
 
 from xgen_data import tokenizer
 from xgen_data.errors import InputError
-from xgen_data.sources import idindex, readers
+from xgen_data.execute import executors
+from xgen_data.sources import idindex, locations, readers
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import DOC_SCHEMA, Corpus, check_name
 
@@ -183,17 +185,16 @@ def _init_worker() -> None:
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor | None]:
-    """A process pool of ``workers`` tokenizer processes (None when ``workers <= 1``: run in-process).
+def worker_pool(workers: int, executor: str = "local", ray_address: str | None = None
+                ) -> Iterator[cf.Executor | None]:
+    """The tokenizer workers: ``workers`` processes (None when ``workers <= 1``: run in-process), or Ray tasks
+    with ``executor="ray"`` (:func:`xgen_data.execute.executors.step_pool`).
 
-    Workers are started with ``spawn`` (safe whatever threads the parent runs) and load the tokenizer
-    once; reuse one pool across input files.
+    Local workers are started with ``spawn`` (safe whatever threads the parent runs) and load the tokenizer
+    once; reuse one pool across input files. :func:`process_batch` is a pure function of its batch, so the
+    parts are the same bytes whichever executor ran it.
     """
-    if workers <= 1:
-        yield None
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with executors.step_pool(executor, workers, ray_address, initializer=_init_worker) as pool:
         yield pool
 
 
@@ -245,6 +246,9 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
     skipped: list[tuple[str, str]] = []
     corpus_root = os.path.realpath(corpus_dir) if corpus_dir else None
     for given in paths:
+        if locations.is_uri(given):
+            files += _find_uri_inputs(given, skipped)
+            continue
         if not os.path.isdir(given):
             files.append(InputFile(given, None, os.path.basename(given)))
             continue
@@ -286,6 +290,29 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
             raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
         files += sorted(found, key=lambda f: f.rel)
     return files, skipped
+
+
+def _find_uri_inputs(given: str, skipped: list[tuple[str, str]]) -> list[InputFile]:
+    """:func:`find_inputs` for a URI: the file itself, or the supported files under a folder or prefix URI
+    (sorted by relative path; other types are added to ``skipped``).
+
+    Raises:
+        ValueError: a prefix holds no supported file. FileNotFoundError: nothing at ``given``.
+    """
+    if not locations.is_dir(given):
+        locations.input_identity(given)  # FileNotFoundError naming it
+        return [InputFile(given, None, given.rstrip("/").rsplit("/", 1)[-1])]
+    found = []
+    for uri in locations.find_files(given):
+        try:
+            readers.input_format(uri)
+        except ValueError:
+            skipped.append((uri, f"unsupported extension {os.path.splitext(uri)[1].lower() or '(none)'}"))
+            continue
+        found.append(InputFile(uri, given, locations.relative(uri, given)))
+    if not found:
+        raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
+    return found
 
 
 def summarize_skipped(skipped: list[tuple[str, str]]) -> list[str]:
@@ -371,7 +398,7 @@ class _Sources:
 
 def _find_line(path: str, digest: str, doc_id: str) -> int | None:
     """The line of ``doc_id`` in the input file ``path`` if it is still there (None otherwise)."""
-    if not os.path.isfile(path):
+    if not locations.is_file(path):
         return None
     stem = os.path.basename(path).split(".")[0]
     try:
@@ -495,14 +522,14 @@ def _ingest_opened(corpus: Corpus, opened: readers.OpenedInput, subset: str | No
     if subset is None and layout is not None and layout.starcoder:
         subset = "starcoder"
     subset = check_name(default_subset(path) if subset is None else subset, "subset")
-    rel = os.path.relpath(path, folder) if folder else None
+    rel = locations.relative(path, folder) if folder else None
     report = FileReport(path=path, subset=subset, name=rel or os.path.basename(path))
     t0 = time.time()
     digest = opened.sha256
     meta = corpus.read_meta()
     inputs = meta.setdefault("inputs", {})
     key = f"{subset}:{digest}" + (":metadata-tokens" if metadata_tokens else "")
-    abspath = os.path.abspath(path)
+    abspath = locations.location(path)
     repair: list[tuple[str, str]] = []
     if key in inputs:
         repair = _damaged_parts(corpus, inputs[key])
@@ -626,7 +653,7 @@ def _ingest_opened(corpus: Corpus, opened: readers.OpenedInput, subset: str | No
                    "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
                    "part_sha256": part_sha256}
     if folder:
-        inputs[key].update(folder=os.path.abspath(folder), rel_path=rel)
+        inputs[key].update(folder=locations.location(folder), rel_path=rel)
     try:
         corpus.write_meta(meta)
     except OSError as exc:
@@ -651,13 +678,16 @@ def _progress(enabled: bool, desc: str):
 
 def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
            progress: bool = True, columns: tuple[tuple[str, str], ...] = (),
-           metadata_tokens: bool = False) -> list[FileReport]:
+           metadata_tokens: bool = False, executor: str = "local", ray_address: str | None = None
+           ) -> list[FileReport]:
     """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
 
     Args:
         inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
             is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
         columns: a column mapping for every input (:func:`ingest_file`).
+        executor: ``"local"`` (``workers`` processes) or ``"ray"`` (Ray tasks on a local Ray of ``workers``
+            CPUs, or on the cluster at ``ray_address``); the parts are the same bytes on both.
 
     Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
     :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
@@ -668,16 +698,17 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
     for path, subset, _ in items:  # check every input before any work
         readers.input_format(path)
         readers.check_regular(path)
-        if os.path.abspath(path).startswith(root + os.sep):
+        if not locations.is_uri(path) and os.path.abspath(path).startswith(root + os.sep):
             raise InputError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
         if subset is not None:
             check_name(subset, "subset")
         elif readers.detect_layout(path) is None or not readers.detect_layout(path).starcoder:
             check_name(default_subset(path), "subset")
     tokenizer.get_encoding()  # a bad XGEN_GPT2_BPE fails here, clearly, not in a worker
+    executors.check_executor(executor, ray_address)
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
-        with worker_pool(workers) as pool:
+        with worker_pool(workers, executor, ray_address) as pool:
             return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f,
                                 columns=columns, metadata_tokens=metadata_tokens) for p, s, f in items]

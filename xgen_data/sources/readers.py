@@ -19,6 +19,7 @@ from typing import IO, Any
 import zstandard
 
 from xgen_data.errors import InputError
+from xgen_data.sources import locations
 
 #: The document fields kept by the corpus (SPEC-independent; the shared corpus schema).
 FIELDS = ("id", "text", "source", "license", "language", "path", "meta")
@@ -97,7 +98,11 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
         import pyarrow.parquet as pq
 
         try:
-            names = set(pq.read_schema(fileobj if fileobj is not None else path).names)
+            if fileobj is not None:
+                names = set(pq.read_schema(fileobj).names)
+            else:
+                with locations.open_binary(path) as f:
+                    names = set(pq.read_schema(f).names)
         except Exception:  # noqa: BLE001  (a corrupt file is reported by iter_raw with its row)
             names = set()
         finally:
@@ -108,7 +113,7 @@ def detect_layout(path: str, columns: tuple[tuple[str, str], ...] = (), metadata
     if star:
         from xgen_data.attributes import languages
 
-        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        folder = locations.parent_name(path)
         language = folder if folder in languages.table() else None
     if not star and not columns and not metadata_tokens:
         return None
@@ -224,7 +229,11 @@ def check_regular(path: str) -> None:
     Raises:
         InputError: nothing at ``path`` (``"<path>: no such input file"``), or ``path`` is a FIFO, socket,
             device or folder, named with its kind.
+    A URI must name an object (a prefix is not one): FileNotFoundError otherwise.
     """
+    if locations.is_uri(path):
+        locations.input_identity(path)
+        return
     try:
         kind = special_kind(path)
     except FileNotFoundError:
@@ -285,25 +294,35 @@ class OpenedInput:
         Raises:
             InputError: names the file; nothing of it may be kept.
         """
-        now = file_signature(os.fstat(self.file.fileno()))
+        now = _signature(self.path, self.file)
         if now != self.signature or (read_sha256 is not None and read_sha256 != self.sha256):
             raise InputError(f"{self.path}: the file changed while it was being ingested (its size, time or bytes "
                              "differ from when it was hashed); nothing of it was ingested, run the ingest again "
                              "once the file is complete")
 
 
+def _signature(path: str, f: IO[bytes]) -> tuple:
+    """What changes when the input's bytes change: the open file's ``fstat`` (:func:`file_signature`) for a local
+    file; the object's size and version (ETag, version id or modification time) asked of the store for a URI."""
+    if locations.is_uri(path):
+        identity = locations.input_identity(path)
+        return (identity.size, identity.version)
+    return file_signature(os.fstat(f.fileno()))
+
+
 def open_input(path: str, chunk: int = 1 << 20) -> OpenedInput:
-    """Open one input file for ingest: refuse what is not a regular file (:func:`check_regular`), hash its bytes
-    from the open file and rewind it. The caller closes ``.file``. Any seekable binary file object (an fsspec
-    file) can go through :class:`OpenedInput` the same way.
+    """Open one input for ingest, a local file or an fsspec URI (:mod:`xgen_data.sources.locations`): refuse what
+    is not a regular file (:func:`check_regular`), hash its bytes from the open file and rewind it. The caller
+    closes ``.file``.
 
     Raises:
-        FileNotFoundError, InputError: see :func:`check_regular`.
+        FileNotFoundError, InputError: see :func:`check_regular`; InputError for a URI no installed fsspec
+            implementation reads.
     """
     check_regular(path)
-    f = open(path, "rb")
+    f = locations.open_binary(path)
     try:
-        before = file_signature(os.fstat(f.fileno()))
+        before = _signature(path, f)
         h = hashlib.sha256()
         while block := f.read(chunk):
             h.update(block)
@@ -332,7 +351,8 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
     Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
-    order mark at the start of a JSONL file is skipped.
+    order mark at the start of a JSONL file is skipped. ``path`` is a local path or an fsspec URI
+    (:func:`xgen_data.sources.locations.open_binary`).
 
     Args:
         id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
@@ -352,15 +372,16 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
         import pyarrow.parquet as pq
 
         row = 0
-        try:
-            for batch in pq.ParquetFile(fileobj if fileobj is not None else path).iter_batches(batch_size=1024):
-                for rec in batch.to_pylist():
-                    row += 1
-                    yield RawRecord(path, row, rec, id_prefix, layout)
-        except (OSError, pa.ArrowException) as exc:
-            raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
+        with (contextlib.nullcontext(fileobj) if fileobj is not None else locations.open_binary(path)) as raw:
+            try:
+                for batch in pq.ParquetFile(raw).iter_batches(batch_size=1024):
+                    for rec in batch.to_pylist():
+                        row += 1
+                        yield RawRecord(path, row, rec, id_prefix, layout)
+            except (OSError, pa.ArrowException) as exc:
+                raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
-    with (contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")) as raw:
+    with (contextlib.nullcontext(fileobj) if fileobj is not None else locations.open_binary(path)) as raw:
         if fmt == "jsonl.gz":
             chunks: Iterator[bytes] = _gzip_chunks(raw)
         elif fmt == "jsonl.zst":

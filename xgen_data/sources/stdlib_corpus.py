@@ -131,3 +131,30 @@ def write_corpus(out_dir: str, seed: int = 0, starcoder: bool = True):
             w.flush(zstandard.FLUSH_FRAME)
     split = code_split.write_split(lambda: iter(code), out_dir, seed, starcoder)
     return [split.code_path, nl_path, *split.starcoder_paths], split
+
+
+INSTRUCT_FILE = "instruct.jsonl"
+
+
+def write_instructions(out_dir: str, limit: int = 2000, max_chars: int = 600) -> str:
+    """Write ``instruct.jsonl`` of ``{id, prompt, response}`` pairs made from the standard library's own
+    documentation, for the demo's instruction-tuning step when the corpus has no instruct subset: "What is the
+    Python module M for?" answered by the first paragraph of M's docstring, and "Explain the Python topic T."
+    by the first paragraph of pydoc's topic text; the first ``limit`` with a paragraph of 20 to ``max_chars``
+    characters, in :func:`records` order (deterministic). Returns the file's path (written atomically)."""
+    path = os.path.join(out_dir, INSTRUCT_FILE)
+    os.makedirs(out_dir, exist_ok=True)
+    n = 0
+    with fsutil.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for stem, rec in records():
+            if stem != "nl" or n >= limit:
+                continue
+            para = " ".join(rec["text"].strip().split("\n\n")[0].split())
+            if not 20 <= len(para) <= max_chars:
+                continue
+            module = rec["meta"].get("module")
+            prompt = (f"What is the Python module {module} for?" if module else
+                      f"Explain the Python topic {rec['id'].rsplit(':', 1)[-1]}.")
+            f.write(json.dumps({"id": rec["id"], "prompt": prompt, "response": para}, ensure_ascii=False) + "\n")
+            n += 1
+    return path

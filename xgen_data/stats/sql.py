@@ -65,17 +65,46 @@ def memory_limit() -> str:
     return _size_env("XGEN_DUCKDB_MEMORY", DEFAULT_MEMORY_LIMIT)
 
 
+#: Default cap of a connection's spill folder: at most this, and at most :data:`SPILL_FREE_FRACTION` of the free
+#: disk where it lies (so the default can never fill a disk), unless ``XGEN_DUCKDB_SPILL`` says otherwise.
+DEFAULT_SPILL_CAP = "20GB"
+SPILL_FREE_FRACTION = 0.5
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def size_bytes(text: str) -> int:
+    """Bytes of a DuckDB size such as ``512MB`` (KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: of 1024)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", text.strip())
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def spill_cap(folder: str) -> int:
+    """The spill cap in bytes for a spill folder: ``XGEN_DUCKDB_SPILL``, else the smaller of
+    :data:`DEFAULT_SPILL_CAP` and :data:`SPILL_FREE_FRACTION` of the disk free at ``folder`` (or the nearest
+    folder above it that exists). :func:`xgen_data.stats.query_guard.guard` enforces it.
+
+    Raises:
+        ValueError: ``XGEN_DUCKDB_SPILL`` is not a size.
+    """
+    if given := _size_env("XGEN_DUCKDB_SPILL", None):
+        return size_bytes(given)
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return min(size_bytes(DEFAULT_SPILL_CAP), int(shutil.disk_usage(probe).free * SPILL_FREE_FRACTION))
+
+
 def duckdb_config(temp_directory: str, memory: str | None = None) -> dict:
     """DuckDB settings of every connection the product opens: :func:`memory_limit` (or ``memory``), the spill
-    folder, and its cap ``XGEN_DUCKDB_SPILL`` when set (DuckDB's default: 90% of the free disk there).
+    folder, and its cap (:func:`spill_cap`; DuckDB stores it but does not enforce it for every operator, so
+    queries run under :func:`xgen_data.stats.query_guard.guard` with the same cap).
 
     Raises:
         ValueError: ``XGEN_DUCKDB_MEMORY`` or ``XGEN_DUCKDB_SPILL`` is not a size.
     """
-    config = {"memory_limit": memory or memory_limit(), "temp_directory": temp_directory}
-    if spill := _size_env("XGEN_DUCKDB_SPILL", None):
-        config["max_temp_directory_size"] = spill
-    return config
+    return {"memory_limit": memory or memory_limit(), "temp_directory": temp_directory,
+            "max_temp_directory_size": f"{spill_cap(temp_directory)}B"}
 
 
 _SPILL_PREFIX = "xgen-sql-"

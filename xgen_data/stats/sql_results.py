@@ -11,8 +11,8 @@ every other column is converted by DuckDB itself, in the same query:
   structs and maps become arrays and objects, and everything else a string. JSON has no NaN or infinity:
   those floats are written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
 
-Rows are fetched in batches of :data:`BATCH_ROWS` and CSV / JSON are written as they arrive (a table needs
-all rows to align its columns).
+Rows are fetched in batches of :data:`BATCH_ROWS` and CSV / JSON are written as they arrive; a table needs
+its rows to align its columns, so it shows at most :data:`TABLE_MAX_ROWS` (or ``max_rows``) and says so.
 """
 from __future__ import annotations
 
@@ -92,11 +92,17 @@ def unique_names(columns: list[str]) -> list[str]:
     return out
 
 
-def write(result: Result, fmt: str, out: IO[str], title: str | None = None) -> None:
+#: Rows a table shows by default: a table aligns its columns, so it holds its rows in memory; beyond this
+#: it stops fetching and says so (CSV and JSON stream every row).
+TABLE_MAX_ROWS = 10_000
+
+
+def write(result: Result, fmt: str, out: IO[str], title: str | None = None, max_rows: int = TABLE_MAX_ROWS) -> None:
     """Write ``result`` (from :func:`query` with the same ``fmt``) to ``out``.
 
-    ``table``: aligned columns (numbers right-aligned with thousands separators), preceded by ``title``;
-    ``csv``: RFC 4180 via :mod:`csv`, header first, NULL empty; ``json``: one array of objects, one per row.
+    ``table``: aligned columns (numbers right-aligned with thousands separators), preceded by ``title``; at
+    most ``max_rows`` rows (the rest is not fetched; a notice says so); ``csv``: RFC 4180 via :mod:`csv`,
+    header first, NULL empty; ``json``: one array of objects, one per row (both streamed, every row).
     """
     if fmt == "json":
         write_json_rows(result, out)
@@ -107,7 +113,7 @@ def write(result: Result, fmt: str, out: IO[str], title: str | None = None) -> N
         for batch in result.batches:
             w.writerows(tuple(_csv_cell(v) for v in row) for row in batch)
     else:
-        _write_table(result, out, title)
+        _write_table(result, out, title, max_rows)
 
 
 def write_json_rows(result: Result, out: IO[str], indent: str = "") -> None:
@@ -184,14 +190,19 @@ def _cell(v, whole: bool = False) -> tuple[str, bool]:
     return text, False
 
 
-def _write_table(result: Result, out: IO[str], title: str | None) -> None:
-    cut = False
+def _write_table(result: Result, out: IO[str], title: str | None, max_rows: int = TABLE_MAX_ROWS) -> None:
+    cut = more = False
     rows = []
     for batch in result.batches:
         for row in batch:
+            if len(rows) == max_rows:
+                more = True
+                break
             cells = [_cell(v, result.whole) for v in row]
             cut = cut or any(c for _, c in cells)
             rows.append([t for t, _ in cells])
+        if more:
+            break
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(result.columns)]
     right = [t in NUMERIC for t in result.type_ids]
 
@@ -206,4 +217,7 @@ def _write_table(result: Result, out: IO[str], title: str | None) -> None:
         out.write(line(r) + "\n")
     if cut:
         out.write(f"(values over {TABLE_CELL_CHARS} characters are cut here; --format csv or json prints them whole)\n")
+    if more:
+        out.write(f"(only the first {max_rows:,} rows are shown; --format csv or json prints every row, or use LIMIT "
+                  "/ --max-rows)\n")
     out.write("\n")

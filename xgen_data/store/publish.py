@@ -144,7 +144,8 @@ class FolderPublisher:
         self._lock = locks.writer_lock(lock_path(self.out), f"{self.what} {self.out}")
         self._lock.__enter__()
         try:
-            self.note = recover(self.out, self.is_complete, self.legacy, self.what)  # first: even a failing write restores
+            # first: even a write that fails later has restored what a killed swap left
+            self.note = recover(self.out, self.is_complete, self.legacy, self.what)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise

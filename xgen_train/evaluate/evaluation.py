@@ -123,18 +123,30 @@ def _count(value, key: str, where: str) -> int:
     return value
 
 
+def _utf8_lines(path: str):
+    """The lines of ``path`` as text; a line that is not UTF-8 is a :class:`PassAtKError` naming ``file:line``."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PassAtKError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
+
+
 def read_counts(path: str | os.PathLike) -> list[tuple[str, int, int]]:
     """Per-problem ``(problem, n, c)`` from a JSONL file (one object per line with ``n`` and ``c``, and
     optionally ``task_id`` / ``problem``) or a CSV file with a header holding ``n`` and ``c`` columns
     (and optionally ``task_id`` / ``problem``). A file ending in ``.csv`` is CSV, anything else JSONL.
 
     Raises:
-        PassAtKError: naming ``file:line`` for invalid JSON, a missing or non-integer ``n``/``c``, ``n < 1``
-            or ``c`` outside ``[0, n]``; also for a file with no problem.
+        PassAtKError: naming ``file:line`` for a line that is not UTF-8, invalid JSON, a missing or non-integer
+            ``n``/``c``, ``n < 1`` or ``c`` outside ``[0, n]``, a ``task_id`` / ``problem`` given twice (naming
+            both lines); also for a file with no problem.
         OSError: the file cannot be read.
     """
     path = str(path)
     rows: list[tuple[str, int, int]] = []
+    first_at: dict[str, str] = {}
 
     def add(rec: dict, where: str, lineno: int) -> None:
         for key in ("n", "c"):
@@ -144,27 +156,31 @@ def read_counts(path: str | os.PathLike) -> list[tuple[str, int, int]]:
         if n < 1 or not 0 <= c <= n:
             raise PassAtKError(f"{where}: need n >= 1 and 0 <= c <= n, got n={n}, c={c}")
         name = rec.get("task_id", rec.get("problem"))
+        if name not in (None, ""):
+            if str(name) in first_at:  # counted twice, the mean would weigh it twice
+                raise PassAtKError(f"{where}: problem {str(name)!r} appears again (first at {first_at[str(name)]}); "
+                                   "give each problem once, with its n samples and c correct")
+            first_at[str(name)] = where
         rows.append((str(name) if name not in (None, "") else f"line {lineno}", n, c))
 
-    with open(path, encoding="utf-8", newline="") as fh:
-        if path.lower().endswith(".csv"):
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"n", "c"} <= {f.strip() for f in reader.fieldnames}:
-                raise PassAtKError(f"{path}:1: CSV header must name columns 'n' and 'c', got {reader.fieldnames}")
-            for rec in reader:
-                add({k.strip(): v for k, v in rec.items() if k is not None}, f"{path}:{reader.line_num}",
-                    reader.line_num)
-        else:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise PassAtKError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(rec, dict):
-                    raise PassAtKError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-                add(rec, f"{path}:{lineno}", lineno)
+    if path.lower().endswith(".csv"):
+        reader = csv.DictReader(_utf8_lines(path))
+        if not reader.fieldnames or not {"n", "c"} <= {f.strip() for f in reader.fieldnames}:
+            raise PassAtKError(f"{path}:1: CSV header must name columns 'n' and 'c', got {reader.fieldnames}")
+        for rec in reader:
+            add({k.strip(): v for k, v in rec.items() if k is not None}, f"{path}:{reader.line_num}",
+                reader.line_num)
+    else:
+        for lineno, line in enumerate(_utf8_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PassAtKError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise PassAtKError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            add(rec, f"{path}:{lineno}", lineno)
     if not rows:
         raise PassAtKError(f"{path}: no problems found")
     return rows

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from xgen_data.errors import InputError
-from xgen_train.evaluate.outputs import check_writable, write_folder
+from xgen_train.evaluate.outputs import check_writable, require_extra, write_folder
 
 __all__ = ["TASKS_DIR", "UNAVAILABLE", "load_model", "run_tasks", "write_outputs"]
 
@@ -52,7 +52,7 @@ def _check_names(tasks: list[str]) -> None:
 def task_manager(include_path: list[str] | None = None, data_dir: str | None = None):
     """lm-eval ``TaskManager`` over xgen's shipped task YAMLs (and ``include_path``), lm-eval's built-in
     (download-based) tasks left out, ``data_dir`` handed to the loaders as metadata."""
-    from lm_eval.tasks import TaskManager
+    TaskManager = require_extra("lm_eval.tasks").TaskManager
 
     return TaskManager(include_path=[str(TASKS_DIR), *(include_path or [])], include_defaults=False,
                        metadata={"data_dir": data_dir} if data_dir else None)
@@ -75,11 +75,10 @@ def run_tasks(model_path: str, tasks: list[str], out_dir: str, num_fewshot: int 
         InputError: an unknown task name, a task without offline data (says how to get it), TruthfulQA.
         RefusedError: ``out_dir`` exists and is not an earlier output of this command.
     """
-    import lm_eval
-
+    _check_names(tasks)
+    lm_eval = require_extra("lm_eval")
     from xgen_train.evaluate.lm_adapter import XgenLM
 
-    _check_names(tasks)
     out = Path(out_dir)
     check_writable(out, "eval-tasks")
     manager = task_manager(include_path, data_dir)

@@ -13,14 +13,16 @@ lm-eval turns every task into three kinds of requests; :class:`XgenLM` answers t
   (:func:`xgen_train.evaluate.sampling.sample_completions`), cut at the ``until`` strings; the context is
   left-truncated to ``L - max_gen_toks`` tokens.
 
-Requests are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a power of
-two (at least 16, at most ``L``): a model compiles one program per length bucket. Right padding cannot change
-the scores: the model is causal, and padded positions are masked out of the sums.
+Requests are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a length
+bucket (16, 24, 32, 48, 64, 96, ..., at most ``L``): a model compiles one program per length bucket (and per power-of-two count of
+scored positions). Right padding cannot change the scores: the model is causal, and padded positions are
+masked out of the sums. The LM head runs only at the scored positions.
 """
 from __future__ import annotations
 
 import functools
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,26 +32,46 @@ from tqdm import tqdm
 
 from xgen_data import tokenizer as xtok
 from xgen_data.errors import InputError
-from xgen_train.evaluate.generate import _bucket
 from xgen_train.evaluate.sampling import sample_completions
 from xgen_train.model.config import ModelConfig
-from xgen_train.model.model import build_model
+from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
+from xgen_train.model.precision import as_policy
 
-__all__ = ["XgenLM", "score_batches"]
+__all__ = ["XgenLM", "length_bucket", "score_batches"]
 
 
 @functools.lru_cache(maxsize=8)
 def _scorer(cfg: ModelConfig, compute_dtype: str):
-    apply = build_model(cfg, compute_dtype).apply
+    """jit'ed ``score(params, tokens [B,T], idx [B,K], targets [B,K], mask [B,K]) -> (sum logp [B], greedy [B])``:
+    the decoder runs over all ``T`` positions, the LM head only at the ``K`` scored ones (``idx``), so the
+    ``[B, T, vocab]`` logits are never formed."""
+    policy = as_policy(compute_dtype)
+
+    def fwd(tokens, idx):
+        h = llama_hidden(tokens, cfg, policy)  # [B, T, d]
+        picked = jnp.take_along_axis(h, idx[..., None], axis=1)  # [B, K, d]
+        return linear_logits(picked, lm_head_weight(cfg), policy)  # float32 [B, K, V]
+
+    apply = hk.without_apply_rng(hk.transform(fwd)).apply
 
     @jax.jit
-    def score(params, tokens, targets, mask):
-        logp = jax.nn.log_softmax(apply(params, tokens).astype(jnp.float32), axis=-1)  # [B, T, V]
-        tgt = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, T]
-        greedy = jnp.argmax(logp, axis=-1) == targets
+    def score(params, tokens, idx, targets, mask):
+        logits = apply(params, tokens, idx)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse  # [B, K] log p
+        greedy = jnp.argmax(logits, axis=-1) == targets
         return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(greedy | ~mask, axis=-1)
 
     return score
+
+
+def length_bucket(n: int, cap: int) -> int:
+    """``n`` rounded up to the next of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x them), at most ``cap``:
+    few compiled shapes, at most a third of a batch's positions spent on padding."""
+    size = 16
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return min(size, cap)
 
 
 def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
@@ -59,7 +81,8 @@ def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[in
 
     Each pair is scored as lm-eval's HFLM does: the model reads ``(context + continuation)[-(L+1):][:-1]``
     (``L`` = ``cfg.max_positions``) and the last ``len(continuation)`` positions are scored. Log-probabilities
-    are float32 natural logs.
+    are float32 natural logs. Shapes: batches of ``batch_size`` rows, the input padded to a power of two
+    (16 .. ``L``) and the scored positions to a power of two (1 .. input length).
 
     Raises:
         ValueError: an empty continuation, or an empty context with it (nothing to condition on).
@@ -71,22 +94,25 @@ def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[in
             raise InputError(f"request {i}: need a non-empty continuation and at least one context token")
         whole = (list(ctx) + list(cont))[-(limit + 1):]
         rows.append((whole[:-1], whole[1:], min(len(cont), len(whole) - 1)))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), -rows[i][2]))
     score = _scorer(cfg, compute_dtype)
     out: list[tuple[float, bool] | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), desc="xgen loglikelihood", disable=not progress)
     for first in range(0, len(order), batch_size):
         chunk = order[first:first + batch_size]
-        t = _bucket(len(rows[chunk[0]][0]), limit)
+        t = length_bucket(len(rows[chunk[0]][0]), limit)
+        k = min(t, 1 << (max(rows[i][2] for i in chunk) - 1).bit_length())
         tokens = np.zeros((batch_size, t), np.int32)
-        targets = np.zeros((batch_size, t), np.int32)
-        mask = np.zeros((batch_size, t), bool)
+        idx = np.zeros((batch_size, k), np.int32)
+        targets = np.zeros((batch_size, k), np.int32)
+        mask = np.zeros((batch_size, k), bool)
         for r, i in enumerate(chunk):
             inp, tgt, n_cont = rows[i]
             tokens[r, :len(inp)] = inp
-            targets[r, :len(tgt)] = tgt
-            mask[r, len(inp) - n_cont:len(inp)] = True
-        lp, greedy = score(params, jnp.asarray(tokens), jnp.asarray(targets), jnp.asarray(mask))
+            idx[r, :n_cont] = np.arange(len(inp) - n_cont, len(inp))
+            targets[r, :n_cont] = tgt[len(inp) - n_cont:]
+            mask[r, :n_cont] = True
+        lp, greedy = score(params, *(jnp.asarray(a) for a in (tokens, idx, targets, mask)))
         lp, greedy = np.asarray(lp), np.asarray(greedy)
         for r, i in enumerate(chunk):
             out[i] = (float(lp[r]), bool(greedy[r]))

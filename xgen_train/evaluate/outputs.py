@@ -17,9 +17,20 @@ from pathlib import Path
 
 from xgen_data.errors import DamagedDataError, InputError, RefusedError
 
-__all__ = ["MANIFEST", "check_writable", "read_manifest", "read_verified", "write_folder"]
+__all__ = ["MANIFEST", "check_writable", "require_extra", "read_manifest", "read_verified", "write_folder"]
 
 MANIFEST = "xgen_eval.json"
+
+
+def require_extra(module: str):
+    """Import an ``[eval]`` extra's module, or raise InputError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"this command needs the [eval] extra ({module} is not installed): pip install --no-deps "
+                         "-r requirements-eval.lock (after requirements-hf.lock; see docs/evaluation.md)") from None
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:

@@ -31,18 +31,22 @@ params)``) and :func:`load_init` (the same, or a Hugging Face folder via ``xgen_
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xgen_data.errors import DamagedDataError, InputError
+from xgen_data.errors import DamagedDataError, InputError, ProblemFound
 from xgen_data.store import fsutil
-from xgen_train.model.config import ModelConfig
+from xgen_train.model.config import ModelConfig, get_config
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "SIDECAR", "checkpoint_dirs", "latest_checkpoint",
            "checkpoint_source", "load_checkpoint", "load_init", "load_params", "read_meta", "resolve_checkpoint",
@@ -57,6 +61,53 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(DamagedDataError):
     """A checkpoint is missing, corrupt (sha256/size mismatch), incomplete or does not fit the run."""
+
+
+class CheckpointDiskFull(ProblemFound):
+    """The disk filled up while a checkpoint was saved (exit 1); the partial save is removed."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception in its chain is a full disk (ENOSPC, or orbax / TensorStore's
+    ``RESOURCE_EXHAUSTED`` / "No space left on device" wrapped in another type)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "RESOURCE_EXHAUSTED" in str(exc) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _HeldLogs(logging.Filter):
+    """While active, hold the records orbax logs through absl (tracebacks of its writer threads); ``replay``
+    hands them on, and a save that fails for a full disk drops them: its one error says what happened."""
+
+    LOGGERS = ("absl",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def __enter__(self) -> "_HeldLogs":
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+    def replay(self) -> None:
+        records, self.records = self.records, []
+        for r in records:
+            logging.getLogger(r.name).handle(r)
 
 
 @dataclass
@@ -295,6 +346,43 @@ def load_init(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, dict[str,
     return load_params(path)
 
 
+#: ``xgen train --config init``: train the ``--init`` model's own config (e.g. an imported one no name gives).
+INIT_CONFIG = "init"
+
+
+def init_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config of ``--init PATH`` without loading its weights: a Hugging Face folder's ``config.json``
+    (checked as :func:`xgen_train.export.hf.config_from_hf` does) or the latest checkpoint's meta.
+
+    Raises:
+        CheckpointError: no checkpoint, or its meta holds no model config. HFFormatError: a config xgen cannot run.
+    """
+    if is_hf_folder(path):
+        from xgen_train.export.hf import config_from_hf
+
+        conf_path = Path(path) / "config.json"
+        return config_from_hf(json.loads(conf_path.read_text(encoding="utf-8")), conf_path)
+    ckpt = resolve_checkpoint(path)
+    try:
+        return ModelConfig.from_dict(read_meta(ckpt)["run"]["model_config"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt}: its meta holds no model config ({exc})") from None
+
+
+def resolve_model_config(config_name: str, init: str | os.PathLike | None) -> ModelConfig:
+    """The config ``xgen train --config NAME`` trains: a named one (:data:`xgen_train.model.config.CONFIGS`),
+    or with :data:`INIT_CONFIG` the ``--init`` model's own (:func:`init_model_config`).
+
+    Raises:
+        InputError: :data:`INIT_CONFIG` without ``init``. KeyError: an unknown name (lists the known ones).
+    """
+    if config_name == INIT_CONFIG:
+        if init is None:
+            raise InputError(f"--config {INIT_CONFIG} trains the --init model's own config: give --init too")
+        return init_model_config(init)
+    return get_config(config_name)
+
+
 def make_meta(step: int, position: dict, run: dict, extra: dict | None = None) -> dict:
     """The JSON stored with a checkpoint: format tag, ``step``, data ``position``, ``run`` config, ``extra``."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "step": int(step), "position": position,
@@ -336,27 +424,52 @@ class CheckpointStore:
         self._mgr = ocp.CheckpointManager(self.root, options=opts)
 
     def save(self, step: int, params, opt_state, meta: dict) -> Path:
-        """Write checkpoint ``step`` (params, optimizer state, JSON meta) and its sidecar; prune old ones."""
+        """Write checkpoint ``step`` (params, optimizer state, JSON meta) and its sidecar; prune old ones.
+
+        Raises:
+            CheckpointDiskFull: the disk filled up during the save: one message instead of orbax's
+                tracebacks, the partial save removed, earlier checkpoints untouched.
+        """
         ocp = _ocp()
         target = self.root / f"step_{step:08d}"
         if target.exists():  # e.g. an incomplete save of this step from a killed process
-            import shutil
-
             shutil.rmtree(target)
             self._mgr.reload()
-        self._mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                     opt_state=ocp.args.StandardSave(opt_state),
-                                                     meta=ocp.args.JsonSave(meta)), force=True)
-        self._mgr.wait_until_finished()
-        if _process_index() == 0:  # one writer for the sidecar and the pruning; the others wait for it
-            write_sidecar(target, step)
+        held = _HeldLogs()
+        try:
+            with held:
+                self._mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                             opt_state=ocp.args.StandardSave(opt_state),
+                                                             meta=ocp.args.JsonSave(meta)), force=True)
+                self._mgr.wait_until_finished()
+                if _process_index() == 0:  # one writer for the sidecar and the pruning; the others wait
+                    write_sidecar(target, step)
+        except Exception as exc:
+            if not disk_full(exc):
+                held.replay()
+                raise
+            self._remove_partial(step)
+            latest = latest_checkpoint(self.root)
+            raise CheckpointDiskFull(f"disk full while saving checkpoint step {step} under {self.root}: the partial "
+                                     "save was removed and earlier checkpoints are intact (latest: "
+                                     f"{latest.name if latest else 'none'}); free disk space, then continue with "
+                                     "--resume") from exc
+        held.replay()
+        if _process_index() == 0:
             self._prune()
         _sync_processes(f"xgen_checkpoint_{step}")
         return target
 
-    def _prune(self) -> None:
-        import shutil
+    def _remove_partial(self, step: int) -> None:
+        """Remove what a failed save of ``step`` left (orbax's temporary folder, a folder without sidecar)."""
+        if _process_index() == 0:
+            for p in self.root.glob(f"step_{step:08d}*"):
+                if p.is_dir() and not (p / SIDECAR).is_file():
+                    shutil.rmtree(p, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self._mgr.reload()
 
+    def _prune(self) -> None:
         done = [p for _, p in checkpoint_dirs(self.root) if (p / SIDECAR).is_file()]
         for p in done[:-self.keep]:
             shutil.rmtree(p)

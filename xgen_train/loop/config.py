@@ -46,7 +46,8 @@ class ModelSection:
     """Model shape and its starting parameters.
 
     Attributes:
-        config_name: key of :data:`xgen_train.model.config.CONFIGS`.
+        config_name: key of :data:`xgen_train.model.config.CONFIGS`, or ``"init"``: the ``init`` model's own
+            config (:func:`xgen_train.loop.checkpoint.resolve_model_config`).
         init: start from these params (run/checkpoint folder or Hugging Face folder); None: random init.
         init_seed: seed of a random init (None: the data seed).
         init_on: ``auto``/``host``/``device``: where a random init is drawn (not part of the trajectory).
@@ -133,6 +134,7 @@ class MonitorSection:
     progress: bool = True
     plot: bool = True
     peak_flops: float | None = None
+    max_skipped: int = 10  # stop (ProblemFound) after this many skipped updates in a row (loop/guards.py)
 
 
 #: Defaults of the ``None`` fields per objective (module doc): SPEC §4 for ``pretrain``, SPEC §5 for ``sft``.

@@ -12,7 +12,6 @@ line), so the loop never syncs with the device between those points.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from xgen_train.loop.checkpoint import CheckpointStore, make_meta
 from xgen_train.loop.config import TrainConfig
 from xgen_train.loop.curriculum import Phase, Plan
 from xgen_train.loop.feed import Feed
+from xgen_train.loop.guards import SkipGuard
 from xgen_train.loop.optimizer import OptimizerConfig, learning_rate
 from xgen_train.scale.flops import mfu
 
@@ -119,6 +119,7 @@ class MetricsHook:
 
     def __init__(self, ctx: RunContext, st: LoopState, fh, bar) -> None:
         self.ctx, self.st, self.fh, self.bar = ctx, st, fh, bar
+        self.guard = SkipGuard(ctx.tc.monitor.max_skipped, str(ctx.metrics_path))
 
     def emit(self, rec: dict) -> None:
         if self.ctx.main:
@@ -159,7 +160,8 @@ class MetricsHook:
     def flush(self) -> dict | None:
         """Fetch the pending updates' metrics (one transfer), write their records; the last record.
 
-        Raises FloatingPointError at a non-finite loss, after writing the records up to it."""
+        Raises :class:`~xgen_train.loop.guards.NonFiniteLoss` (a ``FloatingPointError``) at a non-finite loss, and
+        ``ProblemFound`` after ``max_skipped`` skipped updates in a row, after writing the records up to it."""
         st = self.st
         if not st.pending:
             return None
@@ -171,10 +173,7 @@ class MetricsHook:
         for i, ((step, ph, k, _), m) in enumerate(zip(batch, got)):
             rec = self._record(step, ph, k, m, dt, st.t_mark - st.loop_start + (i + 1) * dt)
             self.emit(rec)
-            if not math.isfinite(rec["loss"]):
-                self.bar.update(i + 1)
-                raise FloatingPointError(f"non-finite loss {rec['loss']} at step {step} (the update was skipped); "
-                                         f"see {self.ctx.metrics_path}")
+            self.guard.check(rec)  # a non-finite loss, or max_skipped skipped in a row: ProblemFound
         self.bar.update(len(batch))
         st.t_mark = now
         return rec

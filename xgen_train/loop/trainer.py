@@ -1,20 +1,26 @@
-"""The pre-training loop (SPEC §4): one run walks the curriculum (every stage and sub-stage of the shards).
+"""The training loop: pre-training over the curriculum (SPEC §4) or instruction tuning on SFT shards (SPEC §5).
 
 Per global update ``s`` (0-based): phase ``plan.phase_of(s)`` (:mod:`xgen_train.loop.curriculum`), batch
-``loader.batch_at(seed, s - phase.start_step)`` of that sub-stage -> loss = mean next-token cross-entropy of
-``logits[:, :-1]`` against ``tokens[:, 1:]`` (float32, EOS tokens are ordinary targets, no masking) ->
-gradients -> global-norm clip -> AdamW with ``learning_rate(s)``: one warm-up + cosine schedule over the
-whole run (SPEC §4), model and optimizer state carried across sub-stage switches. Outputs under ``out_dir``:
+``loader.batch_at(seed, s - phase.start_step)`` of that sub-stage (:mod:`xgen_train.loop.feed`) -> loss ->
+gradients -> global-norm clip -> Adam(W) with ``learning_rate(s)``: one warm-up + cosine schedule over the
+whole run, model and optimizer state carried across sub-stage switches. Pre-training's loss is the mean
+next-token cross-entropy of ``logits[:, :-1]`` against ``tokens[:, 1:]`` (EOS is an ordinary target); SFT's
+is the cross-entropy summed over response tokens and divided once by the batch's response-token count
+(:mod:`xgen_train.model.sft_loss`, :func:`xgen_train.loop.step.token_sum_value_and_grad`). Which one runs is
+told by the shards' manifest (:func:`shards_objective`).
+
+The settings are one :class:`xgen_train.loop.config.TrainConfig`; :func:`run_training` reads as one page:
+:func:`setup_run` (resolve the config, plan, mesh, optimizer), :func:`initial_state` (fresh, ``init`` or
+resumed), :func:`write_run_json`, :func:`compile_fns`, then :func:`run_loop` / :func:`run_phase` dispatch
+updates and call the hooks of :mod:`xgen_train.loop.hooks` (metrics, validation, log line, checkpoints) after
+each, then the last checkpoint and :func:`summarize`. Outputs under ``out_dir``:
 
 * ``metrics.jsonl``: one JSON line per update, plus event lines (see :func:`train`).
-* ``run.json``: the run configuration (the part a resume must match) and the plan.
+* ``run.json``: the config (``"config"``, what ``--resume`` reads back), the run configuration (the part a
+  resume must match, :func:`run_config`) and the plan.
 * ``checkpoints/step_NNNNNNNN/``: :mod:`xgen_train.loop.checkpoint` (orbax + sha256 sidecar); every
   ``checkpoint_every`` updates, at the end, and on SIGTERM/SIGINT; the last ``keep_checkpoints`` kept.
 * ``loss.png``: Figure 1 (:mod:`xgen_train.evaluate.lossplot`); ``summary.json``.
-
-The pieces are small on purpose (step function, :class:`xgen_train.loop.curriculum.DataPosition`,
-:class:`xgen_train.loop.checkpoint.CheckpointStore`, :func:`run_config` / :func:`config_differences`), so a
-precision policy, a device mesh or a chunked loss can replace one without touching the others.
 """
 from __future__ import annotations
 
@@ -38,8 +44,10 @@ import optax
 from xgen_data.errors import InputError, RefusedError
 from xgen_data.store import fsutil
 from xgen_train.evaluate.lossplot import plot_loss
-from xgen_train.loop.checkpoint import (SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs, latest_checkpoint,
-                                        load_checkpoint, load_init, read_meta, verify_checkpoint)
+from xgen_train.loop import guards, runlock
+from xgen_train.loop.checkpoint import (INIT_CONFIG, SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs,
+                                        latest_checkpoint, load_checkpoint, load_init, read_meta,
+                                        resolve_model_config, verify_checkpoint)
 from xgen_train.loop.config import TrainConfig
 from xgen_train.loop.curriculum import Phase, Plan, make_plan
 from xgen_train.loop.data import load_manifest
@@ -50,7 +58,7 @@ from xgen_train.loop.sft_data import ARRAYS as SFT_ARRAYS
 from xgen_train.loop.sft_data import curriculum_manifest, is_sft_shards, read_sft_manifest
 from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history, token_sum_value_and_grad
 from xgen_train.loop.step import make_train_step as _make_step
-from xgen_train.model.config import ModelConfig, count_parameters, get_config
+from xgen_train.model.config import ModelConfig, count_parameters
 from xgen_train.model.loss import make_loss_fn as _make_numerics_loss
 from xgen_train.model.loss import next_token_loss
 from xgen_train.model.model import init_params
@@ -202,7 +210,8 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
     ``data.manifest_file_sha256`` is the SHA-256 of the ``manifest.json`` file's bytes (not the manifest's own
     ``manifest_sha256`` field, which covers its other fields); runs written before the rename call it
     ``data.manifest_sha256`` and still resume (:func:`config_differences`). ``sft``: ``{"objective": "sft",
-    "epochs": N}`` merged into ``data`` for an SFT run (absent for pre-training, whose record is unchanged).
+    "epochs": N}`` merged into ``data`` for an SFT run (``{"epochs": N}`` for pre-training over N > 1 passes;
+    absent otherwise, so a one-pass pre-training record is unchanged).
     """
     return {"config_name": config_name, "model_config": cfg.to_dict(), "optimizer": opt_cfg.to_dict(),
             "data": {"manifest_file_sha256": manifest_file_sha256, "recipe": manifest.get("recipe"),
@@ -294,8 +303,8 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
         shards_dir: the shards folder (None: ``config.data.shards_dir``).
         out_dir: output folder (created): ``metrics.jsonl``, ``run.json`` (the config and the run's
             trajectory settings), ``checkpoints/``, ``loss.png``, ``summary.json``.
-        config: a :class:`xgen_train.loop.config.TrainConfig` (default: all defaults), or a model config's name
-            (``"tiny"``, the same as ``config_name=``); ``settings`` override
+        config: a :class:`xgen_train.loop.config.TrainConfig` (default: all defaults), or a model config name
+            (shorthand for ``config_name=``); ``settings`` override
             its fields by flat name (``config_name``, ``steps``, ``batch_size``, ``batch_tokens``, ``lr``,
             ``warmup``, ``seed``, ``stage``, ``substage``, ``log_every``, ``total_steps``, ``final_lr_ratio``,
             ``weight_decay``, ``clip_norm``, ``b1``, ``b2``, ``init_seed``, ``init``, ``checkpoint_every``,
@@ -325,9 +334,12 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
     Raises:
         TypeError: an unknown setting. KeyError: unknown model config. ShardFormatError: bad shards.
         CheckpointError: corrupt/incompatible checkpoint or init. ValueError: inconsistent settings, or a resume
-        whose settings differ. FloatingPointError: non-finite loss (metrics are written up to that update).
+        whose settings differ. ProblemFound: a non-finite loss (``NonFiniteLoss``, also a ``FloatingPointError``),
+        or ``max_skipped`` skipped updates in a row (metrics are written up to that update). CheckpointDiskFull:
+        the disk filled during a save. RefusedError: another process holds the run folder. InputError: a
+        numeric setting that is not finite or out of range.
     """
-    if isinstance(config, str):  # a model config's name, as in ``train(shards, out, "tiny")``
+    if isinstance(config, str):
         settings.setdefault("config_name", config)
         config = None
     tc = config or TrainConfig()
@@ -366,6 +378,7 @@ def _check_settings(tc: TrainConfig) -> None:
         raise InputError("log_every and eval_sequences must be > 0, eval_every >= 0")
     if tc.data.batch_tokens is not None and tc.data.batch_size is not None:
         raise InputError("give batch_tokens or batch_size, not both")
+    guards.check_settings(**{k: v for k, v in tc.to_flat().items() if k in guards.RANGES})  # finite, in range
 
 
 def _open_plan(tc: TrainConfig, objective: str) -> tuple[dict, str, Plan]:
@@ -431,7 +444,8 @@ def _optimizer_config(tc: TrainConfig, plan: Plan) -> OptimizerConfig:
 
 def _trajectory(tc: TrainConfig, objective: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, manifest: dict,
                 manifest_sha: str, num) -> dict:
-    """:func:`run_config` of ``tc``: what a resume must match (SFT adds its objective and epochs)."""
+    """:func:`run_config` of ``tc``: what a resume must match (SFT adds its objective and epochs; pre-training
+    its epochs when not 1)."""
     d, m = tc.data, tc.model
     return run_config(config_name=m.config_name, cfg=cfg, opt_cfg=opt_cfg, manifest_file_sha256=manifest_sha,
                       manifest=manifest, stage=d.stage, substage=d.substage, batch_tokens=d.batch_tokens,
@@ -439,7 +453,8 @@ def _trajectory(tc: TrainConfig, objective: str, cfg: ModelConfig, opt_cfg: Opti
                       init=_describe_init(m.init) if m.init is not None else None, compute_dtype=num.precision,
                       budget_fraction=d.budget_fraction,
                       numerics={k: v for k, v in num.to_dict().items() if k != "precision"},
-                      sft={"objective": "sft", "epochs": d.epochs} if objective == "sft" else None)
+                      sft={"objective": "sft", "epochs": d.epochs} if objective == "sft"
+                      else ({"epochs": d.epochs} if d.epochs != 1 else None))
 
 
 def setup_run(tc: TrainConfig, out_dir: str | os.PathLike) -> tuple[RunContext, Any, Any]:
@@ -450,7 +465,7 @@ def setup_run(tc: TrainConfig, out_dir: str | os.PathLike) -> tuple[RunContext, 
     _check_settings(tc)
     objective = shards_objective(tc.data.shards_dir)
     tc = tc.resolved(objective)
-    cfg = get_config(tc.model.config_name)
+    cfg = resolve_model_config(tc.model.config_name, tc.model.init)  # a named config, or "init": the init's own
     manifest, manifest_sha, plan = _open_plan(tc, objective)
     num = _resolve_numerics(tc.numerics, None, manifest, objective)
     tc = dataclasses.replace(tc, numerics=num)
@@ -521,7 +536,7 @@ def _first_state(ctx: RunContext, optimizer, shardings) -> tuple[Any, Any]:
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
             raise InputError(f"{m.init}: its model config differs from {m.config_name!r} (init -> --config): "
-                             + "; ".join(diffs))
+                             + "; ".join(diffs) + f"; --config {INIT_CONFIG} trains the init's own config")
         params = put_global(init_p, p_sh)
     else:
         params = fresh_params(cfg, ctx.run["init_seed"], p_sh, resolve_init_on(m.init_on, cfg))
@@ -640,6 +655,7 @@ def run_loop(ctx: RunContext, st: LoopState, step_fn, hooks: list, stop: StopSig
             return
 
 
+@runlock.holds_run_lock  # one writer per run folder: a second is refused naming the first
 def run_training(tc: TrainConfig, out_dir: str | os.PathLike, *, resume: bool | str | os.PathLike | None = None,
                  stop: StopSignal | None = None) -> dict[str, Any]:
     """Set up, run the loop with the default hooks, save the last checkpoint, plot, summarise (see :func:`train`)."""

@@ -9,6 +9,7 @@ with different numerics is refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from xgen_data.errors import InputError
@@ -60,8 +61,8 @@ class NumericsOptions:
             raise InputError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.attention_block <= 0 or self.loss_chunk < 0 or self.accum_steps <= 0:
             raise InputError("need attention_block > 0, loss_chunk >= 0, accum_steps > 0")
-        if self.z_loss < 0:
-            raise InputError(f"z_loss must be >= 0, got {self.z_loss}")
+        if not math.isfinite(self.z_loss) or self.z_loss < 0:  # NaN passes every comparison
+            raise InputError(f"z_loss must be a finite number >= 0, got {self.z_loss}")
 
     def resolved(self, backend: str | None = None) -> "NumericsOptions":
         """Copy with ``precision`` and ``attention`` made concrete for ``backend`` (default: JAX's)."""

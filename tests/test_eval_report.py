@@ -1,0 +1,59 @@
+"""`xgen eval report` (issue 21 item 5): Tables 4-7 from output folders, the report's figures labelled as a
+reference column, checksums verified."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from cli.main import cli
+from xgen_train.evaluate.outputs import write_folder
+
+
+def _tasks_folder(path, shots: int, results: dict) -> str:
+    doc = {"results": results, "groups": {}, "n-shot": {k: shots for k in results},
+           "n-samples": {k: {"original": 10, "effective": 10} for k in results}}
+    return str(write_folder(path, "eval-tasks", {"results.json": json.dumps(doc)}))
+
+
+def test_report_tables_with_reference_column(tmp_path):
+    mmlu5 = _tasks_folder(tmp_path / "m5", 5, {"mmlu": {"acc,none": 0.3125}, "mmlu_stem": {"acc,none": 0.25}})
+    zero = _tasks_folder(tmp_path / "z", 0, {"hellaswag": {"acc,none": 0.5, "acc_norm,none": 0.625}})
+    he = str(write_folder(tmp_path / "he", "eval-humaneval",
+                          {"pass_at_k.json": json.dumps({"pass@1": 0.125, "samples": 8})}))
+    res = CliRunner().invoke(cli, ["eval", "report", mmlu5, zero, he, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Table 4: MMLU 5-shot" in md and "## Table 6: zero-shot" in md and "## Table 7: HumanEval" in md
+    assert "XGen-7B (report, reference)" in md
+    assert "| mmlu (weighted average) | acc | 31.25 | 10 | 36.30 |" in md
+    assert "| hellaswag | acc_norm | 62.50 | 10 |  |" in md and "| hellaswag | acc | 50.00 | 10 | 74.20 |" in md
+    assert "| pass@1 | pass@1 | 12.50 | 8 | 14.20 |" in md
+    rows = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {r["table"] for r in rows} == {"Table 4: MMLU 5-shot", "Table 6: zero-shot", "Table 7: HumanEval"}
+
+
+def test_report_refuses_changed_or_foreign_folders(tmp_path):
+    folder = _tasks_folder(tmp_path / "m", 0, {"mmlu": {"acc,none": 0.5}})
+    (tmp_path / "m" / "results.json").write_text(json.dumps({"results": {"mmlu": {"acc,none": 0.9}}}))
+    res = CliRunner().invoke(cli, ["eval", "report", folder, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 3 and "sha256" in res.output
+    (tmp_path / "plain").mkdir()
+    res = CliRunner().invoke(cli, ["eval", "report", str(tmp_path / "plain"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 3 and "not an xgen eval output folder" in res.output
+
+
+def test_group_rows_count_their_subtasks_documents(tmp_path):
+    doc = {"results": {"mmlu_anatomy": {"acc,none": 0.5}, "mmlu_virology": {"acc,none": 0.25}},
+           "groups": {"mmlu": {"acc,none": 0.4}, "mmlu_stem": {"acc,none": 0.5}},
+           "group_subtasks": {"mmlu": ["mmlu_stem", "mmlu_other"], "mmlu_stem": ["mmlu_anatomy"],
+                              "mmlu_other": ["mmlu_virology"]},
+           "n-shot": {"mmlu_anatomy": 0, "mmlu_virology": 0},
+           "n-samples": {"mmlu_anatomy": {"effective": 6}, "mmlu_virology": {"effective": 4}}}
+    folder = str(write_folder(tmp_path / "m0", "eval-tasks", {"results.json": json.dumps(doc)}))
+    from xgen_train.evaluate.report import collect
+
+    rows = {r["benchmark"]: r for r in collect([folder])}
+    assert rows["mmlu (weighted average)"]["n"] == 10 and rows["stem"]["n"] == 6
+    assert rows["mmlu (weighted average)"]["table"] == "Table 5: MMLU 0-shot"
+    assert rows["mmlu (weighted average)"]["value"] == 40.0 and rows["mmlu (weighted average)"]["xgen_7b_report"] == 32.1
