@@ -32,9 +32,14 @@ def _build_isolation_args() -> list[str]:
 
 
 def test_non_editable_install_finds_package_data_from_any_folder(tmp_path):
-    target, src = tmp_path / "site", tmp_path / "nl.jsonl"
+    import shutil
+
+    target, src, tree = tmp_path / "site", tmp_path / "nl.jsonl", tmp_path / "src"
+    # a copy of the source: the build writes build/ and *.egg-info beside the sources, not into the checkout
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                              ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *_build_isolation_args(),
-                    "--target", str(target), ROOT], check=True, timeout=600, cwd=tmp_path)
+                    "--target", str(target), str(tree)], check=True, timeout=600, cwd=tmp_path)
     assert (target / "xgen_data" / "recipes" / "demo.toml").is_file()
     src.write_text("".join('{"id": "c%d", "text": "print(%d)  # a line of code ' % (i, i) + "x " * 120 + '"}\n'
                            for i in range(3)))
