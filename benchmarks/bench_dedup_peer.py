@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/bench_dedup_peer.py                  # the full shared corpus (nl, code, instruct)
     python benchmarks/bench_dedup_peer.py --sample         # the shared sample slice (quick)
+    python benchmarks/bench_dedup_peer.py --smoke          # CI: our side on the sample slice, no peer install
 """
 from __future__ import annotations
 
@@ -289,6 +290,18 @@ def quality(corpus: str, dt_work: str, n_docs: int, n_check: int, seed: int) -> 
             "true_pairs": len(truth), "sample": len(sample)}
 
 
+def smoke(inputs: list[str], work: str, workers: int) -> int:
+    """``--smoke``: our side (ingest, then dedup from scratch, measured as in a full run); no peer, no ratio."""
+    ing, ours = run_ours(inputs, os.path.join(work, "corpus"), workers)
+    n, s = ours["documents"], ours["seconds"]
+    print(f"{'xgen dedup':12s} {s:8.1f} s {n / s:9.0f} docs/s, peak RSS {ours['rss_one_mb']:.0f} / "
+          f"{ours['rss_sum_mb']:.0f} MB, removed {ours['removed']:,}")
+    print("  xgen phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in ours["phases"].items())
+          + f"; removed {ours['by_reason']}; ingest (tokenizing, not dedup) {ing['seconds']:.1f}s")
+    print("datatrove: not run in --smoke (its venv is installed on first use); RATIO not measured")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample", action="store_true", help="the shared sample slice instead of the full corpus")
@@ -297,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="scratch directory (default: a new temp dir)")
     ap.add_argument("--docs", type=int, default=30000, help="random documents for recall")
     ap.add_argument("--check", type=int, default=5000, help="removed documents checked for removal precision")
+    ap.add_argument("--smoke", action="store_true",
+                    help="our side only, on the sample slice (no peer venv to install; seconds, for CI)")
     ap.add_argument("--run-datatrove", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.sample = args.sample or args.smoke
     if args.run_datatrove:  # inside the peer venv
         work, *inputs = args.run_datatrove
         print(json.dumps(run_datatrove(inputs, work, args.workers)))
@@ -313,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"{p}: no such input file (set XGEN_SHARED)")
     work = args.work or tempfile.mkdtemp(prefix="xgen-peer-")
     os.makedirs(work, exist_ok=True)
+    if args.smoke:
+        return smoke(inputs, work, args.workers)
     py = ensure_peer_venv(args.peer_venv)
     ver = subprocess.run([py, "-c", "import importlib.metadata as m; print(m.version('datatrove'), "
                           "m.version('spacy'), m.version('orjson'))"], capture_output=True, text=True).stdout.split()

@@ -10,6 +10,7 @@ Usage::
 
     python benchmarks/bench_growth.py                    # full shared corpus, 1x 2x 4x (long: tens of minutes)
     python benchmarks/bench_growth.py --sample --sizes 1 2 4   # the sample slice (quick check)
+    python benchmarks/bench_growth.py --smoke            # CI: the sample slice at 1x only (same steps and lines)
 """
 from __future__ import annotations
 
@@ -111,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", default=None, help="recipe for the build step (default: the demo recipe's stage 1; "
                                                   "its stage 2 needs a starcoder subset the bench does not make)")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--smoke", action="store_true", help="the sample slice at 1x only (CI: the steps run)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.sample, args.sizes = True, [1]
     base = os.path.join(SHARED, "corpus", "sample") if args.sample else os.path.join(SHARED, "corpus")
     files = [os.path.join(base, f"{n}.jsonl" if args.sample else f"{n}.jsonl.zst") for n in ("nl", "code", "instruct")]
     work = args.work or tempfile.mkdtemp(prefix="xgen-growth-")

@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/bench_minhash.py                       # the shared sample slice (real documents)
     python benchmarks/bench_minhash.py --corpus /tmp/dd/corpus --docs 3000
+    python benchmarks/bench_minhash.py --smoke               # CI: 200 documents of the sample slice
 """
 from __future__ import annotations
 
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ngram", type=int, default=5)
     ap.add_argument("--scheme", default=minhash.DEFAULT_SCHEME, choices=minhash.SCHEMES)
     ap.add_argument("--no-batch", action="store_true", help="skip datasketch's update_batch reference run")
+    ap.add_argument("--smoke", action="store_true", help="200 documents (CI: every path runs, same lines)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.docs = args.docs or 200
 
     texts = load_texts(args.corpus, args.sample_dir, args.docs, 0)
     mb = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / 1e6

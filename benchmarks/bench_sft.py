@@ -77,7 +77,7 @@ def main() -> None:
         fit = pack.fit_lengths(lengths, ex.masks, seq_len, "drop")
         row = []
         for label, fn in (("best-fit decreasing", pack.best_fit_decreasing), ("greedy first fit", pack.first_fit)):
-            t, rows = best_of(lambda: fn(fit.lengths, seq_len, 0), repeat)
+            t, rows = best_of(lambda fn=fn, fit=fit, seq_len=seq_len: fn(fit.lengths, seq_len, 0), repeat)
             eff = 1 - pack.padding_share(rows, fit.lengths, seq_len)
             row.append(eff)
             print(f"seq_len {seq_len:>5}: {label:<20} {len(rows):>6,} rows, non-padding {eff:.2%} ({t:.2f} s)"

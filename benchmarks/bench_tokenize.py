@@ -5,7 +5,9 @@ same documents. Product: ``xgen_data.sources.ingest.process_batch`` (JSON decode
 columns) through ``map_bounded`` with 1 and 2 worker processes. Prints MB/s and tokens/s of each, the
 ratio product(1 worker) / raw (target >= 0.85) and product(2 workers) / product(1 worker) (target >= 1.7).
 
-    XGEN_GPT2_BPE=../shared/tokenizer/gpt2.tiktoken python benchmarks/bench_tokenize.py [--mb 60]
+    XGEN_GPT2_BPE=../shared/tokenizer/gpt2.tiktoken python benchmarks/bench_tokenize.py [--mb 60] [--smoke]
+
+``--smoke``: 0.5 MB, one run per variant (seconds; the same code path and lines, no targets judged).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from xgen_data import tokenizer  # noqa: E402
 from xgen_data.sources import ingest, readers
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpus")
+SHARED = os.path.join(os.environ.get("XGEN_SHARED") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                    "..", "..", "shared"), "corpus")
 
 
 def load(mb: float) -> list[readers.RawRecord]:
@@ -41,7 +44,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=60.0, help="MB of raw JSONL to tokenize")
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant; the best is reported")
+    ap.add_argument("--smoke", action="store_true", help="0.5 MB, one run per variant (CI: the code path runs)")
     args = ap.parse_args()
+    if args.smoke:
+        args.mb, args.repeat = 0.5, 1
     recs = load(args.mb)
     texts = [readers.decode_record(r)["text"] for r in recs]
     n_mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
@@ -54,7 +60,7 @@ def main() -> None:
 
     def product(pool):
         def run() -> int:
-            return sum(b.column("n_tokens").to_numpy().sum() for b, _ in
+            return sum(b.column("n_tokens").to_numpy().sum() for b, _lines, _errors in
                        ingest.map_bounded(ingest.process_batch, batches, pool, 4) if b is not None)
         return run
 

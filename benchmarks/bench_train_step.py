@@ -25,6 +25,7 @@ intermediate 5504, vocab 51,200) in bfloat16 with seq 2048 and reports MFU = mod
 
 Example: python benchmarks/bench_train_step.py --steps 6 --rounds 3
          python benchmarks/bench_train_step.py --device gpu --config 1b --batch 8 --seq 2048
+         python benchmarks/bench_train_step.py --smoke   # CI: tiny config, batch 2 x 64, 2 steps, 1 round
 """
 from __future__ import annotations
 
@@ -59,7 +60,11 @@ def parse_args(argv=None):
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--peak-flops", type=float, default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
-    return ap.parse_args(argv)
+    ap.add_argument("--smoke", action="store_true", help="tiny config, batch 2 x 64, 2 steps, 1 round (CI)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.config, args.batch, args.seq, args.steps, args.rounds = "tiny", 2, 64, 2, 1
+    return args
 
 
 def model_config(name: str):

@@ -26,6 +26,7 @@ Usage::
     python benchmarks/eval_dedup_quality.py                          # the shared sample slice (ingested to a temp dir)
     python benchmarks/eval_dedup_quality.py --full                   # the full shared corpus (ingested to a temp dir)
     python benchmarks/eval_dedup_quality.py --corpus /tmp/dd/corpus --docs 30000 [--clustering components]
+    python benchmarks/eval_dedup_quality.py --smoke                  # CI: the sample slice, 500 sampled documents
 """
 from __future__ import annotations
 
@@ -111,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clustering", choices=dparams.CLUSTERINGS, default="cliques")
     ap.add_argument("--removed", type=int, default=0,
                     help="near-removed documents checked for removal precision (0 = all of them)")
+    ap.add_argument("--smoke", action="store_true", help="the sample slice, 500 sampled documents, 100 removed "
+                                                         "checked (CI: every step runs)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.full, args.docs, args.removed = False, 500, args.removed or 100
 
     t0 = time.time()
     if args.corpus:
@@ -141,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(n, size=min(args.docs, n), replace=False))
     texts, clusters = [], []
-    from xgen_data.mixing import decisions
 
     attr = dict((pt.name, f) for pt, f in corpus.attribute_files(
         "dedup", dparams.dedup_attr_params(corpus.default_decisions()["dedup"])))

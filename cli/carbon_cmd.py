@@ -1,9 +1,9 @@
-"""``xgen carbon``: training energy (MWh) and emissions (tCO2eq) as in SPEC §6."""
+"""``xgen carbon``: training energy and emissions (CO2eq) as in SPEC §6."""
 from __future__ import annotations
 
 import click
 
-from cli.common import number, user_errors
+from cli.common import format_option, number, report, user_errors
 from xgen_train.evaluate import evaluation as ev  # numpy only, no JAX
 
 
@@ -16,21 +16,18 @@ from xgen_train.evaluate import evaluation as ev  # numpy only, no JAX
               help="Data-centre power usage effectiveness.")
 @click.option("--kg-per-kwh", default=ev.SPEC_KG_PER_KWH, show_default=True, type=number(min=0),
               help="Grid carbon intensity, kg CO2eq per kWh (= tonnes per MWh).")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@format_option()
 @user_errors
-def carbon(device_hours: float, watts: float, pue: float, kg_per_kwh: float, as_json: bool) -> None:
+def carbon(device_hours: float, watts: float, pue: float, kg_per_kwh: float, fmt: str) -> None:
     """Energy = device-hours x watts x PUE; emissions = energy x kg/kWh (SPEC §6; defaults are XGen-7B's:
-    57.1 MWh, 4.5 tCO2eq).
+    57.1 MWh, 4.5 tCO2eq). Small runs print in Wh and g/kg CO2eq, never rounded to 0.
 
     Example: xgen carbon --device-hours 1000 --watts 400 --pue 1.2 --kg-per-kwh 0.4
     """
     import dataclasses
-    import json
 
     est = ev.carbon(device_hours, watts, pue, kg_per_kwh)
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(est)))
-        return
-    click.echo(f"{device_hours:,.0f} device-hours x {watts:g} W x PUE {pue:g} = {est.kwh:,.0f} kWh "
-               f"= {est.mwh:,.1f} MWh")
-    click.echo(f"{est.mwh:,.1f} MWh x {kg_per_kwh:g} kg/kWh = {est.tco2eq:,.2f} tCO2eq")
+    report(**dataclasses.asdict(est), kg_co2eq=est.kwh * kg_per_kwh)
+    energy = ev.energy_text(est.kwh)
+    click.echo(f"{device_hours:,g} device-hours x {watts:g} W x PUE {pue:g} = {energy}")
+    click.echo(f"{energy} x {kg_per_kwh:g} kg/kWh = {ev.emissions_text(est.kwh * kg_per_kwh)}")

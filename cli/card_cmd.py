@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import format_option, out_option, user_errors
+from cli.common import format_option, out_option, own_json, user_errors
 from xgen_data.interop.card import write_card
 
 
@@ -21,6 +21,7 @@ from xgen_data.interop.card import write_card
 @out_option(help="Folder to write (new, or empty; written whole or not at all).")
 @format_option()
 @user_errors
+@own_json
 def card(shards: str, corpus_dir: str | None, ai_act: bool, out_dir: str, fmt: str) -> None:
     """Write the data card of the shards folder SHARDS into OUT: README.md (a Hugging Face dataset card),
     index.html (one self-contained page with figures), card.json (every fact with its query) and recipe.toml.

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import format_option, number, user_errors
+from cli.common import format_option, number, own_json, user_errors
 from xgen_data.errors import InputError
 
 
@@ -16,7 +16,8 @@ from xgen_data.errors import InputError
               help="A human turn; repeat for several turns (the history is kept) [default: interactive, one "
                    "turn per line on stdin until an empty line or end of input].")
 @click.option("--system", default=None, help="System header before the first turn (SPEC §5) [default: none].")
-@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Stop a reply after this many new tokens (or at EOS / the next `### Human:`).")
 @click.option("--temperature", default=0.0, show_default=True, type=number(min=0),
               help="0 = greedy decoding; > 0 samples from softmax(logits / T).")
 @click.option("--top-p", default=1.0, show_default=True, type=number(min=0, max=1, min_open=True),
@@ -24,6 +25,7 @@ from xgen_data.errors import InputError
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
 @format_option()
 @user_errors
+@own_json
 def chat(run: str, prompts: tuple[str, ...], system: str | None, max_new_tokens: int, temperature: float,
          top_p: float, seed: int, fmt: str) -> None:
     """Chat with RUN (a run folder, checkpoint or Hugging Face folder) in the '### Human: … ### Assistant:'

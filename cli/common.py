@@ -12,11 +12,6 @@ import click
 
 from xgen_data import errors
 
-#: Library errors that are not yet :class:`XgenError` subclasses, still reported as one line with exit 1
-#: until each raise site names its class (then a bare ValueError is a bug).
-LEGACY_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError)
-
-
 class CliError(click.ClickException):
     """A one-line ``Error: ...`` on stderr with a chosen exit code (the codes of :mod:`xgen_data.errors`)."""
 
@@ -49,9 +44,6 @@ def to_cli_error(exc: BaseException) -> CliError | None:
         return CliError(str(exc), exc.exit_code)
     if isinstance(exc, OSError):  # the environment: a full disk, a permission, a missing file
         return CliError(str(exc), errors.EXIT_PROBLEM)
-    if isinstance(exc, LEGACY_INPUT_ERRORS):
-        msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
-        return CliError(msg, errors.EXIT_PROBLEM)
     if isinstance(exc, Exception):
         where = _bug_report(exc)
         return CliError(f"internal error (a bug in xgen): {type(exc).__name__}: {exc}; traceback written to {where}",
@@ -76,18 +68,82 @@ class XgenGroup(click.Group):
 
 
 def user_errors(fn):
-    """Flush stdout inside the command so a closed pipe (``| head``) is seen there; errors are mapped by
-    :class:`XgenGroup` for every command alike."""
+    """Flush stdout inside the command so a closed pipe (``| head``) is seen there; errors are mapped to exit
+    codes as :class:`XgenGroup` maps them (here too, so a command invoked on its own behaves the same).
+
+    A command with ``--format json`` (keyword ``fmt``) that does not write its own JSON prints exactly one JSON
+    document: ``{"tables": [{"title", "columns", "rows": [{column: value}]}], "messages": [lines],
+    **values given to report()}``; the tables are those :func:`print_rows` got, the messages the lines the
+    command echoed to stdout.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        result = fn(*args, **kwargs)
-        sys.stdout.flush()
-        return result
+        try:
+            if kwargs.get("fmt") != "json" or getattr(fn, "own_json", False):
+                result = fn(*args, **kwargs)
+            else:
+                result = _as_one_json_document(fn, args, kwargs)
+            sys.stdout.flush()
+            return result
+        except BaseException as exc:  # noqa: BLE001 -- mapped here too, so a command invoked on its own
+            err = to_cli_error(exc)     # (tests, other groups) exits with the same codes as under XgenGroup
+            if err is None:
+                raise
+            raise err from exc
 
     return wrapper
 
 
+def own_json(fn):
+    """Mark a command that prints its own JSON document for ``--format json`` (put under ``@user_errors``)."""
+    fn.own_json = True
+    return fn
+
+
+class _Results:
+    """What one ``--format json`` command printed: tables, message lines and reported values."""
+
+    def __init__(self) -> None:
+        self.tables: list[dict] = []
+        self.values: dict = {}
+
+
+_COLLECTING: list[_Results] = []
+
+
+def report(**values) -> None:
+    """Structured results of the running command: top-level keys of its ``--format json`` document (no-op
+    for the table format)."""
+    if _COLLECTING:
+        _COLLECTING[-1].values.update(values)
+
+
+def _as_one_json_document(fn, args, kwargs):
+    import contextlib
+    import io
+
+    res = _Results()
+    text = io.StringIO()
+    _COLLECTING.append(res)
+    error = None
+    try:
+        with contextlib.redirect_stdout(text):
+            return fn(*args, **kwargs)
+    except errors.XgenError as exc:  # the results so far still print (e.g. verify's damage), then the error
+        error = str(exc)
+        raise
+    finally:
+        _COLLECTING.pop()
+        messages = [click.unstyle(line) for line in text.getvalue().splitlines() if line.strip()]
+        doc = {**res.values, "tables": res.tables, "messages": messages} | ({"error": error} if error else {})
+        click.echo(json.dumps(doc, default=_json_default, ensure_ascii=False, indent=1))
+
+
+def _json_default(v):
+    if hasattr(v, "item"):  # NumPy scalars
+        return v.item()
+    return str(v)
 class FiniteFloat(click.FloatRange):
     """A float option that must be finite (``nan``, ``inf`` are refused: NaN passes every range comparison)
     and inside the range given, as :class:`click.FloatRange`."""
@@ -143,7 +199,12 @@ def corpus_option(fn):
 
 
 def print_rows(columns: list[str], rows: list[tuple], fmt: str = "table", title: str | None = None) -> None:
-    """Print rows as an aligned text table, CSV or JSON (a list of objects)."""
+    """Print rows as an aligned text table, CSV or JSON (a list of objects); inside a ``--format json`` command
+    the rows become one table of its JSON document."""
+    if _COLLECTING:
+        _COLLECTING[-1].tables.append({"title": title, "columns": list(columns),
+                                       "rows": [dict(zip(columns, r)) for r in rows]})
+        return
     if fmt == "json":
         click.echo(json.dumps([dict(zip(columns, r)) for r in rows], default=str, ensure_ascii=False, indent=1))
         return

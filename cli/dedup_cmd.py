@@ -5,7 +5,8 @@ import json
 
 import click
 
-from cli.common import corpus_option, executor_options, number, print_rows, user_errors
+from cli.common import (corpus_option, executor_options, format_option, number, own_json, print_rows, quiet_option,
+                        show_progress, user_errors)
 
 
 @click.command("dedup")
@@ -27,13 +28,14 @@ from cli.common import corpus_option, executor_options, number, print_rows, user
 @click.option("--workers", type=int, default=2, show_default=True, help="Signature processes / DuckDB threads.")
 @click.option("--recipe", "recipe_name", default=None,
               help="Take the license allow-list (top tiers of the keep policy) from this recipe [shipped list].")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar for the signature phase.")
+@format_option()
+@quiet_option
 @executor_options
 @user_errors
+@own_json
 def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: int, bands: int | None,
           rows: int | None, scheme: str, exact: bool, near: bool, clustering: str, workers: int, recipe_name: str | None,
-          as_json: bool, progress: bool, executor: str, ray_address: str | None) -> None:
+          fmt: str, quiet: bool, executor: str, ray_address: str | None) -> None:
     """Remove exact and near duplicates across all subsets (StarCoder's MinHash LSH, SPEC §2).
 
     Writes the dedup attributes (clusters, exact groups) for these parameters and makes them the corpus's
@@ -48,10 +50,10 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
 
         allow = tuple(recipe.load(recipe_name).allow_list())
     report = run_dedup(corpus_dir, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, bands=bands,
-                       rows=rows, exact=exact, near=near, workers=workers, progress=progress and not as_json,
+                       rows=rows, exact=exact, near=near, workers=workers, progress=show_progress(quiet),
                        scheme=scheme, license_allow=allow, clustering=clustering, executor=executor,
                        ray_address=ray_address)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=1, default=str, ensure_ascii=False))
     else:
         print_report(report)

@@ -5,11 +5,13 @@ A thin sequence of library calls; each step is also its own command (see ``docs/
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import click
 
-from cli.common import number, print_rows, user_errors
+from cli.common import number, print_rows, quiet_option, user_errors
+from xgen_data.errors import RefusedError
 
 
 #: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
@@ -20,8 +22,8 @@ def _check_run_dir(run_dir: str) -> None:
     if os.path.isdir(run_dir):
         foreign = sorted(set(os.listdir(run_dir)) - TRAINER_OUTPUTS)
         if foreign:
-            raise click.ClickException(f"{run_dir}: holds files the demo did not write ({', '.join(foreign[:3])}); "
-                                       "move them away or choose another --workdir")
+            raise RefusedError(f"{run_dir}: holds files the demo did not write ({', '.join(foreign[:3])}); "
+                               "move them away or choose another --workdir")
 
 
 def move_aside(run_dir: str) -> str | None:
@@ -73,12 +75,13 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
 @click.command()
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Holds corpus/, shards/ and run/ (and raw/ for the embedded corpus).")
-@click.option("--corpus", "corpus_src", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Folder of corpora (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), e.g. ../shared/corpus. "
+@click.option("--sources", "corpus_src", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder of raw corpora (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), e.g. ../shared/corpus. "
                    "Default: the running Python's standard library (code) and its documentation (natural).")
 @click.option("--recipe", "recipe_name", default="demo", show_default=True, help="Recipe name or path.")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1),
-              help="About this many updates in all: every sub-stage trains on the same fraction of its budget.")
+              help="About this many updates in all: every sub-stage trains on the same fraction of its budget "
+                   "(at least one update each, whole batches); the plan prints the real number.")
 @click.option("--batch-tokens", default=1024, show_default=True, type=click.IntRange(1),
               help="Tokens per update, constant across sub-stages (4 x 256, 2 x 512, 1 x 1024).")
 @click.option("--batch-size", default=None, type=click.IntRange(1),
@@ -86,12 +89,14 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
 @click.option("--config", "config_name", default="tiny", show_default=True,
               help="Model config (xgen_train.model.config).")
 @click.option("--lr", default=3e-3, show_default=True, type=number(min=0, min_open=True), help="Peak learning rate.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes for ingest, filters and dedup.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
               help="Bad input records: skip (counted and reported) or stop.")
+@quiet_option
 @user_errors
 def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, batch_tokens: int,
-         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str) -> None:
+         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str, quiet: bool) -> None:
     """Run the XGen recipe end to end on real text and train a tiny model across all its sub-stages.
 
     Stage 2's StarCoder data is made from the corpus's own code: its files are split in two disjoint halves,
@@ -146,7 +151,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     t = time.time()
     star_root = split.starcoder_root if split is not None else None
     print_ingest(ingest.ingest(corpus_dir, [(p, None, star_root if star_root and p.startswith(star_root + os.sep)
-                                             else None) for p in inputs], workers=workers, on_error=on_error))
+                                             else None) for p in inputs], workers=workers, on_error=on_error, progress=not quiet))
     timings["ingest"] = time.time() - t
 
     click.echo("[2/6] Filters and dedup (recipe steps)")
@@ -172,20 +177,24 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
 
     if batch_size is not None:
         batch_tokens = None
-    full = make_plan(load_manifest(shards_dir), batch_tokens=batch_tokens, batch_size=batch_size)
+    manifest = load_manifest(shards_dir)
+    full = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size)
     # the same fraction of every sub-stage's budget, large enough that each trains at least one update
     fraction = min(1.0, max(steps / full.total_steps,
                             *[(ph.batch_size + 0.5) / ph.n_sequences for ph in full.phases if ph.n_sequences]))
+    scaled = make_plan(manifest, batch_tokens=batch_tokens, batch_size=batch_size, budget_fraction=fraction)
     n_sub = len(full.phases)
     click.echo(f"[5/6] Train {config_name!r} across all {n_sub} sub-stages in one run: {fraction:.1%} of each "
-               f"sub-stage's budget (about {steps} of {full.total_steps:,} updates)")
+               f"sub-stage's budget, {scaled.total_steps:,} of {full.total_steps:,} updates"
+               + (f" (--steps {steps}: each sub-stage rounds to whole batches and trains at least one)"
+                  if scaled.total_steps != steps else ""))
     moved = move_aside(run_dir)
     if moved:
         click.echo(f"      the earlier run in {run_dir} was moved to {moved} (nothing deleted)")
     t = time.time()
     summary = train(shards_dir, run_dir, config_name=config_name, batch_tokens=batch_tokens, batch_size=batch_size,
                     lr=lr, warmup=max(1, steps // 10), seed=r.seed, budget_fraction=fraction,
-                    eval_every=max(1, steps // 6), eval_sequences=4, progress=True, log_every=max(1, steps // 10))
+                    eval_every=max(1, steps // 6), eval_sequences=4, progress=not quiet, log_every=max(1, steps // 10))
     timings["train"] = time.time() - t
     t = time.time()
     hf_dir = os.path.join(workdir, "hf")
@@ -226,16 +235,33 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         ("time total", f"{time.time() - t0:.1f} s"),
     ], title="Training")
     click.echo(f"Figure 1: {summary['plot']} (train and validation loss over tokens seen; "
-               f"{len(summary['switches'])} sub-stage switches marked). Redraw it with: xgen plot loss {run_dir}")
+               f"{len(summary['switches'])} sub-stage switches marked)")
     click.echo(f"Hugging Face: AutoModelForCausalLM.from_pretrained({hf_dir!r}) and AutoTokenizer.from_pretrained"
-               f"({hf_dir!r}) (docs/export.md); sample from it here with: xgen generate {run_dir} --prompt 'def ' "
-               "--temperature 0.8 --seed 0 (a model this small repeats newlines when decoding greedily)")
-    click.echo(f"Recipe used: {recipe_path}. Try:\n"
-               f"  xgen sql --corpus {corpus_dir} --recipe {recipe_path} \"SELECT subset, drop_reason, count(*) "
-               f"FROM documents GROUP BY ALL ORDER BY 1, 3 DESC\"\n"
-               f"  xgen sql --corpus {corpus_dir} \"SELECT stage, substage, seq_len, sum(n_sequences) AS sequences "
-               f"FROM shards WHERE shard_dir LIKE '%{os.path.basename(os.path.abspath(shards_dir))}' GROUP BY ALL ORDER BY 1, 3\"\n"
-               f"  xgen mix plan --corpus {corpus_dir} --recipe {recipe_path}")
+               f"({hf_dir!r}) (docs/export.md); a model this small repeats newlines when decoding greedily, so the "
+               "sample below uses --temperature 0.8")
+    click.echo(f"Recipe used: {recipe_path}.")
+    click.echo(NEXT_HEADING)
+    for cmd in next_commands(corpus_dir, shards_dir, run_dir, hf_dir, recipe_path):
+        click.echo(f"  {shlex.join(cmd)}")
+
+
+#: The line before the demo's suggested commands (one per line, each runs as printed; tests/test_demo.py runs them).
+NEXT_HEADING = "Next, try:"
+
+
+def next_commands(corpus_dir: str, shards_dir: str, run_dir: str, hf_dir: str, recipe_path: str) -> list[list[str]]:
+    """The commands the demo suggests, as argument lists (each works as printed on the demo's workdir)."""
+    shards_name = os.path.basename(os.path.abspath(shards_dir))
+    return [
+        ["xgen", "plot", "loss", run_dir],
+        ["xgen", "generate", hf_dir, "--prompt", "def ", "--temperature", "0.8", "--seed", "0"],
+        ["xgen", "sql", "--corpus", corpus_dir, "--recipe", recipe_path,
+         "SELECT subset, drop_reason, count(*) FROM documents GROUP BY ALL ORDER BY 1, 3 DESC"],
+        ["xgen", "sql", "--corpus", corpus_dir, "SELECT stage, substage, split, seq_len, sum(n_sequences) AS sequences "
+         f"FROM shards WHERE shard_dir LIKE '%{shards_name}' GROUP BY ALL ORDER BY 1, 4, 3"],
+        ["xgen", "mix", "plan", "--corpus", corpus_dir, "--recipe", recipe_path],
+        ["xgen", "eval", "ppl-by-position", run_dir, "--corpus", corpus_dir, "--max-docs", "4"],
+    ]
 
 
 SFT_SEQ_LEN = 512  # the demo's SFT rows: within every demo sub-stage's model positions
@@ -290,19 +316,22 @@ def print_drop_summary(con, r) -> None:
     """Documents in and out per subset by drop reason, and one line reconciling them with the dedup step:
     dedup counts every copy it removes, also of documents a filter already dropped, while ``drop_reason``
     names the filter first, so a copy both short and duplicated is counted once, under the filter."""
+    from xgen_data.mixing.decisions import REASON_EXACT, REASON_LICENSE, REASON_NEAR, REASON_SHORT
+
     rows = con.execute("""SELECT subset, any_value(license_policy) AS policy, count(*) AS documents_in,
-        count(*) FILTER (drop_reason = 'too_few_tokens') AS too_few_tokens,
-        count(*) FILTER (drop_reason = 'license_not_permissive') AS license_fails,
-        count(*) FILTER (drop_reason = 'exact_duplicate') AS exact_duplicate,
-        count(*) FILTER (drop_reason = 'near_duplicate') AS near_duplicate,
+        count(*) FILTER (drop_reason = $short), count(*) FILTER (drop_reason = $license),
+        count(*) FILTER (drop_reason = $exact), count(*) FILTER (drop_reason = $near),
         count(*) FILTER (kept) AS documents_out
-        FROM documents GROUP BY subset ORDER BY subset""").fetchall()
+        FROM documents GROUP BY subset ORDER BY subset""",
+                       {"short": REASON_SHORT, "license": REASON_LICENSE, "exact": REASON_EXACT,
+                        "near": REASON_NEAR}).fetchall()
     print_rows(["subset", "license_policy", "documents_in", "too_few_tokens", "license_fails", "exact_duplicate",
                 "near_duplicate", "documents_out"], [(a, b or "-", *rest) for a, b, *rest in rows],
                title="Documents in and out, by drop reason (each document counted once: a filter's reason first)")
-    exact, near, under_filter = con.execute("""SELECT count(*) FILTER (dup_reason = 'exact_duplicate'),
-        count(*) FILTER (dup_reason = 'near_duplicate'),
-        count(*) FILTER (dup_reason IS NOT NULL AND drop_reason <> dup_reason) FROM documents""").fetchone()
+    exact, near, under_filter = con.execute("""SELECT count(*) FILTER (dup_reason = $exact),
+        count(*) FILTER (dup_reason = $near),
+        count(*) FILTER (dup_reason IS NOT NULL AND drop_reason <> dup_reason) FROM documents""",
+                                            {"exact": REASON_EXACT, "near": REASON_NEAR}).fetchone()
     if exact or near:
         click.echo(f"Dedup (step 2) removed {exact + near:,} copies ({exact:,} exact, {near:,} near); {under_filter:,} "
                    f"of them a filter drops anyway, so the table counts {exact + near - under_filter:,} under "

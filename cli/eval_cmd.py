@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli.common import (corpus_option, format_option, number, out_option, print_rows, quiet_option,
+from cli.common import (corpus_option, format_option, number, out_option, own_json, print_rows, quiet_option,
                         show_progress, user_errors)
+from cli.common import report as report_values
 
 
 @click.group("eval")
@@ -20,50 +21,57 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 @eval_.command("ppl-by-position")
 @click.argument("run", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
 @corpus_option
-@click.option("--min-tokens", default=None, type=click.IntRange(min=2),
+@click.option("--length", default=None, type=click.IntRange(min=2),
               help="Documents of at least N tokens, cut to N (default: the run's longest training seq_len, "
                    "else the model's max positions).")
 @click.option("--max-docs", default=64, show_default=True, type=click.IntRange(min=1), help="At most K documents.")
-@click.option("--subset", "subsets", multiple=True, help="Only these corpus subsets (repeatable).")
+@click.option("--from-subset", "subsets", multiple=True,
+              help="Only documents of this corpus subset (repeatable; default: every subset).")
 @click.option("--recipe", "recipe_name", default=None,
-              help="Kept documents under this recipe's decisions [the corpus defaults of the last `xgen filter`/"
-                   "`xgen dedup`].")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Kept documents under this recipe's decisions (default: the recipe the run's shards were built "
+                   "with, else the corpus defaults of the last `xgen filter` / `xgen dedup`).")
+@click.option("--docs-per-batch", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder (default: RUN/eval; required for a Hugging Face folder); earlier outputs there are replaced, and the command says so.")
-@click.option("--no-progress", is_flag=True)
+              help="Output folder (default: RUN/eval; required for a Hugging Face folder); earlier outputs there are "
+                   "replaced, and the command says so.")
+@format_option()
+@quiet_option
 @user_errors
-def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs: int, subsets: tuple[str, ...],
-                    recipe_name: str | None, batch_size: int | None, out_dir: str | None, no_progress: bool) -> None:
+def ppl_by_position(run: str, corpus_dir: str, length: int | None, max_docs: int, subsets: tuple[str, ...],
+                    recipe_name: str | None, docs_per_batch: int | None, out_dir: str | None, fmt: str,
+                    quiet: bool) -> None:
     """Per-position cross-entropy and perplexity of MODEL (a run, a checkpoint, or a Hugging Face LLaMA folder
-    such as `xgen export hf` writes) on the corpus's kept documents of at least --min-tokens tokens; writes
+    such as `xgen export hf` writes) on the corpus's kept documents of at least --length tokens; writes
     ppl_by_position.csv, ppl_by_position_buckets.csv and ppl_by_position.png.
 
-    Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --min-tokens 1024 --max-docs 32
+    Example: xgen eval ppl-by-position runs/tiny --corpus corpus/ --length 1024 --max-docs 32
     """
     import os
 
     from xgen_data.errors import InputError
-    from xgen_train.evaluate import evaluation as ev
-    from xgen_train.export.hf import load_init
     from xgen_train.loop.checkpoint import is_hf_folder
 
-    hf = is_hf_folder(run)
-    if hf and out_dir is None:
+    if is_hf_folder(run) and out_dir is None:
         raise InputError(f"{run} is a Hugging Face folder: pass --out DIR (xgen does not write into a model folder)")
-    cfg, params = load_init(run)  # a run, a checkpoint or a Hugging Face LlamaForCausalLM folder
-    n = min_tokens or (None if hf else ev.trained_seq_len(run)) or cfg.max_positions
-    if n > cfg.max_positions:
-        raise click.ClickException(f"--min-tokens {n} exceeds the model's max positions {cfg.max_positions}")
     from xgen_data.mixing import recipe
+    from xgen_train.evaluate import evaluation as ev
+    from xgen_train.export.hf import load_init
 
-    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None,
-                             recipe=recipe.load(recipe_name) if recipe_name else None)
-    res = ev.ppl_by_position(params, cfg, docs, batch_size=batch_size, progress=not no_progress)
+    cfg, params = load_init(run)  # a run, a checkpoint or a Hugging Face folder
+    n = length or ev.trained_seq_len(run) or cfg.max_positions
+    if n > cfg.max_positions:
+        raise click.BadParameter(f"{n} exceeds the model's max positions {cfg.max_positions}", param_hint="--length")
+    r = recipe.load(recipe_name) if recipe_name else ev.run_recipe(run)
+    if r is not None:
+        click.echo(f"decisions of recipe {r.name!r} ({r.path or recipe_name})", err=True)
+    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None, recipe=r)
+    res = ev.ppl_by_position(params, cfg, docs, batch_size=docs_per_batch, progress=show_progress(quiet))
     out = out_dir or os.path.join(run, "eval")
     earlier = [f for f in PPL_OUTPUTS if os.path.exists(os.path.join(out, f))]
     paths = ev.write_ppl_outputs(res, out)
+    report_values(documents=res.n_docs, length=n, recipe=r.name if r is not None else None,
+           files={k: str(v) for k, v in paths.items()})
     rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]
     print_rows(["positions", "mean_nll", "ppl"], rows,
                title=f"{res.n_docs} documents of >= {n:,} tokens (cut to {n:,})")
@@ -76,9 +84,10 @@ def ppl_by_position(run: str, corpus_dir: str, min_tokens: int | None, max_docs:
 @click.argument("counts", type=click.Path(exists=True, dir_okay=False))
 @click.option("-k", "--k", "ks", default=None,
               help="Comma-separated k values [default: those of 1,10,100 that every problem's n allows].")
-@click.option("--json", "as_json", is_flag=True, help="Print {k: pass@k} as JSON.")
+@format_option(("table", "json", "csv"))
 @user_errors
-def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
+@own_json
+def pass_at_k(counts: str, ks: str, fmt: str) -> None:
     """Mean unbiased pass@k = 1 - C(n-c, k)/C(n, k) over problems (SPEC §6), from COUNTS: JSONL lines
     {"task_id": ..., "n": samples, "c": correct} or a CSV with n and c columns.
 
@@ -98,14 +107,15 @@ def pass_at_k(counts: str, ks: str, as_json: bool) -> None:
     try:
         k_list = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
-        raise click.ClickException(f"-k {ks!r}: expected comma-separated integers") from None
+        raise click.BadParameter(f"{ks!r}: expected comma-separated integers", param_hint="-k") from None
     if not k_list or min(k_list) < 1:
-        raise click.ClickException(f"-k {ks!r}: give one or more integers >= 1")
+        raise click.BadParameter(f"{ks!r}: give one or more integers >= 1", param_hint="-k")
     table = ev.pass_at_k_table(rows, k_list)
-    if as_json:
-        click.echo(json.dumps({str(k): v for k, v in table.items()}))
+    if fmt == "json":
+        click.echo(json.dumps({"problems": len(rows), "pass_at_k": {str(k): v for k, v in table.items()}}))
         return
-    print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], title=f"{len(rows)} problems from {counts}")
+    print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], fmt=fmt,
+               title=f"{len(rows)} problems from {counts}")
 
 
 def _result_rows(res: dict) -> list[tuple]:
@@ -136,6 +146,7 @@ def _result_rows(res: dict) -> list[tuple]:
 @format_option()
 @quiet_option
 @user_errors
+@own_json
 def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: int | None,
           include_path: tuple[str, ...], data_dir: str | None, batch_size: int, seed: int, fmt: str,
           quiet: bool) -> None:
@@ -185,6 +196,7 @@ def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: 
 @format_option()
 @quiet_option
 @user_errors
+@own_json
 def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int, temperature: float, top_p: float,
               max_new_tokens: int, batch_size: int, limit: int | None, timeout: float, memory_mb: int,
               workers: int | None, seed: int, fmt: str, quiet: bool) -> None:
@@ -249,6 +261,7 @@ def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int,
 @out_option(required=False, help="Output folder for rouge.json and per_example.jsonl [print only].")
 @format_option()
 @user_errors
+@own_json
 def rouge(predictions: str, references: str, field: str, out_dir: str | None, fmt: str) -> None:
     """ROUGE-1/2/L/Lsum F1 x 100 of --predictions against --references (SPEC §6: rouge-score, stemming on,
     reference as target, mean of per-example F1, no bootstrap).
@@ -278,6 +291,7 @@ def rouge(predictions: str, references: str, field: str, out_dir: str | None, fm
 @out_option(help="Output folder for report.md and report.json.")
 @format_option()
 @user_errors
+@own_json
 def report(folders: tuple[str, ...], out_dir: str, fmt: str) -> None:
     """A report in the shape of the XGen-7B report's Tables 4-7 (and 13) from `xgen eval tasks`, `humaneval` and
     `rouge` output FOLDERS, with the report's XGen-7B figures as a labelled reference column.

@@ -1,4 +1,4 @@
-"""``xgen export hf RUN OUT``: a run's latest checkpoint as a Hugging Face ``LlamaForCausalLM`` folder;
+"""``xgen export hf RUN --out DIR``: a run's latest checkpoint as a Hugging Face ``LlamaForCausalLM`` folder;
 ``xgen export shards SHARDS --to megatron|mds|litdata|hf --out DIR``: shards for other trainers."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import format_option, out_option, print_rows, user_errors
+from cli.common import format_option, out_option, own_json, print_rows, report, user_errors
 from xgen_data.interop import card, megatron
 from xgen_data.interop import export as interop
 
@@ -18,18 +18,20 @@ def export() -> None:
 
 @export.command("hf")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.argument("out", type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Hugging Face folder to write (an earlier xgen export there is replaced).")
 @click.option("--no-tokenizer", is_flag=True, help="Skip the tokenizer files (they need the GPT-2 ranks).")
+@format_option()
 @user_errors
-def export_hf_cmd(run: str, out: str, no_tokenizer: bool) -> None:
-    """Write OUT as a Hugging Face folder from RUN (a run folder or one checkpoint folder).
+def export_hf_cmd(run: str, out: str, no_tokenizer: bool, fmt: str) -> None:
+    """Write --out as a Hugging Face folder from RUN (a run folder or one checkpoint folder).
 
     OUT gets config.json, model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json,
     special_tokens_map.json and xgen_export.json; load it with
     AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT). OUT is written under a
     temporary name and renamed; an existing OUT is replaced only if it is an earlier xgen export.
 
-    Example: xgen export hf runs/tiny exports/tiny-hf
+    Example: xgen export hf runs/tiny --out exports/tiny-hf
     """
     from xgen_train.export.hf import EXPORT_MARKER, export_hf
 
@@ -37,6 +39,8 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool) -> None:
     info = json.loads((path / EXPORT_MARKER).read_text(encoding="utf-8"))
     cfg = info["model_config"]
     size = sum(f.stat().st_size for f in path.iterdir())
+    report(out=str(path), step=info["step"], source_checkpoint=info["source_checkpoint"], model_config=cfg,
+           sha256=info["sha256"], bytes=size)
     click.echo(f"exported step {info['step']} of {info['source_checkpoint']}")
     click.echo(f"model: hidden {cfg['hidden']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, vocab "
                f"{cfg['vocab_size']:,}, max positions {cfg['max_positions']:,}")
@@ -56,6 +60,7 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool) -> None:
 @out_option(help="Folder to write (new, or empty; written whole or not at all).")
 @format_option()
 @user_errors
+@own_json
 def export_shards_cmd(shards: str, target: str, unit: str, corpus_dir: str | None, out_dir: str, fmt: str) -> None:
     """Export the shards folder SHARDS for another trainer: one dataset per stage, sub-stage and split.
 

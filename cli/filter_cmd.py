@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import corpus_option, print_rows, user_errors
+from cli.common import corpus_option, format_option, print_rows, user_errors
 
 
 @click.command("filter")
@@ -12,9 +12,10 @@ from cli.common import corpus_option, print_rows, user_errors
 @click.option("--min-tokens", type=click.IntRange(0), default=None, help="Drop documents with fewer tokens [100].")
 @click.option("--license-subset", "license_subsets", multiple=True, help="Subset held to the allow-list [code].")
 @click.option("--allow-license", "allow_extra", multiple=True, help="SPDX id to add to the allow-list.")
+@format_option()
 @user_errors
 def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, license_subsets: tuple[str, ...],
-            allow_extra: tuple[str, ...]) -> None:
+            allow_extra: tuple[str, ...], fmt: str) -> None:
     """Set the corpus's default length and license filters (SPEC §2) and compute the license attributes.
 
     The `documents` view without --recipe shows these decisions (for every subset); a recipe's view

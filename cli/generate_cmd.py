@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import click
 
-from cli.common import number, user_errors
+from cli.common import format_option, number, own_json, user_errors
 
 
 @click.command("generate")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompt", required=True, help="Text to continue ('' starts a new document after EOS).")
-@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Stop after this many new tokens (or at EOS).")
 @click.option("--temperature", default=0.0, show_default=True, type=number(min=0),
               help="0 = greedy decoding; > 0 samples from softmax(logits / T).")
 @click.option("--top-p", default=1.0, show_default=True, type=number(min=0, max=1, min_open=True),
@@ -18,11 +19,13 @@ from cli.common import number, user_errors
 @click.option("--allow-special", is_flag=True,
               help="Encode special-token strings in the prompt as special tokens (HF-compatible mode, SPEC §1); "
                    "default: data mode, they are plain text.")
-@click.option("--json", "as_json", is_flag=True, help="Print prompt/new ids, text and stop reason as JSON.")
+@format_option()
 @user_errors
+@own_json
 def generate(run: str, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int,
-             allow_special: bool, as_json: bool) -> None:
-    """Continue --prompt with RUN's latest checkpoint (or a checkpoint folder): prefill once, then one
+             allow_special: bool, fmt: str) -> None:
+    """Continue --prompt with RUN's latest checkpoint (or a checkpoint folder, or a Hugging Face folder such as
+    `xgen export hf` writes): prefill once, then one
     jit'ed decode step per token with a key/value cache; stops at EOS (50256) or --max-new-tokens.
 
     Example: xgen generate runs/tiny --prompt "The history of" --max-new-tokens 40 --temperature 0.8 --top-p 0.95
@@ -32,9 +35,9 @@ def generate(run: str, prompt: str, max_new_tokens: int, temperature: float, top
 
     from xgen_data import tokenizer as xtok
     from xgen_train.evaluate.generate import generate as run_generate
-    from xgen_train.loop.checkpoint import load_params
+    from xgen_train.loop.checkpoint import load_init
 
-    cfg, params = load_params(run)
+    cfg, params = load_init(run)  # a run, a checkpoint or a Hugging Face folder
     ids = xtok.encode(prompt, hf_compat=allow_special) if prompt else []
     if not ids:
         ids = [xtok.EOS_ID]  # no BOS in XGen (SPEC §1): an empty prompt starts a document after EOS
@@ -44,7 +47,7 @@ def generate(run: str, prompt: str, max_new_tokens: int, temperature: float, top
     seconds = time.perf_counter() - t0
     body = [t for t in res.tokens if t != xtok.EOS_ID]
     text = xtok.decode(body)
-    if as_json:
+    if fmt == "json":  # prompt and new ids, the new text, the stop reason
         click.echo(json.dumps({"prompt_ids": ids, "new_ids": res.tokens, "text": text, "stop": res.stop,
                                "seconds": round(seconds, 3)}, ensure_ascii=False))
         return

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from cli.common import corpus_option, executor_options, print_rows, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, quiet_option, show_progress, user_errors
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[str]:
@@ -48,16 +48,17 @@ def _check_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="raise: stop at the first bad record, duplicate id or truncated .gz/.zst stream; skip: count and "
                    "report them (a truncated file keeps the records before the break).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--columns", "columns_spec", default=None,
               help="Map another schema's columns to fields: text=content,path=max_stars_repo_path (StarCoderData / "
                    "The Stack Parquet files are recognised without it).")
 @click.option("--metadata-tokens", is_flag=True,
               help="Prefix code documents with StarCoder's <reponame> <filename> <gh_stars> tokens (by id; off by default).")
 @executor_options
+@format_option()
+@quiet_option
 @user_errors
 def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool,
-           columns_spec: str | None, metadata_tokens: bool, executor: str, ray_address: str | None) -> None:
+           columns_spec: str | None, metadata_tokens: bool, executor: str, ray_address: str | None, fmt: str) -> None:
     """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized.
 
     INPUTS are paths or fsspec URIs (s3://bucket/prefix/, gs://, hf://, file://; s3:// needs
@@ -74,8 +75,8 @@ def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers
     for line in summarize_skipped(skipped):
         click.echo(f"skipped {line}")
     reports = run(corpus_dir, [(f.path, subset, f.folder) for f in files], workers=workers, on_error=on_error,
-                  progress=not quiet, columns=columns, metadata_tokens=metadata_tokens, executor=executor,
-                  ray_address=ray_address)
+                  progress=show_progress(quiet), columns=columns, metadata_tokens=metadata_tokens,
+                  executor=executor, ray_address=ray_address)
     print_ingest(reports)
 
 

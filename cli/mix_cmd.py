@@ -5,12 +5,12 @@ import dataclasses
 
 import click
 
-from cli.common import corpus_option, executor_options, print_rows, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, user_errors
 
 
 @click.group()
 def mix() -> None:
-    """Plan and build stage mixtures from a recipe (see recipes/*.toml)."""
+    """Plan and build stage mixtures from a recipe (docs/recipes.md; shipped: demo, xgen-7b)."""
 
 
 def _recipe(name: str, seed: int | None):
@@ -23,10 +23,11 @@ def _recipe(name: str, seed: int | None):
 
 
 recipe_option = click.option("--recipe", "recipe_name", required=True,
-                             help="Recipe name (recipes/NAME.toml, e.g. xgen-7b) or path (e.g. the demo's "
-                                  "W/recipe.toml).")
+                             help="Recipe: a shipped name (demo, xgen-7b), a TOML path (e.g. the demo's "
+                                  "W/recipe.toml) or a shards folder (the recipe it was built with).")
 seed_option = click.option("--seed", type=click.IntRange(0), default=None, help="Override the recipe's seed.")
-workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
+workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
+                              help="Worker processes for the recipe's filters and dedup.")
 
 
 def print_plan(recipe, docs, corpus_dir: str) -> None:
@@ -44,23 +45,11 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
         stages = ", ".join(sorted({r.stage for r in plan_rows if r.subset == subset}))
         click.echo(click.style(f"warning ({stages}): {selection.why_empty(corpus_dir, subset, recipe)}; `xgen mix build` "
                                "will stop", fg="yellow"))
-    for line in budget_warnings(recipe):
-        click.echo(click.style(line, fg="yellow"))
+    for line in mixture.packing_notes(recipe):
+        click.echo(f"rounding: {line}")
     unused = sorted(set(corpus_subsets) - set(recipe.subsets()))
     if unused:
         click.echo(f"note: corpus subsets not in this recipe (not packed): {', '.join(unused)}")
-
-
-def budget_warnings(recipe) -> list[str]:
-    """One warning per stage whose sub-stage budgets sum to less than the stage's tokens (the rest is planned
-    but never packed, so packed shares drift from the proportions)."""
-    out = []
-    for st in recipe.stages:
-        if (budget := sum(ss.tokens for ss in st.substages)) < st.tokens:
-            out.append(f"warning ({st.name}): its sub-stage budgets sum to {budget:,} of the stage's {st.tokens:,} "
-                       f"tokens; the other {st.tokens - budget:,} are planned but not packed, so the packed shares "
-                       "drift from the proportions")
-    return out
 
 
 def print_plan_rows(recipe, plan_rows) -> None:
@@ -81,9 +70,11 @@ def print_plan_rows(recipe, plan_rows) -> None:
                title=f"Mixture plan: recipe {recipe.name!r}, seed {recipe.seed} (tokens include one EOS per document)")
     for st in recipe.stages:
         click.echo(mixture.stage_summary(st))
-    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, mixture.short_tokens(ss.tokens), ss.n_sequences)
+    rows = [(st.name, ss.name, ss.seq_len, ss.tokens, mixture.short_tokens(ss.tokens), ss.n_sequences,
+             ss.n_sequences * ss.seq_len, ss.tokens - ss.n_sequences * ss.seq_len)
             for st in recipe.stages for ss in st.substages]
-    print_rows(["stage", "substage", "seq_len", "tokens", "tokens_short", "sequences"], rows, title="Sub-stages")
+    print_rows(["stage", "substage", "seq_len", "tokens", "tokens_short", "sequences", "packed_tokens", "difference"],
+               rows, title="Sub-stages (asked tokens; packed = whole sequences)")
 
 
 def print_language_plan(rows) -> None:
@@ -140,9 +131,10 @@ def print_steps(steps) -> None:
 @seed_option
 @workers_option
 @executor_options
+@format_option()
 @user_errors
 def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, executor: str,
-         ray_address: str | None) -> None:
+         ray_address: str | None, fmt: str) -> None:
     """Print unique and effective tokens, proportion, epochs and sequences per stage and subset.
 
     First runs the recipe's filters and dedup on the corpus when they are out of date (as `mix build`
@@ -163,9 +155,10 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, exec
 @workers_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Shards directory to write.")
 @executor_options
+@format_option()
 @user_errors
 def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out_dir: str, executor: str,
-          ray_address: str | None) -> None:
+          ray_address: str | None, fmt: str) -> None:
     """Run the recipe's filters and dedup, then pack shuffled sequences into uint16 shards + manifest.json."""
     from xgen_data.shards import packing
 
@@ -177,9 +170,14 @@ def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out
 
 
 def print_build(recipe, report) -> None:
-    """Print sequences per sub-stage and realised token proportions against the recipe's."""
+    """Print sequences per sub-stage and realised token proportions against the recipe's, and where what the
+    recipe asks and what was packed differ."""
+    from xgen_data.mixing import mixture
+
     for note in report.notes:
         click.echo(f"note: {note}")
+    for line in mixture.packing_notes(recipe):
+        click.echo(f"rounding: {line}")
     rows = [(k, v) for k, v in report.sequences.items()]
     print_rows(["stage/substage", "sequences"], rows, title=f"Shards: {report.shards} files in {report.out_dir}")
     rows = []

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from cli.common import format_option, out_option, print_rows, quiet_option, show_progress, user_errors
+from cli.common import (format_option, out_option, own_json, print_rows, quiet_option, report, show_progress,
+                        user_errors)
 from xgen_data.errors import ProblemFound
 from xgen_data.sft import long_context, prepare as prepare_mod, sft_format
 
@@ -40,6 +41,7 @@ def sft() -> None:
 @format_option()
 @quiet_option
 @user_errors
+@own_json
 def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, validation_rows: int, overlong: str,
             on_error: str, system_header: bool, oasst_paths: str, trim_unanswered: bool, eval_sets: tuple[str, ...],
             fmt: str, quiet: bool) -> None:
@@ -78,6 +80,7 @@ def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, vali
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of document order and task choice.")
 @format_option()
 @user_errors
+@own_json
 def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens: int, per_source: int,
                      tasks: tuple[str, ...],
                      subsets: tuple[str, ...], seed: int, fmt: str) -> None:
@@ -99,10 +102,12 @@ def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens:
 
 @sft.command("verify")
 @click.argument("sft_dir", type=click.Path(file_okay=False))
+@format_option()
 @user_errors
-def verify_cmd(sft_dir: str) -> None:
+def verify_cmd(sft_dir: str, fmt: str) -> None:
     """Check an SFT shards folder: the manifest's own checksum, every file's size and SHA-256; exit 1 on damage."""
     problems = sft_format.verify(sft_dir)
+    report(sft_dir=sft_dir, problems=problems)
     for p in problems:
         click.echo(p)
     if problems:

@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from cli.common import corpus_option, number, user_errors
+from cli.common import corpus_option, format_option, number, own_json, user_errors
+from xgen_data import errors
 
 
 recipe_option = click.option("--recipe", "recipe_name", default=None,
@@ -37,24 +38,27 @@ def _guard(con, timeout: float | None = None):
     return query_guard.guard(con, spill_folder=folder, spill_cap=duckdb_settings.spill_cap(folder), timeout=timeout)
 
 
-def _sql_error(exc: Exception, corpus_dir: str) -> click.ClickException:
-    """A DuckDB error as one line; a damaged corpus part gets the way to repair it."""
+def _sql_error(exc: Exception, corpus_dir: str) -> errors.XgenError:
+    """A DuckDB error as one line: a query that reads other files is refused (exit 2), a damaged corpus part
+    is damaged data with the way to repair it, anything else is a bad query (exit 3)."""
     import os
 
     msg = f"SQL error: {exc}"
     if "Permission Error" in str(exc):  # the query named a file: DuckDB's lock-down, not damage
-        msg += " (xgen sql reads the views' files only; query the views documents, shards, license_conflicts)"
-    elif os.path.join(os.path.abspath(corpus_dir), "docs") in str(exc):
-        msg += (f" (a damaged corpus part: `xgen verify --corpus {corpus_dir}` lists damage; `xgen ingest` of the "
-                "input file it came from writes it again)")
-    return click.ClickException(msg)
+        return errors.RefusedError(msg + " (xgen sql reads the views' files only; query the views documents, "
+                                   "shards, license_conflicts)")
+    if os.path.join(os.path.abspath(corpus_dir), "docs") in str(exc):
+        return errors.DamagedDataError(msg + f" (a damaged corpus part: `xgen verify --corpus {corpus_dir}` lists "
+                                       "damage; `xgen ingest` of the input file it came from writes it again)")
+    return errors.InputError(msg)
 
 
 @click.command()
 @corpus_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@format_option(("table", "csv", "json"))
 @click.option("--shards", "shard_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Extra shards directory for the `shards` view (built ones are registered automatically).")
+              help="Extra shards directory for the `shards` view, repeatable (default: none; built ones are "
+                   "registered automatically).")
 @recipe_option
 @click.option("--timeout", "timeout", default=None, type=number(min=0, min_open=True),
               help="Stop the query after this many seconds (exit 1) [default: no limit; Ctrl-C stops it, exit 130].")
@@ -62,6 +66,7 @@ def _sql_error(exc: Exception, corpus_dir: str) -> click.ClickException:
               help="Rows a --format table prints (a notice says when there are more; csv and json stream every row).")
 @click.argument("query")
 @user_errors
+@own_json
 def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str | None, timeout: float | None,
         max_rows: int, query: str) -> None:
     """Run one read-only SQL QUERY over the views documents, shards and license_conflicts.
@@ -80,7 +85,7 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
     try:
         statements = xsql.check_read_only(query)
     except duckdb.Error as exc:
-        raise click.ClickException(f"SQL error: {exc}") from None
+        raise errors.InputError(f"SQL error: {exc}") from None
     if not statements:
         raise click.BadParameter("no statement in the query (only comments or semicolons)")
     if len(statements) > 1:
@@ -96,13 +101,14 @@ def sql(corpus_dir: str, fmt: str, shard_dirs: tuple[str, ...], recipe_name: str
 
 @click.command()
 @corpus_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@format_option()
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Also write a PNG histogram of document lengths per subset.")
 @click.option("--language-plot", "lang_plot_path", default=None, type=click.Path(dir_okay=False),
               help="Also write a PNG of code tokens per language before and after each license policy.")
 @recipe_option
 @user_errors
+@own_json
 def stats(corpus_dir: str, fmt: str, plot_path: str | None, recipe_name: str | None,
           lang_plot_path: str | None = None) -> None:
     """Print the usual corpus tables: per subset, source, license, language; lengths; drops by reason.
@@ -156,9 +162,6 @@ def _print_stats(con, corpus_dir: str, fmt: str) -> None:
             out.write(("\n" if i == 0 else ",\n") + f' {{"title": {json.dumps(title)}, "rows": ')
             sql_results.write_json_rows(result, out, indent=" ")
             out.write("}")
-        elif fmt == "csv":
-            out.write(f"# {title}\n")
-            sql_results.write(result, fmt, out)
         else:
             sql_results.write(result, fmt, out, title=title)
     if fmt == "json":

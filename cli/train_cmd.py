@@ -13,7 +13,8 @@ import os
 
 import click
 
-from cli.common import number
+from cli.common import format_option, number, quiet_option, report, user_errors
+from xgen_data.errors import Interrupted, ProblemFound
 from xgen_train.model.config import CONFIGS  # no JAX import
 
 
@@ -72,9 +73,6 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                    "(always at each sub-stage end; 0: only there).")
 @click.option("--eval-sequences", default=64, show_default=True, type=click.IntRange(min=1),
               help="Held-out sequences per validation evaluation (the first N of the sub-stage's validation split).")
-@click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
-              help="Matmul operand dtype (SPEC §3: bfloat16 matmuls, float32 params/accumulation); same as "
-                   "--precision f32/bf16.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "f32"]), default="auto", show_default=True,
               help="Precision policy: bf16 = bfloat16 matmul operands with float32 accumulation (forward and "
                    "backward), f32 = float32 with HIGHEST matmul precision; auto = bf16 on GPU/TPU, f32 on CPU.")
@@ -109,11 +107,13 @@ from xgen_train.model.config import CONFIGS  # no JAX import
 @click.option("--peak-flops", default=None, type=number(min=0, min_open=True),
               help="Peak FLOP/s of one chip for MFU (default: a table of known TPUs/GPUs; on CPU MFU is n/a).")
 @click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
-@click.option("--no-progress", is_flag=True, help="No progress bar; print a line every --log-every steps.")
 @click.option("--max-skipped", default=10, show_default=True, type=click.IntRange(min=1),
               help="Stop the run (exit 1) after this many consecutive skipped updates (non-finite, or spikes with "
                    "--skip-spikes): a run that does not learn must not end as a success.")
-def train(out_dir: str, compute_dtype: str | None, resume: bool, no_progress: bool, **settings) -> None:
+@quiet_option
+@format_option()
+@user_errors
+def train(out_dir: str, resume: bool, quiet: bool, fmt: str, **settings) -> None:
     """Pre-train a LLaMA model (SPEC §3) with AdamW + warm-up/cosine (SPEC §4), walking every stage and
     sub-stage of the shards in order (or only --stage/--substage); on SFT shards, instruction-tune it (SPEC §5:
     loss on response tokens only, Adam 0.9/0.99, peak 2e-5, cosine to 10%, 128 sequences, 3 epochs).
@@ -124,7 +124,7 @@ def train(out_dir: str, compute_dtype: str | None, resume: bool, no_progress: bo
     """
     ctx = click.get_current_context()
     if resume:
-        typed = {k for k in settings if not _defaulted(ctx, k)} | ({"precision"} if compute_dtype else set())
+        typed = {k for k in settings if not _defaulted(ctx, k)}
         settings.update(resume_defaults(out_dir, typed))
     if settings["shards_dir"] is None:
         raise click.UsageError("Missing option '--shards' (only --resume can take it from OUT/run.json)")
@@ -132,26 +132,19 @@ def train(out_dir: str, compute_dtype: str | None, resume: bool, no_progress: bo
         raise click.UsageError("give --batch-tokens or --batch-size, not both")
     from xgen_train.scale.distributed import maybe_initialize
 
-    try:
-        maybe_initialize()  # multi-host start when the environment asks for it, before any device use
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    from xgen_data.errors import XgenError
+    maybe_initialize()  # multi-host start when the environment asks for it, before any device use
     from xgen_train.loop.config import TrainConfig  # imports JAX (via the numerics options)
-    from xgen_train.loop.data import ShardFormatError
     from xgen_train.export.hf import init_model_config, load_init
     from xgen_train.loop.trainer import train as run_train
 
     try:
-        summary = run_train(None, out_dir, TrainConfig.from_flat(**settings, progress=not no_progress),
-                            resume=True if resume else None, compute_dtype=compute_dtype,
-                            init_loader=load_init, init_config=init_model_config)
-    except XgenError:
-        raise  # its own exit code (docs/cli.md): a locked run folder, a run that stopped learning, ...
-    except (ShardFormatError, ValueError, FloatingPointError, KeyError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from exc
+        summary = run_train(None, out_dir, TrainConfig.from_flat(**settings, progress=not quiet),
+                            resume=True if resume else None, init_loader=load_init, init_config=init_model_config)
+    except FloatingPointError as exc:  # every update non-finite: the run ran and did not learn
+        raise ProblemFound(str(exc)) from exc
 
     s = summary
+    report(**s)
     click.echo(f"plan: {s['total_steps']:,} updates over {len(s['phases'])} sub-stage(s), schedule "
                f"{s['schedule_steps']:,} updates")
     for ph in s["phases"]:
@@ -172,11 +165,12 @@ def train(out_dir: str, compute_dtype: str | None, resume: bool, no_progress: bo
                + (f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "n/a (no peak FLOP/s known for "
                   f"{s.get('device_kind')}; pass --peak-flops)")
                + f" on mesh {s.get('mesh')}; spikes: {len(s['spike_steps'])}")
-    if s["interrupted"]:
-        click.echo(f"stopped by {s['interrupted']}: continue with the same command plus --resume")
     click.echo(f"checkpoint {s['checkpoint']}")
     click.echo(f"metrics {s['metrics']}" + (f", plot {s['plot']}" if s["plot"] else ""))
     click.echo(json.dumps({k: s[k] for k in ("first_loss", "last_loss", "steps", "tokens", "seconds", "interrupted")}))
+    if s["interrupted"]:  # a clean stop (checkpoint saved) is still not a finished run: exit 130
+        raise Interrupted(f"stopped by {s['interrupted']} at step {s['final_step']} (checkpoint {s['checkpoint']}); "
+                          "continue with the same command plus --resume")
 
 
 def _defaulted(ctx: click.Context, name: str) -> bool:
@@ -190,16 +184,13 @@ def resume_defaults(out_dir: str, typed: set[str]) -> dict:
 
     Only options that were not typed are filled; a typed value stays and, when it differs from the run's, the
     trainer refuses the resume listing ``key: old -> new``. ``--batch-size`` and ``--batch-tokens`` count as one
-    choice, as do ``--precision`` and ``--compute-dtype``. A missing ``--init`` folder is not filled in (the
-    resumed state does not need it). Returns ``{}`` when there is no run.json.
-    Raises click.ClickException naming run.json when its config cannot be read back.
+    choice. A missing ``--init`` folder is not filled in (the resumed state does not need it). Returns ``{}``
+    when there is no run.json. Raises RunConfigError (DamagedDataError) naming run.json when its config cannot be
+    read back.
     """
-    from xgen_train.loop.config import RunConfigError, TrainConfig, load_run_config
+    from xgen_train.loop.config import TrainConfig, load_run_config
 
-    try:
-        stored = load_run_config(out_dir)
-    except RunConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    stored = load_run_config(out_dir)
     if stored is None:
         return {}
     skip = set(typed)

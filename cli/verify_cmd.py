@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import corpus_option, print_rows, user_errors
+from cli.common import corpus_option, format_option, print_rows, report, user_errors
+from xgen_data.errors import DamagedDataError, ProblemFound
 
 
 @click.command()
@@ -12,12 +13,16 @@ from cli.common import corpus_option, print_rows, user_errors
 @click.option("--record", is_flag=True,
               help="Hash and record parts that have no recorded sha256 (corpora ingested by an older xgen).")
 @click.option("--all", "show_all", is_flag=True, help="List every file, not only problems.")
+@format_option()
 @user_errors
-def verify(corpus_dir: str, record: bool, show_all: bool) -> None:
+def verify(corpus_dir: str, record: bool, show_all: bool, fmt: str) -> None:
     """Check every registered file against its recorded SHA-256; exit status 1 when something is damaged."""
     from xgen_data.stats.verify import DAMAGE, verify_corpus
 
-    checks = verify_corpus(corpus_dir, record=record, progress=True)
+    try:
+        checks = verify_corpus(corpus_dir, record=record, progress=True)
+    except DamagedDataError as exc:  # damage that stops the check itself (the registry) is still damage found
+        raise ProblemFound(str(exc)) from exc
     shown = [c for c in checks if show_all or c.status not in ("ok",)]
     if shown:
         print_rows(["kind", "status", "path", "detail"], [(c.kind, c.status, c.path, c.detail) for c in shown],
@@ -29,7 +34,8 @@ def verify(corpus_dir: str, record: bool, show_all: bool) -> None:
     if all(c.kind == "registry" for c in checks):
         summary += "; nothing registered yet: no parts, attributes or shards"
     damaged = sum(1 for c in checks if c.status in DAMAGE)
+    report(corpus=corpus_dir, checks=len(checks), statuses=counts, damaged=damaged)
     click.echo(f"verify {corpus_dir}: {len(checks)} checks ({summary})")
     if damaged:
-        raise click.ClickException(f"{damaged} damaged or missing file(s); re-ingest damaged parts "
-                                   "(`xgen ingest` repairs them), recompute attributes, rebuild shards")
+        raise ProblemFound(f"{damaged} damaged or missing file(s); re-ingest damaged parts "
+                           "(`xgen ingest` repairs them), recompute attributes, rebuild shards")

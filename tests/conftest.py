@@ -26,7 +26,6 @@ def shared_path(*parts: str) -> str:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> str:
     """A corpus of the shared sample slice (natural, code, instruct), filtered with the SPEC §2 defaults."""
-    from xgen_data.attributes import filters
     from xgen_data.sources import ingest
 
     root = str(tmp_path_factory.mktemp("sample") / "corpus")

@@ -13,7 +13,6 @@ from pathlib import Path
 from conftest import SHARED as _SHARED
 
 from xgen_data import tokenizer
-from xgen_data.attributes import filters
 from xgen_data.mixing import recipe
 from xgen_data.shards import packing
 from xgen_data.sources import ingest

@@ -139,7 +139,7 @@ def test_plot_marks_every_boundary(full_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert "2 sub-stage(s)" in r.output and "stage1/s128 (seq 128)" in r.output and (tmp_path / "cli.png").is_file()
     r = CliRunner().invoke(cli, ["plot", "loss", str(tmp_path)])
-    assert r.exit_code == 1 and "no metrics.jsonl" in r.output
+    assert r.exit_code == 3 and "no metrics.jsonl" in r.output
 
 
 def test_sigterm_then_resume_is_bit_identical_across_the_switch(cshards, full_run, tmp_path, monkeypatch):
@@ -174,6 +174,28 @@ def test_sigterm_then_resume_is_bit_identical_across_the_switch(cshards, full_ru
     cfg_b, pb = load_params(run)
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_cli_train_interrupted_after_a_checkpoint_exits_130(cshards, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    real_batch_at = data_mod.ShardLoader.batch_at
+
+    def batch_at(self, seed, step):  # Ctrl-C while update 2 is being prepared
+        if self.seq_len == 64 and step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch_at(self, seed, step)
+
+    monkeypatch.setattr(data_mod.ShardLoader, "batch_at", batch_at)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--shards", str(cshards), "--out", str(run), "--config", "tiny",
+                                   "--batch-tokens", "256", "--lr", "3e-3", "--warmup", "2", "--seed", "5",
+                                   "--quiet"])
+    assert res.exit_code == 130, res.output
+    assert "stopped by SIGINT at step 3" in res.output and "--resume" in res.output and "Traceback" not in res.output
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000003"
 
 
 @pytest.mark.parametrize("change, messages", [

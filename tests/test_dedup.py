@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from conftest import SAMPLE, shared_path
 
 from xgen_data.attributes import clusters, minhash
+from xgen_data.errors import DamagedDataError
 from xgen_data.store.corpus import Corpus, CorpusError
 from xgen_data.attributes import licenses
 from xgen_data.attributes.dedup import signatures as dsig
@@ -55,7 +56,6 @@ def decisions(corpus_dir: str) -> dict[tuple[str, str], dict]:
 
 def step_tables(corpus_dir: str) -> dict[str, list]:
     """The committed dedup attribute tables (by subset/part) and the derived decisions, for determinism checks."""
-    from xgen_data.mixing import decisions as dec
 
     corpus = Corpus(corpus_dir)
     ded = corpus.default_decisions()["dedup"]
@@ -350,10 +350,10 @@ def test_bad_corpus(tmp_path):
         defaults.run_dedup(str(tmp_path))
     result = CliRunner().invoke(__import__("cli.main", fromlist=["cli"]).cli,
                                 ["dedup", "--corpus", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and "no such corpus" in result.output
+    assert result.exit_code == 3 and "no such corpus" in result.output
     result = CliRunner().invoke(__import__("cli.main", fromlist=["cli"]).cli,
                                 ["dedup", "--corpus", str(tmp_path), "--bands", "40", "--rows", "10"])
-    assert result.exit_code == 1 and "exceeds num_perm" in result.output
+    assert result.exit_code == 3 and "exceeds num_perm" in result.output
 
 
 def test_resolve_bands_rows():
@@ -372,7 +372,6 @@ def test_output_contract(deduped_sample):
     offsets = dbands.doc_offsets(corpus)
     rows = {}
     d = decisions(root)
-    from xgen_data.mixing import decisions as dec
 
     files = corpus.attribute_files("dedup", dparams.dedup_attr_params(corpus.default_decisions()["dedup"]))
     for k, (part, path) in enumerate(files):
@@ -398,7 +397,7 @@ def test_output_contract(deduped_sample):
     for cluster, nums in members.items():
         assert len(nums) >= 2 and cluster == min(nums)  # id = smallest global document number
     kept_per_cluster = {}
-    for (num, row) in rows.values():
+    for (_num, row) in rows.values():
         if row["dup_cluster"] is not None and row["drop_reason"] is None:
             kept_per_cluster[row["dup_cluster"]] = kept_per_cluster.get(row["dup_cluster"], 0) + 1
     assert set(kept_per_cluster.values()) == {1} and len(kept_per_cluster) == report.clusters
@@ -604,11 +603,11 @@ def test_cli_and_sql_view(deduped_sample, tmp_path):
     root, _ = deduped_sample
     copy = str(tmp_path / "c")
     shutil.copytree(root, copy)
-    result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--no-progress"])
+    result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--quiet"])
     assert result.exit_code == 0, result.output
     for text in ("clusters:", "Removed per subset", "Removed per source", "Largest clusters", "instruct"):
         assert text in result.output
-    result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--json", "--no-exact"])
+    result = CliRunner().invoke(cli, ["dedup", "--corpus", copy, "--format", "json", "--no-exact"])
     assert result.exit_code == 0 and json.loads(result.stdout)["params"]["exact"] is False
     from xgen_data.stats import sql
 
@@ -783,7 +782,6 @@ def test_planted_chain_does_not_remove_far_copy(tmp_path):
     assert removed in ({"b": "a"}, {"c": "b"}), removed
     assert d[("natural", "c")]["dup_of"] != "a" and d[("natural", "a")]["drop_reason"] is None
     # the two clusterings are two attribute sets (the clustering is part of the dedup parameters)
-    from xgen_data.mixing import decisions as dec
 
     ded = Corpus(corpus).default_decisions()["dedup"]
     assert ded["clustering"] == "cliques"
@@ -853,7 +851,7 @@ def test_verification_keeps_high_similarity_pairs(deduped_sample, tmp_path):
     corpus = Corpus(copy)
     offsets = dbands.doc_offsets(corpus)
     ids, texts = [], []
-    for k, p in enumerate(corpus.parts()):
+    for p in corpus.parts():
         t = pq.read_table(p.path, columns=["id", "text"])
         ids += [(p.subset, i) for i in t.column("id").to_pylist()]
         texts += t.column("text").to_pylist()
@@ -915,7 +913,7 @@ def test_sig_store_reads_rows_across_parts(tmp_path):
     docs = np.array([14, 0, 7, 7, 5, 4])
     assert np.array_equal(store.rows(docs), np.concatenate(mats)[docs])
     np.save(paths[1], mats[1][:4])  # a matrix that does not match its part is an error, not wrong rows
-    with pytest.raises(RuntimeError, match="does not match its part"):
+    with pytest.raises(DamagedDataError, match="does not match its part"):
         store.rows(np.array([6]))
 
 

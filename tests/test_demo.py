@@ -1,6 +1,7 @@
 """`xgen demo` end to end: the embedded corpus (default run) and the full shared corpus (slow)."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -88,10 +89,32 @@ def _check_stage2(workdir, output, min_languages):
     return con
 
 
+def _printed_hints(output: str) -> list[list[str]]:
+    """The commands the demo printed under its "Next, try:" line."""
+    import shlex
+
+    from cli.demo_cmd import NEXT_HEADING
+
+    lines = output.split(NEXT_HEADING + "\n", 1)[1].splitlines()
+    return [shlex.split(line) for line in lines if line.startswith("  xgen ")]
+
+
 def test_demo_embedded_corpus(tmp_path):
+    from cli.main import cli
+
     workdir = str(tmp_path / "W1")
     out = _run_demo(["--workdir", workdir, "--steps", "30", "--batch-size", "2"])
     _check_workdir(workdir, out)
+    # the number of updates printed is the number trained
+    summary = json.load(open(os.path.join(workdir, "run", "summary.json")))
+    m = re.search(r"\[5/6\] Train .*?, ([\d,]+) of [\d,]+ updates", out)
+    assert m and int(m.group(1).replace(",", "")) == summary["final_step"], out
+    # every command the demo suggests runs as printed
+    hints = _printed_hints(out)
+    assert len(hints) == 6 and all(h[0] == "xgen" for h in hints)
+    for args in hints:
+        res = CliRunner().invoke(cli, args[1:])
+        assert res.exit_code == 0, (args, res.output)
     # the demo ran no stand-alone `xgen filter`: its decisions are its saved recipe's
     con = _check_stage2(workdir, out, min_languages=3)
     subsets = dict(con.execute("SELECT subset, count(*) FILTER (kept) FROM documents GROUP BY ALL").fetchall())
@@ -110,15 +133,13 @@ def test_demo_embedded_corpus(tmp_path):
     assert os.path.isfile(os.path.join(workdir, "sft-run", "loss.png"))
     assert "### Assistant:" in json.load(open(os.path.join(workdir, "hf-sft", "tokenizer_config.json")))["chat_template"]
     # The saved recipe repeats the demo's choices (PSF-2.0 allowed) for later commands on the workdir.
-    from cli.main import cli
-
     res = CliRunner().invoke(cli, ["mix", "build", "--corpus", os.path.join(workdir, "corpus"),
                                    "--recipe", os.path.join(workdir, "recipe.toml"), "--out", str(tmp_path / "S2")])
     assert res.exit_code == 0, res.output
     assert open(tmp_path / "S2" / "manifest.json").read() == open(os.path.join(workdir, "shards", "manifest.json")).read()
     res = CliRunner().invoke(cli, ["mix", "build", "--corpus", os.path.join(workdir, "corpus"), "--recipe", "demo",
                                    "--out", str(tmp_path / "S3")])
-    assert res.exit_code == 1 and "licenses dropped: PSF-2.0" in res.output and "license_allow_extra" in res.output
+    assert res.exit_code == 3 and "licenses dropped: PSF-2.0" in res.output and "license_allow_extra" in res.output
     # Running again reuses the corpus (no duplicated documents) and rebuilds identical shards.
     before = con.execute("SELECT count(*) FROM documents").fetchone()[0]
     first = open(os.path.join(workdir, "shards", "manifest.json")).read()
@@ -134,7 +155,7 @@ def test_demo_embedded_corpus(tmp_path):
 @pytest.mark.slow
 def test_demo_full_shared_corpus(tmp_path):
     workdir = str(tmp_path / "W2")
-    out = _run_demo(["--corpus", shared_path("corpus"), "--workdir", workdir, "--steps", "40"])
+    out = _run_demo(["--sources", shared_path("corpus"), "--workdir", workdir, "--steps", "40"])
     _check_workdir(workdir, out)
     # real shared code, split in two: stage 2's starcoder holds every language of the shared code corpus, its
     # packed per-language shares meet the plan within 1%, its real licenses are judged by policy strict

@@ -35,10 +35,14 @@ def test_carbon_cli():
                                    "--kg-per-kwh", "0.079"])
     assert res.exit_code == 0, res.output
     assert "57.1 MWh" in res.output and "4.51 tCO2eq" in res.output
-    res = CliRunner().invoke(cli, ["carbon", "--json"])
+    res = CliRunner().invoke(cli, ["carbon", "--format", "json"])
     assert round(json.loads(res.output)["mwh"], 1) == 57.1
     res = CliRunner().invoke(cli, ["carbon", "--pue", "0.5"])
-    assert res.exit_code == 1 and "pue must be >= 1" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 3 and "pue must be >= 1" in res.output and "Traceback" not in res.output
+    # a small run: 0.02 h x 65 W x 1.1 = 1.43 Wh, x 0.079 kg/kWh = 0.113 g; never "0 kWh ... 0.00 tCO2eq"
+    res = CliRunner().invoke(cli, ["carbon", "--device-hours", "0.02", "--watts", "65"])
+    assert res.exit_code == 0 and "= 1.43 Wh" in res.output and "= 0.113 gCO2eq" in res.output, res.output
+    assert ev.energy_text(2500.0) == "2.5 MWh" and ev.emissions_text(12.3456) == "12.3 kgCO2eq"
 
 
 # ------------------------------------------------------------------------------------------------ pass@k
@@ -77,14 +81,17 @@ def test_pass_at_k_files_and_cli(tmp_path):
     cv = tmp_path / "counts.csv"
     cv.write_text("problem,n,c\np0,5,2\np1,5,0\n")
     assert ev.read_counts(cv) == [("p0", 5, 2), ("p1", 5, 0)]
-    res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "-k", "1,2", "--json"])
+    res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "-k", "1,2", "--format", "json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == pytest.approx({"1": 0.2, "2": 0.35})
+    assert json.loads(res.output)["pass_at_k"] == pytest.approx({"1": 0.2, "2": 0.35})
+    res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "-k", "1,2", "--format", "csv"])
+    lines = res.output.splitlines()
+    assert lines[0] == "k,pass@k" and lines[1].startswith("1,0.") and float(lines[1][2:]) == pytest.approx(0.2)
     res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(cv), "-k", "1,6"])
-    assert res.exit_code == 1 and "k=6 exceeds the n=5 samples of problem 'p0'" in res.output
+    assert res.exit_code == 3 and "k=6 exceeds the n=5 samples of problem 'p0'" in res.output
     assert "Traceback" not in res.output
-    res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "--json"])  # default k: 1, 10, 100 up to n
-    assert res.exit_code == 0 and json.loads(res.stdout) == pytest.approx({"1": 0.2})
+    res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "--format", "json"])  # default k: 1, 10, 100 up to n
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"problems": 2, "pass_at_k": pytest.approx({"1": 0.2})}
     assert "k > 5 left out" in res.stderr
 
 
@@ -138,7 +145,6 @@ def test_long_documents_are_kept_ones_cut_to_n(sample_corpus):
 def test_long_documents_skip_dropped_ones(corpus_copy):
     """Documents a filter dropped (here: every license but MIT, in every subset) are not evaluated."""
     from xgen_data import tokenizer
-    from xgen_data.attributes import filters
     from xgen_data.stats import sql
 
     defaults.run_filters(corpus_copy, license_subsets=("natural", "code", "instruct"), allow=("MIT",))
@@ -182,7 +188,7 @@ def test_ppl_by_position_matches_a_direct_computation(params, sample_corpus):
 def test_ppl_by_position_cli(params, sample_corpus, tmp_path):
     run = make_run(tmp_path / "run", MICRO, params)  # run.json records seq_len 128: the default N
     res = CliRunner().invoke(cli, ["eval", "ppl-by-position", str(run), "--corpus", sample_corpus, "--max-docs", "3",
-                                   "--no-progress"])
+                                   "--quiet"])
     assert res.exit_code == 0, res.output
     assert "3 documents of >= 128 tokens" in res.output
     with open(run / "eval" / "ppl_by_position.csv", encoding="utf-8") as fh:
@@ -193,6 +199,6 @@ def test_ppl_by_position_cli(params, sample_corpus, tmp_path):
     assert (run / "eval" / "ppl_by_position.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "eval" / "ppl_by_position_buckets.csv").read_text().startswith("first,last,n,mean_nll,ppl\n")
     res = CliRunner().invoke(cli, ["eval", "ppl-by-position", str(run), "--corpus", sample_corpus,
-                                   "--min-tokens", "257"])
-    assert res.exit_code == 1 and "exceeds the model's max positions 256" in res.output
+                                   "--length", "257"])
+    assert res.exit_code == 2 and "exceeds the model's max positions 256" in res.output
     assert ev.trained_seq_len(run) == 128

@@ -19,7 +19,7 @@ def test_ppl_by_position_on_an_hf_folder_equals_the_run(sample_corpus, tmp_path)
     params = perturbed_params(MICRO, seed=2)
     run = make_run(tmp_path / "run", MICRO, params)
     hf = export_hf(run, tmp_path / "hf", tokenizer=False)
-    args = ["--corpus", sample_corpus, "--max-docs", "2", "--min-tokens", "64", "--no-progress"]
+    args = ["--corpus", sample_corpus, "--max-docs", "2", "--length", "64", "--quiet"]
     assert CliRunner().invoke(cli, ["eval", "ppl-by-position", str(run), *args]).exit_code == 0
     res = CliRunner().invoke(cli, ["eval", "ppl-by-position", str(hf), *args, "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output

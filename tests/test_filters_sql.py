@@ -62,6 +62,12 @@ def test_shards_view_matches_manifest(sample_corpus, demo_shards):
     manifest = shards.read_manifest(demo_shards)
     got = con.execute("SELECT count(*), sum(n_sequences) FROM shards WHERE shard_dir = ?", [demo_shards]).fetchone()
     assert got == (len(manifest["shards"]), sum(e["n_sequences"] for e in manifest["shards"]))
+    by_split = dict(con.execute("SELECT split, sum(n_sequences) FROM shards WHERE shard_dir = ? GROUP BY split",
+                                [demo_shards]).fetchall())
+    want = {}
+    for e in manifest["shards"]:
+        want[e["split"]] = want.get(e["split"], 0) + e["n_sequences"]
+    assert by_split == want and set(want) == {"train", "validation"}
 
 
 def test_cli_sql_formats_and_errors(sample_corpus, demo_shards):
@@ -80,7 +86,7 @@ def test_cli_sql_formats_and_errors(sample_corpus, demo_shards):
                               "SELECT stage, count(*) FROM shards GROUP BY stage"])
     assert res.exit_code == 0 and "stage1" in res.output
     res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "SELECT nope FROM documents"])
-    assert res.exit_code == 1 and "SQL error" in res.output
+    assert res.exit_code == 3 and "SQL error" in res.output
     res = runner.invoke(cli, ["stats", "--corpus", sample_corpus])
     assert res.exit_code == 0 and "Drops by reason" in res.output and "too_few_tokens" in res.output
     res = runner.invoke(cli, ["sql", "--corpus", sample_corpus, "  "])
@@ -148,7 +154,7 @@ def test_license_attributes_have_a_reason_for_every_document(sample_corpus):
 
 def _many_parts_corpus(root, monkeypatch):
     """The sample slice ingested into parts of 16 documents (dozens of parts), with every attribute set."""
-    from xgen_data.attributes import language_step, languages
+    from xgen_data.attributes import language_step
     from xgen_data.sources import ingest
     from xgen_data.store.corpus import Corpus
 

@@ -101,7 +101,7 @@ def test_vocab_limit_and_bad_arguments(params):
 
 def test_generate_cli(params, tmp_path):
     run = make_run(tmp_path / "run", MICRO, params)
-    args = ["generate", str(run), "--prompt", "The history of", "--max-new-tokens", "30", "--json"]
+    args = ["generate", str(run), "--prompt", "The history of", "--max-new-tokens", "30", "--format", "json"]
     a = CliRunner().invoke(cli, args)
     assert a.exit_code == 0, a.output
     out = json.loads(a.output)
@@ -109,7 +109,7 @@ def test_generate_cli(params, tmp_path):
     assert out["stop"] == "max_new_tokens" and out["new_ids"] == generate(
         params, MICRO, out["prompt_ids"], 30, vocab_limit=xtok.VOCAB_SIZE).tokens
     assert all(t < xtok.VOCAB_SIZE for t in out["new_ids"])
-    b = CliRunner().invoke(cli, args[:-1] + ["--temperature", "0.8", "--top-p", "0.9", "--seed", "3"])
+    b = CliRunner().invoke(cli, args[:-2] + ["--temperature", "0.8", "--top-p", "0.9", "--seed", "3"])
     assert b.exit_code == 0 and b.output.startswith("The history of")
     c = CliRunner().invoke(cli, ["generate", str(tmp_path), "--prompt", "x"])
-    assert c.exit_code == 1 and "neither a checkpoint directory nor a run directory" in c.output and "Traceback" not in c.output
+    assert c.exit_code == 3 and "neither a checkpoint directory nor a run directory" in c.output and "Traceback" not in c.output

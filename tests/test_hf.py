@@ -36,7 +36,7 @@ def exported(tmp_path_factory, tiny_params):
     """A run folder of the tiny config and its export made by the CLI: ``(run, out)``."""
     root = tmp_path_factory.mktemp("hf")
     run = make_run(root / "run", TINY, tiny_params, step=7)
-    res = CliRunner().invoke(cli, ["export", "hf", str(run), str(root / "out")])
+    res = CliRunner().invoke(cli, ["export", "hf", str(run), "--out", str(root / "out")])
     assert res.exit_code == 0, res.output
     assert "exported step 7" in res.output
     return run, root / "out"
@@ -125,7 +125,7 @@ def test_round_trip_export_import_is_identical(exported, tiny_params, tmp_path):
         init_cfg, init_params = load_init(source)
         assert init_cfg == TINY and _leaves_equal(init_params, tiny_params)
     again = CliRunner().invoke(cli, ["import", "hf", str(out), "--out", str(tmp_path / "run")])
-    assert again.exit_code == 1 and "already holds checkpoints" in again.output
+    assert again.exit_code == 2 and "already holds checkpoints" in again.output
 
 
 def test_export_replaces_an_export_and_refuses_other_folders(exported, tmp_path, tiny_params):
@@ -140,11 +140,11 @@ def test_export_replaces_an_export_and_refuses_other_folders(exported, tmp_path,
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    res = CliRunner().invoke(cli, ["export", "hf", str(run), str(other)])
+    res = CliRunner().invoke(cli, ["export", "hf", str(run), "--out", str(other)])
     assert res.exit_code == 2 and "not an xgen export" in res.output and "Traceback" not in res.output
     assert (other / "notes.txt").read_text() == "keep me"
-    res = CliRunner().invoke(cli, ["export", "hf", str(tmp_path / "mine"), str(tmp_path / "x")])
-    assert res.exit_code == 1 and "neither a checkpoint directory nor a run directory" in res.output
+    res = CliRunner().invoke(cli, ["export", "hf", str(tmp_path / "mine"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 3 and "neither a checkpoint directory nor a run directory" in res.output
 
 
 # --------------------------------------------------------------------------------------- import checks
@@ -198,12 +198,12 @@ def test_import_refuses_bad_tensors_naming_them(exported, tmp_path, change, mess
 def test_import_cli_errors_are_one_line(exported, tmp_path):
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(cli, ["import", "hf", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 1 and "config.json: missing" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 3 and "config.json: missing" in res.output and "Traceback" not in res.output
     bad = _copy_export(exported[1], tmp_path / "trunc")
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
     res = CliRunner().invoke(cli, ["import", "hf", str(bad), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 1 and "cannot read safetensors" in res.output
+    assert res.exit_code == 3 and "cannot read safetensors" in res.output
     assert not (tmp_path / "r").exists()
 
 
@@ -333,7 +333,7 @@ def test_parity_of_an_imported_hf_model(tmp_path):
                        rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
     model = LlamaForCausalLM(conf).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(str(tmp_path / "m"))
@@ -344,3 +344,13 @@ def test_parity_of_an_imported_hf_model(tmp_path):
         theirs = model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
     ours = np.asarray(build_model(cfg).apply(params, tokens))
     assert float(np.abs(theirs - ours).max()) <= 1e-4
+
+
+def test_generate_reads_a_hugging_face_folder_as_train_init_does(exported):
+    run, out = exported
+    args = ["--prompt", "The", "--max-new-tokens", "3", "--format", "json"]
+    from_hf = CliRunner().invoke(cli, ["generate", str(out), *args])
+    from_run = CliRunner().invoke(cli, ["generate", str(run), *args])
+    assert from_hf.exit_code == 0 and from_run.exit_code == 0, from_hf.output + from_run.output
+    new_ids = lambda res: json.loads(res.stdout)["new_ids"]  # noqa: E731
+    assert new_ids(from_hf) == new_ids(from_run) and len(new_ids(from_hf)) == 3

@@ -10,6 +10,7 @@ import zstandard
 from click.testing import CliRunner
 
 from conftest import shared_path
+from xgen_data.errors import InputError
 from xgen_data import tokenizer
 from xgen_data.sources import ingest, readers
 from xgen_data.stats import sql
@@ -144,7 +145,7 @@ def test_corrupt_compressed_stream_is_named(tmp_path):
 def test_unsupported_and_missing_inputs(tmp_path):
     with pytest.raises(ValueError, match="unsupported input"):
         ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / "x.csv"), None)], progress=False)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="nope.jsonl: no such input file"):
         ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / "nope.jsonl"), None)], progress=False)
 
 
@@ -154,7 +155,7 @@ def test_cli_ingest_error_and_skip(tmp_path):
     src = _bad_file(tmp_path, b"{oops")
     runner = CliRunner()
     res = runner.invoke(cli, ["ingest", "--corpus", str(tmp_path / "c"), "--quiet", str(src)])
-    assert res.exit_code == 1 and "bad.jsonl:3: malformed JSON" in res.output
+    assert res.exit_code == 3 and "bad.jsonl:3: malformed JSON" in res.output
     res = runner.invoke(cli, ["ingest", "--corpus", str(tmp_path / "c"), "--quiet", "--on-error", "skip", str(src)])
     assert res.exit_code == 0, res.output
     assert "malformed_json=1" in res.output and "bad.jsonl:3" in res.output

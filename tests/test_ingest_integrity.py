@@ -113,7 +113,7 @@ def test_duplicate_id_across_files_names_the_earlier_file_and_line(tmp_path):
     b = _jsonl(tmp_path / "b.jsonl", [{"id": "z", "text": "three"}, {"id": "y", "text": "other"}])
     root = str(tmp_path / "c")
     res = _invoke(["ingest", "--corpus", root, "--quiet", "--subset", "s", str(a), str(b)])
-    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.exit_code == 3 and "Traceback" not in res.output
     assert f"b.jsonl:2: duplicate id 'y' (first at {a}:2;" in res.output
     assert _ids(root) == ["x", "y"]  # a.jsonl was committed, nothing of b.jsonl
     res = _invoke(["ingest", "--corpus", root, "--quiet", "--subset", "s", "--on-error", "skip", str(b)])
@@ -282,7 +282,7 @@ def test_truncated_stream_by_default_names_file_and_line_and_leaves_the_corpus_a
     assert "nothing of this file was ingested" in str(err.value)
     assert state() == before
     res = _invoke(["ingest", "--corpus", str(root), "--quiet", str(src)])
-    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.exit_code == 3 and "Traceback" not in res.output
     assert f"{src}:{good + 1}: corrupt or truncated {fmt} stream; the last good line is {good}" in res.output
     assert state() == before and _part_ids(root, "code") == []
 

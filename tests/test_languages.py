@@ -48,7 +48,6 @@ def test_table_covers_starcoder_and_apex():
 
 
 def test_language_attribute_keeps_source_and_counts(corpus_copy, tmp_path):
-    from xgen_data.attributes import filters
     from xgen_data.sources import ingest
     from xgen_data.stats import sql
 

@@ -183,7 +183,7 @@ def test_sql_shows_each_subsets_policy_decision_and_reason(corpus_copy, tmp_path
 
     data, names = plots.language_policy_tokens(corpus_copy, recipe.load(str(rp)))
     assert names == ["permissive", "strict"]
-    for lang, row in data.items():
+    for _lang, row in data.items():
         assert row["all"] >= row["permissive"] >= 0 and row["all"] >= row["strict"]
     assert sum(r["permissive"] for r in data.values()) > sum(r["strict"] for r in data.values())  # Artistic-2.0
     png = tmp_path / "langs.png"

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xgen_data.errors import InputError
 from xgen_train.model.config import CONFIGS, ModelConfig, count_parameters, get_config
 from xgen_train.model.model import (apply_rotary, build_model, flat_params, hf_param_names, init_params, rms_norm,
                                     rotary_cos_sin, unflat_params)
@@ -99,7 +100,7 @@ def test_bad_inputs_raise(tiny_params):
         build_model(cfg, "float16")
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(hidden=100, n_heads=3)
-    with pytest.raises(KeyError, match="tiny"):
+    with pytest.raises(InputError, match="tiny"):
         get_config("nope")
 
 

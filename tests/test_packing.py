@@ -220,16 +220,44 @@ def test_xgen7b_plan_prints_table2_figures(capsys):
     assert natural.effective_tokens == 1_309_990_000_000 and abs(natural.epochs - 1.30999) < 1e-9
 
 
-def test_plan_warns_when_sub_stages_leave_stage_tokens_unpacked(tmp_path):
-    from cli.mix_cmd import budget_warnings
+def _notes(tmp_path, body: str) -> tuple[list[str], object]:
+    from xgen_data.mixing import mixture
 
     p = tmp_path / "r.toml"
-    p.write_text("[[stages]]\nname='a'\ntokens=100\nproportions={x=0.5, y=0.5}\n"
-                 "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n")
-    assert budget_warnings(recipe.load(str(p))) == [
-        "warning (a): its sub-stage budgets sum to 64 of the stage's 100 tokens; the other 36 are planned but not "
-        "packed, so the packed shares drift from the proportions"]
-    assert budget_warnings(recipe.load("xgen-7b")) == [] and budget_warnings(recipe.load("demo")) == []
+    p.write_text(body)
+    r = recipe.load(str(p))
+    return mixture.packing_notes(r), r
+
+
+def test_plan_states_every_rounding_of_what_the_recipe_asks(tmp_path):
+    # one sub-stage, a whole number of sequences, stage tokens = budget: nothing to state
+    notes, r = _notes(tmp_path, "[[stages]]\nname='a'\nproportions={x=1.0}\n"
+                                "[[stages.substages]]\nname='s'\nseq_len=256\ntokens=399_872\n")
+    assert notes == [] and r.stages[0].substages[0].n_sequences == 1562
+    # a budget that is not a whole number of sequences: asked, packed, difference
+    notes, r = _notes(tmp_path, "[[stages]]\nname='a'\nproportions={x=1.0}\n"
+                                "[[stages.substages]]\nname='s'\nseq_len=256\ntokens=400_000\n")
+    assert r.stages[0].substages[0].n_sequences == 1562
+    assert notes == ["a/s: asks 400,000 tokens, packs 1,562 sequences of 256 = 399,872 tokens (128 fewer: budgets "
+                     "are cut to whole sequences)"]
+    # two sub-stages whose budgets leave part of the stage unpacked, one of them also cut
+    notes, r = _notes(tmp_path, "[[stages]]\nname='a'\ntokens=1000\nproportions={x=0.5, y=0.5}\n"
+                                "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n"
+                                "[[stages.substages]]\nname='t'\nseq_len=16\ntokens=100\n")
+    assert [ss.n_sequences for ss in r.stages[0].substages] == [8, 6]
+    assert notes == ["a/t: asks 100 tokens, packs 6 sequences of 16 = 96 tokens (4 fewer: budgets are cut to whole "
+                     "sequences)",
+                     "a: asks 1,000 tokens, its sub-stage budgets sum to 164 (836 planned but not packed, so packed "
+                     "shares drift from the proportions)"]
+    # sub-stage budgets above the stage's tokens: an error naming the numbers
+    with pytest.raises(recipe.RecipeError, match="sub-stage budgets sum to 128 tokens, more than the stage's 100"):
+        _notes(tmp_path, "[[stages]]\nname='a'\ntokens=100\nproportions={x=1.0}\n"
+                         "[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n"
+                         "[[stages.substages]]\nname='t'\nseq_len=8\ntokens=64\n")
+    from xgen_data.mixing import mixture
+
+    assert mixture.packing_notes(recipe.load("demo")) == []
+    assert [n.split(":")[0] for n in mixture.packing_notes(recipe.load("xgen-7b"))] == ["stage1/8k", "stage2/8k"]
 
 
 def test_recipe_effective_tokens_and_replay_errors(tmp_path):
@@ -321,7 +349,17 @@ def test_unsafe_names_are_rejected(tmp_path, name):
     ("dedup = 5\n" + ONE_STAGE,
      "dedup must be a table"),
     ("[dedup]\nbogus = 1\n" + ONE_STAGE,
-     "unknown dedup parameter"),
+     "dedup: unknown key 'bogus' \\(dedup parameters"),
+    ("[dedup]\nthreshhold = 0.8\n" + ONE_STAGE,
+     "unknown key 'threshhold', did you mean 'threshold'\\?"),
+    ("[filters]\nmin_token = 5\n" + ONE_STAGE,
+     "filters: unknown key 'min_token', did you mean 'min_tokens'\\?"),
+    ("seeed = 3\n" + ONE_STAGE,
+     "unknown key 'seeed', did you mean 'seed'\\?"),
+    ("[[stages]]\nname='a'\nproportion={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntokens=64\n",
+     "stage 'a': unknown key 'proportion', did you mean 'proportions'\\?"),
+    ("[[stages]]\nname='a'\nproportions={x=1.0}\n[[stages.substages]]\nname='s'\nseq_len=8\ntoken=64\n",
+     "unknown key 'token', did you mean 'tokens'\\?"),
     ("[dedup]\nenabled = 'no'\n" + ONE_STAGE,
      "true or false"),
     ("[filters]\nlicense_subsets = 'code'\n" + ONE_STAGE,
@@ -379,3 +417,10 @@ def test_kept_documents_are_compact_columns_equal_to_the_view(sample_corpus, dem
         assert got == [tuple(w) for w in want] and got
         by_lang = d.tokens_by_language()
         assert sum(by_lang.values()) == int(d.costs.sum()) and list(by_lang) == sorted(by_lang)
+
+
+def test_the_recipe_reference_example_parses():
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "recipes.md"), encoding="utf-8").read()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    r = recipe.loads(example, "docs/recipes.md")
+    assert [st.name for st in r.stages] == ["stage1", "stage2"] and r.stages[0].substages[0].n_sequences == 2048

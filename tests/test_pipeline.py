@@ -1,5 +1,6 @@
 """The recipe flow (filters then dedup, re-run only when out of date) and how the two steps interact."""
 import json
+import re
 
 import pytest
 
@@ -123,7 +124,6 @@ def test_two_recipes_side_by_side(corpus_copy, tmp_path):
     again = {(s, i): (k, d) for s, i, k, d in sql.connect(corpus_copy, recipe=r100).execute(q).fetchall()}
     assert again == a
     # packing uses the same derived decisions
-    from xgen_data.shards import packing
 
     docs = selection.kept_documents(corpus_copy, ["natural", "code"], r50)
     assert {("code", i) for i in docs["code"].doc_id.to_pylist()} == {k for k, v in b.items() if k[0] == "code" and v[0]}
@@ -153,8 +153,11 @@ def test_sql_and_stats_say_which_recipe(corpus_copy, tmp_path):
     r = _recipe_file(tmp_path, "r50", 50)
     runner = CliRunner()
     res = runner.invoke(cli, ["sql", "--corpus", corpus_copy, "--recipe", r.path, "SELECT count(*) FROM documents"])
-    assert res.exit_code == 1 and "xgen mix plan" in res.output  # attributes not computed yet: told what to run
-    pipeline.apply_recipe_steps(corpus_copy, r, workers=1, progress=False)
+    assert res.exit_code == 3 and "xgen mix plan" in res.output  # attributes not computed yet: told what to run
+    hint = re.search(r"`xgen (mix plan [^`]+)`", res.output).group(1).split()  # runs as printed
+    assert hint[hint.index("--recipe") + 1] == r.path
+    res = runner.invoke(cli, [*hint, "--workers", "1"])
+    assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["sql", "--corpus", corpus_copy, "--recipe", r.path, "--format", "json",
                               "SELECT count(*) FILTER (kept) AS n FROM documents"])
     assert res.exit_code == 0, res.output
@@ -184,7 +187,7 @@ def test_demo_refuses_a_run_folder_with_foreign_files(tmp_path):
     (tmp_path / "W" / "run").mkdir(parents=True)
     (tmp_path / "W" / "run" / "thesis.txt").write_text("mine")
     res = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path / "W")])
-    assert res.exit_code == 1 and "did not write" in res.output
+    assert res.exit_code == 2 and "did not write" in res.output
     assert (tmp_path / "W" / "run" / "thesis.txt").read_text() == "mine"
 
 

@@ -207,10 +207,10 @@ def test_killed_ray_runs_resume_without_redoing_committed_items(ray_cluster, tmp
     assert run_cli(["ingest", "--corpus", ref, "--quiet", *SAMPLE_FILES]).returncode == 0
     assert part_hashes(corpus) == part_hashes(ref)
 
-    dedup_args = ["dedup", "--corpus", corpus, "--num-perm", "64", "--bands", "16", "--rows", "4", "--no-progress"]
+    dedup_args = ["dedup", "--corpus", corpus, "--num-perm", "64", "--bands", "16", "--rows", "4", "--quiet"]
     killed = run_cli([*dedup_args, *ray_args], env={"XGEN_CRASH_AT": "dedup.part_written"})
     assert killed.returncode == -9, killed.stderr
-    again = run_cli([*dedup_args, *ray_args, "--json"])
+    again = run_cli([*dedup_args, *ray_args, "--format", "json"])
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["signature_parts_reused"] == 3
     assert run_cli([*dedup_args[:2], ref, *dedup_args[3:]]).returncode == 0

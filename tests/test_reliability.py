@@ -175,7 +175,7 @@ def test_export_under_a_path_that_is_a_file_names_it(tmp_path):
     (tmp_path / "plain").write_text("x")
     run = tmp_path / "run"
     run.mkdir()
-    res = _invoke(["export", "hf", str(run), str(tmp_path / "plain" / "exp")])
+    res = _invoke(["export", "hf", str(run), "--out", str(tmp_path / "plain" / "exp")])
     assert res.exit_code == 3, res.output
     assert f"{tmp_path / 'plain'} is a file" in res.output and "Errno" not in res.output
 
@@ -220,7 +220,6 @@ def test_spill_cap_stops_a_query_that_would_exceed_it(tiny_corpus, monkeypatch):
 def test_default_spill_cap_cannot_fill_the_disk(tmp_path, monkeypatch):
     import shutil
 
-    from xgen_data.stats import sql
 
     monkeypatch.delenv("XGEN_DUCKDB_SPILL", raising=False)
     cap = duckdb_settings.spill_cap(str(tmp_path / "not-yet"))
@@ -294,7 +293,7 @@ def test_second_training_run_on_one_folder_is_refused_naming_the_holder(train_sh
         with pytest.raises(RefusedError, match=holder):
             train(str(train_shards), str(out), **TRAIN_KW)
         res = _invoke(["train", "--shards", str(train_shards), "--out", str(out), "--steps", "1", "--batch-size",
-                       "4", "--warmup", "1", "--no-progress"])
+                       "4", "--warmup", "1", "--quiet"])
         assert res.exit_code == 2 and holder in res.output and "Traceback" not in res.output, res.output
         assert sorted(os.listdir(out)) == [".lock"]  # nothing written, no metrics, no orbax temp folder
     assert sorted(os.listdir(out)) == []
@@ -390,7 +389,7 @@ def test_import_hint_of_an_unnamed_config_trains_as_printed(train_shards, tmp_pa
     args = hint.split()[2:]
     args[args.index("SHARDS")] = str(train_shards)
     args[args.index("NEW_RUN")] = str(tmp_path / "new")
-    res = _invoke(["train", *args, "--steps", "1", "--batch-size", "4", "--warmup", "1", "--no-progress"])
+    res = _invoke(["train", *args, "--steps", "1", "--batch-size", "4", "--warmup", "1", "--quiet"])
     assert res.exit_code == 0, res.output
     run = json.loads((tmp_path / "new" / "run.json").read_text())
     assert run["config_name"] == "init" and run["model_config"] == MICRO.to_dict()
@@ -407,7 +406,7 @@ def test_pass_at_k_on_non_utf8_input_names_file_and_line(tmp_path, name):
     path.write_bytes(head + good + bad)
     res = _invoke(["eval", "pass-at-k", str(path), "-k", "1"])
     line = 3 if name.endswith(".csv") else 2
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 3, res.output  # bad input (docs/cli.md)
     assert f"{path}:{line}: not UTF-8" in res.output and "Traceback" not in res.output
 
 
@@ -416,7 +415,7 @@ def test_pass_at_k_refuses_a_repeated_task_id_naming_both_lines(tmp_path):
     rows = (("a", 1), ("b", 2), ("a", 1))
     path.write_text("".join(json.dumps({"task_id": t, "n": 5, "c": c}) + "\n" for t, c in rows))
     res = _invoke(["eval", "pass-at-k", str(path), "-k", "1"])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 3, res.output
     assert f"{path}:3: problem 'a' appears again (first at {path}:1)" in res.output
 
 

@@ -58,14 +58,13 @@ def test_sql_refuses_a_damaged_part_instead_of_showing_its_rows(corpus_copy):
     from click.testing import CliRunner
 
     res = CliRunner().invoke(cli, ["sql", "--corpus", corpus_copy, "SELECT count(*) FROM documents"])
-    assert res.exit_code == 1 and f"{part.name} is damaged" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 3 and f"{part.name} is damaged" in res.output and "Traceback" not in res.output
 
 
 def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
     """Readers of attribute sets (the `documents` view, so sql, stats, mix plan/build) check each file against
     the SHA-256 recorded at its commit; a damaged set is not current, so `xgen filter` computes it again.
     Before, a damaged attribute file was read as if intact."""
-    from xgen_data.attributes import filters
     from xgen_data.mixing import decisions
     from xgen_data.stats import sql
     from xgen_data.stats import verify
@@ -101,7 +100,7 @@ def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
 
     q = f"SELECT * FROM read_text('{sample_corpus}/docs/../corpus.json')"
     res = CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, q])
-    assert res.exit_code == 1 and "Permission Error" in res.output
+    assert res.exit_code == 2 and "Permission Error" in res.output
     assert "damaged" not in res.output and "query the views" in res.output
 
 

@@ -133,7 +133,7 @@ def test_best_fit_decreasing_whole_examples_seeded():
 
 
 def test_overlong_drop_and_truncate():
-    ids = [np.arange(10), np.arange(3), np.arange(12)]
+    _ids = [np.arange(10), np.arange(3), np.arange(12)]
     masks = [np.r_[np.zeros(5), np.ones(5)].astype(np.uint8), np.ones(3, np.uint8),
              np.r_[np.zeros(9), np.ones(3)].astype(np.uint8)]
     lengths = np.array([10, 3, 12])

@@ -135,10 +135,10 @@ def test_short_sft_run_lowers_response_loss_and_resumes_bit_identically(sft_shar
     res = CliRunner().invoke(cli, ["train", "--shards", str(sft_shards), "--out", str(tmp_path / "half"),
                                    "--config", "tiny", "--batch-size", "4", "--lr", "3e-3", "--epochs", "2",
                                    "--seed", "3", "--eval-every", "4", "--eval-sequences", "4", "--log-every", "4",
-                                   "--steps", "6", "--no-progress"])
+                                   "--steps", "6", "--quiet"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "half"), "--resume", "--steps",
-                                   str(full["total_steps"]), "--no-progress"])
+                                   str(full["total_steps"]), "--quiet"])
     assert res.exit_code == 0, res.output
     again = [json.loads(x) for x in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in again if "event" not in r] == losses

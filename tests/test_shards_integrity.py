@@ -155,7 +155,7 @@ def test_next_build_restores_the_old_set_instead_of_deleting_it(corpus, recipes,
     # A later build that fails before writing anything (bad recipe) must still have restored the old set.
     broken = dataclasses.replace(recipe.load(recipes["new"]), stages=(
         dataclasses.replace(recipe.load(recipes["new"]).stages[0], proportions={"nope": 1.0}),))
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         packing.build(corpus, broken, out, progress=False)
     assert {e["path"]: open(os.path.join(out, e["path"]), "rb").read() for e in _manifest(out)["shards"]} == old_bytes
     assert _siblings(out) == []

@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
+from xgen_data.errors import InputError  # noqa: E402
 from xgen_data.shards import shard_format  # noqa: E402
 from xgen_train.loop.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint,  # noqa: E402
                                         load_checkpoint, load_params, make_meta, write_sidecar)
@@ -361,7 +362,7 @@ def test_steps_beyond_the_plan_name_the_budget_fraction(shards, tmp_path):
 def test_train_rejects_mismatched_model(shards, tmp_path):
     with pytest.raises(ValueError, match="warmup"):
         train(shards, tmp_path / "x", "tiny", steps=5, warmup=2000, progress=False)
-    with pytest.raises(KeyError, match="unknown model config"):
+    with pytest.raises(InputError, match="unknown model config"):
         train(shards, tmp_path / "x", "nope", steps=5, warmup=1, progress=False)
 
 
@@ -373,14 +374,14 @@ def test_cli_train(shards, tmp_path):
     out = tmp_path / "cli"
     res = CliRunner().invoke(train_cmd, ["--shards", str(shards), "--out", str(out), "--config", "tiny",
                                          "--steps", "3", "--batch-size", "2", "--lr", "3e-3", "--warmup", "1",
-                                         "--no-progress"])
+                                         "--quiet"])
     assert res.exit_code == 0, res.output
     assert "loss" in res.output and "tokens/s" in res.output
     last = [line for line in res.output.splitlines() if line.startswith("{")][-1]
     assert json.loads(last)["steps"] == 3
     assert (out / "summary.json").is_file() and latest_checkpoint(out / "checkpoints").name == "step_00000003"
     bad = CliRunner().invoke(train_cmd, ["--shards", str(tmp_path), "--out", str(out), "--warmup", "1"])
-    assert bad.exit_code != 0 and "no manifest.json" in bad.output
+    assert bad.exit_code == 3 and "no manifest.json" in bad.output
 
 
 def test_cli_module_does_not_import_jax():

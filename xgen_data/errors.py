@@ -20,6 +20,8 @@ Exit codes (docs/cli.md):
 """
 from __future__ import annotations
 
+import difflib
+
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
@@ -62,3 +64,10 @@ class Interrupted(XgenError):
     """Stopped by a signal after a clean stop (e.g. a checkpoint saved); the message says how to go on."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def unknown_key(key: str, known) -> str:
+    """``unknown key 'x'``, plus ``, did you mean 'y'?`` when a known key is close to it (difflib's ratio >= 0.6):
+    the message for a misspelt recipe or parameter key."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"unknown key {key!r}" + (f", did you mean {close[0]!r}?" if close else "")

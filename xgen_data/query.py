@@ -68,6 +68,7 @@ class Decisions:
     packed: tuple[str, ...] | None = None
     recipe_name: str | None = None
     recipe_sha256: str | None = None
+    recipe_ref: str | None = None  # what `--recipe` takes to load it again: its file, else its shipped name
     decontam: tuple[str, ...] = ()  # evaluation set files whose overlapping documents are dropped (eval_overlap)
 
 
@@ -128,7 +129,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         DamagedAttributeError: an attribute file is missing, damaged or out of step with its part.
     """
     warnings: list[str] = []
-    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_name}` first (it computes them)"
+    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_ref or dec.recipe_name}` first (it "
+            "computes them)"
             if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
     flt, ded = dec.filter, dec.dedup
     lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint) if flt else None

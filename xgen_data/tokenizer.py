@@ -20,6 +20,8 @@ import numpy as np
 import tiktoken
 import tiktoken.load
 
+from xgen_data.errors import InputError
+
 #: GPT-2's original pre-tokenizer pattern (SPEC §1).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOS_ID = 50256
@@ -41,7 +43,7 @@ PADDED_VOCAB_SIZE = 51200  # embedding rows (SPEC §1, §3)
 ENV_RANKS = "XGEN_GPT2_BPE"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """Raised when the GPT-2 ranks cannot be loaded or ids cannot be decoded."""
 
 

@@ -23,13 +23,14 @@ A language the source gives (``documents.language``) is kept (:func:`source_key`
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 import re
 import tomllib
 
 from xgen_data.store import fsutil
 
-TABLE_FILE = os.path.join(os.path.dirname(__file__), "languages.toml")
+TABLE_FILE = str(importlib.resources.files("xgen_data.attributes") / "languages.toml")  # package data
 SHEBANG_RE = re.compile(r"^#!\s*(\S+)(?:\s+(?:-\S+\s+)*(\S+))?")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib.resources
 import json
 import os
 import re
@@ -27,7 +28,10 @@ from dataclasses import dataclass
 
 import license_expression
 
-HERE = os.path.dirname(__file__)
+from xgen_data.errors import InputError
+
+#: The license tables: package data of ``xgen_data.attributes``, found wherever xgen is installed.
+HERE = str(importlib.resources.files("xgen_data.attributes"))
 DEFAULT_ALLOW_FILE = os.path.join(HERE, "licenses.toml")
 ALIASES_FILE = os.path.join(HERE, "license_aliases.toml")
 _licensing = license_expression.get_spdx_licensing()
@@ -63,11 +67,11 @@ def load_policy(name: str) -> LicensePolicy:
         ValueError: an unknown policy name, or a configuration file without an ``allow`` list.
     """
     if name not in POLICIES:
-        raise ValueError(f"unknown license policy {name!r}; known: {', '.join(POLICIES)}")
+        raise InputError(f"unknown license policy {name!r}; known: {', '.join(POLICIES)}")
     with open(POLICIES[name], "rb") as f:
         raw = tomllib.load(f)
     if not isinstance(raw.get("allow"), list):
-        raise ValueError(f"{POLICIES[name]}: an 'allow' list of SPDX identifiers is required")
+        raise InputError(f"{POLICIES[name]}: an 'allow' list of SPDX identifiers is required")
     return LicensePolicy(name, tuple(raw["allow"]), bool(raw.get("labels_must_agree", False)))
 
 

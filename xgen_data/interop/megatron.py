@@ -24,6 +24,7 @@ import tempfile
 
 import numpy as np
 
+from xgen_data.errors import InputError
 from xgen_data.interop.files import HashingWriter
 from xgen_data.interop.source import Dataset, row_blocks
 
@@ -79,7 +80,7 @@ def write_dataset(shard_dir: str, ds: Dataset, out_root: str, eos_id: int, unit:
         "tokens": tokens written}``.
     """
     if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        raise InputError(f"unit must be one of {UNITS}, got {unit!r}")
     n = 0
     with tempfile.TemporaryFile(dir=out_root) as lengths_file:
         with HashingWriter(out_root, ds.name + ".bin") as w:

@@ -7,6 +7,8 @@ the last stand-alone ``xgen filter`` / ``xgen dedup`` (:mod:`xgen_data.mixing.de
 """
 from __future__ import annotations
 
+import os
+
 from xgen_data.attributes.dedup.params import dedup_attr_params, recorded_params
 from xgen_data.attributes.licenses import license_params
 from xgen_data.query import Decisions
@@ -19,7 +21,7 @@ def from_recipe(recipe) -> Decisions:
     allow = recipe.allow_list()
     ded = recorded_params(license_allow=allow, **recipe.dedup_kwargs()) if recipe.dedup.get("enabled", True) \
         else None
-    sha = fsutil.sha256_file(recipe.path) if recipe.path else None
+    sha = fsutil.sha256_file(recipe.path) if os.path.isfile(recipe.path) else None  # a file, not a shards folder
     policies = {}
     for subset, name in recipe.license_policies().items():
         pol = recipe.policy(name)
@@ -28,6 +30,7 @@ def from_recipe(recipe) -> Decisions:
                      filter={"min_tokens": recipe.min_tokens, "license_subsets": sorted(policies),
                              "allow": sorted(allow), "policies": policies},
                      dedup=ded, packed=tuple(recipe.subsets()), recipe_name=recipe.name, recipe_sha256=sha,
+                     recipe_ref=recipe.path if os.path.exists(recipe.path) else recipe.name,
                      decontam=tuple(recipe.decontaminate))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 
+from xgen_data.errors import InputError
 from xgen_data.attributes import filters, language_step
 from xgen_data.attributes.dedup.params import DedupReport, recorded_params
 from xgen_data.attributes.dedup.run import run_dedup as compute_dedup_attributes
@@ -53,7 +54,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         ``min_tokens < 0``.
     """
     if min_tokens < 0:
-        raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
+        raise InputError(f"min_tokens must be >= 0, got {min_tokens}")
     corpus = Corpus(corpus_dir)
     settings = filter_params(min_tokens, tuple(policies) if policies else license_subsets, allow, policies)
 
@@ -90,7 +91,7 @@ def run_dedup(corpus_dir: str, *, license_allow: tuple[str, ...] | list[str] | N
     """
     t0 = time.time()
     if isinstance(license_allow, str):
-        raise ValueError("license_allow must be a list of SPDX identifiers, not a string")
+        raise InputError("license_allow must be a list of SPDX identifiers, not a string")
     allow = tuple(default_allow_list()) if license_allow is None else tuple(license_allow)
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"{corpus_dir}: no such corpus directory")

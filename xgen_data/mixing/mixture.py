@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xgen_data.errors import InputError
 from xgen_data.mixing.recipe import Recipe, Stage
 
 
@@ -75,6 +76,26 @@ def stage_summary(stage: Stage) -> str:
     return f"{stage.name}: {short_tokens(stage.tokens)} = {' + '.join(parts)} (sub-stages {subs}){lic}"
 
 
+def packing_notes(recipe: Recipe) -> list[str]:
+    """One line per place where what the recipe asks and what a build packs differ, with both numbers and
+    the difference: a sub-stage budget that is not a whole number of sequences (packs ``tokens // seq_len``
+    sequences), and a stage whose sub-stage budgets sum to less than its tokens (the rest is planned, never
+    packed, so packed shares drift from the proportions). Empty when every number is packed as asked."""
+    out = []
+    for st in recipe.stages:
+        for ss in st.substages:
+            packed = ss.n_sequences * ss.seq_len
+            if packed != ss.tokens:
+                out.append(f"{st.name}/{ss.name}: asks {ss.tokens:,} tokens, packs {ss.n_sequences:,} sequences of "
+                           f"{ss.seq_len} = {packed:,} tokens ({ss.tokens - packed:,} fewer: budgets are cut to "
+                           "whole sequences)")
+        budget = sum(ss.tokens for ss in st.substages)
+        if budget < st.tokens:
+            out.append(f"{st.name}: asks {st.tokens:,} tokens, its sub-stage budgets sum to {budget:,} "
+                       f"({st.tokens - budget:,} planned but not packed, so packed shares drift from the proportions)")
+    return out
+
+
 def plan(recipe: Recipe, subset_stats: dict[str, tuple[int, int]]) -> list[SubsetPlan]:
     """The mixture plan per stage and subset.
 
@@ -114,7 +135,7 @@ def language_targets(stage: Stage, subset: str, target: int, unique: dict[str, i
         return split_tokens(target, dict(sorted(unique.items())))
     missing = sorted(set(spec) - set(unique))
     if missing:
-        raise ValueError(f"stage {stage.name!r}: languages.{subset} weights {', '.join(missing)}, which has no kept "
+        raise InputError(f"stage {stage.name!r}: languages.{subset} weights {', '.join(missing)}, which has no kept "
                          f"documents (languages there: {', '.join(sorted(unique))})")
     return split_tokens(target, {k: round(w * 10**9) for k, w in sorted(spec.items())})
 
@@ -180,7 +201,7 @@ def select_documents(costs: np.ndarray, target: int, rng: np.random.Generator) -
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     total = int(costs.sum())
     if total == 0:
-        raise ValueError("cannot select tokens from an empty subset")
+        raise InputError("cannot select tokens from an empty subset")
     full, rest = divmod(target, total)
     index = np.tile(np.arange(len(costs), dtype=np.int64), full)
     take = np.tile(costs - 1, full)

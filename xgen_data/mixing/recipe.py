@@ -39,6 +39,7 @@ error (give the data two subset names instead).
 """
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 import tomllib
@@ -47,12 +48,14 @@ from dataclasses import dataclass, field
 from xgen_data.attributes import licenses
 from xgen_data.attributes.dedup.params import recorded_params
 from xgen_data.attributes.licenses import default_allow_list
+from xgen_data.errors import InputError, unknown_key
 from xgen_data.store.corpus import check_name
 
-RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes")
+#: The shipped recipes (``demo``, ``xgen-7b``): package data, found wherever xgen is installed.
+RECIPES_DIR = str(importlib.resources.files("xgen_data") / "recipes")
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """The recipe file is missing, not TOML, or breaks a rule; the message names the file and key."""
 
 
@@ -139,12 +142,21 @@ def resolve(name_or_path: str) -> str:
     if os.path.isfile(name_or_path):
         return name_or_path
     if os.path.isdir(name_or_path):
-        raise RecipeError(f"{name_or_path}: is a directory, expected a recipe .toml file")
+        raise RecipeError(f"{name_or_path}: is a directory, expected a recipe .toml file or a shards folder "
+                          "(with manifest.json)")
     shipped = os.path.join(RECIPES_DIR, f"{name_or_path}.toml")
     if os.path.exists(shipped):
         return shipped
     raise RecipeError(f"{name_or_path}: no such recipe file (shipped recipes: "
                       f"{', '.join(sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith('.toml')))})")
+
+
+def _known_keys(where: str, table: dict, known: set[str]) -> None:
+    """Raise RecipeError naming each key of ``table`` not in ``known``, with the closest known key (a typo)."""
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise RecipeError(f"{where}: " + "; ".join(unknown_key(k, known) for k in unknown)
+                          + f" (known: {', '.join(sorted(known))}; docs/recipes.md)")
 
 
 def _int(where: str, value, minimum: int = 1, maximum: int = 2**53) -> int:
@@ -162,6 +174,8 @@ def load(name_or_path: str) -> Recipe:
         RecipeError: unreadable TOML; missing or mistyped keys; proportions not positive or not summing
             to 1 (±1e-6); sub-stage budgets above the stage's tokens; a budget smaller than one sequence.
     """
+    if os.path.isfile(os.path.join(name_or_path, "manifest.json")):
+        return recorded(name_or_path)
     path = resolve(name_or_path)
     try:
         with open(path, "rb") as f:
@@ -170,9 +184,32 @@ def load(name_or_path: str) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not UTF-8 text: {exc}") from None
-    known = {"name", "seed", "filters", "dedup", "stages", "decontaminate"}
-    if set(raw) - known:
-        raise RecipeError(f"{path}: unknown key(s) {', '.join(sorted(set(raw) - known))}; known: {', '.join(sorted(known))}")
+    return _from_toml(raw, path)
+
+
+def recorded(shards_dir: str) -> Recipe:
+    """The recipe a shards folder was built with: its manifest (checksum verified) records the full TOML text.
+    The recipe's ``path`` is ``shards_dir``, so ``--recipe SHARDS_DIR`` loads it again."""
+    from xgen_data.shards import shard_format
+
+    text = shard_format.read_manifest(shards_dir).get("recipe_toml")
+    if not text:
+        raise RecipeError(f"{shards_dir}/manifest.json: records no recipe text; give the recipe file")
+    return loads(text, shards_dir)
+
+
+def loads(text: str, where: str) -> Recipe:
+    """Parse and validate recipe TOML ``text`` (e.g. the ``recipe_toml`` a shards manifest records); ``where``
+    names it in errors and is the recipe's ``path``. Raises RecipeError as :func:`load` does."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{where}: not valid TOML: {exc}") from None
+    return _from_toml(raw, where)
+
+
+def _from_toml(raw: dict, path: str) -> Recipe:
+    _known_keys(path, raw, {"name", "seed", "filters", "dedup", "stages", "decontaminate"})
     stages_raw = _typed(path, "stages", raw.get("stages", []), list)
     stages = []
     names = set()
@@ -185,10 +222,8 @@ def load(name_or_path: str) -> Recipe:
         _name(where + ".name", name, "stage", dots=False)
         names.add(name)
         where = f"{path}: stage {name!r}"
-        extra = set(st) - {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses", "languages",
-                           "substages"}
-        if extra:
-            raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
+        _known_keys(where, st, {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses",
+                                "languages", "substages"})
         props, targets, replay = _mixture(where, st, stages)
         subs = []
         for j, ss in enumerate(_typed(path, f"stage {name!r} substages", st.get("substages") or [], list)):
@@ -197,9 +232,7 @@ def load(name_or_path: str) -> Recipe:
             if not isinstance(ss.get("name"), str):
                 raise RecipeError(f"{sw}.name: a string is required")
             _name(sw + ".name", ss["name"], "sub-stage", dots=False)
-            sub_keys = {"name", "seq_len", "tokens", "heldout_sequences"}
-            if set(ss) - sub_keys:
-                raise RecipeError(f"{sw}: unknown key(s) {', '.join(sorted(set(ss) - sub_keys))}")
+            _known_keys(sw, ss, {"name", "seq_len", "tokens", "heldout_sequences"})
             seq_len = _int(f"{sw}.seq_len", ss.get("seq_len"), 2)
             if seq_len > 65536:
                 raise RecipeError(f"{sw}.seq_len: {seq_len} is larger than 65536")
@@ -241,9 +274,8 @@ def load(name_or_path: str) -> Recipe:
     if not stages:
         raise RecipeError(f"{path}: at least one [[stages]] table is required")
     flt = _typed(path, "filters", raw.get("filters", {}), dict)
-    extra = set(flt) - {"min_tokens", "license_subsets", "license_allow", "license_allow_extra", "policy_allow_extra"}
-    if extra:
-        raise RecipeError(f"{path}: filters: unknown key(s) {', '.join(sorted(extra))}")
+    _known_keys(f"{path}: filters", flt, {"min_tokens", "license_subsets", "license_allow", "license_allow_extra",
+                                          "policy_allow_extra"})
     allow = flt.get("license_allow")
     dedup = dict(_typed(path, "dedup", raw.get("dedup", {"enabled": True}), dict))
     dedup.setdefault("enabled", True)
@@ -254,7 +286,7 @@ def load(name_or_path: str) -> Recipe:
     except ValueError as exc:
         raise RecipeError(f"{path}: dedup: {exc}") from None
     return Recipe(
-        name=str(raw.get("name", os.path.basename(path)[:-5])),
+        name=str(raw.get("name", os.path.basename(path).removesuffix(".toml"))),
         seed=_int(f"{path}: seed", raw.get("seed", 0), 0),
         stages=tuple(stages),
         min_tokens=_int(f"{path}: filters.min_tokens", flt.get("min_tokens", 100), 0),
@@ -263,7 +295,7 @@ def load(name_or_path: str) -> Recipe:
         license_allow_extra=_strings(path, "filters.license_allow_extra", flt.get("license_allow_extra", [])),
         policy_allow_extra=_policy_extra(path, flt.get("policy_allow_extra", {})),
         dedup=dedup,
-        path=os.path.abspath(path),
+        path=os.path.abspath(path) if os.path.isfile(path) else path,
         decontaminate=_eval_sets(path, raw.get("decontaminate", {})),
     )
 
@@ -271,9 +303,7 @@ def load(name_or_path: str) -> Recipe:
 def _eval_sets(path: str, raw) -> tuple[str, ...]:
     """``[decontaminate] eval_sets``: evaluation set files, made absolute relative to the recipe's folder."""
     table = _typed(path, "decontaminate", raw, dict)
-    if set(table) - {"eval_sets"}:
-        raise RecipeError(f"{path}: decontaminate: unknown key(s) {', '.join(sorted(set(table) - {'eval_sets'}))}; "
-                          "known: eval_sets")
+    _known_keys(f"{path}: decontaminate", table, {"eval_sets"})
     files = _strings(path, "decontaminate.eval_sets", table.get("eval_sets", []))
     return tuple(os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), f)) for f in files)
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from xgen_data.errors import InputError
 from xgen_data import query
 from xgen_data.mixing import decisions
 from xgen_data.mixing import recipe as recipe_mod
@@ -252,12 +253,12 @@ def recipe_documents(corpus_dir: str, recipe: Recipe) -> dict[str, SubsetDocs]:
     for subset in recipe.subsets():
         if subset not in corpus.subsets():
             stage = next(st.name for st in recipe.stages if subset in st.proportions)
-            raise ValueError(f"stage {stage!r}: " + why_empty(corpus_dir, subset, recipe))
+            raise InputError(f"stage {stage!r}: " + why_empty(corpus_dir, subset, recipe))
     docs = kept_documents(corpus_dir, recipe.subsets(), recipe)
     for stage in recipe.stages:
         for subset in stage.proportions:
             if not len(docs[subset].n_tokens):
-                raise ValueError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
+                raise InputError(f"stage {stage.name!r}: " + why_empty(corpus_dir, subset, recipe))
     return docs
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xgen_data.errors import InputError
+
 
 @dataclass
 class Packing:
@@ -30,7 +32,7 @@ class Packing:
 def fit_lengths(lengths: np.ndarray, masks: list[np.ndarray], seq_len: int, overlong: str) -> Packing:
     """Apply the overlong rule: the packable length of every example and the dropped / truncated ones."""
     if overlong not in ("drop", "truncate"):
-        raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+        raise InputError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
     out = Packing([], np.asarray(lengths, dtype=np.int64).copy())
     for i in np.flatnonzero(out.lengths > seq_len):
         if overlong == "drop":

@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from xgen_data.errors import InputError
+
 HUMAN, ASSISTANT, SYSTEM = "human", "assistant", "system"
 ROLES = {
     "openai": {"system": SYSTEM, "user": HUMAN, "assistant": ASSISTANT},
@@ -37,7 +39,7 @@ SHAPES = ("openai", "sharegpt", "oasst", "alpaca", "dolly", "prompt_response", "
 _TAG = re.compile(r"(?:^|\n)### (Human|Assistant):")
 
 
-class ShapeError(ValueError):
+class ShapeError(InputError):
     """A record that cannot become a conversation; the message says why (without file:line)."""
 
 

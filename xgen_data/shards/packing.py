@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from xgen_data import tokenizer
-from xgen_data.errors import RefusedError
+from xgen_data.errors import InputError, ProblemFound, RefusedError
 from xgen_data.execute.contract import Executor, ItemResult, WorkItem, run_step
 from xgen_data.execute.local import LocalExecutor
 from xgen_data.mixing import pipeline, selection
@@ -134,7 +134,7 @@ def resolve_out_dir(out_dir: str) -> str:
         ValueError: ``out_dir`` is a symbolic link whose target does not exist.
     """
     if os.path.islink(out_dir) and not os.path.exists(out_dir):
-        raise ValueError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
+        raise InputError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
     return os.path.realpath(out_dir)
 
 
@@ -149,10 +149,10 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     """
     out = resolve_out_dir(out_dir)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{out_dir}: exists and is not a directory")
+        raise InputError(f"{out_dir}: exists and is not a directory")
     root = os.path.realpath(corpus.root)
     if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
-        raise ValueError(f"{out_dir}: the shards directory must be outside the corpus {root}")
+        raise InputError(f"{out_dir}: the shards directory must be outside the corpus {root}")
     foreign = publish.foreign_files(out, _listed_files)
     if foreign is None:
         raise RefusedError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
@@ -162,7 +162,7 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
                            f"{', …' if len(foreign) > 3 else ''}); a rebuild replaces the whole folder, so move "
                            "them away or choose another --out")
     if not os.path.isdir(os.path.dirname(out)):
-        raise ValueError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
+        raise InputError(f"{out_dir}: parent folder {os.path.dirname(out)} does not exist")
     return out
 
 
@@ -170,14 +170,14 @@ def check_disk_space(recipe: Recipe, folder: str) -> None:
     """Refuse a build whose streams and shards (2 bytes a token, twice) cannot fit on the disk of ``folder``.
 
     Raises:
-        ValueError: naming the bytes needed and free, e.g. ``recipes/xgen-7b.toml`` (1.6T tokens) on a laptop.
+        ValueError: naming the bytes needed and free, e.g. ``xgen_data/recipes/xgen-7b.toml`` (1.6T tokens) on a laptop.
     """
     needed = 4 * max(st.tokens for st in recipe.stages) + 2 * sum(st.tokens for st in recipe.stages)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise ValueError(f"recipe {recipe.name!r} packs {sum(st.tokens for st in recipe.stages):,} tokens: about "
-                         f"{needed / 1e9:,.1f} GB of temporary stream and shards, but {folder} has {free / 1e9:,.1f} GB "
-                         "free")
+        raise ProblemFound(f"recipe {recipe.name!r} packs {sum(st.tokens for st in recipe.stages):,} tokens: about "
+                           f"{needed / 1e9:,.1f} GB of temporary stream and shards, but {folder} has {free / 1e9:,.1f} GB "
+                           "free")
 
 
 def _is_complete_set(folder: str) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xgen_data.errors import DamagedDataError, InputError
 from xgen_data.store import fsutil, publish
 
 FORMAT = "xgen-shards"
@@ -59,11 +60,11 @@ MANIFEST_SHA256 = "manifest_sha256"  # the manifest's self-checksum field
 _warned_unchecked: set[str] = set()  # manifests without a self-checksum already warned about (per process)
 
 
-class ShardError(ValueError):
+class ShardError(InputError):
     """A shards directory is missing, malformed, or does not match its manifest (names the file)."""
 
 
-class ManifestChecksumError(ShardError):
+class ManifestChecksumError(ShardError, DamagedDataError):
     """``manifest.json``'s content does not match its ``manifest_sha256`` (the manifest was edited or damaged)."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from xgen_data.attributes import languages
 from xgen_data.sources import readers
 from xgen_data.store import fsutil
+from xgen_data.errors import InputError
 
 STARCODER_FILE = "train-00000-of-00001.parquet"
 NO_LANGUAGE = "(none)"
@@ -158,7 +159,7 @@ def write_split(records: Callable[[], Iterator[bytes | dict]], out_dir: str, see
         if rec is None:
             continue
         if rec["id"] in seen:
-            raise ValueError(f"code records: id {rec['id']!r} occurs twice")
+            raise InputError(f"code records: id {rec['id']!r} occurs twice")
         seen[rec["id"]] = record_language(rec)
     to_star = assign(seen.items(), seed) if starcoder else set()
     rep = SplitReport(os.path.join(out_dir, "code.jsonl.zst"), os.path.join(out_dir, "starcoder"))

@@ -58,6 +58,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from xgen_data import tokenizer
+from xgen_data.errors import InputError
 from xgen_data.execute import executors
 from xgen_data.sources import idindex, locations, readers
 from xgen_data.store import fsutil
@@ -253,7 +254,7 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
             continue
         real = os.path.realpath(given)
         if corpus_root and (real == corpus_root or real.startswith(corpus_root + os.sep)):
-            raise ValueError(f"{given}: is the corpus being written ({corpus_dir}) or inside it; ingest raw files "
+            raise InputError(f"{given}: is the corpus being written ({corpus_dir}) or inside it; ingest raw files "
                              "from elsewhere")
         found: list[InputFile] = []
         for folder, dirs, names in os.walk(given):
@@ -286,7 +287,7 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
                     continue
                 found.append(InputFile(full, given, os.path.relpath(full, given)))
         if not found:
-            raise ValueError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
+            raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
         files += sorted(found, key=lambda f: f.rel)
     return files, skipped
 
@@ -310,7 +311,7 @@ def _find_uri_inputs(given: str, skipped: list[tuple[str, str]]) -> list[InputFi
             continue
         found.append(InputFile(uri, given, locations.relative(uri, given)))
     if not found:
-        raise ValueError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
+        raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
     return found
 
 
@@ -698,7 +699,7 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
         readers.input_format(path)
         readers.check_regular(path)
         if not locations.is_uri(path) and os.path.abspath(path).startswith(root + os.sep):
-            raise ValueError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
+            raise InputError(f"{path}: is inside the corpus {corpus_dir}; ingest raw files from elsewhere")
         if subset is not None:
             check_name(subset, "subset")
         elif readers.detect_layout(path) is None or not readers.detect_layout(path).starcoder:

@@ -27,7 +27,7 @@ FIELDS = ("id", "text", "source", "license", "language", "path", "meta")
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A raw record is unusable. ``str()`` names the file, the line (or Parquet row) and the problem."""
 
     def __init__(self, file: str, line: int, problem: str):
@@ -78,12 +78,12 @@ def parse_columns(spec: str | None) -> tuple[tuple[str, str], ...]:
     out = []
     for item in spec.split(","):
         if "=" not in item or not all(x.strip() for x in item.split("=", 1)):
-            raise ValueError(f"--columns: {item!r} is not field=column (e.g. text=content,path=max_stars_repo_path)")
+            raise InputError(f"--columns: {item!r} is not field=column (e.g. text=content,path=max_stars_repo_path)")
         f, c = (x.strip() for x in item.split("=", 1))
         if f not in FIELDS:
-            raise ValueError(f"--columns: {f!r} is not a corpus field; fields: {', '.join(FIELDS)}")
+            raise InputError(f"--columns: {f!r} is not a corpus field; fields: {', '.join(FIELDS)}")
         if f in dict(out):
-            raise ValueError(f"--columns: field {f!r} is mapped twice")
+            raise InputError(f"--columns: field {f!r} is mapped twice")
         out.append((f, c))
     return tuple(out)
 
@@ -226,8 +226,8 @@ def check_regular(path: str) -> None:
     pipe, socket or device cannot give twice.
 
     Raises:
-        FileNotFoundError: nothing at ``path`` (``"<path>: no such input file"``).
-        InputError: ``path`` is a FIFO, socket, device or folder, named with its kind.
+        InputError: nothing at ``path`` (``"<path>: no such input file"``), or ``path`` is a FIFO, socket,
+            device or folder, named with its kind.
     A URI must name an object (a prefix is not one): FileNotFoundError otherwise.
     """
     if locations.is_uri(path):
@@ -236,7 +236,7 @@ def check_regular(path: str) -> None:
     try:
         kind = special_kind(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such input file") from None
+        raise InputError(f"{path}: no such input file") from None
     if kind is not None:
         raise InputError(f"{path}: is a {kind}, not a regular file; xgen ingest reads regular files (it hashes "
                          "a file's bytes and reads the same bytes again, which a pipe or device cannot give)")
@@ -342,7 +342,7 @@ def input_format(path: str) -> str:
     for suffix in (".jsonl.gz", ".jsonl.zst", ".jsonl", ".parquet"):
         if name.endswith(suffix):
             return suffix[1:]
-    raise ValueError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+    raise InputError(f"{path}: unsupported input (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
 def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None,

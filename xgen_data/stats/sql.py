@@ -11,7 +11,7 @@ Views (created by :func:`connect`):
   ``dup_reason, dup_of, dup_of_subset, kept, drop_reason`` (:mod:`xgen_data.mixing.decisions`; the filter's
   reason first, then dedup's; ``kept`` = no reason).
 * ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir,
-  recipe, recipe_sha256, path, stage, substage, seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
+  recipe, recipe_sha256, path, stage, substage, split (train or validation), seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
   (JSON), tokens_per_source (JSON)``; ``recipe`` and ``recipe_sha256`` name the recipe the folder was built
   with (its manifest also holds the full TOML text; NULL for folders built before they were recorded).
 * ``license_conflicts``: exact duplicates whose licenses differ after normalisation (``license_normalized``;
@@ -33,13 +33,14 @@ import pyarrow as pa
 
 from xgen_data import query
 from xgen_data.attributes import languages
+from xgen_data.errors import RefusedError
 from xgen_data.mixing import decisions
 from xgen_data.shards import shard_format as shards
 from xgen_data.store.corpus import Corpus
 from xgen_data.store.duckdb_settings import spill_dir
 
 #: Columns of the ``shards`` view (one row per shard file of every registered shards folder).
-SHARDS_COLUMNS = ("shard_dir", "recipe", "recipe_sha256", "path", "stage", "substage", "seq_len", "n_sequences",
+SHARDS_COLUMNS = ("shard_dir", "recipe", "recipe_sha256", "path", "stage", "substage", "split", "seq_len", "n_sequences",
                   "n_tokens", "sha256", "tokens_per_subset", "tokens_per_source")
 
 
@@ -60,7 +61,7 @@ def shard_rows(shard_dirs: list[str]) -> list[dict]:
                 rows.append({"shard_dir": shard_dir, "recipe": None if recipe is None else str(recipe),
                              "recipe_sha256": None if recipe_sha is None else str(recipe_sha),
                              "path": s["path"], "stage": s["stage"],
-                             "substage": s["substage"], "seq_len": int(s["seq_len"]),
+                             "substage": s["substage"], "split": s.get("split", "train"), "seq_len": int(s["seq_len"]),
                              "n_sequences": int(s["n_sequences"]), "n_tokens": int(s["seq_len"]) * int(s["n_sequences"]),
                              "sha256": s["sha256"],
                              "tokens_per_subset": json.dumps(s["tokens_per_subset"], sort_keys=True),
@@ -146,7 +147,7 @@ STATS_QUERIES: list[tuple[str, str]] = [
 ]
 
 
-class ReadOnlyError(ValueError):
+class ReadOnlyError(RefusedError):
     """An ``xgen sql`` statement that is not a read-only query (COPY, ATTACH, CREATE, SET, ...)."""
 
 

@@ -35,14 +35,13 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from xgen_data.errors import DamagedDataError, InputError
 from xgen_data.store import fsutil
 
 FORMAT = "xgen-corpus"
 #: The registry's own checksum field (like the shards manifest's ``manifest_sha256``).
 REGISTRY_SHA256 = "registry_sha256"
 FORMAT_VERSION = 1
-#: Attribute steps (``attributes/<step>/``).
-ATTRIBUTE_STEPS = ("license", "dedup")
 
 DOC_SCHEMA = pa.schema(
     [
@@ -61,16 +60,20 @@ DOC_SCHEMA = pa.schema(
 )
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """The corpus directory is missing, of another format, or inconsistent."""
 
 
-class DamagedPartError(CorpusError):
+class DamagedPartError(CorpusError, DamagedDataError):
     """A corpus part's bytes do not match the SHA-256 recorded when it was written (bit rot, truncation, an
     overwrite): the message names the part and the input file to re-ingest."""
 
 
-class DamagedAttributeError(CorpusError):
+class DamagedRegistryError(CorpusError, DamagedDataError):
+    """``corpus.json`` does not match its own ``registry_sha256`` (edited or damaged): nothing it records is trusted."""
+
+
+class DamagedAttributeError(CorpusError, DamagedDataError):
     """A committed attribute file is missing or its bytes differ from the SHA-256 recorded at its commit: the
     message names the file and the step that writes it again."""
 
@@ -168,7 +171,7 @@ def check_name(name: str, what: str, dots: bool = True) -> str:
     pattern = _NAME if dots else _NAME_NO_DOT
     if not isinstance(name, str) or not pattern.match(name) or ".." in name:
         allowed = "letters, digits and _ . + -" if dots else "letters, digits and _ + -"
-        raise ValueError(f"{what} {name!r} is not a valid name: use {allowed} "
+        raise InputError(f"{what} {name!r} is not a valid name: use {allowed} "
                          "(starting with a letter or digit, no '..', at most 100 characters)")
     return name
 
@@ -285,10 +288,10 @@ class Corpus:
         _check_registry(meta, self.meta_path)
         want = meta.get(REGISTRY_SHA256)
         if REGISTRY_SHA256 in meta and want != registry_sha256(meta):
-            raise CorpusError(f"{self.meta_path}: the registry does not match its {REGISTRY_SHA256} (edited or "
-                              "damaged): its recorded part SHA-256s and attribute sets cannot be trusted; restore "
-                              f"it from a copy (if the edit was deliberate, delete the {REGISTRY_SHA256} field and "
-                              "run `xgen verify` to check the parts against it)")
+            raise DamagedRegistryError(f"{self.meta_path}: the registry does not match its {REGISTRY_SHA256} (edited "
+                                       "or damaged): its recorded part SHA-256s and attribute sets cannot be trusted; "
+                                       f"restore it from a copy (if the edit was deliberate, delete the "
+                                       f"{REGISTRY_SHA256} field and run `xgen verify` to check the parts against it)")
         return meta
 
     def write_meta(self, meta: dict) -> None:

@@ -6,6 +6,7 @@ import re
 import shutil
 import tempfile
 
+from xgen_data.errors import InputError
 from xgen_data.store import fsutil
 
 #: DuckDB's memory limit for every connection the product opens (views, reports, the mixture build, dedup's
@@ -20,7 +21,7 @@ def _size_env(name: str, default: str | None) -> str | None:
     value = os.environ.get(name, "").strip() or default
     if value is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", value,
                                               flags=re.IGNORECASE):
-        raise ValueError(f"{name}={value!r} is not a size such as 512MB or 4GB")
+        raise InputError(f"{name}={value!r} is not a size such as 512MB or 4GB")
     return value
 
 

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from xgen_data.errors import InputError
+
 
 def tmp_name(path: str) -> str:
     """The temporary name used while ``path`` is being written (same folder, so rename is atomic)."""
@@ -47,7 +49,7 @@ def read_json(path: str) -> Any:
         try:
             return json.load(f)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+            raise InputError(f"{path}: not valid JSON: {exc}") from None
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

@@ -85,7 +85,7 @@ def recover(out_dir: str, is_complete: IsComplete, legacy: Legacy | None = None,
     backups = [(b, rm) for b, rm in backups if os.path.isdir(b)]
     note = None
     if not os.path.exists(out_dir):
-        for b, rm in backups:
+        for b, _rm in backups:
             if is_complete(b):
                 os.replace(b, out_dir)
                 note = f"restored the previous {what} of {out_dir} from {b} (a write into it had been interrupted)"

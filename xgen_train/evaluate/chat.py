@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xgen_data import tokenizer as xtok
+from xgen_data.errors import InputError
 from xgen_data.sft import masking, render
 from xgen_train.evaluate.generate import generate
 from xgen_train.model.config import ModelConfig
@@ -49,7 +50,7 @@ def reply(params, cfg: ModelConfig, history: list[tuple[str, str]], prompt: str,
             (:func:`xgen_train.evaluate.generate.generate`).
     """
     if not prompt.strip():
-        raise ValueError("empty prompt")
+        raise InputError("empty prompt")
     ids = prompt_ids(history, prompt, system)
     res = generate(params, cfg, ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                    vocab_limit=xtok.VOCAB_SIZE, should_stop=_hit_stop)

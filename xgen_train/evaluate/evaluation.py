@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CarbonEstimate", "PassAtKError", "carbon", "long_documents", "pass_at_k", "pass_at_k_table",
-           "position_buckets", "ppl_by_position", "read_counts", "trained_seq_len", "write_ppl_outputs"]
+from xgen_data.errors import InputError
+
+__all__ = ["CarbonEstimate", "PassAtKError", "carbon", "emissions_text", "energy_text", "long_documents", "pass_at_k", "pass_at_k_table",
+           "position_buckets", "ppl_by_position", "read_counts", "run_recipe", "trained_seq_len", "write_ppl_outputs"]
 
 # SPEC §6: XGen-7B's training energy.
 SPEC_DEVICE_HOURS = 270_336
@@ -60,16 +62,35 @@ def carbon(device_hours: float = SPEC_DEVICE_HOURS, watts: float = SPEC_WATTS, p
     """
     for name, v in (("device_hours", device_hours), ("watts", watts), ("pue", pue), ("kg_per_kwh", kg_per_kwh)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
     if pue < 1:
-        raise ValueError(f"pue must be >= 1 (total facility power / IT power), got {pue}")
+        raise InputError(f"pue must be >= 1 (total facility power / IT power), got {pue}")
     kwh = device_hours * watts / 1000.0 * pue
     return CarbonEstimate(device_hours, watts, pue, kg_per_kwh, kwh, kwh / 1000.0, kwh * kg_per_kwh / 1000.0)
 
 
+def energy_text(kwh: float) -> str:
+    """``kwh`` in the unit that keeps 3 significant digits readable: Wh below 1 kWh, kWh below 1 MWh, else MWh."""
+    if kwh < 1:
+        return f"{kwh * 1000:.3g} Wh"
+    if kwh < 1000:
+        return f"{kwh:,.3g} kWh" if kwh < 100 else f"{kwh:,.0f} kWh"
+    return f"{kwh / 1000:,.1f} MWh"
+
+
+def emissions_text(kg: float) -> str:
+    """``kg`` of CO2-equivalent as gCO2eq below 1 kg, kgCO2eq below 1 t, else tCO2eq (3 significant digits or
+    two decimals of a tonne), so a small run is never printed as 0."""
+    if kg < 1:
+        return f"{kg * 1000:.3g} gCO2eq"
+    if kg < 1000:
+        return f"{kg:,.3g} kgCO2eq" if kg < 100 else f"{kg:,.0f} kgCO2eq"
+    return f"{kg / 1000:,.2f} tCO2eq"
+
+
 # ------------------------------------------------------------------------------------------------- pass@k
 
-class PassAtKError(ValueError):
+class PassAtKError(InputError):
     """Bad per-problem counts (names the file and line) or a ``k`` larger than a problem's ``n``."""
 
 
@@ -218,6 +239,21 @@ def trained_seq_len(run: str | os.PathLike) -> int | None:
     return max(found) if found else None
 
 
+def run_recipe(run: str | os.PathLike):
+    """The recipe a run's shards were built with: ``RUN/run.json`` names the shards folder, whose manifest records
+    the recipe's TOML text (:func:`xgen_data.mixing.recipe.recorded`). None when the run records no shards folder
+    or that folder is gone. Raises RecipeError when the recorded text does not parse."""
+    from xgen_data.mixing import recipe
+
+    try:
+        shards = json.loads((Path(run) / "run.json").read_text(encoding="utf-8")).get("shards_dir")
+    except (OSError, ValueError):
+        return None
+    if not shards or not os.path.isfile(os.path.join(shards, "manifest.json")):
+        return None
+    return recipe.recorded(shards)
+
+
 def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None,
                    subsets: list[str] | None = None, recipe=None) -> list[np.ndarray]:
     """The first ``min_tokens`` tokens of each kept document with at least ``min_tokens`` tokens.
@@ -240,7 +276,7 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     known = corpus.subsets()
     for s in subsets or []:
         if s not in known:
-            raise ValueError(f"{corpus_dir}: no subset {s!r}; subsets: {', '.join(known) or '(none)'}")
+            raise InputError(f"{corpus_dir}: no subset {s!r}; subsets: {', '.join(known) or '(none)'}")
     con = sql.connect(corpus_dir, recipe=recipe)
     where = "kept" + (f" AND subset IN ({', '.join('?' * len(subsets))})" if subsets else "")
     params = list(subsets or [])
@@ -252,10 +288,10 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     if not rows:
         undecided = con.execute("SELECT count(*) FILTER (WHERE kept IS NULL), count(*) FROM documents").fetchone()
         if total == 0 and undecided[0] == undecided[1] > 0:
-            raise ValueError(f"{corpus_dir}: no document has a keep decision yet (kept is NULL: no recipe given "
+            raise InputError(f"{corpus_dir}: no document has a keep decision yet (kept is NULL: no recipe given "
                              "and no `xgen filter`/`xgen dedup` run); pass --recipe, e.g. the recipe the shards "
                              "were built with (the demo's W/recipe.toml)")
-        raise ValueError(f"{corpus_dir}: no kept document has at least {min_tokens:,} tokens ({total:,} kept "
+        raise InputError(f"{corpus_dir}: no kept document has at least {min_tokens:,} tokens ({total:,} kept "
                          f"documents{' in ' + ', '.join(subsets) if subsets else ''}; the longest has "
                          f"{longest:,} tokens); pass a smaller --min-tokens")
     by_part: dict[tuple[str, str], list[int]] = {}
@@ -302,12 +338,12 @@ def ppl_by_position(params, cfg, docs: list[np.ndarray], batch_size: int | None 
     from xgen_train.model.model import build_model
 
     if not docs:
-        raise ValueError("no documents to evaluate")
+        raise InputError("no documents to evaluate")
     n = len(docs[0])
     if any(len(d) != n for d in docs):
-        raise ValueError("documents must all have the same length (cut them with long_documents)")
+        raise InputError("documents must all have the same length (cut them with long_documents)")
     if not 2 <= n <= cfg.max_positions:
-        raise ValueError(f"document length {n} must be in [2, max_positions={cfg.max_positions}]")
+        raise InputError(f"document length {n} must be in [2, max_positions={cfg.max_positions}]")
     bs = min(batch_size or max(1, 4096 // n), len(docs))
     apply = build_model(cfg, compute_dtype).apply
 

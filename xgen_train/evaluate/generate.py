@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgen_data.errors import InputError
 from xgen_train.model.config import ModelConfig
 from xgen_train.model.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
 
@@ -186,18 +187,18 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
             vocabulary, or an invalid ``temperature`` / ``top_p`` / ``max_new_tokens``.
     """
     if not prompt:
-        raise ValueError("prompt is empty: give at least one token (e.g. EOS 50256 to start a new document)")
+        raise InputError("prompt is empty: give at least one token (e.g. EOS 50256 to start a new document)")
     if any(not 0 <= int(t) < cfg.vocab_size for t in prompt):
-        raise ValueError(f"prompt ids must be in [0, {cfg.vocab_size})")
+        raise InputError(f"prompt ids must be in [0, {cfg.vocab_size})")
     if len(prompt) >= cfg.max_positions:
-        raise ValueError(f"prompt has {len(prompt)} tokens; the model accepts at most {cfg.max_positions} "
+        raise InputError(f"prompt has {len(prompt)} tokens; the model accepts at most {cfg.max_positions} "
                          "positions, leaving no room for new tokens")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise InputError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
     greedy = temperature == 0
     step, full = _compiled(cfg, str(jnp.dtype(compute_dtype)), greedy)
     n0 = len(prompt)

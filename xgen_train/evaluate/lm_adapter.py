@@ -31,6 +31,7 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from xgen_data import tokenizer as xtok
+from xgen_data.errors import InputError
 from xgen_train.evaluate.sampling import sample_completions
 from xgen_train.model.config import ModelConfig
 from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
@@ -90,7 +91,7 @@ def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[in
     rows = []
     for i, (ctx, cont) in enumerate(pairs):
         if not cont or len(ctx) + len(cont) < 2:
-            raise ValueError(f"request {i}: need a non-empty continuation and at least one context token")
+            raise InputError(f"request {i}: need a non-empty continuation and at least one context token")
         whole = (list(ctx) + list(cont))[-(limit + 1):]
         rows.append((whole[:-1], whole[1:], min(len(cont), len(whole) - 1)))
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), -rows[i][2]))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xgen_data import tokenizer as xtok
+from xgen_data.errors import InputError
 from xgen_train.evaluate.generate import _bucket, forward_cached, init_cache
 from xgen_train.model.config import ModelConfig
 
@@ -154,11 +155,11 @@ def sample_completions(params, cfg: ModelConfig, prompt: list[int], n: int, max_
         ValueError: empty or too long prompt, ``n < 1``, ``max_new_tokens < 1``, bad temperature / top_p.
     """
     if not prompt or len(prompt) >= cfg.max_positions:
-        raise ValueError(f"prompt must have 1 to {cfg.max_positions - 1} tokens, got {len(prompt)}")
+        raise InputError(f"prompt must have 1 to {cfg.max_positions - 1} tokens, got {len(prompt)}")
     if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}")
+        raise InputError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}")
     if not (temperature >= 0 and math.isfinite(temperature)) or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        raise InputError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     greedy = temperature == 0
     prefill, draw, step = _programs(cfg, str(jnp.dtype(compute_dtype)), greedy)
     n0 = len(prompt)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xgen_data.errors import InputError, RefusedError
 from xgen_data.store.publish import FolderPublisher, make_parent
 from xgen_train.loop.checkpoint import (CheckpointStore, checkpoint_model_config, checkpoint_source, is_hf_folder,
                                         latest_checkpoint, load_params, make_meta)
@@ -46,7 +47,7 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
-class HFFormatError(ValueError):
+class HFFormatError(InputError):
     """A Hugging Face folder is missing a file, or its config or tensors do not describe an xgen LLaMA."""
 
 
@@ -221,13 +222,13 @@ def _check_params(flat: dict, cfg: ModelConfig, names: dict[str, str]) -> None:
     shapes = flat_params(jax.eval_shape(lambda: init_params(cfg, 0)))
     missing = sorted(set(names) - set(flat))
     if missing:
-        raise ValueError(f"parameter {missing[0]!r} missing ({len(missing)} missing in all)")
+        raise HFFormatError(f"parameter {missing[0]!r} missing ({len(missing)} missing in all)")
     extra = sorted(set(flat) - set(names))
     if extra:
-        raise ValueError(f"unexpected parameter {extra[0]!r} for config {cfg}")
+        raise HFFormatError(f"unexpected parameter {extra[0]!r} for config {cfg}")
     for k, v in flat.items():
         if tuple(v.shape) != tuple(shapes[k].shape):
-            raise ValueError(f"parameter {k!r} has shape {list(v.shape)}, expected {list(shapes[k].shape)}")
+            raise HFFormatError(f"parameter {k!r} has shape {list(v.shape)}, expected {list(shapes[k].shape)}")
 
 
 # --------------------------------------------------------------------------------------------------- import
@@ -441,7 +442,7 @@ def import_hf(path: str | os.PathLike, run: str | os.PathLike) -> Path:
 
     run = Path(run)
     if (earlier := latest_checkpoint(run / "checkpoints")) is not None:
-        raise ValueError(f"{run}: already holds checkpoints (latest {earlier.name}); choose another --out folder")
+        raise RefusedError(f"{run}: already holds checkpoints (latest {earlier.name}); choose another --out folder")
     cfg, params = load_hf(path)
     params = {m: {n: jnp.asarray(v) for n, v in d.items()} for m, d in params.items()}
     opt_state = make_optimizer(OptimizerConfig()).init(params)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from xgen_data.errors import InputError, ProblemFound
+from xgen_data.errors import DamagedDataError, InputError, ProblemFound
 from xgen_data.store import fsutil
 from xgen_train.model.config import ModelConfig, get_config
 
@@ -60,7 +59,7 @@ SIDECAR_FORMAT = "xgen-checkpoint-sha256"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DamagedDataError):
     """A checkpoint is missing, corrupt (sha256/size mismatch), incomplete or does not fit the run."""
 
 
@@ -135,14 +134,6 @@ def _ocp():
     return ocp
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != SIDECAR)
 
@@ -150,7 +141,7 @@ def _files(directory: Path) -> list[Path]:
 def write_sidecar(directory: str | os.PathLike, step: int) -> Path:
     """Record sha256 and size of every file of a finalised checkpoint in ``directory/xgen-sha256.json``."""
     directory = Path(directory)
-    files = {p.relative_to(directory).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    files = {p.relative_to(directory).as_posix(): {"sha256": fsutil.sha256_file(p), "bytes": p.stat().st_size}
              for p in _files(directory)}
     path = directory / SIDECAR
     fsutil.write_json(str(path), {"format": SIDECAR_FORMAT, "format_version": 1, "step": int(step), "files": files})
@@ -185,7 +176,7 @@ def verify_checkpoint(directory: str | os.PathLike) -> dict:
         size = p.stat().st_size
         if size != want.get("bytes"):
             raise CheckpointError(f"{p}: {size} bytes, {SIDECAR} says {want.get('bytes')} (truncated or damaged)")
-        if _sha256(p) != want.get("sha256"):
+        if fsutil.sha256_file(p) != want.get("sha256"):
             raise CheckpointError(f"{p}: sha256 differs from {SIDECAR} (corrupt checkpoint file)")
     extra = [p.relative_to(directory).as_posix() for p in _files(directory)
              if p.relative_to(directory).as_posix() not in files]
@@ -302,8 +293,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for root in (p / "checkpoints", p):
         if (latest := latest_checkpoint(root)) is not None:
             return latest
+    hint = "; a Hugging Face folder: `xgen import hf` makes a run of it" if is_hf_folder(p) else ""
     raise CheckpointError(f"{p}: neither a checkpoint directory nor a run directory with complete checkpoints "
-                          "(checkpoints/step_*/ with xgen-sha256.json)")
+                          f"(checkpoints/step_*/ with xgen-sha256.json){hint}")
 
 
 def checkpoint_source(path: str | os.PathLike) -> tuple[Path | None, int | None]:
@@ -400,7 +392,7 @@ class CheckpointStore:
 
     def __init__(self, root: str | os.PathLike, keep: int = 3) -> None:
         if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+            raise InputError(f"keep must be >= 1, got {keep}")
         ocp = _ocp()
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)

@@ -30,13 +30,14 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from xgen_data.errors import DamagedDataError, InputError
 from xgen_train.model.numerics import NumericsOptions
 
 __all__ = ["CheckpointSection", "DataSection", "ModelSection", "MonitorSection", "OBJECTIVE_DEFAULTS",
            "OptimizerSection", "RunConfigError", "ScheduleSection", "TrainConfig", "load_run_config"]
 
 
-class RunConfigError(ValueError):
+class RunConfigError(DamagedDataError):
     """A stored run configuration cannot be read back (names the file and the problem)."""
 
 
@@ -220,7 +221,7 @@ class TrainConfig:
         Raises ValueError for an unknown objective.
         """
         if objective not in OBJECTIVE_DEFAULTS:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVE_DEFAULTS)}, got {objective!r}")
+            raise InputError(f"objective must be one of {', '.join(OBJECTIVE_DEFAULTS)}, got {objective!r}")
         flat = self.to_flat()
         fill = {k: v for k, v in OBJECTIVE_DEFAULTS[objective].items()
                 if k not in ("batch_tokens", "batch_size") and flat[k] is None}

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from xgen_data.errors import InputError
+
 __all__ = ["DataPosition", "Phase", "Plan", "batch_size_for", "make_plan", "substages_of"]
 
 
@@ -128,21 +130,21 @@ def substages_of(manifest: dict, stage: str | None = None, substage: str | None 
     stages = [s for s in manifest.get("stages", []) if isinstance(s, dict)]
     names = [s.get("name") for s in stages]
     if stage is not None and stage not in names:
-        raise ValueError(f"no stage {stage!r} in the manifest; available: {', '.join(map(str, names))}")
+        raise InputError(f"no stage {stage!r} in the manifest; available: {', '.join(map(str, names))}")
     out = [(s["name"], sub) for s in stages if stage in (None, s.get("name"))
            for sub in s.get("substages") or [] if isinstance(sub, dict)]
     if substage is not None:
         picked = [(st, sub) for st, sub in out if sub.get("name") == substage]
         if not picked:
             avail = ", ".join(f"{st}/{sub.get('name')}" for st, sub in out)
-            raise ValueError(f"no sub-stage {substage!r}" + (f" in stage {stage!r}" if stage else "") +
+            raise InputError(f"no sub-stage {substage!r}" + (f" in stage {stage!r}" if stage else "") +
                              f"; available: {avail}")
         if len(picked) > 1:
-            raise ValueError(f"sub-stage {substage!r} is in several stages ({', '.join(st for st, _ in picked)}); "
+            raise InputError(f"sub-stage {substage!r} is in several stages ({', '.join(st for st, _ in picked)}); "
                              "choose one with --stage")
         out = picked
     if not out:
-        raise ValueError("the manifest has no sub-stages")
+        raise InputError("the manifest has no sub-stages")
     return out
 
 
@@ -153,13 +155,13 @@ def batch_size_for(seq_len: int, batch_tokens: int | None, batch_size: int | Non
         ValueError: both or neither given, or ``batch_tokens`` not a positive multiple of ``seq_len``.
     """
     if (batch_tokens is None) == (batch_size is None):
-        raise ValueError("give exactly one of batch_tokens (--batch-tokens) and batch_size (--batch-size)")
+        raise InputError("give exactly one of batch_tokens (--batch-tokens) and batch_size (--batch-size)")
     if batch_size is not None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         return batch_size
     if batch_tokens < seq_len or batch_tokens % seq_len:
-        raise ValueError(f"--batch-tokens {batch_tokens} is not a positive multiple of seq_len {seq_len}; "
+        raise InputError(f"--batch-tokens {batch_tokens} is not a positive multiple of seq_len {seq_len}; "
                          "use a multiple of every sub-stage's seq_len, or --batch-size")
     return batch_tokens // seq_len
 
@@ -180,9 +182,9 @@ def make_plan(manifest: dict, *, batch_tokens: int | None = None, batch_size: in
             with no update at all.
     """
     if not 0.0 < budget_fraction <= 1.0:
-        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
+        raise InputError(f"budget_fraction must be in (0, 1], got {budget_fraction}")
     if int(epochs) != epochs or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs}")
+        raise InputError(f"epochs must be an integer >= 1, got {epochs}")
     phases = []
     step = tokens = 0
     for k, (st, sub) in enumerate(substages_of(manifest, stage, substage)):
@@ -196,6 +198,6 @@ def make_plan(manifest: dict, *, batch_tokens: int | None = None, batch_size: in
         step += ph.steps
         tokens += ph.steps * ph.tokens_per_step
     if step == 0:
-        raise ValueError("no sub-stage has a full batch of sequences: "
+        raise InputError("no sub-stage has a full batch of sequences: "
                          + ", ".join(f"{p.name} {p.n_sequences} < {p.batch_size}" for p in phases))
     return Plan(tuple(phases))

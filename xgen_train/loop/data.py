@@ -248,11 +248,6 @@ class ShardLoader:
             self._maps[k] = mm
         return mm
 
-    @property
-    def tokens_per_batch(self) -> int:
-        """``batch_size * seq_len`` tokens read per step."""
-        return self.batch_size * self.seq_len
-
     def epoch_of(self, step: int) -> float:
         """Fractional epoch at the start of ``step``: ``step * batch_size / n_sequences``."""
         return step * self.batch_size / self.n_sequences

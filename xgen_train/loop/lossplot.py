@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from xgen_data.errors import InputError
+
 __all__ = ["Boundary", "boundaries", "plot_loss", "read_metrics"]
 
 
@@ -32,13 +34,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a ``metrics.jsonl`` file (or of ``RUN/metrics.jsonl`` for a run directory).
 
     Raises:
-        FileNotFoundError: no metrics file. ValueError: a line that is not JSON (names file and line).
+        InputError: no metrics file, or a line that is not JSON (names file and line).
     """
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no metrics.jsonl (not a training run directory?)")
+        raise InputError(f"{p}: no metrics.jsonl (not a training run directory?)")
     out = []
     with open(p, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -46,7 +48,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{p}:{n}: not valid JSON: {exc}") from None
+                    raise InputError(f"{p}:{n}: not valid JSON: {exc}") from None
     return out
 
 

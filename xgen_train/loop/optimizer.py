@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xgen_data.errors import InputError
+
 __all__ = ["OptimizerConfig", "decay_mask", "learning_rate", "make_optimizer", "make_schedule"]
 
 
@@ -49,17 +51,17 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         for name in ("peak_lr", "final_lr_ratio", "b1", "b2", "eps", "weight_decay", "clip_norm"):
             if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+                raise InputError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.peak_lr <= 0:
-            raise ValueError(f"peak_lr must be > 0, got {self.peak_lr}")
+            raise InputError(f"peak_lr must be > 0, got {self.peak_lr}")
         if self.warmup_steps < 0 or self.total_steps <= 0:
-            raise ValueError("warmup_steps must be >= 0 and total_steps > 0")
+            raise InputError("warmup_steps must be >= 0 and total_steps > 0")
         if self.warmup_steps > self.total_steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds total_steps={self.total_steps}")
+            raise InputError(f"warmup_steps={self.warmup_steps} exceeds total_steps={self.total_steps}")
         if not 0.0 <= self.final_lr_ratio <= 1.0:
-            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+            raise InputError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         if self.weight_decay < 0 or self.clip_norm < 0:
-            raise ValueError("weight_decay and clip_norm must be >= 0")
+            raise InputError("weight_decay and clip_norm must be >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

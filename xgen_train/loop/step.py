@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xgen_data.errors import InputError
+
 __all__ = ["StepOptions", "accumulated_value_and_grad", "init_monitor", "make_train_step", "monitor_from_history",
            "spike_update", "token_sum_value_and_grad"]
 
@@ -55,9 +57,9 @@ class StepOptions:
 
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
-            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+            raise InputError(f"accum_steps must be >= 1, got {self.accum_steps}")
         if self.spike_window < 2 or self.spike_min_history < 2 or self.spike_min_history > self.spike_window:
-            raise ValueError("need 2 <= spike_min_history <= spike_window")
+            raise InputError("need 2 <= spike_min_history <= spike_window")
 
     def to_dict(self) -> dict:
         """Plain-dict form (for ``run.json``)."""
@@ -128,7 +130,7 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int) -> Callable:
     def f(params, tokens):
         b, length = tokens.shape
         if b % accum_steps:
-            raise ValueError(f"batch of {b} sequences is not a multiple of accum_steps={accum_steps}")
+            raise InputError(f"batch of {b} sequences is not a multiple of accum_steps={accum_steps}")
         micro = tokens.reshape(b // accum_steps, accum_steps, length).swapaxes(0, 1)  # [A, B//A, L]
         (_, aux0), _ = jax.eval_shape(vg, params, micro[0])
         zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux0),
@@ -149,7 +151,7 @@ def _micro_batches(batch, accum_steps: int):
     """A batch pytree of ``[B, ...]`` arrays as ``[A, B//A, ...]``: microbatch ``i`` = rows ``i::A`` (module doc)."""
     def split(a):
         if a.shape[0] % accum_steps:
-            raise ValueError(f"batch of {a.shape[0]} sequences is not a multiple of accum_steps={accum_steps}")
+            raise InputError(f"batch of {a.shape[0]} sequences is not a multiple of accum_steps={accum_steps}")
         return a.reshape(a.shape[0] // accum_steps, accum_steps, *a.shape[1:]).swapaxes(0, 1)
     return jax.tree.map(split, batch)
 

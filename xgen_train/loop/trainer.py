@@ -41,6 +41,7 @@ import jax
 import numpy as np
 import optax
 
+from xgen_data.errors import InputError, RefusedError
 from xgen_data.store import fsutil
 from xgen_train.loop.lossplot import plot_loss
 from xgen_train.loop import guards, runlock
@@ -266,7 +267,7 @@ HOST_INIT_MAX_BYTES = 2 << 30
 def resolve_init_on(init_on: str, cfg) -> str:
     """``host`` or ``device`` for ``init_on`` (``auto`` by :data:`HOST_INIT_MAX_BYTES`). Raises ValueError."""
     if init_on not in ("auto", "host", "device"):
-        raise ValueError(f"init_on must be auto, host or device, got {init_on!r}")
+        raise InputError(f"init_on must be auto, host or device, got {init_on!r}")
     if init_on == "auto":
         return "host" if 4 * count_parameters(cfg) <= HOST_INIT_MAX_BYTES else "device"
     return init_on
@@ -363,7 +364,7 @@ def train(shards_dir: str | os.PathLike | None, out_dir: str | os.PathLike, conf
 def _fold_compute_dtype(num: NumericsOptions, compute_dtype: str) -> NumericsOptions:
     want = as_policy(compute_dtype).name
     if num.precision != "auto" and as_policy(num.precision).name != want:
-        raise ValueError(f"compute_dtype={compute_dtype!r} contradicts numerics.precision={num.precision!r}")
+        raise InputError(f"compute_dtype={compute_dtype!r} contradicts numerics.precision={num.precision!r}")
     return dataclasses.replace(num, precision=want)
 
 
@@ -376,13 +377,13 @@ def _check_settings(tc: TrainConfig) -> None:
     """Range checks of the settings the dataclasses leave open. Raises ValueError naming the setting."""
     s, mon = tc.schedule, tc.monitor
     if not tc.data.shards_dir:
-        raise ValueError("no shards folder given (shards_dir)")
+        raise InputError("no shards folder given (shards_dir)")
     if s.steps is not None and s.steps <= 0:
-        raise ValueError(f"steps must be > 0, got {s.steps}")
+        raise InputError(f"steps must be > 0, got {s.steps}")
     if mon.log_every <= 0 or mon.eval_every < 0 or mon.eval_sequences <= 0:
-        raise ValueError("log_every and eval_sequences must be > 0, eval_every >= 0")
+        raise InputError("log_every and eval_sequences must be > 0, eval_every >= 0")
     if tc.data.batch_tokens is not None and tc.data.batch_size is not None:
-        raise ValueError("give batch_tokens or batch_size, not both")
+        raise InputError("give batch_tokens or batch_size, not both")
     guards.check_settings(**{k: v for k, v in tc.to_flat().items() if k in guards.RANGES})  # finite, in range
 
 
@@ -407,12 +408,12 @@ def _check_plan(tc: TrainConfig, plan: Plan, feed: Feed, cfg: ModelConfig, manif
     for ph in plan.phases:
         ld = feed.loader(ph) if ph.steps else None
         if ld is not None and (ld.padded_vocab_size > cfg.vocab_size or ld.vocab_size > cfg.vocab_size):
-            raise ValueError(f"shards use vocab {ld.padded_vocab_size} but model {name!r} has vocab_size "
+            raise InputError(f"shards use vocab {ld.padded_vocab_size} but model {name!r} has vocab_size "
                              f"{cfg.vocab_size}")
         if ph.seq_len > cfg.max_positions:
-            raise ValueError(f"{ph.name}: seq_len {ph.seq_len} exceeds {name!r} max_positions {cfg.max_positions}")
+            raise InputError(f"{ph.name}: seq_len {ph.seq_len} exceeds {name!r} max_positions {cfg.max_positions}")
         if ph.batch_size % num.accum_steps:
-            raise ValueError(f"{ph.name}: batch of {ph.batch_size} sequences is not a multiple of "
+            raise InputError(f"{ph.name}: batch of {ph.batch_size} sequences is not a multiple of "
                              f"accum_steps={num.accum_steps}")
         if ph.steps:
             check_batch(ph.batch_size, dmesh, what=f"{ph.name}: batch")
@@ -431,7 +432,7 @@ def _refuse_steps(tc: TrainConfig, manifest: dict, plan: Plan, stop_step: int) -
         more = (f"; at budget fraction {d.budget_fraction:g} — the shards hold {full:,} updates at 1.0, so a "
                 f"longer run is a new run (another --out) with a larger --budget-fraction (a resume keeps its "
                 f"fraction: it fixes the schedule)")
-    raise ValueError(f"steps={stop_step} exceeds the plan's {plan.total_steps} updates (one pass over every "
+    raise InputError(f"steps={stop_step} exceeds the plan's {plan.total_steps} updates (one pass over every "
                      f"selected sub-stage{more}); train fewer steps"
                      + ("" if more else ", or build shards with more data (a larger recipe budget)"))
 
@@ -440,7 +441,7 @@ def _optimizer_config(tc: TrainConfig, plan: Plan) -> OptimizerConfig:
     o, s = tc.optimizer, tc.schedule
     schedule_steps = s.total_steps or plan.total_steps
     if s.warmup > schedule_steps:
-        raise ValueError(f"warmup {s.warmup} exceeds the schedule length {schedule_steps} (the plan's updates or "
+        raise InputError(f"warmup {s.warmup} exceeds the schedule length {schedule_steps} (the plan's updates or "
                          "total_steps); pass a smaller warmup (--warmup) for a short run")
     return OptimizerConfig(peak_lr=o.lr, warmup_steps=s.warmup, total_steps=schedule_steps,
                            final_lr_ratio=s.final_lr_ratio, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
@@ -505,12 +506,12 @@ def _checkpoint_to_resume(ckpt_root: Path, out: Path, resume) -> Path | None:
     if resume:
         ckpt_dir = latest_checkpoint(ckpt_root) if resume is True else Path(resume)
         if ckpt_dir is None:
-            raise ValueError(f"resume requested but no complete checkpoint under {ckpt_root}")
+            raise InputError(f"resume requested but no complete checkpoint under {ckpt_root}")
         return ckpt_dir
     if (earlier := latest_checkpoint(ckpt_root)) is not None:
         # a fresh run here would mix its checkpoints with an earlier run's (and --resume would pick theirs)
-        raise ValueError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
-                         "continue it, or choose another output folder")
+        raise RefusedError(f"{out}: holds checkpoints of an earlier run (latest {earlier.name}); pass --resume to "
+                           "continue it, or choose another output folder")
     return None
 
 
@@ -518,9 +519,9 @@ def _resumed_state(ctx: RunContext, ckpt_dir: Path, shardings) -> tuple[Any, Any
     verify_checkpoint(ckpt_dir)  # every file against the sidecar, before trusting any of it
     diffs = config_differences(read_meta(ckpt_dir).get("run") or {}, ctx.run)
     if diffs:
-        raise ValueError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
-                         + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
-                         "another --out folder")
+        raise RefusedError(f"{ckpt_dir}: refusing to resume, the settings differ from the run's (old -> new):\n  "
+                           + "\n  ".join(diffs) + "\nrerun with the original settings, or start a new run in "
+                           "another --out folder")
     p_sh, s_sh, _, _, (_, s_template) = shardings
     ck = load_checkpoint(ckpt_dir, opt_state_template=s_template, verify=False, shardings=(p_sh, s_sh))
     want = ctx.plan.position(ck.step).to_dict()
@@ -528,7 +529,7 @@ def _resumed_state(ctx: RunContext, ckpt_dir: Path, shardings) -> tuple[Any, Any
         raise CheckpointError(f"{ckpt_dir}: data position {ck.meta.get('position')} does not match the plan's "
                               f"{want} for step {ck.step}")
     if ck.step > ctx.stop_step:
-        raise ValueError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={ctx.stop_step}")
+        raise InputError(f"{ckpt_dir}: checkpoint is at step {ck.step}, beyond steps={ctx.stop_step}")
     return ck.params, ck.opt_state, ck.step  # restored straight into this mesh's layout
 
 
@@ -540,7 +541,7 @@ def _first_state(ctx: RunContext, optimizer, shardings, init_loader=None) -> tup
         init_cfg, init_p = (init_loader or load_params)(m.init)
         if init_cfg != cfg:
             diffs = config_differences(init_cfg.to_dict(), cfg.to_dict())
-            raise ValueError(f"{m.init}: its model config differs from {m.config_name!r} (init -> --config): "
+            raise InputError(f"{m.init}: its model config differs from {m.config_name!r} (init -> --config): "
                              + "; ".join(diffs) + f"; --config {INIT_CONFIG} trains the init's own config")
         params = put_global(init_p, p_sh)
     else:
@@ -766,7 +767,7 @@ def _resolve_numerics(numerics: NumericsOptions | None, compute_dtype: str | Non
     if compute_dtype is not None:
         num = _fold_compute_dtype(num, compute_dtype)
     if objective == "sft" and num.doc_mask:
-        raise ValueError("doc_mask does not apply to SFT shards: their segment ids already mask attention")
+        raise InputError("doc_mask does not apply to SFT shards: their segment ids already mask attention")
     if num.doc_mask and num.eos_id is None:
         num = dataclasses.replace(num, eos_id=int(manifest["eos_id"]))
     return num.resolved()

@@ -23,6 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from xgen_data.errors import InputError
 from xgen_train.model.precision import as_policy, matmul
 
 __all__ = ["ATTENTION_IMPLS", "attention", "chunked_attention", "dot_product_attention", "plain_attention",
@@ -158,4 +159,4 @@ def attention(q, k, v, impl: str = "xla", policy="float32", segment_ids=None, bl
         return chunked_attention(q, k, v, policy, segment_ids, block)
     if impl == "dot_product":
         return dot_product_attention(q, k, v, policy, segment_ids)
-    raise ValueError(f"unknown attention {impl!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    raise InputError(f"unknown attention {impl!r}; use one of {', '.join(ATTENTION_IMPLS)}")

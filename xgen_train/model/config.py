@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from xgen_data.errors import InputError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -36,13 +38,13 @@ class ModelConfig:
         for name in ("vocab_size", "hidden", "intermediate", "n_layers", "n_heads", "max_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+                raise InputError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.hidden % self.n_heads:
-            raise ValueError(f"ModelConfig.hidden={self.hidden} is not divisible by n_heads={self.n_heads}")
+            raise InputError(f"ModelConfig.hidden={self.hidden} is not divisible by n_heads={self.n_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+            raise InputError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.rope_theta <= 0 or self.rms_eps <= 0:
-            raise ValueError("ModelConfig.rope_theta and rms_eps must be positive")
+            raise InputError("ModelConfig.rope_theta and rms_eps must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -59,7 +61,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+            raise InputError(f"unknown ModelConfig fields: {sorted(unknown)}")
         return cls(**data)
 
 
@@ -79,7 +81,7 @@ def get_config(name: str) -> ModelConfig:
     try:
         return CONFIGS[name]
     except KeyError:
-        raise KeyError(f"unknown model config {name!r}; known: {', '.join(sorted(CONFIGS))}") from None
+        raise InputError(f"unknown model config {name!r}; known: {', '.join(sorted(CONFIGS))}") from None
 
 
 def count_parameters(cfg: ModelConfig) -> int:

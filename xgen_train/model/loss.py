@@ -20,6 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from xgen_data.errors import InputError
 from xgen_train.model.precision import as_policy, matmul
 
 __all__ = ["chunked_next_token_loss", "next_token_loss", "shifted_targets"]
@@ -174,7 +175,7 @@ def make_loss_fn(cfg, numerics=None):
 
     num = (numerics or NumericsOptions()).resolved()
     if num.doc_mask and num.eos_id is None:
-        raise ValueError("doc_mask needs eos_id (the shards manifest's eos_id)")
+        raise InputError("doc_mask needs eos_id (the shards manifest's eos_id)")
     policy = num.policy
 
     def fwd(tokens):

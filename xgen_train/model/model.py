@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgen_data.errors import InputError
 from xgen_train.model.attention import ATTENTION_IMPLS, attention
 from xgen_train.model.config import ModelConfig
 from xgen_train.model.layout import constrain_batch, gather_table
@@ -170,9 +171,9 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
         raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
     b, t = tokens.shape
     if t > cfg.max_positions:
-        raise ValueError(f"sequence length {t} exceeds max_positions={cfg.max_positions}")
+        raise InputError(f"sequence length {t} exceeds max_positions={cfg.max_positions}")
     if attention not in ATTENTION_IMPLS:
-        raise ValueError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+        raise InputError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
     if positions is None:
         positions = jnp.arange(t, dtype=jnp.int32)
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)  # [T, hd]

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from xgen_data.errors import InputError
 from xgen_train.model.precision import PRECISIONS, PrecisionPolicy, resolve_precision
 
 __all__ = ["ATTENTION_CHOICES", "NumericsOptions"]
@@ -55,13 +56,13 @@ class NumericsOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
+            raise InputError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if self.attention_block <= 0 or self.loss_chunk < 0 or self.accum_steps <= 0:
-            raise ValueError("need attention_block > 0, loss_chunk >= 0, accum_steps > 0")
+            raise InputError("need attention_block > 0, loss_chunk >= 0, accum_steps > 0")
         if not math.isfinite(self.z_loss) or self.z_loss < 0:  # NaN passes every comparison
-            raise ValueError(f"z_loss must be a finite number >= 0, got {self.z_loss}")
+            raise InputError(f"z_loss must be a finite number >= 0, got {self.z_loss}")
 
     def resolved(self, backend: str | None = None) -> "NumericsOptions":
         """Copy with ``precision`` and ``attention`` made concrete for ``backend`` (default: JAX's)."""

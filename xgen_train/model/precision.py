@@ -26,6 +26,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from xgen_data.errors import InputError
+
 __all__ = ["PRECISIONS", "PrecisionPolicy", "as_policy", "matmul", "resolve_precision"]
 
 #: Accepted requests -> resolved name (``auto`` depends on the backend).
@@ -40,7 +42,7 @@ class PrecisionPolicy:
 
     def __post_init__(self) -> None:
         if self.name not in ("bfloat16", "float32"):
-            raise ValueError(f"precision must be bfloat16 or float32, got {self.name!r}")
+            raise InputError(f"precision must be bfloat16 or float32, got {self.name!r}")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -60,7 +62,7 @@ def resolve_precision(request: str = "auto", backend: str | None = None) -> Prec
     unknown request.
     """
     if request not in PRECISIONS:
-        raise ValueError(f"unknown precision {request!r}; use one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {request!r}; use one of {', '.join(PRECISIONS)}")
     name = PRECISIONS[request]
     if name is None:
         backend = backend or jax.default_backend()
@@ -80,9 +82,9 @@ def as_policy(x) -> PrecisionPolicy:
     try:
         dt = jnp.dtype(x)
     except TypeError:
-        raise ValueError(f"unknown compute_dtype {x!r}; use float32 or bfloat16") from None
+        raise InputError(f"unknown compute_dtype {x!r}; use float32 or bfloat16") from None
     if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {dt}")
+        raise InputError(f"compute_dtype must be float32 or bfloat16, got {dt}")
     return PrecisionPolicy(dt.name)
 
 

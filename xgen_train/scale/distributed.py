@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from xgen_data.errors import ProblemFound
+
 __all__ = ["distributed_reason", "is_main_process", "maybe_initialize", "process_info"]
 
 
@@ -82,7 +84,7 @@ def maybe_initialize(env: Mapping[str, str] | None = None) -> str | None:
         if not jax.distributed.is_initialized():
             jax.distributed.initialize(**kwargs)
     except Exception as exc:
-        raise RuntimeError(f"multi-host start ({reason}): jax.distributed.initialize failed: {exc}") from exc
+        raise ProblemFound(f"multi-host start ({reason}): jax.distributed.initialize failed: {exc}") from exc
     _STARTED["reason"] = reason
     return reason
 

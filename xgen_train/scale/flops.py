@@ -20,6 +20,7 @@ CPU there is no table entry: MFU is ``None`` unless a peak is given (``xgen trai
 """
 from __future__ import annotations
 
+from xgen_data.errors import InputError
 from xgen_train.model.config import ModelConfig
 
 __all__ = ["PEAK_FLOPS", "flops_per_token", "matmul_params", "mfu", "peak_flops"]
@@ -70,7 +71,7 @@ def peak_flops(device_kind: str | None = None, override: float | None = None) ->
     """
     if override is not None:
         if not override > 0:
-            raise ValueError(f"peak FLOP/s must be > 0, got {override}")
+            raise InputError(f"peak FLOP/s must be > 0, got {override}")
         return float(override)
     if device_kind is None:
         import jax

@@ -46,6 +46,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from xgen_data.errors import InputError
 from xgen_train.model.config import ModelConfig
 
 __all__ = ["AXES", "LOGICAL_AXES", "PARAM_RULES", "MeshError", "batch_sharding", "check_batch", "check_divisible",
@@ -75,7 +76,7 @@ PARAM_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _LOGICAL_SIZE_NAME = {"vocab": "vocab_size", "embed": "hidden", "heads": "hidden", "mlp": "intermediate"}
 
 
-class MeshError(ValueError):
+class MeshError(InputError):
     """A bad mesh spec, a mesh that does not fit the devices, or a shape not divisible by its mesh axes."""
 
 

@@ -8,6 +8,7 @@ from xgen_data.attributes.dedup.bands import lsh_candidates
 from xgen_data.attributes.dedup.params import EDGE_BATCH, DedupParams, DedupReport, sql_list
 from xgen_data.attributes.dedup.signatures import sig_array_path
 from xgen_data.attributes import minhash
+from xgen_data.errors import DamagedDataError
 
 
 class SigStore:
@@ -33,8 +34,8 @@ class SigStore:
             sel = np.flatnonzero(part == k)
             mat = np.load(self.paths[k], mmap_mode="r")
             if mat.shape != (self.offsets[k + 1] - self.offsets[k], self.num_perm):
-                raise RuntimeError(f"{self.paths[k]}: signature matrix of shape {mat.shape} does not match its part; "
-                                   "delete work/dedup and re-run")
+                raise DamagedDataError(f"{self.paths[k]}: signature matrix of shape {mat.shape} does not match its "
+                                       "part; delete work/dedup and re-run")
             out[sel] = mat[docs[sel] - self.offsets[k]]
             del mat
         return out

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from xgen_data.attributes import minhash
 from xgen_data.attributes.licenses import default_allow_list
+from xgen_data.errors import InputError, unknown_key
 
 REASON_EXACT = "exact_duplicate"
 REASON_NEAR = "near_duplicate"
@@ -80,25 +81,25 @@ def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, 
             not one of :data:`CLUSTERINGS`.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+        raise InputError(f"threshold must be a number in (0, 1), got {threshold!r}")
     if not is_int(num_perm) or not 2 <= num_perm <= 8192:
-        raise ValueError(f"num_perm must be an integer in [2, 8192], got {num_perm!r}")
+        raise InputError(f"num_perm must be an integer in [2, 8192], got {num_perm!r}")
     if not is_int(ngram) or ngram < 1:
-        raise ValueError(f"ngram must be an integer >= 1, got {ngram!r}")
+        raise InputError(f"ngram must be an integer >= 1, got {ngram!r}")
     if not is_int(seed) or not 0 <= seed < 1 << 32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        raise InputError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if scheme not in minhash.SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(minhash.SCHEMES)}, got {scheme!r}")
+        raise InputError(f"scheme must be one of {', '.join(minhash.SCHEMES)}, got {scheme!r}")
     if clustering not in CLUSTERINGS:
-        raise ValueError(f"clustering must be one of {', '.join(CLUSTERINGS)}, got {clustering!r}")
+        raise InputError(f"clustering must be one of {', '.join(CLUSTERINGS)}, got {clustering!r}")
     for name, v in (("exact", exact), ("near", near)):
         if not isinstance(v, bool):
-            raise ValueError(f"{name} must be true or false, got {v!r}")
+            raise InputError(f"{name} must be true or false, got {v!r}")
     for name, v in (("bands", bands), ("rows", rows)):
         if v is not None and (not is_int(v) or v < 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
         if v is not None and v > num_perm:
-            raise ValueError(f"{name} = {v} exceeds num_perm = {num_perm}")
+            raise InputError(f"{name} = {v} exceeds num_perm = {num_perm}")
     if bands is None and rows is None:
         bands, rows = minhash.optimal_bands_rows(float(threshold), int(num_perm))
     elif bands is None:
@@ -106,7 +107,7 @@ def resolve_params(threshold: float = 0.7, num_perm: int = 256, ngram: int = 5, 
     elif rows is None:
         rows = num_perm // bands
     if bands * rows > num_perm:
-        raise ValueError(f"bands × rows = {bands} × {rows} = {bands * rows} exceeds num_perm = {num_perm}")
+        raise InputError(f"bands × rows = {bands} × {rows} = {bands * rows} exceeds num_perm = {num_perm}")
     return DedupParams(float(threshold), int(num_perm), int(ngram), int(seed), int(bands), int(rows), scheme,
                        exact, near, clustering)
 
@@ -199,9 +200,10 @@ def recorded_params(license_allow=None, **kw) -> dict:
     """
     unknown = sorted(set(kw) - set(RECIPE_KEYS))
     if unknown:
-        raise ValueError(f"unknown dedup parameter(s) {', '.join(unknown)}; known: {', '.join(RECIPE_KEYS)}")
+        raise InputError("; ".join(unknown_key(k, RECIPE_KEYS) for k in unknown)
+                         + f" (dedup parameters: {', '.join(RECIPE_KEYS)})")
     if isinstance(license_allow, str):
-        raise ValueError("license_allow must be a list of SPDX identifiers, not a string")
+        raise InputError("license_allow must be a list of SPDX identifiers, not a string")
     params = resolve_params(**kw)
     allow = tuple(default_allow_list()) if license_allow is None else tuple(license_allow)
     return {**params.__dict__, "license_allow": sorted(allow)}

@@ -14,6 +14,7 @@ from xgen_data.attributes.dedup.bands import doc_offsets
 from xgen_data.attributes.dedup.cluster import cluster_documents
 from xgen_data.attributes.dedup.params import RECIPE_KEYS, DedupReport, is_int, resolve_params, sql_list
 from xgen_data.attributes.dedup.signatures import part_task, run_signatures
+from xgen_data.errors import InputError
 from xgen_data.execute.contract import Executor
 from xgen_data.execute import executors
 from xgen_data.store.corpus import Corpus, CorpusError
@@ -62,7 +63,7 @@ def run_dedup(corpus_dir: str, *, threshold: float = 0.7, num_perm: int = 256, n
     t_start = time.time()
     params = resolve_params(threshold, num_perm, ngram, seed, bands, rows, scheme, exact, near, clustering)
     if not is_int(workers) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"{corpus_dir}: no such corpus directory")
     if executor is None or isinstance(executor, str):
