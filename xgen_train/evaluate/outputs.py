@@ -1,23 +1,26 @@
-"""Evaluation output folders: written whole under a temporary sibling and renamed into place, with a
-manifest of sha256 checksums that readers verify.
+"""Evaluation output folders: written whole through the shared folder publisher
+(:class:`xgen_data.store.publish.FolderPublisher`: locked, temporary sibling, crash-safe swap), with a manifest
+of sha256 checksums that readers verify.
 
 A folder written by :func:`write_folder` holds the named files and ``xgen_eval.json``
-(``{"format": "xgen-eval", "kind": ..., "sha256": {file: hex}}``). Rewriting a folder replaces it only when it is
-absent, empty or an earlier output of the same kind; anything else is refused. :func:`read_verified` reads a
-file back and checks it against the manifest.
+(``{"format": "xgen-eval", "kind": ..., "sha256": {file: hex}, "inputs": [{"path", "sha256"}]}``; ``inputs``,
+the files the results were computed from, only where the command read any). Rewriting a folder replaces it
+only when it is absent, empty or an earlier output of the same kind holding only the files its manifest lists;
+anything else is refused, naming the foreign files. :func:`read_verified` reads a file back and checks it
+against the manifest.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from xgen_data.errors import DamagedDataError, InputError, RefusedError
+from xgen_data.errors import DamagedDataError, InputError
+from xgen_data.store.publish import FolderPublisher, make_parent
 
-__all__ = ["MANIFEST", "check_writable", "require_extra", "read_manifest", "read_verified", "write_folder"]
+__all__ = ["MANIFEST", "check_writable", "publisher", "require_extra", "read_manifest", "read_verified",
+           "write_folder"]
 
 MANIFEST = "xgen_eval.json"
 
@@ -70,54 +73,99 @@ def read_verified(folder: str | os.PathLike, name: str) -> bytes:
     return data
 
 
+def _listed_files(kind: str):
+    """``listed_files`` of the :class:`~xgen_data.store.publish.FolderPublisher` of a ``kind`` output folder: the
+    files its manifest lists and the manifest; None for a folder that is not an earlier ``kind`` output."""
+
+    def listed(folder: str) -> set[str] | None:
+        man = _manifest_or_none(folder)
+        if man is None or man.get("kind") != kind:
+            return None
+        return {MANIFEST, *man["sha256"]}
+
+    return listed
+
+
+def _is_complete(folder: str) -> bool:
+    """Whether ``folder`` (a swap's backup) holds its manifest and every file listed (the manifest is written
+    last)."""
+    man = _manifest_or_none(folder)
+    return man is not None and all(os.path.isfile(os.path.join(folder, f)) for f in man["sha256"])
+
+
+def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
+    """Backups of older versions' swaps: ``.<out>.old-<random>/out`` (the container is removed after; one holding
+    anything else is not one of them)."""
+    containers = (os.path.join(head, n) for n in names if n.startswith(f".{tail}.old-"))
+    return [(os.path.join(c, "out"), c) for c in containers if os.path.isdir(c) and set(os.listdir(c)) <= {"out"}]
+
+
+def publisher(out: str | os.PathLike, kind: str) -> FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of a ``kind`` output folder (commit points
+    ``eval.before_swap``, ``eval.after_backup``, ``eval.after_swap``)."""
+    return FolderPublisher(str(out), listed_files=_listed_files(kind), is_complete=_is_complete,
+                           what=f"`{kind}` output", crash_prefix="eval", legacy=_legacy_backups)
+
+
+def _refuse_foreign(out: str | os.PathLike, kind: str, pub: FolderPublisher | None = None) -> None:
+    (pub or publisher(out, kind)).check_foreign(hint="move them away or choose another --out",
+                                                not_ours=f"is not an earlier `{kind}` output of xgen")
+
+
 def check_writable(out: str | os.PathLike, kind: str) -> None:
-    """Refuse (RefusedError) an ``out`` that is a file or a non-empty folder other than an earlier ``kind`` output."""
-    out = Path(out)
-    if out.exists():
-        earlier = (out / MANIFEST).is_file() and _kind(out) == kind
-        if not out.is_dir() or (any(out.iterdir()) and not earlier):
-            raise RefusedError(f"{out}: exists and is not an earlier `{kind}` output of xgen; choose another --out")
-
-
-def write_folder(out: str | os.PathLike, kind: str, files: dict[str, bytes | str]) -> Path:
-    """Write ``files`` (name -> content) and the manifest into ``out`` atomically (temporary sibling, rename).
+    """Refuse early, before the work, an ``out`` that :func:`write_folder` would refuse (it checks again, locked).
 
     Raises:
-        RefusedError: ``out`` is a file, or a non-empty folder that is not an earlier ``kind`` output.
+        RefusedError: ``out`` is a file, a non-empty folder other than an earlier ``kind`` output, or one
+            holding files its manifest does not list (names them).
     """
-    out = Path(out)
-    check_writable(out, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    _refuse_foreign(out, kind)
+
+
+def write_folder(out: str | os.PathLike, kind: str, files: dict[str, bytes | str],
+                 inputs: list[dict] | None = None) -> Path:
+    """Write ``files`` (name -> content) and the manifest into ``out``, replacing an earlier ``kind`` output.
+
+    Written through the shared folder publisher (:func:`publisher`): one writer at a time (a lock naming its
+    holder), into a temporary sibling ``.<out>.tmp-<pid>`` that is swapped in, so a kill at any point leaves the
+    earlier folder or the new one (or the earlier one in ``.<out>.backup``, put back by the next write);
+    leftovers of killed runs are removed. The manifest is written last.
+
+    Args:
+        inputs: ``{"path", "sha256"}`` of each file the results were computed from
+            (:mod:`xgen_train.evaluate.inputs`), recorded in the manifest's ``inputs``.
+    Raises:
+        RefusedError: ``out`` is a file, a non-empty folder that is not an earlier ``kind`` output, or one
+            holding files its manifest does not list (names them); another process is writing it.
+        InputError: a path above ``out`` is a file.
+    """
+    make_parent(str(out))
+    with publisher(out, kind) as pub:
+        _refuse_foreign(out, kind, pub)
+        tmp = Path(pub.begin())
         sums = {}
         for name, content in files.items():
             data = content.encode("utf-8") if isinstance(content, str) else content
-            with open(tmp / name, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_synced(tmp / name, data)
             sums[name] = hashlib.sha256(data).hexdigest()
-        (tmp / MANIFEST).write_text(json.dumps({"format": "xgen-eval", "kind": kind, "sha256": sums}, indent=1)
-                                    + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "out")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        man = {"format": "xgen-eval", "kind": kind, "sha256": sums}
+        if inputs is not None:
+            man["inputs"] = [{"path": str(i["path"]), "sha256": i["sha256"]} for i in inputs]
+        _write_synced(tmp / MANIFEST, (json.dumps(man, indent=1) + "\n").encode("utf-8"))
+        pub.commit()
+    return Path(out)
 
 
-def _kind(folder: Path) -> str | None:
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _manifest_or_none(folder: str | os.PathLike) -> dict | None:
     try:
-        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
+        man = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return man if isinstance(man, dict) and isinstance(man.get("sha256"), dict) else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from xgen_data.errors import InputError
+from xgen_train.evaluate.inputs import InputList, read_input, text_lines
 from xgen_train.evaluate.outputs import require_extra
 
 __all__ = ["ROUGE_TYPES", "read_texts", "rouge_scores"]
@@ -21,28 +22,33 @@ __all__ = ["ROUGE_TYPES", "read_texts", "rouge_scores"]
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-def read_texts(path: str, field: str = "text") -> list[str]:
-    """The examples of ``path`` in order (see the module doc for the formats).
+def read_texts(path: str, field: str = "text") -> InputList:
+    """The examples of ``path`` in order (see the module doc for the formats), parsed from the bytes that are
+    hashed: ``.input`` of the result is ``{"path", "sha256"}`` of the file read (:mod:`xgen_train.evaluate.inputs`).
 
     Raises:
-        InputError: naming ``file:line`` for invalid JSON or a line without a string ``field``.
+        InputError: naming ``file:line`` for a line that is not UTF-8, invalid JSON or a line without a string
+            ``field``; a path that is not a regular file.
     """
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        if path.lower().endswith(".txt"):
-            return [line.rstrip("\n") for line in fh]
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if isinstance(rec, dict):
-                rec = rec.get(field)
-            if not isinstance(rec, str):
-                raise InputError(f"{path}:{lineno}: expected a JSON string or an object with a string {field!r}")
-            out.append(rec)
+    data, source = read_input(path)
+    out = InputList()
+    out.input = source
+    lines = text_lines(data, path)
+    if path.lower().endswith(".txt"):
+        out.extend(line for _, line in lines)
+        return out
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if isinstance(rec, dict):
+            rec = rec.get(field)
+        if not isinstance(rec, str):
+            raise InputError(f"{path}:{lineno}: expected a JSON string or an object with a string {field!r}")
+        out.append(rec)
     return out
 
 
