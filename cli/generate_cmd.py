@@ -35,7 +35,7 @@ def generate(run: str, prompt: str, max_new_tokens: int, temperature: float, top
 
     from xgen_data import tokenizer as xtok
     from xgen_train.evaluate.generate import generate as run_generate
-    from xgen_train.loop.checkpoint import load_init
+    from xgen_train.export.hf import load_init
 
     cfg, params = load_init(run)  # a run, a checkpoint or a Hugging Face folder
     ids = xtok.encode(prompt, hf_compat=allow_special) if prompt else []

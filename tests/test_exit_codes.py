@@ -72,7 +72,7 @@ def test_3_bad_and_damaged_input(tiny_corpus, tmp_path):
 
 
 def test_4_a_bug_names_the_traceback_file(tiny_corpus, tmp_path, monkeypatch):
-    from xgen_data.store import verify
+    from xgen_data.stats import verify
 
     def broken(*args, **kwargs):
         return {}["no such key"]  # a KeyError that no code meant: a bug, not a user error
@@ -88,7 +88,7 @@ def test_4_a_bug_names_the_traceback_file(tiny_corpus, tmp_path, monkeypatch):
 
 
 def test_130_interrupted(tiny_corpus, monkeypatch):
-    from xgen_data.store import verify
+    from xgen_data.stats import verify
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
