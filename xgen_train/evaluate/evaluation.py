@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xgen_data.errors import InputError
-from xgen_train.evaluate.inputs import InputList, read_input, text_lines
+from xgen_train.evaluate.inputs import InputList, json_lines, read_input, text_lines
 
 __all__ = ["CarbonEstimate", "PassAtKError", "carbon", "emissions_text", "energy_text", "long_documents", "pass_at_k", "pass_at_k_table",
            "position_buckets", "ppl_by_position", "read_counts", "run_recipe", "trained_seq_len", "write_ppl_outputs"]
@@ -167,13 +167,7 @@ def read_counts(path: str | os.PathLike) -> InputList:
             add({k.strip(): v for k, v in rec.items() if k is not None}, f"{path}:{reader.line_num}",
                 reader.line_num)
     else:
-        for lineno, line in text_lines(data, path, PassAtKError):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PassAtKError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        for lineno, rec in json_lines(data, path, PassAtKError):
             if not isinstance(rec, dict):
                 raise PassAtKError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             add(rec, f"{path}:{lineno}", lineno)

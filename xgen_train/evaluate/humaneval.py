@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import zlib
 from collections import Counter
@@ -24,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from xgen_data import tokenizer as xtok
 from xgen_data.errors import InputError
 from xgen_train.evaluate.evaluation import pass_at_k
-from xgen_train.evaluate.inputs import InputDict, InputList, read_input, text_lines
+from xgen_train.evaluate.inputs import InputDict, InputList, json_lines, read_input
 from xgen_train.evaluate.sampling import HUMANEVAL_STOP, sample_completions
 from xgen_train.evaluate.sandbox import run_program
 
@@ -57,13 +56,7 @@ def load_problems(path: str | None = None) -> InputDict:
     problems = InputDict()
     problems.input = source
     first_at: dict[str, int] = {}
-    for lineno, line in text_lines(data, path):
-        if not line.strip():
-            continue
-        try:
-            p = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, p in json_lines(data, path):
         if not isinstance(p, dict) or not isinstance(p.get("task_id"), str):
             raise InputError(f"{path}:{lineno}: expected an object with a string 'task_id'")
         tid = p["task_id"]
@@ -95,13 +88,7 @@ def read_samples(path: str, problems: dict[str, dict]) -> InputList:
     data, source = read_input(path)
     out = InputList()
     out.input = source
-    for lineno, line in text_lines(data, path):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, rec in json_lines(data, path):
         if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), str) \
                 or not isinstance(rec.get("completion"), str):
             raise InputError(f"{path}:{lineno}: expected an object with string 'task_id' and 'completion'")

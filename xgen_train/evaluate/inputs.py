@@ -10,6 +10,7 @@ folder's manifest records (:func:`xgen_train.evaluate.outputs.write_folder`'s ``
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -69,3 +70,18 @@ def text_lines(data: bytes, path: str, error: type[Exception] = InputError,
             yield lineno, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise error(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
+
+
+def json_lines(data: bytes, path: str, error: type[Exception] = InputError) -> Iterator[tuple[int, object]]:
+    """``(line number from 1, decoded JSON value)`` of each non-blank line of ``data`` (JSONL).
+
+    Raises:
+        error: a line that is not UTF-8 or not valid JSON, naming ``path:line``.
+    """
+    for lineno, line in text_lines(data, path, error):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None

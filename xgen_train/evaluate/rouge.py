@@ -11,10 +11,9 @@ summary cannot be written that way: use JSONL for rougeLsum).
 """
 from __future__ import annotations
 
-import json
 
 from xgen_data.errors import InputError
-from xgen_train.evaluate.inputs import InputList, read_input, text_lines
+from xgen_train.evaluate.inputs import InputList, json_lines, read_input, text_lines
 from xgen_train.evaluate.outputs import require_extra
 
 __all__ = ["ROUGE_TYPES", "read_texts", "rouge_scores"]
@@ -33,17 +32,10 @@ def read_texts(path: str, field: str = "text") -> InputList:
     data, source = read_input(path)
     out = InputList()
     out.input = source
-    lines = text_lines(data, path)
     if path.lower().endswith(".txt"):
-        out.extend(line for _, line in lines)
+        out.extend(line for _, line in text_lines(data, path))
         return out
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    for lineno, rec in json_lines(data, path):
         if isinstance(rec, dict):
             rec = rec.get(field)
         if not isinstance(rec, str):
