@@ -113,6 +113,26 @@ def permute(seed: int, epoch: int, positions: np.ndarray, n: int) -> np.ndarray:
     return out.astype(np.int64).reshape(pos.shape)
 
 
+def batch_indices(seed: int, step: int, batch_size: int, n_sequences: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices and epochs of batch ``step`` over ``n_sequences`` rows: two int64 ``[batch_size]`` arrays.
+
+    Sample ``step * batch_size + i`` is row ``permute(seed, epoch, within, n_sequences)`` of epoch
+    ``sample // n_sequences``: every epoch visits each row once, in its own seeded order.
+
+    Raises:
+        ValueError: ``step < 0``.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    samples = step * batch_size + np.arange(batch_size, dtype=np.int64)
+    epochs, within = samples // n_sequences, samples % n_sequences
+    indices = np.empty_like(samples)
+    for e in np.unique(epochs):
+        sel = epochs == e
+        indices[sel] = permute(seed, int(e), within[sel], n_sequences)
+    return indices, epochs
+
+
 # --------------------------------------------------------------------------------------------------
 # Manifest
 
@@ -274,16 +294,7 @@ class ShardLoader:
 
     def batch_indices(self, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Global sequence indices and epochs of the rows of batch ``step``: two int64 ``[B]`` arrays."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        samples = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        epochs = samples // self.n_sequences
-        within = samples % self.n_sequences
-        indices = np.empty_like(samples)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            indices[sel] = permute(seed, int(e), within[sel], self.n_sequences)
-        return indices, epochs
+        return batch_indices(seed, step, self.batch_size, self.n_sequences)
 
     def batch_at(self, seed: int, step: int) -> dict[str, np.ndarray]:
         """Batch number ``step`` for data seed ``seed`` (pure function of both).

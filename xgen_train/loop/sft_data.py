@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from xgen_data.store import fsutil
-from xgen_train.loop.data import SPLITS, ShardFormatError, permute
+from xgen_train.loop.data import SPLITS, ShardFormatError, batch_indices
 
 __all__ = ["ARRAYS", "FORMAT", "FORMAT_VERSION", "SFTLoader", "curriculum_manifest", "is_sft_shards",
            "read_sft_manifest", "write_sft_shards"]
@@ -190,15 +190,7 @@ class SFTLoader:
 
     def batch_indices(self, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Global row indices and epochs of batch ``step``: two int64 ``[B]`` arrays (a fresh order per epoch)."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        samples = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        epochs, within = samples // self.n_sequences, samples % self.n_sequences
-        indices = np.empty_like(samples)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            indices[sel] = permute(seed, int(e), within[sel], self.n_sequences)
-        return indices, epochs
+        return batch_indices(seed, step, self.batch_size, self.n_sequences)
 
     def batch_at(self, seed: int, step: int) -> dict[str, np.ndarray]:
         """Batch ``step`` for ``seed``: :meth:`rows` of :meth:`batch_indices` plus ``indices`` and ``epochs``."""
