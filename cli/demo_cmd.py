@@ -316,7 +316,7 @@ def print_drop_summary(con, r) -> None:
     """Documents in and out per subset by drop reason, and one line reconciling them with the dedup step:
     dedup counts every copy it removes, also of documents a filter already dropped, while ``drop_reason``
     names the filter first, so a copy both short and duplicated is counted once, under the filter."""
-    from xgen_data.mixing.decisions import REASON_EXACT, REASON_LICENSE, REASON_NEAR, REASON_SHORT
+    from xgen_data.query import REASON_EXACT, REASON_LICENSE, REASON_NEAR, REASON_SHORT
 
     rows = con.execute("""SELECT subset, any_value(license_policy) AS policy, count(*) AS documents_in,
         count(*) FILTER (drop_reason = $short), count(*) FILTER (drop_reason = $license),
