@@ -223,6 +223,17 @@ def test_refuses_non_empty_folder_or_file(demo_shards, tmp_path):
     export.export_shards(demo_shards, str(tmp_path / "empty"), "mds")  # an empty folder is fine
 
 
+def test_refuses_an_out_folder_inside_the_shards_or_the_corpus(demo_shards, sample_corpus, tmp_path):
+    from xgen_data.interop import card
+
+    before = sorted(os.listdir(demo_shards))
+    with pytest.raises(RefusedError, match="is inside the input"):
+        export.export_shards(demo_shards, os.path.join(demo_shards, "sub"), "hf")
+    with pytest.raises(RefusedError, match="is inside the input"):
+        card.write_card(demo_shards, os.path.join(sample_corpus, "card"), corpus_dir=sample_corpus)
+    assert sorted(os.listdir(demo_shards)) == before and not os.path.exists(os.path.join(sample_corpus, "card"))
+
+
 def test_damaged_shards_refused_before_anything_is_written(demo_shards, tmp_path):
     copy = str(tmp_path / "shards")
     shutil.copytree(demo_shards, copy)

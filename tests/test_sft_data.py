@@ -290,6 +290,29 @@ def test_long_context_examples(sample_corpus, tmp_path):
     assert m["shapes"] == {"prompt_response": len(rows)} and m["counts"]["packed"] == len(rows)
 
 
+def test_long_context_is_published_never_over_user_files(sample_corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from xgen_data.sft import long_context
+
+    args = ["sft", "long-context", "--corpus", sample_corpus, "--min-tokens", "1500", "--per-source", "1"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.json").write_text('{"mine": 1}')
+    res = CliRunner().invoke(cli, args + ["--out", str(mine)])
+    assert res.exit_code == 2 and "not a long-context folder" in res.output and str(mine) in res.output
+    assert (mine / "report.json").read_text() == '{"mine": 1}' and os.listdir(mine) == ["report.json"]
+    res = CliRunner().invoke(cli, args + ["--out", os.path.join(sample_corpus, "lc")])
+    assert res.exit_code == 2 and "is inside the input" in res.output
+    assert not os.path.exists(os.path.join(sample_corpus, "lc"))
+    for _ in range(2):  # an earlier output of its own is replaced whole
+        res = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "lc")])
+        assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path / "lc")) == [long_context.OUTPUT, long_context.REPORT]
+    assert sorted(os.listdir(tmp_path)) == ["lc", "mine"]
+
+
 def test_cli_sft_prepare_exit_codes(tmp_path):
     from click.testing import CliRunner
 

@@ -179,7 +179,7 @@ def write_card(shard_dir: str, out_dir: str, corpus_dir: str | None = None, ai_a
         RefusedError: ``out_dir`` is a file or a non-empty folder.
     """
     manifest = check_shards(shard_dir)
-    with new_folder(out_dir, "data card", "card") as tmp:
+    with new_folder(out_dir, "data card", "card", inputs=[shard_dir] + ([corpus_dir] if corpus_dir else [])) as tmp:
         files = dict([write_bytes(tmp, "recipe.toml", recipe_bytes(manifest))])
         facts = gather(shard_dir, manifest, corpus_dir, os.path.join(tmp, "recipe.toml"))
         docs = {"README.md": markdown(facts, manifest), "index.html": card_html.page(facts, manifest)}

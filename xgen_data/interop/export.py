@@ -112,7 +112,7 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     manifest = check_shards(shard_dir)
     sets = datasets(manifest)
     write = _writer(target, int(manifest["eos_id"]), unit)
-    with new_folder(out_dir, "shards export", "export_shards") as tmp:
+    with new_folder(out_dir, "shards export", "export_shards", inputs=[shard_dir]) as tmp:
         written, files = [], {}
         for ds in sets:
             r = write(shard_dir, ds, tmp)

@@ -15,20 +15,24 @@ from xgen_data.store.publish import FolderPublisher, make_parent
 
 
 @contextlib.contextmanager
-def new_folder(out_dir: str, what: str, crash_prefix: str) -> Iterator[str]:
+def new_folder(out_dir: str, what: str, crash_prefix: str, inputs: "list[str] | tuple[str, ...]" = ()
+               ) -> Iterator[str]:
     """Yield a temporary folder to fill; on success it becomes ``out_dir``, on error it is removed.
 
     Args:
         what: what the folder is, for messages (``"shards export"``, ``"data card"``).
         crash_prefix: prefix of the commit points' names.
+        inputs: the folders the command reads (the shards folder, the corpus): ``out_dir`` may not be one of
+            them, inside one or contain one.
     Raises:
-        RefusedError: ``out_dir`` is a file or a non-empty folder, or another process is writing it.
+        RefusedError: ``out_dir`` is a file or a non-empty folder, a filesystem root, equal to, inside or
+            containing one of ``inputs``, or another process is writing it.
         InputError: a path above ``out_dir`` is a file.
     """
     make_parent(out_dir)
     # listed_files None: no existing non-empty folder counts as ours, so none is ever replaced
     with FolderPublisher(out_dir, listed_files=lambda folder: None, is_complete=lambda folder: False, what=what,
-                         crash_prefix=crash_prefix) as pub:
+                         crash_prefix=crash_prefix, inputs=inputs) as pub:
         pub.check_foreign(hint="choose a new or empty --out (nothing was written)",
                           not_ours=f"is not replaced by a {what}")
         tmp = pub.begin()

@@ -16,6 +16,11 @@ A document qualifies when its rendered example (SPEC §5, :mod:`xgen_data.sft.re
 in a seeded order; a document gives at most one example; the task of each is drawn with the seed. Output is
 ``{id, prompt, response, source, task, doc_id}`` JSONL that ``xgen sft prepare`` reads (shape
 ``prompt_response``).
+
+The output folder is published whole (:class:`xgen_data.store.publish.FolderPublisher`, commit points
+``long_context.*``): written into a temporary sibling and swapped in, one writer at a time; ``report.json`` is
+its manifest (it names the JSONL and its sha256), so only an earlier long-context folder is replaced and a
+folder holding anything else, or inside (or containing) the corpus, is refused.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import pyarrow.parquet as pq
 
 from xgen_data.errors import InputError
 from xgen_data.sft import masking, render, shapes
-from xgen_data.store import fsutil
+from xgen_data.store import fsutil, publish
 from xgen_data.store.corpus import Corpus
 
 TASKS = ("summarise", "question", "continue")
@@ -100,6 +105,34 @@ def _seeded_order(items: list[tuple], seed: int, source: str) -> list[tuple]:
     return sorted(items, key=key)
 
 
+def _listed_files(folder: str) -> set[str] | None:
+    """The files a long-context folder's ``report.json`` names; None: not a long-context folder."""
+    try:
+        report = fsutil.read_json(os.path.join(folder, REPORT))
+        if report.get("output") != OUTPUT or not isinstance(report.get("sha256"), str):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {REPORT, OUTPUT}
+
+
+def _is_complete(folder: str) -> bool:
+    """Whether ``folder`` holds a long-context JSONL matching its report's sha256 (a backup worth restoring)."""
+    if _listed_files(folder) is None:
+        return False
+    try:
+        report = fsutil.read_json(os.path.join(folder, REPORT))
+        return fsutil.sha256_file(os.path.join(folder, OUTPUT)) == report["sha256"]
+    except (OSError, ValueError):
+        return False
+
+
+def publisher(out_dir: str, corpus_dir: str) -> publish.FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of a long-context output folder."""
+    return publish.FolderPublisher(out_dir, listed_files=_listed_files, is_complete=_is_complete,
+                                   what="long-context folder", crash_prefix="long_context", inputs=[corpus_dir])
+
+
 def make_examples(corpus_dir: str, out_dir: str, min_tokens: int = 4000, per_source: int = 1500, seed: int = 0,
                   tasks: tuple[str, ...] = TASKS, subsets: list[str] | None = None, max_tokens: int = 8192) -> dict:
     """Write ``<out_dir>/long_context.jsonl`` and ``<out_dir>/report.json`` (counts per source and task).
@@ -113,6 +146,8 @@ def make_examples(corpus_dir: str, out_dir: str, min_tokens: int = 4000, per_sou
         ``too_long``, ``no_task`` (the template found nothing to ask), ``sha256`` of the JSONL, the settings.
     Raises:
         InputError: not a corpus, an unknown subset or task, bad numbers.
+        RefusedError: ``out_dir`` holds files that are not an earlier long-context output, is inside or holds
+            the corpus, or another writer holds it (nothing is written).
     """
     if min_tokens < 1 or per_source < 1 or max_tokens < min_tokens:
         raise InputError(f"--min-tokens and --per-source must be positive and --max-tokens at least --min-tokens, "
@@ -120,7 +155,21 @@ def make_examples(corpus_dir: str, out_dir: str, min_tokens: int = 4000, per_sou
     bad = [t for t in tasks if t not in _MAKERS]
     if bad or not tasks:
         raise InputError(f"unknown task(s) {bad or tasks}; known: {', '.join(TASKS)}")
-    by_source = _candidates(corpus_dir, subsets, min_doc_tokens=min_tokens // 2)
+    publish.make_parent(out_dir)
+    with publisher(out_dir, corpus_dir) as pub:
+        pub.check_foreign()
+        by_source = _candidates(corpus_dir, subsets, min_doc_tokens=min_tokens // 2)
+        rows, counts, per_source_n, per_task = _examples(by_source, min_tokens, max_tokens, per_source, seed, tasks)
+        report = _write(pub.begin(), rows, counts, per_source_n, per_task, corpus_dir,
+                        {"max_tokens": max_tokens, "min_tokens": min_tokens, "per_source_cap": per_source,
+                         "seed": seed, "tasks": list(tasks)})
+        pub.commit()
+    return report
+
+
+def _examples(by_source: dict[str, list[tuple]], min_tokens: int, max_tokens: int, per_source: int, seed: int,
+              tasks: tuple[str, ...]) -> tuple[list[dict], Counter, Counter, Counter]:
+    """The kept example rows, the counts of documents considered and skipped, per source and per task."""
     rows, counts = [], Counter()
     per_source_n, per_task = Counter(), Counter()
     for source in sorted(by_source):
@@ -142,16 +191,21 @@ def make_examples(corpus_dir: str, out_dir: str, min_tokens: int = 4000, per_sou
                          "task": task, "doc_id": doc_id, "subset": subset})
             per_source_n[source] += 1
             per_task[task] += 1
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, OUTPUT)
-    with fsutil.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    return rows, counts, per_source_n, per_task
+
+
+def _write(folder: str, rows: list[dict], counts: Counter, per_source_n: Counter, per_task: Counter,
+           corpus_dir: str, settings: dict) -> dict:
+    """Write the JSONL, then ``report.json`` naming it and its sha256, into ``folder``; returns the report."""
+    path = os.path.join(folder, OUTPUT)
+    with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     report = {"examples": len(rows), "per_source": dict(per_source_n), "per_task": dict(per_task),
               "documents_considered": counts["documents_considered"], "too_short": counts["too_short"],
-              "too_long": counts["too_long"], "max_tokens": max_tokens, "no_task": counts["no_task"],
-              "min_tokens": min_tokens, "per_source_cap": per_source, "seed": seed,
-              "tasks": list(tasks), "corpus": os.path.abspath(corpus_dir), "output": OUTPUT,
-              "sha256": fsutil.sha256_file(path)}
-    fsutil.write_json(os.path.join(out_dir, REPORT), report)
+              "too_long": counts["too_long"], "max_tokens": settings["max_tokens"], "no_task": counts["no_task"],
+              "min_tokens": settings["min_tokens"], "per_source_cap": settings["per_source_cap"],
+              "seed": settings["seed"], "tasks": settings["tasks"], "corpus": os.path.abspath(corpus_dir),
+              "output": OUTPUT, "sha256": fsutil.sha256_file(path)}
+    fsutil.write_json(os.path.join(folder, REPORT), report)
     return report

@@ -208,7 +208,7 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
     if not paths:
         raise InputError("no input files")
     publish.make_parent(out_dir)
-    with sft_format.publisher(out_dir) as pub:
+    with sft_format.publisher(out_dir, inputs=paths) as pub:
         pub.check_foreign()
         index = decontam.load_eval_sets(opts.decontaminate) if opts.decontaminate else None
         ex = read_inputs(paths, opts, index)

@@ -341,9 +341,10 @@ def _is_complete(folder: str) -> bool:
         return False
 
 
-def publisher(out_dir: str) -> publish.FolderPublisher:
+def publisher(out_dir: str, inputs: "list[str] | tuple[str, ...]" = ()) -> publish.FolderPublisher:
     """The :class:`~xgen_data.store.publish.FolderPublisher` of an SFT shards folder (commit points ``sft.*``):
     one writer at a time, a folder of other files refused, the previous folder swapped out only once the new
-    one is complete, and restored if a kill lands between the two renames."""
+    one is complete, and restored if a kill lands between the two renames; never one of (or holding) the
+    ``inputs`` it reads."""
     return publish.FolderPublisher(out_dir, listed_files=listed_files, is_complete=_is_complete,
-                                   what="SFT shards folder", crash_prefix="sft")
+                                   what="SFT shards folder", crash_prefix="sft", inputs=inputs)

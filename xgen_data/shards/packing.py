@@ -126,16 +126,7 @@ def _segments(pos: np.ndarray, take: np.ndarray, start: int, n_seq: int, seq_len
     return inst, seq, lo - start - seq * seq_len, hi - lo, lo - pos[inst]
 
 
-def resolve_out_dir(out_dir: str) -> str:
-    """``out_dir`` absolute, symbolic links resolved: a link named by ``--out`` is kept and the folder it
-    points to is (re)built and registered (replacing the link itself would orphan its target).
-
-    Raises:
-        ValueError: ``out_dir`` is a symbolic link whose target does not exist.
-    """
-    if os.path.islink(out_dir) and not os.path.exists(out_dir):
-        raise InputError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
-    return os.path.realpath(out_dir)
+resolve_out_dir = publish.resolve_out_dir  # one behaviour for every published folder: a link's target is written
 
 
 def check_out_dir(out_dir: str, corpus: Corpus) -> str:

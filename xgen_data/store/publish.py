@@ -22,6 +22,10 @@ The contract, for any ``kill -9`` at any point:
 * **Nothing foreign is deleted**: an existing non-empty ``OUT`` is replaced only when every file in it is one
   the writer's own file list names (``listed_files``, read from the folder's manifest); otherwise
   :class:`~xgen_data.errors.RefusedError` lists the foreign files.
+* **Never into its own inputs or a filesystem root**: ``out_dir`` is resolved first (a symbolic link named as
+  the output is kept and the folder it points to is written: :func:`resolve_out_dir`); a root (no parent to
+  hold the temporary sibling) or a folder equal to, inside or containing one the writer reads (``inputs``) is
+  refused (:class:`~xgen_data.errors.RefusedError`) before anything is written.
 * **One writer at a time**: :func:`xgen_data.store.locks.writer_lock` on ``.OUT.lock`` (removed after), so a
   second writer is refused naming the first (PID, host).
 
@@ -46,6 +50,49 @@ IsComplete = Callable[[str], bool]
 Legacy = Callable[[str, str, list[str]], list[tuple[str, str]]]
 
 
+def resolve_out_dir(out_dir: str) -> str:
+    """``out_dir`` absolute, symbolic links resolved: a link named as the output folder is kept and the folder it
+    points to is (re)written (replacing the link itself would orphan its target).
+
+    Raises:
+        InputError: ``out_dir`` is a symbolic link whose target does not exist.
+    """
+    if os.path.islink(out_dir) and not os.path.exists(out_dir):
+        raise InputError(f"{out_dir}: a symbolic link to {os.readlink(out_dir)}, which does not exist")
+    return os.path.realpath(out_dir)
+
+
+def check_out(out_dir: str, inputs: "list[str] | tuple[str, ...]" = ()) -> str:
+    """The resolved output folder (:func:`resolve_out_dir`), if a folder may be published there.
+
+    Args:
+        inputs: files or folders the writer reads; the output may not be one of them, inside one or hold one.
+    Raises:
+        RefusedError: ``out_dir`` is a filesystem root (no parent to hold the temporary sibling), or equal to,
+            inside or containing one of ``inputs`` (names both).
+        InputError: a dangling symbolic link.
+    """
+    out = resolve_out_dir(out_dir)
+    if os.path.dirname(out) == out:
+        raise RefusedError(f"{out_dir}: is a filesystem root; the output must be a folder inside another "
+                           "(choose another output folder)")
+    for given in inputs:
+        inp = os.path.realpath(given)
+        if out == inp or out.startswith(inp.rstrip(os.sep) + os.sep) or inp.startswith(out + os.sep):
+            where = "is" if out == inp else "is inside" if out.startswith(inp.rstrip(os.sep) + os.sep) else "contains"
+            raise RefusedError(f"{out_dir}: {where} the input {given}, which this command reads; writing the "
+                               "output there would replace or change it (choose an output folder outside it)")
+    return out
+
+
+def remove_leftover(path: str) -> None:
+    """Remove a leftover backup or temporary folder; a symbolic link is unlinked, never its target."""
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def backup_dir(out_dir: str) -> str:
     """Where a swap keeps the previous ``out_dir`` between its two renames (a hidden sibling)."""
     head, tail = os.path.split(os.path.abspath(out_dir).rstrip(os.sep))
@@ -63,10 +110,11 @@ def make_parent(out_dir: str) -> None:
 
     Raises:
         InputError: a path above ``out_dir`` is a file (names it), instead of a bare ``[Errno 17]`` / ``[Errno 20]``.
+        RefusedError: ``out_dir`` is a filesystem root (:func:`check_out`).
     """
-    parent = os.path.dirname(os.path.abspath(out_dir).rstrip(os.sep))
+    parent = os.path.dirname(check_out(out_dir))
     probe = parent
-    while not os.path.exists(probe):
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise InputError(f"{out_dir}: cannot be created: {probe} is a file, not a folder; choose another output "
@@ -82,9 +130,12 @@ def recover(out_dir: str, is_complete: IsComplete, legacy: Legacy | None = None,
     head, tail = os.path.split(os.path.abspath(out_dir).rstrip(os.sep))
     names = sorted(os.listdir(head)) if os.path.isdir(head) else []
     backups = [(backup_dir(out_dir), backup_dir(out_dir))] + (legacy(head, tail, names) if legacy else [])
-    backups = [(b, rm) for b, rm in backups if os.path.isdir(b)]
+    links = [b for b, _rm in backups if os.path.islink(b)]
+    for b in links:  # not a backup a swap made (swaps rename folders): only the link goes, never its target
+        os.unlink(b)
+    backups = [(b, rm) for b, rm in backups if b not in links and os.path.isdir(b)]
     note = None
-    if not os.path.exists(out_dir):
+    if not os.path.lexists(out_dir):
         for b, _rm in backups:
             if is_complete(b):
                 os.replace(b, out_dir)
@@ -92,12 +143,12 @@ def recover(out_dir: str, is_complete: IsComplete, legacy: Legacy | None = None,
                 break
     if os.path.isdir(out_dir):
         for _, rm in backups:
-            shutil.rmtree(rm, ignore_errors=True)
+            remove_leftover(rm)
     prefix = f".{tail}.tmp-"
     for n in names:
         suffix = n[len(prefix):]
         if n.startswith(prefix) and not (suffix.isdigit() and fsutil.pid_alive(int(suffix))):
-            shutil.rmtree(os.path.join(head, n), ignore_errors=True)
+            remove_leftover(os.path.join(head, n))
     return note
 
 
@@ -125,14 +176,19 @@ class FolderPublisher:
         what: what the folder is, for messages (``"shards folder"``, ``"Hugging Face export"``).
         crash_prefix: prefix of the commit points' names.
         legacy: backups left by older versions' swaps, restored like ``.OUT.backup``.
+        inputs: files and folders the writer reads (:func:`check_out`).
+    Raises:
+        RefusedError, InputError: from :func:`check_out`, before the lock is taken.
     Attributes:
+        out: the resolved output folder (:func:`resolve_out_dir`).
         note: what :func:`recover` restored on entry (None when nothing).
         tmp: the temporary folder (after :meth:`begin`).
     """
 
     def __init__(self, out_dir: str, *, listed_files: ListedFiles, is_complete: IsComplete, what: str,
-                 crash_prefix: str, legacy: Legacy | None = None) -> None:
-        self.out = os.path.abspath(out_dir).rstrip(os.sep)
+                 crash_prefix: str, legacy: Legacy | None = None,
+                 inputs: "list[str] | tuple[str, ...]" = ()) -> None:
+        self.out = check_out(out_dir, inputs)
         self.listed_files, self.is_complete, self.what = listed_files, is_complete, what
         self.crash_prefix, self.legacy = crash_prefix, legacy
         self.note: str | None = None
@@ -194,7 +250,7 @@ class FolderPublisher:
         fsutil.crash_point(f"{p}.before_swap")
         if os.path.exists(self.out):
             backup = backup_dir(self.out)
-            shutil.rmtree(backup, ignore_errors=True)  # recover() kept none while out_dir existed
+            remove_leftover(backup)  # recover() kept none while out_dir existed
             os.replace(self.out, backup)
             fsutil.crash_point(f"{p}.after_backup")
             os.replace(self.tmp, self.out)
