@@ -467,3 +467,25 @@ def test_prepare_hashes_the_bytes_it_reads_and_refuses_a_file_changed_meanwhile(
     monkeypatch.setattr(readers, "open_input", open_then_append)
     with pytest.raises(InputError, match=r"a\.jsonl: the file changed while"):
         prepare.read_inputs([str(path)], prepare.Options(seq_len=64), None)
+
+
+@pytest.mark.parametrize("line", [
+    '{"prompt": "a", "response": "b", "x": ' + "[" * 5000 + "]" * 5000 + "}",  # a value nested too deeply
+    '{"prompt": "\\ud800 hi", "response": "ok"}',  # a lone surrogate: no UTF-8 text
+])
+def test_unreadable_records_name_their_line_and_can_be_skipped(tmp_path, line):
+    good = json.dumps({"prompt": "Name a colour.", "response": "Blue."})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: "):
+        prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    m = prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64, on_error="skip"))
+    assert m["counts"]["skipped"] == 1 and m["counts"]["packed"] == 1
+
+
+def test_no_example_to_pack_is_an_error_not_an_empty_folder(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(InputError, match="no example to pack .*nothing was written"):
+        prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    assert not (tmp_path / "out").exists()

@@ -105,7 +105,7 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
     corpus = Corpus(corpus_dir)
     if subset not in corpus.subsets():
         return (f"subset {subset!r} is not in {corpus_dir} (subsets there: {', '.join(corpus.subsets()) or 'none'}); "
-                f"ingest it with `xgen ingest --subset {subset} FILES`")
+                f"ingest it with `xgen ingest --corpus {corpus_dir} --subset {subset} FILES`")
     con = query.connect(corpus_dir, _decisions(corpus_dir, recipe), quiet=True)
     reasons = con.execute("SELECT drop_reason, count(*) FROM documents WHERE subset = ? GROUP BY ALL ORDER BY 2 DESC",
                           [subset]).fetchall()

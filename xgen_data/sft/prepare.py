@@ -67,7 +67,12 @@ def _record_convs(raw: readers.RawRecord, opts: Options) -> tuple[str, str, list
         record = json.loads(raw.payload) if isinstance(raw.payload, bytes) else raw.payload
     except (ValueError, UnicodeDecodeError) as exc:
         raise shapes.ShapeError(f"not valid JSON: {exc}") from None
-    shape, convs = shapes.conversations(record, not opts.oasst_all_paths, opts.trim_unanswered)
+    except RecursionError:
+        raise shapes.ShapeError("malformed JSON: nested too deeply") from None
+    try:
+        shape, convs = shapes.conversations(record, not opts.oasst_all_paths, opts.trim_unanswered)
+    except RecursionError:  # a message tree thousands of replies deep
+        raise shapes.ShapeError("a message tree nested too deeply") from None
     rid = record.get("id") if isinstance(record.get("id"), str) else f"{raw.file}:{raw.line}"
     return shape, rid, convs
 
@@ -215,6 +220,12 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
         lengths = np.fromiter(map(len, ex.ids), dtype=np.int64, count=len(ex.ids))
         packing = pack.fit_lengths(lengths, ex.masks, opts.seq_len, opts.overlong)
         rows = pack.best_fit_decreasing(packing.lengths, opts.seq_len, opts.seed)
+        if not rows:
+            c = ex.counts
+            raise InputError(f"no example to pack ({sum(s['records'] for s in ex.sources):,} records read, "
+                             f"{sum(s['skipped'] for s in ex.sources):,} skipped, {c['removed_decontaminated']:,} "
+                             f"removed by decontamination, {len(packing.dropped_overlong):,} longer than --seq-len "
+                             f"{opts.seq_len}); nothing was written")
         if opts.validation_rows >= max(len(rows), 1):
             raise InputError(f"--validation-rows {opts.validation_rows}: the examples fill only {len(rows)} rows "
                              "(at least one must stay for training)")

@@ -55,6 +55,10 @@ class Conversation:
 def _text(value, what: str) -> str:
     if not isinstance(value, str):
         raise ShapeError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800": no UTF-8 text, so no tokens
+        raise ShapeError(f"{what}: invalid UTF-8 (a lone surrogate at character {exc.start})") from None
     return value.strip()
 
 
@@ -94,7 +98,8 @@ def conversation(messages: list[tuple[str, object]], trim_unanswered: bool = Fal
             turns.append((prompt, text))
             prompt = None
     if prompt is not None:
-        raise ShapeError("the conversation ends on the human side (no response to the last prompt)")
+        raise ShapeError("the conversation ends on the human side (no response to the last prompt; "
+                         "--trim-unanswered drops that prompt and keeps the rest)")
     return Conversation(tuple(turns), system, trimmed)
 
 
