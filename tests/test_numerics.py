@@ -234,4 +234,4 @@ def test_cli_numerics_flags_recorded_and_resume_refuses_change(tmp_path):
     res = CliRunner().invoke(train_cmd, [a if a != "1e-4" else "1e-3" for a in args] + ["--resume"])
     assert res.exit_code == 2 and "numerics.z_loss: 0.0001 -> 0.001" in res.output, res.output
     res = CliRunner().invoke(train_cmd, [a if a != "bf16" else "f32" for a in args] + ["--resume"])
-    assert res.exit_code == 2 and "compute_dtype: bfloat16 -> float32" in res.output, res.output
+    assert res.exit_code == 2 and "compute_dtype: 'bfloat16' -> 'float32'" in res.output, res.output
