@@ -117,6 +117,23 @@ def ensure_peer_venv(venv: str) -> str:
     return py
 
 
+def descendants(root: int) -> list[int]:
+    """Process ids of every descendant of ``root`` (children, grandchildren, ...), read from ``/proc``."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, frontier = [], [root]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier]
+        out += frontier
+    return out
+
+
 class TreeRSS:
     """Peak RSS of a process tree, sampled from /proc every ``interval`` s: the largest single process and the
     largest sum over the tree (datatrove's workers hang off a forkserver, so ``RUSAGE_CHILDREN`` misses them)."""
@@ -130,19 +147,7 @@ class TreeRSS:
         self._t.start()
 
     def _tree(self) -> list[int]:
-        parent = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    pass
-        out, frontier = [self.root], [self.root]
-        while frontier:
-            frontier = [p for p, pp in parent.items() if pp in frontier]
-            out += frontier
-        return out
+        return [self.root] + descendants(self.root)
 
     def _run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE") / 1e6

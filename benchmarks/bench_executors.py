@@ -31,6 +31,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from bench_dedup_peer import descendants  # noqa: E402  (every process below one, from /proc)
 SHARED = os.environ.get("XGEN_SHARED") or os.path.join(ROOT, "..", "shared")
 EXECUTORS = ("local", "ray")
 WARM_UP = ("from xgen_data import tokenizer; from xgen_data.attributes import minhash; "
@@ -40,23 +43,6 @@ WARM_UP = ("from xgen_data import tokenizer; from xgen_data.attributes import mi
 # ------------------------------------------------------------------------------------------------------
 # peak RSS of this process and every descendant (Ray's workers are grandchildren: raylet's children)
 # ------------------------------------------------------------------------------------------------------
-def _descendants(root: int) -> list[int]:
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, frontier = [], [root]
-    while frontier:
-        kids = [p for p, pp in parent.items() if pp in frontier]
-        out += kids
-        frontier = kids
-    return out
-
-
 def _peak_kib(pid: int) -> tuple[str, int] | None:
     """``(process name, VmHWM in KiB)``: the process's peak resident set so far."""
     try:
@@ -80,7 +66,7 @@ class PeakRss:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             got = _peak_kib(pid)
             if got:
                 self.peaks[pid] = max(self.peaks.get(pid, ("", 0)), got, key=lambda x: x[1])
