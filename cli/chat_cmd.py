@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import format_option, number, own_json, user_errors
+from cli.common import format_option, own_json, sampling_options, user_errors
 from xgen_data.errors import InputError
 
 
@@ -18,11 +18,7 @@ from xgen_data.errors import InputError
 @click.option("--system", default=None, help="System header before the first turn (SPEC §5) [default: none].")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
               help="Stop a reply after this many new tokens (or at EOS / the next `### Human:`).")
-@click.option("--temperature", default=0.0, show_default=True, type=number(min=0),
-              help="0 = greedy decoding; > 0 samples from softmax(logits / T).")
-@click.option("--top-p", default=1.0, show_default=True, type=number(min=0, max=1, min_open=True),
-              help="Nucleus sampling mass (with --temperature > 0).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
+@sampling_options
 @format_option()
 @user_errors
 @own_json

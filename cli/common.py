@@ -237,3 +237,18 @@ def _fmt(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     return str(v)
+
+
+def sampling_options(fn):
+    """``--temperature``, ``--top-p``, ``--seed``: how a command that generates text samples
+    (:func:`xgen_train.evaluate.generate.generate`); greedy by default."""
+    for opt in reversed([
+        click.option("--temperature", default=0.0, show_default=True, type=number(min=0),
+                     help="0 = greedy decoding; > 0 samples from softmax(logits / T)."),
+        click.option("--top-p", default=1.0, show_default=True, type=number(min=0, max=1, min_open=True),
+                     help="Nucleus sampling mass (with --temperature > 0)."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed."),
+    ]):
+        fn = opt(fn)
+    return fn
+

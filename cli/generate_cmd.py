@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import format_option, number, own_json, user_errors
+from cli.common import format_option, own_json, sampling_options, user_errors
 
 
 @click.command("generate")
@@ -11,11 +11,7 @@ from cli.common import format_option, number, own_json, user_errors
 @click.option("--prompt", required=True, help="Text to continue ('' starts a new document after EOS).")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
               help="Stop after this many new tokens (or at EOS).")
-@click.option("--temperature", default=0.0, show_default=True, type=number(min=0),
-              help="0 = greedy decoding; > 0 samples from softmax(logits / T).")
-@click.option("--top-p", default=1.0, show_default=True, type=number(min=0, max=1, min_open=True),
-              help="Nucleus sampling mass (with --temperature > 0).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
+@sampling_options
 @click.option("--allow-special", is_flag=True,
               help="Encode special-token strings in the prompt as special tokens (HF-compatible mode, SPEC §1); "
                    "default: data mode, they are plain text.")
