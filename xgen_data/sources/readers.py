@@ -34,6 +34,9 @@ class RecordError(InputError):
         self.file, self.line, self.problem = file, line, problem
         super().__init__(f"{file}:{line}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its fields in the process that receives it (an executor's parent)
+        return type(self), (self.file, self.line, self.problem)
+
 
 class StreamError(RecordError):
     """The input file itself cannot be read past ``line`` (a truncated or corrupt ``.gz`` / ``.zst`` stream, a
@@ -44,6 +47,9 @@ class StreamError(RecordError):
     def __init__(self, file: str, line: int, problem: str, truncated: bool = False):
         super().__init__(file, line, problem)
         self.truncated = truncated
+
+    def __reduce__(self):
+        return type(self), (self.file, self.line, self.problem, self.truncated)
 
 
 @dataclass(frozen=True)
