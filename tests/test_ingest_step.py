@@ -61,16 +61,21 @@ def overlapping(tmp_path, monkeypatch):
     return [(p, "code") for p in (a, b, c)]
 
 
-def test_ingest_items_in_reverse_order_commit_the_same_bytes(tmp_path, overlapping):
+@pytest.mark.parametrize("slices", [1, 3])
+def test_ingest_items_in_reverse_order_commit_the_same_bytes(tmp_path, overlapping, monkeypatch, slices):
+    """Also with each input split into 3 items (every third batch each): the same parts as one item."""
     ref = str(tmp_path / "ref")
     reports = ingest.ingest(ref, overlapping, workers=1, on_error="skip", progress=False)
     assert [r.n_written for r in reports] == [10, 5, 2]  # the later copies of an id are dropped, in input order
     corpus = Corpus(str(tmp_path / "rev"), create=True)
     executor = ReverseExecutor()
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 10)
     with corpus.lock():
-        step = ingest.IngestStep(corpus, [(p, s, None) for p, s in overlapping], on_error="skip", progress=False)
+        step = ingest.IngestStep(corpus, [(p, s, None) for p, s in overlapping], on_error="skip", progress=False,
+                                 max_slices=slices)
         reversed_reports = ingest.run_ingest_step(step, executor)
-    assert executor.ran == [f"input {p}" for p, _ in reversed(overlapping)]
+    keys = [f"input {p}" + (f" (batches {k} mod 3)" if slices > 1 else "") for p, _ in overlapping for k in range(slices)]
+    assert executor.ran == keys[::-1]
     assert [r.n_written for r in reversed_reports] == [10, 5, 2]
     assert _committed(corpus.root) == _committed(ref)
     assert len([k for k in _committed(ref) if k.endswith(".parquet")]) == 2 + 2 + 1
@@ -115,3 +120,22 @@ def _slow_first_fail_third(folder: str, i: int):
     if i == 2:
         raise ValueError(f"item {i} is bad")
     return ItemResult(f"item {i}")
+
+
+def test_split_input_raises_the_first_problem_in_file_order(tmp_path, monkeypatch):
+    """Split into 3 items, the second batch (item 1) repeats an id and the third (item 2) has a bad record: the
+    duplicate, first in the file, is raised, as a single item would."""
+    monkeypatch.setattr(ingest, "BATCH_DOCS", 3)
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 10)
+    raw = tmp_path / "raw"
+    first = _jsonl(raw / "a.jsonl", [{"id": f"d{i}", "text": f"document {i}"} for i in range(3)])
+    rows = [json.dumps({"id": f"e{i}", "text": f"other {i}"}) for i in range(9)]
+    rows[4] = json.dumps({"id": "d1", "text": "a repeated id"})
+    rows[7] = "{not json"
+    second = raw / "b.jsonl"
+    second.write_text("\n".join(rows) + "\n")
+    corpus = Corpus(str(tmp_path / "c"), create=True)
+    with corpus.lock(), pytest.raises(readers.RecordError, match=rf"{second}:5: duplicate id 'd1' \(first at {first}:2"):
+        step = ingest.IngestStep(corpus, [(first, "x", None), (str(second), "x", None)], progress=False, max_slices=3)
+        assert len(step.items()) == 3 + 3
+        ingest.run_ingest_step(step, ReverseExecutor())

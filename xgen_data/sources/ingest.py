@@ -54,7 +54,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +67,7 @@ from xgen_data.errors import InputError, XgenError
 from xgen_data.execute import executors
 from xgen_data.execute.contract import Executor, ItemError, ItemResult, WorkItem
 from xgen_data.sources import idindex, locations, readers
-from xgen_data.sources.ingest_item import (SUBSET_BY_STEM, FileTokens, damaged_parts, default_subset,  # noqa: F401
+from xgen_data.sources.ingest_item import (SUBSET_BY_STEM, BatchInfo, FileTokens, damaged_parts, default_subset,  # noqa: F401
                                            metadata_token_ids, part_prefix, process_batch, tokenize_file,
                                            write_error)
 from xgen_data.store import fsutil
@@ -79,6 +79,8 @@ BATCH_BYTES = 4 << 20
 #: A part is closed once it holds this many documents or text bytes.
 PART_DOCS = 16384
 PART_BYTES = 48 << 20
+#: An input is split into one item per this many bytes of it (at most the executor's workers).
+SLICE_BYTES = 1 << 20
 
 
 @dataclass
@@ -427,29 +429,44 @@ def _batch_of(table: pa.Table) -> tuple[pa.RecordBatch, np.ndarray]:
     return batch, table.column("line").to_numpy()
 
 
-def _replay(tokens: FileTokens, parts: _PartWriter, on_error: str, report: FileReport, bar) -> None:
-    """Run the item's batches, in input order, through the duplicate-id check into ``parts``."""
-    pf = pq.ParquetFile(tokens.batch_file) if any(b.rows for b in tokens.batches) else None
-    group = 0
-    for info in tokens.batches:
-        _count_errors(info, report, on_error)
-        report.n_read += sum(info.kinds.values()) + info.rows
-        if info.rows:
-            batch, lines = _batch_of(pf.read_row_group(group))
-            group += 1
-            keep, hashes = _dedup_ids(batch, lines, parts.index, parts.sources, tokens.path, on_error, report)
-            if not keep.all():
-                batch, lines, hashes = batch.filter(pa.array(keep)), lines[keep], hashes[keep]
-            if batch.num_rows:
-                parts.write(batch, lines, hashes, report)
-        bar.update(sum(info.kinds.values()) + info.rows)
+def _interleaved(slices: list[FileTokens]) -> Iterator[tuple[FileTokens, BatchInfo, int]]:
+    """The input's batches in file order, ``(slice, batch, its row group or -1)``: batch ``j`` is batch
+    ``j // of`` of slice ``j % of``; ends where a slice has no next batch (the file's end, or where an item
+    stopped at the error the commit raises)."""
+    groups = [0] * len(slices)
+    j = 0
+    while j // len(slices) < len(slices[j % len(slices)].batches):
+        k = j % len(slices)
+        info = slices[k].batches[j // len(slices)]
+        yield slices[k], info, groups[k] if info.rows else -1
+        groups[k] += 1 if info.rows else 0
+        j += 1
 
 
-def _end_of_stream(tokens: FileTokens, on_error: str, report: FileReport) -> None:
+def _replay(slices: list[FileTokens], parts: _PartWriter, on_error: str, report: FileReport, bar) -> None:
+    """Run the input's batches, in file order, through the duplicate-id check into ``parts``."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(pq.ParquetFile(t.batch_file)) if any(b.rows for b in t.batches) else None
+                 for t in slices]
+        for tokens, info, group in _interleaved(slices):
+            _count_errors(info, report, on_error)
+            report.n_read += sum(info.kinds.values()) + info.rows
+            if group >= 0:
+                batch, lines = _batch_of(files[tokens.part].read_row_group(group))
+                keep, hashes = _dedup_ids(batch, lines, parts.index, parts.sources, tokens.path, on_error, report)
+                if not keep.all():
+                    batch, lines, hashes = batch.filter(pa.array(keep)), lines[keep], hashes[keep]
+                if batch.num_rows:
+                    parts.write(batch, lines, hashes, report)
+            bar.update(sum(info.kinds.values()) + info.rows)
+
+
+def _end_of_stream(slices: list[FileTokens], on_error: str, report: FileReport) -> None:
     """Raise or list where the input's stream broke (see the module docstring)."""
-    if tokens.broken is None:
+    broken = next((t.broken for t in slices if t.broken is not None), None)
+    if broken is None:
         return
-    file, line, problem, truncated = tokens.broken
+    file, line, problem, truncated = broken
     if not truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
         raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (a corrupt stream "
                                   "stops the ingest even with --on-error skip: records decoded before the damage "
@@ -472,7 +489,8 @@ class IngestStep:
     """Ingest as a step (:mod:`xgen_data.execute.contract`): one item per input file, committed one input at a
     time in input order (:meth:`commit_file`). Create and run it under the corpus lock.
 
-    ``inputs`` are ``(path, subset or None, folder or None)``; the other fields are :func:`ingest`'s.
+    ``inputs`` are ``(path, subset or None, folder or None)``; ``max_slices``: the most items one input is
+    split into (:meth:`slices`; :func:`ingest` uses its workers); the other fields are :func:`ingest`'s.
     """
 
     corpus: Corpus
@@ -481,6 +499,7 @@ class IngestStep:
     progress: bool = True
     columns: tuple[tuple[str, str], ...] = ()
     metadata_tokens: bool = False
+    max_slices: int = 1
     name: str = "ingest"
     item_fn = staticmethod(tokenize_file)
 
@@ -491,61 +510,72 @@ class IngestStep:
         os.makedirs(self.work_dir)
 
     def items(self) -> list[WorkItem]:
-        """One item per input, keyed ``input <path>``; each gets the registry entries of its own location."""
+        """The items of every input, in input order: :meth:`slices` of each (keyed ``input <path>``, with
+        `` (batches k mod n)`` when split); each gets the registry entries of its own location."""
         by_path: dict[str, dict] = collections.defaultdict(dict)
         for key, entry in self.registered.items():
             by_path[entry["path"]][key] = entry
-        docs_root = os.path.join(self.corpus.root, "docs")
-        return [WorkItem(f"input {path}", (path, subset, self.columns, self.metadata_tokens, self.on_error,
-                                           by_path.get(locations.location(path), {}), docs_root,
-                                           os.path.join(self.work_dir, f"batches-{i:06d}.parquet"),
-                                           BATCH_DOCS, BATCH_BYTES))
-                for i, (path, subset, _) in enumerate(self.inputs)]
+        docs_root, out = os.path.join(self.corpus.root, "docs"), []
+        for i, (path, subset, _) in enumerate(self.inputs):
+            n = self.slices(path)
+            for k in range(n):
+                out.append(WorkItem(f"input {path}" + (f" (batches {k} mod {n})" if n > 1 else ""),
+                                    (path, subset, self.columns, self.metadata_tokens, self.on_error,
+                                     by_path.get(locations.location(path), {}), docs_root,
+                                     os.path.join(self.work_dir, f"batches-{i:06d}-{k:03d}.parquet"),
+                                     BATCH_DOCS, BATCH_BYTES, k, n)))
+        return out
+
+    def slices(self, path: str) -> int:
+        """How many items read ``path``: one per :data:`SLICE_BYTES` of it, at most ``max_slices`` (the
+        parts are the same bytes for any number)."""
+        size = locations.input_identity(path).size if locations.is_uri(path) else os.path.getsize(path)
+        return max(1, min(self.max_slices, -(-size // SLICE_BYTES)))
 
     def commit(self, results: list[ItemResult]) -> list[FileReport]:
-        """Commit every input's result, in input order (:meth:`commit_file`)."""
-        return [self.commit_file(i, r) for i, r in enumerate(results)]
+        """Commit every input, in input order (:meth:`commit_file`), from the results of :meth:`items`."""
+        return [self.commit_file(i, group) for i, group in _by_input(results)]
 
-    def commit_file(self, i: int, result: ItemResult) -> FileReport:
-        """Make input ``i`` visible (its item's ``result``): write its parts, register them with one registry
-        write, remove the parts it replaces. Inputs must be committed in input order.
+    def commit_file(self, i: int, results: list[ItemResult]) -> FileReport:
+        """Make input ``i`` visible (the results of its items): write its parts, register them with one
+        registry write, remove the parts it replaces. Inputs must be committed in input order.
 
         Raises:
             RecordError: a bad record, duplicate id or broken stream with ``on_error="raise"`` (nothing of this
                 input is kept); StreamError for a corrupt stream in both modes. OSError: a part or
                 ``corpus.json`` cannot be written (names it).
         """
-        tokens: FileTokens = result.value
+        slices: list[FileTokens] = [r.value for r in results]
         try:
-            return self._commit_tokens(i, tokens, result.seconds)
+            return self._commit_slices(i, slices, max(r.seconds for r in results))
         finally:
-            if tokens.batch_file is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(tokens.batch_file)
+            for t in slices:
+                if t.batch_file is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(t.batch_file)
 
-    def _commit_tokens(self, i: int, tokens: FileTokens, item_seconds: float) -> FileReport:
-        t0 = time.time()
+    def _commit_slices(self, i: int, slices: list[FileTokens], item_seconds: float) -> FileReport:
+        t0, first = time.time(), slices[0]
         folder = self.inputs[i][2]
-        rel = locations.relative(tokens.path, folder) if folder else None
-        report = FileReport(path=tokens.path, subset=tokens.subset, name=rel or os.path.basename(tokens.path))
+        rel = locations.relative(first.path, folder) if folder else None
+        report = FileReport(path=first.path, subset=first.subset, name=rel or os.path.basename(first.path))
         meta = self.corpus.read_meta()
         inputs = meta.setdefault("inputs", {})
-        key, repair = tokens.key, []
+        key, repair = first.key, []
         if key in inputs:
-            whole = tokens.intact and inputs[key] == self.registered.get(key)  # checked by the item, unchanged since
+            whole = first.intact and inputs[key] == self.registered.get(key)  # checked by the item, unchanged since
             repair = [] if whole else damaged_parts(self.corpus.docs_dir(inputs[key]["subset"]), inputs[key])
             if not repair:
                 report.status, report.n_written, report.parts = "unchanged", inputs[key]["n_docs"], inputs[key]["parts"]
                 report.seconds = item_seconds + time.time() - t0
                 return report
-        if tokens.batch_file is None:  # its entry changed during this run: read it after all, here
-            tokens = self.item_fn(*self.items()[i].args).value
-        abspath = locations.location(tokens.path)
-        replaced = [k for k, v in inputs.items() if (v["path"] == abspath and v["subset"] == tokens.subset) or k == key]
-        part_sha256 = self._write_parts(tokens, {p for k in replaced for p in inputs[k]["parts"]}, meta, report)
+        slices = [self._read_here(t) for t in slices]
+        abspath = locations.location(first.path)
+        replaced = [k for k, v in inputs.items() if (v["path"] == abspath and v["subset"] == first.subset) or k == key]
+        part_sha256 = self._write_parts(slices, {p for k in replaced for p in inputs[k]["parts"]}, meta, report)
         for k in replaced:
             del inputs[k]
-        inputs[key] = {"path": abspath, "subset": tokens.subset, "sha256": tokens.digest, "n_docs": report.n_written,
+        inputs[key] = {"path": abspath, "subset": first.subset, "sha256": first.digest, "n_docs": report.n_written,
                        "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
                        "part_sha256": part_sha256}
         if folder:
@@ -553,26 +583,36 @@ class IngestStep:
         self._register(meta)
         if repair:
             report.status = "repaired"
-            report.examples[:0] = [f"{self.corpus.docs_dir(tokens.subset)}/{name}: {problem}; written again from "
-                                   f"{tokens.path}" for name, problem in repair]
+            report.examples[:0] = [f"{self.corpus.docs_dir(first.subset)}/{name}: {problem}; written again from "
+                                   f"{first.path}" for name, problem in repair]
         elif any(k != key for k in replaced):
             report.status = "replaced"
         report.seconds = item_seconds + time.time() - t0
         return report
 
-    def _write_parts(self, tokens: FileTokens, old_parts: set[str], meta: dict, report: FileReport) -> dict[str, str]:
+    def _read_here(self, tokens: FileTokens) -> FileTokens:
+        """``tokens`` itself, or, for an item that stopped after the hash (its entry was whole when the run
+        started, and is damaged or replaced now), the same item run in this process."""
+        if tokens.batch_file is not None:
+            return tokens
+        args = next(it.args for it in self.items() if it.args[0] == tokens.path and it.args[-2] == tokens.part)
+        return self.item_fn(*args[:5], {}, *args[6:]).value
+
+    def _write_parts(self, slices: list[FileTokens], old_parts: set[str], meta: dict,
+                     report: FileReport) -> dict[str, str]:
         """Write the input's parts and rename them into place (unregistered until :meth:`_register`); returns
         their SHA-256 by name, hashed from the temporary files."""
-        index, sources = _existing_index(self.corpus, tokens.subset, old_parts, meta)
-        out_dir = self.corpus.docs_dir(tokens.subset)
+        first = slices[0]
+        index, sources = _existing_index(self.corpus, first.subset, old_parts, meta)
+        out_dir = self.corpus.docs_dir(first.subset)
         os.makedirs(out_dir, exist_ok=True)
-        parts = _PartWriter(out_dir, part_prefix(tokens.path, tokens.digest, self.metadata_tokens), tokens,
+        parts = _PartWriter(out_dir, part_prefix(first.path, first.digest, self.metadata_tokens), first,
                             index, sources)
-        bar = _progress(self.progress, f"ingest {report.name} -> {tokens.subset}")
+        bar = _progress(self.progress, f"ingest {report.name} -> {first.subset}")
         try:
-            _replay(tokens, parts, self.on_error, report, bar)
+            _replay(slices, parts, self.on_error, report, bar)
             parts.close()
-            _end_of_stream(tokens, self.on_error, report)
+            _end_of_stream(slices, self.on_error, report)
         except BaseException:
             parts.abort()
             raise
@@ -598,6 +638,17 @@ class IngestStep:
         self.corpus.remove_unregistered()
 
 
+def _by_input(results: Iterable[ItemResult]) -> Iterator[tuple[int, list[ItemResult]]]:
+    """``(input index, its items' results)`` from results in item order, each input as soon as its last
+    item's result arrives."""
+    i, group = 0, []
+    for result in results:
+        group.append(result)
+        if len(group) == result.value.of:
+            yield i, group
+            i, group = i + 1, []
+
+
 def run_ingest_step(step: IngestStep, executor: Executor) -> list[FileReport]:
     """Run ``step``'s items on ``executor`` and commit each input as soon as it and every input before it are
     done (a killed run keeps the inputs committed so far; the next run skips them as ``unchanged``).
@@ -609,8 +660,8 @@ def run_ingest_step(step: IngestStep, executor: Executor) -> list[FileReport]:
     """
     reports = []
     try:
-        for i, result in enumerate(executor.map(step.name, step.item_fn, step.items())):
-            reports.append(step.commit_file(i, result))
+        for i, results in _by_input(executor.map(step.name, step.item_fn, step.items())):
+            reports.append(step.commit_file(i, results))
     except ItemError as exc:
         if isinstance(exc.__cause__, (XgenError, OSError)):
             raise exc.__cause__ from None
@@ -698,7 +749,7 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
-        step = IngestStep(corpus, items, on_error, progress, columns, metadata_tokens)
+        step = IngestStep(corpus, items, on_error, progress, columns, metadata_tokens, max_slices=workers)
         pool = executors.make_executor(executor, workers, ray_address)
         try:
             return run_ingest_step(step, pool)

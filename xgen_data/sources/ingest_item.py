@@ -1,4 +1,5 @@
-"""Ingest's work item: one input file read, hashed, decoded and tokenized into a temporary batch file.
+"""Ingest's work item: one input file (or every ``of``-th batch of it) read, hashed, decoded and tokenized
+into a temporary batch file.
 
 :func:`tokenize_file` is the item function of :class:`xgen_data.sources.ingest.IngestStep` (the step contract,
 :mod:`xgen_data.execute.contract`): a module-level function of its arguments alone, so any executor runs it
@@ -9,7 +10,11 @@ them in batches (:func:`process_batch`, SPEC §1 data mode) and writes each batc
 of a temporary Parquet file in the step's work folder (:data:`DOC_SCHEMA` plus the input ``line`` of each
 document).
 
-It keeps no state across files and decides nothing that depends on other files: duplicate ids, part names
+A big input is split into ``of`` items for balance: item ``part`` tokenizes the batches whose index is
+``part`` modulo ``of``. Every such item reads (and hashes) the whole file and cuts it into the same batches,
+so the commit, taking batch ``j`` from item ``j % of``, sees the batches a single item would have written.
+
+An item keeps no state across files and decides nothing that depends on other files: duplicate ids, part names
 and the registry are the commit's (:mod:`xgen_data.sources.ingest`), which replays the batches in input
 order. Records that fail validation are counted per batch and the first few kept as examples (the commit
 shows at most five in all); with ``on_error="raise"`` the item stops at the first one, and at a broken
@@ -168,8 +173,9 @@ class BatchInfo:
 class FileTokens:
     """What :func:`tokenize_file` computed for one input (the value of its :class:`ItemResult`).
 
-    ``intact``: the input's registry entry (``key``) exists and its parts are whole, so nothing was read
-    past the hash and ``batch_file`` is None. ``broken``: where the stream stopped being readable,
+    ``intact``: the input's registry entry (``key``) exists and its parts are whole (checked by ``part`` 0;
+    the other parts only see that the entry exists), so nothing was read past the hash and ``batch_file`` is
+    None. ``part`` of ``of``: the batches ``j`` with ``j % of == part``. ``broken``: where the stream stopped being readable,
     ``(file, line, problem, truncated)``; None for a file read to its end.
     """
 
@@ -177,6 +183,8 @@ class FileTokens:
     subset: str
     digest: str
     key: str
+    part: int = 0
+    of: int = 1
     intact: bool = False
     batch_file: str | None = None
     batches: list[BatchInfo] = field(default_factory=list)
@@ -207,7 +215,7 @@ def part_prefix(path: str, digest: str, metadata_tokens: bool) -> str:
 
 def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str], ...], metadata_tokens: bool,
                   on_error: str, registered: dict[str, dict], docs_root: str, batch_file: str,
-                  batch_docs: int, batch_bytes: int) -> ItemResult:
+                  batch_docs: int, batch_bytes: int, part: int = 0, of: int = 1) -> ItemResult:
     """Ingest's item: read, hash and tokenize the input at ``path`` into ``batch_file`` (see the module docstring).
 
     Args:
@@ -215,6 +223,7 @@ def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str],
             key is among them and its parts under ``docs_root/<subset>`` are whole, the item stops after the hash.
         batch_file: where to write the batch file (the step's work folder, which the commit reads and removes).
         batch_docs, batch_bytes: the batch size (records, payload bytes); one row group per batch.
+        part, of: tokenize the batches ``j`` with ``j % of == part`` (the whole file is still read and hashed).
     Returns:
         ItemResult whose value is a :class:`FileTokens`; ``documents`` counts the records read, ``bytes`` the
         input's size.
@@ -228,9 +237,9 @@ def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str],
         layout = readers.detect_layout(path, columns, metadata_tokens, fileobj=opened.file)
         subset = resolve_subset(path, subset, layout)
         key = input_key(subset, opened.sha256, metadata_tokens)
-        out = FileTokens(path, subset, opened.sha256, key)
+        out = FileTokens(path, subset, opened.sha256, key, part, of)
         entry = registered.get(key)
-        if entry is not None and not damaged_parts(os.path.join(docs_root, subset), entry):
+        if entry is not None and (part > 0 or not damaged_parts(os.path.join(docs_root, subset), entry)):
             out.intact = True
         else:
             out.batch_file = batch_file
@@ -242,7 +251,7 @@ def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str],
                 raise
     out.seconds = time.time() - t0
     n_read = sum(b.rows + sum(b.kinds.values()) for b in out.batches)
-    return ItemResult(path, out, documents=n_read, bytes=out.n_bytes, seconds=out.seconds)
+    return ItemResult(path, out, documents=n_read, bytes=out.n_bytes if part == 0 else 0, seconds=out.seconds)
 
 
 def _tokenize_opened(opened: readers.OpenedInput, layout: readers.Layout | None, on_error: str,
@@ -264,7 +273,9 @@ def _tokenize_opened(opened: readers.OpenedInput, layout: readers.Layout | None,
         raise write_error(exc, what) from exc
     with writer:
         try:
-            for raw in batches(records, *limits):
+            for j, raw in enumerate(batches(records, *limits)):
+                if j % out.of != out.part:
+                    continue
                 batch, lines, errors = process_batch(raw)
                 info = BatchInfo(batch.num_rows if batch is not None else 0)
                 info.kinds = dict(collections.Counter(problem_kind(p) for _, _, p in errors))
