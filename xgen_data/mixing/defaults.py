@@ -6,6 +6,8 @@ recipe shows these decisions (:func:`xgen_data.mixing.decisions.from_defaults`).
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import time
 
@@ -33,7 +35,8 @@ def filter_params(min_tokens: int, license_subsets, allow, policies: dict | None
 
 
 def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: tuple[str, ...] = ("code",),
-                allow: tuple[str, ...] | None = None, policies: dict | None = None) -> reports.FilterReport:
+                allow: tuple[str, ...] | None = None, policies: dict | None = None, workers: int = 1,
+                executor: str = "local", ray_address: str | None = None) -> reports.FilterReport:
     """Set the corpus's default filter decisions (``xgen filter``) and compute what they need.
 
     Computes the ``license`` attributes for ``allow`` when not current (:func:`compute_license_attributes`) and
@@ -47,6 +50,9 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         allow: SPDX identifiers that pass; default the shipped list (:mod:`xgen_data.attributes.licenses`).
         policies: ``{subset: LicensePolicy}`` to hold subsets to named policies instead (``xgen filter
             --recipe R``: the recipe's, e.g. starcoder ``strict``); ``license_subsets`` are then its keys.
+        workers, executor, ray_address: where the per-part attribute items run
+            (:func:`xgen_data.execute.executors.make_executor`; ``workers=1`` locally: this process); the
+            attribute files are the same bytes on every executor.
     Returns:
         the drops under the new defaults (:func:`xgen_data.mixing.reports.filter_report`).
     Raises:
@@ -55,19 +61,21 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     """
     if min_tokens < 0:
         raise InputError(f"min_tokens must be >= 0, got {min_tokens}")
+    executors.check_executor(executor, ray_address)
     corpus = Corpus(corpus_dir)
     settings = filter_params(min_tokens, tuple(policies) if policies else license_subsets, allow, policies)
 
     def update(meta: dict) -> None:
         meta.setdefault("default_decisions", {})["filter"] = settings
 
-    with corpus.lock():
+    with corpus.lock(), contextlib.closing(executors.make_executor(executor, workers, ray_address)) as pool:
         corpus.remove_unregistered()  # leftovers of killed runs, and step files of the pre-attributes layout
         corpus.verify_parts()
         for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
-            filters.compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False)
-        filters.compute_license_attributes(corpus, settings["allow"], update, verify=False)
-        language_step.compute_language_attributes(corpus, verify=False)
+            filters.compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False,
+                                               executor=pool)
+        filters.compute_license_attributes(corpus, settings["allow"], update, verify=False, executor=pool)
+        language_step.compute_language_attributes(corpus, verify=False, executor=pool)
         return reports.filter_report(corpus_dir, decisions.from_defaults(corpus))
 
 
