@@ -11,6 +11,7 @@ import time
 import click
 
 from cli.common import executor_options, number, print_rows, quiet_option, user_errors
+from cli.ingest_cmd import id_from_option
 from xgen_data.errors import RefusedError
 
 
@@ -93,12 +94,13 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
               help="Worker processes for ingest, filters and dedup.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
               help="Bad input records: skip (counted and reported) or stop.")
+@id_from_option
 @executor_options
 @quiet_option
 @user_errors
 def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, batch_tokens: int,
-         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str, executor: str,
-         ray_address: str | None, quiet: bool) -> None:
+         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str, id_from: str | None,
+         executor: str, ray_address: str | None, quiet: bool) -> None:
     """Run the XGen recipe end to end on real text and train a tiny model across all its sub-stages.
 
     Stage 2's StarCoder data is made from the corpus's own code: its files are split in two disjoint halves,
@@ -156,7 +158,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     star_root = split.starcoder_root if split is not None else None
     print_ingest(ingest.ingest(corpus_dir, [(p, None, star_root if star_root and p.startswith(star_root + os.sep)
                                              else None) for p in inputs], workers=workers, on_error=on_error, progress=not quiet,
-                               executor=executor, ray_address=ray_address))
+                               executor=executor, ray_address=ray_address, id_from=id_from))
     timings["ingest"] = time.time() - t
 
     click.echo("[2/6] Filters and dedup (recipe steps)")

@@ -31,7 +31,9 @@ Re-running is idempotent: an input file whose SHA-256 was already ingested into 
 parts are written again from the input (``repaired``). A file ingested before under the same path with
 other content replaces its old parts (``replaced``).
 
-Document ids are unique within a subset. A document whose id is already in the subset (from an earlier
+Every record needs an ``id``: one without is a bad record (``missing 'id'``, naming file and line) unless
+``id_from`` says how to make one (:data:`readers.ID_FROM`: ``line``, the file's name and content hash and the
+line; ``sha256``, the text's SHA-256). Document ids are unique within a subset. A document whose id is already in the subset (from an earlier
 input, or earlier in the same file) is an error naming both places (``file:line``) with
 ``on_error="raise"``, and is skipped and counted as ``duplicate_id`` with ``on_error="skip"``. The check
 keeps 64-bit id hashes (:mod:`xgen_data.sources.idindex`, 16 bytes per known document, recomputed from the parts
@@ -500,6 +502,7 @@ class IngestStep:
     columns: tuple[tuple[str, str], ...] = ()
     metadata_tokens: bool = False
     max_slices: int = 1
+    id_from: str | None = None
     name: str = "ingest"
     item_fn = staticmethod(tokenize_file)
 
@@ -523,7 +526,7 @@ class IngestStep:
                                     (path, subset, self.columns, self.metadata_tokens, self.on_error,
                                      by_path.get(locations.location(path), {}), docs_root,
                                      os.path.join(self.work_dir, f"batches-{i:06d}-{k:03d}.parquet"),
-                                     BATCH_DOCS, BATCH_BYTES, k, n)))
+                                     BATCH_DOCS, BATCH_BYTES, k, n, self.id_from)))
         return out
 
     def slices(self, path: str) -> int:
@@ -595,7 +598,7 @@ class IngestStep:
         started, and is damaged or replaced now), the same item run in this process."""
         if tokens.batch_file is not None:
             return tokens
-        args = next(it.args for it in self.items() if it.args[0] == tokens.path and it.args[-2] == tokens.part)
+        args = next(it.args for it in self.items() if it.args[0] == tokens.path and it.args[10] == tokens.part)
         return self.item_fn(*args[:5], {}, *args[6:]).value
 
     def _write_parts(self, slices: list[FileTokens], old_parts: set[str], meta: dict,
@@ -606,8 +609,7 @@ class IngestStep:
         index, sources = _existing_index(self.corpus, first.subset, old_parts, meta)
         out_dir = self.corpus.docs_dir(first.subset)
         os.makedirs(out_dir, exist_ok=True)
-        parts = _PartWriter(out_dir, part_prefix(first.path, first.digest, self.metadata_tokens), first,
-                            index, sources)
+        parts = _PartWriter(out_dir, first.prefix, first, index, sources)
         bar = _progress(self.progress, f"ingest {report.name} -> {first.subset}")
         try:
             _replay(slices, parts, self.on_error, report, bar)
@@ -673,7 +675,7 @@ def run_ingest_step(step: IngestStep, executor: Executor) -> list[FileReport]:
 
 def ingest_file(corpus: Corpus, path: str, subset: str | None = None, on_error: str = "raise",
                 progress: bool = True, folder: str | None = None, columns: tuple[tuple[str, str], ...] = (),
-                metadata_tokens: bool = False) -> FileReport:
+                metadata_tokens: bool = False, id_from: str | None = None) -> FileReport:
     """Ingest one input file into ``corpus`` in this process (see the module docstring; call under the corpus lock).
 
     Args:
@@ -690,6 +692,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, on_error: 
         metadata_tokens: prefix each document's tokens with StarCoder's metadata tokens
             (:func:`metadata_token_ids`; ``text`` stays the file's content, ``n_tokens`` counts the prefix); off
             by default. The input is registered under another key, so switching it re-ingests the file.
+        id_from: how a record without an ``id`` gets one (:data:`readers.ID_FROM`: ``line`` or ``sha256``);
+            None (default): such a record is bad (``missing 'id'``, naming file and line). ``sha256`` registers
+            the input under another key (``:id-sha256``) and names its parts ``-s``.
     Raises:
         RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept);
             :class:`readers.StreamError` for a truncated stream (names the file and line), and for a corrupt
@@ -702,9 +707,15 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, on_error: 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     readers.input_format(path)
-    step = IngestStep(corpus, [(path, subset, folder)], on_error, progress, columns, metadata_tokens)
+    _check_id_from(id_from)
+    step = IngestStep(corpus, [(path, subset, folder)], on_error, progress, columns, metadata_tokens, id_from=id_from)
     (report,) = run_ingest_step(step, executors.make_executor("local", 1))
     return report
+
+
+def _check_id_from(id_from: str | None) -> None:
+    if id_from is not None and id_from not in readers.ID_FROM:
+        raise InputError(f"id_from must be one of {', '.join(readers.ID_FROM)} (or None), not {id_from!r}")
 
 
 def _check_inputs(root: str, corpus_dir: str, items: list[tuple[str, str | None, str | None]]) -> None:
@@ -722,15 +733,16 @@ def _check_inputs(root: str, corpus_dir: str, items: list[tuple[str, str | None,
 
 def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
            progress: bool = True, columns: tuple[tuple[str, str], ...] = (),
-           metadata_tokens: bool = False, executor: str = "local", ray_address: str | None = None
-           ) -> list[FileReport]:
+           metadata_tokens: bool = False, executor: str = "local", ray_address: str | None = None,
+           id_from: str | None = None) -> list[FileReport]:
     """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
 
     Args:
         inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
             is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
         workers: processes (``local``) or CPUs of the local Ray (``ray``) reading inputs at once.
-        columns: a column mapping for every input (:func:`ingest_file`).
+        columns, id_from: a column mapping for every input, and how records without an id get one
+            (:func:`ingest_file`).
         executor: ``"local"`` (``workers`` processes) or ``"ray"`` (Ray tasks on a local Ray of ``workers``
             CPUs, or on the cluster at ``ray_address``); the parts are the same bytes on both.
 
@@ -741,6 +753,7 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    _check_id_from(id_from)
     root = os.path.abspath(corpus_dir)
     items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in inputs]
     _check_inputs(root, corpus_dir, items)
@@ -749,7 +762,8 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
-        step = IngestStep(corpus, items, on_error, progress, columns, metadata_tokens, max_slices=workers)
+        step = IngestStep(corpus, items, on_error, progress, columns, metadata_tokens, max_slices=workers,
+                          id_from=id_from)
         pool = executors.make_executor(executor, workers, ray_address)
         try:
             return run_ingest_step(step, pool)

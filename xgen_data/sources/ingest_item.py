@@ -56,14 +56,16 @@ def default_subset(path: str) -> str:
     return SUBSET_BY_STEM.get(stem, stem)
 
 
-def input_key(subset: str, digest: str, metadata_tokens: bool) -> str:
-    """The registry key of an input: ``subset:sha256`` (``:metadata-tokens`` when its tokens carry the prefix)."""
-    return f"{subset}:{digest}" + (":metadata-tokens" if metadata_tokens else "")
+def input_key(subset: str, digest: str, metadata_tokens: bool, id_from: str | None = None) -> str:
+    """The registry key of an input: ``subset:sha256`` (``:metadata-tokens`` when its tokens carry the prefix,
+    ``:id-sha256`` when its missing ids are made from the text: other documents, another entry)."""
+    return f"{subset}:{digest}" + (":metadata-tokens" if metadata_tokens else "") + \
+        (":id-sha256" if id_from == "sha256" else "")
 
 
 def problem_kind(problem: str) -> str:
     """The ``skipped`` counter a record problem is counted under (``malformed_json``, ``invalid_utf-8``, ...)."""
-    for kind in ("malformed JSON", "invalid UTF-8", "missing 'text'"):
+    for kind in ("malformed JSON", "invalid UTF-8", "missing 'text'", "missing 'id'"):
         if problem.startswith(kind) or kind in problem:
             return kind.replace("'", "").replace(" ", "_").lower()
     return "invalid_record"
@@ -185,6 +187,7 @@ class FileTokens:
     key: str
     part: int = 0
     of: int = 1
+    prefix: str = ""  # what its parts' names start with (:func:`part_prefix`)
     intact: bool = False
     batch_file: str | None = None
     batches: list[BatchInfo] = field(default_factory=list)
@@ -207,15 +210,18 @@ def write_error(exc: OSError, what: str) -> OSError:
     return OSError(exc.errno, f"cannot write {what}: {exc.strerror or exc}{hint}")
 
 
-def part_prefix(path: str, digest: str, metadata_tokens: bool) -> str:
-    """The name its parts start with: ``<stem>-<sha256[:8]>`` (``-m`` with metadata tokens: other bytes, other
-    names, so a crash between two runs never mixes them); parts add ``-00000.parquet``."""
-    return f"{os.path.basename(path).split('.')[0]}-{digest[:8]}" + ("-m" if metadata_tokens else "")
+def part_prefix(path: str, digest: str, metadata_tokens: bool, id_from: str | None = None) -> str:
+    """The name its parts start with: ``<stem>-<sha256[:8]>`` (``-m`` with metadata tokens, ``-s`` with ids made
+    from the text: other bytes, other names, so a crash between two runs never mixes them); parts add
+    ``-00000.parquet``."""
+    return f"{os.path.basename(path).split('.')[0]}-{digest[:8]}" + ("-m" if metadata_tokens else "") + \
+        ("-s" if id_from == "sha256" else "")
 
 
 def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str], ...], metadata_tokens: bool,
                   on_error: str, registered: dict[str, dict], docs_root: str, batch_file: str,
-                  batch_docs: int, batch_bytes: int, part: int = 0, of: int = 1) -> ItemResult:
+                  batch_docs: int, batch_bytes: int, part: int = 0, of: int = 1,
+                  id_from: str | None = None) -> ItemResult:
     """Ingest's item: read, hash and tokenize the input at ``path`` into ``batch_file`` (see the module docstring).
 
     Args:
@@ -224,6 +230,7 @@ def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str],
         batch_file: where to write the batch file (the step's work folder, which the commit reads and removes).
         batch_docs, batch_bytes: the batch size (records, payload bytes); one row group per batch.
         part, of: tokenize the batches ``j`` with ``j % of == part`` (the whole file is still read and hashed).
+        id_from: how a record without an id gets one (:data:`readers.ID_FROM`); None: such a record is bad.
     Returns:
         ItemResult whose value is a :class:`FileTokens`; ``documents`` counts the records read, ``bytes`` the
         input's size.
@@ -236,15 +243,17 @@ def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str],
     with contextlib.closing(readers.open_input(path)) as opened:  # one open file: hashed, then read
         layout = readers.detect_layout(path, columns, metadata_tokens, fileobj=opened.file)
         subset = resolve_subset(path, subset, layout)
-        key = input_key(subset, opened.sha256, metadata_tokens)
-        out = FileTokens(path, subset, opened.sha256, key, part, of)
+        key = input_key(subset, opened.sha256, metadata_tokens, id_from)
+        out = FileTokens(path, subset, opened.sha256, key, part, of, prefix=part_prefix(path, opened.sha256,
+                                                                                        metadata_tokens, id_from))
         entry = registered.get(key)
         if entry is not None and (part > 0 or not damaged_parts(os.path.join(docs_root, subset), entry)):
             out.intact = True
         else:
             out.batch_file = batch_file
             try:
-                _tokenize_opened(opened, layout, on_error, (batch_docs, batch_bytes), os.path.join(docs_root, subset), out)
+                _tokenize_opened(opened, layout, on_error, (batch_docs, batch_bytes), os.path.join(docs_root, subset),
+                                 id_from, out)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.remove(out.batch_file)
@@ -255,18 +264,17 @@ def tokenize_file(path: str, subset: str | None, columns: tuple[tuple[str, str],
 
 
 def _tokenize_opened(opened: readers.OpenedInput, layout: readers.Layout | None, on_error: str,
-                     limits: tuple[int, int], docs_dir: str, out: FileTokens) -> None:
+                     limits: tuple[int, int], docs_dir: str, id_from: str | None, out: FileTokens) -> None:
     """Tokenize the records of ``opened`` into ``out.batch_file``, filling ``out.batches`` and ``out.broken``."""
     path = opened.path
     sequential = readers.input_format(path) != "parquet"  # Parquet is read at random offsets: fstat compared
     source = readers.HashingReader(opened.file) if sequential else opened.file
     stem = os.path.basename(path).split(".")[0]
     records = _until_cut(readers.iter_raw(path, id_prefix=f"{stem}#{opened.sha256[:12]}", layout=layout,
-                                          fileobj=source), on_error, out)
+                                          fileobj=source, id_from=id_from), on_error, out)
     n_shown, stopped = 0, False
     os.makedirs(os.path.dirname(out.batch_file), exist_ok=True)
-    what = (f"corpus part {docs_dir}/{part_prefix(path, out.digest, out.key.endswith('tokens'))}-*.parquet "
-            f"(its batches, as {out.batch_file})")
+    what = f"corpus part {docs_dir}/{out.prefix}-*.parquet (its batches, as {out.batch_file})"
     try:
         writer = pq.ParquetWriter(out.batch_file, BATCH_SCHEMA, compression="zstd")
     except OSError as exc:
