@@ -161,17 +161,6 @@ def test_next_build_restores_the_old_set_instead_of_deleting_it(corpus, recipes,
     assert _siblings(out) == []
 
 
-def test_legacy_backup_of_a_dead_build_is_restored(corpus, recipes, tmp_path):
-    """A crash of the previous version between its renames left `.<out>-old.tmp-<pid>`: it comes back."""
-    out = str(tmp_path / "shards")
-    packing.build(corpus, recipe.load(recipes["old"]), out, progress=False)
-    old = _manifest(out)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    legacy = os.path.join(str(tmp_path), f".shards-old.tmp-{int(dead.stdout)}")
-    os.replace(out, legacy)
-    assert packing.recover_out_dir(out) and _manifest(out) == old and not os.path.exists(legacy)
-
-
 # -- recipe in the manifest and the shards view -------------------------------------------------------------------
 def test_manifest_and_shards_view_record_the_recipe(corpus, recipes, tmp_path):
     out = str(tmp_path / "shards")
