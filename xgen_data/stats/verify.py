@@ -14,7 +14,7 @@ Checked (:func:`verify_corpus`):
   counts); a set computed from other part contents is reported ``stale`` (not damage: the recipe flow
   recomputes it).
 * ``shards``: each registered shards folder's ``manifest.json`` against its own ``manifest_sha256`` (an edited
-  manifest is ``damaged``, naming the file; one written before the field existed is ``unrecorded``), and every
+  manifest, or a 0.x one without the field, is ``damaged``, naming the file), and every
   shard's size and SHA-256 in it, and its ``.idx.parquet`` index's SHA-256 (``index_sha256``;
   :func:`xgen_data.shards.shard_format.verify`).
 
@@ -131,17 +131,14 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                 continue  # otherwise removed by the user: not registered data any more
             mpath = os.path.join(shard_dir, "manifest.json")
             try:
-                manifest = shards.read_manifest(shard_dir)
+                shards.read_manifest(shard_dir)  # its own manifest_sha256 first
                 problems = shards.verify(shard_dir)
             except shards.ShardError as exc:
                 out.append(Check("shards", mpath if os.path.isfile(mpath) else shard_dir, "damaged", str(exc)))
                 continue
             for prob in problems:
                 out.append(Check("shards", shard_dir, "damaged", prob))
-            if shards.MANIFEST_SHA256 not in manifest:
-                out.append(Check("shards", mpath, "unrecorded", f"no {shards.MANIFEST_SHA256} (built by an older "
-                                 "xgen): the manifest's own content is not verified; rebuild with `xgen mix build`"))
-            elif not problems:
+            if not problems:
                 out.append(Check("shards", shard_dir, "ok", "the manifest matches its manifest_sha256 and every "
                                  "shard its sha256"))
     return out
