@@ -1,4 +1,4 @@
-"""Evaluation and reporting (issue 6 item 5, part): SPEC §6 carbon figures, pass@k, perplexity by position."""
+"""Evaluation and reporting: SPEC §6 carbon figures, pass@k, perplexity by position."""
 from __future__ import annotations
 
 import csv

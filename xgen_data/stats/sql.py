@@ -217,7 +217,7 @@ def lock_down(con, corpus_root: str) -> None:
     files there; nothing elsewhere can be read or written, not even ``corpus.json`` or the corpus folder
     itself), cannot install or auto-load extensions, keeps spill files in a private temporary folder,
     and ``lock_configuration`` then freezes every setting. DuckDB cannot allow reads without writes
-    inside an allowed folder, so writes into ``docs/`` or ``steps/`` are kept out by
+    inside an allowed folder, so writes into ``docs/`` or ``attributes/`` are kept out by
     :func:`check_read_only`, which refuses every statement that is not a query; this is the second layer.
 
     Raises:

@@ -292,7 +292,7 @@ class Corpus:
     def write_meta(self, meta: dict) -> None:
         """Atomically replace ``corpus.json``, stamping its :data:`REGISTRY_SHA256` (``meta`` gets the field)."""
         meta.pop(REGISTRY_SHA256, None)
-        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: the file reads top-down as before
+        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: it covers every field above it
         fsutil.write_json(self.meta_path, meta)
 
     def register_shard_dir(self, shard_dir: str) -> None:
