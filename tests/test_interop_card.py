@@ -168,6 +168,12 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 2 and "not empty" in r.output
+    missing = str(tmp_path / "no-corpus")
+    for target in ("megatron", "mds", "litdata", "hf"):  # a mistyped --corpus is refused for every target
+        r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", target, "--corpus", missing, "--out",
+                                str(tmp_path / f"x-{target}")])
+        assert r.exit_code == 3 and f"{missing}: not an xgen corpus" in r.output, (target, r.output)
+        assert not (tmp_path / f"x-{target}").exists()
     hf_out = tmp_path / "hf"
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "hf", "--corpus", sample_corpus,
                             "--out", str(hf_out)])
