@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from xgen_data.errors import RefusedError
 from xgen_data.store import corpus as corpus_mod
 from xgen_data.attributes import filters
 from xgen_data.mixing import recipe
@@ -223,7 +224,7 @@ def test_a_linked_out_builds_its_target_and_a_link_into_the_corpus_is_refused(sm
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".S")]  # no backup or build folder left
     assert json.load(open(os.path.join(root, "corpus.json")))["shard_dirs"] == [os.path.realpath(tmp_path / "S0")]
     os.symlink(os.path.join(root, "docs"), tmp_path / "into")
-    with pytest.raises(ValueError, match="must be outside the corpus"):
+    with pytest.raises(RefusedError, match="is inside the input"):
         packing.build(root, rec, str(tmp_path / "into" / "S"), progress=False)
     os.symlink(tmp_path / "gone", tmp_path / "dangling")
     with pytest.raises(ValueError, match="which does not exist"):
