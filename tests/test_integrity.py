@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from xgen_data.errors import RefusedError
 from xgen_data.store import corpus as corpus_mod
 from xgen_data.attributes import filters
 from xgen_data.mixing import recipe
@@ -223,11 +224,31 @@ def test_a_linked_out_builds_its_target_and_a_link_into_the_corpus_is_refused(sm
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".S")]  # no backup or build folder left
     assert json.load(open(os.path.join(root, "corpus.json")))["shard_dirs"] == [os.path.realpath(tmp_path / "S0")]
     os.symlink(os.path.join(root, "docs"), tmp_path / "into")
-    with pytest.raises(ValueError, match="must be outside the corpus"):
+    with pytest.raises(RefusedError, match="is inside the input"):
         packing.build(root, rec, str(tmp_path / "into" / "S"), progress=False)
     os.symlink(tmp_path / "gone", tmp_path / "dangling")
     with pytest.raises(ValueError, match="which does not exist"):
         packing.build(root, rec, str(tmp_path / "dangling"), progress=False)
+
+
+def test_a_copied_corpus_leaves_out_the_shard_folders_of_the_corpus_it_was_copied_from(small, tmp_path):
+    from cli.main import cli
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    shutil.copytree(small["root"], a)
+    rec = recipe.load(small["recipe"])
+    packing.build(a, rec, str(tmp_path / "SA"), progress=False)
+    shutil.copytree(a, b)  # cp -r: b's corpus.json lists a's shards folder
+    shard = tmp_path / "SA" / shards.read_manifest(str(tmp_path / "SA"))["shards"][0]["path"]
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\1")  # damage a's shards: b's verify must not report them
+    res = CliRunner().invoke(cli, ["verify", "--corpus", b])
+    assert res.exit_code == 0 and str(tmp_path / "SA") not in res.output.replace(a, "") and "copy" in res.output
+    assert CliRunner().invoke(cli, ["verify", "--corpus", a]).exit_code == 1  # a's own still are
+    assert sql.connect(b, quiet=True).execute("SELECT count(*) FROM shards").fetchone() == (0,)
+    packing.build(b, rec, str(tmp_path / "SB"), progress=False)  # b registers its own, alone
+    assert json.load(open(os.path.join(b, "corpus.json")))["shard_dirs"] == [os.path.realpath(tmp_path / "SB")]
+    assert sql.connect(b, quiet=True).execute("SELECT DISTINCT shard_dir FROM shards").fetchall() == [
+        (os.path.realpath(tmp_path / "SB"),)]
 
 
 def test_verify_checks_attribute_files(small, tmp_path):

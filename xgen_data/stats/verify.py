@@ -17,7 +17,8 @@ Checked (:func:`verify_corpus`):
   :func:`xgen_data.shards.shard_format.verify`).
 
 Statuses: ``ok``, ``stale`` (fine), ``unchecked`` (an attribute file whose own
-SHA-256 matches but whose part is damaged or missing, so its ids are not compared: the part is the damage) and
+SHA-256 matches but whose part is damaged or missing, so its ids are not compared: the part is the damage; or
+``corpus.json`` listing the shards folders of the corpus this one was copied from, which are left out) and
 ``damaged``, ``missing`` (damage).
 """
 from __future__ import annotations
@@ -99,7 +100,10 @@ def verify_corpus(corpus_dir: str, progress: bool = False) -> list[Check]:
                 out.append(Check("attributes", gen, "stale" if stale else "ok",
                                  f"{state['step']} {params_hash(state['params'])}, {len(state['files'])} files"
                                  + ("; computed from other part contents" if stale else "")))
-        for shard_dir in meta.get("shard_dirs", []):
+        own_shard_dirs, note = corpus.shard_dirs(meta)
+        if note:
+            out.append(Check("shards", corpus.meta_path, "unchecked", note))
+        for shard_dir in own_shard_dirs:
             if not os.path.exists(shard_dir):
                 if os.path.isdir(backup := shards.backup_dir(shard_dir)):
                     out.append(Check("shards", shard_dir, "missing", f"a build into it was interrupted; the "

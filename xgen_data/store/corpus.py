@@ -40,6 +40,9 @@ from xgen_data.store import fsutil
 FORMAT = "xgen-corpus"
 #: The registry's own checksum field (like the shards manifest's ``manifest_sha256``).
 REGISTRY_SHA256 = "registry_sha256"
+#: The corpus root (absolute) that registered ``shard_dirs``: a copy of the corpus folder (``cp -r``) carries the
+#: list but not the folders, which stay another corpus's.
+SHARD_DIRS_OF = "shard_dirs_of"
 FORMAT_VERSION = 1
 
 DOC_SCHEMA = pa.schema(
@@ -163,7 +166,7 @@ def _check_registry(meta: dict, where: str) -> None:
                   for v in inputs.values())
           and all(isinstance(v, dict) and isinstance(v.get("generation"), str) and isinstance(v.get("files"), dict)
                   and isinstance(v.get("parts"), str) and isinstance(v.get("params"), dict) for v in attrs.values())
-          and isinstance(meta.get("default_decisions", {}), dict))
+          and isinstance(meta.get("default_decisions", {}), dict) and isinstance(meta.get(SHARD_DIRS_OF, ""), str))
     if not ok:
         raise CorpusError(f"{where}: registry is malformed ('inputs' must map to objects with path, subset and "
                           "parts; 'attributes' to objects with params, generation, parts and files; "
@@ -296,12 +299,27 @@ class Corpus:
         fsutil.write_json(self.meta_path, meta)
 
     def register_shard_dir(self, shard_dir: str) -> None:
-        """Remember a shards directory built from this corpus (it feeds the SQL view ``shards``)."""
+        """Remember a shards directory built from this corpus (it feeds the SQL view ``shards``); a list
+        registered by the corpus at another path (this one is its copy) is replaced by this folder alone."""
         meta = self.read_meta()
         path = os.path.abspath(shard_dir)
-        if path not in meta.setdefault("shard_dirs", []):
-            meta["shard_dirs"].append(path)
+        dirs = meta.get("shard_dirs", []) if meta.get(SHARD_DIRS_OF, self.root) == self.root else []
+        if path not in dirs or meta.get(SHARD_DIRS_OF) != self.root:
+            meta["shard_dirs"], meta[SHARD_DIRS_OF] = [d for d in dirs if d != path] + [path], self.root
             self.write_meta(meta)
+
+    def shard_dirs(self, meta: dict | None = None) -> tuple[list[str], str | None]:
+        """``(folders, note)``: the shards folders built from this corpus (absolute paths, as registered), and
+        None; or ``[]`` and a note naming the other corpus when ``corpus.json``'s list was registered at another
+        root (this corpus was copied, or moved, from there): those folders are that corpus's, not checked or
+        listed here until ``xgen mix build`` registers this corpus's own."""
+        meta = self.read_meta() if meta is None else meta
+        dirs, owner = list(meta.get("shard_dirs", [])), meta.get(SHARD_DIRS_OF, self.root)
+        if dirs and owner != self.root:
+            return [], (f"{self.meta_path}: its {len(dirs)} shards folder(s) were built from the corpus at {owner} "
+                        "(this one is a copy of it, or was moved): not this corpus's, so left out; `xgen mix build "
+                        f"--corpus {self.root}` registers its own")
+        return dirs, None
 
     # -- parts ----------------------------------------------------------------------------------
     def docs_dir(self, subset: str) -> str:
