@@ -191,26 +191,18 @@ def _listed_files(folder: str) -> set[str] | None:
     return {"manifest.json"} | {e[k] for e in manifest["shards"] for k in ("path", "index_path") if e.get(k)}
 
 
-def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
-    """Backups of older versions' swaps: ``.<out>-old.tmp-<pid>`` of a process that is gone."""
-    prefix = f".{tail}-old.tmp-"
-    return [(os.path.join(head, n),) * 2 for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()
-            and not fsutil.pid_alive(int(n[len(prefix):]))]
-
-
 def publisher(out_dir: str, inputs: "list[str] | tuple[str, ...]" = ()) -> publish.FolderPublisher:
     """The :class:`~xgen_data.store.publish.FolderPublisher` of a shards folder (commit points ``build.*``);
     ``inputs``: the corpus it is built from (the output may not be, be inside or contain it)."""
     return publish.FolderPublisher(out_dir, listed_files=_listed_files, is_complete=_is_complete_set,
-                                   what="shards", crash_prefix="build", legacy=_legacy_backups, inputs=inputs)
+                                   what="shards", crash_prefix="build", inputs=inputs)
 
 
 def recover_out_dir(out_dir: str) -> str | None:
     """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers
-    (:func:`xgen_data.store.publish.recover`; also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of
-    a dead process), holding the folder's writer lock. Returns a note saying what was restored, or None."""
+    (:func:`xgen_data.store.publish.recover`), holding the folder's writer lock. Returns a note saying what was restored, or None."""
     with locks.writer_lock(publish.lock_path(out_dir), f"shards folder {out_dir}"):
-        return publish.recover(out_dir, _is_complete_set, _legacy_backups, "shards")
+        return publish.recover(out_dir, _is_complete_set, "shards")
 
 
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
