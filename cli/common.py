@@ -184,11 +184,21 @@ def out_option(required: bool = True, help: str = "Output folder to write."):
     return click.option("--out", "out_dir", required=required, type=click.Path(file_okay=False), help=help)
 
 
+def _ray_address_needs_ray(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--ray-address`` with another executor is a usage mistake (exit 2), found before the command runs."""
+    if value and ctx.params.get("executor", "local") != "ray":
+        raise click.UsageError("--ray-address needs --executor ray", ctx)
+    return value
+
+
 def executor_options(fn):
     """``--executor local|ray`` and ``--ray-address``: where a data step's items run (docs/scale.md)."""
+    # --executor is eager, so its value is in ctx.params when --ray-address's callback runs
     fn = click.option("--ray-address", default=None, show_default="start a local Ray of --workers CPUs",
+                      callback=_ray_address_needs_ray,
                       help="Ray cluster to run on with --executor ray (auto, host:6379 or ray://host:10001).")(fn)
     return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        is_eager=True,
                         help="Run the step's work on local processes or as Ray tasks (pip install 'xgen[ray]'); "
                              "the outputs are the same bytes.")(fn)
 

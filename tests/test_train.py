@@ -343,13 +343,12 @@ def test_resume_is_bit_exact(shards, tmp_path):
         train(shards, tmp_path / "split", steps=7, resume=True, **{**kw, "seed": 4})
 
 
-def test_config_differences_reads_the_old_manifest_hash_name():
+def test_config_differences_names_each_changed_leaf():
     new = {"seed": 3, "data": {"manifest_file_sha256": "ab", "recipe": "r"}}
-    old = {"seed": 3, "data": {"manifest_sha256": "ab", "recipe": "r"}}  # run.json written before the rename
-    assert config_differences(old, new) == []
-    assert config_differences({**old, "data": {**old["data"], "manifest_sha256": "cd"}}, new) == [
-        "data.manifest_file_sha256: 'cd' -> 'ab'"]
+    assert config_differences(new, new) == []
     assert config_differences(new, {**new, "seed": 4}) == ["seed: 3 -> 4"]
+    assert config_differences({**new, "data": {"manifest_file_sha256": "cd", "recipe": "r"}}, new) == [
+        "data.manifest_file_sha256: 'cd' -> 'ab'"]
 
 
 def test_steps_beyond_the_plan_name_the_budget_fraction(shards, tmp_path):

@@ -325,7 +325,7 @@ def connect(corpus_dir: str, dec: Decisions, quiet: bool = False) -> duckdb.Duck
     corpus = Corpus(corpus_dir)
     if not corpus.parts():
         raise CorpusError(f"{corpus_dir}: corpus has no documents; run `xgen ingest` first")
-    corpus.verify_parts(warn=not quiet)  # the views read the parts: never show damaged bytes
+    corpus.verify_parts()  # the views read the parts: never show damaged bytes
     view, warnings = documents_sql(corpus, dec, strict=dec.recipe_name is not None)
     for w in warnings if not quiet else ():
         print(f"warning: {w}", file=sys.stderr)

@@ -146,7 +146,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
 
     Raises:
         InputError: naming file:line, for a line that is not a JSON object or has no prompt; naming the file
-            when it cannot be read or two files give the same benchmark name.
+            when it cannot be read, holds no item, or two files give the same benchmark name.
     """
     index = EvalIndex()
     for path in paths:
@@ -177,6 +177,9 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
                 too_short += 1
             for s in snippets:
                 index.substrings.setdefault(s, key)
+        if not items:
+            raise InputError(f"{path}: the evaluation set holds no items (an empty file decontaminates nothing; "
+                             "pass the benchmark's JSONL)")
         index.sets.append({"path": path, "sha256": fsutil.sha256_file(path), "benchmark": bench, "items": items,
                            "too_short": too_short})
     index.tables = {n: _hash_table(index.grams if n == N else index.short, n)

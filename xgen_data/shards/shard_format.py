@@ -30,7 +30,6 @@ the sequence's position before the per-chunk shuffle, so the pre-shuffle stream 
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -56,8 +55,6 @@ INDEX_SCHEMA = pa.schema([
 
 
 MANIFEST_SHA256 = "manifest_sha256"  # the manifest's self-checksum field
-
-_warned_unchecked: set[str] = set()  # manifests without a self-checksum already warned about (per process)
 
 
 class ShardError(InputError):
@@ -116,14 +113,14 @@ def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> di
 
     Checks ``format == "xgen-shards"``, ``format_version`` 1, then (``check_sha256``) that ``manifest_sha256``
     equals :func:`manifest_sha256` of the content, then ``dtype == "uint16"``, integer ``eos_id`` and
-    ``vocab_size``, and that ``stages`` (non-empty) and ``shards`` are lists. A manifest without
-    ``manifest_sha256`` (written by an older xgen) is read with a warning on stderr, once per manifest and
-    process. ``check_sha256=False`` skips the self-checksum (only :func:`xgen_data.shards.packing.check_out_dir`,
+    ``vocab_size``, and that ``stages`` (non-empty) and ``shards`` are lists. ``check_sha256=False`` skips the self-checksum (only :func:`xgen_data.shards.packing.check_out_dir`,
     which decides whether a folder may be replaced by a rebuild, reads manifests that way).
 
     Raises:
         ManifestChecksumError: naming the manifest, when its content does not match ``manifest_sha256``
             (or that field is not a 64-digit hex string).
+        ShardError: a manifest without ``manifest_sha256`` (built by xgen 0.x before manifests carried it):
+            the message names it and the rebuild command.
         ShardError: naming the folder or manifest, for a missing folder or file, bad JSON or a bad field.
     """
     shard_dir = os.fspath(shard_dir)
@@ -153,12 +150,10 @@ def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> di
 
 
 def _check_self_sha256(path: str, manifest: dict) -> None:
-    if MANIFEST_SHA256 not in manifest:  # present but null is an edit, not an old manifest
-        if path not in _warned_unchecked:
-            _warned_unchecked.add(path)
-            print(f"warning: {path} has no {MANIFEST_SHA256} (written by an older xgen): edits of the manifest "
-                  "itself are not detected; rebuild the shards with `xgen mix build` to record it", file=sys.stderr)
-        return
+    if MANIFEST_SHA256 not in manifest:  # present but null is an edit (below), absent an older format
+        raise ShardError(f"{path}: no {MANIFEST_SHA256}: these shards were built by an older xgen (0.x) whose "
+                         "manifests carry no checksum of their own; rebuild them with `xgen mix build --corpus DIR "
+                         f"--recipe R --out {os.path.dirname(path)}`")
     want = manifest[MANIFEST_SHA256]
     if not (isinstance(want, str) and len(want) == 64 and all(c in "0123456789abcdef" for c in want)):
         raise ManifestChecksumError(f"{path}: {MANIFEST_SHA256} must be a 64-digit lowercase hex string, got "

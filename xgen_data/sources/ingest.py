@@ -339,12 +339,11 @@ def summarize_skipped(skipped: list[tuple[str, str]]) -> list[str]:
 def _damaged_parts(corpus: Corpus, entry: dict) -> list[tuple[str, str]]:
     """``(part, problem)`` for each registered part of an input entry that is missing or whose SHA-256 differs."""
     out = []
-    recorded = entry.get("part_sha256") or {}
     for name in entry["parts"]:
         path = os.path.join(corpus.docs_dir(entry["subset"]), name)
         if not os.path.isfile(path):
             out.append((name, "missing"))
-        elif name in recorded and fsutil.sha256_file(path) != recorded[name]:
+        elif fsutil.sha256_file(path) != entry["part_sha256"][name]:
             out.append((name, "sha256 differs from the one recorded at ingest"))
     return out
 

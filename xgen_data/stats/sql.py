@@ -90,7 +90,10 @@ def connect(corpus_dir: str, shard_dirs: list[str] | None = None, recipe=None, d
     if dec is None and corpus.parts():
         dec = decisions.for_corpus(corpus, recipe)
     con = query.connect(corpus_dir, dec, quiet)
-    dirs = list(corpus.read_meta().get("shard_dirs", [])) + [os.path.abspath(d) for d in shard_dirs or []]
+    own, note = corpus.shard_dirs()
+    if note and not quiet:
+        print(f"note: {note}", file=sys.stderr)
+    dirs = own + [os.path.abspath(d) for d in shard_dirs or []]
     rows = shard_rows(list(dict.fromkeys(dirs)))
     # the view exists (empty) before any `xgen mix build`, so a query over it is not a catalog error
     schema = pa.schema([(k, pa.int64() if k in ("seq_len", "n_sequences", "n_tokens") else pa.string())

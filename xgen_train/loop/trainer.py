@@ -208,8 +208,7 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
     Not included (free to change on resume): ``steps`` (the cap), logging, checkpoint and eval cadence, the
     shards folder's path (its ``manifest.json`` sha256 identifies the data).
     ``data.manifest_file_sha256`` is the SHA-256 of the ``manifest.json`` file's bytes (not the manifest's own
-    ``manifest_sha256`` field, which covers its other fields); runs written before the rename call it
-    ``data.manifest_sha256`` and still resume (:func:`config_differences`). ``sft``: ``{"objective": "sft",
+    ``manifest_sha256`` field, which covers its other fields). ``sft``: ``{"objective": "sft",
     "epochs": N}`` merged into ``data`` for an SFT run (``{"epochs": N}`` for pre-training over N > 1 passes;
     absent otherwise, so a one-pass pre-training record is unchanged).
     """
@@ -233,14 +232,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys).
-
-    An older run config's ``data.manifest_sha256`` (the same file hash, before its rename) is read as
-    ``data.manifest_file_sha256``.
-    """
+    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys)."""
     a, b = _flatten(old), _flatten(new)
-    if "data.manifest_sha256" in a and "data.manifest_file_sha256" not in a:
-        a["data.manifest_file_sha256"] = a.pop("data.manifest_sha256")
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
