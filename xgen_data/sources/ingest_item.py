@@ -75,12 +75,11 @@ def damaged_parts(docs_dir: str, entry: dict) -> list[tuple[str, str]]:
     """``(part, problem)`` for each registered part of an input entry (in ``docs_dir``) that is missing or whose
     SHA-256 differs from the one recorded at ingest."""
     out = []
-    recorded = entry.get("part_sha256") or {}
     for name in entry["parts"]:
         path = os.path.join(docs_dir, name)
         if not os.path.isfile(path):
             out.append((name, "missing"))
-        elif name in recorded and fsutil.sha256_file(path) != recorded[name]:
+        elif fsutil.sha256_file(path) != entry["part_sha256"][name]:
             out.append((name, "sha256 differs from the one recorded at ingest"))
     return out
 
