@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from xgen_data.attributes import filters, language_step, languages
+from xgen_data.attributes.dedup import bands as dedup_bands
+from xgen_data.attributes.dedup import exact as dedup_exact
 from xgen_data.attributes.dedup import run as dedup_run
 from xgen_data.attributes.dedup.params import RECIPE_KEYS, resolve_params
 from xgen_data.attributes.licenses import license_params
@@ -23,11 +25,13 @@ class ReverseExecutor:
 
     def __init__(self) -> None:
         self.ran: list[str] = []
+        self.steps: dict[str, list[str]] = {}
 
     def map(self, step_name, fn, items, progress=None):
         done = {}
         for i in reversed(range(len(items))):
             self.ran.append(items[i].key)
+            self.steps.setdefault(step_name, []).append(items[i].key)
             done[i] = fn(*items[i].args)
         for i in range(len(items)):
             yield done[i]
@@ -75,20 +79,32 @@ def test_attribute_items_in_reverse_order_commit_the_same_bytes(corpus_copy, ste
         assert len(forward) == n_parts
 
 
-def test_dedup_signature_items_in_reverse_order_give_the_same_attributes(corpus_copy):
+@pytest.mark.parametrize("clustering", ["cliques", "components"])
+def test_dedup_items_of_every_phase_in_reverse_order_give_the_same_attributes(corpus_copy, monkeypatch, clustering):
     corpus = Corpus(corpus_copy)
-    params = resolve_params(threshold=0.7)
+    params = resolve_params(threshold=0.7, clustering=clustering)
     key = {k: getattr(params, k) for k in RECIPE_KEYS}
-    dedup_run.run_dedup(corpus_copy, workers=1, progress=False)
+    first = dedup_run.run_dedup(corpus_copy, workers=1, progress=False, clustering=clustering)
     forward = _committed_files(corpus, "dedup", key)
     work = os.path.join(corpus_copy, "work", "dedup")
 
     shutil.rmtree(work)  # signatures are a cache: remove it so every item runs again
+    # more, smaller items than the defaults: shard counts and grouping must not change the bytes either
+    monkeypatch.setattr(dedup_exact, "DOCS_PER_SHARD", 300)
+    monkeypatch.setattr(dedup_bands, "BANDS_PER_ITEM", 3)
+    monkeypatch.setattr(dedup_bands, "PAIRS_PER_SHARD", 100)
     rev = ReverseExecutor()
     _forget(corpus, "dedup", key)
-    dedup_run.run_dedup(corpus_copy, workers=1, progress=False, executor=rev)
-    assert len(rev.ran) == len(corpus.parts())
+    again = dedup_run.run_dedup(corpus_copy, workers=1, progress=False, executor=rev, clustering=clustering)
+    phases = ["dedup signatures", "dedup exact", "dedup bands"] + (["dedup cluster"] if clustering == "cliques" else [])
+    assert list(rev.steps) == phases + ["dedup"]
+    for name in phases[1:] + ["dedup"]:
+        assert len(rev.steps[name]) > 1, name  # several items, run last to first
+    assert rev.steps["dedup"][0].endswith(corpus.parts()[-1].name)
     assert _committed_files(corpus, "dedup", key) == forward
+    assert (again.clusters, again.near_edges, again.verified_pairs) == (first.clusters, first.near_edges,
+                                                                       first.verified_pairs)
+    assert [s.step for s in again.steps] == [s.step for s in first.steps]
 
 
 def _boom(part_path, out_path, crash_point):
