@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import corpus_option, format_option, print_rows, user_errors
+from cli.common import corpus_option, format_option, print_rows, print_step_reports, user_errors
 
 
 @click.command("filter")
@@ -40,6 +40,7 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
                                  license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra,
                                  policies=policies)
     print_filter(report)
+    print_step_reports(report.steps)
 
 
 def print_filter(report) -> None:

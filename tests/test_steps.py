@@ -2,11 +2,16 @@
 any order commits the same bytes; a failing item is named; steps report in one shape."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from conftest import demo_no_dedup
 
 from xgen_data.attributes import filters, language_step, languages
 from xgen_data.attributes.dedup import bands as dedup_bands
@@ -17,6 +22,7 @@ from xgen_data.attributes.licenses import license_params
 from xgen_data.attributes.part_step import PartAttributeStep, run_part_step
 from xgen_data.execute.contract import ItemError, StepReport
 from xgen_data.execute.local import LocalExecutor
+from xgen_data.mixing import recipe
 from xgen_data.store.corpus import Corpus
 
 
@@ -130,3 +136,31 @@ def test_steps_report_in_one_shape(corpus_copy):
     assert report.items == len(corpus.parts())
     assert report.documents == sum(pq.ParquetFile(p.path).metadata.num_rows for p in corpus.parts())
     assert report.bytes > 0 and report.seconds > 0
+
+
+def _json(args: list[str]) -> dict:
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+STEP_KEYS = {"step", "items", "documents", "bytes", "seconds", "errors"}
+
+
+def test_filter_dedup_and_mix_build_print_their_step_reports_under_steps(corpus_copy, tmp_path):
+    n_parts = len(Corpus(corpus_copy).parts())
+    doc = _json(["filter", "--corpus", corpus_copy, "--allow-license", "LicenseRef-probe", "--format", "json"])
+    assert [s["step"] for s in doc["steps"]] == ["license"]  # a new allow-list: one new license set
+    assert set(doc["steps"][0]) == STEP_KEYS and doc["steps"][0]["items"] == n_parts
+    doc = _json(["dedup", "--corpus", corpus_copy, "--workers", "1", "--quiet", "--format", "json"])
+    assert [s["step"] for s in doc["steps"]] == ["dedup signatures", "dedup exact", "dedup bands", "dedup cluster",
+                                                  "dedup attribute files"]
+    assert doc["steps"][-1]["items"] == n_parts and doc["steps"][-1]["documents"] == doc["documents"]
+    recipe_path = tmp_path / "recipe.toml"
+    recipe_path.write_text(recipe.to_toml(demo_no_dedup()))
+    doc = _json(["mix", "build", "--corpus", corpus_copy, "--recipe", str(recipe_path), "--out", str(tmp_path / "S"),
+                 "--format", "json"])
+    assert doc["steps"][-1]["step"] == "mix build" and set(doc["steps"][-1]) == STEP_KEYS
+    manifest = json.load(open(tmp_path / "S" / "manifest.json"))
+    tokens = sum(e["seq_len"] * e["n_sequences"] for e in manifest["shards"])
+    assert doc["steps"][-1]["bytes"] == 2 * tokens and not doc["steps"][-1]["errors"]

@@ -11,7 +11,7 @@ coexist under other keys). ``xgen mix plan``, ``xgen mix build`` and ``xgen demo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xgen_data.attributes import decontam, filters, language_step
@@ -30,7 +30,8 @@ class StepsReport:
     ``filter``: the recipe's filter drops (derived, always given); ``dedup``: the dedup report when the dedup
     attributes were computed (None: not asked for, or up to date); ``ran``: the attribute steps computed now;
     ``skipped``: those already current (``"filter"`` = the license attributes of every policy the recipe
-    names and the ``language`` attributes, ``"dedup"``).
+    names and the ``language`` attributes, ``"dedup"``); ``steps``: the
+    :class:`~xgen_data.execute.contract.StepReport` of every step run now, in run order (dedup's phases included).
     """
 
     filter: Any = None
@@ -38,6 +39,7 @@ class StepsReport:
     ran: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     decisions: Any = None
+    steps: list = field(default_factory=list)
 
 
 def dedup_params(recipe: Recipe) -> dict:
@@ -81,9 +83,12 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
                 meta = corpus.read_meta()
                 meta.get("attributes", {}).pop(corpus.attribute_key("license", key), None)
                 corpus.write_meta(meta)
-            filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
+            report.steps.append(filters.compute_license_attributes(corpus, set_allow, verify=False,
+                                                                   labels_must_agree=labels))
             computed = True
-    computed = language_step.compute_language_attributes(corpus, verify=False) or computed
+    language = language_step.compute_language_attributes(corpus, verify=False)
+    report.steps += [language] if language is not None else []
+    computed = language is not None or computed
     if recipe.decontaminate:
         computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
     (ran if computed else skipped).append("filter")
@@ -93,6 +98,7 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
             report.dedup = run_dedup(corpus_dir, workers=workers, progress=progress, executor=executor,
                                      ray_address=ray_address, **recipe.dedup_kwargs())
             report.dedup.params["license_allow"] = list(allow)
+            report.steps += report.dedup.steps
             t_report = time.time()
             if report.dedup.documents:
                 reports.dedup_report(report.dedup, corpus_dir, dec)

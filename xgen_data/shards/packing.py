@@ -16,6 +16,7 @@ manifest records the recipe: name, SHA-256 and full TOML text.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from xgen_data import tokenizer
 from xgen_data.errors import InputError, ProblemFound, RefusedError
-from xgen_data.execute.contract import Executor, ItemResult, WorkItem, run_step
+from xgen_data.execute.contract import Executor, ItemResult, StepReport, WorkItem, run_step
 from xgen_data.execute.local import LocalExecutor
 from xgen_data.mixing import pipeline, selection
 from xgen_data.mixing.recipe import Recipe
@@ -103,6 +104,16 @@ class BuildReport:
     tokens_per_language: dict[str, dict[str, Counter]] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. the previous set restored after an interrupted build
+    steps: list[StepReport] = field(default_factory=list)  # the pack step's report
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``--format json``)."""
+        return {"out_dir": self.out_dir, "shards": self.shards, "sequences": dict(self.sequences),
+                "tokens_per_subset": {k: dict(v) for k, v in self.tokens_per_subset.items()},
+                "tokens_per_language": {k: {s: dict(c) for s, c in v.items()}
+                                        for k, v in self.tokens_per_language.items()},
+                "seconds": self.seconds, "notes": list(self.notes),
+                "steps": [dataclasses.asdict(x) for x in self.steps]}
 
 
 def _segments(pos: np.ndarray, take: np.ndarray, start: int, n_seq: int, seq_len: int):
@@ -303,6 +314,7 @@ class PackStep:
         self.corpus.register_shard_dir(self.out_dir)
         report.shards = len(manifest["shards"])
         report.seconds = time.time() - self.started
+        report.steps.append(StepReport.of(self.name, results, report.seconds))
         return report
 
 
