@@ -23,6 +23,7 @@ from xgen_data.attributes.part_step import PartAttributeStep, run_part_step
 from xgen_data.execute.contract import ItemError, StepReport
 from xgen_data.execute.local import LocalExecutor
 from xgen_data.mixing import recipe
+from xgen_data.shards import pack_step, packing
 from xgen_data.store.corpus import Corpus
 
 
@@ -164,3 +165,22 @@ def test_filter_dedup_and_mix_build_print_their_step_reports_under_steps(corpus_
     manifest = json.load(open(tmp_path / "S" / "manifest.json"))
     tokens = sum(e["seq_len"] * e["n_sequences"] for e in manifest["shards"])
     assert doc["steps"][-1]["bytes"] == 2 * tokens and not doc["steps"][-1]["errors"]
+
+
+def test_pack_items_in_reverse_order_give_the_same_shards(corpus_copy, demo_shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(pack_step, "SHARDS_PER_ITEM", 1)  # one item per shard file: more, smaller items
+    rev = ReverseExecutor()
+    out = str(tmp_path / "S")
+    report = packing.build(corpus_copy, demo_no_dedup(), out, progress=False, executor=rev)
+    assert list(rev.steps) == ["mix build tokens", "mix build"]
+    assert len(rev.steps["mix build tokens"]) > 1
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert len(rev.steps["mix build"]) == len(manifest["shards"]) > 1
+    assert rev.steps["mix build"][0].endswith(os.path.basename(manifest["shards"][-1]["path"])[:-len(".bin")])
+    assert open(os.path.join(out, "manifest.json")).read() == open(os.path.join(demo_shards, "manifest.json")).read()
+    for entry in manifest["shards"]:
+        for key in ("path", "index_path"):
+            assert open(os.path.join(out, entry[key]), "rb").read() == \
+                open(os.path.join(demo_shards, entry[key]), "rb").read()
+    assert [s.step for s in report.steps] == ["mix build tokens", "mix build"]
+    assert report.steps[1].items == len(manifest["shards"])
