@@ -6,10 +6,10 @@ stage's stream is its instances in order, each instance's first ``take`` tokens 
 stream token ``pos[i]`` (``pos`` is the running sum of ``take + 1``); each sub-stage's chunk is a range of that
 stream cut into sequences, and its permutation orders them. So no item carries state from another:
 
-1. :class:`StageTokensStep`: per stage and subset, the documents the stage uses are given places in one
-   staged file (``.work/<stage>-<subset>.tokens``, token offsets from the documents' lengths, in document
-   order, allocated by the step); one item per docs part (:func:`stage_part_tokens`) copies that part's
-   documents into their places, reading only the row groups that hold them.
+1. :class:`StageTokensStep`: per stage, subset and docs part, the documents the stage uses get places in the
+   part's own staged file (``.work/<stage>-<subset>-<part code>.tokens``, token offsets from the documents'
+   lengths, in document order); one item per file (:func:`stage_part_tokens`) copies them there, reading only
+   the row groups that hold them. No two items write the same file (nor the same page of one).
 2. :class:`PackStep`: one item per :data:`SHARDS_PER_ITEM` shard files of a sub-stage (:func:`pack_shards`).
    The step cuts the chunk into pieces (:func:`segments`: each piece one instance's tokens inside one
    sequence) and hands each item the pieces of its rows; the item fills its rows with EOS, copies the pieces
@@ -94,27 +94,36 @@ def _copy_tokens(pf: pq.ParquetFile, rows: np.ndarray, dest: np.ndarray, offsets
             out[offsets[d]:offsets[d + 1]] = values[starts[r]:starts[r + 1]]
 
 
-def stage_part_tokens(part_path: str, rows: np.ndarray, dest: np.ndarray, offsets_path: str,
-                      staged_path: str) -> ItemResult:
-    """The work item of one docs part for one stage and subset: the tokens of part rows ``rows`` (int64) into
-    the staged file ``staged_path`` at ``offsets[dest]`` (``offsets_path``: int64 ``[documents + 1]`` of the
-    subset; the part's places are its own, so items never write the same bytes). The parts were verified
-    (SHA-256, or decoded) before the step."""
+def stage_part_tokens(part_path: str, rows: np.ndarray, lengths: np.ndarray, staged_path: str) -> ItemResult:
+    """The work item of one docs part for one stage and subset: the tokens of part rows ``rows`` (int64, their
+    token counts ``lengths``), one after another, into its own staged file ``staged_path`` (reserved on disk
+    first, :func:`reserve_tokens`). The parts were verified (SHA-256, or decoded) before the step."""
     t0 = time.time()
-    offsets = np.load(offsets_path, mmap_mode="r")
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    reserve_tokens(staged_path, max(int(offsets[-1]), 1))
     out = np.memmap(staged_path, dtype=shards.DTYPE, mode="r+")
-    _copy_tokens(pq.ParquetFile(part_path), rows, dest, offsets, out)
+    _copy_tokens(pq.ParquetFile(part_path), rows, np.arange(len(rows)), offsets, out)
     out.flush()
-    tokens = int(np.sum(offsets[dest + 1] - offsets[dest]))
-    return ItemResult(f"tokens {os.path.basename(part_path)}", documents=int(len(rows)), bytes=2 * tokens,
+    return ItemResult(f"tokens {os.path.basename(part_path)}", documents=int(len(rows)), bytes=2 * int(offsets[-1]),
                       seconds=time.time() - t0)
 
 
 @dataclass
+class StagedTokens:
+    """Where a stage's staged tokens are: ``files`` (one per subset and part), and per subset ``k`` of the
+    stage's sorted subsets, per document, ``file[k]`` (int32 index into ``files``, -1 for documents the stage
+    does not use) and ``offset[k]`` (int64 token offset in that file)."""
+
+    files: list[str] = field(default_factory=list)
+    file: list[np.ndarray] = field(default_factory=list)
+    offset: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
 class StageTokensStep:
-    """Step 1 (module docstring): creating it lays out and allocates the staged files of every stage and subset
-    under ``work``; one item per (stage, subset, part) with documents in the stage; ``staged[stage][k]`` is the
-    ``(staged path, offsets path)`` of subset ``k`` of the stage's sorted subsets."""
+    """Step 1 (module docstring): creating it lays out the staged files of every stage, subset and part under
+    ``work`` (``staged[stage]``, a :class:`StagedTokens`), one item per file (:func:`stage_part_tokens`)."""
 
     corpus: Corpus
     plan: selection.PackPlan
@@ -124,28 +133,32 @@ class StageTokensStep:
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        self.staged: dict[str, list[tuple[str, str]]] = {}
+        self.staged: dict[str, StagedTokens] = {}
         self._items: list[WorkItem] = []
         for st in self.plan.stages:
-            self.staged[st.name] = [self._lay_out(st, k, name) for k, name in enumerate(st.subsets)]
+            self.staged[st.name] = StagedTokens()
+            for k, name in enumerate(st.subsets):
+                self._lay_out(st, k, name, self.staged[st.name])
 
-    def _lay_out(self, st: selection.StagePlan, k: int, name: str) -> tuple[str, str]:
+    def _lay_out(self, st: selection.StagePlan, k: int, name: str, out: StagedTokens) -> None:
+        """Subset ``k``'s used documents, part by part in document order, each part's in one file."""
         docs = self.plan.docs[name]
         wanted = np.unique(st.instances.doc[st.instances.subset == k])
-        lengths = np.zeros(len(docs.n_tokens), dtype=np.int64)
-        lengths[wanted] = docs.n_tokens[wanted]
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        staged, offsets_path = (os.path.join(self.work, f"{st.name}-{name}.{ext}") for ext in ("tokens", "offsets.npy"))
-        np.save(offsets_path, offsets)
-        reserve_tokens(staged, max(int(offsets[-1]), 1))  # before any item writes into it
+        file = np.full(len(docs.n_tokens), -1, dtype=np.int32)
+        offset = np.zeros(len(docs.n_tokens), dtype=np.int64)
         codes = docs.part_code[wanted]
         for code in dict.fromkeys(codes.tolist()):
             sel = wanted[codes == code]
+            lengths = docs.n_tokens[sel].astype(np.int64)
+            file[sel] = len(out.files)
+            offset[sel] = np.cumsum(lengths) - lengths
+            path = os.path.join(self.work, f"{st.name}-{name}-{code:06d}.tokens")
             part = os.path.join(self.corpus.docs_dir(name), docs.part_names[code])
             self._items.append(WorkItem(f"tokens {st.name}/{name}/{docs.part_names[code]}",
-                                        (part, docs.row[sel], sel, offsets_path, staged)))
-        return staged, offsets_path
+                                        (part, docs.row[sel], lengths, path)))
+            out.files.append(path)
+        out.file.append(file)
+        out.offset.append(offset)
 
     def items(self) -> list[WorkItem]:
         return self._items
@@ -217,12 +230,11 @@ def _piece_columns(docs, subsets: list[str], sub: np.ndarray, doc: np.ndarray) -
     return ids, srcs, langs
 
 
-def chunk_pieces(docs: dict, stage: selection.StagePlan, chunk: selection.ChunkPlan,
-                 offsets: list[np.ndarray]) -> dict:
+def chunk_pieces(docs: dict, stage: selection.StagePlan, chunk: selection.ChunkPlan, staged: StagedTokens) -> dict:
     """The pieces of one sub-stage chunk (:func:`segments`), ordered by output row then start in the row:
     ``post`` (output row), ``start``, ``length``, ``doc_offset``, ``seq`` (pre-shuffle sequence), ``subset``
-    (index into the stage's subsets), ``src`` (token offset in that subset's staged file, ``offsets[k]``),
-    and the pieces' ``doc_id``, ``source`` and ``language`` lists."""
+    (index into the stage's subsets), ``file`` and ``src`` (the staged file, index into ``staged.files``, and
+    the token offset of the piece in it), and the pieces' ``doc_id``, ``source`` and ``language`` lists."""
     inst, seq_len, n_seq = stage.instances, chunk.substage.seq_len, chunk.n_sequences
     piece_inst, seq, start, length, doc_off = segments(inst.pos, inst.take, chunk.start, n_seq, seq_len)
     inv = np.empty_like(chunk.permutation)
@@ -231,13 +243,14 @@ def chunk_pieces(docs: dict, stage: selection.StagePlan, chunk: selection.ChunkP
     order = np.lexsort((start, post))
     piece_inst, seq, start, length, doc_off, post = (x[order] for x in (piece_inst, seq, start, length, doc_off, post))
     k, doc = inst.subset[piece_inst], inst.doc[piece_inst]
-    src = np.zeros(len(k), dtype=np.int64)
+    file, src = np.zeros(len(k), dtype=np.int64), np.zeros(len(k), dtype=np.int64)
     for j in np.unique(k).tolist():
         at = k == j
-        src[at] = offsets[j][doc[at]] + doc_off[at]
+        file[at] = staged.file[j][doc[at]]
+        src[at] = staged.offset[j][doc[at]] + doc_off[at]
     doc_ids, sources, langs = _piece_columns(docs, stage.subsets, k, doc)
     return {"post": post, "start": start, "length": length, "doc_offset": doc_off, "seq": seq, "subset": k,
-            "src": src, "doc_id": doc_ids, "source": sources, "language": langs}
+            "file": file, "src": src, "doc_id": doc_ids, "source": sources, "language": langs}
 
 
 def _slice(pieces: dict, lo: int, hi: int) -> dict:
@@ -249,7 +262,7 @@ def pack_shards(tmp_dir: str, stage: str, substage: str, seq_len: int, ranges: l
     """The work item of a group of shard files of one sub-stage (``ranges``, from :func:`shard_ranges`).
 
     Fills rows ``[ranges[0][0], ranges[-1][1])`` with EOS, copies each piece (:func:`chunk_pieces`, those of
-    these rows) from subset ``pieces["subset"]``'s staged file ``staged[k]`` at ``pieces["src"]``, then writes
+    these rows) from staged file ``staged[pieces["file"]]`` at ``pieces["src"]``, then writes
     each file's sequences (``tmp_dir/<stage>/<substage>/<stem>.bin``) and index (``.idx.parquet``,
     :data:`~xgen_data.shards.shard_format.INDEX_SCHEMA`). Returns value ``{"shards": manifest entries,
     "tokens_per_subset": Counter, "tokens_per_language": {subset: Counter}}`` (``languages``: the subsets
@@ -258,10 +271,10 @@ def pack_shards(tmp_dir: str, stage: str, substage: str, seq_len: int, ranges: l
     folder = os.path.join(stage, substage)
     row0 = ranges[0][0]
     rows = np.full((ranges[-1][1] - row0, seq_len), tokenizer.EOS_ID, dtype=shards.DTYPE)
-    maps = [np.memmap(p, dtype=shards.DTYPE, mode="r") for p in staged]
-    for r, s, n, k, o in zip((pieces["post"] - row0).tolist(), pieces["start"].tolist(), pieces["length"].tolist(),
-                             pieces["subset"].tolist(), pieces["src"].tolist()):
-        rows[r, s:s + n] = maps[k][o:o + n]
+    maps = {f: np.memmap(staged[f], dtype=shards.DTYPE, mode="r") for f in np.unique(pieces["file"]).tolist()}
+    for r, s, n, f, o in zip((pieces["post"] - row0).tolist(), pieces["start"].tolist(), pieces["length"].tolist(),
+                             pieces["file"].tolist(), pieces["src"].tolist()):
+        rows[r, s:s + n] = maps[f][o:o + n]
     value = {"shards": [], "tokens_per_subset": Counter(), "tokens_per_language": {s: Counter() for s in languages}}
     written = 0
     for r0, r1, name, split in ranges:
@@ -316,7 +329,7 @@ class PackStep:
     plan: selection.PackPlan
     pub: publish.FolderPublisher
     tmp_dir: str
-    staged: dict[str, list[tuple[str, str]]]
+    staged: dict[str, StagedTokens]
     shard_tokens: int
     name: str = "mix build"
     item_fn: Callable[..., ItemResult] = pack_shards
@@ -325,28 +338,25 @@ class PackStep:
     def items(self) -> list[WorkItem]:
         out = []
         for st in self.plan.stages:
-            staged = [p for p, _ in self.staged[st.name]]
-            offsets = [np.load(o) for _, o in self.staged[st.name]]
             for chunk in st.chunks:
-                out += self._chunk_items(st, chunk, staged, offsets)
+                out += self._chunk_items(st, chunk, self.staged[st.name])
         return out
 
-    def _chunk_items(self, st: selection.StagePlan, chunk: selection.ChunkPlan, staged: list[str],
-                     offsets: list[np.ndarray]) -> list[WorkItem]:
+    def _chunk_items(self, st: selection.StagePlan, chunk: selection.ChunkPlan, staged: StagedTokens) -> list[WorkItem]:
         sub = chunk.substage
         os.makedirs(os.path.join(self.tmp_dir, st.name, sub.name), exist_ok=True)
         ranges = shard_ranges(chunk.n_sequences, heldout_count(sub, chunk.n_sequences),
                               max(1, self.shard_tokens // sub.seq_len))
         if not ranges:
             return []
-        pieces = chunk_pieces(self.plan.docs, st, chunk, offsets)
+        pieces = chunk_pieces(self.plan.docs, st, chunk, staged)
         out = []
         for i in range(0, len(ranges), SHARDS_PER_ITEM):
             group = ranges[i:i + SHARDS_PER_ITEM]
             lo, hi = np.searchsorted(pieces["post"], [group[0][0], group[-1][1]])
             out.append(WorkItem(f"shards {st.name}/{sub.name}/{group[0][2]}",
                                 (self.tmp_dir, st.name, sub.name, sub.seq_len, group, _slice(pieces, lo, hi),
-                                 st.subsets, staged, st.languages)))
+                                 st.subsets, staged.files, st.languages)))
         return out
 
     def commit(self, results: list[ItemResult]) -> BuildReport:
