@@ -37,6 +37,8 @@ def shard_count(n_docs: int) -> int:
 def hash_words(chash: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A ``binary(16)`` column as uint64 shape ``(m, 2)`` (its bytes, little-endian words)."""
     arr = chash.combine_chunks() if isinstance(chash, pa.ChunkedArray) else chash
+    if len(arr) == 0:
+        return np.zeros((0, 2), dtype=np.uint64)
     raw = np.frombuffer(arr.buffers()[1], dtype=np.uint64, count=2 * (arr.offset + len(arr)))
     return raw[2 * arr.offset:].reshape(-1, 2)
 

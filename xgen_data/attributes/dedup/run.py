@@ -26,6 +26,7 @@ from xgen_data.attributes.part_step import PartAttributeStep
 from xgen_data.errors import InputError
 from xgen_data.execute import executors
 from xgen_data.execute.contract import Executor, StepReport, run_step
+from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus, CorpusError
 
 
@@ -112,11 +113,11 @@ def _commit_empty(corpus: Corpus, params: DedupParams, update) -> None:
     corpus.commit_attributes("dedup", key, corpus.new_generation("dedup", key), corpus.parts_fingerprint(), update)
 
 
-def _phase(report: DedupReport, name: str, step, executor: Executor) -> StepReport:
-    """Run ``step`` on ``executor``, record its :class:`StepReport` in ``report.steps`` and its seconds as phase
-    ``name``."""
+def _phase(report: DedupReport, name: str, step, executor: Executor, progress=None) -> StepReport:
+    """Run ``step`` on ``executor`` (``progress(result)`` in this process per item), record its
+    :class:`StepReport` in ``report.steps`` and its seconds as phase ``name``."""
     t = time.time()
-    step_report = run_step(step, executor)
+    step_report = run_step(step, executor, progress)
     report.steps.append(step_report)
     report.seconds_by_phase[name] = time.time() - t
     return step_report
@@ -155,5 +156,12 @@ def _run_phases(corpus: Corpus, params: DedupParams, runner: Executor, progress:
 
     files = PartAttributeStep("dedup", attribute_file, corpus, attr_params(params),
                               (exact_dense_path(work), cluster_dense_path(work)), verify=False, update=update,
-                              part_args=lambda i, part: (sig_paths[i], int(offsets[i])))
-    _phase(report, "write", files, runner).step = "dedup attribute files"
+                              part_args=lambda i, part: (sig_paths[i], int(offsets[i])), crash_in_items=False)
+    first = []  # commit point dedup.part_written: in this process after the first file, whichever worker wrote it
+
+    def written(result) -> None:
+        if not first:
+            first.append(result)
+            fsutil.crash_point("dedup.part_written")
+
+    _phase(report, "write", files, runner, written).step = "dedup attribute files"
