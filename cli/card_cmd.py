@@ -18,7 +18,7 @@ from xgen_data.interop.card import write_card
 @click.option("--ai-act", "ai_act", is_flag=True,
               help="Also write ai_act_summary.md: a draft of the EU AI Act Art. 53(1)(d) public summary of "
                    "training content, in the AI Office template's sections, for the provider to complete.")
-@out_option(help="Folder to write (new, or empty; written whole or not at all).")
+@out_option(help="Folder to write (new, empty, or an earlier card, which is replaced; written whole or not at all).")
 @format_option()
 @user_errors
 @own_json

@@ -12,6 +12,7 @@ import sys
 import click
 
 from xgen_data import errors
+from xgen_data.stats.sql_results import table_lines
 
 class CliError(click.ClickException):
     """A one-line ``Error: ...`` on stderr with a chosen exit code (the codes of :mod:`xgen_data.errors`)."""
@@ -185,11 +186,21 @@ def out_option(required: bool = True, help: str = "Output folder to write."):
     return click.option("--out", "out_dir", required=required, type=click.Path(file_okay=False), help=help)
 
 
+def _ray_address_needs_ray(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--ray-address`` with another executor is a usage mistake (exit 2), found before the command runs."""
+    if value and ctx.params.get("executor", "local") != "ray":
+        raise click.UsageError("--ray-address needs --executor ray", ctx)
+    return value
+
+
 def executor_options(fn):
     """``--executor local|ray`` and ``--ray-address``: where a data step's items run (docs/scale.md)."""
+    # --executor is eager, so its value is in ctx.params when --ray-address's callback runs
     fn = click.option("--ray-address", default=None, show_default="start a local Ray of --workers CPUs",
+                      callback=_ray_address_needs_ray,
                       help="Ray cluster to run on with --executor ray (auto, host:6379 or ray://host:10001).")(fn)
     return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        is_eager=True,
                         help="Run the step's work on local processes or as Ray tasks (pip install 'xgen[ray]'); "
                              "the outputs are the same bytes.")(fn)
 
@@ -232,14 +243,10 @@ def print_rows(columns: list[str], rows: list[tuple], fmt: str = "table", title:
         return
     if title:
         click.echo(click.style(title, bold=True))
-    cells = [[_fmt(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows for i in range(len(columns))]
-    line = lambda vals: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric))  # noqa: E731
-    click.echo(line(columns))
-    click.echo("  ".join("-" * w for w in widths))
-    for r in cells:
-        click.echo(line(r))
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
+               for i in range(len(columns))]
+    for text in table_lines(list(columns), [[_fmt(v) for v in r] for r in rows], numeric):
+        click.echo(text)
     click.echo("")
 
 

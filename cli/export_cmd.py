@@ -9,6 +9,7 @@ import click
 from cli.common import format_option, out_option, own_json, print_rows, report, user_errors
 from xgen_data.interop import card, megatron
 from xgen_data.interop import export as interop
+from xgen_data.store.corpus import Corpus
 
 
 @click.group("export")
@@ -56,7 +57,7 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool, fmt: str) -> None:
               help="megatron: one .idx sequence per packed row, or per document piece (cut after each EOS).")
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),
               help="hf: the corpus the shards were built from, for the full dataset card in README.md "
-                   "(default: a card from the shards manifest only).")
+                   "(default: a card from the shards manifest only); checked for every target, read by hf only.")
 @out_option(help="Folder to write (new, or empty; written whole or not at all).")
 @format_option()
 @user_errors
@@ -70,6 +71,11 @@ def export_shards_cmd(shards: str, target: str, unit: str, corpus_dir: str | Non
 
     Example: xgen export shards shards/demo --to megatron --out exports/demo-megatron
     """
+    if corpus_dir is not None:  # a mistyped --corpus is an error for every target, not silently ignored
+        Corpus(corpus_dir)
+        if target != "hf":
+            click.echo(f"note: --corpus is used by --to hf only (its dataset card); the {target} export does not "
+                       "read it", err=True)
     readme = (lambda manifest, sets: card.hf_readme(shards, manifest, sets, corpus_dir)) if target == "hf" else None
     result = interop.export_shards(shards, out_dir, target, unit=unit, readme=readme)
     if fmt == "json":

@@ -105,7 +105,8 @@ def long_context_cmd(corpus_dir: str, out_dir: str, min_tokens: int, max_tokens:
 @format_option()
 @user_errors
 def verify_cmd(sft_dir: str, fmt: str) -> None:
-    """Check an SFT shards folder: the manifest's own checksum, every file's size and SHA-256; exit 1 on damage."""
+    """Check an SFT shards folder: the manifest's own checksum, every file's size and SHA-256; exit 1 on damage
+    (each damaged or missing file listed), 3 when the folder is not readable as SFT shards."""
     problems = sft_format.verify(sft_dir)
     report(sft_dir=sft_dir, problems=problems)
     for p in problems:

@@ -10,17 +10,15 @@ from xgen_data.errors import DamagedDataError, ProblemFound
 
 @click.command()
 @corpus_option
-@click.option("--record", is_flag=True,
-              help="Hash and record parts that have no recorded sha256 (corpora ingested by an older xgen).")
 @click.option("--all", "show_all", is_flag=True, help="List every file, not only problems.")
 @format_option()
 @user_errors
-def verify(corpus_dir: str, record: bool, show_all: bool, fmt: str) -> None:
+def verify(corpus_dir: str, show_all: bool, fmt: str) -> None:
     """Check every registered file against its recorded SHA-256; exit status 1 when something is damaged."""
     from xgen_data.stats.verify import DAMAGE, verify_corpus
 
     try:
-        checks = verify_corpus(corpus_dir, record=record, progress=True)
+        checks = verify_corpus(corpus_dir, progress=True)
     except DamagedDataError as exc:  # damage that stops the check itself (the registry) is still damage found
         raise ProblemFound(str(exc)) from exc
     shown = [c for c in checks if show_all or c.status not in ("ok",)]

@@ -60,8 +60,7 @@ def test_killed_write_leaves_a_complete_or_restorable_folder(tmp_path, point):
         assert read_verified(out, "rouge.json") == b"old" and any(n.startswith(".o.tmp-") for n in _siblings(out))
     else:
         assert read_verified(out, "per_example.jsonl") == b"newnewnew"
-    (tmp_path / ".o.tmp-k2j4h1x0").mkdir()  # an older version's leftover (mkdtemp name)
-    (tmp_path / ".o.old-x1y2z3a4" / "out").mkdir(parents=True)  # an older version's swap container
+    (tmp_path / ".o.tmp-k2j4h1x0").mkdir()  # a temporary folder no live writer owns (its suffix is not a PID)
     _write(out, "third")  # the next write restores or cleans up first, then replaces it
     assert read_verified(out, "rouge.json") == b"third" and _siblings(out) == []
 

@@ -96,3 +96,26 @@ def test_130_interrupted(tiny_corpus, monkeypatch):
     monkeypatch.setattr(verify, "verify_corpus", interrupted)
     res = CliRunner().invoke(cli, ["verify", "--corpus", tiny_corpus])
     assert res.exit_code == errors.EXIT_INTERRUPTED == 130 and "interrupted" in res.output, res.output
+
+
+def test_ray_address_without_ray_is_usage(tiny_corpus):
+    for args in (["--ray-address", "auto"], ["--ray-address", "auto", "--executor", "local"],
+                 ["--executor", "local", "--ray-address", "auto"]):
+        res = CliRunner().invoke(cli, ["dedup", "--corpus", tiny_corpus, *args])
+        assert res.exit_code == errors.EXIT_USAGE == 2 and "--ray-address needs --executor ray" in res.output, args
+
+
+def test_uri_hint_names_the_package_of_its_scheme(monkeypatch):
+    import fsspec
+
+    from xgen_data.sources import locations
+
+    def missing(uri):
+        raise ImportError("Install the implementation")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
+    for uri, want in (("gs://b/x.jsonl", "pip install gcsfs"), ("hf://datasets/a/b.jsonl", "pip install huggingface_hub"),
+                      ("s3://b/x.jsonl", "pip install 'xgen[remote]'")):
+        with pytest.raises(errors.InputError, match=re.escape(want)) as err:
+            locations.input_identity(uri)
+        assert uri in str(err.value) and ("xgen[remote]" in str(err.value)) == uri.startswith("s3")

@@ -1,4 +1,4 @@
-"""Crash consistency and checksums (issue 7 items 2 and 3): every step is killed (SIGKILL) at each of its commit
+"""Crash consistency and checksums: every step is killed (SIGKILL) at each of its commit
 points in a subprocess; the corpus must then be in its old or its new state, fully verifiable, and a following
 run must give the same result as an uninterrupted one. A flipped bit in a part is caught by `xgen verify` and
 by `mix build`."""
@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLE
+from xgen_data.errors import RefusedError
 from xgen_data.store import corpus as corpus_mod
 from xgen_data.attributes import filters
 from xgen_data.mixing import recipe
@@ -77,7 +78,7 @@ def _state(root: str) -> dict:
 def _invariant(root: str) -> None:
     """Registry parses; every registered file exists with its recorded sha256; nothing unregistered is read."""
     checks = verify.verify_corpus(root)
-    bad = [c for c in checks if c.status in verify.DAMAGE or c.status == "unrecorded"]
+    bad = [c for c in checks if c.status in verify.DAMAGE]
     assert not bad, bad
 
 
@@ -163,7 +164,7 @@ def test_kill_mix_build_at_every_commit_point(small, tmp_path):
 
 
 def test_recipe_flow_sees_content_changes_not_names(small, tmp_path):
-    """A part overwritten in place (same name, other bytes) is damage, never 'up to date' (issue 7)."""
+    """A part overwritten in place (same name, other bytes) is damage, never 'up to date'."""
     import pyarrow.parquet as pq
 
     from xgen_data.mixing import pipeline
@@ -223,14 +224,34 @@ def test_a_linked_out_builds_its_target_and_a_link_into_the_corpus_is_refused(sm
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".S")]  # no backup or build folder left
     assert json.load(open(os.path.join(root, "corpus.json")))["shard_dirs"] == [os.path.realpath(tmp_path / "S0")]
     os.symlink(os.path.join(root, "docs"), tmp_path / "into")
-    with pytest.raises(ValueError, match="must be outside the corpus"):
+    with pytest.raises(RefusedError, match="is inside the input"):
         packing.build(root, rec, str(tmp_path / "into" / "S"), progress=False)
     os.symlink(tmp_path / "gone", tmp_path / "dangling")
     with pytest.raises(ValueError, match="which does not exist"):
         packing.build(root, rec, str(tmp_path / "dangling"), progress=False)
 
 
-def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
+def test_a_copied_corpus_leaves_out_the_shard_folders_of_the_corpus_it_was_copied_from(small, tmp_path):
+    from cli.main import cli
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    shutil.copytree(small["root"], a)
+    rec = recipe.load(small["recipe"])
+    packing.build(a, rec, str(tmp_path / "SA"), progress=False)
+    shutil.copytree(a, b)  # cp -r: b's corpus.json lists a's shards folder
+    shard = tmp_path / "SA" / shards.read_manifest(str(tmp_path / "SA"))["shards"][0]["path"]
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\1")  # damage a's shards: b's verify must not report them
+    res = CliRunner().invoke(cli, ["verify", "--corpus", b])
+    assert res.exit_code == 0 and str(tmp_path / "SA") not in res.output.replace(a, "") and "copy" in res.output
+    assert CliRunner().invoke(cli, ["verify", "--corpus", a]).exit_code == 1  # a's own still are
+    assert sql.connect(b, quiet=True).execute("SELECT count(*) FROM shards").fetchone() == (0,)
+    packing.build(b, rec, str(tmp_path / "SB"), progress=False)  # b registers its own, alone
+    assert json.load(open(os.path.join(b, "corpus.json")))["shard_dirs"] == [os.path.realpath(tmp_path / "SB")]
+    assert sql.connect(b, quiet=True).execute("SELECT DISTINCT shard_dir FROM shards").fetchall() == [
+        (os.path.realpath(tmp_path / "SB"),)]
+
+
+def test_verify_checks_attribute_files(small, tmp_path):
     from cli.main import cli
 
     root = str(tmp_path / "c")
@@ -238,18 +259,9 @@ def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
     meta = json.load(open(os.path.join(root, "corpus.json")))
     key, state = next((k, v) for k, v in meta["attributes"].items() if k.startswith("dedup/"))
     attr = os.path.join(root, "attributes", *key.split("/"), state["generation"], next(iter(state["files"])))
-    for v in meta["inputs"].values():  # a corpus from before part sha256s were recorded
-        v.pop("part_sha256")
-    meta.pop(corpus_mod.REGISTRY_SHA256)  # ... and before the registry's own checksum
-    json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
     runner = CliRunner()
     res = runner.invoke(cli, ["verify", "--corpus", root])
-    assert res.exit_code == 0 and "unrecorded" in res.output
-    res = runner.invoke(cli, ["verify", "--corpus", root, "--record"])
-    assert res.exit_code == 0 and "recorded" in res.output
-    meta = json.load(open(os.path.join(root, "corpus.json")))
-    assert all(v.get("part_sha256") for v in meta["inputs"].values())
-    assert meta[corpus_mod.REGISTRY_SHA256] == corpus_mod.registry_sha256(meta)
+    assert res.exit_code == 0, res.output
     with open(attr, "r+b") as f:
         f.seek(20)
         b = f.read(1)
@@ -259,9 +271,8 @@ def test_verify_checks_attribute_files_and_records_old_parts(small, tmp_path):
     assert res.exit_code == 1 and attr in res.output
 
 
-def test_an_edited_registry_is_refused_and_record_does_not_accept_a_damaged_part(small, tmp_path):
-    """A flipped digit of a part's recorded SHA-256 in corpus.json used to make that part `unrecorded`, and
-    `verify --record` then recorded a damaged part as good."""
+def test_an_edited_registry_is_refused(small, tmp_path):
+    """A flipped digit of a part's recorded SHA-256 in corpus.json is refused by every reader, naming the file."""
     from cli.main import cli
 
     root = str(tmp_path / "c")
@@ -276,41 +287,43 @@ def test_an_edited_registry_is_refused_and_record_does_not_accept_a_damaged_part
     i = text.index('": "', i) + 4
     open(path, "w", encoding="utf-8").write(text[:i] + ("0" if text[i] != "0" else "1") + text[i + 1:])
     runner = CliRunner()
-    for args in (["verify", "--corpus", root], ["verify", "--corpus", root, "--record"],
-                 ["sql", "--corpus", root, "SELECT count(*) FROM documents"]):
+    for args in (["verify", "--corpus", root], ["sql", "--corpus", root, "SELECT count(*) FROM documents"]):
         res = runner.invoke(cli, args)
         want = 1 if args[0] == "verify" else 3  # verify found damage; sql cannot read damaged input
         assert res.exit_code == want and "does not match its registry_sha256" in res.output and path in res.output
-    # a deliberate edit: the field removed, the part's recorded sha256 removed; --record checks the bytes decode
-    meta = json.load(open(path))
-    meta.pop(corpus_mod.REGISTRY_SHA256)
-    for v in meta["inputs"].values():
-        v.pop("part_sha256")
-    json.dump(meta, open(path, "w"))
-    res = runner.invoke(cli, ["verify", "--corpus", root, "--record"])
-    assert res.exit_code == 1 and "it does not decode" in res.output and "not recorded" in res.output
-    meta = json.load(open(path))
-    recorded = {n for v in meta["inputs"].values() for n in v.get("part_sha256", {})}
-    assert part.name not in recorded and recorded  # the others are recorded, the damaged one is not
-    # a build reads the part anyway (no sha256 to check it against): its error names the part, no raw decoder text
-    res = runner.invoke(cli, ["mix", "build", "--corpus", root, "--recipe", small["recipe"], "--workers", "1",
-                              "--out", str(tmp_path / "s")])
-    assert res.exit_code == 3 and part.path in res.output and "Traceback" not in res.output, res.output
+        assert "xgen ingest --corpus NEW --subset code " in res.output  # how to rebuild
 
 
-def test_old_layout_step_files_are_dropped(small, tmp_path):
-    """A corpus from before attributes (steps/<step>/..., registry `steps`) loses those stale decisions."""
+@pytest.mark.parametrize("old", ["no-registry-sha256", "no-part-sha256"])
+def test_a_0x_registry_is_one_error_naming_the_rebuild(small, tmp_path, old):
+    """A 0.x registry (no registry_sha256, or a part without a recorded sha256 under a stamped registry) is
+    refused by every reader with one error that names corpus.json and the `xgen ingest` commands that rebuild
+    the corpus; nothing is converted or written."""
+    from cli.main import cli
+
     root = str(tmp_path / "c")
     shutil.copytree(small["root"], root)
-    os.makedirs(os.path.join(root, "steps", "filter", "natural"))
-    open(os.path.join(root, "steps", "filter", "natural", "x.parquet"), "wb").write(b"old")
-    meta = json.load(open(os.path.join(root, "corpus.json")))
-    meta["steps"] = {"filter": {"params": {}, "parts": "names", "after": {}}}
-    meta.pop(corpus_mod.REGISTRY_SHA256)  # an old corpus: no registry checksum yet
-    json.dump(meta, open(os.path.join(root, "corpus.json"), "w"))
-    defaults.run_filters(root, min_tokens=10)
-    assert not os.path.exists(os.path.join(root, "steps"))
-    assert "steps" not in json.load(open(os.path.join(root, "corpus.json")))
+    path = os.path.join(root, "corpus.json")
+    meta = json.load(open(path))
+    if old == "no-registry-sha256":
+        meta.pop(corpus_mod.REGISTRY_SHA256)
+        json.dump(meta, open(path, "w"))
+    else:
+        next(iter(meta["inputs"].values()))["part_sha256"].popitem()
+        fsutil.write_json(path, {**meta, corpus_mod.REGISTRY_SHA256: corpus_mod.registry_sha256(meta)})
+    before = open(path, "rb").read()
+    inputs = {v["subset"]: v["path"] for v in meta["inputs"].values()}
+    with pytest.raises(corpus_mod.CorpusError, match=r"older xgen \(0\.x\)") as err:
+        corpus_mod.Corpus(root)
+    assert path in str(err.value)
+    for subset, src in inputs.items():
+        assert f"`xgen ingest --corpus NEW --subset {subset} " in str(err.value) and src in str(err.value)
+    runner = CliRunner()
+    for args in (["verify", "--corpus", root], ["sql", "--corpus", root, "SELECT count(*) FROM documents"],
+                 ["mix", "build", "--corpus", root, "--recipe", small["recipe"], "--out", str(tmp_path / "s")]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 3 and path in res.output and "older xgen (0.x)" in res.output, (args, res.output)
+    assert open(path, "rb").read() == before
 
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):

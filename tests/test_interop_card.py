@@ -130,6 +130,21 @@ def test_card_without_corpus_says_what_is_missing(demo_shards, tmp_path):
     assert "## 3. Data processing aspects" in draft and "need the corpus" in draft
 
 
+def test_card_replaces_its_own_earlier_card_only(demo_shards, tmp_path):
+    out = tmp_path / "c"
+    card.write_card(demo_shards, str(out), ai_act_summary=True)
+    r = CliRunner().invoke(cli, ["card", demo_shards, "--out", str(out)])  # regenerate: the earlier card goes whole
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(out)) == ["README.md", "card.json", "index.html", "recipe.toml"]
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(cli, ["card", demo_shards, "--out", str(out)])
+    assert r.exit_code == 2 and "notes.txt" in r.output and (out / "notes.txt").is_file()
+    (out / "notes.txt").unlink()
+    (out / "card.json").write_text((out / "card.json").read_text().replace('"corpus": false', '"corpus": true'))
+    with pytest.raises(RefusedError, match="not empty"):  # a card.json not matching its checksum: not ours
+        card.write_card(demo_shards, str(out))
+
+
 def test_card_refusals(demo_shards, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("mine")
@@ -153,6 +168,12 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
     assert r.exit_code == 2 and "not empty" in r.output
+    missing = str(tmp_path / "no-corpus")
+    for target in ("megatron", "mds", "litdata", "hf"):  # a mistyped --corpus is refused for every target
+        r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", target, "--corpus", missing, "--out",
+                                str(tmp_path / f"x-{target}")])
+        assert r.exit_code == 3 and f"{missing}: not an xgen corpus" in r.output, (target, r.output)
+        assert not (tmp_path / f"x-{target}").exists()
     hf_out = tmp_path / "hf"
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "hf", "--corpus", sample_corpus,
                             "--out", str(hf_out)])

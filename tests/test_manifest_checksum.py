@@ -1,6 +1,6 @@
 """The shards manifest's self-checksum (`manifest_sha256`): an edit of manifest.json itself (a token count, a
-proportion) is caught by its reader, the trainer's loader and `xgen verify`; manifests written before the field
-existed still read, with a warning. Built from the shared sample corpus by the real builder."""
+proportion) is caught by its reader, the trainer's loader and `xgen verify`; a manifest without the field (the 0.x
+format) is one error naming the rebuild. Built from the shared sample corpus by the real builder."""
 import json
 import os
 import shutil
@@ -120,22 +120,22 @@ def test_a_malformed_checksum_field_is_an_error_naming_the_file(built, value):
     assert [c.status for c in _verify_rows(corpus, out)] == ["damaged"]
 
 
-def test_a_manifest_written_before_the_field_reads_with_a_warning(built, capsys):
+def test_a_manifest_without_the_field_is_one_error_naming_the_rebuild(built):
+    """A 0.x manifest (no manifest_sha256) is refused by its reader, the trainer's loader and `xgen verify`,
+    each naming the manifest and `xgen mix build`; a rebuild into the folder replaces it."""
     corpus, out = built
     _rewrite(out, lambda m: m.pop("manifest_sha256"))
-    capsys.readouterr()
-    m = shards.read_manifest(out)
-    assert "manifest_sha256" not in m and m["shards"]
-    err = capsys.readouterr().err
-    assert err.startswith(f"warning: {_manifest_path(out)} has no manifest_sha256")
-    shards.read_manifest(out)  # once per manifest and process
-    assert capsys.readouterr().err == ""
-    assert shards.verify(out) == []
-    assert ShardLoader(out, batch_size=2, substage="s64").n_sequences > 0
-    assert [(c.status, c.path) for c in _verify_rows(corpus, out)] == [("unrecorded", _manifest_path(out))]
-    res = CliRunner().invoke(cli, ["verify", "--corpus", corpus, "--all"])
-    assert res.exit_code == 0, res.output
-    assert "unrecorded" in res.output
+    rebuild = f"xgen mix build --corpus DIR --recipe R --out {out}"
+    with pytest.raises(shards.ShardError, match="no manifest_sha256") as err:
+        shards.read_manifest(out)
+    assert _manifest_path(out) in str(err.value) and rebuild in str(err.value)
+    with pytest.raises(ShardFormatError, match="older xgen"):
+        ShardLoader(out, batch_size=2, substage="s64")
+    assert [(c.status, c.path) for c in _verify_rows(corpus, out)] == [("damaged", _manifest_path(out))]
+    res = CliRunner().invoke(cli, ["verify", "--corpus", corpus])
+    assert res.exit_code == 1 and rebuild in res.output, res.output
+    packing.build(corpus, recipe.load(os.path.join(os.path.dirname(out), "mix.toml")), out, progress=False)
+    assert shards.read_manifest(out)["manifest_sha256"]
 
 
 def test_copied_shards_folder_keeps_its_checksum(built, tmp_path):
@@ -144,3 +144,16 @@ def test_copied_shards_folder_keeps_its_checksum(built, tmp_path):
     moved = str(tmp_path / "elsewhere" / "shards")
     shutil.copytree(out, moved)
     assert shards.verify(moved) == []
+
+
+@pytest.mark.parametrize("field", ["split", "index_sha256"])
+def test_a_0x_shard_entry_is_one_error_naming_the_rebuild(built, field):
+    """A shard entry without `split` or `index_sha256` (the 0.x format), under a valid checksum, is refused."""
+    corpus, out = built
+    m = json.load(open(_manifest_path(out), encoding="utf-8"))
+    del m["shards"][0][field]
+    shards.write_manifest(out, {k: v for k, v in m.items() if k != "manifest_sha256"})
+    with pytest.raises(shards.ShardError, match=f"shards\\[0\\] has no '{field}'") as err:
+        shards.read_manifest(out)
+    assert _manifest_path(out) in str(err.value) and f"xgen mix build --corpus DIR --recipe R --out {out}" in str(err.value)
+    assert [c.status for c in _verify_rows(corpus, out)] == ["damaged"]

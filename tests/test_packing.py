@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import demo_no_dedup, shared_path
+from xgen_data.errors import RefusedError
 from xgen_data import tokenizer
 from xgen_data.mixing import mixture, recipe
 from xgen_data.shards import packing, shard_format as shards
@@ -315,10 +316,19 @@ def test_out_dir_is_never_a_foreign_folder(sample_corpus, tmp_path):
     with pytest.raises(ValueError, match="not a shards directory"):
         packing.build(sample_corpus, demo_no_dedup(), str(precious), progress=False)
     assert (precious / "thesis.txt").read_text() == "mine"
-    with pytest.raises(ValueError, match="outside the corpus"):
+    with pytest.raises(RefusedError, match="is the input .*choose an output folder outside it"):
         packing.build(sample_corpus, demo_no_dedup(), sample_corpus, progress=False)
-    with pytest.raises(ValueError, match="outside the corpus"):
+    with pytest.raises(RefusedError, match="is inside the input"):
         packing.build(sample_corpus, demo_no_dedup(), os.path.join(sample_corpus, "shards"), progress=False)
+    with pytest.raises(RefusedError, match="contains the input"):
+        packing.build(sample_corpus, demo_no_dedup(), os.path.dirname(sample_corpus), progress=False)
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    res = CliRunner().invoke(cli, ["mix", "build", "--corpus", sample_corpus, "--recipe", "demo", "--out",
+                                   os.path.join(sample_corpus, "shards")])  # refused before any step runs
+    assert res.exit_code == 2 and "is inside the input" in res.output, res.output
 
 
 def test_killed_build_leftovers_are_removed(sample_corpus, tmp_path):

@@ -196,9 +196,10 @@ def test_prepare_refuses_foreign_folder_and_rebuilds_own(tmp_path):
     with pytest.raises(RefusedError):
         prepare.prepare([src], str(tmp_path / "foreign"), prepare.Options(seq_len=32))
     prepare.prepare([src], str(tmp_path / "sft"), prepare.Options(seq_len=32))
-    m = prepare.prepare([src, src], str(tmp_path / "sft"), prepare.Options(seq_len=32))
+    src2 = _write(tmp_path / "b.jsonl", [{"prompt": "p", "response": "r"}])
+    m = prepare.prepare([src, src2], str(tmp_path / "sft"), prepare.Options(seq_len=32))
     assert m["counts"]["packed"] == 2 and sft_format.verify(tmp_path / "sft") == []
-    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "foreign", "sft"]
+    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "b.jsonl", "foreign", "sft"]
 
 
 def test_shifted_targets_stay_inside_examples():
@@ -429,6 +430,18 @@ def test_cli_sft_verify(tmp_path):
     (tmp_path / "sft" / m["shards"][0]["tokens"]["path"]).write_bytes(b"\0" * 64)
     res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])
     assert res.exit_code == 1 and "tokens" in res.output
+    (tmp_path / "sft" / m["shards"][0]["index"]["path"]).unlink()  # a second damaged file in the same shard
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft"), "--format", "json"])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 1 and len(doc["problems"]) == 2 and "2 damaged or missing" in doc["error"], res.output
+    assert any(p.endswith("idx.parquet: file listed in manifest.json is missing") for p in doc["problems"])
+    man = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    man["counts"]["packed"] += 1
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps(man))
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])  # damage found, like `xgen verify`
+    assert res.exit_code == 1 and "manifest_sha256" in res.output, res.output
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path)])  # not SFT shards: unreadable input
+    assert res.exit_code == 3 and "no manifest.json" in res.output, res.output
 
 
 def test_trainer_loader_reads_prepared_shards(tmp_path):
@@ -488,4 +501,33 @@ def test_no_example_to_pack_is_an_error_not_an_empty_folder(tmp_path):
     path.write_text("")
     with pytest.raises(InputError, match="no example to pack .*nothing was written"):
         prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    assert not (tmp_path / "out").exists()
+
+
+def test_ambiguous_record_and_bad_rank_name_file_and_line(tmp_path):
+    good = {"prompt": "p", "response": "r"}
+    src = _write(tmp_path / "a.jsonl", [good, {"prompt": "p", "response": "r",
+                                               "messages": [{"role": "user", "content": "q"}]}])
+    with pytest.raises(InputError, match=r"a\.jsonl:2: ambiguous record: .*openai, prompt_response"):
+        prepare.prepare([src], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    tree = {"prompt": {"role": "prompter", "text": "Hi", "replies": [
+        {"role": "assistant", "text": "A", "rank": "1"}, {"role": "assistant", "text": "B", "rank": 0}]}}
+    src = _write(tmp_path / "t.jsonl", [tree])
+    with pytest.raises(InputError, match=r"t\.jsonl:1: oasst: 'rank' must be an integer or null, got '1'"):
+        prepare.prepare([src], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    tree["prompt"]["replies"][0]["rank"] = None  # a null rank is allowed and sorts last
+    assert shapes.conversations(tree)[1][0].turns == (("Hi", "B"),)
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_given_twice_and_empty_eval_set_are_errors(tmp_path):
+    src = _write(tmp_path / "a.jsonl", [{"prompt": "p", "response": "r"}])
+    os.symlink(src, tmp_path / "b.jsonl")
+    for twice in ([src, src], [src, str(tmp_path / "b.jsonl")]):
+        with pytest.raises(InputError, match="given twice"):
+            prepare.prepare(twice, str(tmp_path / "out"), prepare.Options(seq_len=64))
+    (tmp_path / "humaneval.jsonl").write_text("")
+    with pytest.raises(InputError, match=r"humaneval\.jsonl: the evaluation set holds no items"):
+        prepare.prepare([src], str(tmp_path / "out"),
+                        prepare.Options(seq_len=64, decontaminate=[str(tmp_path / "humaneval.jsonl")]))
     assert not (tmp_path / "out").exists()

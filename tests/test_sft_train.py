@@ -17,7 +17,7 @@ from sft_helpers import build_sft_shards  # noqa: E402
 
 from cli.main import cli  # noqa: E402
 from xgen_train.loop.checkpoint import load_params  # noqa: E402
-from xgen_train.loop.config import TrainConfig, load_run_config  # noqa: E402
+from xgen_train.loop.config import RunConfigError, TrainConfig, load_run_config  # noqa: E402
 from xgen_train.loop.sft_data import SFTLoader  # noqa: E402
 from xgen_train.loop.step import token_sum_value_and_grad  # noqa: E402
 from xgen_train.loop.trainer import train  # noqa: E402
@@ -157,10 +157,9 @@ def test_train_config_round_trip_and_objective_defaults(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"config": {"optimizer": {"lr": 1, "betas": 2}}}))
     with pytest.raises(ValueError, match="unknown setting.*betas"):
         load_run_config(tmp_path)
-    legacy = {"config_name": "tiny", "optimizer": {"peak_lr": 0.003, "warmup_steps": 2, "total_steps": 8, "b2": 0.95},
-              "batch": {"batch_tokens": 256, "batch_size": None}, "seed": 5, "compute_dtype": "float32",
-              "numerics": {"accum_steps": 2}, "total_steps": 8, "settings": {"log_every": 3}}
-    (tmp_path / "run.json").write_text(json.dumps(legacy))
-    flat = load_run_config(tmp_path).to_flat()
-    assert (flat["lr"], flat["warmup"], flat["batch_tokens"], flat["seed"], flat["accum_steps"], flat["log_every"],
-            flat["total_steps"], flat["precision"]) == (0.003, 2, 256, 5, 2, 3, None, "float32")
+    # the 0.x format (run settings without a "config" record): one error naming the file and the way on
+    old = {"config_name": "tiny", "optimizer": {"peak_lr": 0.003, "warmup_steps": 2}, "seed": 5}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    with pytest.raises(RunConfigError, match="older xgen") as err:
+        load_run_config(tmp_path)
+    assert str(tmp_path / "run.json") in str(err.value) and f"xgen train --init {tmp_path}" in str(err.value)

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -161,17 +160,6 @@ def test_next_build_restores_the_old_set_instead_of_deleting_it(corpus, recipes,
     assert _siblings(out) == []
 
 
-def test_legacy_backup_of_a_dead_build_is_restored(corpus, recipes, tmp_path):
-    """A crash of the previous version between its renames left `.<out>-old.tmp-<pid>`: it comes back."""
-    out = str(tmp_path / "shards")
-    packing.build(corpus, recipe.load(recipes["old"]), out, progress=False)
-    old = _manifest(out)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    legacy = os.path.join(str(tmp_path), f".shards-old.tmp-{int(dead.stdout)}")
-    os.replace(out, legacy)
-    assert packing.recover_out_dir(out) and _manifest(out) == old and not os.path.exists(legacy)
-
-
 # -- recipe in the manifest and the shards view -------------------------------------------------------------------
 def test_manifest_and_shards_view_record_the_recipe(corpus, recipes, tmp_path):
     out = str(tmp_path / "shards")
@@ -201,14 +189,18 @@ def _reload(text, tmp_path):
     return recipe.load(str(p))
 
 
-def test_shards_view_of_an_older_manifest_has_null_recipe(corpus, recipes, tmp_path):
+def test_shards_view_skips_a_0x_manifest_naming_the_rebuild(corpus, recipes, tmp_path, capsys):
+    """A manifest of the 0.x format (no recipe fields, no manifest_sha256) is left out of the view with a
+    warning that names it and the command that rebuilds it."""
     out = str(tmp_path / "shards")
     packing.build(corpus, recipe.load(recipes["new"]), out, progress=False)
     m = _manifest(out)
-    for k in ("recipe", "recipe_sha256", "recipe_toml", "manifest_sha256"):  # none of them in older manifests
+    for k in ("recipe", "recipe_sha256", "recipe_toml", "manifest_sha256"):
         m.pop(k)
     fsutil.write_json(os.path.join(out, "manifest.json"), m)
-    got = sql.connect(corpus, [out]).execute("SELECT count(*), count(recipe) FROM shards WHERE shard_dir = ?",
-                                             [out]).fetchone()
-    assert got[0] == len(m["shards"]) and got[1] == 0
-    assert np.all(np.array([e["n_sequences"] for e in m["shards"]]) > 0)
+    capsys.readouterr()
+    got = sql.connect(corpus, [out]).execute("SELECT count(*) FROM shards WHERE shard_dir = ?", [out]).fetchone()
+    assert got[0] == 0
+    err = capsys.readouterr().err
+    assert os.path.join(out, "manifest.json") in err and "no manifest_sha256" in err
+    assert f"xgen mix build --corpus DIR --recipe R --out {out}" in err

@@ -167,6 +167,21 @@ def markdown(facts: dict[str, Fact], manifest: dict, configs: list[dict] | None 
     return "".join(parts)
 
 
+def card_files(folder: str) -> set[str] | None:
+    """The files an earlier ``xgen card`` wrote in ``folder`` (``card.json`` and the files it lists), or None when
+    ``folder`` holds no readable ``card.json`` of format ``xgen-card`` matching its ``card_sha256``: only then is
+    the folder the card's own, to be replaced by a new card."""
+    try:
+        with open(os.path.join(folder, "card.json"), encoding="utf-8") as fh:
+            card = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(card, dict) or card.get("format") != "xgen-card" or not isinstance(card.get("files"), dict)
+            or card.get(CARD_SHA256) != fsutil.self_checksum(card, CARD_SHA256)):
+        return None
+    return {"card.json", *card["files"]}
+
+
 def write_card(shard_dir: str, out_dir: str, corpus_dir: str | None = None, ai_act_summary: bool = False) -> dict:
     """Write the card folder ``out_dir``: README.md, index.html, card.json, recipe.toml (and, with
     ``ai_act_summary``, ai_act_summary.md); built in a temporary sibling and renamed into place.
@@ -176,10 +191,12 @@ def write_card(shard_dir: str, out_dir: str, corpus_dir: str | None = None, ai_a
 
     Raises:
         DamagedDataError: a shard or index file does not match the manifest (nothing is written).
-        RefusedError: ``out_dir`` is a file or a non-empty folder.
+        RefusedError: ``out_dir`` is a file or a non-empty folder other than an earlier card (:func:`card_files`),
+            which is replaced whole.
     """
     manifest = check_shards(shard_dir)
-    with new_folder(out_dir, "data card", "card", inputs=[shard_dir] + ([corpus_dir] if corpus_dir else [])) as tmp:
+    with new_folder(out_dir, "data card", "card", inputs=[shard_dir] + ([corpus_dir] if corpus_dir else []),
+                    listed_files=card_files) as tmp:
         files = dict([write_bytes(tmp, "recipe.toml", recipe_bytes(manifest))])
         facts = gather(shard_dir, manifest, corpus_dir, os.path.join(tmp, "recipe.toml"))
         docs = {"README.md": markdown(facts, manifest), "index.html": card_html.page(facts, manifest)}

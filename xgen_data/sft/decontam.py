@@ -67,12 +67,6 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().translate(_punctuation_table()).split())
 
 
-def ngrams(text: str, n: int = N) -> set[str]:
-    """The word ``n``-grams of the normalised ``text``, each as its words joined by one space."""
-    words = normalize(text).split()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
 def squash_ws(text: str) -> str:
     """Whitespace normalisation for code substrings: every whitespace run -> one space, ends stripped."""
     return _WS.sub(" ", text).strip()
@@ -146,7 +140,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
 
     Raises:
         InputError: naming file:line, for a line that is not a JSON object or has no prompt; naming the file
-            when it cannot be read or two files give the same benchmark name.
+            when it cannot be read, holds no item, or two files give the same benchmark name.
     """
     index = EvalIndex()
     for path in paths:
@@ -177,6 +171,9 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
                 too_short += 1
             for s in snippets:
                 index.substrings.setdefault(s, key)
+        if not items:
+            raise InputError(f"{path}: the evaluation set holds no items (an empty file decontaminates nothing; "
+                             "pass the benchmark's JSONL)")
         index.sets.append({"path": path, "sha256": fsutil.sha256_file(path), "benchmark": bench, "items": items,
                            "too_short": too_short})
     index.tables = {n: _hash_table(index.grams if n == N else index.short, n)

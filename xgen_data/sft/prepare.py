@@ -97,8 +97,13 @@ def read_inputs(paths: list[str], opts: Options, index: decontam.EvalIndex | Non
 
     Raises:
         InputError: naming file:line for a bad record (``on_error == "raise"``), or the file when it cannot be
-            read (missing, unsupported suffix, a corrupt compressed stream).
+            read (missing, unsupported suffix, a corrupt compressed stream) or is given twice (same real path).
     """
+    seen: dict[str, str] = {}
+    for path in paths:  # one file twice would count and pack its examples twice
+        if (real := os.path.realpath(path)) in seen:
+            raise InputError(f"{path}: the same file as the input {seen[real]} (given twice); give each input once")
+        seen[real] = path
     ex = Examples()
     for path in paths:
         if not os.path.isfile(path):

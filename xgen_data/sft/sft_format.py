@@ -174,26 +174,32 @@ def _shard_files(entry: dict) -> list[tuple[str, str]]:
 
 
 def verify(folder: str | os.PathLike) -> list[str]:
-    """Check every file's size and SHA-256 against the manifest; return the problems (empty when all match).
+    """Check the manifest's own checksum, then every listed file (each shard's three arrays and index, and
+    ``decontamination.parquet``) one by one: present, of the recorded size (arrays), of the recorded SHA-256.
+    Returns one problem per damaged or missing file (empty when all match); a manifest that does not match
+    its checksum is the one problem returned (its file list cannot be trusted).
 
     Raises:
-        InputError / DamagedDataError: the manifest itself cannot be trusted (:func:`read_manifest`).
+        InputError: the folder cannot be read as SFT shards at all (no manifest, bad JSON, another format).
     """
     folder = os.fspath(folder)
-    manifest = read_manifest(folder)
-    problems = []
+    try:
+        manifest = read_manifest(folder)
+    except DamagedDataError as exc:
+        return [str(exc)]
+    sizes = {}  # the byte size each array file must have: n_rows × seq_len × itemsize
+    for e in manifest["shards"]:
+        sizes.update({e[name]["path"]: int(e["n_rows"]) * int(e["seq_len"]) * dtype.itemsize
+                      for name, dtype in ARRAYS.items()})
     files = [(manifest["removed_file"]["path"], manifest["removed_file"]["sha256"])]
-    for entry in manifest["shards"]:
-        try:
-            open_rows(folder, entry)
-        except DamagedDataError as exc:
-            problems.append(str(exc))
-            continue
-        files += _shard_files(entry)
+    files += [f for entry in manifest["shards"] for f in _shard_files(entry)]
+    problems = []
     for rel, want in files:
         path = os.path.join(folder, rel)
         if not os.path.isfile(path):
             problems.append(f"{path}: file listed in manifest.json is missing")
+        elif rel in sizes and os.path.getsize(path) != sizes[rel]:
+            problems.append(f"{path}: {os.path.getsize(path)} bytes, manifest.json says {sizes[rel]}")
         elif (got := fsutil.sha256_file(path)) != want:
             problems.append(f"{path}: sha256 {got[:12]}… does not match manifest {want[:12]}…")
     return problems

@@ -1,6 +1,6 @@
 """Instruction-data record shapes, recognised per record and turned into conversations.
 
-Shapes (the name each is counted under), tried in this order:
+Shapes (the name each is counted under); a record with the keys of two of the first six is ambiguous (an error):
 
 =================  ==========================================================================================
 ``openai``         ``{messages: [{role, content}]}``; roles ``system``, ``user``, ``assistant``
@@ -123,8 +123,17 @@ def _join(head, tail, what: tuple[str, str]) -> str:
 
 
 def _rank(reply) -> float:
+    """An OAsst reply's ``rank`` (lower is better); a missing or null rank sorts last.
+
+    Raises:
+        ShapeError: a rank that is not an integer (a string, a boolean, a fraction).
+    """
     rank = reply.get("rank") if isinstance(reply, dict) else None
-    return rank if isinstance(rank, int) and not isinstance(rank, bool) else float("inf")
+    if rank is None:
+        return float("inf")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ShapeError(f"oasst: 'rank' must be an integer or null, got {rank!r}")
+    return rank
 
 
 def _oasst_paths(node: dict, best_only: bool) -> list[list[tuple[str, object]]]:
@@ -159,26 +168,33 @@ def parse_rendered(text) -> list[tuple[str, object]]:
     return messages
 
 
+#: Each structured shape's keys: a record holding the keys of two of them is ambiguous (``rendered``, the fallback
+#: on ``text``, is tried only when none matches).
+_SIGNATURES = (
+    ("openai", lambda r: "messages" in r),
+    ("sharegpt", lambda r: "conversations" in r),
+    ("oasst", lambda r: isinstance(r.get("prompt"), dict) or ("replies" in r and "role" in r)),
+    ("alpaca", lambda r: "instruction" in r and "output" in r),
+    ("dolly", lambda r: "instruction" in r and "response" in r),
+    ("prompt_response", lambda r: "prompt" in r and "response" in r and not isinstance(r.get("prompt"), dict)),
+)
+
+
 def detect(record) -> str:
     """The shape name of a decoded JSON record (see the module table).
 
     Raises:
-        ShapeError: not an object, or no known shape's keys.
+        ShapeError: not an object; no known shape's keys; or the keys of two shapes (e.g. ``prompt`` /
+            ``response`` and ``messages``): which one is meant cannot be told, so none is guessed.
     """
     if not isinstance(record, dict):
         raise ShapeError(f"a record must be a JSON object, got {type(record).__name__}")
-    if "messages" in record:
-        return "openai"
-    if "conversations" in record:
-        return "sharegpt"
-    if isinstance(record.get("prompt"), dict) or ("replies" in record and "role" in record):
-        return "oasst"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    if "instruction" in record and "response" in record:
-        return "dolly"
-    if "prompt" in record and "response" in record:
-        return "prompt_response"
+    matched = [name for name, has_keys in _SIGNATURES if has_keys(record)]
+    if len(matched) > 1:
+        raise ShapeError(f"ambiguous record: it has the keys of the shapes {', '.join(matched)} "
+                         f"(keys {sorted(record)[:8]}); keep the keys of one shape only")
+    if matched:
+        return matched[0]
     if "text" in record:
         return "rendered"
     raise ShapeError(f"cannot tell the record's shape from its keys {sorted(record)[:8]} (known: "

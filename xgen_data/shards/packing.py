@@ -46,16 +46,15 @@ def check_out_dir(out_dir: str, corpus: Corpus) -> str:
     folder it points to is built and registered), if it is safe to (re)create as a shards directory.
 
     Raises:
-        ValueError: ``out_dir`` is a file, is inside (or contains) the corpus, has no parent folder, or
-            is an existing non-empty folder that is not a shards directory or holds files its manifest
-            does not list (xgen never deletes what it did not write).
+        RefusedError: ``out_dir`` is the corpus, inside it or contains it, or a filesystem root (the publisher's
+            :func:`xgen_data.store.publish.check_out`, the corpus being the build's input), or an existing
+            non-empty folder that is not a shards directory or holds files its manifest does not list (xgen
+            never deletes what it did not write).
+        InputError: ``out_dir`` is a file.
     """
-    out = resolve_out_dir(out_dir)
+    out = publish.check_out(out_dir, inputs=[corpus.root])
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(f"{out_dir}: exists and is not a directory")
-    root = os.path.realpath(corpus.root)
-    if out == root or out.startswith(root + os.sep) or root.startswith(out + os.sep):
-        raise InputError(f"{out_dir}: the shards directory must be outside the corpus {root}")
     foreign = publish.foreign_files(out, _listed_files)
     if foreign is None:
         raise RefusedError(f"{out_dir}: folder exists, is not empty and is not a shards directory "
@@ -104,25 +103,18 @@ def _listed_files(folder: str) -> set[str] | None:
     return {"manifest.json"} | {e[k] for e in manifest["shards"] for k in ("path", "index_path") if e.get(k)}
 
 
-def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
-    """Backups of older versions' swaps: ``.<out>-old.tmp-<pid>`` of a process that is gone."""
-    prefix = f".{tail}-old.tmp-"
-    return [(os.path.join(head, n),) * 2 for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()
-            and not fsutil.pid_alive(int(n[len(prefix):]))]
-
-
-def publisher(out_dir: str) -> publish.FolderPublisher:
-    """The :class:`~xgen_data.store.publish.FolderPublisher` of a shards folder (commit points ``build.*``)."""
+def publisher(out_dir: str, inputs: "list[str] | tuple[str, ...]" = ()) -> publish.FolderPublisher:
+    """The :class:`~xgen_data.store.publish.FolderPublisher` of a shards folder (commit points ``build.*``);
+    ``inputs``: the corpus it is built from (the output may not be, be inside or contain it)."""
     return publish.FolderPublisher(out_dir, listed_files=_listed_files, is_complete=_is_complete_set,
-                                   what="shards", crash_prefix="build", legacy=_legacy_backups)
+                                   what="shards", crash_prefix="build", inputs=inputs)
 
 
 def recover_out_dir(out_dir: str) -> str | None:
     """Put back a complete shards set at ``out_dir`` after a killed rebuild, then remove the build's leftovers
-    (:func:`xgen_data.store.publish.recover`; also a backup left by older versions, ``.<out>-old.tmp-<pid>`` of
-    a dead process), holding the folder's writer lock. Returns a note saying what was restored, or None."""
+    (:func:`xgen_data.store.publish.recover`), holding the folder's writer lock. Returns a note saying what was restored, or None."""
     with locks.writer_lock(publish.lock_path(out_dir), f"shards folder {out_dir}"):
-        return publish.recover(out_dir, _is_complete_set, _legacy_backups, "shards")
+        return publish.recover(out_dir, _is_complete_set, "shards")
 
 
 def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHARD_TOKENS,
@@ -146,7 +138,8 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
     corpus = Corpus(corpus_dir)
     with corpus.lock():
         out_dir = resolve_out_dir(out_dir)
-        with publisher(out_dir) as pub:  # locked; a killed earlier swap is restored first, even if this build fails
+        # locked; a killed earlier swap is restored first, even if this build fails
+        with publisher(out_dir, inputs=[corpus.root]) as pub:
             docs = selection.recipe_documents(corpus_dir, recipe)
             corpus.verify_parts()  # the tokens packed below come from these parts
             out_dir = check_out_dir(out_dir, corpus)

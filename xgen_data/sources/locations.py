@@ -23,6 +23,11 @@ import fsspec
 
 from xgen_data.errors import InputError
 
+#: What to install to read a URI scheme: ``xgen[remote]`` carries s3fs only.
+INSTALL_HINTS = {"s3": "s3:// needs pip install 'xgen[remote]' (s3fs)", "s3a": "s3:// needs pip install 'xgen[remote]' "
+                 "(s3fs)", "gs": "gs:// needs pip install gcsfs", "gcs": "gcs:// needs pip install gcsfs",
+                 "hf": "hf:// needs pip install huggingface_hub"}
+
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -51,8 +56,10 @@ def _filesystem(uri: str):
     try:
         return fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as exc:
-        raise InputError(f"{uri}: cannot read this kind of URI: {exc} (s3:// needs pip install 'xgen[remote]')") \
-            from exc
+        scheme = uri.split("://", 1)[0].lower()
+        hint = INSTALL_HINTS.get(scheme, "s3:// needs pip install 'xgen[remote]', gs:// pip install gcsfs, hf:// "
+                                         "pip install huggingface_hub")
+        raise InputError(f"{uri}: cannot read this kind of URI: {exc} ({hint})") from exc
 
 
 def input_identity(path: str) -> InputIdentity:

@@ -3,23 +3,22 @@
 Checked (:func:`verify_corpus`):
 
 * ``registry``: ``corpus.json`` against its own ``registry_sha256`` (checked by every read; an edited or
-  damaged registry is refused, naming the file); one written before the field existed is ``unrecorded``
-  (``record=True`` stamps it).
-* ``part``: each registered docs part against ``inputs[key]["part_sha256"]`` (recorded at ingest). A part
-  ingested before SHA-256s were recorded is ``unrecorded``; ``record=True`` hashes and records it (under the
-  corpus lock) once every row group of it decodes (a part without a sha256 that does not decode is ``damaged``).
+  damaged registry, or a 0.x one without the field or a part's SHA-256, is refused, naming the file and the
+  rebuild: :meth:`xgen_data.store.corpus.Corpus.read_meta`).
+* ``part``: each registered docs part against ``inputs[key]["part_sha256"]`` (recorded at ingest).
 * ``attributes``: each file of each committed attribute set against the SHA-256 recorded at its commit
   (:meth:`xgen_data.store.corpus.Corpus.commit_attributes`), and the ids of each file of a current set against
   its part's, in order (the ``documents`` view pairs them by position; readers check only the row
   counts); a set computed from other part contents is reported ``stale`` (not damage: the recipe flow
   recomputes it).
 * ``shards``: each registered shards folder's ``manifest.json`` against its own ``manifest_sha256`` (an edited
-  manifest is ``damaged``, naming the file; one written before the field existed is ``unrecorded``), and every
+  manifest, or a 0.x one without the field, is ``damaged``, naming the file), and every
   shard's size and SHA-256 in it, and its ``.idx.parquet`` index's SHA-256 (``index_sha256``;
   :func:`xgen_data.shards.shard_format.verify`).
 
-Statuses: ``ok``, ``unrecorded``, ``recorded``, ``stale`` (fine), ``unchecked`` (an attribute file whose own
-SHA-256 matches but whose part is damaged or missing, so its ids are not compared: the part is the damage) and
+Statuses: ``ok``, ``stale`` (fine), ``unchecked`` (an attribute file whose own
+SHA-256 matches but whose part is damaged or missing, so its ids are not compared: the part is the damage; or
+``corpus.json`` listing the shards folders of the corpus this one was copied from, which are left out) and
 ``damaged``, ``missing`` (damage).
 """
 from __future__ import annotations
@@ -29,8 +28,7 @@ from dataclasses import dataclass
 
 from xgen_data.shards import shard_format as shards
 from xgen_data.store import fsutil
-from xgen_data.store.corpus import (ATTRIBUTES, REGISTRY_SHA256, Corpus, attribute_rows_problem, params_hash,
-                                    part_decode_problem)
+from xgen_data.store.corpus import ATTRIBUTES, REGISTRY_SHA256, Corpus, attribute_rows_problem, params_hash
 
 DAMAGE = ("damaged", "missing")
 
@@ -45,11 +43,12 @@ class Check:
     detail: str = ""
 
 
-def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False) -> list[Check]:
+def verify_corpus(corpus_dir: str, progress: bool = False) -> list[Check]:
     """Check the corpus's parts, attribute files and registered shard folders (module docstring).
 
     Raises:
-        CorpusError: not a corpus, or ``corpus.json`` does not parse / is malformed.
+        CorpusError: not a corpus, or ``corpus.json`` does not parse, is malformed, of the 0.x format or does not
+            match its checksum (:meth:`xgen_data.store.corpus.Corpus.read_meta`).
     """
     from tqdm.auto import tqdm
 
@@ -57,45 +56,23 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
     out: list[Check] = []
     with corpus.lock():
         meta = corpus.read_meta()  # refuses a registry that does not match its registry_sha256
-        if REGISTRY_SHA256 in meta:
-            out.append(Check("registry", corpus.meta_path, "ok", f"matches its {REGISTRY_SHA256}"))
-        else:
-            out.append(Check("registry", corpus.meta_path, "recorded" if record else "unrecorded",
-                             f"no {REGISTRY_SHA256} (written by an older xgen)"
-                             + ("; stamped" if record else "; the next write, or --record, stamps it")))
+        out.append(Check("registry", corpus.meta_path, "ok", f"matches its {REGISTRY_SHA256}"))
         recorded = corpus.recorded_sha256(meta)
         parts = corpus.parts()
-        new: dict[tuple[str, str], str] = {}
         broken: set[str] = set()  # parts that are damaged or missing: their attribute rows cannot be checked
         for p in tqdm(parts, desc="verify parts", unit="part", disable=None if progress else True, leave=False):
-            want = recorded.get((p.subset, p.name))
+            want = recorded[(p.subset, p.name)]
             if not os.path.exists(p.path):
                 out.append(Check("part", p.path, "missing", "re-ingest its input"))
                 broken.add(os.path.abspath(p.path))
                 continue
             got = fsutil.sha256_file(p.path)
-            if want is None:
-                if why := part_decode_problem(p.path):
-                    out.append(Check("part", p.path, "damaged", f"no recorded sha256, and it does not decode "
-                                     f"({why}): not recorded; re-ingest its input with `xgen ingest`"))
-                    broken.add(os.path.abspath(p.path))
-                    continue
-                if record:
-                    new[(p.subset, p.name)] = got
-                out.append(Check("part", p.path, "recorded" if record else "unrecorded",
-                                 f"sha256 {got[:12]}…" + ("" if record else "; record with --record")))
-            elif got != want:
+            if got != want:
                 out.append(Check("part", p.path, "damaged", f"sha256 {got[:12]}…, recorded {want[:12]}…; re-ingest "
                                  "its input with `xgen ingest`"))
                 broken.add(os.path.abspath(p.path))
             else:
                 out.append(Check("part", p.path, "ok"))
-        if new or (record and REGISTRY_SHA256 not in meta):
-            for v in meta["inputs"].values():
-                for name in v["parts"]:
-                    if (v["subset"], name) in new:
-                        v.setdefault("part_sha256", {})[name] = new[(v["subset"], name)]
-            corpus.write_meta(meta)
         fingerprint = corpus.parts_fingerprint()
         for key, state in sorted(meta.get("attributes", {}).items()):
             gen = os.path.join(corpus.root, ATTRIBUTES, *key.split("/"), state["generation"])
@@ -123,7 +100,10 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                 out.append(Check("attributes", gen, "stale" if stale else "ok",
                                  f"{state['step']} {params_hash(state['params'])}, {len(state['files'])} files"
                                  + ("; computed from other part contents" if stale else "")))
-        for shard_dir in meta.get("shard_dirs", []):
+        own_shard_dirs, note = corpus.shard_dirs(meta)
+        if note:
+            out.append(Check("shards", corpus.meta_path, "unchecked", note))
+        for shard_dir in own_shard_dirs:
             if not os.path.exists(shard_dir):
                 if os.path.isdir(backup := shards.backup_dir(shard_dir)):
                     out.append(Check("shards", shard_dir, "missing", f"a build into it was interrupted; the "
@@ -131,17 +111,14 @@ def verify_corpus(corpus_dir: str, record: bool = False, progress: bool = False)
                 continue  # otherwise removed by the user: not registered data any more
             mpath = os.path.join(shard_dir, "manifest.json")
             try:
-                manifest = shards.read_manifest(shard_dir)
+                shards.read_manifest(shard_dir)  # its own manifest_sha256 first
                 problems = shards.verify(shard_dir)
             except shards.ShardError as exc:
                 out.append(Check("shards", mpath if os.path.isfile(mpath) else shard_dir, "damaged", str(exc)))
                 continue
             for prob in problems:
                 out.append(Check("shards", shard_dir, "damaged", prob))
-            if shards.MANIFEST_SHA256 not in manifest:
-                out.append(Check("shards", mpath, "unrecorded", f"no {shards.MANIFEST_SHA256} (built by an older "
-                                 "xgen): the manifest's own content is not verified; rebuild with `xgen mix build`"))
-            elif not problems:
+            if not problems:
                 out.append(Check("shards", shard_dir, "ok", "the manifest matches its manifest_sha256 and every "
                                  "shard its sha256"))
     return out

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,9 @@ from xgen_data.store import fsutil
 FORMAT = "xgen-corpus"
 #: The registry's own checksum field (like the shards manifest's ``manifest_sha256``).
 REGISTRY_SHA256 = "registry_sha256"
+#: The corpus root (absolute) that registered ``shard_dirs``: a copy of the corpus folder (``cp -r``) carries the
+#: list but not the folders, which stay another corpus's.
+SHARD_DIRS_OF = "shard_dirs_of"
 FORMAT_VERSION = 1
 
 DOC_SCHEMA = pa.schema(
@@ -99,27 +101,6 @@ def file_sha256(path: str) -> str:
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = fsutil.sha256_file(path)
     return _SHA_CACHE[key]
-
-
-_DECODE_CACHE: dict[tuple, str | None] = {}  # part stat key -> decode problem, per process
-
-
-def part_decode_problem(path: str) -> str | None:
-    """Why the Parquet part at ``path`` does not decode (every row group read), or None when it does; the
-    check for a part with no recorded SHA-256 (a corpus of an older xgen). Cached per process while the
-    file's size, mtime and inode are unchanged."""
-    import pyarrow.parquet as pq
-
-    key = _stat_key(path)
-    if key not in _DECODE_CACHE:
-        try:
-            pf = pq.ParquetFile(path)
-            for i in range(pf.num_row_groups):
-                pf.read_row_group(i)
-            _DECODE_CACHE[key] = None
-        except Exception as exc:  # noqa: BLE001 -- any decoder error: the bytes are not a valid part
-            _DECODE_CACHE[key] = f"{type(exc).__name__}: {exc}"
-    return _DECODE_CACHE[key]
 
 
 _ALIGN_CACHE: dict[tuple, str | None] = {}  # (attribute file stat key, part stat key) -> problem, per process
@@ -185,7 +166,7 @@ def _check_registry(meta: dict, where: str) -> None:
                   for v in inputs.values())
           and all(isinstance(v, dict) and isinstance(v.get("generation"), str) and isinstance(v.get("files"), dict)
                   and isinstance(v.get("parts"), str) and isinstance(v.get("params"), dict) for v in attrs.values())
-          and isinstance(meta.get("default_decisions", {}), dict))
+          and isinstance(meta.get("default_decisions", {}), dict) and isinstance(meta.get(SHARD_DIRS_OF, ""), str))
     if not ok:
         raise CorpusError(f"{where}: registry is malformed ('inputs' must map to objects with path, subset and "
                           "parts; 'attributes' to objects with params, generation, parts and files; "
@@ -272,12 +253,13 @@ class Corpus:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def read_meta(self) -> dict:
-        """The parsed ``corpus.json``, checked: format, registry structure, then its :data:`REGISTRY_SHA256`.
-
-        A registry without the field (written by an older xgen) is accepted; the next write stamps it.
+        """The parsed ``corpus.json``, checked: format, registry structure, its :data:`REGISTRY_SHA256`, and a
+        recorded ``part_sha256`` for every registered part.
 
         Raises:
-            CorpusError: another format, a malformed registry, or content that does not match its checksum.
+            CorpusError: another format, a malformed registry, content that does not match its checksum, or a
+                registry of the 0.x format (no :data:`REGISTRY_SHA256`, or a part without a recorded SHA-256):
+                the message names the file and the ``xgen ingest`` commands that rebuild the corpus.
             ValueError: not valid JSON (names the file).
         """
         meta = fsutil.read_json(self.meta_path)
@@ -286,27 +268,58 @@ class Corpus:
             raise CorpusError(f"{self.meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "
                               f"expected {FORMAT!r} v{FORMAT_VERSION}")
         _check_registry(meta, self.meta_path)
-        want = meta.get(REGISTRY_SHA256)
-        if REGISTRY_SHA256 in meta and want != registry_sha256(meta):
+        if REGISTRY_SHA256 not in meta:
+            raise CorpusError(f"{self.meta_path}: no {REGISTRY_SHA256}: {self._rebuild_hint(meta)}")
+        if meta[REGISTRY_SHA256] != registry_sha256(meta):
             raise DamagedRegistryError(f"{self.meta_path}: the registry does not match its {REGISTRY_SHA256} (edited "
                                        "or damaged): its recorded part SHA-256s and attribute sets cannot be trusted; "
-                                       f"restore it from a copy (if the edit was deliberate, delete the "
-                                       f"{REGISTRY_SHA256} field and run `xgen verify` to check the parts against it)")
+                                       f"restore it from a copy, or {self._rebuild_hint(meta, older=False)}")
+        unrecorded = [f"{v['subset']}/{n}" for v in meta["inputs"].values() for n in v["parts"]
+                      if n not in v.get("part_sha256", {})]
+        if unrecorded:
+            raise CorpusError(f"{self.meta_path}: part {unrecorded[0]} has no recorded sha256"
+                              + (f" (and {len(unrecorded) - 1} more)" if len(unrecorded) > 1 else "")
+                              + f": {self._rebuild_hint(meta)}")
         return meta
+
+    def _rebuild_hint(self, meta: dict, older: bool = True) -> str:
+        """How to rebuild the corpus from its inputs: one ``xgen ingest`` per subset into a new folder."""
+        by_subset: dict[str, list[str]] = {}
+        for v in meta["inputs"].values():
+            by_subset.setdefault(v["subset"], []).append(v["path"])
+        cmds = "; ".join(f"`xgen ingest --corpus NEW --subset {s} {' '.join(sorted(paths))}`"
+                         for s, paths in sorted(by_subset.items())) or "`xgen ingest --corpus NEW FILES...`"
+        return ("written by an older xgen (0.x) whose registry does not record every checksum; " if older else "") + \
+            f"rebuild the corpus by ingesting its inputs into a new folder: {cmds}"
 
     def write_meta(self, meta: dict) -> None:
         """Atomically replace ``corpus.json``, stamping its :data:`REGISTRY_SHA256` (``meta`` gets the field)."""
         meta.pop(REGISTRY_SHA256, None)
-        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: the file reads top-down as before
+        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: it covers every field above it
         fsutil.write_json(self.meta_path, meta)
 
     def register_shard_dir(self, shard_dir: str) -> None:
-        """Remember a shards directory built from this corpus (it feeds the SQL view ``shards``)."""
+        """Remember a shards directory built from this corpus (it feeds the SQL view ``shards``); a list
+        registered by the corpus at another path (this one is its copy) is replaced by this folder alone."""
         meta = self.read_meta()
         path = os.path.abspath(shard_dir)
-        if path not in meta.setdefault("shard_dirs", []):
-            meta["shard_dirs"].append(path)
+        dirs = meta.get("shard_dirs", []) if meta.get(SHARD_DIRS_OF, self.root) == self.root else []
+        if path not in dirs or meta.get(SHARD_DIRS_OF) != self.root:
+            meta["shard_dirs"], meta[SHARD_DIRS_OF] = [d for d in dirs if d != path] + [path], self.root
             self.write_meta(meta)
+
+    def shard_dirs(self, meta: dict | None = None) -> tuple[list[str], str | None]:
+        """``(folders, note)``: the shards folders built from this corpus (absolute paths, as registered), and
+        None; or ``[]`` and a note naming the other corpus when ``corpus.json``'s list was registered at another
+        root (this corpus was copied, or moved, from there): those folders are that corpus's, not checked or
+        listed here until ``xgen mix build`` registers this corpus's own."""
+        meta = self.read_meta() if meta is None else meta
+        dirs, owner = list(meta.get("shard_dirs", [])), meta.get(SHARD_DIRS_OF, self.root)
+        if dirs and owner != self.root:
+            return [], (f"{self.meta_path}: its {len(dirs)} shards folder(s) were built from the corpus at {owner} "
+                        "(this one is a copy of it, or was moved): not this corpus's, so left out until a shards "
+                        "build from this corpus (xgen mix build) registers its own")
+        return dirs, None
 
     # -- parts ----------------------------------------------------------------------------------
     def docs_dir(self, subset: str) -> str:
@@ -335,41 +348,25 @@ class Corpus:
                 out[(v["subset"], name)] = sha
         return out
 
-    def verify_parts(self, parts: list[Part] | None = None, warn: bool = True) -> list[Part]:
+    def verify_parts(self, parts: list[Part] | None = None) -> None:
         """Check the SHA-256 of ``parts`` (default: all) against the registry before a step reads them.
 
-        Parts ingested before SHA-256s were recorded are decoded instead (:func:`part_decode_problem`) and
-        reported with one warning on stderr (``xgen verify --corpus C --record`` records them). Hashes are
-        cached per process by file size, mtime and inode, so one recipe flow hashes each part once (measured:
-        0.15 s for the full shared corpus's 224 MB of parts, from the page cache).
+        Hashes are cached per process by file size, mtime and inode, so one recipe flow hashes each part once
+        (measured: 0.15 s for the full shared corpus's 224 MB of parts, from the page cache).
 
-        Returns:
-            the parts that had no recorded SHA-256 (unverified).
         Raises:
             DamagedPartError: a part is missing or its bytes differ; the message names it and its input.
         """
         meta = self.read_meta()
         recorded = self.recorded_sha256(meta)
-        unverified = []
         for part in self.parts() if parts is None else parts:
-            want = recorded.get((part.subset, part.name))
+            want = recorded[(part.subset, part.name)]
             if not os.path.exists(part.path):
                 raise DamagedPartError(self._damaged(meta, part, "is missing"))
-            if want is None:
-                if why := part_decode_problem(part.path):
-                    raise DamagedPartError(self._damaged(meta, part, f"has no recorded sha256 and does not "
-                                                                     f"decode ({why})"))
-                unverified.append(part)
-                continue
             got = file_sha256(part.path)
             if got != want:
                 raise DamagedPartError(self._damaged(meta, part, f"is damaged (sha256 {got[:12]}…, recorded "
                                                                  f"{want[:12]}…)"))
-        if unverified and warn:
-            print(f"warning: {len(unverified)} part(s) of {self.root} have no recorded sha256 (ingested by an older "
-                  f"xgen), e.g. {unverified[0].subset}/{unverified[0].name}: not verified; record them with "
-                  f"`xgen verify --corpus {self.root} --record`", file=sys.stderr)
-        return unverified
 
     def _damaged(self, meta: dict, part: Part, what: str) -> str:
         src = next((v["path"] for v in meta.get("inputs", {}).values()
@@ -378,8 +375,8 @@ class Corpus:
                 + (f" with `xgen ingest --corpus {self.root} --subset {part.subset} {src}`" if src else ""))
 
     def remove_unregistered(self) -> list[str]:
-        """Delete what no registry entry owns: unregistered part files, temporary files, uncommitted attribute
-        generations and the pre-attributes ``steps/`` folder (call under :meth:`lock`)."""
+        """Delete what no registry entry owns: unregistered part files, temporary files and uncommitted attribute
+        generations (call under :meth:`lock`)."""
         meta = self.read_meta()
         owned = {(p.subset, p.name) for p in self.parts()}
         removed = []
@@ -402,23 +399,15 @@ class Corpus:
                 glob.glob(os.path.join(self.root, "reports", ".*.tmp-*")):
             os.remove(tmp)
             removed.append(tmp)
-        legacy = os.path.join(self.root, "steps")
-        if os.path.isdir(legacy):
-            shutil.rmtree(legacy, ignore_errors=True)
-            removed.append(legacy)
-        if "steps" in meta:  # step states of the pre-attributes layout: their files are gone
-            del meta["steps"]
-            self.write_meta(meta)
         return removed
 
     def parts_fingerprint(self) -> str:
-        """SHA-256 over the registered parts' names and contents (their SHA-256: recorded at ingest, or hashed).
+        """SHA-256 over the registered parts' names and contents (their SHA-256 recorded at ingest).
 
         Any change of a part's bytes changes it, so a step's attributes computed from other bytes are stale.
         """
         recorded = self.recorded_sha256()
-        lines = [f"{p.subset}/{p.name}:{recorded.get((p.subset, p.name)) or file_sha256(p.path)}"
-                 for p in self.parts()]
+        lines = [f"{p.subset}/{p.name}:{recorded[(p.subset, p.name)]}" for p in self.parts()]
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     # -- attribute sets -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ The contract, for any ``kill -9`` at any point:
   renames it back (:func:`recover`) before anything else, and deletes backups only once ``OUT`` holds a
   complete folder (``is_complete``), so both copies never go.
 * **Leftovers of killed runs are removed**: temporary folders ``.OUT.tmp-<pid>`` of processes that are gone
-  (or of any process, under the lock, when the suffix is not a PID: names of older versions).
+  (or, under the lock, any whose suffix is not a PID: no live writer owns it).
 * **Nothing foreign is deleted**: an existing non-empty ``OUT`` is replaced only when every file in it is one
   the writer's own file list names (``listed_files``, read from the folder's manifest); otherwise
   :class:`~xgen_data.errors.RefusedError` lists the foreign files.
@@ -46,8 +46,6 @@ from xgen_data.store import fsutil, locks
 ListedFiles = Callable[[str], "set[str] | None"]
 #: ``is_complete(folder)``: whether a folder (a backup) holds a complete published folder.
 IsComplete = Callable[[str], bool]
-#: ``legacy(head, tail, names)``: ``(backup folder, folder to remove after)`` of older versions' swaps.
-Legacy = Callable[[str, str, list[str]], list[tuple[str, str]]]
 
 
 def resolve_out_dir(out_dir: str) -> str:
@@ -122,28 +120,22 @@ def make_parent(out_dir: str) -> None:
     os.makedirs(parent, exist_ok=True)
 
 
-def recover(out_dir: str, is_complete: IsComplete, legacy: Legacy | None = None, what: str = "folder") -> str | None:
+def recover(out_dir: str, is_complete: IsComplete, what: str = "folder") -> str | None:
     """Put back a complete folder at ``out_dir`` after a killed swap, then remove the leftovers of killed runs.
 
     Call it holding ``out_dir``'s writer lock. Returns a note saying what was restored, or None.
     """
     head, tail = os.path.split(os.path.abspath(out_dir).rstrip(os.sep))
     names = sorted(os.listdir(head)) if os.path.isdir(head) else []
-    backups = [(backup_dir(out_dir), backup_dir(out_dir))] + (legacy(head, tail, names) if legacy else [])
-    links = [b for b, _rm in backups if os.path.islink(b)]
-    for b in links:  # not a backup a swap made (swaps rename folders): only the link goes, never its target
-        os.unlink(b)
-    backups = [(b, rm) for b, rm in backups if b not in links and os.path.isdir(b)]
+    backup = backup_dir(out_dir)
+    if os.path.islink(backup):  # not a backup a swap made (swaps rename folders): only the link goes, never its target
+        os.unlink(backup)
     note = None
-    if not os.path.lexists(out_dir):
-        for b, _rm in backups:
-            if is_complete(b):
-                os.replace(b, out_dir)
-                note = f"restored the previous {what} of {out_dir} from {b} (a write into it had been interrupted)"
-                break
-    if os.path.isdir(out_dir):
-        for _, rm in backups:
-            remove_leftover(rm)
+    if not os.path.lexists(out_dir) and os.path.isdir(backup) and is_complete(backup):
+        os.replace(backup, out_dir)
+        note = f"restored the previous {what} of {out_dir} from {backup} (a write into it had been interrupted)"
+    if os.path.isdir(out_dir) and os.path.isdir(backup):
+        remove_leftover(backup)
     prefix = f".{tail}.tmp-"
     for n in names:
         suffix = n[len(prefix):]
@@ -175,7 +167,6 @@ class FolderPublisher:
         is_complete: whether a backup folder is complete (:data:`IsComplete`).
         what: what the folder is, for messages (``"shards folder"``, ``"Hugging Face export"``).
         crash_prefix: prefix of the commit points' names.
-        legacy: backups left by older versions' swaps, restored like ``.OUT.backup``.
         inputs: files and folders the writer reads (:func:`check_out`).
     Raises:
         RefusedError, InputError: from :func:`check_out`, before the lock is taken.
@@ -186,11 +177,10 @@ class FolderPublisher:
     """
 
     def __init__(self, out_dir: str, *, listed_files: ListedFiles, is_complete: IsComplete, what: str,
-                 crash_prefix: str, legacy: Legacy | None = None,
-                 inputs: "list[str] | tuple[str, ...]" = ()) -> None:
+                 crash_prefix: str, inputs: "list[str] | tuple[str, ...]" = ()) -> None:
         self.out = check_out(out_dir, inputs)
         self.listed_files, self.is_complete, self.what = listed_files, is_complete, what
-        self.crash_prefix, self.legacy = crash_prefix, legacy
+        self.crash_prefix = crash_prefix
         self.note: str | None = None
         self.tmp: str | None = None
         self._lock = None
@@ -201,7 +191,7 @@ class FolderPublisher:
         self._lock.__enter__()
         try:
             # first: even a write that fails later has restored what a killed swap left
-            self.note = recover(self.out, self.is_complete, self.legacy, self.what)
+            self.note = recover(self.out, self.is_complete, self.what)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise

@@ -1,10 +1,10 @@
 """Text generation with a key/value cache: prefill the prompt once, then one jit'ed decode step per token.
 
-The cached forward (:func:`forward_cached`) is the LLaMA forward of :mod:`xgen_train.model.model` (SPEC §3)
-written as a pure function of the parameter dict, for a block of ``T`` new tokens at positions
-``start .. start+T-1``: it writes their rotated keys and values into a fixed-size cache
-``[n_layers, B, n_heads, S, head_dim]`` and attends to cache slots ``j <= position`` (later slots are
-masked with the same ``finfo.min`` as the full forward, so they contribute exactly zero). Prefill is one
+The cached forward (:func:`forward_cached`) is the LLaMA forward of :mod:`xgen_train.model.model` (SPEC §3;
+its ``cache`` keyword) for a block of ``T`` new tokens at positions ``start .. start+T-1``: it writes their
+rotated keys and values into a fixed-size cache ``[n_layers, B, n_heads, S, head_dim]`` and attends to cache
+slots ``j <= position`` (later slots are masked with the same ``finfo.min`` as the full forward, so they
+contribute exactly zero). Prefill is one
 call with the whole prompt; decoding is one call per token with ``T = 1``. The cache size ``S`` (the prompt
 plus the new tokens, rounded up to a power of two, at most ``max_positions``) is fixed for a generation, and
 temperature, top-p and the vocabulary limit are traced values, so a model compiles one prefill and one
@@ -29,15 +29,11 @@ import numpy as np
 
 from xgen_data.errors import InputError
 from xgen_train.model.config import ModelConfig
-from xgen_train.model.model import apply_rotary, build_model, rms_norm, rotary_cos_sin
+from xgen_train.model.model import build_model
 
 __all__ = ["Generation", "forward_cached", "generate", "init_cache", "sample_next"]
 
 EOS_ID = 50256
-
-
-def _mm(spec: str, a, b, compute_dtype):
-    return jnp.einsum(spec, a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=jnp.float32)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
@@ -57,43 +53,7 @@ def forward_cached(params, cfg: ModelConfig, tokens: jax.Array, start, cache: di
         ``(logits, cache)``: float32 ``[B, T, vocab_size]`` (equal, up to float rounding, to the full
         forward's logits at those positions) and the cache with slots ``start .. start+T-1`` written.
     """
-    b, t = tokens.shape
-    s = cache["k"].shape[3]
-    h, hd = cfg.n_heads, cfg.head_dim
-    positions = start + jnp.arange(t, dtype=jnp.int32)
-    cos, sin = rotary_cos_sin(positions, hd, cfg.rope_theta)  # [T, hd]
-    visible = jnp.arange(s)[None, :] <= positions[:, None]  # [T, S]
-
-    def w(name):
-        return params[name]["weight"]
-
-    def lin(x, name):
-        return _mm("...i,oi->...o", x, w(name), compute_dtype)
-
-    def heads(y):
-        return y.reshape(b, t, h, hd).transpose(0, 2, 1, 3)
-
-    x = jnp.take(w("model/embed_tokens"), tokens, axis=0)
-    ks, vs = [], []
-    for i in range(cfg.n_layers):
-        p = f"model/layers_{i}/"
-        y = rms_norm(x, w(p + "input_layernorm"), cfg.rms_eps)
-        q = apply_rotary(heads(lin(y, p + "self_attn/q_proj")), cos, sin)
-        k = apply_rotary(heads(lin(y, p + "self_attn/k_proj")), cos, sin)
-        v = heads(lin(y, p + "self_attn/v_proj"))
-        k_all = jax.lax.dynamic_update_slice(cache["k"][i], k, (0, 0, start, 0))
-        v_all = jax.lax.dynamic_update_slice(cache["v"][i], v, (0, 0, start, 0))
-        ks.append(k_all)
-        vs.append(v_all)
-        scores = _mm("bhqd,bhkd->bhqk", q, k_all, compute_dtype) * (1.0 / math.sqrt(hd))
-        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-        out = _mm("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), v_all, compute_dtype)
-        x = x + lin(out.transpose(0, 2, 1, 3).reshape(b, t, h * hd), p + "self_attn/o_proj")
-        y = rms_norm(x, w(p + "post_attention_layernorm"), cfg.rms_eps)
-        gate, up = lin(y, p + "mlp/gate_proj"), lin(y, p + "mlp/up_proj")
-        x = x + lin(jax.nn.silu(gate) * up, p + "mlp/down_proj")
-    x = rms_norm(x, w("model/norm"), cfg.rms_eps)
-    return lin(x, "lm_head"), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+    return build_model(cfg, compute_dtype).apply(params, tokens, cache=cache, cache_start=start)
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_limit=None,

@@ -93,18 +93,11 @@ def _is_complete(folder: str) -> bool:
     return man is not None and all(os.path.isfile(os.path.join(folder, f)) for f in man["sha256"])
 
 
-def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
-    """Backups of older versions' swaps: ``.<out>.old-<random>/out`` (the container is removed after; one holding
-    anything else is not one of them)."""
-    containers = (os.path.join(head, n) for n in names if n.startswith(f".{tail}.old-"))
-    return [(os.path.join(c, "out"), c) for c in containers if os.path.isdir(c) and set(os.listdir(c)) <= {"out"}]
-
-
 def publisher(out: str | os.PathLike, kind: str) -> FolderPublisher:
     """The :class:`~xgen_data.store.publish.FolderPublisher` of a ``kind`` output folder (commit points
     ``eval.before_swap``, ``eval.after_backup``, ``eval.after_swap``)."""
     return FolderPublisher(str(out), listed_files=_listed_files(kind), is_complete=_is_complete,
-                           what=f"`{kind}` output", crash_prefix="eval", legacy=_legacy_backups)
+                           what=f"`{kind}` output", crash_prefix="eval")
 
 
 def _refuse_foreign(out: str | os.PathLike, kind: str, pub: FolderPublisher | None = None) -> None:

@@ -102,10 +102,6 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _is_export(folder: Path) -> bool:
-    return (folder / EXPORT_MARKER).is_file()
-
-
 def _export_files(folder: str) -> set[str] | None:
     """The files an export wrote (its marker's ``sha256`` list and the marker); None: not an xgen export."""
     try:
@@ -122,15 +118,10 @@ def _is_complete_export(folder: str) -> bool:
     return files is not None and all(os.path.isfile(os.path.join(folder, f)) for f in files)
 
 
-def _legacy_backups(head: str, tail: str, names: list[str]) -> list[tuple[str, str]]:
-    """Backups of older versions' swaps: ``.<out>.old-<random>/export`` (the container is removed after)."""
-    return [(os.path.join(head, n, "export"), os.path.join(head, n)) for n in names if n.startswith(f".{tail}.old-")]
-
-
 def export_publisher(out: str | os.PathLike) -> FolderPublisher:
     """The :class:`~xgen_data.store.publish.FolderPublisher` of an export folder (commit points ``export.*``)."""
     return FolderPublisher(str(out), listed_files=_export_files, is_complete=_is_complete_export,
-                           what="Hugging Face export", crash_prefix="export", legacy=_legacy_backups)
+                           what="Hugging Face export", crash_prefix="export")
 
 
 def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, params=None, model_config: ModelConfig | None = None,

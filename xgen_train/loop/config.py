@@ -230,46 +230,12 @@ class TrainConfig:
         return self.replace(**fill)
 
 
-# run.json of runs written before TrainConfig existed: option name -> dotted path in that record
-_LEGACY_PATHS = {
-    "shards_dir": "shards_dir", "config_name": "config_name", "batch_size": "batch.batch_size",
-    "batch_tokens": "batch.batch_tokens", "lr": "optimizer.peak_lr", "warmup": "optimizer.warmup_steps",
-    "b1": "optimizer.b1", "b2": "optimizer.b2", "weight_decay": "optimizer.weight_decay",
-    "clip_norm": "optimizer.clip_norm", "final_lr_ratio": "optimizer.final_lr_ratio", "seed": "seed",
-    "init_seed": "init_seed", "stage": "data.stage", "substage": "data.substage",
-    "budget_fraction": "data.budget_fraction", "init": "init.path", "steps": "settings.steps",
-    "log_every": "settings.log_every", "checkpoint_every": "settings.checkpoint_every",
-    "keep_checkpoints": "settings.keep_checkpoints", "eval_every": "settings.eval_every",
-    "eval_sequences": "settings.eval_sequences", "mesh": "settings.mesh", "peak_flops": "settings.peak_flops",
-    "init_on": "settings.init_on", "precision": "compute_dtype",
-}
-
-
-def _lookup(record: dict, dotted: str):
-    cur: Any = record
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return KeyError
-        cur = cur[part]
-    return cur
-
-
-def _from_legacy(record: dict) -> TrainConfig:
-    """The config of a ``run.json`` written before it stored one (its run-config fields, read by name)."""
-    flat = {name: v for name, path in _LEGACY_PATHS.items() if (v := _lookup(record, path)) is not KeyError}
-    flat.update({k: v for k, v in (record.get("numerics") or {}).items() if k in TrainConfig.flat_names()})
-    opt = record.get("optimizer") or {}
-    if "total_steps" in opt and opt.get("total_steps") != record.get("total_steps"):
-        flat["total_steps"] = opt["total_steps"]  # the run set its own schedule length
-    return TrainConfig.from_flat(**flat)
-
-
 def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
     """The :class:`TrainConfig` stored in ``out_dir/run.json`` (None when there is no run.json).
 
-    A run.json written before configs were stored (no ``"config"`` key) is read from its run-config fields.
     Raises:
-        RunConfigError: naming the file, for invalid JSON or a config that cannot be read back.
+        RunConfigError: naming the file, for invalid JSON, a config that cannot be read back, or a run.json of
+            the 0.x format (no ``"config"`` key; the message says how to continue from its params).
     """
     path = os.path.join(os.fspath(out_dir), "run.json")
     try:
@@ -281,10 +247,8 @@ def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
         raise RunConfigError(f"{path}: not valid JSON ({exc}); cannot resume from it") from None
     if not isinstance(record, dict):
         raise RunConfigError(f"{path}: not a JSON object; cannot resume from it")
-    if "config" in record:
-        return TrainConfig.from_dict(record["config"], where=path)
-    try:
-        return _from_legacy(record)
-    except (TypeError, ValueError) as exc:
-        raise RunConfigError(f"{path}: an older run.json whose settings cannot be read back ({exc}); resume by "
-                             "typing every original option") from None
+    if "config" not in record:
+        raise RunConfigError(f"{path}: written by an older xgen (0.x) that stored no run config, so --resume cannot "
+                             "continue it; start a new run from its latest params: `xgen train --init "
+                             f"{os.fspath(out_dir)} --out NEW ...`")
+    return TrainConfig.from_dict(record["config"], where=path)

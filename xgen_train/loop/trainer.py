@@ -208,8 +208,7 @@ def run_config(*, config_name: str, cfg: ModelConfig, opt_cfg: OptimizerConfig, 
     Not included (free to change on resume): ``steps`` (the cap), logging, checkpoint and eval cadence, the
     shards folder's path (its ``manifest.json`` sha256 identifies the data).
     ``data.manifest_file_sha256`` is the SHA-256 of the ``manifest.json`` file's bytes (not the manifest's own
-    ``manifest_sha256`` field, which covers its other fields); runs written before the rename call it
-    ``data.manifest_sha256`` and still resume (:func:`config_differences`). ``sft``: ``{"objective": "sft",
+    ``manifest_sha256`` field, which covers its other fields). ``sft``: ``{"objective": "sft",
     "epochs": N}`` merged into ``data`` for an SFT run (``{"epochs": N}`` for pre-training over N > 1 passes;
     absent otherwise, so a one-pass pre-training record is unchanged).
     """
@@ -233,14 +232,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys).
-
-    An older run config's ``data.manifest_sha256`` (the same file hash, before its rename) is read as
-    ``data.manifest_file_sha256``.
-    """
+    """``"key: old -> new"`` for every leaf that differs between two :func:`run_config` dicts (dotted keys)."""
     a, b = _flatten(old), _flatten(new)
-    if "data.manifest_sha256" in a and "data.manifest_file_sha256" not in a:
-        a["data.manifest_file_sha256"] = a.pop("data.manifest_sha256")
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
@@ -704,10 +697,12 @@ def _record_stop(ctx: RunContext, st: LoopState) -> None:
 
 
 def summarize(ctx: RunContext, st: LoopState, info: dict, t_setup: float) -> dict[str, Any]:
-    """``loss.png`` (Figure 1) and the summary (also ``summary.json``): ``first_loss``, ``last_loss``, their
-    means over 10 updates, ``start_step``, ``steps`` (run now), ``final_step``, ``total_steps`` (plan),
-    ``schedule_steps``, ``tokens`` (this run), ``tokens_seen`` (total), ``phases``, ``switches``, ``val_loss``
-    (last), ``interrupted``, timings, MFU, ``checkpoint``, ``metrics``, ``plot``, ``objective``."""
+    """``loss.png`` (Figure 1) and the summary (also ``summary.json``) of the whole run, a resumed one included
+    (the records of the earlier sessions are in ``metrics.jsonl``): ``first_loss``, ``last_loss``, their means
+    over 10 updates, ``switches``, ``spike_steps``, ``val_loss`` (last), ``final_step``, ``tokens_seen``,
+    ``total_steps`` (plan), ``schedule_steps``, ``phases``; and of this session (``start_step`` onwards):
+    ``steps``, ``tokens``, timings, tokens per second and MFU; ``interrupted``, ``checkpoint``, ``metrics``,
+    ``plot``, ``objective``."""
     plan, cfg, s = ctx.plan, ctx.model_cfg, st.step
     loop_seconds = time.perf_counter() - st.loop_start - st.compile_seconds
     all_records = st.history + [r for r in st.records if r.get("event") != "stop"]
@@ -716,8 +711,8 @@ def summarize(ctx: RunContext, st: LoopState, info: dict, t_setup: float) -> dic
         what = "response loss" if ctx.objective == "sft" else "loss"
         plot_path = plot_loss(all_records, ctx.out / "loss.png", title=f"{ctx.tc.model.config_name}: {what} over "
                               f"tokens seen, {len(plan.phases)} sub-stage(s)")["path"]
-    train_recs = [r for r in st.records if "event" not in r]
-    losses = [r["loss"] for r in train_recs]
+    train_recs = [r for r in st.records if "event" not in r]  # this session's updates
+    losses = [r["loss"] for r in all_records if "event" not in r and "loss" in r]  # the whole run's
     vals = [r for r in all_records if r.get("event") == "val"]
     cur = plan.phase_of(min(max(s - 1, 0), plan.total_steps - 1))
     summary = {
@@ -726,7 +721,8 @@ def summarize(ctx: RunContext, st: LoopState, info: dict, t_setup: float) -> dic
         "batch_tokens": ctx.tc.data.batch_tokens, "start_step": st.start_step, "steps": len(train_recs),
         "final_step": s, "total_steps": plan.total_steps, "schedule_steps": ctx.schedule_steps,
         "phases": plan.to_list(),
-        "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in st.switches],
+        "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in all_records
+                     if e.get("event") == "switch"],
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "first_loss_mean10": float(np.mean(losses[:10])) if losses else None,
         "last_loss_mean10": float(np.mean(losses[-10:])) if losses else None,

@@ -61,12 +61,17 @@ def _mask(q_idx, k_idx, q_seg, k_seg):
     return m
 
 
-def plain_attention(q, k, v, policy="float32", segment_ids=None) -> jax.Array:
-    """Reference attention with full ``[B, H, T, T]`` float32 scores (see the module doc)."""
-    t, hd = q.shape[2], q.shape[3]
+def plain_attention(q, k, v, policy="float32", segment_ids=None, q_start=0) -> jax.Array:
+    """Reference attention with full ``[B, H, Tq, Tk]`` float32 scores (see the module doc).
+
+    ``q_start`` (int scalar, may be traced) is the position of the first query: query ``t`` sits at
+    ``q_start + t`` and sees keys ``0 .. q_start + t`` of ``k, v [B, H, Tk, hd]`` (a key/value cache,
+    :mod:`xgen_train.evaluate.generate`; its slots past the last query are masked). With ``q_start = 0`` and
+    ``Tq == Tk`` it is the causal self-attention of the module doc. ``segment_ids`` needs ``Tq == Tk``.
+    """
+    hd = q.shape[3]
     scores = matmul("bhqd,bhkd->bhqk", q, k, policy) * (1.0 / math.sqrt(hd))
-    idx = jnp.arange(t)
-    mask = _mask(idx, idx, segment_ids, segment_ids)
+    mask = _mask(q_start + jnp.arange(q.shape[2]), jnp.arange(k.shape[2]), segment_ids, segment_ids)
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     return matmul("bhqk,bhkd->bhqd", probs, v, policy)

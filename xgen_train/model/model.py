@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xgen_data.errors import InputError
-from xgen_train.model.attention import ATTENTION_IMPLS, attention
+from xgen_train.model.attention import ATTENTION_IMPLS, attention, plain_attention
 from xgen_train.model.config import ModelConfig
 from xgen_train.model.layout import constrain_batch, gather_table
 from xgen_train.model.precision import as_policy, linear
@@ -114,7 +114,11 @@ def _norm(scope: str, x: jax.Array, eps: float) -> jax.Array:
 
 
 def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, compute_dtype, impl: str,
-               block: int, segment_ids) -> jax.Array:
+               block: int, segment_ids, kv=None) -> tuple[jax.Array, tuple | None]:
+    """Self-attention of ``x [B, T, d]``; with ``kv = (k_cache, v_cache, start)`` (float32
+    ``[B, H, S, hd]``, int scalar) the new keys/values are written at slots ``start ..`` and the queries attend
+    to the cache (:func:`xgen_train.model.attention.plain_attention` with ``q_start``). Returns ``(out, (k, v))``
+    with the written cache, or ``(out, None)`` without one."""
     b, t, d = x.shape
     h, hd = cfg.n_heads, cfg.head_dim
 
@@ -124,9 +128,15 @@ def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, c
     q = apply_rotary(heads(_linear("q_proj", x, d, compute_dtype)), cos, sin)
     k = apply_rotary(heads(_linear("k_proj", x, d, compute_dtype)), cos, sin)
     v = heads(_linear("v_proj", x, d, compute_dtype))
-    out = attention(q, k, v, impl, compute_dtype, segment_ids, block)
+    if kv is None:
+        out, new_kv = attention(q, k, v, impl, compute_dtype, segment_ids, block), None
+    else:
+        k_cache, v_cache, start = kv
+        k = jax.lax.dynamic_update_slice(k_cache, k, (0, 0, start, 0))
+        v = jax.lax.dynamic_update_slice(v_cache, v, (0, 0, start, 0))
+        out, new_kv = plain_attention(q, k, v, compute_dtype, q_start=start), (k, v)
     out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
-    return _linear("o_proj", out, d, compute_dtype)
+    return _linear("o_proj", out, d, compute_dtype), new_kv
 
 
 def _mlp(x: jax.Array, cfg: ModelConfig, compute_dtype) -> jax.Array:
@@ -135,20 +145,21 @@ def _mlp(x: jax.Array, cfg: ModelConfig, compute_dtype) -> jax.Array:
     return _linear("down_proj", jax.nn.silu(gate) * up, cfg.hidden, compute_dtype)
 
 
-def _block(x, cos, sin, segment_ids, *, cfg: ModelConfig, compute_dtype, impl: str, block: int):
-    """One pre-norm decoder block (call inside the ``layers_i`` name scope)."""
+def _block(x, cos, sin, segment_ids, kv=None, *, cfg: ModelConfig, compute_dtype, impl: str, block: int):
+    """One pre-norm decoder block (call inside the ``layers_i`` name scope): ``(x, kv)`` as :func:`_attention`."""
     h = _norm("input_layernorm", x, cfg.rms_eps)
     with hk.name_scope("self_attn"):
-        x = x + _attention(h, cos, sin, cfg, compute_dtype, impl, block, segment_ids)
+        a, kv = _attention(h, cos, sin, cfg, compute_dtype, impl, block, segment_ids, kv)
+        x = x + a
     h = _norm("post_attention_layernorm", x, cfg.rms_eps)
     with hk.name_scope("mlp"):
         x = x + _mlp(h, cfg, compute_dtype)
-    return x
+    return x, kv
 
 
 def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", positions: jax.Array | None = None,
                  *, attention: str = "xla", attention_block: int = 512, remat: bool = False,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
+                 segment_ids: jax.Array | None = None, cache: dict | None = None, cache_start=0):
     """Final normed hidden states of the LLaMA decoder (everything but the LM head); call inside ``hk.transform``.
 
     Args:
@@ -161,8 +172,14 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
         attention, attention_block: kernel of :mod:`xgen_train.model.attention` and its block size.
         remat: rematerialise each decoder block in the backward pass (``hk.remat``).
         segment_ids: optional int32 ``[batch, seq]`` document ids (attention stays inside a document).
+        cache: optional key/value cache ``{"k", "v"}`` float32 ``[n_layers, batch, n_heads, S, head_dim]``
+            (:func:`xgen_train.evaluate.generate.init_cache`) whose slots ``< cache_start`` hold the keys and
+            values of the earlier tokens; ``tokens`` then sit at positions ``cache_start ..`` (int scalar, may
+            be traced; ``cache_start + seq <= S``), attention reads the cache (``attention`` is not used) and
+            ``positions`` / ``segment_ids`` must be None.
     Returns:
-        float32 ``[batch, seq, hidden]`` (after the final RMSNorm).
+        float32 ``[batch, seq, hidden]`` (after the final RMSNorm); with ``cache``: ``(hidden, cache)``, the
+        cache with slots ``cache_start .. cache_start+seq-1`` written.
     Raises:
         ValueError: ``tokens`` is not 2-D or ``seq > cfg.max_positions``, or an unknown ``attention``.
     """
@@ -174,8 +191,10 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
         raise InputError(f"sequence length {t} exceeds max_positions={cfg.max_positions}")
     if attention not in ATTENTION_IMPLS:
         raise InputError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    if cache is not None and (positions is not None or segment_ids is not None):
+        raise ValueError("a key/value cache takes neither positions nor segment_ids (they start at cache_start)")
     if positions is None:
-        positions = jnp.arange(t, dtype=jnp.int32)
+        positions = cache_start + jnp.arange(t, dtype=jnp.int32)
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)  # [T, hd]
     else:
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)  # [B, T, hd]
@@ -188,10 +207,16 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
         with hk.name_scope("embed_tokens"):
             emb = _param("weight", (cfg.vocab_size, cfg.hidden), hk.initializers.RandomNormal(INIT_STD))
         x = constrain_batch(jnp.take(gather_table(emb), tokens, axis=0))  # float32 [B, T, d], B split over the mesh
+        ks, vs = [], []
         for i in range(cfg.n_layers):
             with hk.name_scope(f"layers_{i}"):
-                x = block_fn(x, cos, sin, segment_ids)
-        return _norm("norm", x, cfg.rms_eps)
+                kv = None if cache is None else (cache["k"][i], cache["v"][i], cache_start)
+                x, kv = block_fn(x, cos, sin, segment_ids, kv)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        h = _norm("norm", x, cfg.rms_eps)
+    return h if cache is None else (h, {"k": jnp.stack(ks), "v": jnp.stack(vs)})
 
 
 def lm_head_weight(cfg: ModelConfig) -> jax.Array:
@@ -207,13 +232,17 @@ def llama_forward(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32",
     Args:
         tokens, cfg, compute_dtype, positions: as :func:`llama_hidden` (``kw``: its keyword options).
     Returns:
-        float32 logits ``[batch, seq, vocab_size]`` (next-token scores at every position).
+        float32 logits ``[batch, seq, vocab_size]`` (next-token scores at every position); with a ``cache``
+        keyword: ``(logits, cache)`` (:func:`llama_hidden`).
     Raises:
         ValueError: ``tokens`` is not 2-D or ``seq > cfg.max_positions``.
     """
     policy = as_policy(compute_dtype)
-    h = llama_hidden(tokens, cfg, policy, positions, **kw)
-    return linear_logits(h, lm_head_weight(cfg), policy)
+    out = llama_hidden(tokens, cfg, policy, positions, **kw)
+    if kw.get("cache") is None:
+        return linear_logits(out, lm_head_weight(cfg), policy)
+    h, cache = out
+    return linear_logits(h, lm_head_weight(cfg), policy), cache
 
 
 def linear_logits(h: jax.Array, w: jax.Array, compute_dtype="float32") -> jax.Array:
@@ -225,12 +254,13 @@ def build_model(cfg: ModelConfig, compute_dtype="float32", **kw) -> hk.Transform
     """Haiku ``(init, apply)`` pair for :func:`llama_forward` (no RNG needed in ``apply``).
 
     ``init(rng, tokens) -> params``; ``apply(params, tokens) -> logits`` float32 ``[B, T, V]``. ``kw``:
-    :func:`llama_hidden`'s keyword options (``attention``, ``attention_block``, ``remat``).
+    :func:`llama_hidden`'s keyword options (``attention``, ``attention_block``, ``remat``);
+    ``apply(params, tokens, cache=c, cache_start=s) -> (logits, cache)`` runs on a key/value cache.
     """
     compute_dtype = as_policy(compute_dtype)
 
-    def fwd(tokens: jax.Array) -> jax.Array:
-        return llama_forward(tokens, cfg, compute_dtype, **kw)
+    def fwd(tokens: jax.Array, **call_kw):
+        return llama_forward(tokens, cfg, compute_dtype, **kw, **call_kw)
 
     return hk.without_apply_rng(hk.transform(fwd))
 
