@@ -32,7 +32,7 @@ from xgen_data.mixing import pipeline, selection
 from xgen_data.mixing.recipe import Recipe
 from xgen_data.shards import shard_format as shards
 from xgen_data.shards.pack_step import BuildReport, PackStep, StageTokensStep
-from xgen_data.store import fsutil, locks, publish
+from xgen_data.store import locks, publish
 from xgen_data.store.corpus import Corpus
 
 SHARD_TOKENS = 1 << 25  # target tokens per shard file (64 MiB of uint16)
