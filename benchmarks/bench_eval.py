@@ -10,7 +10,10 @@ export, same requests, same run.
    settings (``do_sample``, same batch, ``min_new_tokens = max_new_tokens`` so both produce the same count).
    Target: ratio >= 2.
 
-Each side runs once to warm up (JAX compiles, torch allocates), then ``--repeat`` times; the best is reported.
+Each side runs once to warm up (JAX compiles, torch allocates), then ``--repeat`` rounds alternate the two
+sides (so a shared machine's changing load falls on both); the best time of each is reported. The
+log-likelihood line also prints how many programs the scorer compiled (one per shape bucket; none in the
+timed rounds).
 
     XGEN_GPT2_BPE=../shared/tokenizer/gpt2.tiktoken python benchmarks/bench_eval.py [--config small] [--smoke]
 """
@@ -49,14 +52,16 @@ def requests(n_questions: int, ctx_tokens: int) -> list[tuple]:
     return out
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, res = [], None
+def best(fns, repeat: int) -> list[tuple[float, object]]:
+    """``(best seconds, last result)`` of each function: one warm-up call each, then ``repeat`` alternating rounds."""
+    results = [fn() for fn in fns]  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        res = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), res
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(min(t), r) for t, r in zip(times, results)]
 
 
 def main() -> None:
@@ -76,7 +81,7 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM
 
-    from xgen_train.evaluate.lm_adapter import XgenLM
+    from xgen_train.evaluate.lm_adapter import XgenLM, _scorer
     from xgen_train.evaluate.sampling import sample_completions
     from xgen_train.export.hf import export_hf
     from xgen_train.model.model import init_params
@@ -91,14 +96,16 @@ def main() -> None:
         reqs = requests(args.questions, args.ctx)
         ours = XgenLM(params, cfg, batch_size=args.batch)
         theirs = HFLM(pretrained=folder, dtype="float32", device="cpu", batch_size=args.batch)
-        t_ours, r_ours = best(lambda: ours._loglikelihood_tokens(reqs, disable_tqdm=True), args.repeat)
-        t_hf, r_hf = best(lambda: theirs._loglikelihood_tokens(reqs, disable_tqdm=True), args.repeat)
+        (t_ours, r_ours), (t_hf, r_hf) = best([lambda: ours._loglikelihood_tokens(reqs, disable_tqdm=True),
+                                               lambda: theirs._loglikelihood_tokens(reqs, disable_tqdm=True)],
+                                              args.repeat)
         delta = max(abs(a[0] - b[0]) for a, b in zip(r_ours, r_hf))
+        compiled = _scorer(cfg, "float32")._cache_size()
         print(f"model {args.config if not args.smoke else 'tiny'} ({cfg.n_layers} layers, hidden {cfg.hidden}), "
               f"{jax.default_backend()} / torch {torch.__version__} with {torch.get_num_threads()} threads")
         print(f"loglikelihood: {len(reqs)} requests, batch {args.batch}: xgen {len(reqs) / t_ours:,.1f} req/s, "
               f"lm-eval hf {len(reqs) / t_hf:,.1f} req/s, ratio {t_hf / t_ours:.2f}x (target >= 2); "
-              f"max |delta logprob| {delta:.2e}")
+              f"max |delta logprob| {delta:.2e}; {compiled} scorer programs compiled")
 
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         prompt = xtok.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n")
@@ -114,8 +121,7 @@ def main() -> None:
                 return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.2,
                                       top_p=0.95, max_new_tokens=m, min_new_tokens=m, pad_token_id=xtok.EOS_ID)
 
-        t_x, _ = best(xgen_sample, args.repeat)
-        t_h, _ = best(hf_sample, args.repeat)
+        (t_x, _), (t_h, _) = best([xgen_sample, hf_sample], args.repeat)
         n_tok = args.batch * m
         print(f"sampling: {args.batch} rows x {m} tokens, T=0.2, top-p 0.95: xgen {n_tok / t_x:,.1f} tok/s, "
               f"transformers generate {n_tok / t_h:,.1f} tok/s, ratio {t_h / t_x:.2f}x (target >= 2)")

