@@ -1,11 +1,11 @@
-"""ingest -> dedup -> mix build on the local executor and on a local 2-CPU Ray, in one run (issue 24).
+"""ingest -> dedup -> mix build on the local executor and on a local 2-CPU Ray, in one run.
 
 Each executor runs the whole chain from scratch in a fresh process (``--one``), so Ray's start, its workers and
 their memory are all counted; the MinHash kernels are compiled into numba's disk cache before either runs. For each: wall time per step and in all, peak RSS of the driver and of the
 largest other process (Ray's workers, raylet and GCS; the local executor's pool), the number of processes
 seen, and the sha256 of every corpus part, dedup attribute file and shard file, which must be byte-identical
 across executors (printed as ``match``). The ratio is Ray's total wall time over the local executor's, run
-in this same invocation (issue 24's target: at most 1.25 on the same 2 CPUs).
+in this same invocation (target: at most 1.25 on the same 2 CPUs).
 
 The recipe is ``demo``'s stage 1 (natural and code, dedup at 256 permutations); stage 2 needs the demo's
 ``starcoder`` subset, which the shared corpus does not have.

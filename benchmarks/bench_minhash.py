@@ -12,7 +12,7 @@ Both paths start from the same real documents' text and produce signatures with 
 
 The script checks that every signature is identical and prints documents/s, MB/s and the ratios, then the
 cost per shingle × permutation next to the machine's measured multiply-add throughput (so the distance to the
-hardware limit is visible). Target (issue 10): ≥ 30× the ``update`` loop on one core.
+hardware limit is visible). Target: ≥ 30× the ``update`` loop on one core.
 
 Usage::
 

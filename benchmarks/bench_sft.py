@@ -1,4 +1,4 @@
-"""SFT prepare throughput and packing efficiency on the shared instruct corpus (issue 18's measurement).
+"""SFT prepare throughput and packing efficiency on the shared instruct corpus.
 
 Throughput: ``xgen_data.sft.prepare.read_inputs`` (decode JSON, recognise the shape, render SPEC §5, tokenize
 with the loss mask) in one process, as examples/s and MB/s of input JSONL per core; baseline in the same run:

@@ -1,4 +1,4 @@
-"""Train-step speed: our JAX step against transformers + torch on the same model and batch (issue 9).
+"""Train-step speed: our JAX step against transformers + torch on the same model and batch.
 
 Default (CPU): a small LLaMA (``small``: 4 layers, hidden 256, 8 heads, intermediate 688, vocab 51,200),
 batch 8 x 256 tokens. Prints

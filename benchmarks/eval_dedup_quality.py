@@ -8,7 +8,7 @@ sample of its documents, and compares, within the sample:
   share of flagged pairs whose true Jaccard similarity is ≥ 0.6.
 * **true pairs**: every pair of sampled documents whose true Jaccard similarity is ≥ 0.8, found exactly
   with a prefix-filtering similarity join (AllPairs, Bayardo et al. 2007). **Recall** = share of true pairs
-  of which dedup removes at least one document (so the pair no longer appears twice in the data; the keep
+  of which dedup removes at least one document (so the pair does not appear twice in the data; the keep
   rule of the corpus defaults); *same cluster* = share whose documents end up in one cluster.
 * **removed documents**: every document removed as a near duplicate (``dup_reason = near_duplicate`` in the
   ``documents`` view of the corpus defaults), or a random ``--removed`` of them. **Removal precision** =
@@ -18,7 +18,7 @@ True Jaccard is computed on the exact shingle sets of :func:`xgen_data.attribute
 MinHash sees), each shingle identified by its 64-bit SHA-1 prefix (a collision needs ~2^32 shingles per
 pair; none is expected). Documents without shingles (no words) have no Jaccard and are left out. Pairs of
 identical shingle sets (mostly exact copies, which the content hash finds anyway) are reported separately
-too, so the near-duplicate part is visible on its own. Targets (issue 10): removal precision ≥ 0.95 and
+too, so the near-duplicate part is visible on its own. Targets: removal precision ≥ 0.95 and
 recall ≥ 0.95 at Jaccard ≥ 0.8. ``--clustering components`` evaluates StarCoder's plain connected components.
 
 Usage::

@@ -11,6 +11,7 @@ import sys
 import click
 
 from xgen_data import errors
+from xgen_data.stats.sql_results import table_lines
 
 class CliError(click.ClickException):
     """A one-line ``Error: ...`` on stderr with a chosen exit code (the codes of :mod:`xgen_data.errors`)."""
@@ -228,14 +229,10 @@ def print_rows(columns: list[str], rows: list[tuple], fmt: str = "table", title:
         return
     if title:
         click.echo(click.style(title, bold=True))
-    cells = [[_fmt(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows for i in range(len(columns))]
-    line = lambda vals: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric))  # noqa: E731
-    click.echo(line(columns))
-    click.echo("  ".join("-" * w for w in widths))
-    for r in cells:
-        click.echo(line(r))
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
+               for i in range(len(columns))]
+    for text in table_lines(list(columns), [[_fmt(v) for v in r] for r in rows], numeric):
+        click.echo(text)
     click.echo("")
 
 

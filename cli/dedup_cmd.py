@@ -61,7 +61,7 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
 
 def print_report(report) -> None:
     """Print a :class:`xgen_data.attributes.dedup.params.DedupReport`: summary, removals per subset and source, top clusters."""
-    from xgen_data.attributes.dedup.params import REASON_EXACT, REASON_NEAR
+    from xgen_data.query import REASON_EXACT, REASON_NEAR
 
     for line in report.summary_lines()[:4]:
         click.echo(line)

@@ -30,6 +30,9 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 @click.option("--recipe", "recipe_name", default=None,
               help="Kept documents under this recipe's decisions (default: the recipe the run's shards were built "
                    "with, else the corpus defaults of the last `xgen filter` / `xgen dedup`).")
+@click.option("--held-out", is_flag=True, default=False,
+              help="Only documents the run did not train on: none of their pieces is in a train shard of the shards "
+                   "folder the run records (default: any kept document; the output says how many were trained on).")
 @click.option("--docs-per-batch", default=None, type=click.IntRange(min=1),
               help="Documents per forward pass (default: about 4,096 tokens).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -39,7 +42,7 @@ PPL_OUTPUTS = ("ppl_by_position.csv", "ppl_by_position_buckets.csv", "ppl_by_pos
 @quiet_option
 @user_errors
 def ppl_by_position(run: str, corpus_dir: str, length: int | None, max_docs: int, subsets: tuple[str, ...],
-                    recipe_name: str | None, docs_per_batch: int | None, out_dir: str | None, fmt: str,
+                    recipe_name: str | None, held_out: bool, docs_per_batch: int | None, out_dir: str | None, fmt: str,
                     quiet: bool) -> None:
     """Per-position cross-entropy and perplexity of MODEL (a run, a checkpoint, or a Hugging Face LLaMA folder
     such as `xgen export hf` writes) on the corpus's kept documents of at least --length tokens; writes
@@ -65,16 +68,30 @@ def ppl_by_position(run: str, corpus_dir: str, length: int | None, max_docs: int
     r = recipe.load(recipe_name) if recipe_name else ev.run_recipe(run)
     if r is not None:
         click.echo(f"decisions of recipe {r.name!r} ({r.path or recipe_name})", err=True)
-    docs = ev.long_documents(corpus_dir, n, max_docs, list(subsets) or None, recipe=r)
+    shards = ev.run_shards_dir(run)
+    if held_out and shards is None:
+        raise InputError(f"{run}: --held-out needs the shards folder the run trained on, and it records none (a "
+                         "checkpoint or a Hugging Face folder, or the folder is gone); pass the run folder")
+    trained = ev.training_documents(shards) if shards else None
+    keys = ev.long_document_keys(corpus_dir, n, max_docs, list(subsets) or None, recipe=r,
+                                 exclude=trained if held_out else None)
+    seen = None if trained is None else sum((k[0], k[3]) in trained for k in keys)
+    docs = ev.document_tokens(corpus_dir, keys, n)
     res = ev.ppl_by_position(params, cfg, docs, batch_size=docs_per_batch, progress=show_progress(quiet))
     out = out_dir or os.path.join(run, "eval")
     earlier = [f for f in PPL_OUTPUTS if os.path.exists(os.path.join(out, f))]
-    paths = ev.write_ppl_outputs(res, out)
-    report_values(documents=res.n_docs, length=n, recipe=r.name if r is not None else None,
-           files={k: str(v) for k, v in paths.items()})
+    which = ("held-out status unknown: no training shards recorded" if seen is None else
+             "all held out" if seen == 0 else f"{seen} of {res.n_docs} in the training shards")
+    paths = ev.write_ppl_outputs(res, out, title=f"Perplexity by position ({res.n_docs} documents of >= {n:,} "
+                                 f"tokens; {which})")
+    report_values(documents=res.n_docs, length=n, recipe=r.name if r is not None else None, trained_on=seen,
+                  held_out=None if seen is None else res.n_docs - seen, files={k: str(v) for k, v in paths.items()})
     rows = [(f"{lo}-{hi}", m, q) for lo, hi, m, q in ev.position_buckets(res)]
     print_rows(["positions", "mean_nll", "ppl"], rows,
-               title=f"{res.n_docs} documents of >= {n:,} tokens (cut to {n:,})")
+               title=f"{res.n_docs} documents of >= {n:,} tokens (cut to {n:,}; {which})")
+    if seen:
+        click.echo(f"note: {seen} of the {res.n_docs} documents were packed into the run's training shards "
+                   f"({shards}), so the model may have seen them; --held-out takes only the others", err=True)
     click.echo(f"wrote {paths['csv']}, {paths['buckets']}, {paths['png']}")
     if earlier:
         click.echo(f"note: replaced the earlier {', '.join(earlier)} in {out} (pass --out DIR to keep them)", err=True)

@@ -9,25 +9,15 @@ from cli.common import corpus_option, executor_options, format_option, print_row
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[str]:
-    """Files as given, and the supported files directly inside any folder given (sorted, not recursive).
+    """Files as given, and the supported files directly inside any folder given (sorted, not recursive:
+    :func:`xgen_data.sources.ingest.find_inputs` with ``recursive=False``).
 
     Used by ``xgen demo --corpus DIR`` (the top level of a corpora folder); ``xgen ingest`` reads folders
-    recursively (:func:`xgen_data.sources.ingest.find_inputs`).
+    recursively.
     """
-    from xgen_data.sources.readers import SUPPORTED_SUFFIXES
+    from xgen_data.sources.ingest import find_inputs
 
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                           if f.lower().endswith(SUPPORTED_SUFFIXES) and not f.startswith(".")
-                           and os.path.isfile(os.path.join(p, f)))
-            if not found:
-                raise click.BadParameter(f"{p}: folder has no {', '.join(SUPPORTED_SUFFIXES)} files")
-            out += found
-        else:
-            out.append(p)
-    return out
+    return [f.path for f in find_inputs(paths, recursive=False)[0]]
 
 
 def _check_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,25 +24,44 @@ def test_api_example_runs(capsys):
     assert "after 4 updates" in out and "model.safetensors" in out
 
 
-def _build_isolation_args() -> list[str]:
-    """Build with this environment's setuptools when it is recent enough (no index needed), else isolated."""
-    try:
-        import setuptools
-    except ImportError:
-        return []
-    return ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 68 else []
+#: Package data a wheel must carry (found through importlib.resources, never a path into the source tree).
+PACKAGE_DATA = ("xgen_data/recipes/demo.toml", "xgen_data/recipes/xgen-7b.toml", "xgen_data/attributes/languages.toml",
+                "xgen_data/attributes/licenses.toml", "xgen_data/attributes/licenses_strict.toml",
+                "xgen_data/attributes/license_aliases.toml")
 
 
-def test_non_editable_install_finds_package_data_from_any_folder(tmp_path):
+def _build_module():
+    """``build`` (requirements-dev.lock); skipped without it unless ``XGEN_REQUIRE_BUILD=1`` (CI)."""
+    import importlib
+
+    if os.environ.get("XGEN_REQUIRE_BUILD") == "1":
+        return importlib.import_module("build")
+    return pytest.importorskip("build")
+
+
+@pytest.mark.slow  # about a minute on 2 cores: a wheel build, an install and three fresh interpreters
+def test_wheel_carries_package_data_and_runs_the_demo_recipe_from_any_folder(tmp_path):
+    """`python -m build --wheel` makes a wheel holding the recipes and the language and license tables; that wheel,
+    installed (not editable), finds `--recipe demo` from another folder and runs the demo's first steps."""
     import shutil
+    import zipfile
 
-    target, src, tree = tmp_path / "site", tmp_path / "nl.jsonl", tmp_path / "src"
+    _build_module()
+    target, src, tree, dist = tmp_path / "site", tmp_path / "nl.jsonl", tmp_path / "src", tmp_path / "dist"
     # a copy of the source: the build writes build/ and *.egg-info beside the sources, not into the checkout
-    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
-                                                              ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *_build_isolation_args(),
-                    "--target", str(target), str(tree)], check=True, timeout=600, cwd=tmp_path)
-    assert (target / "xgen_data" / "recipes" / "demo.toml").is_file()
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache", ".ci-artifacts"))
+    # --no-isolation: this environment's setuptools and wheel (no index needed, the pins of requirements.lock)
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+                            str(tree)], timeout=600, cwd=tmp_path, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = dist.glob("xgen-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert set(PACKAGE_DATA) <= names, sorted(set(PACKAGE_DATA) - names)
+    assert any(n.startswith("xgen_train/evaluate/tasks/") and n.endswith(".yaml") for n in names)
+    assert not any(n.startswith(("tests/", "recipes/")) for n in names)  # package data only, inside the packages
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
+                    str(wheel)], check=True, timeout=600, cwd=tmp_path)
     src.write_text("".join('{"id": "c%d", "text": "print(%d)  # a line of code ' % (i, i) + "x " * 120 + '"}\n'
                            for i in range(3)))
     env = dict(os.environ, PYTHONPATH=str(target))
@@ -51,10 +72,11 @@ def test_non_editable_install_finds_package_data_from_any_folder(tmp_path):
         return subprocess.run([sys.executable, "-m", "cli", *args], cwd=elsewhere, env=env, capture_output=True,
                               text=True, timeout=300)
 
-    where = subprocess.run([sys.executable, "-c", "import xgen_data.mixing.recipe as r; print(r.load('demo').path)"],
-                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
-    assert where.startswith(str(target)), where  # the installed copy, not this source tree
+    where = subprocess.run([sys.executable, "-c", "import xgen_data.mixing.recipe as r, xgen_data.attributes.licenses "
+                            "as l; print(r.load('demo').path, l.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert all(w.startswith(str(target)) for w in where), where  # the installed copy, not this source tree
     res = xgen("ingest", "--corpus", "c", "--quiet", "--workers", "1", "--subset", "code", str(src))
     assert res.returncode == 0, res.stderr
-    res = xgen("filter", "--corpus", "c", "--recipe", "demo", "--format", "json")
-    assert res.returncode == 0 and '"tables"' in res.stdout, res.stderr
+    res = xgen("mix", "plan", "--corpus", "c", "--recipe", "demo", "--workers", "1", "--format", "json")
+    assert res.returncode == 0 and '"tables"' in res.stdout, res.stderr  # the demo recipe's filters, dedup, plan

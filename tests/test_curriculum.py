@@ -142,8 +142,32 @@ def test_plot_marks_every_boundary(full_run, tmp_path):
     assert r.exit_code == 3 and "no metrics.jsonl" in r.output
 
 
+def test_validation_loss_is_one_line_per_substage(tmp_path):
+    import matplotlib.pyplot as plt
+
+    def val(step, substage, loss):
+        return {"event": "val", "step": step, "tokens_seen": 100 * step, "stage": "stage1", "substage": substage,
+                "val_loss": loss}
+
+    records = [{"step": k, "tokens_seen": 100 * (k + 1), "loss": 5.0 - k / 10} for k in range(8)]
+    records += [val(1, "s64", 4.0), val(3, "s64", 3.8), val(5, "s128", 4.4), val(7, "s128", 4.1)]
+    drawn = []
+    real_plot = plt.Axes.plot
+
+    def spy(ax, *args, **kw):
+        lines = real_plot(ax, *args, **kw)
+        drawn.append([tuple(line.get_xdata()) for line in lines])
+        return lines
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Axes, "plot", spy)
+        res = plot_loss(records, tmp_path / "f.png")
+    assert res["val_points"] == 4 and res["val_lines"] == 2
+    assert [(100, 300)] in drawn and [(500, 700)] in drawn  # never a segment from 300 (s64) to 500 (s128)
+
+
 def test_sigterm_then_resume_is_bit_identical_across_the_switch(cshards, full_run, tmp_path, monkeypatch):
-    out_full, _ = full_run
+    out_full, full_summary = full_run
     run = tmp_path / "run"
     real_batch_at = data_mod.ShardLoader.batch_at
 
@@ -163,6 +187,8 @@ def test_sigterm_then_resume_is_bit_identical_across_the_switch(cshards, full_ru
     assert (mid["start_step"], mid["final_step"]) == (3, 4)
     last = train(cshards, run, plot=False, resume=True, checkpoint_every=3, keep_checkpoints=2, **KW)
     assert (last["start_step"], last["final_step"], last["tokens_seen"]) == (4, 8, 2048)
+    same = ("first_loss", "first_loss_mean10", "last_loss", "switches")  # the summary covers the whole run
+    assert {k: last[k] for k in same} == {k: full_summary[k] for k in same}
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_00000006", "step_00000008"]
 
     def strip(recs):  # everything but wall-clock timings

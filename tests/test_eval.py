@@ -1,4 +1,4 @@
-"""Evaluation and reporting (issue 6 item 5, part): SPEC §6 carbon figures, pass@k, perplexity by position."""
+"""Evaluation and reporting: SPEC §6 carbon figures, pass@k, perplexity by position."""
 from __future__ import annotations
 
 import csv
@@ -205,3 +205,25 @@ def test_ppl_by_position_cli(params, sample_corpus, tmp_path):
                                    "--length", "257"])
     assert res.exit_code == 2 and "exceeds the model's max positions 256" in res.output
     assert ev.trained_seq_len(run) == 128
+
+
+def test_ppl_by_position_says_which_documents_the_run_trained_on(params, sample_corpus, demo_shards, tmp_path):
+    run = make_run(tmp_path / "run", MICRO, params)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "shards_dir": demo_shards}))
+    trained = ev.training_documents(demo_shards)
+    args = ["eval", "ppl-by-position", str(run), "--corpus", sample_corpus, "--max-docs", "4", "--length", "64",
+            "--quiet", "--format", "json"]
+    res = CliRunner().invoke(cli, args)
+    doc = json.loads(res.stdout)
+    keys = ev.long_document_keys(sample_corpus, 64, 4, recipe=ev.run_recipe(run))
+    assert doc["trained_on"] == sum((k[0], k[3]) in trained for k in keys) > 0, res.output
+    assert doc["held_out"] == 4 - doc["trained_on"]
+    res = CliRunner().invoke(cli, args + ["--held-out"])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 0 and doc["trained_on"] == 0 and doc["held_out"] == doc["documents"] > 0, res.output
+    held = ev.long_document_keys(sample_corpus, 64, 4, recipe=ev.run_recipe(run), exclude=trained)
+    assert not {(k[0], k[3]) for k in held} & trained
+    (run / "run.json").write_text(json.dumps(meta))  # no shards recorded: --held-out cannot be honoured
+    res = CliRunner().invoke(cli, args + ["--held-out"])
+    assert res.exit_code == 3 and "--held-out needs the shards folder" in res.output, res.output

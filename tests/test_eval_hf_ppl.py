@@ -1,4 +1,4 @@
-"""`xgen eval ppl-by-position` on a Hugging Face folder (issue 21 item 6): the same curve as on the run."""
+"""`xgen eval ppl-by-position` on a Hugging Face folder: the same curve as on the run."""
 from __future__ import annotations
 
 import csv

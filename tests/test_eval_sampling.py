@@ -1,4 +1,4 @@
-"""The batched HumanEval sampler (issue 21 item 3): nucleus draws equal to generate.sample_next's, stop sequences,
+"""The batched HumanEval sampler: nucleus draws equal to generate.sample_next's, stop sequences,
 and greedy completions equal to xgen generate's."""
 from __future__ import annotations
 

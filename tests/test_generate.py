@@ -1,4 +1,4 @@
-"""Generation with a KV cache (issue 6 item 4): cached == uncached, cached logits == full forward, sampling
+"""Generation with a KV cache: cached == uncached, cached logits == full forward, sampling
 rules, stopping, and the ``xgen generate`` command."""
 from __future__ import annotations
 

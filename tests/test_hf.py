@@ -1,4 +1,4 @@
-"""Hugging Face hand-over (issue 6 item 3): export files and values, round trip, import checks, tokenizer.json
+"""Hugging Face hand-over: export files and values, round trip, import checks, tokenizer.json
 identity with the XGen tokenizer, and parity with transformers' LlamaForCausalLM (extra ``[hf]``)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash consistency and checksums (issue 7 items 2 and 3): every step is killed (SIGKILL) at each of its commit
+"""Crash consistency and checksums: every step is killed (SIGKILL) at each of its commit
 points in a subprocess; the corpus must then be in its old or its new state, fully verifiable, and a following
 run must give the same result as an uninterrupted one. A flipped bit in a part is caught by `xgen verify` and
 by `mix build`."""
@@ -164,7 +164,7 @@ def test_kill_mix_build_at_every_commit_point(small, tmp_path):
 
 
 def test_recipe_flow_sees_content_changes_not_names(small, tmp_path):
-    """A part overwritten in place (same name, other bytes) is damage, never 'up to date' (issue 7)."""
+    """A part overwritten in place (same name, other bytes) is damage, never 'up to date'."""
     import pyarrow.parquet as pq
 
     from xgen_data.mixing import pipeline

@@ -189,7 +189,7 @@ def test_blend_reproduces_the_stage_token_shares(demo_shards, tmp_path):
         for st in manifest["stages"]:
             packed: dict[str, int] = {}
             for e in manifest["shards"]:
-                if e["stage"] == st["name"] and e.get("split", "train") == "train":
+                if e["stage"] == st["name"] and e["split"] == "train":
                     for k, v in e["tokens_per_subset"].items():
                         packed[k] = packed.get(k, 0) + v
             total = sum(packed.values())

@@ -144,3 +144,16 @@ def test_copied_shards_folder_keeps_its_checksum(built, tmp_path):
     moved = str(tmp_path / "elsewhere" / "shards")
     shutil.copytree(out, moved)
     assert shards.verify(moved) == []
+
+
+@pytest.mark.parametrize("field", ["split", "index_sha256"])
+def test_a_0x_shard_entry_is_one_error_naming_the_rebuild(built, field):
+    """A shard entry without `split` or `index_sha256` (the 0.x format), under a valid checksum, is refused."""
+    corpus, out = built
+    m = json.load(open(_manifest_path(out), encoding="utf-8"))
+    del m["shards"][0][field]
+    shards.write_manifest(out, {k: v for k, v in m.items() if k != "manifest_sha256"})
+    with pytest.raises(shards.ShardError, match=f"shards\\[0\\] has no '{field}'") as err:
+        shards.read_manifest(out)
+    assert _manifest_path(out) in str(err.value) and f"xgen mix build --corpus DIR --recipe R --out {out}" in str(err.value)
+    assert [c.status for c in _verify_rows(corpus, out)] == ["damaged"]

@@ -1,4 +1,4 @@
-"""Numerics of the train step (issue 9): chunked loss and attention equal the plain ones, z-loss, remat,
+"""Numerics of the train step: chunked loss and attention equal the plain ones, z-loss, remat,
 gradient accumulation, document masking, 8K memory of a 7B layer, and the `xgen train` flags."""
 from __future__ import annotations
 

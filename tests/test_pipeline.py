@@ -94,7 +94,7 @@ def _recipe_file(tmp_path, name, min_tokens=100, extra="", subsets="natural = 0.
 
 
 def test_two_recipes_side_by_side(corpus_copy, tmp_path):
-    """Two recipes on one corpus: each has its own kept set, whichever ran last (issue 7 item 1)."""
+    """Two recipes on one corpus: each has its own kept set, whichever ran last."""
     r100 = _recipe_file(tmp_path, "r100", 100)
     r50 = _recipe_file(tmp_path, "r50", 50, "license_allow_extra = ['PSF-2.0', 'GPL-2.0-only']")
     pipeline.apply_recipe_steps(corpus_copy, r100, workers=1, progress=False)

@@ -1,4 +1,4 @@
-"""Precision policy (SPEC §3, issue 9): every matmul of a lowered train step, forward and backward."""
+"""Precision policy (SPEC §3): every matmul of a lowered train step, forward and backward."""
 from __future__ import annotations
 
 import re

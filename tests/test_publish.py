@@ -53,7 +53,7 @@ def test_a_linked_out_folder_writes_its_target_and_keeps_the_link(tmp_path):
 def test_a_leftover_backup_that_is_a_link_is_unlinked_never_its_target(tmp_path):
     _publish(str(tmp_path / "K3"), "keep")
     _publish(str(tmp_path / "K"), "old")
-    os.symlink("K3", tmp_path / ".K.backup")  # what the old code left after a linked --out
+    os.symlink("K3", tmp_path / ".K.backup")  # a backup name that is a link, not a folder a swap renamed
     _publish(str(tmp_path / "K"), "new")
     assert (tmp_path / "K" / "a.txt").read_text() == "new"
     assert (tmp_path / "K3" / "a.txt").read_text() == "keep"

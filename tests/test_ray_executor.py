@@ -1,4 +1,4 @@
-"""The Ray executor (issue 24, item 3): the step contract on Ray, failures retried then named, and the same
+"""The Ray executor: the step contract on Ray, failures retried then named, and the same
 bytes on Ray as on the local executor for ingest and dedup (sample corpus), a killed Ray run resuming.
 
 One local Ray (2 CPUs, a small object store) is shared by the module: Ray takes seconds to start. The

@@ -166,7 +166,7 @@ def test_killed_export_leaves_a_complete_or_restorable_export(tmp_path, point):
         assert _weights(out) == old and any(n.startswith(".exp.tmp-") for n in _siblings(out))
     else:
         assert _weights(out) != old
-    (tmp_path / ".exp.tmp-k2j4h1x0").mkdir()  # an older version's leftover (mkdtemp name)
+    (tmp_path / ".exp.tmp-k2j4h1x0").mkdir()  # a temporary folder no live writer owns (its suffix is not a PID)
     _export_here(out, 3)  # the next export restores or cleans up first, then replaces it
     assert _weights(out) not in (old, b"") and _siblings(out) == []
 

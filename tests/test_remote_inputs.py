@@ -1,4 +1,4 @@
-"""Inputs anywhere (issue 24, item 4): ingest reads fsspec URIs. A real S3-protocol server (moto's, on
+"""Inputs anywhere: ingest reads fsspec URIs. A real S3-protocol server (moto's, on
 127.0.0.1 at a free port) configured only through the standard ``AWS_ENDPOINT_URL`` / ``AWS_*`` variables
 serves the sample files; the parts equal a local ingest of the same files.
 

@@ -1,5 +1,5 @@
-"""Hostile-user checks (bad input, damaged files, kill -9): each test is the regression test of one finding of the
-robustness trial (the brief w-break), on the shared sample slice."""
+"""Hostile-user checks (bad input, damaged files, kill -9) on the shared sample slice: each test states the
+invariant it checks."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ def _flip(path: str, offset: int) -> None:
 
 def test_damaged_shard_index_is_caught_by_verify_and_by_its_reader(demo_shards, tmp_path):
     """Every shard's .idx.parquet carries a SHA-256 in the manifest; `shards.verify` (so `xgen verify`) and
-    `read_index` check it. Before, a flipped byte in an index went unnoticed."""
+    `read_index` check it, so a flipped byte in an index is found."""
     out = str(tmp_path / "shards")
     shutil.copytree(demo_shards, out)
     m = json.load(open(os.path.join(out, "manifest.json")))
@@ -45,8 +45,8 @@ def _flip_middle(path: str) -> None:
 
 
 def test_sql_refuses_a_damaged_part_instead_of_showing_its_rows(corpus_copy):
-    """`xgen sql` / `stats` read the parts: they verify them first, like the steps. Before, a flipped byte that
-    still decoded gave silently wrong rows."""
+    """`xgen sql` / `stats` read the parts: they verify them first, like the steps, so a flipped byte that
+    still decodes never gives silently wrong rows."""
     from xgen_data.stats import sql
     from xgen_data.store.corpus import Corpus, DamagedPartError
 
@@ -63,8 +63,8 @@ def test_sql_refuses_a_damaged_part_instead_of_showing_its_rows(corpus_copy):
 
 def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
     """Readers of attribute sets (the `documents` view, so sql, stats, mix plan/build) check each file against
-    the SHA-256 recorded at its commit; a damaged set is not current, so `xgen filter` computes it again.
-    Before, a damaged attribute file was read as if intact."""
+    the SHA-256 recorded at its commit; a damaged set is not current, so `xgen filter` computes it again;
+    a damaged attribute file is never read as if intact."""
     from xgen_data.mixing import decisions
     from xgen_data.stats import sql
     from xgen_data.stats import verify
@@ -93,8 +93,8 @@ def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
 
 
 def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
-    """A query that names a file under the corpus is refused by DuckDB's lock-down; the message said it was a
-    damaged corpus part."""
+    """A query that names a file under the corpus is refused by DuckDB's lock-down, and the message says so
+    (usage, exit 2), not that a corpus part is damaged."""
     from cli.main import cli
     from click.testing import CliRunner
 
@@ -111,8 +111,8 @@ def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
     (lambda m, k, a: m["attributes"][a]["files"].update({"../../corpus.json": "0" * 64}), "file '../../corpus.json'"),
 ])
 def test_registry_names_that_leave_the_corpus_are_refused(corpus_copy, edit, names):
-    """corpus.json names become paths: a hand-edited name with '..' gave a raw `[Errno 2]` (verify) or pointed
-    readers at files outside the corpus. Now reading the registry names the bad entry."""
+    """corpus.json names become paths: a hand-edited name with '..' is refused when the registry is read, naming
+    the bad entry (never a raw `[Errno 2]`, never a reader pointed at files outside the corpus)."""
     from xgen_data.stats import verify
     from xgen_data.store.corpus import CorpusError
 
@@ -125,8 +125,8 @@ def test_registry_names_that_leave_the_corpus_are_refused(corpus_copy, edit, nam
 
 
 def test_shards_view_exists_before_any_build(corpus_copy):
-    """`shards` is one of the views README promises; before the first `xgen mix build` a query over it was a
-    DuckDB catalog error ("Did you mean pg_attrdef?"). Now it is empty, with its columns."""
+    """`shards` is one of the views README promises: before the first `xgen mix build` it is empty, with its
+    columns (not a DuckDB catalog error)."""
     from xgen_data.stats import sql
     from xgen_data.store.corpus import Corpus
 

@@ -327,7 +327,12 @@ def test_resume_is_bit_exact(shards, tmp_path):
     full = train(shards, tmp_path / "full", steps=6, **kw)
     train(shards, tmp_path / "split", steps=3, **kw)
     resumed = train(shards, tmp_path / "split", steps=6, resume=True, **kw)
-    assert resumed["start_step"] == 3 and resumed["steps"] == 3
+    assert resumed["start_step"] == 3 and resumed["steps"] == 3 and resumed["tokens"] == 3 * 2 * 128
+    # summary.json covers the whole run (losses of the earlier session included), timings this session
+    whole = ("first_loss", "first_loss_mean10", "last_loss", "last_loss_mean10", "final_step", "tokens_seen",
+             "switches", "spike_steps")
+    assert {k: resumed[k] for k in whole} == {k: full[k] for k in whole}
+    assert json.loads((tmp_path / "split" / "summary.json").read_text())["first_loss"] == full["first_loss"]
     opt = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=2, total_steps=6))
     tmpl = jax.eval_shape(lambda: opt.init(init_params(CONFIGS["tiny"], 0)))
     a = load_checkpoint(full["checkpoint"], opt_state_template=tmpl)

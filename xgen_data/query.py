@@ -42,15 +42,15 @@ import duckdb
 from xgen_data.attributes import decontam as decontam_step
 from xgen_data.attributes import languages
 from xgen_data.attributes.dedup import params as dedup_params
+from xgen_data.attributes.dedup.params import REASON_EXACT, REASON_NEAR
+from xgen_data.attributes.filters import REASON_LICENSE, REASON_SHORT
 from xgen_data.attributes.licenses import LICENSE_TIERS, license_params
 from xgen_data.store.corpus import Corpus, CorpusError, DamagedAttributeError
 from xgen_data.store.duckdb_settings import duckdb_config, spill_dir
 
-REASON_SHORT = "too_few_tokens"
+#: ``drop_reason`` values of the ``documents`` view: each is written by the step that decides it (filters,
+#: dedup) and re-exported here, the one place readers take them from.
 REASON_EVAL = "eval_overlap"
-REASON_LICENSE = "license_not_permissive"
-REASON_EXACT = "exact_duplicate"
-REASON_NEAR = "near_duplicate"
 
 
 @dataclass(frozen=True)

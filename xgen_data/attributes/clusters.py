@@ -1,4 +1,4 @@
-"""Clusters from candidate pairs: union-find components and verified cliques (dedup phase 2, issue 10).
+"""Clusters from candidate pairs: union-find components and verified cliques (dedup phase 2).
 
 :func:`union_edges` / :func:`compress` give StarCoder's connected components over O(documents) integers;
 :func:`clique_clusters` verifies LSH candidate pairs on the MinHash signatures (:func:`estimated_jaccard`) and
@@ -154,7 +154,7 @@ def clique_clusters(sig: np.ndarray, u: np.ndarray, v: np.ndarray, threshold: fl
     verified neighbours, most similar first (then smallest index), join when their estimated Jaccard with every
     member so far is ≥ ``threshold``; repeat. Because any two members are verified-similar, whichever copy a
     recipe's keep rule picks (:mod:`xgen_data.mixing.decisions`, per recipe in SQL), every removed member is within the
-    threshold of it; chains A≈B≈C with A, C far apart no longer remove C for A. The result depends only on the
+    threshold of it; a chain A≈B≈C with A, C far apart never removes C for A. The result depends only on the
     signatures and the pair set, not on the order of the pairs.
 
     Args:

@@ -143,7 +143,7 @@ def manifest_facts(manifest: dict, with_packed: bool) -> list[Fact]:
         subsets: dict[tuple, int] = {}
         sources: dict[str, int] = {}
         for e in shards:
-            key = (e["stage"], e["substage"], e["seq_len"], e.get("split", "train"))
+            key = (e["stage"], e["substage"], e["seq_len"], e["split"])
             acc = packed.setdefault(key, [0, 0])
             acc[0] += e["n_sequences"]
             acc[1] += e["n_sequences"] * e["seq_len"]

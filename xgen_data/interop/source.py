@@ -71,7 +71,7 @@ def datasets(manifest: dict) -> list[Dataset]:
     """The datasets of a shards manifest: per stage and sub-stage (manifest order), train then validation."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for e in manifest["shards"]:
-        key = (e["stage"], e["substage"], e.get("split", "train"))
+        key = (e["stage"], e["substage"], e["split"])
         groups.setdefault(key, []).append(e)
     order = [(st["name"], sub["name"]) for st in manifest["stages"] for sub in st["substages"]]
     out = []

@@ -62,7 +62,7 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
         meta.setdefault("default_decisions", {})["filter"] = settings
 
     with corpus.lock():
-        corpus.remove_unregistered()  # leftovers of killed runs, and step files of the pre-attributes layout
+        corpus.remove_unregistered()  # leftovers of killed runs
         corpus.verify_parts()
         for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
             filters.compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False)

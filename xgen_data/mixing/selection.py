@@ -110,12 +110,12 @@ def why_empty(corpus_dir: str, subset: str, recipe: Recipe | None = None) -> str
     reasons = con.execute("SELECT drop_reason, count(*) FROM documents WHERE subset = ? GROUP BY ALL ORDER BY 2 DESC",
                           [subset]).fetchall()
     text = f"subset {subset!r} has no kept documents: " + ", ".join(f"{r} {n:,}" for r, n in reasons)
-    lic = con.execute("""SELECT license, count(*) FROM documents WHERE subset = ? AND drop_reason =
-                         'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
+    lic = con.execute("""SELECT license, count(*) FROM documents WHERE subset = ? AND drop_reason = ?
+                         GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset, query.REASON_LICENSE]).fetchall()
     if lic:
         policy = recipe.license_policies().get(subset, "permissive") if recipe is not None else "permissive"
-        top = con.execute("""SELECT reason, count(*) FROM documents WHERE subset = ? AND drop_reason =
-                             'license_not_permissive' GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset]).fetchall()
+        top = con.execute("""SELECT reason, count(*) FROM documents WHERE subset = ? AND drop_reason = ?
+                             GROUP BY ALL ORDER BY 2 DESC LIMIT 3""", [subset, query.REASON_LICENSE]).fetchall()
         text += ("; licenses dropped: " + ", ".join(f"{x} ({n:,})" for x, n in lic)
                  + f"; policy {policy} reasons: " + ", ".join(f"{x} ({n:,})" for x, n in top))
         where = f"recipe {recipe.path or recipe.name}" if recipe is not None else "the recipe"

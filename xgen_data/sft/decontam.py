@@ -67,12 +67,6 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().translate(_punctuation_table()).split())
 
 
-def ngrams(text: str, n: int = N) -> set[str]:
-    """The word ``n``-grams of the normalised ``text``, each as its words joined by one space."""
-    words = normalize(text).split()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
 def squash_ws(text: str) -> str:
     """Whitespace normalisation for code substrings: every whitespace run -> one space, ends stripped."""
     return _WS.sub(" ", text).strip()

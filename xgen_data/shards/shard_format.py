@@ -11,16 +11,17 @@ A shards directory (``format_version`` 1)::
 of the recipe's TOML text), ``recipe_toml`` (that text), ``seed``, ``vocab_size`` (50,313),
 ``padded_vocab_size`` (51,200), ``eos_id`` (50256), ``dtype`` ("uint16"), ``stages`` (per sub-stage
 seq_len, n_sequences, n_tokens, validation_sequences: all packed sequences, of which that many are held out)
-and ``shards``: per shard ``path, index_path, stage, substage, split`` ("train" or "validation"; readers treat
-a missing split as train) ``, seq_len, n_sequences, sha256, index_sha256`` (SHA-256 of the ``.idx.parquet`` file; absent in older
-manifests) ``, tokens_per_subset, tokens_per_source, eos_tokens``.
+and ``shards``: per shard ``path, index_path, stage, substage, split`` ("train" or "validation")
+``, seq_len, n_sequences, sha256, index_sha256`` (SHA-256 of the ``.idx.parquet`` file) ``, tokens_per_subset,
+tokens_per_source, eos_tokens``.
 Paths are relative to the folder.
 
 ``manifest_sha256`` is the manifest's own checksum: the SHA-256 of the canonical JSON of every other field
 (:func:`manifest_sha256`: sorted keys, ``(",", ":")`` separators, UTF-8, no ASCII escaping), so an edit of
 the manifest itself (a token count, a proportion, a shard's sha256) is caught by :func:`read_manifest`, and
-hence by every reader and ``xgen verify``. Manifests written before it was recorded have none; they still
-read, with a warning on stderr (once per manifest and process).
+hence by every reader and ``xgen verify``. A manifest of the 0.x format (no ``manifest_sha256``, or a shard
+without ``split`` or ``index_sha256``) is one :class:`ShardError` naming it and the ``xgen mix build`` that
+rebuilds it.
 
 Document boundaries: EOS (50256) ends every document piece that ends its document; in data mode no text
 encodes to 50256 (SPEC §1), so EOS positions are exactly the boundaries. The index tells, for each piece,
@@ -113,14 +114,15 @@ def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> di
 
     Checks ``format == "xgen-shards"``, ``format_version`` 1, then (``check_sha256``) that ``manifest_sha256``
     equals :func:`manifest_sha256` of the content, then ``dtype == "uint16"``, integer ``eos_id`` and
-    ``vocab_size``, and that ``stages`` (non-empty) and ``shards`` are lists. ``check_sha256=False`` skips the self-checksum (only :func:`xgen_data.shards.packing.check_out_dir`,
+    ``vocab_size``, that ``stages`` (non-empty) and ``shards`` are lists, and that every shard entry has a
+    ``split`` and an ``index_sha256``. ``check_sha256=False`` (no self-checksum, no 0.x check) skips the self-checksum (only :func:`xgen_data.shards.packing.check_out_dir`,
     which decides whether a folder may be replaced by a rebuild, reads manifests that way).
 
     Raises:
         ManifestChecksumError: naming the manifest, when its content does not match ``manifest_sha256``
             (or that field is not a 64-digit hex string).
-        ShardError: a manifest without ``manifest_sha256`` (built by xgen 0.x before manifests carried it):
-            the message names it and the rebuild command.
+        ShardError: a manifest of the 0.x format (no ``manifest_sha256``, or a shard entry without ``split`` or
+            ``index_sha256``): the message names it and the rebuild command.
         ShardError: naming the folder or manifest, for a missing folder or file, bad JSON or a bad field.
     """
     shard_dir = os.fspath(shard_dir)
@@ -146,14 +148,22 @@ def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> di
     _require(isinstance(manifest.get("stages"), list) and bool(manifest["stages"]), path,
              "'stages' must be a non-empty list")
     _require(isinstance(manifest.get("shards"), list), path, "'shards' must be a list")
+    if check_sha256:
+        for i, entry in enumerate(manifest["shards"]):
+            _require(isinstance(entry, dict), path, f"shards[{i}] is not an object")
+            if missing := [k for k in ("split", "index_sha256") if k not in entry]:
+                raise ShardError(f"{path}: shards[{i}] has no {missing[0]!r}: {_rebuild(path)}")
     return manifest
+
+
+def _rebuild(path: str) -> str:
+    return ("these shards were built by an older xgen (0.x); rebuild them with `xgen mix build --corpus DIR "
+            f"--recipe R --out {os.path.dirname(path)}`")
 
 
 def _check_self_sha256(path: str, manifest: dict) -> None:
     if MANIFEST_SHA256 not in manifest:  # present but null is an edit (below), absent an older format
-        raise ShardError(f"{path}: no {MANIFEST_SHA256}: these shards were built by an older xgen (0.x) whose "
-                         "manifests carry no checksum of their own; rebuild them with `xgen mix build --corpus DIR "
-                         f"--recipe R --out {os.path.dirname(path)}`")
+        raise ShardError(f"{path}: no {MANIFEST_SHA256} (the manifest's own checksum): {_rebuild(path)}")
     want = manifest[MANIFEST_SHA256]
     if not (isinstance(want, str) and len(want) == 64 and all(c in "0123456789abcdef" for c in want)):
         raise ManifestChecksumError(f"{path}: {MANIFEST_SHA256} must be a 64-digit lowercase hex string, got "
@@ -210,20 +220,17 @@ def verify(shard_dir: str) -> list[str]:
 def check_index(shard_dir: str, entry: dict) -> str:
     """Check one shard's ``.idx.parquet`` against the manifest's ``index_sha256``; return its path.
 
-    Manifests written before ``index_sha256`` was recorded have none: the file is then only checked to exist.
-
     Raises:
         ShardError: naming the index file, when it is missing or its SHA-256 differs from the manifest's.
     """
     path = os.path.join(shard_dir, entry["index_path"])
     if not os.path.isfile(path):
         raise ShardError(f"{path}: index file listed in manifest.json is missing")
-    want = entry.get("index_sha256")
-    if want is not None:
-        got = fsutil.sha256_file(path)
-        if got != want:
-            raise ShardError(f"{path}: sha256 {got[:12]}… does not match manifest {str(want)[:12]}… (a damaged or "
-                             "changed index: rebuild the shards with `xgen mix build`)")
+    want = entry["index_sha256"]
+    got = fsutil.sha256_file(path)
+    if got != want:
+        raise ShardError(f"{path}: sha256 {got[:12]}… does not match manifest {str(want)[:12]}… (a damaged or "
+                         "changed index: rebuild the shards with `xgen mix build`)")
     return path
 
 

@@ -228,8 +228,10 @@ class InputFile:
     rel: str
 
 
-def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[list[InputFile], list[tuple[str, str]]]:
-    """The files to ingest for ``paths``: files as given, and the supported files under each folder, recursively.
+def find_inputs(paths: Iterable[str], corpus_dir: str | None = None,
+                recursive: bool = True) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """The files to ingest for ``paths``: files as given, and the supported files under each folder, recursively
+    (``recursive=False``: only those directly inside it; its sub-folders are not listed).
 
     Folders are walked in sorted order (files sorted by relative path). Skipped, with the reason: hidden
     files and folders (name starting with ``.``), files of other types (``unsupported extension .csv``),
@@ -269,7 +271,7 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
                     skipped.append((full, "folder of the corpus being written"))
                 else:
                     keep.append(d)
-            dirs[:] = keep
+            dirs[:] = keep if recursive else []
             for name in sorted(names):
                 full = os.path.join(folder, name)
                 if name.startswith("."):
@@ -287,7 +289,8 @@ def find_inputs(paths: Iterable[str], corpus_dir: str | None = None) -> tuple[li
                     continue
                 found.append(InputFile(full, given, os.path.relpath(full, given)))
         if not found:
-            raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files (also in sub-folders)")
+            raise InputError(f"{given}: folder has no {', '.join(readers.SUPPORTED_SUFFIXES)} files"
+                             + (" (also in sub-folders)" if recursive else ""))
         files += sorted(found, key=lambda f: f.rel)
     return files, skipped
 

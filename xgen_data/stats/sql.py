@@ -13,7 +13,7 @@ Views (created by :func:`connect`):
 * ``shards``: one row per shard file of every shards directory built from this corpus: ``shard_dir,
   recipe, recipe_sha256, path, stage, substage, split (train or validation), seq_len, n_sequences, n_tokens, sha256, tokens_per_subset
   (JSON), tokens_per_source (JSON)``; ``recipe`` and ``recipe_sha256`` name the recipe the folder was built
-  with (its manifest also holds the full TOML text; NULL for folders built before they were recorded).
+  with (its manifest also holds the full TOML text).
 * ``license_conflicts``: exact duplicates whose licenses differ after normalisation (``license_normalized``;
   raw labels shown), with their decisions.
 
@@ -61,7 +61,7 @@ def shard_rows(shard_dirs: list[str]) -> list[dict]:
                 rows.append({"shard_dir": shard_dir, "recipe": None if recipe is None else str(recipe),
                              "recipe_sha256": None if recipe_sha is None else str(recipe_sha),
                              "path": s["path"], "stage": s["stage"],
-                             "substage": s["substage"], "split": s.get("split", "train"), "seq_len": int(s["seq_len"]),
+                             "substage": s["substage"], "split": s["split"], "seq_len": int(s["seq_len"]),
                              "n_sequences": int(s["n_sequences"]), "n_tokens": int(s["seq_len"]) * int(s["n_sequences"]),
                              "sha256": s["sha256"],
                              "tokens_per_subset": json.dumps(s["tokens_per_subset"], sort_keys=True),
@@ -220,7 +220,7 @@ def lock_down(con, corpus_root: str) -> None:
     files there; nothing elsewhere can be read or written, not even ``corpus.json`` or the corpus folder
     itself), cannot install or auto-load extensions, keeps spill files in a private temporary folder,
     and ``lock_configuration`` then freezes every setting. DuckDB cannot allow reads without writes
-    inside an allowed folder, so writes into ``docs/`` or ``steps/`` are kept out by
+    inside an allowed folder, so writes into ``docs/`` or ``attributes/`` are kept out by
     :func:`check_read_only`, which refuses every statement that is not a query; this is the second layer.
 
     Raises:

@@ -190,6 +190,18 @@ def _cell(v, whole: bool = False) -> tuple[str, bool]:
     return text, False
 
 
+def table_lines(columns: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
+    """An aligned text table: header, dashes, one line per row; cells are text already, columns flagged in
+    ``right`` are right-aligned (numbers), the others left-aligned; two spaces between columns, no trailing
+    spaces. The one table layout of every command (``xgen sql`` and :func:`cli.common.print_rows`)."""
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+
+    def line(vals) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, right)).rstrip()
+
+    return [line(columns), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
 def _write_table(result: Result, out: IO[str], title: str | None, max_rows: int = TABLE_MAX_ROWS) -> None:
     cut = more = False
     rows = []
@@ -203,18 +215,10 @@ def _write_table(result: Result, out: IO[str], title: str | None, max_rows: int 
             rows.append([t for t, _ in cells])
         if more:
             break
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(result.columns)]
-    right = [t in NUMERIC for t in result.type_ids]
-
-    def line(vals) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, right)).rstrip()
-
     if title:
         out.write(title + "\n")
-    out.write(line(result.columns) + "\n")
-    out.write("  ".join("-" * w for w in widths) + "\n")
-    for r in rows:
-        out.write(line(r) + "\n")
+    for text in table_lines(result.columns, rows, [t in NUMERIC for t in result.type_ids]):
+        out.write(text + "\n")
     if cut:
         out.write(f"(values over {TABLE_CELL_CHARS} characters are cut here; --format csv or json prints them whole)\n")
     if more:

@@ -295,7 +295,7 @@ class Corpus:
     def write_meta(self, meta: dict) -> None:
         """Atomically replace ``corpus.json``, stamping its :data:`REGISTRY_SHA256` (``meta`` gets the field)."""
         meta.pop(REGISTRY_SHA256, None)
-        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: the file reads top-down as before
+        meta[REGISTRY_SHA256] = registry_sha256(meta)  # last key: it covers every field above it
         fsutil.write_json(self.meta_path, meta)
 
     def register_shard_dir(self, shard_dir: str) -> None:
@@ -317,8 +317,8 @@ class Corpus:
         dirs, owner = list(meta.get("shard_dirs", [])), meta.get(SHARD_DIRS_OF, self.root)
         if dirs and owner != self.root:
             return [], (f"{self.meta_path}: its {len(dirs)} shards folder(s) were built from the corpus at {owner} "
-                        "(this one is a copy of it, or was moved): not this corpus's, so left out; `xgen mix build "
-                        f"--corpus {self.root}` registers its own")
+                        "(this one is a copy of it, or was moved): not this corpus's, so left out until a shards "
+                        "build from this corpus (xgen mix build) registers its own")
         return dirs, None
 
     # -- parts ----------------------------------------------------------------------------------

@@ -235,30 +235,44 @@ def run_recipe(run: str | os.PathLike):
     or that folder is gone. Raises RecipeError when the recorded text does not parse."""
     from xgen_data.mixing import recipe
 
+    shards = run_shards_dir(run)
+    return recipe.recorded(shards) if shards else None
+
+
+def run_shards_dir(run: str | os.PathLike) -> str | None:
+    """The shards folder ``RUN/run.json`` records (``shards_dir``), or None: no run.json (a checkpoint or a Hugging
+    Face folder), none recorded, or the folder holds no manifest any more."""
     try:
         shards = json.loads((Path(run) / "run.json").read_text(encoding="utf-8")).get("shards_dir")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
-    if not shards or not os.path.isfile(os.path.join(shards, "manifest.json")):
-        return None
-    return recipe.recorded(shards)
+    return shards if isinstance(shards, str) and os.path.isfile(os.path.join(shards, "manifest.json")) else None
 
 
-def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None,
-                   subsets: list[str] | None = None, recipe=None) -> list[np.ndarray]:
-    """The first ``min_tokens`` tokens of each kept document with at least ``min_tokens`` tokens.
-
-    Documents come from the corpus's registered parts (``tokens`` column), kept ones only (the
-    ``documents`` SQL view's ``kept`` under ``recipe``'s decisions, a :class:`xgen_data.mixing.recipe.Recipe`, or
-    the corpus defaults when None: no filter or dedup drop reason), in subset, part, row order; at most
-    ``max_docs``. Returns int32 arrays of shape ``[min_tokens]``.
+def training_documents(shards_dir: str) -> set[tuple[str, str]]:
+    """``(subset, doc_id)`` of every document with a piece in a train-split shard of ``shards_dir`` (its
+    ``.idx.parquet`` indexes, each checked against the manifest): what a run on these shards trains on. Documents
+    outside it (not packed, or only in validation shards) are held out.
 
     Raises:
-        ValueError: not a corpus; an unknown subset; no document long enough (the message gives how many
-            kept documents there are and the longest one's length).
+        ShardError: the manifest or an index file is missing or damaged.
     """
-    import pyarrow.parquet as pq
+    from xgen_data.shards import shard_format
 
+    manifest = shard_format.read_manifest(shards_dir)
+    seen: set[tuple[str, str]] = set()
+    for entry in manifest["shards"]:
+        if entry.get("split", "train") == "train":
+            t = shard_format.read_index(shards_dir, entry).select(["subset", "doc_id"])
+            seen.update(zip(t.column("subset").to_pylist(), t.column("doc_id").to_pylist()))
+    return seen
+
+
+def long_document_keys(corpus_dir: str, min_tokens: int, max_docs: int | None = None,
+                       subsets: list[str] | None = None, recipe=None,
+                       exclude: set[tuple[str, str]] | None = None) -> list[tuple[str, str, int, str]]:
+    """``(subset, part, row, id)`` of the kept documents with at least ``min_tokens`` tokens (see
+    :func:`long_documents`), skipping those whose ``(subset, id)`` is in ``exclude``; at most ``max_docs``."""
     from xgen_data.stats import sql
     from xgen_data.store.corpus import Corpus
 
@@ -272,28 +286,62 @@ def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None
     params = list(subsets or [])
     total, longest = con.execute(f"SELECT count(*), coalesce(max(n_tokens), 0) FROM documents WHERE {where}",
                                  params).fetchone()
-    limit = "" if max_docs is None else f" LIMIT {int(max_docs)}"
-    rows = con.execute(f"SELECT subset, part, row FROM documents WHERE {where} AND n_tokens >= ? "
+    limit = "" if max_docs is None or exclude else f" LIMIT {int(max_docs)}"
+    rows = con.execute(f"SELECT subset, part, row, id FROM documents WHERE {where} AND n_tokens >= ? "
                        f"ORDER BY subset, part, row{limit}", params + [int(min_tokens)]).fetchall()
+    long_ones = len(rows)
+    if exclude:
+        rows = [r for r in rows if (r[0], r[3]) not in exclude][:max_docs]
     if not rows:
         undecided = con.execute("SELECT count(*) FILTER (WHERE kept IS NULL), count(*) FROM documents").fetchone()
         if total == 0 and undecided[0] == undecided[1] > 0:
             raise InputError(f"{corpus_dir}: no document has a keep decision yet (kept is NULL: no recipe given "
                              "and no `xgen filter`/`xgen dedup` run); pass --recipe, e.g. the recipe the shards "
                              "were built with (the demo's W/recipe.toml)")
+        if long_ones:
+            raise InputError(f"{corpus_dir}: all {long_ones:,} kept documents of at least {min_tokens:,} tokens are "
+                             "in the run's training shards (none is held out); pass a smaller --length or drop "
+                             "--held-out")
         raise InputError(f"{corpus_dir}: no kept document has at least {min_tokens:,} tokens ({total:,} kept "
                          f"documents{' in ' + ', '.join(subsets) if subsets else ''}; the longest has "
                          f"{longest:,} tokens); pass a smaller --min-tokens")
+    return [(s, p, int(r), i) for s, p, r, i in rows]
+
+
+def document_tokens(corpus_dir: str, keys: list[tuple[str, str, int, str]], min_tokens: int) -> list[np.ndarray]:
+    """The first ``min_tokens`` tokens (int32, shape ``[min_tokens]``) of each document of ``keys``
+    (:func:`long_document_keys`), in part, row order."""
+    import pyarrow.parquet as pq
+
+    from xgen_data.store.corpus import Corpus
+
     by_part: dict[tuple[str, str], list[int]] = {}
-    for subset, part, row in rows:
+    for subset, part, row, _ in keys:
         by_part.setdefault((subset, part), []).append(int(row))
-    paths = {(p.subset, p.name): p.path for p in corpus.parts()}
+    paths = {(p.subset, p.name): p.path for p in Corpus(corpus_dir).parts()}
     docs: list[np.ndarray] = []
     for key in sorted(by_part):
         table = pq.read_table(paths[key], columns=["tokens"]).take(by_part[key])
         for tokens in table.column("tokens").to_pylist():
             docs.append(np.asarray(tokens[:min_tokens], dtype=np.int32))
     return docs
+
+
+def long_documents(corpus_dir: str, min_tokens: int, max_docs: int | None = None,
+                   subsets: list[str] | None = None, recipe=None) -> list[np.ndarray]:
+    """The first ``min_tokens`` tokens of each kept document with at least ``min_tokens`` tokens.
+
+    Documents come from the corpus's registered parts (``tokens`` column), kept ones only (the
+    ``documents`` SQL view's ``kept`` under ``recipe``'s decisions, a :class:`xgen_data.mixing.recipe.Recipe`, or
+    the corpus defaults when None: no filter or dedup drop reason), in subset, part, row order; at most
+    ``max_docs``. Returns int32 arrays of shape ``[min_tokens]``.
+
+    Raises:
+        InputError: not a corpus; an unknown subset; no document long enough (the message gives how many
+            kept documents there are and the longest one's length).
+    """
+    keys = long_document_keys(corpus_dir, min_tokens, max_docs, subsets, recipe)
+    return document_tokens(corpus_dir, keys, min_tokens)
 
 
 @dataclass

@@ -102,10 +102,6 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _is_export(folder: Path) -> bool:
-    return (folder / EXPORT_MARKER).is_file()
-
-
 def _export_files(folder: str) -> set[str] | None:
     """The files an export wrote (its marker's ``sha256`` list and the marker); None: not an xgen export."""
     try:

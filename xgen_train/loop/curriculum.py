@@ -62,7 +62,7 @@ class Phase:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if self.epochs == 1:  # pre-training plans read as before epochs existed
+        if self.epochs == 1:  # one pass (pre-training): the plan records no epochs
             del d["epochs"]
         return {**d, "end_step": self.end_step, "skipped_sequences": self.skipped_sequences}
 

@@ -211,7 +211,7 @@ class ShardLoader:
             _require(isinstance(entry, dict), mpath, f"shards[{i}] is not an object")
             if entry.get("stage") != self.stage or entry.get("substage") != self.substage:
                 continue
-            if entry.get("split", "train") != split:
+            if entry["split"] != split:
                 continue
             rel = entry.get("path")
             _require(isinstance(rel, str) and rel, mpath, f"shards[{i}]: missing 'path'")

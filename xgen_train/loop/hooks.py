@@ -72,7 +72,6 @@ class LoopState:
     resumed_from: Path | None = None
     history: list = field(default_factory=list)  # records of the earlier run before start_step
     records: list = field(default_factory=list)  # this run's records
-    switches: list = field(default_factory=list)
     pending: list = field(default_factory=list)  # (step, phase, index in phase, device metrics) not yet fetched
     loop_start: float = 0.0
     t_mark: float = 0.0  # when the oldest pending update was dispatched (after any non-update work)
@@ -134,13 +133,11 @@ class MetricsHook:
               "from": _phase_brief(prev) if prev is not None else None, "to": _phase_brief(ph),
               "optimizer_count": int(ctx.fetch(adam_count(st.opt_state)))}
         self.emit(ev)
-        if prev is not None:
-            st.switches.append(ev)
-            if ctx.main:
-                print(("\n" if not self.bar.disable else "") + f"sub-stage switch at step {st.step} ({before:,} "
-                      f"tokens seen): {prev.name} (seq {prev.seq_len}, batch {prev.batch_size}) -> {ph.name} "
-                      f"(seq {ph.seq_len}, batch {ph.batch_size}); params and optimizer state carried over",
-                      file=sys.stderr, flush=True)
+        if prev is not None and ctx.main:
+            print(("\n" if not self.bar.disable else "") + f"sub-stage switch at step {st.step} ({before:,} "
+                  f"tokens seen): {prev.name} (seq {prev.seq_len}, batch {prev.batch_size}) -> {ph.name} "
+                  f"(seq {ph.seq_len}, batch {ph.batch_size}); params and optimizer state carried over",
+                  file=sys.stderr, flush=True)
 
     def _record(self, step: int, ph: Phase, k: int, m: dict, dt: float, elapsed: float) -> dict:
         ctx, o = self.ctx, self.ctx.opt_cfg

@@ -62,7 +62,9 @@ def plot_loss(records: list[dict], path: str | os.PathLike, title: str = "") -> 
     """Write Figure 1 as a PNG (Agg backend): train loss (and validation loss) against tokens seen.
 
     Each sub-stage start is a vertical dashed line labelled ``stage/substage (seq N)``; loss spikes are red
-    dots. Returns ``{"path": Path, "boundaries": [Boundary, ...], "train_points": int, "val_points": int}``.
+    dots. Validation loss is one line per sub-stage (each has its own held-out sequences: points of different
+    sub-stages are never joined). Returns ``{"path": Path, "boundaries": [Boundary, ...], "train_points": int,
+    "val_points": int, "val_lines": int}``.
     """
     import matplotlib
 
@@ -98,4 +100,5 @@ def plot_loss(records: list[dict], path: str | os.PathLike, title: str = "") -> 
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
-    return {"path": path, "boundaries": bounds, "train_points": len(train), "val_points": len(val)}
+    return {"path": path, "boundaries": bounds, "train_points": len(train), "val_points": len(val),
+            "val_lines": len(segments)}

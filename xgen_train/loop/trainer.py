@@ -697,10 +697,12 @@ def _record_stop(ctx: RunContext, st: LoopState) -> None:
 
 
 def summarize(ctx: RunContext, st: LoopState, info: dict, t_setup: float) -> dict[str, Any]:
-    """``loss.png`` (Figure 1) and the summary (also ``summary.json``): ``first_loss``, ``last_loss``, their
-    means over 10 updates, ``start_step``, ``steps`` (run now), ``final_step``, ``total_steps`` (plan),
-    ``schedule_steps``, ``tokens`` (this run), ``tokens_seen`` (total), ``phases``, ``switches``, ``val_loss``
-    (last), ``interrupted``, timings, MFU, ``checkpoint``, ``metrics``, ``plot``, ``objective``."""
+    """``loss.png`` (Figure 1) and the summary (also ``summary.json``) of the whole run, a resumed one included
+    (the records of the earlier sessions are in ``metrics.jsonl``): ``first_loss``, ``last_loss``, their means
+    over 10 updates, ``switches``, ``spike_steps``, ``val_loss`` (last), ``final_step``, ``tokens_seen``,
+    ``total_steps`` (plan), ``schedule_steps``, ``phases``; and of this session (``start_step`` onwards):
+    ``steps``, ``tokens``, timings, tokens per second and MFU; ``interrupted``, ``checkpoint``, ``metrics``,
+    ``plot``, ``objective``."""
     plan, cfg, s = ctx.plan, ctx.model_cfg, st.step
     loop_seconds = time.perf_counter() - st.loop_start - st.compile_seconds
     all_records = st.history + [r for r in st.records if r.get("event") != "stop"]
@@ -709,8 +711,8 @@ def summarize(ctx: RunContext, st: LoopState, info: dict, t_setup: float) -> dic
         what = "response loss" if ctx.objective == "sft" else "loss"
         plot_path = plot_loss(all_records, ctx.out / "loss.png", title=f"{ctx.tc.model.config_name}: {what} over "
                               f"tokens seen, {len(plan.phases)} sub-stage(s)")["path"]
-    train_recs = [r for r in st.records if "event" not in r]
-    losses = [r["loss"] for r in train_recs]
+    train_recs = [r for r in st.records if "event" not in r]  # this session's updates
+    losses = [r["loss"] for r in all_records if "event" not in r and "loss" in r]  # the whole run's
     vals = [r for r in all_records if r.get("event") == "val"]
     cur = plan.phase_of(min(max(s - 1, 0), plan.total_steps - 1))
     summary = {
@@ -719,7 +721,8 @@ def summarize(ctx: RunContext, st: LoopState, info: dict, t_setup: float) -> dic
         "batch_tokens": ctx.tc.data.batch_tokens, "start_step": st.start_step, "steps": len(train_recs),
         "final_step": s, "total_steps": plan.total_steps, "schedule_steps": ctx.schedule_steps,
         "phases": plan.to_list(),
-        "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in st.switches],
+        "switches": [{k: e[k] for k in ("step", "tokens_seen", "from", "to")} for e in all_records
+                     if e.get("event") == "switch"],
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "first_loss_mean10": float(np.mean(losses[:10])) if losses else None,
         "last_loss_mean10": float(np.mean(losses[-10:])) if losses else None,

@@ -1,5 +1,5 @@
 """How the trainer computes one update: precision, attention kernel, loss chunking, z-loss, remat, document
-masking, gradient accumulation, spike skipping (issue 9; SPEC §3 numerics, SPEC §4 loss spikes).
+masking, gradient accumulation, spike skipping (SPEC §3 numerics, SPEC §4 loss spikes).
 
 :class:`NumericsOptions` is the one object ``xgen_train.loop.trainer.train(numerics=...)`` takes; it does not
 import JAX at module import time beyond :mod:`xgen_train.model.precision`. :meth:`NumericsOptions.resolved` fixes the
