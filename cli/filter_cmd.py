@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import corpus_option, executor_options, format_option, print_rows, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, print_step_reports, user_errors
 
 
 @click.command("filter")
@@ -43,6 +43,7 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
                                  license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra,
                                  policies=policies, workers=workers, executor=executor, ray_address=ray_address)
     print_filter(report)
+    print_step_reports(report.steps)
 
 
 def print_filter(report) -> None:

@@ -54,7 +54,8 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
             (:func:`xgen_data.execute.executors.make_executor`; ``workers=1`` locally: this process); the
             attribute files are the same bytes on every executor.
     Returns:
-        the drops under the new defaults (:func:`xgen_data.mixing.reports.filter_report`).
+        the drops under the new defaults (:func:`xgen_data.mixing.reports.filter_report`), with the
+        :class:`~xgen_data.execute.contract.StepReport` of each attribute step run now in ``steps``.
     Raises:
         CorpusError: ``corpus_dir`` is not a corpus; DamagedPartError: a damaged part; ValueError:
         ``min_tokens < 0``.
@@ -71,12 +72,14 @@ def run_filters(corpus_dir: str, min_tokens: int = MIN_TOKENS, license_subsets: 
     with corpus.lock(), contextlib.closing(executors.make_executor(executor, workers, ray_address)) as pool:
         corpus.remove_unregistered()  # leftovers of killed runs
         corpus.verify_parts()
-        for pol in (policies or {}).values():  # each policy's set first; the registry write below commits the defaults
-            filters.compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree, verify=False,
-                                               executor=pool)
-        filters.compute_license_attributes(corpus, settings["allow"], update, verify=False, executor=pool)
-        language_step.compute_language_attributes(corpus, verify=False, executor=pool)
-        return reports.filter_report(corpus_dir, decisions.from_defaults(corpus))
+        steps = [filters.compute_license_attributes(corpus, pol.allow, labels_must_agree=pol.labels_must_agree,
+                                                    verify=False, executor=pool)
+                 for pol in (policies or {}).values()]  # each policy's set first; the write below commits the defaults
+        steps.append(filters.compute_license_attributes(corpus, settings["allow"], update, verify=False, executor=pool))
+        steps.append(language_step.compute_language_attributes(corpus, verify=False, executor=pool))
+        report = reports.filter_report(corpus_dir, decisions.from_defaults(corpus))
+        report.steps = [s for s in steps if s is not None]
+        return report
 
 
 def run_dedup(corpus_dir: str, *, license_allow: tuple[str, ...] | list[str] | None = None,
@@ -105,7 +108,7 @@ def run_dedup(corpus_dir: str, *, license_allow: tuple[str, ...] | list[str] | N
         raise CorpusError(f"{corpus_dir}: no such corpus directory")
     if isinstance(kw.get("executor"), str):  # refused before anything changes (e.g. Ray not installed)
         executors.check_executor(kw["executor"], kw.get("ray_address"))
-    keys = {k: v for k, v in kw.items() if k not in ("workers", "progress", "memory_limit", "executor", "ray_address")}
+    keys = {k: v for k, v in kw.items() if k not in ("workers", "progress", "executor", "ray_address")}
     recorded = recorded_params(license_allow=allow, **keys)
 
     def update(meta: dict) -> None:
@@ -115,9 +118,10 @@ def run_dedup(corpus_dir: str, *, license_allow: tuple[str, ...] | list[str] | N
     with corpus.lock():
         corpus.remove_unregistered()
         corpus.verify_parts()
-        filters.compute_license_attributes(corpus, allow, verify=False)  # the keep rule's tiers
+        license_step = filters.compute_license_attributes(corpus, allow, verify=False)  # the keep rule's tiers
         report = compute_dedup_attributes(corpus_dir, update=update if set_default else None, **kw)
         report.params["license_allow"] = list(allow)
+        report.steps[:0] = [license_step] if license_step is not None else []
         if not report.documents:
             return report
         t = time.time()

@@ -304,7 +304,7 @@ def long_document_keys(corpus_dir: str, min_tokens: int, max_docs: int | None = 
                              "--held-out")
         raise InputError(f"{corpus_dir}: no kept document has at least {min_tokens:,} tokens ({total:,} kept "
                          f"documents{' in ' + ', '.join(subsets) if subsets else ''}; the longest has "
-                         f"{longest:,} tokens); pass a smaller --min-tokens")
+                         f"{longest:,} tokens); pass a smaller --length")
     return [(s, p, int(r), i) for s, p, r, i in rows]
 
 

@@ -148,18 +148,25 @@ def score_batches(params, cfg: ModelConfig, pairs: list[tuple[list[int], list[in
         members[r].append(q)
     order = sorted(range(len(rows)), key=lambda r: (-len(rows[r][0]), -rows[r][1]))
     score = _scorer(cfg, compute_dtype)
-    pending = []  # dispatched batches: JAX runs them while the host packs the next
-    bar = tqdm(total=len(requests), desc="xgen loglikelihood", disable=not progress)
-    for first in range(0, len(order), batch_size):
-        arrays, reqs = _pack(rows, requests, members, order[first:first + batch_size], batch_size,
-                             cfg.max_positions)
-        pending.append((reqs, score(params, *(jnp.asarray(a) for a in arrays))))
     out: list[tuple[float, bool] | None] = [None] * len(requests)
-    for reqs, (lp, greedy) in pending:
-        lp, greedy = np.asarray(lp), np.asarray(greedy)
+    bar = tqdm(total=len(requests), desc="xgen loglikelihood", disable=not progress)
+
+    def collect(reqs, result):
+        lp, greedy = (np.asarray(a) for a in result)
         for j, q in enumerate(reqs):
             out[q] = (float(lp[j]), bool(greedy[j]))
         bar.update(len(reqs))
+
+    pending = None  # the batch JAX is running while the host packs the next one
+    for first in range(0, len(order), batch_size):
+        arrays, reqs = _pack(rows, requests, members, order[first:first + batch_size], batch_size,
+                             cfg.max_positions)
+        running = (reqs, score(params, *(jnp.asarray(a) for a in arrays)))
+        if pending is not None:
+            collect(*pending)
+        pending = running
+    if pending is not None:
+        collect(*pending)
     bar.close()
     return out  # type: ignore[return-value]
 
