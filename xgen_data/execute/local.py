@@ -25,6 +25,10 @@ class LocalExecutor:
     memory) breaks the pool; the items not yet finished are retried on a fresh pool up to ``retries``
     times, then reported as :class:`ItemError`.
 
+    One pool serves every ``map`` of this executor until :meth:`close` (a command runs several steps on one
+    executor, and starting spawned workers costs about a second each); a ``map`` that ends early (an item
+    failed, or the caller stopped reading) shuts the pool down, so no item of it keeps running.
+
     A worker outlives no parent: each worker polls its parent every :data:`PARENT_POLL_SECONDS` and exits
     once it is gone (killed with SIGKILL, which runs no clean-up), so no orphan keeps computing or writing
     files for a run nobody will finish.
@@ -32,6 +36,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int = 2, retries: int = 2) -> None:
         self.workers, self.retries = max(1, int(workers)), retries
+        self._pool: cf.ProcessPoolExecutor | None = None
 
     def map(self, step_name: str, fn: Callable[..., ItemResult], items: Sequence[WorkItem],
             progress: Callable[[ItemResult], None] | None = None) -> Iterator[ItemResult]:
@@ -49,11 +54,9 @@ class LocalExecutor:
         yield from _ready(done, cursor, len(items))
 
     def _run_pool(self, step_name, fn, items, pending, done, cursor, progress, last: bool):
-        """Run ``pending`` items on a fresh pool, yielding the ready prefix as items finish; returns the items
-        whose worker died (to retry)."""
-        ctx = multiprocessing.get_context("spawn")
-        pool = cf.ProcessPoolExecutor(min(self.workers, len(pending)), mp_context=ctx,
-                                      initializer=exit_with_parent, initargs=(os.getpid(),))
+        """Run ``pending`` items on the pool, yielding the ready prefix as items finish; returns the items
+        whose worker died (to retry on a fresh pool)."""
+        pool, finished = self._open_pool(), False
         try:
             futures = {pool.submit(fn, *items[i].args): i for i in pending}
             broken: list[int] = []
@@ -72,12 +75,24 @@ class LocalExecutor:
                     done[i].__cause__ = exc
                 if not broken:
                     yield from _ready(done, cursor, len(items))
+            finished = not broken
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not finished:
+                self.close()
         return sorted(broken)
 
+    def _open_pool(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=exit_with_parent,
+                                                initargs=(os.getpid(),))
+        return self._pool
+
     def close(self) -> None:
-        """Nothing to release: each ``map`` owns its pool."""
+        """Shut the worker pool down (waiting for its processes; items not started are cancelled)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ready(done: dict, cursor: list[int], n: int) -> Iterator[ItemResult]:
