@@ -14,6 +14,7 @@ import click
 from xgen_data import errors
 from xgen_data.stats.sql_results import table_lines
 
+
 class CliError(click.ClickException):
     """A one-line ``Error: ...`` on stderr with a chosen exit code (the codes of :mod:`xgen_data.errors`)."""
 

@@ -5,8 +5,18 @@ import json
 
 import click
 
-from cli.common import (corpus_option, executor_options, format_option, number, own_json, print_rows,
-                        print_step_reports, quiet_option, show_progress, user_errors)
+from cli.common import (
+    corpus_option,
+    executor_options,
+    format_option,
+    number,
+    own_json,
+    print_rows,
+    print_step_reports,
+    quiet_option,
+    show_progress,
+    user_errors,
+)
 
 
 @click.command("dedup")

@@ -14,7 +14,6 @@ from cli.common import executor_options, number, print_rows, quiet_option, user_
 from cli.ingest_cmd import id_from_option
 from xgen_data.errors import RefusedError
 
-
 #: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
 TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints", "eval"}
 
@@ -112,9 +111,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     from xgen_data.shards import packing
     from xgen_data.sources import code_split, ingest, stdlib_corpus
     from xgen_data.stats import sql
+    from xgen_data.stats.plots import length_histogram
     from xgen_data.store import fsutil
     from xgen_data.store.corpus import Corpus
-    from xgen_data.stats.plots import length_histogram
 
     t0 = time.time()
     timings = {}

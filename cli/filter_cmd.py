@@ -25,8 +25,7 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
     (`xgen sql --recipe R`, `mix plan/build`) uses the recipe's own settings.
     """
     from xgen_data.attributes import filters, licenses
-    from xgen_data.mixing import defaults
-    from xgen_data.mixing import recipe
+    from xgen_data.mixing import defaults, recipe
 
     policies = None
     if recipe_name:

@@ -5,7 +5,15 @@ import os
 
 import click
 
-from cli.common import corpus_option, executor_options, format_option, print_rows, quiet_option, show_progress, user_errors
+from cli.common import (
+    corpus_option,
+    executor_options,
+    format_option,
+    print_rows,
+    quiet_option,
+    show_progress,
+    user_errors,
+)
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[str]:

@@ -35,8 +35,7 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
     from xgen_data.store.corpus import Corpus
 
     corpus_subsets = Corpus(corpus_dir).subsets()
-    from xgen_data.mixing import mixture
-    from xgen_data.mixing import selection
+    from xgen_data.mixing import mixture, selection
 
     plan_rows = mixture.plan(recipe, selection.subset_stats(docs))
     print_plan_rows(recipe, plan_rows)

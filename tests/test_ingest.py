@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from click.testing import CliRunner
-
 from conftest import shared_path
-from xgen_data.errors import InputError
+
 from xgen_data import tokenizer
+from xgen_data.errors import InputError
 from xgen_data.sources import ingest, readers
 from xgen_data.stats import sql
 from xgen_data.store.corpus import Corpus, CorpusError

@@ -13,18 +13,17 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SAMPLE
-from xgen_data.errors import RefusedError
-from xgen_data.store import corpus as corpus_mod
+
 from xgen_data.attributes import filters
-from xgen_data.mixing import recipe
-from xgen_data.shards import packing, shard_format as shards
+from xgen_data.errors import RefusedError
+from xgen_data.mixing import defaults, recipe
+from xgen_data.shards import packing
+from xgen_data.shards import shard_format as shards
 from xgen_data.sources import ingest
-from xgen_data.stats import sql
-from xgen_data.stats import verify
+from xgen_data.stats import sql, verify
+from xgen_data.store import corpus as corpus_mod
 from xgen_data.store import fsutil
-from xgen_data.mixing import defaults
 
 RECIPE = """name = "crash"
 seed = 3

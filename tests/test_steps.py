@@ -9,10 +9,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
 from conftest import demo_no_dedup
 
+from cli.main import cli
 from xgen_data.attributes import filters, language_step, languages
 from xgen_data.attributes.dedup import bands as dedup_bands
 from xgen_data.attributes.dedup import exact as dedup_exact

@@ -7,15 +7,14 @@ recipe shows these decisions (:func:`xgen_data.mixing.decisions.from_defaults`).
 from __future__ import annotations
 
 import contextlib
-
 import os
 import time
 
-from xgen_data.errors import InputError
 from xgen_data.attributes import filters, language_step
 from xgen_data.attributes.dedup.params import DedupReport, recorded_params
 from xgen_data.attributes.dedup.run import run_dedup as compute_dedup_attributes
 from xgen_data.attributes.licenses import default_allow_list
+from xgen_data.errors import InputError
 from xgen_data.execute import executors
 from xgen_data.mixing import decisions, reports
 from xgen_data.store.corpus import Corpus, CorpusError

@@ -69,9 +69,18 @@ from xgen_data.errors import InputError, XgenError
 from xgen_data.execute import executors
 from xgen_data.execute.contract import Executor, ItemError, ItemResult, WorkItem
 from xgen_data.sources import idindex, locations, readers
-from xgen_data.sources.ingest_item import (SUBSET_BY_STEM, BatchInfo, FileTokens, damaged_parts, default_subset,  # noqa: F401
-                                           metadata_token_ids, part_prefix, process_batch, tokenize_file,
-                                           write_error)
+from xgen_data.sources.ingest_item import (  # noqa: F401
+    SUBSET_BY_STEM,
+    BatchInfo,
+    FileTokens,
+    damaged_parts,
+    default_subset,
+    metadata_token_ids,
+    part_prefix,
+    process_batch,
+    tokenize_file,
+    write_error,
+)
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import DOC_SCHEMA, Corpus, check_name
 

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from xgen_data.shards import shard_format as shards
-from xgen_data.store import fsutil
-from xgen_data.shards.shard_format import FORMAT, ShardError as ShardFormatError
+from xgen_data.shards.shard_format import FORMAT
+from xgen_data.shards.shard_format import ShardError as ShardFormatError
 from xgen_data.shards.shard_format import read_manifest as load_manifest
+from xgen_data.store import fsutil
 
 __all__ = [
     "FORMAT", "SPLITS", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",

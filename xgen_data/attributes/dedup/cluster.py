@@ -19,11 +19,11 @@ from typing import Callable
 
 import numpy as np
 
+from xgen_data.attributes import minhash
 from xgen_data.attributes.clusters import clique_clusters, compress, union_edges
 from xgen_data.attributes.dedup.exact import exact_edges
 from xgen_data.attributes.dedup.params import DedupParams
 from xgen_data.attributes.dedup.signatures import sig_array_path
-from xgen_data.attributes import minhash
 from xgen_data.errors import DamagedDataError
 from xgen_data.execute.contract import ItemResult, StepReport, WorkItem
 from xgen_data.store import fsutil
