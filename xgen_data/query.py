@@ -117,7 +117,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     language_how, language_is_code, language_disagrees, path, meta, text, n_chars, n_bytes, n_tokens,
     license_normalized, license_policy (the subset's policy; NULL: not held to one), decision ('pass'/'fail'
     under that policy, or the base allow-list), reason, license_pass, license_reason, license_tier, dup_cluster, exact_group, dup_reason, dup_of, dup_of_subset,
-    kept, drop_reason``.
+    kept, drop_reason, contaminated, decontam_benchmark, decontam_item_id, decontam_kind, decontam_match`` (the
+    ``eval_overlap`` match, NULL without decontamination).
 
     Args:
         strict: missing or stale attributes are an error (a recipe was named); otherwise the decisions that
@@ -129,45 +130,112 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         DamagedAttributeError: an attribute file is missing, damaged or out of step with its part.
     """
     warnings: list[str] = []
-    hint = (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_ref or dec.recipe_name}` first (it "
-            "computes them)"
-            if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
-    flt, ded = dec.filter, dec.dedup
-    lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint) if flt else None
-    policies = policies_of(flt) if flt else {}
-    if flt and lf is not None:
-        # each subset held to a policy reads that policy's set; the others the base allow-list's
-        by_policy = {}
-        for subset, pol in policies.items():
-            key = license_params(pol["allow"], pol["labels_must_agree"])
-            if key == license_params(flt["allow"]):
-                continue
-            files = _attr_files(corpus, "license", key, strict, hint)
-            if files is None:
-                lf = None
-                break
-            by_policy[subset] = files
-        if lf is not None and by_policy:
-            subsets = [p.subset for p in corpus.parts()]
-            lf = [by_policy[sub][i] if sub in by_policy else f for i, (sub, f) in enumerate(zip(subsets, lf))]
-    if flt and lf is None:
-        warnings.append(f"the filter decisions are out of date or missing; {hint}")
-        flt, policies = None, {}
-    ld = uf = None
-    if ded:
-        uf = _attr_files(corpus, "dedup", dedup_params.dedup_attr_params(ded), strict, hint)
-        ld = _attr_files(corpus, "license", license_params(ded["license_allow"]), strict, hint)
-        if uf is None or ld is None:
-            warnings.append(f"the dedup decisions are out of date or missing; {hint}")
-            ded = uf = ld = None
+    hint = _rerun_hint(corpus, dec)
+    flt, policies, lf = _filter_inputs(corpus, dec.filter, strict, hint, warnings)
+    ded, uf, ld = _dedup_inputs(corpus, dec.dedup, strict, hint, warnings)
     parts = corpus.parts()
-    # NOT MATERIALIZED: a CTE used twice would otherwise be materialized with every column, text included
-    ctes = [f"""d AS NOT MATERIALIZED (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part,
-            file_row_number AS row
-        FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""]
-    joins = []  # positional joins: attribute files are row-aligned with their parts (Corpus.attribute_files)
+    gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
+    xf = _decontam_inputs(corpus, dec.decontam, strict, hint, warnings)
     labels = [s for s, p in policies.items() if p["labels_must_agree"]]
     copies = bool(ded and labels and lf)  # strict: exact copies under different labels fail too
+    lic_ctes, lic_joins, lic_cols, tier = _license_join(lf, ld, labels, copies)
+    lang_ctes, lang_joins, lang_cols = _language_join(gf)
+    decon_ctes, decon_joins, decon_cols = _decontam_join(xf)
+    dup_ctes, dup_joins, dup_cols = _dedup_join(uf, copies)
+    # positional joins: attribute files are row-aligned with their parts (Corpus.attribute_files)
+    ctes = [_parts_cte(parts), *lic_ctes, *lang_ctes, *decon_ctes, *dup_ctes]
+    joins = [*lic_joins, *lang_joins, *decon_joins, *dup_joins]
+    packed = _packed_expr(dec.packed)
+    freason = _filter_reason(flt, policies, labels, copies, packed, xf)
+    ctes.append(_base_cte(joins, lang_cols, lic_cols, tier, dup_cols, decon_cols, freason, packed))
+    if ded:
+        ctes.append(_keep_cte())
+    sql = _documents_select(ctes, ded, policies, decided=bool(flt or ded or xf))
+    return sql, warnings
+
+
+def _rerun_hint(corpus: Corpus, dec: Decisions) -> str:
+    """What to run when an attribute set ``dec`` needs is missing or stale (ends every such error and warning)."""
+    return (f"run `xgen mix plan --corpus {corpus.root} --recipe {dec.recipe_ref or dec.recipe_name}` first (it "
+            "computes them)"
+            if dec.recipe_name else "re-run `xgen filter` / `xgen dedup`")
+
+
+def _filter_inputs(corpus: Corpus, flt: dict | None, strict: bool, hint: str,
+                   warnings: list[str]) -> tuple[dict | None, dict[str, dict], list[str] | None]:
+    """``(filter, policies, license files)`` the filters use: per part, the license attribute file of its subset's
+    policy, else of the base allow-list. A missing set (not ``strict``) drops the filters (``(None, {}, None)``)
+    and appends a warning to ``warnings``."""
+    if not flt:
+        return flt, {}, None
+    lf = _attr_files(corpus, "license", license_params(flt["allow"]), strict, hint)
+    policies = policies_of(flt)
+    if lf is not None:
+        lf = _policy_files(corpus, flt, policies, lf, strict, hint)
+    if lf is None:
+        warnings.append(f"the filter decisions are out of date or missing; {hint}")
+        return None, {}, None
+    return flt, policies, lf
+
+
+def _policy_files(corpus: Corpus, flt: dict, policies: dict[str, dict], lf: list[str], strict: bool,
+                  hint: str) -> list[str] | None:
+    """``lf`` (the base allow-list's files, one per part) with each part of a subset held to another policy
+    reading that policy's file instead; None when one of those sets is missing (not ``strict``)."""
+    by_policy = {}
+    for subset, pol in policies.items():
+        key = license_params(pol["allow"], pol["labels_must_agree"])
+        if key == license_params(flt["allow"]):
+            continue
+        files = _attr_files(corpus, "license", key, strict, hint)
+        if files is None:
+            return None
+        by_policy[subset] = files
+    if not by_policy:
+        return lf
+    subsets = [p.subset for p in corpus.parts()]
+    return [by_policy[sub][i] if sub in by_policy else f for i, (sub, f) in enumerate(zip(subsets, lf))]
+
+
+def _dedup_inputs(corpus: Corpus, ded: dict | None, strict: bool, hint: str,
+                  warnings: list[str]) -> tuple[dict | None, list[str] | None, list[str] | None]:
+    """``(dedup, dedup files, keep-tier license files)``; a missing set (not ``strict``) drops dedup
+    (``(None, None, None)``) and appends a warning to ``warnings``."""
+    if not ded:
+        return ded, None, None
+    uf = _attr_files(corpus, "dedup", dedup_params.dedup_attr_params(ded), strict, hint)
+    ld = _attr_files(corpus, "license", license_params(ded["license_allow"]), strict, hint)
+    if uf is None or ld is None:
+        warnings.append(f"the dedup decisions are out of date or missing; {hint}")
+        return None, None, None
+    return ded, uf, ld
+
+
+def _decontam_inputs(corpus: Corpus, eval_sets: tuple[str, ...], strict: bool, hint: str,
+                     warnings: list[str]) -> list[str] | None:
+    """The decontamination attribute files of ``eval_sets``, or None (none asked for; or missing, not ``strict``:
+    a warning is appended to ``warnings``)."""
+    xf = _attr_files(corpus, decontam_step.DECONTAM_STEP, decontam_step.decontam_params(eval_sets), strict,
+                     hint) if eval_sets else None
+    if eval_sets and xf is None:
+        warnings.append(f"the decontamination decisions are out of date or missing; {hint}")
+    return xf
+
+
+def _parts_cte(parts) -> str:
+    """CTE ``d``: every part's rows with ``subset``, ``part`` (file name) and ``row`` (row number in it)."""
+    # NOT MATERIALIZED: a CTE used twice would otherwise be materialized with every column, text included
+    return f"""d AS NOT MATERIALIZED (SELECT *, {SUBSET_FROM_PATH} AS subset, {PART_FROM_PATH} AS part,
+            file_row_number AS row
+        FROM read_parquet({_qlist(p.path for p in parts)}, filename=true, file_row_number=true))"""
+
+
+def _license_join(lf: list[str] | None, ld: list[str] | None, labels: list[str],
+                  copies: bool) -> tuple[list[str], list[str], str, str]:
+    """``(ctes, joins, license columns, keep-tier expression)`` of the license attributes: ``l`` (the filters'
+    files ``lf``, else dedup's ``ld``) and ``lt`` (dedup's keep tier when its allow-list's files differ).
+    ``copies``: subsets in ``labels`` fail exact copies whose labels disagree (``c``, :func:`_dedup_join`)."""
+    ctes, joins = [], []
     if copies:
         lic_cols = f"""coalesce(l.license_pass AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)})
                 AND c.labels IS NOT NULL), l.license_pass) AS license_pass,
@@ -190,77 +258,115 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
         tier = "lt.license_tier"
     else:
         tier = "l.license_tier" if (lf or ld) else "CAST(NULL AS TINYINT)"
-    gf = _attr_files(corpus, languages.LANGUAGE_STEP, languages.language_params(), False, hint)
+    return ctes, joins, lic_cols, tier
+
+
+def _language_join(gf: list[str] | None) -> tuple[list[str], list[str], str]:
+    """``(ctes, joins, language columns)`` of the language attributes ``gf`` (``g``); without them the
+    source's language and NULLs."""
     if gf:
-        ctes.append(f"""g AS NOT MATERIALIZED (SELECT language, language_detected, language_how,
-            language_is_code, language_disagrees FROM read_parquet({_qlist(gf)}))""")
-        joins.append("POSITIONAL JOIN g")
+        cte = f"""g AS NOT MATERIALIZED (SELECT language, language_detected, language_how,
+            language_is_code, language_disagrees FROM read_parquet({_qlist(gf)}))"""
         lang_cols = """g.language AS language, d.language AS language_source, g.language_detected,
             g.language_how, g.language_is_code, g.language_disagrees"""
-    else:
-        lang_cols = """d.language AS language, d.language AS language_source,
+        return [cte], ["POSITIONAL JOIN g"], lang_cols
+    lang_cols = """d.language AS language, d.language AS language_source,
             CAST(NULL AS VARCHAR) AS language_detected, CAST(NULL AS VARCHAR) AS language_how,
             CAST(NULL AS BOOLEAN) AS language_is_code, CAST(NULL AS BOOLEAN) AS language_disagrees"""
-    xf = _attr_files(corpus, decontam_step.DECONTAM_STEP, decontam_step.decontam_params(dec.decontam), strict,
-                     hint) if dec.decontam else None
-    if dec.decontam and xf is None:
-        warnings.append(f"the decontamination decisions are out of date or missing; {hint}")
+    return [], [], lang_cols
+
+
+def _decontam_join(xf: list[str] | None) -> tuple[list[str], list[str], str]:
+    """``(ctes, joins, decontam columns)`` of the decontamination attributes ``xf`` (``x``), else NULLs."""
     if xf:
-        ctes.append(f"""x AS NOT MATERIALIZED (SELECT contaminated, decontam_benchmark, decontam_item_id,
-            decontam_kind, decontam_match FROM read_parquet({_qlist(xf)}))""")
-        joins.append("POSITIONAL JOIN x")
+        cte = f"""x AS NOT MATERIALIZED (SELECT contaminated, decontam_benchmark, decontam_item_id,
+            decontam_kind, decontam_match FROM read_parquet({_qlist(xf)}))"""
         decon_cols = "x.contaminated, x.decontam_benchmark, x.decontam_item_id, x.decontam_kind, x.decontam_match"
-    else:
-        decon_cols = ("CAST(NULL AS BOOLEAN) AS contaminated, CAST(NULL AS VARCHAR) AS decontam_benchmark, "
-                      "CAST(NULL AS VARCHAR) AS decontam_item_id, CAST(NULL AS VARCHAR) AS decontam_kind, "
-                      "CAST(NULL AS VARCHAR) AS decontam_match")
-    if uf:
-        ctes.append(f"""u AS NOT MATERIALIZED (SELECT dup_cluster, exact_group
-            FROM read_parquet({_qlist(uf)}))""")
-        joins.append("POSITIONAL JOIN u")
-        dup_cols = "u.dup_cluster, u.exact_group"
-        if copies:
-            ctes.append("""c AS NOT MATERIALIZED (SELECT u.exact_group,
+        return [cte], ["POSITIONAL JOIN x"], decon_cols
+    decon_cols = ("CAST(NULL AS BOOLEAN) AS contaminated, CAST(NULL AS VARCHAR) AS decontam_benchmark, "
+                  "CAST(NULL AS VARCHAR) AS decontam_item_id, CAST(NULL AS VARCHAR) AS decontam_kind, "
+                  "CAST(NULL AS VARCHAR) AS decontam_match")
+    return [], [], decon_cols
+
+
+def _dedup_join(uf: list[str] | None, copies: bool) -> tuple[list[str], list[str], str]:
+    """``(ctes, joins, dedup columns)`` of the dedup attributes ``uf`` (``u``), else NULLs. ``copies``: also
+    ``c``, the exact groups whose normalised license labels disagree (``labels``: them, sorted)."""
+    if not uf:
+        return [], [], "CAST(NULL AS BIGINT) AS dup_cluster, CAST(NULL AS BIGINT) AS exact_group"
+    ctes = [f"""u AS NOT MATERIALIZED (SELECT dup_cluster, exact_group
+            FROM read_parquet({_qlist(uf)}))"""]
+    joins = ["POSITIONAL JOIN u"]
+    if copies:
+        ctes.append("""c AS NOT MATERIALIZED (SELECT u.exact_group,
                     array_to_string(list_sort(list_distinct(list(coalesce(l.license_normalized, 'none')))), ', ')
                     AS labels
                 FROM u POSITIONAL JOIN l WHERE u.exact_group IS NOT NULL
                 GROUP BY u.exact_group HAVING count(DISTINCT coalesce(l.license_normalized, 'none')) > 1)""")
-            joins.append("LEFT JOIN c ON c.exact_group = u.exact_group")
-    else:
-        dup_cols = "CAST(NULL AS BIGINT) AS dup_cluster, CAST(NULL AS BIGINT) AS exact_group"
-    packed = "TRUE" if dec.packed is None else (f"d.subset IN ({', '.join(_q(s) for s in dec.packed)})"
-                                               if dec.packed else "FALSE")
+        joins.append("LEFT JOIN c ON c.exact_group = u.exact_group")
+    return ctes, joins, "u.dup_cluster, u.exact_group"
+
+
+def _packed_expr(packed: tuple[str, ...] | None) -> str:
+    """SQL condition: the document's subset is packed (None: every subset)."""
+    return "TRUE" if packed is None else (f"d.subset IN ({', '.join(_q(s) for s in packed)})"
+                                          if packed else "FALSE")
+
+
+def _filter_reason(flt: dict | None, policies: dict[str, dict], labels: list[str], copies: bool, packed: str,
+                   xf: list[str] | None) -> str:
+    """SQL ``filter_reason`` (SPEC §2, in order): NULL outside packed subsets, ``too_few_tokens``,
+    ``license_not_permissive`` (subsets held to a policy), ``eval_overlap`` (with decontamination ``xf``)."""
     if flt:
         lic_subsets = f"d.subset IN ({', '.join(_q(s) for s in policies)})" if policies else "FALSE"
         lic_ok = "coalesce(l.license_pass, FALSE)"
         if copies:
             lic_ok += f" AND NOT (d.subset IN ({', '.join(_q(s) for s in labels)}) AND c.labels IS NOT NULL)"
-        freason = f"""CASE WHEN NOT ({packed}) THEN NULL
+        return f"""CASE WHEN NOT ({packed}) THEN NULL
             WHEN d.n_tokens < {int(flt['min_tokens'])} THEN '{REASON_SHORT}'
             WHEN {lic_subsets} AND NOT ({lic_ok}) THEN '{REASON_LICENSE}'
             {f"WHEN x.contaminated THEN '{REASON_EVAL}'" if xf else ""} END"""
-    elif xf:
-        freason = f"CASE WHEN ({packed}) AND x.contaminated THEN '{REASON_EVAL}' END"
-    else:
-        freason = "CAST(NULL AS VARCHAR)"
-    ctes.append(f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
+    if xf:
+        return f"CASE WHEN ({packed}) AND x.contaminated THEN '{REASON_EVAL}' END"
+    return "CAST(NULL AS VARCHAR)"
+
+
+def _base_cte(joins: list[str], lang_cols: str, lic_cols: str, tier: str, dup_cols: str, decon_cols: str,
+              freason: str, packed: str) -> str:
+    """CTE ``b``: each document (``d``) with its attribute columns (``joins``), ``license_tier_rank`` (the keep
+    tier ``tier``), ``filter_reason`` and ``packed``."""
+    return f"""b AS NOT MATERIALIZED (SELECT d.id, d.subset, d.part, d.row, d.source, d.license,
             {lang_cols}, d.path, d.meta, d.text, d.n_chars, d.n_bytes, d.n_tokens, {lic_cols},
             {tier} AS license_tier_rank, {dup_cols}, {decon_cols},
             {freason} AS filter_reason, {packed} AS packed
-        FROM d {' '.join(joins)})""")
+        FROM d {' '.join(joins)})"""
+
+
+def _keep_cte() -> str:
+    """CTE ``k``: each dedup cluster's kept copy (``kid``, ``ksub``, ``kgroup``), the first member by (the filters
+    keep it, it is packed, license tier, id, subset)."""
     unknown = LICENSE_TIERS.index("unknown")
-    if ded:
-        ctes.append(f"""k AS NOT MATERIALIZED (SELECT dup_cluster,
+    return f"""k AS NOT MATERIALIZED (SELECT dup_cluster,
                 arg_min(struct_pack(kid := id, ksub := subset, kgroup := exact_group),
                     struct_pack(f := filter_reason IS NOT NULL, p := NOT packed,
                                 t := coalesce(license_tier_rank, {unknown}), i := id, s := subset)) AS k
-            FROM b WHERE dup_cluster IS NOT NULL GROUP BY dup_cluster)""")
-        exact_on = "TRUE" if ded.get("exact", True) else "FALSE"
-        dreason = f"""CASE WHEN b.dup_cluster IS NULL OR (b.id = k.k.kid AND b.subset = k.k.ksub) THEN NULL
+            FROM b WHERE dup_cluster IS NOT NULL GROUP BY dup_cluster)"""
+
+
+def _dup_reason(ded: dict) -> str:
+    """SQL ``dup_reason`` of a document against its cluster's kept copy ``k``: NULL for that copy (or no
+    cluster), ``exact_duplicate`` in its exact group (with exact dedup on), else ``near_duplicate``."""
+    exact_on = "TRUE" if ded.get("exact", True) else "FALSE"
+    return f"""CASE WHEN b.dup_cluster IS NULL OR (b.id = k.k.kid AND b.subset = k.k.ksub) THEN NULL
             WHEN {exact_on} AND b.exact_group IS NOT DISTINCT FROM k.k.kgroup AND b.exact_group IS NOT NULL
             THEN '{REASON_EXACT}' ELSE '{REASON_NEAR}' END"""
-        kjoin = "LEFT JOIN k USING (dup_cluster)"
-        kid, ksub = "k.k.kid", "k.k.ksub"
+
+
+def _documents_select(ctes: list[str], ded: dict | None, policies: dict[str, dict], decided: bool) -> str:
+    """The ``CREATE VIEW documents`` statement over ``ctes`` (ending with ``b``, and ``k`` with ``ded``): the
+    dedup keep rule's ``dup_reason`` / ``dup_of``, ``drop_reason`` and ``kept`` (NULL unless ``decided``)."""
+    if ded:
+        dreason, kjoin, kid, ksub = _dup_reason(ded), "LEFT JOIN k USING (dup_cluster)", "k.k.kid", "k.k.ksub"
     else:
         dreason, kjoin, kid, ksub = "CAST(NULL AS VARCHAR)", "", "NULL", "NULL"
     tier_name = "CASE " + " ".join(f"WHEN license_tier_rank = {i} THEN '{n}'" for i, n in enumerate(LICENSE_TIERS)) \
@@ -268,8 +374,8 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
     policy_col = ("CASE " + " ".join(f"WHEN subset = {_q(s)} THEN {_q(p['name'])}" for s, p in policies.items())
                   + " END") if policies else "CAST(NULL AS VARCHAR)"
     reason = "coalesce(filter_reason, dup_reason)"
-    kept = f"({reason}) IS NULL" if (flt or ded or xf) else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
-    sql = f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
+    kept = f"({reason}) IS NULL" if decided else "CAST(NULL AS BOOLEAN)"  # no usable decisions: NULL
+    return f"""CREATE OR REPLACE VIEW documents AS WITH {', '.join(ctes)},
         r AS NOT MATERIALIZED (SELECT b.*, {dreason} AS dup_reason, {kid} AS kept_id, {ksub} AS kept_subset
             FROM b {kjoin})
         SELECT id, subset, part, row, source, license, language, language_source, language_detected,
@@ -283,7 +389,6 @@ def documents_sql(corpus: Corpus, dec: Decisions, strict: bool = True) -> tuple[
             {kept} AS kept, {reason} AS drop_reason, contaminated, decontam_benchmark, decontam_item_id,
             decontam_kind, decontam_match
         FROM r"""
-    return sql, warnings
 
 
 #: The ``license_conflicts`` view: every document of each exact-duplicate group whose members carry
