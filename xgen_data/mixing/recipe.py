@@ -209,75 +209,125 @@ def loads(text: str, where: str) -> Recipe:
 
 
 def _from_toml(raw: dict, path: str) -> Recipe:
+    """The :class:`Recipe` of parsed TOML ``raw`` (see the module docstring); ``path`` names it in errors.
+
+    The first failing check is raised (RecipeError, as :func:`load` documents), in this order: the top-level
+    keys, ``[[stages]]``, the ``[filters]`` keys, ``[dedup]``, ``seed``, the ``[filters]`` values,
+    ``[decontaminate]``."""
     _known_keys(path, raw, {"name", "seed", "filters", "dedup", "stages", "decontaminate"})
-    stages_raw = _typed(path, "stages", raw.get("stages", []), list)
-    stages = []
-    names = set()
-    for i, st in enumerate(stages_raw):
-        where = f"{path}: stages[{i}]"
-        _typed(path, f"stages[{i}]", st, dict)
-        name = st.get("name")
-        if not isinstance(name, str) or not name or name in names:
-            raise RecipeError(f"{where}.name: a unique non-empty string is required, got {name!r}")
-        _name(where + ".name", name, "stage", dots=False)
-        names.add(name)
-        where = f"{path}: stage {name!r}"
-        _known_keys(where, st, {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses",
-                                "languages", "substages"})
-        props, targets, replay = _mixture(where, st, stages)
-        subs = []
-        for j, ss in enumerate(_typed(path, f"stage {name!r} substages", st.get("substages") or [], list)):
-            sw = f"{where}: substages[{j}]"
-            _typed(path, f"stage {name!r} substages[{j}]", ss, dict)
-            if not isinstance(ss.get("name"), str):
-                raise RecipeError(f"{sw}.name: a string is required")
-            _name(sw + ".name", ss["name"], "sub-stage", dots=False)
-            _known_keys(sw, ss, {"name", "seq_len", "tokens", "heldout_sequences"})
-            seq_len = _int(f"{sw}.seq_len", ss.get("seq_len"), 2)
-            if seq_len > 65536:
-                raise RecipeError(f"{sw}.seq_len: {seq_len} is larger than 65536")
-            tokens = _int(f"{sw}.tokens", ss.get("tokens"))
-            if tokens < seq_len:
-                raise RecipeError(f"{sw}.tokens: {tokens} is less than one sequence of {seq_len}")
-            heldout = _int(f"{sw}.heldout_sequences", ss.get("heldout_sequences", 0), 0)
-            if heldout >= tokens // seq_len:
-                raise RecipeError(f"{sw}.heldout_sequences: {heldout} leaves no training sequences of the "
-                                  f"{tokens // seq_len} the budget packs")
-            subs.append(SubStage(ss["name"], seq_len, tokens, heldout))
-        if not subs:
-            raise RecipeError(f"{where}: at least one [[stages.substages]] is required")
-        if len({s.name for s in subs}) != len(subs):
-            raise RecipeError(f"{where}: sub-stage names must be unique")
-        budget = sum(s.tokens for s in subs)
-        given = sum(targets.values()) if targets is not None else None
-        tokens = _int(f"{where}.tokens", st.get("tokens", given if given is not None else budget))
-        if given is not None and tokens != given:
-            raise RecipeError(f"{where}.tokens: {tokens} differs from the effective tokens given "
-                              f"(effective_tokens + replay = {given})")
-        if budget > tokens:
-            raise RecipeError(f"{where}: sub-stage budgets sum to {budget} tokens, more than the stage's {tokens}")
-        lic = _typed(path, f"stage {name!r} licenses", st.get("licenses", {}), dict)
-        for k, v in lic.items():
-            if k not in props:
-                raise RecipeError(f"{where}: licenses.{k}: not a subset of this stage ({', '.join(props)})")
-            if not isinstance(v, str) or v not in known_policies():
-                raise RecipeError(f"{where}: licenses.{k}: unknown license policy {v!r}; known: "
-                                  f"{', '.join(known_policies())}")
-            for other in stages:
-                if other.licenses.get(k, v) != v:
-                    raise RecipeError(f"{where}: licenses.{k} = {v!r} but stage {other.name!r} uses "
-                                      f"{other.licenses[k]!r}; a subset has one policy per recipe (decisions are "
-                                      "per document): ingest the data under two subset names")
-        langs = _languages(where, _typed(path, f"stage {name!r} languages", st.get("languages", {}), dict), props)
-        stages.append(Stage(name, tokens, {k: float(v) for k, v in props.items()}, tuple(subs), targets, replay,
-                            dict(lic), langs))
-    if not stages:
-        raise RecipeError(f"{path}: at least one [[stages]] table is required")
+    stages = _stages(path, _typed(path, "stages", raw.get("stages", []), list))
     flt = _typed(path, "filters", raw.get("filters", {}), dict)
     _known_keys(f"{path}: filters", flt, {"min_tokens", "license_subsets", "license_allow", "license_allow_extra",
                                           "policy_allow_extra"})
-    allow = flt.get("license_allow")
-    dedup = dict(_typed(path, "dedup", raw.get("dedup", {"enabled": True}), dict))
+    dedup = _dedup_table(path, raw.get("dedup", {"enabled": True}))
+    return Recipe(
+        name=str(raw.get("name", os.path.basename(path).removesuffix(".toml"))),
+        seed=_int(f"{path}: seed", raw.get("seed", 0), 0),
+        stages=stages,
+        **_filter_settings(path, flt),
+        dedup=dedup,
+        path=os.path.abspath(path) if os.path.isfile(path) else path,
+        decontaminate=_eval_sets(path, raw.get("decontaminate", {})),
+    )
+
+
+def _stages(path: str, stages_raw: list) -> tuple[Stage, ...]:
+    """The ``[[stages]]`` tables, in order (each may replay an earlier one); at least one is required."""
+    stages: list[Stage] = []
+    for i, st in enumerate(stages_raw):
+        stages.append(_stage(path, i, st, stages))
+    if not stages:
+        raise RecipeError(f"{path}: at least one [[stages]] table is required")
+    return tuple(stages)
+
+
+def _stage(path: str, i: int, st, earlier: list[Stage]) -> Stage:
+    """Stage table ``i`` (``stages[i]``): a unique name, its mixture, sub-stages, tokens, licenses, languages."""
+    where = f"{path}: stages[{i}]"
+    _typed(path, f"stages[{i}]", st, dict)
+    name = st.get("name")
+    if not isinstance(name, str) or not name or name in {s.name for s in earlier}:
+        raise RecipeError(f"{where}.name: a unique non-empty string is required, got {name!r}")
+    _name(where + ".name", name, "stage", dots=False)
+    where = f"{path}: stage {name!r}"
+    _known_keys(where, st, {"name", "tokens", "proportions", "effective_tokens", "replay", "licenses",
+                            "languages", "substages"})
+    props, targets, replay = _mixture(where, st, earlier)
+    subs = _substages(path, name, where, st.get("substages") or [])
+    tokens = _stage_tokens(where, st, subs, targets)
+    lic = _stage_licenses(where, _typed(path, f"stage {name!r} licenses", st.get("licenses", {}), dict), props,
+                          earlier)
+    langs = _languages(where, _typed(path, f"stage {name!r} languages", st.get("languages", {}), dict), props)
+    return Stage(name, tokens, {k: float(v) for k, v in props.items()}, subs, targets, replay, dict(lic), langs)
+
+
+def _substages(path: str, name: str, where: str, raw) -> tuple[SubStage, ...]:
+    """The ``[[stages.substages]]`` of stage ``name``: at least one, names unique."""
+    subs = tuple(_substage(path, name, j, f"{where}: substages[{j}]", ss)
+                 for j, ss in enumerate(_typed(path, f"stage {name!r} substages", raw, list)))
+    if not subs:
+        raise RecipeError(f"{where}: at least one [[stages.substages]] is required")
+    if len({s.name for s in subs}) != len(subs):
+        raise RecipeError(f"{where}: sub-stage names must be unique")
+    return subs
+
+
+def _substage(path: str, stage: str, j: int, sw: str, ss) -> SubStage:
+    """Sub-stage table ``j`` of ``stage`` (``sw`` names it in errors): a budget of at least one sequence of
+    ``seq_len`` (2..65536), ``heldout_sequences`` leaving some training sequences."""
+    _typed(path, f"stage {stage!r} substages[{j}]", ss, dict)
+    if not isinstance(ss.get("name"), str):
+        raise RecipeError(f"{sw}.name: a string is required")
+    _name(sw + ".name", ss["name"], "sub-stage", dots=False)
+    _known_keys(sw, ss, {"name", "seq_len", "tokens", "heldout_sequences"})
+    seq_len = _int(f"{sw}.seq_len", ss.get("seq_len"), 2)
+    if seq_len > 65536:
+        raise RecipeError(f"{sw}.seq_len: {seq_len} is larger than 65536")
+    tokens = _int(f"{sw}.tokens", ss.get("tokens"))
+    if tokens < seq_len:
+        raise RecipeError(f"{sw}.tokens: {tokens} is less than one sequence of {seq_len}")
+    heldout = _int(f"{sw}.heldout_sequences", ss.get("heldout_sequences", 0), 0)
+    if heldout >= tokens // seq_len:
+        raise RecipeError(f"{sw}.heldout_sequences: {heldout} leaves no training sequences of the "
+                          f"{tokens // seq_len} the budget packs")
+    return SubStage(ss["name"], seq_len, tokens, heldout)
+
+
+def _stage_tokens(where: str, st: dict, subs: tuple[SubStage, ...], targets: dict | None) -> int:
+    """A stage's effective tokens: its ``tokens``, else the effective tokens given (``targets``), else the
+    sub-stage budgets' sum; it must equal the targets' sum and hold the budgets."""
+    budget = sum(s.tokens for s in subs)
+    given = sum(targets.values()) if targets is not None else None
+    tokens = _int(f"{where}.tokens", st.get("tokens", given if given is not None else budget))
+    if given is not None and tokens != given:
+        raise RecipeError(f"{where}.tokens: {tokens} differs from the effective tokens given "
+                          f"(effective_tokens + replay = {given})")
+    if budget > tokens:
+        raise RecipeError(f"{where}: sub-stage budgets sum to {budget} tokens, more than the stage's {tokens}")
+    return tokens
+
+
+def _stage_licenses(where: str, lic: dict, props: dict, earlier: list[Stage]) -> dict:
+    """A stage's ``licenses`` table: each key a subset of the stage, each value a known policy, the same one
+    every ``earlier`` stage gives that subset (decisions are per document)."""
+    for k, v in lic.items():
+        if k not in props:
+            raise RecipeError(f"{where}: licenses.{k}: not a subset of this stage ({', '.join(props)})")
+        if not isinstance(v, str) or v not in known_policies():
+            raise RecipeError(f"{where}: licenses.{k}: unknown license policy {v!r}; known: "
+                              f"{', '.join(known_policies())}")
+        for other in earlier:
+            if other.licenses.get(k, v) != v:
+                raise RecipeError(f"{where}: licenses.{k} = {v!r} but stage {other.name!r} uses "
+                                  f"{other.licenses[k]!r}; a subset has one policy per recipe (decisions are "
+                                  "per document): ingest the data under two subset names")
+    return lic
+
+
+def _dedup_table(path: str, raw) -> dict:
+    """The ``[dedup]`` table with ``enabled`` (default true) checked and its parameters validated
+    (:func:`xgen_data.attributes.dedup.params.recorded_params`)."""
+    dedup = dict(_typed(path, "dedup", raw, dict))
     dedup.setdefault("enabled", True)
     if not isinstance(dedup["enabled"], bool):
         raise RecipeError(f"{path}: dedup.enabled must be true or false, got {dedup['enabled']!r}")
@@ -285,19 +335,19 @@ def _from_toml(raw: dict, path: str) -> Recipe:
         recorded_params(**{k: v for k, v in dedup.items() if k != "enabled"})
     except ValueError as exc:
         raise RecipeError(f"{path}: dedup: {exc}") from None
-    return Recipe(
-        name=str(raw.get("name", os.path.basename(path).removesuffix(".toml"))),
-        seed=_int(f"{path}: seed", raw.get("seed", 0), 0),
-        stages=tuple(stages),
-        min_tokens=_int(f"{path}: filters.min_tokens", flt.get("min_tokens", 100), 0),
-        license_subsets=_strings(path, "filters.license_subsets", flt.get("license_subsets", ["code"])),
-        license_allow=None if allow is None else _strings(path, "filters.license_allow", allow),
-        license_allow_extra=_strings(path, "filters.license_allow_extra", flt.get("license_allow_extra", [])),
-        policy_allow_extra=_policy_extra(path, flt.get("policy_allow_extra", {})),
-        dedup=dedup,
-        path=os.path.abspath(path) if os.path.isfile(path) else path,
-        decontaminate=_eval_sets(path, raw.get("decontaminate", {})),
-    )
+    return dedup
+
+
+def _filter_settings(path: str, flt: dict) -> dict:
+    """The :class:`Recipe` fields of the ``[filters]`` table ``flt`` (keys already checked), validated."""
+    allow = flt.get("license_allow")
+    return {
+        "min_tokens": _int(f"{path}: filters.min_tokens", flt.get("min_tokens", 100), 0),
+        "license_subsets": _strings(path, "filters.license_subsets", flt.get("license_subsets", ["code"])),
+        "license_allow": None if allow is None else _strings(path, "filters.license_allow", allow),
+        "license_allow_extra": _strings(path, "filters.license_allow_extra", flt.get("license_allow_extra", [])),
+        "policy_allow_extra": _policy_extra(path, flt.get("policy_allow_extra", {})),
+    }
 
 
 def _eval_sets(path: str, raw) -> tuple[str, ...]:
