@@ -143,24 +143,11 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
         should_stop: called with the new ids after each token; True stops with ``stop == "stop"`` (a chat's
             stop text, :mod:`xgen_train.evaluate.chat`).
     Raises:
-        ValueError: empty prompt, prompt as long as ``max_positions`` or longer, ids outside the
+        InputError (a ValueError): empty prompt, prompt as long as ``max_positions`` or longer, ids outside the
             vocabulary, or an invalid ``temperature`` / ``top_p`` / ``max_new_tokens``.
     """
-    if not prompt:
-        raise InputError("prompt is empty: give at least one token (e.g. EOS 50256 to start a new document)")
-    if any(not 0 <= int(t) < cfg.vocab_size for t in prompt):
-        raise InputError(f"prompt ids must be in [0, {cfg.vocab_size})")
-    if len(prompt) >= cfg.max_positions:
-        raise InputError(f"prompt has {len(prompt)} tokens; the model accepts at most {cfg.max_positions} "
-                         "positions, leaving no room for new tokens")
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise InputError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    greedy = temperature == 0
-    step, full = _compiled(cfg, str(jnp.dtype(compute_dtype)), greedy)
+    _check_request(cfg, prompt, max_new_tokens, temperature, top_p)
+    step, full = _compiled(cfg, str(jnp.dtype(compute_dtype)), temperature == 0)
     n0 = len(prompt)
     budget = min(cfg.max_positions, n0 + max_new_tokens) - n0
     size = _bucket(n0 + budget, cfg.max_positions)  # cache slots; those past the last token stay masked
@@ -168,21 +155,13 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
              jnp.int32(cfg.vocab_size if vocab_limit is None else vocab_limit))
     params = jax.tree.map(jnp.asarray, params)
     base = jax.random.PRNGKey(seed)
+    if use_cache:
+        tok, last, advance = _cached_decoder(step, params, cfg, prompt, size, jax.random.fold_in(base, 0), knobs)
+    else:
+        tok, last, advance = _full_decoder(full, params, prompt, size, jax.random.fold_in(base, 0), knobs)
     new: list[int] = []
     kept_logits: list[np.ndarray] = []
     stop = "max_new_tokens" if budget == max_new_tokens else "max_positions"
-    if use_cache:
-        # prefill once; the prompt is padded to a bucket: padded slots are written but masked for every
-        # real position, and each is overwritten by its real token before any later position reads it
-        cache = init_cache(cfg, 1, size)
-        padded = np.zeros((1, min(size, _bucket(n0, size))), np.int32)
-        padded[0, :n0] = prompt
-        tok, last, cache = step(params, cache, jnp.asarray(padded), jnp.int32(0), jnp.int32(n0 - 1),
-                                jax.random.fold_in(base, 0), *knobs)
-    else:
-        buf = np.zeros((1, size), np.int32)
-        buf[0, :n0] = prompt
-        tok, last = full(params, jnp.asarray(buf), jnp.int32(n0 - 1), jax.random.fold_in(base, 0), *knobs)
     for i in range(budget):
         t = int(tok[0])
         new.append(t)
@@ -196,12 +175,59 @@ def generate(params, cfg: ModelConfig, prompt: list[int], max_new_tokens: int = 
             break
         if i + 1 == budget:
             break
-        pos = n0 + i
-        key = jax.random.fold_in(base, i + 1)
-        if use_cache:
-            tok, last, cache = step(params, cache, jnp.asarray([[t]], jnp.int32), jnp.int32(pos), jnp.int32(0),
-                                    key, *knobs)
-        else:
-            buf[0, pos] = t
-            tok, last = full(params, jnp.asarray(buf), jnp.int32(pos), key, *knobs)
+        tok, last = advance(t, n0 + i, jax.random.fold_in(base, i + 1))
     return Generation(tokens=new, stop=stop, logits=np.stack(kept_logits) if return_logits else None)
+
+
+def _check_request(cfg: ModelConfig, prompt: list[int], max_new_tokens: int, temperature: float,
+                   top_p: float) -> None:
+    """Raise InputError for the invalid arguments :func:`generate` lists."""
+    if not prompt:
+        raise InputError("prompt is empty: give at least one token (e.g. EOS 50256 to start a new document)")
+    if any(not 0 <= int(t) < cfg.vocab_size for t in prompt):
+        raise InputError(f"prompt ids must be in [0, {cfg.vocab_size})")
+    if len(prompt) >= cfg.max_positions:
+        raise InputError(f"prompt has {len(prompt)} tokens; the model accepts at most {cfg.max_positions} "
+                         "positions, leaving no room for new tokens")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise InputError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _cached_decoder(step, params, cfg: ModelConfig, prompt: list[int], size: int, key, knobs):
+    """Prefill a ``size``-slot cache with ``prompt`` (``step`` of :func:`_compiled`). Returns the first new token
+    ``[1]`` int32, its logits ``[1, vocab]`` and ``advance(t, pos, key)``: feed token ``t`` at position ``pos``,
+    get the next token and logits (the cache is updated in place of the donated one)."""
+    n0 = len(prompt)
+    # the prompt is padded to a bucket: padded slots are written but masked for every real position, and each
+    # is overwritten by its real token before any later position reads it
+    cache = init_cache(cfg, 1, size)
+    padded = np.zeros((1, min(size, _bucket(n0, size))), np.int32)
+    padded[0, :n0] = prompt
+    tok, last, cache = step(params, cache, jnp.asarray(padded), jnp.int32(0), jnp.int32(n0 - 1), key, *knobs)
+
+    def advance(t: int, pos: int, key):
+        nonlocal cache
+        tok, last, cache = step(params, cache, jnp.asarray([[t]], jnp.int32), jnp.int32(pos), jnp.int32(0),
+                                key, *knobs)
+        return tok, last
+
+    return tok, last, advance
+
+
+def _full_decoder(full, params, prompt: list[int], size: int, key, knobs):
+    """:func:`_cached_decoder` without a cache (the uncached reference): every token runs ``full`` over a
+    ``size``-token buffer holding the sequence so far."""
+    n0 = len(prompt)
+    buf = np.zeros((1, size), np.int32)
+    buf[0, :n0] = prompt
+    tok, last = full(params, jnp.asarray(buf), jnp.int32(n0 - 1), key, *knobs)
+
+    def advance(t: int, pos: int, key):
+        buf[0, pos] = t
+        return full(params, jnp.asarray(buf), jnp.int32(pos), key, *knobs)
+
+    return tok, last, advance
