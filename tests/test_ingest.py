@@ -135,6 +135,17 @@ def test_bad_records_name_file_and_line(tmp_path, bad, problem, kind, workers):
     assert "bad.jsonl:3" in rep.examples[0]
 
 
+@pytest.mark.parametrize("payload,message", [
+    (b'{"text": "unterminated', "malformed JSON: Unterminated string starting at column 10"),
+    (b'{"text": "tab\there"}', "malformed JSON: Invalid control character at column 14"),
+    (b'{"text": "ok"} x', "malformed JSON: Extra data at column 16"),
+])
+def test_malformed_json_names_the_column_once(payload, message):
+    with pytest.raises(readers.RecordError) as err:
+        readers.decode_record(readers.RawRecord("bad.jsonl", 3, payload))
+    assert str(err.value) == f"bad.jsonl:3: {message}"
+
+
 def test_corrupt_compressed_stream_is_named(tmp_path):
     src = tmp_path / "broken.jsonl.zst"
     src.write_bytes(zstandard.ZstdCompressor().compress("".join(_sample_lines()).encode())[:-50])

@@ -509,7 +509,9 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+            # json's messages may end in "at" ("Unterminated string starting at"): one "at" before the column
+            where = "column" if exc.msg.endswith(" at") else "at column"
+            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} {where} {exc.colno}") from None
         except RecursionError:
             raise RecordError(rec.file, rec.line, "malformed JSON: nested too deeply") from None
         except ValueError as exc:  # e.g. an integer literal past Python's 4,300-digit conversion limit
