@@ -282,6 +282,11 @@ def test_existing_foreign_folder_is_not_taken_over(tmp_path):
     with pytest.raises(CorpusError, match="not an xgen corpus"):
         ingest.ingest(str(project), [(str(src), None)], workers=1, progress=False)
     assert (project / "docs" / "guide" / "index.md").read_text() == "mine"
+    from cli.main import cli
+    res = CliRunner().invoke(cli, ["ingest", "--quiet", "--corpus", str(project), str(src)])
+    assert res.exit_code == 2, res.output  # refused as asked, as every command's non-empty foreign --out
+    assert "is not an xgen corpus (no corpus.json); choose a new or empty folder for --corpus" in res.output
+    assert (project / "docs" / "guide" / "index.md").read_text() == "mine"
 
 
 def test_inputs_inside_the_corpus_and_empty_subset_are_refused(tmp_path):

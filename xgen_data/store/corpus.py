@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from xgen_data.errors import DamagedDataError, InputError
+from xgen_data.errors import DamagedDataError, InputError, RefusedError
 from xgen_data.store import fsutil
 
 FORMAT = "xgen-corpus"
@@ -64,6 +64,13 @@ DOC_SCHEMA = pa.schema(
 
 class CorpusError(InputError):
     """The corpus directory is missing, of another format, or inconsistent."""
+
+
+class ForeignFolderError(CorpusError, RefusedError):
+    """A new corpus was asked for in a folder that holds files xgen did not write: refused (exit 2, as every
+    command's output folder), the folder left as it is."""
+
+    exit_code = RefusedError.exit_code
 
 
 class DamagedPartError(CorpusError, DamagedDataError):
@@ -221,8 +228,8 @@ class Corpus:
                     if name.startswith(".corpus.json.tmp-"):
                         os.remove(os.path.join(self.root, name))
             if os.path.isdir(self.root) and os.listdir(self.root):
-                raise CorpusError(f"{root}: folder exists, is not empty and is not an xgen corpus (no corpus.json); "
-                                  "choose a new or empty folder for --corpus")
+                raise ForeignFolderError(f"{root}: folder exists, is not empty and is not an xgen corpus "
+                                         "(no corpus.json); choose a new or empty folder for --corpus")
             os.makedirs(self.root, exist_ok=True)
             self.write_meta({"format": FORMAT, "format_version": FORMAT_VERSION, "inputs": {}, "shard_dirs": []})
         self.read_meta()
