@@ -326,6 +326,44 @@ def test_a_0x_registry_is_one_error_naming_the_rebuild(small, tmp_path, old):
     assert open(path, "rb").read() == before
 
 
+def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
+    """The rebuild commands of a 0.x registry, typed as printed (a path with a space and an apostrophe, an input
+    read with --on-error skip), ingest the same parts again."""
+    import re
+    import shlex
+
+    from cli.main import cli
+
+    folder = tmp_path / "raw inputs" / "it's here"
+    folder.mkdir(parents=True)
+    lines = open(os.path.join(SAMPLE, "code.jsonl"), encoding="utf-8").readlines()[:6]
+    (folder / "code.jsonl").write_text("".join(lines[:3]) + '{"text": "unterminated\n' + "".join(lines[3:]))
+    root = str(tmp_path / "c")
+    ingest.ingest(root, [(str(folder / "code.jsonl"), None)], workers=1, on_error="skip", progress=False)
+    path = os.path.join(root, "corpus.json")
+    meta = json.load(open(path))
+    meta.pop(corpus_mod.REGISTRY_SHA256)
+    json.dump(meta, open(path, "w"))
+    with pytest.raises(corpus_mod.CorpusError) as err:
+        corpus_mod.Corpus(root)
+    (typed,) = re.findall(r"`(xgen ingest [^`]*)`", str(err.value))
+    new = str(tmp_path / "new")
+    argv = [new if w == "NEW" else w for w in shlex.split(typed)]
+    assert argv[:2] == ["xgen", "ingest"] and "--on-error" in argv
+    res = CliRunner().invoke(cli, argv[1:] + ["--quiet"])
+    assert res.exit_code == 0, res.output
+    rebuilt = {v["subset"]: v["part_sha256"] for v in corpus_mod.Corpus(new).read_meta()["inputs"].values()}
+    assert rebuilt == {v["subset"]: v["part_sha256"] for v in meta["inputs"].values()}
+
+
+def test_rebuild_commands_keep_metadata_tokens():
+    meta = {"inputs": {"code:ab:metadata-tokens": {"subset": "code", "path": "/d/a b.jsonl", "skipped": {}},
+                       "code:cd": {"subset": "code", "path": "/d/c.jsonl", "skipped": {}}}}
+    assert corpus_mod.rebuild_commands(meta) == [
+        "xgen ingest --corpus NEW --subset code /d/c.jsonl",
+        "xgen ingest --corpus NEW --subset code --metadata-tokens '/d/a b.jsonl'"]
+
+
 def test_kill_language_step_at_every_commit_point(small, tmp_path):
     """The `language` attribute step (xgen_data.attributes.languages) is crash-consistent like license and dedup."""
     from xgen_data.attributes import language_step, languages

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -214,6 +215,20 @@ class Part:
     path: str
 
 
+def rebuild_commands(meta: dict) -> list[str]:
+    """The ``xgen ingest --corpus NEW ...`` shell commands that ingest a registry's inputs again: one per subset
+    and option set (``--metadata-tokens`` for an input registered with them, ``--on-error skip`` for one whose
+    bad records were skipped), every word quoted for a POSIX shell so that the commands run as printed."""
+    groups: dict[tuple[str, bool, bool], list[str]] = {}
+    for key, v in meta["inputs"].items():
+        flags = (v["subset"], key.endswith(":metadata-tokens"), bool(v.get("skipped")))
+        groups.setdefault(flags, []).append(v["path"])
+    return [shlex.join(["xgen", "ingest", "--corpus", "NEW", "--subset", subset]
+                       + (["--metadata-tokens"] if tokens else []) + (["--on-error", "skip"] if skip else [])
+                       + sorted(paths))
+            for (subset, tokens, skip), paths in sorted(groups.items())]
+
+
 class Corpus:
     """A corpus directory (see module docstring). ``Corpus(root, create=True)`` makes an empty one."""
 
@@ -290,12 +305,8 @@ class Corpus:
         return meta
 
     def _rebuild_hint(self, meta: dict, older: bool = True) -> str:
-        """How to rebuild the corpus from its inputs: one ``xgen ingest`` per subset into a new folder."""
-        by_subset: dict[str, list[str]] = {}
-        for v in meta["inputs"].values():
-            by_subset.setdefault(v["subset"], []).append(v["path"])
-        cmds = "; ".join(f"`xgen ingest --corpus NEW --subset {s} {' '.join(sorted(paths))}`"
-                         for s, paths in sorted(by_subset.items())) or "`xgen ingest --corpus NEW FILES...`"
+        """How to rebuild the corpus from its inputs: the :func:`rebuild_commands` into a new folder."""
+        cmds = "; ".join(f"`{c}`" for c in rebuild_commands(meta)) or "`xgen ingest --corpus NEW FILES...`"
         return ("written by an older xgen (0.x) whose registry does not record every checksum; " if older else "") + \
             f"rebuild the corpus by ingesting its inputs into a new folder: {cmds}"
 
