@@ -440,8 +440,13 @@ def test_cli_sft_verify(tmp_path):
     (tmp_path / "sft" / "manifest.json").write_text(json.dumps(man))
     res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])  # damage found, like `xgen verify`
     assert res.exit_code == 1 and "manifest_sha256" in res.output, res.output
+    assert "content does not match its manifest_sha256" in res.output
+    del man["manifest_sha256"]
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps(man))
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])
+    assert res.exit_code == 1 and "manifest.json: no manifest_sha256 (the manifest's own checksum" in res.output
     res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path)])  # not SFT shards: unreadable input
-    assert res.exit_code == 3 and "no manifest.json" in res.output, res.output
+    assert res.exit_code == 3 and f"Error: {tmp_path}: no manifest.json (not an SFT" in res.output, res.output
 
 
 def test_trainer_loader_reads_prepared_shards(tmp_path):
