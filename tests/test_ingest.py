@@ -139,6 +139,8 @@ def test_bad_records_name_file_and_line(tmp_path, bad, problem, kind, workers):
     (b'{"text": "unterminated', "malformed JSON: Unterminated string starting at column 10"),
     (b'{"text": "tab\there"}', "malformed JSON: Invalid control character at column 14"),
     (b'{"text": "ok"} x', "malformed JSON: Extra data at column 16"),
+    (b'{"text": "\xc3\xa9", x}\n', "malformed JSON: Expecting property name enclosed in double quotes at column 15"),
+    (b'{"text": "ok"\r\n', "malformed JSON: Expecting ',' delimiter at the end of the line"),
 ])
 def test_malformed_json_names_the_column_once(payload, message):
     with pytest.raises(readers.RecordError) as err:

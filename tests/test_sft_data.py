@@ -119,6 +119,15 @@ def test_malformed_records_name_file_and_line(tmp_path, record, problem):
     assert "data.jsonl:2:" in m["sources"][0]["errors"][0]
 
 
+def test_malformed_json_names_the_file_line_and_column(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "response": "fine"}) + '\n{"prompt": 1\n')
+    with pytest.raises(InputError) as err:
+        prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    assert str(err.value) == (f"{path}:2: not valid JSON: Expecting ',' delimiter at the end of the line "
+                              "(or use --on-error skip)")
+
+
 def test_best_fit_decreasing_whole_examples_seeded():
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 300, size=500)

@@ -491,6 +491,14 @@ def _meta_json(meta) -> str | None:
     return json.dumps(meta, ensure_ascii=False, default=str, allow_nan=False)
 
 
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """``"<json's message> at column N"`` (1-based characters) or ``"... at the end of the line"`` for an error
+    in one JSONL line: the line is named beside it, so json's own ``line 2`` (past the line's newline) would
+    only mislead. json's messages may end in "at" ("Unterminated string starting at"): one "at" is kept."""
+    where = "the end of the line" if exc.pos >= len(exc.doc.rstrip("\r\n")) else f"column {exc.pos + 1}"
+    return f"{exc.msg.removesuffix(' at')} at {where}"
+
+
 def decode_record(rec: RawRecord) -> dict[str, Any]:
     """Decode and validate one raw record into a document dict with the keys of :data:`FIELDS`.
 
@@ -509,9 +517,7 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            # json's messages may end in "at" ("Unterminated string starting at"): one "at" before the column
-            where = "column" if exc.msg.endswith(" at") else "at column"
-            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} {where} {exc.colno}") from None
+            raise RecordError(rec.file, rec.line, f"malformed JSON: {json_error_text(exc)}") from None
         except RecursionError:
             raise RecordError(rec.file, rec.line, "malformed JSON: nested too deeply") from None
         except ValueError as exc:  # e.g. an integer literal past Python's 4,300-digit conversion limit
