@@ -46,8 +46,12 @@ def run_datatrove(inputs: list[str], work: str, workers: int) -> dict:
     import resource
 
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, \
-        MinhashDedupSignature
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
@@ -235,6 +239,7 @@ def quality(corpus: str, dt_work: str, n_docs: int, n_check: int, seed: int) -> 
 
     sys.path.insert(0, HERE)
     import eval_dedup_quality as ev
+
     from xgen_data.sources import ingest
     from xgen_data.stats import sql
 
@@ -368,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs["rss_one_mb"], theirs["rss_sum_mb"] = mon.peak_one, mon.peak_sum
 
     import pyarrow.parquet as pq  # noqa: F401  (our venv)
+
     from xgen_data.store.corpus import Corpus
 
     text_mb = sum(pq.ParquetFile(p.path).metadata.num_rows and

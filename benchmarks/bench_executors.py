@@ -34,6 +34,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from bench_dedup_peer import descendants  # noqa: E402  (every process below one, from /proc)
+
 SHARED = os.environ.get("XGEN_SHARED") or os.path.join(ROOT, "..", "shared")
 EXECUTORS = ("local", "ray")
 WARM_UP = ("from xgen_data import tokenizer; from xgen_data.attributes import minhash; "

@@ -1,8 +1,8 @@
 """Tokenize throughput of the product's ingest path against raw tiktoken, same texts, same run.
 
 Baseline: tiktoken's ``encode_ordinary_batch`` with the XGen encoding, one thread (num_threads=1), on the
-same documents. Product: ``xgen_data.sources.ingest.process_batch`` (JSON decode, validation, tokenization, Arrow
-columns) through ``map_bounded`` with 1 and 2 worker processes. Prints MB/s and tokens/s of each, the
+same documents. Product: ``xgen_data.sources.ingest_item.process_batch`` (JSON decode, validation, tokenization,
+Arrow columns; what each ingest item runs per batch) in this process and on a pool of 2 spawned processes. Prints MB/s and tokens/s of each, the
 ratio product(1 worker) / raw (target >= 0.85) and product(2 workers) / product(1 worker) (target >= 1.7).
 
     XGEN_GPT2_BPE=../shared/tokenizer/gpt2.tiktoken python benchmarks/bench_tokenize.py [--mb 60] [--smoke]
@@ -12,6 +12,8 @@ ratio product(1 worker) / raw (target >= 0.85) and product(2 workers) / product(
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import multiprocessing
 import os
 import sys
 import time
@@ -19,7 +21,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xgen_data import tokenizer  # noqa: E402
-from xgen_data.sources import ingest, readers
+from xgen_data.sources import ingest, ingest_item, readers  # noqa: E402
 
 SHARED = os.path.join(os.environ.get("XGEN_SHARED") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                     "..", "..", "shared"), "corpus")
@@ -52,7 +54,7 @@ def main() -> None:
     texts = [readers.decode_record(r)["text"] for r in recs]
     n_mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     enc = tokenizer.get_encoding()
-    batches = list(ingest._batches(recs))
+    batches = list(ingest_item.batches(recs, ingest.BATCH_DOCS, ingest.BATCH_BYTES))
     print(f"{len(texts):,} documents, {n_mb:.1f} MB of text, {len(batches)} batches")
 
     def raw() -> int:
@@ -60,14 +62,13 @@ def main() -> None:
 
     def product(pool):
         def run() -> int:
-            return sum(b.column("n_tokens").to_numpy().sum() for b, _lines, _errors in
-                       ingest.map_bounded(ingest.process_batch, batches, pool, 4) if b is not None)
+            out = pool.map(ingest_item.process_batch, batches) if pool else map(ingest_item.process_batch, batches)
+            return sum(b.column("n_tokens").to_numpy().sum() for b, _lines, _errors in out if b is not None)
         return run
 
     results = {}
-    pool_cm = ingest.worker_pool(2)
-    pool = pool_cm.__enter__()
-    list(ingest.map_bounded(ingest.process_batch, batches[:2], pool, 4))  # start and warm the workers
+    pool = cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=tokenizer.get_encoding)
+    list(pool.map(ingest_item.process_batch, batches[:2]))  # start and warm the workers
     for name, fn in [("raw tiktoken (1 thread)", raw), ("xgen, 1 worker", product(None)), ("xgen, 2 workers", product(pool))]:
         best, n_tok = float("inf"), 0
         for _ in range(args.repeat):
@@ -76,7 +77,7 @@ def main() -> None:
             best = min(best, time.perf_counter() - t)
         results[name] = (best, n_tok)
         print(f"{name:26s} {n_mb / best:7.2f} MB/s  {n_tok / best / 1e6:6.3f} M tokens/s  ({best:.2f} s, {n_tok:,} tokens)")
-    pool_cm.__exit__(None, None, None)
+    pool.shutdown()
     raw_t = results["raw tiktoken (1 thread)"][0]
     one, two = results["xgen, 1 worker"][0], results["xgen, 2 workers"][0]
     assert results["xgen, 1 worker"][1] == results["raw tiktoken (1 thread)"][1], "token counts differ"

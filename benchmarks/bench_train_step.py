@@ -107,11 +107,11 @@ def build_ours(cfg, args):
     import jax
     import jax.numpy as jnp
 
-    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
     from xgen_train.loop.step import StepOptions, init_monitor, make_train_step
     from xgen_train.model.loss import make_loss_fn
     from xgen_train.model.model import init_params
+    from xgen_train.model.numerics import NumericsOptions
 
     num = NumericsOptions(precision=args.precision, attention=args.attention, loss_chunk=args.loss_chunk,
                           remat=args.remat, accum_steps=args.accum_steps).resolved()

@@ -48,10 +48,10 @@ os.environ.setdefault("XGEN_GPT2_BPE", os.path.join(SHARED, "tokenizer", "gpt2.t
 import pyarrow.parquet as pq  # noqa: E402
 
 from xgen_data.attributes import minhash  # noqa: E402
-from xgen_data.store.corpus import Corpus  # noqa: E402
+from xgen_data.attributes.dedup import bands as dbands
 from xgen_data.attributes.dedup import params as dparams
 from xgen_data.mixing import defaults
-from xgen_data.attributes.dedup import bands as dbands
+from xgen_data.store.corpus import Corpus  # noqa: E402
 
 
 def shingle_sets(texts: list[str], ngram: int) -> list[np.ndarray]:

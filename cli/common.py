@@ -2,6 +2,7 @@
 the shared options of docs/cli.md, and table printing."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -12,6 +13,7 @@ import click
 
 from xgen_data import errors
 from xgen_data.stats.sql_results import table_lines
+
 
 class CliError(click.ClickException):
     """A one-line ``Error: ...`` on stderr with a chosen exit code (the codes of :mod:`xgen_data.errors`)."""
@@ -211,6 +213,19 @@ def executor_options(fn):
 def corpus_option(fn):
     return click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False),
                         help="Corpus directory (made by `xgen ingest`).")(fn)
+
+
+def print_step_reports(steps) -> None:
+    """The contract's :class:`~xgen_data.execute.contract.StepReport` of each data step run, in run order: a
+    ``Steps`` table, or under ``--format json`` the document's ``"steps"`` key (a list of
+    ``{step, items, documents, bytes, seconds, errors}``; docs/cli.md)."""
+    if _COLLECTING:
+        report(steps=[dataclasses.asdict(s) for s in steps])
+        return
+    if steps:
+        print_rows(["step", "items", "documents", "bytes", "seconds", "errors"],
+                   [(s.step, s.items, s.documents, s.bytes, f"{s.seconds:.2f}", len(s.errors)) for s in steps],
+                   title="Steps: items, documents and bytes read, seconds")
 
 
 def print_rows(columns: list[str], rows: list[tuple], fmt: str = "table", title: str | None = None) -> None:

@@ -5,8 +5,18 @@ import json
 
 import click
 
-from cli.common import (corpus_option, executor_options, format_option, number, own_json, print_rows, quiet_option,
-                        show_progress, user_errors)
+from cli.common import (
+    corpus_option,
+    executor_options,
+    format_option,
+    number,
+    own_json,
+    print_rows,
+    print_step_reports,
+    quiet_option,
+    show_progress,
+    user_errors,
+)
 
 
 @click.command("dedup")
@@ -57,6 +67,7 @@ def dedup(corpus_dir: str, threshold: float, num_perm: int, ngram: int, seed: in
         click.echo(json.dumps(report.to_dict(), indent=1, default=str, ensure_ascii=False))
     else:
         print_report(report)
+        print_step_reports(report.steps)
 
 
 def print_report(report) -> None:

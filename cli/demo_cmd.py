@@ -10,9 +10,9 @@ import time
 
 import click
 
-from cli.common import number, print_rows, quiet_option, user_errors
+from cli.common import executor_options, number, print_rows, quiet_option, user_errors
+from cli.ingest_cmd import id_from_option
 from xgen_data.errors import RefusedError
-
 
 #: What `xgen train` writes into its output folder; the demo moves aside a run folder holding only these.
 TRAINER_OUTPUTS = {"metrics.jsonl", "run.json", "summary.json", "loss.png", "checkpoints", "eval"}
@@ -93,23 +93,27 @@ def _split_code(code_inputs: list[str], raw_dir: str, seed: int):
               help="Worker processes for ingest, filters and dedup.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="skip", show_default=True,
               help="Bad input records: skip (counted and reported) or stop.")
+@id_from_option
+@executor_options
 @quiet_option
 @user_errors
 def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, batch_tokens: int,
-         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str, quiet: bool) -> None:
+         batch_size: int | None, config_name: str, lr: float, workers: int, on_error: str, id_from: str | None,
+         executor: str, ray_address: str | None, quiet: bool) -> None:
     """Run the XGen recipe end to end on real text and train a tiny model across all its sub-stages.
 
     Stage 2's StarCoder data is made from the corpus's own code: its files are split in two disjoint halves,
     stage-1 ``code`` and a ``starcoder`` subset the demo writes in StarCoderData's Parquet layout."""
     from cli.ingest_cmd import expand_inputs, print_ingest
     from cli.mix_cmd import print_build, print_plan, print_steps
+    from xgen_data.execute import executors
     from xgen_data.mixing import pipeline, recipe, selection
     from xgen_data.shards import packing
     from xgen_data.sources import code_split, ingest, stdlib_corpus
     from xgen_data.stats import sql
+    from xgen_data.stats.plots import length_histogram
     from xgen_data.store import fsutil
     from xgen_data.store.corpus import Corpus
-    from xgen_data.stats.plots import length_histogram
 
     t0 = time.time()
     timings = {}
@@ -120,6 +124,7 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     r = recipe.load(recipe_name)
     _check_run_dir(run_dir)  # before hours of work: a folder that is not an earlier demo run is refused
     _check_run_dir(os.path.join(workdir, "sft-run"))
+    executors.check_executor(executor, ray_address)  # e.g. Ray not installed: refused before any work
     wants_starcoder = "starcoder" in r.subsets()
     if corpus_src is None:
         click.echo("Writing the embedded corpus: Python's standard library (code) and its documentation")
@@ -151,13 +156,15 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
     t = time.time()
     star_root = split.starcoder_root if split is not None else None
     print_ingest(ingest.ingest(corpus_dir, [(p, None, star_root if star_root and p.startswith(star_root + os.sep)
-                                             else None) for p in inputs], workers=workers, on_error=on_error, progress=not quiet))
+                                             else None) for p in inputs], workers=workers, on_error=on_error, progress=not quiet,
+                               executor=executor, ray_address=ray_address, id_from=id_from))
     timings["ingest"] = time.time() - t
 
     click.echo("[2/6] Filters and dedup (recipe steps)")
     with Corpus(corpus_dir).lock():  # steps, plan and packing see one consistent set of decisions
         t = time.time()
-        print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers))
+        print_steps(pipeline.apply_recipe_steps(corpus_dir, r, workers=workers, executor=executor,
+                                                ray_address=ray_address))
         timings["filter+dedup"] = time.time() - t
 
         lengths_png = length_histogram(corpus_dir, os.path.join(workdir, "lengths.png"), r.min_tokens, recipe=r)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import click
 
-from cli.common import (corpus_option, format_option, number, out_option, own_json, print_rows, quiet_option,
-                        show_progress, user_errors)
+from cli.common import (
+    corpus_option,
+    format_option,
+    number,
+    out_option,
+    own_json,
+    print_rows,
+    quiet_option,
+    show_progress,
+    user_errors,
+)
 from cli.common import report as report_values
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import corpus_option, format_option, print_rows, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, print_step_reports, user_errors
 
 
 @click.command("filter")
@@ -12,18 +12,20 @@ from cli.common import corpus_option, format_option, print_rows, user_errors
 @click.option("--min-tokens", type=click.IntRange(0), default=None, help="Drop documents with fewer tokens [100].")
 @click.option("--license-subset", "license_subsets", multiple=True, help="Subset held to the allow-list [code].")
 @click.option("--allow-license", "allow_extra", multiple=True, help="SPDX id to add to the allow-list.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Processes (or local Ray CPUs) computing the per-part attributes; 1: in this process.")
+@executor_options
 @format_option()
 @user_errors
 def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, license_subsets: tuple[str, ...],
-            allow_extra: tuple[str, ...], fmt: str) -> None:
+            allow_extra: tuple[str, ...], workers: int, executor: str, ray_address: str | None, fmt: str) -> None:
     """Set the corpus's default length and license filters (SPEC §2) and compute the license attributes.
 
     The `documents` view without --recipe shows these decisions (for every subset); a recipe's view
     (`xgen sql --recipe R`, `mix plan/build`) uses the recipe's own settings.
     """
     from xgen_data.attributes import filters, licenses
-    from xgen_data.mixing import defaults
-    from xgen_data.mixing import recipe
+    from xgen_data.mixing import defaults, recipe
 
     policies = None
     if recipe_name:
@@ -38,8 +40,9 @@ def filter_(corpus_dir: str, recipe_name: str | None, min_tokens: int | None, li
                                "no document's normalised license can match it (a typo?)", fg="yellow"), err=True)
     report = defaults.run_filters(corpus_dir, min_tokens=mt if min_tokens is None else min_tokens,
                                  license_subsets=license_subsets or subsets, allow=tuple(allow) + allow_extra,
-                                 policies=policies)
+                                 policies=policies, workers=workers, executor=executor, ray_address=ray_address)
     print_filter(report)
+    print_step_reports(report.steps)
 
 
 def print_filter(report) -> None:

@@ -5,7 +5,15 @@ import os
 
 import click
 
-from cli.common import corpus_option, executor_options, format_option, print_rows, quiet_option, show_progress, user_errors
+from cli.common import (
+    corpus_option,
+    executor_options,
+    format_option,
+    print_rows,
+    quiet_option,
+    show_progress,
+    user_errors,
+)
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[str]:
@@ -30,6 +38,14 @@ def _check_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
     return inputs
 
 
+def id_from_option(fn):
+    """``--id-from line|sha256``: how a record without an ``id`` gets one (default: it is a bad record)."""
+    return click.option("--id-from", type=click.Choice(["line", "sha256"]), default=None,
+                        show_default="none: a record without an id is an error naming file and line",
+                        help="Make the id of a record without one: line (<file stem>#<file sha256[:12]>:<line>) or "
+                             "sha256 (sha256:<hex of the text>; a repeated text is then a duplicate id).")(fn)
+
+
 @click.command()
 @corpus_option
 @click.argument("inputs", nargs=-1, required=True, callback=lambda _ctx, _param, value: _check_inputs(value))
@@ -43,12 +59,14 @@ def _check_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
                    "The Stack Parquet files are recognised without it).")
 @click.option("--metadata-tokens", is_flag=True,
               help="Prefix code documents with StarCoder's <reponame> <filename> <gh_stars> tokens (by id; off by default).")
+@id_from_option
 @executor_options
 @format_option()
 @quiet_option
 @user_errors
 def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers: int, on_error: str, quiet: bool,
-           columns_spec: str | None, metadata_tokens: bool, executor: str, ray_address: str | None, fmt: str) -> None:
+           columns_spec: str | None, metadata_tokens: bool, id_from: str | None, executor: str,
+           ray_address: str | None, fmt: str) -> None:
     """Read JSONL / JSONL.gz / JSONL.zst / Parquet INPUTS (files or folders) into the corpus, tokenized.
 
     INPUTS are paths or fsspec URIs (s3://bucket/prefix/, gs://, hf://, file://; s3:// needs
@@ -66,7 +84,7 @@ def ingest(corpus_dir: str, inputs: tuple[str, ...], subset: str | None, workers
         click.echo(f"skipped {line}")
     reports = run(corpus_dir, [(f.path, subset, f.folder) for f in files], workers=workers, on_error=on_error,
                   progress=show_progress(quiet), columns=columns, metadata_tokens=metadata_tokens,
-                  executor=executor, ray_address=ray_address)
+                  executor=executor, ray_address=ray_address, id_from=id_from)
     print_ingest(reports)
 
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import click
 
-from cli.common import corpus_option, executor_options, format_option, print_rows, user_errors
+from cli.common import corpus_option, executor_options, format_option, print_rows, print_step_reports, user_errors
 
 
 @click.group()
@@ -35,8 +35,7 @@ def print_plan(recipe, docs, corpus_dir: str) -> None:
     from xgen_data.store.corpus import Corpus
 
     corpus_subsets = Corpus(corpus_dir).subsets()
-    from xgen_data.mixing import mixture
-    from xgen_data.mixing import selection
+    from xgen_data.mixing import mixture, selection
 
     plan_rows = mixture.plan(recipe, selection.subset_stats(docs))
     print_plan_rows(recipe, plan_rows)
@@ -146,6 +145,7 @@ def plan(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, exec
     steps, docs = pipeline.plan_recipe(corpus_dir, r, workers=workers, executor=executor, ray_address=ray_address)
     print_steps(steps)
     print_plan(r, docs, corpus_dir)
+    print_step_reports(steps.steps)
 
 
 @mix.command()
@@ -167,6 +167,7 @@ def build(corpus_dir: str, recipe_name: str, seed: int | None, workers: int, out
                                          ray_address=ray_address)
     print_steps(steps)
     print_build(r, report)
+    print_step_reports(steps.steps + report.steps)
 
 
 def print_build(recipe, report) -> None:

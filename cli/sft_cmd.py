@@ -5,10 +5,10 @@ import json
 
 import click
 
-from cli.common import (format_option, out_option, own_json, print_rows, quiet_option, report, show_progress,
-                        user_errors)
+from cli.common import format_option, out_option, own_json, print_rows, quiet_option, report, show_progress, user_errors
 from xgen_data.errors import ProblemFound
-from xgen_data.sft import long_context, prepare as prepare_mod, sft_format
+from xgen_data.sft import long_context, sft_format
+from xgen_data.sft import prepare as prepare_mod
 
 
 @click.group("sft")

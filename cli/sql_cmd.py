@@ -8,7 +8,6 @@ import click
 from cli.common import corpus_option, format_option, number, own_json, user_errors
 from xgen_data import errors
 
-
 recipe_option = click.option("--recipe", "recipe_name", default=None,
                              help="Show this recipe's decisions (kept, drop_reason) [the corpus defaults of the last "
                                   "`xgen filter` / `xgen dedup`].")

@@ -133,8 +133,8 @@ def train(out_dir: str, resume: bool, quiet: bool, fmt: str, **settings) -> None
     from xgen_train.scale.distributed import maybe_initialize
 
     maybe_initialize()  # multi-host start when the environment asks for it, before any device use
-    from xgen_train.loop.config import TrainConfig  # imports JAX (via the numerics options)
     from xgen_train.export.hf import init_model_config, load_init
+    from xgen_train.loop.config import TrainConfig  # imports JAX (via the numerics options)
     from xgen_train.loop.trainer import train as run_train
 
     try:

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+
 from xgen_data.mixing import defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))

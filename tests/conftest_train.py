@@ -13,10 +13,9 @@ from pathlib import Path
 from conftest import SHARED as _SHARED
 
 from xgen_data import tokenizer
-from xgen_data.mixing import recipe
+from xgen_data.mixing import defaults, recipe
 from xgen_data.shards import packing
 from xgen_data.sources import ingest
-from xgen_data.mixing import defaults
 
 SHARED = Path(_SHARED)
 EOS_ID = tokenizer.EOS_ID

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from conftest import SHARED
 
 from xgen_data import tokenizer

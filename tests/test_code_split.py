@@ -7,9 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import shared_path
-from xgen_data.mixing import recipe
+from xgen_data.mixing import defaults, recipe
 from xgen_data.sources import code_split
-from xgen_data.mixing import defaults
 
 
 def _sample():

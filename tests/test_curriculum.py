@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # conftest_train
 from conftest_train import build_curriculum_shards  # noqa: E402
 
 from xgen_data.mixing import recipe as recipe_mod  # noqa: E402
-from xgen_train.loop.lossplot import plot_loss, read_metrics  # noqa: E402
 from xgen_train.loop import data as data_mod  # noqa: E402
 from xgen_train.loop.checkpoint import CheckpointError, is_hf_folder, latest_checkpoint, load_params  # noqa: E402
 from xgen_train.loop.curriculum import make_plan  # noqa: E402
 from xgen_train.loop.data import ShardLoader, load_manifest  # noqa: E402
+from xgen_train.loop.lossplot import plot_loss, read_metrics  # noqa: E402
 from xgen_train.loop.optimizer import learning_rate  # noqa: E402
 from xgen_train.loop.trainer import train  # noqa: E402
 

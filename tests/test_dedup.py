@@ -15,15 +15,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import SAMPLE, shared_path
 
-from xgen_data.attributes import clusters, minhash
-from xgen_data.errors import DamagedDataError
-from xgen_data.store.corpus import Corpus, CorpusError
-from xgen_data.attributes import licenses
-from xgen_data.attributes.dedup import signatures as dsig
-from xgen_data.attributes.dedup import params as dparams
-from xgen_data.mixing import defaults
-from xgen_data.attributes.dedup import cluster as dcluster
+from xgen_data.attributes import clusters, licenses, minhash
 from xgen_data.attributes.dedup import bands as dbands
+from xgen_data.attributes.dedup import cluster as dcluster
+from xgen_data.attributes.dedup import params as dparams
+from xgen_data.attributes.dedup import signatures as dsig
+from xgen_data.errors import DamagedDataError
+from xgen_data.mixing import defaults
+from xgen_data.store.corpus import Corpus, CorpusError
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import shared_path
+
 from xgen_data.mixing import recipe
 from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql

@@ -9,11 +9,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from xgen_data.mixing import defaults
 from click.testing import CliRunner
 from hf_helpers import MICRO, make_run, perturbed_params
 
 from cli.main import cli
+from xgen_data.mixing import defaults
 from xgen_train.evaluate import evaluation as ev
 
 # ------------------------------------------------------------------------------------------------ carbon

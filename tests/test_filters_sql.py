@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from xgen_data.attributes import filters, licenses
+from xgen_data.mixing import defaults
 from xgen_data.stats import sql
 from xgen_data.store.corpus import CorpusError
-from xgen_data.mixing import defaults
 
 
 @pytest.mark.parametrize("expr,ok", [
@@ -154,11 +154,11 @@ def test_license_attributes_have_a_reason_for_every_document(sample_corpus):
 
 def _many_parts_corpus(root, monkeypatch):
     """The sample slice ingested into parts of 16 documents (dozens of parts), with every attribute set."""
+    from conftest import shared_path
+
     from xgen_data.attributes import language_step
     from xgen_data.sources import ingest
     from xgen_data.store.corpus import Corpus
-
-    from conftest import shared_path
 
     monkeypatch.setattr(ingest, "PART_DOCS", 16)
     monkeypatch.setattr(ingest, "BATCH_DOCS", 16)
@@ -219,9 +219,9 @@ def test_attribute_file_out_of_step_with_its_part_is_damaged(corpus_copy, tamper
     # pass, but the view pairs rows by position, so the ids are checked against the part's, in order
     import pyarrow.parquet as pq
 
+    from xgen_data.stats.verify import verify_corpus
     from xgen_data.store import fsutil
     from xgen_data.store.corpus import Corpus, DamagedAttributeError
-    from xgen_data.stats.verify import verify_corpus
 
     corpus = Corpus(corpus_copy)
     key, state = next((k, v) for k, v in corpus.read_meta()["attributes"].items() if v["step"] == "license")

@@ -258,9 +258,8 @@ def test_tokenizer_json_gives_xgen_ids(exported):
 def test_auto_tokenizer_modes(exported):
     """transformers' AutoTokenizer: default = HF-compatible mode (ids_hf), split_special_tokens = data mode."""
     require("transformers")
-    from transformers import AutoTokenizer
-
     from conftest import shared_path
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(exported[1]))
     assert tok.eos_token_id == tok.bos_token_id == tok.pad_token_id == 50256

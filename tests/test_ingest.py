@@ -1,5 +1,6 @@
 """Corpus manager: ingest formats, idempotence, bad input (file and line named, or counted with skip)."""
 import gzip
+import hashlib
 import json
 import os
 
@@ -8,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from click.testing import CliRunner
-
 from conftest import shared_path
-from xgen_data.errors import InputError
+
 from xgen_data import tokenizer
+from xgen_data.errors import InputError
 from xgen_data.sources import ingest, readers
 from xgen_data.stats import sql
 from xgen_data.store.corpus import Corpus, CorpusError
@@ -181,10 +182,29 @@ def test_records_without_id_from_same_named_files_are_all_kept(tmp_path):
             json.dumps({"text": f"{words} {i}"}) + "\n" for i in range(5)))
     root = str(tmp_path / "c")
     reps = ingest.ingest(root, [(str(tmp_path / d / "data.jsonl"), "web") for d in ("2023", "2024")],
-                         workers=1, progress=False)
+                         workers=1, progress=False, id_from="line")
     assert [r.n_written for r in reps] == [5, 5]
     ids = [r[0] for r in _docs(root, "web")]
     assert len(set(ids)) == 10 and all(i.startswith("data#") for i in ids)
+
+
+def test_a_record_without_id_is_an_error_unless_id_from_makes_one(tmp_path):
+    from cli.main import cli
+
+    src = tmp_path / "raw" / "web.jsonl"
+    src.parent.mkdir()
+    src.write_text(json.dumps({"id": "a", "text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n"
+                   + json.dumps({"text": "second"}) + "\n")
+    with pytest.raises(readers.RecordError, match=rf"{src}:2: missing 'id' \(give every record an id, or make one "
+                                                  "with --id-from line or --id-from sha256\)"):
+        ingest.ingest(str(tmp_path / "c"), [(str(src), None)], workers=1, progress=False)
+    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(tmp_path / "c"), "--quiet", "--on-error", "skip", str(src)])
+    assert res.exit_code == 0 and "missing_id=2" in res.output and f"{src}:2: missing 'id'" in res.output
+    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(tmp_path / "c2"), "--quiet", "--id-from", "sha256",
+                                   "--on-error", "skip", str(src)])
+    assert res.exit_code == 0 and "duplicate_id=1" in res.output, res.output  # line 3 repeats line 2's text
+    assert [r[0] for r in _docs(str(tmp_path / "c2"), "web")] == [
+        "a", "sha256:" + hashlib.sha256(b"second").hexdigest()]
 
 
 @pytest.mark.parametrize("bad,problem", [
@@ -232,7 +252,8 @@ def test_parquet_meta_with_timestamps(tmp_path):
     import datetime
 
     src = tmp_path / "ts.parquet"
-    pq.write_table(pa.table({"text": ["hello world"], "meta": [{"when": datetime.datetime(2024, 1, 2)}]}), src)
+    pq.write_table(pa.table({"id": ["t"], "text": ["hello world"], "meta": [{"when": datetime.datetime(2024, 1, 2)}]}),
+                   src)
     rep = ingest.ingest(str(tmp_path / "c"), [(str(src), "x")], workers=1, progress=False)[0]
     assert rep.n_written == 1
     meta = sql.connect(str(tmp_path / "c")).execute("SELECT meta FROM documents").fetchone()[0]

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from click.testing import CliRunner
+from conftest import shared_path
 
 from cli.main import cli
-from conftest import shared_path
 from xgen_data.sources import idindex, ingest, readers
 from xgen_data.stats import sql
 from xgen_data.store import fsutil

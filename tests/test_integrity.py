@@ -13,18 +13,17 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SAMPLE
-from xgen_data.errors import RefusedError
-from xgen_data.store import corpus as corpus_mod
+
 from xgen_data.attributes import filters
-from xgen_data.mixing import recipe
-from xgen_data.shards import packing, shard_format as shards
+from xgen_data.errors import RefusedError
+from xgen_data.mixing import defaults, recipe
+from xgen_data.shards import packing
+from xgen_data.shards import shard_format as shards
 from xgen_data.sources import ingest
-from xgen_data.stats import sql
-from xgen_data.stats import verify
+from xgen_data.stats import sql, verify
+from xgen_data.store import corpus as corpus_mod
 from xgen_data.store import fsutil
-from xgen_data.mixing import defaults
 
 RECIPE = """name = "crash"
 seed = 3
@@ -328,7 +327,7 @@ def test_a_0x_registry_is_one_error_naming_the_rebuild(small, tmp_path, old):
 
 def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
     """The rebuild commands of a 0.x registry, typed as printed (a path with a space and an apostrophe, an input
-    read with --on-error skip), ingest the same parts again."""
+    read with --on-error skip, a record without an id), ingest the same parts again."""
     import re
     import shlex
 
@@ -337,9 +336,11 @@ def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
     folder = tmp_path / "raw inputs" / "it's here"
     folder.mkdir(parents=True)
     lines = open(os.path.join(SAMPLE, "code.jsonl"), encoding="utf-8").readlines()[:6]
-    (folder / "code.jsonl").write_text("".join(lines[:3]) + '{"text": "unterminated\n' + "".join(lines[3:]))
+    no_id = json.dumps({"text": "a record without an id " * 20}) + "\n"
+    (folder / "code.jsonl").write_text("".join(lines[:3]) + '{"text": "unterminated\n' + no_id + "".join(lines[3:]))
     root = str(tmp_path / "c")
-    ingest.ingest(root, [(str(folder / "code.jsonl"), None)], workers=1, on_error="skip", progress=False)
+    ingest.ingest(root, [(str(folder / "code.jsonl"), None)], workers=1, on_error="skip", progress=False,
+                  id_from="line")
     path = os.path.join(root, "corpus.json")
     meta = json.load(open(path))
     meta.pop(corpus_mod.REGISTRY_SHA256)
@@ -349,7 +350,7 @@ def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
     (typed,) = re.findall(r"`(xgen ingest [^`]*)`", str(err.value))
     new = str(tmp_path / "new")
     argv = [new if w == "NEW" else w for w in shlex.split(typed)]
-    assert argv[:2] == ["xgen", "ingest"] and "--on-error" in argv
+    assert argv[:2] == ["xgen", "ingest"] and "--on-error" in argv and "--id-from" in argv
     res = CliRunner().invoke(cli, argv[1:] + ["--quiet"])
     assert res.exit_code == 0, res.output
     rebuilt = {v["subset"]: v["part_sha256"] for v in corpus_mod.Corpus(new).read_meta()["inputs"].values()}
@@ -357,11 +358,12 @@ def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
 
 
 def test_rebuild_commands_keep_metadata_tokens():
-    meta = {"inputs": {"code:ab:metadata-tokens": {"subset": "code", "path": "/d/a b.jsonl", "skipped": {}},
+    meta = {"inputs": {"code:ab:metadata-tokens:id-sha256": {"subset": "code", "path": "/d/a b.jsonl",
+                                                            "skipped": {}},
                        "code:cd": {"subset": "code", "path": "/d/c.jsonl", "skipped": {}}}}
     assert corpus_mod.rebuild_commands(meta) == [
-        "xgen ingest --corpus NEW --subset code /d/c.jsonl",
-        "xgen ingest --corpus NEW --subset code --metadata-tokens '/d/a b.jsonl'"]
+        "xgen ingest --corpus NEW --subset code --id-from line /d/c.jsonl",
+        "xgen ingest --corpus NEW --subset code --metadata-tokens --id-from sha256 '/d/a b.jsonl'"]
 
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):

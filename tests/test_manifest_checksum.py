@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from xgen_data.mixing import recipe
-from xgen_data.shards import packing, shard_format as shards
+from xgen_data.shards import packing
+from xgen_data.shards import shard_format as shards
 from xgen_data.stats.verify import verify_corpus
 from xgen_train.loop.data import ShardFormatError, ShardLoader
 

@@ -10,8 +10,16 @@ import pytest
 
 from xgen_data.errors import InputError
 from xgen_train.model.config import CONFIGS, ModelConfig, count_parameters, get_config
-from xgen_train.model.model import (apply_rotary, build_model, flat_params, hf_param_names, init_params, rms_norm,
-                                    rotary_cos_sin, unflat_params)
+from xgen_train.model.model import (
+    apply_rotary,
+    build_model,
+    flat_params,
+    hf_param_names,
+    init_params,
+    rms_norm,
+    rotary_cos_sin,
+    unflat_params,
+)
 
 MICRO = ModelConfig(vocab_size=64, hidden=16, intermediate=40, n_layers=2, n_heads=2, max_positions=32)
 

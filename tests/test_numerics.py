@@ -17,13 +17,13 @@ from conftest import SAMPLE  # noqa: E402
 from conftest_train import EOS_ID, build_shards  # noqa: E402
 
 from xgen_data import tokenizer  # noqa: E402
-from xgen_train.model.numerics import NumericsOptions  # noqa: E402
 from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from xgen_train.loop.step import StepOptions, accumulated_value_and_grad, init_monitor, make_train_step  # noqa: E402
 from xgen_train.model.attention import attention, segments_from_eos  # noqa: E402
 from xgen_train.model.config import ModelConfig, get_config  # noqa: E402
 from xgen_train.model.loss import chunked_next_token_loss, make_loss_fn, next_token_loss  # noqa: E402
 from xgen_train.model.model import build_model, init_params, llama_hidden  # noqa: E402
+from xgen_train.model.numerics import NumericsOptions  # noqa: E402
 
 MICRO = ModelConfig(vocab_size=51200, hidden=64, intermediate=160, n_layers=1, n_heads=4, max_positions=256)
 

@@ -6,15 +6,15 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import demo_no_dedup, shared_path
-from xgen_data.errors import RefusedError
+
 from xgen_data import tokenizer
-from xgen_data.mixing import mixture, recipe
-from xgen_data.shards import packing, shard_format as shards
+from xgen_data.errors import RefusedError
+from xgen_data.mixing import mixture, recipe, selection
+from xgen_data.shards import packing
+from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql
 from xgen_data.store.corpus import Corpus
-from xgen_data.mixing import selection
 
 EOS = tokenizer.EOS_ID
 

@@ -3,15 +3,13 @@ import json
 import re
 
 import pytest
-
 from conftest import demo_code_only, shared_path
+
 from xgen_data.attributes import filters
-from xgen_data.mixing import pipeline, recipe
+from xgen_data.mixing import defaults, pipeline, recipe, selection
 from xgen_data.sources import ingest
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
-from xgen_data.mixing import selection
-from xgen_data.mixing import defaults
 
 
 def _write(path, records):

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xgen_train.model.numerics import NumericsOptions
 from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 from xgen_train.loop.step import StepOptions, init_monitor, make_train_step
 from xgen_train.model.config import ModelConfig
 from xgen_train.model.loss import make_loss_fn
 from xgen_train.model.model import init_params
+from xgen_train.model.numerics import NumericsOptions
 from xgen_train.model.precision import PrecisionPolicy, as_policy, matmul, resolve_precision
 
 MICRO = ModelConfig(vocab_size=512, hidden=64, intermediate=160, n_layers=2, n_heads=4, max_positions=128)

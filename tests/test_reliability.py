@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from xgen_data.sources import readers
-from xgen_data.store.corpus import Corpus
 from xgen_data.store import duckdb_settings
+from xgen_data.store.corpus import Corpus
 
 
 def _invoke(args):
@@ -378,6 +378,7 @@ def test_import_hint_of_an_unnamed_config_trains_as_printed(train_shards, tmp_pa
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from hf_helpers import MICRO, perturbed_params
+
     from xgen_train.export import hf
 
     hf.export_hf(None, str(tmp_path / "hf"), params=perturbed_params(MICRO, seed=1), model_config=MICRO,

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from xgen_data.shards import shard_format as shards
 from xgen_data.attributes import licenses
-from xgen_data.store import duckdb_settings
 from xgen_data.mixing import defaults
+from xgen_data.shards import shard_format as shards
+from xgen_data.store import duckdb_settings
 
 
 def _flip(path: str, offset: int) -> None:
@@ -54,8 +54,9 @@ def test_sql_refuses_a_damaged_part_instead_of_showing_its_rows(corpus_copy):
     _flip_middle(part.path)
     with pytest.raises(DamagedPartError, match=rf"{part.name} is damaged.*xgen ingest --corpus"):
         sql.connect(corpus_copy, quiet=True)
-    from cli.main import cli
     from click.testing import CliRunner
+
+    from cli.main import cli
 
     res = CliRunner().invoke(cli, ["sql", "--corpus", corpus_copy, "SELECT count(*) FROM documents"])
     assert res.exit_code == 3 and f"{part.name} is damaged" in res.output and "Traceback" not in res.output
@@ -66,8 +67,7 @@ def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
     the SHA-256 recorded at its commit; a damaged set is not current, so `xgen filter` computes it again;
     a damaged attribute file is never read as if intact."""
     from xgen_data.mixing import decisions
-    from xgen_data.stats import sql
-    from xgen_data.stats import verify
+    from xgen_data.stats import sql, verify
     from xgen_data.store.corpus import Corpus, DamagedAttributeError
 
     corpus = Corpus(corpus_copy)
@@ -96,8 +96,9 @@ def test_damaged_attribute_file_is_refused_then_recomputed(corpus_copy):
 def test_sql_permission_error_is_not_blamed_on_a_damaged_part(sample_corpus):
     """A query that names a file under the corpus is refused by DuckDB's lock-down, and the message says so
     (usage, exit 2), not that a corpus part is damaged."""
-    from cli.main import cli
     from click.testing import CliRunner
+
+    from cli.main import cli
 
     q = f"SELECT * FROM read_text('{sample_corpus}/docs/../corpus.json')"
     res = CliRunner().invoke(cli, ["sql", "--corpus", sample_corpus, q])
@@ -171,6 +172,7 @@ def test_first_ingest_killed_while_creating_the_registry_can_be_rerun(tmp_path):
     import sys
 
     from conftest import SAMPLE
+
     from xgen_data.store import fsutil
 
     root = str(tmp_path / "corpus")

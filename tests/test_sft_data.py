@@ -345,7 +345,8 @@ def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus
     import pyarrow.parquet as pq
 
     from tests.conftest import demo_no_dedup
-    from xgen_data.mixing import pipeline, recipe as recipe_mod
+    from xgen_data.mixing import pipeline
+    from xgen_data.mixing import recipe as recipe_mod
     from xgen_data.stats import sql
     from xgen_data.store.corpus import Corpus
 

@@ -21,7 +21,8 @@ from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer  # noqa: E
 from xgen_train.loop.step import StepOptions, init_monitor  # noqa: E402
 from xgen_train.model.config import CONFIGS, ModelConfig, count_parameters  # noqa: E402
 from xgen_train.model.model import init_params  # noqa: E402
-from xgen_train.scale import flops, sharding as sh  # noqa: E402
+from xgen_train.scale import flops  # noqa: E402
+from xgen_train.scale import sharding as sh
 from xgen_train.scale.distributed import distributed_reason, maybe_initialize  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -139,8 +140,8 @@ def test_trainer_under_one_mesh_resumed_under_another_equals_one_device(shards, 
     np.testing.assert_allclose(out["train_losses"], losses_one, rtol=0, atol=1e-5)
     # on one device the loop computes exactly what a plain per-step loop computes (bit for bit)
     opt = make_optimizer(OptimizerConfig(peak_lr=3e-3, warmup_steps=1, total_steps=4))
-    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.loop.step import make_train_step as pure_step
+    from xgen_train.model.numerics import NumericsOptions
     loss_fn = trainer._make_numerics_loss(CONFIGS["tiny"], NumericsOptions().resolved())  # the trainer's default
     step = trainer.jit_step(pure_step(loss_fn, opt, StepOptions()))
     params = init_params(CONFIGS["tiny"], 1)

@@ -10,10 +10,11 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import demo_code_only
+
 from xgen_data.mixing import pipeline, recipe
-from xgen_data.shards import packing, shard_format as shards
+from xgen_data.shards import packing
+from xgen_data.shards import shard_format as shards
 from xgen_data.stats import sql
 from xgen_data.store import fsutil
 from xgen_train.loop.data import ShardFormatError, ShardLoader

@@ -3,8 +3,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import shared_path
+
 from xgen_data import tokenizer as tok
 
 VECTORS = json.load(open(shared_path("tokenizer", "xgen_vectors.json"), encoding="utf-8"))

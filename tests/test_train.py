@@ -18,16 +18,21 @@ from conftest_train import EOS_ID, build_shards  # noqa: E402
 
 from xgen_data.errors import InputError  # noqa: E402
 from xgen_data.shards import shard_format  # noqa: E402
-from xgen_train.loop.checkpoint import (CheckpointError, CheckpointStore, latest_checkpoint,  # noqa: E402
-                                        load_checkpoint, load_params, make_meta, write_sidecar)
+from xgen_train.loop.checkpoint import (  # noqa: E402
+    CheckpointError,
+    CheckpointStore,
+    latest_checkpoint,
+    load_checkpoint,
+    load_params,
+    make_meta,
+    write_sidecar,
+)
 from xgen_train.loop.data import ShardFormatError, ShardLoader, permute  # noqa: E402
 from xgen_train.loop.optimizer import OptimizerConfig, decay_mask, learning_rate, make_optimizer  # noqa: E402
 from xgen_train.loop.step import StepOptions, init_monitor, monitor_from_history, spike_update  # noqa: E402
-from xgen_train.loop.trainer import (SpikeDetector, config_differences, make_train_step,  # noqa: E402
-                                     next_token_loss, train)
+from xgen_train.loop.trainer import SpikeDetector, config_differences, make_train_step, next_token_loss, train  # noqa: E402
 from xgen_train.model.config import CONFIGS  # noqa: E402
 from xgen_train.model.model import build_model, init_params  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from xgen_data.attributes import licenses
 from xgen_data.attributes.part_step import PartAttributeStep, run_part_step
-from xgen_data.execute.contract import Executor, ItemResult
+from xgen_data.execute.contract import Executor, ItemResult, StepReport
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus
 
@@ -56,7 +56,8 @@ LICENSE_SCHEMA = pa.schema([("id", pa.string()), ("license_normalized", pa.strin
 
 
 def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool = True,
-                               labels_must_agree: bool = False, executor: Executor | None = None) -> bool:
+                               labels_must_agree: bool = False, executor: Executor | None = None
+                               ) -> StepReport | None:
     """Write and commit the ``license`` attributes of every part under one policy (one new generation).
 
     The set is keyed by the policy's allow-list and ``labels_must_agree``
@@ -64,8 +65,8 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
     ``license_reason`` (:func:`xgen_data.attributes.licenses.decide`; with ``labels_must_agree`` the text's SPDX header
     is compared with the record's label) and ``license_tier`` (dedup's keep tier,
     :func:`xgen_data.attributes.licenses.license_rank`), for every subset: which subsets a recipe holds to which policy is a
-    decision, not an attribute. Skipped (returns False) when the set is already current and ``update`` is
-    None. Call under the corpus lock.
+    decision, not an attribute. Returns the step's :class:`StepReport`; skipped (returns None) when the set is
+    already current (``update`` then changes the registry alone). Call under the corpus lock.
 
     Args:
         allow: SPDX identifiers that pass.
@@ -83,10 +84,9 @@ def compute_license_attributes(corpus: Corpus, allow, update=None, verify: bool 
             meta = corpus.read_meta()
             update(meta)
             corpus.write_meta(meta)
-        return False
+        return None
     step = PartAttributeStep("license", license_part, corpus, key, (allow, labels_must_agree), verify, update)
-    run_part_step(step, executor)
-    return True
+    return run_part_step(step, executor)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 
 from xgen_data.attributes.languages import LANGUAGE_STEP, identify, language_params, source_key, table
 from xgen_data.attributes.part_step import PartAttributeStep, run_part_step
-from xgen_data.execute.contract import ItemResult
+from xgen_data.execute.contract import ItemResult, StepReport
 from xgen_data.store import fsutil
 
 
-def compute_language_attributes(corpus, verify: bool = True, executor=None) -> bool:
+def compute_language_attributes(corpus, verify: bool = True, executor=None) -> StepReport | None:
     """Write and commit the ``language`` attributes of every part (one new generation), unless current.
 
     Per document (``attributes/language/<hash>/<gen>/<subset>/<part>.parquet``): ``id``,
@@ -23,17 +23,16 @@ def compute_language_attributes(corpus, verify: bool = True, executor=None) -> b
     ``language_is_code`` (``language`` is a programming language of the table) and ``language_disagrees``
     (the source names a language of the table and the table says another one; a natural language such as
     ``en`` never disagrees).
-    Call under the corpus lock. Returns False when the set was already current. ``executor`` runs the per-part
-    items (:func:`language_part`; default this process).
+    Call under the corpus lock. Returns the step's :class:`StepReport`, or None when the set was already
+    current. ``executor`` runs the per-part items (:func:`language_part`; default this process).
 
     Raises:
         DamagedPartError: a part is damaged (``verify``); ItemError: a part could not be read.
     """
     key = language_params()
     if corpus.attribute_current(LANGUAGE_STEP, key):
-        return False
-    run_part_step(PartAttributeStep(LANGUAGE_STEP, language_part, corpus, key, (), verify), executor)
-    return True  # the commit passed language.before_commit / .committed
+        return None
+    return run_part_step(PartAttributeStep(LANGUAGE_STEP, language_part, corpus, key, (), verify), executor)
 
 
 def language_part(part_path: str, out_path: str, crash_point: str | None) -> ItemResult:

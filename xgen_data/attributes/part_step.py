@@ -21,8 +21,11 @@ from xgen_data.store.corpus import Corpus
 class PartAttributeStep:
     """The attribute set ``(name, params)`` of every part of ``corpus``, as a step.
 
-    ``item_fn(part_path, out_path, crash_point, *extra) -> ItemResult`` writes ``out_path`` (atomically) from the
-    part at ``part_path``; ``crash_point`` is the named commit point after the first item (None for the others).
+    ``item_fn(part_path, out_path, crash_point, *extra, *part_args(i, part)) -> ItemResult`` writes ``out_path``
+    (atomically) from the part at ``part_path``; ``crash_point`` is the named commit point after the first item
+    (None for the others; for every item with ``crash_in_items=False``, whose caller fires that point in the
+    driver when the first result arrives, wherever the items run); ``part_args`` (optional) gives the arguments
+    that differ per part (part ``i`` of :meth:`Corpus.parts`).
     Creating the step starts a fresh generation (:meth:`Corpus.start_attributes`: leftovers removed, parts
     verified with ``verify``); call under the corpus lock. ``update(meta)`` changes the commit's registry write.
     """
@@ -34,6 +37,8 @@ class PartAttributeStep:
     extra: tuple = ()
     verify: bool = True
     update: Callable[[dict], None] | None = None
+    part_args: Callable[[int, object], tuple] | None = None
+    crash_in_items: bool = True
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -43,7 +48,8 @@ class PartAttributeStep:
         """One item per part, in :meth:`Corpus.parts` order, keyed ``part <subset>/<name>``."""
         return [WorkItem(f"part {p.subset}/{p.name}",
                          (p.path, self.corpus.attribute_path(self.gen, p),
-                          f"{self.name}.part_written" if i == 0 else None, *self.extra))
+                          f"{self.name}.part_written" if i == 0 and self.crash_in_items else None, *self.extra,
+                          *(self.part_args(i, p) if self.part_args is not None else ())))
                 for i, p in enumerate(self.parts)]
 
     def commit(self, results: list[ItemResult]) -> StepReport:

@@ -84,8 +84,8 @@ class Executor(Protocol):
 
     def map(self, step_name: str, fn: Callable[..., ItemResult], items: Sequence[WorkItem],
             progress: Callable[[ItemResult], None] | None = None) -> Iterator[ItemResult]:
-        """Yield ``fn(*item.args)`` for every item, in ``items`` order; an item that fails raises
-        :class:`ItemError` naming it."""
+        """Yield ``fn(*item.args)`` for every item, in ``items`` order, each once the items before it are done;
+        an item that fails raises :class:`ItemError` naming it, at its place in the order."""
         ...
 
     def close(self) -> None: ...

@@ -86,7 +86,8 @@ class RayExecutor:
 
     def map(self, step_name: str, fn: Callable[..., ItemResult], items: Sequence[WorkItem],
             progress: Callable[[ItemResult], None] | None = None) -> Iterator[ItemResult]:
-        """Yield ``fn(*item.args)`` for every item, in ``items`` order (see the module docstring for errors).
+        """Yield ``fn(*item.args)`` for every item, in ``items`` order, each as soon as the items before it are
+        done (see the module docstring for errors; a failed item is raised at its place in the order).
 
         At most ``2 × cpus`` items are submitted or held finished-but-not-yielded at once, so memory stays
         bounded whatever the number of items.
@@ -105,11 +106,18 @@ class RayExecutor:
                     ready, _ = ray.wait(list(running), num_returns=1)
                     for ref in ready:
                         i = running.pop(ref)
-                        finished[i] = _get(step_name, items[i], ref, self.max_retries)
+                        try:
+                            finished[i] = _get(step_name, items[i], ref, self.max_retries)
+                        except ItemError as exc:  # raised at its place: the items before it are yielded first
+                            finished[i] = exc
+                            continue
                         if progress is not None:
                             progress(finished[i])
                 while yielded in finished:
-                    yield finished.pop(yielded)
+                    result = finished.pop(yielded)
+                    if isinstance(result, ItemError):
+                        raise result
+                    yield result
                     yielded += 1
         finally:
             for ref in running:  # a failed or abandoned map leaves no task running

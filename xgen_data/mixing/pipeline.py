@@ -10,14 +10,16 @@ coexist under other keys). ``xgen mix plan``, ``xgen mix build`` and ``xgen demo
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xgen_data.attributes import decontam, filters, language_step
 from xgen_data.attributes.dedup.params import dedup_attr_params, recorded_params
 from xgen_data.attributes.dedup.run import run_dedup
 from xgen_data.attributes.licenses import license_params
+from xgen_data.execute import executors
 from xgen_data.mixing import decisions, reports, selection
 from xgen_data.mixing.recipe import Recipe
 from xgen_data.store.corpus import Corpus
@@ -30,7 +32,8 @@ class StepsReport:
     ``filter``: the recipe's filter drops (derived, always given); ``dedup``: the dedup report when the dedup
     attributes were computed (None: not asked for, or up to date); ``ran``: the attribute steps computed now;
     ``skipped``: those already current (``"filter"`` = the license attributes of every policy the recipe
-    names and the ``language`` attributes, ``"dedup"``).
+    names and the ``language`` attributes, ``"dedup"``); ``steps``: the
+    :class:`~xgen_data.execute.contract.StepReport` of every step run now, in run order (dedup's phases included).
     """
 
     filter: Any = None
@@ -38,6 +41,7 @@ class StepsReport:
     ran: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     decisions: Any = None
+    steps: list = field(default_factory=list)
 
 
 def dedup_params(recipe: Recipe) -> dict:
@@ -51,8 +55,9 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
 
     The corpus parts are verified against their recorded SHA-256 first. The corpus's default decisions
     (stand-alone ``xgen filter`` / ``xgen dedup``) are never changed. ``executor`` / ``ray_address`` say where
-    dedup's signature phase runs (:func:`xgen_data.attributes.dedup.run_dedup`); the license and language
-    attributes run in this process.
+    dedup's signature phase (:func:`xgen_data.attributes.dedup.run_dedup`) and the license and language
+    attribute items run; with ``local`` the attribute items run in this process. The outputs are the same
+    bytes on every executor.
 
     Raises:
         CorpusError: not a corpus; DamagedPartError: a damaged part; ValueError: invalid step parameters.
@@ -70,22 +75,11 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     corpus.remove_unregistered()
     corpus.verify_parts()
     allow = recipe.allow_list()
-    # the base allow-list (dedup's keep tier, subsets held to no policy), then each policy's set
-    sets = list(dict.fromkeys((a, lab) for a, lab in [(tuple(sorted(set(allow))), False)]
-                              + [(tuple(p["allow"]), p["labels_must_agree"]) for p in dec.filter["policies"].values()]))
-    computed = False
-    for set_allow, labels in sets:
-        key = license_params(set_allow, labels)
-        if force or not corpus.attribute_current("license", key):
-            if force:
-                meta = corpus.read_meta()
-                meta.get("attributes", {}).pop(corpus.attribute_key("license", key), None)
-                corpus.write_meta(meta)
-            filters.compute_license_attributes(corpus, set_allow, verify=False, labels_must_agree=labels)
-            computed = True
-    computed = language_step.compute_language_attributes(corpus, verify=False) or computed
-    if recipe.decontaminate:
-        computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
+    # the attribute items run on Ray with --executor ray; locally in this process (one pass over a part each:
+    # cheaper than starting a process pool per attribute set); the files are the same bytes either way
+    with contextlib.closing(executors.make_executor(executor, workers if executor == "ray" else 1,
+                                                    ray_address)) as pool:
+        computed = _attributes(corpus, recipe, dec, force, pool, report)
     (ran if computed else skipped).append("filter")
     if dec.dedup is not None:
         if force or not corpus.attribute_current("dedup", dedup_attr_params(dec.dedup)):
@@ -93,6 +87,7 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
             report.dedup = run_dedup(corpus_dir, workers=workers, progress=progress, executor=executor,
                                      ray_address=ray_address, **recipe.dedup_kwargs())
             report.dedup.params["license_allow"] = list(allow)
+            report.steps += report.dedup.steps
             t_report = time.time()
             if report.dedup.documents:
                 reports.dedup_report(report.dedup, corpus_dir, dec)
@@ -105,6 +100,32 @@ def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progre
     report.ran, report.skipped = tuple(ran), tuple(skipped)
     return report
 
+
+def _attributes(corpus: Corpus, recipe: Recipe, dec, force: bool, pool, report: StepsReport) -> bool:
+    """The recipe's license, language and decontamination attribute sets, each computed on ``pool`` unless
+    current (all of them with ``force``; each computed step's report added to ``report.steps``); returns
+    whether any was computed."""
+    allow = recipe.allow_list()
+    # the base allow-list (dedup's keep tier, subsets held to no policy), then each policy's set
+    sets = list(dict.fromkeys((a, lab) for a, lab in [(tuple(sorted(set(allow))), False)]
+                              + [(tuple(p["allow"]), p["labels_must_agree"]) for p in dec.filter["policies"].values()]))
+    computed = False
+    for set_allow, labels in sets:
+        key = license_params(set_allow, labels)
+        if force or not corpus.attribute_current("license", key):
+            if force:
+                meta = corpus.read_meta()
+                meta.get("attributes", {}).pop(corpus.attribute_key("license", key), None)
+                corpus.write_meta(meta)
+            report.steps.append(filters.compute_license_attributes(corpus, set_allow, verify=False,
+                                                                   labels_must_agree=labels, executor=pool))
+            computed = True
+    language = language_step.compute_language_attributes(corpus, verify=False, executor=pool)
+    report.steps += [language] if language is not None else []
+    computed = language is not None or computed
+    if recipe.decontaminate:
+        computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
+    return computed
 
 def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True, executor: str = "local",
                 ray_address: str | None = None):

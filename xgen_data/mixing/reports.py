@@ -4,6 +4,7 @@ conflicts."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -25,6 +26,16 @@ class FilterReport:
     missing_license_subsets: tuple[str, ...] = ()  # license_subsets with no documents (a typo?)
     # (subset, license, policy's reason) -> documents
     dropped_licenses: collections.Counter = field(default_factory=collections.Counter)
+    steps: list = field(default_factory=list)  # StepReport of each attribute step run now (xgen filter)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``--format json``): drops as lists of rows, steps as dicts."""
+        return {"n_docs": self.n_docs,
+                "dropped": [{"subset": s, "drop_reason": r, "documents": n} for (s, r), n in sorted(self.dropped.items())],
+                "dropped_licenses": [{"subset": s, "license": lic, "reason": why, "documents": n}
+                                     for (s, lic, why), n in self.dropped_licenses.most_common()],
+                "missing_license_subsets": list(self.missing_license_subsets),
+                "steps": [dataclasses.asdict(x) for x in self.steps]}
 
 
 def filter_report(corpus_dir: str, dec) -> FilterReport:

@@ -19,12 +19,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xgen_data.errors import InputError
 from xgen_data import query
+from xgen_data.errors import InputError
 from xgen_data.mixing import decisions
 from xgen_data.mixing import recipe as recipe_mod
-from xgen_data.mixing.mixture import (UNKNOWN_LANGUAGE, effective_tokens, language_plan, language_targets, plan,
-                                      select_documents, stage_seed)
+from xgen_data.mixing.mixture import (
+    UNKNOWN_LANGUAGE,
+    effective_tokens,
+    language_plan,
+    language_targets,
+    plan,
+    select_documents,
+    stage_seed,
+)
 from xgen_data.mixing.recipe import Recipe
 from xgen_data.store.corpus import Corpus
 

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from xgen_data.attributes import languages
+from xgen_data.errors import InputError
 from xgen_data.sources import readers
 from xgen_data.store import fsutil
-from xgen_data.errors import InputError
 
 STARCODER_FILE = "train-00000-of-00001.parquet"
 NO_LANGUAGE = "(none)"

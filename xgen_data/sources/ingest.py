@@ -1,10 +1,16 @@
 """``xgen ingest``: raw JSONL / JSONL.gz / JSONL.zst / Parquet files into a tokenized Parquet corpus.
 
-The main process streams raw lines from disk in batches; worker processes decode JSON, validate
-records (:func:`xgen_data.sources.readers.decode_record`) and tokenize them in data mode (SPEC §1); the main
-process writes zstd Parquet parts. At most ``2 × workers`` batches are in flight, so memory does not grow
-with corpus size. Parts are written under temporary names and renamed once the whole input file is done;
-``corpus.json`` is updated last, so a crash never leaves a half-ingested file visible.
+Ingest is a step on the step contract (:mod:`xgen_data.execute.contract`), run by any executor
+(:func:`xgen_data.execute.executors.make_executor`: local processes or Ray). Its work items are the input
+files: :func:`xgen_data.sources.ingest_item.tokenize_file` opens one input, hashes it, decodes, validates and
+tokenizes its records in data mode (SPEC §1) and writes them, batch by batch, to a temporary batch file in the
+corpus's ``work/ingest/`` folder. Items share nothing, so they run in any order and process. The commit
+(:meth:`IngestStep.commit_file`) takes the items' results in input order, as each is ready, and does what
+depends on the files before: it replays the batches through the duplicate-id check, writes the zstd Parquet
+parts under temporary names, renames them once the whole input file is done and updates ``corpus.json``
+last, one registry write per input, so a crash never leaves a half-ingested file visible and a killed run
+redoes only the inputs not yet registered. The parts are the same bytes whatever executor, worker count or
+item order ran it.
 
 An input is opened once (:func:`readers.open_input`): its SHA-256 is computed from the open file, and the
 records are read from the same open file, rewound, so a file replaced by a rename meanwhile cannot put one
@@ -25,27 +31,28 @@ Re-running is idempotent: an input file whose SHA-256 was already ingested into 
 parts are written again from the input (``repaired``). A file ingested before under the same path with
 other content replaces its old parts (``replaced``).
 
-Document ids are unique within a subset. A document whose id is already in the subset (from an earlier
+Every record needs an ``id``: one without is a bad record (``missing 'id'``, naming file and line) unless
+``id_from`` says how to make one (:data:`readers.ID_FROM`: ``line``, the file's name and content hash and the
+line; ``sha256``, the text's SHA-256). Document ids are unique within a subset. A document whose id is already in the subset (from an earlier
 input, or earlier in the same file) is an error naming both places (``file:line``) with
 ``on_error="raise"``, and is skipped and counted as ``duplicate_id`` with ``on_error="skip"``. The check
 keeps 64-bit id hashes (:mod:`xgen_data.sources.idindex`, 16 bytes per known document, recomputed from the parts
-at each run, in memory up to 2^20 ids and in sorted runs on disk beyond) and confirms every hash match on the real id, so a hash collision never drops a document.
+at each input's commit, in memory up to 2^20 ids and in sorted runs on disk beyond) and confirms every hash
+match on the real id, so a hash collision never drops a document.
 
 A truncated ``.gz`` / ``.zst`` stream (a cut file) is a :class:`readers.StreamError` naming the file and the
 line where the stream broke with ``on_error="raise"`` (nothing of that file is registered); with
 ``on_error="skip"`` the records before the break (exact: a cut stream decodes correctly up to the cut) are
 kept, the break is counted as ``truncated_stream`` and listed with its line in the report, and the next file
 is read. A corrupt stream or Parquet file (damaged bytes) stops the ingest in both modes: what was decoded
-before the damage was detected may be wrong.
+before the damage was detected may be wrong. With ``on_error="raise"`` the first problem in a file's order
+is raised (a bad record, a duplicate id, a broken stream), the inputs before it staying registered.
 """
 from __future__ import annotations
 
 import array
 import collections
-import concurrent.futures as cf
 import contextlib
-import errno
-import itertools
 import os
 import shutil
 import time
@@ -58,24 +65,33 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from xgen_data import tokenizer
-from xgen_data.errors import InputError
+from xgen_data.errors import InputError, XgenError
 from xgen_data.execute import executors
+from xgen_data.execute.contract import Executor, ItemError, ItemResult, WorkItem
 from xgen_data.sources import idindex, locations, readers
+from xgen_data.sources.ingest_item import (  # noqa: F401
+    SUBSET_BY_STEM,
+    BatchInfo,
+    FileTokens,
+    damaged_parts,
+    default_subset,
+    metadata_token_ids,
+    part_prefix,
+    process_batch,
+    tokenize_file,
+    write_error,
+)
 from xgen_data.store import fsutil
 from xgen_data.store.corpus import DOC_SCHEMA, Corpus, check_name
 
-#: Default subset for well-known corpus file stems; any other stem is its own subset name.
-SUBSET_BY_STEM = {"nl": "natural", "natural": "natural", "code": "code", "instruct": "instruct"}
+#: A batch (one row group) holds at most this many records, or this many payload bytes.
 BATCH_DOCS = 256
 BATCH_BYTES = 4 << 20
+#: A part is closed once it holds this many documents or text bytes.
 PART_DOCS = 16384
 PART_BYTES = 48 << 20
-
-
-def default_subset(path: str) -> str:
-    """Subset name for an input file: ``nl.jsonl.zst`` -> ``natural``; otherwise the name's stem."""
-    stem = os.path.basename(path).split(".")[0]
-    return SUBSET_BY_STEM.get(stem, stem)
+#: An input is split into one item per this many bytes of it (at most the executor's workers).
+SLICE_BYTES = 1 << 20
 
 
 @dataclass
@@ -95,127 +111,6 @@ class FileReport:
     parts: list[str] = field(default_factory=list)
     seconds: float = 0.0
     name: str = ""  # how to show the input: its path relative to the folder given, else its file name
-
-
-def _problem_kind(problem: str) -> str:
-    for kind in ("malformed JSON", "invalid UTF-8", "missing 'text'"):
-        if problem.startswith(kind) or kind in problem:
-            return kind.replace("'", "").replace(" ", "_").lower()
-    return "invalid_record"
-
-
-def process_batch(raw: list[readers.RawRecord]) -> tuple[pa.RecordBatch | None, np.ndarray, list[tuple[str, int, str]]]:
-    """Decode, validate and tokenize one batch of raw records (runs in a worker process).
-
-    Returns:
-        ``(batch, lines, errors)``: a RecordBatch with :data:`DOC_SCHEMA` (None when every record failed),
-        ``int64[batch rows]`` the input line (or Parquet row) of each document, and ``(file, line,
-        problem)`` for each record that failed validation.
-    """
-    docs, lines, errors = [], [], []
-    for rec in raw:
-        try:
-            docs.append(readers.decode_record(rec))
-            lines.append(rec.line)
-        except readers.RecordError as exc:
-            errors.append((exc.file, exc.line, exc.problem))
-    if not docs:
-        return None, np.zeros(0, dtype=np.int64), errors
-    texts = [d["text"] for d in docs]
-    flat, lengths = tokenizer.encode_to_arrays(texts)
-    if any(d.get("_prefix") for d in docs):
-        flat, lengths = _with_metadata_tokens(docs, flat, lengths)
-    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    text_arr = pa.array(texts, type=pa.string())
-    n_bytes = pa.compute.binary_length(text_arr).to_numpy(zero_copy_only=False).astype(np.int64)
-    cols = {k: pa.array([d[k] for d in docs], type=pa.string()) for k in ("id", "source", "license", "language", "path", "meta")}
-    cols.update(
-        text=text_arr,
-        n_chars=pa.compute.utf8_length(text_arr).cast(pa.int64()),
-        n_bytes=pa.array(n_bytes),
-        n_tokens=pa.array(lengths),
-        tokens=pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.uint16())),
-    )
-    return (pa.RecordBatch.from_arrays([cols[f.name] for f in DOC_SCHEMA], schema=DOC_SCHEMA),
-            np.asarray(lines, dtype=np.int64), errors)
-
-
-def metadata_token_ids(repo: str | None, filename: str | None, stars: str | None) -> np.ndarray:
-    """StarCoder's metadata prefix as token ids: ``<reponame>`` repo ``<filename>`` path ``<gh_stars>`` bucket,
-    then a newline; the special tokens are inserted by id (SPEC §1 ids), their values encoded in data mode,
-    so no text can produce them. Parts the record does not give are left out; all missing: no prefix."""
-    ids: list[int] = []
-    for token, value in (("<reponame>", repo), ("<filename>", filename), ("<gh_stars>", stars)):
-        if value is not None:
-            ids.append(tokenizer.FIRST_SPECIAL_ID + tokenizer.CODE_SPECIAL_TOKENS.index(token))
-            ids += tokenizer.encode(value)
-    if ids:
-        ids += tokenizer.encode("\n")
-    return np.asarray(ids, dtype=np.int64)
-
-
-def _with_metadata_tokens(docs, flat: np.ndarray, lengths: np.ndarray):
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    pieces, out_len = [], []
-    for i, d in enumerate(docs):
-        pre = metadata_token_ids(*d["_prefix"]) if d.get("_prefix") else np.zeros(0, np.int64)
-        pieces += [pre.astype(flat.dtype), flat[offsets[i]:offsets[i + 1]]]
-        out_len.append(len(pre) + int(lengths[i]))
-    return np.concatenate(pieces), np.asarray(out_len, dtype=lengths.dtype)
-
-
-def _batches(records: Iterable[readers.RawRecord]) -> Iterator[list[readers.RawRecord]]:
-    batch, size = [], 0
-    for rec in records:
-        batch.append(rec)
-        size += len(rec.payload) if isinstance(rec.payload, bytes) else \
-            len(str(rec.payload.get("text", rec.payload.get("content", ""))))
-        if len(batch) >= BATCH_DOCS or size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _init_worker() -> None:
-    fsutil.exit_with_parent()
-    tokenizer.get_encoding()  # load ranks once per worker
-
-
-@contextlib.contextmanager
-def worker_pool(workers: int, executor: str = "local", ray_address: str | None = None
-                ) -> Iterator[cf.Executor | None]:
-    """The tokenizer workers: ``workers`` processes (None when ``workers <= 1``: run in-process), or Ray tasks
-    with ``executor="ray"`` (:func:`xgen_data.execute.executors.step_pool`).
-
-    Local workers are started with ``spawn`` (safe whatever threads the parent runs) and load the tokenizer
-    once; reuse one pool across input files. :func:`process_batch` is a pure function of its batch, so the
-    parts are the same bytes whichever executor ran it.
-    """
-    with executors.step_pool(executor, workers, ray_address, initializer=_init_worker) as pool:
-        yield pool
-
-
-def map_bounded(fn, items: Iterable, pool: cf.Executor | None, in_flight: int = 4) -> Iterator:
-    """Ordered ``map(fn, items)`` on ``pool`` with at most ``in_flight`` items submitted at once.
-
-    ``pool=None`` runs in this process. Unlike ``Pool.imap``, input is consumed only as results are
-    taken, so memory stays bounded for any stream length.
-    """
-    if pool is None:
-        yield from map(fn, items)
-        return
-    pending: collections.deque = collections.deque()
-    it = iter(items)
-    for item in itertools.islice(it, in_flight):
-        pending.append(pool.submit(fn, item))
-    while pending:
-        result = pending.popleft().result()
-        for item in itertools.islice(it, 1):
-            pending.append(pool.submit(fn, item))
-        yield result
 
 
 @dataclass(frozen=True)
@@ -337,18 +232,6 @@ def summarize_skipped(skipped: list[tuple[str, str]]) -> list[str]:
             tail = (" of " + rest) if reason.startswith("folder of") else (f" ({rest}" if rest else "")
             lines.append(f"{len(items)} {noun}{tail}: {shown}")
     return lines
-
-
-def _damaged_parts(corpus: Corpus, entry: dict) -> list[tuple[str, str]]:
-    """``(part, problem)`` for each registered part of an input entry that is missing or whose SHA-256 differs."""
-    out = []
-    for name in entry["parts"]:
-        path = os.path.join(corpus.docs_dir(entry["subset"]), name)
-        if not os.path.isfile(path):
-            out.append((name, "missing"))
-        elif fsutil.sha256_file(path) != entry["part_sha256"][name]:
-            out.append((name, "sha256 differs from the one recorded at ingest"))
-    return out
 
 
 class _Sources:
@@ -473,21 +356,343 @@ def _dedup_ids(batch: pa.RecordBatch, lines: np.ndarray, index: idindex.IdIndex,
     return keep, hashes
 
 
-def _write_error(exc: OSError, what: str) -> OSError:
-    """``exc`` with the file being written named (a full disk raises ENOSPC without a file name)."""
-    hint = "; free disk space and run the ingest again" if exc.errno == errno.ENOSPC else ""
-    return OSError(exc.errno, f"cannot write {what}: {exc.strerror or exc}{hint}")
+def work_dir(corpus: Corpus) -> str:
+    """The folder of ingest's batch files (items write, the commit reads and removes; emptied at each run)."""
+    return os.path.join(corpus.root, "work", "ingest")
 
 
-def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.Executor | None = None,
-                on_error: str = "raise", progress: bool = True, folder: str | None = None,
-                columns: tuple[tuple[str, str], ...] = (), metadata_tokens: bool = False) -> FileReport:
-    """Ingest one input file into ``corpus`` (see module docstring).
+class _PartWriter:
+    """The parts of one input being written: zstd Parquet under temporary names in ``out_dir``, a new part once
+    the open one holds :data:`PART_DOCS` documents or :data:`PART_BYTES` text bytes; registers each written
+    batch's ids in the duplicate-id index as it goes."""
+
+    def __init__(self, out_dir: str, prefix: str, tokens: FileTokens, index: idindex.IdIndex,
+                 sources: _Sources) -> None:
+        self.out_dir, self.prefix, self.tokens, self.index, self.sources = out_dir, prefix, tokens, index, sources
+        self.tmp_paths: list[tuple[str, str]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.docs = self.bytes = 0
+
+    def _what(self) -> str:
+        return f"corpus part {self.tmp_paths[-1][1]} (as {self.tmp_paths[-1][0]})"
+
+    def _open(self) -> None:
+        final = os.path.join(self.out_dir, f"{self.prefix}-{len(self.tmp_paths):05d}.parquet")
+        self.tmp_paths.append((fsutil.tmp_name(final), final))
+        try:
+            self.writer = pq.ParquetWriter(self.tmp_paths[-1][0], DOC_SCHEMA, compression="zstd")
+        except OSError as exc:
+            raise write_error(exc, self._what()) from exc
+        origin = (self.tokens.path, self.tokens.digest, os.path.basename(final))
+        self.sources.open_src = self.sources.add(self.tmp_paths[-1][0], origin, lines=True)
+        self.docs = self.bytes = 0
+
+    def write(self, batch: pa.RecordBatch, lines: np.ndarray, hashes: np.ndarray, report: FileReport) -> None:
+        """Append ``batch`` (one row group) with its input ``lines`` and id ``hashes``; count it in ``report``."""
+        if self.writer is None:
+            self._open()
+        try:
+            self.writer.write_batch(batch, row_group_size=batch.num_rows)
+        except OSError as exc:
+            raise write_error(exc, self._what()) from exc
+        src = self.sources.open_src
+        self.index.add(hashes, src, np.arange(self.docs, self.docs + batch.num_rows, dtype=np.uint32))
+        self.sources.open_ids.append(batch.column("id"))
+        self.sources.lines[src].frombytes(lines.astype(np.int64).tobytes())
+        nb = int(pa.compute.sum(batch.column("n_bytes")).as_py())
+        report.n_written += batch.num_rows
+        report.n_tokens += int(pa.compute.sum(batch.column("n_tokens")).as_py())
+        report.n_bytes += nb
+        self.docs += batch.num_rows
+        self.bytes += nb
+        if self.docs >= PART_DOCS or self.bytes >= PART_BYTES:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError as exc:
+                raise write_error(exc, self._what()) from exc
+            finally:
+                self.writer = None
+                self.sources.open_src, self.sources.open_ids = None, []
+
+    def abort(self) -> None:
+        """Close and delete every temporary part (an error: nothing of the input is kept)."""
+        with contextlib.suppress(OSError):
+            self.close()
+        for tmp, _ in self.tmp_paths:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _count_errors(info, report: FileReport, on_error: str) -> None:
+    """Count one batch's failed records in ``report`` (raise the first with ``on_error="raise"``)."""
+    if info.shown and on_error == "raise":
+        raise readers.RecordError(*info.shown[0])
+    report.skipped.update(info.kinds)
+    for file, line, problem in info.shown:
+        if len(report.examples) < 5:
+            report.examples.append(f"{file}:{line}: {problem}")
+
+
+def _batch_of(table: pa.Table) -> tuple[pa.RecordBatch, np.ndarray]:
+    """A batch file's row group as ``(documents with DOC_SCHEMA, int64 input lines)``."""
+    batch = pa.RecordBatch.from_arrays([table.column(f.name).combine_chunks() for f in DOC_SCHEMA], schema=DOC_SCHEMA)
+    return batch, table.column("line").to_numpy()
+
+
+def _interleaved(slices: list[FileTokens]) -> Iterator[tuple[FileTokens, BatchInfo, int]]:
+    """The input's batches in file order, ``(slice, batch, its row group or -1)``: batch ``j`` is batch
+    ``j // of`` of slice ``j % of``; ends where a slice has no next batch (the file's end, or where an item
+    stopped at the error the commit raises)."""
+    groups = [0] * len(slices)
+    j = 0
+    while j // len(slices) < len(slices[j % len(slices)].batches):
+        k = j % len(slices)
+        info = slices[k].batches[j // len(slices)]
+        yield slices[k], info, groups[k] if info.rows else -1
+        groups[k] += 1 if info.rows else 0
+        j += 1
+
+
+def _replay(slices: list[FileTokens], parts: _PartWriter, on_error: str, report: FileReport, bar) -> None:
+    """Run the input's batches, in file order, through the duplicate-id check into ``parts``."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(pq.ParquetFile(t.batch_file)) if any(b.rows for b in t.batches) else None
+                 for t in slices]
+        for tokens, info, group in _interleaved(slices):
+            _count_errors(info, report, on_error)
+            report.n_read += sum(info.kinds.values()) + info.rows
+            if group >= 0:
+                batch, lines = _batch_of(files[tokens.part].read_row_group(group))
+                keep, hashes = _dedup_ids(batch, lines, parts.index, parts.sources, tokens.path, on_error, report)
+                if not keep.all():
+                    batch, lines, hashes = batch.filter(pa.array(keep)), lines[keep], hashes[keep]
+                if batch.num_rows:
+                    parts.write(batch, lines, hashes, report)
+            bar.update(sum(info.kinds.values()) + info.rows)
+
+
+def _end_of_stream(slices: list[FileTokens], on_error: str, report: FileReport) -> None:
+    """Raise or list where the input's stream broke (see the module docstring)."""
+    broken = next((t.broken for t in slices if t.broken is not None), None)
+    if broken is None:
+        return
+    file, line, problem, truncated = broken
+    if not truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
+        raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (a corrupt stream "
+                                  "stops the ingest even with --on-error skip: records decoded before the damage "
+                                  "may be wrong)", truncated)
+    if on_error == "raise":
+        raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (with --on-error "
+                                  "skip the records before it are kept)", truncated)
+    report.skipped["truncated_stream"] += 1  # a cut file: the records before it are exact and kept
+    report.examples.append(f"{file}:{line}: {problem}; the rest of the file is skipped")
+
+
+def _progress(enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=desc, unit=" docs", unit_scale=True, disable=None if enabled else True, leave=False)
+
+
+@dataclass
+class IngestStep:
+    """Ingest as a step (:mod:`xgen_data.execute.contract`): one item per input file, committed one input at a
+    time in input order (:meth:`commit_file`). Create and run it under the corpus lock.
+
+    ``inputs`` are ``(path, subset or None, folder or None)``; ``max_slices``: the most items one input is
+    split into (:meth:`slices`; :func:`ingest` uses its workers); the other fields are :func:`ingest`'s.
+    """
+
+    corpus: Corpus
+    inputs: list[tuple[str, str | None, str | None]]
+    on_error: str = "raise"
+    progress: bool = True
+    columns: tuple[tuple[str, str], ...] = ()
+    metadata_tokens: bool = False
+    max_slices: int = 1
+    id_from: str | None = None
+    name: str = "ingest"
+    item_fn = staticmethod(tokenize_file)
+
+    def __post_init__(self) -> None:
+        self.registered = self.corpus.read_meta().get("inputs", {})  # as the items see it
+        self.work_dir = work_dir(self.corpus)
+        shutil.rmtree(self.work_dir, ignore_errors=True)  # batch files of a killed run (we hold the lock)
+        os.makedirs(self.work_dir)
+
+    def items(self) -> list[WorkItem]:
+        """The items of every input, in input order: :meth:`slices` of each (keyed ``input <path>``, with
+        `` (batches k mod n)`` when split); each gets the registry entries of its own location."""
+        by_path: dict[str, dict] = collections.defaultdict(dict)
+        for key, entry in self.registered.items():
+            by_path[entry["path"]][key] = entry
+        docs_root, out = os.path.join(self.corpus.root, "docs"), []
+        for i, (path, subset, _) in enumerate(self.inputs):
+            n = self.slices(path)
+            for k in range(n):
+                out.append(WorkItem(f"input {path}" + (f" (batches {k} mod {n})" if n > 1 else ""),
+                                    (path, subset, self.columns, self.metadata_tokens, self.on_error,
+                                     by_path.get(locations.location(path), {}), docs_root,
+                                     os.path.join(self.work_dir, f"batches-{i:06d}-{k:03d}.parquet"),
+                                     BATCH_DOCS, BATCH_BYTES, k, n, self.id_from)))
+        return out
+
+    def slices(self, path: str) -> int:
+        """How many items read ``path``: one per :data:`SLICE_BYTES` of it, at most ``max_slices`` (the
+        parts are the same bytes for any number)."""
+        size = locations.input_identity(path).size if locations.is_uri(path) else os.path.getsize(path)
+        return max(1, min(self.max_slices, -(-size // SLICE_BYTES)))
+
+    def commit(self, results: list[ItemResult]) -> list[FileReport]:
+        """Commit every input, in input order (:meth:`commit_file`), from the results of :meth:`items`."""
+        return [self.commit_file(i, group) for i, group in _by_input(results)]
+
+    def commit_file(self, i: int, results: list[ItemResult]) -> FileReport:
+        """Make input ``i`` visible (the results of its items): write its parts, register them with one
+        registry write, remove the parts it replaces. Inputs must be committed in input order.
+
+        Raises:
+            RecordError: a bad record, duplicate id or broken stream with ``on_error="raise"`` (nothing of this
+                input is kept); StreamError for a corrupt stream in both modes. OSError: a part or
+                ``corpus.json`` cannot be written (names it).
+        """
+        slices: list[FileTokens] = [r.value for r in results]
+        try:
+            return self._commit_slices(i, slices, max(r.seconds for r in results))
+        finally:
+            for t in slices:
+                if t.batch_file is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(t.batch_file)
+
+    def _commit_slices(self, i: int, slices: list[FileTokens], item_seconds: float) -> FileReport:
+        t0, first = time.time(), slices[0]
+        folder = self.inputs[i][2]
+        rel = locations.relative(first.path, folder) if folder else None
+        report = FileReport(path=first.path, subset=first.subset, name=rel or os.path.basename(first.path))
+        meta = self.corpus.read_meta()
+        inputs = meta.setdefault("inputs", {})
+        key, repair = first.key, []
+        if key in inputs:
+            whole = first.intact and inputs[key] == self.registered.get(key)  # checked by the item, unchanged since
+            repair = [] if whole else damaged_parts(self.corpus.docs_dir(inputs[key]["subset"]), inputs[key])
+            if not repair:
+                report.status, report.n_written, report.parts = "unchanged", inputs[key]["n_docs"], inputs[key]["parts"]
+                report.seconds = item_seconds + time.time() - t0
+                return report
+        slices = [self._read_here(t) for t in slices]
+        abspath = locations.location(first.path)
+        replaced = [k for k, v in inputs.items() if (v["path"] == abspath and v["subset"] == first.subset) or k == key]
+        part_sha256 = self._write_parts(slices, {p for k in replaced for p in inputs[k]["parts"]}, meta, report)
+        for k in replaced:
+            del inputs[k]
+        inputs[key] = {"path": abspath, "subset": first.subset, "sha256": first.digest, "n_docs": report.n_written,
+                       "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
+                       "part_sha256": part_sha256}
+        if folder:
+            inputs[key].update(folder=locations.location(folder), rel_path=rel)
+        self._register(meta)
+        if repair:
+            report.status = "repaired"
+            report.examples[:0] = [f"{self.corpus.docs_dir(first.subset)}/{name}: {problem}; written again from "
+                                   f"{first.path}" for name, problem in repair]
+        elif any(k != key for k in replaced):
+            report.status = "replaced"
+        report.seconds = item_seconds + time.time() - t0
+        return report
+
+    def _read_here(self, tokens: FileTokens) -> FileTokens:
+        """``tokens`` itself, or, for an item that stopped after the hash (its entry was whole when the run
+        started, and is damaged or replaced now), the same item run in this process."""
+        if tokens.batch_file is not None:
+            return tokens
+        args = next(it.args for it in self.items() if it.args[0] == tokens.path and it.args[10] == tokens.part)
+        return self.item_fn(*args[:5], {}, *args[6:]).value
+
+    def _write_parts(self, slices: list[FileTokens], old_parts: set[str], meta: dict,
+                     report: FileReport) -> dict[str, str]:
+        """Write the input's parts and rename them into place (unregistered until :meth:`_register`); returns
+        their SHA-256 by name, hashed from the temporary files."""
+        first = slices[0]
+        index, sources = _existing_index(self.corpus, first.subset, old_parts, meta)
+        out_dir = self.corpus.docs_dir(first.subset)
+        os.makedirs(out_dir, exist_ok=True)
+        parts = _PartWriter(out_dir, first.prefix, first, index, sources)
+        bar = _progress(self.progress, f"ingest {report.name} -> {first.subset}")
+        try:
+            _replay(slices, parts, self.on_error, report, bar)
+            parts.close()
+            _end_of_stream(slices, self.on_error, report)
+        except BaseException:
+            parts.abort()
+            raise
+        finally:
+            bar.close()
+            index.close()
+        fsutil.crash_point("ingest.parts_written")
+        part_sha256 = {}
+        for tmp, final in parts.tmp_paths:
+            part_sha256[os.path.basename(final)] = fsutil.sha256_file(tmp)  # hash the bytes that become the part
+            os.replace(tmp, final)
+            fsutil.crash_point("ingest.part_renamed")
+        report.parts = [os.path.basename(final) for _, final in parts.tmp_paths]
+        return part_sha256
+
+    def _register(self, meta: dict) -> None:
+        """The registry write that makes the new parts visible, then the replaced parts' removal."""
+        try:
+            self.corpus.write_meta(meta)
+        except OSError as exc:
+            raise write_error(exc, self.corpus.meta_path) from exc
+        fsutil.crash_point("ingest.registered")
+        self.corpus.remove_unregistered()
+
+
+def _by_input(results: Iterable[ItemResult]) -> Iterator[tuple[int, list[ItemResult]]]:
+    """``(input index, its items' results)`` from results in item order, each input as soon as its last
+    item's result arrives."""
+    i, group = 0, []
+    for result in results:
+        group.append(result)
+        if len(group) == result.value.of:
+            yield i, group
+            i, group = i + 1, []
+
+
+def run_ingest_step(step: IngestStep, executor: Executor) -> list[FileReport]:
+    """Run ``step``'s items on ``executor`` and commit each input as soon as it and every input before it are
+    done (a killed run keeps the inputs committed so far; the next run skips them as ``unchanged``).
+
+    Raises:
+        The item's own error (a RecordError, InputError or OSError naming the file and record) when an
+        item fails with one; :class:`ItemError` naming the input otherwise (e.g. its worker died, retries
+        spent). The inputs before it stay committed; nothing of it or after it is.
+    """
+    reports = []
+    try:
+        for i, results in _by_input(executor.map(step.name, step.item_fn, step.items())):
+            reports.append(step.commit_file(i, results))
+    except ItemError as exc:
+        if isinstance(exc.__cause__, (XgenError, OSError)):
+            raise exc.__cause__ from None
+        raise
+    finally:
+        shutil.rmtree(step.work_dir, ignore_errors=True)  # batch files of items not committed
+    return reports
+
+
+def ingest_file(corpus: Corpus, path: str, subset: str | None = None, on_error: str = "raise",
+                progress: bool = True, folder: str | None = None, columns: tuple[tuple[str, str], ...] = (),
+                metadata_tokens: bool = False, id_from: str | None = None) -> FileReport:
+    """Ingest one input file into ``corpus`` in this process (see the module docstring; call under the corpus lock).
 
     Args:
         path: a ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` or ``.parquet`` file.
         subset: subset name; default from the file name (:func:`default_subset`).
-        pool: tokenizer worker processes (:func:`worker_pool`); None = in this process.
         on_error: ``"raise"`` stops at the first bad record, duplicate id or unreadable stream; ``"skip"`` counts
             and reports them. A truncated ``.gz`` / ``.zst`` stream under ``"skip"`` keeps the records read
             before the break and is counted as ``truncated_stream``, with an example naming the file and the
@@ -499,6 +704,9 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
         metadata_tokens: prefix each document's tokens with StarCoder's metadata tokens
             (:func:`metadata_token_ids`; ``text`` stays the file's content, ``n_tokens`` counts the prefix); off
             by default. The input is registered under another key, so switching it re-ingests the file.
+        id_from: how a record without an ``id`` gets one (:data:`readers.ID_FROM`: ``line`` or ``sha256``);
+            None (default): such a record is bad (``missing 'id'``, naming file and line). ``sha256`` registers
+            the input under another key (``:id-sha256``) and names its parts ``-s``.
     Raises:
         RecordError: a bad record or a duplicate id with ``on_error="raise"`` (nothing of this file is kept);
             :class:`readers.StreamError` for a truncated stream (names the file and line), and for a corrupt
@@ -511,193 +719,20 @@ def ingest_file(corpus: Corpus, path: str, subset: str | None = None, pool: cf.E
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     readers.input_format(path)
-    with contextlib.closing(readers.open_input(path)) as opened:  # one open file: hashed, then read
-        return _ingest_opened(corpus, opened, subset, pool, on_error, progress, folder, columns, metadata_tokens)
-
-
-def _ingest_opened(corpus: Corpus, opened: readers.OpenedInput, subset: str | None, pool: cf.Executor | None,
-                   on_error: str, progress: bool, folder: str | None, columns: tuple[tuple[str, str], ...],
-                   metadata_tokens: bool) -> FileReport:
-    """:func:`ingest_file` of an input already opened and hashed (:func:`readers.open_input`)."""
-    path = opened.path
-    layout = readers.detect_layout(path, columns, metadata_tokens, fileobj=opened.file)
-    if subset is None and layout is not None and layout.starcoder:
-        subset = "starcoder"
-    subset = check_name(default_subset(path) if subset is None else subset, "subset")
-    rel = locations.relative(path, folder) if folder else None
-    report = FileReport(path=path, subset=subset, name=rel or os.path.basename(path))
-    t0 = time.time()
-    digest = opened.sha256
-    meta = corpus.read_meta()
-    inputs = meta.setdefault("inputs", {})
-    key = f"{subset}:{digest}" + (":metadata-tokens" if metadata_tokens else "")
-    abspath = locations.location(path)
-    repair: list[tuple[str, str]] = []
-    if key in inputs:
-        repair = _damaged_parts(corpus, inputs[key])
-        if not repair:
-            report.status = "unchanged"
-            report.n_written = inputs[key]["n_docs"]
-            report.parts = inputs[key]["parts"]
-            return report
-    stem = os.path.basename(path).split(".")[0]
-    replaced = [k for k, v in inputs.items() if (v["path"] == abspath and v["subset"] == subset) or k == key]
-    old_parts = {p for k in replaced for p in inputs[k]["parts"]}
-    index, sources = _existing_index(corpus, subset, old_parts, meta)
-
-    out_dir = corpus.docs_dir(subset)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp_paths: list[tuple[str, str]] = []
-    writer = None
-    part_docs = part_bytes = 0
-
-    def close_part() -> None:
-        nonlocal writer
-        if writer is not None:
-            try:
-                writer.close()
-            except OSError as exc:
-                raise _write_error(exc, f"corpus part {tmp_paths[-1][1]} (as {tmp_paths[-1][0]})") from exc
-            finally:
-                writer = None
-                sources.open_src, sources.open_ids = None, []
-
-    broken: list[readers.StreamError] = []  # with on_error="skip": where the file stopped being readable
-    # a sequential (JSONL) read hashes what it reads; Parquet is read at random offsets: its fstat is compared
-    sequential = readers.input_format(path) != "parquet"
-    source = readers.HashingReader(opened.file) if sequential else opened.file
-
-    def records() -> Iterator[readers.RawRecord]:
-        try:
-            yield from readers.iter_raw(path, id_prefix=f"{stem}#{digest[:12]}", layout=layout, fileobj=source)
-        except readers.StreamError as exc:
-            if not exc.truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
-                raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
-                                          "(a corrupt stream stops the ingest even with --on-error skip: records "
-                                          "decoded before the damage may be wrong)", exc.truncated) from exc
-            if on_error == "raise":
-                raise readers.StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was ingested "
-                                          "(with --on-error skip the records before it are kept)",
-                                          exc.truncated) from exc
-            broken.append(exc)  # a cut file: the records before it are exact and kept
-
-    bar = _progress(progress, f"ingest {report.name} -> {subset}")
-    try:
-        for batch, lines, errors in map_bounded(process_batch, _batches(records()),
-                                                pool, 2 * (pool._max_workers if pool is not None else 1)):
-            for file, line, problem in errors:
-                if on_error == "raise":
-                    raise readers.RecordError(file, line, problem)
-                report.skipped[_problem_kind(problem)] += 1
-                if len(report.examples) < 5:
-                    report.examples.append(f"{file}:{line}: {problem}")
-            report.n_read += len(errors) + (batch.num_rows if batch is not None else 0)
-            if batch is None:
-                continue
-            keep, hashes = _dedup_ids(batch, lines, index, sources, path, on_error, report)
-            if not keep.all():
-                batch, lines, hashes = batch.filter(pa.array(keep)), lines[keep], hashes[keep]
-            if batch.num_rows:
-                if writer is None:
-                    mark = "-m" if metadata_tokens else ""  # other bytes, other part names (crash safety)
-                    final = os.path.join(out_dir, f"{stem}-{digest[:8]}{mark}-{len(tmp_paths):05d}.parquet")
-                    tmp_paths.append((fsutil.tmp_name(final), final))
-                    try:
-                        writer = pq.ParquetWriter(tmp_paths[-1][0], DOC_SCHEMA, compression="zstd")
-                    except OSError as exc:
-                        raise _write_error(exc, f"corpus part {final} (as {tmp_paths[-1][0]})") from exc
-                    sources.open_src = sources.add(tmp_paths[-1][0], (path, digest, os.path.basename(final)), lines=True)
-                    part_docs = part_bytes = 0
-                try:
-                    writer.write_batch(batch, row_group_size=batch.num_rows)
-                except OSError as exc:
-                    raise _write_error(exc, f"corpus part {tmp_paths[-1][1]} (as {tmp_paths[-1][0]})") from exc
-                index.add(hashes, sources.open_src, np.arange(part_docs, part_docs + batch.num_rows, dtype=np.uint32))
-                sources.open_ids.append(batch.column("id"))
-                sources.lines[sources.open_src].frombytes(lines.astype(np.int64).tobytes())
-                nb = int(pa.compute.sum(batch.column("n_bytes")).as_py())
-                report.n_written += batch.num_rows
-                report.n_tokens += int(pa.compute.sum(batch.column("n_tokens")).as_py())
-                report.n_bytes += nb
-                part_docs += batch.num_rows
-                part_bytes += nb
-                if part_docs >= PART_DOCS or part_bytes >= PART_BYTES:
-                    close_part()
-            bar.update(len(errors) + (batch.num_rows if batch is not None else 0))
-        close_part()
-        if sequential:
-            source.drain()  # the bytes after a truncated stream's break count too
-        opened.check_unchanged(source.hexdigest() if sequential else None)
-        for exc in broken:  # always listed, whatever the number of skipped records shown before it
-            report.skipped["truncated_stream"] += 1
-            report.examples.append(f"{exc.file}:{exc.line}: {exc.problem}; the rest of the file is skipped")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            close_part()
-        for tmp, _ in tmp_paths:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        raise
-    finally:
-        bar.close()
-        index.close()
-    fsutil.crash_point("ingest.parts_written")
-    part_sha256 = {}
-    for tmp, final in tmp_paths:
-        part_sha256[os.path.basename(final)] = fsutil.sha256_file(tmp)  # hash the bytes that become the part
-        os.replace(tmp, final)
-        fsutil.crash_point("ingest.part_renamed")
-    report.parts = [os.path.basename(final) for _, final in tmp_paths]
-    # Register the new parts (the registry is what makes parts visible), then remove replaced ones.
-    for k in replaced:
-        del inputs[k]
-    inputs[key] = {"path": abspath, "subset": subset, "sha256": digest, "n_docs": report.n_written,
-                   "n_tokens": report.n_tokens, "skipped": dict(report.skipped), "parts": report.parts,
-                   "part_sha256": part_sha256}
-    if folder:
-        inputs[key].update(folder=locations.location(folder), rel_path=rel)
-    try:
-        corpus.write_meta(meta)
-    except OSError as exc:
-        raise _write_error(exc, corpus.meta_path) from exc
-    fsutil.crash_point("ingest.registered")
-    corpus.remove_unregistered()
-    if repair:
-        report.status = "repaired"
-        report.examples[:0] = [f"{corpus.docs_dir(subset)}/{name}: {problem}; written again from {path}"
-                               for name, problem in repair]
-    elif any(k != key for k in replaced):
-        report.status = "replaced"
-    report.seconds = time.time() - t0
+    _check_id_from(id_from)
+    step = IngestStep(corpus, [(path, subset, folder)], on_error, progress, columns, metadata_tokens, id_from=id_from)
+    (report,) = run_ingest_step(step, executors.make_executor("local", 1))
     return report
 
 
-def _progress(enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+def _check_id_from(id_from: str | None) -> None:
+    if id_from is not None and id_from not in readers.ID_FROM:
+        raise InputError(f"id_from must be one of {', '.join(readers.ID_FROM)} (or None), not {id_from!r}")
 
-    return tqdm(desc=desc, unit=" docs", unit_scale=True, disable=None if enabled else True, leave=False)
 
-
-def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
-           progress: bool = True, columns: tuple[tuple[str, str], ...] = (),
-           metadata_tokens: bool = False, executor: str = "local", ray_address: str | None = None
-           ) -> list[FileReport]:
-    """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
-
-    Args:
-        inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
-            is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
-        columns: a column mapping for every input (:func:`ingest_file`).
-        executor: ``"local"`` (``workers`` processes) or ``"ray"`` (Ray tasks on a local Ray of ``workers``
-            CPUs, or on the cluster at ``ray_address``); the parts are the same bytes on both.
-
-    Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
-    :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
-    before any is read, and the tokenizer is loaded once here so a bad ``XGEN_GPT2_BPE`` fails clearly.
-    """
-    root = os.path.abspath(corpus_dir)
-    items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in inputs]
-    for path, subset, _ in items:  # check every input before any work
+def _check_inputs(root: str, corpus_dir: str, items: list[tuple[str, str | None, str | None]]) -> None:
+    """Check every input (type, existence, place, subset name) before any is read."""
+    for path, subset, _ in items:
         readers.input_format(path)
         readers.check_regular(path)
         if not locations.is_uri(path) and os.path.abspath(path).startswith(root + os.sep):
@@ -706,11 +741,44 @@ def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str
             check_name(subset, "subset")
         elif readers.detect_layout(path) is None or not readers.detect_layout(path).starcoder:
             check_name(default_subset(path), "subset")
+
+
+def ingest(corpus_dir: str, inputs: list[tuple], workers: int = 2, on_error: str = "raise",
+           progress: bool = True, columns: tuple[tuple[str, str], ...] = (),
+           metadata_tokens: bool = False, executor: str = "local", ray_address: str | None = None,
+           id_from: str | None = None) -> list[FileReport]:
+    """Ingest inputs into the corpus at ``corpus_dir`` (created if needed).
+
+    Args:
+        inputs: ``(path, subset or None)`` or ``(path, subset or None, folder)`` tuples, where ``folder``
+            is the folder :func:`find_inputs` found ``path`` in (recorded with the relative path).
+        workers: processes (``local``) or CPUs of the local Ray (``ray``) reading inputs at once.
+        columns, id_from: a column mapping for every input, and how records without an id get one
+            (:func:`ingest_file`).
+        executor: ``"local"`` (``workers`` processes) or ``"ray"`` (Ray tasks on a local Ray of ``workers``
+            CPUs, or on the cluster at ``ray_address``); the parts are the same bytes on both.
+
+    Holds the corpus lock for the whole run and first removes what a crashed run left behind. See
+    :func:`ingest_file` for semantics and errors; every input is checked (type, existence, subset name)
+    before any is read, and the tokenizer is loaded once here so a bad ``XGEN_GPT2_BPE`` fails clearly.
+    Returns one :class:`FileReport` per input, in input order.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    _check_id_from(id_from)
+    root = os.path.abspath(corpus_dir)
+    items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in inputs]
+    _check_inputs(root, corpus_dir, items)
     tokenizer.get_encoding()  # a bad XGEN_GPT2_BPE fails here, clearly, not in a worker
     executors.check_executor(executor, ray_address)
     corpus = Corpus(corpus_dir, create=True)
     with corpus.lock():
         corpus.remove_unregistered()  # leftovers of a crashed run
-        with worker_pool(workers, executor, ray_address) as pool:
-            return [ingest_file(corpus, p, s, pool=pool, on_error=on_error, progress=progress, folder=f,
-                                columns=columns, metadata_tokens=metadata_tokens) for p, s, f in items]
+        step = IngestStep(corpus, items, on_error, progress, columns, metadata_tokens, max_slices=workers,
+                          id_from=id_from)
+        pool = executors.make_executor(executor, workers, ray_address)
+        try:
+            return run_ingest_step(step, pool)
+        finally:
+            pool.close()
+

@@ -34,6 +34,9 @@ class RecordError(InputError):
         self.file, self.line, self.problem = file, line, problem
         super().__init__(f"{file}:{line}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its fields in the process that receives it (an executor's parent)
+        return type(self), (self.file, self.line, self.problem)
+
 
 class StreamError(RecordError):
     """The input file itself cannot be read past ``line`` (a truncated or corrupt ``.gz`` / ``.zst`` stream, a
@@ -44,6 +47,9 @@ class StreamError(RecordError):
     def __init__(self, file: str, line: int, problem: str, truncated: bool = False):
         super().__init__(file, line, problem)
         self.truncated = truncated
+
+    def __reduce__(self):
+        return type(self), (self.file, self.line, self.problem, self.truncated)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,12 @@ def apply_layout(obj: dict[str, Any], layout: Layout, file: str, line: int) -> d
     return out
 
 
+#: How ``xgen ingest --id-from`` makes the id of a record that has none: ``line``: ``<file stem>#<the file's
+#: sha256[:12]>:<line>`` (the line, or Parquet row, in that file's bytes); ``sha256``: ``sha256:<hex SHA-256 of
+#: the text's UTF-8>`` (the same text gets the same id, so a repeated text is a duplicate id).
+ID_FROM = ("line", "sha256")
+
+
 @dataclass(frozen=True)
 class RawRecord:
     """One undecoded input record: JSONL line bytes, or an already-decoded Parquet row (a dict)."""
@@ -195,8 +207,9 @@ class RawRecord:
     file: str
     line: int
     payload: bytes | dict[str, Any]
-    id_prefix: str | None = None  # default id is "<id_prefix>:<line>" (file name otherwise)
+    id_prefix: str | None = None  # the "line" id is "<id_prefix>:<line>" (file name otherwise)
     layout: Layout | None = None  # how its columns map to the corpus fields (None: the corpus schema)
+    id_from: str | None = "line"  # how a record without an id gets one (ID_FROM); None: it is an error
 
 
 _SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
@@ -346,7 +359,7 @@ def input_format(path: str) -> str:
 
 
 def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = None,
-             fileobj: IO[bytes] | None = None) -> Iterator[RawRecord]:
+             fileobj: IO[bytes] | None = None, id_from: str | None = "line") -> Iterator[RawRecord]:
     """Stream the records of one input file without decoding JSON (that happens in worker processes).
 
     Memory is bounded by one line (JSONL) or one Parquet batch, whatever the file size. A UTF-8 byte
@@ -354,7 +367,9 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
     (:func:`xgen_data.sources.locations.open_binary`).
 
     Args:
-        id_prefix: prefix of the default id of records without one (``"<id_prefix>:<line>"``).
+        id_prefix: prefix of the ``line`` id of records without one (``"<id_prefix>:<line>"``).
+        id_from: how :func:`decode_record` makes the id of a record without one (:data:`ID_FROM`); None:
+            such a record is a :class:`RecordError`.
         layout: the input's column mapping (:func:`detect_layout`), applied when records are decoded.
         fileobj: read the bytes from this open binary file object (positioned at the start; e.g. a
             :class:`HashingReader` over :func:`open_input`'s file) instead of opening ``path``, which then only
@@ -376,7 +391,7 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
                 for batch in pq.ParquetFile(raw).iter_batches(batch_size=1024):
                     for rec in batch.to_pylist():
                         row += 1
-                        yield RawRecord(path, row, rec, id_prefix, layout)
+                        yield RawRecord(path, row, rec, id_prefix, layout, id_from)
             except (OSError, pa.ArrowException) as exc:
                 raise StreamError(path, row + 1, f"corrupt Parquet file: {exc}") from None
         return
@@ -394,7 +409,7 @@ def iter_raw(path: str, id_prefix: str | None = None, layout: Layout | None = No
                 if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]
                 if line.strip():
-                    yield RawRecord(path, line_no, line, id_prefix, layout)
+                    yield RawRecord(path, line_no, line, id_prefix, layout, id_from)
         except (OSError, EOFError, zstandard.ZstdError, zlib.error) as exc:
             last = f"the last good line is {line_no}" if line_no else "no complete line could be read"
             raise StreamError(path, line_no + 1, f"corrupt or truncated {fmt} stream; {last}: {exc}",
@@ -499,15 +514,30 @@ def json_error_text(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg.removesuffix(' at')} at {where}"
 
 
+def _made_id(rec: RawRecord, text: str) -> str:
+    """The id of a record without one, as ``rec.id_from`` says (:data:`ID_FROM`).
+
+    Raises:
+        RecordError: ``rec.id_from`` is None (an id is required), naming the file and line.
+    """
+    if rec.id_from is None:
+        raise RecordError(rec.file, rec.line, "missing 'id' (give every record an id, or make one with --id-from "
+                                              f"{' or --id-from '.join(ID_FROM)})")
+    if rec.id_from == "sha256":
+        return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{rec.id_prefix or os.path.basename(rec.file)}:{rec.line}"
+
+
 def decode_record(rec: RawRecord) -> dict[str, Any]:
     """Decode and validate one raw record into a document dict with the keys of :data:`FIELDS`.
 
-    ``text`` must be a string that is valid UTF-8 (no lone surrogates); ``id`` defaults to
-    ``"<file name>:<line>"``; ``meta`` is kept as a JSON string; other fields must be strings or null.
+    ``text`` must be a string that is valid UTF-8 (no lone surrogates); a missing ``id`` is made as
+    ``rec.id_from`` says (:data:`ID_FROM`; with None it is an error); ``meta`` is kept as a JSON string; other
+    fields must be strings or null.
 
     Raises:
         RecordError: malformed JSON, invalid UTF-8, a record that is not an object, missing or non-string
-            ``text``, or a field of the wrong type.
+            ``text``, a field of the wrong type, or a missing ``id`` with ``rec.id_from=None``.
     """
     if isinstance(rec.payload, bytes):
         try:
@@ -541,11 +571,9 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise RecordError(rec.file, rec.line, f"'{key}' is {type(value).__name__}, expected a string")
         doc[key] = None if value is None else str(value)
-    if doc["id"] is None:
-        doc["id"] = f"{rec.id_prefix or os.path.basename(rec.file)}:{rec.line}"
-    elif not doc["id"].strip():
-        raise RecordError(rec.file, rec.line, f"'id' is {doc['id']!r}: an id must not be empty (omit the key to "
-                                              "get file:line)")
+    if doc["id"] is not None and not doc["id"].strip():
+        raise RecordError(rec.file, rec.line, f"'id' is {doc['id']!r}: an id must not be empty (omit the key and "
+                                              "give --id-from to make one)")
     meta = obj.get("meta")
     try:
         doc["meta"] = _meta_json(meta)
@@ -566,4 +594,6 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
             except UnicodeEncodeError as exc:
                 raise RecordError(rec.file, rec.line,
                                   f"invalid UTF-8 in '{key}' (lone surrogate at character {exc.start})") from None
+    if doc["id"] is None:  # last: a record's other problems are named first
+        doc["id"] = _made_id(rec, text)
     return doc

@@ -50,75 +50,87 @@ def verify_corpus(corpus_dir: str, progress: bool = False) -> list[Check]:
         CorpusError: not a corpus, or ``corpus.json`` does not parse, is malformed, of the 0.x format or does not
             match its checksum (:meth:`xgen_data.store.corpus.Corpus.read_meta`).
     """
-    from tqdm.auto import tqdm
-
     corpus = Corpus(corpus_dir)
-    out: list[Check] = []
     with corpus.lock():
         meta = corpus.read_meta()  # refuses a registry that does not match its registry_sha256
-        out.append(Check("registry", corpus.meta_path, "ok", f"matches its {REGISTRY_SHA256}"))
-        recorded = corpus.recorded_sha256(meta)
-        parts = corpus.parts()
-        broken: set[str] = set()  # parts that are damaged or missing: their attribute rows cannot be checked
-        for p in tqdm(parts, desc="verify parts", unit="part", disable=None if progress else True, leave=False):
-            want = recorded[(p.subset, p.name)]
-            if not os.path.exists(p.path):
-                out.append(Check("part", p.path, "missing", "re-ingest its input"))
-                broken.add(os.path.abspath(p.path))
-                continue
-            got = fsutil.sha256_file(p.path)
-            if got != want:
-                out.append(Check("part", p.path, "damaged", f"sha256 {got[:12]}…, recorded {want[:12]}…; re-ingest "
-                                 "its input with `xgen ingest`"))
-                broken.add(os.path.abspath(p.path))
-            else:
-                out.append(Check("part", p.path, "ok"))
+        out = [Check("registry", corpus.meta_path, "ok", f"matches its {REGISTRY_SHA256}")]
+        parts, broken = _check_parts(corpus, meta, progress)
+        out += parts
         fingerprint = corpus.parts_fingerprint()
         for key, state in sorted(meta.get("attributes", {}).items()):
-            gen = os.path.join(corpus.root, ATTRIBUTES, *key.split("/"), state["generation"])
-            stale = state["parts"] != fingerprint
-            bad = False
-            for rel, want in state["files"].items():
-                path = os.path.join(gen, rel)
-                if not os.path.exists(path):
-                    out.append(Check("attributes", path, "missing",
-                                     f"attribute set {key}; recompute it (xgen mix plan)"))
-                    bad = True
-                elif fsutil.sha256_file(path) != want:
-                    out.append(Check("attributes", path, "damaged", f"attribute set {key}; recompute it "
-                                     "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
-                    bad = True
-                elif os.path.abspath(part := os.path.join(corpus.root, "docs", rel)) in broken:
-                    out.append(Check("attributes", path, "unchecked", f"attribute set {key}: its part {part} is "
-                                     "damaged, so its rows are not compared; verify again after re-ingesting it"))
-                    bad = True
-                elif not stale and os.path.exists(part) and (why := attribute_rows_problem(path, part, ids=True)):
-                    out.append(Check("attributes", path, "damaged", f"{why}; attribute set {key}; delete {gen} "
-                                     "and recompute it (xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
-                    bad = True
-            if not bad:
-                out.append(Check("attributes", gen, "stale" if stale else "ok",
-                                 f"{state['step']} {params_hash(state['params'])}, {len(state['files'])} files"
-                                 + ("; computed from other part contents" if stale else "")))
+            out += _check_attribute_set(corpus, key, state, fingerprint, broken)
         own_shard_dirs, note = corpus.shard_dirs(meta)
         if note:
             out.append(Check("shards", corpus.meta_path, "unchecked", note))
         for shard_dir in own_shard_dirs:
-            if not os.path.exists(shard_dir):
-                if os.path.isdir(backup := shards.backup_dir(shard_dir)):
-                    out.append(Check("shards", shard_dir, "missing", f"a build into it was interrupted; the "
-                                     f"previous set is in {backup} and the next `xgen mix build` restores it"))
-                continue  # otherwise removed by the user: not registered data any more
-            mpath = os.path.join(shard_dir, "manifest.json")
-            try:
-                shards.read_manifest(shard_dir)  # its own manifest_sha256 first
-                problems = shards.verify(shard_dir)
-            except shards.ShardError as exc:
-                out.append(Check("shards", mpath if os.path.isfile(mpath) else shard_dir, "damaged", str(exc)))
-                continue
-            for prob in problems:
-                out.append(Check("shards", shard_dir, "damaged", prob))
-            if not problems:
-                out.append(Check("shards", shard_dir, "ok", "the manifest matches its manifest_sha256 and every "
-                                 "shard its sha256"))
+            out += _check_shard_dir(shard_dir)
+    return out
+
+
+def _check_parts(corpus: Corpus, meta: dict, progress: bool) -> tuple[list[Check], set[str]]:
+    """``(checks, broken)``: a check per registered part against its recorded SHA-256, and the absolute paths
+    of the damaged or missing ones (their attribute rows cannot be checked)."""
+    from tqdm.auto import tqdm
+
+    recorded = corpus.recorded_sha256(meta)
+    out: list[Check] = []
+    broken: set[str] = set()
+    for p in tqdm(corpus.parts(), desc="verify parts", unit="part", disable=None if progress else True, leave=False):
+        want = recorded[(p.subset, p.name)]
+        if not os.path.exists(p.path):
+            out.append(Check("part", p.path, "missing", "re-ingest its input"))
+        elif (got := fsutil.sha256_file(p.path)) != want:
+            out.append(Check("part", p.path, "damaged", f"sha256 {got[:12]}…, recorded {want[:12]}…; re-ingest "
+                             "its input with `xgen ingest`"))
+        else:
+            out.append(Check("part", p.path, "ok"))
+            continue
+        broken.add(os.path.abspath(p.path))
+    return out, broken
+
+
+def _check_attribute_set(corpus: Corpus, key: str, state: dict, fingerprint: str, broken: set[str]) -> list[Check]:
+    """Each file of the committed attribute set ``key`` against its SHA-256, then its ids against its part's;
+    one ``ok`` / ``stale`` check for the set when no file has a problem."""
+    gen = os.path.join(corpus.root, ATTRIBUTES, *key.split("/"), state["generation"])
+    stale = state["parts"] != fingerprint
+    out = []
+    for rel, want in state["files"].items():
+        path = os.path.join(gen, rel)
+        part = os.path.join(corpus.root, "docs", rel)
+        if not os.path.exists(path):
+            out.append(Check("attributes", path, "missing", f"attribute set {key}; recompute it (xgen mix plan)"))
+        elif fsutil.sha256_file(path) != want:
+            out.append(Check("attributes", path, "damaged", f"attribute set {key}; recompute it "
+                             "(xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
+        elif os.path.abspath(part) in broken:
+            out.append(Check("attributes", path, "unchecked", f"attribute set {key}: its part {part} is "
+                             "damaged, so its rows are not compared; verify again after re-ingesting it"))
+        elif not stale and os.path.exists(part) and (why := attribute_rows_problem(path, part, ids=True)):
+            out.append(Check("attributes", path, "damaged", f"{why}; attribute set {key}; delete {gen} "
+                             "and recompute it (xgen mix plan --recipe R, or xgen filter / xgen dedup)"))
+    if not out:
+        out.append(Check("attributes", gen, "stale" if stale else "ok",
+                         f"{state['step']} {params_hash(state['params'])}, {len(state['files'])} files"
+                         + ("; computed from other part contents" if stale else "")))
+    return out
+
+
+def _check_shard_dir(shard_dir: str) -> list[Check]:
+    """A registered shards folder: its manifest against its own SHA-256, every shard and index against theirs."""
+    if not os.path.exists(shard_dir):
+        if os.path.isdir(backup := shards.backup_dir(shard_dir)):
+            return [Check("shards", shard_dir, "missing", f"a build into it was interrupted; the previous set is "
+                          f"in {backup} and the next `xgen mix build` restores it")]
+        return []  # otherwise removed by the user: not registered data any more
+    mpath = os.path.join(shard_dir, "manifest.json")
+    try:
+        shards.read_manifest(shard_dir)  # its own manifest_sha256 first
+        problems = shards.verify(shard_dir)
+    except shards.ShardError as exc:
+        return [Check("shards", mpath if os.path.isfile(mpath) else shard_dir, "damaged", str(exc))]
+    out = [Check("shards", shard_dir, "damaged", prob) for prob in problems]
+    if not problems:
+        out.append(Check("shards", shard_dir, "ok", "the manifest matches its manifest_sha256 and every "
+                         "shard its sha256"))
     return out

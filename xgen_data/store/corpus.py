@@ -217,16 +217,21 @@ class Part:
 
 def rebuild_commands(meta: dict) -> list[str]:
     """The ``xgen ingest --corpus NEW ...`` shell commands that ingest a registry's inputs again: one per subset
-    and option set (``--metadata-tokens`` for an input registered with them, ``--on-error skip`` for one whose
-    bad records were skipped), every word quoted for a POSIX shell so that the commands run as printed."""
-    groups: dict[tuple[str, bool, bool], list[str]] = {}
+    and option set, every word quoted for a POSIX shell so that the commands run as printed. The options follow
+    the registry key's suffixes (``xgen_data.sources.ingest_item.input_key``): ``--metadata-tokens``, and
+    ``--id-from sha256`` or else ``--id-from line`` (the ids a record without one got before ``--id-from``
+    existed; a record with an id keeps it either way); ``--on-error skip`` for an input whose bad records were
+    skipped."""
+    groups: dict[tuple[str, bool, str, bool], list[str]] = {}
     for key, v in meta["inputs"].items():
-        flags = (v["subset"], key.endswith(":metadata-tokens"), bool(v.get("skipped")))
+        suffixes = set(key.split(":")[2:])
+        flags = (v["subset"], "metadata-tokens" in suffixes, "sha256" if "id-sha256" in suffixes else "line",
+                 bool(v.get("skipped")))
         groups.setdefault(flags, []).append(v["path"])
     return [shlex.join(["xgen", "ingest", "--corpus", "NEW", "--subset", subset]
-                       + (["--metadata-tokens"] if tokens else []) + (["--on-error", "skip"] if skip else [])
-                       + sorted(paths))
-            for (subset, tokens, skip), paths in sorted(groups.items())]
+                       + (["--metadata-tokens"] if tokens else []) + ["--id-from", id_from]
+                       + (["--on-error", "skip"] if skip else []) + sorted(paths))
+            for (subset, tokens, id_from, skip), paths in sorted(groups.items())]
 
 
 class Corpus:

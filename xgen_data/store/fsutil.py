@@ -61,26 +61,6 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def exit_with_parent(poll_seconds: float = 1.0) -> None:
-    """In a worker process: end this process soon after its parent dies (e.g. killed with SIGKILL).
-
-    A process pool's workers otherwise wait forever, or keep writing files for a run nobody will finish.
-    Starts a daemon thread; call it from the pool's ``initializer``.
-    """
-    import threading
-    import time
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_seconds)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 #: Environment variable naming the commit point at which :func:`crash_point` kills this process (tests).
 CRASH_ENV = "XGEN_CRASH_AT"
 

@@ -11,7 +11,6 @@ summary cannot be written that way: use JSONL for rougeLsum).
 """
 from __future__ import annotations
 
-
 from xgen_data.errors import InputError
 from xgen_train.evaluate.inputs import InputList, json_lines, read_input, text_lines
 from xgen_train.evaluate.outputs import require_extra

@@ -32,8 +32,15 @@ import numpy as np
 
 from xgen_data.errors import InputError, RefusedError
 from xgen_data.store.publish import FolderPublisher, make_parent
-from xgen_train.loop.checkpoint import (CheckpointStore, checkpoint_model_config, checkpoint_source, is_hf_folder,
-                                        latest_checkpoint, load_params, make_meta)
+from xgen_train.loop.checkpoint import (
+    CheckpointStore,
+    checkpoint_model_config,
+    checkpoint_source,
+    is_hf_folder,
+    latest_checkpoint,
+    load_params,
+    make_meta,
+)
 from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 from xgen_train.model.config import CONFIGS, ModelConfig
 

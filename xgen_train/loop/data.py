@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from xgen_data.shards import shard_format as shards
-from xgen_data.store import fsutil
-from xgen_data.shards.shard_format import FORMAT, ShardError as ShardFormatError
+from xgen_data.shards.shard_format import FORMAT
+from xgen_data.shards.shard_format import ShardError as ShardFormatError
 from xgen_data.shards.shard_format import read_manifest as load_manifest
+from xgen_data.store import fsutil
 
 __all__ = [
     "FORMAT", "SPLITS", "SUPPORTED_FORMAT_VERSIONS", "ShardFile", "ShardFormatError", "ShardLoader",
@@ -171,7 +172,7 @@ class ShardLoader:
             every shard's ``sha256`` and that every token id is ``< vocab_size`` up front (reads every
             file once); ``False``: no sha256 check (sizes only; ``xgen train --no-verify``).
         split: ``"train"`` (default) or ``"validation"``: the manifest entries whose ``split`` matches
-            (an entry without ``split`` is train), see :func:`xgen_data.shards.packing.shard_ranges`.
+            (an entry without ``split`` is train), see :func:`xgen_data.shards.pack_step.shard_ranges`.
     Raises:
         ShardFormatError: bad manifest, unknown/ambiguous stage or sub-stage, no shards, a shard whose
             ``seq_len`` differs from its sub-stage, a missing file, a file size different from

@@ -43,16 +43,26 @@ import optax
 
 from xgen_data.errors import InputError, RefusedError
 from xgen_data.store import fsutil
-from xgen_train.loop.lossplot import plot_loss
 from xgen_train.loop import guards, runlock
-from xgen_train.loop.checkpoint import (INIT_CONFIG, SIDECAR, CheckpointError, CheckpointStore, checkpoint_dirs,
-                                        latest_checkpoint, load_checkpoint, load_params, read_meta,
-                                        resolve_model_config, verify_checkpoint)
+from xgen_train.loop.checkpoint import (
+    INIT_CONFIG,
+    SIDECAR,
+    CheckpointError,
+    CheckpointStore,
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_checkpoint,
+    load_params,
+    read_meta,
+    resolve_model_config,
+    verify_checkpoint,
+)
 from xgen_train.loop.config import TrainConfig
 from xgen_train.loop.curriculum import Phase, Plan, make_plan
 from xgen_train.loop.data import load_manifest
 from xgen_train.loop.feed import Feed
-from xgen_train.loop.hooks import (CheckpointHook, LoopState, RunContext, adam_count, default_hooks, due_after)
+from xgen_train.loop.hooks import CheckpointHook, LoopState, RunContext, adam_count, default_hooks, due_after
+from xgen_train.loop.lossplot import plot_loss
 from xgen_train.loop.optimizer import OptimizerConfig, make_optimizer
 from xgen_train.loop.sft_data import ARRAYS as SFT_ARRAYS
 from xgen_train.loop.sft_data import curriculum_manifest, is_sft_shards, read_sft_manifest
@@ -68,8 +78,16 @@ from xgen_train.model.sft_loss import make_sft_loss_fn, response_token_count
 from xgen_train.scale.distributed import is_main_process, maybe_initialize, process_info
 from xgen_train.scale.flops import flops_per_token
 from xgen_train.scale.flops import peak_flops as peak_flops_of
-from xgen_train.scale.sharding import (batch_sharding, check_batch, describe_mesh, make_mesh, param_shardings,
-                                       put_global, replicated, state_shardings)
+from xgen_train.scale.sharding import (
+    batch_sharding,
+    check_batch,
+    describe_mesh,
+    make_mesh,
+    param_shardings,
+    put_global,
+    replicated,
+    state_shardings,
+)
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "SpikeDetector", "StopSignal", "TrainConfig", "config_differences",
            "make_eval_fn", "make_loss_fn", "make_train_step", "next_token_loss", "plot_loss", "run_config",

@@ -169,9 +169,9 @@ def make_loss_fn(cfg, numerics=None):
     """
     import haiku as hk
 
-    from xgen_train.model.numerics import NumericsOptions
     from xgen_train.model.attention import segments_from_eos
     from xgen_train.model.model import linear_logits, llama_hidden, lm_head_weight
+    from xgen_train.model.numerics import NumericsOptions
 
     num = (numerics or NumericsOptions()).resolved()
     if num.doc_mask and num.eos_id is None:

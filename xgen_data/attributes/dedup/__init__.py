@@ -34,22 +34,23 @@ Outputs
       labels; raw strings; null counts as a label).
     * ``work/dedup/``: per-part content hashes (``sig/*.parquet``), signature matrices (``sig/*.sig.npy``)
       and band-major band hashes (``bands/``), their SHA-256s (``sig/*.parquet.sha256.json``, written last),
-      plus DuckDB's spill folder; safe to delete. Signatures are reused when the docs part, ``num_perm``,
+      plus the later phases' files (``exact.npy``, ``pairs/``, ``cluster.npy``, …); safe to delete. Signatures are reused when the docs part, ``num_perm``,
       ``seed``, ``ngram`` and ``scheme`` are unchanged and every file matches its SHA-256 (only the banding
       is redone for a new threshold; a damaged file is recomputed).
 
 How it scales
-    Signatures are computed per part in ``workers`` processes (each holds one batch of documents and the
-    part's band hashes). Exact groups are a DuckDB window over the content hashes (spilling to disk past
-    ``memory_limit``). LSH candidates are formed band by band in NumPy (one band of the corpus in memory,
-    :func:`.bands.bucket_pairs`), verified on signature rows read through memory maps (:class:`.cluster.SigStore`), and
-    clustered by a union-find over one int64 per document. The main process therefore holds O(documents)
-    small integers and the rows being verified, never all signatures or text.
+    Every phase is a step on the contract of :mod:`xgen_data.execute.contract`, run in order on one executor
+    (local processes or Ray); items are independent, so any order, grouping or executor gives the same bytes.
+    Signatures are computed per part (each item holds one batch of documents and the part's band hashes);
+    exact groups per content-hash shard; LSH candidates per group of bands, band by band in NumPy (one band of
+    the corpus in memory, :func:`.bands.bucket_pairs`); candidates verified per shard of connected components
+    on signature rows read through memory maps (:class:`.cluster.SigStore`); clusters by a union-find over one
+    int64 per document in that step's commit; attribute files per part. The driver holds O(documents) small
+    integers, never all signatures or text.
 
-Modules, one per phase (phase 1 is a step on the contract of :mod:`xgen_data.execute.contract`; the others are
-functions of the run's work files): :mod:`.params` (parameters, the attribute set's key, schemas, report),
-:mod:`.signatures` (phase 1, per part: content hashes, MinHash signatures, band hashes),
-:mod:`.bands` (LSH buckets and candidate pairs, band by band), :mod:`.cluster` (verify candidates and cluster
-them with exact groups), :mod:`.attribute_files` (one attribute file per part) and :mod:`.run` (the run:
-phases in order, one atomic commit).
+Modules, one per phase: :mod:`.params` (parameters, the attribute set's key, schemas, report),
+:mod:`.signatures` (per part: content hashes, MinHash signatures, band hashes), :mod:`.exact` (exact groups,
+per hash shard), :mod:`.bands` (LSH candidate pairs, per group of bands), :mod:`.cluster` (verify per pair
+shard, then the union-find), :mod:`.attribute_files` (one attribute file per part) and :mod:`.run` (the
+steps in order on one executor; the last commits with one atomic registry write).
 """

@@ -1,15 +1,38 @@
-"""LSH bands: bucket pairs per band (NumPy, one band of the corpus in memory) and candidate pairs."""
+"""Dedup phase 3, LSH bands: candidate pairs per band (NumPy, one band of the corpus in memory), one work item
+per group of bands.
+
+Item ``g`` reads bands ``[g × BANDS_PER_ITEM, (g + 1) × BANDS_PER_ITEM)`` of every part (row groups of the
+band-major work files) and writes its distinct edges, sorted, as int64 keys ``a × n + b`` (``n`` documents) to
+``candidates/<g>.npy``: with ``cliques``, candidate pairs ``a < b`` of exact-group representatives
+(:func:`bucket_pairs`); with ``components``, star edges ``(document, smallest document of its bucket)``
+(:func:`star_edges`). The commit merges the groups' keys (a set: the same for any grouping and item order)
+into the phase's result: for ``cliques``, the pairs cut into verify shards by connected component
+(:mod:`.cluster`); for ``components``, the edges themselves (``near_edges.npy``).
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xgen_data.attributes.clusters import compress, union_edges
 from xgen_data.attributes.dedup.params import BUCKET_PAIR_CAP, sql_list
+from xgen_data.execute.contract import ItemResult, StepReport, WorkItem
+from xgen_data.store import fsutil
 from xgen_data.store.corpus import Corpus
+
+#: Bands per work item (25 bands at the default threshold: 5 items).
+BANDS_PER_ITEM = 5
+#: Candidate pairs per verify shard (:mod:`.cluster`), 1 to :data:`MAX_PAIR_SHARDS` shards.
+PAIRS_PER_SHARD = 1 << 24
+MAX_PAIR_SHARDS = 256
 
 
 def bucket_pairs(bhash: np.ndarray, doc: np.ndarray, cap: int = BUCKET_PAIR_CAP) -> tuple[np.ndarray, np.ndarray, int]:
@@ -47,34 +70,6 @@ def bucket_pairs(bhash: np.ndarray, doc: np.ndarray, cap: int = BUCKET_PAIR_CAP)
     first = np.repeat(np.cumsum(n_pair) - n_pair, n_pair)
     y = np.repeat(np.repeat(start, size), n_pair) + (np.arange(total) - first)
     return d[y], d[x], buckets
-
-
-def lsh_candidates(band_paths: list[str], offsets: np.ndarray, rep: np.ndarray, bands: int
-                        ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Distinct candidate pairs ``(a, b)``, ``a < b`` (exact-group representatives), over all bands, band by band.
-
-    Reads band ``i`` of every part (row group ``i`` of the band-major work files), so memory holds one band of
-    the corpus (about 16 bytes per document) plus the distinct pairs so far (8 bytes each, merged per band).
-    ``rep``: int64 per document, its exact-group representative, -1 for documents without words (they have
-    no band rows).
-    """
-    files = [pq.ParquetFile(f) for f in band_paths]
-    key, buckets = np.zeros(0, np.int64), 0
-    n = len(rep)
-    for band in range(bands):
-        hs, ds = [], []
-        for k, f in enumerate(files):
-            if f.metadata.num_rows == 0:
-                continue
-            t = f.read_row_group(band, columns=["bhash", "row"])
-            hs.append(t.column("bhash").to_numpy())
-            ds.append(offsets[k] + t.column("row").to_numpy().astype(np.int64))
-        if not hs:
-            continue
-        a, b, nb = bucket_pairs(np.concatenate(hs), rep[np.concatenate(ds)])
-        buckets += nb
-        key = merge_distinct(key, a * n + b)  # distinct pairs so far: memory does not grow with the band count
-    return key // n, key % n, buckets
 
 
 def merge_distinct(key: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -137,3 +132,143 @@ def candidate_pairs(corpus_dir: str, docs: np.ndarray | None = None) -> np.ndarr
     finally:
         con.close()
     return np.stack([rows["a"].astype(np.int64), rows["b"].astype(np.int64)], axis=1)
+
+
+def star_edges(bhash: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """StarCoder's edges of one band: each document of a bucket of ≥ 2 rows to the bucket's smallest document.
+
+    Args:
+        bhash, doc: int64 ``(m,)`` band hashes and their documents (each document at most once in a band).
+    Returns:
+        ``(doc, rep)`` int64 edges with ``doc > rep``, and the number of buckets holding ≥ 2 rows.
+    """
+    order = np.lexsort((doc, bhash))
+    h, d = bhash[order], doc[order]
+    if len(h) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    new_h = np.concatenate([[True], h[1:] != h[:-1]])
+    start = np.flatnonzero(new_h)
+    size = np.diff(np.append(start, len(h)))
+    rep = np.repeat(d[start], size)
+    edge = np.repeat(size > 1, size) & ~new_h
+    return d[edge], rep[edge], int(np.count_nonzero(size > 1))
+
+
+def _band_rows(files: list[pq.ParquetFile], offsets: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Band ``band`` of every part: int64 ``(bhash, doc)``, or None when no part has band rows."""
+    hs, ds = [], []
+    for k, f in enumerate(files):
+        if f.metadata.num_rows == 0:
+            continue
+        t = f.read_row_group(band, columns=["bhash", "row"])
+        hs.append(t.column("bhash").to_numpy())
+        ds.append(offsets[k] + t.column("row").to_numpy().astype(np.int64))
+    return (np.concatenate(hs), np.concatenate(ds)) if hs else None
+
+
+def band_group(band_paths: list[str], offsets: np.ndarray, exact_path: str, bands: list[int], clustering: str,
+               out_path: str) -> ItemResult:
+    """The work item of one group of ``bands`` (module docstring): writes ``out_path`` (sorted distinct int64
+    edge keys) atomically.
+
+    ``exact_path``: the exact phase's ``exact.npy`` (int64 per document, its exact group's smallest document or
+    -1), read through a memory map: with ``cliques`` each document enters a bucket as its group's smallest.
+    Returns value ``{"buckets": buckets of ≥ 2 rows over these bands}``; ``documents`` = band rows read.
+    """
+    t0 = time.time()
+    files = [pq.ParquetFile(f) for f in band_paths]
+    n = int(offsets[-1])
+    gid = np.load(exact_path, mmap_mode="r")
+    key, buckets, rows = np.zeros(0, np.int64), 0, 0
+    for band in bands:
+        got = _band_rows(files, offsets, band)
+        if got is None:
+            continue
+        h, d = got
+        rows += len(d)
+        if clustering == "cliques":
+            g = np.asarray(gid[d])
+            a, b, nb = bucket_pairs(h, np.where(g >= 0, g, d))
+        else:
+            a, b, nb = star_edges(h, d)  # keys doc × n + rep
+        buckets += nb
+        key = merge_distinct(key, a * n + b)
+    with fsutil.atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, key)
+    return ItemResult(f"bands {bands[0]}-{bands[-1]}", value={"buckets": buckets}, documents=rows,
+                      bytes=16 * rows, seconds=time.time() - t0)
+
+
+def pair_shards(a: np.ndarray, b: np.ndarray, n_shards: int) -> np.ndarray:
+    """The verify shard of each pair ``(a[i], b[i])``: the smallest document of its connected component of the
+    candidate graph, mod ``n_shards`` (int64 ``(m,)``), so a component never spans two shards."""
+    nodes = np.unique(np.concatenate([a, b]))
+    parent = np.arange(len(nodes), dtype=np.int64)
+    ia = np.searchsorted(nodes, a)
+    union_edges(parent, ia, np.searchsorted(nodes, b))
+    compress(parent)
+    return nodes[parent[ia]] % n_shards
+
+
+@dataclass
+class BandStep:
+    """Phase 3 as a step: one item per :data:`BANDS_PER_ITEM` bands (:func:`band_group`). The commit merges
+    the edges; ``cliques``: writes ``pairs/<k>.npy`` (int64 ``(m, 2)``, the candidate pairs of shard ``k``,
+    :func:`pair_shards`) and sets ``pair_paths``; ``components``: writes ``near_edges.npy`` (int64 ``(m, 2)``
+    ``(doc, rep)``). ``buckets`` and ``edges`` (distinct pairs or edges) are the phase's counts."""
+
+    band_paths: list[str]
+    offsets: np.ndarray
+    work: str
+    bands: int
+    clustering: str
+    name: str = "dedup bands"
+    item_fn: Callable[..., ItemResult] = band_group
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        for sub in ("candidates", "pairs"):  # a killed run's files: never read, rewritten below
+            shutil.rmtree(os.path.join(self.work, sub), ignore_errors=True)
+        os.makedirs(os.path.join(self.work, "candidates"))
+        groups = [list(range(s, min(self.bands, s + BANDS_PER_ITEM))) for s in range(0, self.bands, BANDS_PER_ITEM)]
+        self.groups = [(g, os.path.join(self.work, "candidates", f"{i:05d}.npy")) for i, g in enumerate(groups)]
+        self.pair_paths: list[str] = []
+        self.edges_path = os.path.join(self.work, "near_edges.npy")
+        self.buckets = self.edges = 0
+
+    def items(self) -> list[WorkItem]:
+        exact_path = os.path.join(self.work, "exact.npy")
+        return [WorkItem(f"bands {g[0]}-{g[-1]}", (self.band_paths, self.offsets, exact_path, g, self.clustering, p))
+                for g, p in self.groups]
+
+    def commit(self, results: list[ItemResult]) -> StepReport:
+        n = int(self.offsets[-1])
+        key = np.zeros(0, np.int64)
+        for _, path in self.groups:
+            key = merge_distinct(key, np.load(path))
+        a, b = key // n, key % n
+        del key
+        self.buckets, self.edges = sum(r.value["buckets"] for r in results), int(len(a))
+        if self.clustering == "cliques":
+            self._write_pair_shards(a, b)
+        else:
+            _save(self.edges_path, np.stack([a, b], axis=1))
+        return StepReport.of(self.name, results, time.time() - self.started)
+
+    def _write_pair_shards(self, a: np.ndarray, b: np.ndarray) -> None:
+        os.makedirs(os.path.join(self.work, "pairs"))
+        n_shards = int(min(MAX_PAIR_SHARDS, max(1, -(-len(a) // PAIRS_PER_SHARD))))
+        shard = pair_shards(a, b, n_shards) if len(a) else np.zeros(0, np.int64)
+        for k in range(n_shards if len(a) else 0):
+            sel = shard == k
+            path = os.path.join(self.work, "pairs", f"{k:05d}.npy")
+            _save(path, np.stack([a[sel], b[sel]], axis=1))
+            self.pair_paths.append(path)
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` atomically."""
+    with fsutil.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)

@@ -1,14 +1,32 @@
-"""Verify LSH candidates on their signatures and cluster them with the exact groups (union-find)."""
+"""Dedup phase 4, verify and cluster: candidate pairs verified on their signatures into cliques, one work item
+per pair shard, then one union-find over exact and near edges in the commit.
+
+The bands phase cut the candidate pairs into shards by connected component (:func:`.bands.pair_shards`);
+:func:`clique_clusters` works per component, so each shard is verified on its own (:func:`verify_shard`,
+reading only its documents' signature rows) and the shards' cliques are those of all pairs at once. The commit
+joins, in a union-find over one int64 per document (:func:`union_edges`: the result is each component's
+smallest document whatever the order of the edges), the exact groups (when on) and the verified cliques (or,
+with ``components``, StarCoder's unverified star edges), and writes ``cluster.npy``: int64 per document, its
+cluster's smallest document, -1 for a document in no cluster of two or more.
+"""
 from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from xgen_data.attributes.clusters import clique_clusters, compress, union_edges
-from xgen_data.attributes.dedup.bands import lsh_candidates
-from xgen_data.attributes.dedup.params import EDGE_BATCH, DedupParams, DedupReport, sql_list
-from xgen_data.attributes.dedup.signatures import sig_array_path
 from xgen_data.attributes import minhash
+from xgen_data.attributes.clusters import clique_clusters, compress, union_edges
+from xgen_data.attributes.dedup.exact import exact_edges
+from xgen_data.attributes.dedup.params import DedupParams
+from xgen_data.attributes.dedup.signatures import sig_array_path
 from xgen_data.errors import DamagedDataError
+from xgen_data.execute.contract import ItemResult, StepReport, WorkItem
+from xgen_data.store import fsutil
 
 
 class SigStore:
@@ -55,83 +73,93 @@ class RowsOf:
         return self.store.rows(self.nodes[np.asarray(idx, dtype=np.int64)])
 
 
-def _verified_cliques(con, report: DedupReport, params: DedupParams, band_paths: list[str], sig_paths: list[str],
-                      offsets: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs among exact-group representatives, verified into cliques (NumPy over the work files).
+def cluster_dense_path(work: str) -> str:
+    """The committed result of the phase: ``work/dedup/cluster.npy``."""
+    return os.path.join(work, "cluster.npy")
 
-    Each exact group (documents with words) enters as its smallest document, so a bucket holds distinct texts;
-    in a bucket every member is paired with the first :data:`BUCKET_PAIR_CAP` members (all pairs in buckets up
-    to that size; :func:`bucket_pairs`). Signatures are read only for the pairs being verified
-    (:class:`SigStore`, in chunks).
 
-    Returns:
-        ``(doc, label)`` int64 arrays of equal shape: each candidate document and the smallest document of its
-        clique (:func:`clique_clusters`); fills ``report.near_buckets``, ``report.near_edges`` (distinct
-        candidate pairs) and ``report.verified_pairs``.
+def verify_shard(pairs_path: str, sig_paths: list[str], offsets: np.ndarray, num_perm: int, scheme: str,
+                 threshold: float, out_path: str) -> ItemResult:
+    """The work item of one pair shard: its candidate pairs (``pairs_path``, int64 ``(m, 2)``) verified into
+    cliques (:func:`clique_clusters`, signatures read through :class:`SigStore`).
+
+    Writes ``out_path`` atomically: int64 ``(2, k)``, each candidate document whose clique's smallest document
+    is another one, and that document. Returns value ``{"verified": distinct pairs that passed}``;
+    ``documents`` = the shard's candidate documents, ``bytes`` = their signature bytes read.
     """
-    rep = np.arange(n_docs, dtype=np.int64)
-    ex = con.execute("SELECT doc, gid FROM exact_members WHERE doc <> gid").fetchnumpy()
-    rep[np.asarray(ex["doc"], dtype=np.int64)] = np.asarray(ex["gid"], dtype=np.int64)
-    a, b, report.near_buckets = lsh_candidates(band_paths, offsets, rep, params.bands)
-    report.near_edges = int(len(a))
+    t0 = time.time()
+    pairs = np.load(pairs_path)
+    a, b = pairs[:, 0], pairs[:, 1]
     nodes = np.unique(np.concatenate([a, b]))
-    if not len(nodes):
-        report.verified_pairs = 0
-        return nodes, nodes.copy()
-    store = SigStore([sig_array_path(p) for p in sig_paths], offsets, params.num_perm,
-                     minhash.sig_dtype(params.scheme))
-    label, verified = clique_clusters(RowsOf(store, nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b),
-                                      params.threshold)
-    report.verified_pairs = verified
-    return nodes, nodes[label]
+    dtype = minhash.sig_dtype(scheme)
+    verified, moved = 0, np.zeros((2, 0), np.int64)
+    if len(nodes):
+        store = SigStore([sig_array_path(p) for p in sig_paths], offsets, num_perm, dtype)
+        label, verified = clique_clusters(RowsOf(store, nodes), np.searchsorted(nodes, a),
+                                          np.searchsorted(nodes, b), threshold)
+        keep = label != np.arange(len(nodes))
+        moved = np.stack([nodes[keep], nodes[label[keep]]])
+    with fsutil.atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, moved)
+    return ItemResult(os.path.basename(pairs_path), value={"verified": int(verified)}, documents=int(len(nodes)),
+                      bytes=int(len(nodes)) * num_perm * np.dtype(dtype).itemsize, seconds=time.time() - t0)
 
 
-def _feed(con, parent: np.ndarray, sql: str) -> int:
-    """Union the edges ``(u, v)`` that ``sql`` returns (streamed in batches of :data:`EDGE_BATCH`) into
-    ``parent``; returns the number of edges."""
-    n_edges = 0
-    for batch in con.sql(sql).to_arrow_reader(EDGE_BATCH):
-        u = batch.column(0).to_numpy()
-        union_edges(parent, u, batch.column(1).to_numpy())
-        n_edges += len(u)
-    compress(parent)
-    return n_edges
+@dataclass
+class ClusterStep:
+    """Phase 4 as a step: one item per pair shard (``cliques``; none otherwise), then the union-find in the
+    commit (module docstring), which writes ``cluster.npy`` and returns the step's report; ``clusters``,
+    ``clustered_documents`` and ``verified`` are the phase's counts after the commit.
 
-
-def cluster_documents(con, report: DedupReport, params: DedupParams, tasks: list[dict], offsets: np.ndarray,
-              n_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clusters of the run: exact groups (when on) and near duplicates (verified cliques, or StarCoder's
-    components), joined by a union-find over one int64 per document.
-
-    Returns:
-        ``(doc, cluster)`` int64 arrays: every document in a cluster of ≥ 2 and its cluster's smallest document.
-        Fills ``report.clusters``, ``report.clustered_documents`` and the near-duplicate counts.
+    ``exact_shards``: the exact phase's shard files; ``edges_path``: the bands phase's star edges
+    (``components``).
     """
-    parent = np.arange(n_docs, dtype=np.int64)
-    cliques = params.near and params.clustering == "cliques"
-    if params.exact:
-        _feed(con, parent, "SELECT doc, gid FROM exact_members WHERE doc <> gid")
-    elif cliques:  # exact copies with words have identical signatures: near copies of each other
-        _feed(con, parent, "SELECT e.doc, e.gid FROM exact_members e JOIN sig s USING (doc) WHERE e.doc <> e.gid "
-                           "AND s.n_words > 0")
-    band_paths = [tk["bands"] for tk in tasks]
-    if cliques:
-        rep_doc, rep_label = _verified_cliques(con, report, params, band_paths, [tk["sig"] for tk in tasks],
-                                               offsets, n_docs)
-        moved = rep_label != rep_doc
-        union_edges(parent, rep_doc[moved], rep_label[moved])
+
+    pair_paths: list[str]
+    sig_paths: list[str]
+    offsets: np.ndarray
+    work: str
+    params: DedupParams
+    exact_shards: list[str]
+    edges_path: str | None = None
+    name: str = "dedup cluster"
+    item_fn: Callable[..., ItemResult] = verify_shard
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.folder = os.path.join(self.work, "verified")
+        shutil.rmtree(self.folder, ignore_errors=True)  # a killed run's cliques: never read, rewritten below
+        os.makedirs(self.folder)
+        self.out_paths = [os.path.join(self.folder, os.path.basename(p)) for p in self.pair_paths]
+        self.clusters = self.clustered_documents = self.verified = 0
+
+    def items(self) -> list[WorkItem]:
+        p = self.params
+        return [WorkItem(f"pairs {os.path.basename(src)}", (src, self.sig_paths, self.offsets, p.num_perm, p.scheme,
+                                                           p.threshold, out))
+                for src, out in zip(self.pair_paths, self.out_paths)]
+
+    def commit(self, results: list[ItemResult]) -> StepReport:
+        n_docs = int(self.offsets[-1])
+        parent = np.arange(n_docs, dtype=np.int64)
+        cliques = self.params.near and self.params.clustering == "cliques"
+        if self.params.exact or cliques:  # exact copies with words have identical signatures: near copies
+            for doc, gid in exact_edges(self.exact_shards, with_words_only=not self.params.exact):
+                union_edges(parent, doc, gid)
+        for path in self.out_paths if cliques else []:
+            doc, label = np.load(path)
+            union_edges(parent, doc, label)
+        if self.params.near and not cliques:
+            edges = np.load(self.edges_path)
+            union_edges(parent, edges[:, 0], edges[:, 1])
         compress(parent)
-    elif params.near:
-        con.execute(f"""CREATE TEMP VIEW band_rows AS SELECT b.band, b.bhash, p.doff + b.row AS doc
-            FROM read_parquet({sql_list(band_paths)}, filename=true) b JOIN parts p ON b.filename = p.band_path""")
-        report.near_buckets = con.execute("""SELECT count(*) FROM
-            (SELECT 1 FROM band_rows GROUP BY band, bhash HAVING count(*) > 1)""").fetchall()[0][0]
-        con.execute("""CREATE TEMP TABLE near_edges AS SELECT DISTINCT doc, rep FROM (
-            SELECT doc, min(doc) OVER (PARTITION BY band, bhash) AS rep,
-                   count(*) OVER (PARTITION BY band, bhash) AS k FROM band_rows) WHERE k > 1 AND doc <> rep""")
-        report.near_edges = _feed(con, parent, "SELECT doc, rep FROM near_edges")
-    sizes = np.bincount(parent, minlength=n_docs)
-    member = np.nonzero(sizes[parent] > 1)[0]
-    report.clusters = int(np.count_nonzero(sizes > 1))
-    report.clustered_documents = int(len(member))
-    return member, parent[member]
+        sizes = np.bincount(parent, minlength=n_docs)
+        in_cluster = sizes[parent] > 1
+        with fsutil.atomic_path(cluster_dense_path(self.work)) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.where(in_cluster, parent, -1))
+        self.clusters = int(np.count_nonzero(sizes > 1))
+        self.clustered_documents = int(np.count_nonzero(in_cluster))
+        self.verified = sum(r.value["verified"] for r in results)
+        return StepReport.of(self.name, results, time.time() - self.started)

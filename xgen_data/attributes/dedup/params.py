@@ -1,6 +1,7 @@
 """Dedup parameters, the ``dedup`` attribute set's key, its schemas, and the run's report."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,8 +25,6 @@ CONFLICT_SCHEMA = pa.schema([
 WORK_VERSION = 2
 #: Documents per batch inside a signature worker (bounds its memory: one batch of text at a time).
 BATCH_DOCS = 256
-#: Union-find edges fetched from DuckDB per batch.
-EDGE_BATCH = 1 << 20
 #: How LSH candidates become clusters: ``cliques`` (default) verifies every candidate pair on the signatures'
 #: estimated Jaccard and splits each verified component into cliques, so every two members of a cluster are
 #: verified-similar (see :func:`clique_clusters`); ``components`` is StarCoder's plain connected components of
@@ -155,6 +154,7 @@ class DedupReport:
     signature_cpu_seconds: float = 0.0  # CPU time of the signature workers, all together
     seconds: float = 0.0
     seconds_by_phase: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)  # StepReport of each phase, in run order
 
     def summary_lines(self) -> list[str]:
         """A short plain-text summary (the CLI prints richer tables from the same fields)."""
@@ -185,6 +185,7 @@ class DedupReport:
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["largest_clusters"] = [c.__dict__ for c in self.largest_clusters]
+        d["steps"] = [dataclasses.asdict(s) for s in self.steps]
         return d
 
 

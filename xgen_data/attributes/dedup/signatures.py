@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from xgen_data.attributes import minhash
 from xgen_data.attributes.dedup.params import BATCH_DOCS, WORK_VERSION, DedupParams
-from xgen_data.execute.contract import Executor, ItemResult, WorkItem, run_step
+from xgen_data.execute.contract import Executor, ItemResult, StepReport, WorkItem, run_step
 from xgen_data.store import fsutil
 
 
@@ -205,20 +205,23 @@ def signature_item(task: dict) -> ItemResult:
 class SignatureStep:
     """Phase 1 as a step: one item per part whose work files are not current, largest part first (so the
     longest items start first on a pool); each item commits its own work files (their SHA-256 file, written
-    last), so :meth:`commit` only gathers the stats, in ``tasks`` order (current parts as reused)."""
+    last), so :meth:`commit` only gathers the stats into ``stats``, in ``tasks`` order (current parts as
+    reused), and returns the step's report."""
 
     tasks: list[dict]
     name: str = "dedup signatures"
     item_fn: Callable[..., ItemResult] = signature_item
+    started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.todo = tasks_left(self.tasks)
+        self.stats: list[dict] = []
 
     def items(self) -> list[WorkItem]:
         return [WorkItem(f"part {self.tasks[i]['part_key']['subset']}/{self.tasks[i]['part_key']['name']}",
                          (self.tasks[i],)) for i in self.todo]
 
-    def commit(self, results: list[ItemResult]) -> list[dict]:
+    def commit(self, results: list[ItemResult]) -> StepReport:
         out: list[dict | None] = [None] * len(self.tasks)
         for i, r in zip(self.todo, results):
             out[i] = r.value
@@ -226,12 +229,18 @@ class SignatureStep:
             if out[i] is None:
                 out[i] = {"docs": pq.ParquetFile(task["sig"]).metadata.num_rows, "bytes": 0, "reused": True,
                           "seconds": 0.0, "cpu_seconds": 0.0}
-        return out  # type: ignore[return-value]
+        self.stats = out  # type: ignore[assignment]
+        return StepReport.of(self.name, results, time.time() - self.started)
 
 
-def run_signatures(tasks: list[dict], executor: Executor, progress: bool) -> list[dict]:
-    """Run the :class:`SignatureStep` of ``tasks`` on ``executor``; returns each task's stats (``signature_part``)."""
+def run_signatures(tasks: list[dict], executor: Executor, progress: bool,
+                   reports: list[StepReport] | None = None) -> list[dict]:
+    """Run the :class:`SignatureStep` of ``tasks`` on ``executor``; returns each task's stats
+    (:func:`signature_part`) and appends the step's report to ``reports`` when given."""
     step = SignatureStep(tasks)
     with tqdm(total=len(step.todo), unit="part", desc="dedup signatures", disable=None if progress else True,
               leave=False) as bar:
-        return run_step(step, executor, lambda r: bar.update(1))
+        step_report = run_step(step, executor, lambda r: bar.update(1))
+    if reports is not None:
+        reports.append(step_report)
+    return step.stats
