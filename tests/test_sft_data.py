@@ -336,6 +336,13 @@ def test_cli_sft_prepare_exit_codes(tmp_path):
                                    "--on-error", "skip", "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["counts"]["skipped"] == 1
+    for opt, value in (("--seq-len", "0"), ("--seq-len", "-5"), ("--validation-rows", "-1")):  # a usage error
+        res = CliRunner().invoke(cli, ["sft", "prepare", bad, "--out", str(tmp_path / "u"), opt, value])
+        assert res.exit_code == 2 and f"Invalid value for '{opt}'" in res.output, res.output
+    res = CliRunner().invoke(cli, ["sft", "long-context", "--corpus", str(tmp_path), "--out", str(tmp_path / "l"),
+                                   "--per-source", "0"])
+    assert res.exit_code == 2 and "Invalid value for '--per-source'" in res.output, res.output
+    assert not (tmp_path / "u").exists() and not (tmp_path / "l").exists()
 
 
 def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus, tmp_path):
