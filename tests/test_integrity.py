@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -195,6 +196,13 @@ def test_flipped_bit_detected_by_verify_and_mix_build(small, tmp_path):
     open(part.path, "wb").write(bytes(data))
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 1 and part.path in res.output and "damaged" in res.output
+    res = runner.invoke(cli, ["verify", "--corpus", root, "--format", "json"])
+    (detail,) = [r["detail"] for t in json.loads(res.stdout)["tables"] for r in t["rows"] if r["status"] == "damaged"]
+    typed = shlex.split(detail.split("re-ingest its input: `")[1].rstrip("`"))  # the repair, as printed
+    assert typed[:4] == ["xgen", "ingest", "--corpus", root] and "--subset" in typed, detail
+    assert runner.invoke(cli, typed[1:] + ["--quiet"]).exit_code == 0
+    assert runner.invoke(cli, ["verify", "--corpus", root]).exit_code == 0
+    open(part.path, "wb").write(bytes(data))  # the same bit flipped again
     # the part is the damage; its (intact) attribute files are not blamed, nor is their deletion advised
     from xgen_data.stats.verify import verify_corpus
 
@@ -329,7 +337,6 @@ def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
     """The rebuild commands of a 0.x registry, typed as printed (a path with a space and an apostrophe, an input
     read with --on-error skip, a record without an id), ingest the same parts again."""
     import re
-    import shlex
 
     from cli.main import cli
 

@@ -215,23 +215,26 @@ class Part:
     path: str
 
 
+def ingest_options(key: str, entry: dict) -> list[str]:
+    """The ``xgen ingest`` options that read the registered input ``entry`` (registry key ``key``) again as it was
+    read: ``--subset``, then from the key's suffixes (``xgen_data.sources.ingest_item.input_key``)
+    ``--metadata-tokens`` and ``--id-from sha256``, or else ``--id-from line`` (the ids a record without one got
+    before ``--id-from`` existed; a record with an id keeps it either way), and ``--on-error skip`` for an input
+    whose bad records were skipped."""
+    suffixes = set(key.split(":")[2:])
+    return (["--subset", entry["subset"]] + (["--metadata-tokens"] if "metadata-tokens" in suffixes else [])
+            + ["--id-from", "sha256" if "id-sha256" in suffixes else "line"]
+            + (["--on-error", "skip"] if entry.get("skipped") else []))
+
+
 def rebuild_commands(meta: dict) -> list[str]:
-    """The ``xgen ingest --corpus NEW ...`` shell commands that ingest a registry's inputs again: one per subset
-    and option set, every word quoted for a POSIX shell so that the commands run as printed. The options follow
-    the registry key's suffixes (``xgen_data.sources.ingest_item.input_key``): ``--metadata-tokens``, and
-    ``--id-from sha256`` or else ``--id-from line`` (the ids a record without one got before ``--id-from``
-    existed; a record with an id keeps it either way); ``--on-error skip`` for an input whose bad records were
-    skipped."""
-    groups: dict[tuple[str, bool, str, bool], list[str]] = {}
+    """The ``xgen ingest --corpus NEW ...`` shell commands that ingest a registry's inputs again: one per
+    :func:`ingest_options` set, every word quoted for a POSIX shell so that the commands run as printed."""
+    groups: dict[tuple[str, ...], list[str]] = {}
     for key, v in meta["inputs"].items():
-        suffixes = set(key.split(":")[2:])
-        flags = (v["subset"], "metadata-tokens" in suffixes, "sha256" if "id-sha256" in suffixes else "line",
-                 bool(v.get("skipped")))
-        groups.setdefault(flags, []).append(v["path"])
-    return [shlex.join(["xgen", "ingest", "--corpus", "NEW", "--subset", subset]
-                       + (["--metadata-tokens"] if tokens else []) + ["--id-from", id_from]
-                       + (["--on-error", "skip"] if skip else []) + sorted(paths))
-            for (subset, tokens, id_from, skip), paths in sorted(groups.items())]
+        groups.setdefault(tuple(ingest_options(key, v)), []).append(v["path"])
+    return [shlex.join(["xgen", "ingest", "--corpus", "NEW", *opts, *sorted(paths)])
+            for opts, paths in sorted(groups.items())]
 
 
 class Corpus:
@@ -391,11 +394,17 @@ class Corpus:
                 raise DamagedPartError(self._damaged(meta, part, f"is damaged (sha256 {got[:12]}…, recorded "
                                                                  f"{want[:12]}…)"))
 
+    def reingest_command(self, meta: dict, part: Part) -> str | None:
+        """The shell command (words quoted) that ingests ``part``'s input into this corpus again, which repairs
+        a damaged or missing part; None when no registered input lists it."""
+        for key, v in meta.get("inputs", {}).items():
+            if v["subset"] == part.subset and part.name in v["parts"]:
+                return shlex.join(["xgen", "ingest", "--corpus", self.root, *ingest_options(key, v), v["path"]])
+        return None
+
     def _damaged(self, meta: dict, part: Part, what: str) -> str:
-        src = next((v["path"] for v in meta.get("inputs", {}).values()
-                    if v["subset"] == part.subset and part.name in v["parts"]), None)
-        return (f"corpus part {part.path} {what}: re-ingest its input"
-                + (f" with `xgen ingest --corpus {self.root} --subset {part.subset} {src}`" if src else ""))
+        cmd = self.reingest_command(meta, part)
+        return f"corpus part {part.path} {what}: re-ingest its input" + (f" with `{cmd}`" if cmd else "")
 
     def remove_unregistered(self) -> list[str]:
         """Delete what no registry entry owns: unregistered part files, temporary files and uncommitted attribute
