@@ -367,10 +367,12 @@ def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
 def test_rebuild_commands_keep_metadata_tokens():
     meta = {"inputs": {"code:ab:metadata-tokens:id-sha256": {"subset": "code", "path": "/d/a b.jsonl",
                                                             "skipped": {}},
-                       "code:cd": {"subset": "code", "path": "/d/c.jsonl", "skipped": {}}}}
+                       "code:cd": {"subset": "code", "path": "/d/c.jsonl", "skipped": {}},
+                       "code:ef": {"subset": "code", "path": "/d/e.jsonl", "skipped": {"missing_id": 2}}}}
     assert corpus_mod.rebuild_commands(meta) == [
         "xgen ingest --corpus NEW --subset code --id-from line /d/c.jsonl",
-        "xgen ingest --corpus NEW --subset code --metadata-tokens --id-from sha256 '/d/a b.jsonl'"]
+        "xgen ingest --corpus NEW --subset code --metadata-tokens --id-from sha256 '/d/a b.jsonl'",
+        "xgen ingest --corpus NEW --subset code --on-error skip /d/e.jsonl"]
 
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):

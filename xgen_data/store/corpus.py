@@ -218,13 +218,14 @@ class Part:
 def ingest_options(key: str, entry: dict) -> list[str]:
     """The ``xgen ingest`` options that read the registered input ``entry`` (registry key ``key``) again as it was
     read: ``--subset``, then from the key's suffixes (``xgen_data.sources.ingest_item.input_key``)
-    ``--metadata-tokens`` and ``--id-from sha256``, or else ``--id-from line`` (the ids a record without one got
-    before ``--id-from`` existed; a record with an id keeps it either way), and ``--on-error skip`` for an input
-    whose bad records were skipped."""
+    ``--metadata-tokens`` and ``--id-from sha256``; ``--id-from line`` unless records without an id were skipped
+    (``missing_id``; line ids are the ones a record without an id got before ``--id-from`` existed, and a record
+    with an id keeps it either way); ``--on-error skip`` for an input whose bad records were skipped."""
     suffixes = set(key.split(":")[2:])
+    skipped = entry.get("skipped") or {}
+    id_from = "sha256" if "id-sha256" in suffixes else None if "missing_id" in skipped else "line"
     return (["--subset", entry["subset"]] + (["--metadata-tokens"] if "metadata-tokens" in suffixes else [])
-            + ["--id-from", "sha256" if "id-sha256" in suffixes else "line"]
-            + (["--on-error", "skip"] if entry.get("skipped") else []))
+            + (["--id-from", id_from] if id_from else []) + (["--on-error", "skip"] if skipped else []))
 
 
 def rebuild_commands(meta: dict) -> list[str]:
