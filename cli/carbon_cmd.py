@@ -12,8 +12,8 @@ from xgen_train.evaluate import evaluation as ev  # numpy only, no JAX
               help="Accelerator-hours of training (SPEC §6: XGen-7B used 270,336 TPU-hours).")
 @click.option("--watts", default=ev.SPEC_WATTS, show_default=True, type=number(min=0),
               help="Average power per device (W).")
-@click.option("--pue", default=ev.SPEC_PUE, show_default=True, type=number(),
-              help="Data-centre power usage effectiveness.")
+@click.option("--pue", default=ev.SPEC_PUE, show_default=True, type=number(min=1),
+              help="Data-centre power usage effectiveness (total facility power / IT power, at least 1).")
 @click.option("--kg-per-kwh", default=ev.SPEC_KG_PER_KWH, show_default=True, type=number(min=0),
               help="Grid carbon intensity, kg CO2eq per kWh (= tonnes per MWh).")
 @format_option()

@@ -159,6 +159,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(rv, param, ctx)
 
+    def _describe_range(self) -> str:
+        # unbounded: nothing to show (click's own text would read "x<=None")
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def number(min: float | None = None, max: float | None = None, min_open: bool = False,
            max_open: bool = False) -> FiniteFloat:

@@ -77,7 +77,8 @@ def export_shards_cmd(shards: str, target: str, unit: str, corpus_dir: str | Non
             click.echo(f"note: --corpus is used by --to hf only (its dataset card); the {target} export does not "
                        "read it", err=True)
     readme = (lambda manifest, sets: card.hf_readme(shards, manifest, sets, corpus_dir)) if target == "hf" else None
-    result = interop.export_shards(shards, out_dir, target, unit=unit, readme=readme)
+    result = interop.export_shards(shards, out_dir, target, unit=unit, readme=readme,
+                                   reads=[corpus_dir] if corpus_dir is not None else [])
     if fmt == "json":
         click.echo(json.dumps(result, indent=1, ensure_ascii=False))
         return

@@ -19,9 +19,10 @@ def sft() -> None:
 @sft.command("prepare")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @out_option(help="SFT shards folder to write (replaced as a whole when it holds earlier SFT shards).")
-@click.option("--seq-len", type=int, default=8192, show_default=True, help="Tokens per packed row (SPEC §5).")
+@click.option("--seq-len", type=click.IntRange(2, 1 << 20), default=8192, show_default=True,
+              help="Tokens per packed row (SPEC §5).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the packing order.")
-@click.option("--validation-rows", type=int, default=0, show_default=True,
+@click.option("--validation-rows", type=click.IntRange(min=0), default=0, show_default=True,
               help="Packed rows held out as the validation split (the trainer's validation loss).")
 @click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", show_default=True,
               help="Examples longer than a row: drop them, or keep their start (dropping one whose response "
@@ -68,11 +69,11 @@ def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, vali
 @click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False),
               help="Corpus directory (made by `xgen ingest`).")
 @out_option(help="Folder to write long_context.jsonl (input of `xgen sft prepare`) and report.json into.")
-@click.option("--min-tokens", type=int, default=4000, show_default=True,
+@click.option("--min-tokens", type=click.IntRange(min=1), default=4000, show_default=True,
               help="Least tokens of a rendered example (SPEC §5: SCROLLS examples of at least 4,000).")
-@click.option("--max-tokens", type=int, default=8192, show_default=True,
+@click.option("--max-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Most tokens of a rendered example (the SFT --seq-len, so none is dropped as overlong).")
-@click.option("--per-source", type=int, default=1500, show_default=True,
+@click.option("--per-source", type=click.IntRange(min=1), default=1500, show_default=True,
               help="At most this many examples per source (the report's ~1,500 per SCROLLS task).")
 @click.option("--task", "tasks", multiple=True, type=click.Choice(list(long_context.TASKS)),
               help="Task templates to draw from; repeatable [default: all three].")

@@ -39,6 +39,7 @@ def test_every_option_has_help_and_a_shown_default(path, cmd):
         name = "/".join(opt.opts)
         assert opt.help, f"xgen {' '.join(path)} {name}: no help"
         assert opt.help.split(".")[0][:30] in " ".join(res.output.split()), f"{name}: help not in --help"
+        assert "None]" not in " ".join(res.output.split()), f"xgen {' '.join(path)}: a range or default shown as None"
         given = not opt.is_flag and not opt.multiple and not opt.required and opt.default is not None
         if given:
             named = "default" in opt.help.lower() or re.search(r"\[[^\]]+\]\.?$", opt.help.strip())  # "[print only]"

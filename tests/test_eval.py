@@ -38,8 +38,9 @@ def test_carbon_cli():
     assert "57.1 MWh" in res.output and "4.51 tCO2eq" in res.output
     res = CliRunner().invoke(cli, ["carbon", "--format", "json"])
     assert round(json.loads(res.output)["mwh"], 1) == 57.1
-    res = CliRunner().invoke(cli, ["carbon", "--pue", "0.5"])
-    assert res.exit_code == 3 and "pue must be >= 1" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["carbon", "--pue", "0.5"])  # a usage error, as every option out of range
+    assert res.exit_code == 2 and "0.5 is not in the range x>=1" in res.output and "Traceback" not in res.output
+    assert "[default: 1.1; x>=1]" in " ".join(CliRunner().invoke(cli, ["carbon", "--help"]).output.split())
     # a small run: 0.02 h x 65 W x 1.1 = 1.43 Wh, x 0.079 kg/kWh = 0.113 g; never "0 kWh ... 0.00 tCO2eq"
     res = CliRunner().invoke(cli, ["carbon", "--device-hours", "0.02", "--watts", "65"])
     assert res.exit_code == 0 and "= 1.43 Wh" in res.output and "= 0.113 gCO2eq" in res.output, res.output

@@ -136,6 +136,19 @@ def test_bad_records_name_file_and_line(tmp_path, bad, problem, kind, workers):
     assert "bad.jsonl:3" in rep.examples[0]
 
 
+@pytest.mark.parametrize("payload,message", [
+    (b'{"text": "unterminated', "malformed JSON: Unterminated string starting at column 10"),
+    (b'{"text": "tab\there"}', "malformed JSON: Invalid control character at column 14"),
+    (b'{"text": "ok"} x', "malformed JSON: Extra data at column 16"),
+    (b'{"text": "\xc3\xa9", x}\n', "malformed JSON: Expecting property name enclosed in double quotes at column 15"),
+    (b'{"text": "ok"\r\n', "malformed JSON: Expecting ',' delimiter at the end of the line"),
+])
+def test_malformed_json_names_the_column_once(payload, message):
+    with pytest.raises(readers.RecordError) as err:
+        readers.decode_record(readers.RawRecord("bad.jsonl", 3, payload))
+    assert str(err.value) == f"bad.jsonl:3: {message}"
+
+
 def test_corrupt_compressed_stream_is_named(tmp_path):
     src = tmp_path / "broken.jsonl.zst"
     src.write_bytes(zstandard.ZstdCompressor().compress("".join(_sample_lines()).encode())[:-50])
@@ -291,6 +304,11 @@ def test_existing_foreign_folder_is_not_taken_over(tmp_path):
     src.write_text("".join(_sample_lines(n=3)))
     with pytest.raises(CorpusError, match="not an xgen corpus"):
         ingest.ingest(str(project), [(str(src), None)], workers=1, progress=False)
+    assert (project / "docs" / "guide" / "index.md").read_text() == "mine"
+    from cli.main import cli
+    res = CliRunner().invoke(cli, ["ingest", "--quiet", "--corpus", str(project), str(src)])
+    assert res.exit_code == 2, res.output  # refused as asked, as every command's non-empty foreign --out
+    assert "is not an xgen corpus (no corpus.json); choose a new or empty folder for --corpus" in res.output
     assert (project / "docs" / "guide" / "index.md").read_text() == "mine"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -195,6 +196,13 @@ def test_flipped_bit_detected_by_verify_and_mix_build(small, tmp_path):
     open(part.path, "wb").write(bytes(data))
     res = runner.invoke(cli, ["verify", "--corpus", root])
     assert res.exit_code == 1 and part.path in res.output and "damaged" in res.output
+    res = runner.invoke(cli, ["verify", "--corpus", root, "--format", "json"])
+    (detail,) = [r["detail"] for t in json.loads(res.stdout)["tables"] for r in t["rows"] if r["status"] == "damaged"]
+    typed = shlex.split(detail.split("re-ingest its input: `")[1].rstrip("`"))  # the repair, as printed
+    assert typed[:4] == ["xgen", "ingest", "--corpus", root] and "--subset" in typed, detail
+    assert runner.invoke(cli, typed[1:] + ["--quiet"]).exit_code == 0
+    assert runner.invoke(cli, ["verify", "--corpus", root]).exit_code == 0
+    open(part.path, "wb").write(bytes(data))  # the same bit flipped again
     # the part is the damage; its (intact) attribute files are not blamed, nor is their deletion advised
     from xgen_data.stats.verify import verify_corpus
 
@@ -323,6 +331,48 @@ def test_a_0x_registry_is_one_error_naming_the_rebuild(small, tmp_path, old):
         res = runner.invoke(cli, args)
         assert res.exit_code == 3 and path in res.output and "older xgen (0.x)" in res.output, (args, res.output)
     assert open(path, "rb").read() == before
+
+
+def test_the_0x_rebuild_commands_run_as_printed(tmp_path):
+    """The rebuild commands of a 0.x registry, typed as printed (a path with a space and an apostrophe, an input
+    read with --on-error skip, a record without an id), ingest the same parts again."""
+    import re
+
+    from cli.main import cli
+
+    folder = tmp_path / "raw inputs" / "it's here"
+    folder.mkdir(parents=True)
+    lines = open(os.path.join(SAMPLE, "code.jsonl"), encoding="utf-8").readlines()[:6]
+    no_id = json.dumps({"text": "a record without an id " * 20}) + "\n"
+    (folder / "code.jsonl").write_text("".join(lines[:3]) + '{"text": "unterminated\n' + no_id + "".join(lines[3:]))
+    root = str(tmp_path / "c")
+    ingest.ingest(root, [(str(folder / "code.jsonl"), None)], workers=1, on_error="skip", progress=False,
+                  id_from="line")
+    path = os.path.join(root, "corpus.json")
+    meta = json.load(open(path))
+    meta.pop(corpus_mod.REGISTRY_SHA256)
+    json.dump(meta, open(path, "w"))
+    with pytest.raises(corpus_mod.CorpusError) as err:
+        corpus_mod.Corpus(root)
+    (typed,) = re.findall(r"`(xgen ingest [^`]*)`", str(err.value))
+    new = str(tmp_path / "new")
+    argv = [new if w == "NEW" else w for w in shlex.split(typed)]
+    assert argv[:2] == ["xgen", "ingest"] and "--on-error" in argv and "--id-from" in argv
+    res = CliRunner().invoke(cli, argv[1:] + ["--quiet"])
+    assert res.exit_code == 0, res.output
+    rebuilt = {v["subset"]: v["part_sha256"] for v in corpus_mod.Corpus(new).read_meta()["inputs"].values()}
+    assert rebuilt == {v["subset"]: v["part_sha256"] for v in meta["inputs"].values()}
+
+
+def test_rebuild_commands_keep_metadata_tokens():
+    meta = {"inputs": {"code:ab:metadata-tokens:id-sha256": {"subset": "code", "path": "/d/a b.jsonl",
+                                                            "skipped": {}},
+                       "code:cd": {"subset": "code", "path": "/d/c.jsonl", "skipped": {}},
+                       "code:ef": {"subset": "code", "path": "/d/e.jsonl", "skipped": {"missing_id": 2}}}}
+    assert corpus_mod.rebuild_commands(meta) == [
+        "xgen ingest --corpus NEW --subset code --id-from line /d/c.jsonl",
+        "xgen ingest --corpus NEW --subset code --metadata-tokens --id-from sha256 '/d/a b.jsonl'",
+        "xgen ingest --corpus NEW --subset code --on-error skip /d/e.jsonl"]
 
 
 def test_kill_language_step_at_every_commit_point(small, tmp_path):

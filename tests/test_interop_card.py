@@ -141,7 +141,7 @@ def test_card_replaces_its_own_earlier_card_only(demo_shards, tmp_path):
     assert r.exit_code == 2 and "notes.txt" in r.output and (out / "notes.txt").is_file()
     (out / "notes.txt").unlink()
     (out / "card.json").write_text((out / "card.json").read_text().replace('"corpus": false', '"corpus": true'))
-    with pytest.raises(RefusedError, match="not empty"):  # a card.json not matching its checksum: not ours
+    with pytest.raises(RefusedError, match="not empty and is not an earlier data card"):  # card.json damaged
         card.write_card(demo_shards, str(out))
 
 
@@ -167,7 +167,9 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     assert r.exit_code == 0, r.output
     assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
-    assert r.exit_code == 2 and "not empty" in r.output
+    assert r.exit_code == 2 and "folder exists, is not empty and a shards export replaces no folder" in r.output
+    r = runner.invoke(cli, ["export", "shards", sample_corpus, "--to", "mds", "--out", str(tmp_path / "m2")])
+    assert r.exit_code == 3 and f"Error: {sample_corpus}: no manifest.json (not a shards directory" in r.output
     missing = str(tmp_path / "no-corpus")
     for target in ("megatron", "mds", "litdata", "hf"):  # a mistyped --corpus is refused for every target
         r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", target, "--corpus", missing, "--out",

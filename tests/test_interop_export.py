@@ -16,6 +16,7 @@ import types
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from xgen_data.errors import DamagedDataError, RefusedError
 from xgen_data.interop import card, export, mds, megatron
@@ -231,6 +232,12 @@ def test_refuses_an_out_folder_inside_the_shards_or_the_corpus(demo_shards, samp
         export.export_shards(demo_shards, os.path.join(demo_shards, "sub"), "hf")
     with pytest.raises(RefusedError, match="is inside the input"):
         card.write_card(demo_shards, os.path.join(sample_corpus, "card"), corpus_dir=sample_corpus)
+    from cli.main import cli
+
+    for target in ("hf", "mds"):  # the corpus a --corpus names is read (hf) or checked: never written into
+        r = CliRunner().invoke(cli, ["export", "shards", demo_shards, "--to", target, "--corpus", sample_corpus,
+                                     "--out", os.path.join(sample_corpus, "card")])
+        assert r.exit_code == 2 and f"is inside the input {sample_corpus}" in r.output, r.output
     assert sorted(os.listdir(demo_shards)) == before and not os.path.exists(os.path.join(sample_corpus, "card"))
 
 

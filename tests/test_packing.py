@@ -340,6 +340,14 @@ def test_killed_build_leftovers_are_removed(sample_corpus, tmp_path):
     assert not stale.exists() and (out / "manifest.json").exists()
 
 
+def test_a_shipped_name_is_the_shipped_recipe_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()  # e.g. the workdir of `xgen demo --workdir demo`
+    monkeypatch.chdir(tmp_path)
+    assert recipe.load("demo").name == "demo"
+    with pytest.raises(recipe.RecipeError, match="is a directory, expected a recipe .toml file"):
+        recipe.load("./demo")
+
+
 @pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", ".hidden", "x y"])
 def test_unsafe_names_are_rejected(tmp_path, name):
     p = tmp_path / "r.toml"

@@ -119,6 +119,15 @@ def test_malformed_records_name_file_and_line(tmp_path, record, problem):
     assert "data.jsonl:2:" in m["sources"][0]["errors"][0]
 
 
+def test_malformed_json_names_the_file_line_and_column(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "response": "fine"}) + '\n{"prompt": 1\n')
+    with pytest.raises(InputError) as err:
+        prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64))
+    assert str(err.value) == (f"{path}:2: not valid JSON: Expecting ',' delimiter at the end of the line "
+                              "(or use --on-error skip)")
+
+
 def test_best_fit_decreasing_whole_examples_seeded():
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 300, size=500)
@@ -327,6 +336,13 @@ def test_cli_sft_prepare_exit_codes(tmp_path):
                                    "--on-error", "skip", "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["counts"]["skipped"] == 1
+    for opt, value in (("--seq-len", "0"), ("--seq-len", "-5"), ("--validation-rows", "-1")):  # a usage error
+        res = CliRunner().invoke(cli, ["sft", "prepare", bad, "--out", str(tmp_path / "u"), opt, value])
+        assert res.exit_code == 2 and f"Invalid value for '{opt}'" in res.output, res.output
+    res = CliRunner().invoke(cli, ["sft", "long-context", "--corpus", str(tmp_path), "--out", str(tmp_path / "l"),
+                                   "--per-source", "0"])
+    assert res.exit_code == 2 and "Invalid value for '--per-source'" in res.output, res.output
+    assert not (tmp_path / "u").exists() and not (tmp_path / "l").exists()
 
 
 def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus, tmp_path):
@@ -441,8 +457,13 @@ def test_cli_sft_verify(tmp_path):
     (tmp_path / "sft" / "manifest.json").write_text(json.dumps(man))
     res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])  # damage found, like `xgen verify`
     assert res.exit_code == 1 and "manifest_sha256" in res.output, res.output
+    assert "content does not match its manifest_sha256" in res.output
+    del man["manifest_sha256"]
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps(man))
+    res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path / "sft")])
+    assert res.exit_code == 1 and "manifest.json: no manifest_sha256 (the manifest's own checksum" in res.output
     res = CliRunner().invoke(cli, ["sft", "verify", str(tmp_path)])  # not SFT shards: unreadable input
-    assert res.exit_code == 3 and "no manifest.json" in res.output, res.output
+    assert res.exit_code == 3 and f"Error: {tmp_path}: no manifest.json (not an SFT" in res.output, res.output
 
 
 def test_trainer_loader_reads_prepared_shards(tmp_path):

@@ -22,7 +22,7 @@ them in order to keep it, or blend them with these weights to keep only the prop
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from xgen_data.errors import InputError
 from xgen_data.interop import hf, litdata, mds, megatron
@@ -85,7 +85,7 @@ def _data_path_lines(blend: dict) -> str:
 
 
 def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequence",
-                  readme: Callable[[dict, list[Dataset]], str] | None = None) -> dict:
+                  readme: Callable[[dict, list[Dataset]], str] | None = None, reads: Sequence[str] = ()) -> dict:
     """Export the shards folder ``shard_dir`` to ``out_dir`` for ``target`` (one of :data:`TARGETS`).
 
     Every shard and index file is checked against the manifest first; then each dataset is streamed (memory
@@ -96,13 +96,16 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     Args:
         unit: Megatron only: ``sequence`` (one per packed row) or ``document`` (cut after each EOS).
         readme: for ``hf``: builds the README.md (the data card) from the shards manifest and datasets.
+        reads: other folders the export reads (the corpus ``readme`` queries): like ``shard_dir``, ``out_dir``
+            may not be one of them, inside one or contain one.
 
     Returns:
         the export manifest written to ``<out_dir>/xgen_shards_export.json``.
 
     Raises:
         DamagedDataError: a shard or index file does not match the manifest (nothing is written).
-        RefusedError: ``out_dir`` is a file or a non-empty folder.
+        RefusedError: ``out_dir`` is a file or a non-empty folder, or is, is inside or contains ``shard_dir`` or
+            one of ``reads``.
         InputError: an unknown target or unit.
     """
     if target not in TARGETS:
@@ -112,7 +115,7 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     manifest = check_shards(shard_dir)
     sets = datasets(manifest)
     write = _writer(target, int(manifest["eos_id"]), unit)
-    with new_folder(out_dir, "shards export", "export_shards", inputs=[shard_dir]) as tmp:
+    with new_folder(out_dir, "shards export", "export_shards", inputs=[shard_dir, *reads]) as tmp:
         written, files = [], {}
         for ds in sets:
             r = write(shard_dir, ds, tmp)

@@ -40,8 +40,9 @@ def new_folder(out_dir: str, what: str, crash_prefix: str, inputs: "list[str] | 
     # a complete earlier output is one whose own file list reads; the default lists none, so none is replaced
     with FolderPublisher(out_dir, listed_files=listed_files, what=what, crash_prefix=crash_prefix, inputs=inputs,
                          is_complete=lambda folder: listed_files(folder) is not None) as pub:
+        replaces = listed_files is not _none  # the command replaces an earlier output of its own
         pub.check_foreign(hint="choose a new or empty --out (nothing was written)",
-                          not_ours=f"is not replaced by a {what}")
+                          not_ours=f"is not an earlier {what}" if replaces else f"a {what} replaces no folder")
         tmp = pub.begin()
         yield tmp
         pub.commit()

@@ -138,15 +138,18 @@ class Recipe:
 
 
 def resolve(name_or_path: str) -> str:
-    """A recipe path from a path or a shipped recipe name (``xgen-7b``, ``demo``)."""
+    """A recipe path from a path or a shipped recipe name (``xgen-7b``, ``demo``). A folder that is not a
+    shards folder is never a recipe, so a bare shipped name means the shipped recipe even where the working
+    folder holds a folder of that name (``xgen demo --workdir demo`` makes one)."""
     if os.path.isfile(name_or_path):
         return name_or_path
+    shipped = os.path.join(RECIPES_DIR, f"{name_or_path}.toml")
+    bare = os.path.basename(name_or_path) == name_or_path and name_or_path not in (".", "..")
+    if bare and os.path.isfile(shipped):
+        return shipped
     if os.path.isdir(name_or_path):
         raise RecipeError(f"{name_or_path}: is a directory, expected a recipe .toml file or a shards folder "
                           "(with manifest.json)")
-    shipped = os.path.join(RECIPES_DIR, f"{name_or_path}.toml")
-    if os.path.exists(shipped):
-        return shipped
     raise RecipeError(f"{name_or_path}: no such recipe file (shipped recipes: "
                       f"{', '.join(sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith('.toml')))})")
 

@@ -65,6 +65,8 @@ def _record_convs(raw: readers.RawRecord, opts: Options) -> tuple[str, str, list
     """(shape, record id, conversations) of one raw record; ShapeError / ValueError name the problem."""
     try:
         record = json.loads(raw.payload) if isinstance(raw.payload, bytes) else raw.payload
+    except json.JSONDecodeError as exc:
+        raise shapes.ShapeError(f"not valid JSON: {readers.json_error_text(exc)}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise shapes.ShapeError(f"not valid JSON: {exc}") from None
     except RecursionError:

@@ -114,7 +114,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise InputError(f"{folder}: missing: an `xgen sft prepare` into it was interrupted; the previous shards "
                          f"are in {publish.backup_dir(folder)} and the next prepare restores them first")
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no manifest.json (not an SFT shards folder; run `xgen sft prepare`)")
+        raise InputError(f"{folder}: no manifest.json (not an SFT shards folder; run `xgen sft prepare`)")
     try:
         manifest = fsutil.read_json(path)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -126,6 +126,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise InputError(f"{path}: unsupported format_version {manifest.get('format_version')!r}; this reader "
                          f"supports [{FORMAT_VERSION}]")
     want = manifest.get(shard_format.MANIFEST_SHA256)
+    if want is None:
+        raise DamagedDataError(f"{path}: no {shard_format.MANIFEST_SHA256} (the manifest's own checksum; edited, "
+                               "damaged or written by an older xgen): rerun `xgen sft prepare`")
     if not isinstance(want, str) or want != shard_format.manifest_sha256(manifest):
         raise DamagedDataError(f"{path}: content does not match its {shard_format.MANIFEST_SHA256} (the manifest "
                                "was edited or damaged; rerun `xgen sft prepare`)")

@@ -131,7 +131,7 @@ def read_manifest(shard_dir: str | os.PathLike, check_sha256: bool = True) -> di
         raise ShardError(f"{shard_dir}: missing: a `xgen mix build` into it was interrupted; the previous shards "
                          f"are in {backup_dir(shard_dir)} and the next build restores them first")
     _require(os.path.isdir(shard_dir), shard_dir, "not a directory")
-    _require(os.path.isfile(path), path, "no manifest.json (not a shards directory; run `xgen mix build`)")
+    _require(os.path.isfile(path), shard_dir, "no manifest.json (not a shards directory; run `xgen mix build`)")
     try:
         manifest = fsutil.read_json(path)
     except (ValueError, UnicodeDecodeError) as exc:

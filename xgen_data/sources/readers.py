@@ -506,6 +506,14 @@ def _meta_json(meta) -> str | None:
     return json.dumps(meta, ensure_ascii=False, default=str, allow_nan=False)
 
 
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """``"<json's message> at column N"`` (1-based characters) or ``"... at the end of the line"`` for an error
+    in one JSONL line: the line is named beside it, so json's own ``line 2`` (past the line's newline) would
+    only mislead. json's messages may end in "at" ("Unterminated string starting at"): one "at" is kept."""
+    where = "the end of the line" if exc.pos >= len(exc.doc.rstrip("\r\n")) else f"column {exc.pos + 1}"
+    return f"{exc.msg.removesuffix(' at')} at {where}"
+
+
 def _made_id(rec: RawRecord, text: str) -> str:
     """The id of a record without one, as ``rec.id_from`` says (:data:`ID_FROM`).
 
@@ -539,7 +547,7 @@ def decode_record(rec: RawRecord) -> dict[str, Any]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RecordError(rec.file, rec.line, f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+            raise RecordError(rec.file, rec.line, f"malformed JSON: {json_error_text(exc)}") from None
         except RecursionError:
             raise RecordError(rec.file, rec.line, "malformed JSON: nested too deeply") from None
         except ValueError as exc:  # e.g. an integer literal past Python's 4,300-digit conversion limit

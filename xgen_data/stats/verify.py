@@ -77,11 +77,12 @@ def _check_parts(corpus: Corpus, meta: dict, progress: bool) -> tuple[list[Check
     broken: set[str] = set()
     for p in tqdm(corpus.parts(), desc="verify parts", unit="part", disable=None if progress else True, leave=False):
         want = recorded[(p.subset, p.name)]
+        cmd = corpus.reingest_command(meta, p)
+        repair = "re-ingest its input" + (f": `{cmd}`" if cmd else " with `xgen ingest`")
         if not os.path.exists(p.path):
-            out.append(Check("part", p.path, "missing", "re-ingest its input"))
+            out.append(Check("part", p.path, "missing", repair))
         elif (got := fsutil.sha256_file(p.path)) != want:
-            out.append(Check("part", p.path, "damaged", f"sha256 {got[:12]}…, recorded {want[:12]}…; re-ingest "
-                             "its input with `xgen ingest`"))
+            out.append(Check("part", p.path, "damaged", f"sha256 {got[:12]}…, recorded {want[:12]}…; {repair}"))
         else:
             out.append(Check("part", p.path, "ok"))
             continue

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from xgen_data.errors import DamagedDataError, InputError
+from xgen_data.errors import DamagedDataError, InputError, RefusedError
 from xgen_data.store import fsutil
 
 FORMAT = "xgen-corpus"
@@ -64,6 +65,13 @@ DOC_SCHEMA = pa.schema(
 
 class CorpusError(InputError):
     """The corpus directory is missing, of another format, or inconsistent."""
+
+
+class ForeignFolderError(CorpusError, RefusedError):
+    """A new corpus was asked for in a folder that holds files xgen did not write: refused (exit 2, as every
+    command's output folder), the folder left as it is."""
+
+    exit_code = RefusedError.exit_code
 
 
 class DamagedPartError(CorpusError, DamagedDataError):
@@ -207,6 +215,29 @@ class Part:
     path: str
 
 
+def ingest_options(key: str, entry: dict) -> list[str]:
+    """The ``xgen ingest`` options that read the registered input ``entry`` (registry key ``key``) again as it was
+    read: ``--subset``, then from the key's suffixes (``xgen_data.sources.ingest_item.input_key``)
+    ``--metadata-tokens`` and ``--id-from sha256``; ``--id-from line`` unless records without an id were skipped
+    (``missing_id``; line ids are the ones a record without an id got before ``--id-from`` existed, and a record
+    with an id keeps it either way); ``--on-error skip`` for an input whose bad records were skipped."""
+    suffixes = set(key.split(":")[2:])
+    skipped = entry.get("skipped") or {}
+    id_from = "sha256" if "id-sha256" in suffixes else None if "missing_id" in skipped else "line"
+    return (["--subset", entry["subset"]] + (["--metadata-tokens"] if "metadata-tokens" in suffixes else [])
+            + (["--id-from", id_from] if id_from else []) + (["--on-error", "skip"] if skipped else []))
+
+
+def rebuild_commands(meta: dict) -> list[str]:
+    """The ``xgen ingest --corpus NEW ...`` shell commands that ingest a registry's inputs again: one per
+    :func:`ingest_options` set, every word quoted for a POSIX shell so that the commands run as printed."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key, v in meta["inputs"].items():
+        groups.setdefault(tuple(ingest_options(key, v)), []).append(v["path"])
+    return [shlex.join(["xgen", "ingest", "--corpus", "NEW", *opts, *sorted(paths)])
+            for opts, paths in sorted(groups.items())]
+
+
 class Corpus:
     """A corpus directory (see module docstring). ``Corpus(root, create=True)`` makes an empty one."""
 
@@ -221,8 +252,8 @@ class Corpus:
                     if name.startswith(".corpus.json.tmp-"):
                         os.remove(os.path.join(self.root, name))
             if os.path.isdir(self.root) and os.listdir(self.root):
-                raise CorpusError(f"{root}: folder exists, is not empty and is not an xgen corpus (no corpus.json); "
-                                  "choose a new or empty folder for --corpus")
+                raise ForeignFolderError(f"{root}: folder exists, is not empty and is not an xgen corpus "
+                                         "(no corpus.json); choose a new or empty folder for --corpus")
             os.makedirs(self.root, exist_ok=True)
             self.write_meta({"format": FORMAT, "format_version": FORMAT_VERSION, "inputs": {}, "shard_dirs": []})
         self.read_meta()
@@ -283,12 +314,8 @@ class Corpus:
         return meta
 
     def _rebuild_hint(self, meta: dict, older: bool = True) -> str:
-        """How to rebuild the corpus from its inputs: one ``xgen ingest`` per subset into a new folder."""
-        by_subset: dict[str, list[str]] = {}
-        for v in meta["inputs"].values():
-            by_subset.setdefault(v["subset"], []).append(v["path"])
-        cmds = "; ".join(f"`xgen ingest --corpus NEW --subset {s} {' '.join(sorted(paths))}`"
-                         for s, paths in sorted(by_subset.items())) or "`xgen ingest --corpus NEW FILES...`"
+        """How to rebuild the corpus from its inputs: the :func:`rebuild_commands` into a new folder."""
+        cmds = "; ".join(f"`{c}`" for c in rebuild_commands(meta)) or "`xgen ingest --corpus NEW FILES...`"
         return ("written by an older xgen (0.x) whose registry does not record every checksum; " if older else "") + \
             f"rebuild the corpus by ingesting its inputs into a new folder: {cmds}"
 
@@ -368,11 +395,17 @@ class Corpus:
                 raise DamagedPartError(self._damaged(meta, part, f"is damaged (sha256 {got[:12]}…, recorded "
                                                                  f"{want[:12]}…)"))
 
+    def reingest_command(self, meta: dict, part: Part) -> str | None:
+        """The shell command (words quoted) that ingests ``part``'s input into this corpus again, which repairs
+        a damaged or missing part; None when no registered input lists it."""
+        for key, v in meta.get("inputs", {}).items():
+            if v["subset"] == part.subset and part.name in v["parts"]:
+                return shlex.join(["xgen", "ingest", "--corpus", self.root, *ingest_options(key, v), v["path"]])
+        return None
+
     def _damaged(self, meta: dict, part: Part, what: str) -> str:
-        src = next((v["path"] for v in meta.get("inputs", {}).values()
-                    if v["subset"] == part.subset and part.name in v["parts"]), None)
-        return (f"corpus part {part.path} {what}: re-ingest its input"
-                + (f" with `xgen ingest --corpus {self.root} --subset {part.subset} {src}`" if src else ""))
+        cmd = self.reingest_command(meta, part)
+        return f"corpus part {part.path} {what}: re-ingest its input" + (f" with `{cmd}`" if cmd else "")
 
     def remove_unregistered(self) -> list[str]:
         """Delete what no registry entry owns: unregistered part files, temporary files and uncommitted attribute
