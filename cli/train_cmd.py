@@ -106,7 +106,7 @@ from xgen_train.model.config import CONFIGS  # no JAX import
                                            "default: every device on data). docs/training-at-scale.md.")
 @click.option("--peak-flops", default=None, type=number(min=0, min_open=True),
               help="Peak FLOP/s of one chip for MFU (default: a table of known TPUs/GPUs; on CPU MFU is n/a).")
-@click.option("--verify/--no-verify", default=None, help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
+@click.option("--verify/--no-verify", default=None, show_default="the shards are checked as first read", help="--verify: check every shard's sha256 and token ids before training; --no-verify: skip the sha256 check each shard otherwise gets when first read.")
 @click.option("--max-skipped", default=10, show_default=True, type=click.IntRange(min=1),
               help="Stop the run (exit 1) after this many consecutive skipped updates (non-finite, or spikes with "
                    "--skip-spikes): a run that does not learn must not end as a success.")

@@ -138,11 +138,14 @@ def test_mmlu_prompt_is_lm_evals_byte_for_byte(data_dir):
     assert ctx.count("\nAnswer:") == 6 and ctx.endswith("\nD. " + ctx.split("\nD. ")[-1]) and cont == " A"
 
 
-def test_cli_tasks_writes_results_and_samples(export, data_dir, tmp_path):
+def test_cli_tasks_writes_results_and_samples(export, data_dir, tmp_path, capfd, monkeypatch):
     out = tmp_path / "ev"
+    monkeypatch.chdir(tmp_path)  # not a git repository: lm-eval's `git describe` complains on stderr there
+    capfd.readouterr()
     res = CliRunner().invoke(cli, ["eval", "tasks", export, "--tasks", "mmlu_anatomy,boolq", "--num-fewshot", "0",
                                    "--limit", "2", "--out", str(out), "--format", "json", "--quiet"])
     assert res.exit_code == 0, res.output
+    assert capfd.readouterr().err == ""  # --quiet: nothing of lm-eval on file descriptor 2
     printed = json.loads(res.stdout)
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"mmlu_anatomy", "boolq"}

@@ -16,9 +16,12 @@ The folder is written under a temporary name beside it and renamed into place, w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
 from xgen_data.errors import InputError
 from xgen_train.evaluate.outputs import check_writable, require_extra, write_folder
@@ -88,15 +91,33 @@ def run_tasks(model_path: str, tasks: list[str], out_dir: str, num_fewshot: int 
                          "hellaswag, winogrande, boolq, piqa, openbookqa, or those of --include-path")
     cfg, params = load_model(model_path)
     lm = XgenLM(params, cfg, batch_size=batch_size, progress=progress)
-    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=manager, log_samples=True, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                  bootstrap_iters=0, verbosity="ERROR")
+    with contextlib.nullcontext() if progress else _silent_stderr():
+        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
+                                      task_manager=manager, log_samples=True, random_seed=seed,
+                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                                      bootstrap_iters=0, verbosity="ERROR")
     res["config"]["model"] = "xgen"
     res["config"]["model_args"] = {"path": str(model_path), "batch_size": batch_size}
     write_outputs(res, out)
     res.pop("samples", None)
     return res
+
+
+@contextlib.contextmanager
+def _silent_stderr() -> Iterator[None]:
+    """Without progress (``--quiet``, or stderr not a terminal) nothing of lm-eval reaches stderr: its
+    warnings, its tqdm bars and the ``git describe`` it runs in the working folder write to file descriptor 2,
+    which points at /dev/null inside. Errors still surface: they are raised, and reported after it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def write_outputs(res: dict, out: Path) -> Path:
