@@ -11,6 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_api_example_runs(capsys):
     from conftest import shared_path
 

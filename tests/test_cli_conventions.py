@@ -105,6 +105,7 @@ def test_data_commands_print_one_json_document(tiny, tmp_path):
     assert _json(["carbon", "--device-hours", "1"])["kwh"] == pytest.approx(0.2112)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_model_commands_print_one_json_document(tiny, tmp_path):
     folder, src = tiny
     shards = build_shards(tmp_path / "shards", seq_len=64, max_tokens=64 * 16, n_files=1)

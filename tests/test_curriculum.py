@@ -166,6 +166,7 @@ def test_validation_loss_is_one_line_per_substage(tmp_path):
     assert [(100, 300)] in drawn and [(500, 700)] in drawn  # never a segment from 300 (s64) to 500 (s128)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_sigterm_then_resume_is_bit_identical_across_the_switch(cshards, full_run, tmp_path, monkeypatch):
     out_full, full_summary = full_run
     run = tmp_path / "run"
@@ -202,6 +203,7 @@ def test_sigterm_then_resume_is_bit_identical_across_the_switch(cshards, full_ru
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_cli_train_interrupted_after_a_checkpoint_exits_130(cshards, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -247,6 +249,7 @@ def test_resume_with_different_settings_is_refused(cshards, full_run, change, me
     assert n_lines == (5 if "model_config" in messages[-1] else len(messages))  # tiny vs small: 4 fields differ
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_resume_on_other_data_or_corrupt_checkpoint_is_refused(cshards, full_run, tmp_path):
     out, _ = full_run
     other = build_curriculum_shards(tmp_path / "other", substages=SUBSTAGES, seed=99)
@@ -266,6 +269,7 @@ def test_resume_on_other_data_or_corrupt_checkpoint_is_refused(cshards, full_run
         train(cshards, run, plot=False, resume=True, **KW)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_init_from_a_run(cshards, full_run, tmp_path):
     out, _ = full_run
     s = train(cshards, tmp_path / "ft", plot=False, steps=1, init=out, **KW)

@@ -183,6 +183,7 @@ def _shingle_kernels():
 
 
 @pytest.mark.parametrize("ngram", [1, 5, 9])
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_compiled_shingle_hashes_equal_hashlib(ngram):
     from xgen_data.attributes import minhash_jit
 
@@ -435,6 +436,7 @@ def test_known_duplicates_in_sample(deduped_sample):
     assert report.removed_by_subset["instruct"][dparams.REASON_EXACT] > 100
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_known_duplicates_from_full_corpora(real_dups):
     corpus, report = real_dups
     d = decisions(corpus)
@@ -474,6 +476,7 @@ def test_never_compared_with_itself(deduped_sample):
     assert len(np.unique(pairs, axis=0)) == len(pairs)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_deterministic_for_a_seed(deduped_sample, tmp_path):
     root, report = deduped_sample
     again = str(tmp_path / "again")
@@ -507,6 +510,7 @@ def test_a_damaged_work_file_is_recomputed_not_trusted(deduped_sample, tmp_path)
     assert step_tables(again) == step_tables(root)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_parameters_change_the_run(deduped_sample, tmp_path):
     root, report = deduped_sample
     other = str(tmp_path / "other")

@@ -99,6 +99,7 @@ def _printed_hints(output: str) -> list[list[str]]:
     return [shlex.split(line) for line in lines if line.startswith("  xgen ")]
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_demo_embedded_corpus(tmp_path):
     from cli.main import cli
 

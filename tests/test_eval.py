@@ -208,6 +208,7 @@ def test_ppl_by_position_cli(params, sample_corpus, tmp_path):
     assert ev.trained_seq_len(run) == 128
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_ppl_by_position_says_which_documents_the_run_trained_on(params, sample_corpus, demo_shards, tmp_path):
     run = make_run(tmp_path / "run", MICRO, params)
     meta = json.loads((run / "run.json").read_text())

@@ -71,6 +71,7 @@ def _loglikelihoods(res, task):
     return [float(r[0][0]) for s in res["samples"][task] for r in s["resps"]]
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_adapter_matches_lm_eval_hf_model(export, data_dir):
     """Same requests, same per-sample log-likelihoods (|delta| <= 1e-3, float32) and accuracies as lm-eval's
     HFLM (torch) on the exported folder: MMLU 5-shot on two subjects, ARC-challenge and HellaSwag 0-shot."""
@@ -94,6 +95,7 @@ def test_adapter_matches_lm_eval_hf_model(export, data_dir):
                 assert a["results"][task][metric] == b["results"][task][metric]
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_rolling_and_generation_match_hf_model(export):
     """loglikelihood_rolling (lm-eval's windows, longer than the context) and greedy generate_until."""
     from lm_eval.api.instance import Instance

@@ -109,6 +109,7 @@ def test_pass_at_k_by_hand():
     assert got["pass@10"] == 1.0 and "pass@20" not in got
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_cli_scores_samples_and_samples_a_model(tmp_path, problems):
     ids = list(problems)[:2]
     path = tmp_path / "s.jsonl"

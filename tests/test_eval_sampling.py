@@ -14,6 +14,7 @@ from xgen_train.evaluate.sampling import cut_at_stop, sample_completions, sample
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.2, 0.95), (0.8, 0.5), (1.0, 0.99), (0.5, 1.0), (3.0, 0.9)])
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_nucleus_draws_equal_sample_next(temperature, top_p):
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.standard_normal((6, 2000)).astype(np.float32) * 3)  # T=3: nucleus past the top 256
@@ -31,6 +32,7 @@ def test_cut_at_stop():
     assert cut_at_stop("    return x", ("\ndef",)) == ("    return x", False)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_greedy_completions_equal_generate():
     params = jax.tree.map(jnp.asarray, perturbed_params(MICRO, seed=4))
     prompt = xtok.encode("def add(a, b):\n")

@@ -53,6 +53,7 @@ def test_greedy_cached_equals_uncached(params):
     assert a.tokens == np.argmax(a.logits, axis=-1).tolist()
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_sampling_is_seeded_and_cache_independent(params):
     kw = dict(temperature=0.9, top_p=0.95, eos_id=None)
     a = generate(params, MICRO, PROMPT, 30, seed=5, **kw)

@@ -276,6 +276,7 @@ def _real_tokens(n_docs: int, length: int) -> np.ndarray:
     return np.asarray(rows[:n_docs], np.int32)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_parity_with_transformers_llama(exported, tiny_params):
     """from_pretrained(export): float32 logits on real text within 1e-4 of ours, identical greedy
     continuations (HF generate vs xgen_train.evaluate.generate), config values exactly ours."""

@@ -119,6 +119,7 @@ AFTER_COMMIT = {"license.committed", "dedup.committed", "ingest.registered"}
 
 
 @pytest.mark.parametrize("step", sorted(STEPS))
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_kill_at_every_commit_point(small, tmp_path, step):
     points, code, run = STEPS[step]
     old = _state(small["root"])
@@ -140,6 +141,7 @@ def test_kill_at_every_commit_point(small, tmp_path, step):
         _no_leftovers(root)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_kill_mix_build_at_every_commit_point(small, tmp_path):
     r = recipe.load(small["recipe"])
     root = str(tmp_path / "c")
@@ -375,6 +377,7 @@ def test_rebuild_commands_keep_metadata_tokens():
         "xgen ingest --corpus NEW --subset code --on-error skip /d/e.jsonl"]
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_kill_language_step_at_every_commit_point(small, tmp_path):
     """The `language` attribute step (xgen_data.attributes.languages) is crash-consistent like license and dedup."""
     from xgen_data.attributes import language_step, languages

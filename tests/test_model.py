@@ -200,6 +200,7 @@ def _numpy_llama(state: dict[str, np.ndarray], tokens: np.ndarray, cfg: ModelCon
     return norm(x, state["model.norm.weight"]) @ state["lm_head.weight"].T
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_forward_matches_hf_formula_reference():
     cfg = MICRO
     params = init_params(cfg, 3)

@@ -95,6 +95,7 @@ def test_z_loss_adds_weighted_mean_logsumexp_squared(micro_params):
 
 
 @pytest.mark.parametrize("segments", [False, True])
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_chunked_and_dot_product_attention_equal_plain(segments):
     b, h, t, hd = 2, 3, 45, 8
     q, k, v, g = (_rand((b, h, t, hd), s) for s in range(4))
@@ -118,6 +119,7 @@ def test_chunked_and_dot_product_attention_equal_plain(segments):
             np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_model_options_keep_loss_and_gradients(micro_params):
     """Remat, chunked attention, chunked loss and dot_product attention: same loss and gradients as plain."""
     tokens = jnp.asarray(_packed(2, 64))
@@ -132,6 +134,7 @@ def test_model_options_keep_loss_and_gradients(micro_params):
     assert abs(float(loss16) - float(ref)) < 1e-2 and float(loss16) != float(ref)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_gradient_accumulation_equals_one_shot(micro_params):
     tokens = jnp.asarray(_packed(8, 32))
     loss_fn = make_loss_fn(MICRO, NumericsOptions(z_loss=1e-4))
@@ -189,6 +192,7 @@ def test_document_masking(micro_params):
         make_loss_fn(MICRO, NumericsOptions(doc_mask=True))
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_8k_step_of_a_7b_layer_fits_16gb():
     """Peak memory of one update for ONE XGen-7B decoder layer + embedding + LM head + AdamW state, one
     8,192-token sequence (data parallel: one sequence per chip, parameters replicated), bf16 + chunked

@@ -153,6 +153,7 @@ def test_export_into_an_earlier_export_keeps_the_users_files(tmp_path):
 
 
 @pytest.mark.parametrize("point", ["export.before_swap", "export.after_backup", "export.after_swap"])
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_killed_export_leaves_a_complete_or_restorable_export(tmp_path, point):
     out = tmp_path / "exp"
     _export_here(out, 1)
@@ -307,6 +308,7 @@ def test_non_finite_numeric_options_are_refused(train_shards, tmp_path, option, 
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_run_whose_updates_are_all_skipped_stops_with_a_clear_error(train_shards, tmp_path, monkeypatch):
     import jax.numpy as jnp
 

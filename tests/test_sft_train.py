@@ -83,6 +83,7 @@ def test_masked_labels_change_neither_loss_nor_gradients(loss_chunk):
     assert float(loss3) != float(loss)
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_batch_loss_is_the_token_mean_with_and_without_accumulation():
     rng = np.random.default_rng(0)  # perturbed init: rows' per-token losses differ, so the weighting matters
     params = jax.tree.map(lambda x: x + 0.5 * rng.standard_normal(x.shape).astype(np.float32) * (x.std() + 1e-3),
@@ -117,6 +118,7 @@ def test_sft_loader_reshuffles_per_epoch(sft_shards):
     assert not np.any(b["loss_mask"][b["segment_ids"] == 0])
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_short_sft_run_lowers_response_loss_and_resumes_bit_identically(sft_shards, tmp_path):
     kw = dict(config_name="tiny", batch_size=4, lr=3e-3, epochs=2, seed=3, progress=False, plot=False,
               eval_every=4, eval_sequences=4, log_every=4)

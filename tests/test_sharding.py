@@ -109,6 +109,7 @@ def _on_8_devices(mode: str, work: Path, shards: Path) -> dict:
     return out
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_sharded_matches_one_device_and_checkpoints_cross_meshes(shards, tmp_path):
     """8 simulated CPU devices (a subprocess): losses equal one device's for 4 mesh shapes; a checkpoint saved
     under data=8 restores bit-identically under fsdp=4,tensor=2 and onto one device."""
@@ -156,6 +157,7 @@ def test_trainer_under_one_mesh_resumed_under_another_equals_one_device(shards, 
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_metrics_fetched_in_groups_mfu_and_late_nonfinite(shards, tmp_path, monkeypatch):
     """No host sync per update: metrics come back in one transfer per log_every updates; a NaN loss planted at
     update 7 is noticed when its group is fetched, its record written, and the error names the step."""
@@ -242,6 +244,7 @@ def test_distributed_start_only_when_the_environment_asks():
 # ------------------------------------------------------------------------------------------------ CLI resume
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_cli_resume_takes_untyped_options_from_run_json(shards, tmp_path):
     from click.testing import CliRunner
 
@@ -266,6 +269,7 @@ def test_cli_resume_takes_untyped_options_from_run_json(shards, tmp_path):
     assert res.exit_code == 2 and "Missing option '--shards'" in res.output
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_fresh_init_on_host_or_device():
     """A device-drawn init equals the host draw up to float rounding; auto picks the host for small models and
     the devices for a 7B model (whose host copy would be 27 GB); a bad value is refused."""

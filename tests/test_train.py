@@ -241,6 +241,7 @@ def test_verify_checks_sha256(small_shards):
 # ------------------------------------------------------------------------------------------------ checkpoint
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     cfg = CONFIGS["tiny"]
     params = init_params(cfg, 0)
@@ -311,6 +312,7 @@ def test_corrupt_checkpoints_are_refused_naming_the_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ training
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_loss_falls_on_real_text(shards, tmp_path):
     s = train(shards, tmp_path / "run", "tiny", steps=40, batch_size=4, lr=3e-3, warmup=5, seed=0,
               log_every=10, progress=False)
@@ -326,6 +328,7 @@ def test_loss_falls_on_real_text(shards, tmp_path):
     assert load_checkpoint(s["checkpoint"]).step == 40
 
 
+@pytest.mark.slow  # > 7 s on 2 cores
 def test_resume_is_bit_exact(shards, tmp_path):
     kw = dict(config_name="tiny", batch_size=2, lr=3e-3, warmup=2, total_steps=6, seed=3, progress=False,
               plot=False)
