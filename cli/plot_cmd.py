@@ -6,7 +6,7 @@ import os
 
 import click
 
-from cli.common import format_option, report, user_errors
+from cli.common import format_option, out_option, report, user_errors
 from xgen_data.errors import InputError
 
 
@@ -17,19 +17,20 @@ def plot() -> None:
 
 @plot.command("loss")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
-              help="PNG to write (default: RUN/loss.png).")
+@out_option(required=False, help="Folder to write loss.png into (created if missing) [default: RUN].")
 @click.option("--title", default="", help="Figure title (default: none).")
 @format_option()
 @user_errors
-def loss(run_dir: str, out_path: str | None, title: str, fmt: str) -> None:
+def loss(run_dir: str, out_dir: str | None, title: str, fmt: str) -> None:
     """Figure 1: train and validation loss over tokens seen, each sub-stage boundary marked and labelled."""
     from xgen_train.loop.lossplot import plot_loss, read_metrics
 
     records = read_metrics(run_dir)
     if not any("event" not in r and "loss" in r for r in records):
         raise InputError(f"{os.path.join(run_dir, 'metrics.jsonl')}: no training records to plot")
-    res = plot_loss(records, out_path or os.path.join(run_dir, "loss.png"), title=title)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+    res = plot_loss(records, os.path.join(out_dir or run_dir, "loss.png"), title=title)
     report(path=str(res["path"]), train_points=res["train_points"], val_points=res["val_points"])
     click.echo(f"wrote {res['path']}: {res['train_points']} train points, {res['val_points']} validation points, "
                f"{len(res['boundaries'])} sub-stage(s)")

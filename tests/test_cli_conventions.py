@@ -113,7 +113,7 @@ def test_model_commands_print_one_json_document(tiny, tmp_path):
     doc = _json(["train", "--shards", str(shards), "--out", run, "--steps", "2", "--batch-size", "2",
                  "--warmup", "1", "--quiet"])
     assert doc["final_step"] == 2 and doc["steps"] == 2
-    assert _json(["plot", "loss", run, "--out", str(tmp_path / "l.png")])["train_points"] == 2
+    assert _json(["plot", "loss", run, "--out", str(tmp_path / "fig")])["train_points"] == 2
     hf = str(tmp_path / "hf")
     assert _json(["export", "hf", run, "--out", hf, "--no-tokenizer"])["step"] == 2
     assert _json(["import", "hf", hf, "--out", str(tmp_path / "run2")])["parameters"] > 0

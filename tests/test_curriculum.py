@@ -135,9 +135,9 @@ def test_plot_marks_every_boundary(full_run, tmp_path):
 
     from cli.main import cli
 
-    r = CliRunner().invoke(cli, ["plot", "loss", str(out), "--out", str(tmp_path / "cli.png")])
+    r = CliRunner().invoke(cli, ["plot", "loss", str(out), "--out", str(tmp_path / "fig")])
     assert r.exit_code == 0, r.output
-    assert "2 sub-stage(s)" in r.output and "stage1/s128 (seq 128)" in r.output and (tmp_path / "cli.png").is_file()
+    assert "2 sub-stage(s)" in r.output and "stage1/s128 (seq 128)" in r.output and (tmp_path / "fig" / "loss.png").is_file()
     r = CliRunner().invoke(cli, ["plot", "loss", str(tmp_path)])
     assert r.exit_code == 3 and "no metrics.jsonl" in r.output
 
