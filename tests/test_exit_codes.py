@@ -63,8 +63,10 @@ def test_2_usage_and_refused(tiny_corpus):
 
 
 def test_3_bad_and_damaged_input(tiny_corpus, tmp_path):
-    res = CliRunner().invoke(cli, ["carbon", "--device-hours", "1", "--pue", "0.5"])
-    assert res.exit_code == errors.EXIT_INPUT == 3 and "pue must be >= 1" in res.output, res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{not json\n')
+    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(tmp_path / "fresh"), "--quiet", str(bad)])
+    assert res.exit_code == errors.EXIT_INPUT == 3 and f"{bad}:2" in res.output, res.output
     root, part = _damaged_copy(tiny_corpus, tmp_path)
     res = CliRunner().invoke(cli, ["mix", "build", "--corpus", root, "--recipe", "demo", "--out",
                                    str(tmp_path / "shards")])

@@ -54,6 +54,7 @@ def test_reply_stops_at_the_next_human_turn(monkeypatch):
     assert res.text == "Done." and res.stop == "eos"
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_cli_chat_multi_turn_keeps_history(tmp_path):
     run = make_run(tmp_path / "run", MICRO, perturbed_params(MICRO, seed=2))
     args = ["chat", str(run), "--prompt", "Hi", "--prompt", "More?", "--max-new-tokens", "6", "--format", "json"]
