@@ -600,6 +600,7 @@ def test_keep_policy_and_license_conflicts_hand_made(tmp_path):
     assert rep2.removed_by_reason == {dparams.REASON_EXACT: 6}
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_cli_and_sql_view(deduped_sample, tmp_path):
     from cli.main import cli
 

@@ -180,6 +180,7 @@ def test_length_buckets_are_few_and_waste_at_most_a_third():
     assert all(n <= length_bucket(n, 2048) and (n <= 16 or length_bucket(n, 2048) < 1.5 * n) for n in range(1, 2049))
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_requests_sharing_an_input_share_a_row_and_score_as_alone(export):
     """Multiple-choice requests whose model input is the same (one-token answers after one context, or a
     longer continuation ending where another begins) run one decoder row, and each scores exactly what it

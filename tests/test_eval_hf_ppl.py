@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from click.testing import CliRunner
 from hf_helpers import MICRO, make_run, perturbed_params
 
@@ -15,6 +16,7 @@ def _rows(folder):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_ppl_by_position_on_an_hf_folder_equals_the_run(sample_corpus, tmp_path):
     params = perturbed_params(MICRO, seed=2)
     run = make_run(tmp_path / "run", MICRO, params)

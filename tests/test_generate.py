@@ -44,6 +44,7 @@ def test_cached_logits_equal_the_full_forward(params):
     assert np.any(k[:, :, :, t - 1] != 0) and np.all(k[:, :, :, t:] == 0)
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_greedy_cached_equals_uncached(params):
     a = generate(params, MICRO, PROMPT, 30, eos_id=None, return_logits=True)
     b = generate(params, MICRO, PROMPT, 30, eos_id=None, return_logits=True, use_cache=False)
@@ -88,6 +89,7 @@ def test_stops_at_eos_and_at_max_positions(params):
     assert len(res.tokens) == 3 and res.stop == "max_positions"
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_vocab_limit_and_bad_arguments(params):
     res = generate(params, MICRO, PROMPT, 20, temperature=2.0, seed=1, vocab_limit=1000, eos_id=None)
     assert all(t < 1000 for t in res.tokens)

@@ -82,6 +82,7 @@ def test_chunked_loss_equals_full_logits_values_and_gradients():
         np.testing.assert_allclose(dw, gw, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_z_loss_adds_weighted_mean_logsumexp_squared(micro_params):
     tokens = jnp.asarray(_packed(2, 64))
     logits = jax.jit(build_model(MICRO).apply)(micro_params, tokens)
@@ -164,6 +165,7 @@ def test_segments_from_eos():
     assert pos.tolist() == [[0, 1, 0, 1, 2, 0, 0]]
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_document_masking(micro_params):
     docs = [d[:30] for d in _texts(2)]  # two real documents (their first 30 tokens), no EOS inside
     assert all(EOS_ID not in d for d in docs)

@@ -374,6 +374,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_message_and_no_temp_folder(tm
     store.close()
 
 
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_import_hint_of_an_unnamed_config_trains_as_printed(train_shards, tmp_path):
     import re
     import sys

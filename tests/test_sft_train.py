@@ -65,6 +65,7 @@ def _reference_mean(params, batch) -> float:
 
 
 @pytest.mark.parametrize("loss_chunk", [0, 16])
+@pytest.mark.slow  # > 6 s on 2 cores
 def test_masked_labels_change_neither_loss_nor_gradients(loss_chunk):
     params = init_params(CFG, 0)
     batch = _batch()
