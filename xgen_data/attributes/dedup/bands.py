@@ -35,6 +35,19 @@ PAIRS_PER_SHARD = 1 << 24
 MAX_PAIR_SHARDS = 256
 
 
+def _buckets(bhash: np.ndarray, doc: np.ndarray):
+    """Rows sorted by (band hash, document) and cut into buckets: ``(h, d, new_h, start, size)`` (sorted hashes
+    and documents, bool ``new_h`` marking each bucket's first row, each bucket's first row and row count), or
+    None for fewer than 2 rows."""
+    order = np.lexsort((doc, bhash))
+    h, d = bhash[order], doc[order]
+    if len(h) < 2:
+        return None
+    new_h = np.concatenate([[True], h[1:] != h[:-1]])
+    start = np.flatnonzero(new_h)
+    return h, d, new_h, start, np.diff(np.append(start, len(h)))
+
+
 def bucket_pairs(bhash: np.ndarray, doc: np.ndarray, cap: int = BUCKET_PAIR_CAP) -> tuple[np.ndarray, np.ndarray, int]:
     """Candidate pairs of one band: documents with equal band hash.
 
@@ -46,13 +59,10 @@ def bucket_pairs(bhash: np.ndarray, doc: np.ndarray, cap: int = BUCKET_PAIR_CAP)
         ``cap`` distinct documents; a pair sharing two buckets appears twice), and the number of buckets
         holding ≥ 2 rows (before distinct documents).
     """
-    order = np.lexsort((doc, bhash))
-    h, d = bhash[order], doc[order]
-    if len(h) < 2:
+    buckets_of = _buckets(bhash, doc)
+    if buckets_of is None:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    new_h = np.concatenate([[True], h[1:] != h[:-1]])
-    run_start = np.flatnonzero(new_h)
-    run_len = np.diff(np.append(run_start, len(h)))
+    h, d, new_h, run_start, run_len = buckets_of
     buckets = int(np.count_nonzero(run_len > 1))
     keep = new_h | np.concatenate([[True], d[1:] != d[:-1]])  # distinct (bucket, document)
     multi = np.repeat(run_len > 1, run_len)
@@ -142,13 +152,10 @@ def star_edges(bhash: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarr
     Returns:
         ``(doc, rep)`` int64 edges with ``doc > rep``, and the number of buckets holding ≥ 2 rows.
     """
-    order = np.lexsort((doc, bhash))
-    h, d = bhash[order], doc[order]
-    if len(h) < 2:
+    buckets_of = _buckets(bhash, doc)
+    if buckets_of is None:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    new_h = np.concatenate([[True], h[1:] != h[:-1]])
-    start = np.flatnonzero(new_h)
-    size = np.diff(np.append(start, len(h)))
+    _, d, new_h, start, size = buckets_of
     rep = np.repeat(d[start], size)
     edge = np.repeat(size > 1, size) & ~new_h
     return d[edge], rep[edge], int(np.count_nonzero(size > 1))
