@@ -480,16 +480,9 @@ def _end_of_stream(slices: list[FileTokens], on_error: str, report: FileReport) 
     broken = next((t.broken for t in slices if t.broken is not None), None)
     if broken is None:
         return
-    file, line, problem, truncated = broken
-    if not truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
-        raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (a corrupt stream "
-                                  "stops the ingest even with --on-error skip: records decoded before the damage "
-                                  "may be wrong)", truncated)
-    if on_error == "raise":
-        raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (with --on-error "
-                                  "skip the records before it are kept)", truncated)
+    note = readers.past_broken_stream(readers.StreamError(*broken), on_error, "ingested")
     report.skipped["truncated_stream"] += 1  # a cut file: the records before it are exact and kept
-    report.examples.append(f"{file}:{line}: {problem}; the rest of the file is skipped")
+    report.examples.append(note)
 
 
 def _progress(enabled: bool, desc: str):
