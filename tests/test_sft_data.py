@@ -559,11 +559,10 @@ def _cut_stream(path, fmt: str, n: int = 40) -> int:
     """``n`` prompt/response records compressed with ``fmt``, cut at two thirds of the bytes, written to ``path``;
     returns the complete lines before the cut."""
     import gzip
+    import hashlib
     import zlib
 
     import zstandard
-
-    import hashlib
 
     words = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2 * n)]  # little for zstd to fold
     data = "".join(json.dumps({"prompt": words[2 * i], "response": words[2 * i + 1]}) + "\n"
@@ -622,6 +621,6 @@ def test_corrupt_compressed_input_stops_even_under_skip(tmp_path):
     data[-6] ^= 0xFF  # the CRC-32 of the member: every byte decodes, the check fails
     path.write_bytes(bytes(data))
     for mode in ("raise", "skip"):
-        with pytest.raises(InputError, match=rf"bad\.jsonl\.gz:\d+: corrupt or truncated .*a corrupt stream stops"):
+        with pytest.raises(InputError, match=r"bad\.jsonl\.gz:\d+: corrupt or truncated .*a corrupt stream stops"):
             prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64, on_error=mode))
         assert not (tmp_path / "out").exists()
