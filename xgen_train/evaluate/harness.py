@@ -42,7 +42,8 @@ UNAVAILABLE = {
 
 
 #: Why a ``limit`` run is flagged: lm-eval's own warning (``limit`` is "only for testing").
-LIMIT_NOTE = "not comparable with published figures: a smoke run over the first documents of each task"
+LIMIT_NOTE = ("not comparable with published figures: a smoke run over only the first documents (or problems) of "
+              "each task")
 
 
 def limit_note(limit: int | None) -> str | None:
