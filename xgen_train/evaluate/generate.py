@@ -60,7 +60,7 @@ def forward_cached(params, cfg: ModelConfig, tokens: jax.Array, start, cache: di
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_limit=None,
-                greedy: bool | None = None, iters: int = 40) -> jax.Array:
+                greedy: bool | None = None, per_round: int = 4) -> jax.Array:
     """Next token ids from float32 ``logits [B, V]``: argmax when greedy, else nucleus sampling.
 
     The nucleus (Holtzman et al. 2019) is the most likely tokens up to and including the first at which the
@@ -71,11 +71,13 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
     - when every row's top :data:`TOP_K` tokens hold ``top_p`` of the mass (the usual case at HumanEval's
       temperature 0.2), the rule runs on ``lax.top_k`` and ``jax.random.categorical`` draws among the kept
       candidates (``TOP_K`` Gumbel draws per row);
-    - otherwise (or when ``top_p == 1``) the probability threshold is bisected ``iters`` times over the whole
-      vocabulary and ``jax.random.categorical`` draws over the kept scaled logits of the whole vocabulary.
+    - otherwise (or when ``top_p == 1``) by rejection over the whole vocabulary: ``per_round`` candidates per
+      row are drawn from the whole distribution (inverse CDF, one uniform each) and the first whose strictly
+      more likely tokens hold less than ``top_p`` of the mass is taken (each is accepted with probability at
+      least ``top_p``).
 
-    Both draw from the same distribution; which one a row takes depends only on ``logits`` and ``top_p``, so a
-    key gives the same token on every run. Near-ties at the nucleus boundary may fall differently from an exact
+    Both draw from the same distribution; which one a batch takes depends only on ``logits`` and ``top_p``, so
+    a key gives the same tokens on every run. Near-ties at the nucleus boundary may fall differently from an exact
     sorted cumulative sum (float rounding).
 
     Args:
@@ -86,7 +88,7 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
         vocab_limit: ids ``>= vocab_limit`` are never chosen (the padding rows 50313..51199 of SPEC §1);
             None: no limit. May be traced.
         greedy: static switch; None means ``temperature == 0`` (then ``temperature`` must be a Python number).
-        iters: bisection steps of the whole-vocabulary path.
+        per_round: candidates per row and round of the whole-vocabulary path.
     Returns:
         int32 ``[B]``.
     """
@@ -96,11 +98,11 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return _nucleus_draw(logits, key, temperature, top_p, iters)
+    return _nucleus_draw(logits, key, temperature, top_p, per_round)
 
 
-@functools.partial(jax.jit, static_argnames="iters")  # jit'ed so eager callers do not retrace the cond per call
-def _nucleus_draw(logits: jax.Array, key: jax.Array, temperature, top_p, iters: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="per_round")  # jit'ed so eager callers do not retrace the cond per call
+def _nucleus_draw(logits: jax.Array, key: jax.Array, temperature, top_p, per_round: int) -> jax.Array:
     """:func:`sample_next`'s nucleus draw (not greedy): int32 ``[B]``."""
     scaled = logits / temperature
     lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
@@ -114,28 +116,49 @@ def _nucleus_draw(logits: jax.Array, key: jax.Array, temperature, top_p, iters: 
         return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
 
     def from_whole(_):
-        probs = jnp.exp(scaled - lse)
-        kept = (probs >= _nucleus_floor(probs, top_p, iters)) | (top_p >= 1.0)
-        return jax.random.categorical(key, jnp.where(kept, scaled, -jnp.inf), axis=-1)
+        return _rejection_draw(jnp.exp(scaled - lse), key, top_p, per_round)
 
     return jax.lax.cond(fits, from_top, from_whole, None).astype(jnp.int32)
 
 
-def _nucleus_floor(probs: jax.Array, top_p, iters: int) -> jax.Array:
-    """The probability floor of each row's nucleus, ``[B, 1]``: bisects the probability ``t`` at which the
-    mass of the tokens more likely than ``t`` stops being below ``top_p`` (``probs``: float32 ``[B, V]``)."""
-    def above(t):  # mass of the tokens strictly more likely than t: [B, 1]
-        return jnp.sum(jnp.where(probs > t, probs, 0.0), axis=-1, keepdims=True)
+def _rejection_draw(probs: jax.Array, key: jax.Array, top_p, per_round: int) -> jax.Array:
+    """One id per row of ``probs`` (float32 ``[B, V]``, rows summing to 1) from the nucleus, by rejection:
+    candidates are drawn from the whole distribution (:func:`_inverse_cdf`) and a candidate ``x`` is accepted
+    when ``p_x > 0`` and the mass of the tokens strictly more likely than ``x`` is below ``top_p`` (or
+    ``top_p >= 1``); a row takes its first accepted candidate, so its id follows ``probs`` renormalised on the
+    nucleus. Each round draws ``per_round`` candidates per row from ``fold_in(key, round)``; a candidate is
+    accepted with probability at least ``top_p`` (the nucleus mass), so few rounds run. Returns int32 ``[B]``."""
+    b = probs.shape[0]
 
-    def halve(_, bounds):
-        lo, hi = bounds  # above(lo) >= top_p > above(hi)
-        mid = (lo + hi) / 2
-        ok = above(mid) < top_p
-        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+    def one_round(state):
+        r, ids, done = state
+        cand = _inverse_cdf(probs, jax.random.uniform(jax.random.fold_in(key, r), (b, per_round)))  # [B, M]
+        p_c = jnp.take_along_axis(probs, cand, axis=-1)
+        above = jnp.sum(jnp.where(probs[:, None] > p_c[..., None], probs[:, None], 0.0), axis=-1)  # [B, M]
+        ok = (p_c > 0) & ((above < top_p) | (top_p >= 1.0))
+        first = jnp.take_along_axis(cand, jnp.argmax(ok, axis=-1)[:, None], axis=-1)[:, 0]
+        return r + 1, jnp.where(done, ids, first), done | jnp.any(ok, axis=-1)
 
-    hi = jnp.max(probs, axis=-1, keepdims=True)
-    _, hi = jax.lax.fori_loop(0, iters, halve, (jnp.zeros_like(hi), hi))
-    return hi
+    start = (jnp.int32(0), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
+    return jax.lax.while_loop(lambda state: ~jnp.all(state[2]), one_round, start)[1]
+
+
+def _inverse_cdf(probs: jax.Array, u: jax.Array, chunk: int = 256) -> jax.Array:
+    """Ids ``[B, M]`` int32 with ``P(id = j)`` proportional to ``probs[:, j]`` (float32 ``[B, V]``, >= 0), one
+    per uniform in ``u`` (float32 ``[B, M]`` in ``[0, 1)``). Two levels (chunks of ``chunk`` ids, then ids in
+    the chosen chunk) keep float32 cumulative sums short, so a small probability is not lost to the rounding
+    of a running total near 1. An id of probability 0 is never returned, except at a rounding edge where the
+    last chunk is clipped to (callers reject those)."""
+    b, v = probs.shape
+    blocks = jnp.pad(probs, ((0, 0), (0, -v % chunk))).reshape(b, -1, chunk)  # [B, G, C]
+    sums = jnp.sum(blocks, axis=-1)  # [B, G]
+    cum = jnp.cumsum(sums, axis=-1)
+    target = u * cum[:, -1:]  # [B, M]
+    g = jnp.minimum(jnp.sum(cum[:, None, :] <= target[..., None], axis=-1), blocks.shape[1] - 1)  # [B, M]
+    before = jnp.take_along_axis(cum - sums, g, axis=-1)  # mass of the chunks before g
+    inner = jnp.cumsum(jnp.take_along_axis(blocks, g[..., None], axis=1), axis=-1)  # [B, M, C]
+    j = jnp.minimum(jnp.sum(inner <= (target - before)[..., None], axis=-1), chunk - 1)
+    return jnp.minimum(g * chunk + j, v - 1).astype(jnp.int32)
 
 
 @dataclass
