@@ -382,7 +382,7 @@ def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus
     c = Corpus(corpus)
     assert c.attribute_current(decontam_step.DECONTAM_STEP, decontam_step.decontam_params([evals]))
     with c.lock():
-        assert decontam_step.compute_decontam_attributes(c, [evals]) is False  # once per eval-set hash
+        assert decontam_step.compute_decontam_attributes(c, [evals]) is None  # once per eval-set hash
     # the recipe key round-trips through TOML, paths relative to the recipe file
     text = recipe_mod.to_toml(r)
     (tmp_path / "r.toml").write_text(text.replace(evals, "planted.jsonl"))
