@@ -76,6 +76,7 @@ def test_wheel_carries_package_data_and_runs_the_demo_recipe_from_any_folder(tmp
     names = set(zipfile.ZipFile(wheel).namelist())
     metadata = zipfile.ZipFile(wheel).read("xgen-0.1.0.dist-info/METADATA").decode()
     assert "\nLicense-Expression: Apache-2.0\n" in metadata and "\nLicense: " not in metadata  # PEP 639
+    assert "\nLicense-File: LICENSE\n" in metadata and "xgen-0.1.0.dist-info/licenses/LICENSE" in names
     assert set(PACKAGE_DATA) <= names, sorted(set(PACKAGE_DATA) - names)
     assert any(n.startswith("xgen_train/evaluate/tasks/") and n.endswith(".yaml") for n in names)
     assert not any(n.startswith(("tests/", "recipes/")) for n in names)  # package data only, inside the packages
