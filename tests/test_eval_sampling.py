@@ -69,3 +69,37 @@ def test_greedy_completions_equal_generate():
     a = sample_completions(params, MICRO, prompt, 4, 8, temperature=0.8, top_p=0.95, seed=7, batch_size=2)
     b = sample_completions(params, MICRO, prompt, 4, 8, temperature=0.8, top_p=0.95, seed=7, batch_size=2)
     assert [c.text for c in a] == [c.text for c in b]  # a seed gives the same completions
+
+
+_EDGE_ROWS = """
+import jax, jax.numpy as jnp, numpy as np
+from xgen_train.evaluate.generate import sample_next
+key = jax.random.PRNGKey(0)
+lg = jax.random.normal(key, (4, 600)) * 8
+lg = lg.at[1].set(-jnp.inf).at[2, 7].set(jnp.nan).at[3, 550].set(jnp.nan)  # all -inf; NaN in and past the limit
+out = []
+for t, p in [(1.0, 0.9), (1.0, 1.0), (1e-38, 0.9), (1e-38, 1.0), (1e-45, 0.5), (1e30, 0.5)]:
+    out.append(np.asarray(sample_next(lg, key, t, p, 500)).tolist())
+print(out)
+"""
+
+
+def test_nucleus_draw_terminates_on_nan_inf_rows_and_tiny_temperatures():
+    """A NaN row or a row with every id at -inf gets greedy's id (argmax) instead of an endless rejection loop;
+    a temperature so small that logits / T overflows float32 (or is flushed to 0) samples the argmax set; every
+    id stays below the vocabulary limit. Run in a child process so a regression fails instead of hanging."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _EDGE_ROWS], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    logits = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (4, 600)) * 8)
+    best = int(np.argmax(logits[0, :500]))
+    for ids in rows:
+        assert all(0 <= i < 500 for i in ids)
+        assert ids[1] == 0 and ids[2] == 7  # argmax of an all -inf row; the first NaN within the limit
+    for ids in rows[2:5]:  # T -> 0: the draw is the argmax
+        assert ids[0] == best and ids[3] == int(np.argmax(logits[3, :500]))

@@ -76,6 +76,9 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
       more likely tokens hold less than ``top_p`` of the mass is taken (each is accepted with probability at
       least ``top_p``).
 
+    A row with no finite maximum (a NaN, or every id at -inf) gets its argmax, as greedy decoding would; a
+    temperature small enough to overflow ``logits / temperature`` draws among the most likely ids.
+
     Both draw from the same distribution; which one a batch takes depends only on ``logits`` and ``top_p``, so
     a key gives the same tokens on every run. Near-ties at the nucleus boundary may fall differently from an exact
     sorted cumulative sum (float rounding).
@@ -103,8 +106,19 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
 
 @functools.partial(jax.jit, static_argnames="per_round")  # jit'ed so eager callers do not retrace the cond per call
 def _nucleus_draw(logits: jax.Array, key: jax.Array, temperature, top_p, per_round: int) -> jax.Array:
-    """:func:`sample_next`'s nucleus draw (not greedy): int32 ``[B]``."""
-    scaled = logits / temperature
+    """:func:`sample_next`'s nucleus draw (not greedy): int32 ``[B]``. A row with no finite maximum (a NaN, or
+    every id at -inf) gets greedy's id, its argmax, so the rejection loop always ends."""
+    vmax = jnp.max(logits, axis=-1, keepdims=True)
+    bad = ~(vmax > -jnp.inf)  # [B, 1]: NaN or every id -inf
+    safe = jnp.where(bad, jnp.where(jnp.arange(logits.shape[-1]) == 0, 0.0, -jnp.inf), logits)
+    vmax = jnp.max(safe, axis=-1, keepdims=True)
+    # logits - max <= 0 and the max maps to 0: no temperature (even one float32 rounds to 0) makes +inf or NaN
+    scaled = jnp.where(safe == vmax, 0.0, (safe - vmax) / temperature)
+    return jnp.where(bad[:, 0], jnp.argmax(logits, axis=-1), _draw_scaled(scaled, key, top_p, per_round))
+
+
+def _draw_scaled(scaled: jax.Array, key: jax.Array, top_p, per_round: int) -> jax.Array:
+    """The nucleus draw from ``scaled`` (float32 ``[B, V]``, each row's maximum 0): int32 ``[B]``."""
     lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
     top, idx = jax.lax.top_k(scaled, min(TOP_K, scaled.shape[-1]))  # [B, K], descending
     p_top = jnp.exp(top - lse)
