@@ -5,7 +5,7 @@ import json
 
 import click
 
-from cli.common import format_option, out_option, own_json, print_rows, quiet_option, report, show_progress, user_errors
+from cli.common import format_option, out_option, own_json, print_rows, quiet_option, report, user_errors
 from xgen_data.errors import ProblemFound
 from xgen_data.sft import long_context, sft_format
 from xgen_data.sft import prepare as prepare_mod
@@ -56,7 +56,7 @@ def prepare(inputs: tuple[str, ...], out_dir: str, seq_len: int, seed: int, vali
                                on_error=on_error, system_header=system_header, oasst_all_paths=oasst_paths == "all",
                                trim_unanswered=trim_unanswered, decontaminate=list(eval_sets))
     manifest = prepare_mod.prepare(list(inputs), out_dir, opts)
-    if show_progress(quiet):
+    if not quiet:  # what was skipped is named in a batch run too (stderr), not only counted
         prepare_mod.print_errors(manifest)
     if fmt == "json":
         click.echo(json.dumps({k: manifest[k] for k in ("counts", "shapes", "padding_share", "decontamination",

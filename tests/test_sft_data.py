@@ -335,7 +335,7 @@ def test_cli_sft_prepare_exit_codes(tmp_path):
     res = CliRunner().invoke(cli, ["sft", "prepare", bad, "--out", str(tmp_path / "o"), "--seq-len", "64",
                                    "--on-error", "skip", "--format", "json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["counts"]["skipped"] == 1
+    assert json.loads(res.stdout)["counts"]["skipped"] == 1
     for opt, value in (("--seq-len", "0"), ("--seq-len", "-5"), ("--validation-rows", "-1")):  # a usage error
         res = CliRunner().invoke(cli, ["sft", "prepare", bad, "--out", str(tmp_path / "u"), opt, value])
         assert res.exit_code == 2 and f"Invalid value for '{opt}'" in res.output, res.output
@@ -624,3 +624,20 @@ def test_corrupt_compressed_input_stops_even_under_skip(tmp_path):
         with pytest.raises(InputError, match=r"bad\.jsonl\.gz:\d+: corrupt or truncated .*a corrupt stream stops"):
             prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64, on_error=mode))
         assert not (tmp_path / "out").exists()
+
+
+def test_skipped_cut_stream_is_named_on_stderr_without_a_terminal(tmp_path):
+    """Under --on-error skip the cut file and line are printed (stderr) in a batch run too, not only counted;
+    --quiet leaves them in the manifest only."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    cut = tmp_path / "cut.jsonl.gz"
+    good = _cut_stream(cut, "jsonl.gz")
+    args = ["sft", "prepare", str(cut), "--seq-len", "256", "--on-error", "skip"]
+    res = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert f"skipped: {cut}:{good + 1}: corrupt or truncated jsonl.gz stream" in res.stderr
+    res = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "b"), "--quiet"])
+    assert res.exit_code == 0 and "skipped:" not in res.stderr

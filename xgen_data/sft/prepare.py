@@ -267,8 +267,8 @@ def summary_rows(manifest: dict) -> list[tuple[str, object]]:
     return rows
 
 
-def print_errors(manifest: dict, file=sys.stderr) -> None:
-    """The kept messages of skipped records, one per line."""
+def print_errors(manifest: dict, file=None) -> None:
+    """The kept messages of skipped records, one per line, on ``file`` (default: the current ``sys.stderr``)."""
     for src in manifest["sources"]:
         for msg in src["errors"]:
-            print(f"skipped: {msg}", file=file)
+            print(f"skipped: {msg}", file=file or sys.stderr)
