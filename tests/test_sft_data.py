@@ -410,6 +410,23 @@ def test_eval_set_shapes_and_bad_lines(tmp_path):
         decontam.load_eval_sets([str(bad)])
 
 
+def test_eval_set_changed_while_read_is_refused(tmp_path, monkeypatch):
+    """What is read is what is hashed: a file rewritten while its items are read would give an index whose
+    recorded sha256 (the decontam step's fingerprint check) is not that of the items in it."""
+    path = _write(tmp_path / "ev.jsonl", [{"id": f"q{i}", "prompt": f"question number {i} " * 8} for i in range(3)])
+    real = decontam.readers.iter_raw
+
+    def rewriting(p, *a, **k):
+        for n, raw in enumerate(real(p, *a, **k)):
+            yield raw
+            if n == 0:  # another process replaces the file after the first record was read
+                _write(tmp_path / "ev.jsonl", [{"id": "other", "prompt": "another question entirely " * 8}])
+
+    monkeypatch.setattr(decontam.readers, "iter_raw", rewriting)
+    with pytest.raises(InputError, match=r"ev\.jsonl: changed while it was read"):
+        decontam.load_eval_sets([path])
+
+
 @pytest.mark.parametrize("point", ["sft.after_backup", "write_json.tmp_written"])
 def test_prepare_killed_leaves_old_or_new(tmp_path, point):
     import subprocess

@@ -140,7 +140,8 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
 
     Raises:
         InputError: naming file:line, for a line that is not a JSON object or has no prompt; naming the file
-            when it cannot be read, holds no item, or two files give the same benchmark name.
+            when it cannot be read, holds no item, changed while it was read (its SHA-256 before and after), or
+            two files give the same benchmark name.
     """
     index = EvalIndex()
     for path in paths:
@@ -150,6 +151,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such evaluation set file")
         items = too_short = 0
+        sha = fsutil.sha256_file(path)  # the same before and after the read: the items are of these bytes
         for raw in readers.iter_raw(path):
             try:
                 rec = raw.payload if isinstance(raw.payload, dict) else json.loads(raw.payload)
@@ -174,7 +176,9 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
         if not items:
             raise InputError(f"{path}: the evaluation set holds no items (an empty file decontaminates nothing; "
                              "pass the benchmark's JSONL)")
-        index.sets.append({"path": path, "sha256": fsutil.sha256_file(path), "benchmark": bench, "items": items,
+        if fsutil.sha256_file(path) != sha:
+            raise InputError(f"{path}: changed while it was read; run again once nothing writes it")
+        index.sets.append({"path": path, "sha256": sha, "benchmark": bench, "items": items,
                            "too_short": too_short})
     index.tables = {n: _hash_table(index.grams if n == N else index.short, n)
                     for n in [N, *index.short_lengths]}
