@@ -39,6 +39,9 @@ from bench_dedup_peer import descendants  # noqa: E402  (every process below one
 
 SHARED = os.environ.get("XGEN_SHARED") or os.path.join(ROOT, "..", "shared")
 EXECUTORS = ("local", "ray")
+#: Ray's own processes named ``ray::...`` (the task workers are ``ray::<function>`` or ``ray::IDLE``);
+#: /proc truncates names to 15 characters.
+RAY_SERVICES = ("ray::DashboardA", "ray::RuntimeEnv")
 WARM_UP = ("from xgen_data import tokenizer; from xgen_data.attributes import minhash; "
            "tokenizer.encode('warm up'); minhash.MinHasher().signatures(['warm up the compiled kernels'])")
 
@@ -78,11 +81,19 @@ class PeakRss:
             if seconds is not None:
                 self.cpu[pid] = seconds
 
-    def tree_cpu(self) -> float:
-        """CPU seconds (user + system) of this process and every descendant seen so far."""
+    def tree_cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of this process (``driver``), of the processes that run items
+        (``workers``: Ray's ``ray::`` task workers, the local executor's pool) and of Ray's own services
+        (``services``: GCS, raylet, dashboard and runtime-env agents, log monitor, ...)."""
         self.sample()
         own = resource.getrusage(resource.RUSAGE_SELF)
-        return own.ru_utime + own.ru_stime + sum(self.cpu.values())
+        out = {"driver": own.ru_utime + own.ru_stime, "workers": 0.0, "services": 0.0}
+        ray_run = any(name.startswith("ray::") for name, _ in self.peaks.values())
+        for pid, seconds in self.cpu.items():
+            name = self.peaks.get(pid, ("", 0))[0]
+            worker = name.startswith("ray::") and name not in RAY_SERVICES if ray_run else name != "resource_tracker"
+            out["workers" if worker else "services"] += seconds
+        return out
 
     def __enter__(self) -> "PeakRss":
         self._thread.start()
@@ -146,8 +157,9 @@ def run_one(executor: str, inputs: list[str], work: str, workers: int) -> dict:
     with PeakRss() as rss:
         busy0, t0 = machine_busy_seconds(), time.time()
 
-        def step(name: str, t: float, c: float) -> None:
-            times[name], cpu[name] = time.time() - t, rss.tree_cpu() - c
+        def step(name: str, t: float, c: dict[str, float]) -> None:
+            times[name] = time.time() - t
+            cpu[name] = {k: v - c[k] for k, v in rss.tree_cpu().items()}
 
         t, c = time.time(), rss.tree_cpu()
         if executor == "ray":  # one Ray for the three steps, as one `xgen` pipeline process would hold it
@@ -164,9 +176,10 @@ def run_one(executor: str, inputs: list[str], work: str, workers: int) -> dict:
         t, c = time.time(), rss.tree_cpu()
         packing.build_recipe(corpus, stage1, shards, workers=workers, progress=False, executor=executor)
         step("build", t, c)
-        times["total"], cpu["total"] = time.time() - t0, sum(cpu.values())
+        times["total"] = time.time() - t0
+        cpu["total"] = {k: sum(cpu[s][k] for s in list(cpu)) for k in ("driver", "workers", "services")}
         # every other process of the machine during the run: a quiet machine shows a few CPU seconds
-        cpu["others"] = machine_busy_seconds() - busy0 - cpu["total"]
+        cpu["others"] = machine_busy_seconds() - busy0 - sum(cpu["total"].values())
         if executor == "ray":
             import ray
 
@@ -223,9 +236,13 @@ def main() -> None:
     print("CPU seconds of each run's process tree (driver, workers, Ray's services), and of every other process "
           "on the machine meanwhile (a quiet machine: a few seconds):")
     for ex, r in results.items():
-        c = r["cpu_seconds"]
+        c = {k: v if k == "others" else sum(v.values()) for k, v in r["cpu_seconds"].items()}
         print(f"{ex:8}  {c['ray_start']:9.1f}  {c['ingest']:7.1f}  {c['dedup']:7.1f}  {c['build']:7.1f}  "
               f"{c['total']:7.1f}  others {c['others']:.1f}")
+    for ex, r in results.items():
+        print(f"{ex} CPU seconds, driver / workers / services: " + "; ".join(
+            f"{step} {v['driver']:.1f} / {v['workers']:.1f} / {v['services']:.1f}"
+            for step, v in r["cpu_seconds"].items() if step != "others"))
     for ex, r in results.items():
         shown = ", ".join(f"{name} {mib}" for name, mib in r["per_process_mib"][:8])
         print(f"{ex} peak RSS MiB per process (driver {r['driver_peak_mib']:.0f}): {shown}")
