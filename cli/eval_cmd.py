@@ -184,16 +184,21 @@ def tasks(model: str, tasks: str, num_fewshot: int | None, out_dir: str, limit: 
     """
     import json
 
-    from xgen_train.evaluate.harness import run_tasks
+    from xgen_train.evaluate.harness import limit_note, run_tasks
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     res = run_tasks(model, names, out_dir, num_fewshot=num_fewshot, limit=limit, include_path=list(include_path),
                     data_dir=data_dir, batch_size=batch_size, seed=seed, progress=show_progress(quiet))
+    note = limit_note(limit)
     if fmt == "json":
         click.echo(json.dumps({**res.get("groups", {}), **res["results"]}, default=str))
+        if note:
+            click.echo(note, err=True)
         return
     print_rows(["task", "acc", "acc_norm", "n"], _result_rows(res),
                title=f"{model}: {num_fewshot if num_fewshot is not None else 'default'}-shot")
+    if note:
+        click.echo(note)
     click.echo(f"wrote {out_dir}/results.json and samples_<task>.jsonl")
 
 
@@ -261,8 +266,8 @@ def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int,
         t0 = time.perf_counter()
         samples = he.sample_problems(params, cfg, problems, n, temperature, top_p, max_new_tokens, seed, batch_size,
                                      progress, stats)
-        settings.update(model=model, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                        seed=seed, batch_size=batch_size, sampling_seconds=round(time.perf_counter() - t0, 3),
+        settings.update(model=model, n=n, limit=limit, temperature=temperature, top_p=top_p,
+                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, sampling_seconds=round(time.perf_counter() - t0, 3),
                         sampled_tokens=stats.get("tokens", 0))
     results = he.check_samples(samples, problems, timeout, memory_mb, workers, progress)
     scores = he.pass_at_k_scores(results)

@@ -58,7 +58,7 @@ def export_hf_cmd(run: str, out: str, no_tokenizer: bool, fmt: str) -> None:
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(file_okay=False),
               help="hf: the corpus the shards were built from, for the full dataset card in README.md "
                    "(default: a card from the shards manifest only); checked for every target, read by hf only.")
-@out_option(help="Folder to write (new, or empty; written whole or not at all).")
+@out_option(help="Folder to write (new, empty, or an earlier export, replaced whole; written whole or not at all).")
 @format_option()
 @user_errors
 @own_json

@@ -52,8 +52,8 @@ def id_from_option(fn):
 @click.option("--subset", default=None, help="Subset for all inputs (default: from the file name; nl -> natural).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
-              help="raise: stop at the first bad record, duplicate id or truncated .gz/.zst stream; skip: count and "
-                   "report them (a truncated file keeps the records before the break).")
+              help="raise: stop at the first bad record, duplicate id, truncated .gz/.zst stream or input holding no "
+                   "record; skip: count and report them (a truncated file keeps the records before the break).")
 @click.option("--columns", "columns_spec", default=None,
               help="Map another schema's columns to fields: text=content,path=max_stars_repo_path (StarCoderData / "
                    "The Stack Parquet files are recognised without it).")

@@ -28,7 +28,8 @@ def sft() -> None:
               help="Examples longer than a row: drop them, or keep their start (dropping one whose response "
                    "is cut away entirely); both counted.")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
-              help="A bad record: stop with file:line, or skip it and count it.")
+              help="A bad record: stop with file:line, or skip it and count it; a cut .gz/.zst input: stop, or "
+                   "keep the records before the cut and go on (counted, file and line listed).")
 @click.option("--system-header/--no-system-header", default=False, show_default=True,
               help="Render a record's system message as a header before the first turn (SPEC §5: off).")
 @click.option("--oasst-paths", type=click.Choice(["best", "all"]), default="best", show_default=True,

@@ -39,6 +39,22 @@ def _build_module():
     return pytest.importorskip("build")
 
 
+def test_pyproject_license_is_a_pep639_spdx_expression():
+    """``project.license`` is an SPDX expression string (PEP 639; the TOML table form is deprecated by setuptools),
+    and the build backend is one that reads it (setuptools >= 77)."""
+    import tomllib
+
+    from license_expression import get_spdx_licensing
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        doc = tomllib.load(fh)
+    lic = doc["project"]["license"]
+    assert isinstance(lic, str) and get_spdx_licensing().validate(lic).errors == []
+    (req,) = [r for r in doc["build-system"]["requires"] if r.startswith("setuptools")]
+    assert tuple(int(x) for x in req.split(">=")[1].split(".")[:2]) >= (77, 0)
+    assert not any(c.startswith("License ::") for c in doc["project"].get("classifiers", []))  # PEP 639 forbids both
+
+
 @pytest.mark.slow  # about a minute on 2 cores: a wheel build, an install and three fresh interpreters
 def test_wheel_carries_package_data_and_runs_the_demo_recipe_from_any_folder(tmp_path):
     """`python -m build --wheel` makes a wheel holding the recipes and the language and license tables; that wheel,
@@ -55,8 +71,12 @@ def test_wheel_carries_package_data_and_runs_the_demo_recipe_from_any_folder(tmp
     built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
                             str(tree)], timeout=600, cwd=tmp_path, capture_output=True, text=True)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert "deprecated" not in (built.stdout + built.stderr).lower()  # e.g. `project.license` as a TOML table
     (wheel,) = dist.glob("xgen-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    metadata = zipfile.ZipFile(wheel).read("xgen-0.1.0.dist-info/METADATA").decode()
+    assert "\nLicense-Expression: Apache-2.0\n" in metadata and "\nLicense: " not in metadata  # PEP 639
+    assert "\nLicense-File: LICENSE\n" in metadata and "xgen-0.1.0.dist-info/licenses/LICENSE" in names
     assert set(PACKAGE_DATA) <= names, sorted(set(PACKAGE_DATA) - names)
     assert any(n.startswith("xgen_train/evaluate/tasks/") and n.endswith(".yaml") for n in names)
     assert not any(n.startswith(("tests/", "recipes/")) for n in names)  # package data only, inside the packages

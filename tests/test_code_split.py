@@ -142,3 +142,15 @@ def test_license_conflicts_compare_normalized_labels(tmp_path):
     assert report.license_conflict_groups == 1
     snap = pq.read_table(report.license_conflicts_path)
     assert snap.column("license").to_pylist() == ["MIT", "Apache-2.0"] and "license_normalized" in snap.schema.names
+
+
+def test_a_code_half_with_no_record_is_not_an_input(tmp_path):
+    """One file per language all goes to starcoder: the empty code.jsonl.zst is left out of the inputs (ingest
+    refuses an input that holds no record); with code on both sides, both are ingested."""
+    recs = _sample()
+    one = [next(r for r in recs if code_split.record_language(r) == "python")]
+    rep = code_split.write_split(lambda: iter(one), str(tmp_path / "one"), seed=7)
+    assert sum(rep.code.values()) == 0 and os.path.exists(rep.code_path)
+    assert rep.ingest_paths() == rep.starcoder_paths
+    full = code_split.write_split(lambda: iter(recs), str(tmp_path / "all"), seed=7)
+    assert full.ingest_paths() == [full.code_path, *full.starcoder_paths]

@@ -151,6 +151,8 @@ def test_cli_tasks_writes_results_and_samples(export, data_dir, tmp_path, capfd,
     printed = json.loads(res.stdout)
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"mmlu_anatomy", "boolq"}
+    assert results["limit"] == 2 and results["comparable_with_published"] is False  # a smoke run, said so
+    assert "limit: 2 documents per task (not comparable with published figures" in res.stderr
     assert printed["mmlu_anatomy"]["acc,none"] == results["results"]["mmlu_anatomy"]["acc,none"]
     for task in ("mmlu_anatomy", "boolq"):
         rows = [json.loads(x) for x in (out / f"samples_{task}.jsonl").read_text().splitlines()]

@@ -25,12 +25,12 @@ def test_report_tables_with_reference_column(tmp_path):
     assert res.exit_code == 0, res.output
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Table 4: MMLU 5-shot" in md and "## Table 6: zero-shot" in md and "## Table 7: HumanEval" in md
-    assert "XGen-7B (report, reference)" in md
-    assert "| mmlu (weighted average) | acc | 31.25 | 10 |  | 36.30 |" in md
-    assert "| stem | acc | 25.00 | 10 |  |  |" in md
+    assert "XGen-7B (report, reference)" in md and "Smoke run" not in md
+    assert "| mmlu (weighted average) | acc | 31.25 | 10 |  |  | 36.30 |" in md
+    assert "| stem | acc | 25.00 | 10 |  |  |  |" in md
     assert "Table 4: MMLU 5-shot, stem: the report's cell is left blank (no checked source)." in md
-    assert "| hellaswag | acc_norm | 62.50 | 10 |  |  |" in md and "| hellaswag | acc | 50.00 | 10 |  | 74.20 |" in md
-    assert "| pass@1 | pass@1 | 12.50 | 8 |  | 14.20 |" in md
+    assert "| hellaswag | acc_norm | 62.50 | 10 |  |  |  |" in md and "| hellaswag | acc | 50.00 | 10 |  |  | 74.20 |" in md
+    assert "| pass@1 | pass@1 | 12.50 | 8 |  |  | 14.20 |" in md
     rows = json.loads((tmp_path / "r" / "report.json").read_text())
     assert {r["table"] for r in rows} == {"Table 4: MMLU 5-shot", "Table 6: zero-shot", "Table 7: HumanEval"}
 
@@ -75,6 +75,33 @@ def test_rows_name_the_split_scored_and_flag_arc_off_the_reports_split(tmp_path)
     test = folder("t", {"validation_split": "validation", "test_split": "test"})
     assert {r["split"] for r in collect([val])} == {"validation"} and {r["split"] for r in collect([test])} == {"test"}
     md_val, md_test = to_markdown(collect([val])), to_markdown(collect([test]))
-    assert "| arc_challenge | acc | 25.00 | 4 | validation | 41.20 |" in md_val
+    assert "| arc_challenge | acc | 25.00 | 4 | validation |  | 41.20 |" in md_val
     assert "arc_challenge: scored on the validation split; the report's figure is on test" in md_val
-    assert "| arc_challenge | acc | 25.00 | 4 | test | 41.20 |" in md_test and "not directly comparable" not in md_test
+    assert "| arc_challenge | acc | 25.00 | 4 | test |  | 41.20 |" in md_test and "not directly comparable" not in md_test
+
+
+def test_limited_runs_are_flagged_not_comparable(tmp_path):
+    """A ``--limit`` smoke run (xgen's ``limit`` field, or lm-eval's own ``config.limit`` in an older folder, or
+    HumanEval's ``settings.limit``) gives rows with ``limit`` and a visible not-comparable flag; a full run none."""
+    from xgen_train.evaluate.report import collect, to_markdown
+
+    def tasks(name, extra):
+        doc = {"results": {"hellaswag": {"acc,none": 0.5}}, "n-shot": {"hellaswag": 0},
+               "n-samples": {"hellaswag": {"original": 10042, "effective": 2}}, **extra}
+        return str(write_folder(tmp_path / name, "eval-tasks", {"results.json": json.dumps(doc)}))
+
+    ours = tasks("ours", {"limit": 2, "comparable_with_published": False, "config": {"limit": 2}})
+    older = tasks("older", {"config": {"limit": 3}})
+    full = tasks("full", {"limit": None, "comparable_with_published": True, "config": {"limit": None}})
+    he = str(write_folder(tmp_path / "he", "eval-humaneval", {"pass_at_k.json": json.dumps(
+        {"pass@1": 0.5, "samples": 6, "problems": 2, "settings": {"limit": 2}})}))
+    assert [r["limit"] for r in collect([ours, older, full, he])] == [2, 3, None, 2]
+    md = to_markdown(collect([ours, he]))
+    assert "| hellaswag | acc | 50.00 | 2 |  | 2 (not comparable) | 74.20 |" in md
+    assert "| pass@1 | pass@1 | 50.00 | 6 |  | 2 (not comparable) | 14.20 |" in md
+    assert "**Smoke run**" in md and "not comparable with published figures" in md and f"{ours} (limit 2)" in md
+    assert "Smoke run" not in to_markdown(collect([full]))
+    res = CliRunner().invoke(cli, ["eval", "report", older, "--out", str(tmp_path / "r"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["limit"] == 3
+    assert json.loads((tmp_path / "r" / "report.json").read_text())[0]["limit"] == 3

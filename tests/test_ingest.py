@@ -289,11 +289,45 @@ def test_crash_leftovers_are_invisible_and_cleaned(tmp_path):
     assert not orphan.exists() and not tmp_left.exists()
 
 
-def test_empty_inputs(tmp_path):
-    for name, data in (("e.jsonl", b""), ("e2.jsonl.zst", b""), ("blank.jsonl", b"\n\n  \n")):
-        (tmp_path / name).write_bytes(data)
-        rep = ingest.ingest(str(tmp_path / "c"), [(str(tmp_path / name), "x")], workers=1, progress=False)[0]
-        assert rep.n_written == 0 and rep.n_read == 0
+def _empty_inputs(folder) -> list:
+    """Inputs that hold no record: 0 bytes, blank lines, a zstd frame of nothing, a Parquet file of no rows."""
+    folder.mkdir(exist_ok=True)
+    files = {"e.jsonl": b"", "blank.jsonl": b"\n\n  \n", "frame.jsonl.zst": zstandard.ZstdCompressor().compress(b"")}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
+                   folder / "rows.parquet")
+    return [folder / n for n in files] + [folder / "rows.parquet"]
+
+
+def test_an_input_with_no_record_is_an_error_naming_it(tmp_path):
+    from cli.main import cli
+
+    root = tmp_path / "c"
+    for path in _empty_inputs(tmp_path / "raw"):
+        with pytest.raises(InputError, match=f"{path}: holds no record"):
+            ingest.ingest(str(root), [(str(path), "x")], workers=1, progress=False)
+        assert not Corpus(str(root)).read_meta().get("inputs")  # nothing registered
+        res = CliRunner().invoke(cli, ["ingest", "--corpus", str(root), "--quiet", str(path)])
+        assert res.exit_code == 3 and f"{path}: holds no record" in res.output and "Traceback" not in res.output
+
+
+def test_an_input_with_no_record_is_a_reported_skip_under_skip(tmp_path):
+    from cli.main import cli
+
+    good = tmp_path / "raw" / "code.jsonl"
+    empty = _empty_inputs(tmp_path / "raw")
+    good.write_text("".join(_sample_lines(n=4)))
+    root = tmp_path / "c"
+    res = CliRunner().invoke(cli, ["ingest", "--corpus", str(root), "--quiet", "--on-error", "skip",
+                                   *map(str, empty), str(good)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("empty_file=1") == len(empty)
+    for path in empty:
+        assert f"skipped: {path}: holds no record" in res.output
+    inputs = Corpus(str(root)).read_meta()["inputs"]
+    assert [v["path"] for v in inputs.values()] == [str(good)]  # the empty ones are not registered
+    assert len(_docs(str(root), "code")) == 4
 
 
 def test_existing_foreign_folder_is_not_taken_over(tmp_path):

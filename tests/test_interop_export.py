@@ -224,6 +224,65 @@ def test_refuses_non_empty_folder_or_file(demo_shards, tmp_path):
     export.export_shards(demo_shards, str(tmp_path / "empty"), "mds")  # an empty folder is fine
 
 
+def _tree(folder) -> set[str]:
+    return {os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs}
+
+
+def test_an_earlier_export_is_replaced_whole_and_a_foreign_folder_refused(demo_shards, tmp_path):
+    from cli.main import cli
+
+    out = str(tmp_path / "out")
+
+    def run(target):
+        return CliRunner().invoke(cli, ["export", "shards", demo_shards, "--to", target, "--out", out,
+                                        "--format", "json"])
+
+    assert run("megatron").exit_code == 0
+    r = run("litdata")  # the same command's earlier output: replaced, nothing of it left
+    assert r.exit_code == 0, r.output
+    man = json.loads(r.stdout)
+    assert man["target"] == "litdata" and export.verify_export(out) == []
+    assert _tree(out) == export.export_files(out) and not any(f.endswith(".idx") for f in _tree(out))
+    with open(os.path.join(out, "notes.txt"), "w") as fh:  # a file the export did not write
+        fh.write("mine")
+    before = _tree(out)
+    r = run("mds")
+    assert r.exit_code == 2 and "notes.txt" in r.output, r.output
+    assert _tree(out) == before
+    os.remove(os.path.join(out, "notes.txt"))
+    path = os.path.join(out, export.EXPORT_MANIFEST)
+    doc = json.loads(open(path).read())
+    doc["target"] = "mds"  # a manifest that no longer matches its checksum: not taken as the export's own
+    with open(path, "w") as fh:
+        json.dump(doc, fh)
+    r = run("mds")
+    assert r.exit_code == 2 and "is not an earlier shards export" in r.output, r.output
+    assert export.export_files(out) is None
+
+
+def test_killed_replacement_leaves_the_old_export_or_the_new(demo_shards, tmp_path):
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    old = export.export_shards(demo_shards, str(out), "megatron")
+    code = f"from xgen_data.interop import export; export.export_shards({demo_shards!r}, {str(out)!r}, 'litdata')"
+    for point in ("before_swap", "after_backup"):
+        env = dict(os.environ, XGEN_CRASH_AT=f"export_shards.{point}", PYTHONPATH=repo)
+        assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -9
+        if point == "before_swap":  # the old export still in place, whole
+            assert _export_manifest(out)["target"] == "megatron" and export.verify_export(str(out)) == []
+        else:  # the old export moved aside whole: restored by the next run
+            assert not out.exists() and os.path.isdir(tmp_path / ".out.backup")
+    new = export.export_shards(demo_shards, str(out), "litdata")
+    assert new != old and export.verify_export(str(out)) == [] and _tree(out) == export.export_files(str(out))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")]
+
+
+def _export_manifest(out) -> dict:
+    return json.loads((out / export.EXPORT_MANIFEST).read_text())
+
+
 def test_refuses_an_out_folder_inside_the_shards_or_the_corpus(demo_shards, sample_corpus, tmp_path):
     from xgen_data.interop import card
 

@@ -382,7 +382,7 @@ def test_pretraining_decontamination_attribute_and_recipe_decision(sample_corpus
     c = Corpus(corpus)
     assert c.attribute_current(decontam_step.DECONTAM_STEP, decontam_step.decontam_params([evals]))
     with c.lock():
-        assert decontam_step.compute_decontam_attributes(c, [evals]) is False  # once per eval-set hash
+        assert decontam_step.compute_decontam_attributes(c, [evals]) is None  # once per eval-set hash
     # the recipe key round-trips through TOML, paths relative to the recipe file
     text = recipe_mod.to_toml(r)
     (tmp_path / "r.toml").write_text(text.replace(evals, "planted.jsonl"))
@@ -553,3 +553,74 @@ def test_input_given_twice_and_empty_eval_set_are_errors(tmp_path):
         prepare.prepare([src], str(tmp_path / "out"),
                         prepare.Options(seq_len=64, decontaminate=[str(tmp_path / "humaneval.jsonl")]))
     assert not (tmp_path / "out").exists()
+
+
+def _cut_stream(path, fmt: str, n: int = 40) -> int:
+    """``n`` prompt/response records compressed with ``fmt``, cut at two thirds of the bytes, written to ``path``;
+    returns the complete lines before the cut."""
+    import gzip
+    import hashlib
+    import zlib
+
+    import zstandard
+
+    words = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2 * n)]  # little for zstd to fold
+    data = "".join(json.dumps({"prompt": words[2 * i], "response": words[2 * i + 1]}) + "\n"
+                   for i in range(n)).encode()
+    if fmt == "jsonl.gz":
+        packed = gzip.compress(data)
+        cut = packed[: len(packed) * 2 // 3]
+        good = zlib.decompressobj(wbits=31).decompress(cut).count(b"\n")
+    else:  # frames of 1 KiB (one block each): a small input cut in the middle still has whole frames before
+        frames = [zstandard.ZstdCompressor(level=3).compress(data[i:i + 1024]) for i in range(0, len(data), 1024)]
+        packed = b"".join(frames)
+        cut = packed[: len(packed) * 2 // 3]
+        whole = sum(1 for k in range(len(frames)) if len(b"".join(frames[:k + 1])) <= len(cut))
+        good = data[: 1024 * whole].count(b"\n")
+    path.write_bytes(cut)
+    assert 3 < good < n
+    return good
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "jsonl.gz"])
+def test_cut_compressed_input_stops_or_under_skip_keeps_what_came_before(tmp_path, fmt):
+    """As ``xgen ingest`` does: a cut stream is an error naming file and line (exit 3), or under --on-error skip
+    its records before the cut are kept, the break listed, and the other inputs read."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    cut = tmp_path / f"cut.{fmt}"
+    good = _cut_stream(cut, fmt)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(5)))
+    out = tmp_path / "out"
+    args = ["sft", "prepare", str(cut), str(other), "--seq-len", "256", "--out", str(out), "--format", "json"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 3, res.output
+    assert f"{cut}:{good + 1}: corrupt or truncated {fmt} stream; the last good line is {good}" in res.output
+    assert "nothing of this file was used" in res.output and not out.exists()
+    res = CliRunner().invoke(cli, args + ["--on-error", "skip"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["counts"]["truncated_stream"] == 1
+    m = sft_format.read_manifest(str(out))
+    assert m["counts"]["records"] == good + 5 and m["counts"]["packed"] == good + 5
+    src = m["sources"][0]
+    assert src["records"] == good and src["broken_stream"].startswith(f"{cut}:{good + 1}: corrupt or truncated")
+    assert "the rest of the file is skipped" in src["broken_stream"] and src["broken_stream"] in src["errors"]
+    assert m["sources"][1]["records"] == 5
+
+
+def test_corrupt_compressed_input_stops_even_under_skip(tmp_path):
+    """Damaged bytes (not a cut): what was decoded before them may be wrong, so nothing is kept in either mode."""
+    import gzip
+
+    path = tmp_path / "bad.jsonl.gz"
+    data = bytearray(gzip.compress("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n"
+                                           for i in range(200)).encode()))
+    data[-6] ^= 0xFF  # the CRC-32 of the member: every byte decodes, the check fails
+    path.write_bytes(bytes(data))
+    for mode in ("raise", "skip"):
+        with pytest.raises(InputError, match=r"bad\.jsonl\.gz:\d+: corrupt or truncated .*a corrupt stream stops"):
+            prepare.prepare([str(path)], str(tmp_path / "out"), prepare.Options(seq_len=64, on_error=mode))
+        assert not (tmp_path / "out").exists()

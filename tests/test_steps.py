@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from conftest import demo_no_dedup
 
 from cli.main import cli
+from xgen_data.attributes import decontam as decontam_step
 from xgen_data.attributes import filters, language_step, languages
 from xgen_data.attributes.dedup import bands as dedup_bands
 from xgen_data.attributes.dedup import exact as dedup_exact
@@ -57,12 +58,22 @@ def _forget(corpus: Corpus, step: str, params: dict) -> None:
     corpus.write_meta(meta)
 
 
-@pytest.mark.parametrize("step", ["license", "language"])
-def test_attribute_items_in_reverse_order_commit_the_same_bytes(corpus_copy, step):
+@pytest.mark.parametrize("step", ["license", "language", "decontam"])
+def test_attribute_items_in_reverse_order_commit_the_same_bytes(corpus_copy, step, tmp_path):
     corpus = Corpus(corpus_copy)
     n_parts = len(corpus.parts())
     assert n_parts > 1
-    if step == "license":
+    if step == "decontam":  # an evaluation item planted from a document of the last part
+        words = max(pq.read_table(corpus.parts()[-1].path, columns=["text"]).column("text").to_pylist(),
+                    key=len).split()
+        evals = str(tmp_path / "planted.jsonl")
+        with open(evals, "w") as f:
+            f.write(json.dumps({"id": "item-1", "question": " ".join(words[:30]), "answer": "x"}) + "\n")
+        key = decontam_step.decontam_params([evals])
+
+        def compute(executor):
+            return decontam_step.compute_decontam_attributes(corpus, [evals], executor=executor)
+    elif step == "license":
         allow, key = ("MIT", "Apache-2.0"), license_params(("MIT", "Apache-2.0"), True)
 
         def compute(executor):
@@ -83,6 +94,10 @@ def test_attribute_items_in_reverse_order_commit_the_same_bytes(corpus_copy, ste
         assert rev.ran[0] == f"part {corpus.parts()[-1].subset}/{corpus.parts()[-1].name}" and len(rev.ran) == n_parts
         assert _committed_files(corpus, step, key) == forward
         assert len(forward) == n_parts
+    if step == "decontam":  # the planted document, and only it, is found
+        found = [sum(pq.read_table(path, columns=["contaminated"]).column(0).to_pylist())
+                 for _, path in corpus.attribute_files(step, key)]
+        assert found == [0] * (n_parts - 1) + [1]
 
 
 @pytest.mark.parametrize("clustering", ["cliques", "components"])

@@ -79,6 +79,20 @@ def blend_token_shares(export_manifest: dict, stage: str) -> dict[str, float]:
     return dict(sorted(shares.items()))
 
 
+def export_files(folder: str) -> set[str] | None:
+    """The files an earlier ``xgen export shards`` wrote in ``folder`` (``xgen_shards_export.json`` and the files
+    it lists), or None when ``folder`` holds no readable export manifest of format ``xgen-export`` matching its
+    ``export_sha256``: only then is the folder the export's own, to be replaced whole by a new export."""
+    try:
+        man = fsutil.read_json(os.path.join(folder, EXPORT_MANIFEST))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(man, dict) or man.get("format") != EXPORT_FORMAT or not isinstance(man.get("files"), dict)
+            or man.get(EXPORT_SHA256) != fsutil.self_checksum(man, EXPORT_SHA256)):
+        return None
+    return {EXPORT_MANIFEST, *man["files"]}
+
+
 def _data_path_lines(blend: dict) -> str:
     """Megatron's ``--data-path`` value for a blend: ``weight prefix`` pairs, prefixes relative to the export."""
     return " ".join(f"{w['weight']!r} {w['path']}" for w in blend["weights"]) + "\n"
@@ -90,8 +104,9 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
 
     Every shard and index file is checked against the manifest first; then each dataset is streamed (memory
     holds one block of rows) into a temporary sibling of
-    ``out_dir`` that is renamed into place (:func:`xgen_data.interop.outdir.new_folder`). The same shards give
-    the same bytes.
+    ``out_dir`` that is renamed into place (:func:`xgen_data.interop.outdir.new_folder`), replacing an earlier
+    export there (:func:`export_files`) whole: a kill at any point leaves the old export or the new one. The
+    same shards give the same bytes.
 
     Args:
         unit: Megatron only: ``sequence`` (one per packed row) or ``document`` (cut after each EOS).
@@ -104,8 +119,9 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
 
     Raises:
         DamagedDataError: a shard or index file does not match the manifest (nothing is written).
-        RefusedError: ``out_dir`` is a file or a non-empty folder, or is, is inside or contains ``shard_dir`` or
-            one of ``reads``.
+        RefusedError: ``out_dir`` is a file, a non-empty folder other than an earlier export, or an earlier
+            export holding files its manifest does not list (names them), or is, is inside or contains
+            ``shard_dir`` or one of ``reads``.
         InputError: an unknown target or unit.
     """
     if target not in TARGETS:
@@ -115,7 +131,8 @@ def export_shards(shard_dir: str, out_dir: str, target: str, unit: str = "sequen
     manifest = check_shards(shard_dir)
     sets = datasets(manifest)
     write = _writer(target, int(manifest["eos_id"]), unit)
-    with new_folder(out_dir, "shards export", "export_shards", inputs=[shard_dir, *reads]) as tmp:
+    with new_folder(out_dir, "shards export", "export_shards", inputs=[shard_dir, *reads],
+                    listed_files=export_files) as tmp:
         written, files = [], {}
         for ds in sets:
             r = write(shard_dir, ds, tmp)

@@ -4,7 +4,8 @@ Written through the shared folder publisher (:class:`xgen_data.store.publish.Fol
 temporary sibling ``.<name>.tmp-<pid>``, renamed into place, one writer at a time, leftovers of killed runs
 removed by the next run into the same place. Unlike a rebuild of shards, these commands never replace an
 existing folder: one holding anything, or a file, is refused before anything is written (RefusedError); only a
-folder the same command wrote earlier (its own file list, ``listed_files``, names every file in it) is replaced.
+folder the same command wrote earlier (its own file list, ``listed_files``: ``export.export_files``,
+``card.card_files``, names every file in it) is replaced, whole.
 Commit point (:func:`xgen_data.store.fsutil.crash_point`): ``<crash_prefix>.before_swap``.
 """
 from __future__ import annotations

@@ -124,7 +124,9 @@ def _attributes(corpus: Corpus, recipe: Recipe, dec, force: bool, pool, report: 
     report.steps += [language] if language is not None else []
     computed = language is not None or computed
     if recipe.decontaminate:
-        computed = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False) or computed
+        found = decontam.compute_decontam_attributes(corpus, recipe.decontaminate, verify=False, executor=pool)
+        report.steps += [found] if found is not None else []
+        computed = found is not None or computed
     return computed
 
 def plan_recipe(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True, executor: str = "local",

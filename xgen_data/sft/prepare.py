@@ -97,9 +97,16 @@ def _add(ex: Examples, conv: shapes.Conversation, ident: tuple[str, str, str], i
 def read_inputs(paths: list[str], opts: Options, index: decontam.EvalIndex | None) -> Examples:
     """Read every input file into :class:`Examples`.
 
+    A truncated ``.gz`` / ``.zst`` (a cut file) is handled as ``xgen ingest`` does
+    (:func:`xgen_data.sources.readers.past_broken_stream`): with ``on_error == "skip"`` the records before the
+    cut are kept, the break is counted (``truncated_stream``) and listed with its file and line in the source's
+    ``errors`` and ``broken_stream``, and the next file is read.
+
     Raises:
         InputError: naming file:line for a bad record (``on_error == "raise"``), or the file when it cannot be
-            read (missing, unsupported suffix, a corrupt compressed stream) or is given twice (same real path).
+            read (missing, unsupported suffix) or is given twice (same real path).
+        StreamError (an InputError): a truncated stream (``on_error == "raise"``) or a corrupt one (either mode),
+            naming the file, the line where it broke and the last good line.
     """
     seen: dict[str, str] = {}
     for path in paths:  # one file twice would count and pack its examples twice
@@ -148,8 +155,11 @@ def _read_opened(opened: readers.OpenedInput, opts: Options, index: decontam.Eva
             for k, conv in enumerate(convs):
                 ident = (rid if len(convs) == 1 else f"{rid}/path-{k}", path, shape)
                 _add(ex, conv, ident, index, opts)
-    except readers.StreamError as exc:  # the file itself is damaged
-        raise InputError(str(exc)) from None
+    except readers.StreamError as exc:  # the file itself is broken: a cut one is passed with --on-error skip
+        note = readers.past_broken_stream(exc, opts.on_error, "used")
+        ex.counts["truncated_stream"] += 1  # the records before the cut are exact and kept
+        src["broken_stream"] = note
+        src["errors"].append(note)
     if sequential:
         source.drain()
     opened.check_unchanged(source.hexdigest() if sequential else None)
@@ -248,7 +258,7 @@ def prepare(paths: list[str], out_dir: str, opts: Options) -> dict:
 def summary_rows(manifest: dict) -> list[tuple[str, object]]:
     """(what, value) lines for the CLI table of a prepare result."""
     c = manifest["counts"]
-    rows = [(k, c.get(k, 0)) for k in ("records", "examples", "skipped", "removed_decontaminated",
+    rows = [(k, c.get(k, 0)) for k in ("records", "examples", "skipped", "truncated_stream", "removed_decontaminated",
                                        "dropped_overlong", "truncated", "dropped_truncated_no_target", "packed",
                                        "rows", "tokens", "loss_tokens")]
     rows.append(("padding_share", round(manifest["padding_share"], 4)))

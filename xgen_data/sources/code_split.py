@@ -120,6 +120,12 @@ class SplitReport:
     starcoder: Counter = field(default_factory=Counter)
     passed_through: int = 0  # records that are not JSON objects with id and text (left to ingest to report)
 
+    def ingest_paths(self) -> list[str]:
+        """The files to ingest: ``code_path`` unless it holds no record (every file went to ``starcoder``, as
+        one file per language does; ingest refuses an input with no record), then ``starcoder_paths``."""
+        has_code = sum(self.code.values()) + self.passed_through > 0
+        return ([self.code_path] if has_code else []) + list(self.starcoder_paths)
+
 
 def _parse(raw: bytes | dict) -> dict | None:
     if isinstance(raw, dict):

@@ -29,7 +29,10 @@ itself are skipped and listed. A file found in a folder records the folder and i
 Re-running is idempotent: an input file whose SHA-256 was already ingested into the subset is skipped
 (``unchanged``) unless one of its parts is missing or its SHA-256 differs from the recorded one: then its
 parts are written again from the input (``repaired``). A file ingested before under the same path with
-other content replaces its old parts (``replaced``).
+other content replaces its old parts (``replaced``). An input holding no record (0 bytes, blank lines only, a
+Parquet file of no rows) is an :class:`~xgen_data.errors.InputError` naming it; with ``on_error="skip"`` it is
+counted as ``empty_file``, listed, and not registered (status ``skipped``). A 0-byte ``.gz`` / ``.zst`` holds
+not even one member: a truncated stream (below).
 
 Every record needs an ``id``: one without is a bad record (``missing 'id'``, naming file and line) unless
 ``id_from`` says how to make one (:data:`readers.ID_FROM`: ``line``, the file's name and content hash and the
@@ -100,7 +103,7 @@ class FileReport:
 
     path: str
     subset: str
-    status: str = "ingested"  # ingested | unchanged | replaced | repaired
+    status: str = "ingested"  # ingested | unchanged | replaced | repaired | skipped (an input with no record)
     n_read: int = 0
     n_written: int = 0
     n_tokens: int = 0
@@ -480,16 +483,30 @@ def _end_of_stream(slices: list[FileTokens], on_error: str, report: FileReport) 
     broken = next((t.broken for t in slices if t.broken is not None), None)
     if broken is None:
         return
-    file, line, problem, truncated = broken
-    if not truncated:  # damaged bytes: what was decoded before the damage cannot be trusted
-        raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (a corrupt stream "
-                                  "stops the ingest even with --on-error skip: records decoded before the damage "
-                                  "may be wrong)", truncated)
-    if on_error == "raise":
-        raise readers.StreamError(file, line, f"{problem}; nothing of this file was ingested (with --on-error "
-                                  "skip the records before it are kept)", truncated)
+    note = readers.past_broken_stream(readers.StreamError(*broken), on_error, "ingested")
     report.skipped["truncated_stream"] += 1  # a cut file: the records before it are exact and kept
-    report.examples.append(f"{file}:{line}: {problem}; the rest of the file is skipped")
+    report.examples.append(note)
+
+
+def _holds_no_record(slices: list[FileTokens]) -> bool:
+    """Whether the input was read to its end (no broken stream) and held no record, good or bad: a 0-byte
+    file, one of blank lines only, a Parquet file of no rows."""
+    return all(t.broken is None and not any(b.rows or b.kinds for b in t.batches) for t in slices)
+
+
+def _skip_empty(path: str, on_error: str, report: FileReport) -> None:
+    """An input with no record is an error (most often a cut download or a wrong file, never a useful input);
+    with ``on_error="skip"`` it is counted as ``empty_file``, listed, and not registered (status ``skipped``).
+
+    Raises:
+        InputError: with ``on_error="raise"``, naming the file.
+    """
+    problem = f"{path}: holds no record (an empty file, or blank lines only); nothing of it was ingested"
+    if on_error != "skip":
+        raise InputError(f"{problem} (check the file, or use --on-error skip to go on without it)")
+    report.status = "skipped"
+    report.skipped["empty_file"] += 1
+    report.examples.append(problem)
 
 
 def _progress(enabled: bool, desc: str):
@@ -585,6 +602,10 @@ class IngestStep:
                 report.seconds = item_seconds + time.time() - t0
                 return report
         slices = [self._read_here(t) for t in slices]
+        if _holds_no_record(slices):
+            _skip_empty(first.path, self.on_error, report)
+            report.seconds = item_seconds + time.time() - t0
+            return report
         abspath = locations.location(first.path)
         replaced = [k for k, v in inputs.items() if (v["path"] == abspath and v["subset"] == first.subset) or k == key]
         part_sha256 = self._write_parts(slices, {p for k in replaced for p in inputs[k]["parts"]}, meta, report)

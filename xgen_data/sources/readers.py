@@ -52,6 +52,33 @@ class StreamError(RecordError):
         return type(self), (self.file, self.line, self.problem, self.truncated)
 
 
+def past_broken_stream(exc: StreamError, on_error: str, kept: str) -> str:
+    """What a run reading records (``xgen ingest``, ``xgen sft prepare``) does at a broken input stream:
+    return the line to report when it may go on, keeping the records before the break; raise otherwise.
+
+    A truncated stream (a cut file, or an empty ``.gz`` / ``.zst``: its records before the cut decode exactly)
+    is passed with ``on_error="skip"`` (the rest of the file is skipped) and raised with ``"raise"``. A corrupt
+    stream or Parquet file (damaged bytes, ``exc.truncated`` false) is raised in both modes: what was decoded
+    before the damage was detected may be wrong.
+
+    Args:
+        kept: the past participle of what the run does with a file's records (``"ingested"``, ``"used"``),
+            for the error message.
+    Returns:
+        ``"<file>:<line>: <problem>; the rest of the file is skipped"``.
+    Raises:
+        StreamError: naming the file and line, saying that nothing of the file was ``kept`` and why.
+    """
+    if not exc.truncated:
+        raise StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was {kept} (a corrupt stream "
+                          "stops the run even with --on-error skip: records decoded before the damage may be "
+                          "wrong)", False)
+    if on_error != "skip":
+        raise StreamError(exc.file, exc.line, f"{exc.problem}; nothing of this file was {kept} (with --on-error "
+                          "skip the records before it are kept)", True)
+    return f"{exc.file}:{exc.line}: {exc.problem}; the rest of the file is skipped"
+
+
 @dataclass(frozen=True)
 class Layout:
     """How an input's columns map to the corpus fields (:data:`FIELDS`).

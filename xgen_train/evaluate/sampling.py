@@ -2,7 +2,7 @@
 
 The prompt is prefilled once (batch of one) and its cache copied to every row; each decode step then runs
 :func:`xgen_train.evaluate.generate.forward_cached` on ``[B, 1]`` tokens and draws the next token of every row
-with :func:`sample_nucleus` (greedy at temperature 0, else nucleus sampling: ``sample_next``'s draw, no sort). The
+with :func:`xgen_train.evaluate.generate.sample_next` (greedy at temperature 0, else nucleus sampling). The
 cache length is rounded up to a power of two and the batch is fixed, so a model compiles one prefill and one
 decode program per (batch, length bucket), whatever the prompt or the sampling settings.
 
@@ -26,17 +26,13 @@ import numpy as np
 
 from xgen_data import tokenizer as xtok
 from xgen_data.errors import InputError
-from xgen_train.evaluate.generate import _bucket, forward_cached, init_cache
+from xgen_train.evaluate.generate import _bucket, forward_cached, init_cache, sample_next
 from xgen_train.model.config import ModelConfig
 
-__all__ = ["HUMANEVAL_STOP", "Completion", "cut_at_stop", "sample_completions", "sample_nucleus"]
+__all__ = ["HUMANEVAL_STOP", "Completion", "cut_at_stop", "sample_completions"]
 
 #: SPEC §6 / Codex paper stop sequences for HumanEval completions.
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
-
-#: Candidates of the fast nucleus path of :func:`sample_nucleus`.
-TOP_K = 256
-
 
 @dataclass
 class Completion:
@@ -55,54 +51,6 @@ def cut_at_stop(text: str, stops) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def sample_nucleus(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_limit=None, greedy: bool = False,
-                   iters: int = 40) -> jax.Array:
-    """Next ids from float32 ``logits [B, V]``, the same draw as :func:`xgen_train.evaluate.generate.sample_next`
-    without its full sort (XLA's CPU sort of ``[B, 51200]`` costs about a second).
-
-    The nucleus is the tokens ``j`` with ``sum(p[p > p_j]) < top_p`` (the mass of the strictly more likely tokens
-    is below ``top_p``: the most likely token is always kept, and the first token at which the sorted cumulative
-    mass reaches ``top_p`` is included). When every row's top :data:`TOP_K` tokens hold ``top_p`` of the mass
-    (the usual case at HumanEval's temperature 0.2), sample_next's cumulative rule runs on ``lax.top_k``;
-    otherwise the probability threshold is bisected ``iters`` times over the whole vocabulary. Then
-    ``jax.random.categorical`` over the kept scaled logits, exactly as ``sample_next`` draws. Near-ties at the
-    boundary may fall differently from the sorted cumulative sum (float rounding). Greedy: argmax.
-    Returns int32 ``[B]``.
-    """
-    if vocab_limit is not None:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-    if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = logits / temperature
-    lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
-    top, _ = jax.lax.top_k(scaled, min(TOP_K, scaled.shape[-1]))  # [B, K], descending
-    p_top = jnp.exp(top - lse)
-    fits = jnp.all(jnp.sum(p_top, axis=-1) >= top_p)  # every row's nucleus lies in its top K
-
-    def from_top(_):  # sample_next's rule on the top K: keep while the mass before a token is < top_p
-        before = jnp.cumsum(p_top, axis=-1) - p_top
-        return scaled >= jnp.min(jnp.where(before < top_p, top, jnp.inf), axis=-1, keepdims=True)
-
-    def by_bisection(_):
-        probs = jnp.exp(scaled - lse)
-
-        def above(t):  # mass of the tokens strictly more likely than t: [B, 1]
-            return jnp.sum(jnp.where(probs > t, probs, 0.0), axis=-1, keepdims=True)
-
-        def halve(_, bounds):
-            lo, hi = bounds  # above(lo) >= top_p > above(hi)
-            mid = (lo + hi) / 2
-            ok = above(mid) < top_p
-            return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-        hi = jnp.max(probs, axis=-1, keepdims=True)
-        _, hi = jax.lax.fori_loop(0, iters, halve, (jnp.zeros_like(hi), hi))
-        return probs >= hi
-
-    kept = jax.lax.cond(fits, from_top, by_bisection, None) | (top_p >= 1.0)
-    return jax.random.categorical(key, jnp.where(kept, scaled, -jnp.inf), axis=-1).astype(jnp.int32)
-
-
 @functools.lru_cache(maxsize=16)
 def _programs(cfg: ModelConfig, compute_dtype: str, greedy: bool):
     def prefill(params, tokens, last, size):
@@ -113,11 +61,11 @@ def _programs(cfg: ModelConfig, compute_dtype: str, greedy: bool):
     def draw(row, cache, batch, key, temperature, top_p, vocab_limit):
         rows = jnp.broadcast_to(row, (batch, row.shape[-1]))
         cache = jax.tree.map(lambda c: jnp.repeat(c, batch, axis=1), cache)
-        return sample_nucleus(rows, key, temperature, top_p, vocab_limit, greedy), cache
+        return sample_next(rows, key, temperature, top_p, vocab_limit, greedy), cache
 
     def step(params, cache, tokens, start, key, temperature, top_p, vocab_limit):
         logits, cache = forward_cached(params, cfg, tokens[:, None], start, cache, compute_dtype)
-        return sample_nucleus(logits[:, 0], key, temperature, top_p, vocab_limit, greedy), cache
+        return sample_next(logits[:, 0], key, temperature, top_p, vocab_limit, greedy), cache
 
     return (jax.jit(prefill, static_argnums=(3,)), jax.jit(draw, static_argnums=(2,)),
             jax.jit(step, donate_argnums=(1,)))
@@ -146,7 +94,7 @@ def sample_completions(params, cfg: ModelConfig, prompt: list[int], n: int, max_
         prompt: token ids, ``1 <= len(prompt) < cfg.max_positions``.
         n: completions wanted (>= 1); ``max_new_tokens``: at most this many tokens each (fewer when the
             prompt plus them would pass ``cfg.max_positions``).
-        temperature, top_p: 0 = greedy; else nucleus sampling (see :func:`sample_nucleus`).
+        temperature, top_p: 0 = greedy; else nucleus sampling (see :func:`xgen_train.evaluate.generate.sample_next`).
         stops: stop strings; a row stops once its decoded text holds one (checked every ``check_every``
             tokens, so up to ``check_every - 1`` extra tokens may be generated and then cut off).
     Returns:

@@ -115,9 +115,10 @@ def _norm(scope: str, x: jax.Array, eps: float) -> jax.Array:
 
 def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, compute_dtype, impl: str,
                block: int, segment_ids, kv=None) -> tuple[jax.Array, tuple | None]:
-    """Self-attention of ``x [B, T, d]``; with ``kv = (k_cache, v_cache, start)`` (float32
-    ``[B, H, S, hd]``, int scalar) the new keys/values are written at slots ``start ..`` and the queries attend
-    to the cache (:func:`xgen_train.model.attention.plain_attention` with ``q_start``). Returns ``(out, (k, v))``
+    """Self-attention of ``x [B, T, d]``; with ``kv = (k_cache, v_cache, layer, start)`` (float32
+    ``[n_layers, B, H, S, hd]``, Python int, int scalar) the new keys/values are written in place at layer
+    ``layer``, slots ``start ..``, and the queries attend to that layer's cache
+    (:func:`xgen_train.model.attention.plain_attention` with ``q_start``). Returns ``(out, (k_cache, v_cache))``
     with the written cache, or ``(out, None)`` without one."""
     b, t, d = x.shape
     h, hd = cfg.n_heads, cfg.head_dim
@@ -131,10 +132,11 @@ def _attention(x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig, c
     if kv is None:
         out, new_kv = attention(q, k, v, impl, compute_dtype, segment_ids, block), None
     else:
-        k_cache, v_cache, start = kv
-        k = jax.lax.dynamic_update_slice(k_cache, k, (0, 0, start, 0))
-        v = jax.lax.dynamic_update_slice(v_cache, v, (0, 0, start, 0))
-        out, new_kv = plain_attention(q, k, v, compute_dtype, q_start=start), (k, v)
+        k_cache, v_cache, layer, start = kv  # the whole cache is updated so a donated buffer is written in place
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], (layer, 0, 0, start, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], (layer, 0, 0, start, 0))
+        out = plain_attention(q, k_cache[layer], v_cache[layer], compute_dtype, q_start=start)
+        new_kv = (k_cache, v_cache)
     out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
     return _linear("o_proj", out, d, compute_dtype), new_kv
 
@@ -207,16 +209,14 @@ def llama_hidden(tokens: jax.Array, cfg: ModelConfig, compute_dtype="float32", p
         with hk.name_scope("embed_tokens"):
             emb = _param("weight", (cfg.vocab_size, cfg.hidden), hk.initializers.RandomNormal(INIT_STD))
         x = constrain_batch(jnp.take(gather_table(emb), tokens, axis=0))  # float32 [B, T, d], B split over the mesh
-        ks, vs = [], []
         for i in range(cfg.n_layers):
             with hk.name_scope(f"layers_{i}"):
-                kv = None if cache is None else (cache["k"][i], cache["v"][i], cache_start)
+                kv = None if cache is None else (cache["k"], cache["v"], i, cache_start)
                 x, kv = block_fn(x, cos, sin, segment_ids, kv)
             if kv is not None:
-                ks.append(kv[0])
-                vs.append(kv[1])
+                cache = {"k": kv[0], "v": kv[1]}
         h = _norm("norm", x, cfg.rms_eps)
-    return h if cache is None else (h, {"k": jnp.stack(ks), "v": jnp.stack(vs)})
+    return h if cache is None else (h, cache)
 
 
 def lm_head_weight(cfg: ModelConfig) -> jax.Array:
