@@ -125,6 +125,18 @@ def test_system_failure_is_retried_then_named(ray_cluster, tmp_path):
     assert attempts(str(tmp_path), "c") == 2  # the first run and one retry
 
 
+def niceness(key: str) -> ItemResult:
+    """One item: the scheduling priority (nice value) of the process that runs it."""
+    return ItemResult(key, value=os.nice(0))
+
+
+def test_local_ray_runs_items_at_the_drivers_priority(ray_cluster):
+    # Ray's default starts workers 15 nice levels lower: every other process would take the cores from them
+    items = [WorkItem(str(k), (str(k),)) for k in range(4)]
+    got = [r.value for r in ray_executor.RayExecutor(2).map("niceness", niceness, items)]
+    assert got == [os.nice(0)] * 4
+
+
 def test_executor_names_are_checked(monkeypatch, tmp_path):
     with pytest.raises(executors.InputError, match="executor must be one of local, ray"):
         executors.make_executor("spark")

@@ -29,6 +29,12 @@ from xgen_data.execute.contract import ItemError, ItemResult, WorkItem
 #: Object store of a local Ray started here: items pass paths and single batches (a few MiB), so a small
 #: store suffices and leaves the machine's memory to the workers (Ray's minimum is 75 MiB).
 LOCAL_OBJECT_STORE_BYTES = 256 << 20
+#: The environment of a local Ray's task workers. Ray starts its workers 15 nice levels below the driver
+#: (``worker_niceness``, so that a cluster node's raylet and GCS stay responsive); on one machine that makes
+#: the items yield the CPU to every other process of the same scheduling group (the driver committing
+#: results, Ray's own services, the user's other commands), where the local executor's pool processes share
+#: it evenly. ``0`` runs them at the driver's priority, as the local executor's processes are.
+LOCAL_WORKER_ENV = {"RAY_worker_niceness": "0"}
 
 
 def start_ray(workers: int, address: str | None = None,
@@ -36,10 +42,11 @@ def start_ray(workers: int, address: str | None = None,
     """Connect to Ray: to the cluster at ``address`` (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``), or,
     with no address, start a local Ray of ``workers`` CPUs and a ``object_store_bytes`` object store.
 
-    A local Ray's workers inherit this process's environment; on a cluster the ``XGEN_*`` variables (the
-    tokenizer ranks' path, DuckDB's spill folder) are passed to the job's workers, and every node must see the
-    same paths (docs/scale.md). A Ray already initialised in this process is used as it is. Returns True when this call started or
-    connected Ray (so its caller shuts it down), False when one was running already.
+    A local Ray's workers inherit this process's environment and run at its priority
+    (:data:`LOCAL_WORKER_ENV`); on a cluster the ``XGEN_*`` variables (the tokenizer ranks' path, DuckDB's spill
+    folder) are passed to the job's workers, and every node must see the same paths (docs/scale.md). A Ray
+    already initialised in this process is used as it is. Returns True when this call started or connected Ray
+    (so its caller shuts it down), False when one was running already.
 
     Raises:
         ValueError: ``workers < 1``. ConnectionError (from Ray): no cluster at ``address``.
@@ -53,7 +60,7 @@ def start_ray(workers: int, address: str | None = None,
         ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env={"env_vars": env})
     else:
         ray.init(num_cpus=workers, object_store_memory=object_store_bytes, include_dashboard=False,
-                 logging_level="WARNING", log_to_driver=True)
+                 logging_level="WARNING", log_to_driver=True, runtime_env={"env_vars": LOCAL_WORKER_ENV})
     return True
 
 
