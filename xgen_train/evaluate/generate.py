@@ -35,8 +35,11 @@ __all__ = ["Generation", "forward_cached", "generate", "init_cache", "sample_nex
 
 EOS_ID = 50256
 
-#: Candidates of the fast nucleus path of :func:`sample_next`.
+#: Candidates of the top-K nucleus path of :func:`sample_next`.
 TOP_K = 256
+#: From this ``top_p`` on, :func:`sample_next` draws by rejection straight away: a candidate drawn from the
+#: whole distribution lies in the nucleus with probability at least ``top_p``, so few rounds run.
+REJECTION_FROM = 0.25
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array]:
@@ -68,13 +71,12 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature, top_p, vocab_lim
     ``j`` is kept when the mass of the strictly more likely tokens is below ``top_p`` (the most likely token is
     always kept). No full sort of the vocabulary (XLA's CPU sort of ``[B, 51200]`` costs about a second):
 
-    - when every row's top :data:`TOP_K` tokens hold ``top_p`` of the mass (the usual case at HumanEval's
-      temperature 0.2), the rule runs on ``lax.top_k`` and ``jax.random.categorical`` draws among the kept
-      candidates (``TOP_K`` Gumbel draws per row);
-    - otherwise (or when ``top_p == 1``) by rejection over the whole vocabulary: ``per_round`` candidates per
-      row are drawn from the whole distribution (inverse CDF, one uniform each) and the first whose strictly
-      more likely tokens hold less than ``top_p`` of the mass is taken (each is accepted with probability at
-      least ``top_p``).
+    - by rejection over the whole vocabulary when ``top_p >=`` :data:`REJECTION_FROM` (HumanEval's 0.95
+      among them): ``per_round`` candidates per row are drawn from the whole distribution (inverse CDF, one
+      uniform each) and the first whose strictly more likely tokens hold less than ``top_p`` of the mass is
+      taken (each is accepted with probability at least ``top_p``);
+    - below it, when every row's top :data:`TOP_K` tokens hold ``top_p`` of the mass, the rule runs on
+      ``lax.top_k`` and ``jax.random.categorical`` draws among the kept candidates; otherwise by rejection.
 
     A row with no finite maximum (a NaN, or every id at -inf) gets its argmax, as greedy decoding would; a
     temperature small enough to overflow ``logits / temperature`` draws among the most likely ids.
@@ -118,21 +120,27 @@ def _nucleus_draw(logits: jax.Array, key: jax.Array, temperature, top_p, per_rou
 
 
 def _draw_scaled(scaled: jax.Array, key: jax.Array, top_p, per_round: int) -> jax.Array:
-    """The nucleus draw from ``scaled`` (float32 ``[B, V]``, each row's maximum 0): int32 ``[B]``."""
+    """The nucleus draw from ``scaled`` (float32 ``[B, V]``, each row's maximum 0): int32 ``[B]``. From
+    ``top_p >=`` :data:`REJECTION_FROM` by rejection over the whole vocabulary; below it from the top
+    :data:`TOP_K` candidates when they hold every row's nucleus, else by rejection."""
     lse = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
-    top, idx = jax.lax.top_k(scaled, min(TOP_K, scaled.shape[-1]))  # [B, K], descending
-    p_top = jnp.exp(top - lse)
-    fits = jnp.all(jnp.sum(p_top, axis=-1) >= top_p) & (top_p < 1.0)  # every row's nucleus lies in its top K
-
-    def from_top(_):  # keep a candidate while the mass before it is < top_p, draw among the kept
-        before = jnp.cumsum(p_top, axis=-1) - p_top
-        pick = jax.random.categorical(key, jnp.where(before < top_p, top, -jnp.inf), axis=-1)
-        return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
 
     def from_whole(_):
         return _rejection_draw(jnp.exp(scaled - lse), key, top_p, per_round)
 
-    return jax.lax.cond(fits, from_top, from_whole, None).astype(jnp.int32)
+    def top_first(_):
+        top, idx = jax.lax.top_k(scaled, min(TOP_K, scaled.shape[-1]))  # [B, K], descending
+        p_top = jnp.exp(top - lse)
+
+        def from_top(_):  # keep a candidate while the mass before it is < top_p, draw among the kept
+            before = jnp.cumsum(p_top, axis=-1) - p_top
+            pick = jax.random.categorical(key, jnp.where(before < top_p, top, -jnp.inf), axis=-1)
+            return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+        fits = jnp.all(jnp.sum(p_top, axis=-1) >= top_p)  # every row's nucleus lies in its top K
+        return jax.lax.cond(fits, from_top, from_whole, None)
+
+    return jax.lax.cond(top_p >= REJECTION_FROM, from_whole, top_first, None)
 
 
 def _rejection_draw(probs: jax.Array, key: jax.Array, top_p, per_round: int) -> jax.Array:
