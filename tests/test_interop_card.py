@@ -167,7 +167,10 @@ def test_cli_export_and_card(demo_shards, sample_corpus, tmp_path):
     assert r.exit_code == 0, r.output
     assert "stage1 blend (samples" in r.output and os.path.isfile(os.path.join(out, "xgen_shards_export.json"))
     r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", out])
-    assert r.exit_code == 2 and "folder exists, is not empty and a shards export replaces no folder" in r.output
+    assert r.exit_code == 0, r.output  # its own earlier export is replaced
+    open(os.path.join(tmp_path, "mds-notes.txt"), "w").close()
+    r = runner.invoke(cli, ["export", "shards", demo_shards, "--to", "mds", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is not an earlier shards export" in r.output, r.output  # other files: refused
     r = runner.invoke(cli, ["export", "shards", sample_corpus, "--to", "mds", "--out", str(tmp_path / "m2")])
     assert r.exit_code == 3 and f"Error: {sample_corpus}: no manifest.json (not a shards directory" in r.output
     missing = str(tmp_path / "no-corpus")

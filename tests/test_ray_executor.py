@@ -179,9 +179,13 @@ def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow  # about a minute on 2 shared cores: two ingests and two dedups of the sample
-def test_ingest_dedup_build_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
+def test_ingest_dedup_build_same_bytes_on_ray_and_local(ray_cluster, tmp_path, monkeypatch):
     from xgen_data.shards import packing
     from xgen_data.sources import ingest
+
+    made = []  # the executors made by name: `mix build` makes one Ray executor for all its steps
+    make = executors.make_executor
+    monkeypatch.setattr(executors, "make_executor", lambda name="local", *a, **k: made.append(name) or make(name, *a, **k))
 
     local, on_ray = str(tmp_path / "local"), str(tmp_path / "ray")
     ingest.ingest(local, [(f, None) for f in SAMPLE_FILES], workers=2, progress=False)
@@ -193,8 +197,10 @@ def test_ingest_dedup_build_same_bytes_on_ray_and_local(ray_cluster, tmp_path):
     assert len(attribute_hashes(local, "dedup")) == 3
     # the recipe flow: its own dedup (on Ray for the Ray corpus), then packing
     for corpus, executor in ((local, "local"), (on_ray, "ray")):
+        made.clear()
         packing.build_recipe(corpus, demo_code_only(), corpus + "-shards", workers=2, progress=False,
                               executor=executor)
+        assert made.count("ray") == (executor == "ray"), made
     assert attribute_hashes(local, "dedup") == attribute_hashes(on_ray, "dedup")
     assert len(attribute_hashes(local, "dedup")) == 6
     shards = {name: {os.path.relpath(p, out): sha256(p) for p in glob.glob(f"{out}/**/*", recursive=True)

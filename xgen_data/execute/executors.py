@@ -48,6 +48,29 @@ def make_executor(name: str = "local", workers: int = 2, ray_address: str | None
     return _ray_executor_module().RayExecutor(workers, ray_address)
 
 
+@contextlib.contextmanager
+def command_executor(executor, workers: int, ray_address: str | None = None) -> Iterator:
+    """What the steps of one command share: an executor object as given (its caller closes it); for ``"ray"``
+    one ``RayExecutor`` for all of them (one Ray started, closed at the end); for ``"local"`` the name itself
+    (each step starts the local pool its work needs, or runs in this process).
+
+    Raises:
+        InputError: as :func:`make_executor`.
+    """
+    if not isinstance(executor, str):
+        yield executor
+        return
+    check_executor(executor, ray_address)
+    if executor != "ray":
+        yield executor
+        return
+    runner = make_executor("ray", workers, ray_address)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
 def ray_pool(workers: int, ray_address: str | None = None) -> cf.Executor:
     """Ray tasks as a :class:`concurrent.futures.Executor` (``RayExecutor.pool``); its ``shutdown()`` shuts
     down the Ray it started (a Ray the caller started is left running).

@@ -50,7 +50,7 @@ def dedup_params(recipe: Recipe) -> dict:
 
 
 def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progress: bool = True,
-                       force: bool = False, executor: str = "local", ray_address: str | None = None) -> StepsReport:
+                       force: bool = False, executor="local", ray_address: str | None = None) -> StepsReport:
     """Compute the recipe's missing or stale attribute sets (``force``: recompute them), under the corpus lock.
 
     The corpus parts are verified against their recorded SHA-256 first. The corpus's default decisions
@@ -68,36 +68,42 @@ def apply_recipe_steps(corpus_dir: str, recipe: Recipe, workers: int = 2, progre
 
 
 def _apply(corpus: Corpus, corpus_dir: str, recipe: Recipe, workers: int, progress: bool, force: bool,
-           executor: str = "local", ray_address: str | None = None) -> StepsReport:
+           executor="local", ray_address: str | None = None) -> StepsReport:
     dec = decisions.from_recipe(recipe)
     report = StepsReport(decisions=dec)
     ran, skipped = [], []
     corpus.remove_unregistered()
     corpus.verify_parts()
-    allow = recipe.allow_list()
-    # the attribute items run on Ray with --executor ray; locally in this process (one pass over a part each:
-    # cheaper than starting a process pool per attribute set); the files are the same bytes either way
-    with contextlib.closing(executors.make_executor(executor, workers if executor == "ray" else 1,
-                                                    ray_address)) as pool:
-        computed = _attributes(corpus, recipe, dec, force, pool, report)
-    (ran if computed else skipped).append("filter")
-    if dec.dedup is not None:
-        if force or not corpus.attribute_current("dedup", dedup_attr_params(dec.dedup)):
-            t = time.time()
-            report.dedup = run_dedup(corpus_dir, workers=workers, progress=progress, executor=executor,
-                                     ray_address=ray_address, **recipe.dedup_kwargs())
-            report.dedup.params["license_allow"] = list(allow)
+    with executors.command_executor(executor, workers, ray_address) as runner:  # one Ray for every step
+        # with "local" the attribute items run in this process (one pass over a part each: cheaper than starting
+        # a process pool per attribute set); the files are the same bytes on every executor
+        local = isinstance(runner, str)
+        with contextlib.closing(executors.make_executor("local", 1)) if local else contextlib.nullcontext(runner) \
+                as pool:
+            computed = _attributes(corpus, recipe, dec, force, pool, report)
+        (ran if computed else skipped).append("filter")
+        if dec.dedup is not None and (force or not corpus.attribute_current("dedup", dedup_attr_params(dec.dedup))):
+            report.dedup = _dedup(corpus_dir, recipe, dec, workers, progress, runner, ray_address if local else None)
             report.steps += report.dedup.steps
-            t_report = time.time()
-            if report.dedup.documents:
-                reports.dedup_report(report.dedup, corpus_dir, dec)
-            report.dedup.seconds_by_phase["report"] = time.time() - t_report
-            report.dedup.seconds = time.time() - t
             ran.append("dedup")
-        else:
+        elif dec.dedup is not None:
             skipped.append("dedup")
     report.filter = reports.filter_report(corpus_dir, dec)
     report.ran, report.skipped = tuple(ran), tuple(skipped)
+    return report
+
+
+def _dedup(corpus_dir: str, recipe: Recipe, dec, workers: int, progress: bool, runner, ray_address: str | None):
+    """Run the recipe's dedup on ``runner`` and its decision report; returns the :class:`DedupReport`."""
+    t = time.time()
+    report = run_dedup(corpus_dir, workers=workers, progress=progress, executor=runner, ray_address=ray_address,
+                       **recipe.dedup_kwargs())
+    report.params["license_allow"] = list(recipe.allow_list())
+    t_report = time.time()
+    if report.documents:
+        reports.dedup_report(report, corpus_dir, dec)
+    report.seconds_by_phase["report"] = time.time() - t_report
+    report.seconds = time.time() - t
     return report
 
 

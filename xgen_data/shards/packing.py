@@ -157,15 +157,17 @@ def build(corpus_dir: str, recipe: Recipe, out_dir: str, shard_tokens: int = SHA
 def build_recipe(corpus_dir: str, recipe: Recipe, out_dir: str, workers: int = 2, progress: bool = True,
                  executor: str = "local", ray_address: str | None = None):
     """The recipe flow (:func:`xgen_data.mixing.pipeline.apply_recipe_steps`; ``executor`` / ``ray_address`` say
-    where dedup's items run), then :func:`build` on the same kind of executor, under one corpus lock (no other
-    command can change the attributes between the check and the packing). Returns ``(StepsReport, BuildReport)``."""
+    where dedup's items run), then :func:`build` on the same executor (with ``"ray"``: one Ray for both), under
+    one corpus lock (no other command can change the attributes between the check and the packing). Returns
+    ``(StepsReport, BuildReport)``."""
     corpus = Corpus(corpus_dir)
     check_out_dir(out_dir, corpus)  # fail before any step runs
-    with corpus.lock():
-        steps = pipeline.apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=executor,
-                                            ray_address=ray_address)
-        return steps, build(corpus_dir, recipe, out_dir, progress=progress, executor=executor, workers=workers,
-                            ray_address=ray_address)
+    with corpus.lock(), executors.command_executor(executor, workers, ray_address) as runner:  # one Ray for both
+        address = ray_address if isinstance(runner, str) else None
+        steps = pipeline.apply_recipe_steps(corpus_dir, recipe, workers, progress, executor=runner,
+                                            ray_address=address)
+        return steps, build(corpus_dir, recipe, out_dir, progress=progress, executor=runner, workers=workers,
+                            ray_address=address)
 
 
 def pack(corpus: Corpus, plan: selection.PackPlan, pub: publish.FolderPublisher, shard_tokens: int = SHARD_TOKENS,
