@@ -43,7 +43,7 @@ def to_cli_error(exc: BaseException) -> CliError | None:
         return None
     if isinstance(exc, KeyboardInterrupt):
         return CliError("interrupted", errors.EXIT_INTERRUPTED)
-    if isinstance(exc, errors.XgenError):
+    if isinstance(exc, errors.XgenError) and exc.exit_code != errors.EXIT_BUG:
         return CliError(str(exc), exc.exit_code)
     if isinstance(exc, OSError):  # the environment: a full disk, a permission, a missing file
         return CliError(str(exc), errors.EXIT_PROBLEM)

@@ -62,3 +62,28 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()
+
+
+def _fails_with(kind: str, key: str):
+    """One item: raise an xgen input error, a plain exception (a bug) or an OSError (the environment)."""
+    from xgen_data.errors import InputError
+
+    raise {"input": InputError(f"{key}:12: bad record"), "bug": KeyError("text"),
+           "os": OSError(28, "No space left on device")}[kind]
+
+
+def test_an_item_error_exits_as_its_cause(tmp_path, monkeypatch):
+    """docs/cli.md's table through an item: bad input 3, a bug 4 (with the traceback file), the environment 1."""
+    from cli.common import to_cli_error
+    from xgen_data.execute.contract import ItemError, WorkItem
+
+    monkeypatch.setenv("XGEN_CRASH_DIR", str(tmp_path))
+    codes = {}
+    for kind in ("input", "bug", "os"):
+        try:
+            list(local.LocalExecutor(1).map("probe", _fails_with, [WorkItem("part x/0", (kind, "in.jsonl"))]))
+        except ItemError as exc:
+            codes[kind] = (exc.exit_code, to_cli_error(exc).exit_code)
+    assert codes == {"input": (3, 3), "bug": (4, 4), "os": (1, 1)}
+    assert len(list(tmp_path.glob("xgen-bug-*.txt"))) == 1  # the bug's traceback, for its report
+    assert ItemError("probe", "part x/0", "worker process died", system=True).exit_code == 1

@@ -113,6 +113,7 @@ def test_application_error_is_named_at_once_without_retry(ray_cluster, tmp_path)
     msg = str(err.value)
     assert "license: item part natural/00001 failed" in msg and "record 12 of part b is bad" in msg
     assert isinstance(err.value.__cause__, ValueError)
+    assert err.value.exit_code == 4  # a plain exception in an item is a bug (docs/cli.md); an InputError keeps 3
     assert attempts(str(tmp_path), "b") == 1  # an application error is not retried
 
 
@@ -122,6 +123,7 @@ def test_system_failure_is_retried_then_named(ray_cluster, tmp_path):
         list(ray_executor.RayExecutor(2, max_retries=1).map("dedup signatures", attempt_then, items))
     assert "dedup signatures: item part code/00003 failed" in str(err.value)
     assert "died 2 times" in str(err.value)
+    assert err.value.exit_code == 1  # the environment failed, not the input
     assert attempts(str(tmp_path), "c") == 2  # the first run and one retry
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
-from xgen_data.errors import XgenError
+from xgen_data.errors import EXIT_BUG, EXIT_INPUT, EXIT_PROBLEM, XgenError
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,24 @@ class StepReport:
 
 
 class ItemError(XgenError):
-    """An item failed: an application error at once, or a system failure after the executor's retries.
-    The message names the step and the item key, then the cause."""
+    """An item failed: an application error at once, or a system failure (``system``: the worker process
+    died) after the executor's retries. The message names the step and the item key, then the cause; the
+    exception the item raised is chained as ``__cause__``."""
 
-    def __init__(self, step: str, key: str, cause: BaseException | str) -> None:
+    def __init__(self, step: str, key: str, cause: BaseException | str, system: bool = False) -> None:
         super().__init__(f"{step}: item {key} failed: {cause}")
-        self.step, self.key, self.cause = step, key, cause
+        self.step, self.key, self.cause, self.system = step, key, cause, system
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code (docs/cli.md) follows the cause: a system failure or an ``OSError`` is the
+        environment's (1), an xgen error keeps its own code (bad input: 3), any other exception is a bug (4)."""
+        cause = self.__cause__ if self.__cause__ is not None else self.cause
+        if self.system or isinstance(cause, OSError):
+            return EXIT_PROBLEM
+        if isinstance(cause, XgenError):
+            return cause.exit_code
+        return EXIT_BUG if isinstance(cause, BaseException) else EXIT_INPUT
 
 
 class Step(Protocol):

@@ -68,7 +68,7 @@ class LocalExecutor:
                     if not last:
                         broken.append(i)
                         continue
-                    done[i] = ItemError(step_name, items[i].key, f"worker process died ({exc})")
+                    done[i] = ItemError(step_name, items[i].key, f"worker process died ({exc})", system=True)
                     done[i].__cause__ = exc
                 except Exception as exc:
                     done[i] = ItemError(step_name, items[i].key, exc)

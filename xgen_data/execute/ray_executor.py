@@ -170,4 +170,4 @@ def _get(step_name: str, item: WorkItem, ref, retries: int) -> ItemResult:
     except ray.exceptions.RayError as exc:  # the worker or node died, retries spent
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ItemError(step_name, item.key, f"the worker running it died {retries + 1} times "
-                        f"({type(exc).__name__}: {first})") from exc
+                        f"({type(exc).__name__}: {first})", system=True) from exc
