@@ -27,6 +27,7 @@ The benchmark name is the file name without its suffix.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -140,7 +141,7 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
 
     Raises:
         InputError: naming file:line, for a line that is not a JSON object or has no prompt; naming the file
-            when it cannot be read, holds no item, changed while it was read (its SHA-256 before and after), or
+            when it cannot be read, holds no item, changed while it was read (the bytes read are the ones hashed), or
             two files give the same benchmark name.
     """
     index = EvalIndex()
@@ -150,39 +151,56 @@ def load_eval_sets(paths: list[str]) -> EvalIndex:
             raise InputError(f"{path}: a second evaluation set named {bench!r} (rename one file)")
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such evaluation set file")
-        items = too_short = 0
-        sha = fsutil.sha256_file(path)  # the same before and after the read: the items are of these bytes
-        for raw in readers.iter_raw(path):
-            try:
-                rec = raw.payload if isinstance(raw.payload, dict) else json.loads(raw.payload)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-                item_id, prompt, ref, snippets = _item(rec, raw.line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{raw.line}: bad evaluation item: {exc}") from None
-            items += 1
-            words = normalize(f"{prompt} {ref}").split()
-            key = (bench, item_id)
-            if len(words) >= N:
-                for i in range(len(words) - N + 1):
-                    index.grams.setdefault(" ".join(words[i:i + N]), key)
-            elif len(words) >= MIN_SHORT_WORDS:
-                index.short.setdefault(" ".join(words), key)
-                index.short_lengths.add(len(words))
-            else:
-                too_short += 1
-            for s in snippets:
-                index.substrings.setdefault(s, key)
+        with contextlib.closing(readers.open_input(path)) as opened:  # hashed, then read from the same open file
+            sequential = readers.input_format(path) != "parquet"
+            source = readers.HashingReader(opened.file) if sequential else opened.file
+            items, too_short = _add_items(index, readers.iter_raw(path, fileobj=source), path, bench)
+            if sequential:
+                source.drain()
+            try:  # what is read is what is hashed: the bytes read (JSONL) or the file's fstat (Parquet)
+                opened.check_unchanged(source.hexdigest() if sequential else None)
+            except InputError:
+                raise InputError(f"{path}: changed while it was read; run again once nothing writes it") from None
         if not items:
             raise InputError(f"{path}: the evaluation set holds no items (an empty file decontaminates nothing; "
                              "pass the benchmark's JSONL)")
-        if fsutil.sha256_file(path) != sha:
-            raise InputError(f"{path}: changed while it was read; run again once nothing writes it")
-        index.sets.append({"path": path, "sha256": sha, "benchmark": bench, "items": items,
+        index.sets.append({"path": path, "sha256": opened.sha256, "benchmark": bench, "items": items,
                            "too_short": too_short})
     index.tables = {n: _hash_table(index.grams if n == N else index.short, n)
                     for n in [N, *index.short_lengths]}
     return index
+
+
+def _add_items(index: EvalIndex, records, path: str, bench: str) -> tuple[int, int]:
+    """Add the n-grams, short items and code substrings of ``records`` (:func:`readers.iter_raw`'s) to ``index``;
+    returns ``(items, too_short)``.
+
+    Raises:
+        InputError: naming file:line, for a line that is not a JSON object or has no prompt.
+    """
+    items = too_short = 0
+    for raw in records:
+        try:
+            rec = raw.payload if isinstance(raw.payload, dict) else json.loads(raw.payload)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            item_id, prompt, ref, snippets = _item(rec, raw.line)
+        except ValueError as exc:
+            raise InputError(f"{path}:{raw.line}: bad evaluation item: {exc}") from None
+        items += 1
+        words = normalize(f"{prompt} {ref}").split()
+        key = (bench, item_id)
+        if len(words) >= N:
+            for i in range(len(words) - N + 1):
+                index.grams.setdefault(" ".join(words[i:i + N]), key)
+        elif len(words) >= MIN_SHORT_WORDS:
+            index.short.setdefault(" ".join(words), key)
+            index.short_lengths.add(len(words))
+        else:
+            too_short += 1
+        for s in snippets:
+            index.substrings.setdefault(s, key)
+    return items, too_short
 
 
 @dataclass(frozen=True)
