@@ -137,8 +137,9 @@ def demo(workdir: str, corpus_src: str | None, recipe_name: str, steps: int, bat
         code_inputs = [p for p in inputs if ingest.default_subset(p) == "code"]
         if wants_starcoder and code_inputs:
             split = _split_code(code_inputs, raw_dir, r.seed)
-            code = [q for q in split.ingest_paths() if q == split.code_path]  # none when every file went to starcoder
-            inputs = [q for p in inputs if p not in code_inputs[1:] for q in (code if p == code_inputs[0] else [p])]
+            has_code = split.code_path in split.ingest_paths()  # False when every file went to starcoder
+            inputs = [split.code_path if p == code_inputs[0] else p for p in inputs
+                      if p not in code_inputs[1:] and (has_code or p != code_inputs[0])]
             inputs += split.starcoder_paths
     if split is not None and split.starcoder_paths:
         star, code = split.starcoder, split.code

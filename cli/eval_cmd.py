@@ -267,8 +267,8 @@ def humaneval(model: str | None, samples_file: str | None, out_dir: str, n: int,
         samples = he.sample_problems(params, cfg, problems, n, temperature, top_p, max_new_tokens, seed, batch_size,
                                      progress, stats)
         settings.update(model=model, n=n, limit=limit, temperature=temperature, top_p=top_p,
-                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, sampling_seconds=round(time.perf_counter() - t0, 3),
-                        sampled_tokens=stats.get("tokens", 0))
+                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                        sampling_seconds=round(time.perf_counter() - t0, 3), sampled_tokens=stats.get("tokens", 0))
     results = he.check_samples(samples, problems, timeout, memory_mb, workers, progress)
     scores = he.pass_at_k_scores(results)
     summary = {**scores, "problems": len({r["task_id"] for r in results}), "samples": len(results),
